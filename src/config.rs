@@ -1,0 +1,774 @@
+//! Runner configuration: one TOML file, a few environment overrides, secrets by reference.
+//!
+//! Why secrets are references: the file is meant to be committed to a platform team's config repo or baked into a
+//! container image, so it names *where* a secret lives (`token_env = "GITHUB_TOKEN"` or `token_file = "/run/..."`)
+//! and never holds the value. Values are read once, here, into [`Secret`], whose `Debug` prints `[redacted]` and
+//! which is not `Serialize`: nothing else in the crate reads secrets from the environment.
+//!
+//! Errors name the file, the key and, where the TOML parser or a span knows it, the line.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use toml::Spanned;
+
+/// A secret value. `Debug` and `Display` never show it; call [`Secret::expose`] at the one place it is used.
+#[derive(Clone)]
+pub struct Secret(SecretString);
+
+impl Secret {
+    /// Wraps a value (tests and stand-ins; the product reads secrets through [`Config::load`]).
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(SecretString::from(value.into()))
+    }
+
+    /// The value, for the single call site that sends it (an auth header, a git credential callback).
+    pub fn expose(&self) -> &str {
+        self.0.expose_secret()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// Why loading the configuration failed. Every variant names the file; most name a key and a line.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read at all.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The TOML is malformed, a key is missing, or a value has the wrong type. The message comes from the TOML
+    /// parser and includes the line and column.
+    #[error("config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// Parser message, with line and column.
+        message: String,
+    },
+    /// A value parsed but is not acceptable (an unset secret variable, an empty allowlist, a bad URL).
+    #[error("config file {path}{}: `{key}`: {message}", line.map(|l| format!(", line {l}")).unwrap_or_default())]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// The 1-based line of the offending key, when known.
+        line: Option<usize>,
+        /// The dotted key, e.g. `github.token_env`.
+        key: String,
+        /// What is wrong and how to fix it.
+        message: String,
+    },
+}
+
+/// The whole runner configuration, with secrets resolved.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the runner keeps its signing key and one directory per job (receipts, logs, proof).
+    pub data_dir: PathBuf,
+    /// The Jira site the tickets come from.
+    pub jira: JiraConfig,
+    /// The forge that receives branches and draft pull requests.
+    pub github: GithubConfig,
+    /// The model endpoint.
+    pub model: ModelConfig,
+    /// Limits on one agent run.
+    pub agent: AgentLimits,
+    /// The container every job runs in.
+    pub sandbox: SandboxConfig,
+    /// The identity commits are made with.
+    pub commit: CommitIdentity,
+    /// The allowlist: Jira project key -> repositories drafter may touch for it.
+    pub projects: BTreeMap<String, ProjectConfig>,
+}
+
+/// Jira connection settings.
+#[derive(Debug, Clone)]
+pub struct JiraConfig {
+    /// Site root, e.g. `https://example.atlassian.net` (no trailing `/rest`).
+    pub base_url: String,
+    /// The bot account tickets are assigned to (Cloud `accountId`).
+    pub bot_account_id: String,
+    /// How requests authenticate.
+    pub auth: JiraAuth,
+}
+
+/// Jira authentication: Cloud uses email + API token (Basic); Data Center and OAuth use a bearer token.
+#[derive(Debug, Clone)]
+pub enum JiraAuth {
+    /// `Authorization: Basic base64(email:token)`.
+    Basic {
+        /// The bot account's email.
+        email: String,
+        /// Its API token.
+        token: Secret,
+    },
+    /// `Authorization: Bearer <token>`.
+    Bearer {
+        /// A personal access token or OAuth access token.
+        token: Secret,
+    },
+}
+
+/// GitHub (or GitHub Enterprise Server) settings.
+#[derive(Debug, Clone)]
+pub struct GithubConfig {
+    /// REST base: `https://api.github.com`, or `https://HOST/api/v3` for Enterprise Server.
+    pub api_url: String,
+    /// Git base for clone and push: `https://github.com`, or `https://HOST` for Enterprise Server.
+    pub git_url: String,
+    /// The service account's token: needs contents and pull requests write, must not be able to merge.
+    pub token: Secret,
+}
+
+impl GithubConfig {
+    /// The HTTPS clone URL of `owner/name`. Carries no credential: the token goes through git's callback.
+    pub fn clone_url(&self, repo: &str) -> String {
+        format!("{}/{}.git", self.git_url.trim_end_matches('/'), repo)
+    }
+}
+
+/// Which model API family an endpoint speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    /// Anthropic Messages API (`POST /v1/messages`).
+    Anthropic,
+    /// OpenAI-compatible Chat Completions (`POST /v1/chat/completions`): OpenAI, vLLM, Ollama, LiteLLM.
+    Openai,
+}
+
+impl ProviderKind {
+    /// The name recorded in receipts.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderKind::Anthropic => "anthropic",
+            ProviderKind::Openai => "openai",
+        }
+    }
+}
+
+/// The model endpoint.
+#[derive(Debug, Clone)]
+pub struct ModelConfig {
+    /// API family.
+    pub provider: ProviderKind,
+    /// Base URL up to, not including, `/v1/...`: `https://api.anthropic.com`, `http://localhost:8000`.
+    pub base_url: String,
+    /// Model name sent in every request.
+    pub model: String,
+    /// API key; optional because self-hosted OpenAI-compatible servers often need none.
+    pub api_key: Option<Secret>,
+    /// `max_tokens` for each call.
+    pub max_tokens_per_call: u32,
+    /// HTTP timeout for one model call, in seconds.
+    pub request_timeout_secs: u64,
+}
+
+/// Limits on one agent run, enforced by the loop, not by asking the model.
+#[derive(Debug, Clone)]
+pub struct AgentLimits {
+    /// Model calls per job.
+    pub max_turns: u32,
+    /// Input + output tokens per job, summed over calls.
+    pub max_total_tokens: u64,
+    /// Wall-clock seconds for the whole agent loop.
+    pub wall_time_secs: u64,
+}
+
+/// The sandbox container.
+#[derive(Debug, Clone)]
+pub struct SandboxConfig {
+    /// Image built by `images/sandbox/build.sh`.
+    pub image: String,
+    /// Memory limit (MiB); swap is set equal so the container cannot swap past it.
+    pub memory_mb: u64,
+    /// CPU limit in cores (fractional allowed).
+    pub cpus: f64,
+    /// Max processes in the container.
+    pub pids_limit: i64,
+    /// Size of the `/tmp` tmpfs (MiB).
+    pub tmp_size_mb: u64,
+    /// Per-command timeout in seconds.
+    pub command_timeout_secs: u64,
+    /// Bytes of stdout+stderr kept per command; the rest is dropped and the cut is marked.
+    pub output_cap_bytes: usize,
+    /// Optional OCI runtime (e.g. `runsc` for gVisor). Empty means the engine default.
+    pub runtime: Option<String>,
+}
+
+/// Who commits are authored by.
+#[derive(Debug, Clone)]
+pub struct CommitIdentity {
+    /// Author and committer name.
+    pub name: String,
+    /// Author and committer email.
+    pub email: String,
+}
+
+/// One Jira project's allowlist entry.
+#[derive(Debug, Clone)]
+pub struct ProjectConfig {
+    /// Repositories (`owner/name`) tickets of this project may change. The first is the default.
+    pub repos: Vec<RepoConfig>,
+}
+
+/// One allowlisted repository.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepoConfig {
+    /// `owner/name` on the forge.
+    pub name: String,
+    /// Branch PRs target.
+    #[serde(default = "default_base")]
+    pub base: String,
+    /// The repository's own test command, given to the model as a hint (it runs in the sandbox).
+    #[serde(default)]
+    pub test_command: Option<String>,
+}
+
+fn default_base() -> String {
+    "main".into()
+}
+
+// ---- the file as written ------------------------------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default = "default_data_dir")]
+    data_dir: PathBuf,
+    jira: RawJira,
+    github: RawGithub,
+    model: RawModel,
+    #[serde(default)]
+    agent: RawAgent,
+    #[serde(default)]
+    sandbox: RawSandbox,
+    #[serde(default)]
+    commit: RawCommit,
+    #[serde(default)]
+    projects: BTreeMap<String, RawProject>,
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from(".drafter")
+}
+
+/// Where a secret lives: exactly one of `*_env` or `*_file`.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawJira {
+    base_url: String,
+    bot_account_id: String,
+    #[serde(default)]
+    email: Option<String>,
+    #[serde(default)]
+    token_env: Option<Spanned<String>>,
+    #[serde(default)]
+    token_file: Option<Spanned<PathBuf>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGithub {
+    #[serde(default = "default_github_api")]
+    api_url: String,
+    #[serde(default = "default_github_git")]
+    git_url: String,
+    #[serde(default)]
+    token_env: Option<Spanned<String>>,
+    #[serde(default)]
+    token_file: Option<Spanned<PathBuf>>,
+}
+
+fn default_github_api() -> String {
+    "https://api.github.com".into()
+}
+fn default_github_git() -> String {
+    "https://github.com".into()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawModel {
+    provider: ProviderKind,
+    base_url: String,
+    model: String,
+    #[serde(default)]
+    api_key_env: Option<Spanned<String>>,
+    #[serde(default)]
+    api_key_file: Option<Spanned<PathBuf>>,
+    #[serde(default = "default_max_tokens_per_call")]
+    max_tokens_per_call: u32,
+    #[serde(default = "default_request_timeout")]
+    request_timeout_secs: u64,
+}
+
+fn default_max_tokens_per_call() -> u32 {
+    4096
+}
+fn default_request_timeout() -> u64 {
+    300
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawAgent {
+    max_turns: u32,
+    max_total_tokens: u64,
+    wall_time_secs: u64,
+}
+
+impl Default for RawAgent {
+    fn default() -> Self {
+        RawAgent {
+            max_turns: 40,
+            max_total_tokens: 1_000_000,
+            wall_time_secs: 1800,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawSandbox {
+    image: String,
+    memory_mb: u64,
+    cpus: f64,
+    pids_limit: i64,
+    tmp_size_mb: u64,
+    command_timeout_secs: u64,
+    output_cap_bytes: usize,
+    runtime: Option<String>,
+}
+
+impl Default for RawSandbox {
+    fn default() -> Self {
+        RawSandbox {
+            image: "drafter-sandbox:latest".into(),
+            memory_mb: 2048,
+            cpus: 2.0,
+            pids_limit: 512,
+            tmp_size_mb: 512,
+            command_timeout_secs: 300,
+            output_cap_bytes: 64 * 1024,
+            runtime: None,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawCommit {
+    name: String,
+    email: String,
+}
+
+impl Default for RawCommit {
+    fn default() -> Self {
+        RawCommit {
+            name: "drafter[bot]".into(),
+            email: "drafter@localhost".into(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProject {
+    repos: Spanned<Vec<RepoConfig>>,
+}
+
+/// Environment variables that override single keys of the file, for containers and systemd units where editing the
+/// file is awkward. Secrets are not here: they are always given by name (`*_env`) or path (`*_file`).
+pub const ENV_OVERRIDES: &[(&str, &str)] = &[
+    ("DRAFTER_DATA_DIR", "data_dir"),
+    ("DRAFTER_JIRA_BASE_URL", "jira.base_url"),
+    ("DRAFTER_JIRA_BOT_ACCOUNT_ID", "jira.bot_account_id"),
+    ("DRAFTER_JIRA_EMAIL", "jira.email"),
+    ("DRAFTER_GITHUB_API_URL", "github.api_url"),
+    ("DRAFTER_GITHUB_GIT_URL", "github.git_url"),
+    ("DRAFTER_MODEL_PROVIDER", "model.provider"),
+    ("DRAFTER_MODEL_BASE_URL", "model.base_url"),
+    ("DRAFTER_MODEL_MODEL", "model.model"),
+    ("DRAFTER_SANDBOX_IMAGE", "sandbox.image"),
+];
+
+impl Config {
+    /// Reads, parses and validates `path`, applies [`ENV_OVERRIDES`] and resolves secrets.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_toml(&text, path, &|name| std::env::var(name).ok())
+    }
+
+    /// Parses `text` (as if read from `path`), looking environment variables up through `env`.
+    pub fn from_toml(
+        text: &str,
+        path: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let mut raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        let ctx = Ctx { path, text, env };
+        ctx.apply_overrides(&mut raw)?;
+
+        let jira_token = ctx.secret("jira.token", &raw.jira.token_env, &raw.jira.token_file)?;
+        let jira_token = jira_token.ok_or_else(|| ctx.invalid(
+            "jira.token_env",
+            None,
+            "no Jira credential: set `token_env` (name of an environment variable) or `token_file` in [jira]",
+        ))?;
+        let auth = match raw.jira.email.clone() {
+            Some(email) if !email.is_empty() => JiraAuth::Basic {
+                email,
+                token: jira_token,
+            },
+            _ => JiraAuth::Bearer { token: jira_token },
+        };
+        let github_token = ctx
+            .secret("github.token", &raw.github.token_env, &raw.github.token_file)?
+            .ok_or_else(|| ctx.invalid(
+                "github.token_env",
+                None,
+                "no GitHub credential: set `token_env` (name of an environment variable) or `token_file` in [github]",
+            ))?;
+        let api_key = ctx.secret("model.api_key", &raw.model.api_key_env, &raw.model.api_key_file)?;
+
+        for (key, value) in [
+            ("jira.base_url", &raw.jira.base_url),
+            ("github.api_url", &raw.github.api_url),
+            ("github.git_url", &raw.github.git_url),
+            ("model.base_url", &raw.model.base_url),
+        ] {
+            ctx.check_url(key, value)?;
+        }
+        if raw.jira.bot_account_id.trim().is_empty() {
+            return Err(ctx.invalid("jira.bot_account_id", None, "must not be empty"));
+        }
+        if raw.agent.max_turns == 0 {
+            return Err(ctx.invalid("agent.max_turns", None, "must be at least 1"));
+        }
+        if !(raw.sandbox.cpus > 0.0) {
+            return Err(ctx.invalid("sandbox.cpus", None, "must be greater than 0"));
+        }
+        if raw.projects.is_empty() {
+            return Err(ctx.invalid(
+                "projects",
+                None,
+                "the allowlist is empty: add a [projects.KEY] table with `repos = [{ name = \"owner/repo\" }]`",
+            ));
+        }
+        let mut projects = BTreeMap::new();
+        for (key, project) in raw.projects {
+            let line = Some(ctx.line_at(project.repos.span().start));
+            let repos = project.repos.into_inner();
+            if repos.is_empty() {
+                return Err(ConfigError::Invalid {
+                    path: path.to_path_buf(),
+                    line,
+                    key: format!("projects.{key}.repos"),
+                    message: "lists no repository".into(),
+                });
+            }
+            for repo in &repos {
+                if !valid_repo_name(&repo.name) {
+                    return Err(ConfigError::Invalid {
+                        path: path.to_path_buf(),
+                        line,
+                        key: format!("projects.{key}.repos"),
+                        message: format!("`{}` is not of the form owner/name", repo.name),
+                    });
+                }
+            }
+            projects.insert(key, ProjectConfig { repos });
+        }
+
+        Ok(Config {
+            data_dir: raw.data_dir,
+            jira: JiraConfig {
+                base_url: raw.jira.base_url.trim_end_matches('/').to_string(),
+                bot_account_id: raw.jira.bot_account_id,
+                auth,
+            },
+            github: GithubConfig {
+                api_url: raw.github.api_url.trim_end_matches('/').to_string(),
+                git_url: raw.github.git_url.trim_end_matches('/').to_string(),
+                token: github_token,
+            },
+            model: ModelConfig {
+                provider: raw.model.provider,
+                base_url: raw.model.base_url.trim_end_matches('/').to_string(),
+                model: raw.model.model,
+                api_key,
+                max_tokens_per_call: raw.model.max_tokens_per_call,
+                request_timeout_secs: raw.model.request_timeout_secs,
+            },
+            agent: AgentLimits {
+                max_turns: raw.agent.max_turns,
+                max_total_tokens: raw.agent.max_total_tokens,
+                wall_time_secs: raw.agent.wall_time_secs,
+            },
+            sandbox: SandboxConfig {
+                image: raw.sandbox.image,
+                memory_mb: raw.sandbox.memory_mb,
+                cpus: raw.sandbox.cpus,
+                pids_limit: raw.sandbox.pids_limit,
+                tmp_size_mb: raw.sandbox.tmp_size_mb,
+                command_timeout_secs: raw.sandbox.command_timeout_secs,
+                output_cap_bytes: raw.sandbox.output_cap_bytes,
+                runtime: raw.sandbox.runtime.filter(|r| !r.is_empty()),
+            },
+            commit: CommitIdentity {
+                name: raw.commit.name,
+                email: raw.commit.email,
+            },
+            projects,
+        })
+    }
+
+    /// The allowlisted repositories for a Jira project key, if the project is allowlisted at all.
+    pub fn project(&self, key: &str) -> Option<&ProjectConfig> {
+        self.projects.get(key)
+    }
+}
+
+/// `owner/name` with GitHub's allowed characters; refuses anything that could escape a URL path.
+pub fn valid_repo_name(name: &str) -> bool {
+    let mut parts = name.split('/');
+    let ok = |s: &str| {
+        !s.is_empty()
+            && s != "."
+            && s != ".."
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    };
+    matches!((parts.next(), parts.next(), parts.next()), (Some(o), Some(n), None) if ok(o) && ok(n))
+}
+
+struct Ctx<'a> {
+    path: &'a Path,
+    text: &'a str,
+    env: &'a dyn Fn(&str) -> Option<String>,
+}
+
+impl Ctx<'_> {
+    fn line_at(&self, offset: usize) -> usize {
+        self.text[..offset.min(self.text.len())].matches('\n').count() + 1
+    }
+
+    fn invalid(&self, key: &str, line: Option<usize>, message: &str) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.path.to_path_buf(),
+            line,
+            key: key.to_string(),
+            message: message.to_string(),
+        }
+    }
+
+    fn check_url(&self, key: &str, value: &str) -> Result<(), ConfigError> {
+        match url::Url::parse(value) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") => Ok(()),
+            Ok(_) => Err(self.invalid(key, None, "must be an http:// or https:// URL")),
+            Err(e) => Err(self.invalid(key, None, &format!("`{value}` is not a URL: {e}"))),
+        }
+    }
+
+    fn apply_overrides(&self, raw: &mut RawConfig) -> Result<(), ConfigError> {
+        for (var, key) in ENV_OVERRIDES {
+            let Some(value) = (self.env)(var) else { continue };
+            match *key {
+                "data_dir" => raw.data_dir = PathBuf::from(value),
+                "jira.base_url" => raw.jira.base_url = value,
+                "jira.bot_account_id" => raw.jira.bot_account_id = value,
+                "jira.email" => raw.jira.email = Some(value),
+                "github.api_url" => raw.github.api_url = value,
+                "github.git_url" => raw.github.git_url = value,
+                "model.provider" => {
+                    raw.model.provider = match value.as_str() {
+                        "anthropic" => ProviderKind::Anthropic,
+                        "openai" => ProviderKind::Openai,
+                        other => {
+                            return Err(self.invalid(
+                                key,
+                                None,
+                                &format!("{var}=`{other}`: expected `anthropic` or `openai`"),
+                            ))
+                        }
+                    }
+                }
+                "model.base_url" => raw.model.base_url = value,
+                "model.model" => raw.model.model = value,
+                "sandbox.image" => raw.sandbox.image = value,
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Resolves `<name>_env` / `<name>_file`; `Ok(None)` when neither is set.
+    fn secret(
+        &self,
+        name: &str,
+        env: &Option<Spanned<String>>,
+        file: &Option<Spanned<PathBuf>>,
+    ) -> Result<Option<Secret>, ConfigError> {
+        match (env, file) {
+            (Some(e), Some(_)) => Err(self.invalid(
+                &format!("{name}_env"),
+                Some(self.line_at(e.span().start)),
+                &format!("set only one of `{name}_env` and `{name}_file`"),
+            )),
+            (Some(var), None) => {
+                let line = Some(self.line_at(var.span().start));
+                match (self.env)(var.get_ref()) {
+                    Some(v) if !v.trim().is_empty() => Ok(Some(Secret::new(v.trim().to_string()))),
+                    _ => Err(self.invalid(
+                        &format!("{name}_env"),
+                        line,
+                        &format!("environment variable `{}` is not set or empty", var.get_ref()),
+                    )),
+                }
+            }
+            (None, Some(p)) => {
+                let line = Some(self.line_at(p.span().start));
+                let value = std::fs::read_to_string(p.get_ref()).map_err(|e| {
+                    self.invalid(
+                        &format!("{name}_file"),
+                        line,
+                        &format!("cannot read `{}`: {e}", p.get_ref().display()),
+                    )
+                })?;
+                if value.trim().is_empty() {
+                    return Err(self.invalid(
+                        &format!("{name}_file"),
+                        line,
+                        &format!("`{}` is empty", p.get_ref().display()),
+                    ));
+                }
+                Ok(Some(Secret::new(value.trim().to_string())))
+            }
+            (None, None) => Ok(None),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+data_dir = "/var/lib/drafter"
+
+[jira]
+base_url = "https://example.atlassian.net/"
+bot_account_id = "712020:bot"
+email = "bot@example.com"
+token_env = "JIRA_TOKEN"
+
+[github]
+token_env = "GH_TOKEN"
+
+[model]
+provider = "openai"
+base_url = "http://localhost:8000"
+model = "qwen"
+
+[projects.DEMO]
+repos = [{ name = "acme/widgets", test_command = "make test" }]
+"#;
+
+    fn env(name: &str) -> Option<String> {
+        match name {
+            "JIRA_TOKEN" => Some("jira-secret-value".into()),
+            "GH_TOKEN" => Some("ghp_secretvalue".into()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn loads_defaults_and_resolves_secrets() {
+        let c = Config::from_toml(GOOD, Path::new("d.toml"), &env).unwrap();
+        assert_eq!(c.jira.base_url, "https://example.atlassian.net");
+        assert_eq!(c.github.api_url, "https://api.github.com");
+        assert_eq!(c.github.clone_url("acme/widgets"), "https://github.com/acme/widgets.git");
+        assert_eq!(c.projects["DEMO"].repos[0].base, "main");
+        assert!(matches!(c.jira.auth, JiraAuth::Basic { .. }));
+        assert!(c.model.api_key.is_none());
+        assert_eq!(c.github.token.expose(), "ghp_secretvalue");
+    }
+
+    #[test]
+    fn debug_never_shows_secrets() {
+        let c = Config::from_toml(GOOD, Path::new("d.toml"), &env).unwrap();
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("ghp_secretvalue"));
+        assert!(!dbg.contains("jira-secret-value"));
+        assert!(dbg.contains("[redacted]"));
+    }
+
+    #[test]
+    fn env_overrides_apply() {
+        let env2 = |n: &str| match n {
+            "DRAFTER_MODEL_BASE_URL" => Some("http://10.0.0.5:9000".into()),
+            "DRAFTER_MODEL_PROVIDER" => Some("anthropic".into()),
+            other => env(other),
+        };
+        let c = Config::from_toml(GOOD, Path::new("d.toml"), &env2).unwrap();
+        assert_eq!(c.model.base_url, "http://10.0.0.5:9000");
+        assert_eq!(c.model.provider, ProviderKind::Anthropic);
+    }
+
+    #[test]
+    fn missing_key_names_key_and_line() {
+        let text = GOOD.replace("model = \"qwen\"\n", "");
+        let err = Config::from_toml(&text, Path::new("d.toml"), &env).unwrap_err().to_string();
+        assert!(err.contains("d.toml"), "{err}");
+        assert!(err.contains("model"), "{err}");
+        assert!(err.contains("line"), "{err}");
+    }
+
+    #[test]
+    fn malformed_toml_names_line() {
+        let text = GOOD.replace("provider = \"openai\"", "provider = openai");
+        let err = Config::from_toml(&text, Path::new("d.toml"), &env).unwrap_err().to_string();
+        assert!(err.contains("line 15"), "{err}");
+    }
+
+    #[test]
+    fn unset_secret_variable_names_key_and_line() {
+        let err = Config::from_toml(GOOD, Path::new("d.toml"), &|n: &str| match n {
+            "JIRA_TOKEN" => Some("x".into()),
+            _ => None,
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("github.token_env"), "{err}");
+        assert!(err.contains("line 11"), "{err}");
+        assert!(err.contains("GH_TOKEN"), "{err}");
+    }
+
+    #[test]
+    fn bad_repo_name_refused() {
+        let text = GOOD.replace("acme/widgets", "../etc");
+        let err = Config::from_toml(&text, Path::new("d.toml"), &env).unwrap_err().to_string();
+        assert!(err.contains("projects.DEMO.repos"), "{err}");
+        assert!(!valid_repo_name("a/b/c"));
+        assert!(valid_repo_name("acme/widgets.rs"));
+    }
+}
