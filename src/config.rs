@@ -747,7 +747,7 @@ repos = [{ name = "acme/widgets", test_command = "make test" }]
     fn malformed_toml_names_line() {
         let text = GOOD.replace("provider = \"openai\"", "provider = openai");
         let err = Config::from_toml(&text, Path::new("d.toml"), &env).unwrap_err().to_string();
-        assert!(err.contains("line 15"), "{err}");
+        assert!(err.contains("line 14"), "{err}");
     }
 
     #[test]
