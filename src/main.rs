@@ -1,1 +1,193 @@
-fn main(){}
+//! The `drafter` command line: the edge where library errors become messages and exit codes.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use drafter::agent::AgentEvent;
+use drafter::config::Config;
+use drafter::proof;
+use drafter::sandbox::Sandbox;
+use drafter::worker::{self, Event, JobError, JobOutcome};
+
+/// drafter: turn a Jira ticket into a draft pull request, with the model's work done in a locked-down container
+/// and every model call recorded as a signed receipt.
+#[derive(Parser)]
+#[command(name = "drafter", version, about, long_about = None)]
+struct Cli {
+    /// Log as JSON lines instead of text (logs go to stderr; set the level with RUST_LOG, e.g. RUST_LOG=drafter=debug).
+    #[arg(long, global = true)]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one ticket in the foreground: fetch it, clone the allowlisted repository, run the model loop in the
+    /// sandbox, push a branch and open a draft pull request. Exits 0 when a PR was opened or nothing needed
+    /// changing, 2 when the ticket was refused (allowlist, merge rights), 1 on any other failure.
+    Run {
+        /// The Jira issue key, e.g. PROJ-123.
+        #[arg(long)]
+        ticket: String,
+        /// The runner configuration file (see examples/drafter.toml).
+        #[arg(long, env = "DRAFTER_CONFIG", default_value = "drafter.toml")]
+        config: PathBuf,
+    },
+    /// Check a job's receipt chain: every line canonical, chained to the one before, and signed by one runner key.
+    /// Takes a job directory (`<data_dir>/jobs/<id>`) or a receipts.jsonl file. Exits 1 and says what is wrong
+    /// (line and check) when anything does not hold.
+    Verify {
+        /// A job directory or a receipts.jsonl file.
+        path: PathBuf,
+        /// Require this signer: a hex Ed25519 public key, or a file holding one (e.g. `<data_dir>/runner.pub`).
+        /// Without it the chain is checked against the key it names, which proves integrity but not origin.
+        #[arg(long)]
+        public_key: Option<String>,
+    },
+    /// Load and validate a configuration file, printing what it resolves to (secrets shown as [redacted]).
+    CheckConfig {
+        /// The runner configuration file.
+        #[arg(long, env = "DRAFTER_CONFIG", default_value = "drafter.toml")]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_json);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Run { ticket, config } => run(&ticket, &config).await,
+            Command::Verify { path, public_key } => verify(&path, public_key.as_deref()),
+            Command::CheckConfig { config } => {
+                let c = Config::load(&config)?;
+                println!("{c:#?}");
+                Ok(ExitCode::SUCCESS)
+            }
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn run(ticket: &str, config_path: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let config = Arc::new(Config::load(config_path)?);
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
+
+    // A crashed earlier run may have left its container behind; nothing else removes it.
+    match Sandbox::connect(&config.sandbox).await {
+        Ok(sandbox) => match sandbox.remove_orphans().await {
+            Ok(0) => {}
+            Ok(n) => eprintln!("removed {n} container(s) left behind by an earlier run"),
+            Err(e) => tracing::warn!(error = %e, "could not look for leftover containers"),
+        },
+        Err(e) => anyhow::bail!("{e}"),
+    }
+
+    let job_id = worker::new_job_id();
+    eprintln!("job {job_id}: ticket {ticket}");
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
+    let printer = tokio::spawn(async move {
+        while let Some(event) = rx.recv().await {
+            match event {
+                Event::Stage { stage, detail } => eprintln!("==> {:<8} {detail}", stage.as_str()),
+                Event::Agent(AgentEvent::Turn { turn, max }) => eprintln!("    model turn {turn}/{max}"),
+                Event::Agent(AgentEvent::ToolCall(c)) => eprintln!(
+                    "      {} {}{}",
+                    c.name,
+                    c.detail,
+                    if c.ok { "" } else { "  [failed]" }
+                ),
+                Event::Done(_) => {}
+            }
+        }
+    });
+    let result = worker::run_job(config.clone(), ticket, &job_id, tx).await;
+    let _ = printer.await;
+    let dir = worker::job_dir(&config.data_dir, &job_id);
+    match result {
+        Ok(JobOutcome::PullRequest {
+            url,
+            branch,
+            repo,
+            receipts,
+            receipts_digest,
+            ..
+        }) => {
+            println!("draft pull request: {url}");
+            println!("repository:         {repo}");
+            println!("branch:             {branch}");
+            println!("receipts:           {}", receipts.display());
+            println!("receipts digest:    sha256:{receipts_digest}");
+            println!("verify with:        drafter verify {}", dir.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok(JobOutcome::NoChanges { summary, receipts }) => {
+            println!("no changes were made, so no pull request was opened");
+            println!("model summary: {summary}");
+            println!("receipts:      {}", receipts.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            let msg = worker::scrub(&config, &e.to_string());
+            eprintln!("error: {msg}");
+            eprintln!("job record: {}", dir.join("job.json").display());
+            Ok(match e {
+                JobError::Refused(_) => ExitCode::from(2),
+                _ => ExitCode::FAILURE,
+            })
+        }
+    }
+}
+
+fn verify(path: &std::path::Path, public_key: Option<&str>) -> anyhow::Result<ExitCode> {
+    let pinned = match public_key {
+        None => None,
+        Some(k) => Some(proof::parse_public_key(k).context("reading --public-key")?),
+    };
+    match proof::verify(path, pinned.as_ref()) {
+        Ok(report) => {
+            println!(
+                "ok: {} receipt(s) for job {} (ticket {}), chain intact, all signatures valid",
+                report.count, report.job_id, report.ticket
+            );
+            println!("signer: {}{}", report.signer, if pinned.is_some() { " (pinned)" } else { " (not pinned: pass --public-key to check origin)" });
+            println!("head:   sha256:{}", report.head);
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("verification failed: {e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}

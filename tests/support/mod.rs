@@ -3,5 +3,6 @@
 #![allow(dead_code)]
 
 pub mod github;
+pub mod harness;
 pub mod jira;
 pub mod model;

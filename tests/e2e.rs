@@ -1,0 +1,332 @@
+//! End to end: the real `drafter run` binary against stand-in Jira, GitHub (with a real git remote) and a scripted
+//! model, with the model's tools running in the real hardened Docker sandbox.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use support::harness::{Options, Stack, DEMO_REPO, SECRETS};
+use support::model::Step;
+
+const BIN: &str = env!("CARGO_BIN_EXE_drafter");
+
+async fn run(stack: &Stack, ticket: &str) -> (Output, String) {
+    let out = stack
+        .drafter(Path::new(BIN), &["run", "--ticket", ticket])
+        .output()
+        .await
+        .expect("drafter runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out, text)
+}
+
+fn job_dir(stack: &Stack) -> PathBuf {
+    let jobs = stack.data_dir().join("jobs");
+    let dirs: Vec<PathBuf> = std::fs::read_dir(&jobs)
+        .expect("jobs dir")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(dirs.len(), 1, "exactly one job directory: {dirs:?}");
+    dirs[0].clone()
+}
+
+fn git(bare: &Path, args: &[&str]) -> String {
+    let out = std::process::Command::new("git")
+        .arg("--git-dir")
+        .arg(bare)
+        .args(args)
+        .output()
+        .expect("git runs");
+    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn branches(bare: &Path) -> Vec<String> {
+    git(bare, &["for-each-ref", "--format=%(refname:short)", "refs/heads/"])
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+fn assert_no_secret(what: &str, text: &str) {
+    for s in SECRETS {
+        assert!(!text.contains(s), "a secret leaked into {what}");
+    }
+}
+
+/// No container labelled with the job remains (the runner removes it on every path).
+async fn assert_no_container(job_id: &str) {
+    let docker = bollard::Docker::connect_with_defaults()
+        .expect("docker")
+        .negotiate_version()
+        .await
+        .expect("docker version");
+    let filters = std::collections::HashMap::from([(
+        "label".to_string(),
+        vec![format!("drafter.job={job_id}")],
+    )]);
+    let opts = bollard::query_parameters::ListContainersOptionsBuilder::new()
+        .all(true)
+        .filters(&filters)
+        .build();
+    let left = docker.list_containers(Some(opts)).await.expect("list containers");
+    assert!(left.is_empty(), "containers left for {job_id}: {left:?}");
+}
+
+fn job_id_of(dir: &Path) -> String {
+    dir.file_name().expect("name").to_string_lossy().into_owned()
+}
+
+/// Everything the model was sent, as one string (for leak checks and for reading tool results).
+fn model_traffic(stack: &Stack) -> String {
+    stack
+        .model
+        .requests()
+        .iter()
+        .map(|r| String::from_utf8_lossy(&r.body).into_owned())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+async fn ticket_to_draft_pr(provider: &'static str) {
+    let stack = Stack::start(Options {
+        provider,
+        ..Options::default()
+    })
+    .await;
+    let started = Instant::now();
+    let (out, log) = run(&stack, "DEMO-1").await;
+    assert!(out.status.success(), "drafter run failed:\n{log}");
+    eprintln!("{provider}: ticket to draft PR in {:?}", started.elapsed());
+
+    // The branch and commit exist in the real bare repository, with the model's change and the trailers.
+    let branch = "drafter/DEMO-1-greeting-should-end-with-an-exclamation-mark";
+    assert!(branches(&stack.bare_repo).contains(&branch.to_string()), "{:?}", branches(&stack.bare_repo));
+    let greet = git(&stack.bare_repo, &["show", &format!("{branch}:greet.py")]);
+    assert!(greet.contains("return f\"Hello, {name}!\""), "{greet}");
+    let test = git(&stack.bare_repo, &["show", &format!("{branch}:test_greet.py")]);
+    assert!(test.contains("\"Hello, Ada!\""), "{test}");
+    let message = git(&stack.bare_repo, &["log", "-1", "--format=%B", branch]);
+    let dir = job_dir(&stack);
+    let job_id = job_id_of(&dir);
+    assert!(message.contains("Drafter-Ticket: DEMO-1"), "{message}");
+    assert!(message.contains(&format!("Drafter-Job: {job_id}")), "{message}");
+    assert!(message.contains("Drafter-Receipts: sha256:"), "{message}");
+    let author = git(&stack.bare_repo, &["log", "-1", "--format=%an <%ae>", branch]);
+    assert_eq!(author.trim(), "drafter[bot] <drafter-bot@example.com>");
+    // Only the two files changed: the test run's bytecode is ignored by the repository's .gitignore.
+    let changed = git(&stack.bare_repo, &["diff", "--name-only", "main", branch]);
+    assert_eq!(changed.lines().collect::<Vec<_>>(), ["greet.py", "test_greet.py"]);
+    // main is untouched.
+    assert!(git(&stack.bare_repo, &["show", "main:greet.py"]).contains("Hello, {name}."));
+
+    // A draft PR with the right head and base; nothing ever tried to merge.
+    let pulls = stack.github.pulls(DEMO_REPO);
+    assert_eq!(pulls.len(), 1, "{pulls:?}");
+    let pr = &pulls[0];
+    assert_eq!(pr["draft"], json!(true), "{pr}");
+    assert_eq!(pr["head"], json!(branch), "{pr}");
+    assert_eq!(pr["base"], json!("main"), "{pr}");
+    assert_eq!(
+        pr["title"],
+        json!("[DEMO-1] Greeting should end with an exclamation mark")
+    );
+    let body = pr["body"].as_str().expect("PR body");
+    assert!(body.contains("/browse/DEMO-1"), "{body}");
+    assert!(body.contains("exclamation mark"), "{body}");
+    assert!(body.contains("python3 -m unittest -v"), "{body}");
+    assert!(body.contains("sha256:"), "{body}");
+    assert_eq!(stack.github.merge_attempts(), 0);
+
+    // The ticket heard about the start and got the PR link.
+    let comments = stack.jira.comment_texts("DEMO-1");
+    assert_eq!(comments.len(), 2, "{comments:?}");
+    assert!(comments[0].contains("started"), "{comments:?}");
+    let url = pr["html_url"].as_str().expect("html_url");
+    let adf = serde_json::to_string(&stack.jira.comments("DEMO-1")[1]).expect("json");
+    assert!(adf.contains(url), "PR link missing from {adf}");
+
+    // The model saw the ticket as quoted data and the tool results came back to it.
+    let traffic = model_traffic(&stack);
+    assert!(traffic.contains("<ticket key=\\\"DEMO-1\\\">"), "ticket not quoted");
+    assert!(traffic.contains("Ran 1 test"), "the test run's output should reach the model");
+    assert_eq!(stack.model.requests().len(), 5);
+
+    // Receipts: one per model call, and `drafter verify` accepts them, then rejects a one-byte change.
+    let receipts = dir.join("receipts.jsonl");
+    let text = std::fs::read_to_string(&receipts).expect("receipts");
+    assert_eq!(text.lines().count(), 5);
+    let pubkey = stack.data_dir().join("runner.pub");
+    let ok = std::process::Command::new(BIN)
+        .args(["verify", dir.to_str().expect("utf8"), "--public-key"])
+        .arg(&pubkey)
+        .output()
+        .expect("verify runs");
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let mut bytes = std::fs::read(&receipts).expect("read");
+    let at = bytes.len() / 2;
+    bytes[at] = if bytes[at] == b'0' { b'1' } else { b'0' };
+    std::fs::write(&receipts, &bytes).expect("write");
+    let bad = std::process::Command::new(BIN)
+        .args(["verify", receipts.to_str().expect("utf8")])
+        .output()
+        .expect("verify runs");
+    assert!(!bad.status.success());
+    let why = String::from_utf8_lossy(&bad.stderr);
+    assert!(why.contains("line"), "{why}");
+
+    // No secret anywhere it could leak.
+    assert_no_secret("the logs", &log);
+    assert_no_secret("the receipts", &text);
+    assert_no_secret("the PR body", body);
+    assert_no_secret("the ticket comments", &comments.join("\n"));
+    assert_no_secret("the model traffic", &traffic);
+    assert_no_secret("job.json", &std::fs::read_to_string(dir.join("job.json")).expect("job.json"));
+    assert_no_container(&job_id).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ticket_becomes_draft_pr_anthropic() {
+    ticket_to_draft_pr("anthropic").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ticket_becomes_draft_pr_openai_compatible() {
+    ticket_to_draft_pr("openai").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn repository_not_allowlisted_is_refused_before_cloning() {
+    let stack = Stack::start(Options::default()).await;
+    stack.jira.add_issue(
+        "DEMO-2",
+        "Change the other service",
+        json!({"type": "doc", "version": 1, "content": [
+            {"type": "paragraph", "content": [{"type": "text", "text": "repo: acme/secret-service"}]}]}),
+        &[],
+    );
+    let (out, log) = run(&stack, "DEMO-2").await;
+    assert_eq!(out.status.code(), Some(2), "{log}");
+    assert!(log.contains("acme/secret-service"), "{log}");
+    assert!(log.contains("not allowlisted"), "{log}");
+    let comments = stack.jira.comment_texts("DEMO-2");
+    assert_eq!(comments.len(), 1, "{comments:?}");
+    assert!(comments[0].contains("not allowlisted"), "{comments:?}");
+    // Nothing was cloned, no model was called, no PR.
+    assert!(
+        !stack.github.requests().iter().any(|r| r.path.contains(".git/")),
+        "a git request was made"
+    );
+    assert!(stack.model.requests().is_empty());
+    assert!(stack.github.pulls(DEMO_REPO).is_empty());
+    assert_no_secret("the logs", &log);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn project_not_allowlisted_is_refused() {
+    let stack = Stack::start(Options::default()).await;
+    stack.jira.add_issue("NOPE-7", "Anything", Value::Null, &[]);
+    let (out, log) = run(&stack, "NOPE-7").await;
+    assert_eq!(out.status.code(), Some(2), "{log}");
+    assert!(stack.jira.comment_texts("NOPE-7")[0].contains("allowlist"));
+    assert!(stack.model.requests().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn service_account_that_can_merge_is_refused() {
+    let stack = Stack::start(Options::default()).await;
+    stack.github.set_permissions(DEMO_REPO, true, false, true);
+    let (out, log) = run(&stack, "DEMO-1").await;
+    assert_eq!(out.status.code(), Some(2), "{log}");
+    assert!(log.contains(DEMO_REPO), "{log}");
+    assert!(branches(&stack.bare_repo) == ["main"], "nothing may be pushed");
+    assert!(stack.model.requests().is_empty());
+    assert!(stack.jira.comment_texts("DEMO-1")[0].contains("refused"));
+
+    let stack = Stack::start(Options::default()).await;
+    stack.github.set_requires_review(DEMO_REPO, true, 0);
+    let (out, log) = run(&stack, "DEMO-1").await;
+    assert_eq!(out.status.code(), Some(2), "{log}");
+    assert!(log.contains("approving review"), "{log}");
+    assert!(branches(&stack.bare_repo) == ["main"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn empty_diff_opens_no_pr() {
+    let stack = Stack::start(Options {
+        script: vec![
+            Step::Tools(vec![("read_file".into(), json!({"path": "greet.py"}))]),
+            Step::Tools(vec![(
+                "finish".into(),
+                json!({"summary": "The greeting already matches the ticket; nothing to change."}),
+            )]),
+        ],
+        ..Options::default()
+    })
+    .await;
+    let (out, log) = run(&stack, "DEMO-1").await;
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("no pull request"), "{log}");
+    assert!(stack.github.pulls(DEMO_REPO).is_empty());
+    assert_eq!(branches(&stack.bare_repo), ["main"]);
+    let comments = stack.jira.comment_texts("DEMO-1");
+    assert_eq!(comments.len(), 2, "{comments:?}");
+    assert!(comments[1].contains("without changing any file"), "{comments:?}");
+    assert_no_container(&job_id_of(&job_dir(&stack))).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn model_that_never_finishes_hits_max_turns() {
+    let stack = Stack::start(Options {
+        script: (0..10)
+            .map(|_| Step::Tools(vec![("list_files".into(), json!({}))]))
+            .collect(),
+        agent_toml: "max_turns = 3".into(),
+        ..Options::default()
+    })
+    .await;
+    let (out, log) = run(&stack, "DEMO-1").await;
+    assert_eq!(out.status.code(), Some(1), "{log}");
+    assert!(log.contains("3 turns"), "{log}");
+    assert_eq!(stack.model.requests().len(), 3);
+    assert!(stack.github.pulls(DEMO_REPO).is_empty());
+    assert_eq!(branches(&stack.bare_repo), ["main"]);
+    let comments = stack.jira.comment_texts("DEMO-1");
+    assert!(comments.last().expect("a comment").contains("3 turns"), "{comments:?}");
+    let dir = job_dir(&stack);
+    // The receipts of the calls that were made are still there and valid.
+    let v = std::process::Command::new(BIN)
+        .args(["verify", dir.to_str().expect("utf8")])
+        .output()
+        .expect("verify");
+    assert!(v.status.success());
+    assert_no_container(&job_id_of(&dir)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn command_over_its_timeout_is_killed_and_reported() {
+    let stack = Stack::start(Options {
+        script: vec![
+            Step::Tools(vec![("run".into(), json!({"command": "sleep 60; echo never"}))]),
+            Step::Tools(vec![("finish".into(), json!({"summary": "gave up"}))]),
+        ],
+        sandbox_toml: "command_timeout_secs = 2".into(),
+        ..Options::default()
+    })
+    .await;
+    let started = Instant::now();
+    let (out, log) = run(&stack, "DEMO-1").await;
+    assert!(out.status.success(), "{log}");
+    assert!(started.elapsed() < Duration::from_secs(50), "the timeout did not cut the command");
+    let traffic = model_traffic(&stack);
+    assert!(traffic.contains("timed out after 2 s"), "the model should be told");
+    assert_no_container(&job_id_of(&job_dir(&stack))).await;
+}
