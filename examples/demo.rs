@@ -28,7 +28,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("scripted model:  {}", stack.model.base_url());
     println!("configuration:   {}", stack.config_path.display());
     println!();
-    println!("$ drafter run --ticket DEMO-1 --config {}", stack.config_path.display());
+    println!(
+        "$ drafter run --ticket DEMO-1 --config {}",
+        stack.config_path.display()
+    );
 
     let status = stack
         .drafter(&bin, &["run", "--ticket", "DEMO-1"])
@@ -47,10 +50,23 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             pr["number"], pr["draft"], pr["base"], pr["head"], pr["title"]
         );
     }
-    let branch = git(&stack.bare_repo, &["for-each-ref", "--format=%(refname:short)", "refs/heads/drafter/"]);
+    let branch = git(
+        &stack.bare_repo,
+        &[
+            "for-each-ref",
+            "--format=%(refname:short)",
+            "refs/heads/drafter/",
+        ],
+    );
     let branch = branch.trim().to_string();
     println!("\n$ git log -1 {branch}   (in the stand-in's bare repository)");
-    println!("{}", git(&stack.bare_repo, &["log", "-1", "--format=%an <%ae>%n%n%B", &branch]));
+    println!(
+        "{}",
+        git(
+            &stack.bare_repo,
+            &["log", "-1", "--format=%an <%ae>%n%n%B", &branch]
+        )
+    );
     println!("$ git diff main {branch}");
     println!("{}", git(&stack.bare_repo, &["diff", "main", &branch]));
     println!("Comments on DEMO-1:");
@@ -65,7 +81,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .next()
         .ok_or("no job directory")?;
     let pubkey = stack.data_dir().join("runner.pub");
-    println!("\n$ drafter verify {} --public-key {}", job.display(), pubkey.display());
+    println!(
+        "\n$ drafter verify {} --public-key {}",
+        job.display(),
+        pubkey.display()
+    );
     let verified = tokio::process::Command::new(&bin)
         .arg("verify")
         .arg(&job)
@@ -76,7 +96,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if !verified.success() {
         return Err("receipt verification failed".into());
     }
-    println!("\nThe job's data directory is kept at {}", stack.data_dir().display());
+    println!(
+        "\nThe job's data directory is kept at {}",
+        stack.data_dir().display()
+    );
     println!("To run against a real Jira, GitHub and model, copy examples/drafter.toml, fill it in, and run:");
     println!("  drafter run --ticket PROJ-123 --config drafter.toml");
     Ok(())
@@ -94,7 +117,11 @@ fn drafter_binary() -> Result<PathBuf, Box<dyn std::error::Error>> {
         .map(|p| p.join("drafter"))
         .ok_or("cannot locate the drafter binary")?;
     if !bin.exists() {
-        return Err(format!("{} not found: run `cargo build --bin drafter` first", bin.display()).into());
+        return Err(format!(
+            "{} not found: run `cargo build --bin drafter` first",
+            bin.display()
+        )
+        .into());
     }
     Ok(bin)
 }

@@ -183,7 +183,9 @@ async fn run_inner(
             .content
             .iter()
             .filter_map(|b| match b {
-                Block::ToolUse { id, name, input } => Some((id.clone(), name.clone(), input.clone())),
+                Block::ToolUse { id, name, input } => {
+                    Some((id.clone(), name.clone(), input.clone()))
+                }
                 _ => None,
             })
             .collect();
@@ -329,7 +331,9 @@ pub fn ticket_prompt(ticket: &Ticket, repo: &RepoConfig) -> String {
         repo.base,
     );
     if let Some(cmd) = &repo.test_command {
-        p.push_str(&format!("The repository's test command is: `{cmd}` (run it with the `run` tool).\n"));
+        p.push_str(&format!(
+            "The repository's test command is: `{cmd}` (run it with the `run` tool).\n"
+        ));
     }
     p
 }
@@ -341,7 +345,8 @@ pub fn tool_specs() -> Vec<ToolSpec> {
         description: description.to_string(),
         input_schema: schema,
     };
-    let path_prop = json!({"type": "string", "description": "Path relative to the repository root"});
+    let path_prop =
+        json!({"type": "string", "description": "Path relative to the repository root"});
     vec![
         spec(
             "list_files",
@@ -390,7 +395,13 @@ pub fn tool_specs() -> Vec<ToolSpec> {
 
 /// One line for progress output and the PR body.
 fn describe_call(name: &str, input: &Value) -> String {
-    let s = |k: &str| input.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+    let s = |k: &str| {
+        input
+            .get(k)
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string()
+    };
     let d = match name {
         "list_files" => {
             let p = s("path");
@@ -401,7 +412,15 @@ fn describe_call(name: &str, input: &Value) -> String {
             }
         }
         "read_file" | "write_file" | "edit_file" => s("path"),
-        "search" => format!("{} in {}", s("pattern"), if s("path").is_empty() { ".".into() } else { s("path") }),
+        "search" => format!(
+            "{} in {}",
+            s("pattern"),
+            if s("path").is_empty() {
+                ".".into()
+            } else {
+                s("path")
+            }
+        ),
         "run" => s("command"),
         _ => String::new(),
     };
@@ -598,7 +617,9 @@ pub fn check_path(p: &str) -> Result<String, ToolFailure> {
             return Err(ToolFailure::Respond(format!("`{p}` leaves the repository")));
         }
         if part == ".git" {
-            return Err(ToolFailure::Respond(format!("`{p}` is inside .git, which is off limits")));
+            return Err(ToolFailure::Respond(format!(
+                "`{p}` is inside .git, which is off limits"
+            )));
         }
     }
     Ok(trimmed.trim_end_matches('/').to_string())
@@ -637,11 +658,21 @@ mod tests {
 
     #[test]
     fn paths_stay_in_the_workspace() {
-        assert_eq!(check_path("src/lib.rs").ok(), Some("src/lib.rs".to_string()));
+        assert_eq!(
+            check_path("src/lib.rs").ok(),
+            Some("src/lib.rs".to_string())
+        );
         assert_eq!(check_path("./a/b/").ok(), Some("a/b".to_string()));
         assert_eq!(check_path("/workspace/a").ok(), Some("a".to_string()));
         assert_eq!(check_path("").ok(), Some(".".to_string()));
-        for bad in ["../x", "a/../../x", "/etc/passwd", ".git/config", "a/.git/hooks/x", "a\0b"] {
+        for bad in [
+            "../x",
+            "a/../../x",
+            "/etc/passwd",
+            ".git/config",
+            "a/.git/hooks/x",
+            "a\0b",
+        ] {
             assert!(check_path(bad).is_err(), "{bad} accepted");
         }
     }
@@ -649,8 +680,12 @@ mod tests {
     #[test]
     fn replace_once_requires_a_unique_match() {
         assert_eq!(replace_once("a b c", "b", "x").unwrap(), "a x c");
-        assert!(replace_once("a b b", "b", "x").unwrap_err().contains("2 times"));
-        assert!(replace_once("a", "z", "x").unwrap_err().contains("not found"));
+        assert!(replace_once("a b b", "b", "x")
+            .unwrap_err()
+            .contains("2 times"));
+        assert!(replace_once("a", "z", "x")
+            .unwrap_err()
+            .contains("not found"));
     }
 
     #[test]

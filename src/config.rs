@@ -448,7 +448,11 @@ impl Config {
                 None,
                 "no GitHub credential: set `token_env` (name of an environment variable) or `token_file` in [github]",
             ))?;
-        let api_key = ctx.secret("model.api_key", &raw.model.api_key_env, &raw.model.api_key_file)?;
+        let api_key = ctx.secret(
+            "model.api_key",
+            &raw.model.api_key_env,
+            &raw.model.api_key_file,
+        )?;
 
         for (key, value) in [
             ("jira.base_url", &raw.jira.base_url),
@@ -569,7 +573,10 @@ struct Ctx<'a> {
 
 impl Ctx<'_> {
     fn line_at(&self, offset: usize) -> usize {
-        self.text[..offset.min(self.text.len())].matches('\n').count() + 1
+        self.text[..offset.min(self.text.len())]
+            .matches('\n')
+            .count()
+            + 1
     }
 
     fn invalid(&self, key: &str, line: Option<usize>, message: &str) -> ConfigError {
@@ -591,7 +598,9 @@ impl Ctx<'_> {
 
     fn apply_overrides(&self, raw: &mut RawConfig) -> Result<(), ConfigError> {
         for (var, key) in ENV_OVERRIDES {
-            let Some(value) = (self.env)(var) else { continue };
+            let Some(value) = (self.env)(var) else {
+                continue;
+            };
             match *key {
                 "data_dir" => raw.data_dir = PathBuf::from(value),
                 "jira.base_url" => raw.jira.base_url = value,
@@ -641,7 +650,10 @@ impl Ctx<'_> {
                     _ => Err(self.invalid(
                         &format!("{name}_env"),
                         line,
-                        &format!("environment variable `{}` is not set or empty", var.get_ref()),
+                        &format!(
+                            "environment variable `{}` is not set or empty",
+                            var.get_ref()
+                        ),
                     )),
                 }
             }
@@ -706,7 +718,10 @@ repos = [{ name = "acme/widgets", test_command = "make test" }]
         let c = Config::from_toml(GOOD, Path::new("d.toml"), &env).unwrap();
         assert_eq!(c.jira.base_url, "https://example.atlassian.net");
         assert_eq!(c.github.api_url, "https://api.github.com");
-        assert_eq!(c.github.clone_url("acme/widgets"), "https://github.com/acme/widgets.git");
+        assert_eq!(
+            c.github.clone_url("acme/widgets"),
+            "https://github.com/acme/widgets.git"
+        );
         assert_eq!(c.projects["DEMO"].repos[0].base, "main");
         assert!(matches!(c.jira.auth, JiraAuth::Basic { .. }));
         assert!(c.model.api_key.is_none());
@@ -737,7 +752,9 @@ repos = [{ name = "acme/widgets", test_command = "make test" }]
     #[test]
     fn missing_key_names_key_and_line() {
         let text = GOOD.replace("model = \"qwen\"\n", "");
-        let err = Config::from_toml(&text, Path::new("d.toml"), &env).unwrap_err().to_string();
+        let err = Config::from_toml(&text, Path::new("d.toml"), &env)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("d.toml"), "{err}");
         assert!(err.contains("model"), "{err}");
         assert!(err.contains("line"), "{err}");
@@ -746,7 +763,9 @@ repos = [{ name = "acme/widgets", test_command = "make test" }]
     #[test]
     fn malformed_toml_names_line() {
         let text = GOOD.replace("provider = \"openai\"", "provider = openai");
-        let err = Config::from_toml(&text, Path::new("d.toml"), &env).unwrap_err().to_string();
+        let err = Config::from_toml(&text, Path::new("d.toml"), &env)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("line 14"), "{err}");
     }
 
@@ -766,9 +785,30 @@ repos = [{ name = "acme/widgets", test_command = "make test" }]
     #[test]
     fn bad_repo_name_refused() {
         let text = GOOD.replace("acme/widgets", "../etc");
-        let err = Config::from_toml(&text, Path::new("d.toml"), &env).unwrap_err().to_string();
+        let err = Config::from_toml(&text, Path::new("d.toml"), &env)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("projects.DEMO.repos"), "{err}");
         assert!(!valid_repo_name("a/b/c"));
         assert!(valid_repo_name("acme/widgets.rs"));
+    }
+}
+
+#[cfg(test)]
+mod example_file {
+    use super::*;
+
+    /// The documented example must stay loadable: it is what admins copy.
+    #[test]
+    fn examples_drafter_toml_loads() {
+        let text = include_str!("../examples/drafter.toml");
+        let env = |n: &str| match n {
+            "JIRA_API_TOKEN" | "GITHUB_TOKEN" | "ANTHROPIC_API_KEY" => Some("value".to_string()),
+            _ => None,
+        };
+        let c = Config::from_toml(text, Path::new("examples/drafter.toml"), &env).unwrap();
+        assert_eq!(c.projects["PAY"].repos.len(), 2);
+        assert_eq!(c.projects["PAY"].repos[1].base, "develop");
+        assert_eq!(c.model.provider, ProviderKind::Anthropic);
     }
 }

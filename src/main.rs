@@ -121,7 +121,9 @@ async fn run(ticket: &str, config_path: &std::path::Path) -> anyhow::Result<Exit
         while let Some(event) = rx.recv().await {
             match event {
                 Event::Stage { stage, detail } => eprintln!("==> {:<8} {detail}", stage.as_str()),
-                Event::Agent(AgentEvent::Turn { turn, max }) => eprintln!("    model turn {turn}/{max}"),
+                Event::Agent(AgentEvent::Turn { turn, max }) => {
+                    eprintln!("    model turn {turn}/{max}")
+                }
                 Event::Agent(AgentEvent::ToolCall(c)) => eprintln!(
                     "      {} {}{}",
                     c.name,
@@ -181,7 +183,15 @@ fn verify(path: &std::path::Path, public_key: Option<&str>) -> anyhow::Result<Ex
                 "ok: {} receipt(s) for job {} (ticket {}), chain intact, all signatures valid",
                 report.count, report.job_id, report.ticket
             );
-            println!("signer: {}{}", report.signer, if pinned.is_some() { " (pinned)" } else { " (not pinned: pass --public-key to check origin)" });
+            println!(
+                "signer: {}{}",
+                report.signer,
+                if pinned.is_some() {
+                    " (pinned)"
+                } else {
+                    " (not pinned: pass --public-key to check origin)"
+                }
+            );
             println!("head:   sha256:{}", report.head);
             Ok(ExitCode::SUCCESS)
         }

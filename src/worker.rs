@@ -191,7 +191,9 @@ pub fn named_repo(ticket: &Ticket) -> Option<String> {
         }
     }
     for line in ticket.description.lines() {
-        let l = line.trim().trim_start_matches(['*', '_', '`', '>', '-', ' ']);
+        let l = line
+            .trim()
+            .trim_start_matches(['*', '_', '`', '>', '-', ' ']);
         let lower = l.to_ascii_lowercase();
         if let Some(rest) = lower.strip_prefix("repo:") {
             let start = l.len() - rest.len();
@@ -387,23 +389,34 @@ async fn pipeline(
     progress.repo = Some(repo_cfg.name.clone());
     stage(events, Stage::Check, repo_cfg.name.as_str());
     let github = GitHub::new(&config.github)?;
-    github.check_cannot_merge(&repo_cfg.name, &repo_cfg.base).await.map_err(|e| match e {
-        ForgeError::CanMerge { .. } => JobError::Refused(e.to_string()),
-        other => JobError::Forge(other),
-    })?;
+    github
+        .check_cannot_merge(&repo_cfg.name, &repo_cfg.base)
+        .await
+        .map_err(|e| match e {
+            ForgeError::CanMerge { .. } => JobError::Refused(e.to_string()),
+            other => JobError::Forge(other),
+        })?;
 
     let sandbox = Sandbox::connect(&config.sandbox).await?;
     sandbox.ensure_image().await?;
     jira.comment(
         ticket_key,
-        Notice::Started { job_id: job_id.to_string(), repo: repo_cfg.name.clone() }.to_adf(),
+        Notice::Started {
+            job_id: job_id.to_string(),
+            repo: repo_cfg.name.clone(),
+        }
+        .to_adf(),
     )
     .await?;
 
     // Clone into a scratch directory that disappears with the job.
     let branch = repo::branch_name(&ticket.key, &ticket.summary);
     progress.branch = Some(branch.clone());
-    stage(events, Stage::Clone, format!("{} -> {}", repo_cfg.name, branch));
+    stage(
+        events,
+        Stage::Clone,
+        format!("{} -> {}", repo_cfg.name, branch),
+    );
     let scratch = tempfile::Builder::new()
         .prefix("drafter-ws-")
         .tempdir()
@@ -430,7 +443,11 @@ async fn pipeline(
     let container = sandbox.start(job_id, &ticket.key).await?;
     let agent_result = async {
         container.upload_dir(&ws).await?;
-        stage(events, Stage::Agent, format!("{} {}", config.model.provider.as_str(), config.model.model));
+        stage(
+            events,
+            Stage::Agent,
+            format!("{} {}", config.model.provider.as_str(), config.model.model),
+        );
         let key = RunnerKey::load_or_create(&config.data_dir)?;
         let receipts = ReceiptLog::create(&dir.join("receipts.jsonl"), key, job_id, &ticket.key)?;
         let mut model = ModelClient::new(&config.model, receipts)?;
@@ -487,7 +504,12 @@ async fn pipeline(
         ],
     );
     let (identity, token) = (config.commit.clone(), config.github.token.clone());
-    let (ws2, url2, branch2, base2) = (ws.clone(), url.clone(), branch.clone(), repo_cfg.base.clone());
+    let (ws2, url2, branch2, base2) = (
+        ws.clone(),
+        url.clone(),
+        branch.clone(),
+        repo_cfg.base.clone(),
+    );
     let committed = blocking(move || {
         let r = git2::Repository::open(&ws2).map_err(RepoError::from)?;
         let oid = repo::commit_all(&r, &identity, &message)?;
@@ -501,17 +523,36 @@ async fn pipeline(
     .await?;
     let Some(changed) = committed else {
         stage(events, Stage::Report, "no changes");
-        jira.comment(ticket_key, Notice::NoChanges { summary: outcome.summary.clone() }.to_adf())
-            .await?;
-        return Ok(JobOutcome::NoChanges { summary: outcome.summary, receipts });
+        jira.comment(
+            ticket_key,
+            Notice::NoChanges {
+                summary: outcome.summary.clone(),
+            }
+            .to_adf(),
+        )
+        .await?;
+        return Ok(JobOutcome::NoChanges {
+            summary: outcome.summary,
+            receipts,
+        });
     };
 
     // Draft pull request.
-    stage(events, Stage::PullRequest, format!("{} <- {}", repo_cfg.base, branch));
+    stage(
+        events,
+        Stage::PullRequest,
+        format!("{} <- {}", repo_cfg.base, branch),
+    );
     let title = format!("[{}] {}", ticket.key, cap(ticket.summary.trim(), 200));
     let body = pr_body(&ticket, job_id, &outcome, &changed, &digest);
     let pr: PullRequest = github
-        .open_draft_pr(&repo_cfg.name, &branch, &repo_cfg.base, &title, &scrub(config, &body))
+        .open_draft_pr(
+            &repo_cfg.name,
+            &branch,
+            &repo_cfg.base,
+            &title,
+            &scrub(config, &body),
+        )
         .await?;
 
     stage(events, Stage::Report, ticket_key);
@@ -602,7 +643,10 @@ mod tests {
 
     #[test]
     fn repo_named_by_label_or_line() {
-        assert_eq!(named_repo(&ticket("", &["repo:acme/api"])).as_deref(), Some("acme/api"));
+        assert_eq!(
+            named_repo(&ticket("", &["repo:acme/api"])).as_deref(),
+            Some("acme/api")
+        );
         assert_eq!(
             named_repo(&ticket("Fix it.\n\nRepo: `acme/web`\n", &[])).as_deref(),
             Some("acme/web")

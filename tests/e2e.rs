@@ -45,15 +45,22 @@ fn git(bare: &Path, args: &[&str]) -> String {
         .args(args)
         .output()
         .expect("git runs");
-    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn branches(bare: &Path) -> Vec<String> {
-    git(bare, &["for-each-ref", "--format=%(refname:short)", "refs/heads/"])
-        .lines()
-        .map(str::to_string)
-        .collect()
+    git(
+        bare,
+        &["for-each-ref", "--format=%(refname:short)", "refs/heads/"],
+    )
+    .lines()
+    .map(str::to_string)
+    .collect()
 }
 
 fn assert_no_secret(what: &str, text: &str) {
@@ -77,12 +84,18 @@ async fn assert_no_container(job_id: &str) {
         .all(true)
         .filters(&filters)
         .build();
-    let left = docker.list_containers(Some(opts)).await.expect("list containers");
+    let left = docker
+        .list_containers(Some(opts))
+        .await
+        .expect("list containers");
     assert!(left.is_empty(), "containers left for {job_id}: {left:?}");
 }
 
 fn job_id_of(dir: &Path) -> String {
-    dir.file_name().expect("name").to_string_lossy().into_owned()
+    dir.file_name()
+        .expect("name")
+        .to_string_lossy()
+        .into_owned()
 }
 
 /// Everything the model was sent, as one string (for leak checks and for reading tool results).
@@ -109,22 +122,38 @@ async fn ticket_to_draft_pr(provider: &'static str) {
 
     // The branch and commit exist in the real bare repository, with the model's change and the trailers.
     let branch = "drafter/DEMO-1-greeting-should-end-with-an-exclamation-mark";
-    assert!(branches(&stack.bare_repo).contains(&branch.to_string()), "{:?}", branches(&stack.bare_repo));
+    assert!(
+        branches(&stack.bare_repo).contains(&branch.to_string()),
+        "{:?}",
+        branches(&stack.bare_repo)
+    );
     let greet = git(&stack.bare_repo, &["show", &format!("{branch}:greet.py")]);
     assert!(greet.contains("return f\"Hello, {name}!\""), "{greet}");
-    let test = git(&stack.bare_repo, &["show", &format!("{branch}:test_greet.py")]);
+    let test = git(
+        &stack.bare_repo,
+        &["show", &format!("{branch}:test_greet.py")],
+    );
     assert!(test.contains("\"Hello, Ada!\""), "{test}");
     let message = git(&stack.bare_repo, &["log", "-1", "--format=%B", branch]);
     let dir = job_dir(&stack);
     let job_id = job_id_of(&dir);
     assert!(message.contains("Drafter-Ticket: DEMO-1"), "{message}");
-    assert!(message.contains(&format!("Drafter-Job: {job_id}")), "{message}");
+    assert!(
+        message.contains(&format!("Drafter-Job: {job_id}")),
+        "{message}"
+    );
     assert!(message.contains("Drafter-Receipts: sha256:"), "{message}");
-    let author = git(&stack.bare_repo, &["log", "-1", "--format=%an <%ae>", branch]);
+    let author = git(
+        &stack.bare_repo,
+        &["log", "-1", "--format=%an <%ae>", branch],
+    );
     assert_eq!(author.trim(), "drafter[bot] <drafter-bot@example.com>");
     // Only the two files changed: the test run's bytecode is ignored by the repository's .gitignore.
     let changed = git(&stack.bare_repo, &["diff", "--name-only", "main", branch]);
-    assert_eq!(changed.lines().collect::<Vec<_>>(), ["greet.py", "test_greet.py"]);
+    assert_eq!(
+        changed.lines().collect::<Vec<_>>(),
+        ["greet.py", "test_greet.py"]
+    );
     // main is untouched.
     assert!(git(&stack.bare_repo, &["show", "main:greet.py"]).contains("Hello, {name}."));
 
@@ -156,8 +185,14 @@ async fn ticket_to_draft_pr(provider: &'static str) {
 
     // The model saw the ticket as quoted data and the tool results came back to it.
     let traffic = model_traffic(&stack);
-    assert!(traffic.contains("<ticket key=\\\"DEMO-1\\\">"), "ticket not quoted");
-    assert!(traffic.contains("Ran 1 test"), "the test run's output should reach the model");
+    assert!(
+        traffic.contains("<ticket key=\\\"DEMO-1\\\">"),
+        "ticket not quoted"
+    );
+    assert!(
+        traffic.contains("Ran 1 test"),
+        "the test run's output should reach the model"
+    );
     assert_eq!(stack.model.requests().len(), 5);
 
     // Receipts: one per model call, and `drafter verify` accepts them, then rejects a one-byte change.
@@ -170,7 +205,11 @@ async fn ticket_to_draft_pr(provider: &'static str) {
         .arg(&pubkey)
         .output()
         .expect("verify runs");
-    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
     let mut bytes = std::fs::read(&receipts).expect("read");
     let at = bytes.len() / 2;
     bytes[at] = if bytes[at] == b'0' { b'1' } else { b'0' };
@@ -189,7 +228,10 @@ async fn ticket_to_draft_pr(provider: &'static str) {
     assert_no_secret("the PR body", body);
     assert_no_secret("the ticket comments", &comments.join("\n"));
     assert_no_secret("the model traffic", &traffic);
-    assert_no_secret("job.json", &std::fs::read_to_string(dir.join("job.json")).expect("job.json"));
+    assert_no_secret(
+        "job.json",
+        &std::fs::read_to_string(dir.join("job.json")).expect("job.json"),
+    );
     assert_no_container(&job_id).await;
 }
 
@@ -222,7 +264,11 @@ async fn repository_not_allowlisted_is_refused_before_cloning() {
     assert!(comments[0].contains("not allowlisted"), "{comments:?}");
     // Nothing was cloned, no model was called, no PR.
     assert!(
-        !stack.github.requests().iter().any(|r| r.path.contains(".git/")),
+        !stack
+            .github
+            .requests()
+            .iter()
+            .any(|r| r.path.contains(".git/")),
         "a git request was made"
     );
     assert!(stack.model.requests().is_empty());
@@ -247,7 +293,10 @@ async fn service_account_that_can_merge_is_refused() {
     let (out, log) = run(&stack, "DEMO-1").await;
     assert_eq!(out.status.code(), Some(2), "{log}");
     assert!(log.contains(DEMO_REPO), "{log}");
-    assert!(branches(&stack.bare_repo) == ["main"], "nothing may be pushed");
+    assert!(
+        branches(&stack.bare_repo) == ["main"],
+        "nothing may be pushed"
+    );
     assert!(stack.model.requests().is_empty());
     assert!(stack.jira.comment_texts("DEMO-1")[0].contains("refused"));
 
@@ -279,7 +328,10 @@ async fn empty_diff_opens_no_pr() {
     assert_eq!(branches(&stack.bare_repo), ["main"]);
     let comments = stack.jira.comment_texts("DEMO-1");
     assert_eq!(comments.len(), 2, "{comments:?}");
-    assert!(comments[1].contains("without changing any file"), "{comments:?}");
+    assert!(
+        comments[1].contains("without changing any file"),
+        "{comments:?}"
+    );
     assert_no_container(&job_id_of(&job_dir(&stack))).await;
 }
 
@@ -300,7 +352,10 @@ async fn model_that_never_finishes_hits_max_turns() {
     assert!(stack.github.pulls(DEMO_REPO).is_empty());
     assert_eq!(branches(&stack.bare_repo), ["main"]);
     let comments = stack.jira.comment_texts("DEMO-1");
-    assert!(comments.last().expect("a comment").contains("3 turns"), "{comments:?}");
+    assert!(
+        comments.last().expect("a comment").contains("3 turns"),
+        "{comments:?}"
+    );
     let dir = job_dir(&stack);
     // The receipts of the calls that were made are still there and valid.
     let v = std::process::Command::new(BIN)
@@ -315,7 +370,10 @@ async fn model_that_never_finishes_hits_max_turns() {
 async fn command_over_its_timeout_is_killed_and_reported() {
     let stack = Stack::start(Options {
         script: vec![
-            Step::Tools(vec![("run".into(), json!({"command": "sleep 60; echo never"}))]),
+            Step::Tools(vec![(
+                "run".into(),
+                json!({"command": "sleep 60; echo never"}),
+            )]),
             Step::Tools(vec![("finish".into(), json!({"summary": "gave up"}))]),
         ],
         sandbox_toml: "command_timeout_secs = 2".into(),
@@ -325,8 +383,14 @@ async fn command_over_its_timeout_is_killed_and_reported() {
     let started = Instant::now();
     let (out, log) = run(&stack, "DEMO-1").await;
     assert!(out.status.success(), "{log}");
-    assert!(started.elapsed() < Duration::from_secs(50), "the timeout did not cut the command");
+    assert!(
+        started.elapsed() < Duration::from_secs(50),
+        "the timeout did not cut the command"
+    );
     let traffic = model_traffic(&stack);
-    assert!(traffic.contains("timed out after 2 s"), "the model should be told");
+    assert!(
+        traffic.contains("timed out after 2 s"),
+        "the model should be told"
+    );
     assert_no_container(&job_id_of(&job_dir(&stack))).await;
 }

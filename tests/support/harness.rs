@@ -94,14 +94,15 @@ pub fn demo_files() -> Vec<(String, String)> {
 
 /// The example ticket: key, summary, labels and ADF description.
 pub fn demo_ticket() -> Value {
-    let text = std::fs::read_to_string(root().join("examples/demo/ticket.json")).expect("ticket.json");
+    let text =
+        std::fs::read_to_string(root().join("examples/demo/ticket.json")).expect("ticket.json");
     serde_json::from_str(&text).expect("ticket.json is JSON")
 }
 
 /// The example model transcript as stand-in steps.
 pub fn demo_script() -> Vec<Step> {
-    let text =
-        std::fs::read_to_string(root().join("examples/demo/transcript.json")).expect("transcript.json");
+    let text = std::fs::read_to_string(root().join("examples/demo/transcript.json"))
+        .expect("transcript.json");
     let v: Value = serde_json::from_str(&text).expect("transcript.json is JSON");
     v["steps"]
         .as_array()
@@ -133,7 +134,10 @@ impl Stack {
         model.set_expected_key(Some(MODEL_KEY));
 
         let files = demo_files();
-        let refs: Vec<(&str, &str)> = files.iter().map(|(n, c)| (n.as_str(), c.as_str())).collect();
+        let refs: Vec<(&str, &str)> = files
+            .iter()
+            .map(|(n, c)| (n.as_str(), c.as_str()))
+            .collect();
         let bare_repo = github.create_repo(DEMO_REPO, &refs);
 
         let t = demo_ticket();
