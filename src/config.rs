@@ -468,7 +468,7 @@ impl Config {
         if raw.agent.max_turns == 0 {
             return Err(ctx.invalid("agent.max_turns", None, "must be at least 1"));
         }
-        if !(raw.sandbox.cpus > 0.0) {
+        if raw.sandbox.cpus.is_nan() || raw.sandbox.cpus <= 0.0 {
             return Err(ctx.invalid("sandbox.cpus", None, "must be greater than 0"));
         }
         if raw.projects.is_empty() {

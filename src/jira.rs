@@ -1,1 +1,1903 @@
-//! (being written)
+//! Jira Cloud REST v3: read a ticket, write a comment, and translate between ADF and Markdown.
+//!
+//! The model: drafter reads one issue (`GET /rest/api/3/issue/{key}`), turns its ADF description into Markdown for
+//! the agent's prompt, and tells the ticket what happened with short ADF comments built from a [`Notice`]
+//! (`POST /rest/api/3/issue/{key}/comment`). Nothing else is done on the ticket.
+//!
+//! Why it is this strict:
+//! - Issue keys arrive from webhooks and humans, so a key is checked against `^[A-Z][A-Z0-9_]+-[1-9][0-9]*$` before
+//!   any URL exists ([`valid_issue_key`]): `../../admin` never becomes a path.
+//! - Ticket text is hostile input. The ADF walker never panics (missing fields, wrong types), stops at
+//!   [`MAX_ADF_DEPTH`] levels, strips control characters, and the description is cut at [`MAX_DESCRIPTION_BYTES`].
+//!   Response bodies are read up to a cap, never in full on trust.
+//! - The credential is exposed only while building the `Authorization` header of each request (marked sensitive),
+//!   redirects are not followed (so the header cannot be replayed elsewhere), and error messages are summaries of
+//!   Jira's `errorMessages`/`errors`, with the token scrubbed out should a server echo it.
+//! - The client never sleeps: 429 and 503 surface `Retry-After` in the error and the caller decides
+//!   ([`JiraError::is_retryable`], [`JiraError::retry_after`]).
+
+use std::cell::Cell;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use base64::Engine as _;
+use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, RETRY_AFTER};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+use crate::config::{JiraAuth, JiraConfig};
+
+/// Markdown descriptions longer than this (bytes) are cut, and the cut is said in the text.
+pub const MAX_DESCRIPTION_BYTES: usize = 64 * 1024;
+/// ADF nesting deeper than this is not rendered (a marker says so).
+pub const MAX_ADF_DEPTH: usize = 100;
+/// Per-request timeout.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest successful response body read (an issue with a big description is a few hundred KiB of ADF).
+const MAX_RESPONSE_BYTES: usize = 8 * 1024 * 1024;
+/// Largest error body read; only a summary of it is kept.
+const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
+/// Length of the error summary kept from Jira's answer (characters).
+const ERROR_SUMMARY_CHARS: usize = 300;
+/// `Retry-After` values above this are clamped: a hostile or broken server must not park a worker for days.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+/// Cap on reasons and summaries put into comments (characters).
+const MAX_NOTICE_TEXT_CHARS: usize = 1000;
+/// Cap on short notice fields: job ids, repository names, branch names (characters).
+const MAX_NOTICE_FIELD_CHARS: usize = 200;
+const USER_AGENT: &str = concat!("drafter/", env!("CARGO_PKG_VERSION"));
+/// Fields asked for when reading an issue: exactly what [`Ticket`] uses.
+const ISSUE_FIELDS: &str = "summary,description,reporter,labels,project";
+
+/// Why a Jira call failed. Messages never contain the credential or request headers.
+#[derive(Debug, thiserror::Error)]
+pub enum JiraError {
+    /// The issue key does not look like `PROJ-123`; no request was made.
+    #[error("refusing Jira issue key {0:?}: expected a key like PROJ-123 (capital letters, digits, underscore, a dash, a number)")]
+    InvalidKey(String),
+    /// The Jira settings cannot be used (bad base URL, a credential that cannot go in a header).
+    #[error("Jira client configuration: {0}")]
+    Config(String),
+    /// The comment body given to [`JiraClient::comment`] is not an ADF document.
+    #[error("comment body must be an ADF document (an object with \"type\": \"doc\")")]
+    NotAdf,
+    /// Jira could not be reached, or the connection failed or timed out mid-request.
+    #[error("cannot reach Jira while {action}: {message}")]
+    Network {
+        /// What was being done, e.g. `reading issue DEMO-1`.
+        action: String,
+        /// The transport error, without the URL.
+        message: String,
+    },
+    /// 401/403: the credential is wrong, expired, or lacks permission.
+    #[error("Jira refused the credentials (HTTP {status}) while {action}: {message}; check the bot's email and API token and its project permissions")]
+    Unauthorized {
+        /// HTTP status.
+        status: u16,
+        /// What was being done.
+        action: String,
+        /// Jira's error summary.
+        message: String,
+    },
+    /// 404: the issue does not exist or the bot cannot see it (Jira does not say which).
+    #[error("Jira issue {key} not found, or the bot account may not see it: {message}")]
+    NotFound {
+        /// The issue key.
+        key: String,
+        /// Jira's error summary.
+        message: String,
+    },
+    /// 429: Jira's rate limit. Retry after `retry_after` if given.
+    #[error("Jira rate limit hit while {action}{}: {message}", fmt_retry(*retry_after))]
+    RateLimited {
+        /// What was being done.
+        action: String,
+        /// From the `Retry-After` header (seconds or HTTP date), clamped to an hour.
+        retry_after: Option<Duration>,
+        /// Jira's error summary.
+        message: String,
+    },
+    /// 5xx: Jira is failing or overloaded. 503 often carries `Retry-After`.
+    #[error("Jira server error (HTTP {status}) while {action}{}: {message}", fmt_retry(*retry_after))]
+    Server {
+        /// HTTP status.
+        status: u16,
+        /// What was being done.
+        action: String,
+        /// From the `Retry-After` header, clamped to an hour.
+        retry_after: Option<Duration>,
+        /// Jira's error summary.
+        message: String,
+    },
+    /// Any other non-success status (400, 409, 3xx ...): retrying the same request will not help.
+    #[error("Jira rejected the request (HTTP {status}) while {action}: {message}")]
+    Rejected {
+        /// HTTP status.
+        status: u16,
+        /// What was being done.
+        action: String,
+        /// Jira's error summary.
+        message: String,
+    },
+    /// The answer was not the JSON expected (or was too large).
+    #[error("unexpected answer from Jira while {action}: {message}")]
+    InvalidResponse {
+        /// What was being done.
+        action: String,
+        /// What was wrong.
+        message: String,
+    },
+}
+
+fn fmt_retry(retry_after: Option<Duration>) -> String {
+    retry_after
+        .map(|d| format!(" (retry after {} s)", d.as_secs()))
+        .unwrap_or_default()
+}
+
+impl JiraError {
+    /// Whether the same request may succeed later: network failures, 5xx and 429 are; 4xx and local refusals not.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            JiraError::Network { .. } | JiraError::RateLimited { .. } | JiraError::Server { .. }
+        )
+    }
+
+    /// How long Jira asked to wait (`Retry-After` on 429/5xx), if it said.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            JiraError::RateLimited { retry_after, .. } | JiraError::Server { retry_after, .. } => {
+                *retry_after
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Whether `key` is a Jira issue key: `^[A-Z][A-Z0-9_]+-[1-9][0-9]*$`. Everything else is refused before any URL is
+/// built from it.
+pub fn valid_issue_key(key: &str) -> bool {
+    let Some((project, number)) = key.split_once('-') else {
+        return false;
+    };
+    let mut p = project.bytes();
+    let first_ok = p.next().is_some_and(|b| b.is_ascii_uppercase());
+    let rest_ok =
+        project.len() >= 2 && p.all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
+    let mut n = number.bytes();
+    let num_ok =
+        n.next().is_some_and(|b| (b'1'..=b'9').contains(&b)) && n.all(|b| b.is_ascii_digit());
+    first_ok && rest_ok && num_ok
+}
+
+/// The project part of a valid issue key: `"DEMO-12"` -> `Some("DEMO")`; `None` for an invalid key.
+pub fn project_of(key: &str) -> Option<&str> {
+    if !valid_issue_key(key) {
+        return None;
+    }
+    key.split_once('-').map(|(p, _)| p)
+}
+
+/// A Jira issue as drafter uses it. All text is untrusted ticket content.
+#[derive(Debug, Clone)]
+pub struct Ticket {
+    /// The issue key as Jira answered it (it differs from the one asked for if the issue was moved).
+    pub key: String,
+    /// The project key, taken from [`Ticket::key`].
+    pub project: String,
+    /// The summary (title), control characters removed.
+    pub summary: String,
+    /// The description as Markdown, at most [`MAX_DESCRIPTION_BYTES`] plus a note when cut; empty when none.
+    pub description: String,
+    /// The reporter's display name, when Jira shows it.
+    pub reporter: Option<String>,
+    /// The issue's labels.
+    pub labels: Vec<String>,
+    /// `<base>/browse/<KEY>`.
+    pub url: String,
+}
+
+/// A Jira Cloud REST v3 client for one site and one bot account.
+#[derive(Debug, Clone)]
+pub struct JiraClient {
+    http: reqwest::Client,
+    /// Site root without a trailing slash.
+    base: String,
+    auth: JiraAuth,
+}
+
+impl JiraClient {
+    /// Builds a client. Fails if the base URL is not plain `http(s)://host[/path]` or the credential cannot be sent
+    /// in a header. The credential itself is read only when each request is built.
+    pub fn new(cfg: &JiraConfig) -> Result<JiraClient, JiraError> {
+        let parsed = url::Url::parse(cfg.base_url.trim())
+            .map_err(|e| JiraError::Config(format!("jira.base_url is not a URL: {e}")))?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(JiraError::Config(format!(
+                "jira.base_url must be http or https, not {:?}",
+                parsed.scheme()
+            )));
+        }
+        if !parsed.username().is_empty() || parsed.password().is_some() {
+            // Credentials in the URL would end up in logs and error messages.
+            return Err(JiraError::Config(
+                "jira.base_url must not contain credentials; use the token settings".into(),
+            ));
+        }
+        if parsed.query().is_some() || parsed.fragment().is_some() {
+            return Err(JiraError::Config(
+                "jira.base_url must not have a query or fragment".into(),
+            ));
+        }
+        let http = reqwest::Client::builder()
+            .timeout(REQUEST_TIMEOUT)
+            .connect_timeout(CONNECT_TIMEOUT)
+            .user_agent(USER_AGENT)
+            // A redirect would carry the request elsewhere; the REST API does not redirect, so treat it as an error.
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| {
+                JiraError::Config(format!("cannot build HTTP client: {}", e.without_url()))
+            })?;
+        let client = JiraClient {
+            http,
+            base: cfg.base_url.trim().trim_end_matches('/').to_string(),
+            auth: cfg.auth.clone(),
+        };
+        client.auth_header()?;
+        Ok(client)
+    }
+
+    /// The site root this client talks to (no trailing slash).
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    /// `<base>/browse/<KEY>`: the issue's page for humans.
+    pub fn browse_url(&self, key: &str) -> String {
+        format!("{}/browse/{}", self.base, key)
+    }
+
+    /// Reads an issue: `GET /rest/api/3/issue/{key}?fields=summary,description,reporter,labels,project`.
+    pub async fn issue(&self, key: &str) -> Result<Ticket, JiraError> {
+        check_key(key)?;
+        let action = format!("reading issue {key}");
+        // The key is validated and the field list is a constant: nothing here needs escaping.
+        let url = format!(
+            "{}/rest/api/3/issue/{}?fields={}",
+            self.base, key, ISSUE_FIELDS
+        );
+        tracing::debug!(issue = key, "jira: GET issue");
+        let req = self.http.get(url);
+        let resp = self.send(req, &action, Some(key)).await?;
+        let body = self.read_success(resp, &action).await?;
+        let v: Value = serde_json::from_slice(&body).map_err(|e| JiraError::InvalidResponse {
+            action: action.clone(),
+            message: format!("issue is not valid JSON: {e}"),
+        })?;
+        self.ticket_from_json(key, &v, &action)
+    }
+
+    /// Posts a comment: `POST /rest/api/3/issue/{key}/comment` with `{"body": doc}`; Jira answers 201.
+    /// `body` must be an ADF document, e.g. from [`Notice::to_adf`].
+    pub async fn comment(&self, key: &str, body: Value) -> Result<(), JiraError> {
+        check_key(key)?;
+        if body.get("type").and_then(Value::as_str) != Some("doc") {
+            return Err(JiraError::NotAdf);
+        }
+        let action = format!("commenting on issue {key}");
+        let url = format!("{}/rest/api/3/issue/{}/comment", self.base, key);
+        tracing::debug!(issue = key, "jira: POST comment");
+        let req = self.http.post(url).json(&json!({ "body": body }));
+        let resp = self.send(req, &action, Some(key)).await?;
+        // The created comment is echoed back; drafter does not need it, but drain a bounded amount.
+        let _ = read_capped(resp, MAX_ERROR_BODY_BYTES).await;
+        Ok(())
+    }
+
+    /// The authenticated account's `accountId` (`GET /rest/api/3/myself`): lets a caller check that the configured
+    /// bot account id matches the credential.
+    pub async fn myself(&self) -> Result<String, JiraError> {
+        let action = "reading the bot account (myself)".to_string();
+        let url = format!("{}/rest/api/3/myself", self.base);
+        let resp = self.send(self.http.get(url), &action, None).await?;
+        let body = self.read_success(resp, &action).await?;
+        let v: Value = serde_json::from_slice(&body).map_err(|e| JiraError::InvalidResponse {
+            action: action.clone(),
+            message: format!("not valid JSON: {e}"),
+        })?;
+        v.get("accountId")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map(|s| clean_text(&cap_chars(s, MAX_NOTICE_FIELD_CHARS)))
+            .ok_or_else(|| JiraError::InvalidResponse {
+                action,
+                message: "no accountId in the answer".into(),
+            })
+    }
+
+    fn auth_header(&self) -> Result<HeaderValue, JiraError> {
+        let value = match &self.auth {
+            JiraAuth::Basic { email, token } => {
+                let raw = format!("{}:{}", email, token.expose());
+                format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode(raw)
+                )
+            }
+            JiraAuth::Bearer { token } => format!("Bearer {}", token.expose()),
+        };
+        let mut h = HeaderValue::from_str(&value).map_err(|_| {
+            JiraError::Config(
+                "the Jira credential contains characters that cannot be sent in an HTTP header"
+                    .into(),
+            )
+        })?;
+        h.set_sensitive(true);
+        Ok(h)
+    }
+
+    /// Sends with auth; turns transport failures and non-2xx statuses into errors.
+    async fn send(
+        &self,
+        req: reqwest::RequestBuilder,
+        action: &str,
+        key: Option<&str>,
+    ) -> Result<reqwest::Response, JiraError> {
+        let req = req
+            .header(AUTHORIZATION, self.auth_header()?)
+            .header(ACCEPT, "application/json");
+        let resp = req.send().await.map_err(|e| JiraError::Network {
+            action: action.to_string(),
+            message: self.scrub(&describe_reqwest(e)),
+        })?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(resp);
+        }
+        let retry_after = parse_retry_after(resp.headers());
+        let body = read_capped(resp, MAX_ERROR_BODY_BYTES)
+            .await
+            .map(|(b, _)| b)
+            .unwrap_or_default();
+        let message = self.scrub(&summarize_error_body(&body));
+        tracing::debug!(status = status.as_u16(), action, "jira: request failed");
+        Err(status_error(status, retry_after, action, key, message))
+    }
+
+    async fn read_success(
+        &self,
+        resp: reqwest::Response,
+        action: &str,
+    ) -> Result<Vec<u8>, JiraError> {
+        let (body, cut) =
+            read_capped(resp, MAX_RESPONSE_BYTES)
+                .await
+                .map_err(|e| JiraError::Network {
+                    action: action.to_string(),
+                    message: self.scrub(&describe_reqwest(e)),
+                })?;
+        if cut {
+            return Err(JiraError::InvalidResponse {
+                action: action.to_string(),
+                message: format!("answer larger than {} MiB", MAX_RESPONSE_BYTES >> 20),
+            });
+        }
+        Ok(body)
+    }
+
+    /// Removes the credential from text that came from the server, in case it was echoed back.
+    fn scrub(&self, text: &str) -> String {
+        let mut out = text.to_string();
+        let token = match &self.auth {
+            JiraAuth::Basic { token, .. } | JiraAuth::Bearer { token } => token.expose(),
+        };
+        if !token.is_empty() {
+            out = out.replace(token, "[redacted]");
+        }
+        if let Ok(h) = self.auth_header() {
+            if let Ok(s) = h.to_str() {
+                if let Some((_, cred)) = s.split_once(' ') {
+                    if !cred.is_empty() {
+                        out = out.replace(cred, "[redacted]");
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn ticket_from_json(&self, asked: &str, v: &Value, action: &str) -> Result<Ticket, JiraError> {
+        let fields = v.get("fields").filter(|f| f.is_object()).ok_or_else(|| {
+            JiraError::InvalidResponse {
+                action: action.to_string(),
+                message: "issue has no `fields` object".into(),
+            }
+        })?;
+        // Jira answers with the current key when an issue was moved; trust it only if it is a key.
+        let key = v
+            .get("key")
+            .and_then(Value::as_str)
+            .filter(|k| valid_issue_key(k))
+            .unwrap_or(asked)
+            .to_string();
+        let project = project_of(&key).unwrap_or_default().to_string();
+        let summary = fields
+            .get("summary")
+            .and_then(Value::as_str)
+            .map(|s| clean_text(&cap_chars(s, MAX_NOTICE_TEXT_CHARS)))
+            .unwrap_or_default();
+        let description = match fields.get("description") {
+            None | Some(Value::Null) => String::new(),
+            Some(d) => cap_markdown(adf_to_markdown(d)),
+        };
+        let reporter = fields
+            .get("reporter")
+            .and_then(|r| r.get("displayName"))
+            .and_then(Value::as_str)
+            .map(|s| clean_text(&cap_chars(s, MAX_NOTICE_FIELD_CHARS)))
+            .filter(|s| !s.is_empty());
+        let labels = fields
+            .get("labels")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(|s| clean_text(&cap_chars(s, MAX_NOTICE_FIELD_CHARS)))
+                    .filter(|s| !s.is_empty())
+                    .take(100)
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(Ticket {
+            url: self.browse_url(&key),
+            key,
+            project,
+            summary,
+            description,
+            reporter,
+            labels,
+        })
+    }
+}
+
+fn check_key(key: &str) -> Result<(), JiraError> {
+    if valid_issue_key(key) {
+        Ok(())
+    } else {
+        Err(JiraError::InvalidKey(cap_chars(key, 64)))
+    }
+}
+
+fn status_error(
+    status: StatusCode,
+    retry_after: Option<Duration>,
+    action: &str,
+    key: Option<&str>,
+    message: String,
+) -> JiraError {
+    let action = action.to_string();
+    let code = status.as_u16();
+    match code {
+        401 | 403 => JiraError::Unauthorized {
+            status: code,
+            action,
+            message,
+        },
+        404 if key.is_some() => JiraError::NotFound {
+            key: key.unwrap_or_default().to_string(),
+            message,
+        },
+        429 => JiraError::RateLimited {
+            action,
+            retry_after,
+            message,
+        },
+        500..=599 => JiraError::Server {
+            status: code,
+            action,
+            retry_after,
+            message,
+        },
+        _ => JiraError::Rejected {
+            status: code,
+            action,
+            message,
+        },
+    }
+}
+
+/// A transport error without its URL (the URL holds nothing secret, but keeps messages short and stable).
+fn describe_reqwest(e: reqwest::Error) -> String {
+    let kind = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "connection failed"
+    } else {
+        "request failed"
+    };
+    let e = e.without_url();
+    // reqwest's Display is terse; its source chain says why (DNS, refused, TLS ...).
+    let mut msg = format!("{kind}: {e}");
+    let mut src = std::error::Error::source(&e);
+    let mut n = 0;
+    while let Some(s) = src {
+        if n >= 4 {
+            break;
+        }
+        let _ = write!(msg, ": {s}");
+        src = s.source();
+        n += 1;
+    }
+    cap_chars(&msg, ERROR_SUMMARY_CHARS)
+}
+
+/// Reads at most `cap` bytes; the flag says whether more was there.
+async fn read_capped(
+    mut resp: reqwest::Response,
+    cap: usize,
+) -> Result<(Vec<u8>, bool), reqwest::Error> {
+    let mut buf = Vec::new();
+    while let Some(chunk) = resp.chunk().await? {
+        let room = cap - buf.len();
+        if chunk.len() > room {
+            buf.extend_from_slice(&chunk[..room]);
+            return Ok((buf, true));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok((buf, false))
+}
+
+/// `Retry-After` as delta-seconds or an HTTP date, clamped to [`MAX_RETRY_AFTER`].
+fn parse_retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let raw = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    let d = if let Ok(secs) = raw.parse::<u64>() {
+        Duration::from_secs(secs)
+    } else {
+        let when = chrono::DateTime::parse_from_rfc2822(raw).ok()?;
+        let delta = when.signed_duration_since(chrono::Utc::now());
+        delta.to_std().unwrap_or(Duration::ZERO)
+    };
+    Some(d.min(MAX_RETRY_AFTER))
+}
+
+/// Jira's `{"errorMessages":[...],"errors":{"field":"msg"}}` as one line, else the raw text; cut to a few hundred
+/// characters.
+fn summarize_error_body(body: &[u8]) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    if let Ok(v) = serde_json::from_slice::<Value>(body) {
+        if let Some(msgs) = v.get("errorMessages").and_then(Value::as_array) {
+            parts.extend(msgs.iter().filter_map(Value::as_str).map(str::to_string));
+        }
+        if let Some(errs) = v.get("errors").and_then(Value::as_object) {
+            for (field, msg) in errs {
+                let msg = msg
+                    .as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| msg.to_string());
+                parts.push(format!("{field}: {msg}"));
+            }
+        }
+        if parts.is_empty() {
+            if let Some(m) = v.get("message").and_then(Value::as_str) {
+                parts.push(m.to_string());
+            }
+        }
+    }
+    let text = if parts.is_empty() {
+        String::from_utf8_lossy(body).into_owned()
+    } else {
+        parts.join("; ")
+    };
+    let one_line: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect::<String>()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    if one_line.is_empty() {
+        "(no details)".to_string()
+    } else {
+        cap_chars(&one_line, ERROR_SUMMARY_CHARS)
+    }
+}
+
+/// At most `max` characters, with `…` when cut.
+fn cap_chars(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        None => s.to_string(),
+        Some((i, _)) => format!("{}…", &s[..i]),
+    }
+}
+
+/// Cuts a description at [`MAX_DESCRIPTION_BYTES`] (on a character boundary) and says so.
+fn cap_markdown(md: String) -> String {
+    if md.len() <= MAX_DESCRIPTION_BYTES {
+        return md;
+    }
+    let mut cut = MAX_DESCRIPTION_BYTES;
+    while !md.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!(
+        "{}\n\n[description cut by drafter: it was {} bytes, only the first {} are shown]",
+        &md[..cut],
+        md.len(),
+        cut
+    )
+}
+
+/// Removes control characters except newline and tab (terminal escapes, NULs, carriage returns).
+fn clean_text(s: &str) -> String {
+    s.chars()
+        .filter(|&c| !c.is_control() || c == '\n' || c == '\t')
+        .collect()
+}
+
+// ---- ADF -> Markdown ----------------------------------------------------------------------------------------------
+
+/// A hard line break inside a paragraph (CommonMark backslash form, visible and unambiguous).
+const HARD_BREAK: &str = "\\\n";
+/// Columns kept per table row.
+const MAX_TABLE_COLUMNS: usize = 64;
+const DEPTH_MARKER: &str = "[content nested too deeply: omitted]";
+
+/// Node types that are inline content (children of paragraphs, headings, task items).
+const INLINE_TYPES: &[&str] = &[
+    "text",
+    "hardBreak",
+    "mention",
+    "emoji",
+    "date",
+    "status",
+    "inlineCard",
+    "mediaInline",
+    "placeholder",
+    "inlineExtension",
+];
+
+/// Converts an ADF document (or any ADF node, or a plain string as found in v2/webhook payloads) to Markdown.
+///
+/// Known nodes are rendered as their Markdown equivalents; unknown nodes are unwrapped so their text survives.
+/// Malformed input never panics: missing or mistyped fields are skipped, and nesting beyond [`MAX_ADF_DEPTH`] is
+/// replaced by a marker.
+pub fn adf_to_markdown(doc: &Value) -> String {
+    let r = Renderer {
+        depth_marked: Cell::new(false),
+    };
+    let out = match doc {
+        Value::String(s) => clean_text(s),
+        Value::Array(nodes) => r.blocks(nodes, 0),
+        Value::Object(_) if node_type(doc) == "doc" => r.blocks(children(doc), 0),
+        Value::Object(_) => r.blocks(std::slice::from_ref(doc), 0),
+        _ => String::new(),
+    };
+    out.trim().to_string()
+}
+
+fn node_type(n: &Value) -> &str {
+    n.get("type").and_then(Value::as_str).unwrap_or("")
+}
+
+fn children(n: &Value) -> &[Value] {
+    n.get("content")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or(&[])
+}
+
+fn attr<'a>(n: &'a Value, name: &str) -> Option<&'a Value> {
+    n.get("attrs").and_then(|a| a.get(name))
+}
+
+fn attr_str<'a>(n: &'a Value, name: &str) -> Option<&'a str> {
+    attr(n, name).and_then(Value::as_str)
+}
+
+fn is_inline(n: &Value) -> bool {
+    INLINE_TYPES.contains(&node_type(n))
+}
+
+fn is_list(n: &Value) -> bool {
+    matches!(node_type(n), "bulletList" | "orderedList" | "taskList")
+}
+
+/// Prefixes the first line with `first` and the others with `rest` (empty lines stay empty).
+fn prefix_lines(body: &str, first: &str, rest: &str) -> String {
+    let mut out = String::with_capacity(body.len() + first.len());
+    for (i, line) in body.split('\n').enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        if i == 0 {
+            out.push_str(first);
+            out.push_str(line);
+        } else if !line.is_empty() {
+            out.push_str(rest);
+            out.push_str(line);
+        }
+    }
+    out.trim_end().to_string()
+}
+
+fn quote(body: &str) -> String {
+    body.split('\n')
+        .map(|l| {
+            if l.is_empty() {
+                ">".to_string()
+            } else {
+                format!("> {l}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn longest_backtick_run(s: &str) -> usize {
+    let (mut best, mut cur) = (0, 0);
+    for c in s.chars() {
+        if c == '`' {
+            cur += 1;
+            best = best.max(cur);
+        } else {
+            cur = 0;
+        }
+    }
+    best
+}
+
+fn inline_code(s: &str) -> String {
+    let fence = "`".repeat(longest_backtick_run(s) + 1);
+    let pad = if s.starts_with('`') || s.ends_with('`') {
+        " "
+    } else {
+        ""
+    };
+    format!("{fence}{pad}{s}{pad}{fence}")
+}
+
+/// Makes a link target safe inside `(...)`: no whitespace, parentheses or angle brackets.
+fn clean_href(h: &str) -> String {
+    let mut out = String::with_capacity(h.len());
+    for c in h.trim().chars() {
+        match c {
+            ' ' => out.push_str("%20"),
+            '(' => out.push_str("%28"),
+            ')' => out.push_str("%29"),
+            '<' => out.push_str("%3C"),
+            '>' => out.push_str("%3E"),
+            c if c.is_control() || c.is_whitespace() => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn one_line(s: &str) -> String {
+    s.replace(HARD_BREAK, " ")
+        .split('\n')
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+struct Renderer {
+    /// The depth marker is written once, not once per sibling.
+    depth_marked: Cell<bool>,
+}
+
+impl Renderer {
+    fn too_deep(&self, depth: usize) -> Option<String> {
+        if depth <= MAX_ADF_DEPTH {
+            return None;
+        }
+        if self.depth_marked.replace(true) {
+            Some(String::new())
+        } else {
+            Some(DEPTH_MARKER.to_string())
+        }
+    }
+
+    /// Block content separated by blank lines.
+    fn blocks(&self, nodes: &[Value], depth: usize) -> String {
+        self.block_parts(nodes, depth)
+            .into_iter()
+            .map(|(s, _)| s)
+            .collect::<Vec<_>>()
+            .join("\n\n")
+    }
+
+    /// Renders a block sequence; runs of stray inline nodes become a paragraph. The flag marks lists.
+    fn block_parts(&self, nodes: &[Value], depth: usize) -> Vec<(String, bool)> {
+        let mut parts = Vec::new();
+        let mut run = String::new();
+        let flush = |run: &mut String, parts: &mut Vec<(String, bool)>| {
+            let t = run.trim();
+            if !t.is_empty() {
+                parts.push((t.to_string(), false));
+            }
+            run.clear();
+        };
+        for n in nodes.iter().filter(|n| n.is_object()) {
+            if is_inline(n) {
+                run.push_str(&self.inline(n, depth + 1));
+                continue;
+            }
+            flush(&mut run, &mut parts);
+            let s = self.block(n, depth + 1);
+            if !s.trim().is_empty() {
+                parts.push((s, is_list(n)));
+            }
+        }
+        flush(&mut run, &mut parts);
+        parts
+    }
+
+    fn inlines(&self, nodes: &[Value], depth: usize) -> String {
+        nodes
+            .iter()
+            .filter(|n| n.is_object())
+            .map(|n| self.inline(n, depth + 1))
+            .collect()
+    }
+
+    fn block(&self, n: &Value, depth: usize) -> String {
+        if let Some(m) = self.too_deep(depth) {
+            return m;
+        }
+        let kids = children(n);
+        match node_type(n) {
+            "paragraph" => self.inlines(kids, depth).trim().to_string(),
+            "heading" => {
+                let level = attr(n, "level")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(1)
+                    .clamp(1, 6) as usize;
+                let text = one_line(&self.inlines(kids, depth));
+                if text.is_empty() {
+                    String::new()
+                } else {
+                    format!("{} {}", "#".repeat(level), text)
+                }
+            }
+            "bulletList" => self.list(kids, None, depth),
+            "orderedList" => {
+                let start = attr(n, "order")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(1)
+                    .min(999_999_999);
+                self.list(kids, Some(start), depth)
+            }
+            "taskList" => self.task_list(kids, depth),
+            "codeBlock" => {
+                let mut code = String::new();
+                collect_text(n, &mut code, depth, 0);
+                let code = clean_text(&code);
+                let lang: String = attr_str(n, "language")
+                    .unwrap_or("")
+                    .chars()
+                    .filter(|c| c.is_ascii_alphanumeric() || "+-_.#".contains(*c))
+                    .take(32)
+                    .collect();
+                let fence = "`".repeat(longest_backtick_run(&code).max(2) + 1);
+                let nl = if code.ends_with('\n') || code.is_empty() {
+                    ""
+                } else {
+                    "\n"
+                };
+                format!("{fence}{lang}\n{code}{nl}{fence}")
+            }
+            "blockquote" => {
+                let body = self.blocks(kids, depth);
+                if body.is_empty() {
+                    body
+                } else {
+                    quote(&body)
+                }
+            }
+            "rule" => "---".to_string(),
+            "panel" => {
+                let kind: String = attr_str(n, "panelType")
+                    .unwrap_or("info")
+                    .chars()
+                    .filter(char::is_ascii_alphanumeric)
+                    .take(20)
+                    .collect();
+                let mut label = kind.clone();
+                if let Some(f) = label.get_mut(0..1) {
+                    f.make_ascii_uppercase();
+                }
+                if label.is_empty() {
+                    label = "Info".into();
+                }
+                let body = self.blocks(kids, depth);
+                quote(format!("**{label}:**\n{body}").trim_end())
+            }
+            "table" => self.table(kids, depth),
+            "media" => media_placeholder(n),
+            "expand" | "nestedExpand" => {
+                let title = one_line(&clean_text(attr_str(n, "title").unwrap_or("")));
+                let body = self.blocks(kids, depth);
+                match (title.is_empty(), body.is_empty()) {
+                    (true, _) => body,
+                    (false, true) => format!("**{title}**"),
+                    (false, false) => format!("**{title}**\n\n{body}"),
+                }
+            }
+            "blockCard" | "embedCard" => attr_str(n, "url").map(clean_href).unwrap_or_default(),
+            "listItem" | "taskItem" => self.blocks(kids, depth),
+            // doc, mediaSingle, mediaGroup, layoutSection, layoutColumn, bodiedExtension, decisionList and
+            // anything unknown: drop the wrapper, keep the content.
+            _ => self.blocks(kids, depth),
+        }
+    }
+
+    fn inline(&self, n: &Value, depth: usize) -> String {
+        if let Some(m) = self.too_deep(depth) {
+            return m;
+        }
+        match node_type(n) {
+            "text" => text_with_marks(n),
+            "hardBreak" => HARD_BREAK.to_string(),
+            "mention" => {
+                let text = clean_text(attr_str(n, "text").unwrap_or("").trim());
+                if text.starts_with('@') {
+                    text
+                } else if !text.is_empty() {
+                    format!("@{text}")
+                } else {
+                    let id = clean_text(attr_str(n, "id").unwrap_or("").trim());
+                    if id.is_empty() {
+                        "@someone".into()
+                    } else {
+                        format!("@{id}")
+                    }
+                }
+            }
+            "emoji" => clean_text(
+                attr_str(n, "shortName")
+                    .or_else(|| attr_str(n, "text"))
+                    .unwrap_or(""),
+            ),
+            "date" => render_date(attr(n, "timestamp")),
+            "status" => clean_text(attr_str(n, "text").unwrap_or("")),
+            "inlineCard" => attr_str(n, "url").map(clean_href).unwrap_or_default(),
+            "mediaInline" | "media" => media_placeholder(n),
+            "placeholder" => String::new(),
+            // A block where inline content was expected (e.g. a paragraph inside a table cell flattened), or an
+            // unknown node: keep its text.
+            _ => {
+                let kids = children(n);
+                let parts: Vec<String> = kids
+                    .iter()
+                    .filter(|k| k.is_object())
+                    .map(|k| self.inline(k, depth + 1))
+                    .filter(|s| !s.is_empty())
+                    .collect();
+                if is_inline(n) || kids.iter().all(is_inline) {
+                    parts.concat()
+                } else {
+                    parts.join(" ")
+                }
+            }
+        }
+    }
+
+    fn list(&self, items: &[Value], start: Option<u64>, depth: usize) -> String {
+        let mut out: Vec<String> = Vec::new();
+        let mut num = start.unwrap_or(1);
+        for item in items.iter().filter(|i| i.is_object()) {
+            let marker = match start {
+                Some(_) => format!("{num}. "),
+                None => "- ".to_string(),
+            };
+            let body = if node_type(item) == "listItem" {
+                self.item_body(children(item), depth + 1)
+            } else {
+                // Malformed: something other than a listItem directly in a list. Keep it as an item.
+                self.block_parts(std::slice::from_ref(item), depth)
+                    .into_iter()
+                    .map(|(s, _)| s)
+                    .collect::<Vec<_>>()
+                    .join("\n\n")
+            };
+            out.push(prefix_lines(&body, &marker, &" ".repeat(marker.len())));
+            num = num.saturating_add(1);
+        }
+        out.join("\n")
+    }
+
+    /// An item's blocks: a nested list follows its paragraph directly, other blocks are separated by a blank line.
+    fn item_body(&self, kids: &[Value], depth: usize) -> String {
+        let mut body = String::new();
+        for (i, (s, list)) in self.block_parts(kids, depth).into_iter().enumerate() {
+            if i > 0 {
+                body.push_str(if list { "\n" } else { "\n\n" });
+            }
+            body.push_str(&s);
+        }
+        body
+    }
+
+    fn task_list(&self, items: &[Value], depth: usize) -> String {
+        let mut out: Vec<String> = Vec::new();
+        for item in items.iter().filter(|i| i.is_object()) {
+            match node_type(item) {
+                // ADF nests task lists as siblings of the items they belong under.
+                "taskList" => {
+                    let nested = self.task_list(children(item), depth + 1);
+                    if !nested.is_empty() {
+                        out.push(prefix_lines(&nested, "  ", "  "));
+                    }
+                }
+                _ => {
+                    let done = attr_str(item, "state") == Some("DONE");
+                    let marker = if done { "- [x] " } else { "- [ ] " };
+                    let body = self.item_body(children(item), depth + 1);
+                    out.push(prefix_lines(&body, marker, "  "));
+                }
+            }
+        }
+        out.join("\n")
+    }
+
+    fn table(&self, rows: &[Value], depth: usize) -> String {
+        let mut grid: Vec<Vec<String>> = Vec::new();
+        let mut header_first = false;
+        for (i, row) in rows.iter().filter(|r| r.is_object()).enumerate() {
+            if let Some(m) = self.too_deep(depth + 1) {
+                grid.push(vec![m]);
+                continue;
+            }
+            let cells: Vec<&Value> = children(row)
+                .iter()
+                .filter(|c| c.is_object())
+                .take(MAX_TABLE_COLUMNS)
+                .collect();
+            if i == 0 {
+                header_first =
+                    !cells.is_empty() && cells.iter().all(|c| node_type(c) == "tableHeader");
+            }
+            grid.push(cells.iter().map(|c| self.cell(c, depth + 2)).collect());
+        }
+        let ncols = grid.iter().map(Vec::len).max().unwrap_or(0);
+        if ncols == 0 {
+            return String::new();
+        }
+        for row in &mut grid {
+            row.resize(ncols, String::new());
+        }
+        let header = if header_first {
+            grid.remove(0)
+        } else {
+            vec![String::new(); ncols]
+        };
+        let line = |cells: &[String]| {
+            let mut s = String::from("|");
+            for c in cells {
+                s.push(' ');
+                s.push_str(c);
+                s.push_str(" |");
+            }
+            s
+        };
+        let mut out = vec![line(&header), format!("|{}", " --- |".repeat(ncols))];
+        out.extend(grid.iter().map(|r| line(r)));
+        out.join("\n")
+    }
+
+    /// A table cell on one line: line breaks become `<br>`, pipes are escaped.
+    fn cell(&self, c: &Value, depth: usize) -> String {
+        let body = if is_inline(c) {
+            self.inline(c, depth)
+        } else {
+            self.blocks(children(c), depth)
+        };
+        body.replace(HARD_BREAK, "\n")
+            .split('\n')
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join("<br>")
+            .replace('|', "\\|")
+    }
+}
+
+/// Text of a subtree, marks ignored (for code blocks).
+fn collect_text(n: &Value, out: &mut String, base: usize, depth: usize) {
+    if base + depth > MAX_ADF_DEPTH {
+        return;
+    }
+    for k in children(n) {
+        match node_type(k) {
+            "text" => out.push_str(k.get("text").and_then(Value::as_str).unwrap_or("")),
+            "hardBreak" => out.push('\n'),
+            _ => collect_text(k, out, base, depth + 1),
+        }
+    }
+}
+
+fn text_with_marks(n: &Value) -> String {
+    let t = clean_text(n.get("text").and_then(Value::as_str).unwrap_or(""));
+    let core = t.trim();
+    if core.is_empty() {
+        return t;
+    }
+    let (lead, trail) = {
+        let start = t.len() - t.trim_start().len();
+        let end = t.trim_end().len();
+        (&t[..start], &t[end..])
+    };
+    let (mut code, mut strong, mut em, mut strike) = (false, false, false, false);
+    let mut link: Option<String> = None;
+    for m in n
+        .get("marks")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or(&[])
+    {
+        match node_type(m) {
+            "code" => code = true,
+            "strong" => strong = true,
+            "em" => em = true,
+            "strike" => strike = true,
+            "link" => {
+                link = attr_str(m, "href")
+                    .map(clean_href)
+                    .filter(|h| !h.is_empty())
+            }
+            _ => {}
+        }
+    }
+    let mut s = if code {
+        inline_code(core)
+    } else {
+        core.to_string()
+    };
+    if strike {
+        s = format!("~~{s}~~");
+    }
+    if em {
+        s = format!("_{s}_");
+    }
+    if strong {
+        s = format!("**{s}**");
+    }
+    if let Some(h) = link {
+        s = format!("[{s}]({h})");
+    }
+    format!("{lead}{s}{trail}")
+}
+
+fn render_date(ts: Option<&Value>) -> String {
+    let ms = match ts {
+        Some(Value::String(s)) => s.trim().parse::<i64>().ok(),
+        Some(Value::Number(n)) => n.as_i64().or_else(|| n.as_f64().map(|f| f as i64)),
+        _ => None,
+    };
+    ms.and_then(chrono::DateTime::from_timestamp_millis)
+        .map(|d| d.format("%Y-%m-%d").to_string())
+        .unwrap_or_else(|| "[date]".to_string())
+}
+
+fn media_placeholder(n: &Value) -> String {
+    let alt = one_line(&clean_text(attr_str(n, "alt").unwrap_or("")));
+    if alt.is_empty() {
+        "[attachment]".to_string()
+    } else {
+        format!("[attachment: {}]", cap_chars(&alt, MAX_NOTICE_FIELD_CHARS))
+    }
+}
+
+// ---- comments -----------------------------------------------------------------------------------------------------
+
+/// What drafter tells the ticket. Rendered to ADF by [`Notice::to_adf`], or to text by [`Notice::plain_text`].
+///
+/// All fields are untrusted text: control characters are removed and lengths are capped (reasons and summaries at
+/// 1000 characters). The caller must not put secrets in them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    /// A job was accepted and is running.
+    Started {
+        /// The job id.
+        job_id: String,
+        /// `owner/name` of the repository.
+        repo: String,
+    },
+    /// A draft pull request was opened.
+    PrOpened {
+        /// The pull request's web URL.
+        url: String,
+        /// `owner/name`.
+        repo: String,
+        /// Pull request number.
+        number: u64,
+        /// The branch pushed.
+        branch: String,
+    },
+    /// The agent finished but changed nothing.
+    NoChanges {
+        /// The agent's own summary.
+        summary: String,
+    },
+    /// drafter would not take the ticket (not allowlisted, no repository, ...).
+    Refused {
+        /// Why, in plain text.
+        reason: String,
+    },
+    /// The job failed.
+    Failed {
+        /// The job id.
+        job_id: String,
+        /// Why, in plain text.
+        reason: String,
+    },
+}
+
+/// A piece of a comment paragraph.
+enum Span {
+    Text(String),
+    Code(String),
+    Link { text: String, href: String },
+    Break,
+}
+
+/// Untrusted text for a comment: control characters removed, capped.
+fn notice_field(s: &str) -> String {
+    one_line(&clean_text(&cap_chars(s, MAX_NOTICE_FIELD_CHARS)))
+}
+
+/// A multi-line untrusted text as spans with line breaks.
+fn text_spans(s: &str, out: &mut Vec<Span>) {
+    let s = clean_text(&cap_chars(s.trim(), MAX_NOTICE_TEXT_CHARS));
+    for (i, line) in s.split('\n').enumerate() {
+        if i > 0 {
+            out.push(Span::Break);
+        }
+        out.push(Span::Text(line.to_string()));
+    }
+}
+
+fn is_web_url(s: &str) -> bool {
+    url::Url::parse(s).is_ok_and(|u| matches!(u.scheme(), "http" | "https"))
+}
+
+impl Notice {
+    fn spans(&self) -> Vec<Span> {
+        use Span::*;
+        let mut v = Vec::new();
+        match self {
+            Notice::Started { job_id, repo } => {
+                v.push(Text("drafter started working on this (job ".into()));
+                v.push(Code(notice_field(job_id)));
+                v.push(Text(format!("), repository {}.", notice_field(repo))));
+            }
+            Notice::PrOpened {
+                url,
+                repo,
+                number,
+                branch,
+            } => {
+                v.push(Text("Draft pull request opened: ".into()));
+                let text = format!("{}#{}", notice_field(repo), number);
+                let url = url.trim();
+                if is_web_url(url) && url.len() <= 2048 {
+                    v.push(Link {
+                        text,
+                        href: url.to_string(),
+                    });
+                } else {
+                    v.push(Text(text));
+                }
+                v.push(Text(" (branch ".into()));
+                v.push(Code(notice_field(branch)));
+                v.push(Text("). A human must review and merge it.".into()));
+            }
+            Notice::NoChanges { summary } => {
+                v.push(Text(
+                    "drafter finished without changing any file, so no pull request was opened."
+                        .into(),
+                ));
+                if !summary.trim().is_empty() {
+                    v.push(Text(" Summary: ".into()));
+                    text_spans(summary, &mut v);
+                }
+            }
+            Notice::Refused { reason } => {
+                v.push(Text("drafter refused this ticket: ".into()));
+                text_spans(reason, &mut v);
+            }
+            Notice::Failed { job_id, reason } => {
+                v.push(Text("drafter failed (job ".into()));
+                v.push(Code(notice_field(job_id)));
+                v.push(Text("): ".into()));
+                text_spans(reason, &mut v);
+            }
+        }
+        v
+    }
+
+    /// The notice as an ADF document: one paragraph; job ids and branches as code, the pull request as a link.
+    pub fn to_adf(&self) -> Value {
+        let mut content: Vec<Value> = Vec::new();
+        for span in self.spans() {
+            // ADF forbids empty text nodes: Jira answers 400 to them.
+            match span {
+                Span::Text(t) if !t.is_empty() => content.push(json!({"type": "text", "text": t})),
+                Span::Code(t) if !t.is_empty() => content.push(json!({
+                    "type": "text", "text": t, "marks": [{"type": "code"}]
+                })),
+                Span::Link { text, href } if !text.is_empty() => content.push(json!({
+                    "type": "text", "text": text, "marks": [{"type": "link", "attrs": {"href": href}}]
+                })),
+                Span::Break => content.push(json!({"type": "hardBreak"})),
+                _ => {}
+            }
+        }
+        json!({
+            "type": "doc",
+            "version": 1,
+            "content": [{"type": "paragraph", "content": content}],
+        })
+    }
+
+    /// The same words as plain text (for logs and the CLI); a link is followed by its URL in parentheses.
+    pub fn plain_text(&self) -> String {
+        let mut s = String::new();
+        for span in self.spans() {
+            match span {
+                Span::Text(t) | Span::Code(t) => s.push_str(&t),
+                Span::Link { text, href } => {
+                    let _ = write!(s, "{text} ({href})");
+                }
+                Span::Break => s.push('\n'),
+            }
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn doc(content: Value) -> Value {
+        json!({"type": "doc", "version": 1, "content": content})
+    }
+    fn p(content: Value) -> Value {
+        json!({"type": "paragraph", "content": content})
+    }
+    fn t(s: &str) -> Value {
+        json!({"type": "text", "text": s})
+    }
+    fn tm(s: &str, marks: Value) -> Value {
+        json!({"type": "text", "text": s, "marks": marks})
+    }
+    fn md(content: Value) -> String {
+        adf_to_markdown(&doc(content))
+    }
+
+    #[test]
+    fn issue_keys() {
+        for ok in ["DEMO-1", "AB-12", "A1_B-999", "X9-10"] {
+            assert!(valid_issue_key(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "DEMO",
+            "demo-1",
+            "D-1",
+            "1DEMO-1",
+            "DEMO-0",
+            "DEMO-01",
+            "DEMO-1a",
+            "DEMO--1",
+            "DEMO-1-2",
+            "../../admin",
+            "DEMO-1/../x",
+            "DEMO-1?x=1",
+            "DEMO-1 ",
+            " DEMO-1",
+            "DÉMO-1",
+            "DEMO-１",
+        ] {
+            assert!(!valid_issue_key(bad), "{bad:?}");
+        }
+        assert_eq!(project_of("DEMO-12"), Some("DEMO"));
+        assert_eq!(project_of("A_1-3"), Some("A_1"));
+        assert_eq!(project_of("../x-1"), None);
+    }
+
+    #[test]
+    fn paragraphs_and_marks() {
+        let out = md(json!([
+            p(json!([
+                t("plain "),
+                tm("bold", json!([{"type": "strong"}])),
+                t(" "),
+                tm("it", json!([{"type": "em"}])),
+                t(" "),
+                tm("x()", json!([{"type": "code"}])),
+                t(" "),
+                tm("gone", json!([{"type": "strike"}])),
+                t(" "),
+                tm(
+                    "site",
+                    json!([{"type": "link", "attrs": {"href": "https://e.com/a b"}}])
+                ),
+                t(" "),
+                tm(
+                    "u",
+                    json!([{"type": "underline"}, {"type": "textColor", "attrs": {"color": "#f00"}}])
+                ),
+            ])),
+            p(json!([tm(
+                " both ",
+                json!([{"type": "strong"}, {"type": "em"}])
+            )])),
+        ]));
+        assert_eq!(
+            out,
+            "plain **bold** _it_ `x()` ~~gone~~ [site](https://e.com/a%20b) u\n\n**_both_**"
+        );
+    }
+
+    #[test]
+    fn code_mark_with_backticks() {
+        let out = md(json!([p(json!([tm("a`b", json!([{"type": "code"}]))]))]));
+        assert_eq!(out, "``a`b``");
+        let out = md(json!([p(json!([tm("`x`", json!([{"type": "code"}]))]))]));
+        assert_eq!(out, "`` `x` ``");
+    }
+
+    #[test]
+    fn headings() {
+        let out = md(json!([
+            {"type": "heading", "attrs": {"level": 2}, "content": [t("Steps")]},
+            {"type": "heading", "attrs": {"level": 9}, "content": [t("deep")]},
+            {"type": "heading", "content": [t("no level")]},
+            {"type": "heading", "attrs": {"level": 3}, "content": []},
+        ]));
+        assert_eq!(out, "## Steps\n\n###### deep\n\n# no level");
+    }
+
+    #[test]
+    fn nested_lists() {
+        let out = md(json!([
+            {"type": "bulletList", "content": [
+                {"type": "listItem", "content": [
+                    p(json!([t("one")])),
+                    {"type": "orderedList", "attrs": {"order": 3}, "content": [
+                        {"type": "listItem", "content": [p(json!([t("three")]))]},
+                        {"type": "listItem", "content": [p(json!([t("four")])),
+                            {"type": "bulletList", "content": [
+                                {"type": "listItem", "content": [p(json!([t("deep")]))]}
+                            ]}
+                        ]}
+                    ]}
+                ]},
+                {"type": "listItem", "content": [p(json!([t("two")]))]},
+            ]},
+            {"type": "orderedList", "content": [
+                {"type": "listItem", "content": [p(json!([t("a")]))]},
+                {"type": "listItem", "content": [p(json!([t("b")]))]},
+            ]},
+        ]));
+        assert_eq!(
+            out,
+            "- one\n  3. three\n  4. four\n     - deep\n- two\n\n1. a\n2. b"
+        );
+    }
+
+    #[test]
+    fn code_blocks_choose_a_long_enough_fence() {
+        let out = md(json!([
+            {"type": "codeBlock", "attrs": {"language": "rust"}, "content": [t("fn main() {}\n")]},
+            {"type": "codeBlock", "content": [t("a ```` b")]},
+            {"type": "codeBlock", "attrs": {"language": "x\n```evil"}, "content": [t("y")]},
+        ]));
+        assert_eq!(
+            out,
+            "```rust\nfn main() {}\n```\n\n`````\na ```` b\n`````\n\n```xevil\ny\n```"
+        );
+    }
+
+    #[test]
+    fn quotes_rules_breaks() {
+        let out = md(json!([
+            {"type": "blockquote", "content": [p(json!([t("said")])), p(json!([t("twice")]))]},
+            {"type": "rule"},
+            p(json!([t("a"), {"type": "hardBreak"}, t("b")])),
+        ]));
+        assert_eq!(out, "> said\n>\n> twice\n\n---\n\na\\\nb");
+    }
+
+    #[test]
+    fn inline_nodes() {
+        let out = md(json!([p(json!([
+            {"type": "mention", "attrs": {"id": "712020:abc", "text": "@Ben"}}, t(" "),
+            {"type": "mention", "attrs": {"id": "712020:abc", "text": "Ann"}}, t(" "),
+            {"type": "mention", "attrs": {"id": "712020:xyz"}}, t(" "),
+            {"type": "emoji", "attrs": {"shortName": ":smile:", "id": "1f604", "text": "😄"}}, t(" "),
+            {"type": "date", "attrs": {"timestamp": "1582152559000"}}, t(" "),
+            {"type": "date", "attrs": {"timestamp": 0}}, t(" "),
+            {"type": "date", "attrs": {"timestamp": "soon"}}, t(" "),
+            {"type": "status", "attrs": {"text": "IN PROGRESS", "color": "blue"}}, t(" "),
+            {"type": "inlineCard", "attrs": {"url": "https://x.atlassian.net/browse/A-1"}},
+        ]))]));
+        assert_eq!(
+            out,
+            "@Ben @Ann @712020:xyz :smile: 2020-02-19 1970-01-01 [date] IN PROGRESS https://x.atlassian.net/browse/A-1"
+        );
+    }
+
+    #[test]
+    fn cards_panels_media_expand() {
+        let out = md(json!([
+            {"type": "blockCard", "attrs": {"url": "https://github.com/a/b"}},
+            {"type": "panel", "attrs": {"panelType": "warning"}, "content": [p(json!([t("careful")]))]},
+            {"type": "mediaSingle", "attrs": {"layout": "center"}, "content": [
+                {"type": "media", "attrs": {"id": "abc", "type": "file", "collection": "c"}}
+            ]},
+            {"type": "mediaGroup", "content": [
+                {"type": "media", "attrs": {"id": "d", "type": "file", "alt": "log.txt"}}
+            ]},
+            {"type": "expand", "attrs": {"title": "More"}, "content": [p(json!([t("hidden")]))]},
+        ]));
+        assert_eq!(
+            out,
+            "https://github.com/a/b\n\n> **Warning:**\n> careful\n\n[attachment]\n\n[attachment: log.txt]\n\n**More**\n\nhidden"
+        );
+    }
+
+    #[test]
+    fn tables() {
+        let cell =
+            |kind: &str, s: &str| json!({"type": kind, "attrs": {}, "content": [p(json!([t(s)]))]});
+        let out = md(
+            json!([{"type": "table", "attrs": {"isNumberColumnEnabled": false}, "content": [
+                {"type": "tableRow", "content": [cell("tableHeader", "Name"), cell("tableHeader", "Value")]},
+                {"type": "tableRow", "content": [cell("tableCell", "a|b"), {"type": "tableCell", "content": [
+                    p(json!([t("x"), {"type": "hardBreak"}, t("y")]))
+                ]}]},
+                {"type": "tableRow", "content": [cell("tableCell", "short")]},
+            ]}]),
+        );
+        assert_eq!(
+            out,
+            "| Name | Value |\n| --- | --- |\n| a\\|b | x<br>y |\n| short |  |"
+        );
+        // No header row: an empty header keeps every row as data.
+        let out = md(json!([{"type": "table", "content": [
+            {"type": "tableRow", "content": [cell("tableCell", "1")]},
+        ]}]));
+        assert_eq!(out, "|  |\n| --- |\n| 1 |");
+    }
+
+    #[test]
+    fn task_lists() {
+        let out = md(
+            json!([{"type": "taskList", "attrs": {"localId": "l"}, "content": [
+                {"type": "taskItem", "attrs": {"localId": "1", "state": "DONE"}, "content": [t("done")]},
+                {"type": "taskItem", "attrs": {"localId": "2", "state": "TODO"}, "content": [t("todo")]},
+                {"type": "taskList", "content": [
+                    {"type": "taskItem", "attrs": {"state": "TODO"}, "content": [t("sub")]}
+                ]},
+            ]}]),
+        );
+        assert_eq!(out, "- [x] done\n- [ ] todo\n  - [ ] sub");
+    }
+
+    #[test]
+    fn unknown_nodes_keep_their_text() {
+        let out = md(json!([
+            {"type": "layoutSection", "content": [
+                {"type": "layoutColumn", "attrs": {"width": 50}, "content": [p(json!([t("left")]))]},
+                {"type": "layoutColumn", "content": [p(json!([t("right")]))]},
+            ]},
+            {"type": "decisionList", "content": [
+                {"type": "decisionItem", "content": [t("we decided")]}
+            ]},
+            p(json!([{"type": "fancyInline", "content": [t("inner")]}])),
+        ]));
+        assert_eq!(out, "left\n\nright\n\nwe decided\n\ninner");
+    }
+
+    #[test]
+    fn malformed_input_never_panics() {
+        let cases = [
+            json!(null),
+            json!(42),
+            json!("plain *wiki* string"),
+            json!([]),
+            json!({}),
+            json!({"type": "doc"}),
+            json!({"type": "doc", "content": "nope"}),
+            json!({"type": "doc", "content": [1, "x", null, [], {"type": 5}]}),
+            json!({"type": "doc", "content": [{"type": "text"}]}),
+            json!({"type": "doc", "content": [{"type": "text", "text": 5, "marks": "bold"}]}),
+            json!({"type": "doc", "content": [{"type": "text", "text": "x", "marks": [1, {"type": "link"}]}]}),
+            json!({"type": "doc", "content": [{"type": "heading", "attrs": {"level": "two"}, "content": [t("h")]}]}),
+            json!({"type": "doc", "content": [{"type": "orderedList", "attrs": {"order": -3}, "content": [p(json!([t("x")]))]}]}),
+            json!({"type": "doc", "content": [{"type": "table", "content": [{"type": "tableRow"}, 7]}]}),
+            json!({"type": "doc", "content": [{"type": "date", "attrs": {"timestamp": 1e300}}]}),
+            json!({"type": "doc", "content": [{"type": "mention", "attrs": null}]}),
+            json!({"type": "doc", "content": [{"type": "codeBlock", "attrs": {"language": 3}, "content": [{"type": "hardBreak"}]}]}),
+        ];
+        for c in &cases {
+            let _ = adf_to_markdown(c);
+        }
+        assert_eq!(
+            adf_to_markdown(&json!("plain\u{1b}[31m text")),
+            "plain[31m text"
+        );
+        assert_eq!(
+            adf_to_markdown(
+                &json!({"type": "doc", "content": [{"type": "text", "text": "loose"}]})
+            ),
+            "loose"
+        );
+        assert_eq!(
+            adf_to_markdown(&json!({"type": "doc", "content": [{"type": "text"}]})),
+            ""
+        );
+    }
+
+    #[test]
+    fn deep_nesting_is_cut_not_crashed() {
+        let mut node = p(json!([t("bottom")]));
+        for _ in 0..500 {
+            node = json!({"type": "blockquote", "content": [node]});
+        }
+        let out = adf_to_markdown(&doc(json!([node, p(json!([t("after")]))])));
+        assert!(out.contains(DEPTH_MARKER));
+        assert!(!out.contains("bottom"));
+        assert!(out.ends_with("after"));
+        assert_eq!(out.matches(DEPTH_MARKER).count(), 1);
+
+        let mut node = t("leaf");
+        for _ in 0..500 {
+            node =
+                json!({"type": "bulletList", "content": [{"type": "listItem", "content": [node]}]});
+        }
+        let _ = adf_to_markdown(&doc(json!([node])));
+    }
+
+    #[test]
+    fn control_characters_are_stripped() {
+        let out = md(json!([p(json!([t("a\u{0}b\u{7}c\r\nd")]))]));
+        assert_eq!(out, "abc\nd");
+    }
+
+    #[test]
+    fn description_cap_says_so() {
+        let big = "é".repeat(MAX_DESCRIPTION_BYTES);
+        let out = cap_markdown(big.clone());
+        assert!(out.len() < big.len());
+        assert!(out.contains("[description cut by drafter"));
+        assert!(out.starts_with("éé"));
+        assert_eq!(cap_markdown("small".into()), "small");
+    }
+
+    #[test]
+    fn error_body_summary() {
+        let body = br#"{"errorMessages":["Issue does not exist or you do not have permission to see it."],"errors":{"summary":"required"}}"#;
+        assert_eq!(
+            summarize_error_body(body),
+            "Issue does not exist or you do not have permission to see it.; summary: required"
+        );
+        let long = "x".repeat(5000);
+        assert!(summarize_error_body(long.as_bytes()).chars().count() <= ERROR_SUMMARY_CHARS + 1);
+        assert_eq!(summarize_error_body(b""), "(no details)");
+        assert_eq!(
+            summarize_error_body(b"<html>\n\tBad\n</html>"),
+            "<html> Bad </html>"
+        );
+    }
+
+    #[test]
+    fn retry_after_parsing() {
+        let mut h = HeaderMap::new();
+        assert_eq!(parse_retry_after(&h), None);
+        h.insert(RETRY_AFTER, HeaderValue::from_static("7"));
+        assert_eq!(parse_retry_after(&h), Some(Duration::from_secs(7)));
+        h.insert(RETRY_AFTER, HeaderValue::from_static("99999999"));
+        assert_eq!(parse_retry_after(&h), Some(MAX_RETRY_AFTER));
+        h.insert(
+            RETRY_AFTER,
+            HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
+        );
+        assert_eq!(parse_retry_after(&h), Some(Duration::ZERO));
+        let later = (chrono::Utc::now() + chrono::Duration::seconds(120)).to_rfc2822();
+        h.insert(RETRY_AFTER, HeaderValue::from_str(&later).unwrap());
+        let d = parse_retry_after(&h).unwrap();
+        assert!(
+            d > Duration::from_secs(100) && d <= Duration::from_secs(120),
+            "{d:?}"
+        );
+        h.insert(RETRY_AFTER, HeaderValue::from_static("soon"));
+        assert_eq!(parse_retry_after(&h), None);
+    }
+
+    #[test]
+    fn retryable_classification() {
+        let e = |s: u16| {
+            status_error(
+                StatusCode::from_u16(s).unwrap(),
+                None,
+                "x",
+                Some("A-1"),
+                "m".into(),
+            )
+        };
+        assert!(e(500).is_retryable());
+        assert!(e(503).is_retryable());
+        assert!(e(429).is_retryable());
+        for s in [400, 401, 403, 404, 409, 302] {
+            assert!(!e(s).is_retryable(), "{s}");
+        }
+        assert!(matches!(e(404), JiraError::NotFound { .. }));
+        assert!(!JiraError::InvalidKey("x".into()).is_retryable());
+    }
+
+    fn texts(adf: &Value) -> String {
+        let mut s = String::new();
+        collect_text(adf, &mut s, 0, 0);
+        s
+    }
+
+    #[test]
+    fn notices_render() {
+        let n = Notice::Started {
+            job_id: "J1".into(),
+            repo: "acme/widgets".into(),
+        };
+        assert_eq!(
+            n.plain_text(),
+            "drafter started working on this (job J1), repository acme/widgets."
+        );
+        assert_eq!(
+            adf_to_markdown(&n.to_adf()),
+            "drafter started working on this (job `J1`), repository acme/widgets."
+        );
+
+        let n = Notice::PrOpened {
+            url: "https://github.com/acme/widgets/pull/3".into(),
+            repo: "acme/widgets".into(),
+            number: 3,
+            branch: "drafter/DEMO-1-fix-x".into(),
+        };
+        assert_eq!(
+            adf_to_markdown(&n.to_adf()),
+            "Draft pull request opened: [acme/widgets#3](https://github.com/acme/widgets/pull/3) (branch `drafter/DEMO-1-fix-x`). A human must review and merge it."
+        );
+        assert_eq!(
+            n.plain_text(),
+            "Draft pull request opened: acme/widgets#3 (https://github.com/acme/widgets/pull/3) (branch drafter/DEMO-1-fix-x). A human must review and merge it."
+        );
+
+        // A non-web URL is not made a link.
+        let n = Notice::PrOpened {
+            url: "javascript:alert(1)".into(),
+            repo: "a/b".into(),
+            number: 1,
+            branch: "b".into(),
+        };
+        assert!(!n.to_adf().to_string().contains("javascript"));
+
+        let n = Notice::Failed {
+            job_id: "J2".into(),
+            reason: format!("line1\nline2\u{1b}{}", "z".repeat(5000)),
+        };
+        let adf = n.to_adf();
+        let text = texts(&adf);
+        assert!(text.starts_with("drafter failed (job J2): line1\nline2z"));
+        assert!(text.chars().count() < 1100);
+        assert!(!text.contains('\u{1b}'));
+        assert!(adf.to_string().contains("hardBreak"));
+
+        let n = Notice::NoChanges { summary: "".into() };
+        assert_eq!(
+            n.plain_text(),
+            "drafter finished without changing any file, so no pull request was opened."
+        );
+        let n = Notice::Refused {
+            reason: "project X is not allowlisted".into(),
+        };
+        assert_eq!(
+            n.plain_text(),
+            "drafter refused this ticket: project X is not allowlisted"
+        );
+    }
+
+    #[test]
+    fn notices_never_have_empty_text_nodes() {
+        fn check(v: &Value) {
+            if node_type(v) == "text" {
+                assert!(!v["text"].as_str().unwrap().is_empty(), "{v}");
+            }
+            for c in children(v) {
+                check(c);
+            }
+        }
+        for n in [
+            Notice::Started {
+                job_id: "".into(),
+                repo: "".into(),
+            },
+            Notice::Failed {
+                job_id: "".into(),
+                reason: "".into(),
+            },
+            Notice::Refused {
+                reason: "\n\n".into(),
+            },
+            Notice::NoChanges {
+                summary: "a\n\nb".into(),
+            },
+        ] {
+            check(&n.to_adf());
+        }
+    }
+
+    #[test]
+    fn echoed_credentials_are_scrubbed() {
+        use crate::config::Secret;
+        let c = JiraClient::new(&JiraConfig {
+            base_url: "https://x.atlassian.net".into(),
+            bot_account_id: "bot".into(),
+            auth: JiraAuth::Basic {
+                email: "bot@example.com".into(),
+                token: Secret::new("tok-123456"),
+            },
+        })
+        .unwrap();
+        let b64 = base64::engine::general_purpose::STANDARD.encode("bot@example.com:tok-123456");
+        let out = c.scrub(&format!("bad token tok-123456 in header Basic {b64}"));
+        assert_eq!(out, "bad token [redacted] in header Basic [redacted]");
+    }
+
+    #[test]
+    fn client_rejects_bad_config() {
+        use crate::config::Secret;
+        let cfg = |url: &str, token: &str| JiraConfig {
+            base_url: url.into(),
+            bot_account_id: "bot".into(),
+            auth: JiraAuth::Basic {
+                email: "bot@example.com".into(),
+                token: Secret::new(token),
+            },
+        };
+        assert!(JiraClient::new(&cfg("https://x.atlassian.net/", "t")).is_ok());
+        assert_eq!(
+            JiraClient::new(&cfg("https://x.atlassian.net/", "t"))
+                .unwrap()
+                .base_url(),
+            "https://x.atlassian.net"
+        );
+        for bad in [
+            "ftp://x",
+            "not a url",
+            "https://u:p@x.atlassian.net",
+            "https://x?y=1",
+        ] {
+            assert!(
+                matches!(JiraClient::new(&cfg(bad, "t")), Err(JiraError::Config(_))),
+                "{bad}"
+            );
+        }
+        let err = JiraClient::new(&JiraConfig {
+            auth: JiraAuth::Bearer {
+                token: Secret::new("sec\nret"),
+            },
+            ..cfg("https://x", "t")
+        })
+        .unwrap_err();
+        assert!(!err.to_string().contains("sec"), "{err}");
+    }
+}

@@ -1,0 +1,426 @@
+//! The Jira client against the Jira stand-in: real HTTP on localhost, Jira's shapes.
+
+mod support;
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use drafter::config::{JiraAuth, JiraConfig, Secret};
+use drafter::jira::{JiraClient, JiraError, Notice, MAX_DESCRIPTION_BYTES};
+use serde_json::{json, Value};
+use support::jira::{JiraStandIn, BOT_ACCOUNT_ID};
+
+const EMAIL: &str = "drafter-bot@example.com";
+const TOKEN: &str = "ATATT3xFfGF0-very-secret-token";
+
+fn client_for(stand_in: &JiraStandIn, token: &str) -> JiraClient {
+    JiraClient::new(&JiraConfig {
+        base_url: format!("{}/", stand_in.base_url()),
+        bot_account_id: BOT_ACCOUNT_ID.into(),
+        auth: JiraAuth::Basic {
+            email: EMAIL.into(),
+            token: Secret::new(token),
+        },
+    })
+    .expect("client")
+}
+
+async fn setup() -> (JiraStandIn, JiraClient) {
+    let s = JiraStandIn::start(EMAIL, TOKEN).await;
+    let c = client_for(&s, TOKEN);
+    (s, c)
+}
+
+fn rich_description() -> Value {
+    json!({"type": "doc", "version": 1, "content": [
+        {"type": "heading", "attrs": {"level": 2}, "content": [{"type": "text", "text": "Problem"}]},
+        {"type": "paragraph", "content": [
+            {"type": "text", "text": "The "},
+            {"type": "text", "text": "parse()", "marks": [{"type": "code"}]},
+            {"type": "text", "text": " function "},
+            {"type": "text", "text": "crashes", "marks": [{"type": "strong"}]},
+            {"type": "text", "text": " on empty input, see "},
+            {"type": "text", "text": "the log", "marks": [{"type": "link", "attrs": {"href": "https://logs.example.com/1"}}]},
+            {"type": "text", "text": ". Reported by "},
+            {"type": "mention", "attrs": {"id": "712020:abc", "text": "@Ben"}},
+            {"type": "text", "text": " on "},
+            {"type": "date", "attrs": {"timestamp": "1582152559000"}},
+            {"type": "text", "text": "."}
+        ]},
+        {"type": "bulletList", "content": [
+            {"type": "listItem", "content": [
+                {"type": "paragraph", "content": [{"type": "text", "text": "steps"}]},
+                {"type": "orderedList", "attrs": {"order": 1}, "content": [
+                    {"type": "listItem", "content": [{"type": "paragraph", "content": [{"type": "text", "text": "call parse(\"\")"}]}]}
+                ]}
+            ]}
+        ]},
+        {"type": "codeBlock", "attrs": {"language": "python"}, "content": [{"type": "text", "text": "parse(\"\")\n# IndexError"}]},
+        {"type": "panel", "attrs": {"panelType": "note"}, "content": [
+            {"type": "paragraph", "content": [{"type": "text", "text": "only on Linux"}]}
+        ]},
+        {"type": "table", "content": [
+            {"type": "tableRow", "content": [
+                {"type": "tableHeader", "content": [{"type": "paragraph", "content": [{"type": "text", "text": "input"}]}]},
+                {"type": "tableHeader", "content": [{"type": "paragraph", "content": [{"type": "text", "text": "result"}]}]}
+            ]},
+            {"type": "tableRow", "content": [
+                {"type": "tableCell", "content": [{"type": "paragraph", "content": [{"type": "text", "text": "\"\""}]}]},
+                {"type": "tableCell", "content": [{"type": "paragraph", "content": [{"type": "status", "attrs": {"text": "CRASH", "color": "red"}}]}]}
+            ]}
+        ]},
+        {"type": "taskList", "attrs": {"localId": "t"}, "content": [
+            {"type": "taskItem", "attrs": {"localId": "1", "state": "TODO"}, "content": [{"type": "text", "text": "add a test"}]}
+        ]},
+        {"type": "mediaSingle", "content": [{"type": "media", "attrs": {"id": "f1", "type": "file", "collection": "c"}}]},
+        {"type": "someFutureNode", "content": [
+            {"type": "paragraph", "content": [{"type": "text", "text": "text inside an unknown node"}]}
+        ]}
+    ]})
+}
+
+#[tokio::test]
+async fn fetches_a_ticket_as_markdown() {
+    let (s, c) = setup().await;
+    s.add_issue(
+        "DEMO-7",
+        "parse() crashes on empty input",
+        rich_description(),
+        &["drafter", "bug"],
+    );
+    let t = c.issue("DEMO-7").await.expect("issue");
+    assert_eq!(t.key, "DEMO-7");
+    assert_eq!(t.project, "DEMO");
+    assert_eq!(t.summary, "parse() crashes on empty input");
+    assert_eq!(t.reporter.as_deref(), Some("Rita Reporter"));
+    assert_eq!(t.labels, vec!["drafter", "bug"]);
+    assert_eq!(t.url, format!("{}/browse/DEMO-7", s.base_url()));
+    let expected = r#"## Problem
+
+The `parse()` function **crashes** on empty input, see [the log](https://logs.example.com/1). Reported by @Ben on 2020-02-19.
+
+- steps
+  1. call parse("")
+
+```python
+parse("")
+# IndexError
+```
+
+> **Note:**
+> only on Linux
+
+| input | result |
+| --- | --- |
+| "" | CRASH |
+
+- [ ] add a test
+
+[attachment]
+
+text inside an unknown node"#;
+    assert_eq!(t.description, expected);
+
+    // What went over the wire: one GET with the documented path and field list, Basic auth, our User-Agent.
+    let reqs = s.requests();
+    assert_eq!(reqs.len(), 1);
+    let r = &reqs[0];
+    assert_eq!(r.method, "GET");
+    assert_eq!(r.path, "/rest/api/3/issue/DEMO-7");
+    assert_eq!(
+        r.query.as_deref(),
+        Some("fields=summary,description,reporter,labels,project")
+    );
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("{EMAIL}:{TOKEN}"));
+    assert_eq!(
+        r.header("authorization"),
+        Some(format!("Basic {basic}").as_str())
+    );
+    assert!(r
+        .header("user-agent")
+        .is_some_and(|ua| ua.starts_with("drafter/")));
+    assert_eq!(r.header("accept"), Some("application/json"));
+}
+
+#[tokio::test]
+async fn missing_description_is_empty_and_huge_one_is_cut() {
+    let (s, c) = setup().await;
+    s.add_issue("DEMO-1", "no description", Value::Null, &[]);
+    let t = c.issue("DEMO-1").await.expect("issue");
+    assert_eq!(t.description, "");
+    assert!(t.labels.is_empty());
+
+    let para =
+        json!({"type": "paragraph", "content": [{"type": "text", "text": "x".repeat(10_000)}]});
+    let huge = json!({"type": "doc", "version": 1, "content": vec![para; 20]});
+    s.add_issue("DEMO-2", "huge", huge, &[]);
+    let t = c.issue("DEMO-2").await.expect("issue");
+    assert!(t.description.len() < MAX_DESCRIPTION_BYTES + 200);
+    assert!(t.description.contains("[description cut by drafter"));
+
+    // A v2-style wiki-markup string, hostile control characters, odd field types: still a ticket.
+    s.add_issue_fields(
+        "DEMO-3",
+        json!({"summary": "evil\u{1b}]0;title\u{7}", "description": "h2. wiki *markup*",
+               "reporter": null, "labels": ["ok", 5, null], "project": {"key": "DEMO"}}),
+    );
+    let t = c.issue("DEMO-3").await.expect("issue");
+    assert_eq!(t.summary, "evil]0;title");
+    assert_eq!(t.description, "h2. wiki *markup*");
+    assert_eq!(t.reporter, None);
+    assert_eq!(t.labels, vec!["ok"]);
+}
+
+#[tokio::test]
+async fn posts_every_notice_and_reads_it_back() {
+    let (s, c) = setup().await;
+    s.add_issue("DEMO-1", "fix x", Value::Null, &[]);
+    let notices = [
+        Notice::Started {
+            job_id: "J42".into(),
+            repo: "acme/widgets".into(),
+        },
+        Notice::PrOpened {
+            url: "https://github.com/acme/widgets/pull/3".into(),
+            repo: "acme/widgets".into(),
+            number: 3,
+            branch: "drafter/DEMO-1-fix-x".into(),
+        },
+        Notice::NoChanges {
+            summary: "The code already handles empty input.".into(),
+        },
+        Notice::Refused {
+            reason: "project DEMO has no allowlisted repository".into(),
+        },
+        Notice::Failed {
+            job_id: "J43".into(),
+            reason: "sandbox timed out\nafter 300 s".into(),
+        },
+    ];
+    for n in &notices {
+        c.comment("DEMO-1", n.to_adf()).await.expect("comment");
+    }
+    let texts = s.comment_texts("DEMO-1");
+    assert_eq!(
+        texts,
+        vec![
+            "drafter started working on this (job J42), repository acme/widgets.",
+            "Draft pull request opened: acme/widgets#3 (branch drafter/DEMO-1-fix-x). A human must review and merge it.",
+            "drafter finished without changing any file, so no pull request was opened. Summary: The code already handles empty input.",
+            "drafter refused this ticket: project DEMO has no allowlisted repository",
+            "drafter failed (job J43): sandbox timed out\nafter 300 s",
+        ]
+    );
+    // Plain text matches what the ticket shows, except that it spells out the link.
+    for (i, n) in notices.iter().enumerate() {
+        if i != 1 {
+            assert_eq!(n.plain_text(), texts[i]);
+        }
+    }
+    // The pull request is a real link in the comment.
+    let pr = &s.comments("DEMO-1")[1];
+    let link = pr["content"][0]["content"]
+        .as_array()
+        .expect("paragraph content")
+        .iter()
+        .find(|n| n["marks"][0]["type"] == "link")
+        .expect("a link");
+    assert_eq!(link["text"], "acme/widgets#3");
+    assert_eq!(
+        link["marks"][0]["attrs"]["href"],
+        "https://github.com/acme/widgets/pull/3"
+    );
+
+    let posts: Vec<_> = s
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "POST")
+        .collect();
+    assert_eq!(posts.len(), 5);
+    for r in &posts {
+        assert_eq!(r.path, "/rest/api/3/issue/DEMO-1/comment");
+        assert!(r
+            .header("content-type")
+            .is_some_and(|ct| ct.starts_with("application/json")));
+        assert!(!r.body_text().contains(TOKEN));
+    }
+
+    // Not an ADF document: refused locally.
+    let err = c.comment("DEMO-1", json!("plain")).await.unwrap_err();
+    assert!(matches!(err, JiraError::NotAdf), "{err}");
+    assert_eq!(s.requests().len(), 5);
+}
+
+#[tokio::test]
+async fn wrong_token_is_an_error_without_the_token() {
+    let s = JiraStandIn::start(EMAIL, TOKEN).await;
+    let wrong = "ATATT3x-wrong-token-value";
+    let c = client_for(&s, wrong);
+    let err = c.issue("DEMO-1").await.unwrap_err();
+    assert!(
+        matches!(err, JiraError::Unauthorized { status: 401, .. }),
+        "{err:?}"
+    );
+    assert!(!err.is_retryable());
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("{EMAIL}:{wrong}"));
+    for text in [err.to_string(), format!("{err:?}")] {
+        assert!(!text.contains(wrong), "{text}");
+        assert!(!text.contains(TOKEN), "{text}");
+        assert!(!text.contains(&basic), "{text}");
+        assert!(!text.contains("Basic"), "{text}");
+    }
+    assert!(err.to_string().contains("not authenticated"), "{err}");
+
+    let err = c
+        .comment("DEMO-1", Notice::Refused { reason: "x".into() }.to_adf())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, JiraError::Unauthorized { .. }), "{err:?}");
+    assert!(!format!("{err:?}").contains(wrong));
+}
+
+#[tokio::test]
+async fn unknown_ticket_is_a_clear_not_found() {
+    let (s, c) = setup().await;
+    let err = c.issue("NOPE-404").await.unwrap_err();
+    assert!(
+        matches!(err, JiraError::NotFound { ref key, .. } if key == "NOPE-404"),
+        "{err:?}"
+    );
+    assert!(!err.is_retryable());
+    let msg = err.to_string();
+    assert!(
+        msg.contains("NOPE-404") && msg.contains("not found"),
+        "{msg}"
+    );
+    assert!(msg.contains("Issue does not exist"), "{msg}");
+
+    let err = c
+        .comment("NOPE-404", Notice::Refused { reason: "x".into() }.to_adf())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, JiraError::NotFound { .. }), "{err:?}");
+    assert_eq!(s.requests().len(), 2);
+}
+
+#[tokio::test]
+async fn invalid_keys_are_refused_before_any_request() {
+    let (s, c) = setup().await;
+    s.add_issue("DEMO-1", "x", Value::Null, &[]);
+    for bad in [
+        "../../admin",
+        "DEMO-1/../../admin",
+        "DEMO-1?expand=all",
+        "demo-1",
+        "DEMO-1#x",
+        "DEMO-1%2F..",
+        "",
+        "DEMO-0",
+        "DEMO-1\r\nX-Evil: 1",
+    ] {
+        let err = c.issue(bad).await.unwrap_err();
+        assert!(matches!(err, JiraError::InvalidKey(_)), "{bad:?}: {err:?}");
+        let err = c
+            .comment(bad, Notice::Refused { reason: "x".into() }.to_adf())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, JiraError::InvalidKey(_)), "{bad:?}: {err:?}");
+        assert!(!err.is_retryable());
+    }
+    assert!(s.requests().is_empty(), "{:?}", s.requests());
+}
+
+#[tokio::test]
+async fn overload_surfaces_retry_after_and_is_retryable() {
+    let (s, c) = setup().await;
+    s.add_issue("DEMO-1", "x", Value::Null, &[]);
+
+    s.fail_next(503, 1);
+    let started = std::time::Instant::now();
+    let err = c.issue("DEMO-1").await.unwrap_err();
+    assert!(
+        matches!(err, JiraError::Server { status: 503, .. }),
+        "{err:?}"
+    );
+    assert!(err.is_retryable());
+    assert_eq!(err.retry_after(), Some(Duration::from_secs(2)));
+    assert!(err.to_string().contains("retry after 2 s"), "{err}");
+    // The client reports; it does not sleep.
+    assert!(started.elapsed() < Duration::from_secs(2));
+    // The failure was transient: the next call works.
+    assert_eq!(c.issue("DEMO-1").await.expect("issue").key, "DEMO-1");
+
+    s.fail_next_with(429, 1, Some("17"));
+    let err = c
+        .comment("DEMO-1", Notice::Refused { reason: "x".into() }.to_adf())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, JiraError::RateLimited { .. }), "{err:?}");
+    assert!(err.is_retryable());
+    assert_eq!(err.retry_after(), Some(Duration::from_secs(17)));
+    assert!(s.comments("DEMO-1").is_empty());
+
+    s.fail_next(500, 1);
+    let err = c.issue("DEMO-1").await.unwrap_err();
+    assert!(err.is_retryable());
+    assert_eq!(err.retry_after(), None);
+
+    s.fail_next(400, 1);
+    let err = c.issue("DEMO-1").await.unwrap_err();
+    assert!(
+        matches!(err, JiraError::Rejected { status: 400, .. }),
+        "{err:?}"
+    );
+    assert!(!err.is_retryable());
+}
+
+#[tokio::test]
+async fn unreachable_jira_is_a_retryable_network_error() {
+    // A port that was just free: nothing listens there.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let c = JiraClient::new(&JiraConfig {
+        base_url: format!("http://127.0.0.1:{port}"),
+        bot_account_id: BOT_ACCOUNT_ID.into(),
+        auth: JiraAuth::Basic {
+            email: EMAIL.into(),
+            token: Secret::new(TOKEN),
+        },
+    })
+    .expect("client");
+    let err = c.issue("DEMO-1").await.unwrap_err();
+    assert!(matches!(err, JiraError::Network { .. }), "{err:?}");
+    assert!(err.is_retryable());
+    assert!(!format!("{err:?}").contains(TOKEN));
+}
+
+#[tokio::test]
+async fn myself_reports_the_bot_account() {
+    let (s, c) = setup().await;
+    assert_eq!(c.myself().await.expect("myself"), s.bot_account_id());
+    assert_eq!(s.requests()[0].path, "/rest/api/3/myself");
+}
+
+#[tokio::test]
+async fn deeply_nested_description_does_not_break_the_client() {
+    let (s, c) = setup().await;
+    let nest = |levels: usize| {
+        let mut node =
+            json!({"type": "paragraph", "content": [{"type": "text", "text": "bottom"}]});
+        for _ in 0..levels {
+            node = json!({"type": "blockquote", "content": [node]});
+        }
+        json!({"type": "doc", "version": 1, "content": [node]})
+    };
+    // Within serde_json's parse limit: rendered, with the deep part replaced by a marker past 100 levels.
+    s.add_issue("DEMO-1", "deep", nest(60), &[]);
+    let t = c.issue("DEMO-1").await.expect("issue");
+    assert!(t.description.contains("bottom"));
+    // Past it: the answer cannot be parsed; a clear, non-retryable error rather than a crash.
+    s.add_issue("DEMO-2", "deeper", nest(200), &[]);
+    let err = c.issue("DEMO-2").await.unwrap_err();
+    assert!(matches!(err, JiraError::InvalidResponse { .. }), "{err:?}");
+    assert!(!err.is_retryable());
+}
