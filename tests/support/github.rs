@@ -1,1 +1,824 @@
-//! (being written)
+//! A stand-in for GitHub Enterprise Server: the REST API under `/api/v3` and a **real** git smart-HTTP remote.
+//!
+//! REST follows the public shapes (https://docs.github.com/en/rest):
+//! - repositories: `GET /repos/{o}/{r}` with `permissions` (https://docs.github.com/en/rest/repos/repos#get-a-repository)
+//! - rules: `GET /repos/{o}/{r}/rules/branches/{b}` and `GET /repos/{o}/{r}/rulesets/{id}`
+//!   (https://docs.github.com/en/rest/repos/rules)
+//! - classic protection: `GET /repos/{o}/{r}/branches/{b}/protection`, 404 "Branch not protected" when unprotected
+//!   (https://docs.github.com/en/rest/branches/branch-protection#get-branch-protection)
+//! - pulls: `POST /repos/{o}/{r}/pulls` (201, 422 "Validation Failed" with `errors[]`) and `GET .../pulls?head=&state=`
+//!   (https://docs.github.com/en/rest/pulls/pulls)
+//! - merges: `PUT /repos/{o}/{r}/pulls/{n}/merge` and `POST /repos/{o}/{r}/merges` are counted and refused (403):
+//!   the product must never call them.
+//! - the authenticated user: `GET /user` (https://docs.github.com/en/rest/users/users#get-the-authenticated-user).
+//!
+//! Git goes to `git http-backend` as a CGI (https://git-scm.com/docs/git-http-backend) over bare repositories in a
+//! temporary directory, behind HTTP Basic auth with the token as password, as GitHub does for HTTPS with a token.
+//! Every request (API and git) must carry the token; all requests are recorded for assertions.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::Response;
+use axum::Router;
+use base64::Engine;
+use serde_json::{json, Value};
+
+/// One request the stand-in received.
+#[derive(Debug, Clone)]
+pub struct RecordedRequest {
+    /// `GET`, `POST`, ...
+    pub method: String,
+    /// Path without the query string.
+    pub path: String,
+    /// The query string, if any.
+    pub query: Option<String>,
+    /// Headers, names lowercased.
+    pub headers: Vec<(String, String)>,
+    /// The raw body (git packs are binary).
+    pub body: Vec<u8>,
+}
+
+impl RecordedRequest {
+    /// The first value of a header.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body parsed as JSON.
+    pub fn json(&self) -> Option<Value> {
+        serde_json::from_slice(&self.body).ok()
+    }
+}
+
+/// How the protected branch of a repository requires reviews.
+#[derive(Debug, Clone, Copy)]
+enum Review {
+    /// No ruleset rule and no classic protection.
+    None,
+    /// A repository ruleset with a `pull_request` rule.
+    Ruleset(u32),
+    /// Classic branch protection with `required_pull_request_reviews`.
+    Classic(u32),
+}
+
+struct RepoState {
+    bare: PathBuf,
+    id: u64,
+    admin: bool,
+    maintain: bool,
+    push: bool,
+    review: Review,
+    /// The branch the review rule applies to.
+    protected_branch: String,
+    /// Whether the service account may bypass the rule (ruleset `current_user_can_bypass`, classic bypass users).
+    can_bypass: bool,
+    drafts_supported: bool,
+}
+
+struct Inner {
+    token: String,
+    root: PathBuf,
+    base_url: String,
+    bot_login: String,
+    repos: HashMap<String, RepoState>,
+    pulls: HashMap<String, Vec<Value>>,
+    next_pr: u64,
+    merge_attempts: usize,
+    requests: Vec<RecordedRequest>,
+    api_failure: Option<u16>,
+}
+
+type Shared = Arc<Mutex<Inner>>;
+
+/// The running stand-in; the server stops and the repositories are deleted when it is dropped.
+pub struct GithubStandIn {
+    addr: SocketAddr,
+    state: Shared,
+    server: tokio::task::JoinHandle<()>,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for GithubStandIn {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+fn lock(state: &Shared) -> std::sync::MutexGuard<'_, Inner> {
+    state.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl GithubStandIn {
+    /// Starts on `127.0.0.1:0`; every API and git request must present `token`.
+    pub async fn start(token: &str) -> GithubStandIn {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("repos");
+        std::fs::create_dir_all(&root).expect("repos dir");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let state = Arc::new(Mutex::new(Inner {
+            token: token.to_string(),
+            root,
+            base_url: format!("http://{addr}"),
+            bot_login: "drafter-bot".into(),
+            repos: HashMap::new(),
+            pulls: HashMap::new(),
+            next_pr: 1,
+            merge_attempts: 0,
+            requests: Vec::new(),
+            api_failure: None,
+        }));
+        let app = Router::new().fallback(handle).with_state(state.clone());
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        GithubStandIn {
+            addr,
+            state,
+            server,
+            _dir: dir,
+        }
+    }
+
+    /// REST base, like GitHub Enterprise Server: `http://127.0.0.1:PORT/api/v3`.
+    pub fn api_url(&self) -> String {
+        format!("http://{}/api/v3", self.addr)
+    }
+
+    /// Git base: clone URL is `git_url()/owner/name.git`.
+    pub fn git_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The login `GET /user` answers with.
+    pub fn bot_login(&self) -> String {
+        lock(&self.state).bot_login.clone()
+    }
+
+    /// Creates a bare repository `full_name` with one commit on `main` holding `files` (paths may contain `/`).
+    /// Defaults: the token has push only; `main` has a ruleset requiring 1 approving review that it cannot bypass.
+    pub fn create_repo(&self, full_name: &str, files: &[(&str, &str)]) -> PathBuf {
+        let mut st = lock(&self.state);
+        let bare = st.root.join(format!("{full_name}.git"));
+        let repo = git2::Repository::init_bare(&bare).expect("init bare");
+        let mut index = git2::Index::new().expect("index");
+        for (path, content) in files {
+            let blob = repo.blob(content.as_bytes()).expect("blob");
+            index
+                .add(&git2::IndexEntry {
+                    ctime: git2::IndexTime::new(0, 0),
+                    mtime: git2::IndexTime::new(0, 0),
+                    dev: 0,
+                    ino: 0,
+                    mode: 0o100644,
+                    uid: 0,
+                    gid: 0,
+                    file_size: content.len() as u32,
+                    id: blob,
+                    flags: 0,
+                    flags_extended: 0,
+                    path: path.as_bytes().to_vec(),
+                })
+                .expect("index add");
+        }
+        let tree_id = index.write_tree_to(&repo).expect("tree");
+        let tree = repo.find_tree(tree_id).expect("find tree");
+        let sig = git2::Signature::now("Seed", "seed@example.com").expect("sig");
+        repo.commit(
+            Some("refs/heads/main"),
+            &sig,
+            &sig,
+            "Initial commit",
+            &tree,
+            &[],
+        )
+        .expect("commit");
+        repo.set_head("refs/heads/main").expect("head");
+        let mut cfg = repo.config().expect("config");
+        // Lets `git http-backend` serve pushes (https://git-scm.com/docs/git-http-backend#_services).
+        cfg.set_bool("http.receivepack", true).expect("receivepack");
+        let id = st.repos.len() as u64 + 1000;
+        st.repos.insert(
+            full_name.to_string(),
+            RepoState {
+                bare: bare.clone(),
+                id,
+                admin: false,
+                maintain: false,
+                push: true,
+                review: Review::Ruleset(1),
+                protected_branch: "main".into(),
+                can_bypass: false,
+                drafts_supported: true,
+            },
+        );
+        bare
+    }
+
+    /// What `permissions` says for the token (`triage` and `pull` are always true).
+    pub fn set_permissions(&self, full_name: &str, admin: bool, maintain: bool, push: bool) {
+        self.with_repo(full_name, |r| {
+            r.admin = admin;
+            r.maintain = maintain;
+            r.push = push;
+        });
+    }
+
+    /// `main` requires `count` approving reviews, through a ruleset (`via_ruleset`) or classic protection.
+    pub fn set_requires_review(&self, full_name: &str, via_ruleset: bool, count: u32) {
+        self.with_repo(full_name, |r| {
+            r.review = if via_ruleset {
+                Review::Ruleset(count)
+            } else {
+                Review::Classic(count)
+            }
+        });
+    }
+
+    /// No ruleset rule and no classic protection on any branch.
+    pub fn remove_review_rules(&self, full_name: &str) {
+        self.with_repo(full_name, |r| r.review = Review::None);
+    }
+
+    /// Whether the service account is in the bypass list (ruleset) or the review bypass allowances (classic).
+    pub fn set_can_bypass(&self, full_name: &str, can_bypass: bool) {
+        self.with_repo(full_name, |r| r.can_bypass = can_bypass);
+    }
+
+    /// Whether draft pull requests are allowed (private repositories on the Free plan: no).
+    pub fn set_drafts_supported(&self, full_name: &str, supported: bool) {
+        self.with_repo(full_name, |r| r.drafts_supported = supported);
+    }
+
+    /// Every API request answers `status` (e.g. 502) until set back to `None`. Git is unaffected.
+    pub fn set_api_failure(&self, status: Option<u16>) {
+        lock(&self.state).api_failure = status;
+    }
+
+    /// Installs a `pre-receive` hook that refuses every push with `message` (like GitHub's "GH006: Protected branch
+    /// update failed"): receive-pack then reports `ng <ref> pre-receive hook declined`.
+    pub fn reject_pushes(&self, full_name: &str, message: &str) {
+        let bare = lock(&self.state).repos[full_name].bare.clone();
+        let hook = bare.join("hooks/pre-receive");
+        std::fs::create_dir_all(bare.join("hooks")).expect("hooks dir");
+        let script = format!(
+            "#!/bin/sh\necho '{}' >&2\nexit 1\n",
+            message.replace('\'', "")
+        );
+        std::fs::write(&hook, script).expect("hook");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        }
+    }
+
+    /// Pull requests created in `full_name`: the request body plus `number` and `html_url`.
+    pub fn pulls(&self, full_name: &str) -> Vec<Value> {
+        lock(&self.state)
+            .pulls
+            .get(full_name)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// How many merge calls arrived (all refused). The product must never make one.
+    pub fn merge_attempts(&self) -> usize {
+        lock(&self.state).merge_attempts
+    }
+
+    /// Every request received, in order.
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        lock(&self.state).requests.clone()
+    }
+
+    fn with_repo(&self, full_name: &str, f: impl FnOnce(&mut RepoState)) {
+        let mut st = lock(&self.state);
+        let repo = st
+            .repos
+            .get_mut(full_name)
+            .unwrap_or_else(|| panic!("stand-in has no repo {full_name}"));
+        f(repo);
+    }
+}
+
+// ---- HTTP -----------------------------------------------------------------------------------------------------------
+
+fn json_response(status: u16, body: Value) -> Response {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json; charset=utf-8")
+        .body(Body::from(body.to_string()))
+        .unwrap_or_default()
+}
+
+fn not_found() -> Response {
+    json_response(
+        404,
+        json!({"message": "Not Found", "documentation_url": "https://docs.github.com/rest", "status": "404"}),
+    )
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let Some(b) = std::str::from_utf8(&bytes[i + 1..i + 3])
+                .ok()
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+            {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+async fn handle(State(state): State<Shared>, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    // libgit2 pushes with chunked transfer encoding; hyper de-chunks, and the whole body is buffered here so the CGI
+    // gets a CONTENT_LENGTH.
+    let body = match axum::body::to_bytes(body, 256 * 1024 * 1024).await {
+        Ok(b) => b.to_vec(),
+        Err(_) => return json_response(400, json!({"message": "Problems parsing body"})),
+    };
+    let path = parts.uri.path().to_string();
+    let query = parts.uri.query().map(str::to_string);
+    lock(&state).requests.push(RecordedRequest {
+        method: parts.method.to_string(),
+        path: path.clone(),
+        query: query.clone(),
+        headers: parts
+            .headers
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect(),
+        body: body.clone(),
+    });
+    if let Some(api_path) = path.strip_prefix("/api/v3/") {
+        api(
+            &state,
+            &parts.method,
+            api_path,
+            query.as_deref(),
+            &parts.headers,
+            &body,
+        )
+    } else if path.contains(".git/") {
+        git(
+            &state,
+            &parts.method,
+            &path,
+            query.as_deref(),
+            &parts.headers,
+            body,
+        )
+        .await
+    } else {
+        not_found()
+    }
+}
+
+// ---- REST -----------------------------------------------------------------------------------------------------------
+
+fn api(
+    state: &Shared,
+    method: &Method,
+    path: &str,
+    query: Option<&str>,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Response {
+    let mut st = lock(state);
+    // https://docs.github.com/en/rest/authentication/authenticating-to-the-rest-api: `Authorization: Bearer <t>` or
+    // the older `token <t>`.
+    let presented = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("token "))
+        })
+        .map(str::trim);
+    if presented != Some(st.token.as_str()) {
+        return json_response(
+            401,
+            json!({"message": "Bad credentials", "documentation_url": "https://docs.github.com/rest", "status": "401"}),
+        );
+    }
+    if let Some(status) = st.api_failure {
+        return json_response(status, json!({"message": "Server Error"}));
+    }
+    let segs: Vec<String> = path.split('/').map(percent_decode).collect();
+    let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
+    let base = st.base_url.clone();
+    let api = format!("{base}/api/v3");
+
+    if segs == ["user"] && method == Method::GET {
+        let login = st.bot_login.clone();
+        return json_response(
+            200,
+            json!({"login": login, "id": 1, "type": "User", "url": format!("{api}/users/{login}")}),
+        );
+    }
+    if segs.len() < 3 || segs[0] != "repos" {
+        return not_found();
+    }
+    let full = format!("{}/{}", segs[1], segs[2]);
+    let rest = &segs[3..];
+
+    // Merge endpoints: counted and refused whatever the repo.
+    // https://docs.github.com/en/rest/pulls/pulls#merge-a-pull-request, https://docs.github.com/en/rest/branches/branches#merge-a-branch
+    let is_merge =
+        (method == Method::PUT && rest.len() == 3 && rest[0] == "pulls" && rest[2] == "merge")
+            || (method == Method::POST && rest == ["merges"]);
+    if is_merge {
+        st.merge_attempts += 1;
+        return json_response(
+            403,
+            json!({"message": "Merging is not allowed for this account in the stand-in"}),
+        );
+    }
+
+    let Some(repo) = st.repos.get(&full) else {
+        return not_found();
+    };
+    let review = repo.review;
+    let protected = repo.protected_branch.clone();
+    let can_bypass = repo.can_bypass;
+
+    match (method.clone(), rest) {
+        (Method::GET, []) => json_response(
+            200,
+            json!({
+                "id": repo.id, "node_id": format!("R_{}", repo.id), "name": segs[2], "full_name": full,
+                "private": true, "fork": false,
+                "url": format!("{api}/repos/{full}"), "html_url": format!("{base}/{full}"),
+                "clone_url": format!("{base}/{full}.git"), "default_branch": "main",
+                "permissions": {"admin": repo.admin, "maintain": repo.maintain, "push": repo.push,
+                                "triage": true, "pull": true}
+            }),
+        ),
+        (Method::GET, ["rules", "branches", branch @ ..]) => {
+            let branch = branch.join("/");
+            let rules = match review {
+                Review::Ruleset(n) if branch == protected => json!([
+                    {"type": "deletion", "ruleset_source_type": "Repository", "ruleset_source": full, "ruleset_id": 1},
+                    {"type": "pull_request", "ruleset_source_type": "Repository", "ruleset_source": full,
+                     "ruleset_id": 1,
+                     "parameters": {"required_approving_review_count": n, "dismiss_stale_reviews_on_push": false,
+                                    "require_code_owner_review": false, "require_last_push_approval": false,
+                                    "required_review_thread_resolution": false}}
+                ]),
+                _ => json!([]),
+            };
+            json_response(200, rules)
+        }
+        (Method::GET, ["rulesets", id]) => match review {
+            Review::Ruleset(n) if *id == "1" => json_response(
+                200,
+                json!({
+                    "id": 1, "name": "protect main", "target": "branch", "source_type": "Repository",
+                    "source": full, "enforcement": "active",
+                    "current_user_can_bypass": if can_bypass { "always" } else { "never" },
+                    "conditions": {"ref_name": {"include": [format!("refs/heads/{protected}")], "exclude": []}},
+                    "rules": [{"type": "pull_request", "parameters": {"required_approving_review_count": n}}]
+                }),
+            ),
+            _ => not_found(),
+        },
+        (Method::GET, ["branches", branch @ .., "protection"]) => {
+            let branch = branch.join("/");
+            match review {
+                Review::Classic(n) if branch == protected => {
+                    let users = if can_bypass {
+                        json!([{"login": st.bot_login, "id": 1, "type": "User"}])
+                    } else {
+                        json!([])
+                    };
+                    json_response(
+                        200,
+                        json!({
+                            "url": format!("{api}/repos/{full}/branches/{branch}/protection"),
+                            "required_pull_request_reviews": {
+                                "dismiss_stale_reviews": false, "require_code_owner_reviews": false,
+                                "required_approving_review_count": n,
+                                "bypass_pull_request_allowances": {"users": users, "teams": [], "apps": []}
+                            },
+                            "enforce_admins": {"enabled": true},
+                            "allow_force_pushes": {"enabled": false}
+                        }),
+                    )
+                }
+                _ => json_response(
+                    404,
+                    json!({"message": "Branch not protected",
+                           "documentation_url": "https://docs.github.com/rest/branches/branch-protection#get-branch-protection",
+                           "status": "404"}),
+                ),
+            }
+        }
+        (Method::POST, ["pulls"]) => create_pull(&mut st, &full, body),
+        (Method::GET, ["pulls"]) => {
+            let params: HashMap<String, String> = query
+                .unwrap_or("")
+                .split('&')
+                .filter_map(|kv| kv.split_once('='))
+                .map(|(k, v)| (k.to_string(), percent_decode(v)))
+                .collect();
+            let list: Vec<Value> = st
+                .pulls
+                .get(&full)
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|p| {
+                    params.get("head").is_none_or(|h| {
+                        let owner = segs[1];
+                        let head = p["head"].as_str().unwrap_or("");
+                        *h == format!("{owner}:{}", head.rsplit(':').next().unwrap_or(head))
+                    })
+                })
+                .filter(|_| {
+                    params
+                        .get("state")
+                        .is_none_or(|s| s == "open" || s == "all")
+                })
+                .map(|p| p["response"].clone())
+                .collect();
+            json_response(200, Value::Array(list))
+        }
+        _ => not_found(),
+    }
+}
+
+/// `POST /repos/{o}/{r}/pulls`: 201 with a pull request, or 422 like GitHub's "Validation Failed".
+fn create_pull(st: &mut Inner, full: &str, body: &[u8]) -> Response {
+    let validation = |errors: Value| {
+        json_response(
+            422,
+            json!({"message": "Validation Failed", "errors": errors,
+                   "documentation_url": "https://docs.github.com/rest/pulls/pulls#create-a-pull-request",
+                   "status": "422"}),
+        )
+    };
+    let Ok(req) = serde_json::from_slice::<Value>(body) else {
+        return json_response(400, json!({"message": "Problems parsing JSON"}));
+    };
+    let (Some(title), Some(head), Some(base)) = (
+        req["title"].as_str(),
+        req["head"].as_str(),
+        req["base"].as_str(),
+    ) else {
+        return validation(
+            json!([{"resource": "PullRequest", "field": "head", "code": "missing_field"}]),
+        );
+    };
+    let owner = full.split('/').next().unwrap_or("");
+    let head_branch = head.rsplit(':').next().unwrap_or(head).to_string();
+    let repo_state = &st.repos[full];
+    let Ok(repo) = git2::Repository::open_bare(&repo_state.bare) else {
+        return json_response(500, json!({"message": "stand-in cannot open repo"}));
+    };
+    let head_oid = repo
+        .refname_to_id(&format!("refs/heads/{head_branch}"))
+        .ok();
+    let base_oid = repo.refname_to_id(&format!("refs/heads/{base}")).ok();
+    let (Some(head_oid), Some(base_oid)) = (head_oid, base_oid) else {
+        let field = if head_oid.is_none() { "head" } else { "base" };
+        return validation(json!([{"resource": "PullRequest", "field": field, "code": "invalid"}]));
+    };
+    if req["draft"].as_bool() == Some(true) && !repo_state.drafts_supported {
+        return validation(json!([{"resource": "PullRequest", "code": "custom",
+                                  "message": "Draft pull requests are not supported in this repository."}]));
+    }
+    let exists = st.pulls.get(full).is_some_and(|ps| {
+        ps.iter().any(|p| {
+            p["head"]
+                .as_str()
+                .map(|h| h.rsplit(':').next().unwrap_or(h))
+                == Some(head_branch.as_str())
+        })
+    });
+    if exists {
+        return validation(json!([{"resource": "PullRequest", "code": "custom",
+                                  "message": format!("A pull request already exists for {owner}:{head_branch}.")}]));
+    }
+    let ahead = head_oid != base_oid
+        && !repo
+            .graph_descendant_of(base_oid, head_oid)
+            .unwrap_or(false);
+    if !ahead {
+        return validation(json!([{"resource": "PullRequest", "code": "custom",
+                                  "message": format!("No commits between {base} and {head_branch}")}]));
+    }
+    let number = st.next_pr;
+    st.next_pr += 1;
+    let base_url = st.base_url.clone();
+    let html_url = format!("{base_url}/{full}/pull/{number}");
+    let draft = req["draft"].as_bool().unwrap_or(false);
+    let response = json!({
+        "id": 5000 + number, "node_id": format!("PR_{number}"), "number": number, "state": "open", "locked": false,
+        "title": title, "body": req["body"], "draft": draft,
+        "url": format!("{base_url}/api/v3/repos/{full}/pulls/{number}"), "html_url": html_url,
+        "maintainer_can_modify": req["maintainer_can_modify"].as_bool().unwrap_or(true),
+        "head": {"label": format!("{owner}:{head_branch}"), "ref": head_branch, "sha": head_oid.to_string()},
+        "base": {"label": format!("{owner}:{base}"), "ref": base, "sha": base_oid.to_string()},
+        "merged": false, "mergeable": null
+    });
+    let mut record = req.clone();
+    record["number"] = json!(number);
+    record["html_url"] = json!(html_url);
+    record["response"] = response.clone();
+    st.pulls.entry(full.to_string()).or_default().push(record);
+    json_response(201, response)
+}
+
+// ---- git smart HTTP via git http-backend (CGI) ----------------------------------------------------------------------
+
+fn unauthorized_git() -> Response {
+    Response::builder()
+        .status(401)
+        // Without the challenge libgit2 would not ask the credentials callback.
+        .header("www-authenticate", "Basic realm=\"GitHub\"")
+        .body(Body::from("Authentication required\n"))
+        .unwrap_or_default()
+}
+
+async fn git(
+    state: &Shared,
+    method: &Method,
+    path: &str,
+    query: Option<&str>,
+    headers: &HeaderMap,
+    body: Vec<u8>,
+) -> Response {
+    let (token, root) = {
+        let st = lock(state);
+        (st.token.clone(), st.root.clone())
+    };
+    // HTTP Basic, any username, the token as password (what GitHub accepts for HTTPS git with a token).
+    let user = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+        .and_then(|b| {
+            base64::engine::general_purpose::STANDARD
+                .decode(b.trim())
+                .ok()
+        })
+        .and_then(|b| String::from_utf8(b).ok())
+        .and_then(|up| {
+            let (u, p) = up.split_once(':')?;
+            (p == token).then(|| u.to_string())
+        });
+    let Some(user) = user else {
+        return unauthorized_git();
+    };
+    let repo_dir = path.split(".git/").next().map(|p| format!("{p}.git"));
+    let exists = repo_dir
+        .as_deref()
+        .map(|d| !d.contains("..") && root.join(d.trim_start_matches('/')).is_dir())
+        .unwrap_or(false);
+    if !exists {
+        return Response::builder()
+            .status(404)
+            .body(Body::from("Repository not found.\n"))
+            .unwrap_or_default();
+    }
+    run_cgi(&root, method, path, query, headers, &user, body).await
+}
+
+async fn run_cgi(
+    root: &Path,
+    method: &Method,
+    path: &str,
+    query: Option<&str>,
+    headers: &HeaderMap,
+    user: &str,
+    body: Vec<u8>,
+) -> Response {
+    use tokio::io::AsyncWriteExt;
+    let header = |n: &str| {
+        headers
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    };
+    let mut cmd = tokio::process::Command::new("git");
+    cmd.arg("http-backend")
+        .env_clear()
+        .env(
+            "PATH",
+            std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into()),
+        )
+        .env("HOME", root)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_PROJECT_ROOT", root)
+        .env("GIT_HTTP_EXPORT_ALL", "1")
+        .env("PATH_INFO", path)
+        .env("REQUEST_METHOD", method.as_str())
+        .env("QUERY_STRING", query.unwrap_or(""))
+        .env("CONTENT_TYPE", header("content-type"))
+        .env("CONTENT_LENGTH", body.len().to_string())
+        .env("REMOTE_USER", user)
+        .env("REMOTE_ADDR", "127.0.0.1")
+        .env("GATEWAY_INTERFACE", "CGI/1.1")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let enc = header("content-encoding");
+    if !enc.is_empty() {
+        cmd.env("HTTP_CONTENT_ENCODING", enc);
+    }
+    let proto = header("git-protocol");
+    if !proto.is_empty() {
+        cmd.env("GIT_PROTOCOL", proto);
+    }
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            return json_response(
+                500,
+                json!({"message": format!("cannot run git http-backend: {e}")}),
+            )
+        }
+    };
+    // Write stdin concurrently with reading stdout so a large exchange cannot deadlock on full pipes.
+    let stdin = child.stdin.take();
+    let writer = tokio::spawn(async move {
+        if let Some(mut stdin) = stdin {
+            let _ = stdin.write_all(&body).await;
+            let _ = stdin.shutdown().await;
+        }
+    });
+    let output = match child.wait_with_output().await {
+        Ok(o) => o,
+        Err(e) => {
+            return json_response(
+                500,
+                json!({"message": format!("git http-backend failed: {e}")}),
+            )
+        }
+    };
+    let _ = writer.await;
+    parse_cgi(&output.stdout)
+}
+
+/// Turns CGI output (`Status:` and other headers, a blank line, the body) into a response.
+fn parse_cgi(out: &[u8]) -> Response {
+    let (head, body) = match find(out, b"\r\n\r\n") {
+        Some(i) => (&out[..i], &out[i + 4..]),
+        None => match find(out, b"\n\n") {
+            Some(i) => (&out[..i], &out[i + 2..]),
+            None => return json_response(502, json!({"message": "bad CGI output"})),
+        },
+    };
+    let mut builder = Response::builder().status(200);
+    for line in String::from_utf8_lossy(head).lines() {
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        let value = value.trim();
+        if name.eq_ignore_ascii_case("status") {
+            let code = value
+                .split_whitespace()
+                .next()
+                .and_then(|c| c.parse::<u16>().ok())
+                .unwrap_or(500);
+            builder = builder
+                .status(StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR));
+        } else if let Ok(v) = HeaderValue::from_str(value) {
+            builder = builder.header(name.trim(), v);
+        }
+    }
+    builder.body(Body::from(body.to_vec())).unwrap_or_default()
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
