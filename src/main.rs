@@ -59,6 +59,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_json);
+    set_git_timeouts();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -83,6 +84,18 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// libgit2 waits forever on a silent server by default, which would pin a job (and its blocking thread) for good.
+fn set_git_timeouts() {
+    // SAFETY: these set process-global libgit2 options; they are called once, before any thread uses libgit2.
+    let result = unsafe {
+        git2::opts::set_server_connect_timeout_in_milliseconds(30_000)
+            .and_then(|_| git2::opts::set_server_timeout_in_milliseconds(300_000))
+    };
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "could not set git network timeouts");
     }
 }
 

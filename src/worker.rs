@@ -423,7 +423,7 @@ async fn pipeline(
         .map_err(io("creating the workspace directory"))?;
     let ws = scratch.path().join("repo");
     let url = config.github.clone_url(&repo_cfg.name);
-    {
+    let git_repo = {
         let (url, ws, base, token, branch) = (
             url.clone(),
             ws.clone(),
@@ -433,10 +433,11 @@ async fn pipeline(
         );
         blocking(move || {
             let r = repo::clone(&url, &ws, &base, &token)?;
-            repo::create_branch(&r, &branch)
+            repo::create_branch(&r, &branch)?;
+            Ok(r)
         })
-        .await?;
-    }
+        .await?
+    };
 
     // Sandbox: one container for the job, removed on every path out of this block (its guard covers panics).
     stage(events, Stage::Sandbox, config.sandbox.image.as_str());
@@ -504,14 +505,9 @@ async fn pipeline(
         ],
     );
     let (identity, token) = (config.commit.clone(), config.github.token.clone());
-    let (ws2, url2, branch2, base2) = (
-        ws.clone(),
-        url.clone(),
-        branch.clone(),
-        repo_cfg.base.clone(),
-    );
+    let (url2, branch2, base2) = (url.clone(), branch.clone(), repo_cfg.base.clone());
     let committed = blocking(move || {
-        let r = git2::Repository::open(&ws2).map_err(RepoError::from)?;
+        let r = git_repo;
         let oid = repo::commit_all(&r, &identity, &message)?;
         if oid.is_none() {
             return Ok(None);

@@ -1,1 +1,333 @@
-//! (being written)
+//! A scripted stand-in for a model endpoint, serving both API families drafter speaks:
+//! - `POST /v1/messages`, the Anthropic Messages API (<https://docs.anthropic.com/en/api/messages>,
+//!   errors: <https://docs.anthropic.com/en/api/errors>);
+//! - `POST /v1/chat/completions`, OpenAI Chat Completions
+//!   (<https://platform.openai.com/docs/api-reference/chat/create>, the shape vLLM, Ollama and LiteLLM also serve).
+//!
+//! Each well-formed request consumes the next [`Step`] of the script; once the script is exhausted every request is
+//! answered with the final text "done". Every request, well-formed or not, is recorded with its exact body bytes so
+//! tests can check what was sent and compare hashes with the receipts.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+use serde_json::{json, Value};
+
+/// Usage numbers every successful reply reports.
+pub const INPUT_TOKENS: u64 = 100;
+/// Usage numbers every successful reply reports.
+pub const OUTPUT_TOKENS: u64 = 20;
+
+/// One scripted reply.
+#[derive(Debug, Clone)]
+pub enum Step {
+    /// Ask for these tool calls (name, input), with ids `call_1`, `call_2`, ... counted over the whole run.
+    Tools(Vec<(String, Value)>),
+    /// Final answer: this text, stop reason `end_turn` / `stop`.
+    Text(String),
+    /// Reply with this HTTP error status and the provider's error body (429 also sends `Retry-After: 1`).
+    Status(u16),
+    /// OpenAI: one tool call whose `arguments` string is exactly this (possibly invalid JSON). Anthropic has no
+    /// string arguments, so there the tool_use `input` is the raw string as a JSON string (also not an object).
+    RawArguments(String, String),
+    /// Reply with this status and this body verbatim (for hostile-response tests).
+    Body(u16, String),
+}
+
+/// One request as received.
+#[derive(Debug, Clone)]
+pub struct RecordedRequest {
+    /// URL path.
+    pub path: String,
+    /// Headers, names lowercase, in arrival order.
+    pub headers: Vec<(String, String)>,
+    /// The exact body bytes.
+    pub body: Vec<u8>,
+    /// The body parsed as JSON, if it is JSON.
+    pub json: Option<Value>,
+}
+
+impl RecordedRequest {
+    /// The first value of a header (name case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    script: VecDeque<Step>,
+    requests: Vec<RecordedRequest>,
+    expected_key: Option<String>,
+    tool_calls: u64,
+    replies: u64,
+}
+
+type Shared = Arc<Mutex<Inner>>;
+
+/// One tool call in a reply: id, name, input (Anthropic) and the arguments string (OpenAI).
+type Call = (String, String, Value, String);
+
+fn lock(s: &Shared) -> MutexGuard<'_, Inner> {
+    // A panicking test thread must not hide the recorded requests from the others.
+    s.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The running stand-in; stops when dropped.
+pub struct ModelStandIn {
+    addr: std::net::SocketAddr,
+    inner: Shared,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for ModelStandIn {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Family {
+    Anthropic,
+    OpenAi,
+}
+
+impl ModelStandIn {
+    /// Starts serving on 127.0.0.1 on a free port.
+    pub async fn start(script: Vec<Step>) -> ModelStandIn {
+        let inner: Shared = Arc::new(Mutex::new(Inner {
+            script: script.into(),
+            ..Inner::default()
+        }));
+        let app = Router::new()
+            .route(
+                "/v1/messages",
+                post(
+                    |State(s): State<Shared>, h: HeaderMap, b: Bytes| async move {
+                        handle(&s, Family::Anthropic, "/v1/messages", &h, &b)
+                    },
+                ),
+            )
+            .route(
+                "/v1/chat/completions",
+                post(
+                    |State(s): State<Shared>, h: HeaderMap, b: Bytes| async move {
+                        handle(&s, Family::OpenAi, "/v1/chat/completions", &h, &b)
+                    },
+                ),
+            )
+            .with_state(inner.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind model stand-in");
+        let addr = listener.local_addr().expect("stand-in address");
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        ModelStandIn { addr, inner, task }
+    }
+
+    /// `http://127.0.0.1:PORT`, to use as `model.base_url`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Every request received so far, in order.
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        lock(&self.inner).requests.clone()
+    }
+
+    /// Require this API key (`x-api-key` for Anthropic, `Authorization: Bearer` for OpenAI); others get 401 and do
+    /// not consume a step. `None` accepts any request.
+    pub fn set_expected_key(&self, key: Option<&str>) {
+        lock(&self.inner).expected_key = key.map(str::to_string);
+    }
+
+    /// Appends steps to the script.
+    pub fn push(&self, steps: Vec<Step>) {
+        lock(&self.inner).script.extend(steps);
+    }
+
+    /// Steps not yet consumed.
+    pub fn remaining(&self) -> usize {
+        lock(&self.inner).script.len()
+    }
+}
+
+fn error_reply(family: Family, status: u16, message: &str) -> Response {
+    let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let body = match family {
+        // https://docs.anthropic.com/en/api/errors: {"type":"error","error":{"type":...,"message":...}}
+        Family::Anthropic => {
+            let kind = match status {
+                400 => "invalid_request_error",
+                401 => "authentication_error",
+                403 => "permission_error",
+                404 => "not_found_error",
+                429 => "rate_limit_error",
+                529 => "overloaded_error",
+                _ => "api_error",
+            };
+            json!({"type": "error", "error": {"type": kind, "message": message}})
+        }
+        // https://platform.openai.com/docs/guides/error-codes: {"error":{"message","type","param","code"}}
+        Family::OpenAi => {
+            json!({"error": {"message": message, "type": "server_error", "param": null, "code": null}})
+        }
+    };
+    let mut resp = (code, axum::Json(body)).into_response();
+    if status == 429 {
+        resp.headers_mut()
+            .insert("retry-after", axum::http::HeaderValue::from_static("1"));
+    }
+    resp
+}
+
+fn handle(s: &Shared, family: Family, path: &str, headers: &HeaderMap, body: &Bytes) -> Response {
+    let json: Option<Value> = serde_json::from_slice(body).ok();
+    let mut inner = lock(s);
+    inner.requests.push(RecordedRequest {
+        path: path.to_string(),
+        headers: headers
+            .iter()
+            .map(|(n, v)| {
+                (
+                    n.as_str().to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect(),
+        body: body.to_vec(),
+        json: json.clone(),
+    });
+
+    if let Some(key) = inner.expected_key.clone() {
+        let presented = match family {
+            Family::Anthropic => headers
+                .get("x-api-key")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
+            Family::OpenAi => headers
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .map(str::to_string),
+        };
+        if presented.as_deref() != Some(key.as_str()) {
+            return error_reply(family, 401, "invalid x-api-key / bearer token");
+        }
+    }
+    if family == Family::Anthropic && headers.get("anthropic-version").is_none() {
+        return error_reply(family, 400, "anthropic-version header is required");
+    }
+    let Some(req) = json else {
+        return error_reply(family, 400, "request body is not valid JSON");
+    };
+    let model = match req.get("model").and_then(Value::as_str) {
+        Some(m) => m.to_string(),
+        None => return error_reply(family, 400, "model: field required"),
+    };
+    if !req.get("messages").is_some_and(Value::is_array) {
+        return error_reply(family, 400, "messages: field required");
+    }
+    if family == Family::Anthropic && !req.get("max_tokens").is_some_and(Value::is_u64) {
+        return error_reply(family, 400, "max_tokens: field required");
+    }
+
+    let step = inner
+        .script
+        .pop_front()
+        .unwrap_or_else(|| Step::Text("done".into()));
+    inner.replies += 1;
+    let n = inner.replies;
+    let mut next_id = || {
+        inner.tool_calls += 1;
+        format!("call_{}", inner.tool_calls)
+    };
+    let (text, calls): (Option<String>, Vec<Call>) = match step {
+        Step::Status(code) => return error_reply(family, code, &format!("scripted HTTP {code}")),
+        Step::Body(code, raw) => {
+            let code = StatusCode::from_u16(code).unwrap_or(StatusCode::OK);
+            return (code, [("content-type", "application/json")], raw).into_response();
+        }
+        Step::Text(t) => (Some(t), vec![]),
+        Step::Tools(tools) => (
+            None,
+            tools
+                .into_iter()
+                .map(|(name, input)| {
+                    let args = input.to_string();
+                    (next_id(), name, input, args)
+                })
+                .collect(),
+        ),
+        Step::RawArguments(name, raw) => (
+            None,
+            vec![(next_id(), name, Value::String(raw.clone()), raw)],
+        ),
+    };
+    let tool_stop = !calls.is_empty();
+    let body = match family {
+        // https://docs.anthropic.com/en/api/messages (response): content blocks, stop_reason, usage.
+        Family::Anthropic => {
+            let mut content = Vec::new();
+            if let Some(t) = text {
+                content.push(json!({"type": "text", "text": t}));
+            }
+            for (id, name, input, _) in calls {
+                content.push(json!({"type": "tool_use", "id": id, "name": name, "input": input}));
+            }
+            json!({
+                "id": format!("msg_{n}"),
+                "type": "message",
+                "role": "assistant",
+                "model": model,
+                "content": content,
+                "stop_reason": if tool_stop { "tool_use" } else { "end_turn" },
+                "stop_sequence": null,
+                "usage": {"input_tokens": INPUT_TOKENS, "output_tokens": OUTPUT_TOKENS},
+            })
+        }
+        // https://platform.openai.com/docs/api-reference/chat/object: choices[0].message with content and
+        // tool_calls (arguments as a JSON *string*), finish_reason, usage.prompt/completion_tokens.
+        Family::OpenAi => {
+            let mut message = json!({"role": "assistant", "content": text});
+            if tool_stop {
+                message["tool_calls"] = Value::Array(
+                    calls
+                        .into_iter()
+                        .map(|(id, name, _, args)| {
+                            json!({"id": id, "type": "function", "function": {"name": name, "arguments": args}})
+                        })
+                        .collect(),
+                );
+            }
+            json!({
+                "id": format!("chatcmpl-{n}"),
+                "object": "chat.completion",
+                "created": 1_700_000_000u64,
+                "model": model,
+                "choices": [{
+                    "index": 0,
+                    "message": message,
+                    "finish_reason": if tool_stop { "tool_calls" } else { "stop" },
+                }],
+                "usage": {
+                    "prompt_tokens": INPUT_TOKENS,
+                    "completion_tokens": OUTPUT_TOKENS,
+                    "total_tokens": INPUT_TOKENS + OUTPUT_TOKENS,
+                },
+            })
+        }
+    };
+    (StatusCode::OK, axum::Json(body)).into_response()
+}
