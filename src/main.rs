@@ -188,7 +188,18 @@ async fn run(ticket: &str, config_path: &std::path::Path) -> anyhow::Result<Exit
 fn verify(path: &std::path::Path, public_key: Option<&str>) -> anyhow::Result<ExitCode> {
     let pinned = match public_key {
         None => None,
-        Some(k) => Some(proof::parse_public_key(k).context("reading --public-key")?),
+        Some(k) => {
+            // Either the hex key itself or a file holding it (such as `<data_dir>/runner.pub`).
+            let text = if std::path::Path::new(k).is_file() {
+                std::fs::read_to_string(k).with_context(|| format!("reading {k}"))?
+            } else {
+                k.to_string()
+            };
+            Some(
+                proof::parse_public_key(text.trim())
+                    .map_err(|e| anyhow::anyhow!("--public-key: {e}"))?,
+            )
+        }
     };
     match proof::verify(path, pinned.as_ref()) {
         Ok(report) => {

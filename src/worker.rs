@@ -22,7 +22,7 @@ use crate::config::{Config, JiraAuth, RepoConfig};
 use crate::forge::{ForgeError, GitHub, PullRequest};
 use crate::jira::{self, JiraClient, JiraError, Notice, Ticket};
 use crate::model::{ModelClient, ModelError};
-use crate::proof::{ProofError, ReceiptLog, RunnerKey};
+use crate::proof::{self, ProofError, ReceiptLog, RunnerKey};
 use crate::repo::{self, RepoError};
 use crate::sandbox::{Sandbox, SandboxError};
 
@@ -449,8 +449,8 @@ async fn pipeline(
             Stage::Agent,
             format!("{} {}", config.model.provider.as_str(), config.model.model),
         );
-        let key = RunnerKey::load_or_create(&config.data_dir)?;
-        let receipts = ReceiptLog::create(&dir.join("receipts.jsonl"), key, job_id, &ticket.key)?;
+        let key = Arc::new(RunnerKey::load_or_create(&config.data_dir)?);
+        let receipts = ReceiptLog::create(&dir.join(proof::RECEIPTS_FILE), key, job_id, &ticket.key)?;
         let mut model = ModelClient::new(&config.model, receipts)?;
         let task = Task {
             ticket: &ticket,

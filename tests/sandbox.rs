@@ -1,0 +1,584 @@
+//! The sandbox against a real Docker daemon and the real image (`images/sandbox/build.sh` must have been run).
+//!
+//! Every test uses its own job id (random suffix) and checks at the end that no container with that label is left,
+//! so the tests can run in parallel. `remove_orphans` removes *every* drafter container, so its test takes a write
+//! lock that the other tests hold for reading.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use drafter::config::SandboxConfig;
+use drafter::sandbox::{Container, Sandbox, SandboxError, EXEC_GRACE};
+use tokio::sync::RwLock;
+
+static ORPHAN_LOCK: RwLock<()> = RwLock::const_new(());
+
+/// Values the test process has in its environment that must never reach the container.
+const SECRETS: &[(&str, &str)] = &[
+    ("GITHUB_TOKEN", "ghp_TESTSECRETdoNotLeak0123456789"),
+    ("JIRA_TOKEN", "jira-TESTSECRET-doNotLeak"),
+    ("ANTHROPIC_API_KEY", "sk-ant-TESTSECRET-doNotLeak"),
+];
+
+fn config(output_cap_bytes: usize) -> SandboxConfig {
+    SandboxConfig {
+        image: std::env::var("DRAFTER_SANDBOX_IMAGE")
+            .unwrap_or_else(|_| "drafter-sandbox:latest".into()),
+        memory_mb: 512,
+        cpus: 1.0,
+        pids_limit: 256,
+        tmp_size_mb: 64,
+        command_timeout_secs: 30,
+        output_cap_bytes,
+        runtime: None,
+    }
+}
+
+async fn sandbox(output_cap_bytes: usize) -> Sandbox {
+    let sb = Sandbox::connect(&config(output_cap_bytes))
+        .await
+        .unwrap_or_else(|e| panic!("Docker must be reachable for these tests: {e}"));
+    if let Err(e) = sb.ensure_image().await {
+        panic!("{e}\n=> run images/sandbox/build.sh first");
+    }
+    sb
+}
+
+fn job_id(name: &str) -> String {
+    let mut b = [0u8; 4];
+    getrandom::fill(&mut b).unwrap();
+    format!("test-{name}-{}", hex::encode(b))
+}
+
+/// Polls until no container carries the job label (bounded), failing the test otherwise.
+async fn assert_no_containers(sb: &Sandbox, job: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = sb.job_containers(job).await.unwrap();
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "containers of {job} left: {left:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn sh(c: &Container, cmd: &str) -> drafter::sandbox::ExecOutput {
+    c.exec(cmd, Duration::from_secs(30)).await.unwrap()
+}
+
+async fn ok(c: &Container, cmd: &str) -> String {
+    let out = sh(c, cmd).await;
+    assert_eq!(out.exit_code, Some(0), "`{cmd}` failed: {}", out.output);
+    out.output
+}
+
+#[tokio::test]
+async fn container_is_locked_down() {
+    let _g = ORPHAN_LOCK.read().await;
+    for (k, v) in SECRETS {
+        std::env::set_var(k, v);
+    }
+    let sb = sandbox(64 * 1024).await;
+    let job = job_id("lockdown");
+    let t = Instant::now();
+    let c = sb.start(&job, "DEMO-1").await.unwrap();
+    eprintln!("start (create + start): {:?}", t.elapsed());
+
+    // No network: only the loopback interface, no routes, and a connect to the host's side of Docker's default
+    // bridge (an address on this machine) is unreachable.
+    assert_eq!(ok(&c, "ls /sys/class/net").await.trim(), "lo");
+    let probe = r#"python3 - <<'EOF'
+import socket, sys
+s = socket.socket()
+s.settimeout(3)
+try:
+    s.connect(("172.17.0.1", 9))
+except OSError as e:
+    print("refused", e.errno)
+    sys.exit(1)
+print("connected")
+EOF"#;
+    let out = sh(&c, probe).await;
+    assert_ne!(out.exit_code, Some(0), "network reachable: {}", out.output);
+    assert!(
+        out.output.contains("refused 101"),
+        "expected ENETUNREACH: {}",
+        out.output
+    );
+    let out = sh(&c, "exec 3<>/dev/tcp/172.17.0.1/80").await;
+    assert_ne!(out.exit_code, Some(0), "{}", out.output);
+
+    // Unprivileged, no capabilities.
+    assert_eq!(ok(&c, "id -u; id -g").await, "1000\n1000\n");
+    let status = ok(&c, "grep -E '^Cap(Eff|Prm|Bnd):' /proc/self/status").await;
+    for line in status.lines() {
+        assert!(line.ends_with("0000000000000000"), "{status}");
+    }
+    assert!(ok(&c, "grep NoNewPrivs /proc/self/status")
+        .await
+        .contains('1'));
+
+    // The host environment does not leak, neither into processes nor into the container config.
+    let env = ok(&c, "env").await;
+    let inspect = Command::new("docker")
+        .args(["inspect", "-f", "{{json .Config.Env}}", c.id()])
+        .output()
+        .unwrap();
+    let config_env = String::from_utf8_lossy(&inspect.stdout).to_string();
+    assert!(config_env.contains("HOME=/tmp"), "{config_env}");
+    for (k, v) in SECRETS {
+        assert!(
+            !env.contains(v) && !env.contains(k),
+            "{k} leaked into env: {env}"
+        );
+        assert!(!config_env.contains(v), "{k} leaked into Config.Env");
+    }
+
+    // Read-only root; /workspace and /tmp writable.
+    let out = sh(&c, "echo x > /etc/x").await;
+    assert_ne!(out.exit_code, Some(0));
+    assert!(
+        out.output.contains("Read-only file system") || out.output.contains("Permission denied")
+    );
+    let out = sh(&c, "touch /home/agent/x").await;
+    assert!(
+        out.output.contains("Read-only file system"),
+        "{}",
+        out.output
+    );
+    ok(
+        &c,
+        "echo w > /workspace/w && echo t > /tmp/t && cat /workspace/w /tmp/t",
+    )
+    .await;
+
+    // Labels, and what Docker recorded about the limits.
+    let inspect = Command::new("docker")
+        .args([
+            "inspect",
+            "-f",
+            "{{.HostConfig.NetworkMode}} {{.HostConfig.ReadonlyRootfs}} {{.HostConfig.CapDrop}} \
+             {{.HostConfig.SecurityOpt}} {{.HostConfig.PidsLimit}} {{.HostConfig.Memory}} \
+             {{.HostConfig.MemorySwap}} {{.HostConfig.NanoCpus}} {{.Config.User}} {{.Name}} \
+             {{index .Config.Labels \"drafter.managed\"}} {{index .Config.Labels \"drafter.ticket\"}}",
+            c.id(),
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&inspect.stdout).to_string();
+    let expected = format!(
+        "none true [ALL] [no-new-privileges] 256 536870912 536870912 1000000000 65534:65534 /drafter-{job} true DEMO-1"
+    );
+    assert_eq!(text.trim(), expected);
+
+    // Per-exec latency, for the record.
+    let n = 10;
+    let t = Instant::now();
+    for _ in 0..n {
+        ok(&c, "true").await;
+    }
+    eprintln!(
+        "exec latency: {:?} per `true` (avg of {n})",
+        t.elapsed() / n
+    );
+
+    // The workspace is an anonymous volume, removed together with the container.
+    let volume = Command::new("docker")
+        .args([
+            "inspect",
+            "-f",
+            "{{range .Mounts}}{{.Type}} {{.Name}} {{.Destination}}{{end}}",
+            c.id(),
+        ])
+        .output()
+        .unwrap();
+    let volume = String::from_utf8_lossy(&volume.stdout).trim().to_string();
+    let parts: Vec<&str> = volume.split(' ').collect();
+    assert_eq!((parts[0], parts[2]), ("volume", "/workspace"), "{volume}");
+
+    let t = Instant::now();
+    c.remove().await.unwrap();
+    eprintln!("remove: {:?}", t.elapsed());
+    assert_no_containers(&sb, &job).await;
+    let gone = Command::new("docker")
+        .args(["volume", "inspect", parts[1]])
+        .output()
+        .unwrap();
+    assert!(
+        !gone.status.success(),
+        "workspace volume {} outlived its container",
+        parts[1]
+    );
+}
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args([
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "-c",
+            "init.defaultBranch=main",
+        ])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn workspace_round_trip() {
+    let _g = ORPHAN_LOCK.read().await;
+    let sb = sandbox(64 * 1024).await;
+    let job = job_id("roundtrip");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("a.txt"), "original\n").unwrap();
+    std::fs::write(d.join("doomed.txt"), "delete me\n").unwrap();
+    std::fs::create_dir_all(d.join("sub/deeper")).unwrap();
+    std::fs::write(d.join("sub/deeper/keep.txt"), "keep\n").unwrap();
+    std::fs::write(d.join("run.sh"), "#!/bin/sh\necho ran\n").unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(d.join("run.sh"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    git(d, &["init", "-q"]);
+    git(d, &["add", "-A"]);
+    git(d, &["commit", "-q", "-m", "init"]);
+    let head_before = git(d, &["rev-parse", "HEAD"]);
+
+    let c = sb.start(&job, "DEMO-2").await.unwrap();
+    let t = Instant::now();
+    c.upload_dir(d).await.unwrap();
+    eprintln!("upload_dir: {:?}", t.elapsed());
+
+    // Everything is the agent's, git works inside, the executable bit survived.
+    assert_eq!(
+        ok(&c, "find /workspace ! -uid 1000 ! -gid 1000 | wc -l")
+            .await
+            .trim(),
+        "0"
+    );
+    assert_eq!(
+        ok(&c, "find /workspace ! -user 1000 | wc -l").await.trim(),
+        "0"
+    );
+    assert_eq!(ok(&c, "./run.sh").await, "ran\n");
+    assert_eq!(ok(&c, "git status --porcelain").await, "");
+    assert_eq!(ok(&c, "git rev-parse HEAD").await, head_before);
+
+    ok(
+        &c,
+        "echo changed > a.txt && rm doomed.txt && mkdir -p new && echo fresh > new/n.txt \
+         && mkdir -p .git/hooks && echo evil > .git/hooks/evil && chmod +x .git/hooks/evil \
+         && echo '[core] hooksPath = /tmp' >> .git/config \
+         && mkdir -p sub/.git && echo nested > sub/.git/config \
+         && ln -s /etc/passwd link",
+    )
+    .await;
+    // A file that exists only on the host (not in the upload) must be gone after the download too.
+    std::fs::write(d.join("host-only.txt"), "x").unwrap();
+
+    let t = Instant::now();
+    c.download_workspace(d).await.unwrap();
+    eprintln!("download_workspace: {:?}", t.elapsed());
+
+    assert_eq!(
+        std::fs::read_to_string(d.join("a.txt")).unwrap(),
+        "changed\n"
+    );
+    assert!(!d.join("doomed.txt").exists());
+    assert!(!d.join("host-only.txt").exists());
+    assert_eq!(
+        std::fs::read_to_string(d.join("new/n.txt")).unwrap(),
+        "fresh\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(d.join("sub/deeper/keep.txt")).unwrap(),
+        "keep\n"
+    );
+    // The container's .git was ignored: no hook, no config change, no nested .git.
+    assert!(!d.join(".git/hooks/evil").exists());
+    assert!(!std::fs::read_to_string(d.join(".git/config"))
+        .unwrap()
+        .contains("hooksPath"));
+    assert!(!d.join("sub/.git").exists());
+    // The symlink came back as a link and was not followed.
+    let link = std::fs::symlink_metadata(d.join("link")).unwrap();
+    assert!(link.is_symlink());
+    assert_eq!(
+        std::fs::read_link(d.join("link")).unwrap(),
+        Path::new("/etc/passwd")
+    );
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(d.join("run.sh"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o111, 0o111, "executable bit lost: {mode:o}");
+    }
+    // The host repository is intact and sees exactly the agent's changes.
+    assert_eq!(git(d, &["rev-parse", "HEAD"]), head_before);
+    let status = git(d, &["status", "--porcelain"]);
+    assert!(status.contains(" M a.txt"), "{status}");
+    assert!(status.contains(" D doomed.txt"), "{status}");
+    assert!(status.contains("?? new/"), "{status}");
+
+    c.remove().await.unwrap();
+    assert_no_containers(&sb, &job).await;
+}
+
+#[tokio::test]
+async fn exec_timeouts_exit_codes_and_output_cap() {
+    let _g = ORPHAN_LOCK.read().await;
+    let sb = sandbox(1000).await;
+    let job = job_id("exec");
+    let c = sb.start(&job, "DEMO-3").await.unwrap();
+
+    let out = sh(&c, "echo out; echo err >&2; exit 3").await;
+    assert_eq!(out.exit_code, Some(3));
+    assert!(
+        out.output.contains("out\n") && out.output.contains("err\n"),
+        "{}",
+        out.output
+    );
+    assert!(!out.timed_out && !out.truncated);
+
+    // A command that exits 124 by itself is not a timeout.
+    let out = sh(&c, "exit 124").await;
+    assert_eq!(out.exit_code, Some(124));
+    assert!(!out.timed_out);
+
+    // Plain timeout: TERM stops it.
+    let limit = Duration::from_secs(2);
+    let t = Instant::now();
+    let out = c.exec("echo start; sleep 60", limit).await.unwrap();
+    let took = t.elapsed();
+    assert!(out.timed_out, "{out:?}");
+    assert_eq!(out.exit_code, Some(124));
+    assert!(out.output.contains("start"));
+    assert!(took >= limit && took < limit + EXEC_GRACE, "took {took:?}");
+
+    // A command that ignores TERM is KILLed (timeout -k), with its children.
+    let t = Instant::now();
+    let out = c
+        .exec("trap '' TERM; sleep 60 & sleep 60; wait", limit)
+        .await
+        .unwrap();
+    let took = t.elapsed();
+    assert!(out.timed_out, "{out:?}");
+    assert!(took < limit + EXEC_GRACE, "took {took:?}");
+    let procs = ok(
+        &c,
+        "for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline 2>/dev/null; echo; done",
+    )
+    .await;
+    assert!(!procs.contains("sleep 60"), "leftover processes: {procs}");
+
+    // A command that disarms the in-container `timeout` (stops it): the host backstop fires after timeout + grace,
+    // kills every agent process, and the container stays usable.
+    let t = Instant::now();
+    let out = c
+        .exec(
+            "echo before; kill -STOP $PPID; sleep 300",
+            Duration::from_secs(1),
+        )
+        .await
+        .unwrap();
+    let took = t.elapsed();
+    eprintln!("backstop: {out:?} after {took:?}");
+    assert!(out.timed_out, "{out:?}");
+    assert_eq!(out.exit_code, None);
+    assert!(out.output.contains("before"));
+    assert!(
+        took < Duration::from_secs(1) + EXEC_GRACE + Duration::from_secs(3),
+        "took {took:?}"
+    );
+    assert_eq!(ok(&c, "echo alive").await, "alive\n");
+    let procs = ok(
+        &c,
+        "for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline 2>/dev/null; echo; done",
+    )
+    .await;
+    assert!(!procs.contains("sleep 300"), "leftover processes: {procs}");
+
+    // Output cap: first half and last half kept, the cut marked.
+    let out = sh(&c, "head -c 100000 /dev/zero | tr '\\0' a; echo; echo END").await;
+    assert_eq!(out.exit_code, Some(0));
+    assert!(out.truncated);
+    assert!(
+        out.output.starts_with(&"a".repeat(500)),
+        "{}",
+        &out.output[..50]
+    );
+    assert!(out.output.ends_with("END\n"), "{}", out.output);
+    assert!(
+        out.output.contains("[... 99005 bytes omitted ...]"),
+        "{}",
+        out.output
+    );
+    assert!(out.output.len() < 1100);
+
+    drop(c); // removal through Drop is tested separately; here it just must not leak
+    assert_no_containers(&sb, &job).await;
+}
+
+#[tokio::test]
+async fn read_and_write_files() {
+    let _g = ORPHAN_LOCK.read().await;
+    let sb = sandbox(64 * 1024).await;
+    let job = job_id("files");
+    let c = sb.start(&job, "DEMO-4").await.unwrap();
+
+    let body = b"line one\nline two\n\xff binary ok\n";
+    c.write_file("dir/sub/x.txt", body).await.unwrap();
+    assert_eq!(c.read_file("dir/sub/x.txt", 1024).await.unwrap(), body);
+    assert_eq!(
+        ok(&c, "stat -c %u:%g dir dir/sub dir/sub/x.txt").await,
+        "1000:1000\n".repeat(3)
+    );
+    // Overwrite, and an empty file.
+    c.write_file("dir/sub/x.txt", b"short").await.unwrap();
+    assert_eq!(
+        c.read_file("./dir//sub/x.txt", 1024).await.unwrap(),
+        b"short"
+    );
+    c.write_file("empty", b"").await.unwrap();
+    assert_eq!(c.read_file("empty", 0).await.unwrap(), b"");
+    // Larger than a pipe buffer.
+    let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    c.write_file("big.bin", &big).await.unwrap();
+    assert_eq!(c.read_file("big.bin", big.len()).await.unwrap(), big);
+
+    for bad in ["../x", "/etc/passwd", "a/../../x", "a\0b", ""] {
+        assert!(
+            matches!(
+                c.read_file(bad, 100).await,
+                Err(SandboxError::BadPath { .. })
+            ),
+            "{bad:?}"
+        );
+        assert!(
+            matches!(
+                c.write_file(bad, b"x").await,
+                Err(SandboxError::BadPath { .. })
+            ),
+            "{bad:?}"
+        );
+    }
+    assert!(matches!(
+        c.read_file("big.bin", 1000).await,
+        Err(SandboxError::TooLarge { .. })
+    ));
+    assert!(matches!(
+        c.read_file("nope.txt", 100).await,
+        Err(SandboxError::NotFound(_))
+    ));
+    assert!(matches!(
+        c.read_file("dir", 100).await,
+        Err(SandboxError::NotRegularFile(_))
+    ));
+    ok(&c, "ln -s /etc/passwd pw").await;
+    assert!(matches!(
+        c.read_file("pw", 10_000).await,
+        Err(SandboxError::NotRegularFile(_))
+    ));
+    // Writing where the agent may not (through a link to the read-only root) fails as the agent would.
+    ok(&c, "ln -s /etc etc").await;
+    assert!(matches!(
+        c.write_file("etc/evil", b"x").await,
+        Err(SandboxError::Exec(_))
+    ));
+
+    c.remove().await.unwrap();
+    assert_no_containers(&sb, &job).await;
+}
+
+#[tokio::test]
+async fn drop_without_remove_removes_the_container() {
+    let _g = ORPHAN_LOCK.read().await;
+    let sb = sandbox(64 * 1024).await;
+    let job = job_id("drop");
+    let c = sb.start(&job, "DEMO-5").await.unwrap();
+    assert_eq!(
+        sb.job_containers(&job).await.unwrap(),
+        vec![c.id().to_string()]
+    );
+    drop(c);
+    assert_no_containers(&sb, &job).await;
+
+    // Same for a task that panics while holding the container.
+    let job2 = job_id("panic");
+    let c = sb.start(&job2, "DEMO-5").await.unwrap();
+    let handle = tokio::spawn(async move {
+        let _c = c;
+        panic!("job failed");
+    });
+    assert!(handle.await.is_err());
+    assert_no_containers(&sb, &job2).await;
+}
+
+#[tokio::test]
+async fn start_refuses_bad_ids_and_replaces_stale_container() {
+    let _g = ORPHAN_LOCK.read().await;
+    let sb = sandbox(64 * 1024).await;
+    assert!(matches!(
+        sb.start("../x", "T-1").await,
+        Err(SandboxError::BadJobId(_))
+    ));
+    let job = job_id("stale");
+    let first = sb.start(&job, "DEMO-6").await.unwrap();
+    let first_id = first.id().to_string();
+    std::mem::forget(first); // as if the runner had crashed
+    let second = sb.start(&job, "DEMO-6").await.unwrap();
+    assert_ne!(second.id(), first_id);
+    assert_eq!(
+        sb.job_containers(&job).await.unwrap(),
+        vec![second.id().to_string()]
+    );
+    second.remove().await.unwrap();
+    assert_no_containers(&sb, &job).await;
+}
+
+#[tokio::test]
+async fn missing_image_is_a_clear_error() {
+    let _g = ORPHAN_LOCK.read().await;
+    let mut cfg = config(1000);
+    cfg.image = "drafter-sandbox-does-not-exist:nope".into();
+    let sb = Sandbox::connect(&cfg).await.unwrap();
+    sb.ping().await.unwrap();
+    let err = sb.ensure_image().await.unwrap_err();
+    assert!(err.to_string().contains("images/sandbox/build.sh"), "{err}");
+    let job = job_id("noimage");
+    let err = sb.start(&job, "DEMO-7").await.err().unwrap();
+    assert!(matches!(err, SandboxError::ImageMissing { .. }), "{err}");
+    assert_no_containers(&sb, &job).await;
+}
+
+#[tokio::test]
+async fn remove_orphans_after_a_crash() {
+    // Exclusive: remove_orphans removes every drafter container, including other tests'.
+    let _g = ORPHAN_LOCK.write().await;
+    let sb = sandbox(64 * 1024).await;
+    let job = job_id("orphan");
+    let c = sb.start(&job, "DEMO-8").await.unwrap();
+    std::mem::forget(c); // a crash: no Drop runs
+    assert_eq!(sb.job_containers(&job).await.unwrap().len(), 1);
+    assert!(sb.remove_orphans().await.unwrap() >= 1);
+    assert!(sb.job_containers(&job).await.unwrap().is_empty());
+    // Its anonymous workspace volume went with it.
+    assert_no_containers(&sb, &job).await;
+}
