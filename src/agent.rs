@@ -9,7 +9,7 @@
 //! The ticket reaches the model as quoted, untrusted data inside `<ticket>` markers, never as instructions.
 //! The loop never touches Docker: it works through [`crate::sandbox::Container`]'s file and exec calls.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 

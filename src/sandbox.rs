@@ -145,6 +145,20 @@ pub enum SandboxError {
     },
 }
 
+impl SandboxError {
+    /// Whether the caller (the model, through a tool) caused this and can fix it: a bad or missing path, a file of
+    /// the wrong kind or size. Everything else means the sandbox itself is in trouble.
+    pub fn is_model_fixable(&self) -> bool {
+        matches!(
+            self,
+            SandboxError::BadPath { .. }
+                | SandboxError::NotFound(_)
+                | SandboxError::NotRegularFile(_)
+                | SandboxError::TooLarge { .. }
+        )
+    }
+}
+
 fn docker_err(action: &'static str) -> impl FnOnce(bollard::errors::Error) -> SandboxError {
     move |source| SandboxError::Docker { action, source }
 }

@@ -450,7 +450,8 @@ async fn pipeline(
             format!("{} {}", config.model.provider.as_str(), config.model.model),
         );
         let key = Arc::new(RunnerKey::load_or_create(&config.data_dir)?);
-        let receipts = ReceiptLog::create(&dir.join(proof::RECEIPTS_FILE), key, job_id, &ticket.key)?;
+        let receipts =
+            ReceiptLog::create(&dir.join(proof::RECEIPTS_FILE), key, job_id, &ticket.key)?;
         let mut model = ModelClient::new(&config.model, receipts)?;
         let task = Task {
             ticket: &ticket,
