@@ -28,7 +28,9 @@
 //! # Cleanup
 //! [`Container::remove`] force-removes the container and its volume. If a `Container` is dropped without it (an
 //! error path, a panic), its `Drop` spawns the removal on the current Tokio runtime. After a crash,
-//! [`Sandbox::remove_orphans`] removes every container labelled [`LABEL_MANAGED`] at start-up.
+//! [`Sandbox::remove_orphans`] removes, at start-up, every drafter container whose owning runner is gone: each
+//! container is labelled with the host and process id of the runner that made it ([`LABEL_OWNER_HOST`],
+//! [`LABEL_OWNER_PID`]), so runners sharing a daemon never remove each other's live containers.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read};
@@ -49,12 +51,39 @@ use tokio::io::AsyncWriteExt;
 
 use crate::config::SandboxConfig;
 
-/// Label set to `"true"` on every container drafter creates; [`Sandbox::remove_orphans`] removes them all.
+/// Label set to `"true"` on every container drafter creates.
 pub const LABEL_MANAGED: &str = "drafter.managed";
 /// Label holding the job id a container belongs to.
 pub const LABEL_JOB: &str = "drafter.job";
 /// Label holding the Jira ticket key a container works on.
 pub const LABEL_TICKET: &str = "drafter.ticket";
+/// Label naming the host whose runner created the container.
+pub const LABEL_OWNER_HOST: &str = "drafter.owner.host";
+/// Label holding the process id of the runner that created the container.
+pub const LABEL_OWNER_PID: &str = "drafter.owner.pid";
+
+/// This machine's host name, as recorded in [`LABEL_OWNER_HOST`].
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Whether a container's owner labels name a runner that is still alive. A container from another host is
+/// treated as alive (only its own host can tell); one without owner labels, or whose process is gone, is not.
+fn owner_alive(labels: &HashMap<String, String>, this_host: &str) -> bool {
+    let (Some(host), Some(pid)) = (labels.get(LABEL_OWNER_HOST), labels.get(LABEL_OWNER_PID))
+    else {
+        return false;
+    };
+    if host != this_host {
+        return true;
+    }
+    match pid.parse::<u32>() {
+        Ok(pid) => Path::new(&format!("/proc/{pid}")).exists(),
+        Err(_) => false,
+    }
+}
 /// Where the repository lives inside the container (an anonymous volume, the working directory of every command).
 pub const WORKSPACE: &str = "/workspace";
 
@@ -243,11 +272,26 @@ impl Sandbox {
         Ok(list.into_iter().filter_map(|c| c.id).collect())
     }
 
-    /// Removes every container labelled `drafter.managed=true`, in any state, with its volumes: start-up cleanup
-    /// after a crash. Returns how many were removed. Do not share one daemon between two runners: each would remove
-    /// the other's containers.
+    /// Removes every container labelled `drafter.managed=true` whose owning runner is gone (see [`owner_alive`]), in
+    /// any state, with its volumes: start-up cleanup after a crash. Returns how many were removed. Runners sharing
+    /// a daemon leave each other's live containers alone.
     pub async fn remove_orphans(&self) -> Result<usize, SandboxError> {
-        let ids = self.list_by_label(format!("{LABEL_MANAGED}=true")).await?;
+        let filters = HashMap::from([("label", vec![format!("{LABEL_MANAGED}=true")])]);
+        let opts = ListContainersOptionsBuilder::new()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let list = self
+            .docker
+            .list_containers(Some(opts))
+            .await
+            .map_err(docker_err("list containers"))?;
+        let this_host = host_name();
+        let ids: Vec<String> = list
+            .into_iter()
+            .filter(|c| !owner_alive(&c.labels.clone().unwrap_or_default(), &this_host))
+            .filter_map(|c| c.id)
+            .collect();
         let mut removed = 0;
         for id in ids {
             match force_remove(&self.docker, &id).await {
@@ -356,6 +400,8 @@ impl Sandbox {
                 (LABEL_MANAGED.to_string(), "true".to_string()),
                 (LABEL_JOB.to_string(), job_id.to_string()),
                 (LABEL_TICKET.to_string(), ticket.to_string()),
+                (LABEL_OWNER_HOST.to_string(), host_name()),
+                (LABEL_OWNER_PID.to_string(), std::process::id().to_string()),
             ])),
             network_disabled: Some(true),
             host_config: Some(host_config),

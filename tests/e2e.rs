@@ -121,7 +121,7 @@ async fn ticket_to_draft_pr(provider: &'static str) {
     eprintln!("{provider}: ticket to draft PR in {:?}", started.elapsed());
 
     // The branch and commit exist in the real bare repository, with the model's change and the trailers.
-    let branch = "drafter/DEMO-1-greeting-should-end-with-an-exclamation-mark";
+    let branch = "drafter/DEMO-1-greeting-should-end-with-an-exclamation";
     assert!(
         branches(&stack.bare_repo).contains(&branch.to_string()),
         "{:?}",
@@ -341,7 +341,7 @@ async fn model_that_never_finishes_hits_max_turns() {
         script: (0..10)
             .map(|_| Step::Tools(vec![("list_files".into(), json!({}))]))
             .collect(),
-        agent_toml: "max_turns = 3".into(),
+        max_turns: 3,
         ..Options::default()
     })
     .await;
@@ -376,7 +376,7 @@ async fn command_over_its_timeout_is_killed_and_reported() {
             )]),
             Step::Tools(vec![("finish".into(), json!({"summary": "gave up"}))]),
         ],
-        sandbox_toml: "command_timeout_secs = 2".into(),
+        command_timeout_secs: 2,
         ..Options::default()
     })
     .await;

@@ -1,8 +1,8 @@
 //! The sandbox against a real Docker daemon and the real image (`images/sandbox/build.sh` must have been run).
 //!
 //! Every test uses its own job id (random suffix) and checks at the end that no container with that label is left,
-//! so the tests can run in parallel. `remove_orphans` removes *every* drafter container, so its test takes a write
-//! lock that the other tests hold for reading.
+//! so the tests can run in parallel. The `remove_orphans` test plants containers of crashed, live and remote runners,
+//! so it takes a write lock that the other tests hold for reading.
 
 use std::path::Path;
 use std::process::Command;
@@ -568,17 +568,105 @@ async fn missing_image_is_a_clear_error() {
     assert_no_containers(&sb, &job).await;
 }
 
+/// Creates a bare drafter-labelled container as a runner with the given owner would, without a `Container` handle.
+async fn labelled_container(job: &str, host: &str, pid: u32) -> String {
+    use bollard::models::ContainerCreateBody;
+    use bollard::query_parameters::{CreateContainerOptionsBuilder, StartContainerOptions};
+    let docker = bollard::Docker::connect_with_defaults()
+        .unwrap()
+        .negotiate_version()
+        .await
+        .unwrap();
+    let labels = std::collections::HashMap::from([
+        ("drafter.managed".to_string(), "true".to_string()),
+        ("drafter.job".to_string(), job.to_string()),
+        ("drafter.owner.host".to_string(), host.to_string()),
+        ("drafter.owner.pid".to_string(), pid.to_string()),
+    ]);
+    let body = ContainerCreateBody {
+        image: Some("drafter-sandbox:latest".into()),
+        cmd: Some(vec!["sleep".into(), "300".into()]),
+        labels: Some(labels),
+        host_config: Some(bollard::models::HostConfig {
+            network_mode: Some("none".into()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let id = docker
+        .create_container(
+            Some(
+                CreateContainerOptionsBuilder::new()
+                    .name(&format!("drafter-{job}"))
+                    .build(),
+            ),
+            body,
+        )
+        .await
+        .unwrap()
+        .id;
+    docker
+        .start_container(&id, None::<StartContainerOptions>)
+        .await
+        .unwrap();
+    id
+}
+
 #[tokio::test]
 async fn remove_orphans_after_a_crash() {
-    // Exclusive: remove_orphans removes every drafter container, including other tests'.
     let _g = ORPHAN_LOCK.write().await;
     let sb = sandbox(64 * 1024).await;
-    let job = job_id("orphan");
-    let c = sb.start(&job, "DEMO-8").await.unwrap();
-    std::mem::forget(c); // a crash: no Drop runs
-    assert_eq!(sb.job_containers(&job).await.unwrap().len(), 1);
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap()
+        .trim()
+        .to_string();
+
+    // A runner that crashed: its process is gone (a child that has exited and been reaped).
+    let mut child = Command::new("true").spawn().unwrap();
+    let dead_pid = child.id();
+    child.wait().unwrap();
+    let crashed = job_id("orphan-dead");
+    labelled_container(&crashed, &host, dead_pid).await;
+    // A container from a live runner on this host (this test process), and one from another host.
+    let live = job_id("orphan-live");
+    let live_container = sb.start(&live, "DEMO-8").await.unwrap();
+    let remote = job_id("orphan-remote");
+    labelled_container(&remote, "some-other-runner-host", 1).await;
+
     assert!(sb.remove_orphans().await.unwrap() >= 1);
-    assert!(sb.job_containers(&job).await.unwrap().is_empty());
-    // Its anonymous workspace volume went with it.
-    assert_no_containers(&sb, &job).await;
+    // Only the crashed runner's container went, with its anonymous workspace volume.
+    assert_no_containers(&sb, &crashed).await;
+    assert_eq!(
+        sb.job_containers(&live).await.unwrap().len(),
+        1,
+        "a live runner's container was removed"
+    );
+    assert_eq!(
+        sb.job_containers(&remote).await.unwrap().len(),
+        1,
+        "another host's container was removed"
+    );
+
+    live_container.remove().await.unwrap();
+    for id in sb.job_containers(&remote).await.unwrap() {
+        let docker = bollard::Docker::connect_with_defaults()
+            .unwrap()
+            .negotiate_version()
+            .await
+            .unwrap();
+        docker
+            .remove_container(
+                &id,
+                Some(
+                    bollard::query_parameters::RemoveContainerOptionsBuilder::new()
+                        .force(true)
+                        .v(true)
+                        .build(),
+                ),
+            )
+            .await
+            .unwrap();
+    }
+    assert_no_containers(&sb, &live).await;
+    assert_no_containers(&sb, &remote).await;
 }

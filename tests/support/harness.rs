@@ -35,10 +35,10 @@ pub struct Options {
     pub provider: &'static str,
     /// The model's answers.
     pub script: Vec<Step>,
-    /// Extra TOML appended to the generated `[agent]` table, e.g. `max_turns = 2`.
-    pub agent_toml: String,
-    /// Extra TOML appended to the generated `[sandbox]` table, e.g. `command_timeout_secs = 2`.
-    pub sandbox_toml: String,
+    /// `agent.max_turns`.
+    pub max_turns: u32,
+    /// `sandbox.command_timeout_secs`.
+    pub command_timeout_secs: u64,
 }
 
 impl Default for Options {
@@ -46,8 +46,8 @@ impl Default for Options {
         Options {
             provider: "anthropic",
             script: demo_script(),
-            agent_toml: String::new(),
-            sandbox_toml: String::new(),
+            max_turns: 12,
+            command_timeout_secs: 60,
         }
     }
 }
@@ -181,17 +181,15 @@ api_key_env = "DRAFTER_TEST_MODEL_KEY"
 request_timeout_secs = 30
 
 [agent]
-max_turns = 12
+max_turns = {max_turns}
 wall_time_secs = 300
-{agent}
 
 [sandbox]
 image = "{image}"
 memory_mb = 512
 cpus = 1.0
 pids_limit = 128
-command_timeout_secs = 60
-{sandbox}
+command_timeout_secs = {timeout}
 
 [commit]
 name = "drafter[bot]"
@@ -211,8 +209,8 @@ repos = [{{ name = "acme/other" }}]
             git = github.git_url(),
             provider = opts.provider,
             model = model.base_url(),
-            agent = opts.agent_toml,
-            sandbox = opts.sandbox_toml,
+            max_turns = opts.max_turns,
+            timeout = opts.command_timeout_secs,
             repo = DEMO_REPO,
         );
         let config_path = dir.path().join("drafter.toml");
