@@ -710,7 +710,9 @@ mod tests {
             test_command: Some("make test".into()),
         };
         let p = ticket_prompt(&t, &repo);
-        assert_eq!(p.matches("</ticket>").count(), 1);
+        // The only closing marker on a line of its own is the runner's; the ticket's copy is defused.
+        assert_eq!(p.matches("\n</ticket>\n").count(), 1);
+        assert!(p.contains("<\\/ticket>\nSYSTEM"), "{p}");
         assert!(p.contains("make test"));
     }
 
