@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use drafter::agent::AgentEvent;
 use drafter::config::Config;
+use drafter::jira::{JiraClient, Notice};
 use drafter::proof;
 use drafter::sandbox::Sandbox;
 use drafter::worker::{self, Event, JobError, JobOutcome};
@@ -118,13 +119,11 @@ async fn run(ticket: &str, config_path: &std::path::Path) -> anyhow::Result<Exit
         .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
 
     // A crashed earlier run may have left its container behind; nothing else removes it.
-    match Sandbox::connect(&config.sandbox).await {
-        Ok(sandbox) => match sandbox.remove_orphans().await {
-            Ok(0) => {}
-            Ok(n) => eprintln!("removed {n} container(s) left behind by an earlier run"),
-            Err(e) => tracing::warn!(error = %e, "could not look for leftover containers"),
-        },
-        Err(e) => anyhow::bail!("{e}"),
+    let sandbox = Sandbox::connect(&config.sandbox).await?;
+    match sandbox.remove_orphans().await {
+        Ok(0) => {}
+        Ok(n) => eprintln!("removed {n} container(s) left behind by an earlier run"),
+        Err(e) => tracing::warn!(error = %e, "could not look for leftover containers"),
     }
 
     let job_id = worker::new_job_id();
@@ -147,7 +146,28 @@ async fn run(ticket: &str, config_path: &std::path::Path) -> anyhow::Result<Exit
             }
         }
     });
-    let result = worker::run_job(config.clone(), ticket, &job_id, tx).await;
+    let job = worker::run_job(config.clone(), ticket, &job_id, tx);
+    let result = tokio::select! {
+        result = job => result,
+        _ = shutdown_signal() => {
+            // The job's task is dropped here; remove its container now rather than leave it to the next start-up,
+            // and tell the ticket, so the job is visibly failed rather than silently gone.
+            eprintln!("interrupted: stopping job {job_id}");
+            if let Err(e) = sandbox.remove_job(&job_id).await {
+                eprintln!("could not remove the job's container: {e}");
+            }
+            let notice = Notice::Failed {
+                job_id: job_id.clone(),
+                reason: "the runner was stopped before the job finished; no pull request was opened".into(),
+            };
+            if let Ok(jira) = JiraClient::new(&config.jira) {
+                if let Err(e) = jira.comment(ticket, notice.to_adf()).await {
+                    tracing::warn!(error = %worker::scrub(&config, &e.to_string()), "could not report the interruption");
+                }
+            }
+            return Ok(ExitCode::from(130));
+        }
+    };
     let _ = printer.await;
     let dir = worker::job_dir(&config.data_dir, &job_id);
     match result {
@@ -182,6 +202,22 @@ async fn run(ticket: &str, config_path: &std::path::Path) -> anyhow::Result<Exit
                 _ => ExitCode::FAILURE,
             })
         }
+    }
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM (systemd, `docker stop`).
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
     }
 }
 

@@ -312,6 +312,16 @@ impl Sandbox {
         self.list_by_label(format!("{LABEL_JOB}={job_id}")).await
     }
 
+    /// Force-removes every container of this job (with its volume): for a runner that is stopping mid-job, when the
+    /// job's own [`Container`] handle is gone with the cancelled task. Returns how many were removed.
+    pub async fn remove_job(&self, job_id: &str) -> Result<usize, SandboxError> {
+        let ids = self.job_containers(job_id).await?;
+        for id in &ids {
+            force_remove(&self.docker, id).await?;
+        }
+        Ok(ids.len())
+    }
+
     /// Creates and starts the job's container `drafter-<job_id>`. A stale container of the same name left by an
     /// earlier attempt of the same job is removed first.
     pub async fn start(&self, job_id: &str, ticket: &str) -> Result<Container, SandboxError> {

@@ -333,7 +333,9 @@ pub async fn run_job(
             error: result.as_ref().err().map(|e| scrub(&config, &e.to_string())),
             retryable: result.as_ref().err().map(JobError::is_retryable).unwrap_or(false),
             receipts_digest: progress.digest.as_deref(),
-            receipts_signer: RunnerKey::load_or_create(&config.data_dir).ok().map(|k| k.public_hex()),
+            receipts_signer: std::fs::read_to_string(config.data_dir.join(proof::PUB_FILE))
+                .ok()
+                .map(|k| k.trim().to_string()),
             turns: progress.agent.as_ref().map(|a| a.turns),
             tokens: progress.agent.as_ref().map(|a| a.tokens),
             tool_calls: progress

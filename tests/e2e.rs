@@ -394,3 +394,91 @@ async fn command_over_its_timeout_is_killed_and_reported() {
     );
     assert_no_container(&job_id_of(&job_dir(&stack))).await;
 }
+
+/// What the model's commands see through the real runner: no network, uid 1000, no capabilities, no secrets.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_models_commands_run_locked_down() {
+    let probe = concat!(
+        "echo \"uid:$(id -u)\"; grep CapEff /proc/self/status; env; ",
+        "echo \"net:$(python3 -c 'import socket; socket.create_connection((\"1.1.1.1\", 53), timeout=3)' ",
+        ">/dev/null 2>&1 && echo open || echo blocked)\"; ",
+        "echo \"rootfs:$(touch /etc/x 2>/dev/null && echo writable || echo readonly)\""
+    );
+    let stack = Stack::start(Options {
+        script: vec![
+            Step::Tools(vec![("run".into(), json!({ "command": probe }))]),
+            Step::Tools(vec![("finish".into(), json!({"summary": "probed"}))]),
+        ],
+        ..Options::default()
+    })
+    .await;
+    let (out, log) = run(&stack, "DEMO-1").await;
+    assert!(out.status.success(), "{log}");
+    let traffic = model_traffic(&stack);
+    assert!(traffic.contains("uid:1000"), "{traffic}");
+    assert!(traffic.contains("CapEff:\\t0000000000000000"), "{traffic}");
+    assert!(traffic.contains("net:blocked"), "{traffic}");
+    assert!(!traffic.contains("net:open"));
+    assert!(traffic.contains("rootfs:readonly"), "{traffic}");
+    assert!(
+        !traffic.contains("DRAFTER_TEST_"),
+        "the runner's environment reached the sandbox"
+    );
+    assert_no_secret("the model traffic", &traffic);
+    assert_no_secret("the logs", &log);
+    assert_no_container(&job_id_of(&job_dir(&stack))).await;
+}
+
+/// SIGTERM mid-job (systemd stop, `docker stop`): the container goes at once, and the ticket is told.
+#[tokio::test(flavor = "multi_thread")]
+async fn stopping_the_runner_mid_job_cleans_up_and_reports() {
+    let stack = Stack::start(Options {
+        script: vec![Step::Tools(vec![(
+            "run".into(),
+            json!({"command": "sleep 120"}),
+        )])],
+        command_timeout_secs: 300,
+        ..Options::default()
+    })
+    .await;
+    let child = stack
+        .drafter(Path::new(BIN), &["run", "--ticket", "DEMO-1"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn drafter");
+    // Wait until the model asked for the long command, then give the exec a moment to start.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while stack.model.requests().is_empty() {
+        assert!(Instant::now() < deadline, "the job never reached the model");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let job_id = job_id_of(&job_dir(&stack));
+    let pid = child.id().expect("pid").to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("drafter stops promptly")
+        .expect("wait");
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_no_container(&job_id).await;
+    let comments = stack.jira.comment_texts("DEMO-1");
+    assert!(
+        comments
+            .last()
+            .expect("a comment")
+            .contains("stopped before the job finished"),
+        "{comments:?}"
+    );
+    assert!(stack.github.pulls(DEMO_REPO).is_empty());
+}
