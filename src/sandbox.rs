@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 
 use bollard::container::LogOutput;
 use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
-use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::models::{ContainerCreateBody, ContainerSummary, HostConfig};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, DownloadFromContainerOptionsBuilder,
     ListContainersOptionsBuilder, RemoveContainerOptionsBuilder, UploadToContainerOptionsBuilder,
@@ -258,38 +258,31 @@ impl Sandbox {
         }
     }
 
-    async fn list_by_label(&self, label: String) -> Result<Vec<String>, SandboxError> {
+    async fn list_by_label(&self, label: String) -> Result<Vec<ContainerSummary>, SandboxError> {
         let filters = HashMap::from([("label", vec![label])]);
         let opts = ListContainersOptionsBuilder::new()
             .all(true)
             .filters(&filters)
             .build();
-        let list = self
-            .docker
+        self.docker
             .list_containers(Some(opts))
             .await
-            .map_err(docker_err("list containers"))?;
-        Ok(list.into_iter().filter_map(|c| c.id).collect())
+            .map_err(docker_err("list containers"))
     }
 
     /// Removes every container labelled `drafter.managed=true` whose owning runner is gone (see [`owner_alive`]), in
     /// any state, with its volumes: start-up cleanup after a crash. Returns how many were removed. Runners sharing
     /// a daemon leave each other's live containers alone.
     pub async fn remove_orphans(&self) -> Result<usize, SandboxError> {
-        let filters = HashMap::from([("label", vec![format!("{LABEL_MANAGED}=true")])]);
-        let opts = ListContainersOptionsBuilder::new()
-            .all(true)
-            .filters(&filters)
-            .build();
-        let list = self
-            .docker
-            .list_containers(Some(opts))
-            .await
-            .map_err(docker_err("list containers"))?;
+        let list = self.list_by_label(format!("{LABEL_MANAGED}=true")).await?;
         let this_host = host_name();
         let ids: Vec<String> = list
             .into_iter()
-            .filter(|c| !owner_alive(&c.labels.clone().unwrap_or_default(), &this_host))
+            .filter(|c| {
+                !c.labels
+                    .as_ref()
+                    .is_some_and(|l| owner_alive(l, &this_host))
+            })
             .filter_map(|c| c.id)
             .collect();
         let mut removed = 0;
@@ -309,15 +302,22 @@ impl Sandbox {
 
     /// Ids of the containers labelled with this job id, in any state.
     pub async fn job_containers(&self, job_id: &str) -> Result<Vec<String>, SandboxError> {
-        self.list_by_label(format!("{LABEL_JOB}={job_id}")).await
+        let list = self.list_by_label(format!("{LABEL_JOB}={job_id}")).await?;
+        Ok(list.into_iter().filter_map(|c| c.id).collect())
     }
 
     /// Force-removes every container of this job (with its volume): for a runner that is stopping mid-job, when the
     /// job's own [`Container`] handle is gone with the cancelled task. Returns how many were removed.
+    /// Waits (up to 20 s) until they are really gone: a removal already under way elsewhere (the dropped handle's
+    /// own) answers 409 at once, and a runner about to exit must not leave before the daemon has finished.
     pub async fn remove_job(&self, job_id: &str) -> Result<usize, SandboxError> {
         let ids = self.job_containers(job_id).await?;
         for id in &ids {
             force_remove(&self.docker, id).await?;
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.job_containers(job_id).await?.is_empty() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
         Ok(ids.len())
     }

@@ -151,12 +151,12 @@ async fn three_call_conversation(kind: ProviderKind) {
     let recorded = stand_in.requests();
     assert_eq!(recorded.len(), 3);
     for r in &recorded {
-        let body = r.json.as_ref().unwrap();
+        let body = r.json().unwrap();
         assert_eq!(body["model"], "test-model");
         assert_eq!(body["max_tokens"], 512);
         assert_eq!(r.header("content-type"), Some("application/json"));
     }
-    let second = recorded[1].json.as_ref().unwrap();
+    let second = recorded[1].json().unwrap();
     match kind {
         ProviderKind::Anthropic => {
             assert_eq!(recorded[0].path, "/v1/messages");
@@ -356,7 +356,7 @@ async fn invalid_tool_arguments_surface_as_a_string() {
     });
     let done = s.client.call(&req).await.unwrap();
     assert_eq!(done.text(), "done");
-    let second = stand_in.requests()[1].json.clone().unwrap();
+    let second = stand_in.requests()[1].json().unwrap();
     assert_eq!(
         second["messages"][1]["tool_calls"][0]["function"]["arguments"],
         raw

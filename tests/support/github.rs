@@ -29,36 +29,7 @@ use axum::Router;
 use base64::Engine;
 use serde_json::{json, Value};
 
-/// One request the stand-in received.
-#[derive(Debug, Clone)]
-pub struct RecordedRequest {
-    /// `GET`, `POST`, ...
-    pub method: String,
-    /// Path without the query string.
-    pub path: String,
-    /// The query string, if any.
-    pub query: Option<String>,
-    /// Headers, names lowercased.
-    pub headers: Vec<(String, String)>,
-    /// The raw body (git packs are binary).
-    pub body: Vec<u8>,
-}
-
-impl RecordedRequest {
-    /// The first value of a header.
-    pub fn header(&self, name: &str) -> Option<&str> {
-        let name = name.to_ascii_lowercase();
-        self.headers
-            .iter()
-            .find(|(k, _)| *k == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    /// The body parsed as JSON.
-    pub fn json(&self) -> Option<Value> {
-        serde_json::from_slice(&self.body).ok()
-    }
-}
+pub use super::RecordedRequest;
 
 /// How the protected branch of a repository requires reviews.
 #[derive(Debug, Clone, Copy)]
@@ -362,22 +333,12 @@ async fn handle(State(state): State<Shared>, req: Request) -> Response {
     };
     let path = parts.uri.path().to_string();
     let query = parts.uri.query().map(str::to_string);
-    lock(&state).requests.push(RecordedRequest {
-        method: parts.method.to_string(),
-        path: path.clone(),
-        query: query.clone(),
-        headers: parts
-            .headers
-            .iter()
-            .map(|(k, v)| {
-                (
-                    k.as_str().to_string(),
-                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                )
-            })
-            .collect(),
-        body: body.clone(),
-    });
+    lock(&state).requests.push(RecordedRequest::new(
+        &parts.method,
+        &parts.uri,
+        &parts.headers,
+        &body,
+    ));
     if let Some(api_path) = path.strip_prefix("/api/v3/") {
         api(
             &state,

@@ -21,39 +21,10 @@ use axum::Router;
 use base64::Engine as _;
 use serde_json::{json, Value};
 
+pub use super::RecordedRequest;
+
 /// The stand-in bot's `accountId` (what `GET /rest/api/3/myself` answers).
 pub const BOT_ACCOUNT_ID: &str = "557058:0f3c-drafter-bot";
-
-/// One request as received.
-#[derive(Debug, Clone)]
-pub struct RecordedRequest {
-    /// `GET`, `POST`, ...
-    pub method: String,
-    /// The path, without the query.
-    pub path: String,
-    /// The raw query string, if any.
-    pub query: Option<String>,
-    /// Every header, names lower-case, values lossily decoded.
-    pub headers: Vec<(String, String)>,
-    /// The raw body.
-    pub body: Vec<u8>,
-}
-
-impl RecordedRequest {
-    /// The first header with this (case-insensitive) name.
-    pub fn header(&self, name: &str) -> Option<&str> {
-        let name = name.to_ascii_lowercase();
-        self.headers
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    /// The body as text (lossy).
-    pub fn body_text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-}
 
 struct Issue {
     id: u64,
@@ -268,21 +239,8 @@ async fn handle(
     body: Bytes,
 ) -> Response {
     let mut st = lock(&state);
-    st.requests.push(RecordedRequest {
-        method: method.to_string(),
-        path: uri.path().to_string(),
-        query: uri.query().map(str::to_string),
-        headers: headers
-            .iter()
-            .map(|(n, v)| {
-                (
-                    n.as_str().to_string(),
-                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                )
-            })
-            .collect(),
-        body: body.to_vec(),
-    });
+    st.requests
+        .push(RecordedRequest::new(&method, &uri, &headers, &body));
 
     // Injected failures come first: they stand for an overloaded or broken site.
     if let Some(f) = st.failure.as_mut() {

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
@@ -40,28 +40,7 @@ pub enum Step {
     Body(u16, String),
 }
 
-/// One request as received.
-#[derive(Debug, Clone)]
-pub struct RecordedRequest {
-    /// URL path.
-    pub path: String,
-    /// Headers, names lowercase, in arrival order.
-    pub headers: Vec<(String, String)>,
-    /// The exact body bytes.
-    pub body: Vec<u8>,
-    /// The body parsed as JSON, if it is JSON.
-    pub json: Option<Value>,
-}
-
-impl RecordedRequest {
-    /// The first value of a header (name case-insensitive).
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-}
+pub use super::RecordedRequest;
 
 #[derive(Default)]
 struct Inner {
@@ -192,23 +171,21 @@ fn error_reply(family: Family, status: u16, message: &str) -> Response {
     resp
 }
 
-fn handle(s: &Shared, family: Family, path: &str, headers: &HeaderMap, body: &Bytes) -> Response {
+fn handle(
+    s: &Shared,
+    family: Family,
+    path: &'static str,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Response {
     let json: Option<Value> = serde_json::from_slice(body).ok();
     let mut inner = lock(s);
-    inner.requests.push(RecordedRequest {
-        path: path.to_string(),
-        headers: headers
-            .iter()
-            .map(|(n, v)| {
-                (
-                    n.as_str().to_string(),
-                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                )
-            })
-            .collect(),
-        body: body.to_vec(),
-        json: json.clone(),
-    });
+    inner.requests.push(RecordedRequest::new(
+        &Method::POST,
+        &Uri::from_static(path),
+        headers,
+        body,
+    ));
 
     if let Some(key) = inner.expected_key.clone() {
         let presented = match family {
