@@ -588,6 +588,12 @@ async fn blocking<T: Send + 'static>(
     }
 }
 
+/// Text from the model or the ticket must not ping people or teams on the forge: `@` becomes an HTML entity, which
+/// GitHub renders as `@` without a mention.
+fn no_mentions(text: &str) -> String {
+    text.replace('@', "&#64;")
+}
+
 /// The draft PR's description: where it came from, what the model said and did, and the proof digest.
 pub fn pr_body(
     ticket: &Ticket,
@@ -596,12 +602,22 @@ pub fn pr_body(
     changed: &[String],
     digest: &str,
 ) -> String {
+    let reporter = ticket
+        .reporter
+        .as_deref()
+        .map(|r| {
+            format!(
+                " (reported by {})",
+                no_mentions(&r.replace(['[', ']', '<', '>'], ""))
+            )
+        })
+        .unwrap_or_default();
     let mut b = format!(
-        "Draft opened by drafter for [{key}]({url}). **A human must review this change; drafter cannot merge.**\n\n\
-         ### Summary from the model\n\n{summary}\n\n### Files changed\n\n",
+        "Draft opened by drafter for [{key}]({url}){reporter}. **A human must review this change; drafter cannot \
+         merge.**\n\n### Summary from the model\n\n{summary}\n\n### Files changed\n\n",
         key = ticket.key,
         url = ticket.url,
-        summary = outcome.summary.replace("\n#", "\n\\#"),
+        summary = no_mentions(&outcome.summary.replace("\n#", "\n\\#")),
     );
     for f in changed.iter().take(100) {
         b.push_str(&format!("- `{f}`\n"));
@@ -611,7 +627,7 @@ pub fn pr_body(
         b.push_str(&format!(
             "- `{}` {}{}\n",
             c.name,
-            c.detail.replace('`', "'"),
+            no_mentions(&c.detail.replace('`', "'")),
             if c.ok { "" } else { " (failed)" }
         ));
     }
@@ -651,6 +667,81 @@ mod tests {
             Some("acme/web")
         );
         assert_eq!(named_repo(&ticket("no repo here", &["bug"])), None);
+    }
+
+    #[test]
+    fn pr_body_links_the_ticket_and_pings_nobody() {
+        let mut t = ticket("", &[]);
+        t.reporter = Some("Ada @admins".into());
+        let outcome = AgentOutcome {
+            summary: "Fixed it. cc @org/everyone".into(),
+            turns: 3,
+            tool_calls: vec![ToolCallRecord {
+                name: "run".into(),
+                detail: "echo `@x`".into(),
+                ok: false,
+            }],
+            tokens: 120,
+        };
+        let body = pr_body(&t, "j1", &outcome, &["a.py".into()], "ab12");
+        assert!(body.contains("[DEMO-1](u)"), "{body}");
+        assert!(!body.contains('@'), "{body}");
+        assert!(body.contains("- `a.py`"));
+        assert!(body.contains("(failed)"));
+        assert!(body.contains("sha256:ab12"));
+        assert!(body.contains("3 model calls"));
+    }
+
+    fn config() -> Config {
+        let text = r#"
+[jira]
+base_url = "https://j.example"
+bot_account_id = "bot"
+token_env = "T"
+[github]
+token_env = "G"
+[model]
+provider = "openai"
+base_url = "http://m.example"
+model = "m"
+[projects.DEMO]
+repos = [{ name = "acme/web" }, { name = "acme/api", base = "develop" }]
+"#;
+        let env = |n: &str| match n {
+            "T" => Some("jira-secret-123".to_string()),
+            "G" => Some("ghp_secret_456".to_string()),
+            _ => None,
+        };
+        Config::from_toml(text, Path::new("t.toml"), &env).unwrap()
+    }
+
+    #[test]
+    fn allowlist_decides_the_repository() {
+        let c = config();
+        assert_eq!(resolve_repo(&c, &ticket("", &[])).unwrap().name, "acme/web");
+        let api = resolve_repo(&c, &ticket("", &["repo:ACME/api"])).unwrap();
+        assert_eq!(
+            (api.name.as_str(), api.base.as_str()),
+            ("acme/api", "develop")
+        );
+        let refused = resolve_repo(&c, &ticket("repo: evil/repo", &[])).unwrap_err();
+        assert!(
+            refused.contains("`evil/repo` is not allowlisted"),
+            "{refused}"
+        );
+        assert!(refused.contains("acme/web, acme/api"), "{refused}");
+        let mut other = ticket("", &[]);
+        other.project = "OPS".into();
+        assert!(resolve_repo(&c, &other)
+            .unwrap_err()
+            .contains("OPS is not in drafter's allowlist"));
+    }
+
+    #[test]
+    fn scrub_removes_every_configured_secret() {
+        let c = config();
+        let s = scrub(&c, "auth failed for ghp_secret_456 and jira-secret-123");
+        assert_eq!(s, "auth failed for [redacted] and [redacted]");
     }
 
     #[test]
