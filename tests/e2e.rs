@@ -482,3 +482,52 @@ async fn stopping_the_runner_mid_job_cleans_up_and_reports() {
     );
     assert!(stack.github.pulls(DEMO_REPO).is_empty());
 }
+
+/// The token budget is counted by the runner from the provider's usage reports (the stand-in reports 120 per call).
+#[tokio::test(flavor = "multi_thread")]
+async fn token_budget_ends_the_job() {
+    let stack = Stack::start(Options {
+        script: (0..10)
+            .map(|_| Step::Tools(vec![("list_files".into(), json!({}))]))
+            .collect(),
+        max_total_tokens: 250,
+        ..Options::default()
+    })
+    .await;
+    let (out, log) = run(&stack, "DEMO-1").await;
+    assert_eq!(out.status.code(), Some(1), "{log}");
+    assert!(log.contains("over the job budget of 250"), "{log}");
+    assert_eq!(stack.model.requests().len(), 3);
+    assert!(stack.github.pulls(DEMO_REPO).is_empty());
+    assert_no_container(&job_id_of(&job_dir(&stack))).await;
+}
+
+/// The wall-time limit stops a loop whose command would outlast it, and the container still goes.
+#[tokio::test(flavor = "multi_thread")]
+async fn wall_time_ends_the_job() {
+    let stack = Stack::start(Options {
+        script: vec![Step::Tools(vec![(
+            "run".into(),
+            json!({"command": "sleep 100"}),
+        )])],
+        wall_time_secs: 3,
+        command_timeout_secs: 200,
+        ..Options::default()
+    })
+    .await;
+    let started = Instant::now();
+    let (out, log) = run(&stack, "DEMO-1").await;
+    assert_eq!(out.status.code(), Some(1), "{log}");
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(log.contains("wall-time limit of 3 s"), "{log}");
+    let comments = stack.jira.comment_texts("DEMO-1");
+    assert!(
+        comments.last().expect("comment").contains("wall-time"),
+        "{comments:?}"
+    );
+    assert_no_container(&job_id_of(&job_dir(&stack))).await;
+}

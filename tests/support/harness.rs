@@ -37,6 +37,10 @@ pub struct Options {
     pub script: Vec<Step>,
     /// `agent.max_turns`.
     pub max_turns: u32,
+    /// `agent.max_total_tokens`.
+    pub max_total_tokens: u64,
+    /// `agent.wall_time_secs`.
+    pub wall_time_secs: u64,
     /// `sandbox.command_timeout_secs`.
     pub command_timeout_secs: u64,
 }
@@ -47,6 +51,8 @@ impl Default for Options {
             provider: "anthropic",
             script: demo_script(),
             max_turns: 12,
+            max_total_tokens: 1_000_000,
+            wall_time_secs: 300,
             command_timeout_secs: 60,
         }
     }
@@ -182,7 +188,8 @@ request_timeout_secs = 30
 
 [agent]
 max_turns = {max_turns}
-wall_time_secs = 300
+max_total_tokens = {max_tokens}
+wall_time_secs = {wall}
 
 [sandbox]
 image = "{image}"
@@ -210,6 +217,8 @@ repos = [{{ name = "acme/other" }}]
             provider = opts.provider,
             model = model.base_url(),
             max_turns = opts.max_turns,
+            max_tokens = opts.max_total_tokens,
+            wall = opts.wall_time_secs,
             timeout = opts.command_timeout_secs,
             repo = DEMO_REPO,
         );
