@@ -14,6 +14,8 @@
 //! - [`proof`]: the runner key, the receipt chain and its verification.
 //! - [`agent`]: the tool-use loop and its tools; talks to the sandbox, never to Docker.
 //! - [`forge`]: GitHub: the can't-merge check and the draft pull request.
+//! - [`queue`]: the durable job queue (SQLite embedded, PostgreSQL for many hosts): dedup, leases, retries.
+//! - [`server`]: HTTP: Jira webhooks in, health and readiness out.
 //! - [`worker`]: one job's lifecycle, emitting typed events that the CLI and the ticket listen to.
 #![deny(missing_docs)]
 
@@ -23,6 +25,8 @@ pub mod forge;
 pub mod jira;
 pub mod model;
 pub mod proof;
+pub mod queue;
 pub mod repo;
 pub mod sandbox;
+pub mod server;
 pub mod worker;

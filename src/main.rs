@@ -126,7 +126,7 @@ async fn run(ticket: &str, config_path: &std::path::Path) -> anyhow::Result<Exit
         Err(e) => tracing::warn!(error = %e, "could not look for leftover containers"),
     }
 
-    let job_id = worker::new_job_id();
+    let job_id = drafter::queue::new_job_id();
     eprintln!("job {job_id}: ticket {ticket}");
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
     let printer = tokio::spawn(async move {

@@ -165,18 +165,6 @@ fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> JobError {
     move |source| JobError::Io { context, source }
 }
 
-/// A new job id: time-ordered and unique enough for one site (`j20261123T101500-1a2b3c`).
-pub fn new_job_id() -> String {
-    let mut rnd = [0u8; 3];
-    // A failed random read only makes ids less unique; the timestamp still orders them.
-    let _ = getrandom::fill(&mut rnd);
-    format!(
-        "j{}-{}",
-        chrono::Utc::now().format("%Y%m%dT%H%M%S"),
-        hex::encode(rnd)
-    )
-}
-
 /// Where a job keeps its proof record.
 pub fn job_dir(data_dir: &Path, job_id: &str) -> PathBuf {
     data_dir.join("jobs").join(job_id)
@@ -746,8 +734,8 @@ repos = [{ name = "acme/web" }, { name = "acme/api", base = "develop" }]
 
     #[test]
     fn job_ids_are_unique_and_safe() {
-        let a = new_job_id();
-        let b = new_job_id();
+        let a = crate::queue::new_job_id();
+        let b = crate::queue::new_job_id();
         assert_ne!(a, b);
         assert!(a.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
     }
