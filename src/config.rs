@@ -90,6 +90,49 @@ pub struct Config {
     pub commit: CommitIdentity,
     /// The allowlist: Jira project key -> repositories drafter may touch for it.
     pub projects: BTreeMap<String, ProjectConfig>,
+    /// `drafter serve`: the queue, the worker pool and the HTTP intake.
+    pub serve: ServeConfig,
+    /// `drafter serve`: the JQL poll, for sites that cannot reach the runner.
+    pub poll: PollConfig,
+}
+
+/// `drafter serve` settings.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// The queue: a SQLite file path (default `<data_dir>/queue.sqlite`) or a `postgres://` URL.
+    pub queue: String,
+    /// Address the HTTP server listens on (webhooks, health).
+    pub listen: String,
+    /// The admin webhook's secret: requests must carry `X-Hub-Signature: sha256=<HMAC of the body>`. Without one,
+    /// the webhook endpoint refuses everything (use polling).
+    pub webhook_secret: Option<Secret>,
+    /// Jobs run at the same time by this worker.
+    pub concurrency: usize,
+    /// Jobs of one Jira project run at the same time by this worker.
+    pub per_project: usize,
+    /// Lease length in seconds: a job whose worker stops heartbeating becomes claimable again after this.
+    pub lease_secs: u64,
+    /// Heartbeat interval in seconds (well under `lease_secs`).
+    pub heartbeat_secs: u64,
+    /// On SIGTERM: how long running jobs may take to finish before they are cancelled and released.
+    pub drain_timeout_secs: u64,
+    /// Attempts per job for retryable failures.
+    pub max_attempts: u32,
+    /// How often an idle worker looks for work, in milliseconds.
+    pub idle_poll_ms: u64,
+}
+
+/// The JQL poll.
+#[derive(Debug, Clone)]
+pub struct PollConfig {
+    /// Whether to poll at all.
+    pub enabled: bool,
+    /// Seconds between polls.
+    pub interval_secs: u64,
+    /// Projects to poll (default: every allowlisted project).
+    pub projects: Vec<String>,
+    /// Only tickets in these statuses (default: any).
+    pub statuses: Vec<String>,
 }
 
 /// Jira connection settings.
@@ -97,10 +140,25 @@ pub struct Config {
 pub struct JiraConfig {
     /// Site root, e.g. `https://example.atlassian.net` (no trailing `/rest`).
     pub base_url: String,
-    /// The bot account tickets are assigned to (Cloud `accountId`).
+    /// The bot account tickets are assigned to (Cloud `accountId`; on Data Center its user key or name).
     pub bot_account_id: String,
+    /// Data Center only: the bot's user name, as it appears in `[~username]` mentions.
+    pub bot_username: Option<String>,
+    /// Cloud or Data Center: decides the REST version for search and how mentions look.
+    pub flavor: JiraFlavor,
     /// How requests authenticate.
     pub auth: JiraAuth,
+}
+
+/// Which Jira.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum JiraFlavor {
+    /// Jira Cloud (REST v3, ADF, account ids).
+    #[default]
+    Cloud,
+    /// Jira Data Center / Server (REST v2, wiki markup, user names).
+    Datacenter,
 }
 
 /// Jira authentication: Cloud uses email + API token (Basic); Data Center and OAuth use a bearer token.
@@ -259,6 +317,64 @@ struct RawConfig {
     commit: RawCommit,
     #[serde(default)]
     projects: BTreeMap<String, RawProject>,
+    #[serde(default)]
+    serve: RawServe,
+    #[serde(default)]
+    poll: RawPoll,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawServe {
+    queue: Option<String>,
+    listen: String,
+    webhook_secret_env: Option<Spanned<String>>,
+    webhook_secret_file: Option<Spanned<PathBuf>>,
+    concurrency: usize,
+    per_project: usize,
+    lease_secs: u64,
+    heartbeat_secs: u64,
+    drain_timeout_secs: u64,
+    max_attempts: u32,
+    idle_poll_ms: u64,
+}
+
+impl Default for RawServe {
+    fn default() -> Self {
+        RawServe {
+            queue: None,
+            listen: "127.0.0.1:8787".into(),
+            webhook_secret_env: None,
+            webhook_secret_file: None,
+            concurrency: 4,
+            per_project: 2,
+            lease_secs: 60,
+            heartbeat_secs: 10,
+            drain_timeout_secs: 120,
+            max_attempts: 5,
+            idle_poll_ms: 500,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawPoll {
+    enabled: bool,
+    interval_secs: u64,
+    projects: Vec<String>,
+    statuses: Vec<String>,
+}
+
+impl Default for RawPoll {
+    fn default() -> Self {
+        RawPoll {
+            enabled: false,
+            interval_secs: 60,
+            projects: Vec::new(),
+            statuses: Vec::new(),
+        }
+    }
 }
 
 fn default_data_dir() -> PathBuf {
@@ -271,6 +387,10 @@ fn default_data_dir() -> PathBuf {
 struct RawJira {
     base_url: String,
     bot_account_id: String,
+    #[serde(default)]
+    bot_username: Option<String>,
+    #[serde(default)]
+    flavor: JiraFlavor,
     #[serde(default)]
     email: Option<String>,
     #[serde(default)]
@@ -403,6 +523,8 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("DRAFTER_MODEL_BASE_URL", "model.base_url"),
     ("DRAFTER_MODEL_MODEL", "model.model"),
     ("DRAFTER_SANDBOX_IMAGE", "sandbox.image"),
+    ("DRAFTER_SERVE_QUEUE", "serve.queue"),
+    ("DRAFTER_SERVE_LISTEN", "serve.listen"),
 ];
 
 impl Config {
@@ -454,6 +576,30 @@ impl Config {
             &raw.model.api_key_file,
         )?;
 
+        let webhook_secret = ctx.secret(
+            "serve.webhook_secret",
+            &raw.serve.webhook_secret_env,
+            &raw.serve.webhook_secret_file,
+        )?;
+        for (key, value) in [
+            ("serve.concurrency", raw.serve.concurrency as u64),
+            ("serve.per_project", raw.serve.per_project as u64),
+            ("serve.lease_secs", raw.serve.lease_secs),
+            ("serve.heartbeat_secs", raw.serve.heartbeat_secs),
+            ("serve.max_attempts", raw.serve.max_attempts as u64),
+            ("poll.interval_secs", raw.poll.interval_secs),
+        ] {
+            if value == 0 {
+                return Err(ctx.invalid(key, None, "must be at least 1"));
+            }
+        }
+        if raw.serve.heartbeat_secs >= raw.serve.lease_secs {
+            return Err(ctx.invalid(
+                "serve.heartbeat_secs",
+                None,
+                "must be shorter than serve.lease_secs, or leases expire between heartbeats",
+            ));
+        }
         for (key, value) in [
             ("jira.base_url", &raw.jira.base_url),
             ("github.api_url", &raw.github.api_url),
@@ -504,10 +650,11 @@ impl Config {
         }
 
         Ok(Config {
-            data_dir: raw.data_dir,
             jira: JiraConfig {
                 base_url: raw.jira.base_url.trim_end_matches('/').to_string(),
                 bot_account_id: raw.jira.bot_account_id,
+                bot_username: raw.jira.bot_username.filter(|u| !u.is_empty()),
+                flavor: raw.jira.flavor,
                 auth,
             },
             github: GithubConfig {
@@ -542,6 +689,34 @@ impl Config {
                 name: raw.commit.name,
                 email: raw.commit.email,
             },
+            serve: ServeConfig {
+                queue: raw.serve.queue.unwrap_or_else(|| {
+                    raw.data_dir
+                        .join("queue.sqlite")
+                        .to_string_lossy()
+                        .into_owned()
+                }),
+                listen: raw.serve.listen,
+                webhook_secret,
+                concurrency: raw.serve.concurrency,
+                per_project: raw.serve.per_project,
+                lease_secs: raw.serve.lease_secs,
+                heartbeat_secs: raw.serve.heartbeat_secs,
+                drain_timeout_secs: raw.serve.drain_timeout_secs,
+                max_attempts: raw.serve.max_attempts,
+                idle_poll_ms: raw.serve.idle_poll_ms,
+            },
+            poll: PollConfig {
+                enabled: raw.poll.enabled,
+                interval_secs: raw.poll.interval_secs,
+                projects: if raw.poll.projects.is_empty() {
+                    projects.keys().cloned().collect()
+                } else {
+                    raw.poll.projects
+                },
+                statuses: raw.poll.statuses,
+            },
+            data_dir: raw.data_dir,
             projects,
         })
     }
@@ -624,6 +799,8 @@ impl Ctx<'_> {
                 "model.base_url" => raw.model.base_url = value,
                 "model.model" => raw.model.model = value,
                 "sandbox.image" => raw.sandbox.image = value,
+                "serve.queue" => raw.serve.queue = Some(value),
+                "serve.listen" => raw.serve.listen = value,
                 _ => {}
             }
         }
@@ -803,7 +980,9 @@ mod example_file {
     fn examples_drafter_toml_loads() {
         let text = include_str!("../examples/drafter.toml");
         let env = |n: &str| match n {
-            "JIRA_API_TOKEN" | "GITHUB_TOKEN" | "ANTHROPIC_API_KEY" => Some("value".to_string()),
+            "JIRA_API_TOKEN" | "GITHUB_TOKEN" | "ANTHROPIC_API_KEY" | "JIRA_WEBHOOK_SECRET" => {
+                Some("value".to_string())
+            }
             _ => None,
         };
         let c = Config::from_toml(text, Path::new("examples/drafter.toml"), &env).unwrap();

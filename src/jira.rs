@@ -1851,6 +1851,8 @@ mod tests {
         let c = JiraClient::new(&JiraConfig {
             base_url: "https://x.atlassian.net".into(),
             bot_account_id: "bot".into(),
+            bot_username: None,
+            flavor: crate::config::JiraFlavor::Cloud,
             auth: JiraAuth::Basic {
                 email: "bot@example.com".into(),
                 token: Secret::new("tok-123456"),
@@ -1868,6 +1870,8 @@ mod tests {
         let cfg = |url: &str, token: &str| JiraConfig {
             base_url: url.into(),
             bot_account_id: "bot".into(),
+            bot_username: None,
+            flavor: crate::config::JiraFlavor::Cloud,
             auth: JiraAuth::Basic {
                 email: "bot@example.com".into(),
                 token: Secret::new(token),

@@ -17,6 +17,8 @@ fn client_for(stand_in: &JiraStandIn, token: &str) -> JiraClient {
     JiraClient::new(&JiraConfig {
         base_url: format!("{}/", stand_in.base_url()),
         bot_account_id: BOT_ACCOUNT_ID.into(),
+        bot_username: None,
+        flavor: drafter::config::JiraFlavor::Cloud,
         auth: JiraAuth::Basic {
             email: EMAIL.into(),
             token: Secret::new(token),
@@ -384,6 +386,8 @@ async fn unreachable_jira_is_a_retryable_network_error() {
     let c = JiraClient::new(&JiraConfig {
         base_url: format!("http://127.0.0.1:{port}"),
         bot_account_id: BOT_ACCOUNT_ID.into(),
+        bot_username: None,
+        flavor: drafter::config::JiraFlavor::Cloud,
         auth: JiraAuth::Basic {
             email: EMAIL.into(),
             token: Secret::new(TOKEN),
