@@ -617,6 +617,60 @@ impl GitHub {
             draft,
         })
     }
+
+    /// The open pull request whose head is `branch` in the same repository, if any: how a retried job finds the PR
+    /// an earlier attempt opened, instead of opening a second one.
+    pub async fn find_open_pr(
+        &self,
+        repo: &str,
+        branch: &str,
+    ) -> Result<Option<PullRequest>, ForgeError> {
+        let (owner, name) = split_repo(repo)?;
+        let what = format!("looking up the pull request for `{branch}` in {repo}");
+        let page = self
+            .octo
+            .pulls(owner, name)
+            .list()
+            .state(octocrab::params::State::Open)
+            .head(format!("{owner}:{branch}"))
+            .per_page(10)
+            .send()
+            .await
+            .map_err(|e| self.api_error(e, &what))?;
+        Ok(page
+            .items
+            .into_iter()
+            .find(|pr| pr.head.ref_field == branch)
+            .map(|pr| PullRequest {
+                number: pr.number,
+                html_url: pr
+                    .html_url
+                    .map(|u| u.to_string())
+                    .unwrap_or_else(|| pr.url.clone()),
+                draft: pr.draft.unwrap_or(false),
+            }))
+    }
+
+    /// Replaces an existing pull request's title and body (a retried job refreshing what it opened).
+    pub async fn update_pr(
+        &self,
+        repo: &str,
+        number: u64,
+        title: &str,
+        body: &str,
+    ) -> Result<(), ForgeError> {
+        let (owner, name) = split_repo(repo)?;
+        let what = format!("updating pull request #{number} in {repo}");
+        self.octo
+            .pulls(owner, name)
+            .update(number)
+            .title(title)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| self.api_error(e, &what))?;
+        Ok(())
+    }
 }
 
 /// A ruleset rule that requires approving reviews.

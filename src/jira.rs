@@ -2,7 +2,10 @@
 //!
 //! The model: drafter reads one issue (`GET /rest/api/3/issue/{key}`), turns its ADF description into Markdown for
 //! the agent's prompt, and tells the ticket what happened with short ADF comments built from a [`Notice`]
-//! (`POST /rest/api/3/issue/{key}/comment`). Nothing else is done on the ticket.
+//! (`POST /rest/api/3/issue/{key}/comment`). Nothing else is done on the ticket. For `drafter serve` it also reads:
+//! JQL search ([`JiraClient::search`]: Cloud's `/rest/api/3/search/jql` with page tokens, or Data Center's
+//! `/rest/api/2/search` with `startAt`, per `jira.flavor`), and a ticket's comments ([`JiraClient::comments`]), so a
+//! retried job can see what it already said.
 //!
 //! Why it is this strict:
 //! - Issue keys arrive from webhooks and humans, so a key is checked against `^[A-Z][A-Z0-9_]+-[1-9][0-9]*$` before
@@ -25,7 +28,7 @@ use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, RETRY_AFTER
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::config::{JiraAuth, JiraConfig};
+use crate::config::{JiraAuth, JiraConfig, JiraFlavor};
 
 /// Markdown descriptions longer than this (bytes) are cut, and the cut is said in the text.
 pub const MAX_DESCRIPTION_BYTES: usize = 64 * 1024;
@@ -49,6 +52,11 @@ const MAX_NOTICE_FIELD_CHARS: usize = 200;
 const USER_AGENT: &str = concat!("drafter/", env!("CARGO_PKG_VERSION"));
 /// Fields asked for when reading an issue: exactly what [`Ticket`] uses.
 const ISSUE_FIELDS: &str = "summary,description,reporter,labels,project";
+/// Page size asked for by [`JiraClient::search`] and [`JiraClient::comments`] (Jira's usual maximum).
+const PAGE_SIZE: usize = 100;
+/// Pages [`JiraClient::comments`] reads before giving up: 100 x 100 comments is far beyond a real ticket, and a
+/// server that pages forever must not keep a worker busy.
+const MAX_COMMENT_PAGES: usize = 100;
 
 /// Why a Jira call failed. Messages never contain the credential or request headers.
 #[derive(Debug, thiserror::Error)]
@@ -199,13 +207,25 @@ pub struct Ticket {
     pub url: String,
 }
 
-/// A Jira Cloud REST v3 client for one site and one bot account.
+/// One page of [`JiraClient::search`].
+#[derive(Debug, Clone, Default)]
+pub struct SearchPage {
+    /// The issues as Jira sent them (`id`, `key`, `fields`, and `changelog` when expanded). Untrusted input.
+    pub issues: Vec<Value>,
+    /// The opaque token of the next page, `None` on the last one.
+    pub next: Option<String>,
+}
+
+/// A Jira REST client for one site and one bot account (Cloud REST v3; search and comment listing also speak Data
+/// Center's v2).
 #[derive(Debug, Clone)]
 pub struct JiraClient {
     http: reqwest::Client,
     /// Site root without a trailing slash.
     base: String,
     auth: JiraAuth,
+    /// Cloud or Data Center: decides the REST version of [`JiraClient::search`] and [`JiraClient::comments`].
+    flavor: JiraFlavor,
 }
 
 impl JiraClient {
@@ -245,6 +265,7 @@ impl JiraClient {
             http,
             base: cfg.base_url.trim().trim_end_matches('/').to_string(),
             auth: cfg.auth.clone(),
+            flavor: cfg.flavor,
         };
         client.auth_header()?;
         Ok(client)
@@ -316,6 +337,146 @@ impl JiraClient {
                 action,
                 message: "no accountId in the answer".into(),
             })
+    }
+
+    /// One page of a JQL search. Cloud: `GET /rest/api/3/search/jql?jql=..&fields=..&maxResults=100[&nextPageToken=..]`
+    /// (answer `{"issues":[...],"nextPageToken":..}`, no `total`; the old `/search` is gone). Data Center:
+    /// `GET /rest/api/2/search?jql=..&fields=..&startAt=N&maxResults=100` (answer `{"startAt","maxResults","total",
+    /// "issues"}`; the returned token encodes the next `startAt`). Pass `None` for the first page and then
+    /// [`SearchPage::next`] until it is `None`. Issues are returned raw: they are untrusted input.
+    pub async fn search(
+        &self,
+        jql: &str,
+        fields: &[&str],
+        page_token: Option<&str>,
+    ) -> Result<SearchPage, JiraError> {
+        self.search_expanded(jql, fields, &[], page_token).await
+    }
+
+    /// [`JiraClient::search`] with `expand=...` (e.g. `changelog`, which adds each issue's recent change histories).
+    pub async fn search_expanded(
+        &self,
+        jql: &str,
+        fields: &[&str],
+        expand: &[&str],
+        page_token: Option<&str>,
+    ) -> Result<SearchPage, JiraError> {
+        let action = "searching issues (JQL)".to_string();
+        let cloud = self.flavor == JiraFlavor::Cloud;
+        let path = if cloud {
+            "/rest/api/3/search/jql"
+        } else {
+            "/rest/api/2/search"
+        };
+        let start_at = match (cloud, page_token) {
+            (false, Some(t)) => t.parse::<u64>().map_err(|_| {
+                JiraError::Config(format!(
+                    "search page token {:?} is not a start index",
+                    cap_chars(t, 40)
+                ))
+            })?,
+            _ => 0,
+        };
+        let mut url = url::Url::parse(&format!("{}{}", self.base, path))
+            .map_err(|e| JiraError::Config(format!("jira.base_url: {e}")))?;
+        {
+            // Everything from the caller goes through the query encoder: JQL carries quotes, spaces and `&`.
+            let mut q = url.query_pairs_mut();
+            q.append_pair("jql", jql);
+            if !fields.is_empty() {
+                q.append_pair("fields", &fields.join(","));
+            }
+            if !expand.is_empty() {
+                q.append_pair("expand", &expand.join(","));
+            }
+            q.append_pair("maxResults", &PAGE_SIZE.to_string());
+            if cloud {
+                if let Some(t) = page_token {
+                    q.append_pair("nextPageToken", t);
+                }
+            } else {
+                q.append_pair("startAt", &start_at.to_string());
+            }
+        }
+        tracing::debug!(flavor = ?self.flavor, "jira: search");
+        let resp = self.send(self.http.get(url), &action, None).await?;
+        let body = self.read_success(resp, &action).await?;
+        let v: Value = serde_json::from_slice(&body).map_err(|e| JiraError::InvalidResponse {
+            action: action.clone(),
+            message: format!("search answer is not valid JSON: {e}"),
+        })?;
+        let issues = v
+            .get("issues")
+            .and_then(Value::as_array)
+            .cloned()
+            .ok_or_else(|| JiraError::InvalidResponse {
+                action: action.clone(),
+                message: "search answer has no `issues` list".into(),
+            })?;
+        let next = if cloud {
+            let last = v.get("isLast").and_then(Value::as_bool) == Some(true);
+            v.get("nextPageToken")
+                .and_then(Value::as_str)
+                .filter(|t| !last && !t.is_empty())
+                // A token is echoed into the next URL: keep it bounded.
+                .filter(|t| t.len() <= 4096)
+                .map(str::to_string)
+        } else {
+            let start = v.get("startAt").and_then(Value::as_u64).unwrap_or(start_at);
+            let total = v.get("total").and_then(Value::as_u64).unwrap_or(0);
+            let after = start.saturating_add(issues.len() as u64);
+            (!issues.is_empty() && after < total).then(|| after.to_string())
+        };
+        Ok(SearchPage { issues, next })
+    }
+
+    /// Every comment on an issue, oldest first, as Jira sent them (`id`, `author`, `body`, `created` ...):
+    /// `GET /rest/api/{3|2}/issue/{key}/comment?startAt=N&maxResults=100`, paging until `total` is reached
+    /// (v2 on Data Center, where bodies are wiki-markup strings; ADF documents on Cloud). Raw and untrusted.
+    pub async fn comments(&self, key: &str) -> Result<Vec<Value>, JiraError> {
+        check_key(key)?;
+        let action = format!("listing comments of issue {key}");
+        let version = match self.flavor {
+            JiraFlavor::Cloud => 3,
+            JiraFlavor::Datacenter => 2,
+        };
+        let mut all: Vec<Value> = Vec::new();
+        let mut start: u64 = 0;
+        for _ in 0..MAX_COMMENT_PAGES {
+            // The key is validated; the numbers are ours.
+            let url = format!(
+                "{}/rest/api/{}/issue/{}/comment?startAt={}&maxResults={}",
+                self.base, version, key, start, PAGE_SIZE
+            );
+            tracing::debug!(issue = key, start, "jira: GET comments");
+            let resp = self.send(self.http.get(url), &action, Some(key)).await?;
+            let body = self.read_success(resp, &action).await?;
+            let v: Value =
+                serde_json::from_slice(&body).map_err(|e| JiraError::InvalidResponse {
+                    action: action.clone(),
+                    message: format!("comment list is not valid JSON: {e}"),
+                })?;
+            let page = v.get("comments").and_then(Value::as_array).ok_or_else(|| {
+                JiraError::InvalidResponse {
+                    action: action.clone(),
+                    message: "comment list has no `comments` array".into(),
+                }
+            })?;
+            let total = v.get("total").and_then(Value::as_u64).unwrap_or(0);
+            let got = page.len() as u64;
+            all.extend(page.iter().cloned());
+            start = start.saturating_add(got);
+            if got == 0 || start >= total {
+                return Ok(all);
+            }
+        }
+        Err(JiraError::InvalidResponse {
+            action,
+            message: format!(
+                "more than {} comments; refusing to page further",
+                MAX_COMMENT_PAGES * PAGE_SIZE
+            ),
+        })
     }
 
     fn auth_header(&self) -> Result<HeaderValue, JiraError> {

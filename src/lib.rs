@@ -14,6 +14,7 @@
 //! - [`proof`]: the runner key, the receipt chain and its verification.
 //! - [`agent`]: the tool-use loop and its tools; talks to the sandbox, never to Docker.
 //! - [`forge`]: GitHub: the can't-merge check and the draft pull request.
+//! - [`intake`]: Jira webhook payloads and JQL poll hits -> queue jobs (who triggered, dedup keys), and the poll loop.
 //! - [`queue`]: the durable job queue (SQLite embedded, PostgreSQL for many hosts): dedup, leases, retries.
 //! - [`server`]: HTTP: Jira webhooks in, health and readiness out.
 //! - [`worker`]: one job's lifecycle, emitting typed events that the CLI and the ticket listen to.
@@ -22,6 +23,7 @@
 pub mod agent;
 pub mod config;
 pub mod forge;
+pub mod intake;
 pub mod jira;
 pub mod model;
 pub mod proof;

@@ -10,6 +10,7 @@ use drafter::agent::AgentEvent;
 use drafter::config::Config;
 use drafter::jira::{JiraClient, Notice};
 use drafter::proof;
+use drafter::queue::{JobFilter, JobState};
 use drafter::sandbox::Sandbox;
 use drafter::worker::{self, Event, JobError, JobOutcome};
 
@@ -49,11 +50,70 @@ enum Command {
         #[arg(long)]
         public_key: Option<String>,
     },
+    /// Run the long-lived worker: claim jobs from the queue (SQLite file or PostgreSQL), run each like `drafter run`,
+    /// and take new jobs in from Jira webhooks (`POST /webhooks/jira`) and/or a JQL poll. Also serves `GET /healthz`
+    /// and `GET /readyz`. SIGTERM/SIGINT stop claiming, let running jobs finish within `serve.drain_timeout_secs`,
+    /// then release the rest for another worker.
+    Serve {
+        /// The runner configuration file.
+        #[arg(long, env = "DRAFTER_CONFIG", default_value = "drafter.toml")]
+        config: PathBuf,
+    },
+    /// Inspect and steer the job queue (the same SQLite file or PostgreSQL database `drafter serve` uses).
+    Jobs {
+        #[command(subcommand)]
+        command: JobsCommand,
+        /// The queue: a SQLite file path or a postgres:// URL. Default: `serve.queue` from the configuration.
+        #[arg(long, env = "DRAFTER_QUEUE", global = true)]
+        queue: Option<String>,
+        /// The runner configuration file, read only to find the queue when --queue is not given.
+        #[arg(
+            long,
+            env = "DRAFTER_CONFIG",
+            default_value = "drafter.toml",
+            global = true
+        )]
+        config: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long, global = true)]
+        json: bool,
+    },
     /// Load and validate a configuration file, printing what it resolves to (secrets shown as [redacted]).
     CheckConfig {
         /// The runner configuration file.
         #[arg(long, env = "DRAFTER_CONFIG", default_value = "drafter.toml")]
         config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum JobsCommand {
+    /// List jobs, newest first.
+    List {
+        /// Only jobs in this state: queued, running, succeeded, failed, cancelled.
+        #[arg(long)]
+        state: Option<String>,
+        /// Only jobs for this ticket.
+        #[arg(long)]
+        ticket: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// Show one job: state, attempts, lease, triggers (who, what), last error, outcome, progress.
+    Show {
+        /// The job id.
+        id: String,
+    },
+    /// Cancel a queued or running job (a running job's worker stops it at its next heartbeat).
+    Cancel {
+        /// The job id.
+        id: String,
+    },
+    /// Queue a failed or cancelled job again, with its attempts reset.
+    Retry {
+        /// The job id.
+        id: String,
     },
 }
 
@@ -72,6 +132,13 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Run { ticket, config } => run(&ticket, &config).await,
             Command::Verify { path, public_key } => verify(&path, public_key.as_deref()),
+            Command::Serve { config } => serve(&config).await,
+            Command::Jobs {
+                command,
+                queue,
+                config,
+                json,
+            } => jobs(command, queue, &config, json).await,
             Command::CheckConfig { config } => {
                 let c = Config::load(&config)?;
                 println!("{c:#?}");
@@ -146,7 +213,7 @@ async fn run(ticket: &str, config_path: &std::path::Path) -> anyhow::Result<Exit
             }
         }
     });
-    let job = worker::run_job(config.clone(), ticket, &job_id, tx);
+    let job = worker::run_job(config.clone(), ticket, &job_id, tx, worker::Attempt::ONLY);
     let result = tokio::select! {
         result = job => result,
         _ = shutdown_signal() => {
@@ -201,6 +268,226 @@ async fn run(ticket: &str, config_path: &std::path::Path) -> anyhow::Result<Exit
                 JobError::Refused(_) => ExitCode::from(2),
                 _ => ExitCode::FAILURE,
             })
+        }
+    }
+}
+
+async fn serve(config_path: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let config = Arc::new(Config::load(config_path)?);
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
+    let queue = drafter::queue::open(&config.serve.queue).await?;
+    let sandbox = Arc::new(Sandbox::connect(&config.sandbox).await?);
+    sandbox.ensure_image().await?;
+    match sandbox.remove_orphans().await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(
+            removed = n,
+            "removed containers left behind by a crashed worker"
+        ),
+        Err(e) => tracing::warn!(error = %e, "could not look for leftover containers"),
+    }
+
+    // One signal, three listeners: the HTTP server, the poller and the pool.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await.map(|_| ());
+        }
+    };
+
+    let listener = tokio::net::TcpListener::bind(&config.serve.listen)
+        .await
+        .with_context(|| format!("listening on {}", config.serve.listen))?;
+    let addr = listener.local_addr()?;
+    let (rq, rs) = (queue.clone(), sandbox.clone());
+    let readiness: drafter::server::Readiness = Arc::new(move || {
+        let (q, sb) = (rq.clone(), rs.clone());
+        Box::pin(async move {
+            q.ping().await.map_err(|e| format!("queue: {e}"))?;
+            sb.ping().await.map_err(|e| format!("docker: {e}"))?;
+            Ok(())
+        })
+    });
+    let state = drafter::server::AppState {
+        queue: queue.clone(),
+        jira: config.jira.clone(),
+        webhook_secret: config.serve.webhook_secret.clone(),
+        max_attempts: config.serve.max_attempts,
+        readiness,
+    };
+    let http = tokio::spawn(drafter::server::serve(listener, state, stopped()));
+    eprintln!(
+        "drafter serve: listening on http://{addr} (webhooks {}), queue {}, {} job(s) at once",
+        if config.serve.webhook_secret.is_some() {
+            "on"
+        } else {
+            "off: no secret"
+        },
+        queue.backend(),
+        config.serve.concurrency
+    );
+    let poller = if config.poll.enabled {
+        let jira = JiraClient::new(&config.jira)?;
+        Some(tokio::spawn(drafter::intake::poll_loop(
+            jira,
+            config.poll.clone(),
+            config.jira.clone(),
+            queue.clone(),
+            config.serve.max_attempts,
+            stopped(),
+        )))
+    } else {
+        None
+    };
+
+    let signal = async move {
+        shutdown_signal().await;
+        eprintln!("drafter serve: stopping (draining running jobs)");
+        let _ = stop_tx.send(true);
+    };
+    let worker = drafter::worker::pool::worker_id();
+    let stats = drafter::worker::pool::run(config.clone(), queue, sandbox, worker, signal).await;
+    if let Some(p) = poller {
+        let _ = p.await;
+    }
+    match http.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "the HTTP server stopped with an error"),
+        Err(e) => tracing::warn!(error = %e, "the HTTP server task failed"),
+    }
+    eprintln!(
+        "drafter serve: stopped ({} succeeded, {} retried, {} failed, {} released, {} lost; at most {} at once)",
+        stats.succeeded, stats.retried, stats.failed, stats.released, stats.lost, stats.max_concurrent
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn jobs(
+    command: JobsCommand,
+    queue: Option<String>,
+    config: &std::path::Path,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let location = match queue {
+        Some(q) => q,
+        None => {
+            Config::load(config)
+                .with_context(|| "finding the queue (or pass --queue)")?
+                .serve
+                .queue
+        }
+    };
+    let queue = drafter::queue::open(&location).await?;
+    match command {
+        JobsCommand::List {
+            state,
+            ticket,
+            limit,
+        } => {
+            let state = match state.as_deref() {
+                None => None,
+                Some(s) => Some(JobState::parse(s).ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "unknown state `{s}`: use queued, running, succeeded, failed or cancelled"
+                    )
+                })?),
+            };
+            let list = queue
+                .list(&JobFilter {
+                    state,
+                    ticket,
+                    limit,
+                })
+                .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                println!(
+                    "{:<28} {:<12} {:<10} {:>7}  {:<20} LAST ERROR",
+                    "JOB", "TICKET", "STATE", "TRIES", "UPDATED"
+                );
+                for j in list {
+                    println!(
+                        "{:<28} {:<12} {:<10} {:>3}/{:<3}  {:<20} {}",
+                        j.id,
+                        j.ticket,
+                        j.state.as_str(),
+                        j.attempts,
+                        j.max_attempts,
+                        j.updated_at.format("%Y-%m-%d %H:%M:%S"),
+                        j.last_error
+                            .as_deref()
+                            .unwrap_or("")
+                            .chars()
+                            .take(80)
+                            .collect::<String>()
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        JobsCommand::Show { id } => match queue.get(&id).await? {
+            None => {
+                eprintln!("no job {id}");
+                Ok(ExitCode::FAILURE)
+            }
+            Some(j) => {
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&j)?);
+                } else {
+                    println!("job:        {}", j.id);
+                    println!("ticket:     {} (project {})", j.ticket, j.project);
+                    println!("state:      {}", j.state.as_str());
+                    println!("attempts:   {}/{}", j.attempts, j.max_attempts);
+                    println!("not before: {}", j.not_before);
+                    if let (Some(owner), Some(until)) = (&j.lease_owner, &j.lease_expires) {
+                        println!("lease:      {owner} until {until}");
+                    }
+                    println!("created:    {}", j.created_at);
+                    println!("updated:    {}", j.updated_at);
+                    if let Some(e) = &j.last_error {
+                        println!("last error: {e}");
+                    }
+                    if let Some(o) = &j.outcome {
+                        println!("outcome:    {o}");
+                    }
+                    println!("progress:   {}", j.progress);
+                    println!("triggers:");
+                    for t in &j.triggers {
+                        println!(
+                            "  {} {} by {}{}",
+                            t.at,
+                            t.source,
+                            t.triggered_by.as_deref().unwrap_or("?"),
+                            t.text
+                                .as_deref()
+                                .map(|x| format!(": {}", x.chars().take(200).collect::<String>()))
+                                .unwrap_or_default()
+                        );
+                    }
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+        },
+        JobsCommand::Cancel { id } => {
+            if queue.cancel(&id).await? {
+                println!("cancelled {id}");
+                Ok(ExitCode::SUCCESS)
+            } else {
+                eprintln!("{id} is not queued or running (see `drafter jobs show {id}`)");
+                Ok(ExitCode::FAILURE)
+            }
+        }
+        JobsCommand::Retry { id } => {
+            if queue.retry(&id).await? {
+                println!("queued {id} again");
+                Ok(ExitCode::SUCCESS)
+            } else {
+                eprintln!("{id} is not failed or cancelled, or its ticket already has an open job");
+                Ok(ExitCode::FAILURE)
+            }
         }
     }
 }

@@ -415,6 +415,62 @@ pub fn create_branch(repo: &Repository, branch: &str) -> Result<(), RepoError> {
     Ok(())
 }
 
+/// A branch as the clone saw it on the remote (`refs/remotes/origin/<branch>`), with the job that made its tip.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteBranch {
+    /// The tip commit.
+    pub tip: Oid,
+    /// The `Drafter-Job` trailer of the tip commit, if it has one.
+    pub job: Option<String>,
+    /// The tip commit's full message.
+    pub message: String,
+}
+
+/// The remote's `branch` as fetched by [`clone`], or `None` when the remote has no such branch. How a retried job
+/// recognises the branch an earlier attempt of the same job already pushed (by the `Drafter-Job` trailer).
+pub fn remote_branch(repo: &Repository, branch: &str) -> Result<Option<RemoteBranch>, RepoError> {
+    valid_branch(branch)?;
+    let reference = match repo.find_reference(&format!("refs/remotes/origin/{branch}")) {
+        Ok(r) => r,
+        Err(e) if e.code() == git2::ErrorCode::NotFound => return Ok(None),
+        Err(e) => return Err(local(&format!("reading origin/{branch}"), e)),
+    };
+    let commit = reference
+        .peel_to_commit()
+        .map_err(|e| local(&format!("reading origin/{branch}"), e))?;
+    let message = commit.message().unwrap_or("").to_string();
+    let job = message.lines().rev().find_map(|l| {
+        l.strip_prefix("Drafter-Job:")
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+    });
+    Ok(Some(RemoteBranch {
+        tip: commit.id(),
+        job,
+        message,
+    }))
+}
+
+/// Creates local `branch` at the remote branch's tip and checks it out (reusing what an earlier attempt pushed).
+pub fn checkout_remote_branch(repo: &Repository, branch: &str) -> Result<(), RepoError> {
+    let Some(remote) = remote_branch(repo, branch)? else {
+        return Err(RepoError::BranchNotFound {
+            branch: branch.to_string(),
+            remote: true,
+        });
+    };
+    let commit = repo
+        .find_commit(remote.tip)
+        .map_err(|e| local(&format!("reading origin/{branch}"), e))?;
+    repo.branch(branch, &commit, true)
+        .map_err(|e| local(&format!("creating branch {branch}"), e))?;
+    repo.set_head(&format!("refs/heads/{branch}"))
+        .map_err(|e| local(&format!("switching to branch {branch}"), e))?;
+    repo.checkout_head(Some(CheckoutBuilder::new().force()))
+        .map_err(|e| local(&format!("checking out {branch}"), e))?;
+    Ok(())
+}
+
 /// Stages every change in the work tree (new, modified and deleted files; ignored files stay out) and commits it
 /// on the current branch as `identity`. Returns `None`, and commits nothing, when the result equals HEAD's tree.
 pub fn commit_all(

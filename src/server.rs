@@ -1,1 +1,312 @@
-//! (being written: HTTP intake)
+//! HTTP for `drafter serve`: Jira webhooks in, health and readiness out (axum).
+//!
+//! Routes:
+//! - `POST /webhooks/jira[?issue=KEY]`: an admin webhook delivery. The raw body (at most [`MAX_WEBHOOK_BODY`]; more
+//!   is 413, without reading it all) must carry `X-Hub-Signature: sha256=<hex HMAC-SHA256(secret, body)>`, checked
+//!   in constant time *before* the body is parsed: an unsigned request never reaches the JSON parser or the queue.
+//!   No secret configured, or a missing or wrong signature, is 401. Malformed JSON is 400. Then
+//!   [`intake::from_webhook`] decides: an ignored event is 202 `{"status":"ignored","reason":..}`; a trigger is
+//!   enqueued, and only once the queue has committed it is the answer 2xx
+//!   (`{"status":"created"|"absorbed"|"duplicate","job":..}`); a queue failure is 503 so that Jira retries the
+//!   delivery. `?issue=KEY` is for Data Center comment webhooks, whose payload may not name the issue
+//!   (configure the URL as `.../webhooks/jira?issue=${issue.key}`).
+//! - `GET /healthz`: 200 while the process serves HTTP.
+//! - `GET /readyz`: 200 when the caller's readiness check (queue and Docker) passes, else 503 with the reason.
+//!
+//! Every webhook decision writes one line to the `audit` tracing target, with the peer address and the delivery id;
+//! never the secret or the signature. Each request has a time limit ([`REQUEST_TIMEOUT`]), so a client that sends
+//! its body slowly cannot hold a connection forever.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, RawQuery, Request, State};
+use axum::http::{Extensions, HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures_util::future::BoxFuture;
+use hmac::{Hmac, KeyInit, Mac};
+use serde_json::{json, Value};
+use sha2::Sha256;
+
+use crate::config::{JiraConfig, Secret};
+use crate::intake::{self, Decision};
+use crate::queue::{Enqueued, Queue};
+
+/// Largest webhook body accepted (1 MiB); Jira's issue payloads are a few KiB to a few hundred KiB.
+pub const MAX_WEBHOOK_BODY: usize = 1 << 20;
+/// Time limit for one request, body included.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Time limit for the readiness check.
+const READINESS_TIMEOUT: Duration = Duration::from_secs(5);
+/// Header values copied into audit lines are cut to this many characters.
+const MAX_LOGGED_HEADER: usize = 100;
+
+/// A readiness check: `Ok(())` when the runner can take work, else why not.
+pub type Readiness = Arc<dyn Fn() -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    /// Where triggers go.
+    pub queue: Arc<dyn Queue>,
+    /// Who the bot is (to recognise assignments and mentions).
+    pub jira: JiraConfig,
+    /// The admin webhook's secret; without one every delivery is refused.
+    pub webhook_secret: Option<Secret>,
+    /// Attempts given to new jobs.
+    pub max_attempts: u32,
+    /// `/readyz`'s check (see [`queue_readiness`]; the caller adds Docker).
+    pub readiness: Readiness,
+}
+
+/// A readiness check that pings the queue only. `drafter serve` should combine it with a Docker ping.
+pub fn queue_readiness(queue: Arc<dyn Queue>) -> Readiness {
+    Arc::new(move || {
+        let queue = queue.clone();
+        Box::pin(async move {
+            queue
+                .ping()
+                .await
+                .map_err(|e| format!("queue ({}) not ready: {e}", queue.backend()))
+        })
+    })
+}
+
+/// The routes (see the module docs), with the body limit and the request timeout.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/webhooks/jira", post(jira_webhook))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .layer(DefaultBodyLimit::max(MAX_WEBHOOK_BODY))
+        .layer(middleware::from_fn(timeout))
+        .with_state(Arc::new(state))
+}
+
+/// Serves [`router`] on `listener` until `shutdown` completes, then lets requests in flight finish.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+async fn timeout(req: Request, next: Next) -> Response {
+    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_) => (StatusCode::REQUEST_TIMEOUT, "request timed out\n").into_response(),
+    }
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(st): State<Arc<AppState>>) -> Response {
+    match tokio::time::timeout(READINESS_TIMEOUT, (st.readiness)()).await {
+        Ok(Ok(())) => (StatusCode::OK, "ready\n").into_response(),
+        Ok(Err(reason)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {}\n", clean_header(&reason, 500)),
+        )
+            .into_response(),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: readiness check timed out\n",
+        )
+            .into_response(),
+    }
+}
+
+fn reply(status: StatusCode, body: Value) -> Response {
+    (status, Json(body)).into_response()
+}
+
+async fn jira_webhook(
+    State(st): State<Arc<AppState>>,
+    ext: Extensions,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let remote = ext
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.to_string())
+        .unwrap_or_else(|| "unknown".into());
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+    };
+    let delivery_header = header("x-atlassian-webhook-identifier");
+    let delivery_log = delivery_header
+        .map(|d| clean_header(d, MAX_LOGGED_HEADER))
+        .unwrap_or_default();
+    let retry = header("x-atlassian-webhook-retry")
+        .map(|r| clean_header(r, 10))
+        .unwrap_or_default();
+    let refuse = |status: StatusCode, reason: &str| {
+        tracing::warn!(target: "audit", remote, delivery = delivery_log, retry, status = status.as_u16(), reason, "webhook refused");
+        reply(status, json!({"status": "refused", "reason": reason}))
+    };
+
+    let body = match body {
+        Ok(b) => b,
+        Err(rejection) => {
+            let status = rejection.status();
+            let reason = if status == StatusCode::PAYLOAD_TOO_LARGE {
+                "body larger than 1 MiB"
+            } else {
+                "body could not be read"
+            };
+            return refuse(status, reason);
+        }
+    };
+
+    // Authenticity first: nothing of an unsigned body is parsed.
+    let Some(secret) = &st.webhook_secret else {
+        return refuse(
+            StatusCode::UNAUTHORIZED,
+            "no webhook secret configured: webhooks are disabled",
+        );
+    };
+    let Some(signature) = header("x-hub-signature") else {
+        return refuse(StatusCode::UNAUTHORIZED, "missing X-Hub-Signature");
+    };
+    if !signature_valid(secret, signature, &body) {
+        return refuse(StatusCode::UNAUTHORIZED, "bad X-Hub-Signature");
+    }
+
+    let payload: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(_) => return refuse(StatusCode::BAD_REQUEST, "body is not valid JSON"),
+    };
+    let hint = query.as_deref().and_then(|q| {
+        url::form_urlencoded::parse(q.as_bytes())
+            .find(|(k, _)| k == "issue")
+            .map(|(_, v)| v.into_owned())
+    });
+    let event = payload
+        .get("webhookEvent")
+        .and_then(Value::as_str)
+        .map(|e| clean_header(e, MAX_LOGGED_HEADER))
+        .unwrap_or_default();
+
+    let job = match intake::from_webhook(
+        &payload,
+        delivery_header,
+        hint.as_deref(),
+        &st.jira,
+        st.max_attempts,
+        chrono::Utc::now(),
+    ) {
+        Decision::Ignore(reason) => {
+            tracing::info!(target: "audit", remote, delivery = delivery_log, event, reason, "webhook ignored");
+            return reply(
+                StatusCode::ACCEPTED,
+                json!({"status": "ignored", "reason": reason}),
+            );
+        }
+        Decision::Trigger(job) => job,
+    };
+    let ticket = job.ticket.clone();
+    let key = job.trigger.delivery.clone();
+    let by = job.trigger.triggered_by.clone().unwrap_or_default();
+    match st.queue.enqueue(job).await {
+        Ok(done) => {
+            let (status, code) = match &done {
+                Enqueued::Created(_) => ("created", StatusCode::ACCEPTED),
+                Enqueued::Absorbed(_) => ("absorbed", StatusCode::ACCEPTED),
+                Enqueued::Duplicate(_) => ("duplicate", StatusCode::OK),
+            };
+            let job_id = done.job_id().to_string();
+            tracing::info!(target: "audit", remote, delivery = delivery_log, event, ticket, key, triggered_by = by, outcome = status, job = job_id, "webhook accepted");
+            reply(code, json!({"status": status, "job": job_id}))
+        }
+        Err(e) => {
+            tracing::error!(target: "audit", remote, delivery = delivery_log, event, ticket, key, error = %e, "webhook not queued: queue failed");
+            reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({"status": "error", "reason": "the job queue is unavailable; retry later"}),
+            )
+        }
+    }
+}
+
+/// `sha256=<hex>` equals HMAC-SHA256(secret, body), compared in constant time by the MAC itself.
+fn signature_valid(secret: &Secret, header: &str, body: &[u8]) -> bool {
+    let Some(hex_sig) = header
+        .strip_prefix("sha256=")
+        .or_else(|| header.strip_prefix("SHA256="))
+    else {
+        return false;
+    };
+    let Ok(sig) = hex::decode(hex_sig.trim()) else {
+        return false;
+    };
+    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret.expose().as_bytes()) else {
+        return false;
+    };
+    mac.update(body);
+    mac.verify_slice(&sig).is_ok()
+}
+
+/// A header or payload value fit for a log line: no control characters, bounded.
+fn clean_header(s: &str, max: usize) -> String {
+    let clean: String = s.chars().filter(|c| !c.is_control()).collect();
+    match clean.char_indices().nth(max) {
+        None => clean,
+        Some((i, _)) => format!("{}…", &clean[..i]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sign(secret: &str, body: &[u8]) -> String {
+        let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+        mac.update(body);
+        format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+    }
+
+    #[test]
+    fn signatures() {
+        let s = Secret::new("It's a Secret to Everybody");
+        let body = b"Hello, World!";
+        // The example from GitHub's webhook documentation (the same scheme Jira uses):
+        // https://docs.github.com/en/webhooks/using-webhooks/validating-webhook-deliveries#testing-the-webhook-payload-validation
+        let good = "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17";
+        assert_eq!(sign("It's a Secret to Everybody", body), good);
+        assert!(signature_valid(&s, good, body));
+        assert!(signature_valid(
+            &s,
+            &good.to_uppercase().replace("SHA256=", "sha256="),
+            body
+        ));
+        assert!(!signature_valid(&s, good, b"Hello, World?"));
+        assert!(!signature_valid(&s, &good[..good.len() - 2], body));
+        assert!(!signature_valid(&s, "sha1=abcd", body));
+        assert!(!signature_valid(&s, "sha256=not-hex", body));
+        assert!(!signature_valid(&s, "", body));
+    }
+
+    #[test]
+    fn log_values_are_cleaned() {
+        assert_eq!(clean_header("a\r\nb\u{1b}c", 10), "abc");
+        assert_eq!(clean_header("abcdef", 3), "abc…");
+    }
+}

@@ -26,6 +26,8 @@ use crate::proof::{self, ProofError, ReceiptLog, RunnerKey};
 use crate::repo::{self, RepoError};
 use crate::sandbox::{Sandbox, SandboxError};
 
+pub mod pool;
+
 /// A stage of the pipeline, for progress output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -146,6 +148,18 @@ pub enum JobError {
 }
 
 impl JobError {
+    /// How long the failing service asked us to wait (`Retry-After`), when it said.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            JobError::Jira(e) => e.retry_after(),
+            JobError::Model(e) | JobError::Agent(AgentError::Model(e)) => e.retry_after(),
+            JobError::Forge(ForgeError::RateLimited {
+                retry_after_secs, ..
+            }) => retry_after_secs.map(Duration::from_secs),
+            _ => None,
+        }
+    }
+
     /// Whether running the job again could succeed (a network fault, not a refusal or a model that would not stop).
     pub fn is_retryable(&self) -> bool {
         match self {
@@ -252,6 +266,7 @@ pub fn scrub(config: &Config, text: &str) -> String {
 #[derive(Serialize)]
 struct JobRecord<'a> {
     job_id: &'a str,
+    attempt: u32,
     ticket: &'a str,
     repo: Option<&'a str>,
     branch: Option<&'a str>,
@@ -277,13 +292,33 @@ struct Progress {
     tool_calls: Vec<ToolCallRecord>,
 }
 
+/// Which attempt of a job this is. The ticket hears about a failure only when it is final: not retryable, or the
+/// last attempt; a retryable failure with attempts left is logged and retried quietly.
+#[derive(Debug, Clone, Copy)]
+pub struct Attempt {
+    /// 1-based attempt number.
+    pub number: u32,
+    /// Attempts allowed.
+    pub max: u32,
+}
+
+impl Attempt {
+    /// The single attempt of a foreground `drafter run`.
+    pub const ONLY: Attempt = Attempt { number: 1, max: 1 };
+
+    fn is_final_for(&self, e: &JobError) -> bool {
+        !e.is_retryable() || self.number >= self.max
+    }
+}
+
 /// Runs one job for `ticket_key` to the end. Events go to `events` (if the receiver is gone they are dropped).
-/// Failures are commented on the ticket before this returns.
+/// Final failures are commented on the ticket before this returns.
 pub async fn run_job(
     config: Arc<Config>,
     ticket_key: &str,
     job_id: &str,
     events: UnboundedSender<Event>,
+    attempt: Attempt,
 ) -> Result<JobOutcome, JobError> {
     let span = tracing::info_span!("job", job_id = %job_id, ticket = %ticket_key);
     async move {
@@ -294,16 +329,18 @@ pub async fn run_job(
         let mut progress = Progress::default();
         let result = pipeline(&config, &jira, ticket_key, job_id, &dir, &events, &mut progress).await;
 
-        // Report failures on the ticket (refusals were already reported where they happened, with context).
+        // Report final failures on the ticket; a retry is coming for the others.
         if let Err(e) = &result {
             let reason = scrub(&config, &e.to_string());
-            tracing::error!(error = %reason, retryable = e.is_retryable(), "job failed");
-            let notice = match e {
-                JobError::Refused(r) => Notice::Refused { reason: scrub(&config, r) },
-                _ => Notice::Failed { job_id: job_id.to_string(), reason: reason.clone() },
-            };
-            // A ticket that does not exist cannot be commented on; do not pile a second error on the first.
-            if !matches!(e, JobError::Jira(_)) || jira::valid_issue_key(ticket_key) {
+            if !attempt.is_final_for(e) {
+                tracing::warn!(error = %reason, attempt = attempt.number, max = attempt.max,
+                    "attempt failed; it will be retried");
+            } else {
+                tracing::error!(error = %reason, retryable = e.is_retryable(), "job failed");
+                let notice = match e {
+                    JobError::Refused(r) => Notice::Refused { reason: scrub(&config, r) },
+                    _ => Notice::Failed { job_id: job_id.to_string(), reason },
+                };
                 if let Err(ce) = jira.comment(ticket_key, notice.to_adf()).await {
                     tracing::warn!(error = %scrub(&config, &ce.to_string()), "could not report the failure on the ticket");
                 }
@@ -312,6 +349,7 @@ pub async fn run_job(
 
         let record = JobRecord {
             job_id,
+            attempt: attempt.number,
             ticket: ticket_key,
             repo: progress.repo.as_deref(),
             branch: progress.branch.as_deref(),
@@ -389,63 +427,273 @@ async fn pipeline(
 
     let sandbox = Sandbox::connect(&config.sandbox).await?;
     sandbox.ensure_image().await?;
-    jira.comment(
-        ticket_key,
-        Notice::Started {
-            job_id: job_id.to_string(),
-            repo: repo_cfg.name.clone(),
-        }
-        .to_adf(),
-    )
-    .await?;
+    // One "started" comment per job, not per attempt: a retried job finds its own id already on the ticket.
+    if !ticket_mentions(jira, ticket_key, job_id).await? {
+        jira.comment(
+            ticket_key,
+            Notice::Started {
+                job_id: job_id.to_string(),
+                repo: repo_cfg.name.clone(),
+            }
+            .to_adf(),
+        )
+        .await?;
+    }
 
     // Clone into a scratch directory that disappears with the job.
-    let branch = repo::branch_name(&ticket.key, &ticket.summary);
-    progress.branch = Some(branch.clone());
-    stage(
-        events,
-        Stage::Clone,
-        format!("{} -> {}", repo_cfg.name, branch),
-    );
     let scratch = tempfile::Builder::new()
         .prefix("drafter-ws-")
         .tempdir()
         .map_err(io("creating the workspace directory"))?;
     let ws = scratch.path().join("repo");
     let url = config.github.clone_url(&repo_cfg.name);
-    let git_repo = {
-        let (url, ws, base, token, branch) = (
+    let preferred = repo::branch_name(&ticket.key, &ticket.summary);
+    stage(
+        events,
+        Stage::Clone,
+        format!("{} ({})", repo_cfg.name, repo_cfg.base),
+    );
+    let (git_repo, branch, reused) = {
+        let (url, ws, base, token, job) = (
             url.clone(),
             ws.clone(),
             repo_cfg.base.clone(),
             config.github.token.clone(),
-            branch.clone(),
+            job_id.to_string(),
         );
         blocking(move || {
             let r = repo::clone(&url, &ws, &base, &token)?;
-            repo::create_branch(&r, &branch)?;
-            Ok(r)
+            let (branch, reused) = choose_branch(&r, &preferred, &job)?;
+            if reused {
+                repo::checkout_remote_branch(&r, &branch)?;
+            } else {
+                repo::create_branch(&r, &branch)?;
+            }
+            Ok((r, branch, reused))
         })
         .await?
     };
+    progress.branch = Some(branch.clone());
 
-    // Sandbox: one container for the job, removed on every path out of this block (its guard covers panics).
+    let (outcome, digest, changed) = if reused {
+        // An earlier attempt of this job already pushed its work: deliver that instead of running the model again.
+        stage(
+            events,
+            Stage::Push,
+            format!("{branch} (already pushed by an earlier attempt)"),
+        );
+        let (branch2, base2) = (branch.clone(), repo_cfg.base.clone());
+        let (message, changed) = blocking(move || {
+            let remote = repo::remote_branch(&git_repo, &branch2)?;
+            let changed = repo::changed_files(&git_repo, &base2)?;
+            Ok((remote.map(|b| b.message).unwrap_or_default(), changed))
+        })
+        .await?;
+        let (summary, digest) = summary_and_digest(&message);
+        let outcome = AgentOutcome {
+            summary,
+            turns: 0,
+            tool_calls: Vec::new(),
+            tokens: 0,
+        };
+        (outcome, digest, changed)
+    } else {
+        let (outcome, digest) = run_agent(
+            config, job_id, &ticket, &repo_cfg, dir, &sandbox, &ws, events, progress,
+        )
+        .await?;
+
+        // Commit and push.
+        stage(events, Stage::Push, branch.as_str());
+        let message = repo::message_with_trailers(
+            &format!("[{}] {}", ticket.key, cap(ticket.summary.trim(), 60)),
+            &outcome.summary,
+            &[
+                ("Drafter-Ticket", ticket.key.as_str()),
+                ("Drafter-Job", job_id),
+                ("Drafter-Receipts", &format!("sha256:{digest}")),
+            ],
+        );
+        let (identity, token) = (config.commit.clone(), config.github.token.clone());
+        let (url2, branch2, base2) = (url.clone(), branch.clone(), repo_cfg.base.clone());
+        let committed = blocking(move || {
+            let r = git_repo;
+            let oid = repo::commit_all(&r, &identity, &message)?;
+            if oid.is_none() {
+                return Ok(None);
+            }
+            let changed = repo::changed_files(&r, &base2)?;
+            repo::push(&r, &url2, &branch2, &token)?;
+            Ok(Some(changed))
+        })
+        .await?;
+        let Some(changed) = committed else {
+            stage(events, Stage::Report, "no changes");
+            let receipts = dir.join(proof::RECEIPTS_FILE);
+            jira.comment(
+                ticket_key,
+                Notice::NoChanges {
+                    summary: outcome.summary.clone(),
+                }
+                .to_adf(),
+            )
+            .await?;
+            return Ok(JobOutcome::NoChanges {
+                summary: outcome.summary,
+                receipts,
+            });
+        };
+        (outcome, digest, changed)
+    };
+
+    // Draft pull request: one per branch. A retried job finds the one it opened and refreshes it.
+    stage(
+        events,
+        Stage::PullRequest,
+        format!("{} <- {}", repo_cfg.base, branch),
+    );
+    let title = format!("[{}] {}", ticket.key, cap(ticket.summary.trim(), 200));
+    let pr: PullRequest = match github.find_open_pr(&repo_cfg.name, &branch).await? {
+        Some(existing) => {
+            if !reused {
+                let body = pr_body(&ticket, job_id, &outcome, &changed, &digest);
+                github
+                    .update_pr(
+                        &repo_cfg.name,
+                        existing.number,
+                        &title,
+                        &scrub(config, &body),
+                    )
+                    .await?;
+            }
+            existing
+        }
+        None => {
+            let body = pr_body(&ticket, job_id, &outcome, &changed, &digest);
+            github
+                .open_draft_pr(
+                    &repo_cfg.name,
+                    &branch,
+                    &repo_cfg.base,
+                    &title,
+                    &scrub(config, &body),
+                )
+                .await?
+        }
+    };
+
+    // One "PR opened" comment per PR, however many attempts it took.
+    stage(events, Stage::Report, ticket_key);
+    if !ticket_mentions(jira, ticket_key, &pr.html_url).await? {
+        jira.comment(
+            ticket_key,
+            Notice::PrOpened {
+                url: pr.html_url.clone(),
+                repo: repo_cfg.name.clone(),
+                number: pr.number,
+                branch: branch.clone(),
+            }
+            .to_adf(),
+        )
+        .await?;
+    }
+    Ok(JobOutcome::PullRequest {
+        url: pr.html_url,
+        number: pr.number,
+        branch,
+        repo: repo_cfg.name,
+        receipts: dir.join(proof::RECEIPTS_FILE),
+        receipts_digest: digest,
+    })
+}
+
+/// The branch for this job: the ticket's usual `drafter/<KEY>-<slug>`, unless the remote already has it from a
+/// different job (an earlier assignment of the same ticket, whose PR may still be under review): then the job's
+/// own `drafter/<KEY>-<slug>-<job suffix>`, never overwriting anyone's branch. `true` when the chosen branch
+/// already holds this job's pushed work (an earlier attempt got that far).
+fn choose_branch(
+    r: &git2::Repository,
+    preferred: &str,
+    job_id: &str,
+) -> Result<(String, bool), RepoError> {
+    let suffix = job_id.rsplit('-').next().unwrap_or(job_id);
+    for candidate in [preferred.to_string(), format!("{preferred}-{suffix}")] {
+        match repo::remote_branch(r, &candidate)? {
+            None => return Ok((candidate, false)),
+            Some(b) if b.job.as_deref() == Some(job_id) => return Ok((candidate, true)),
+            Some(_) => continue,
+        }
+    }
+    Err(RepoError::PushRejected {
+        branch: format!("{preferred}-{suffix}"),
+        message: "the remote already has this branch from another job".into(),
+    })
+}
+
+/// The model's summary and the receipts digest from a commit message made by this pipeline.
+fn summary_and_digest(message: &str) -> (String, String) {
+    let digest = message
+        .lines()
+        .find_map(|l| l.strip_prefix("Drafter-Receipts: sha256:"))
+        .unwrap_or("")
+        .trim()
+        .to_string();
+    let body: Vec<&str> = message
+        .lines()
+        .skip(1)
+        .filter(|l| !l.starts_with("Drafter-"))
+        .collect();
+    (body.join("\n").trim().to_string(), digest)
+}
+
+/// Whether any comment on the ticket already contains `needle` (a job id, a PR URL).
+async fn ticket_mentions(jira: &JiraClient, key: &str, needle: &str) -> Result<bool, JobError> {
+    let comments = jira.comments(key).await?;
+    Ok(comments.iter().any(|c| {
+        let body = &c["body"];
+        let text = match body {
+            serde_json::Value::String(s) => s.clone(),
+            other => serde_json::to_string(other).unwrap_or_default(),
+        };
+        text.contains(needle)
+    }))
+}
+
+/// Sandbox, model loop, workspace back. The container is removed on every path out of here (its guard covers
+/// panics and cancellation).
+#[allow(clippy::too_many_arguments)]
+async fn run_agent(
+    config: &Arc<Config>,
+    job_id: &str,
+    ticket: &Ticket,
+    repo_cfg: &RepoConfig,
+    dir: &Path,
+    sandbox: &Sandbox,
+    ws: &Path,
+    events: &UnboundedSender<Event>,
+    progress: &mut Progress,
+) -> Result<(AgentOutcome, String), JobError> {
     stage(events, Stage::Sandbox, config.sandbox.image.as_str());
     let container = sandbox.start(job_id, &ticket.key).await?;
     let agent_result = async {
-        container.upload_dir(&ws).await?;
+        container.upload_dir(ws).await?;
         stage(
             events,
             Stage::Agent,
             format!("{} {}", config.model.provider.as_str(), config.model.model),
         );
         let key = Arc::new(RunnerKey::load_or_create(&config.data_dir)?);
-        let receipts =
-            ReceiptLog::create(&dir.join(proof::RECEIPTS_FILE), key, job_id, &ticket.key)?;
+        let path = dir.join(proof::RECEIPTS_FILE);
+        // A retried job on the same host continues its chain; elsewhere it starts one in its own job directory.
+        let receipts = if path.exists() {
+            ReceiptLog::resume(&path, key, job_id, &ticket.key)?
+        } else {
+            ReceiptLog::create(&path, key, job_id, &ticket.key)?
+        };
         let mut model = ModelClient::new(&config.model, receipts)?;
         let task = Task {
-            ticket: &ticket,
-            repo: &repo_cfg,
+            ticket,
+            repo: repo_cfg,
             limits: &config.agent,
             command_timeout: Duration::from_secs(config.sandbox.command_timeout_secs),
         };
@@ -462,16 +710,17 @@ async fn pipeline(
         Ok::<_, JobError>((outcome, digest, calls))
     }
     .await;
-    let agent_result = match agent_result {
+    let result = match agent_result {
         Ok((outcome, digest, calls)) => {
             progress.digest = Some(digest.clone());
             progress.tool_calls = calls;
             match outcome {
-                Ok(o) => {
-                    // Bring the model's work back before the container goes.
-                    let back = container.download_workspace(&ws).await;
-                    back.map(|_| (o, digest)).map_err(JobError::from)
-                }
+                // Bring the model's work back before the container goes.
+                Ok(o) => container
+                    .download_workspace(ws)
+                    .await
+                    .map(|_| (o, digest))
+                    .map_err(JobError::from),
                 Err(e) => Err(JobError::from(e)),
             }
         }
@@ -480,88 +729,9 @@ async fn pipeline(
     if let Err(e) = container.remove().await {
         tracing::warn!(error = %e, "could not remove the sandbox container");
     }
-    let (outcome, digest) = agent_result?;
+    let (outcome, digest) = result?;
     progress.agent = Some(outcome.clone());
-    let receipts = dir.join("receipts.jsonl");
-
-    // Commit.
-    stage(events, Stage::Push, branch.as_str());
-    let message = repo::message_with_trailers(
-        &format!("[{}] {}", ticket.key, cap(ticket.summary.trim(), 60)),
-        &outcome.summary,
-        &[
-            ("Drafter-Ticket", ticket.key.as_str()),
-            ("Drafter-Job", job_id),
-            ("Drafter-Receipts", &format!("sha256:{digest}")),
-        ],
-    );
-    let (identity, token) = (config.commit.clone(), config.github.token.clone());
-    let (url2, branch2, base2) = (url.clone(), branch.clone(), repo_cfg.base.clone());
-    let committed = blocking(move || {
-        let r = git_repo;
-        let oid = repo::commit_all(&r, &identity, &message)?;
-        if oid.is_none() {
-            return Ok(None);
-        }
-        let changed = repo::changed_files(&r, &base2)?;
-        repo::push(&r, &url2, &branch2, &token)?;
-        Ok(Some(changed))
-    })
-    .await?;
-    let Some(changed) = committed else {
-        stage(events, Stage::Report, "no changes");
-        jira.comment(
-            ticket_key,
-            Notice::NoChanges {
-                summary: outcome.summary.clone(),
-            }
-            .to_adf(),
-        )
-        .await?;
-        return Ok(JobOutcome::NoChanges {
-            summary: outcome.summary,
-            receipts,
-        });
-    };
-
-    // Draft pull request.
-    stage(
-        events,
-        Stage::PullRequest,
-        format!("{} <- {}", repo_cfg.base, branch),
-    );
-    let title = format!("[{}] {}", ticket.key, cap(ticket.summary.trim(), 200));
-    let body = pr_body(&ticket, job_id, &outcome, &changed, &digest);
-    let pr: PullRequest = github
-        .open_draft_pr(
-            &repo_cfg.name,
-            &branch,
-            &repo_cfg.base,
-            &title,
-            &scrub(config, &body),
-        )
-        .await?;
-
-    stage(events, Stage::Report, ticket_key);
-    jira.comment(
-        ticket_key,
-        Notice::PrOpened {
-            url: pr.html_url.clone(),
-            repo: repo_cfg.name.clone(),
-            number: pr.number,
-            branch: branch.clone(),
-        }
-        .to_adf(),
-    )
-    .await?;
-    Ok(JobOutcome::PullRequest {
-        url: pr.html_url,
-        number: pr.number,
-        branch,
-        repo: repo_cfg.name,
-        receipts,
-        receipts_digest: digest,
-    })
+    Ok((outcome, digest))
 }
 
 async fn blocking<T: Send + 'static>(

@@ -88,7 +88,9 @@ impl JobState {
 /// Why a job exists: one webhook delivery, one poll hit, one CLI request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Trigger {
-    /// The dedup key: `X-Atlassian-Webhook-Identifier`, else `changelog:<id>` / `comment:<id>`, or a poll key.
+    /// The dedup key: the event's own id where it has one (`changelog:<id>`, `created:<issue id>`,
+    /// `comment:<id>`: the same whether the event arrives by webhook, by a Jira retry, or by the poll), else
+    /// `delivery:<X-Atlassian-Webhook-Identifier>`, else a hash of the body. See [`crate::intake`].
     pub delivery: String,
     /// Where it came from, e.g. `webhook:jira:issue_updated`, `webhook:comment_created`, `poll`, `cli`.
     pub source: String,
@@ -233,6 +235,26 @@ pub fn backoff(attempt: u32, retry_after: Option<Duration>) -> Duration {
         Some(r) if r > exp => r.min(Duration::from_secs(6 * 3600)),
         _ => exp,
     }
+}
+
+/// How often an enqueue that lost a race (a concurrent insert of the same delivery key or of an open job for the same
+/// ticket, a serialization failure or a deadlock) is retried before giving up with [`QueueError::Database`]. Each
+/// retry sees the winner's committed row, so one or two are enough in practice.
+pub const ENQUEUE_RETRIES: u32 = 10;
+
+/// `last_error` of a job that failed for good: the attempt's reason and how many attempts were made. Shared so both
+/// backends word it identically.
+pub(crate) fn gave_up(error: &str, attempts: u32) -> String {
+    format!("{error} (gave up after {attempts} attempts)")
+}
+
+/// `last_error` of a job whose lease expired (its worker died) on its last allowed attempt: it is failed instead of
+/// run again, because a job that keeps killing its worker should not take the next one down too.
+pub(crate) fn worker_lost(attempts: u32, max_attempts: u32) -> String {
+    gave_up(
+        &format!("worker lost: the lease expired during attempt {attempts} of {max_attempts}"),
+        attempts,
+    )
 }
 
 /// A new job id: time-ordered and unique (`j20261123T101500-1a2b3c4d`).

@@ -1,16 +1,389 @@
-//! (being written: the postgres backend)
-use super::QueueError;
+//! The PostgreSQL backend: one database shared by many workers on many hosts.
+//!
+//! How it stays correct with many writers at once:
+//! - **Clock**: every instant (`not_before`, leases, timestamps) comes from the database's `now()`, so workers on
+//!   hosts with skewed clocks still agree on whose lease has expired.
+//! - **Enqueue** runs in READ COMMITTED and lets unique indexes decide races: the delivery key is the primary key
+//!   of `deliveries`, and a partial unique index allows one open (`queued`/`running`) job per ticket. Inserts use
+//!   `ON CONFLICT DO NOTHING`; when one finds a conflict (a concurrent enqueue committed first), the transaction is
+//!   rolled back and tried again, and the retry sees the winner's row (and so answers `Duplicate` or `Absorbed`).
+//!   Absorbing locks the open job (`FOR UPDATE`) and appends to its `triggers` in SQL, so concurrent absorbs queue
+//!   up instead of overwriting each other. Serialization failures and deadlocks are retried the same way.
+//! - **Claim** picks the oldest claimable row with `FOR UPDATE SKIP LOCKED` inside the claiming `UPDATE`, so
+//!   concurrent claimers never wait on, nor take, the same job.
+//! - **Migrations** run in one transaction under `pg_advisory_xact_lock`, so workers starting together against a
+//!   fresh database take turns instead of racing on `CREATE TABLE`.
+//! - **Secrets**: the URL's password never appears in an error; messages name the user, host, port and database.
 
-/// The postgres backend.
-pub struct PgQueue;
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
+use sqlx::{Connection, PgConnection, PgPool, Postgres, Row, Transaction};
+
+use super::{
+    backoff, gave_up, new_job_id, worker_lost, Claim, Enqueued, Failure, Job, JobFilter, JobState,
+    NewJob, QueueError, Trigger,
+};
+use crate::config::Secret;
+
+/// Connections per process.
+pub const POOL_SIZE: u32 = 8;
+
+/// The advisory lock key migrations hold (arbitrary, fixed: "drafter" in ASCII).
+const MIGRATION_LOCK: i64 = 0x0064_7261_6674_6572;
+
+/// The schema, one entry per version; never edit an entry once released, append a new one.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE jobs (
+    seq           bigint      GENERATED ALWAYS AS IDENTITY,
+    id            text        PRIMARY KEY,
+    ticket        text        NOT NULL,
+    project       text        NOT NULL,
+    state         text        NOT NULL
+                  CHECK (state IN ('queued', 'running', 'succeeded', 'failed', 'cancelled')),
+    attempts      integer     NOT NULL DEFAULT 0,
+    max_attempts  integer     NOT NULL,
+    not_before    timestamptz NOT NULL,
+    lease_owner   text,
+    lease_expires timestamptz,
+    triggers      jsonb       NOT NULL DEFAULT '[]',
+    last_error    text,
+    outcome       jsonb,
+    progress      jsonb       NOT NULL DEFAULT '{}',
+    created_at    timestamptz NOT NULL,
+    updated_at    timestamptz NOT NULL
+);
+CREATE UNIQUE INDEX jobs_one_open_per_ticket ON jobs (ticket) WHERE state IN ('queued', 'running');
+CREATE INDEX jobs_state_not_before ON jobs (state, not_before);
+CREATE INDEX jobs_ticket ON jobs (ticket);
+CREATE INDEX jobs_created ON jobs (created_at, seq);
+-- Claims scan open jobs oldest first; finished jobs pile up and must not slow that down.
+CREATE INDEX jobs_open_by_age ON jobs (created_at, seq) WHERE state IN ('queued', 'running');
+CREATE TABLE deliveries (
+    key        text        PRIMARY KEY,
+    job_id     text        NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX deliveries_job ON deliveries (job_id);
+"#];
+
+/// The columns [`job_from_row`] reads, as a literal so queries stay `&'static str`.
+macro_rules! job_columns {
+    () => {
+        "id, ticket, project, state, attempts, max_attempts, not_before, lease_owner, lease_expires, triggers, \
+         last_error, outcome, progress, created_at, updated_at"
+    };
+}
+
+/// The PostgreSQL queue. Cheap to share behind an `Arc`.
+pub struct PgQueue {
+    pool: PgPool,
+    /// `user@host:port/database`, for error messages.
+    location: String,
+    /// The URL's password (raw and percent-decoded), only to scrub it from error messages.
+    secrets: Vec<Secret>,
+}
 
 impl PgQueue {
-    /// Opens the queue.
-    pub async fn connect(_url: &str) -> Result<PgQueue, QueueError> {
-        Err(QueueError::Database(
-            "the postgres backend is being written".into(),
-        ))
+    /// Connects to `url` (`postgres://user:password@host:port/database?...`), with a pool of [`POOL_SIZE`], and
+    /// creates or migrates the schema. Errors name the host, never the password.
+    pub async fn connect(url: &str) -> Result<PgQueue, QueueError> {
+        // Parse it ourselves first: url's errors never echo the input, and we learn the password to scrub.
+        let parsed = url::Url::parse(url)
+            .map_err(|e| QueueError::Database(format!("invalid postgres URL: {e}")))?;
+        let mut secrets = Vec::new();
+        if let Some(raw) = parsed.password().filter(|p| !p.is_empty()) {
+            secrets.push(Secret::new(raw));
+            if let Ok(decoded) = percent_decode(raw) {
+                if decoded != raw {
+                    secrets.push(Secret::new(decoded));
+                }
+            }
+        }
+        let scrub = |m: String| scrub_with(&secrets, m);
+        let options = PgConnectOptions::from_str(url)
+            .map_err(|e| QueueError::Database(scrub(format!("invalid postgres URL: {e}"))))?;
+        let location = format!(
+            "{}@{}:{}/{}",
+            options.get_username(),
+            options.get_host(),
+            options.get_port(),
+            options.get_database().unwrap_or(options.get_username())
+        );
+        let options = options.application_name("drafter");
+        // One direct connection first: the pool would retry a refused connection until its timeout and then
+        // report only "pool timed out", where the operator needs "connection refused" or "no such database".
+        let probe = PgConnection::connect_with(&options).await.map_err(|e| {
+            QueueError::Database(scrub(format!(
+                "cannot connect to postgres at {location}: {e}"
+            )))
+        })?;
+        let _ = probe.close().await;
+        let pool = PgPoolOptions::new()
+            .max_connections(POOL_SIZE)
+            .acquire_timeout(Duration::from_secs(15))
+            .connect_lazy_with(options);
+        let queue = PgQueue {
+            pool,
+            location,
+            secrets,
+        };
+        queue.migrate().await?;
+        tracing::debug!(location = %queue.location, "postgres queue open");
+        Ok(queue)
     }
+
+    /// Maps a database error to [`QueueError::Database`] naming the server and what was being done.
+    fn db<'a>(&'a self, context: &'a str) -> impl FnOnce(sqlx::Error) -> QueueError + 'a {
+        move |e| {
+            QueueError::Database(scrub_with(
+                &self.secrets,
+                format!("postgres at {}: {context}: {e}", self.location),
+            ))
+        }
+    }
+
+    async fn migrate(&self) -> Result<(), QueueError> {
+        let mut tx = self.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(MIGRATION_LOCK)
+            .execute(&mut *tx)
+            .await
+            .map_err(self.db("taking the migration lock"))?;
+        sqlx::raw_sql("CREATE TABLE IF NOT EXISTS schema_version (version integer NOT NULL)")
+            .execute(&mut *tx)
+            .await
+            .map_err(self.db("creating schema_version"))?;
+        let current: Option<i32> = sqlx::query_scalar("SELECT MAX(version) FROM schema_version")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(self.db("reading the schema version"))?;
+        let current = usize::try_from(current.unwrap_or(0)).unwrap_or(usize::MAX);
+        if current > MIGRATIONS.len() {
+            return Err(QueueError::Database(format!(
+                "postgres at {}: schema version {current} is newer than this drafter understands ({}): upgrade \
+                 drafter",
+                self.location,
+                MIGRATIONS.len()
+            )));
+        }
+        for (i, migration) in MIGRATIONS.iter().enumerate().skip(current) {
+            let version = i32::try_from(i + 1).unwrap_or(i32::MAX);
+            sqlx::raw_sql(*migration)
+                .execute(&mut *tx)
+                .await
+                .map_err(self.db("migrating the schema"))?;
+            sqlx::query("INSERT INTO schema_version (version) VALUES ($1)")
+                .bind(version)
+                .execute(&mut *tx)
+                .await
+                .map_err(self.db("recording the schema version"))?;
+            tracing::info!(version, "postgres queue schema migrated");
+        }
+        tx.commit()
+            .await
+            .map_err(self.db("committing the migration"))
+    }
+
+    async fn begin(&self) -> Result<Transaction<'static, Postgres>, QueueError> {
+        self.pool
+            .begin()
+            .await
+            .map_err(self.db("starting a transaction"))
+    }
+
+    async fn exists(&self, job_id: &str) -> Result<bool, QueueError> {
+        let found: Option<i32> = sqlx::query_scalar("SELECT 1 FROM jobs WHERE id = $1")
+            .bind(job_id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(self.db("looking up a job"))?;
+        Ok(found.is_some())
+    }
+
+    /// Why a lease-holder-only update touched no row: the job is missing, or this worker does not hold it.
+    async fn not_held(&self, job_id: &str) -> QueueError {
+        match self.exists(job_id).await {
+            Ok(false) => QueueError::NotFound(job_id.to_string()),
+            Ok(true) => QueueError::LeaseLost(job_id.to_string()),
+            Err(e) => e,
+        }
+    }
+
+    async fn try_enqueue(&self, job: &NewJob, trigger: &Value) -> Result<Enqueued, EnqueueError> {
+        let step = |context: &'static str| {
+            move |e: sqlx::Error| {
+                if is_race(&e) {
+                    EnqueueError::Race(e)
+                } else {
+                    EnqueueError::Queue(self.db(context)(e))
+                }
+            }
+        };
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(step("starting a transaction"))?;
+        let seen: Option<String> =
+            sqlx::query_scalar("SELECT job_id FROM deliveries WHERE key = $1")
+                .bind(&job.trigger.delivery)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(step("looking up the delivery"))?;
+        if let Some(id) = seen {
+            return Ok(Enqueued::Duplicate(id));
+        }
+        // Lock the open job so concurrent absorbs append one after another, and a concurrent finish either happens
+        // before (then the row no longer matches and a new job is made) or after this commits.
+        let open: Option<String> = sqlx::query_scalar(
+            "SELECT id FROM jobs WHERE ticket = $1 AND state IN ('queued', 'running') FOR UPDATE",
+        )
+        .bind(&job.ticket)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(step("looking up an open job"))?;
+        let outcome = match open {
+            Some(id) => {
+                sqlx::query(
+                    "UPDATE jobs SET triggers = triggers || jsonb_build_array($1::jsonb), updated_at = now() \
+                     WHERE id = $2",
+                )
+                .bind(trigger)
+                .bind(&id)
+                .execute(&mut *tx)
+                .await
+                .map_err(step("recording the trigger"))?;
+                Enqueued::Absorbed(id)
+            }
+            None => {
+                let id = new_job_id();
+                let inserted: Option<String> = sqlx::query_scalar(
+                    "INSERT INTO jobs (id, ticket, project, state, attempts, max_attempts, not_before, triggers, \
+                     progress, created_at, updated_at) \
+                     VALUES ($1, $2, $3, 'queued', 0, $4, now(), jsonb_build_array($5::jsonb), '{}', now(), now()) \
+                     ON CONFLICT (ticket) WHERE state IN ('queued', 'running') DO NOTHING RETURNING id",
+                )
+                .bind(&id)
+                .bind(&job.ticket)
+                .bind(&job.project)
+                .bind(i32::try_from(job.max_attempts).unwrap_or(i32::MAX))
+                .bind(trigger)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(step("inserting the job"))?;
+                if inserted.is_none() {
+                    return Err(EnqueueError::Lost(
+                        "another enqueue opened a job for the ticket",
+                    ));
+                }
+                Enqueued::Created(id)
+            }
+        };
+        let recorded: Option<String> = sqlx::query_scalar(
+            "INSERT INTO deliveries (key, job_id) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING RETURNING key",
+        )
+        .bind(&job.trigger.delivery)
+        .bind(outcome.job_id())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(step("recording the delivery"))?;
+        if recorded.is_none() {
+            // Rolls back the job or trigger above: the other enqueue of this delivery won.
+            return Err(EnqueueError::Lost(
+                "another enqueue recorded the same delivery",
+            ));
+        }
+        tx.commit().await.map_err(step("committing the enqueue"))?;
+        Ok(outcome)
+    }
+}
+
+/// An enqueue attempt's failure: a lost race worth retrying, or a real error.
+enum EnqueueError {
+    /// A serialization failure, deadlock or unique violation.
+    Race(sqlx::Error),
+    /// An `ON CONFLICT DO NOTHING` that did nothing.
+    Lost(&'static str),
+    Queue(QueueError),
+}
+
+/// SQLSTATEs that mean "a concurrent transaction got there first; try again": unique_violation,
+/// serialization_failure, deadlock_detected.
+fn is_race(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d)
+        if matches!(d.code().as_deref(), Some("23505" | "40001" | "40P01")))
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+}
+
+fn scrub_with(secrets: &[Secret], mut message: String) -> String {
+    for s in secrets {
+        if !s.expose().is_empty() {
+            message = message.replace(s.expose(), "***");
+        }
+    }
+    message
+}
+
+/// Percent-decodes a URL component (what the server is actually sent as the password).
+fn percent_decode(s: &str) -> Result<String, ()> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).map_err(|_| ())?;
+            out.push(u8::from_str_radix(hex, 16).map_err(|_| ())?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| ())
+}
+
+/// The lease or backoff as the float seconds `make_interval(secs => ...)` takes.
+fn seconds(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+fn to_u32(v: i32, column: &str) -> Result<u32, QueueError> {
+    u32::try_from(v)
+        .map_err(|_| QueueError::Database(format!("stored {column} {v} is out of range")))
+}
+
+fn job_from_row(row: &PgRow) -> Result<Job, QueueError> {
+    let get = |e: sqlx::Error| QueueError::Database(format!("reading a job row: {e}"));
+    let state: String = row.try_get("state").map_err(get)?;
+    let state = JobState::parse(&state)
+        .ok_or_else(|| QueueError::Database(format!("stored state `{state}` is unknown")))?;
+    let triggers: Value = row.try_get("triggers").map_err(get)?;
+    let triggers: Vec<Trigger> = serde_json::from_value(triggers)
+        .map_err(|e| QueueError::Database(format!("stored triggers are malformed: {e}")))?;
+    Ok(Job {
+        id: row.try_get("id").map_err(get)?,
+        ticket: row.try_get("ticket").map_err(get)?,
+        project: row.try_get("project").map_err(get)?,
+        state,
+        attempts: to_u32(row.try_get("attempts").map_err(get)?, "attempts")?,
+        max_attempts: to_u32(row.try_get("max_attempts").map_err(get)?, "max_attempts")?,
+        not_before: row.try_get::<DateTime<Utc>, _>("not_before").map_err(get)?,
+        lease_owner: row.try_get("lease_owner").map_err(get)?,
+        lease_expires: row.try_get("lease_expires").map_err(get)?,
+        triggers,
+        last_error: row.try_get("last_error").map_err(get)?,
+        outcome: row.try_get("outcome").map_err(get)?,
+        progress: row.try_get("progress").map_err(get)?,
+        created_at: row.try_get("created_at").map_err(get)?,
+        updated_at: row.try_get("updated_at").map_err(get)?,
+    })
 }
 
 #[async_trait::async_trait]
@@ -18,56 +391,326 @@ impl super::Queue for PgQueue {
     fn backend(&self) -> &'static str {
         "postgres"
     }
-    async fn enqueue(&self, _: super::NewJob) -> Result<super::Enqueued, QueueError> {
-        Err(QueueError::Database("unfinished".into()))
+
+    async fn enqueue(&self, job: NewJob) -> Result<Enqueued, QueueError> {
+        let trigger = serde_json::to_value(&job.trigger)
+            .map_err(|e| QueueError::Database(format!("encoding the trigger: {e}")))?;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let why = match self.try_enqueue(&job, &trigger).await {
+                Ok(done) => return Ok(done),
+                Err(EnqueueError::Queue(e)) => return Err(e),
+                Err(EnqueueError::Race(e)) => scrub_with(&self.secrets, e.to_string()),
+                Err(EnqueueError::Lost(why)) => why.to_string(),
+            };
+            if attempt >= super::ENQUEUE_RETRIES {
+                return Err(QueueError::Database(format!(
+                    "postgres at {}: enqueue kept conflicting after {attempt} tries: {why}",
+                    self.location
+                )));
+            }
+            tracing::debug!(%why, attempt, "enqueue lost a race; retrying");
+            // A short pause only after repeated losses (deadlock victims), so the winners can finish.
+            if attempt > 2 {
+                tokio::time::sleep(Duration::from_millis(5 * u64::from(attempt))).await;
+            }
+        }
     }
-    async fn claim(&self, _: &super::Claim) -> Result<Option<super::Job>, QueueError> {
-        Err(QueueError::Database("unfinished".into()))
+
+    async fn claim(&self, claim: &Claim) -> Result<Option<Job>, QueueError> {
+        let mut tx = self.begin().await?;
+        // Jobs whose worker died on their last allowed attempt are failed, not run a further time. SKIP LOCKED: a
+        // concurrent claimer handling the same rows is doing the same thing.
+        let dead: Vec<(String, i32, i32)> = sqlx::query_as(
+            "SELECT id, attempts, max_attempts FROM jobs \
+             WHERE state = 'running' AND lease_expires < now() AND attempts >= max_attempts \
+             FOR UPDATE SKIP LOCKED",
+        )
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(self.db("finding jobs whose worker was lost"))?;
+        for (id, attempts, max_attempts) in dead {
+            let (attempts, max_attempts) = (
+                to_u32(attempts, "attempts")?,
+                to_u32(max_attempts, "max_attempts")?,
+            );
+            sqlx::query(
+                "UPDATE jobs SET state = 'failed', last_error = $1, lease_owner = NULL, lease_expires = NULL, \
+                 updated_at = now() WHERE id = $2",
+            )
+            .bind(worker_lost(attempts, max_attempts))
+            .bind(&id)
+            .execute(&mut *tx)
+            .await
+            .map_err(self.db("failing a job whose worker was lost"))?;
+            tracing::warn!(job = %id, attempts, "job failed: its worker was lost on the last attempt");
+        }
+        let row = sqlx::query(concat!(
+            "UPDATE jobs SET state = 'running', lease_owner = $1, \
+             lease_expires = now() + make_interval(secs => $2), attempts = attempts + 1, updated_at = now() \
+             WHERE id = (SELECT id FROM jobs \
+                 WHERE state IN ('queued', 'running') AND ((state = 'queued' AND not_before <= now()) \
+                        OR (state = 'running' AND lease_expires < now() AND attempts < max_attempts)) \
+                   AND NOT (project = ANY($3)) \
+                 ORDER BY created_at, seq LIMIT 1 \
+                 FOR UPDATE SKIP LOCKED) \
+             RETURNING ",
+            job_columns!()
+        ))
+        .bind(&claim.worker)
+        .bind(seconds(claim.lease))
+        .bind(&claim.exclude_projects)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(self.db("claiming a job"))?;
+        let job = row.as_ref().map(job_from_row).transpose()?;
+        tx.commit().await.map_err(self.db("committing a claim"))?;
+        Ok(job)
     }
+
     async fn heartbeat(
         &self,
-        _: &str,
-        _: &str,
-        _: std::time::Duration,
+        job_id: &str,
+        worker: &str,
+        lease: Duration,
     ) -> Result<bool, QueueError> {
-        Err(QueueError::Database("unfinished".into()))
+        let done = sqlx::query(
+            "UPDATE jobs SET lease_expires = now() + make_interval(secs => $1), updated_at = now() \
+             WHERE id = $2 AND state = 'running' AND lease_owner = $3",
+        )
+        .bind(seconds(lease))
+        .bind(job_id)
+        .bind(worker)
+        .execute(&self.pool)
+        .await
+        .map_err(self.db("renewing a lease"))?;
+        Ok(done.rows_affected() == 1)
     }
-    async fn complete(&self, _: &str, _: &str, _: serde_json::Value) -> Result<(), QueueError> {
-        Err(QueueError::Database("unfinished".into()))
+
+    async fn complete(&self, job_id: &str, worker: &str, outcome: Value) -> Result<(), QueueError> {
+        let done = sqlx::query(
+            "UPDATE jobs SET state = 'succeeded', outcome = $1, lease_owner = NULL, lease_expires = NULL, \
+             updated_at = now() WHERE id = $2 AND state = 'running' AND lease_owner = $3",
+        )
+        .bind(&outcome)
+        .bind(job_id)
+        .bind(worker)
+        .execute(&self.pool)
+        .await
+        .map_err(self.db("completing a job"))?;
+        if done.rows_affected() == 1 {
+            Ok(())
+        } else {
+            Err(self.not_held(job_id).await)
+        }
     }
+
     async fn fail(
         &self,
-        _: &str,
-        _: &str,
-        _: super::Failure,
-    ) -> Result<super::JobState, QueueError> {
-        Err(QueueError::Database("unfinished".into()))
+        job_id: &str,
+        worker: &str,
+        failure: Failure,
+    ) -> Result<JobState, QueueError> {
+        let mut tx = self.begin().await?;
+        let row: Option<(i32, i32)> = sqlx::query_as(
+            "SELECT attempts, max_attempts FROM jobs WHERE id = $1 AND state = 'running' AND lease_owner = $2 \
+             FOR UPDATE",
+        )
+        .bind(job_id)
+        .bind(worker)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(self.db("reading a job"))?;
+        let Some((attempts, max_attempts)) = row else {
+            drop(tx);
+            return Err(self.not_held(job_id).await);
+        };
+        let (attempts, max_attempts) = (
+            to_u32(attempts, "attempts")?,
+            to_u32(max_attempts, "max_attempts")?,
+        );
+        let (state, error, wait) = match failure {
+            Failure::Retryable { error, retry_after } if attempts < max_attempts => {
+                (JobState::Queued, error, backoff(attempts, retry_after))
+            }
+            Failure::Retryable { error, .. } => {
+                (JobState::Failed, gave_up(&error, attempts), Duration::ZERO)
+            }
+            Failure::Permanent { error } => (JobState::Failed, error, Duration::ZERO),
+        };
+        sqlx::query(
+            "UPDATE jobs SET state = $1, last_error = $2, not_before = now() + make_interval(secs => $3), \
+             lease_owner = NULL, lease_expires = NULL, updated_at = now() WHERE id = $4",
+        )
+        .bind(state.as_str())
+        .bind(&error)
+        .bind(seconds(wait))
+        .bind(job_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(self.db("recording a failure"))?;
+        tx.commit().await.map_err(self.db("committing a failure"))?;
+        Ok(state)
     }
-    async fn release(&self, _: &str, _: &str) -> Result<(), QueueError> {
-        Err(QueueError::Database("unfinished".into()))
+
+    async fn release(&self, job_id: &str, worker: &str) -> Result<(), QueueError> {
+        let done = sqlx::query(
+            "UPDATE jobs SET state = 'queued', not_before = now(), lease_owner = NULL, lease_expires = NULL, \
+             attempts = GREATEST(attempts - 1, 0), updated_at = now() \
+             WHERE id = $1 AND state = 'running' AND lease_owner = $2",
+        )
+        .bind(job_id)
+        .bind(worker)
+        .execute(&self.pool)
+        .await
+        .map_err(self.db("releasing a job"))?;
+        if done.rows_affected() == 1 {
+            Ok(())
+        } else {
+            Err(self.not_held(job_id).await)
+        }
     }
-    async fn cancel(&self, _: &str) -> Result<bool, QueueError> {
-        Err(QueueError::Database("unfinished".into()))
+
+    async fn cancel(&self, job_id: &str) -> Result<bool, QueueError> {
+        let done = sqlx::query(
+            "UPDATE jobs SET state = 'cancelled', lease_owner = NULL, lease_expires = NULL, updated_at = now() \
+             WHERE id = $1 AND state IN ('queued', 'running')",
+        )
+        .bind(job_id)
+        .execute(&self.pool)
+        .await
+        .map_err(self.db("cancelling a job"))?;
+        if done.rows_affected() == 1 {
+            Ok(true)
+        } else if self.exists(job_id).await? {
+            Ok(false)
+        } else {
+            Err(QueueError::NotFound(job_id.to_string()))
+        }
     }
-    async fn retry(&self, _: &str) -> Result<bool, QueueError> {
-        Err(QueueError::Database("unfinished".into()))
+
+    async fn retry(&self, job_id: &str) -> Result<bool, QueueError> {
+        let done = sqlx::query(
+            "UPDATE jobs SET state = 'queued', attempts = 0, not_before = now(), lease_owner = NULL, \
+             lease_expires = NULL, updated_at = now() \
+             WHERE id = $1 AND state IN ('failed', 'cancelled') AND NOT EXISTS ( \
+                 SELECT 1 FROM jobs AS open WHERE open.ticket = jobs.ticket \
+                   AND open.state IN ('queued', 'running'))",
+        )
+        .bind(job_id)
+        .execute(&self.pool)
+        .await;
+        match done {
+            Ok(done) if done.rows_affected() == 1 => Ok(true),
+            // The one-open-job-per-ticket index: another job for the ticket opened concurrently.
+            Err(e) if is_unique_violation(&e) => Ok(false),
+            Err(e) => Err(self.db("retrying a job")(e)),
+            Ok(_) => {
+                if self.exists(job_id).await? {
+                    Ok(false)
+                } else {
+                    Err(QueueError::NotFound(job_id.to_string()))
+                }
+            }
+        }
     }
-    async fn get(&self, _: &str) -> Result<Option<super::Job>, QueueError> {
-        Err(QueueError::Database("unfinished".into()))
+
+    async fn get(&self, job_id: &str) -> Result<Option<Job>, QueueError> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            job_columns!(),
+            " FROM jobs WHERE id = $1"
+        ))
+        .bind(job_id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(self.db("reading a job"))?;
+        row.as_ref().map(job_from_row).transpose()
     }
-    async fn list(&self, _: &super::JobFilter) -> Result<Vec<super::Job>, QueueError> {
-        Err(QueueError::Database("unfinished".into()))
+
+    async fn list(&self, filter: &JobFilter) -> Result<Vec<Job>, QueueError> {
+        let limit = if filter.limit == 0 { 100 } else { filter.limit };
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            job_columns!(),
+            " FROM jobs WHERE ($1::text IS NULL OR state = $1) AND ($2::text IS NULL OR ticket = $2) \
+             ORDER BY created_at DESC, seq DESC LIMIT $3"
+        ))
+        .bind(filter.state.map(JobState::as_str))
+        .bind(filter.ticket.as_deref())
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(self.db("listing jobs"))?;
+        rows.iter().map(job_from_row).collect()
     }
+
     async fn set_progress(
         &self,
-        _: &str,
-        _: &str,
-        _: &str,
-        _: serde_json::Value,
+        job_id: &str,
+        worker: &str,
+        key: &str,
+        value: Value,
     ) -> Result<(), QueueError> {
-        Err(QueueError::Database("unfinished".into()))
+        let done = sqlx::query(
+            "UPDATE jobs SET progress = progress || jsonb_build_object($1::text, $2::jsonb), updated_at = now() \
+             WHERE id = $3 AND state = 'running' AND lease_owner = $4",
+        )
+        .bind(key)
+        .bind(&value)
+        .bind(job_id)
+        .bind(worker)
+        .execute(&self.pool)
+        .await
+        .map_err(self.db("recording progress"))?;
+        if done.rows_affected() == 1 {
+            Ok(())
+        } else {
+            Err(self.not_held(job_id).await)
+        }
     }
+
     async fn ping(&self) -> Result<(), QueueError> {
-        Err(QueueError::Database("unfinished".into()))
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(self.db("ping"))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_decoding_of_passwords() {
+        assert_eq!(percent_decode("p%40ss%2Fw").unwrap(), "p@ss/w");
+        assert_eq!(percent_decode("plain").unwrap(), "plain");
+        assert_eq!(percent_decode("trailing%4").unwrap(), "trailing%4");
+    }
+
+    #[test]
+    fn scrubbing_removes_every_form_of_the_password() {
+        let secrets = vec![Secret::new("p%40ss"), Secret::new("p@ss")];
+        let m = scrub_with(&secrets, "auth failed for p@ss and p%40ss".into());
+        assert_eq!(m, "auth failed for *** and ***");
+    }
+
+    #[tokio::test]
+    async fn a_bad_url_names_no_password() {
+        let err = PgQueue::connect("postgres://u:hunter2@[::1")
+            .await
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(!err.contains("hunter2"), "{err}");
+        let err = PgQueue::connect("postgres://u:hunter2@127.0.0.1:1/db?sslmode=bogus")
+            .await
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(!err.contains("hunter2"), "{err}");
     }
 }

@@ -1,16 +1,282 @@
-//! (being written: the sqlite backend)
-use super::QueueError;
+//! The SQLite backend: one file in the data directory, for one host.
+//!
+//! Several `drafter` processes on the host may open the same file, so the database itself is what serializes them:
+//! - every statement that writes runs inside `BEGIN IMMEDIATE`, which takes SQLite's single write lock up front.
+//!   Reads and the decision based on them (is this delivery known? is there an open job for the ticket? which job is
+//!   the oldest claimable?) therefore happen under the same lock as the write, so two connections (in one process
+//!   or in two) can never both create a job for one ticket or claim the same job. A deferred transaction would
+//!   instead fail with `SQLITE_BUSY` when it upgrades to a writer, which `busy_timeout` cannot wait out in WAL mode;
+//! - a partial unique index (`jobs(ticket) WHERE state IN ('queued','running')`) is the backstop for the
+//!   one-open-job-per-ticket rule;
+//! - WAL mode lets readers (`drafter jobs`, `/readyz`) proceed while a writer holds the lock, `busy_timeout` makes
+//!   writers wait for each other instead of failing, and `synchronous=FULL` makes a commit survive a power cut (a
+//!   webhook is answered 2xx only after the enqueue committed).
+//!
+//! Instants are stored as integer Unix milliseconds (UTC) from the process clock, so they compare as numbers; one
+//! host means one clock. JSON columns are TEXT.
 
-/// The sqlite backend.
-pub struct SqliteQueue;
+use std::path::Path;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::{Connection, Row, Sqlite, SqliteConnection, SqlitePool, Transaction};
+
+use super::{
+    backoff, gave_up, new_job_id, worker_lost, Claim, Enqueued, Failure, Job, JobFilter, JobState,
+    NewJob, QueueError, Trigger,
+};
+
+/// How long a writer waits for another writer (in this or another process) before giving up.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connections per process. SQLite has one writer at a time anyway; a few connections let reads overlap a write.
+const POOL_SIZE: u32 = 4;
+
+/// The schema, one entry per version; never edit an entry once released, append a new one.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE jobs (
+    seq           INTEGER PRIMARY KEY AUTOINCREMENT,
+    id            TEXT    NOT NULL UNIQUE,
+    ticket        TEXT    NOT NULL,
+    project       TEXT    NOT NULL,
+    state         TEXT    NOT NULL
+                  CHECK (state IN ('queued', 'running', 'succeeded', 'failed', 'cancelled')),
+    attempts      INTEGER NOT NULL DEFAULT 0,
+    max_attempts  INTEGER NOT NULL,
+    not_before    INTEGER NOT NULL,
+    lease_owner   TEXT,
+    lease_expires INTEGER,
+    triggers      TEXT    NOT NULL DEFAULT '[]',
+    last_error    TEXT,
+    outcome       TEXT,
+    progress      TEXT    NOT NULL DEFAULT '{}',
+    created_at    INTEGER NOT NULL,
+    updated_at    INTEGER NOT NULL
+);
+CREATE UNIQUE INDEX jobs_one_open_per_ticket ON jobs (ticket) WHERE state IN ('queued', 'running');
+CREATE INDEX jobs_state_not_before ON jobs (state, not_before);
+CREATE INDEX jobs_ticket ON jobs (ticket);
+CREATE INDEX jobs_created ON jobs (created_at, seq);
+-- Claims scan open jobs oldest first; finished jobs pile up and must not slow that down.
+CREATE INDEX jobs_open_by_age ON jobs (created_at, seq) WHERE state IN ('queued', 'running');
+CREATE TABLE deliveries (
+    key        TEXT    PRIMARY KEY NOT NULL,
+    job_id     TEXT    NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+    created_at INTEGER NOT NULL
+);
+CREATE INDEX deliveries_job ON deliveries (job_id);
+"#];
+
+/// The columns [`job_from_row`] reads, as a literal so queries stay `&'static str`.
+macro_rules! job_columns {
+    () => {
+        "id, ticket, project, state, attempts, max_attempts, not_before, lease_owner, lease_expires, triggers, \
+         last_error, outcome, progress, created_at, updated_at"
+    };
+}
+
+/// The SQLite queue. Cheap to share behind an `Arc`; all state is in the file.
+pub struct SqliteQueue {
+    pool: SqlitePool,
+}
 
 impl SqliteQueue {
-    /// Opens the queue.
-    pub async fn open(_path: &std::path::Path) -> Result<SqliteQueue, QueueError> {
-        Err(QueueError::Database(
-            "the sqlite backend is being written".into(),
-        ))
+    /// Opens (creating the file and its parent directories if missing) and migrates the queue at `path`.
+    pub async fn open(path: &Path) -> Result<SqliteQueue, QueueError> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            tokio::fs::create_dir_all(parent)
+                .await
+                .map_err(|e| QueueError::Database(format!("creating {}: {e}", parent.display())))?;
+        }
+        let shown = path.display().to_string();
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .foreign_keys(true)
+            .busy_timeout(BUSY_TIMEOUT)
+            .synchronous(SqliteSynchronous::Full);
+        enable_wal(&options, &shown).await?;
+        let pool = SqlitePoolOptions::new()
+            .max_connections(POOL_SIZE)
+            .acquire_timeout(BUSY_TIMEOUT + Duration::from_secs(5))
+            .connect_with(options)
+            .await
+            .map_err(db(&format!("opening {shown}")))?;
+        let queue = SqliteQueue { pool };
+        queue.migrate().await.map_err(|e| match e {
+            QueueError::Database(m) => QueueError::Database(format!("{shown}: {m}")),
+            other => other,
+        })?;
+        tracing::debug!(path = %shown, "sqlite queue open");
+        Ok(queue)
     }
+
+    /// Brings the schema up to date under the write lock, so processes opening the file at once take turns.
+    async fn migrate(&self) -> Result<(), QueueError> {
+        let mut tx = self.begin().await?;
+        sqlx::raw_sql("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            .execute(&mut *tx)
+            .await
+            .map_err(db("creating schema_version"))?;
+        let current: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM schema_version")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db("reading the schema version"))?;
+        let current = usize::try_from(current.unwrap_or(0)).unwrap_or(usize::MAX);
+        if current > MIGRATIONS.len() {
+            return Err(QueueError::Database(format!(
+                "schema version {current} is newer than this drafter understands ({}): upgrade drafter",
+                MIGRATIONS.len()
+            )));
+        }
+        for (i, migration) in MIGRATIONS.iter().enumerate().skip(current) {
+            let version = i as i64 + 1;
+            sqlx::raw_sql(*migration)
+                .execute(&mut *tx)
+                .await
+                .map_err(db(&format!("migrating to schema version {version}")))?;
+            sqlx::query("INSERT INTO schema_version (version) VALUES (?)")
+                .bind(version)
+                .execute(&mut *tx)
+                .await
+                .map_err(db("recording the schema version"))?;
+            tracing::info!(version, "sqlite queue schema migrated");
+        }
+        tx.commit().await.map_err(db("committing the migration"))
+    }
+
+    /// A transaction holding the write lock from its first statement.
+    async fn begin(&self) -> Result<Transaction<'static, Sqlite>, QueueError> {
+        self.pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db("starting a transaction"))
+    }
+
+    /// Why a lease-holder-only update touched no row: the job is missing, or this worker does not hold it.
+    async fn not_held(&self, job_id: &str) -> QueueError {
+        match self.exists(job_id).await {
+            Ok(false) => QueueError::NotFound(job_id.to_string()),
+            Ok(true) => QueueError::LeaseLost(job_id.to_string()),
+            Err(e) => e,
+        }
+    }
+
+    async fn exists(&self, job_id: &str) -> Result<bool, QueueError> {
+        let found: Option<i64> = sqlx::query_scalar("SELECT 1 FROM jobs WHERE id = ?")
+            .bind(job_id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db("looking up a job"))?;
+        Ok(found.is_some())
+    }
+}
+
+/// Switches the file to WAL mode. Changing the journal mode needs an exclusive lock that `busy_timeout` does not
+/// wait for, so when another process holds the file (typically while it is doing the same), retry for a while.
+/// WAL mode is a property of the file, so the pool's connections need not set it again.
+async fn enable_wal(options: &SqliteConnectOptions, shown: &str) -> Result<(), QueueError> {
+    let deadline = tokio::time::Instant::now() + BUSY_TIMEOUT;
+    loop {
+        let attempt = async {
+            let mut conn = SqliteConnection::connect_with(options).await?;
+            let mode: String = sqlx::query_scalar("PRAGMA journal_mode = WAL")
+                .fetch_one(&mut conn)
+                .await?;
+            let _ = conn.close().await;
+            Ok::<String, sqlx::Error>(mode)
+        }
+        .await;
+        match attempt {
+            Ok(mode) if mode.eq_ignore_ascii_case("wal") => return Ok(()),
+            Ok(mode) => {
+                return Err(QueueError::Database(format!(
+                    "{shown}: could not switch to WAL mode (journal mode is {mode})"
+                )))
+            }
+            Err(e) if is_busy(&e) && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            Err(e) => return Err(db(&format!("opening {shown}"))(e)),
+        }
+    }
+}
+
+fn is_busy(e: &sqlx::Error) -> bool {
+    match e {
+        // SQLITE_BUSY (5) and SQLITE_LOCKED (6), with their extended codes (primary code in the low byte).
+        sqlx::Error::Database(d) => d
+            .code()
+            .and_then(|c| c.parse::<i64>().ok())
+            .is_some_and(|c| matches!(c & 0xff, 5 | 6)),
+        _ => false,
+    }
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+}
+
+/// Maps a database error to [`QueueError::Database`] with what was being done.
+fn db(context: &str) -> impl FnOnce(sqlx::Error) -> QueueError + '_ {
+    move |e| QueueError::Database(format!("{context}: {e}"))
+}
+
+fn now_ms() -> i64 {
+    Utc::now().timestamp_millis()
+}
+
+fn duration_ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn ms_to_time(ms: i64, column: &str) -> Result<DateTime<Utc>, QueueError> {
+    DateTime::from_timestamp_millis(ms)
+        .ok_or_else(|| QueueError::Database(format!("stored {column} {ms} is not a valid instant")))
+}
+
+fn to_u32(v: i64, column: &str) -> Result<u32, QueueError> {
+    u32::try_from(v)
+        .map_err(|_| QueueError::Database(format!("stored {column} {v} is out of range")))
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(text: &str, column: &str) -> Result<T, QueueError> {
+    serde_json::from_str(text)
+        .map_err(|e| QueueError::Database(format!("stored {column} is not valid JSON: {e}")))
+}
+
+fn job_from_row(row: &SqliteRow) -> Result<Job, QueueError> {
+    let get = |e: sqlx::Error| QueueError::Database(format!("reading a job row: {e}"));
+    let state: String = row.try_get("state").map_err(get)?;
+    let state = JobState::parse(&state)
+        .ok_or_else(|| QueueError::Database(format!("stored state `{state}` is unknown")))?;
+    let triggers: String = row.try_get("triggers").map_err(get)?;
+    let outcome: Option<String> = row.try_get("outcome").map_err(get)?;
+    let progress: String = row.try_get("progress").map_err(get)?;
+    let lease_expires: Option<i64> = row.try_get("lease_expires").map_err(get)?;
+    Ok(Job {
+        id: row.try_get("id").map_err(get)?,
+        ticket: row.try_get("ticket").map_err(get)?,
+        project: row.try_get("project").map_err(get)?,
+        state,
+        attempts: to_u32(row.try_get("attempts").map_err(get)?, "attempts")?,
+        max_attempts: to_u32(row.try_get("max_attempts").map_err(get)?, "max_attempts")?,
+        not_before: ms_to_time(row.try_get("not_before").map_err(get)?, "not_before")?,
+        lease_owner: row.try_get("lease_owner").map_err(get)?,
+        lease_expires: lease_expires
+            .map(|ms| ms_to_time(ms, "lease_expires"))
+            .transpose()?,
+        triggers: parse_json::<Vec<Trigger>>(&triggers, "triggers")?,
+        last_error: row.try_get("last_error").map_err(get)?,
+        outcome: outcome
+            .map(|o| parse_json::<Value>(&o, "outcome"))
+            .transpose()?,
+        progress: parse_json::<Value>(&progress, "progress")?,
+        created_at: ms_to_time(row.try_get("created_at").map_err(get)?, "created_at")?,
+        updated_at: ms_to_time(row.try_get("updated_at").map_err(get)?, "updated_at")?,
+    })
 }
 
 #[async_trait::async_trait]
@@ -18,56 +284,435 @@ impl super::Queue for SqliteQueue {
     fn backend(&self) -> &'static str {
         "sqlite"
     }
-    async fn enqueue(&self, _: super::NewJob) -> Result<super::Enqueued, QueueError> {
-        Err(QueueError::Database("unfinished".into()))
+
+    async fn enqueue(&self, job: NewJob) -> Result<Enqueued, QueueError> {
+        let trigger = serde_json::to_string(&job.trigger)
+            .map_err(|e| QueueError::Database(format!("encoding the trigger: {e}")))?;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            // The write lock serializes enqueues; the unique indexes only fire on a bug or a foreign writer, and
+            // then the retry re-reads their committed rows.
+            match self.try_enqueue(&job, &trigger).await {
+                Err(EnqueueError::Race(e)) if attempt < super::ENQUEUE_RETRIES => {
+                    tracing::debug!(error = %e, attempt, "enqueue lost a race; retrying");
+                }
+                Err(EnqueueError::Race(e)) => {
+                    return Err(QueueError::Database(format!(
+                        "enqueue kept conflicting after {attempt} tries: {e}"
+                    )))
+                }
+                Err(EnqueueError::Queue(e)) => return Err(e),
+                Ok(done) => return Ok(done),
+            }
+        }
     }
-    async fn claim(&self, _: &super::Claim) -> Result<Option<super::Job>, QueueError> {
-        Err(QueueError::Database("unfinished".into()))
+
+    async fn claim(&self, claim: &Claim) -> Result<Option<Job>, QueueError> {
+        let now = now_ms();
+        let exclude = serde_json::to_string(&claim.exclude_projects)
+            .map_err(|e| QueueError::Database(format!("encoding exclude_projects: {e}")))?;
+        let mut tx = self.begin().await?;
+        // Jobs whose worker died on their last allowed attempt are failed, not run a further time.
+        let dead: Vec<(String, i64, i64)> = sqlx::query_as(
+            "SELECT id, attempts, max_attempts FROM jobs \
+             WHERE state = 'running' AND lease_expires < ? AND attempts >= max_attempts",
+        )
+        .bind(now)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db("finding jobs whose worker was lost"))?;
+        for (id, attempts, max_attempts) in dead {
+            let (attempts, max_attempts) = (
+                to_u32(attempts, "attempts")?,
+                to_u32(max_attempts, "max_attempts")?,
+            );
+            sqlx::query(
+                "UPDATE jobs SET state = 'failed', last_error = ?, lease_owner = NULL, lease_expires = NULL, \
+                 updated_at = ? WHERE id = ?",
+            )
+            .bind(worker_lost(attempts, max_attempts))
+            .bind(now)
+            .bind(&id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("failing a job whose worker was lost"))?;
+            tracing::warn!(job = %id, attempts, "job failed: its worker was lost on the last attempt");
+        }
+        let row = sqlx::query(concat!(
+            "UPDATE jobs SET state = 'running', lease_owner = ?1, lease_expires = ?2, attempts = attempts + 1, \
+             updated_at = ?3 \
+             WHERE id = (SELECT id FROM jobs \
+                 WHERE state IN ('queued', 'running') AND ((state = 'queued' AND not_before <= ?3) \
+                        OR (state = 'running' AND lease_expires < ?3 AND attempts < max_attempts)) \
+                   AND project NOT IN (SELECT value FROM json_each(?4)) \
+                 ORDER BY created_at, seq LIMIT 1) \
+             RETURNING ",
+            job_columns!()
+        ))
+        .bind(&claim.worker)
+        .bind(now.saturating_add(duration_ms(claim.lease)))
+        .bind(now)
+        .bind(&exclude)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db("claiming a job"))?;
+        let job = row.as_ref().map(job_from_row).transpose()?;
+        tx.commit().await.map_err(db("committing a claim"))?;
+        Ok(job)
     }
+
     async fn heartbeat(
         &self,
-        _: &str,
-        _: &str,
-        _: std::time::Duration,
+        job_id: &str,
+        worker: &str,
+        lease: Duration,
     ) -> Result<bool, QueueError> {
-        Err(QueueError::Database("unfinished".into()))
+        let now = now_ms();
+        let done = sqlx::query(
+            "UPDATE jobs SET lease_expires = ?, updated_at = ? \
+             WHERE id = ? AND state = 'running' AND lease_owner = ?",
+        )
+        .bind(now.saturating_add(duration_ms(lease)))
+        .bind(now)
+        .bind(job_id)
+        .bind(worker)
+        .execute(&self.pool)
+        .await
+        .map_err(db("renewing a lease"))?;
+        Ok(done.rows_affected() == 1)
     }
-    async fn complete(&self, _: &str, _: &str, _: serde_json::Value) -> Result<(), QueueError> {
-        Err(QueueError::Database("unfinished".into()))
+
+    async fn complete(&self, job_id: &str, worker: &str, outcome: Value) -> Result<(), QueueError> {
+        let done = sqlx::query(
+            "UPDATE jobs SET state = 'succeeded', outcome = ?, lease_owner = NULL, lease_expires = NULL, \
+             updated_at = ? WHERE id = ? AND state = 'running' AND lease_owner = ?",
+        )
+        .bind(outcome.to_string())
+        .bind(now_ms())
+        .bind(job_id)
+        .bind(worker)
+        .execute(&self.pool)
+        .await
+        .map_err(db("completing a job"))?;
+        if done.rows_affected() == 1 {
+            Ok(())
+        } else {
+            Err(self.not_held(job_id).await)
+        }
     }
+
     async fn fail(
         &self,
-        _: &str,
-        _: &str,
-        _: super::Failure,
-    ) -> Result<super::JobState, QueueError> {
-        Err(QueueError::Database("unfinished".into()))
+        job_id: &str,
+        worker: &str,
+        failure: Failure,
+    ) -> Result<JobState, QueueError> {
+        let now = now_ms();
+        let mut tx = self.begin().await?;
+        let row: Option<(i64, i64)> = sqlx::query_as(
+            "SELECT attempts, max_attempts FROM jobs WHERE id = ? AND state = 'running' AND lease_owner = ?",
+        )
+        .bind(job_id)
+        .bind(worker)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db("reading a job"))?;
+        let Some((attempts, max_attempts)) = row else {
+            drop(tx);
+            return Err(self.not_held(job_id).await);
+        };
+        let (attempts, max_attempts) = (
+            to_u32(attempts, "attempts")?,
+            to_u32(max_attempts, "max_attempts")?,
+        );
+        let (state, error, not_before) = match failure {
+            Failure::Retryable { error, retry_after } if attempts < max_attempts => {
+                let wait = backoff(attempts, retry_after);
+                (
+                    JobState::Queued,
+                    error,
+                    now.saturating_add(duration_ms(wait)),
+                )
+            }
+            Failure::Retryable { error, .. } => (JobState::Failed, gave_up(&error, attempts), now),
+            Failure::Permanent { error } => (JobState::Failed, error, now),
+        };
+        sqlx::query(
+            "UPDATE jobs SET state = ?, last_error = ?, not_before = ?, lease_owner = NULL, lease_expires = NULL, \
+             updated_at = ? WHERE id = ?",
+        )
+        .bind(state.as_str())
+        .bind(&error)
+        .bind(not_before)
+        .bind(now)
+        .bind(job_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(db("recording a failure"))?;
+        tx.commit().await.map_err(db("committing a failure"))?;
+        Ok(state)
     }
-    async fn release(&self, _: &str, _: &str) -> Result<(), QueueError> {
-        Err(QueueError::Database("unfinished".into()))
+
+    async fn release(&self, job_id: &str, worker: &str) -> Result<(), QueueError> {
+        let now = now_ms();
+        let done = sqlx::query(
+            "UPDATE jobs SET state = 'queued', not_before = ?, lease_owner = NULL, lease_expires = NULL, \
+             attempts = MAX(attempts - 1, 0), updated_at = ? \
+             WHERE id = ? AND state = 'running' AND lease_owner = ?",
+        )
+        .bind(now)
+        .bind(now)
+        .bind(job_id)
+        .bind(worker)
+        .execute(&self.pool)
+        .await
+        .map_err(db("releasing a job"))?;
+        if done.rows_affected() == 1 {
+            Ok(())
+        } else {
+            Err(self.not_held(job_id).await)
+        }
     }
-    async fn cancel(&self, _: &str) -> Result<bool, QueueError> {
-        Err(QueueError::Database("unfinished".into()))
+
+    async fn cancel(&self, job_id: &str) -> Result<bool, QueueError> {
+        let done = sqlx::query(
+            "UPDATE jobs SET state = 'cancelled', lease_owner = NULL, lease_expires = NULL, updated_at = ? \
+             WHERE id = ? AND state IN ('queued', 'running')",
+        )
+        .bind(now_ms())
+        .bind(job_id)
+        .execute(&self.pool)
+        .await
+        .map_err(db("cancelling a job"))?;
+        if done.rows_affected() == 1 {
+            Ok(true)
+        } else if self.exists(job_id).await? {
+            Ok(false)
+        } else {
+            Err(QueueError::NotFound(job_id.to_string()))
+        }
     }
-    async fn retry(&self, _: &str) -> Result<bool, QueueError> {
-        Err(QueueError::Database("unfinished".into()))
+
+    async fn retry(&self, job_id: &str) -> Result<bool, QueueError> {
+        let now = now_ms();
+        let done = sqlx::query(
+            "UPDATE jobs SET state = 'queued', attempts = 0, not_before = ?, lease_owner = NULL, \
+             lease_expires = NULL, updated_at = ? \
+             WHERE id = ? AND state IN ('failed', 'cancelled') AND NOT EXISTS ( \
+                 SELECT 1 FROM jobs AS open WHERE open.ticket = jobs.ticket \
+                   AND open.state IN ('queued', 'running'))",
+        )
+        .bind(now)
+        .bind(now)
+        .bind(job_id)
+        .execute(&self.pool)
+        .await;
+        match done {
+            Ok(done) if done.rows_affected() == 1 => Ok(true),
+            // The one-open-job-per-ticket index: another job for the ticket opened meanwhile.
+            Err(e) if is_unique_violation(&e) => Ok(false),
+            Err(e) => Err(db("retrying a job")(e)),
+            Ok(_) if self.exists(job_id).await? => Ok(false),
+            Ok(_) => Err(QueueError::NotFound(job_id.to_string())),
+        }
     }
-    async fn get(&self, _: &str) -> Result<Option<super::Job>, QueueError> {
-        Err(QueueError::Database("unfinished".into()))
+
+    async fn get(&self, job_id: &str) -> Result<Option<Job>, QueueError> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            job_columns!(),
+            " FROM jobs WHERE id = ?"
+        ))
+        .bind(job_id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("reading a job"))?;
+        row.as_ref().map(job_from_row).transpose()
     }
-    async fn list(&self, _: &super::JobFilter) -> Result<Vec<super::Job>, QueueError> {
-        Err(QueueError::Database("unfinished".into()))
+
+    async fn list(&self, filter: &JobFilter) -> Result<Vec<Job>, QueueError> {
+        let limit = if filter.limit == 0 { 100 } else { filter.limit };
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            job_columns!(),
+            " FROM jobs WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR ticket = ?2) \
+             ORDER BY created_at DESC, seq DESC LIMIT ?3"
+        ))
+        .bind(filter.state.map(JobState::as_str))
+        .bind(filter.ticket.as_deref())
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("listing jobs"))?;
+        rows.iter().map(job_from_row).collect()
     }
+
     async fn set_progress(
         &self,
-        _: &str,
-        _: &str,
-        _: &str,
-        _: serde_json::Value,
+        job_id: &str,
+        worker: &str,
+        key: &str,
+        value: Value,
     ) -> Result<(), QueueError> {
-        Err(QueueError::Database("unfinished".into()))
+        let mut tx = self.begin().await?;
+        let progress: Option<String> = sqlx::query_scalar(
+            "SELECT progress FROM jobs WHERE id = ? AND state = 'running' AND lease_owner = ?",
+        )
+        .bind(job_id)
+        .bind(worker)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db("reading progress"))?;
+        let Some(progress) = progress else {
+            drop(tx);
+            return Err(self.not_held(job_id).await);
+        };
+        // Read-modify-write under the write lock: any key is fine, with no JSON-path quoting to get wrong.
+        let mut progress = match parse_json::<Value>(&progress, "progress")? {
+            Value::Object(map) => map,
+            _ => serde_json::Map::new(),
+        };
+        progress.insert(key.to_string(), value);
+        sqlx::query("UPDATE jobs SET progress = ?, updated_at = ? WHERE id = ?")
+            .bind(Value::Object(progress).to_string())
+            .bind(now_ms())
+            .bind(job_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("recording progress"))?;
+        tx.commit().await.map_err(db("committing progress"))
     }
+
     async fn ping(&self) -> Result<(), QueueError> {
-        Err(QueueError::Database("unfinished".into()))
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(db("ping"))?;
+        Ok(())
+    }
+}
+
+/// An enqueue attempt's failure: a lost race worth retrying, or a real error.
+enum EnqueueError {
+    Race(sqlx::Error),
+    Queue(QueueError),
+}
+
+impl SqliteQueue {
+    async fn try_enqueue(&self, job: &NewJob, trigger: &str) -> Result<Enqueued, EnqueueError> {
+        let step = |context: &'static str| {
+            move |e: sqlx::Error| {
+                if is_unique_violation(&e) {
+                    EnqueueError::Race(e)
+                } else {
+                    EnqueueError::Queue(db(context)(e))
+                }
+            }
+        };
+        let now = now_ms();
+        let mut tx = self.begin().await.map_err(EnqueueError::Queue)?;
+        let seen: Option<String> =
+            sqlx::query_scalar("SELECT job_id FROM deliveries WHERE key = ?")
+                .bind(&job.trigger.delivery)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(step("looking up the delivery"))?;
+        if let Some(id) = seen {
+            return Ok(Enqueued::Duplicate(id));
+        }
+        let open: Option<String> = sqlx::query_scalar(
+            "SELECT id FROM jobs WHERE ticket = ? AND state IN ('queued', 'running')",
+        )
+        .bind(&job.ticket)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(step("looking up an open job"))?;
+        let outcome = match open {
+            Some(id) => {
+                sqlx::query(
+                    "UPDATE jobs SET triggers = json_insert(triggers, '$[#]', json(?)), updated_at = ? \
+                     WHERE id = ?",
+                )
+                .bind(trigger)
+                .bind(now)
+                .bind(&id)
+                .execute(&mut *tx)
+                .await
+                .map_err(step("recording the trigger"))?;
+                Enqueued::Absorbed(id)
+            }
+            None => {
+                let id = new_job_id();
+                sqlx::query(
+                    "INSERT INTO jobs (id, ticket, project, state, attempts, max_attempts, not_before, triggers, \
+                     progress, created_at, updated_at) \
+                     VALUES (?1, ?2, ?3, 'queued', 0, ?4, ?5, json_array(json(?6)), '{}', ?5, ?5)",
+                )
+                .bind(&id)
+                .bind(&job.ticket)
+                .bind(&job.project)
+                .bind(i64::from(job.max_attempts))
+                .bind(now)
+                .bind(trigger)
+                .execute(&mut *tx)
+                .await
+                .map_err(step("inserting the job"))?;
+                Enqueued::Created(id)
+            }
+        };
+        sqlx::query("INSERT INTO deliveries (key, job_id, created_at) VALUES (?, ?, ?)")
+            .bind(&job.trigger.delivery)
+            .bind(outcome.job_id())
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(step("recording the delivery"))?;
+        tx.commit()
+            .await
+            .map_err(|e| EnqueueError::Queue(db("committing the enqueue")(e)))?;
+        Ok(outcome)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instants_round_trip_through_milliseconds() {
+        let t = ms_to_time(1_700_000_000_123, "t").unwrap();
+        assert_eq!(t.timestamp_millis(), 1_700_000_000_123);
+        assert!(ms_to_time(i64::MAX, "t").is_err());
+        assert_eq!(duration_ms(Duration::from_secs(u64::MAX)), i64::MAX);
+    }
+
+    #[tokio::test]
+    async fn open_creates_parent_directories_and_migrates_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a/b/queue.sqlite");
+        let q = SqliteQueue::open(&path).await.unwrap();
+        drop(q);
+        // A second open finds the schema current and leaves it alone.
+        let q = SqliteQueue::open(&path).await.unwrap();
+        let versions: Vec<i64> = sqlx::query_scalar("SELECT version FROM schema_version")
+            .fetch_all(&q.pool)
+            .await
+            .unwrap();
+        assert_eq!(versions, vec![1]);
+    }
+
+    #[tokio::test]
+    async fn a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("queue.sqlite");
+        let q = SqliteQueue::open(&path).await.unwrap();
+        sqlx::query("INSERT INTO schema_version (version) VALUES (99)")
+            .execute(&q.pool)
+            .await
+            .unwrap();
+        drop(q);
+        let err = SqliteQueue::open(&path).await.err().unwrap().to_string();
+        assert!(err.contains("schema version 99"), "{err}");
     }
 }

@@ -67,6 +67,10 @@ struct Inner {
     merge_attempts: usize,
     requests: Vec<RecordedRequest>,
     api_failure: Option<u16>,
+    /// Delay before serving git requests (to hold a job in its clone).
+    git_delay: std::time::Duration,
+    /// Delay before answering `POST .../pulls` (to hold a job between its push and its PR).
+    pr_delay: std::time::Duration,
 }
 
 type Shared = Arc<Mutex<Inner>>;
@@ -110,6 +114,8 @@ impl GithubStandIn {
             merge_attempts: 0,
             requests: Vec::new(),
             api_failure: None,
+            git_delay: std::time::Duration::ZERO,
+            pr_delay: std::time::Duration::ZERO,
         }));
         let app = Router::new().fallback(handle).with_state(state.clone());
         let server = tokio::spawn(async move {
@@ -233,6 +239,17 @@ impl GithubStandIn {
         self.with_repo(full_name, |r| r.drafts_supported = supported);
     }
 
+    /// Delays every git (smart HTTP) request by this long.
+    pub fn set_git_delay(&self, delay: std::time::Duration) {
+        lock(&self.state).git_delay = delay;
+    }
+
+    /// Delays every pull request creation by this long (the PR is still created, after the delay, even if the
+    /// client has gone: like a request GitHub received just before the caller crashed).
+    pub fn set_pr_delay(&self, delay: std::time::Duration) {
+        lock(&self.state).pr_delay = delay;
+    }
+
     /// Every API request answers `status` (e.g. 502) until set back to `None`. Git is unaffected.
     pub fn set_api_failure(&self, status: Option<u16>) {
         lock(&self.state).api_failure = status;
@@ -339,6 +356,32 @@ async fn handle(State(state): State<Shared>, req: Request) -> Response {
         &parts.headers,
         &body,
     ));
+    let (git_delay, pr_delay) = {
+        let st = lock(&state);
+        (st.git_delay, st.pr_delay)
+    };
+    if path.contains(".git/") && !git_delay.is_zero() {
+        tokio::time::sleep(git_delay).await;
+    }
+    if parts.method == Method::POST && path.ends_with("/pulls") && !pr_delay.is_zero() {
+        // Finish the creation even if the client disconnects meanwhile.
+        let (state2, parts2, body2, query2) =
+            (state.clone(), parts.clone(), body.clone(), query.clone());
+        let api_path = path.trim_start_matches("/api/v3/").to_string();
+        return tokio::spawn(async move {
+            tokio::time::sleep(pr_delay).await;
+            api(
+                &state2,
+                &parts2.method,
+                &api_path,
+                query2.as_deref(),
+                &parts2.headers,
+                &body2,
+            )
+        })
+        .await
+        .unwrap_or_else(|_| json_response(500, json!({"message": "stand-in task failed"})));
+    }
     if let Some(api_path) = path.strip_prefix("/api/v3/") {
         api(
             &state,
@@ -503,6 +546,27 @@ fn api(
             }
         }
         (Method::POST, ["pulls"]) => create_pull(&mut st, &full, body),
+        // https://docs.github.com/rest/pulls/pulls#update-a-pull-request
+        (Method::PATCH, ["pulls", number]) => {
+            let Ok(req) = serde_json::from_slice::<Value>(body) else {
+                return json_response(400, json!({"message": "Problems parsing JSON"}));
+            };
+            let Some(pr) = st.pulls.get_mut(&full).and_then(|ps| {
+                ps.iter_mut().find(|p| {
+                    p["number"].as_u64().map(|n| n.to_string()).as_deref() == Some(*number)
+                })
+            }) else {
+                return not_found();
+            };
+            for field in ["title", "body"] {
+                if let Some(v) = req.get(field) {
+                    pr[field] = v.clone();
+                    pr["response"][field] = v.clone();
+                }
+            }
+            pr["updates"] = json!(pr["updates"].as_u64().unwrap_or(0) + 1);
+            json_response(200, pr["response"].clone())
+        }
         (Method::GET, ["pulls"]) => {
             let params: HashMap<String, String> = query
                 .unwrap_or("")

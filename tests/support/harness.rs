@@ -20,11 +20,13 @@ pub const JIRA_TOKEN: &str = "jira-TESTSECRET-5d1c9a";
 pub const GITHUB_TOKEN: &str = "ghp_TESTSECRET0000000000000000000000abcd";
 /// The model API key.
 pub const MODEL_KEY: &str = "sk-TESTSECRET-model-7e2b";
+/// The Jira admin webhook's secret.
+pub const WEBHOOK_SECRET: &str = "whsec-TESTSECRET-4411";
 /// The bot's Jira account id.
 pub const BOT_ACCOUNT: &str = "712020:drafter-bot";
 
 /// Every secret value, for leak checks.
-pub const SECRETS: &[&str] = &[JIRA_TOKEN, GITHUB_TOKEN, MODEL_KEY];
+pub const SECRETS: &[&str] = &[JIRA_TOKEN, GITHUB_TOKEN, MODEL_KEY, WEBHOOK_SECRET];
 
 /// The example's repository name.
 pub const DEMO_REPO: &str = "acme/widgets";
@@ -43,6 +45,10 @@ pub struct Options {
     pub wall_time_secs: u64,
     /// `sandbox.command_timeout_secs`.
     pub command_timeout_secs: u64,
+    /// Whole tables appended to the configuration (`[serve]`, `[poll]`).
+    pub extra_toml: String,
+    /// Replay the script per conversation (many jobs, or retried jobs) instead of consuming it once.
+    pub per_conversation: bool,
 }
 
 impl Default for Options {
@@ -54,6 +60,8 @@ impl Default for Options {
             max_total_tokens: 1_000_000,
             wall_time_secs: 300,
             command_timeout_secs: 60,
+            extra_toml: String::new(),
+            per_conversation: false,
         }
     }
 }
@@ -136,7 +144,11 @@ impl Stack {
     pub async fn start(opts: Options) -> Stack {
         let jira = JiraStandIn::start(JIRA_EMAIL, JIRA_TOKEN).await;
         let github = GithubStandIn::start(GITHUB_TOKEN).await;
-        let model = ModelStandIn::start(opts.script).await;
+        let model = if opts.per_conversation {
+            ModelStandIn::start_per_conversation(opts.script).await
+        } else {
+            ModelStandIn::start(opts.script).await
+        };
         model.set_expected_key(Some(MODEL_KEY));
 
         let files = demo_files();
@@ -207,6 +219,8 @@ repos = [{{ name = "{repo}", base = "main", test_command = "python3 -m unittest 
 
 [projects.OTHER]
 repos = [{{ name = "acme/other" }}]
+
+{extra}
 "#,
             data = dir.path().join("data").display(),
             jira = jira.base_url(),
@@ -220,6 +234,7 @@ repos = [{{ name = "acme/other" }}]
             max_tokens = opts.max_total_tokens,
             wall = opts.wall_time_secs,
             timeout = opts.command_timeout_secs,
+            extra = opts.extra_toml,
             repo = DEMO_REPO,
         );
         let config_path = dir.path().join("drafter.toml");
@@ -246,9 +261,157 @@ repos = [{{ name = "acme/other" }}]
             .env("DRAFTER_TEST_JIRA_TOKEN", JIRA_TOKEN)
             .env("DRAFTER_TEST_GITHUB_TOKEN", GITHUB_TOKEN)
             .env("DRAFTER_TEST_MODEL_KEY", MODEL_KEY)
+            .env("DRAFTER_TEST_WEBHOOK_SECRET", WEBHOOK_SECRET)
             .env("DRAFTER_CONFIG", &self.config_path)
             .env("RUST_LOG", "drafter=debug")
             .kill_on_drop(true);
         cmd
+    }
+}
+
+/// `sha256=<hex HMAC-SHA256(WEBHOOK_SECRET, body)>`, as Jira signs admin webhooks (`X-Hub-Signature`).
+pub fn sign(body: &[u8]) -> String {
+    use hmac::{KeyInit, Mac};
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(WEBHOOK_SECRET.as_bytes())
+        .expect("any key length");
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// A Cloud `jira:issue_updated` webhook body assigning `key` to the bot (the shape in the reference notes).
+pub fn assignment_webhook(key: &str, changelog_id: u64) -> serde_json::Value {
+    serde_json::json!({
+        "timestamp": 1_740_947_640_940u64,
+        "webhookEvent": "jira:issue_updated",
+        "issue_event_type_name": "issue_assigned",
+        "user": {"accountId": "712020:developer-ada", "displayName": "Ada"},
+        "issue": {"id": "10411", "key": key, "fields": {
+            "summary": "ticket", "project": {"key": key.split('-').next().unwrap_or("")},
+            "assignee": {"accountId": BOT_ACCOUNT}}},
+        "changelog": {"id": changelog_id.to_string(), "items": [{
+            "field": "assignee", "fieldtype": "jira", "fieldId": "assignee",
+            "from": null, "fromString": null, "to": BOT_ACCOUNT, "toString": "drafter",
+            "tmpFromAccountId": null, "tmpToAccountId": BOT_ACCOUNT}]}
+    })
+}
+
+/// A running `drafter serve` process, with its stderr collected (it must be drained, or the child blocks).
+pub struct ServeProcess {
+    child: tokio::process::Child,
+    /// The address it listens on.
+    pub addr: std::net::SocketAddr,
+    stderr: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl ServeProcess {
+    /// Starts `drafter serve` against `stack` and waits until it listens.
+    pub async fn start(stack: &Stack, bin: &Path) -> ServeProcess {
+        Self::start_with(stack, bin, &[]).await
+    }
+
+    /// Like [`ServeProcess::start`], with extra environment variables (e.g. `DRAFTER_SERVE_QUEUE`).
+    pub async fn start_with(stack: &Stack, bin: &Path, env: &[(&str, &str)]) -> ServeProcess {
+        use tokio::io::AsyncBufReadExt;
+        let mut cmd = stack.drafter(bin, &["serve"]);
+        cmd.env("RUST_LOG", "drafter=info")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn drafter serve");
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (addr_tx, addr_rx) = tokio::sync::oneshot::channel::<std::net::SocketAddr>();
+        let lines = stderr.clone();
+        let pipe = child.stderr.take().expect("stderr");
+        tokio::spawn(async move {
+            let mut reader = tokio::io::BufReader::new(pipe).lines();
+            let mut addr_tx = Some(addr_tx);
+            while let Ok(Some(line)) = reader.next_line().await {
+                if let Some(rest) = line.split("listening on http://").nth(1) {
+                    if let Some(addr) = rest.split_whitespace().next().and_then(|a| a.parse().ok())
+                    {
+                        if let Some(tx) = addr_tx.take() {
+                            let _ = tx.send(addr);
+                        }
+                    }
+                }
+                lines.lock().unwrap_or_else(|p| p.into_inner()).push(line);
+            }
+        });
+        let addr = match tokio::time::timeout(std::time::Duration::from_secs(60), addr_rx).await {
+            Ok(Ok(addr)) => addr,
+            _ => {
+                let _ = child.start_kill();
+                panic!(
+                    "drafter serve did not start listening:\n{}",
+                    stderr.lock().unwrap().join("\n")
+                );
+            }
+        };
+        ServeProcess {
+            child,
+            addr,
+            stderr,
+        }
+    }
+
+    /// Everything it printed on stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .join("\n")
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("running")
+    }
+
+    /// `kill -9`: a crash, no cleanup at all.
+    pub async fn kill9(mut self) {
+        self.child.start_kill().expect("kill");
+        let _ = self.child.wait().await;
+    }
+
+    /// SIGTERM, then waits (bounded) for it to exit; returns its exit status and stderr.
+    pub async fn sigterm(
+        mut self,
+        within: std::time::Duration,
+    ) -> (std::process::ExitStatus, String) {
+        let pid = self.pid().to_string();
+        let ok = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill");
+        assert!(ok.success());
+        let status = tokio::time::timeout(within, self.child.wait())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "drafter serve did not stop within {within:?}:\n{}",
+                    self.stderr()
+                )
+            })
+            .expect("wait");
+        // Let the reader catch the last lines.
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        (status, self.stderr())
+    }
+
+    /// POSTs a signed webhook body; returns the status code.
+    pub async fn webhook(&self, client: &reqwest::Client, body: &serde_json::Value) -> u16 {
+        let bytes = serde_json::to_vec(body).expect("json");
+        let resp = client
+            .post(format!("http://{}/webhooks/jira", self.addr))
+            .header("content-type", "application/json")
+            .header("x-hub-signature", sign(&bytes))
+            .body(bytes)
+            .send()
+            .await
+            .expect("webhook request");
+        resp.status().as_u16()
     }
 }

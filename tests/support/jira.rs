@@ -7,6 +7,15 @@
 //! - Add comment: <https://developer.atlassian.com/cloud/jira/platform/rest/v3/api-group-issue-comments/#api-rest-api-3-issue-issueidorkey-comment-post>
 //!   (`{"body": <ADF doc>}` -> 201; a body that is not an ADF doc, or has an empty text node, -> 400).
 //! - Get current user: <https://developer.atlassian.com/cloud/jira/platform/rest/v3/api-group-myself/#api-rest-api-3-myself-get>.
+//! - Search (Cloud): <https://developer.atlassian.com/cloud/jira/platform/rest/v3/api-group-issue-search/#api-rest-api-3-search-jql-get>
+//!   (`GET /rest/api/3/search/jql`, `nextPageToken` paging, no `total`; the old `/rest/api/{2,3}/search` answers
+//!   410 Gone, as on Cloud since 2025). Search (Data Center):
+//!   <https://docs.atlassian.com/software/jira/docs/api/REST/9.12.0/#api/2/search-search> (`startAt`/`total`).
+//!   Only the JQL drafter sends is understood: `assignee = "x"`, `project in (..)`, `status in (..)`, joined by
+//!   `AND`, with an optional `ORDER BY`; anything else is a 400, like a JQL error on Jira. `expand=changelog` adds
+//!   each issue's change histories, newest first.
+//! - Get comments: <https://developer.atlassian.com/cloud/jira/platform/rest/v3/api-group-issue-comments/#api-rest-api-3-issue-issueidorkey-comment-get>
+//!   (`startAt`/`maxResults`/`total`/`comments`).
 //! - Errors: `{"errorMessages":[...],"errors":{...}}`; authentication is Basic `base64(email:api_token)`
 //!   (<https://developer.atlassian.com/cloud/jira/platform/basic-auth-for-rest-apis/>).
 
@@ -30,7 +39,10 @@ struct Issue {
     id: u64,
     key: String,
     fields: Value,
+    /// Full comment objects (`id`, `author`, `body`, `created` ...), oldest first.
     comments: Vec<Value>,
+    /// Change histories, oldest first.
+    histories: Vec<Value>,
 }
 
 struct Failure {
@@ -47,6 +59,12 @@ struct Inner {
     requests: Vec<RecordedRequest>,
     failure: Option<Failure>,
     next_id: u64,
+    /// Data Center mode: REST v2 search with `startAt`, bearer auth.
+    datacenter: bool,
+    /// Largest page the search and comment listing return, whatever `maxResults` asks.
+    page_size: usize,
+    /// Delay before a comment is stored and answered (to hold a job just before it reports).
+    comment_delay: std::time::Duration,
 }
 
 /// A running stand-in. The server stops when this is dropped.
@@ -66,15 +84,25 @@ fn lock(s: &Shared) -> MutexGuard<'_, Inner> {
 impl JiraStandIn {
     /// Starts the server on `127.0.0.1:0`. Requests must carry `Authorization: Basic base64(email:api_token)`.
     pub async fn start(email: &str, api_token: &str) -> JiraStandIn {
+        let expected_auth = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{email}:{api_token}"))
+        );
+        Self::start_inner(email, expected_auth, false).await
+    }
+
+    /// Starts a Data Center stand-in: requests must carry `Authorization: Bearer <pat>`; search is
+    /// `GET /rest/api/2/search` with `startAt` paging.
+    pub async fn start_datacenter(pat: &str) -> JiraStandIn {
+        Self::start_inner("", format!("Bearer {pat}"), true).await
+    }
+
+    async fn start_inner(email: &str, expected_auth: String, datacenter: bool) -> JiraStandIn {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind 127.0.0.1:0");
         let addr = listener.local_addr().expect("local addr");
         let base_url = format!("http://{addr}");
-        let expected_auth = format!(
-            "Basic {}",
-            base64::engine::general_purpose::STANDARD.encode(format!("{email}:{api_token}"))
-        );
         let state: Shared = Arc::new(Mutex::new(Inner {
             base_url: base_url.clone(),
             email: email.to_string(),
@@ -83,6 +111,9 @@ impl JiraStandIn {
             requests: Vec::new(),
             failure: None,
             next_id: 10000,
+            datacenter,
+            page_size: 50,
+            comment_delay: std::time::Duration::ZERO,
         }));
         let app = Router::new().fallback(handle).with_state(state.clone());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -148,8 +179,69 @@ impl JiraStandIn {
                 key: key.to_string(),
                 fields,
                 comments: Vec::new(),
+                histories: Vec::new(),
             },
         );
+    }
+
+    /// Sets the assignee of `key` (a user object: `{"accountId": ..}` on Cloud, `{"name": .., "key": ..}` on Data
+    /// Center; `Value::Null` unassigns) as `by` did, recording a change history entry like Jira's. Returns the
+    /// entry's id (what a webhook's `changelog.id` would carry).
+    pub fn assign(&self, key: &str, assignee: Value, by: Value) -> String {
+        let mut st = lock(&self.state);
+        st.next_id += 1;
+        let id = st.next_id.to_string();
+        let datacenter = st.datacenter;
+        let Some(issue) = st.issues.get_mut(key) else {
+            panic!("stand-in: no issue {key}");
+        };
+        let user_ref = |u: &Value| {
+            let field = if datacenter { "key" } else { "accountId" };
+            u.get(field).cloned().unwrap_or(Value::Null)
+        };
+        let from = issue.fields.get("assignee").cloned().unwrap_or(Value::Null);
+        let mut item = json!({
+            "field": "assignee",
+            "fieldtype": "jira",
+            "from": user_ref(&from),
+            "fromString": from.get("displayName").cloned().unwrap_or(Value::Null),
+            "to": user_ref(&assignee),
+            "toString": assignee.get("displayName").cloned().unwrap_or(Value::Null),
+        });
+        if !datacenter {
+            item["fieldId"] = json!("assignee");
+            item["tmpFromAccountId"] = user_ref(&from);
+            item["tmpToAccountId"] = user_ref(&assignee);
+        }
+        issue.histories.push(json!({
+            "id": id,
+            "author": by,
+            "created": jira_now(),
+            "items": [item],
+        }));
+        issue.fields["assignee"] = assignee;
+        issue.fields["updated"] = json!(jira_now());
+        id
+    }
+
+    /// Adds a comment to `key` as `author` (`body`: ADF on Cloud, a string on Data Center). Returns its id.
+    pub fn add_comment(&self, key: &str, author: Value, body: Value) -> String {
+        let mut st = lock(&self.state);
+        st.next_id += 1;
+        let id = st.next_id;
+        let base = st.base_url.clone();
+        let Some(issue) = st.issues.get_mut(key) else {
+            panic!("stand-in: no issue {key}");
+        };
+        let c = comment_object(&base, issue.id, id, &author, body);
+        issue.comments.push(c);
+        issue.fields["updated"] = json!(jira_now());
+        id.to_string()
+    }
+
+    /// The largest page search and comment listing return (default 50), whatever `maxResults` asks.
+    pub fn set_page_size(&self, n: usize) {
+        lock(&self.state).page_size = n.max(1);
     }
 
     /// The ADF bodies posted as comments on `key`, in order.
@@ -157,7 +249,12 @@ impl JiraStandIn {
         lock(&self.state)
             .issues
             .get(key)
-            .map(|i| i.comments.clone())
+            .map(|i| {
+                i.comments
+                    .iter()
+                    .map(|c| c.get("body").cloned().unwrap_or(Value::Null))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -191,6 +288,14 @@ impl JiraStandIn {
             remaining: times,
             retry_after: retry_after.map(str::to_string),
         });
+    }
+}
+
+impl JiraStandIn {
+    /// Delays every comment post by this long. The comment is still stored after the delay if the client has gone
+    /// meanwhile, like a request Jira received just before its caller crashed.
+    pub fn set_comment_delay(&self, delay: std::time::Duration) {
+        lock(&self.state).comment_delay = delay;
     }
 }
 
@@ -233,6 +338,26 @@ fn not_found() -> Response {
 
 async fn handle(
     State(state): State<Shared>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let delay = lock(&state).comment_delay;
+    if method == Method::POST && uri.path().ends_with("/comment") && !delay.is_zero() {
+        // A task, not the handler: hyper drops the handler when the client disconnects.
+        return tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            handle_now(state, method, uri, headers, body)
+        })
+        .await
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response());
+    }
+    handle_now(state, method, uri, headers, body)
+}
+
+fn handle_now(
+    state: Shared,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -357,36 +482,256 @@ async fn handle(
             let Some(issue) = st.issues.get_mut(&key) else {
                 return not_found();
             };
-            issue.comments.push(doc.clone());
-            let issue_id = issue.id;
-            let now = chrono::Utc::now()
-                .format("%Y-%m-%dT%H:%M:%S%.3f+0000")
-                .to_string();
             let author = json!({
                 "accountId": BOT_ACCOUNT_ID,
                 "displayName": "drafter bot",
                 "active": true,
             });
-            (
-                StatusCode::CREATED,
-                axum::Json(json!({
-                    "self": format!("{base}/rest/api/3/issue/{issue_id}/comment/{id}"),
-                    "id": id.to_string(),
-                    "author": author,
-                    "updateAuthor": author,
-                    "body": doc,
-                    "created": now,
-                    "updated": now,
-                    "jsdPublic": true,
-                })),
-            )
-                .into_response()
+            let c = comment_object(&base, issue.id, id, &author, doc);
+            issue.comments.push(c.clone());
+            (StatusCode::CREATED, axum::Json(c)).into_response()
         }
+        ("GET", ["rest", "api", version, "issue", key, "comment"])
+            if *version == if st.datacenter { "2" } else { "3" } =>
+        {
+            let q = query_map(&uri);
+            let Some(issue) = st.issues.get(*key) else {
+                return not_found();
+            };
+            let start: usize = q.get("startAt").and_then(|v| v.parse().ok()).unwrap_or(0);
+            let max: usize = q
+                .get("maxResults")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(50)
+                .min(st.page_size);
+            let page: Vec<Value> = issue.comments.iter().skip(start).take(max).cloned().collect();
+            axum::Json(json!({
+                "startAt": start,
+                "maxResults": max,
+                "total": issue.comments.len(),
+                "comments": page,
+            }))
+            .into_response()
+        }
+        ("GET", ["rest", "api", "3", "search", "jql"]) if !st.datacenter => search(&st, &uri),
+        ("GET", ["rest", "api", "2", "search"]) if st.datacenter => search(&st, &uri),
+        ("GET", ["rest", "api", "2" | "3", "search"]) if !st.datacenter => error(
+            StatusCode::GONE,
+            &["The requested API has been removed. Please migrate to the /rest/api/3/search/jql API."],
+            json!({}),
+        ),
         _ => error(
             StatusCode::NOT_FOUND,
             &["stand-in: no such endpoint"],
             json!({}),
         ),
+    }
+}
+
+fn jira_now() -> String {
+    chrono::Utc::now()
+        .format("%Y-%m-%dT%H:%M:%S%.3f+0000")
+        .to_string()
+}
+
+fn comment_object(base: &str, issue_id: u64, id: u64, author: &Value, body: Value) -> Value {
+    let now = jira_now();
+    json!({
+        "self": format!("{base}/rest/api/3/issue/{issue_id}/comment/{id}"),
+        "id": id.to_string(),
+        "author": author,
+        "updateAuthor": author,
+        "body": body,
+        "created": now,
+        "updated": now,
+        "jsdPublic": true,
+    })
+}
+
+fn query_map(uri: &Uri) -> BTreeMap<String, String> {
+    url::form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
+}
+
+/// Parses a JQL string literal list item: `"a \"b\""` -> `a "b"`; bare words as they are.
+fn jql_value(s: &str) -> String {
+    let s = s.trim();
+    let Some(inner) = s.strip_prefix('"').and_then(|r| r.strip_suffix('"')) else {
+        return s.to_string();
+    };
+    let mut out = String::new();
+    let mut esc = false;
+    for c in inner.chars() {
+        if esc {
+            out.push(c);
+            esc = false;
+        } else if c == '\\' {
+            esc = true;
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The JQL subset drafter's poll sends: `assignee = "x" [AND project in (..)] [AND status in (..)] [ORDER BY ..]`.
+struct Jql {
+    assignee: String,
+    projects: Option<Vec<String>>,
+    statuses: Option<Vec<String>>,
+}
+
+fn parse_jql(jql: &str) -> Option<Jql> {
+    let q = r#"("(?:[^"\\]|\\.)*"|[A-Za-z0-9_:.-]+)"#;
+    let list = format!(r"\(\s*{q}(?:\s*,\s*{q})*\s*\)");
+    let re = regex::Regex::new(&format!(
+        r"^assignee\s*=\s*{q}(?:\s+AND\s+project\s+in\s*(?P<p>{list}))?(?:\s+AND\s+status\s+in\s*(?P<s>{list}))?(?:\s+ORDER\s+BY\s+\w+(?:\s+(?:ASC|DESC))?)?$"
+    ))
+    .ok()?;
+    let caps = re.captures(jql.trim())?;
+    let item = regex::Regex::new(q).ok()?;
+    let items = |m: Option<regex::Match>| {
+        m.map(|m| {
+            item.find_iter(m.as_str())
+                .map(|i| jql_value(i.as_str()))
+                .collect::<Vec<_>>()
+        })
+    };
+    Some(Jql {
+        assignee: jql_value(caps.get(1)?.as_str()),
+        projects: items(caps.name("p")),
+        statuses: items(caps.name("s")),
+    })
+}
+
+fn search(st: &Inner, uri: &Uri) -> Response {
+    let q = query_map(uri);
+    let Some(jql) = q.get("jql").and_then(|j| parse_jql(j)) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            &["stand-in: Error in the JQL Query (only the poll's JQL is understood)"],
+            json!({}),
+        );
+    };
+    let fields: Vec<&str> = q
+        .get("fields")
+        .map(|f| f.split(',').collect())
+        .unwrap_or_default();
+    let changelog = q
+        .get("expand")
+        .is_some_and(|e| e.split(',').any(|x| x == "changelog"));
+    let matches_user = |u: &Value| {
+        ["accountId", "key"]
+            .iter()
+            .any(|k| u.get(*k).and_then(Value::as_str) == Some(jql.assignee.as_str()))
+            || u.get("name")
+                .and_then(Value::as_str)
+                .is_some_and(|n| n.eq_ignore_ascii_case(&jql.assignee))
+    };
+    let hits: Vec<&Issue> = st
+        .issues
+        .values()
+        .filter(|i| i.fields.get("assignee").is_some_and(matches_user))
+        .filter(|i| {
+            jql.projects.as_ref().is_none_or(|ps| {
+                let p = i.key.split('-').next().unwrap_or("");
+                ps.iter().any(|x| x == p)
+            })
+        })
+        .filter(|i| {
+            jql.statuses.as_ref().is_none_or(|ss| {
+                let s = i
+                    .fields
+                    .pointer("/status/name")
+                    .and_then(Value::as_str)
+                    .unwrap_or("");
+                ss.iter().any(|x| x.eq_ignore_ascii_case(s))
+            })
+        })
+        .collect();
+    let max: usize = q
+        .get("maxResults")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50)
+        .min(st.page_size);
+    let start: usize = if st.datacenter {
+        q.get("startAt").and_then(|v| v.parse().ok()).unwrap_or(0)
+    } else {
+        match q.get("nextPageToken") {
+            None => 0,
+            Some(t) => match base64::engine::general_purpose::STANDARD
+                .decode(t)
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+                .and_then(|s| s.strip_prefix("offset:").and_then(|n| n.parse().ok()))
+            {
+                Some(n) => n,
+                None => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        &["Invalid nextPageToken"],
+                        json!({}),
+                    )
+                }
+            },
+        }
+    };
+    let base = st.base_url.clone();
+    let api = if st.datacenter { "2" } else { "3" };
+    let issues: Vec<Value> = hits
+        .iter()
+        .skip(start)
+        .take(max)
+        .map(|i| {
+            let selected: serde_json::Map<String, Value> = i
+                .fields
+                .as_object()
+                .map(|all| {
+                    all.iter()
+                        .filter(|(k, _)| fields.contains(&"*all") || fields.contains(&k.as_str()))
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let mut v = json!({
+                "expand": "operations,versionedRepresentations,editmeta,changelog,renderedFields",
+                "id": i.id.to_string(),
+                "self": format!("{base}/rest/api/{api}/issue/{}", i.id),
+                "key": i.key,
+                "fields": selected,
+            });
+            if changelog {
+                let newest_first: Vec<Value> = i.histories.iter().rev().cloned().collect();
+                v["changelog"] = json!({
+                    "startAt": 0,
+                    "maxResults": newest_first.len(),
+                    "total": newest_first.len(),
+                    "histories": newest_first,
+                });
+            }
+            v
+        })
+        .collect();
+    let after = start + issues.len();
+    if st.datacenter {
+        axum::Json(json!({
+            "expand": "schema,names",
+            "startAt": start,
+            "maxResults": max,
+            "total": hits.len(),
+            "issues": issues,
+        }))
+        .into_response()
+    } else {
+        let next = (after < hits.len())
+            .then(|| base64::engine::general_purpose::STANDARD.encode(format!("offset:{after}")));
+        axum::Json(json!({
+            "issues": issues,
+            "nextPageToken": next,
+            "isLast": next.is_none(),
+        }))
+        .into_response()
     }
 }
 

@@ -6,6 +6,7 @@ pub mod github;
 pub mod harness;
 pub mod jira;
 pub mod model;
+pub mod postgres;
 
 use axum::http::{HeaderMap, Method, Uri};
 use serde_json::Value;

@@ -5,7 +5,9 @@
 //!   (<https://platform.openai.com/docs/api-reference/chat/create>, the shape vLLM, Ollama and LiteLLM also serve).
 //!
 //! Each well-formed request consumes the next [`Step`] of the script; once the script is exhausted every request is
-//! answered with the final text "done". Every request, well-formed or not, is recorded with its exact body bytes so
+//! answered with the final text "done". In per-conversation mode ([`ModelStandIn::start_per_conversation`]) the
+//! script is not consumed: the step for a request is picked by how many assistant turns its conversation already
+//! holds, so many concurrent jobs, and a job retried after a crash, each replay the whole script. Every request, well-formed or not, is recorded with its exact body bytes so
 //! tests can check what was sent and compare hashes with the receipts.
 
 use std::collections::VecDeque;
@@ -49,6 +51,8 @@ struct Inner {
     expected_key: Option<String>,
     tool_calls: u64,
     replies: u64,
+    per_conversation: bool,
+    delay: std::time::Duration,
 }
 
 type Shared = Arc<Mutex<Inner>>;
@@ -83,8 +87,23 @@ enum Family {
 impl ModelStandIn {
     /// Starts serving on 127.0.0.1 on a free port.
     pub async fn start(script: Vec<Step>) -> ModelStandIn {
+        Self::start_with(script, false).await
+    }
+
+    /// Like [`ModelStandIn::start`], but every conversation replays the script from its own turn count.
+    pub async fn start_per_conversation(script: Vec<Step>) -> ModelStandIn {
+        Self::start_with(script, true).await
+    }
+
+    /// Delays every reply by this long (to hold a job inside its model loop).
+    pub fn set_delay(&self, delay: std::time::Duration) {
+        lock(&self.inner).delay = delay;
+    }
+
+    async fn start_with(script: Vec<Step>, per_conversation: bool) -> ModelStandIn {
         let inner: Shared = Arc::new(Mutex::new(Inner {
             script: script.into(),
+            per_conversation,
             ..Inner::default()
         }));
         let app = Router::new()
@@ -92,6 +111,7 @@ impl ModelStandIn {
                 "/v1/messages",
                 post(
                     |State(s): State<Shared>, h: HeaderMap, b: Bytes| async move {
+                        pause(&s).await;
                         handle(&s, Family::Anthropic, "/v1/messages", &h, &b)
                     },
                 ),
@@ -100,6 +120,7 @@ impl ModelStandIn {
                 "/v1/chat/completions",
                 post(
                     |State(s): State<Shared>, h: HeaderMap, b: Bytes| async move {
+                        pause(&s).await;
                         handle(&s, Family::OpenAi, "/v1/chat/completions", &h, &b)
                     },
                 ),
@@ -139,6 +160,13 @@ impl ModelStandIn {
     /// Steps not yet consumed.
     pub fn remaining(&self) -> usize {
         lock(&self.inner).script.len()
+    }
+}
+
+async fn pause(s: &Shared) {
+    let delay = lock(s).delay;
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
     }
 }
 
@@ -220,10 +248,16 @@ fn handle(
         return error_reply(family, 400, "max_tokens: field required");
     }
 
-    let step = inner
-        .script
-        .pop_front()
-        .unwrap_or_else(|| Step::Text("done".into()));
+    let step = if inner.per_conversation {
+        let turn = req["messages"]
+            .as_array()
+            .map(|m| m.iter().filter(|m| m["role"] == "assistant").count())
+            .unwrap_or(0);
+        inner.script.get(turn).cloned()
+    } else {
+        inner.script.pop_front()
+    }
+    .unwrap_or_else(|| Step::Text("done".into()));
     inner.replies += 1;
     let n = inner.replies;
     let mut next_id = || {

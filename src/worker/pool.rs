@@ -1,0 +1,346 @@
+//! `drafter serve`'s worker pool: claim jobs from the queue, run each through the same pipeline as `drafter run`,
+//! keep their leases alive, and finish them exactly once.
+//!
+//! Caps: at most `serve.concurrency` jobs at once, and `serve.per_project` per Jira project (projects at their cap
+//! are excluded from the claim, so their jobs wait without blocking other projects).
+//!
+//! Leases: each running job has a heartbeat task renewing its lease every `serve.heartbeat_secs`. A heartbeat that
+//! reports the lease lost (an operator cancelled the job, or this worker stalled past the lease and another worker
+//! took the job over) stops the job at once: its pipeline future is dropped and its container removed.
+//!
+//! Shutdown (mini-redis style): the `shutdown` future resolving stops claiming; running jobs get
+//! `serve.drain_timeout_secs` to finish; whatever is still running then is cancelled, its container removed and its
+//! lease released, so another worker picks it up without waiting for the lease to expire.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tracing::Instrument;
+
+use crate::config::Config;
+use crate::queue::{Claim, Failure, Job, JobState, Queue};
+use crate::sandbox::Sandbox;
+
+use super::{run_job, scrub, Attempt, Event};
+
+/// What a pool did, for logs and tests.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Jobs that succeeded here.
+    pub succeeded: u64,
+    /// Attempts that failed and were scheduled for a retry.
+    pub retried: u64,
+    /// Jobs that failed for good here.
+    pub failed: u64,
+    /// Jobs handed back at shutdown.
+    pub released: u64,
+    /// Jobs stopped because their lease was lost (cancelled, or taken over).
+    pub lost: u64,
+    /// The most jobs this pool ran at the same time.
+    pub max_concurrent: usize,
+}
+
+/// This process's worker id: host, pid and a random part (so a restarted process on the same host is a new worker).
+pub fn worker_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "unknown-host".into());
+    let mut rnd = [0u8; 3];
+    let _ = getrandom::fill(&mut rnd);
+    format!("{host}:{}:{}", std::process::id(), hex::encode(rnd))
+}
+
+#[derive(Default)]
+struct Running {
+    total: usize,
+    per_project: HashMap<String, usize>,
+    stats: PoolStats,
+}
+
+fn lock(m: &Mutex<Running>) -> MutexGuard<'_, Running> {
+    // A job task that panicked must not stop the pool's bookkeeping.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// How one job task ended, for the stats.
+enum Ended {
+    Succeeded,
+    Retried,
+    Failed,
+    Released,
+    Lost,
+}
+
+/// Runs the pool until `shutdown` resolves and the drain is over.
+pub async fn run(
+    config: Arc<Config>,
+    queue: Arc<dyn Queue>,
+    sandbox: Arc<Sandbox>,
+    worker: String,
+    shutdown: impl Future<Output = ()>,
+) -> PoolStats {
+    let running = Arc::new(Mutex::new(Running::default()));
+    let (cancel_tx, cancel_rx) = watch::channel(false);
+    let mut tasks: JoinSet<()> = JoinSet::new();
+    let idle = Duration::from_millis(config.serve.idle_poll_ms);
+    let lease = Duration::from_secs(config.serve.lease_secs);
+    tokio::pin!(shutdown);
+    tracing::info!(%worker, queue = queue.backend(), concurrency = config.serve.concurrency,
+        per_project = config.serve.per_project, "worker pool started");
+
+    loop {
+        while let Some(done) = tasks.try_join_next() {
+            if let Err(e) = done {
+                tracing::error!(error = %e, "a job task panicked");
+            }
+        }
+        let (full, exclude) = {
+            let r = lock(&running);
+            let exclude: Vec<String> = r
+                .per_project
+                .iter()
+                .filter(|(_, n)| **n >= config.serve.per_project)
+                .map(|(p, _)| p.clone())
+                .collect();
+            (r.total >= config.serve.concurrency, exclude)
+        };
+        let claimed = if full {
+            None
+        } else {
+            let claim = Claim {
+                worker: worker.clone(),
+                lease,
+                exclude_projects: exclude,
+            };
+            match queue.claim(&claim).await {
+                Ok(job) => job,
+                Err(e) => {
+                    tracing::warn!(error = %e, "claiming from the queue failed; retrying");
+                    None
+                }
+            }
+        };
+        match claimed {
+            Some(job) => {
+                {
+                    let mut r = lock(&running);
+                    r.total += 1;
+                    *r.per_project.entry(job.project.clone()).or_default() += 1;
+                    r.stats.max_concurrent = r.stats.max_concurrent.max(r.total);
+                }
+                let task = JobTask {
+                    config: config.clone(),
+                    queue: queue.clone(),
+                    sandbox: sandbox.clone(),
+                    worker: worker.clone(),
+                    running: running.clone(),
+                    cancel: cancel_rx.clone(),
+                };
+                let span = tracing::info_span!("job", job_id = %job.id, ticket = %job.ticket);
+                tasks.spawn(task.run(job).instrument(span));
+            }
+            None => {
+                // Nothing to do (or no room): wait for a slot, a tick, or the end.
+                tokio::select! {
+                    _ = &mut shutdown => break,
+                    _ = tokio::time::sleep(idle) => {}
+                    Some(done) = tasks.join_next(), if full => {
+                        if let Err(e) = done {
+                            tracing::error!(error = %e, "a job task panicked");
+                        }
+                    }
+                }
+            }
+        }
+        // A claim loop that always finds work must still notice the shutdown.
+        if futures_util::FutureExt::now_or_never(&mut shutdown).is_some() {
+            break;
+        }
+    }
+
+    let in_flight = lock(&running).total;
+    tracing::info!(
+        in_flight,
+        drain_secs = config.serve.drain_timeout_secs,
+        "stopped claiming; draining"
+    );
+    let drain = tokio::time::sleep(Duration::from_secs(config.serve.drain_timeout_secs));
+    tokio::pin!(drain);
+    loop {
+        tokio::select! {
+            next = tasks.join_next() => match next {
+                None => break,
+                Some(Err(e)) => tracing::error!(error = %e, "a job task panicked"),
+                Some(Ok(())) => {}
+            },
+            _ = &mut drain, if !*cancel_tx.borrow() => {
+                tracing::warn!(left = lock(&running).total, "drain timeout: cancelling and releasing the remaining jobs");
+                let _ = cancel_tx.send(true);
+            }
+        }
+    }
+    let stats = lock(&running).stats.clone();
+    tracing::info!(?stats, "worker pool stopped");
+    stats
+}
+
+/// Everything one job task needs.
+struct JobTask {
+    config: Arc<Config>,
+    queue: Arc<dyn Queue>,
+    sandbox: Arc<Sandbox>,
+    worker: String,
+    running: Arc<Mutex<Running>>,
+    cancel: watch::Receiver<bool>,
+}
+
+impl JobTask {
+    async fn run(self, job: Job) {
+        let ended = self.drive(&job).await;
+        let mut r = lock(&self.running);
+        r.total = r.total.saturating_sub(1);
+        if let Some(n) = r.per_project.get_mut(&job.project) {
+            *n = n.saturating_sub(1);
+        }
+        match ended {
+            Ended::Succeeded => r.stats.succeeded += 1,
+            Ended::Retried => r.stats.retried += 1,
+            Ended::Failed => r.stats.failed += 1,
+            Ended::Released => r.stats.released += 1,
+            Ended::Lost => r.stats.lost += 1,
+        }
+    }
+
+    async fn drive(&self, job: &Job) -> Ended {
+        let (queue, worker) = (self.queue.clone(), self.worker.clone());
+        tracing::info!(
+            attempt = job.attempts,
+            max = job.max_attempts,
+            "job claimed"
+        );
+
+        // Stage events become progress markers an operator sees in `drafter jobs show`.
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
+        let (q2, w2, id2) = (queue.clone(), worker.clone(), job.id.clone());
+        let progress = tokio::spawn(async move {
+            while let Some(event) = rx.recv().await {
+                if let Event::Stage { stage, .. } = event {
+                    let value = serde_json::json!({"stage": stage, "at": chrono::Utc::now()});
+                    if let Err(e) = q2.set_progress(&id2, &w2, "stage", value).await {
+                        tracing::debug!(error = %e, "could not record the stage");
+                    }
+                }
+            }
+        });
+
+        let attempt = Attempt {
+            number: job.attempts,
+            max: job.max_attempts,
+        };
+        let pipeline = run_job(self.config.clone(), &job.ticket, &job.id, tx, attempt);
+        let heartbeat = heartbeat(
+            queue.clone(),
+            &job.id,
+            &worker,
+            Duration::from_secs(self.config.serve.heartbeat_secs),
+            Duration::from_secs(self.config.serve.lease_secs),
+        );
+        let mut cancel_rx = self.cancel.clone();
+        let cancel = async {
+            // The borrow guard must not live across the handler's awaits.
+            let _ = cancel_rx.wait_for(|c| *c).await.map(|_| ());
+        };
+        let ended = tokio::select! {
+            result = pipeline => Some(result),
+            () = heartbeat => None,
+            () = cancel => {
+                self.remove_container(&job.id).await;
+                if let Err(e) = queue.release(&job.id, &worker).await {
+                    tracing::warn!(error = %e, "could not release the job");
+                }
+                tracing::info!("job released at shutdown");
+                return Ended::Released;
+            }
+        };
+        progress.abort();
+        let Some(result) = ended else {
+            // Cancelled by an operator, or taken over after this worker stalled: stop touching it.
+            self.remove_container(&job.id).await;
+            tracing::warn!("lease lost (cancelled, or reclaimed by another worker): job stopped");
+            return Ended::Lost;
+        };
+        match result {
+            Ok(outcome) => {
+                let value = serde_json::to_value(&outcome).unwrap_or_default();
+                match queue.complete(&job.id, &worker, value).await {
+                    Ok(()) => {
+                        tracing::info!("job succeeded");
+                        Ended::Succeeded
+                    }
+                    Err(e) => {
+                        // The work is delivered; a retry finds the branch, PR and comment and completes it.
+                        tracing::warn!(error = %e, "could not mark the job succeeded");
+                        Ended::Lost
+                    }
+                }
+            }
+            Err(e) => {
+                let error = scrub(&self.config, &e.to_string());
+                let failure = if e.is_retryable() {
+                    Failure::Retryable {
+                        error,
+                        retry_after: e.retry_after(),
+                    }
+                } else {
+                    Failure::Permanent { error }
+                };
+                match queue.fail(&job.id, &worker, failure).await {
+                    Ok(JobState::Queued) => {
+                        tracing::info!("attempt failed; retry scheduled");
+                        Ended::Retried
+                    }
+                    Ok(_) => Ended::Failed,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not record the failure");
+                        Ended::Lost
+                    }
+                }
+            }
+        }
+    }
+
+    async fn remove_container(&self, job_id: &str) {
+        if let Err(e) = self.sandbox.remove_job(job_id).await {
+            tracing::warn!(error = %e, "could not remove the job's container");
+        }
+    }
+}
+
+/// Renews the lease until it is lost; returns only then. A failed renewal (database briefly away) is retried until
+/// the lease would have run out.
+async fn heartbeat(
+    queue: Arc<dyn Queue>,
+    job_id: &str,
+    worker: &str,
+    every: Duration,
+    lease: Duration,
+) {
+    let mut last_ok = tokio::time::Instant::now();
+    loop {
+        tokio::time::sleep(every).await;
+        match queue.heartbeat(job_id, worker, lease).await {
+            Ok(true) => last_ok = tokio::time::Instant::now(),
+            Ok(false) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "heartbeat failed");
+                if last_ok.elapsed() >= lease {
+                    return;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,526 @@
+//! `drafter serve` as deployed: the real binary, fed by signed Jira webhooks, running jobs through the real sandbox
+//! and git, against the stand-ins. Crashes are real (`kill -9`), shutdowns are real signals.
+
+mod support;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use drafter::queue::{JobFilter, JobState, Queue};
+use serde_json::json;
+use support::harness::{assignment_webhook, Options, ServeProcess, Stack, DEMO_REPO, SECRETS};
+
+const BIN: &str = env!("CARGO_BIN_EXE_drafter");
+
+fn serve_toml(concurrency: usize, per_project: usize, lease_secs: u64, drain_secs: u64) -> String {
+    format!(
+        r#"[serve]
+listen = "127.0.0.1:0"
+webhook_secret_env = "DRAFTER_TEST_WEBHOOK_SECRET"
+concurrency = {concurrency}
+per_project = {per_project}
+lease_secs = {lease_secs}
+heartbeat_secs = 1
+drain_timeout_secs = {drain_secs}
+max_attempts = 5
+idle_poll_ms = 100
+"#
+    )
+}
+
+async fn open_queue(stack: &Stack) -> Arc<dyn Queue> {
+    let path = stack.data_dir().join("queue.sqlite");
+    drafter::queue::open(path.to_str().expect("utf8"))
+        .await
+        .expect("open the queue the worker uses")
+}
+
+/// Waits until every job is finished (or the deadline passes); returns the jobs.
+async fn wait_all_finished(
+    queue: &dyn Queue,
+    expected: usize,
+    within: Duration,
+) -> Vec<drafter::queue::Job> {
+    let deadline = Instant::now() + within;
+    loop {
+        let jobs = queue
+            .list(&JobFilter {
+                limit: 100_000,
+                ..JobFilter::default()
+            })
+            .await
+            .expect("list");
+        let open = jobs.iter().filter(|j| j.state.is_open()).count();
+        if jobs.len() >= expected && open == 0 {
+            return jobs;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {expected} jobs, {open} still open after {within:?}",
+            jobs.len()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Containers of this worker process's jobs right now, by ticket.
+async fn running_containers(docker: &bollard::Docker) -> Vec<String> {
+    let filters = HashMap::from([(
+        "label".to_string(),
+        vec!["drafter.managed=true".to_string()],
+    )]);
+    let opts = bollard::query_parameters::ListContainersOptionsBuilder::new()
+        .all(true)
+        .filters(&filters)
+        .build();
+    docker
+        .list_containers(Some(opts))
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|c| c.labels.and_then(|l| l.get("drafter.ticket").cloned()))
+        .collect()
+}
+
+async fn docker() -> bollard::Docker {
+    bollard::Docker::connect_with_defaults()
+        .expect("docker")
+        .negotiate_version()
+        .await
+        .expect("docker version")
+}
+
+fn pr_opened_comments(stack: &Stack, key: &str) -> usize {
+    stack
+        .jira
+        .comment_texts(key)
+        .iter()
+        .filter(|c| c.contains("Draft pull request opened"))
+        .count()
+}
+
+/// A burst of signed webhooks for many different tickets: each becomes exactly one job and one draft PR, none is
+/// lost or doubled (duplicate deliveries included), and the concurrency caps hold throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn webhook_burst_makes_exactly_one_job_per_ticket() {
+    let tickets: usize = std::env::var("DRAFTER_BURST")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let (concurrency, per_project) = (6, 4);
+    let stack = Stack::start(Options {
+        per_conversation: true,
+        extra_toml: serve_toml(concurrency, per_project, 30, 60),
+        ..Options::default()
+    })
+    .await;
+    let files = support::harness::demo_files();
+    let refs: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(n, c)| (n.as_str(), c.as_str()))
+        .collect();
+    stack.github.create_repo("acme/other", &refs);
+    let description = support::harness::demo_ticket()["description"].clone();
+    let keys: Vec<String> = (0..tickets)
+        .map(|i| {
+            if i % 2 == 0 {
+                format!("DEMO-{}", 100 + i)
+            } else {
+                format!("OTHER-{}", 100 + i)
+            }
+        })
+        .collect();
+    for (i, key) in keys.iter().enumerate() {
+        // Each ticket names the repository of its own project (the demo ticket's text names acme/widgets).
+        let mut desc = description.clone();
+        if key.starts_with("OTHER") {
+            desc = json!({"type": "doc", "version": 1, "content": [{"type": "paragraph", "content": [
+                {"type": "text", "text": "Greeting should end with an exclamation mark."}]}]});
+        }
+        stack.jira.add_issue(
+            key,
+            &format!("Greeting should end with an exclamation mark {i}"),
+            desc,
+            &[],
+        );
+    }
+
+    let serve = ServeProcess::start(&stack, Path::new(BIN)).await;
+    let queue = open_queue(&stack).await;
+
+    // Sample the worker's containers while the burst runs: the caps must hold at every sample.
+    let docker = docker().await;
+    let max_total = Arc::new(AtomicUsize::new(0));
+    let max_project = Arc::new(AtomicUsize::new(0));
+    let sampling = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = {
+        let (max_total, max_project, sampling) =
+            (max_total.clone(), max_project.clone(), sampling.clone());
+        tokio::spawn(async move {
+            while sampling.load(Ordering::Relaxed) {
+                let running = running_containers(&docker).await;
+                max_total.fetch_max(running.len(), Ordering::Relaxed);
+                let mut per: BTreeMap<&str, usize> = BTreeMap::new();
+                for t in &running {
+                    *per.entry(t.split('-').next().unwrap_or("")).or_default() += 1;
+                }
+                max_project.fetch_max(per.values().copied().max().unwrap_or(0), Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+
+    let client = reqwest::Client::new();
+    let started = Instant::now();
+    let statuses = Arc::new(std::sync::Mutex::new(BTreeMap::<u16, usize>::new()));
+    futures_util::future::join_all((0..8).map(|lane| {
+        let (client, keys, statuses) = (client.clone(), keys.clone(), statuses.clone());
+        let serve = &serve;
+        async move {
+            for (i, key) in keys.iter().enumerate().filter(|(i, _)| i % 8 == lane) {
+                let status = serve
+                    .webhook(&client, &assignment_webhook(key, 50_000 + i as u64))
+                    .await;
+                *statuses.lock().unwrap().entry(status).or_default() += 1;
+                // Every tenth delivery is sent again, as Jira does on a slow answer: it must not make a job.
+                if i % 10 == 0 {
+                    let again = serve
+                        .webhook(&client, &assignment_webhook(key, 50_000 + i as u64))
+                        .await;
+                    assert!(
+                        (200..300).contains(&again),
+                        "duplicate delivery answered {again}"
+                    );
+                }
+            }
+        }
+    }))
+    .await;
+    let accepted = started.elapsed();
+    let statuses = statuses.lock().unwrap().clone();
+    assert_eq!(
+        statuses.keys().copied().collect::<Vec<_>>(),
+        [200],
+        "{statuses:?}"
+    );
+
+    let jobs = wait_all_finished(queue.as_ref(), tickets, Duration::from_secs(1500)).await;
+    let elapsed = started.elapsed();
+    sampling.store(false, Ordering::Relaxed);
+    let _ = sampler.await;
+    let (status, log) = serve.sigterm(Duration::from_secs(60)).await;
+    assert!(status.success(), "{log}");
+
+    // Exactly one job per ticket, every one succeeded on its first attempt.
+    assert_eq!(jobs.len(), tickets);
+    let mut per_ticket: BTreeMap<&str, usize> = BTreeMap::new();
+    for j in &jobs {
+        *per_ticket.entry(j.ticket.as_str()).or_default() += 1;
+        assert_eq!(j.state, JobState::Succeeded, "{j:?}");
+        assert_eq!(j.attempts, 1, "{j:?}");
+    }
+    assert!(per_ticket.values().all(|n| *n == 1));
+    assert_eq!(per_ticket.len(), tickets);
+    // One draft PR and one "PR opened" comment per ticket.
+    let prs = stack.github.pulls(DEMO_REPO).len() + stack.github.pulls("acme/other").len();
+    assert_eq!(prs, tickets);
+    for key in &keys {
+        assert_eq!(pr_opened_comments(&stack, key), 1, "{key}");
+    }
+    let (mt, mp) = (
+        max_total.load(Ordering::Relaxed),
+        max_project.load(Ordering::Relaxed),
+    );
+    eprintln!(
+        "burst: {tickets} webhooks accepted in {accepted:?}; all jobs done in {elapsed:?}; \
+         max concurrent containers {mt} (cap {concurrency}), max per project {mp} (cap {per_project})"
+    );
+    assert!(mt <= concurrency, "{mt} > {concurrency}");
+    assert!(mp <= per_project, "{mp} > {per_project}");
+    assert!(mt >= 2, "the pool never ran jobs in parallel");
+    assert!(log.contains(&format!("{tickets} succeeded")), "{log}");
+    for s in SECRETS {
+        assert!(!log.contains(s), "a secret reached the worker's log");
+    }
+    assert!(running_containers(&self::docker().await).await.is_empty());
+}
+
+/// Where to crash the worker.
+#[derive(Debug, Clone, Copy)]
+enum CrashAt {
+    Cloning,
+    ModelLoop,
+    AfterPushBeforePr,
+    AfterPrBeforeComment,
+}
+
+/// `kill -9` the worker in the middle of each stage, start it again: the job ends with exactly one branch, one draft
+/// PR and one "PR opened" comment, and no container is left.
+#[tokio::test(flavor = "multi_thread")]
+async fn crash_at_any_stage_then_restart_delivers_exactly_once() {
+    for at in [
+        CrashAt::Cloning,
+        CrashAt::ModelLoop,
+        CrashAt::AfterPushBeforePr,
+        CrashAt::AfterPrBeforeComment,
+    ] {
+        crash_and_recover(at).await;
+    }
+}
+
+async fn crash_and_recover(at: CrashAt) {
+    let stack = Stack::start(Options {
+        per_conversation: true,
+        extra_toml: serve_toml(2, 2, 3, 30),
+        ..Options::default()
+    })
+    .await;
+    let hold = Duration::from_secs(2);
+    match at {
+        CrashAt::Cloning => stack.github.set_git_delay(hold),
+        CrashAt::ModelLoop => stack.model.set_delay(hold),
+        CrashAt::AfterPushBeforePr => stack.github.set_pr_delay(hold),
+        CrashAt::AfterPrBeforeComment => stack.jira.set_comment_delay(hold),
+    }
+    let first = ServeProcess::start(&stack, Path::new(BIN)).await;
+    let client = reqwest::Client::new();
+    assert_eq!(
+        first
+            .webhook(&client, &assignment_webhook("DEMO-1", 1))
+            .await,
+        200
+    );
+
+    // Wait until the job is inside the stage, then crash.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let reached = match at {
+            CrashAt::Cloning => stack
+                .github
+                .requests()
+                .iter()
+                .any(|r| r.path.contains(".git/")),
+            CrashAt::ModelLoop => !stack.model.requests().is_empty(),
+            CrashAt::AfterPushBeforePr => stack
+                .github
+                .requests()
+                .iter()
+                .any(|r| r.method == "POST" && r.path.ends_with("/pulls")),
+            CrashAt::AfterPrBeforeComment => {
+                !stack.github.pulls(DEMO_REPO).is_empty()
+                    || stack
+                        .jira
+                        .requests()
+                        .iter()
+                        .filter(|r| r.method == "POST")
+                        .count()
+                        >= 2
+            }
+        };
+        if reached {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{at:?}: the job never reached the stage"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    first.kill9().await;
+
+    // A new worker: removes the dead worker's container, and takes the job over once its lease has expired.
+    let second = ServeProcess::start(&stack, Path::new(BIN)).await;
+    let queue = open_queue(&stack).await;
+    let jobs = wait_all_finished(queue.as_ref(), 1, Duration::from_secs(120)).await;
+    let (status, log) = second.sigterm(Duration::from_secs(60)).await;
+    assert!(status.success(), "{at:?}: {log}");
+    assert_eq!(jobs.len(), 1, "{at:?}");
+    assert_eq!(jobs[0].state, JobState::Succeeded, "{at:?}: {:?}", jobs[0]);
+
+    let branches = std::process::Command::new("git")
+        .arg("--git-dir")
+        .arg(&stack.bare_repo)
+        .args([
+            "for-each-ref",
+            "--format=%(refname:short)",
+            "refs/heads/drafter/",
+        ])
+        .output()
+        .expect("git");
+    let branches = String::from_utf8_lossy(&branches.stdout);
+    assert_eq!(branches.lines().count(), 1, "{at:?}: branches {branches}");
+    assert_eq!(stack.github.pulls(DEMO_REPO).len(), 1, "{at:?}");
+    assert_eq!(
+        pr_opened_comments(&stack, "DEMO-1"),
+        1,
+        "{at:?}: {:?}",
+        stack.jira.comment_texts("DEMO-1")
+    );
+    let started = stack
+        .jira
+        .comment_texts("DEMO-1")
+        .iter()
+        .filter(|c| c.contains("started working"))
+        .count();
+    assert_eq!(started, 1, "{at:?}");
+    assert!(
+        running_containers(&docker().await).await.is_empty(),
+        "{at:?}: a container is left"
+    );
+    eprintln!("{at:?}: recovered after {} attempt(s)", jobs[0].attempts);
+}
+
+/// SIGTERM while a job runs and the drain is long enough: the job finishes before the worker exits.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_lets_a_running_job_finish_within_the_drain() {
+    let stack = Stack::start(Options {
+        per_conversation: true,
+        extra_toml: serve_toml(2, 2, 30, 60),
+        ..Options::default()
+    })
+    .await;
+    stack.model.set_delay(Duration::from_millis(500));
+    let serve = ServeProcess::start(&stack, Path::new(BIN)).await;
+    let client = reqwest::Client::new();
+    assert_eq!(
+        serve
+            .webhook(&client, &assignment_webhook("DEMO-1", 1))
+            .await,
+        200
+    );
+    while stack.model.requests().is_empty() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, log) = serve.sigterm(Duration::from_secs(60)).await;
+    assert!(status.success(), "{log}");
+    let queue = open_queue(&stack).await;
+    let jobs = wait_all_finished(queue.as_ref(), 1, Duration::from_secs(5)).await;
+    assert_eq!(jobs[0].state, JobState::Succeeded, "{log}");
+    assert_eq!(stack.github.pulls(DEMO_REPO).len(), 1);
+    assert!(log.contains("1 succeeded"), "{log}");
+}
+
+/// SIGTERM with a drain too short for the job: it is released at once and another worker completes it, without
+/// the released attempt counting.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_releases_what_cannot_finish_and_another_worker_completes_it() {
+    let stack = Stack::start(Options {
+        per_conversation: true,
+        extra_toml: serve_toml(2, 2, 30, 1),
+        ..Options::default()
+    })
+    .await;
+    stack.model.set_delay(Duration::from_secs(3));
+    let first = ServeProcess::start(&stack, Path::new(BIN)).await;
+    let client = reqwest::Client::new();
+    assert_eq!(
+        first
+            .webhook(&client, &assignment_webhook("DEMO-1", 1))
+            .await,
+        200
+    );
+    while stack.model.requests().is_empty() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, log) = first.sigterm(Duration::from_secs(30)).await;
+    assert!(status.success(), "{log}");
+    assert!(log.contains("1 released"), "{log}");
+    assert!(
+        running_containers(&docker().await).await.is_empty(),
+        "the released job's container is left"
+    );
+    let queue = open_queue(&stack).await;
+    let job = queue
+        .list(&JobFilter::default())
+        .await
+        .expect("list")
+        .remove(0);
+    assert_eq!(job.state, JobState::Queued, "{job:?}");
+
+    stack.model.set_delay(Duration::ZERO);
+    let second = ServeProcess::start(&stack, Path::new(BIN)).await;
+    let jobs = wait_all_finished(queue.as_ref(), 1, Duration::from_secs(120)).await;
+    let (status, log) = second.sigterm(Duration::from_secs(60)).await;
+    assert!(status.success(), "{log}");
+    assert_eq!(jobs[0].state, JobState::Succeeded);
+    assert_eq!(jobs[0].attempts, 1, "a released attempt must not count");
+    assert_eq!(stack.github.pulls(DEMO_REPO).len(), 1);
+    assert_eq!(pr_opened_comments(&stack, "DEMO-1"), 1);
+}
+
+/// The operator CLI against the worker's queue: list, show (with the trigger), cancel and retry, text and JSON.
+#[tokio::test(flavor = "multi_thread")]
+async fn jobs_cli_lists_shows_cancels_and_retries() {
+    let stack = Stack::start(Options {
+        per_conversation: true,
+        extra_toml: serve_toml(1, 1, 30, 5),
+        ..Options::default()
+    })
+    .await;
+    stack.model.set_delay(Duration::from_secs(2));
+    let serve = ServeProcess::start(&stack, Path::new(BIN)).await;
+    let client = reqwest::Client::new();
+    assert_eq!(
+        serve
+            .webhook(&client, &assignment_webhook("DEMO-1", 7))
+            .await,
+        200
+    );
+    let queue_path = stack.data_dir().join("queue.sqlite");
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(BIN)
+            .arg("jobs")
+            .args(args)
+            .arg("--queue")
+            .arg(&queue_path)
+            .output()
+            .expect("drafter jobs");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (ok, listing) = cli(&["list", "--json"]);
+    assert!(ok);
+    let listed: serde_json::Value = serde_json::from_str(&listing).expect("json");
+    let id = listed[0]["id"].as_str().expect("id").to_string();
+    assert_eq!(listed[0]["ticket"], "DEMO-1");
+    let (ok, shown) = cli(&["show", &id]);
+    assert!(ok);
+    assert!(
+        shown.contains("712020:developer-ada"),
+        "the trigger's author is recorded: {shown}"
+    );
+
+    // Cancel while it runs: the worker stops it at its next heartbeat and removes its container.
+    while stack.model.requests().is_empty() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(cli(&["cancel", &id]).0);
+    let queue = open_queue(&stack).await;
+    wait_all_finished(queue.as_ref(), 1, Duration::from_secs(30)).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !running_containers(&docker().await).await.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the cancelled job's container is still there"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, text) = cli(&["list", "--state", "cancelled"]);
+    assert!(text.contains(&id), "{text}");
+
+    // Retry: queued again, and this time it runs to a PR.
+    stack.model.set_delay(Duration::ZERO);
+    assert!(cli(&["retry", &id]).0);
+    let jobs = wait_all_finished(queue.as_ref(), 1, Duration::from_secs(120)).await;
+    assert_eq!(jobs[0].state, JobState::Succeeded, "{:?}", jobs[0]);
+    assert!(!cli(&["retry", &id]).0, "a succeeded job cannot be retried");
+    let (status, log) = serve.sigterm(Duration::from_secs(60)).await;
+    assert!(status.success(), "{log}");
+    assert_eq!(stack.github.pulls(DEMO_REPO).len(), 1);
+}

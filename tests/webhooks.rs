@@ -1,0 +1,1081 @@
+//! Intake end to end: real HTTP against `server::serve` on 127.0.0.1, signed like Jira's admin webhooks, into an
+//! in-memory queue that follows the `Queue` trait's documented dedup and absorb rules; and the JQL poll against the
+//! Jira stand-in (Cloud `search/jql` with `nextPageToken`, Data Center `/rest/api/2/search` with `startAt`).
+//!
+//! Payload shapes follow Atlassian's webhook documentation
+//! (<https://developer.atlassian.com/server/jira/platform/webhooks/>,
+//! <https://developer.atlassian.com/cloud/jira/platform/webhooks/>): Cloud bodies carry wiki-markup strings and
+//! `[~accountid:<id>]` mentions, Data Center ones `[~username]` and users by `name`/`key`; admin webhooks with a
+//! secret send `X-Hub-Signature: sha256=<hex HMAC-SHA256(secret, body)>` and, on Cloud,
+//! `X-Atlassian-Webhook-Identifier` (the same on retries) and `X-Atlassian-Webhook-Retry`.
+
+mod support;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::Utc;
+use drafter::config::{JiraAuth, JiraConfig, JiraFlavor, PollConfig, Secret};
+use drafter::intake;
+use drafter::jira::JiraClient;
+use drafter::queue::{
+    Claim, Enqueued, Failure, Job, JobFilter, JobState, NewJob, Queue, QueueError,
+};
+use drafter::server::{self, AppState, Readiness};
+use hmac::{Hmac, KeyInit, Mac};
+use serde_json::{json, Value};
+use sha2::Sha256;
+use support::jira::{JiraStandIn, BOT_ACCOUNT_ID};
+
+// ---- an in-memory queue with the trait's enqueue semantics --------------------------------------------------------
+
+#[derive(Default)]
+struct MemState {
+    jobs: Vec<Job>,
+    /// Delivery key -> the job it made or was absorbed into.
+    deliveries: HashMap<String, String>,
+}
+
+/// Dedup by delivery key, absorb into an open job of the same ticket, else create; `failing` makes every call fail.
+#[derive(Default)]
+struct MemQueue {
+    state: Mutex<MemState>,
+    failing: AtomicBool,
+}
+
+impl MemQueue {
+    fn jobs(&self) -> Vec<Job> {
+        self.state.lock().unwrap().jobs.clone()
+    }
+
+    /// Marks every open job succeeded (what a worker does when it is done).
+    fn finish_all(&self) {
+        for j in &mut self.state.lock().unwrap().jobs {
+            if j.state.is_open() {
+                j.state = JobState::Succeeded;
+            }
+        }
+    }
+
+    fn check(&self) -> Result<(), QueueError> {
+        if self.failing.load(Ordering::SeqCst) {
+            Err(QueueError::Database("test queue: disk on fire".into()))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+fn unsupported() -> QueueError {
+    QueueError::Database("not supported by the test queue".into())
+}
+
+#[async_trait::async_trait]
+impl Queue for MemQueue {
+    fn backend(&self) -> &'static str {
+        "memory"
+    }
+
+    async fn enqueue(&self, job: NewJob) -> Result<Enqueued, QueueError> {
+        self.check()?;
+        let mut st = self.state.lock().unwrap();
+        if let Some(id) = st.deliveries.get(&job.trigger.delivery) {
+            return Ok(Enqueued::Duplicate(id.clone()));
+        }
+        let delivery = job.trigger.delivery.clone();
+        if let Some(open) = st
+            .jobs
+            .iter_mut()
+            .find(|j| j.ticket == job.ticket && j.state.is_open())
+        {
+            open.triggers.push(job.trigger);
+            let id = open.id.clone();
+            st.deliveries.insert(delivery, id.clone());
+            return Ok(Enqueued::Absorbed(id));
+        }
+        let id = format!("job-{}", st.jobs.len() + 1);
+        let now = Utc::now();
+        st.jobs.push(Job {
+            id: id.clone(),
+            ticket: job.ticket,
+            project: job.project,
+            state: JobState::Queued,
+            attempts: 0,
+            max_attempts: job.max_attempts,
+            not_before: now,
+            lease_owner: None,
+            lease_expires: None,
+            triggers: vec![job.trigger],
+            last_error: None,
+            outcome: None,
+            progress: json!({}),
+            created_at: now,
+            updated_at: now,
+        });
+        st.deliveries.insert(delivery, id.clone());
+        Ok(Enqueued::Created(id))
+    }
+
+    async fn claim(&self, _claim: &Claim) -> Result<Option<Job>, QueueError> {
+        Err(unsupported())
+    }
+
+    async fn heartbeat(&self, _: &str, _: &str, _: Duration) -> Result<bool, QueueError> {
+        Err(unsupported())
+    }
+
+    async fn complete(&self, _: &str, _: &str, _: Value) -> Result<(), QueueError> {
+        Err(unsupported())
+    }
+
+    async fn fail(&self, _: &str, _: &str, _: Failure) -> Result<JobState, QueueError> {
+        Err(unsupported())
+    }
+
+    async fn release(&self, _: &str, _: &str) -> Result<(), QueueError> {
+        Err(unsupported())
+    }
+
+    async fn cancel(&self, _: &str) -> Result<bool, QueueError> {
+        Err(unsupported())
+    }
+
+    async fn retry(&self, _: &str) -> Result<bool, QueueError> {
+        Err(unsupported())
+    }
+
+    async fn get(&self, job_id: &str) -> Result<Option<Job>, QueueError> {
+        self.check()?;
+        Ok(self.jobs().into_iter().find(|j| j.id == job_id))
+    }
+
+    async fn list(&self, filter: &JobFilter) -> Result<Vec<Job>, QueueError> {
+        self.check()?;
+        let mut jobs: Vec<Job> = self
+            .jobs()
+            .into_iter()
+            .filter(|j| filter.state.is_none_or(|s| s == j.state))
+            .filter(|j| filter.ticket.as_ref().is_none_or(|t| *t == j.ticket))
+            .collect();
+        jobs.reverse();
+        Ok(jobs)
+    }
+
+    async fn set_progress(&self, _: &str, _: &str, _: &str, _: Value) -> Result<(), QueueError> {
+        Err(unsupported())
+    }
+
+    async fn ping(&self) -> Result<(), QueueError> {
+        self.check()
+    }
+}
+
+// ---- the server under test -----------------------------------------------------------------------------------------
+
+const SECRET: &str = "whsec-TESTSECRET-4f1a";
+const DC_BOT_KEY: &str = "JIRAUSER10100";
+const DC_BOT_NAME: &str = "drafter";
+
+fn cloud_cfg(base_url: &str) -> JiraConfig {
+    JiraConfig {
+        base_url: base_url.into(),
+        bot_account_id: BOT_ACCOUNT_ID.into(),
+        bot_username: None,
+        flavor: JiraFlavor::Cloud,
+        auth: JiraAuth::Basic {
+            email: EMAIL.into(),
+            token: Secret::new(TOKEN),
+        },
+    }
+}
+
+fn dc_cfg(base_url: &str) -> JiraConfig {
+    JiraConfig {
+        base_url: base_url.into(),
+        bot_account_id: DC_BOT_KEY.into(),
+        bot_username: Some(DC_BOT_NAME.into()),
+        flavor: JiraFlavor::Datacenter,
+        auth: JiraAuth::Bearer {
+            token: Secret::new(PAT),
+        },
+    }
+}
+
+struct Server {
+    url: String,
+    queue: Arc<MemQueue>,
+    ready: Arc<AtomicBool>,
+    http: reqwest::Client,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+async fn start(secret: Option<&str>, jira: JiraConfig) -> Server {
+    let queue = Arc::new(MemQueue::default());
+    let ready = Arc::new(AtomicBool::new(true));
+    let flag = ready.clone();
+    let dyn_queue: Arc<dyn Queue> = queue.clone();
+    let queue_check = server::queue_readiness(dyn_queue.clone());
+    // What `drafter serve` does: the queue's ping plus another dependency (Docker there, a flag here).
+    let readiness: Readiness = Arc::new(move || {
+        let flag = flag.clone();
+        let queue_check = queue_check.clone();
+        Box::pin(async move {
+            queue_check().await?;
+            if flag.load(Ordering::SeqCst) {
+                Ok(())
+            } else {
+                Err("docker: not reachable".to_string())
+            }
+        })
+    });
+    let state = AppState {
+        queue: dyn_queue,
+        jira,
+        webhook_secret: secret.map(Secret::new),
+        max_attempts: 4,
+        readiness,
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(server::serve(listener, state, async {
+        let _ = rx.await;
+    }));
+    Server {
+        url,
+        queue,
+        ready,
+        http: reqwest::Client::new(),
+        _stop: tx,
+    }
+}
+
+fn sign(secret: &str, body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+impl Server {
+    /// Posts `body` signed with `secret` (or unsigned), with extra headers; returns status and JSON answer.
+    async fn post_raw(
+        &self,
+        query: &str,
+        body: Vec<u8>,
+        signature: Option<String>,
+        headers: &[(&str, &str)],
+    ) -> (u16, Value) {
+        let mut req = self
+            .http
+            .post(format!("{}/webhooks/jira{query}", self.url))
+            .header("content-type", "application/json")
+            .header("user-agent", "Atlassian Webhook HTTP Client");
+        if let Some(sig) = signature {
+            req = req.header("x-hub-signature", sig);
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = req.body(body).send().await.unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(json!(text)))
+    }
+
+    async fn post(&self, payload: &Value, delivery: Option<&str>) -> (u16, Value) {
+        let body = serde_json::to_vec(payload).unwrap();
+        let sig = sign(SECRET, &body);
+        let headers: Vec<(&str, &str)> = delivery
+            .map(|d| vec![("x-atlassian-webhook-identifier", d)])
+            .unwrap_or_default();
+        self.post_raw("", body, Some(sig), &headers).await
+    }
+}
+
+/// Cloud `jira:issue_updated` for an assignment, as in the reference (wiki-markup description, changelog item with
+/// `tmpToAccountId`).
+fn assigned(key: &str, changelog_id: &str, to: &str) -> Value {
+    json!({
+        "timestamp": 1740947640940u64,
+        "webhookEvent": "jira:issue_updated",
+        "issue_event_type_name": "issue_assigned",
+        "user": {"self": "https://x.atlassian.net/rest/api/2/user?accountId=712020:c9de-ben",
+                 "accountId": "712020:c9de-ben", "displayName": "Ben", "active": true},
+        "issue": {"id": "10411", "self": "https://x.atlassian.net/rest/api/2/10411", "key": key,
+            "fields": {"summary": "Parser crashes on empty input", "description": "The *parser* crashes.",
+                "project": {"key": key.split('-').next().unwrap(), "name": "Team"},
+                "assignee": {"accountId": to, "displayName": "drafter bot"}}},
+        "changelog": {"id": changelog_id, "items": [{"field": "assignee", "fieldtype": "jira", "fieldId": "assignee",
+            "from": null, "fromString": null, "to": to, "toString": "drafter bot",
+            "tmpFromAccountId": null, "tmpToAccountId": to}]}
+    })
+}
+
+/// Cloud `comment_created` (the body is a wiki-markup string in webhooks, not ADF).
+fn commented(key: &str, comment_id: &str, author: &str, body: Value) -> Value {
+    json!({
+        "timestamp": 1740947700000u64,
+        "webhookEvent": "comment_created",
+        "comment": {"self": format!("https://x.atlassian.net/rest/api/2/issue/10042/comment/{comment_id}"),
+            "id": comment_id, "author": {"accountId": author, "displayName": "Ann"},
+            "body": body, "updateAuthor": {"accountId": author},
+            "created": "2025-03-02T10:35:00.000+0000", "updated": "2025-03-02T10:35:00.000+0000"},
+        "issue": {"id": "10042", "key": key, "fields": {"summary": "Parser crashes"}}
+    })
+}
+
+// ---- webhooks ------------------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn valid_signature_creates_one_job() {
+    let s = start(Some(SECRET), cloud_cfg("https://x.atlassian.net")).await;
+    let (status, body) = s
+        .post(
+            &assigned("TM-100", "10518", BOT_ACCOUNT_ID),
+            Some("b5a1-delivery-1"),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["status"], "created");
+    let jobs = s.queue.jobs();
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(body["job"], jobs[0].id.as_str());
+    let j = &jobs[0];
+    assert_eq!((j.ticket.as_str(), j.project.as_str()), ("TM-100", "TM"));
+    assert_eq!(j.max_attempts, 4);
+    let t = &j.triggers[0];
+    assert_eq!(t.delivery, "changelog:10518");
+    assert_eq!(t.source, "webhook:jira:issue_updated");
+    assert_eq!(t.triggered_by.as_deref(), Some("712020:c9de-ben"));
+    assert_eq!(t.text, None);
+}
+
+#[tokio::test]
+async fn bad_or_missing_signature_is_refused_without_a_job() {
+    let s = start(Some(SECRET), cloud_cfg("https://x.atlassian.net")).await;
+    let body = serde_json::to_vec(&assigned("TM-100", "10518", BOT_ACCOUNT_ID)).unwrap();
+    // No signature.
+    let (status, _) = s.post_raw("", body.clone(), None, &[]).await;
+    assert_eq!(status, 401);
+    // Signed with another secret.
+    let (status, _) = s
+        .post_raw("", body.clone(), Some(sign("wrong", &body)), &[])
+        .await;
+    assert_eq!(status, 401);
+    // Signature of another body (a tampered payload).
+    let (status, _) = s
+        .post_raw("", body.clone(), Some(sign(SECRET, b"{}")), &[])
+        .await;
+    assert_eq!(status, 401);
+    // Garbage and the wrong scheme.
+    for sig in ["sha256=zz", "sha1=0123", ""] {
+        let (status, _) = s
+            .post_raw("", body.clone(), Some(sig.to_string()), &[])
+            .await;
+        assert_eq!(status, 401, "{sig}");
+    }
+    // An unsigned body is not even parsed: malformed JSON without a signature is 401, not 400.
+    let (status, _) = s.post_raw("", b"{not json".to_vec(), None, &[]).await;
+    assert_eq!(status, 401);
+    assert!(s.queue.jobs().is_empty());
+
+    // No secret configured: webhooks are off, whatever is sent.
+    let s = start(None, cloud_cfg("https://x.atlassian.net")).await;
+    let (status, answer) = s
+        .post_raw("", body.clone(), Some(sign(SECRET, &body)), &[])
+        .await;
+    assert_eq!(status, 401);
+    assert!(!answer.to_string().contains(SECRET));
+    assert!(s.queue.jobs().is_empty());
+}
+
+#[tokio::test]
+async fn the_same_delivery_five_times_makes_one_job() {
+    let s = start(Some(SECRET), cloud_cfg("https://x.atlassian.net")).await;
+    let payload = assigned("TM-100", "10518", BOT_ACCOUNT_ID);
+    let body = serde_json::to_vec(&payload).unwrap();
+    let sig = sign(SECRET, &body);
+    let mut statuses = Vec::new();
+    for retry in 0..5 {
+        let n = retry.to_string();
+        let mut headers = vec![("x-atlassian-webhook-identifier", "b5a1-delivery-1")];
+        if retry > 0 {
+            headers.push(("x-atlassian-webhook-retry", n.as_str()));
+        }
+        let (status, answer) = s
+            .post_raw("", body.clone(), Some(sig.clone()), &headers)
+            .await;
+        statuses.push((status, answer["status"].as_str().unwrap().to_string()));
+    }
+    assert_eq!(statuses[0], (202, "created".to_string()));
+    for s in &statuses[1..] {
+        assert_eq!(*s, (200, "duplicate".to_string()));
+    }
+    let jobs = s.queue.jobs();
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0].triggers.len(), 1);
+}
+
+#[tokio::test]
+async fn assignment_to_another_user_makes_no_job() {
+    let s = start(Some(SECRET), cloud_cfg("https://x.atlassian.net")).await;
+    let (status, body) = s
+        .post(
+            &assigned("TM-100", "10519", "712020:someone-else"),
+            Some("d-2"),
+        )
+        .await;
+    assert_eq!(status, 202);
+    assert_eq!(
+        body,
+        json!({"status": "ignored", "reason": "assignee changed to someone else"})
+    );
+    assert!(s.queue.jobs().is_empty());
+}
+
+#[tokio::test]
+async fn comment_mentioning_the_bot_records_its_text() {
+    let s = start(Some(SECRET), cloud_cfg("https://x.atlassian.net")).await;
+    let text = format!("[~accountid:{BOT_ACCOUNT_ID}] please also handle *whitespace-only* input");
+    let (status, body) = s
+        .post(
+            &commented("PROJ-17", "10501", "712020:ann", json!(text)),
+            Some("d-3"),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["status"], "created");
+    let jobs = s.queue.jobs();
+    assert_eq!(jobs.len(), 1);
+    let t = &jobs[0].triggers[0];
+    assert_eq!(jobs[0].ticket, "PROJ-17");
+    assert_eq!(t.delivery, "comment:10501");
+    assert_eq!(t.source, "webhook:comment_created");
+    assert_eq!(t.triggered_by.as_deref(), Some("712020:ann"));
+    assert_eq!(t.text.as_deref(), Some(text.as_str()));
+}
+
+#[tokio::test]
+async fn the_bots_own_comment_makes_no_job() {
+    let s = start(Some(SECRET), cloud_cfg("https://x.atlassian.net")).await;
+    let body = json!(format!(
+        "[~accountid:{BOT_ACCOUNT_ID}] Draft pull request opened: [acme/widgets#3|https://github.com/acme/widgets/pull/3]"
+    ));
+    let (status, answer) = s
+        .post(
+            &commented("PROJ-17", "10502", BOT_ACCOUNT_ID, body),
+            Some("d-4"),
+        )
+        .await;
+    assert_eq!(status, 202);
+    assert_eq!(answer["reason"], "comment written by the bot");
+    // A comment that mentions nobody.
+    let (status, answer) = s
+        .post(
+            &commented("PROJ-17", "10503", "712020:ann", json!("LGTM")),
+            Some("d-5"),
+        )
+        .await;
+    assert_eq!(status, 202);
+    assert_eq!(answer["reason"], "comment does not mention the bot");
+    assert!(s.queue.jobs().is_empty());
+}
+
+#[tokio::test]
+async fn a_two_mib_body_is_413() {
+    let s = start(Some(SECRET), cloud_cfg("https://x.atlassian.net")).await;
+    let mut payload = assigned("TM-100", "10518", BOT_ACCOUNT_ID);
+    payload["issue"]["fields"]["description"] = json!("x".repeat(2 << 20));
+    let body = serde_json::to_vec(&payload).unwrap();
+    let sig = sign(SECRET, &body);
+    let (status, _) = s.post_raw("", body, Some(sig), &[]).await;
+    assert_eq!(status, 413);
+    assert!(s.queue.jobs().is_empty());
+    // Just under the limit is fine.
+    payload["issue"]["fields"]["description"] = json!("x".repeat(900 * 1024));
+    let (status, _) = s.post(&payload, None).await;
+    assert_eq!(status, 202);
+}
+
+#[tokio::test]
+async fn truncated_json_is_400() {
+    let s = start(Some(SECRET), cloud_cfg("https://x.atlassian.net")).await;
+    let full = serde_json::to_vec(&assigned("TM-100", "10518", BOT_ACCOUNT_ID)).unwrap();
+    let cut = full[..full.len() / 2].to_vec();
+    let sig = sign(SECRET, &cut);
+    let (status, body) = s.post_raw("", cut, Some(sig), &[]).await;
+    assert_eq!(status, 400);
+    assert_eq!(body["reason"], "body is not valid JSON");
+    assert!(s.queue.jobs().is_empty());
+}
+
+#[tokio::test]
+async fn unknown_event_is_accepted_and_ignored() {
+    let s = start(Some(SECRET), cloud_cfg("https://x.atlassian.net")).await;
+    let payload = json!({"timestamp": 1740947640940u64, "webhookEvent": "jira:issue_deleted",
+        "user": {"accountId": "712020:ann"}, "issue": {"id": "10411", "key": "TM-100", "fields": {}}});
+    let (status, body) = s.post(&payload, Some("d-6")).await;
+    assert_eq!(status, 202);
+    assert_eq!(
+        body,
+        json!({"status": "ignored", "reason": "event jira:issue_deleted is not a trigger"})
+    );
+    assert!(s.queue.jobs().is_empty());
+}
+
+#[tokio::test]
+async fn a_second_trigger_while_the_job_is_open_is_absorbed() {
+    let s = start(Some(SECRET), cloud_cfg("https://x.atlassian.net")).await;
+    let (_, first) = s
+        .post(&assigned("TM-100", "10518", BOT_ACCOUNT_ID), Some("d-7"))
+        .await;
+    let text = format!("[~accountid:{BOT_ACCOUNT_ID}] and the CLI too");
+    let mut comment = commented("TM-100", "10600", "712020:ann", json!(text));
+    comment["issue"]["key"] = json!("TM-100");
+    let (status, second) = s.post(&comment, Some("d-8")).await;
+    assert_eq!(status, 202);
+    assert_eq!(second["status"], "absorbed");
+    assert_eq!(second["job"], first["job"]);
+    let jobs = s.queue.jobs();
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0].triggers.len(), 2);
+    assert_eq!(jobs[0].triggers[1].text.as_deref(), Some(text.as_str()));
+}
+
+#[tokio::test]
+async fn adf_comment_with_a_mention_node_makes_a_job() {
+    let s = start(Some(SECRET), cloud_cfg("https://x.atlassian.net")).await;
+    let adf = json!({"type": "doc", "version": 1, "content": [{"type": "paragraph", "content": [
+        {"type": "mention", "attrs": {"id": BOT_ACCOUNT_ID, "text": "@drafter bot", "accessLevel": ""}},
+        {"type": "text", "text": " can you take this?"}]}]});
+    let (status, body) = s
+        .post(
+            &commented("PROJ-17", "10504", "712020:ann", adf),
+            Some("d-9"),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let jobs = s.queue.jobs();
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(
+        jobs[0].triggers[0].text.as_deref(),
+        Some("@drafter bot can you take this?")
+    );
+}
+
+#[tokio::test]
+async fn data_center_payloads_make_jobs() {
+    let s = start(Some(SECRET), dc_cfg("https://jira.example.com")).await;
+    // DC comment webhook: no `issue` in the payload, the key comes from `?issue=${issue.key}` in the URL.
+    let payload = json!({
+        "timestamp": 1740947700000u64,
+        "webhookEvent": "comment_created",
+        "comment": {"self": "https://jira.example.com/rest/api/2/issue/10042/comment/20001", "id": "20001",
+            "author": {"name": "alice", "key": "JIRAUSER10000", "displayName": "Alice"},
+            "body": "[~drafter] the fix should go into the v2 parser", "created": "2025-03-02T10:35:00.000+0000"}
+    });
+    let body = serde_json::to_vec(&payload).unwrap();
+    let sig = sign(SECRET, &body);
+    let (status, answer) = s
+        .post_raw("?issue=OPS-7", body.clone(), Some(sig.clone()), &[])
+        .await;
+    assert_eq!(status, 202, "{answer}");
+    // Without the URL hint it cannot name the ticket.
+    let (status, answer) = s.post_raw("", body, Some(sig), &[]).await;
+    assert_eq!(status, 202);
+    assert_eq!(answer["status"], "ignored");
+
+    // DC assignment: users by name/key, `to` is the user key.
+    let assign = json!({
+        "timestamp": 1740947800000u64,
+        "webhookEvent": "jira:issue_updated",
+        "user": {"name": "bob", "key": "JIRAUSER10001"},
+        "issue": {"id": "10050", "key": "OPS-8", "fields": {"summary": "s", "assignee": {"name": "drafter", "key": DC_BOT_KEY}}},
+        "changelog": {"id": "30010", "items": [{"field": "assignee", "fieldtype": "jira",
+            "from": null, "fromString": null, "to": DC_BOT_KEY, "toString": "drafter bot"}]}
+    });
+    let (status, _) = s.post(&assign, None).await;
+    assert_eq!(status, 202);
+
+    let jobs = s.queue.jobs();
+    assert_eq!(jobs.len(), 2);
+    assert_eq!(jobs[0].ticket, "OPS-7");
+    assert_eq!(jobs[0].triggers[0].triggered_by.as_deref(), Some("alice"));
+    assert_eq!(jobs[0].triggers[0].delivery, "comment:20001");
+    assert_eq!(
+        jobs[0].triggers[0].text.as_deref(),
+        Some("[~drafter] the fix should go into the v2 parser")
+    );
+    assert_eq!(jobs[1].ticket, "OPS-8");
+    assert_eq!(jobs[1].triggers[0].triggered_by.as_deref(), Some("bob"));
+}
+
+#[tokio::test]
+async fn queue_failure_is_503_and_the_retry_succeeds() {
+    let s = start(Some(SECRET), cloud_cfg("https://x.atlassian.net")).await;
+    let payload = assigned("TM-100", "10518", BOT_ACCOUNT_ID);
+    s.queue.failing.store(true, Ordering::SeqCst);
+    let (status, body) = s.post(&payload, Some("d-10")).await;
+    assert_eq!(status, 503);
+    assert!(!body.to_string().contains("disk on fire"), "{body}");
+    // Jira retries the same delivery once the queue is back.
+    s.queue.failing.store(false, Ordering::SeqCst);
+    let (status, body) = s.post(&payload, Some("d-10")).await;
+    assert_eq!(status, 202);
+    assert_eq!(body["status"], "created");
+    assert_eq!(s.queue.jobs().len(), 1);
+}
+
+#[tokio::test]
+async fn healthz_and_readyz() {
+    let s = start(Some(SECRET), cloud_cfg("https://x.atlassian.net")).await;
+    let get = |path: &'static str| {
+        let http = s.http.clone();
+        let url = format!("{}{path}", s.url);
+        async move {
+            let r = http.get(url).send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    assert_eq!(get("/healthz").await, (200, "ok\n".to_string()));
+    assert_eq!(get("/readyz").await.0, 200);
+    s.ready.store(false, Ordering::SeqCst);
+    let (status, text) = get("/readyz").await;
+    assert_eq!(status, 503);
+    assert!(text.contains("docker: not reachable"), "{text}");
+    s.ready.store(true, Ordering::SeqCst);
+    s.queue.failing.store(true, Ordering::SeqCst);
+    let (status, text) = get("/readyz").await;
+    assert_eq!(status, 503);
+    assert!(text.contains("queue (memory) not ready"), "{text}");
+    // Liveness does not depend on dependencies.
+    assert_eq!(get("/healthz").await.0, 200);
+    // Wrong method on the webhook route.
+    let r = s
+        .http
+        .get(format!("{}/webhooks/jira", s.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 405);
+}
+
+// ---- poll ----------------------------------------------------------------------------------------------------------
+
+const EMAIL: &str = "drafter-bot@example.com";
+const TOKEN: &str = "ATATT3xFfGF0-TESTSECRET-poll";
+const PAT: &str = "NjM0-TESTSECRET-pat";
+
+fn poll_cfg(projects: &[&str], statuses: &[&str]) -> PollConfig {
+    PollConfig {
+        enabled: true,
+        interval_secs: 3600,
+        projects: projects.iter().map(|s| s.to_string()).collect(),
+        statuses: statuses.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+fn bot() -> Value {
+    json!({"accountId": BOT_ACCOUNT_ID, "displayName": "drafter bot"})
+}
+
+fn ann() -> Value {
+    json!({"accountId": "712020:ann", "displayName": "Ann"})
+}
+
+fn jql_of(req: &support::RecordedRequest) -> HashMap<String, String> {
+    url::form_urlencoded::parse(req.query.as_deref().unwrap_or("").as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
+}
+
+fn search_requests(j: &JiraStandIn) -> Vec<support::RecordedRequest> {
+    j.requests()
+        .into_iter()
+        .filter(|r| r.path.contains("/search"))
+        .collect()
+}
+
+#[tokio::test]
+async fn cloud_poll_pages_and_never_duplicates() {
+    let j = JiraStandIn::start(EMAIL, TOKEN).await;
+    j.set_page_size(2);
+    // Three tickets assigned to the bot in polled projects (one at creation, two by a change), plus noise.
+    j.add_issue("PAY-1", "one", Value::Null, &[]);
+    for key in ["PAY-2", "OPS-3", "PAY-4", "HR-5"] {
+        j.add_issue(key, key, Value::Null, &[]);
+        j.assign(key, ann(), ann());
+    }
+    let pay2 = j.assign("PAY-2", bot(), ann());
+    j.assign("OPS-3", bot(), ann());
+    j.assign("HR-5", bot(), ann()); // not a polled project
+    let client = JiraClient::new(&cloud_cfg(&j.base_url())).unwrap();
+    let jira_cfg = cloud_cfg(&j.base_url());
+    let cfg = poll_cfg(&["PAY", "OPS"], &[]);
+    let queue = MemQueue::default();
+
+    let first = intake::poll_once(&client, &cfg, &jira_cfg, &queue, 3)
+        .await
+        .unwrap();
+    assert_eq!(first.issues, 3);
+    assert_eq!(first.created, 3);
+    for _ in 0..4 {
+        let s = intake::poll_once(&client, &cfg, &jira_cfg, &queue, 3)
+            .await
+            .unwrap();
+        assert_eq!((s.issues, s.created, s.duplicate), (3, 0, 3));
+    }
+    let jobs = queue.jobs();
+    let mut tickets: Vec<&str> = jobs.iter().map(|j| j.ticket.as_str()).collect();
+    tickets.sort();
+    assert_eq!(tickets, ["OPS-3", "PAY-1", "PAY-2"]);
+    assert!(jobs.iter().all(|j| j.triggers.len() == 1));
+    let pay2_job = jobs.iter().find(|j| j.ticket == "PAY-2").unwrap();
+    assert_eq!(pay2_job.triggers[0].delivery, format!("changelog:{pay2}"));
+    assert_eq!(pay2_job.triggers[0].source, "poll");
+    assert_eq!(
+        pay2_job.triggers[0].triggered_by.as_deref(),
+        Some("712020:ann")
+    );
+    assert!(
+        jobs.iter().find(|j| j.ticket == "PAY-1").unwrap().triggers[0]
+            .delivery
+            .starts_with("created:")
+    );
+
+    // What was sent: the new endpoint, the exact JQL, and the page token on the second page.
+    let reqs = search_requests(&j);
+    assert_eq!(reqs.len(), 10, "two pages per poll");
+    assert!(reqs.iter().all(|r| r.path == "/rest/api/3/search/jql"));
+    let q1 = jql_of(&reqs[0]);
+    assert_eq!(
+        q1["jql"],
+        format!(
+            r#"assignee = "{BOT_ACCOUNT_ID}" AND project in ("PAY", "OPS") ORDER BY updated DESC"#
+        )
+    );
+    assert_eq!(q1["expand"], "changelog");
+    assert_eq!(q1["maxResults"], "100");
+    assert!(q1["fields"].split(',').any(|f| f == "assignee"));
+    assert!(!q1.contains_key("nextPageToken"));
+    assert!(jql_of(&reqs[1]).contains_key("nextPageToken"));
+    assert_eq!(
+        reqs[0].header("authorization").unwrap().split(' ').next(),
+        Some("Basic")
+    );
+}
+
+#[tokio::test]
+async fn a_reassigned_ticket_runs_again_but_a_finished_one_does_not() {
+    let j = JiraStandIn::start(EMAIL, TOKEN).await;
+    j.add_issue("PAY-1", "one", Value::Null, &[]);
+    j.assign("PAY-1", ann(), ann());
+    j.assign("PAY-1", bot(), ann());
+    let client = JiraClient::new(&cloud_cfg(&j.base_url())).unwrap();
+    let jira_cfg = cloud_cfg(&j.base_url());
+    let cfg = poll_cfg(&["PAY"], &[]);
+    let queue = MemQueue::default();
+    let poll = || intake::poll_once(&client, &cfg, &jira_cfg, &queue, 3);
+
+    assert_eq!(poll().await.unwrap().created, 1);
+    queue.finish_all();
+    // Still assigned, the job is done, people comment: no new job.
+    j.add_comment("PAY-1", ann(), json!("thanks"));
+    for _ in 0..3 {
+        let s = poll().await.unwrap();
+        assert_eq!((s.created, s.duplicate), (0, 1));
+    }
+    // Re-assigned to a human and back to the bot: a new assignment, a new job.
+    j.assign("PAY-1", ann(), ann());
+    assert_eq!(poll().await.unwrap().issues, 0);
+    j.assign("PAY-1", bot(), ann());
+    assert_eq!(poll().await.unwrap().created, 1);
+    assert_eq!(poll().await.unwrap().duplicate, 1);
+    assert_eq!(queue.jobs().len(), 2);
+}
+
+#[tokio::test]
+async fn webhook_and_poll_agree_on_the_same_assignment() {
+    // With both intake paths on, a poll after the webhook's job has finished must not start a second run.
+    let j = JiraStandIn::start(EMAIL, TOKEN).await;
+    j.add_issue("PAY-9", "nine", Value::Null, &[]);
+    j.assign("PAY-9", ann(), ann());
+    let history_id = j.assign("PAY-9", bot(), ann());
+    let jira_cfg = cloud_cfg(&j.base_url());
+    let s = start(Some(SECRET), jira_cfg.clone()).await;
+    let (status, _) = s
+        .post(
+            &assigned("PAY-9", &history_id, BOT_ACCOUNT_ID),
+            Some("c0ffee-1"),
+        )
+        .await;
+    assert_eq!(status, 202);
+    s.queue.finish_all();
+    let client = JiraClient::new(&jira_cfg).unwrap();
+    let stats = intake::poll_once(
+        &client,
+        &poll_cfg(&["PAY"], &[]),
+        &jira_cfg,
+        s.queue.as_ref(),
+        3,
+    )
+    .await
+    .unwrap();
+    assert_eq!((stats.created, stats.duplicate), (0, 1));
+    assert_eq!(s.queue.jobs().len(), 1);
+}
+
+#[tokio::test]
+async fn data_center_poll_pages_with_start_at() {
+    let j = JiraStandIn::start_datacenter(PAT).await;
+    j.set_page_size(2);
+    let dc_bot = json!({"name": DC_BOT_NAME, "key": DC_BOT_KEY, "displayName": "drafter bot"});
+    let alice = json!({"name": "alice", "key": "JIRAUSER10000"});
+    for key in ["OPS-1", "OPS-2", "OPS-3"] {
+        j.add_issue(key, key, Value::Null, &[]);
+        j.assign(key, alice.clone(), alice.clone());
+        j.assign(key, dc_bot.clone(), alice.clone());
+    }
+    let jira_cfg = dc_cfg(&j.base_url());
+    let client = JiraClient::new(&jira_cfg).unwrap();
+    let cfg = poll_cfg(&["OPS"], &["To Do", "In Progress"]);
+    let queue = MemQueue::default();
+    for _ in 0..5 {
+        intake::poll_once(&client, &cfg, &jira_cfg, &queue, 3)
+            .await
+            .unwrap();
+    }
+    let jobs = queue.jobs();
+    assert_eq!(jobs.len(), 3);
+    assert!(jobs
+        .iter()
+        .all(|j| j.triggers[0].delivery.starts_with("changelog:")
+            && j.triggers[0].triggered_by.as_deref() == Some("alice")));
+    let reqs = search_requests(&j);
+    assert_eq!(reqs.len(), 10);
+    assert!(reqs.iter().all(|r| r.path == "/rest/api/2/search"));
+    let q0 = jql_of(&reqs[0]);
+    let q1 = jql_of(&reqs[1]);
+    assert_eq!(
+        q0["jql"],
+        r#"assignee = "drafter" AND project in ("OPS") AND status in ("To Do", "In Progress") ORDER BY updated DESC"#
+    );
+    assert_eq!((q0["startAt"].as_str(), q1["startAt"].as_str()), ("0", "2"));
+    assert_eq!(
+        reqs[0].header("authorization"),
+        Some(format!("Bearer {PAT}").as_str())
+    );
+}
+
+#[tokio::test]
+async fn poll_loop_stops_promptly_on_shutdown() {
+    let j = JiraStandIn::start(EMAIL, TOKEN).await;
+    j.add_issue("PAY-1", "one", Value::Null, &[]);
+    let jira_cfg = cloud_cfg(&j.base_url());
+    let client = JiraClient::new(&jira_cfg).unwrap();
+    let queue = Arc::new(MemQueue::default());
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let handle = tokio::spawn(intake::poll_loop(
+        client,
+        poll_cfg(&["PAY"], &[]),
+        jira_cfg,
+        queue.clone() as Arc<dyn Queue>,
+        3,
+        async {
+            let _ = rx.await;
+        },
+    ));
+    // The first poll runs at once.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while queue.jobs().is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no job from the first poll"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Now it sleeps for an hour; shutdown must end it at once.
+    tx.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(1), handle)
+        .await
+        .expect("poll loop did not stop within 1 s")
+        .unwrap();
+    assert_eq!(queue.jobs().len(), 1);
+}
+
+#[tokio::test]
+async fn poll_loop_retries_after_a_failure_honouring_retry_after() {
+    let j = JiraStandIn::start(EMAIL, TOKEN).await;
+    j.add_issue("PAY-1", "one", Value::Null, &[]);
+    j.fail_next_with(503, 1, Some("2"));
+    let jira_cfg = cloud_cfg(&j.base_url());
+    let client = JiraClient::new(&jira_cfg).unwrap();
+    let queue = Arc::new(MemQueue::default());
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let mut cfg = poll_cfg(&["PAY"], &[]);
+    cfg.interval_secs = 1;
+    let started = tokio::time::Instant::now();
+    let handle = tokio::spawn(intake::poll_loop(
+        client,
+        cfg,
+        jira_cfg,
+        queue.clone() as Arc<dyn Queue>,
+        3,
+        async {
+            let _ = rx.await;
+        },
+    ));
+    while queue.jobs().is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(8),
+            "never recovered"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The 503 asked for 2 s, longer than the 1 s interval: the second poll waited for it.
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    tx.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(1), handle)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(search_requests(&j).len(), 2);
+}
+
+#[tokio::test]
+async fn disabled_poll_loop_returns_at_once() {
+    let jira_cfg = cloud_cfg("http://127.0.0.1:9");
+    let client = JiraClient::new(&jira_cfg).unwrap();
+    let mut cfg = poll_cfg(&["PAY"], &[]);
+    cfg.enabled = false;
+    tokio::time::timeout(
+        Duration::from_secs(1),
+        intake::poll_loop(
+            client,
+            cfg,
+            jira_cfg,
+            Arc::new(MemQueue::default()),
+            3,
+            std::future::pending(),
+        ),
+    )
+    .await
+    .unwrap();
+}
+
+// ---- comments ------------------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn comments_are_listed_across_pages() {
+    let j = JiraStandIn::start(EMAIL, TOKEN).await;
+    j.add_issue("PAY-1", "one", Value::Null, &[]);
+    for i in 0..250 {
+        let body = json!({"type": "doc", "version": 1, "content": [{"type": "paragraph", "content": [
+            {"type": "text", "text": format!("comment {i}")}]}]});
+        j.add_comment("PAY-1", ann(), body);
+    }
+    let client = JiraClient::new(&cloud_cfg(&j.base_url())).unwrap();
+    j.set_page_size(100);
+    let all = client.comments("PAY-1").await.unwrap();
+    assert_eq!(all.len(), 250);
+    for (i, c) in all.iter().enumerate() {
+        assert_eq!(
+            c["body"]["content"][0]["content"][0]["text"],
+            format!("comment {i}")
+        );
+        assert_eq!(c["author"]["accountId"], "712020:ann");
+    }
+    let starts: Vec<String> = j
+        .requests()
+        .iter()
+        .filter(|r| r.path == "/rest/api/3/issue/PAY-1/comment")
+        .map(|r| jql_of(r)["startAt"].clone())
+        .collect();
+    assert_eq!(starts, ["0", "100", "200"]);
+
+    // A page size smaller than asked (Jira may cap it) still reaches every comment.
+    j.set_page_size(7);
+    assert_eq!(client.comments("PAY-1").await.unwrap().len(), 250);
+    // No comments, an unknown issue, a hostile key.
+    j.add_issue("PAY-2", "two", Value::Null, &[]);
+    assert!(client.comments("PAY-2").await.unwrap().is_empty());
+    assert!(matches!(
+        client.comments("PAY-404").await,
+        Err(drafter::jira::JiraError::NotFound { .. })
+    ));
+    assert!(matches!(
+        client.comments("../x").await,
+        Err(drafter::jira::JiraError::InvalidKey(_))
+    ));
+}
+
+#[tokio::test]
+async fn data_center_comments_use_v2() {
+    let j = JiraStandIn::start_datacenter(PAT).await;
+    j.add_issue("OPS-1", "one", Value::Null, &[]);
+    j.add_comment("OPS-1", json!({"name": "alice"}), json!("wiki *text*"));
+    let client = JiraClient::new(&dc_cfg(&j.base_url())).unwrap();
+    let all = client.comments("OPS-1").await.unwrap();
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0]["body"], "wiki *text*");
+    assert!(j
+        .requests()
+        .iter()
+        .any(|r| r.path == "/rest/api/2/issue/OPS-1/comment"));
+}
+
+#[tokio::test]
+async fn search_errors_surface() {
+    let j = JiraStandIn::start(EMAIL, TOKEN).await;
+    let client = JiraClient::new(&cloud_cfg(&j.base_url())).unwrap();
+    // JQL the site does not understand is a 400, not retryable.
+    let e = client
+        .search("garbage ((", &["key"], None)
+        .await
+        .unwrap_err();
+    assert!(!e.is_retryable(), "{e}");
+    // Rate limited: retryable with the server's Retry-After.
+    j.fail_next_with(429, 1, Some("7"));
+    let e = client
+        .search(r#"assignee = "x""#, &["key"], None)
+        .await
+        .unwrap_err();
+    assert_eq!(e.retry_after(), Some(Duration::from_secs(7)));
+    let page = client
+        .search(r#"assignee = "x""#, &["key"], None)
+        .await
+        .unwrap();
+    assert!(page.issues.is_empty() && page.next.is_none());
+}
+
+#[tokio::test]
+async fn serve_returns_after_shutdown() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/healthz", listener.local_addr().unwrap());
+    let queue: Arc<dyn Queue> = Arc::new(MemQueue::default());
+    let state = AppState {
+        readiness: server::queue_readiness(queue.clone()),
+        queue,
+        jira: cloud_cfg("https://x.atlassian.net"),
+        webhook_secret: None,
+        max_attempts: 3,
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let handle = tokio::spawn(server::serve(listener, state, async {
+        let _ = rx.await;
+    }));
+    assert_eq!(reqwest::get(&url).await.unwrap().status().as_u16(), 200);
+    tx.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), handle)
+        .await
+        .expect("serve did not return after shutdown")
+        .unwrap()
+        .unwrap();
+    assert!(reqwest::get(&url).await.is_err(), "still listening");
+}
