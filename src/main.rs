@@ -193,7 +193,8 @@ async fn run(ticket: &str, config_path: &std::path::Path) -> anyhow::Result<Exit
         Err(e) => tracing::warn!(error = %e, "could not look for leftover containers"),
     }
 
-    let job_id = drafter::queue::new_job_id();
+    let spec = worker::JobSpec::new(ticket);
+    let job_id = spec.job_id.clone();
     eprintln!("job {job_id}: ticket {ticket}");
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
     let printer = tokio::spawn(async move {
@@ -213,7 +214,7 @@ async fn run(ticket: &str, config_path: &std::path::Path) -> anyhow::Result<Exit
             }
         }
     });
-    let job = worker::run_job(config.clone(), ticket, &job_id, tx, worker::Attempt::ONLY);
+    let job = worker::run_job(config.clone(), &spec, tx);
     let result = tokio::select! {
         result = job => result,
         _ = shutdown_signal() => {

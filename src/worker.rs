@@ -311,15 +311,40 @@ impl Attempt {
     }
 }
 
-/// Runs one job for `ticket_key` to the end. Events go to `events` (if the receiver is gone they are dropped).
-/// Final failures are commented on the ticket before this returns.
+/// What to run: which ticket, as which job and attempt, with what people asked for.
+#[derive(Debug, Clone)]
+pub struct JobSpec {
+    /// The Jira issue key.
+    pub ticket: String,
+    /// The job id (job directory, container label, commit trailer).
+    pub job_id: String,
+    /// Which attempt this is.
+    pub attempt: Attempt,
+    /// What people asked of the bot on the ticket (the triggering comments), as `who: text`; given to the model
+    /// as untrusted data alongside the ticket.
+    pub requests: Vec<String>,
+}
+
+impl JobSpec {
+    /// A fresh single-attempt job for a ticket (`drafter run`).
+    pub fn new(ticket: &str) -> JobSpec {
+        JobSpec {
+            ticket: ticket.to_string(),
+            job_id: crate::queue::new_job_id(),
+            attempt: Attempt::ONLY,
+            requests: Vec::new(),
+        }
+    }
+}
+
+/// Runs one job to the end. Events go to `events` (if the receiver is gone they are dropped). Final failures are
+/// commented on the ticket before this returns.
 pub async fn run_job(
     config: Arc<Config>,
-    ticket_key: &str,
-    job_id: &str,
+    spec: &JobSpec,
     events: UnboundedSender<Event>,
-    attempt: Attempt,
 ) -> Result<JobOutcome, JobError> {
+    let (ticket_key, job_id, attempt) = (spec.ticket.as_str(), spec.job_id.as_str(), spec.attempt);
     let span = tracing::info_span!("job", job_id = %job_id, ticket = %ticket_key);
     async move {
         let started_at = chrono::Utc::now().to_rfc3339();
@@ -327,7 +352,7 @@ pub async fn run_job(
         std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
         let jira = JiraClient::new(&config.jira)?;
         let mut progress = Progress::default();
-        let result = pipeline(&config, &jira, ticket_key, job_id, &dir, &events, &mut progress).await;
+        let result = pipeline(&config, &jira, spec, &dir, &events, &mut progress).await;
 
         // Report final failures on the ticket; a retry is coming for the others.
         if let Err(e) = &result {
@@ -396,12 +421,12 @@ fn stage(events: &UnboundedSender<Event>, stage: Stage, detail: impl Into<String
 async fn pipeline(
     config: &Arc<Config>,
     jira: &JiraClient,
-    ticket_key: &str,
-    job_id: &str,
+    spec: &JobSpec,
     dir: &Path,
     events: &UnboundedSender<Event>,
     progress: &mut Progress,
 ) -> Result<JobOutcome, JobError> {
+    let (ticket_key, job_id) = (spec.ticket.as_str(), spec.job_id.as_str());
     // Fetch.
     stage(events, Stage::Fetch, ticket_key);
     if !jira::valid_issue_key(ticket_key) {
@@ -499,7 +524,7 @@ async fn pipeline(
         (outcome, digest, changed)
     } else {
         let (outcome, digest) = run_agent(
-            config, job_id, &ticket, &repo_cfg, dir, &sandbox, &ws, events, progress,
+            config, spec, &ticket, &repo_cfg, dir, &sandbox, &ws, events, progress,
         )
         .await?;
 
@@ -664,7 +689,7 @@ async fn ticket_mentions(jira: &JiraClient, key: &str, needle: &str) -> Result<b
 #[allow(clippy::too_many_arguments)]
 async fn run_agent(
     config: &Arc<Config>,
-    job_id: &str,
+    spec: &JobSpec,
     ticket: &Ticket,
     repo_cfg: &RepoConfig,
     dir: &Path,
@@ -673,6 +698,7 @@ async fn run_agent(
     events: &UnboundedSender<Event>,
     progress: &mut Progress,
 ) -> Result<(AgentOutcome, String), JobError> {
+    let job_id = spec.job_id.as_str();
     stage(events, Stage::Sandbox, config.sandbox.image.as_str());
     let container = sandbox.start(job_id, &ticket.key).await?;
     let agent_result = async {
@@ -696,6 +722,7 @@ async fn run_agent(
             repo: repo_cfg,
             limits: &config.agent,
             command_timeout: Duration::from_secs(config.sandbox.command_timeout_secs),
+            requests: &spec.requests,
         };
         let mut calls = Vec::new();
         let ev = events.clone();

@@ -550,3 +550,117 @@ async fn jobs_cli_lists_shows_cancels_and_retries() {
     assert!(status.success(), "{log}");
     assert_eq!(stack.github.pulls(DEMO_REPO).len(), 1);
 }
+
+/// Three workers on one PostgreSQL queue: every job runs exactly once, and the work is shared.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_workers_share_one_postgres_queue() {
+    let jobs_wanted: usize = std::env::var("DRAFTER_PG_JOBS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    let db = support::postgres::TestDatabase::create().await;
+    let stack = Stack::start(Options {
+        per_conversation: true,
+        extra_toml: serve_toml(3, 3, 30, 60),
+        ..Options::default()
+    })
+    .await;
+    let keys: Vec<String> = (0..jobs_wanted)
+        .map(|i| format!("DEMO-{}", 2000 + i))
+        .collect();
+    let description = support::harness::demo_ticket()["description"].clone();
+    for (i, key) in keys.iter().enumerate() {
+        stack.jira.add_issue(
+            key,
+            &format!("Greeting should end with an exclamation mark {i}"),
+            description.clone(),
+            &[],
+        );
+    }
+    let env = [("DRAFTER_SERVE_QUEUE", db.url.as_str())];
+    let mut workers = Vec::new();
+    for _ in 0..3 {
+        workers.push(ServeProcess::start_with(&stack, Path::new(BIN), &env).await);
+    }
+    let client = reqwest::Client::new();
+    let started = Instant::now();
+    for (i, key) in keys.iter().enumerate() {
+        // Round-robin over the workers' webhook endpoints, as a load balancer would.
+        let status = workers[i % 3]
+            .webhook(&client, &assignment_webhook(key, 90_000 + i as u64))
+            .await;
+        assert_eq!(status, 202, "{key}");
+    }
+    let queue = drafter::queue::open(&db.url)
+        .await
+        .expect("open postgres queue");
+    let jobs = wait_all_finished(queue.as_ref(), jobs_wanted, Duration::from_secs(1200)).await;
+    let elapsed = started.elapsed();
+    let mut succeeded_per_worker = Vec::new();
+    for w in workers {
+        let (status, log) = w.sigterm(Duration::from_secs(60)).await;
+        assert!(status.success(), "{log}");
+        let n: u64 = log
+            .lines()
+            .find_map(|l| l.split("stopped (").nth(1))
+            .and_then(|rest| rest.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no stats line in:\n{log}"));
+        succeeded_per_worker.push(n);
+    }
+    assert_eq!(jobs.len(), jobs_wanted);
+    for j in &jobs {
+        assert_eq!(j.state, JobState::Succeeded, "{j:?}");
+        assert_eq!(j.attempts, 1, "a job ran more than once: {j:?}");
+    }
+    assert_eq!(
+        succeeded_per_worker.iter().sum::<u64>() as usize,
+        jobs_wanted
+    );
+    assert_eq!(stack.github.pulls(DEMO_REPO).len(), jobs_wanted);
+    for key in &keys {
+        assert_eq!(pr_opened_comments(&stack, key), 1, "{key}");
+    }
+    // Every job's model conversation ran once: five calls each, no more.
+    assert_eq!(stack.model.requests().len(), jobs_wanted * 5);
+    eprintln!("postgres: {jobs_wanted} jobs over 3 workers in {elapsed:?}, per worker {succeeded_per_worker:?}");
+    assert!(stack_containers(queue.as_ref()).await.is_empty());
+}
+
+/// A comment that @mentions the bot starts a job, and what it said reaches the model as quoted ticket data.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_mention_in_a_comment_starts_a_job_with_the_request() {
+    let stack = Stack::start(Options {
+        per_conversation: true,
+        extra_toml: serve_toml(1, 1, 30, 30),
+        ..Options::default()
+    })
+    .await;
+    let serve = ServeProcess::start(&stack, Path::new(BIN)).await;
+    let client = reqwest::Client::new();
+    // The Cloud webhook body carries wiki markup with `[~accountid:...]` mentions (see the reference notes).
+    let body = json!({
+        "webhookEvent": "comment_created",
+        "comment": {"id": "10501",
+                    "self": "https://x.atlassian.net/rest/api/2/issue/10042/comment/10501",
+                    "author": {"accountId": "712020:developer-ben", "displayName": "Ben"},
+                    "body": format!("[~accountid:{}] please keep the docstring unchanged", support::harness::BOT_ACCOUNT)},
+        "issue": {"id": "10042", "key": "DEMO-1", "fields": {"summary": "x", "project": {"key": "DEMO"}}}
+    });
+    assert_eq!(serve.webhook(&client, &body).await, 202);
+    let queue = open_queue(&stack).await;
+    let jobs = wait_all_finished(queue.as_ref(), 1, Duration::from_secs(120)).await;
+    let (status, log) = serve.sigterm(Duration::from_secs(60)).await;
+    assert!(status.success(), "{log}");
+    assert_eq!(jobs[0].state, JobState::Succeeded, "{:?}", jobs[0]);
+    assert_eq!(
+        jobs[0].triggers[0].triggered_by.as_deref(),
+        Some("712020:developer-ben")
+    );
+    let first = String::from_utf8_lossy(&stack.model.requests()[0].body).into_owned();
+    assert!(
+        first.contains("<request>712020:developer-ben:")
+            && first.contains("please keep the docstring unchanged"),
+        "{first}"
+    );
+}

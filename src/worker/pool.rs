@@ -25,7 +25,7 @@ use crate::config::Config;
 use crate::queue::{Claim, Failure, Job, JobState, Queue};
 use crate::sandbox::Sandbox;
 
-use super::{run_job, scrub, Attempt, Event};
+use super::{run_job, scrub, Attempt, Event, JobSpec};
 
 /// What a pool did, for logs and tests.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -237,11 +237,24 @@ impl JobTask {
             }
         });
 
-        let attempt = Attempt {
-            number: job.attempts,
-            max: job.max_attempts,
+        let spec = JobSpec {
+            ticket: job.ticket.clone(),
+            job_id: job.id.clone(),
+            attempt: Attempt {
+                number: job.attempts,
+                max: job.max_attempts,
+            },
+            requests: job
+                .triggers
+                .iter()
+                .filter_map(|t| {
+                    let text = t.text.as_deref()?.trim();
+                    let who = t.triggered_by.as_deref().unwrap_or("someone");
+                    (!text.is_empty()).then(|| format!("{who}: {text}"))
+                })
+                .collect(),
         };
-        let pipeline = run_job(self.config.clone(), &job.ticket, &job.id, tx, attempt);
+        let pipeline = run_job(self.config.clone(), &spec, tx);
         let heartbeat = heartbeat(
             queue.clone(),
             &job.id,
