@@ -15,6 +15,10 @@ use support::harness::{assignment_webhook, Options, ServeProcess, Stack, DEMO_RE
 
 const BIN: &str = env!("CARGO_BIN_EXE_drafter");
 
+/// One test at a time: each drives a worker pool that saturates this machine's cores on its own, and the crash
+/// test's short leases must not starve behind another test's burst.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn serve_toml(concurrency: usize, per_project: usize, lease_secs: u64, drain_secs: u64) -> String {
     format!(
         r#"[serve]
@@ -130,6 +134,7 @@ fn pr_opened_comments(stack: &Stack, key: &str) -> usize {
 /// lost or doubled (duplicate deliveries included), and the concurrency caps hold throughout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn webhook_burst_makes_exactly_one_job_per_ticket() {
+    let _serial = SERIAL.lock().await;
     let tickets: usize = std::env::var("DRAFTER_BURST")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -287,6 +292,7 @@ enum CrashAt {
 /// PR and one "PR opened" comment, and no container is left.
 #[tokio::test(flavor = "multi_thread")]
 async fn crash_at_any_stage_then_restart_delivers_exactly_once() {
+    let _serial = SERIAL.lock().await;
     for at in [
         CrashAt::Cloning,
         CrashAt::ModelLoop,
@@ -403,6 +409,7 @@ async fn crash_and_recover(at: CrashAt) {
 /// SIGTERM while a job runs and the drain is long enough: the job finishes before the worker exits.
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_lets_a_running_job_finish_within_the_drain() {
+    let _serial = SERIAL.lock().await;
     let stack = Stack::start(Options {
         per_conversation: true,
         extra_toml: serve_toml(2, 2, 30, 60),
@@ -434,6 +441,7 @@ async fn sigterm_lets_a_running_job_finish_within_the_drain() {
 /// the released attempt counting.
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_releases_what_cannot_finish_and_another_worker_completes_it() {
+    let _serial = SERIAL.lock().await;
     let stack = Stack::start(Options {
         per_conversation: true,
         extra_toml: serve_toml(2, 2, 30, 1),
@@ -481,6 +489,7 @@ async fn sigterm_releases_what_cannot_finish_and_another_worker_completes_it() {
 /// The operator CLI against the worker's queue: list, show (with the trigger), cancel and retry, text and JSON.
 #[tokio::test(flavor = "multi_thread")]
 async fn jobs_cli_lists_shows_cancels_and_retries() {
+    let _serial = SERIAL.lock().await;
     let stack = Stack::start(Options {
         per_conversation: true,
         extra_toml: serve_toml(1, 1, 30, 5),
@@ -554,6 +563,7 @@ async fn jobs_cli_lists_shows_cancels_and_retries() {
 /// Three workers on one PostgreSQL queue: every job runs exactly once, and the work is shared.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_workers_share_one_postgres_queue() {
+    let _serial = SERIAL.lock().await;
     let jobs_wanted: usize = std::env::var("DRAFTER_PG_JOBS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -630,6 +640,7 @@ async fn three_workers_share_one_postgres_queue() {
 /// A comment that @mentions the bot starts a job, and what it said reaches the model as quoted ticket data.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_mention_in_a_comment_starts_a_job_with_the_request() {
+    let _serial = SERIAL.lock().await;
     let stack = Stack::start(Options {
         per_conversation: true,
         extra_toml: serve_toml(1, 1, 30, 30),
