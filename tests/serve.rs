@@ -406,28 +406,35 @@ async fn crash_and_recover(at: CrashAt) {
     eprintln!("{at:?}: recovered after {} attempt(s)", jobs[0].attempts);
 }
 
+/// A worker with one job (DEMO-1) that has reached its model loop, whose every reply takes `model_delay`.
+async fn one_job_in_its_model_loop(
+    drain_secs: u64,
+    model_delay: Duration,
+) -> (Stack, ServeProcess) {
+    let stack = Stack::start(Options {
+        per_conversation: true,
+        extra_toml: serve_toml(2, 2, 30, drain_secs),
+        ..Options::default()
+    })
+    .await;
+    stack.model.set_delay(model_delay);
+    let serve = ServeProcess::start(&stack, Path::new(BIN)).await;
+    let client = reqwest::Client::new();
+    let status = serve
+        .webhook(&client, &assignment_webhook("DEMO-1", 1))
+        .await;
+    assert_eq!(status, 202, "created");
+    while stack.model.requests().is_empty() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    (stack, serve)
+}
+
 /// SIGTERM while a job runs and the drain is long enough: the job finishes before the worker exits.
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_lets_a_running_job_finish_within_the_drain() {
     let _serial = SERIAL.lock().await;
-    let stack = Stack::start(Options {
-        per_conversation: true,
-        extra_toml: serve_toml(2, 2, 30, 60),
-        ..Options::default()
-    })
-    .await;
-    stack.model.set_delay(Duration::from_millis(500));
-    let serve = ServeProcess::start(&stack, Path::new(BIN)).await;
-    let client = reqwest::Client::new();
-    assert_eq!(
-        serve
-            .webhook(&client, &assignment_webhook("DEMO-1", 1))
-            .await,
-        202
-    );
-    while stack.model.requests().is_empty() {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let (stack, serve) = one_job_in_its_model_loop(60, Duration::from_millis(500)).await;
     let (status, log) = serve.sigterm(Duration::from_secs(60)).await;
     assert!(status.success(), "{log}");
     let queue = open_queue(&stack).await;
@@ -442,24 +449,7 @@ async fn sigterm_lets_a_running_job_finish_within_the_drain() {
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_releases_what_cannot_finish_and_another_worker_completes_it() {
     let _serial = SERIAL.lock().await;
-    let stack = Stack::start(Options {
-        per_conversation: true,
-        extra_toml: serve_toml(2, 2, 30, 1),
-        ..Options::default()
-    })
-    .await;
-    stack.model.set_delay(Duration::from_secs(3));
-    let first = ServeProcess::start(&stack, Path::new(BIN)).await;
-    let client = reqwest::Client::new();
-    assert_eq!(
-        first
-            .webhook(&client, &assignment_webhook("DEMO-1", 1))
-            .await,
-        202
-    );
-    while stack.model.requests().is_empty() {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let (stack, first) = one_job_in_its_model_loop(1, Duration::from_secs(3)).await;
     let (status, log) = first.sigterm(Duration::from_secs(30)).await;
     assert!(status.success(), "{log}");
     assert!(log.contains("1 released"), "{log}");
