@@ -277,7 +277,26 @@ async fn serve(config_path: &std::path::Path) -> anyhow::Result<ExitCode> {
     let config = Arc::new(Config::load(config_path)?);
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
-    let queue = drafter::queue::open(&config.serve.queue).await?;
+    // A worker may start before its database (a host booting, a compose stack): keep trying for a minute.
+    let mut wait = std::time::Duration::from_secs(1);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let queue = loop {
+        match drafter::queue::open(&config.serve.queue).await {
+            Ok(q) => break q,
+            Err(e)
+                if std::time::Instant::now() < deadline
+                    && !matches!(e, drafter::queue::QueueError::BadLocation(_)) =>
+            {
+                eprintln!(
+                    "drafter serve: queue not ready ({e}); retrying in {}s",
+                    wait.as_secs()
+                );
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(std::time::Duration::from_secs(10));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
     let sandbox = Arc::new(Sandbox::connect(&config.sandbox).await?);
     sandbox.ensure_image().await?;
     match sandbox.remove_orphans().await {
