@@ -212,8 +212,7 @@ impl RunnerKey {
 
         // Write a private temporary file completely, then hard-link it into place: the key file is never visible
         // half-written or with a wider mode, and if two runners race, exactly one link wins and the loser loads it.
-        let tmp = data_dir.join(format!(".{KEY_FILE}.{}.tmp", std::process::id()));
-        let _ = std::fs::remove_file(&tmp);
+        let tmp = data_dir.join(format!(".{KEY_FILE}.{}.tmp", unique_suffix()));
         let written = (|| {
             let mut f = OpenOptions::new()
                 .write(true)
@@ -251,7 +250,7 @@ impl RunnerKey {
         if std::fs::read_to_string(&pub_path).ok().as_deref() == Some(want.as_str()) {
             return Ok(());
         }
-        let tmp = data_dir.join(format!(".{PUB_FILE}.{}.tmp", std::process::id()));
+        let tmp = data_dir.join(format!(".{PUB_FILE}.{}.tmp", unique_suffix()));
         (|| {
             let mut f = OpenOptions::new()
                 .write(true)
@@ -280,6 +279,17 @@ impl RunnerKey {
     pub fn sign(&self, msg: &[u8]) -> Signature {
         self.signing.sign(msg)
     }
+}
+
+/// `<pid>-<n>-<random>`: a temporary file name no other process or thread is using (concurrent jobs in one worker
+/// create the key at the same moment too).
+fn unique_suffix() -> String {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut rnd = [0u8; 4];
+    // The pid and the counter already keep callers apart; the random part only guards against pid reuse.
+    let _ = getrandom::fill(&mut rnd);
+    format!("{}-{n}-{}", std::process::id(), hex::encode(rnd))
 }
 
 /// Parses a 64-character hex public key (as in `runner.pub`).
@@ -884,6 +894,26 @@ pub fn verify_bytes(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Concurrent jobs of one worker create the key at the same moment: all of them get the same key.
+    #[test]
+    fn concurrent_first_use_agrees_on_one_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys: Vec<String> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..16)
+                .map(|_| s.spawn(|| RunnerKey::load_or_create(dir.path()).unwrap().public_hex()))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert!(keys.iter().all(|k| *k == keys[0]), "{keys:?}");
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(Result::ok)
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".tmp"))
+            .collect();
+        assert!(left.is_empty(), "temporary files left: {left:?}");
+    }
 
     fn input(i: u64) -> ReceiptInput {
         ReceiptInput {
