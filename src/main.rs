@@ -297,6 +297,9 @@ async fn serve(config_path: &std::path::Path) -> anyhow::Result<ExitCode> {
             Err(e) => return Err(e.into()),
         }
     };
+    // The signing key: made now if this is the first start, so an unusable key stops the worker before any job.
+    let key = proof::RunnerKey::load_or_create(&config.data_dir)?;
+    tracing::info!(public_key = %key.public_hex(), "runner key");
     let sandbox = Arc::new(Sandbox::connect(&config.sandbox).await?);
     sandbox.ensure_image().await?;
     match sandbox.remove_orphans().await {
