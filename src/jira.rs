@@ -51,7 +51,7 @@ const MAX_NOTICE_TEXT_CHARS: usize = 1000;
 const MAX_NOTICE_FIELD_CHARS: usize = 200;
 const USER_AGENT: &str = concat!("drafter/", env!("CARGO_PKG_VERSION"));
 /// Fields asked for when reading an issue: exactly what [`Ticket`] uses.
-const ISSUE_FIELDS: &str = "summary,description,reporter,labels,project";
+const ISSUE_FIELDS: &str = "summary,description,reporter,labels,project,issuetype";
 /// Page size asked for by [`JiraClient::search`] and [`JiraClient::comments`] (Jira's usual maximum).
 const PAGE_SIZE: usize = 100;
 /// Pages [`JiraClient::comments`] reads before giving up: 100 x 100 comments is far beyond a real ticket, and a
@@ -203,6 +203,8 @@ pub struct Ticket {
     pub reporter: Option<String>,
     /// The issue's labels.
     pub labels: Vec<String>,
+    /// The issue type's name (`Bug`, `Task`, ...), when Jira sent it.
+    pub issue_type: Option<String>,
     /// `<base>/browse/<KEY>`.
     pub url: String,
 }
@@ -281,7 +283,7 @@ impl JiraClient {
         format!("{}/browse/{}", self.base, key)
     }
 
-    /// Reads an issue: `GET /rest/api/3/issue/{key}?fields=summary,description,reporter,labels,project`.
+    /// Reads an issue: `GET /rest/api/3/issue/{key}?fields=summary,description,reporter,labels,project,issuetype`.
     pub async fn issue(&self, key: &str) -> Result<Ticket, JiraError> {
         check_key(key)?;
         let action = format!("reading issue {key}");
@@ -612,6 +614,12 @@ impl JiraClient {
                     .collect()
             })
             .unwrap_or_default();
+        let issue_type = fields
+            .get("issuetype")
+            .and_then(|t| t.get("name"))
+            .and_then(Value::as_str)
+            .map(|s| clean_text(&cap_chars(s, MAX_NOTICE_FIELD_CHARS)))
+            .filter(|s| !s.is_empty());
         Ok(Ticket {
             url: self.browse_url(&key),
             key,
@@ -620,6 +628,7 @@ impl JiraClient {
             description,
             reporter,
             labels,
+            issue_type,
         })
     }
 }

@@ -837,6 +837,7 @@ mod tests {
             description: desc.into(),
             reporter: None,
             labels: labels.iter().map(|s| s.to_string()).collect(),
+            issue_type: None,
             url: "u".into(),
         }
     }

@@ -163,6 +163,8 @@ impl JiraStandIn {
             },
             "status": {"name": "To Do", "statusCategory": {"key": "new"}},
             "assignee": {"accountId": BOT_ACCOUNT_ID, "displayName": "drafter bot"},
+            // GET /rest/api/3/issue/{key}: `fields.issuetype` is an IssueTypeDetails object ({id, name, subtask, ...}).
+            "issuetype": {"id": "10002", "name": "Task", "subtask": false},
         });
         self.add_issue_fields(key, fields);
     }
