@@ -94,6 +94,22 @@ pub struct Config {
     pub serve: ServeConfig,
     /// `drafter serve`: the JQL poll, for sites that cannot reach the runner.
     pub poll: PollConfig,
+    /// Where the policy lives and what the runner demands of it (signature, pinned hash).
+    pub policy: PolicyConfig,
+}
+
+/// The runner's demands on its policy (see [`crate::policy`]).
+#[derive(Debug, Clone, Default)]
+pub struct PolicyConfig {
+    /// The policy file. Without one, a permissive policy is derived from `[projects]` (anyone may trigger, every
+    /// tool, the built-in write rules, no budgets).
+    pub file: Option<PathBuf>,
+    /// Refuse to start unless the policy carries a valid signature (`<file>.sig`) by one of `trusted_keys`.
+    pub require_signature: bool,
+    /// Ed25519 public keys (64 hex characters) whose policy signatures are accepted. Not the runner's key.
+    pub trusted_keys: Vec<String>,
+    /// Refuse to start unless the policy's hash is exactly this (`sha256:<hex>`).
+    pub pin_hash: Option<String>,
 }
 
 /// `drafter serve` settings.
@@ -321,6 +337,17 @@ struct RawConfig {
     serve: RawServe,
     #[serde(default)]
     poll: RawPoll,
+    #[serde(default)]
+    policy: RawPolicyConfig,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawPolicyConfig {
+    file: Option<PathBuf>,
+    require_signature: bool,
+    trusted_keys: Vec<String>,
+    pin_hash: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -617,7 +644,40 @@ impl Config {
         if raw.sandbox.cpus.is_nan() || raw.sandbox.cpus <= 0.0 {
             return Err(ctx.invalid("sandbox.cpus", None, "must be greater than 0"));
         }
-        if raw.projects.is_empty() {
+        if raw.policy.file.is_some() && !raw.projects.is_empty() {
+            return Err(ctx.invalid(
+                "projects",
+                None,
+                "with a policy file ([policy] file), the repositories are listed in the policy: remove [projects]",
+            ));
+        }
+        if raw.policy.require_signature && raw.policy.trusted_keys.is_empty() {
+            return Err(ctx.invalid(
+                "policy.trusted_keys",
+                None,
+                "require_signature needs at least one trusted policy key (64 hex characters)",
+            ));
+        }
+        for k in &raw.policy.trusted_keys {
+            if let Err(e) = crate::proof::parse_public_key(k) {
+                return Err(ctx.invalid("policy.trusted_keys", None, &format!("`{k}`: {e}")));
+            }
+        }
+        if let Some(pin) = &raw.policy.pin_hash {
+            let ok = pin.strip_prefix("sha256:").is_some_and(|h| {
+                h.len() == 64
+                    && h.bytes()
+                        .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+            });
+            if !ok {
+                return Err(ctx.invalid(
+                    "policy.pin_hash",
+                    None,
+                    "expected `sha256:` followed by 64 lowercase hex characters (see `drafter policy hash FILE`)",
+                ));
+            }
+        }
+        if raw.projects.is_empty() && raw.policy.file.is_none() {
             return Err(ctx.invalid(
                 "projects",
                 None,
@@ -715,6 +775,16 @@ impl Config {
                     raw.poll.projects
                 },
                 statuses: raw.poll.statuses,
+            },
+            policy: PolicyConfig {
+                // Relative to the config file, so a unit file's working directory does not matter.
+                file: raw.policy.file.map(|f| match path.parent() {
+                    Some(dir) if f.is_relative() => dir.join(f),
+                    _ => f,
+                }),
+                require_signature: raw.policy.require_signature,
+                trusted_keys: raw.policy.trusted_keys,
+                pin_hash: raw.policy.pin_hash,
             },
             data_dir: raw.data_dir,
             projects,

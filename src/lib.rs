@@ -26,6 +26,7 @@ pub mod forge;
 pub mod intake;
 pub mod jira;
 pub mod model;
+pub mod policy;
 pub mod proof;
 pub mod queue;
 pub mod repo;

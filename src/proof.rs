@@ -155,6 +155,37 @@ impl RunnerKey {
         Ok(key)
     }
 
+    /// Loads a key file written by [`RunnerKey::create_file`] (64 hex characters, mode 0600). Policy keys use this
+    /// too: they are the same kind of key, kept elsewhere.
+    pub fn load_file(path: &Path) -> Result<RunnerKey, ProofError> {
+        Self::load(path)
+    }
+
+    /// Creates a new key file at `path` (mode 0600; refuses to overwrite one) and `<path>.pub` beside it.
+    pub fn create_file(path: &Path) -> Result<RunnerKey, ProofError> {
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        if path.exists() {
+            return Err(ProofError::KeyFormat {
+                path: path.to_path_buf(),
+                message: "already exists; refusing to overwrite a key".into(),
+            });
+        }
+        let key = Self::create(&dir, path)?;
+        let mut pub_path = path.as_os_str().to_owned();
+        pub_path.push(".pub");
+        std::fs::write(&pub_path, format!("{}\n", key.public_hex()))
+            .map_err(io_err(Path::new(&pub_path)))?;
+        Ok(key)
+    }
+
+    /// A short, stable name for the public key: the first 16 hex characters of its SHA-256.
+    pub fn key_id(&self) -> String {
+        key_id(&self.verifying_key())
+    }
+
     /// A key from a seed, for tests and tools; the product uses [`RunnerKey::load_or_create`].
     pub fn from_seed(seed: [u8; 32]) -> RunnerKey {
         RunnerKey {
@@ -290,6 +321,11 @@ fn unique_suffix() -> String {
     // The pid and the counter already keep callers apart; the random part only guards against pid reuse.
     let _ = getrandom::fill(&mut rnd);
     format!("{}-{n}-{}", std::process::id(), hex::encode(rnd))
+}
+
+/// A short, stable name for a public key: the first 16 hex characters of its SHA-256.
+pub fn key_id(key: &VerifyingKey) -> String {
+    sha256_hex(key.as_bytes())[..16].to_string()
 }
 
 /// Parses a 64-character hex public key (as in `runner.pub`).
