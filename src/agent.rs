@@ -17,8 +17,9 @@ use crate::config::{AgentLimits, RepoConfig};
 use crate::jira::Ticket;
 use crate::model::{
     Block, Message, ModelClient, ModelError, ModelRequest, ModelResponse, Role, StopReason,
-    ToolSpec,
+    ToolSpec, Usage,
 };
+use crate::policy::diff::{self, WriteRules};
 use crate::sandbox::{Container, SandboxError};
 
 /// Largest file the model may read in one call; larger files are refused with a hint to search instead.
@@ -53,6 +54,30 @@ pub enum AgentError {
     /// The sandbox failed in a way the model cannot fix (Docker gone, container dead).
     #[error("sandbox failed: {0}")]
     Sandbox(SandboxError),
+    /// The policy's budget does not allow another model call.
+    #[error("{0}")]
+    Budget(String),
+}
+
+/// Asked before and told after every model call: the policy's budgets live behind this, outside the model.
+#[async_trait::async_trait]
+pub trait CallGate: Send + Sync {
+    /// `Err(reason)` stops the job before the call is made.
+    async fn before_call(&self) -> Result<(), String>;
+    /// Records what a call used.
+    async fn after_call(&self, usage: &Usage);
+}
+
+/// What the policy lets this job's agent do, checked by the loop on every call.
+pub struct Permissions<'a> {
+    /// The policy's hash, for the decision log.
+    pub policy_hash: &'a str,
+    /// Tool names the model gets (`finish` is always added). Calls to any other tool are refused.
+    pub tools: &'a [String],
+    /// Paths `write_file` and `edit_file` may not touch (the whole diff is checked again before push).
+    pub write: &'a WriteRules,
+    /// The budget gate, if the policy sets budgets.
+    pub gate: Option<&'a dyn CallGate>,
 }
 
 impl AgentError {
@@ -124,6 +149,8 @@ pub struct Task<'a> {
     pub command_timeout: Duration,
     /// What people asked of the bot on the ticket (the comments that triggered the job), as `who: text`.
     pub requests: &'a [String],
+    /// The policy's tool list, write rules and budget gate.
+    pub permissions: Permissions<'a>,
 }
 
 /// Runs the loop to completion. `on_event` is called for each turn and tool call.
@@ -154,7 +181,10 @@ async fn run_inner(
             task.requests,
         ))],
     }];
-    let tools = tool_specs();
+    let tools: Vec<ToolSpec> = tool_specs()
+        .into_iter()
+        .filter(|t| t.name == "finish" || task.permissions.tools.contains(&t.name))
+        .collect();
     let mut outcome = AgentOutcome {
         summary: String::new(),
         turns: 0,
@@ -176,7 +206,13 @@ async fn run_inner(
             messages: messages.clone(),
             tools: tools.clone(),
         };
+        if let Some(gate) = task.permissions.gate {
+            gate.before_call().await.map_err(AgentError::Budget)?;
+        }
         let response = call_with_retries(model, &request).await?;
+        if let Some(gate) = task.permissions.gate {
+            gate.after_call(&response.usage).await;
+        }
         outcome.tokens += response.usage.input_tokens + response.usage.output_tokens;
         if outcome.tokens > task.limits.max_total_tokens {
             return Err(AgentError::TokenBudget {
@@ -255,8 +291,12 @@ async fn run_inner(
                 continue;
             }
             let detail = describe_call(&name, &input);
-            let (content, ok) = match execute(&name, &input, container, task.command_timeout).await
-            {
+            let allowed = permit(&task.permissions, &task.ticket.key, &name, &input);
+            let executed = match allowed {
+                Ok(()) => execute(&name, &input, container, task.command_timeout).await,
+                Err(refusal) => Err(refusal),
+            };
+            let (content, ok) = match executed {
                 Ok((text, ok)) => (text, ok),
                 Err(ToolFailure::Respond(msg)) => (format!("error: {msg}"), false),
                 Err(ToolFailure::Fatal(e)) => {
@@ -288,6 +328,37 @@ async fn run_inner(
             return Ok(outcome);
         }
     }
+}
+
+/// The policy's word on one tool call, before anything runs: a tool the team does not have, or a write to a
+/// forbidden path, is refused to the model (and logged as a policy decision); the job goes on.
+fn permit(p: &Permissions<'_>, ticket: &str, name: &str, input: &Value) -> Result<(), ToolFailure> {
+    let known = tool_specs().iter().any(|t| t.name == name);
+    if known && !p.tools.iter().any(|t| t == name) {
+        let detail = format!("the `{name}` tool is not allowed for this ticket's team");
+        crate::policy::log_decision(p.policy_hash, ticket, "tools", false, detail.clone());
+        return Err(ToolFailure::Respond(format!(
+            "refused by policy (rule `tools`): {detail}"
+        )));
+    }
+    if matches!(name, "write_file" | "edit_file") {
+        if let Some(path) = input.get("path").and_then(Value::as_str) {
+            if let Err(v) = diff::check_path(p.write, path) {
+                crate::policy::log_decision(
+                    p.policy_hash,
+                    ticket,
+                    &v.rule,
+                    false,
+                    v.detail.clone(),
+                );
+                return Err(ToolFailure::Respond(format!(
+                    "refused by policy (rule `{}`): {}",
+                    v.rule, v.detail
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn call_with_retries(

@@ -1407,6 +1407,17 @@ pub enum Notice {
         /// Why, in plain text.
         reason: String,
     },
+    /// The policy wants a person to approve the job before it runs.
+    ApprovalNeeded {
+        /// The job id.
+        job_id: String,
+        /// Which rule asks for approval.
+        reason: String,
+        /// Who may approve.
+        approvers: String,
+        /// How long the job waits.
+        ttl_hours: u64,
+    },
 }
 
 /// A piece of a comment paragraph.
@@ -1487,6 +1498,24 @@ impl Notice {
                 v.push(Code(notice_field(job_id)));
                 v.push(Text("): ".into()));
                 text_spans(reason, &mut v);
+            }
+            Notice::ApprovalNeeded {
+                job_id,
+                reason,
+                approvers,
+                ttl_hours,
+            } => {
+                v.push(Text("drafter needs approval before it starts (job ".into()));
+                v.push(Code(notice_field(job_id)));
+                v.push(Text(format!(
+                    "): {}. An approver ({}) can comment ",
+                    notice_field(reason),
+                    notice_field(approvers)
+                )));
+                v.push(Code("drafter approve".into()));
+                v.push(Text(format!(
+                    " on this ticket. Without approval the job expires in {ttl_hours} hours."
+                )));
             }
         }
         v

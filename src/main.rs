@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use drafter::agent::AgentEvent;
 use drafter::config::Config;
 use drafter::jira::{JiraClient, Notice};
+use drafter::policy::{self, Policy};
 use drafter::proof;
 use drafter::queue::{JobFilter, JobState};
 use drafter::sandbox::Sandbox;
@@ -38,6 +39,15 @@ enum Command {
         /// The runner configuration file (see examples/drafter.toml).
         #[arg(long, env = "DRAFTER_CONFIG", default_value = "drafter.toml")]
         config: PathBuf,
+        /// Approve the job as the operator when the policy asks for approval (recorded as `cli:$USER`). Without
+        /// it, a ticket that needs approval exits 3 before anything runs.
+        #[arg(long)]
+        approve: bool,
+    },
+    /// Work with policy files: check, hash, sign, verify, and explain what a job for a ticket would be allowed to do.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
     },
     /// Check a job's receipt chain: every line canonical, chained to the one before, and signed by one runner key.
     /// Takes a job directory (`<data_dir>/jobs/<id>`) or a receipts.jsonl file. Exits 1 and says what is wrong
@@ -87,6 +97,59 @@ enum Command {
 }
 
 #[derive(Subcommand)]
+enum PolicyCommand {
+    /// Validate a policy file; errors name the line and key. Prints its hash when valid.
+    Check {
+        /// The policy file.
+        file: PathBuf,
+    },
+    /// Print the policy's hash (`sha256:` of its canonical form; comments, whitespace and key order do not count).
+    Hash {
+        /// The policy file.
+        file: PathBuf,
+    },
+    /// Create a new Ed25519 policy key (mode 0600) and `<key>.pub`. Keep it away from the runners: they only need
+    /// the public key (`[policy] trusted_keys`).
+    Keygen {
+        /// Where to write the private key.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Sign a policy: writes `<file>.sig` (the hash, the key id, the public key and the signature).
+    Sign {
+        /// The policy file.
+        file: PathBuf,
+        /// The policy key (from `drafter policy keygen`).
+        #[arg(long)]
+        key: PathBuf,
+    },
+    /// Check `<file>.sig` against the file; with --key (hex or a file holding it), also that this key signed it.
+    Verify {
+        /// The policy file.
+        file: PathBuf,
+        /// The expected signer's public key.
+        #[arg(long)]
+        key: Option<String>,
+    },
+    /// Show, before anything runs, what a job for a ticket would be allowed to do and why: team, trigger, repository
+    /// and base, tools, limits, network, write rules, budget left, approval, caps.
+    Explain {
+        /// The Jira issue key.
+        #[arg(long)]
+        ticket: String,
+        /// Evaluate the trigger as this Jira account (id or Data Center name); default: as an operator.
+        #[arg(long)]
+        user: Option<String>,
+        /// The runner configuration file (its policy, Jira and queue are used).
+        #[arg(long, env = "DRAFTER_CONFIG", default_value = "drafter.toml")]
+        config: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum JobsCommand {
     /// List jobs, newest first.
     List {
@@ -130,7 +193,12 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Run { ticket, config } => run(&ticket, &config).await,
+            Command::Run {
+                ticket,
+                config,
+                approve,
+            } => run(&ticket, &config, approve).await,
+            Command::Policy { command } => policy_cmd(command).await,
             Command::Verify { path, public_key } => verify(&path, public_key.as_deref()),
             Command::Serve { config } => serve(&config).await,
             Command::Jobs {
@@ -180,7 +248,11 @@ fn init_logging(json: bool) {
     }
 }
 
-async fn run(ticket: &str, config_path: &std::path::Path) -> anyhow::Result<ExitCode> {
+async fn run(
+    ticket: &str,
+    config_path: &std::path::Path,
+    approve: bool,
+) -> anyhow::Result<ExitCode> {
     let config = Arc::new(Config::load(config_path)?);
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
@@ -193,7 +265,13 @@ async fn run(ticket: &str, config_path: &std::path::Path) -> anyhow::Result<Exit
         Err(e) => tracing::warn!(error = %e, "could not look for leftover containers"),
     }
 
-    let spec = worker::JobSpec::new(ticket);
+    let policy = Policy::load(&config)?;
+    let operator = operator_name();
+    let mut spec = worker::JobSpec::new(ticket, Arc::new(policy), &operator);
+    if approve {
+        spec.approved_by = Some(format!("cli:{operator}"));
+    }
+    spec.ledger = ledger_for(&config, &spec.policy).await?;
     let job_id = spec.job_id.clone();
     eprintln!("job {job_id}: ticket {ticket}");
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
@@ -267,6 +345,10 @@ async fn run(ticket: &str, config_path: &std::path::Path) -> anyhow::Result<Exit
             eprintln!("job record: {}", dir.join("job.json").display());
             Ok(match e {
                 JobError::Refused(_) => ExitCode::from(2),
+                JobError::AwaitingApproval { .. } => {
+                    eprintln!("the policy asks for approval: run again with --approve to approve it as the operator, or let `drafter serve` wait for an approver");
+                    ExitCode::from(3)
+                }
                 _ => ExitCode::FAILURE,
             })
         }
@@ -297,6 +379,20 @@ async fn serve(config_path: &std::path::Path) -> anyhow::Result<ExitCode> {
             Err(e) => return Err(e.into()),
         }
     };
+    // The policy: a worker that cannot prove which policy governs it takes no jobs.
+    let loaded = Policy::load(&config)?;
+    eprintln!(
+        "drafter serve: policy {} ({}{})",
+        loaded.hash,
+        loaded.source,
+        loaded
+            .signed_by
+            .as_deref()
+            .map(|k| format!(", signed by {k}"))
+            .unwrap_or_default()
+    );
+    let policy = Arc::new(policy::Current::new(loaded));
+    let reloader = tokio::spawn(reload_on_sighup(config.clone(), policy.clone()));
     // The signing key: made now if this is the first start, so an unusable key stops the worker before any job.
     let key = proof::RunnerKey::load_or_create(&config.data_dir)?;
     tracing::info!(public_key = %key.public_hex(), "runner key");
@@ -353,9 +449,13 @@ async fn serve(config_path: &std::path::Path) -> anyhow::Result<ExitCode> {
     );
     let poller = if config.poll.enabled {
         let jira = JiraClient::new(&config.jira)?;
+        let mut poll = config.poll.clone();
+        if poll.projects.is_empty() {
+            poll.projects = policy.get().projects();
+        }
         Some(tokio::spawn(drafter::intake::poll_loop(
             jira,
-            config.poll.clone(),
+            poll,
             config.jira.clone(),
             queue.clone(),
             config.serve.max_attempts,
@@ -371,7 +471,9 @@ async fn serve(config_path: &std::path::Path) -> anyhow::Result<ExitCode> {
         let _ = stop_tx.send(true);
     };
     let worker = drafter::worker::pool::worker_id();
-    let stats = drafter::worker::pool::run(config.clone(), queue, sandbox, worker, signal).await;
+    let stats =
+        drafter::worker::pool::run(config.clone(), queue, sandbox, policy, worker, signal).await;
+    reloader.abort();
     if let Some(p) = poller {
         let _ = p.await;
     }
@@ -568,6 +670,193 @@ fn verify(path: &std::path::Path, public_key: Option<&str>) -> anyhow::Result<Ex
         Err(e) => {
             eprintln!("verification failed: {e}");
             Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// Who is at the keyboard, for `cli:` triggers and approvals.
+fn operator_name() -> String {
+    std::env::var("USER")
+        .ok()
+        .filter(|u| {
+            !u.is_empty()
+                && u.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+        })
+        .unwrap_or_else(|| "operator".into())
+}
+
+/// The usage ledger team budgets are counted in: the queue database, opened only when a team has team-wide caps.
+async fn ledger_for(
+    config: &Config,
+    policy: &Policy,
+) -> anyhow::Result<Option<Arc<dyn worker::meter::Ledger>>> {
+    if !policy.teams.iter().any(|t| t.rules.budget.has_team_caps()) {
+        return Ok(None);
+    }
+    let queue = drafter::queue::open(&config.serve.queue)
+        .await
+        .context("opening the queue database, where team budgets are counted")?;
+    Ok(Some(Arc::new(worker::meter::QueueLedger(queue))))
+}
+
+async fn policy_cmd(command: PolicyCommand) -> anyhow::Result<ExitCode> {
+    let read = |file: &std::path::Path| -> anyhow::Result<Policy> {
+        let text =
+            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        Ok(policy::parse(&text, file)?)
+    };
+    match command {
+        PolicyCommand::Check { file } => {
+            let p = read(&file)?;
+            println!("{}: ok", file.display());
+            println!("hash:  {}", p.hash);
+            for t in &p.teams {
+                println!(
+                    "team {}: projects {}; repositories {}",
+                    t.name,
+                    t.projects.join(", "),
+                    t.repos
+                        .iter()
+                        .map(|r| r.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        PolicyCommand::Hash { file } => {
+            println!("{}", read(&file)?.hash);
+            Ok(ExitCode::SUCCESS)
+        }
+        PolicyCommand::Keygen { out } => {
+            let key = proof::RunnerKey::create_file(&out)?;
+            println!("policy key:  {}", out.display());
+            println!("public key:  {}", key.public_hex());
+            println!("key id:      {}", key.key_id());
+            println!("add the public key to the runners' [policy] trusted_keys");
+            Ok(ExitCode::SUCCESS)
+        }
+        PolicyCommand::Sign { file, key } => {
+            let p = read(&file)?;
+            let key = proof::RunnerKey::load_file(&key)?;
+            let sig = policy::identity::sign(&p.hash, &key);
+            let path = policy::identity::write_signature(&file, &sig)?;
+            println!(
+                "signed {} ({}) with key {}",
+                file.display(),
+                p.hash,
+                key.key_id()
+            );
+            println!("signature: {}", path.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        PolicyCommand::Verify { file, key } => {
+            let p = read(&file)?;
+            let trusted = match key {
+                Some(k) => vec![read_public_key(&k)?],
+                None => Vec::new(),
+            };
+            let Some(sig) = policy::identity::read_signature(&file)? else {
+                eprintln!(
+                    "{}: not signed (no {})",
+                    file.display(),
+                    policy::identity::sig_path(&file).display()
+                );
+                return Ok(ExitCode::FAILURE);
+            };
+            match policy::identity::verify(&sig, &p.hash, &trusted) {
+                Ok(key_id) => {
+                    println!("{}: signature ok", file.display());
+                    println!("hash:    {}", p.hash);
+                    println!("signer:  {key_id} ({})", sig.public_key);
+                    println!("signed:  {}", sig.signed_at);
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    eprintln!("{}: {e}", file.display());
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+        PolicyCommand::Explain {
+            ticket,
+            user,
+            config,
+            json,
+        } => explain(&ticket, user.as_deref(), &config, json).await,
+    }
+}
+
+/// A hex public key, or a file holding one.
+fn read_public_key(arg: &str) -> anyhow::Result<ed25519_dalek::VerifyingKey> {
+    let text = if std::path::Path::new(arg).is_file() {
+        std::fs::read_to_string(arg).with_context(|| format!("reading {arg}"))?
+    } else {
+        arg.to_string()
+    };
+    proof::parse_public_key(text.trim()).map_err(|e| anyhow::anyhow!("public key: {e}"))
+}
+
+async fn explain(
+    ticket: &str,
+    user: Option<&str>,
+    config_path: &std::path::Path,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let config = Config::load(config_path)?;
+    let policy = Policy::load(&config)?;
+    let jira = JiraClient::new(&config.jira)?;
+    let t = jira.issue(ticket).await?;
+    let operator = format!("cli:{}", operator_name());
+    let who = match user {
+        Some(u) => policy::Who::Jira(Some(u)),
+        None => policy::Who::Operator(&operator),
+    };
+    let req = policy::Request {
+        ticket: &t,
+        who,
+        approved_by: None,
+    };
+    let verdict = policy.decide(&req, &jira).await;
+    let ledger = ledger_for(&config, &policy).await.ok().flatten();
+    let explanation =
+        worker::explain::Explanation::new(&policy, &config, &t, verdict, ledger.as_deref()).await;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&explanation)?);
+    } else {
+        print!("{}", explanation.render());
+    }
+    Ok(if explanation.allowed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    })
+}
+
+/// SIGHUP re-reads the policy file (with the same signature and pin checks). New jobs get the new policy; running
+/// jobs keep the one they started with. A policy that fails the checks is not applied, and the old one stays.
+async fn reload_on_sighup(config: Arc<Config>, current: Arc<policy::Current>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP; policy reload is off");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        match Policy::load(&config) {
+            Ok(p) => {
+                let new = p.hash.clone();
+                let old = current.set(p);
+                tracing::info!(%old, %new, "policy reloaded; new jobs use the new policy");
+                eprintln!("drafter serve: policy reloaded: {old} -> {new}");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "policy reload refused; keeping the policy in force");
+                eprintln!(
+                    "drafter serve: policy reload refused ({e}); keeping {}",
+                    current.get().hash
+                );
+            }
         }
     }
 }

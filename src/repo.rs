@@ -353,6 +353,20 @@ fn redact(message: &str, token: &Secret) -> String {
     }
 }
 
+/// A local git failure, with what was being done.
+pub fn git_error(context: &str, err: git2::Error) -> RepoError {
+    local(context, err)
+}
+
+/// The commit the remote base branch points at in the clone (`refs/remotes/origin/<base>`).
+pub fn remote_base(repo: &Repository, base: &str) -> Result<Oid, RepoError> {
+    repo.refname_to_id(&format!("refs/remotes/origin/{base}"))
+        .map_err(|_| RepoError::BranchNotFound {
+            branch: base.to_string(),
+            remote: true,
+        })
+}
+
 fn local(context: &str, err: git2::Error) -> RepoError {
     RepoError::Git {
         context: context.to_string(),

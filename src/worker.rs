@@ -17,16 +17,21 @@ use serde::Serialize;
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::Instrument;
 
-use crate::agent::{self, AgentError, AgentEvent, AgentOutcome, Task, ToolCallRecord};
-use crate::config::{Config, JiraAuth, RepoConfig};
+use crate::agent::{self, AgentError, AgentEvent, AgentOutcome, Permissions, Task, ToolCallRecord};
+use crate::config::{AgentLimits, Config, JiraAuth, RepoConfig, SandboxConfig};
 use crate::forge::{ForgeError, GitHub, PullRequest};
 use crate::jira::{self, JiraClient, JiraError, Notice, Ticket};
 use crate::model::{ModelClient, ModelError};
+use crate::policy::{self, diff, Approval, Decision, Grant, Network, Policy, Request, Who};
 use crate::proof::{self, ProofError, ReceiptLog, RunnerKey};
 use crate::repo::{self, RepoError};
 use crate::sandbox::{Sandbox, SandboxError};
 
+pub mod explain;
+pub mod meter;
 pub mod pool;
+
+use meter::{Ledger, Meter};
 
 /// A stage of the pipeline, for progress output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -113,9 +118,20 @@ pub enum JobOutcome {
 /// Why a job failed. `Refused` means the runner would not do it (policy); the others are faults.
 #[derive(Debug, thiserror::Error)]
 pub enum JobError {
-    /// The ticket asked for something the configuration does not allow. Not retryable.
+    /// The ticket asked for something the configuration or the policy does not allow. Not retryable.
     #[error("refused: {0}")]
     Refused(String),
+    /// The policy wants a person to approve the job first: not a failure; the job waits (`drafter serve`) or the
+    /// operator approves it (`drafter run --approved-by`).
+    #[error("awaiting approval: {reason} (approvers: {approvers})")]
+    AwaitingApproval {
+        /// Which rule asks for approval.
+        reason: String,
+        /// Who may approve.
+        approvers: String,
+        /// How long the job may wait.
+        ttl_hours: u64,
+    },
     /// Jira failed.
     #[error("jira: {0}")]
     Jira(#[from] JiraError),
@@ -163,7 +179,10 @@ impl JobError {
     /// Whether running the job again could succeed (a network fault, not a refusal or a model that would not stop).
     pub fn is_retryable(&self) -> bool {
         match self {
-            JobError::Refused(_) | JobError::Proof(_) | JobError::Io { .. } => false,
+            JobError::Refused(_)
+            | JobError::AwaitingApproval { .. }
+            | JobError::Proof(_)
+            | JobError::Io { .. } => false,
             JobError::Jira(e) => e.is_retryable(),
             JobError::Repo(e) => e.is_retryable(),
             JobError::Forge(e) => e.is_retryable(),
@@ -182,61 +201,6 @@ fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> JobError {
 /// Where a job keeps its proof record.
 pub fn job_dir(data_dir: &Path, job_id: &str) -> PathBuf {
     data_dir.join("jobs").join(job_id)
-}
-
-/// Which allowlisted repository a ticket names: a label `repo:owner/name`, or a line `repo: owner/name` in the
-/// description. `Ok(None)` when it names none (the project's first repository is used).
-pub fn named_repo(ticket: &Ticket) -> Option<String> {
-    for label in &ticket.labels {
-        if let Some(r) = label.strip_prefix("repo:") {
-            return Some(r.trim().to_string());
-        }
-    }
-    for line in ticket.description.lines() {
-        let l = line
-            .trim()
-            .trim_start_matches(['*', '_', '`', '>', '-', ' ']);
-        let lower = l.to_ascii_lowercase();
-        if let Some(rest) = lower.strip_prefix("repo:") {
-            let start = l.len() - rest.len();
-            let name = l[start..].trim().trim_matches(['`', '*', '_', ' ']);
-            if !name.is_empty() {
-                return Some(name.to_string());
-            }
-        }
-    }
-    None
-}
-
-/// Picks the repository for a ticket from the allowlist, or explains the refusal.
-pub fn resolve_repo(config: &Config, ticket: &Ticket) -> Result<RepoConfig, String> {
-    let project = config.project(&ticket.project).ok_or_else(|| {
-        format!(
-            "project {} is not in drafter's allowlist; an admin must add it to the runner configuration",
-            ticket.project
-        )
-    })?;
-    match named_repo(ticket) {
-        None => project
-            .repos
-            .first()
-            .cloned()
-            .ok_or_else(|| format!("project {} lists no repository", ticket.project)),
-        Some(name) => project
-            .repos
-            .iter()
-            .find(|r| r.name.eq_ignore_ascii_case(&name))
-            .cloned()
-            .ok_or_else(|| {
-                let allowed: Vec<&str> = project.repos.iter().map(|r| r.name.as_str()).collect();
-                format!(
-                    "repository `{}` is not allowlisted for project {} (allowed: {})",
-                    cap(&name, 100),
-                    ticket.project,
-                    allowed.join(", ")
-                )
-            }),
-    }
 }
 
 fn cap(s: &str, n: usize) -> String {
@@ -277,6 +241,11 @@ struct JobRecord<'a> {
     retryable: bool,
     receipts_digest: Option<&'a str>,
     receipts_signer: Option<String>,
+    policy_hash: &'a str,
+    policy_team: Option<&'a str>,
+    triggered_by: String,
+    approved_by: Option<&'a str>,
+    decisions: &'a [Decision],
     turns: Option<u32>,
     tokens: Option<u64>,
     tool_calls: Vec<String>,
@@ -285,6 +254,8 @@ struct JobRecord<'a> {
 /// Mutable facts the pipeline learns, kept for `job.json` even when a later stage fails.
 #[derive(Default)]
 struct Progress {
+    team: Option<String>,
+    decisions: Vec<Decision>,
     repo: Option<String>,
     branch: Option<String>,
     digest: Option<String>,
@@ -311,8 +282,28 @@ impl Attempt {
     }
 }
 
-/// What to run: which ticket, as which job and attempt, with what people asked for.
-#[derive(Debug, Clone)]
+/// Who set a job off, as the policy sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// An operator on the runner host (`drafter run`), by name.
+    Operator(String),
+    /// A Jira user (account id, or Data Center name); `None` when it could not be established.
+    Jira(Option<String>),
+}
+
+impl Origin {
+    /// For `job.json` and logs.
+    pub fn describe(&self) -> String {
+        match self {
+            Origin::Operator(n) => format!("operator {n}"),
+            Origin::Jira(Some(a)) => format!("jira user {a}"),
+            Origin::Jira(None) => "jira (unknown user)".into(),
+        }
+    }
+}
+
+/// What to run: which ticket, as which job and attempt, with what people asked for, under which policy.
+#[derive(Clone)]
 pub struct JobSpec {
     /// The Jira issue key.
     pub ticket: String,
@@ -323,16 +314,28 @@ pub struct JobSpec {
     /// What people asked of the bot on the ticket (the triggering comments), as `who: text`; given to the model
     /// as untrusted data alongside the ticket.
     pub requests: Vec<String>,
+    /// Who triggered the job.
+    pub origin: Origin,
+    /// Who approved it, when the policy asked for approval and someone gave it.
+    pub approved_by: Option<String>,
+    /// The policy the job runs under (fixed for the job: a reload applies to new jobs only).
+    pub policy: Arc<Policy>,
+    /// Where team budgets are counted (the queue database), if anywhere.
+    pub ledger: Option<Arc<dyn Ledger>>,
 }
 
 impl JobSpec {
-    /// A fresh single-attempt job for a ticket (`drafter run`).
-    pub fn new(ticket: &str) -> JobSpec {
+    /// A fresh single-attempt job for a ticket, started by an operator (`drafter run`).
+    pub fn new(ticket: &str, policy: Arc<Policy>, operator: &str) -> JobSpec {
         JobSpec {
             ticket: ticket.to_string(),
             job_id: crate::queue::new_job_id(),
             attempt: Attempt::ONLY,
             requests: Vec::new(),
+            origin: Origin::Operator(operator.to_string()),
+            approved_by: None,
+            policy,
+            ledger: None,
         }
     }
 }
@@ -355,7 +358,26 @@ pub async fn run_job(
         let result = pipeline(&config, &jira, spec, &dir, &events, &mut progress).await;
 
         // Report final failures on the ticket; a retry is coming for the others.
-        if let Err(e) = &result {
+        if let Err(JobError::AwaitingApproval {
+            reason,
+            approvers,
+            ttl_hours,
+        }) = &result
+        {
+            // One request per job, however often it is looked at.
+            let asked = ticket_mentions(&jira, ticket_key, &format!("{job_id}): ")).await;
+            if !matches!(asked, Ok(true)) {
+                let notice = Notice::ApprovalNeeded {
+                    job_id: job_id.to_string(),
+                    reason: reason.clone(),
+                    approvers: approvers.clone(),
+                    ttl_hours: *ttl_hours,
+                };
+                if let Err(ce) = jira.comment(ticket_key, notice.to_adf()).await {
+                    tracing::warn!(error = %scrub(&config, &ce.to_string()), "could not ask for approval on the ticket");
+                }
+            }
+        } else if let Err(e) = &result {
             let reason = scrub(&config, &e.to_string());
             if !attempt.is_final_for(e) {
                 tracing::warn!(error = %reason, attempt = attempt.number, max = attempt.max,
@@ -387,6 +409,11 @@ pub async fn run_job(
             receipts_signer: std::fs::read_to_string(config.data_dir.join(proof::PUB_FILE))
                 .ok()
                 .map(|k| k.trim().to_string()),
+            policy_hash: &spec.policy.hash,
+            policy_team: progress.team.as_deref(),
+            triggered_by: spec.origin.describe(),
+            approved_by: spec.approved_by.as_deref(),
+            decisions: &progress.decisions,
             turns: progress.agent.as_ref().map(|a| a.turns),
             tokens: progress.agent.as_ref().map(|a| a.tokens),
             tool_calls: progress
@@ -437,9 +464,32 @@ async fn pipeline(
     }
     let ticket = jira.issue(ticket_key).await?;
 
-    // Check: allowlist first (nothing is cloned for a refused repository), then the forge's merge rules.
-    let repo_cfg = resolve_repo(config, &ticket).map_err(JobError::Refused)?;
+    // Check: the policy first (nothing is cloned for a refused ticket), then the forge's merge rules.
+    let grant = decide(spec, &ticket, jira, progress).await?;
+    let repo_cfg = grant.repo.clone();
     progress.repo = Some(repo_cfg.name.clone());
+    let meter = Meter::new(
+        &spec.policy.hash,
+        &ticket.key,
+        job_id,
+        &grant.team,
+        &config.model.model,
+        spec.policy.prices.get(&config.model.model).copied(),
+        grant.rules.budget.clone(),
+        spec.ledger.clone(),
+    );
+    if grant.rules.budget.has_cost_caps() && !spec.policy.prices.contains_key(&config.model.model) {
+        return Err(refused(
+            "budget",
+            format!(
+                "the policy sets cost budgets but has no price for the model `{}`",
+                config.model.model
+            ),
+        ));
+    }
+    // A team already over its budget is told before anything is cloned.
+    meter.check().await.map_err(JobError::Refused)?;
+    let (limits, sandbox_cfg) = effective_limits(config, &grant);
     stage(events, Stage::Check, repo_cfg.name.as_str());
     let github = GitHub::new(&config.github)?;
     github
@@ -450,7 +500,7 @@ async fn pipeline(
             other => JobError::Forge(other),
         })?;
 
-    let sandbox = Sandbox::connect(&config.sandbox).await?;
+    let sandbox = Sandbox::connect(&sandbox_cfg).await?;
     sandbox.ensure_image().await?;
     // One "started" comment per job, not per attempt: a retried job finds its own id already on the ticket.
     if !ticket_mentions(jira, ticket_key, job_id).await? {
@@ -523,8 +573,14 @@ async fn pipeline(
         };
         (outcome, digest, changed)
     } else {
+        let run = AgentRun {
+            grant: &grant,
+            limits: &limits,
+            command_timeout: Duration::from_secs(sandbox_cfg.command_timeout_secs),
+            meter: &meter,
+        };
         let (outcome, digest) = run_agent(
-            config, spec, &ticket, &repo_cfg, dir, &sandbox, &ws, events, progress,
+            config, spec, &ticket, &repo_cfg, dir, &sandbox, &ws, events, progress, &run,
         )
         .await?;
 
@@ -537,22 +593,56 @@ async fn pipeline(
                 ("Drafter-Ticket", ticket.key.as_str()),
                 ("Drafter-Job", job_id),
                 ("Drafter-Receipts", &format!("sha256:{digest}")),
+                ("Drafter-Policy", &spec.policy.hash),
             ],
         );
         let (identity, token) = (config.commit.clone(), config.github.token.clone());
         let (url2, branch2, base2) = (url.clone(), branch.clone(), repo_cfg.base.clone());
+        let write = grant.rules.write.clone();
         let committed = blocking(move || {
             let r = git_repo;
-            let oid = repo::commit_all(&r, &identity, &message)?;
-            if oid.is_none() {
-                return Ok(None);
+            let Some(head) = repo::commit_all(&r, &identity, &message)? else {
+                return Ok(Committed::Nothing);
+            };
+            // The write rules see exactly what would be pushed: base tree against the new commit.
+            let base = repo::remote_base(&r, &base2)?;
+            let summary = diff::summarize(&r, base, head)
+                .map_err(|e| repo::git_error("diffing the change", e))?;
+            let violations = diff::check(&summary, &write);
+            if !violations.is_empty() {
+                return Ok(Committed::Refused(violations));
             }
             let changed = repo::changed_files(&r, &base2)?;
             repo::push(&r, &url2, &branch2, &token)?;
-            Ok(Some(changed))
+            Ok(Committed::Pushed(changed))
         })
         .await?;
-        let Some(changed) = committed else {
+        let changed = match committed {
+            Committed::Pushed(changed) => Some(changed),
+            Committed::Nothing => None,
+            Committed::Refused(violations) => {
+                for v in &violations {
+                    progress.decisions.push(policy::log_decision(
+                        &spec.policy.hash,
+                        &ticket.key,
+                        &v.rule,
+                        false,
+                        v.detail.clone(),
+                    ));
+                }
+                let first = &violations[0];
+                let more = if violations.len() > 1 {
+                    format!(" (and {} more)", violations.len() - 1)
+                } else {
+                    String::new()
+                };
+                return Err(refused(
+                    &first.rule,
+                    format!("the change was not pushed: {}{more}", first.detail),
+                ));
+            }
+        };
+        let Some(changed) = changed else {
             stage(events, Stage::Report, "no changes");
             let receipts = dir.join(proof::RECEIPTS_FILE);
             jira.comment(
@@ -581,7 +671,14 @@ async fn pipeline(
     let pr: PullRequest = match github.find_open_pr(&repo_cfg.name, &branch).await? {
         Some(existing) => {
             if !reused {
-                let body = pr_body(&ticket, job_id, &outcome, &changed, &digest);
+                let body = pr_body(
+                    &ticket,
+                    job_id,
+                    &outcome,
+                    &changed,
+                    &digest,
+                    &spec.policy.hash,
+                );
                 github
                     .update_pr(
                         &repo_cfg.name,
@@ -594,7 +691,14 @@ async fn pipeline(
             existing
         }
         None => {
-            let body = pr_body(&ticket, job_id, &outcome, &changed, &digest);
+            let body = pr_body(
+                &ticket,
+                job_id,
+                &outcome,
+                &changed,
+                &digest,
+                &spec.policy.hash,
+            );
             github
                 .open_draft_pr(
                     &repo_cfg.name,
@@ -630,6 +734,117 @@ async fn pipeline(
         receipts: dir.join(proof::RECEIPTS_FILE),
         receipts_digest: digest,
     })
+}
+
+/// Group membership for the policy's trigger and approver rules, from Jira (cached by the client).
+#[async_trait::async_trait]
+impl policy::Directory for JiraClient {
+    async fn groups(&self, account: &str) -> Result<Vec<String>, String> {
+        let _ = account;
+        Err("group lookup is not available yet".into())
+    }
+}
+
+/// What committing the agent's work came to.
+enum Committed {
+    /// Nothing changed.
+    Nothing,
+    /// The change broke write rules and was not pushed.
+    Refused(Vec<diff::Violation>),
+    /// Pushed; the changed paths.
+    Pushed(Vec<String>),
+}
+
+fn refused(rule: &str, reason: String) -> JobError {
+    JobError::Refused(format!("policy rule `{rule}`: {reason}"))
+}
+
+/// Asks the policy about this ticket and trigger; records every decision on the job.
+async fn decide(
+    spec: &JobSpec,
+    ticket: &Ticket,
+    jira: &JiraClient,
+    progress: &mut Progress,
+) -> Result<Grant, JobError> {
+    let who = match &spec.origin {
+        Origin::Operator(name) => Who::Operator(name),
+        Origin::Jira(account) => Who::Jira(account.as_deref()),
+    };
+    let req = Request {
+        ticket,
+        who,
+        approved_by: spec.approved_by.as_deref(),
+    };
+    let grant = match spec.policy.decide(&req, jira).await {
+        Ok(g) => g,
+        Err(denial) => {
+            progress.decisions = denial.decisions;
+            return Err(refused(&denial.rule, denial.reason));
+        }
+    };
+    progress.decisions = grant.decisions.clone();
+    progress.team = Some(grant.team.clone());
+    if let Approval::Required {
+        reason,
+        approvers,
+        ttl_hours,
+    } = &grant.approval
+    {
+        return Err(JobError::AwaitingApproval {
+            reason: reason.clone(),
+            approvers: approvers.clone(),
+            ttl_hours: *ttl_hours,
+        });
+    }
+    if let Network::Allowlist(name) = &grant.rules.network {
+        // Fail closed: a policy that grants egress must not silently get either more or less than it says.
+        let detail = format!(
+            "network `allowlist:{name}` needs the sandbox egress proxy, which this runner does not provide yet; \
+             only `none` can run"
+        );
+        progress.decisions.push(policy::log_decision(
+            &spec.policy.hash,
+            &ticket.key,
+            "network",
+            false,
+            detail.clone(),
+        ));
+        return Err(refused("network", detail));
+    }
+    Ok(grant)
+}
+
+/// The runner's limits tightened by the policy's: the stricter value of each wins.
+fn effective_limits(config: &Config, grant: &Grant) -> (AgentLimits, SandboxConfig) {
+    let l = &grant.rules.limits;
+    let min = |a: u64, b: Option<u64>| b.map_or(a, |b| a.min(b));
+    // `budget.job_tokens` is not folded in here: the meter enforces it before each call, naming the budget rule.
+    let tokens = min(config.agent.max_total_tokens, l.max_total_tokens);
+    let limits = AgentLimits {
+        max_turns: l
+            .max_turns
+            .map_or(config.agent.max_turns, |t| config.agent.max_turns.min(t)),
+        max_total_tokens: tokens,
+        wall_time_secs: min(config.agent.wall_time_secs, l.wall_time_secs),
+    };
+    let mut sandbox = config.sandbox.clone();
+    sandbox.memory_mb = min(sandbox.memory_mb, l.memory_mb);
+    sandbox.command_timeout_secs = min(sandbox.command_timeout_secs, l.command_timeout_secs);
+    if let Some(c) = l.cpus {
+        sandbox.cpus = sandbox.cpus.min(c);
+    }
+    if let Some(p) = l.pids_limit {
+        sandbox.pids_limit = sandbox.pids_limit.min(p);
+    }
+    (limits, sandbox)
+}
+
+/// What the policy granted the agent stage.
+struct AgentRun<'a> {
+    grant: &'a Grant,
+    limits: &'a AgentLimits,
+    command_timeout: Duration,
+    meter: &'a Meter,
 }
 
 /// The branch for this job: the ticket's usual `drafter/<KEY>-<slug>`, unless the remote already has it from a
@@ -697,6 +912,7 @@ async fn run_agent(
     ws: &Path,
     events: &UnboundedSender<Event>,
     progress: &mut Progress,
+    run: &AgentRun<'_>,
 ) -> Result<(AgentOutcome, String), JobError> {
     let job_id = spec.job_id.as_str();
     stage(events, Stage::Sandbox, config.sandbox.image.as_str());
@@ -720,9 +936,15 @@ async fn run_agent(
         let task = Task {
             ticket,
             repo: repo_cfg,
-            limits: &config.agent,
-            command_timeout: Duration::from_secs(config.sandbox.command_timeout_secs),
+            limits: run.limits,
+            command_timeout: run.command_timeout,
             requests: &spec.requests,
+            permissions: Permissions {
+                policy_hash: &spec.policy.hash,
+                tools: &run.grant.rules.tools,
+                write: &run.grant.rules.write,
+                gate: Some(run.meter),
+            },
         };
         let mut calls = Vec::new();
         let ev = events.clone();
@@ -786,6 +1008,7 @@ pub fn pr_body(
     outcome: &AgentOutcome,
     changed: &[String],
     digest: &str,
+    policy_hash: &str,
 ) -> String {
     let reporter = ticket
         .reporter
@@ -818,7 +1041,7 @@ pub fn pr_body(
     }
     b.push_str(&format!(
         "\n</details>\n\n---\nJob `{job_id}` · {turns} model calls · {tokens} tokens · receipts digest `sha256:{digest}` \
-         (check with `drafter verify`)\n",
+         (check with `drafter verify`) · policy `{policy_hash}`\n",
         turns = outcome.turns,
         tokens = outcome.tokens,
     ));
@@ -843,19 +1066,6 @@ mod tests {
     }
 
     #[test]
-    fn repo_named_by_label_or_line() {
-        assert_eq!(
-            named_repo(&ticket("", &["repo:acme/api"])).as_deref(),
-            Some("acme/api")
-        );
-        assert_eq!(
-            named_repo(&ticket("Fix it.\n\nRepo: `acme/web`\n", &[])).as_deref(),
-            Some("acme/web")
-        );
-        assert_eq!(named_repo(&ticket("no repo here", &["bug"])), None);
-    }
-
-    #[test]
     fn pr_body_links_the_ticket_and_pings_nobody() {
         let mut t = ticket("", &[]);
         t.reporter = Some("Ada @admins".into());
@@ -869,13 +1079,14 @@ mod tests {
             }],
             tokens: 120,
         };
-        let body = pr_body(&t, "j1", &outcome, &["a.py".into()], "ab12");
+        let body = pr_body(&t, "j1", &outcome, &["a.py".into()], "ab12", "sha256:p0");
         assert!(body.contains("[DEMO-1](u)"), "{body}");
         assert!(!body.contains('@'), "{body}");
         assert!(body.contains("- `a.py`"));
         assert!(body.contains("(failed)"));
         assert!(body.contains("sha256:ab12"));
         assert!(body.contains("3 model calls"));
+        assert!(body.contains("policy `sha256:p0`"));
     }
 
     fn config() -> Config {
@@ -901,26 +1112,41 @@ repos = [{ name = "acme/web" }, { name = "acme/api", base = "develop" }]
         Config::from_toml(text, Path::new("t.toml"), &env).unwrap()
     }
 
-    #[test]
-    fn allowlist_decides_the_repository() {
+    #[tokio::test]
+    async fn without_a_policy_file_the_allowlist_is_the_policy() {
         let c = config();
-        assert_eq!(resolve_repo(&c, &ticket("", &[])).unwrap().name, "acme/web");
-        let api = resolve_repo(&c, &ticket("", &["repo:ACME/api"])).unwrap();
+        let p = Policy::derived(&c);
+        assert!(p.hash.starts_with("sha256:"), "{}", p.hash);
+        let decide = |t: Ticket| {
+            let p = p.clone();
+            async move {
+                let req = Request {
+                    ticket: &t,
+                    who: Who::Jira(Some("anyone-at-all")),
+                    approved_by: None,
+                };
+                p.decide(&req, &policy::NoGroups).await
+            }
+        };
+        assert_eq!(decide(ticket("", &[])).await.unwrap().repo.name, "acme/web");
+        let api = decide(ticket("", &["repo:ACME/api"])).await.unwrap().repo;
         assert_eq!(
             (api.name.as_str(), api.base.as_str()),
             ("acme/api", "develop")
         );
-        let refused = resolve_repo(&c, &ticket("repo: evil/repo", &[])).unwrap_err();
+        let refused = decide(ticket("repo: evil/repo", &[])).await.unwrap_err();
+        assert_eq!(refused.rule, "repo");
         assert!(
-            refused.contains("`evil/repo` is not allowlisted"),
-            "{refused}"
+            refused.reason.contains("acme/web, acme/api"),
+            "{}",
+            refused.reason
         );
-        assert!(refused.contains("acme/web, acme/api"), "{refused}");
         let mut other = ticket("", &[]);
         other.project = "OPS".into();
-        assert!(resolve_repo(&c, &other)
-            .unwrap_err()
-            .contains("OPS is not in drafter's allowlist"));
+        assert_eq!(decide(other).await.unwrap_err().rule, "project");
+        // The derived policy still keeps CI definitions out of reach.
+        let g = decide(ticket("", &[])).await.unwrap();
+        assert!(diff::check_path(&g.rules.write, ".github/workflows/ci.yml").is_err());
     }
 
     #[test]

@@ -432,8 +432,8 @@ pub fn parse(text: &str, path: &Path) -> Result<Policy, PolicyError> {
             max_lines: w.max_lines.or(builtin.max_lines),
             allow_binary: w.allow_binary.unwrap_or(builtin.allow_binary),
         };
-        if let Err(e) = super::diff::compile(&write) {
-            return Err(cx.invalid(key("write.forbidden_paths"), at, e));
+        if let Err(e) = write.compile() {
+            return Err(cx.invalid(key("write.forbidden_paths"), at, e.to_string()));
         }
         let b = merge_fields!(
             t.budget.clone().unwrap_or_default(),

@@ -790,6 +790,31 @@ impl Policy {
     }
 }
 
+/// The policy in force, swapped whole on reload: a job takes an `Arc` when it starts and keeps it, so a reload
+/// applies to new jobs only.
+#[derive(Debug)]
+pub struct Current(std::sync::RwLock<std::sync::Arc<Policy>>);
+
+impl Current {
+    /// Starts with `policy`.
+    pub fn new(policy: Policy) -> Current {
+        Current(std::sync::RwLock::new(std::sync::Arc::new(policy)))
+    }
+
+    /// The policy new jobs get.
+    pub fn get(&self) -> std::sync::Arc<Policy> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Replaces it; returns the previous hash.
+    pub fn set(&self, policy: Policy) -> String {
+        let mut g = self.0.write().unwrap_or_else(|p| p.into_inner());
+        let old = g.hash.clone();
+        *g = std::sync::Arc::new(policy);
+        old
+    }
+}
+
 /// Whether `account` is among `who`: listed, in a listed group, or `anyone`.
 async fn matches(who: &Principals, account: &str, dir: &dyn Directory) -> Result<bool, String> {
     if who.anyone || who.accounts.iter().any(|a| a == account) {

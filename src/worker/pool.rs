@@ -22,10 +22,12 @@ use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use crate::config::Config;
+use crate::policy::{self, Policy};
 use crate::queue::{Claim, Failure, Job, JobState, Queue};
 use crate::sandbox::Sandbox;
 
-use super::{run_job, scrub, Attempt, Event, JobSpec};
+use super::meter::QueueLedger;
+use super::{run_job, scrub, Attempt, Event, JobError, JobSpec, Origin};
 
 /// What a pool did, for logs and tests.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -80,6 +82,7 @@ pub async fn run(
     config: Arc<Config>,
     queue: Arc<dyn Queue>,
     sandbox: Arc<Sandbox>,
+    policy: Arc<policy::Current>,
     worker: String,
     shutdown: impl Future<Output = ()>,
 ) -> PoolStats {
@@ -98,14 +101,18 @@ pub async fn run(
                 tracing::error!(error = %e, "a job task panicked");
             }
         }
+        let current = policy.get();
         let (full, exclude) = {
             let r = lock(&running);
-            let exclude: Vec<String> = r
+            let mut exclude: Vec<String> = r
                 .per_project
                 .iter()
                 .filter(|(_, n)| **n >= config.serve.per_project)
                 .map(|(p, _)| p.clone())
                 .collect();
+            exclude.extend(teams_at_cap(&current, &r.per_project));
+            exclude.sort();
+            exclude.dedup();
             (r.total >= config.serve.concurrency, exclude)
         };
         let claimed = if full {
@@ -133,6 +140,7 @@ pub async fn run(
                     r.stats.max_concurrent = r.stats.max_concurrent.max(r.total);
                 }
                 let task = JobTask {
+                    policy: current.clone(),
                     config: config.clone(),
                     queue: queue.clone(),
                     sandbox: sandbox.clone(),
@@ -188,8 +196,40 @@ pub async fn run(
     stats
 }
 
+/// Projects of teams whose `concurrency.team` cap is reached by the jobs running here: their jobs wait.
+fn teams_at_cap(policy: &Policy, per_project: &HashMap<String, usize>) -> Vec<String> {
+    let mut out = Vec::new();
+    for team in &policy.teams {
+        let Some(cap) = team.rules.concurrency.team else {
+            continue;
+        };
+        let running: usize = team
+            .projects
+            .iter()
+            .map(|p| per_project.get(p).copied().unwrap_or(0))
+            .sum();
+        if running >= cap {
+            out.extend(team.projects.iter().cloned());
+        }
+    }
+    out
+}
+
+/// Who set a job off, from its first trigger (the one that created it).
+fn origin_of(job: &Job) -> Origin {
+    match job.triggers.first() {
+        Some(t) if t.source == "cli" => {
+            Origin::Operator(t.triggered_by.clone().unwrap_or_else(|| "cli".into()))
+        }
+        Some(t) => Origin::Jira(t.triggered_by.clone()),
+        None => Origin::Jira(None),
+    }
+}
+
 /// Everything one job task needs.
 struct JobTask {
+    /// The policy this job runs under, fixed when it was claimed.
+    policy: Arc<Policy>,
     config: Arc<Config>,
     queue: Arc<dyn Queue>,
     sandbox: Arc<Sandbox>,
@@ -253,6 +293,10 @@ impl JobTask {
                     (!text.is_empty()).then(|| format!("{who}: {text}"))
                 })
                 .collect(),
+            origin: origin_of(job),
+            approved_by: None,
+            policy: self.policy.clone(),
+            ledger: Some(Arc::new(QueueLedger(queue.clone()))),
         };
         let pipeline = run_job(self.config.clone(), &spec, tx);
         let heartbeat = heartbeat(

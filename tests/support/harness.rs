@@ -49,6 +49,8 @@ pub struct Options {
     pub extra_toml: String,
     /// Replay the script per conversation (many jobs, or retried jobs) instead of consuming it once.
     pub per_conversation: bool,
+    /// A policy file's text: written to `policy.toml` and named in `[policy]`, replacing the `[projects]` tables.
+    pub policy: Option<String>,
 }
 
 impl Default for Options {
@@ -62,6 +64,7 @@ impl Default for Options {
             command_timeout_secs: 60,
             extra_toml: String::new(),
             per_conversation: false,
+            policy: None,
         }
     }
 }
@@ -214,11 +217,7 @@ command_timeout_secs = {timeout}
 name = "drafter[bot]"
 email = "drafter-bot@example.com"
 
-[projects.DEMO]
-repos = [{{ name = "{repo}", base = "main", test_command = "python3 -m unittest -v" }}]
-
-[projects.OTHER]
-repos = [{{ name = "acme/other" }}]
+{projects}
 
 {extra}
 "#,
@@ -235,8 +234,17 @@ repos = [{{ name = "acme/other" }}]
             wall = opts.wall_time_secs,
             timeout = opts.command_timeout_secs,
             extra = opts.extra_toml,
-            repo = DEMO_REPO,
+            projects = match &opts.policy {
+                None => format!(
+                    "[projects.DEMO]\nrepos = [{{ name = \"{DEMO_REPO}\", base = \"main\", test_command = \"python3 -m unittest -v\" }}]\n\n\
+                     [projects.OTHER]\nrepos = [{{ name = \"acme/other\" }}]\n"
+                ),
+                Some(_) => "[policy]\nfile = \"policy.toml\"\n".to_string(),
+            },
         );
+        if let Some(policy) = &opts.policy {
+            std::fs::write(dir.path().join("policy.toml"), policy).expect("write policy");
+        }
         let config_path = dir.path().join("drafter.toml");
         std::fs::write(&config_path, config).expect("write config");
         Stack {

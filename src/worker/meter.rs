@@ -1,0 +1,405 @@
+//! The policy's budgets, enforced at every model call ([`crate::agent::CallGate`]).
+//!
+//! Per-job caps are counted here; per-team daily and monthly caps are counted in a [`Ledger`] shared by every worker
+//! of the queue (the queue database), so two hosts cannot each spend a team's whole day. The check happens before
+//! each call with what was spent so far: a job stops at its next call once a cap is reached (a single call can
+//! overshoot by at most its own size; `max_tokens_per_call` bounds that).
+
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, Datelike, TimeZone, Utc};
+
+use crate::agent::CallGate;
+use crate::model::Usage;
+use crate::policy::{self, Budget, Price};
+
+/// Spending, summed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Spent {
+    /// Input + output tokens.
+    pub tokens: u64,
+    /// Millionths of a US dollar.
+    pub cost_micros: u64,
+}
+
+/// One model call's usage, as recorded in the ledger.
+#[derive(Debug, Clone)]
+pub struct UsageEntry {
+    /// The job.
+    pub job_id: String,
+    /// The policy team.
+    pub team: String,
+    /// The model name.
+    pub model: String,
+    /// Prompt tokens.
+    pub input_tokens: u64,
+    /// Completion tokens.
+    pub output_tokens: u64,
+    /// Millionths of a dollar (0 without a price).
+    pub cost_micros: u64,
+    /// When.
+    pub at: DateTime<Utc>,
+}
+
+/// Where team spending is counted across workers.
+#[async_trait::async_trait]
+pub trait Ledger: Send + Sync {
+    /// Adds one call's usage.
+    async fn record(&self, entry: &UsageEntry) -> Result<(), String>;
+    /// What `team` spent since `since`.
+    async fn team_since(&self, team: &str, since: DateTime<Utc>) -> Result<Spent, String>;
+}
+
+/// The queue database as the ledger: every worker sharing the queue shares the counts.
+pub struct QueueLedger(pub Arc<dyn crate::queue::Queue>);
+
+#[async_trait::async_trait]
+impl Ledger for QueueLedger {
+    async fn record(&self, _e: &UsageEntry) -> Result<(), String> {
+        Err("usage ledger pending the queue change".into())
+    }
+    async fn team_since(&self, _team: &str, _since: DateTime<Utc>) -> Result<Spent, String> {
+        Err("usage ledger pending the queue change".into())
+    }
+}
+
+/// The start of the UTC day and month containing `now`.
+pub fn windows(now: DateTime<Utc>) -> (DateTime<Utc>, DateTime<Utc>) {
+    let day = Utc
+        .with_ymd_and_hms(now.year(), now.month(), now.day(), 0, 0, 0)
+        .single()
+        .unwrap_or(now);
+    let month = Utc
+        .with_ymd_and_hms(now.year(), now.month(), 1, 0, 0, 0)
+        .single()
+        .unwrap_or(now);
+    (day, month)
+}
+
+fn usd(micros: u64) -> String {
+    format!("${:.2}", micros as f64 / 1_000_000.0)
+}
+
+fn cap_micros(usd: f64) -> u64 {
+    (usd * 1_000_000.0).round().max(0.0) as u64
+}
+
+/// One job's budget gate.
+pub struct Meter {
+    policy_hash: String,
+    ticket: String,
+    job_id: String,
+    team: String,
+    model: String,
+    price: Option<Price>,
+    budget: Budget,
+    ledger: Option<Arc<dyn Ledger>>,
+    job: Mutex<Spent>,
+}
+
+impl Meter {
+    /// A gate for one job. `price` is the policy's price for the runner's model, if it has one.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        policy_hash: &str,
+        ticket: &str,
+        job_id: &str,
+        team: &str,
+        model: &str,
+        price: Option<Price>,
+        budget: Budget,
+        ledger: Option<Arc<dyn Ledger>>,
+    ) -> Meter {
+        Meter {
+            policy_hash: policy_hash.into(),
+            ticket: ticket.into(),
+            job_id: job_id.into(),
+            team: team.into(),
+            model: model.into(),
+            price,
+            budget,
+            ledger,
+            job: Mutex::new(Spent::default()),
+        }
+    }
+
+    fn job_spent(&self) -> Spent {
+        *self.job.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `Err(reason)` if a cap is reached; every verdict is logged as a policy decision.
+    pub async fn check(&self) -> Result<(), String> {
+        let deny = |rule: &str, detail: String| {
+            policy::log_decision(&self.policy_hash, &self.ticket, rule, false, detail.clone());
+            Err(format!("budget exhausted (policy rule `{rule}`): {detail}"))
+        };
+        let job = self.job_spent();
+        if let Some(cap) = self.budget.job_tokens {
+            if job.tokens >= cap {
+                return deny(
+                    "budget.job_tokens",
+                    format!("this job used {} of its {cap} tokens", job.tokens),
+                );
+            }
+        }
+        if let Some(cap) = self.budget.job_cost_usd.map(cap_micros) {
+            if job.cost_micros >= cap {
+                return deny(
+                    "budget.job_cost_usd",
+                    format!(
+                        "this job spent {} of its {}",
+                        usd(job.cost_micros),
+                        usd(cap)
+                    ),
+                );
+            }
+        }
+        if !self.budget.has_team_caps() {
+            return Ok(());
+        }
+        let Some(ledger) = &self.ledger else {
+            return deny(
+                "budget",
+                "team budgets are set but this runner has no usage ledger (queue) to count them"
+                    .into(),
+            );
+        };
+        let (day, month) = windows(Utc::now());
+        let spent = |since| async move { ledger.team_since(&self.team, since).await };
+        let today = match spent(day).await {
+            Ok(s) => s,
+            Err(e) => return deny("budget", format!("could not read the team's usage: {e}")),
+        };
+        if let Some(cap) = self.budget.daily_tokens {
+            if today.tokens >= cap {
+                return deny(
+                    "budget.daily_tokens",
+                    format!(
+                        "team {} used {} of its {cap} tokens today (UTC)",
+                        self.team, today.tokens
+                    ),
+                );
+            }
+        }
+        if let Some(cap) = self.budget.daily_cost_usd.map(cap_micros) {
+            if today.cost_micros >= cap {
+                return deny(
+                    "budget.daily_cost_usd",
+                    format!(
+                        "team {} spent {} of its {} today (UTC)",
+                        self.team,
+                        usd(today.cost_micros),
+                        usd(cap)
+                    ),
+                );
+            }
+        }
+        if self.budget.monthly_tokens.is_some() || self.budget.monthly_cost_usd.is_some() {
+            let this_month = match spent(month).await {
+                Ok(s) => s,
+                Err(e) => return deny("budget", format!("could not read the team's usage: {e}")),
+            };
+            if let Some(cap) = self.budget.monthly_tokens {
+                if this_month.tokens >= cap {
+                    return deny(
+                        "budget.monthly_tokens",
+                        format!(
+                            "team {} used {} of its {cap} tokens this month",
+                            self.team, this_month.tokens
+                        ),
+                    );
+                }
+            }
+            if let Some(cap) = self.budget.monthly_cost_usd.map(cap_micros) {
+                if this_month.cost_micros >= cap {
+                    return deny(
+                        "budget.monthly_cost_usd",
+                        format!(
+                            "team {} spent {} of its {} this month",
+                            self.team,
+                            usd(this_month.cost_micros),
+                            usd(cap)
+                        ),
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl CallGate for Meter {
+    async fn before_call(&self) -> Result<(), String> {
+        self.check().await
+    }
+
+    async fn after_call(&self, usage: &Usage) {
+        let cost = self
+            .price
+            .map(|p| p.cost_micros(usage.input_tokens, usage.output_tokens))
+            .unwrap_or(0);
+        {
+            let mut job = self.job.lock().unwrap_or_else(|p| p.into_inner());
+            job.tokens += usage.input_tokens + usage.output_tokens;
+            job.cost_micros += cost;
+        }
+        if let Some(ledger) = &self.ledger {
+            let entry = UsageEntry {
+                job_id: self.job_id.clone(),
+                team: self.team.clone(),
+                model: self.model.clone(),
+                input_tokens: usage.input_tokens,
+                output_tokens: usage.output_tokens,
+                cost_micros: cost,
+                at: Utc::now(),
+            };
+            if let Err(e) = ledger.record(&entry).await {
+                // The next check reads the ledger again; a lost row undercounts one call, it does not stop the job.
+                tracing::warn!(error = %e, "could not record model usage in the ledger");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Default)]
+    struct MemLedger(Mutex<Vec<UsageEntry>>);
+
+    #[async_trait::async_trait]
+    impl Ledger for MemLedger {
+        async fn record(&self, e: &UsageEntry) -> Result<(), String> {
+            self.0.lock().unwrap().push(e.clone());
+            Ok(())
+        }
+        async fn team_since(&self, team: &str, since: DateTime<Utc>) -> Result<Spent, String> {
+            let rows = self.0.lock().unwrap();
+            Ok(rows
+                .iter()
+                .filter(|r| r.team == team && r.at >= since)
+                .fold(Spent::default(), |s, r| Spent {
+                    tokens: s.tokens + r.input_tokens + r.output_tokens,
+                    cost_micros: s.cost_micros + r.cost_micros,
+                }))
+        }
+    }
+
+    const PRICE: Price = Price {
+        input_usd_per_mtok: 3.0,
+        output_usd_per_mtok: 15.0,
+    };
+
+    fn usage(i: u64, o: u64) -> Usage {
+        Usage {
+            input_tokens: i,
+            output_tokens: o,
+        }
+    }
+
+    #[tokio::test]
+    async fn job_caps_stop_the_next_call() {
+        let budget = Budget {
+            job_tokens: Some(1000),
+            ..Budget::default()
+        };
+        let m = Meter::new("h", "PAY-1", "j1", "pay", "m", Some(PRICE), budget, None);
+        m.before_call().await.unwrap();
+        m.after_call(&usage(600, 300)).await;
+        m.before_call().await.unwrap();
+        m.after_call(&usage(100, 50)).await;
+        let e = m.before_call().await.unwrap_err();
+        assert!(
+            e.contains("budget.job_tokens") && e.contains("1050 of its 1000"),
+            "{e}"
+        );
+
+        let budget = Budget {
+            job_cost_usd: Some(0.01),
+            ..Budget::default()
+        };
+        let m = Meter::new("h", "PAY-1", "j1", "pay", "m", Some(PRICE), budget, None);
+        m.after_call(&usage(1000, 400)).await; // $0.003 + $0.006
+        m.before_call().await.unwrap();
+        m.after_call(&usage(1000, 0)).await; // + $0.003
+        let e = m.before_call().await.unwrap_err();
+        assert!(
+            e.contains("budget.job_cost_usd") && e.contains("$0.01 of its $0.01"),
+            "{e}"
+        );
+    }
+
+    #[tokio::test]
+    async fn team_caps_are_shared_through_the_ledger() {
+        let ledger: Arc<MemLedger> = Arc::new(MemLedger::default());
+        let budget = Budget {
+            daily_tokens: Some(500),
+            ..Budget::default()
+        };
+        let a = Meter::new(
+            "h",
+            "PAY-1",
+            "j1",
+            "pay",
+            "m",
+            None,
+            budget.clone(),
+            Some(ledger.clone()),
+        );
+        let b = Meter::new(
+            "h",
+            "PAY-2",
+            "j2",
+            "pay",
+            "m",
+            None,
+            budget.clone(),
+            Some(ledger.clone()),
+        );
+        let other = Meter::new(
+            "h",
+            "WEB-1",
+            "j3",
+            "web",
+            "m",
+            None,
+            budget.clone(),
+            Some(ledger.clone()),
+        );
+        a.after_call(&usage(300, 0)).await;
+        b.before_call().await.unwrap();
+        b.after_call(&usage(250, 0)).await;
+        // Job a is under any per-job cap, but the team's day is spent by the two jobs together.
+        let e = a.before_call().await.unwrap_err();
+        assert!(
+            e.contains("budget.daily_tokens") && e.contains("550 of its 500"),
+            "{e}"
+        );
+        other.before_call().await.unwrap();
+        // Yesterday's usage does not count today.
+        ledger
+            .0
+            .lock()
+            .unwrap()
+            .iter_mut()
+            .for_each(|r| r.at -= chrono::Duration::days(1));
+        a.before_call().await.unwrap();
+        // Without a ledger, team caps cannot be counted: refuse rather than run unmetered.
+        let blind = Meter::new("h", "PAY-1", "j1", "pay", "m", None, budget, None);
+        assert!(blind
+            .before_call()
+            .await
+            .unwrap_err()
+            .contains("no usage ledger"));
+    }
+
+    #[test]
+    fn windows_start_at_utc_midnight_and_the_first() {
+        let now = Utc.with_ymd_and_hms(2026, 11, 23, 15, 4, 5).unwrap();
+        let (d, m) = windows(now);
+        assert_eq!(d, Utc.with_ymd_and_hms(2026, 11, 23, 0, 0, 0).unwrap());
+        assert_eq!(m, Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).unwrap());
+    }
+}
