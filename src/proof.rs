@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 /// The receipt format version written in every line's `v`.
-pub const RECEIPT_VERSION: u32 = 1;
+pub const RECEIPT_VERSION: u32 = 2;
 
 /// The `prev_hash` of the first receipt, and the [`ReceiptLog::head`] of an empty log.
 pub const ZERO_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -348,6 +348,8 @@ pub struct Receipt {
     pub job_id: String,
     /// The Jira ticket key.
     pub ticket: String,
+    /// The hash of the policy the job ran under (`sha256:<hex>`; see [`crate::policy::identity`]).
+    pub policy_hash: String,
     /// `anthropic` or `openai`.
     pub provider: String,
     /// Model name as sent.
@@ -383,6 +385,7 @@ struct SignedPart<'a> {
     seq: u64,
     job_id: &'a str,
     ticket: &'a str,
+    policy_hash: &'a str,
     provider: &'a str,
     model: &'a str,
     endpoint: &'a str,
@@ -405,6 +408,7 @@ impl Receipt {
             seq: self.seq,
             job_id: &self.job_id,
             ticket: &self.ticket,
+            policy_hash: &self.policy_hash,
             provider: &self.provider,
             model: &self.model,
             endpoint: &self.endpoint,
@@ -461,6 +465,7 @@ pub struct ReceiptLog {
     signer: String,
     job_id: String,
     ticket: String,
+    policy_hash: String,
     count: u64,
     head: String,
     /// Set when a write failed part-way: the file may end in a torn line, so nothing more may be chained to it.
@@ -497,6 +502,7 @@ impl ReceiptLog {
             key,
             job_id: job_id.to_string(),
             ticket: ticket.to_string(),
+            policy_hash: String::new(),
             count: 0,
             head: ZERO_HASH.to_string(),
             poisoned: false,
@@ -538,10 +544,17 @@ impl ReceiptLog {
             key,
             job_id: job_id.to_string(),
             ticket: ticket.to_string(),
+            policy_hash: String::new(),
             count,
             head,
             poisoned: false,
         })
+    }
+
+    /// Records `hash` as the policy in every receipt appended from now on.
+    pub fn with_policy(mut self, hash: &str) -> ReceiptLog {
+        self.policy_hash = hash.to_string();
+        self
     }
 
     /// Signs and appends one receipt; the line is written, flushed and fsynced before this returns.
@@ -556,6 +569,7 @@ impl ReceiptLog {
             seq: self.count,
             job_id: self.job_id.clone(),
             ticket: self.ticket.clone(),
+            policy_hash: self.policy_hash.clone(),
             provider: input.provider,
             model: input.model,
             endpoint: input.endpoint,
@@ -1019,7 +1033,7 @@ mod tests {
         assert_eq!(lines[0], serde_json::to_vec(&r0).unwrap());
         let text = String::from_utf8(lines[0].clone()).unwrap();
         assert!(text.starts_with(
-            r#"{"v":1,"seq":0,"job_id":"job-1","ticket":"DEMO-1","provider":"anthropic""#
+            r#"{"v":2,"seq":0,"job_id":"job-1","ticket":"DEMO-1","policy_hash":"","provider":"anthropic""#
         ));
         assert!(text.contains(r#","prev_hash":"0000"#));
         // The signature covers the line without the signature field.
@@ -1210,7 +1224,7 @@ mod tests {
             err.contains("line 1: not a valid receipt: unknown field `x`"),
             "{err}"
         );
-        let missing = text.replacen(r#""v":1,"#, "", 1);
+        let missing = text.replacen(r#""v":2,"#, "", 1);
         let err = verify_bytes(&path, &join(&[missing.into_bytes()]), None)
             .unwrap_err()
             .to_string();
@@ -1231,6 +1245,7 @@ mod tests {
             key: k,
             job_id: "j".into(),
             ticket: "T-1".into(),
+            policy_hash: String::new(),
             count: 0,
             head: ZERO_HASH.into(),
             poisoned: false,

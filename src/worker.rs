@@ -931,7 +931,8 @@ async fn run_agent(
             ReceiptLog::resume(&path, key, job_id, &ticket.key)?
         } else {
             ReceiptLog::create(&path, key, job_id, &ticket.key)?
-        };
+        }
+        .with_policy(&spec.policy.hash);
         let mut model = ModelClient::new(&config.model, receipts)?;
         let task = Task {
             ticket,

@@ -191,6 +191,26 @@ async fn a_label_needing_approval_stops_until_an_operator_approves() {
         body.contains(hash.trim()),
         "the PR names the policy hash {hash}: {body}"
     );
+    // ... and so do the job record and every receipt of the run.
+    let dirs: Vec<PathBuf> = std::fs::read_dir(stack.data_dir().join("jobs"))
+        .expect("jobs")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|d| d.join("receipts.jsonl").exists())
+        .collect();
+    assert_eq!(dirs.len(), 1, "{dirs:?}");
+    let receipts = std::fs::read_to_string(dirs[0].join("receipts.jsonl")).expect("receipts");
+    assert_eq!(receipts.lines().count(), 5);
+    for line in receipts.lines() {
+        let r: Value = serde_json::from_str(line).expect("receipt");
+        assert_eq!(r["policy_hash"].as_str(), Some(hash.trim()), "{line}");
+    }
+    let record = std::fs::read_to_string(dirs[0].join("job.json")).expect("job.json");
+    assert!(record.contains(hash.trim()), "{record}");
+    assert!(
+        record.contains("cli:"),
+        "the operator's approval is recorded: {record}"
+    );
 }
 
 #[tokio::test]
