@@ -11,7 +11,14 @@
 //! - `jira:issue_created` with the bot as assignee;
 //! - `comment_created` whose body mentions the bot (wiki markup `[~accountid:<id>]` / `[~username]`, or an ADF
 //!   `mention` node), unless the bot wrote it;
-//! - a poll hit: a ticket the JQL `assignee = <bot>` finds.
+//! - a poll hit: a ticket the JQL `assignee = <bot>` finds. Its `triggered_by` is who made the latest assignment to
+//!   the bot, read from the issue's full change history ([`JiraClient::assigned_by_any`], one request per new hit),
+//!   else from the search's own history entry, else (a ticket created already assigned) its creator; `None` when
+//!   none is known, which the policy treats as "nobody allowed".
+//!
+//! What does not trigger, but is routed elsewhere: a `comment_created` whose comment is the approval command
+//! `drafter approve` (see [`approval_from_webhook`]). [`from_webhook`] ignores it, so an approval never starts a
+//! job; the server asks [`approval_from_webhook`] first and hands the approval to the queue.
 //!
 //! # Delivery keys: why the payload's ids come before the delivery header
 //! The queue never makes two jobs for one delivery key, so the key decides what counts as "the same trigger". Keys
@@ -50,12 +57,14 @@ use sha2::{Digest, Sha256};
 
 use crate::config::{JiraConfig, JiraFlavor, PollConfig};
 use crate::jira::{adf_to_markdown, project_of, valid_issue_key, JiraClient, JiraError};
-use crate::queue::{Enqueued, NewJob, Queue, QueueError, Trigger};
+use crate::queue::{Enqueued, JobFilter, NewJob, Queue, QueueError, Trigger};
 
 /// Comment text recorded on a trigger is cut at this many bytes (on a character boundary), and the cut is said.
 pub const MAX_TRIGGER_TEXT_BYTES: usize = 4 * 1024;
 /// Fields the poll asks for: what [`from_search_issue`] reads.
-pub const POLL_FIELDS: &[&str] = &["assignee", "project", "status", "updated"];
+pub const POLL_FIELDS: &[&str] = &["assignee", "creator", "project", "status", "updated"];
+/// The approval command, matched case-insensitively on a line of its own (see [`approval_in_comment`]).
+pub const APPROVE_COMMAND: &str = "drafter approve";
 /// Pages one poll reads at most (100 issues each): a server that pages forever must not hold the loop.
 const MAX_POLL_PAGES: usize = 100;
 /// Cap on identifiers copied from payloads into keys and triggers (characters).
@@ -160,6 +169,12 @@ pub fn from_webhook(
                 return Decision::Ignore("comment written by the bot".into());
             }
             let body = comment.get("body").unwrap_or(&Value::Null);
+            // Checked before the mention: `[~bot] drafter approve` mentions the bot but asks for no new job.
+            if approval_in_body(body, jira) {
+                return Decision::Ignore(
+                    "comment is the approval command (drafter approve), not a trigger".into(),
+                );
+            }
             if !mentions_bot(body, jira) {
                 return Decision::Ignore("comment does not mention the bot".into());
             }
@@ -182,7 +197,9 @@ pub fn from_webhook(
 
 /// Turns one issue from the poll's search into a job, if it is assigned to the bot and has a valid key. The delivery
 /// key is `changelog:<id>` of the newest visible history entry that assigned the bot, else `created:<issue id>`
-/// (see the module docs for why this dedups correctly). `triggered_by` is whoever made that assignment.
+/// (see the module docs for why this dedups correctly). `triggered_by` is whoever made that assignment, or the
+/// issue's creator (`fields.creator`) when there is none. [`poll_once`] may replace it with the author of the latest
+/// assignment in the full change history.
 pub fn from_search_issue(
     issue: &Value,
     jira: &JiraConfig,
@@ -219,10 +236,15 @@ pub fn from_search_issue(
         .max_by_key(|(n, _)| *n);
     let (delivery, triggered_by) = match latest {
         Some((n, h)) => (format!("changelog:{n}"), h.get("author").and_then(user_id)),
-        None => match issue.get("id").and_then(id_string) {
-            Some(id) => (format!("created:{id}"), None),
-            None => (format!("poll:{key}"), None),
-        },
+        // Created already assigned: whoever created it chose the assignee (the webhook path takes the
+        // `jira:issue_created` event's `user`, the same person).
+        None => {
+            let creator = issue.pointer("/fields/creator").and_then(user_id);
+            match issue.get("id").and_then(id_string) {
+                Some(id) => (format!("created:{id}"), creator),
+                None => (format!("poll:{key}"), creator),
+            }
+        }
     };
     Some(NewJob {
         ticket: key.to_string(),
@@ -323,8 +345,10 @@ impl PollError {
     }
 }
 
-/// One poll: runs [`poll_jql`] through every page (with `expand=changelog`) and enqueues each hit. Stops at the
-/// first queue error (the next poll enqueues again; dedup makes that safe).
+/// One poll: runs [`poll_jql`] through every page (with `expand=changelog`) and enqueues each hit. For a hit whose
+/// delivery key the queue has not seen, `triggered_by` is set from [`JiraClient::assigned_by_any`] (one request);
+/// if that fails, the search's own answer stays (see [`from_search_issue`]). Stops at the first queue error (the
+/// next poll enqueues again; dedup makes that safe).
 pub async fn poll_once(
     jira: &JiraClient,
     cfg: &PollConfig,
@@ -341,10 +365,14 @@ pub async fn poll_once(
             .await?;
         stats.issues += page.issues.len();
         for issue in &page.issues {
-            let Some(job) = from_search_issue(issue, jira_cfg, max_attempts, Utc::now()) else {
+            let Some(mut job) = from_search_issue(issue, jira_cfg, max_attempts, Utc::now()) else {
                 stats.skipped += 1;
                 continue;
             };
+            // Only a delivery the queue has not seen costs a request: a ticket stays assigned (and found) for days.
+            if is_new_delivery(queue, &job).await? {
+                fill_assigner(jira, jira_cfg, &mut job).await;
+            }
             let ticket = job.ticket.clone();
             let delivery = job.trigger.delivery.clone();
             match queue.enqueue(job).await? {
@@ -424,6 +452,268 @@ pub async fn poll_loop(
     }
     tracing::info!("poll: stopped");
 }
+
+/// Whether no job of the ticket has recorded this delivery key yet (the queue would create or absorb it). Reads the
+/// ticket's newest jobs; an older job holding the key only costs one needless lookup.
+async fn is_new_delivery(queue: &dyn Queue, job: &NewJob) -> Result<bool, QueueError> {
+    let jobs = queue
+        .list(&JobFilter {
+            ticket: Some(job.ticket.clone()),
+            ..JobFilter::default()
+        })
+        .await?;
+    Ok(!jobs.iter().any(|j| {
+        j.triggers
+            .iter()
+            .any(|t| t.delivery == job.trigger.delivery)
+    }))
+}
+
+/// Sets `triggered_by` to the author of the latest assignment to the bot in the issue's full change history. The
+/// search's histories may be cut short by Jira, so they may miss the latest one; when the full history has no
+/// answer (none, or the request failed), what the search said stays.
+async fn fill_assigner(jira: &JiraClient, cfg: &JiraConfig, job: &mut NewJob) {
+    let mut bot: Vec<&str> = vec![cfg.bot_account_id.as_str()];
+    if cfg.flavor == JiraFlavor::Datacenter {
+        // Old Data Center versions record the assignee by name instead of key.
+        bot.extend(cfg.bot_username.as_deref());
+    }
+    match jira.assigned_by_any(&job.ticket, &bot).await {
+        Ok(Some(by)) => job.trigger.triggered_by = Some(clean_id(&by)),
+        Ok(None) => tracing::debug!(
+            ticket = %job.ticket,
+            triggered_by = ?job.trigger.triggered_by,
+            "poll: no assignment to the bot in the change history"
+        ),
+        Err(e) => tracing::warn!(
+            ticket = %job.ticket,
+            error = %e,
+            triggered_by = ?job.trigger.triggered_by,
+            "poll: cannot read who assigned the ticket; keeping the search's answer"
+        ),
+    }
+}
+
+// ---- approvals -----------------------------------------------------------------------------------------------------
+
+/// A `drafter approve` comment: someone asks for a job of `ticket` waiting for approval to run. Whether `author` may
+/// approve is the policy's question, not intake's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApprovalComment {
+    /// The issue key.
+    pub ticket: String,
+    /// Its project key.
+    pub project: String,
+    /// Who wrote the comment: `accountId` on Cloud, the user name (else key) on Data Center.
+    pub author: String,
+    /// The comment's id (an approval's dedup key).
+    pub comment_id: String,
+}
+
+/// The approval in a `comment_created` webhook payload, if it carries one; `None` for anything else.
+///
+/// **The command.** A comment approves when one of its lines is exactly `drafter approve` ([`APPROVE_COMMAND`]):
+/// any letter case, any whitespace around and between the two words, optionally preceded by a mention of the bot
+/// (`[~accountid:<bot>]` or `[~<bot name>]` in wiki markup, an ADF `mention` node of the bot), optionally followed by
+/// `:` or `,` after the mention. Other lines may say anything. Not a command: the words inside a sentence
+/// (`please drafter approve this`), with other text on the line (`drafter approve!`), preceded by a mention of
+/// someone else, or inside a quote or code block (`{quote}`, `{code}`, `{noformat}`, ADF `blockquote`/`codeBlock`,
+/// Markdown fences).
+///
+/// **Who.** The comment's author, who must not be the bot (drafter's own comments never approve), and must be the
+/// comment's `updateAuthor` when that is given (a comment edited by someone else into an approval is not one).
+///
+/// `issue_key_hint` is the key from the webhook URL, for Data Center payloads without `issue` (as in
+/// [`from_webhook`]). A payload without a usable issue key, author or comment id gives `None`. [`from_webhook`]
+/// ignores every comment that contains the command, so call this first and route what it returns to the queue's
+/// approval; the comment never starts a job.
+pub fn approval_from_webhook(
+    payload: &Value,
+    issue_key_hint: Option<&str>,
+    jira: &JiraConfig,
+) -> Option<ApprovalComment> {
+    if payload.get("webhookEvent").and_then(Value::as_str) != Some("comment_created") {
+        return None;
+    }
+    let (ticket, project) = issue_key(payload, issue_key_hint).ok()?;
+    let comment = payload.get("comment").filter(|c| c.is_object())?;
+    approval_of(comment, ticket, project, jira)
+}
+
+/// The approval in one comment of [`JiraClient::comments`] (`id`, `author`, `updateAuthor`, `body`: ADF on Cloud,
+/// wiki markup on Data Center) of issue `ticket`; the same rules as [`approval_from_webhook`]. For a poll of the
+/// comments of a job waiting for approval.
+pub fn approval_from_comment(
+    comment: &Value,
+    ticket: &str,
+    jira: &JiraConfig,
+) -> Option<ApprovalComment> {
+    let project = project_of(ticket)?.to_string();
+    approval_of(comment, ticket.to_string(), project, jira)
+}
+
+fn approval_of(
+    comment: &Value,
+    ticket: String,
+    project: String,
+    jira: &JiraConfig,
+) -> Option<ApprovalComment> {
+    let author = comment.get("author").filter(|a| a.is_object())?;
+    if is_bot_user(author, jira) {
+        return None;
+    }
+    let author_id = user_id(author)?;
+    if let Some(editor) = comment.get("updateAuthor").filter(|u| u.is_object()) {
+        if is_bot_user(editor, jira) || user_id(editor).as_deref() != Some(author_id.as_str()) {
+            return None;
+        }
+    }
+    if !approval_in_body(comment.get("body")?, jira) {
+        return None;
+    }
+    Some(ApprovalComment {
+        ticket,
+        project,
+        author: author_id,
+        comment_id: comment.get("id").and_then(id_string)?,
+    })
+}
+
+/// Whether a comment body (a wiki-markup string, or an ADF document) contains the approval command, with only the
+/// bot accepted as the leading mention. See [`approval_from_webhook`] for the exact rule.
+pub fn approval_in_body(body: &Value, jira: &JiraConfig) -> bool {
+    let bot = |target: &str| wiki_target_is_bot(target, jira);
+    match body {
+        Value::String(s) => text_has_approval(s, &bot, false),
+        Value::Object(_) | Value::Array(_) => {
+            let mut text = String::new();
+            adf_command_text(body, 0, &mut text);
+            text_has_approval(&text, &bot, false)
+        }
+        _ => false,
+    }
+}
+
+/// Whether plain comment text (wiki markup, or Markdown as [`adf_to_markdown`] renders ADF) has a line that is the
+/// approval command `drafter approve` (see [`approval_from_webhook`]). Without the Jira settings it cannot tell
+/// whose mention leads the line, so it accepts one leading mention of anyone: `[~...]`, or an `@name` word as the
+/// Markdown of an ADF mention has it (display names with spaces are not recognised: use [`approval_in_body`] on the
+/// ADF itself for those).
+pub fn approval_in_comment(body_text: &str) -> bool {
+    text_has_approval(body_text, &|_| true, true)
+}
+
+/// The line rule over every line outside quote and code blocks. `mention_ok` judges a leading `[~target]`;
+/// `at_mentions` also allows a leading `@word`.
+fn text_has_approval(text: &str, mention_ok: &dyn Fn(&str) -> bool, at_mentions: bool) -> bool {
+    // The block that is open, by its opening tag; its lines are quotations or code, not commands.
+    let mut open: Option<&str> = None;
+    for line in text.lines() {
+        let t = line.trim();
+        if t.starts_with("```") {
+            open = match open {
+                Some("```") => None,
+                None => Some("```"),
+                other => other,
+            };
+            continue;
+        }
+        let lower = t.to_lowercase();
+        let mut tagged = false;
+        for tag in ["{quote}", "{code", "{noformat"] {
+            let n = lower.matches(tag).count();
+            tagged |= n > 0;
+            if n % 2 == 1 {
+                open = match open {
+                    Some(o) if o == tag => None,
+                    None => Some(tag),
+                    other => other,
+                };
+            }
+        }
+        if open.is_none() && !tagged && approval_line(t, mention_ok, at_mentions) {
+            return true;
+        }
+    }
+    false
+}
+
+fn approval_line(line: &str, mention_ok: &dyn Fn(&str) -> bool, at_mentions: bool) -> bool {
+    let mut rest = line.trim();
+    if let Some(after) = rest.strip_prefix("[~") {
+        let Some(end) = after.find(']') else {
+            return false;
+        };
+        if !mention_ok(&after[..end]) {
+            return false;
+        }
+        rest = after[end + 1..].trim_start();
+        rest = rest.strip_prefix([':', ',']).unwrap_or(rest);
+    } else if let Some(after) = rest.strip_prefix('@').filter(|_| at_mentions) {
+        let end = after.find(char::is_whitespace).unwrap_or(after.len());
+        rest = after[end..].trim_start();
+        rest = rest.strip_prefix([':', ',']).unwrap_or(rest);
+    }
+    let mut words = rest.split_whitespace();
+    APPROVE_COMMAND
+        .split_whitespace()
+        .all(|c| words.next().is_some_and(|w| w.eq_ignore_ascii_case(c)))
+        && words.next().is_none()
+}
+
+/// The text of an ADF body as lines for [`text_has_approval`]: text nodes as they are, a mention as
+/// `[~accountid:<id>]`, other inline nodes as a placeholder (so a line with them is never the bare command), one
+/// line per block and per hard break; quotes and code blocks left out.
+fn adf_command_text(node: &Value, depth: usize, out: &mut String) {
+    if depth > MAX_MENTION_DEPTH {
+        return;
+    }
+    match node {
+        Value::Array(nodes) => {
+            for n in nodes {
+                adf_command_text(n, depth + 1, out);
+            }
+        }
+        Value::Object(o) => match o.get("type").and_then(Value::as_str).unwrap_or("") {
+            "text" => {
+                if let Some(t) = o.get("text").and_then(Value::as_str) {
+                    out.push_str(t);
+                }
+            }
+            "mention" => {
+                let id = node
+                    .pointer("/attrs/id")
+                    .and_then(Value::as_str)
+                    .unwrap_or("");
+                // A `]` in an id would end the mention early; such an id is never the bot's anyway.
+                out.push_str(&format!("[~accountid:{}]", id.replace(']', "")));
+            }
+            "hardBreak" => out.push('\n'),
+            "codeBlock" | "blockquote" => out.push('\n'),
+            t if INLINE_NODE_TYPES.contains(&t) => out.push('\u{fffc}'),
+            _ => {
+                // A block: its own lines.
+                out.push('\n');
+                if let Some(c) = o.get("content") {
+                    adf_command_text(c, depth + 1, out);
+                }
+                out.push('\n');
+            }
+        },
+        _ => {}
+    }
+}
+
+/// Inline ADF nodes other than text, mentions and hard breaks.
+const INLINE_NODE_TYPES: &[&str] = &[
+    "emoji",
+    "date",
+    "status",
+    "inlineCard",
+    "mediaInline",
+    "placeholder",
+    "inlineExtension",
+];
 
 // ---- helpers -------------------------------------------------------------------------------------------------------
 
@@ -524,23 +814,29 @@ fn wiki_mentions_bot(text: &str, jira: &JiraConfig) -> bool {
         let Some(end) = after.find(']') else {
             return false;
         };
-        let target = after[..end].trim();
-        let by_id = target
-            .strip_prefix("accountid:")
-            .or_else(|| target.strip_prefix("accountId:"))
-            .map_or(target == jira.bot_account_id, |id| {
-                id.trim() == jira.bot_account_id
-            });
-        let by_name = jira
-            .bot_username
-            .as_deref()
-            .is_some_and(|n| target.eq_ignore_ascii_case(n));
-        if by_id || by_name {
+        if wiki_target_is_bot(&after[..end], jira) {
             return true;
         }
         rest = &after[end..];
     }
     false
+}
+
+/// Whether the inside of a wiki mention `[~...]` names the bot: `accountid:<id>` (Cloud), or the bot's user name
+/// (case-insensitive) or key (Data Center).
+fn wiki_target_is_bot(target: &str, jira: &JiraConfig) -> bool {
+    let target = target.trim();
+    let by_id = target
+        .strip_prefix("accountid:")
+        .or_else(|| target.strip_prefix("accountId:"))
+        .map_or(target == jira.bot_account_id, |id| {
+            id.trim() == jira.bot_account_id
+        });
+    let by_name = jira
+        .bot_username
+        .as_deref()
+        .is_some_and(|n| target.eq_ignore_ascii_case(n));
+    by_id || by_name
 }
 
 fn adf_mentions_bot(node: &Value, jira: &JiraConfig, depth: usize) -> bool {
@@ -1057,5 +1353,246 @@ mod tests {
             r#"assignee = "drafter" ORDER BY updated DESC"#
         );
         assert_eq!(jql_quote("a\") OR (x = \"y\n"), r#""a\") OR (x = \"y""#);
+    }
+
+    // ---- approvals ----
+
+    fn approve_payload(author: Value, body: Value) -> Value {
+        let mut p = comment(author.clone(), body);
+        p["comment"]["updateAuthor"] = author;
+        p
+    }
+
+    fn para(content: Value) -> Value {
+        json!({"type": "paragraph", "content": content})
+    }
+
+    fn adf(blocks: Value) -> Value {
+        json!({"type": "doc", "version": 1, "content": blocks})
+    }
+
+    #[test]
+    fn wiki_approve_command_is_an_approval() {
+        let ann = json!({"accountId": "712020:ann", "displayName": "Ann"});
+        for body in [
+            "drafter approve".to_string(),
+            "  DRAFTER   Approve \t".to_string(),
+            format!("[~accountid:{BOT}] drafter approve"),
+            format!("[~accountid:{BOT}]: drafter approve"),
+            format!("Looks right to me.\r\n[~accountid:{BOT}] drafter approve\r\nThanks"),
+        ] {
+            let p = approve_payload(ann.clone(), json!(body));
+            assert_eq!(
+                approval_from_webhook(&p, None, &cloud()),
+                Some(ApprovalComment {
+                    ticket: "PROJ-17".into(),
+                    project: "PROJ".into(),
+                    author: "712020:ann".into(),
+                    comment_id: "10501".into(),
+                }),
+                "{body:?}"
+            );
+            // Never a new job as well.
+            assert_eq!(
+                ignored(decide(&p, Some("h"), None, &cloud())),
+                "comment is the approval command (drafter approve), not a trigger",
+                "{body:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn adf_approve_command_is_an_approval() {
+        let ann = json!({"accountId": "712020:ann"});
+        let bodies = [
+            adf(json!([para(
+                json!([{"type": "text", "text": "drafter approve"}])
+            )])),
+            adf(json!([para(json!([
+                {"type": "mention", "attrs": {"id": BOT, "text": "@drafter bot"}},
+                {"type": "text", "text": " Drafter "},
+                {"type": "text", "text": "approve", "marks": [{"type": "strong"}]}]))])),
+            adf(json!([
+                para(json!([{"type": "text", "text": "Scope checked."}])),
+                para(
+                    json!([{"type": "text", "text": "ok"}, {"type": "hardBreak"},
+                    {"type": "text", "text": "drafter approve"}])
+                ),
+            ])),
+        ];
+        for body in &bodies {
+            let p = approve_payload(ann.clone(), body.clone());
+            let a = approval_from_webhook(&p, None, &cloud()).unwrap_or_else(|| panic!("{body}"));
+            assert_eq!(a.author, "712020:ann");
+            assert!(matches!(
+                decide(&p, None, None, &cloud()),
+                Decision::Ignore(_)
+            ));
+            // The same comment as `GET .../comment` lists it.
+            assert_eq!(
+                approval_from_comment(&p["comment"], "PROJ-17", &cloud()),
+                Some(a)
+            );
+        }
+        // The Markdown of a plain ADF command, as a poll would see it through `adf_to_markdown`.
+        assert!(approval_in_comment(&adf_to_markdown(&bodies[0])));
+        assert!(approval_in_comment(&adf_to_markdown(&bodies[2])));
+    }
+
+    #[test]
+    fn sentences_quotes_and_code_are_not_commands() {
+        let ann = json!({"accountId": "712020:ann"});
+        let wiki = [
+            "please drafter approve this".to_string(),
+            "I will approve it tomorrow".to_string(),
+            "drafter approve!".to_string(),
+            "drafter approves".to_string(),
+            "drafter: approve".to_string(),
+            "[~accountid:712020:ben] drafter approve".to_string(),
+            "{quote}\ndrafter approve\n{quote}".to_string(),
+            "{code:bash}\ndrafter approve\n{code}".to_string(),
+            "{noformat}drafter approve{noformat}".to_string(),
+            "bq. drafter approve".to_string(),
+            "```\ndrafter approve\n```".to_string(),
+            format!("[~accountid:{BOT}] please drafter approve"),
+            "[~accountid:712020:bot-0001 drafter approve".to_string(),
+            "approve".to_string(),
+            "".to_string(),
+        ];
+        for body in &wiki {
+            let p = approve_payload(ann.clone(), json!(body));
+            assert_eq!(approval_from_webhook(&p, None, &cloud()), None, "{body:?}");
+            assert!(!approval_in_body(&json!(body), &cloud()), "{body:?}");
+        }
+        // A sentence mentioning the bot and "approve" is still an ordinary trigger.
+        let p = approve_payload(
+            ann.clone(),
+            json!(format!(
+                "[~accountid:{BOT}] can you approve the plan and fix it"
+            )),
+        );
+        assert_eq!(approval_from_webhook(&p, None, &cloud()), None);
+        assert!(matches!(
+            decide(&p, None, None, &cloud()),
+            Decision::Trigger(_)
+        ));
+        // ADF: quotes, code blocks, other inline nodes on the line, someone else's mention.
+        for body in [
+            adf(json!([{"type": "blockquote", "content": [
+                para(json!([{"type": "text", "text": "drafter approve"}]))]}])),
+            adf(
+                json!([{"type": "codeBlock", "content": [{"type": "text", "text": "drafter approve"}]}]),
+            ),
+            adf(json!([para(
+                json!([{"type": "text", "text": "drafter approve "},
+                {"type": "emoji", "attrs": {"shortName": ":tada:"}}])
+            )])),
+            adf(json!([para(
+                json!([{"type": "mention", "attrs": {"id": "712020:ben"}},
+                {"type": "text", "text": " drafter approve"}])
+            )])),
+            adf(json!([para(
+                json!([{"type": "text", "text": "please drafter approve"}])
+            )])),
+        ] {
+            let p = approve_payload(ann.clone(), body.clone());
+            assert_eq!(approval_from_webhook(&p, None, &cloud()), None, "{body}");
+        }
+        // Not a comment event, or no usable ids.
+        let mut p = approve_payload(ann.clone(), json!("drafter approve"));
+        p["webhookEvent"] = json!("comment_updated");
+        assert_eq!(approval_from_webhook(&p, None, &cloud()), None);
+        let mut p = approve_payload(ann.clone(), json!("drafter approve"));
+        p["comment"]["id"] = json!("1/../2");
+        assert_eq!(approval_from_webhook(&p, None, &cloud()), None);
+        let mut p = approve_payload(ann, json!("drafter approve"));
+        p["issue"]["key"] = json!("../x");
+        assert_eq!(approval_from_webhook(&p, None, &cloud()), None);
+    }
+
+    #[test]
+    fn the_bots_own_or_someone_elses_edit_never_approves() {
+        let p = approve_payload(json!({"accountId": BOT}), json!("drafter approve"));
+        assert_eq!(approval_from_webhook(&p, None, &cloud()), None);
+        assert_eq!(
+            ignored(decide(&p, None, None, &cloud())),
+            "comment written by the bot"
+        );
+        // Written by Ann, edited by Ben into an approval: nobody's approval.
+        let mut p = approve_payload(json!({"accountId": "712020:ann"}), json!("drafter approve"));
+        p["comment"]["updateAuthor"] = json!({"accountId": "712020:ben"});
+        assert_eq!(approval_from_webhook(&p, None, &cloud()), None);
+        // Still not a trigger.
+        assert!(matches!(
+            decide(&p, None, None, &cloud()),
+            Decision::Ignore(_)
+        ));
+        // No author at all.
+        let mut p = approve_payload(json!({"accountId": "712020:ann"}), json!("drafter approve"));
+        p["comment"].as_object_mut().unwrap().remove("author");
+        assert_eq!(approval_from_webhook(&p, None, &cloud()), None);
+    }
+
+    #[test]
+    fn data_center_approvals() {
+        let p = json!({"webhookEvent": "comment_created",
+            "comment": {"id": "20002", "self": "https://jira.example.com/rest/api/2/issue/10042/comment/20002",
+                "author": {"name": "alice", "key": "JIRAUSER10000"},
+                "updateAuthor": {"name": "alice", "key": "JIRAUSER10000"},
+                "body": "[~Drafter] drafter approve"}});
+        assert_eq!(
+            approval_from_webhook(&p, Some("OPS-7"), &dc()),
+            Some(ApprovalComment {
+                ticket: "OPS-7".into(),
+                project: "OPS".into(),
+                author: "alice".into(),
+                comment_id: "20002".into(),
+            })
+        );
+        assert!(matches!(
+            decide(&p, None, Some("OPS-7"), &dc()),
+            Decision::Ignore(_)
+        ));
+        // No key anywhere: no approval (and no job).
+        assert_eq!(approval_from_webhook(&p, None, &dc()), None);
+        // The bot by name.
+        let mut own = p.clone();
+        own["comment"]["author"] = json!({"name": "DRAFTER", "key": "JIRAUSER10100"});
+        own["comment"]["updateAuthor"] = own["comment"]["author"].clone();
+        assert_eq!(approval_from_webhook(&own, Some("OPS-7"), &dc()), None);
+        // A listed v2 comment.
+        assert_eq!(
+            approval_from_comment(&p["comment"], "OPS-7", &dc()).map(|a| a.author),
+            Some("alice".to_string())
+        );
+        assert_eq!(approval_from_comment(&p["comment"], "bad", &dc()), None);
+    }
+
+    #[test]
+    fn approval_in_plain_text() {
+        assert!(approval_in_comment("drafter approve"));
+        assert!(approval_in_comment("LGTM\n  Drafter Approve  \n"));
+        assert!(approval_in_comment("@drafter drafter approve"));
+        assert!(approval_in_comment("[~accountid:anyone] drafter approve"));
+        assert!(!approval_in_comment("@drafter please drafter approve"));
+        assert!(!approval_in_comment("we should drafter approve soon"));
+        assert!(!approval_in_comment("> drafter approve"));
+        assert!(!approval_in_comment("```\ndrafter approve\n```"));
+        assert!(!approval_in_comment("drafter approve drafter approve"));
+        assert!(!approval_in_comment(""));
+    }
+
+    #[test]
+    fn poll_uses_the_creator_when_there_is_no_assignment() {
+        let mut i = search_issue(json!([]));
+        i["fields"]["creator"] = json!({"accountId": "712020:cid", "displayName": "Cid"});
+        let j = from_search_issue(&i, &cloud(), 3, now()).unwrap();
+        assert_eq!(j.trigger.delivery, "created:10411");
+        assert_eq!(j.trigger.triggered_by.as_deref(), Some("712020:cid"));
+        // An assignment in the history wins over the creator.
+        let mut i = search_issue(json!([assign_entry(json!("100"), BOT, "712020:ann")]));
+        i["fields"]["creator"] = json!({"accountId": "712020:cid"});
+        let j = from_search_issue(&i, &cloud(), 3, now()).unwrap();
+        assert_eq!(j.trigger.triggered_by.as_deref(), Some("712020:ann"));
     }
 }

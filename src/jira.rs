@@ -5,7 +5,10 @@
 //! (`POST /rest/api/3/issue/{key}/comment`). Nothing else is done on the ticket. For `drafter serve` it also reads:
 //! JQL search ([`JiraClient::search`]: Cloud's `/rest/api/3/search/jql` with page tokens, or Data Center's
 //! `/rest/api/2/search` with `startAt`, per `jira.flavor`), and a ticket's comments ([`JiraClient::comments`]), so a
-//! retried job can see what it already said.
+//! retried job can see what it already said. For the policy: the groups of a user ([`JiraClient::user_groups`],
+//! cached for a few minutes in a [`GroupCache`] so a burst of jobs asks Jira once), and who assigned a ticket to the
+//! bot ([`JiraClient::assigned_by`], from the issue's change history), so a job found by the JQL poll knows who
+//! triggered it.
 //!
 //! Why it is this strict:
 //! - Issue keys arrive from webhooks and humans, so a key is checked against `^[A-Z][A-Z0-9_]+-[1-9][0-9]*$` before
@@ -20,8 +23,10 @@
 //!   ([`JiraError::is_retryable`], [`JiraError::retry_after`]).
 
 use std::cell::Cell;
+use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, RETRY_AFTER};
@@ -57,6 +62,16 @@ const PAGE_SIZE: usize = 100;
 /// Pages [`JiraClient::comments`] reads before giving up: 100 x 100 comments is far beyond a real ticket, and a
 /// server that pages forever must not keep a worker busy.
 const MAX_COMMENT_PAGES: usize = 100;
+/// Pages of an issue's change history [`JiraClient::assigned_by`] reads on Cloud before giving up (100 x 100 entries).
+const MAX_CHANGELOG_PAGES: usize = 100;
+/// How long [`JiraClient::user_groups`] answers from its cache by default.
+pub const DEFAULT_GROUP_CACHE_TTL: Duration = Duration::from_secs(5 * 60);
+/// Users whose groups a [`GroupCache`] keeps at most; past this, expired entries are dropped, then all.
+const MAX_GROUP_CACHE_ENTRIES: usize = 10_000;
+/// Longest account id or user name accepted by [`JiraClient::user_groups`] (Cloud ids are at most 128 characters).
+const MAX_ACCOUNT_CHARS: usize = 256;
+/// Groups kept per user: a user in more is still answered, with the first ones only.
+const MAX_GROUPS_PER_USER: usize = 1000;
 
 /// Why a Jira call failed. Messages never contain the credential or request headers.
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +79,10 @@ pub enum JiraError {
     /// The issue key does not look like `PROJ-123`; no request was made.
     #[error("refusing Jira issue key {0:?}: expected a key like PROJ-123 (capital letters, digits, underscore, a dash, a number)")]
     InvalidKey(String),
+    /// The account id or user name given to [`JiraClient::user_groups`] is empty, too long or has control
+    /// characters; no request was made.
+    #[error("refusing Jira account {0:?}: expected a non-empty account id or user name without control characters")]
+    InvalidAccount(String),
     /// The Jira settings cannot be used (bad base URL, a credential that cannot go in a header).
     #[error("Jira client configuration: {0}")]
     Config(String),
@@ -228,6 +247,8 @@ pub struct JiraClient {
     auth: JiraAuth,
     /// Cloud or Data Center: decides the REST version of [`JiraClient::search`] and [`JiraClient::comments`].
     flavor: JiraFlavor,
+    /// Group memberships already asked for; shared by clones of this client.
+    groups: Arc<GroupCache>,
 }
 
 impl JiraClient {
@@ -268,9 +289,28 @@ impl JiraClient {
             base: cfg.base_url.trim().trim_end_matches('/').to_string(),
             auth: cfg.auth.clone(),
             flavor: cfg.flavor,
+            groups: Arc::new(GroupCache::new(DEFAULT_GROUP_CACHE_TTL)),
         };
         client.auth_header()?;
         Ok(client)
+    }
+
+    /// This client with a fresh group cache whose entries live `ttl` ([`DEFAULT_GROUP_CACHE_TTL`] otherwise;
+    /// zero turns caching off).
+    pub fn with_group_ttl(self, ttl: Duration) -> JiraClient {
+        self.with_group_cache(Arc::new(GroupCache::new(ttl)))
+    }
+
+    /// This client answering [`JiraClient::user_groups`] through `cache`, e.g. one shared with other clients of the
+    /// same site.
+    pub fn with_group_cache(mut self, cache: Arc<GroupCache>) -> JiraClient {
+        self.groups = cache;
+        self
+    }
+
+    /// The group cache this client uses (to clear it, or to share it).
+    pub fn group_cache(&self) -> &Arc<GroupCache> {
+        &self.groups
     }
 
     /// The site root this client talks to (no trailing slash).
@@ -481,6 +521,206 @@ impl JiraClient {
         })
     }
 
+    /// The names of the groups `account` belongs to (nested groups included, as Jira reports them), at most
+    /// 1000. Cloud: `GET /rest/api/3/user/groups?accountId=..` (an array of `{name, groupId, self}`). Data Center,
+    /// where users are names: `GET /rest/api/2/user?username=..&expand=groups` (`groups.items[].name`).
+    ///
+    /// Answers come from the client's [`GroupCache`] while fresh (see [`JiraClient::with_group_ttl`]); concurrent
+    /// calls for the same account wait for one request instead of each sending their own. A user Jira does not
+    /// know (404) has no groups: `Ok(vec![])`, cached like any answer. Errors are not cached.
+    pub async fn user_groups(&self, account: &str) -> Result<Vec<String>, JiraError> {
+        if account.is_empty()
+            || account.chars().count() > MAX_ACCOUNT_CHARS
+            || account.chars().any(char::is_control)
+        {
+            return Err(JiraError::InvalidAccount(cap_chars(
+                &clean_text(account),
+                64,
+            )));
+        }
+        let slot = self.groups.slot(account);
+        // Held across the request: a burst of jobs by one user makes one request, the others wait for its answer.
+        let mut entry = slot.lock().await;
+        if let Some((at, groups)) = entry.as_ref() {
+            if at.elapsed() < self.groups.ttl {
+                return Ok(groups.clone());
+            }
+        }
+        let groups = self.fetch_user_groups(account).await?;
+        *entry = Some((Instant::now(), groups.clone()));
+        Ok(groups)
+    }
+
+    async fn fetch_user_groups(&self, account: &str) -> Result<Vec<String>, JiraError> {
+        let action = "reading a user's groups".to_string();
+        let cloud = self.flavor == JiraFlavor::Cloud;
+        let path = if cloud {
+            "/rest/api/3/user/groups"
+        } else {
+            "/rest/api/2/user"
+        };
+        let mut url = url::Url::parse(&format!("{}{}", self.base, path))
+            .map_err(|e| JiraError::Config(format!("jira.base_url: {e}")))?;
+        {
+            // The account comes from a webhook or the policy: only ever a query value, encoded.
+            let mut q = url.query_pairs_mut();
+            if cloud {
+                q.append_pair("accountId", account);
+            } else {
+                q.append_pair("username", account);
+                q.append_pair("expand", "groups");
+            }
+        }
+        tracing::debug!(flavor = ?self.flavor, "jira: GET user groups");
+        let resp = match self.send(self.http.get(url), &action, None).await {
+            Ok(r) => r,
+            // An unknown (or deleted) user is a member of nothing.
+            Err(JiraError::Rejected { status: 404, .. }) => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let body = self.read_success(resp, &action).await?;
+        let v: Value = serde_json::from_slice(&body).map_err(|e| JiraError::InvalidResponse {
+            action: action.clone(),
+            message: format!("not valid JSON: {e}"),
+        })?;
+        let list = if cloud {
+            v.as_array()
+        } else {
+            v.pointer("/groups/items").and_then(Value::as_array)
+        };
+        let list = list.ok_or_else(|| JiraError::InvalidResponse {
+            action: action.clone(),
+            message: if cloud {
+                "expected an array of groups".into()
+            } else {
+                "the user has no `groups.items` list".into()
+            },
+        })?;
+        Ok(list
+            .iter()
+            .filter_map(|g| g.get("name").and_then(Value::as_str))
+            .map(|n| clean_text(&cap_chars(n, MAX_NOTICE_FIELD_CHARS)))
+            .filter(|n| !n.is_empty())
+            .take(MAX_GROUPS_PER_USER)
+            .collect())
+    }
+
+    /// Who most recently assigned issue `key` to `assignee` (the bot), from the issue's change history: the
+    /// author's `accountId` on Cloud, its user name (else key) on Data Center; `None` when no history entry
+    /// assigns the issue to `assignee` (e.g. it was created already assigned) or the last one has no author.
+    ///
+    /// `assignee` is compared with each assignee item's `to` (and Cloud's `tmpToAccountId`): the account id on
+    /// Cloud, the user key (or, on old versions, the name) on Data Center, there case-insensitively. See
+    /// [`JiraClient::assigned_by_any`] to accept either of the bot's key and name.
+    ///
+    /// Cloud: `GET /rest/api/3/issue/{key}/changelog?startAt=N&maxResults=100`, every page (`isLast`, `values[]`
+    /// oldest first). Data Center: `GET /rest/api/2/issue/{key}?fields=assignee&expand=changelog`
+    /// (`changelog.histories[]`).
+    pub async fn assigned_by(
+        &self,
+        key: &str,
+        assignee: &str,
+    ) -> Result<Option<String>, JiraError> {
+        self.assigned_by_any(key, &[assignee]).await
+    }
+
+    /// [`JiraClient::assigned_by`] for an assignee known by several identifiers (a Data Center user's key and name).
+    /// Empty identifiers are ignored.
+    pub async fn assigned_by_any(
+        &self,
+        key: &str,
+        assignees: &[&str],
+    ) -> Result<Option<String>, JiraError> {
+        check_key(key)?;
+        let assignees: Vec<&str> = assignees
+            .iter()
+            .copied()
+            .filter(|a| !a.is_empty())
+            .collect();
+        let histories = match self.flavor {
+            JiraFlavor::Cloud => self.changelog_cloud(key).await?,
+            JiraFlavor::Datacenter => self.changelog_dc(key).await?,
+        };
+        Ok(last_assignment_author(
+            &histories,
+            &assignees,
+            self.flavor == JiraFlavor::Datacenter,
+        ))
+    }
+
+    /// Every change history entry of an issue on Cloud, in the order Jira lists them (oldest first).
+    async fn changelog_cloud(&self, key: &str) -> Result<Vec<Value>, JiraError> {
+        let action = format!("reading the change history of issue {key}");
+        let mut all: Vec<Value> = Vec::new();
+        let mut start: u64 = 0;
+        for _ in 0..MAX_CHANGELOG_PAGES {
+            // The key is validated; the numbers are ours.
+            let url = format!(
+                "{}/rest/api/3/issue/{}/changelog?startAt={}&maxResults={}",
+                self.base, key, start, PAGE_SIZE
+            );
+            tracing::debug!(issue = key, start, "jira: GET changelog");
+            let resp = self.send(self.http.get(url), &action, Some(key)).await?;
+            let body = self.read_success(resp, &action).await?;
+            let v: Value =
+                serde_json::from_slice(&body).map_err(|e| JiraError::InvalidResponse {
+                    action: action.clone(),
+                    message: format!("change history is not valid JSON: {e}"),
+                })?;
+            let page = v.get("values").and_then(Value::as_array).ok_or_else(|| {
+                JiraError::InvalidResponse {
+                    action: action.clone(),
+                    message: "change history page has no `values` array".into(),
+                }
+            })?;
+            let got = page.len() as u64;
+            all.extend(page.iter().cloned());
+            start = start.saturating_add(got);
+            let last = v.get("isLast").and_then(Value::as_bool);
+            let total = v.get("total").and_then(Value::as_u64);
+            // `isLast` decides when present; otherwise `total`; an empty page always ends (no endless loop).
+            let done = got == 0
+                || match (last, total) {
+                    (Some(l), _) => l,
+                    (None, Some(t)) => start >= t,
+                    (None, None) => true,
+                };
+            if done {
+                return Ok(all);
+            }
+        }
+        Err(JiraError::InvalidResponse {
+            action,
+            message: format!(
+                "more than {} change history entries; refusing to page further",
+                MAX_CHANGELOG_PAGES * PAGE_SIZE
+            ),
+        })
+    }
+
+    /// Every change history entry of an issue on Data Center (`expand=changelog` on the issue).
+    async fn changelog_dc(&self, key: &str) -> Result<Vec<Value>, JiraError> {
+        let action = format!("reading the change history of issue {key}");
+        let url = format!(
+            "{}/rest/api/2/issue/{}?fields=assignee&expand=changelog",
+            self.base, key
+        );
+        tracing::debug!(issue = key, "jira: GET issue with changelog");
+        let resp = self.send(self.http.get(url), &action, Some(key)).await?;
+        let body = self.read_success(resp, &action).await?;
+        let v: Value = serde_json::from_slice(&body).map_err(|e| JiraError::InvalidResponse {
+            action: action.clone(),
+            message: format!("issue is not valid JSON: {e}"),
+        })?;
+        v.pointer("/changelog/histories")
+            .and_then(Value::as_array)
+            .cloned()
+            .ok_or_else(|| JiraError::InvalidResponse {
+                action,
+                message: "issue has no `changelog.histories` list".into(),
+            })
+    }
+
     fn auth_header(&self) -> Result<HeaderValue, JiraError> {
         let value = match &self.auth {
             JiraAuth::Basic { email, token } => {
@@ -630,6 +870,154 @@ impl JiraClient {
             labels,
             issue_type,
         })
+    }
+}
+
+/// The author of the latest history entry that assigns the issue to one of `assignees`: by `created` when every
+/// such entry has a readable date (ties: list order), else by list order (Jira lists oldest first). `None` when there
+/// is no such entry, or the latest one has no usable author (an anonymous or system change is nobody's trigger; an
+/// older entry's author is not substituted).
+fn last_assignment_author(
+    histories: &[Value],
+    assignees: &[&str],
+    case_insensitive: bool,
+) -> Option<String> {
+    let matches = |v: &str| {
+        assignees.iter().any(|a| {
+            if case_insensitive {
+                v.eq_ignore_ascii_case(a)
+            } else {
+                v == *a
+            }
+        })
+    };
+    let assigns = |h: &Value| {
+        h.get("items")
+            .and_then(Value::as_array)
+            .is_some_and(|items| {
+                items.iter().any(|i| {
+                    let named = |k: &str| i.get(k).and_then(Value::as_str) == Some("assignee");
+                    (named("fieldId") || named("field"))
+                        && ["to", "tmpToAccountId"]
+                            .iter()
+                            .any(|k| i.get(*k).and_then(Value::as_str).is_some_and(matches))
+                })
+            })
+    };
+    let hits: Vec<(usize, &Value)> = histories
+        .iter()
+        .enumerate()
+        .filter(|(_, h)| assigns(h))
+        .collect();
+    let dates: Option<Vec<chrono::DateTime<chrono::FixedOffset>>> = hits
+        .iter()
+        .map(|(_, h)| {
+            h.get("created")
+                .and_then(Value::as_str)
+                .and_then(parse_jira_time)
+        })
+        .collect();
+    let latest = match dates {
+        Some(dates) => hits
+            .iter()
+            .zip(dates)
+            .max_by_key(|((pos, _), at)| (*at, *pos))
+            .map(|((_, h), _)| *h),
+        None => hits.last().map(|(_, h)| *h),
+    }?;
+    let author = latest.get("author")?;
+    ["accountId", "name", "key"]
+        .iter()
+        .find_map(|k| {
+            author
+                .get(*k)
+                .and_then(Value::as_str)
+                .filter(|s| !s.is_empty())
+        })
+        .map(|s| cap_chars(&clean_text(s), MAX_NOTICE_FIELD_CHARS))
+        .filter(|s| !s.is_empty())
+}
+
+/// Jira's timestamps: `2026-03-01T10:00:00.000+0000` (also with `Z` or `+00:00`).
+fn parse_jira_time(s: &str) -> Option<chrono::DateTime<chrono::FixedOffset>> {
+    chrono::DateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f%z")
+        .or_else(|_| chrono::DateTime::parse_from_rfc3339(s))
+        .ok()
+}
+
+/// Group memberships by account, each kept for a TTL. Shared (in an `Arc`) by the clones of a [`JiraClient`], and
+/// by several clients if given to [`JiraClient::with_group_cache`].
+pub struct GroupCache {
+    ttl: Duration,
+    /// One slot per account; the async lock lets one request fill it while others wait.
+    entries: Mutex<HashMap<String, Arc<GroupSlot>>>,
+}
+
+type GroupSlot = tokio::sync::Mutex<Option<(Instant, Vec<String>)>>;
+
+impl std::fmt::Debug for GroupCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupCache")
+            .field("ttl", &self.ttl)
+            .field("accounts", &self.len())
+            .finish()
+    }
+}
+
+impl GroupCache {
+    /// An empty cache whose answers live `ttl` (zero: every call asks Jira).
+    pub fn new(ttl: Duration) -> GroupCache {
+        GroupCache {
+            ttl,
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// How long an answer is used.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// Forgets every answer (e.g. after the policy's groups changed).
+    pub fn clear(&self) {
+        self.map().clear();
+    }
+
+    /// Accounts with a slot (answered, or being asked).
+    pub fn len(&self) -> usize {
+        self.map().len()
+    }
+
+    /// Whether nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<GroupSlot>>> {
+        // The map holds no invariant a panic could break: keep using it.
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The slot of `account`, created if needed. A full map first drops slots nobody is using whose answer is
+    /// stale or missing, then, if still full, every unused slot.
+    fn slot(&self, account: &str) -> Arc<GroupSlot> {
+        let mut map = self.map();
+        if let Some(s) = map.get(account) {
+            return s.clone();
+        }
+        if map.len() >= MAX_GROUP_CACHE_ENTRIES {
+            let ttl = self.ttl;
+            map.retain(|_, s| {
+                Arc::strong_count(s) > 1
+                    || s.try_lock()
+                        .map(|e| e.as_ref().is_some_and(|(at, _)| at.elapsed() < ttl))
+                        .unwrap_or(true)
+            });
+            if map.len() >= MAX_GROUP_CACHE_ENTRIES {
+                map.retain(|_, s| Arc::strong_count(s) > 1);
+            }
+        }
+        map.entry(account.to_string()).or_default().clone()
     }
 }
 
@@ -1881,6 +2269,61 @@ mod tests {
         assert!(out.contains("[description cut by drafter"));
         assert!(out.starts_with("éé"));
         assert_eq!(cap_markdown("small".into()), "small");
+    }
+
+    #[test]
+    fn last_assignment_is_by_date_then_list_order() {
+        let entry = |id: &str, by: Value, created: &str, to: &str| {
+            json!({"id": id, "author": by, "created": created,
+                "items": [{"field": "assignee", "fieldtype": "jira", "fieldId": "assignee", "to": to}]})
+        };
+        let ann = json!({"accountId": "a"});
+        let ben = json!({"accountId": "b"});
+        // Listed newest first: the date decides.
+        let h = [
+            entry("3", ben.clone(), "2026-03-02T10:00:00.000+0000", "bot"),
+            entry("2", ann.clone(), "2026-03-01T10:00:00.000+0000", "bot"),
+        ];
+        assert_eq!(
+            last_assignment_author(&h, &["bot"], false).as_deref(),
+            Some("b")
+        );
+        // Offsets are honoured: 09:00-0200 is 11:00 UTC, after 10:30 UTC.
+        let h = [
+            entry("2", ann.clone(), "2026-03-01T09:00:00.000-0200", "bot"),
+            entry("3", ben.clone(), "2026-03-01T10:30:00.000+0000", "bot"),
+        ];
+        assert_eq!(
+            last_assignment_author(&h, &["bot"], false).as_deref(),
+            Some("a")
+        );
+        // An unreadable date: list order (Jira lists oldest first).
+        let h = [
+            entry("3", ben.clone(), "yesterday", "bot"),
+            entry("2", ann.clone(), "2026-03-01T10:00:00.000+0000", "bot"),
+        ];
+        assert_eq!(
+            last_assignment_author(&h, &["bot"], false).as_deref(),
+            Some("a")
+        );
+        // Case: exact on Cloud, case-insensitive on Data Center; a Data Center author by name.
+        let h = [entry(
+            "1",
+            json!({"name": "alice", "key": "JIRAUSER1"}),
+            "2026-03-01T10:00:00.000+0000",
+            "Drafter",
+        )];
+        assert_eq!(last_assignment_author(&h, &["drafter"], false), None);
+        assert_eq!(
+            last_assignment_author(&h, &["drafter"], true).as_deref(),
+            Some("alice")
+        );
+        // Garbage never panics.
+        let garbage = json!([1, null, {"items": "x"}, {"items": [{"field": "assignee", "to": 5}]}]);
+        assert_eq!(
+            last_assignment_author(garbage.as_array().unwrap(), &["bot"], false),
+            None
+        );
     }
 
     #[test]

@@ -428,3 +428,266 @@ async fn deeply_nested_description_does_not_break_the_client() {
     assert!(matches!(err, JiraError::InvalidResponse { .. }), "{err:?}");
     assert!(!err.is_retryable());
 }
+
+// ---- groups and assignment history (for the policy) ----------------------------------------------------------------
+
+const PAT: &str = "NjM0-dc-personal-access-token";
+const DC_BOT_KEY: &str = "JIRAUSER10100";
+const DC_BOT_NAME: &str = "drafter";
+
+fn dc_client(stand_in: &JiraStandIn) -> JiraClient {
+    JiraClient::new(&JiraConfig {
+        base_url: stand_in.base_url(),
+        bot_account_id: DC_BOT_KEY.into(),
+        bot_username: Some(DC_BOT_NAME.into()),
+        flavor: drafter::config::JiraFlavor::Datacenter,
+        auth: JiraAuth::Bearer {
+            token: Secret::new(PAT),
+        },
+    })
+    .expect("client")
+}
+
+fn query_of(r: &support::RecordedRequest) -> std::collections::HashMap<String, String> {
+    url::form_urlencoded::parse(r.query.as_deref().unwrap_or("").as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
+}
+
+fn requests_to(s: &JiraStandIn, path: &str) -> Vec<support::RecordedRequest> {
+    s.requests()
+        .into_iter()
+        .filter(|r| r.path == path)
+        .collect()
+}
+
+const ANN: &str = "712020:5b1c-ann";
+
+#[tokio::test]
+async fn cloud_user_groups_are_read_and_cached() {
+    let (s, c) = setup().await;
+    s.set_groups(ANN, &["jira-software-users", "payments-devs"]);
+    assert_eq!(
+        c.user_groups(ANN).await.expect("groups"),
+        ["jira-software-users", "payments-devs"]
+    );
+    let reqs = requests_to(&s, "/rest/api/3/user/groups");
+    assert_eq!(reqs.len(), 1);
+    assert_eq!(query_of(&reqs[0])["accountId"], ANN);
+    assert!(reqs[0]
+        .header("authorization")
+        .unwrap()
+        .starts_with("Basic "));
+
+    // Within the TTL: the cache answers, also for clones of the client, even after Jira changed.
+    s.set_groups(ANN, &["jira-software-users"]);
+    assert_eq!(c.user_groups(ANN).await.unwrap().len(), 2);
+    assert_eq!(c.clone().user_groups(ANN).await.unwrap().len(), 2);
+    assert_eq!(requests_to(&s, "/rest/api/3/user/groups").len(), 1);
+
+    // An unknown user (404) has no groups, and that answer is cached too.
+    assert!(c.user_groups("712020:nobody").await.unwrap().is_empty());
+    assert!(c.user_groups("712020:nobody").await.unwrap().is_empty());
+    assert_eq!(requests_to(&s, "/rest/api/3/user/groups").len(), 2);
+
+    // Clearing the cache asks again and sees the change.
+    c.group_cache().clear();
+    assert_eq!(c.user_groups(ANN).await.unwrap(), ["jira-software-users"]);
+    assert_eq!(requests_to(&s, "/rest/api/3/user/groups").len(), 3);
+}
+
+#[tokio::test]
+async fn group_cache_expires_and_a_burst_asks_once() {
+    let (s, c) = setup().await;
+    s.set_groups(ANN, &["payments-devs"]);
+    let c = c.with_group_ttl(Duration::from_millis(300));
+    assert_eq!(c.group_cache().ttl(), Duration::from_millis(300));
+    // Twenty jobs of the same user at once: one request.
+    let calls: Vec<_> = (0..20)
+        .map(|_| {
+            let c = c.clone();
+            tokio::spawn(async move { c.user_groups(ANN).await })
+        })
+        .collect();
+    for call in calls {
+        assert_eq!(call.await.unwrap().unwrap(), ["payments-devs"]);
+    }
+    assert_eq!(requests_to(&s, "/rest/api/3/user/groups").len(), 1);
+    // After the TTL: asked again.
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    c.user_groups(ANN).await.unwrap();
+    assert_eq!(requests_to(&s, "/rest/api/3/user/groups").len(), 2);
+    // A zero TTL caches nothing.
+    let c = c.with_group_ttl(Duration::ZERO);
+    c.user_groups(ANN).await.unwrap();
+    c.user_groups(ANN).await.unwrap();
+    assert_eq!(requests_to(&s, "/rest/api/3/user/groups").len(), 4);
+}
+
+#[tokio::test]
+async fn user_group_errors_are_not_cached() {
+    let (s, c) = setup().await;
+    s.set_groups(ANN, &["payments-devs"]);
+    s.fail_next(503, 1);
+    let err = c.user_groups(ANN).await.unwrap_err();
+    assert!(err.is_retryable(), "{err:?}");
+    assert_eq!(c.user_groups(ANN).await.unwrap(), ["payments-devs"]);
+    // A credential Jira refuses is an error, not "no groups".
+    let bad = client_for(&s, "wrong-token");
+    assert!(matches!(
+        bad.user_groups(ANN).await,
+        Err(JiraError::Unauthorized { .. })
+    ));
+    // Hostile or empty accounts never reach Jira; odd but valid ones are only query values.
+    let before = s.requests().len();
+    for bad in ["", "a\r\nX-Evil: 1", &"x".repeat(300)] {
+        assert!(matches!(
+            c.user_groups(bad).await,
+            Err(JiraError::InvalidAccount(_))
+        ));
+    }
+    assert_eq!(s.requests().len(), before);
+    assert!(c.user_groups("a&accountId=b").await.unwrap().is_empty());
+    let last = s.requests().pop().unwrap();
+    assert_eq!(query_of(&last)["accountId"], "a&accountId=b");
+}
+
+#[tokio::test]
+async fn data_center_user_groups_come_from_the_user_resource() {
+    let s = JiraStandIn::start_datacenter(PAT).await;
+    s.set_groups("alice", &["jira-software-users", "ops-leads"]);
+    let c = dc_client(&s);
+    assert_eq!(
+        c.user_groups("alice").await.unwrap(),
+        ["jira-software-users", "ops-leads"]
+    );
+    assert!(c.user_groups("mallory").await.unwrap().is_empty());
+    let reqs = requests_to(&s, "/rest/api/2/user");
+    assert_eq!(reqs.len(), 2);
+    let q = query_of(&reqs[0]);
+    assert_eq!(
+        (q["username"].as_str(), q["expand"].as_str()),
+        ("alice", "groups")
+    );
+    assert_eq!(
+        reqs[0].header("authorization"),
+        Some(format!("Bearer {PAT}").as_str())
+    );
+    // Cached.
+    c.user_groups("alice").await.unwrap();
+    assert_eq!(requests_to(&s, "/rest/api/2/user").len(), 2);
+}
+
+fn bot() -> Value {
+    json!({"accountId": BOT_ACCOUNT_ID, "displayName": "drafter bot"})
+}
+
+fn user(id: &str) -> Value {
+    json!({"accountId": id, "displayName": id})
+}
+
+#[tokio::test]
+async fn cloud_assigned_by_reads_every_page_and_takes_the_last_assignment_to_the_bot() {
+    let (s, c) = setup().await;
+    s.set_page_size(2);
+    s.add_issue_fields("PAY-1", json!({"summary": "x", "assignee": null}));
+    s.assign("PAY-1", bot(), user("712020:ann"));
+    s.add_history(
+        "PAY-1",
+        user("712020:ann"),
+        json!([{"field": "status", "fieldtype": "jira", "fieldId": "status", "from": "1", "to": "3"}]),
+    );
+    s.assign("PAY-1", user("712020:ben"), user("712020:ben"));
+    s.assign("PAY-1", bot(), user("712020:ben"));
+    // Later changes by others: an assignment to someone else, a label change.
+    s.assign("PAY-1", user("712020:carl"), user("712020:dora"));
+    s.add_history(
+        "PAY-1",
+        user("712020:dora"),
+        json!([{"field": "labels", "fieldtype": "jira", "fieldId": "labels", "from": null, "to": "x"}]),
+    );
+    assert_eq!(
+        c.assigned_by("PAY-1", BOT_ACCOUNT_ID)
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("712020:ben")
+    );
+    let starts: Vec<String> = requests_to(&s, "/rest/api/3/issue/PAY-1/changelog")
+        .iter()
+        .map(|r| query_of(r)["startAt"].clone())
+        .collect();
+    assert_eq!(starts, ["0", "2", "4"]);
+    // For another assignee, its own assigner.
+    assert_eq!(
+        c.assigned_by("PAY-1", "712020:carl")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("712020:dora")
+    );
+
+    // Never assigned to the bot (e.g. created so): nobody.
+    s.add_issue_fields("PAY-2", json!({"summary": "y"}));
+    s.assign("PAY-2", user("712020:ann"), user("712020:ann"));
+    assert_eq!(c.assigned_by("PAY-2", BOT_ACCOUNT_ID).await.unwrap(), None);
+    // The last assignment to the bot was anonymous (automation without a user): nobody, not the earlier assigner.
+    s.assign("PAY-2", bot(), user("712020:ann"));
+    s.add_history(
+        "PAY-2",
+        Value::Null,
+        json!([{"field": "assignee", "fieldtype": "jira", "fieldId": "assignee", "from": null,
+                "to": BOT_ACCOUNT_ID, "tmpToAccountId": BOT_ACCOUNT_ID}]),
+    );
+    assert_eq!(c.assigned_by("PAY-2", BOT_ACCOUNT_ID).await.unwrap(), None);
+
+    // Unknown issue, hostile key.
+    assert!(matches!(
+        c.assigned_by("PAY-404", BOT_ACCOUNT_ID).await,
+        Err(JiraError::NotFound { .. })
+    ));
+    let before = s.requests().len();
+    assert!(matches!(
+        c.assigned_by("../x", BOT_ACCOUNT_ID).await,
+        Err(JiraError::InvalidKey(_))
+    ));
+    assert_eq!(s.requests().len(), before);
+}
+
+#[tokio::test]
+async fn data_center_assigned_by_uses_the_expanded_issue() {
+    let s = JiraStandIn::start_datacenter(PAT).await;
+    let dc_bot = json!({"name": DC_BOT_NAME, "key": DC_BOT_KEY, "displayName": "drafter bot"});
+    let alice = json!({"name": "alice", "key": "JIRAUSER10000"});
+    let bob = json!({"name": "bob", "key": "JIRAUSER10001"});
+    s.add_issue("OPS-1", "one", Value::Null, &[]);
+    s.assign("OPS-1", dc_bot.clone(), alice.clone());
+    s.assign("OPS-1", bob.clone(), bob.clone());
+    s.assign("OPS-1", dc_bot.clone(), bob.clone());
+    s.assign("OPS-1", alice.clone(), alice.clone());
+    let c = dc_client(&s);
+    // `to` is the user key on Data Center; the author comes back by name.
+    assert_eq!(
+        c.assigned_by("OPS-1", DC_BOT_KEY).await.unwrap().as_deref(),
+        Some("bob")
+    );
+    let reqs = requests_to(&s, "/rest/api/2/issue/OPS-1");
+    assert_eq!(reqs.len(), 1);
+    assert_eq!(query_of(&reqs[0])["expand"], "changelog");
+    assert!(requests_to(&s, "/rest/api/3/issue/OPS-1/changelog").is_empty());
+    // Old versions record the name: found through either identifier.
+    s.add_issue("OPS-2", "two", Value::Null, &[]);
+    s.add_history(
+        "OPS-2",
+        alice.clone(),
+        json!([{"field": "assignee", "fieldtype": "jira", "from": null, "to": "Drafter"}]),
+    );
+    assert_eq!(c.assigned_by("OPS-2", DC_BOT_KEY).await.unwrap(), None);
+    assert_eq!(
+        c.assigned_by_any("OPS-2", &[DC_BOT_KEY, DC_BOT_NAME])
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("alice")
+    );
+}

@@ -484,6 +484,48 @@ async fn the_bots_own_comment_makes_no_job() {
 }
 
 #[tokio::test]
+async fn an_approve_comment_makes_no_job() {
+    // `drafter approve` is routed to the queue's approval (intake::approval_from_webhook), never to a new job,
+    // also when it mentions the bot.
+    let s = start(Some(SECRET), cloud_cfg("https://x.atlassian.net")).await;
+    let payload = commented(
+        "PROJ-17",
+        "10504",
+        "712020:ann",
+        json!(format!("[~accountid:{BOT_ACCOUNT_ID}] drafter approve")),
+    );
+    let (status, answer) = s.post(&payload, Some("d-6")).await;
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(answer["status"], "ignored");
+    assert_eq!(
+        answer["reason"],
+        "comment is the approval command (drafter approve), not a trigger"
+    );
+    assert!(s.queue.jobs().is_empty());
+    let approval = intake::approval_from_webhook(&payload, None, &cloud_cfg("https://x"))
+        .expect("an approval");
+    assert_eq!(
+        (approval.author.as_str(), approval.comment_id.as_str()),
+        ("712020:ann", "10504")
+    );
+    // A sentence about approving, mentioning the bot, is an ordinary trigger.
+    let (status, answer) = s
+        .post(
+            &commented(
+                "PROJ-17",
+                "10505",
+                "712020:ann",
+                json!(format!(
+                    "[~accountid:{BOT_ACCOUNT_ID}] I approve of the plan, please go ahead"
+                )),
+            ),
+            Some("d-7"),
+        )
+        .await;
+    assert_eq!((status, answer["status"].as_str()), (202, Some("created")));
+}
+
+#[tokio::test]
 async fn a_two_mib_body_is_413() {
     let s = start(Some(SECRET), cloud_cfg("https://x.atlassian.net")).await;
     let mut payload = assigned("TM-100", "10518", BOT_ACCOUNT_ID);
@@ -825,6 +867,85 @@ async fn webhook_and_poll_agree_on_the_same_assignment() {
     .unwrap();
     assert_eq!((stats.created, stats.duplicate), (0, 1));
     assert_eq!(s.queue.jobs().len(), 1);
+}
+
+fn changelog_requests(j: &JiraStandIn) -> Vec<support::RecordedRequest> {
+    j.requests()
+        .into_iter()
+        .filter(|r| r.path.ends_with("/changelog"))
+        .collect()
+}
+
+#[tokio::test]
+async fn poll_reads_who_assigned_from_the_full_history_once_per_new_hit() {
+    let j = JiraStandIn::start(EMAIL, TOKEN).await;
+    // Jira cuts the histories a search returns: here to the newest one, so PAY-1's assignment is not in it.
+    j.set_search_changelog_cap(1);
+    j.add_issue("PAY-1", "one", Value::Null, &[]);
+    j.assign("PAY-1", ann(), ann());
+    j.assign("PAY-1", bot(), json!({"accountId": "712020:ben"}));
+    j.add_history(
+        "PAY-1",
+        ann(),
+        json!([{"field": "status", "fieldtype": "jira", "fieldId": "status", "from": "1", "to": "3"}]),
+    );
+    // PAY-2's assignment is the newest entry: the search sees it, the full history agrees.
+    j.add_issue("PAY-2", "two", Value::Null, &[]);
+    let pay2 = j.assign("PAY-2", bot(), ann());
+    let client = JiraClient::new(&cloud_cfg(&j.base_url())).unwrap();
+    let jira_cfg = cloud_cfg(&j.base_url());
+    let cfg = poll_cfg(&["PAY"], &[]);
+    let queue = MemQueue::default();
+
+    let s = intake::poll_once(&client, &cfg, &jira_cfg, &queue, 3)
+        .await
+        .unwrap();
+    assert_eq!(s.created, 2);
+    let jobs = queue.jobs();
+    let by_ticket = |t: &str| jobs.iter().find(|j| j.ticket == t).unwrap().triggers[0].clone();
+    let t1 = by_ticket("PAY-1");
+    assert!(t1.delivery.starts_with("created:"), "{}", t1.delivery);
+    assert_eq!(t1.triggered_by.as_deref(), Some("712020:ben"));
+    let t2 = by_ticket("PAY-2");
+    assert_eq!(t2.delivery, format!("changelog:{pay2}"));
+    assert_eq!(t2.triggered_by.as_deref(), Some("712020:ann"));
+    assert_eq!(changelog_requests(&j).len(), 2);
+
+    // Later polls see the same assignments: duplicates, and no more history requests.
+    for _ in 0..3 {
+        let s = intake::poll_once(&client, &cfg, &jira_cfg, &queue, 3)
+            .await
+            .unwrap();
+        assert_eq!((s.created, s.duplicate), (0, 2));
+    }
+    assert_eq!(changelog_requests(&j).len(), 2);
+}
+
+#[tokio::test]
+async fn poll_keeps_the_searchs_answer_when_the_history_cannot_be_read() {
+    let j = JiraStandIn::start(EMAIL, TOKEN).await;
+    j.add_issue("PAY-1", "one", Value::Null, &[]);
+    j.assign("PAY-1", bot(), ann());
+    // Created already assigned: no history, no creator in the stand-in's fields.
+    j.add_issue("PAY-2", "two", Value::Null, &[]);
+    j.fail_next_on("/changelog", 503, 10);
+    let client = JiraClient::new(&cloud_cfg(&j.base_url())).unwrap();
+    let jira_cfg = cloud_cfg(&j.base_url());
+    let queue = MemQueue::default();
+    let s = intake::poll_once(&client, &poll_cfg(&["PAY"], &[]), &jira_cfg, &queue, 3)
+        .await
+        .unwrap();
+    assert_eq!(s.created, 2);
+    assert_eq!(changelog_requests(&j).len(), 2);
+    let jobs = queue.jobs();
+    let by = |t: &str| {
+        jobs.iter().find(|j| j.ticket == t).unwrap().triggers[0]
+            .triggered_by
+            .clone()
+    };
+    assert_eq!(by("PAY-1").as_deref(), Some("712020:ann"));
+    // Nobody known: the policy refuses it (fails closed).
+    assert_eq!(by("PAY-2"), None);
 }
 
 #[tokio::test]

@@ -16,6 +16,19 @@
 //!   each issue's change histories, newest first.
 //! - Get comments: <https://developer.atlassian.com/cloud/jira/platform/rest/v3/api-group-issue-comments/#api-rest-api-3-issue-issueidorkey-comment-get>
 //!   (`startAt`/`maxResults`/`total`/`comments`).
+//! - Get user groups (Cloud): <https://developer.atlassian.com/cloud/jira/platform/rest/v3/api-group-users/#api-rest-api-3-user-groups-get>
+//!   (`GET /rest/api/3/user/groups?accountId=..` -> `[{"name","groupId","self"}]`; 404 for an unknown account).
+//! - Get user (Data Center): <https://docs.atlassian.com/software/jira/docs/api/REST/9.12.0/#api/2/user-getUser>
+//!   (`GET /rest/api/2/user?username=..&expand=groups` -> the user with `"groups":{"size":N,"items":[{"name","self"}]}`;
+//!   without the expand, `items` is empty; 404 for an unknown user). Users set with [`JiraStandIn::set_groups`]
+//!   have their name as key, as users created before Jira 8.4 do.
+//! - Get changelogs (Cloud): <https://developer.atlassian.com/cloud/jira/platform/rest/v3/api-group-issues/#api-rest-api-3-issue-issueidorkey-changelog-get>
+//!   (`startAt`/`maxResults`/`total`/`isLast`/`values`, oldest first, at most the page size).
+//!   Get issue with `expand=changelog` (Data Center, `GET /rest/api/2/issue/{key}`):
+//!   <https://docs.atlassian.com/software/jira/docs/api/REST/9.12.0/#api/2/issue-getIssue>
+//!   (`"changelog":{"startAt":0,"maxResults":N,"total":N,"histories":[..]}`, oldest first). History entries carry
+//!   `id`, `author`, `created` and `items[]` (`field`, `fieldtype`, Cloud's `fieldId`, `from`, `to`, ...); an
+//!   assignee's `to` is the account id on Cloud and the user key on Data Center.
 //! - Errors: `{"errorMessages":[...],"errors":{...}}`; authentication is Basic `base64(email:api_token)`
 //!   (<https://developer.atlassian.com/cloud/jira/platform/basic-auth-for-rest-apis/>).
 
@@ -49,6 +62,8 @@ struct Failure {
     status: u16,
     remaining: usize,
     retry_after: Option<String>,
+    /// Only requests whose path ends with this fail (all when `None`).
+    path_suffix: Option<String>,
 }
 
 struct Inner {
@@ -65,6 +80,10 @@ struct Inner {
     page_size: usize,
     /// Delay before a comment is stored and answered (to hold a job just before it reports).
     comment_delay: std::time::Duration,
+    /// Group names per account id (Cloud) or user name (Data Center); others are unknown users.
+    groups: BTreeMap<String, Vec<String>>,
+    /// At most this many (newest) histories per issue in a search's `expand=changelog`, like Jira's cap.
+    search_changelog_cap: Option<usize>,
 }
 
 /// A running stand-in. The server stops when this is dropped.
@@ -114,6 +133,8 @@ impl JiraStandIn {
             datacenter,
             page_size: 50,
             comment_delay: std::time::Duration::ZERO,
+            groups: BTreeMap::new(),
+            search_changelog_cap: None,
         }));
         let app = Router::new().fallback(handle).with_state(state.clone());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -226,6 +247,36 @@ impl JiraStandIn {
         id
     }
 
+    /// Records a change history entry on `key` by `author` (a user object, or `Value::Null` for an anonymous or
+    /// system change) with these `items`, without changing the issue's fields. Returns its id.
+    pub fn add_history(&self, key: &str, author: Value, items: Value) -> String {
+        let mut st = lock(&self.state);
+        st.next_id += 1;
+        let id = st.next_id.to_string();
+        let Some(issue) = st.issues.get_mut(key) else {
+            panic!("stand-in: no issue {key}");
+        };
+        let mut entry = json!({"id": id, "created": jira_now(), "items": items});
+        if !author.is_null() {
+            entry["author"] = author;
+        }
+        issue.histories.push(entry);
+        id
+    }
+
+    /// The groups `account` (a Cloud account id, or a Data Center user name) belongs to; the user becomes known.
+    pub fn set_groups(&self, account: &str, groups: &[&str]) {
+        lock(&self.state).groups.insert(
+            account.to_string(),
+            groups.iter().map(|g| g.to_string()).collect(),
+        );
+    }
+
+    /// Cuts each issue's histories in a search's `expand=changelog` to the newest `n`, as Jira caps them.
+    pub fn set_search_changelog_cap(&self, n: usize) {
+        lock(&self.state).search_changelog_cap = Some(n);
+    }
+
     /// Adds a comment to `key` as `author` (`body`: ADF on Cloud, a string on Data Center). Returns its id.
     pub fn add_comment(&self, key: &str, author: Value, body: Value) -> String {
         let mut st = lock(&self.state);
@@ -289,6 +340,17 @@ impl JiraStandIn {
             status,
             remaining: times,
             retry_after: retry_after.map(str::to_string),
+            path_suffix: None,
+        });
+    }
+
+    /// The next `times` requests whose path ends with `path_suffix` fail with `status` (others are answered).
+    pub fn fail_next_on(&self, path_suffix: &str, status: u16, times: usize) {
+        lock(&self.state).failure = Some(Failure {
+            status,
+            remaining: times,
+            retry_after: None,
+            path_suffix: Some(path_suffix.to_string()),
         });
     }
 }
@@ -371,7 +433,11 @@ fn handle_now(
 
     // Injected failures come first: they stand for an overloaded or broken site.
     if let Some(f) = st.failure.as_mut() {
-        if f.remaining > 0 {
+        let applies = f
+            .path_suffix
+            .as_deref()
+            .is_none_or(|sfx| uri.path().ends_with(sfx));
+        if f.remaining > 0 && applies {
             f.remaining -= 1;
             let status =
                 StatusCode::from_u16(f.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -413,7 +479,10 @@ fn handle_now(
             }))
             .into_response()
         }
-        ("GET", ["rest", "api", "3", "issue", key]) => {
+        ("GET", ["rest", "api", version, "issue", key])
+            if *version == "3" || (*version == "2" && st.datacenter) =>
+        {
+            let version = version.to_string();
             let wanted: Option<Vec<String>> = uri.query().and_then(|q| {
                 q.split('&')
                     .filter_map(|kv| kv.split_once('='))
@@ -438,12 +507,131 @@ fn handle_now(
                 ),
                 _ => issue.fields.clone(),
             };
-            axum::Json(json!({
+            let mut v = json!({
                 "expand": "renderedFields,names,schema,operations,editmeta,changelog,versionedRepresentations",
                 "id": issue.id.to_string(),
-                "self": format!("{base}/rest/api/3/issue/{}", issue.id),
+                "self": format!("{base}/rest/api/{version}/issue/{}", issue.id),
                 "key": issue.key,
                 "fields": fields,
+            });
+            let q = query_map(&uri);
+            if q
+                .get("expand")
+                .is_some_and(|e| e.split(',').any(|x| x == "changelog"))
+            {
+                v["changelog"] = json!({
+                    "startAt": 0,
+                    "maxResults": issue.histories.len(),
+                    "total": issue.histories.len(),
+                    "histories": issue.histories,
+                });
+            }
+            axum::Json(v).into_response()
+        }
+        ("GET", ["rest", "api", "3", "issue", key, "changelog"]) if !st.datacenter => {
+            let q = query_map(&uri);
+            let base = st.base_url.clone();
+            let Some(issue) = st.issues.get(*key) else {
+                return not_found();
+            };
+            let start: usize = q.get("startAt").and_then(|v| v.parse().ok()).unwrap_or(0);
+            let max: usize = q
+                .get("maxResults")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(100)
+                .min(st.page_size);
+            let values: Vec<Value> = issue.histories.iter().skip(start).take(max).cloned().collect();
+            let after = start + values.len();
+            let is_last = after >= issue.histories.len();
+            let mut v = json!({
+                "self": format!("{base}/rest/api/3/issue/{key}/changelog?startAt={start}&maxResults={max}"),
+                "maxResults": max,
+                "startAt": start,
+                "total": issue.histories.len(),
+                "isLast": is_last,
+                "values": values,
+            });
+            if !is_last {
+                v["nextPage"] = json!(format!(
+                    "{base}/rest/api/3/issue/{key}/changelog?startAt={after}&maxResults={max}"
+                ));
+            }
+            axum::Json(v).into_response()
+        }
+        ("GET", ["rest", "api", "3", "user", "groups"]) if !st.datacenter => {
+            let q = query_map(&uri);
+            let Some(account) = q.get("accountId") else {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    &["The query parameter 'accountId' is required."],
+                    json!({}),
+                );
+            };
+            let base = st.base_url.clone();
+            match st.groups.get(account) {
+                None => error(
+                    StatusCode::NOT_FOUND,
+                    &[&format!("User with accountId '{account}' not found.")],
+                    json!({}),
+                ),
+                Some(groups) => axum::Json(
+                    groups
+                        .iter()
+                        .map(|g| {
+                            let id = group_id(g);
+                            json!({"name": g, "groupId": id, "self": format!("{base}/rest/api/3/group?groupId={id}")})
+                        })
+                        .collect::<Vec<_>>(),
+                )
+                .into_response(),
+            }
+        }
+        ("GET", ["rest", "api", "2", "user"]) if st.datacenter => {
+            let q = query_map(&uri);
+            let Some(name) = q.get("username") else {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    &["The username query parameter was not provided"],
+                    json!({}),
+                );
+            };
+            let base = st.base_url.clone();
+            let expand_groups = q
+                .get("expand")
+                .is_some_and(|e| e.split(',').any(|x| x == "groups"));
+            // User names are case-insensitive on Data Center.
+            let Some((name, groups)) = st
+                .groups
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            else {
+                return error(
+                    StatusCode::NOT_FOUND,
+                    &[&format!("The user named '{name}' does not exist")],
+                    json!({}),
+                );
+            };
+            let items: Vec<Value> = if expand_groups {
+                groups
+                    .iter()
+                    .map(|g| json!({"name": g, "self": format!("{base}/rest/api/2/group?groupname={g}")}))
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            axum::Json(json!({
+                "self": format!("{base}/rest/api/2/user?username={name}"),
+                "key": name,
+                "name": name,
+                "emailAddress": format!("{name}@example.com"),
+                "displayName": name,
+                "active": true,
+                "deleted": false,
+                "timeZone": "UTC",
+                "locale": "en_US",
+                "groups": {"size": groups.len(), "items": items},
+                "applicationRoles": {"size": 1, "items": []},
+                "expand": "groups,applicationRoles",
             }))
             .into_response()
         }
@@ -528,6 +716,23 @@ fn handle_now(
             json!({}),
         ),
     }
+}
+
+/// A stable, UUID-shaped group id for a name (Cloud identifies groups by `groupId`).
+fn group_id(name: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in name.bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    let x = format!("{h:016x}{:016x}", h.rotate_left(17));
+    format!(
+        "{}-{}-{}-{}-{}",
+        &x[..8],
+        &x[8..12],
+        &x[12..16],
+        &x[16..20],
+        &x[20..32]
+    )
 }
 
 fn jira_now() -> String {
@@ -704,11 +909,17 @@ fn search(st: &Inner, uri: &Uri) -> Response {
                 "fields": selected,
             });
             if changelog {
-                let newest_first: Vec<Value> = i.histories.iter().rev().cloned().collect();
+                let newest_first: Vec<Value> = i
+                    .histories
+                    .iter()
+                    .rev()
+                    .take(st.search_changelog_cap.unwrap_or(usize::MAX))
+                    .cloned()
+                    .collect();
                 v["changelog"] = json!({
                     "startAt": 0,
                     "maxResults": newest_first.len(),
-                    "total": newest_first.len(),
+                    "total": i.histories.len(),
                     "histories": newest_first,
                 });
             }
