@@ -740,8 +740,7 @@ async fn pipeline(
 #[async_trait::async_trait]
 impl policy::Directory for JiraClient {
     async fn groups(&self, account: &str) -> Result<Vec<String>, String> {
-        let _ = account;
-        Err("group lookup is not available yet".into())
+        self.user_groups(account).await.map_err(|e| e.to_string())
     }
 }
 

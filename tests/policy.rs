@@ -22,7 +22,7 @@ fn policy(extra_team: &str, extra_top: &str) -> String {
 [teams.demo]
 projects = ["DEMO"]
 repos = [{{ name = "{DEMO_REPO}", bases = ["main"], test_command = "python3 -m unittest -v" }}]
-triggers = {{ accounts = ["712020:developer-ada"] }}
+triggers = {{ accounts = ["712020:developer-ada"], groups = ["widget-devs"] }}
 approvers = {{ accounts = ["712020:lead-lin"] }}
 {extra_team}
 "#
@@ -615,6 +615,22 @@ async fn explain_shows_what_a_job_would_get_before_anything_runs() {
     .await;
     assert_eq!(out.status.code(), Some(2), "{text}");
     assert!(text.contains("REFUSED by rule `trigger`"), "{text}");
+    // Group membership comes from Jira's API (GET /rest/api/3/user/groups).
+    stack.jira.set_groups("712020:grace", &["widget-devs"]);
+    let (out, text) = drafter(
+        &stack,
+        &[
+            "policy",
+            "explain",
+            "--ticket",
+            "DEMO-1",
+            "--user",
+            "712020:grace",
+        ],
+    )
+    .await;
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("712020:grace may trigger"), "{text}");
     // Explaining runs nothing and tells nobody.
     assert!(stack.model.requests().is_empty());
     assert!(stack.jira.comment_texts("DEMO-1").is_empty());
