@@ -698,7 +698,11 @@ pub fn check_path(p: &str) -> Result<String, ToolFailure> {
         if part == ".." {
             return Err(ToolFailure::Respond(format!("`{p}` leaves the repository")));
         }
-        if part == ".git" {
+        // Case-insensitive: `.GIT` is the same directory on case-insensitive filesystems a checkout may land on.
+        if part
+            .trim_end_matches(['.', ' '])
+            .eq_ignore_ascii_case(".git")
+        {
             return Err(ToolFailure::Respond(format!(
                 "`{p}` is inside .git, which is off limits"
             )));
@@ -753,6 +757,8 @@ mod tests {
             "/etc/passwd",
             ".git/config",
             "a/.git/hooks/x",
+            "a/.GIT/hooks/x",
+            ".Git./config",
             "a\0b",
         ] {
             assert!(check_path(bad).is_err(), "{bad} accepted");

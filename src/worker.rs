@@ -322,6 +322,60 @@ pub struct JobSpec {
     pub policy: Arc<Policy>,
     /// Where team budgets are counted (the queue database), if anywhere.
     pub ledger: Option<Arc<dyn Ledger>>,
+    /// The worker's per-repository slots (`concurrency.repo`), when running under `drafter serve`.
+    pub slots: Option<Arc<RepoSlots>>,
+}
+
+/// Per-repository job slots of one worker process: a job whose repository is at its policy cap waits here (holding
+/// its lease) until a job on that repository ends.
+#[derive(Debug, Default)]
+pub struct RepoSlots {
+    busy: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+    freed: tokio::sync::Notify,
+}
+
+/// A held slot; dropping it frees the slot.
+pub struct RepoSlot {
+    slots: Arc<RepoSlots>,
+    repo: String,
+}
+
+impl RepoSlots {
+    /// Waits for a slot on `repo` with at most `cap` jobs at once.
+    pub async fn acquire(self: &Arc<Self>, repo: &str, cap: usize) -> RepoSlot {
+        loop {
+            let freed = self.freed.notified();
+            {
+                let mut busy = self.busy.lock().unwrap_or_else(|p| p.into_inner());
+                let n = busy.entry(repo.to_string()).or_default();
+                if *n < cap {
+                    *n += 1;
+                    return RepoSlot {
+                        slots: self.clone(),
+                        repo: repo.to_string(),
+                    };
+                }
+            }
+            freed.await;
+        }
+    }
+
+    /// Jobs holding a slot on `repo` now.
+    pub fn busy(&self, repo: &str) -> usize {
+        let busy = self.busy.lock().unwrap_or_else(|p| p.into_inner());
+        busy.get(repo).copied().unwrap_or(0)
+    }
+}
+
+impl Drop for RepoSlot {
+    fn drop(&mut self) {
+        let mut busy = self.slots.busy.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = busy.get_mut(&self.repo) {
+            *n = n.saturating_sub(1);
+        }
+        drop(busy);
+        self.slots.freed.notify_waiters();
+    }
 }
 
 impl JobSpec {
@@ -336,6 +390,7 @@ impl JobSpec {
             approved_by: None,
             policy,
             ledger: None,
+            slots: None,
         }
     }
 }
@@ -490,6 +545,16 @@ async fn pipeline(
     // A team already over its budget is told before anything is cloned.
     meter.check().await.map_err(JobError::Refused)?;
     let (limits, sandbox_cfg) = effective_limits(config, &grant);
+    // The repository cap: wait for a slot before cloning (the slot is held until the job ends).
+    let _slot = match (&spec.slots, grant.rules.concurrency.repo) {
+        (Some(slots), Some(cap)) => {
+            if slots.busy(&repo_cfg.name) >= cap {
+                tracing::info!(repo = %repo_cfg.name, cap, "repository at its concurrency cap; waiting");
+            }
+            Some(slots.acquire(&repo_cfg.name, cap).await)
+        }
+        _ => None,
+    };
     stage(events, Stage::Check, repo_cfg.name.as_str());
     let github = GitHub::new(&config.github)?;
     github

@@ -27,7 +27,7 @@ use crate::queue::{Claim, Failure, Job, JobState, Queue};
 use crate::sandbox::Sandbox;
 
 use super::meter::QueueLedger;
-use super::{run_job, scrub, Attempt, Event, JobError, JobSpec, Origin};
+use super::{run_job, scrub, Attempt, Event, JobSpec, Origin};
 
 /// What a pool did, for logs and tests.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -87,6 +87,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> PoolStats {
     let running = Arc::new(Mutex::new(Running::default()));
+    let slots = Arc::new(super::RepoSlots::default());
     let (cancel_tx, cancel_rx) = watch::channel(false);
     let mut tasks: JoinSet<()> = JoinSet::new();
     let idle = Duration::from_millis(config.serve.idle_poll_ms);
@@ -141,6 +142,7 @@ pub async fn run(
                 }
                 let task = JobTask {
                     policy: current.clone(),
+                    slots: slots.clone(),
                     config: config.clone(),
                     queue: queue.clone(),
                     sandbox: sandbox.clone(),
@@ -230,6 +232,8 @@ fn origin_of(job: &Job) -> Origin {
 struct JobTask {
     /// The policy this job runs under, fixed when it was claimed.
     policy: Arc<Policy>,
+    /// This worker's per-repository slots.
+    slots: Arc<super::RepoSlots>,
     config: Arc<Config>,
     queue: Arc<dyn Queue>,
     sandbox: Arc<Sandbox>,
@@ -297,6 +301,7 @@ impl JobTask {
             approved_by: None,
             policy: self.policy.clone(),
             ledger: Some(Arc::new(QueueLedger(queue.clone()))),
+            slots: Some(self.slots.clone()),
         };
         let pipeline = run_job(self.config.clone(), &spec, tx);
         let heartbeat = heartbeat(
