@@ -402,6 +402,134 @@ pub async fn poll_once(
     )))
 }
 
+/// Honours one `drafter approve` comment: releases the ticket's job waiting for approval if the comment's author
+/// may approve it under the policy in force. Returns whether the answer is final (`false`: the queue failed, retry)
+/// and a JSON status for the webhook reply. Every decision is logged (`drafter::policy`).
+pub async fn apply_approval(
+    ap: &ApprovalComment,
+    queue: &dyn Queue,
+    approvals: Option<&crate::server::Approvals>,
+) -> (bool, Value) {
+    use serde_json::json;
+    let Some(approvals) = approvals else {
+        return (
+            true,
+            json!({"status": "ignored", "reason": "approvals are not configured"}),
+        );
+    };
+    let filter = JobFilter {
+        state: Some(crate::queue::JobState::AwaitingApproval),
+        ticket: Some(ap.ticket.clone()),
+        limit: 10,
+    };
+    let waiting = match queue.list(&filter).await {
+        Ok(jobs) => jobs,
+        Err(e) => {
+            return (
+                false,
+                json!({"status": "error", "reason": format!("queue: {e}")}),
+            )
+        }
+    };
+    let Some(job) = waiting.first() else {
+        return (
+            true,
+            json!({"status": "ignored", "reason": "no job of this ticket is waiting for approval"}),
+        );
+    };
+    let policy = approvals.policy.get();
+    let ok = match policy
+        .is_approver(&ap.project, &ap.author, approvals.directory.as_ref())
+        .await
+    {
+        Ok(ok) => ok,
+        Err(e) => {
+            crate::policy::log_decision(
+                &policy.hash,
+                &ap.ticket,
+                "approval",
+                false,
+                format!("could not check {}: {e}", ap.author),
+            );
+            return (
+                false,
+                json!({"status": "error", "reason": "could not check the approver"}),
+            );
+        }
+    };
+    if !ok {
+        crate::policy::log_decision(
+            &policy.hash,
+            &ap.ticket,
+            "approval",
+            false,
+            format!(
+                "{} commented `drafter approve` but is not an approver; ignored",
+                ap.author
+            ),
+        );
+        return (
+            true,
+            json!({"status": "ignored", "reason": "the author is not an approver"}),
+        );
+    }
+    match queue.approve(&job.id, &ap.author).await {
+        Ok(true) => {
+            crate::policy::log_decision(
+                &policy.hash,
+                &ap.ticket,
+                "approval",
+                true,
+                format!("approved by {}", ap.author),
+            );
+            (true, json!({"status": "approved", "job": job.id}))
+        }
+        Ok(false) => (
+            true,
+            json!({"status": "ignored", "reason": "the job is no longer waiting for approval"}),
+        ),
+        Err(e) => (
+            false,
+            json!({"status": "error", "reason": format!("queue: {e}")}),
+        ),
+    }
+}
+
+/// For sites without webhooks: looks through the comments of every ticket whose job waits for approval and honours
+/// `drafter approve` comments, like the webhook does.
+pub async fn poll_approvals(
+    jira: &JiraClient,
+    jira_cfg: &JiraConfig,
+    queue: &dyn Queue,
+    approvals: &crate::server::Approvals,
+) {
+    let filter = JobFilter {
+        state: Some(crate::queue::JobState::AwaitingApproval),
+        ticket: None,
+        limit: 100,
+    };
+    let Ok(waiting) = queue.list(&filter).await else {
+        return;
+    };
+    for job in waiting {
+        let comments = match jira.comments(&job.ticket).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(ticket = %job.ticket, error = %e, "could not read comments for approvals");
+                continue;
+            }
+        };
+        for c in comments {
+            if let Some(ap) = approval_from_comment(&c, &job.ticket, jira_cfg) {
+                let (_, outcome) = apply_approval(&ap, queue, Some(approvals)).await;
+                if outcome["status"] == "approved" {
+                    break;
+                }
+            }
+        }
+    }
+}
+
 /// Polls every `cfg.interval_secs` (at least 1 s; the first poll runs at once) until `shutdown` completes, which
 /// stops it promptly, also in the middle of a poll (an enqueue is one transaction, so nothing is left half done).
 /// Failures are logged and retried next interval, or after Jira's `Retry-After` when that is longer. Returns at once

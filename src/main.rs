@@ -429,12 +429,17 @@ async fn serve(config_path: &std::path::Path) -> anyhow::Result<ExitCode> {
             Ok(())
         })
     });
+    let approvals = drafter::server::Approvals {
+        policy: policy.clone(),
+        directory: Arc::new(JiraClient::new(&config.jira)?),
+    };
     let state = drafter::server::AppState {
         queue: queue.clone(),
         jira: config.jira.clone(),
         webhook_secret: config.serve.webhook_secret.clone(),
         max_attempts: config.serve.max_attempts,
         readiness,
+        approvals: Some(approvals.clone()),
     };
     let http = tokio::spawn(drafter::server::serve(listener, state, stopped()));
     eprintln!(
@@ -453,6 +458,25 @@ async fn serve(config_path: &std::path::Path) -> anyhow::Result<ExitCode> {
         if poll.projects.is_empty() {
             poll.projects = policy.get().projects();
         }
+        // Sites without webhooks also need `drafter approve` comments read by polling.
+        let (q, a, j, cfg) = (
+            queue.clone(),
+            approvals.clone(),
+            jira.clone(),
+            config.clone(),
+        );
+        let every = std::time::Duration::from_secs(config.poll.interval_secs.max(1));
+        let mut stop = stopped();
+        tokio::spawn(async move {
+            let mut stop = std::pin::pin!(stop);
+            loop {
+                drafter::intake::poll_approvals(&j, &cfg.jira, q.as_ref(), &a).await;
+                tokio::select! {
+                    _ = &mut stop => break,
+                    _ = tokio::time::sleep(every) => {}
+                }
+            }
+        });
         Some(tokio::spawn(drafter::intake::poll_loop(
             jira,
             poll,

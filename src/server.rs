@@ -64,6 +64,8 @@ pub struct AppState {
     pub max_attempts: u32,
     /// `/readyz`'s check (see [`queue_readiness`]; the caller adds Docker).
     pub readiness: Readiness,
+    /// Approval comments are honoured only with this (who may approve); without it they are ignored.
+    pub approvals: Option<Approvals>,
 }
 
 /// A readiness check that pings the queue only. `drafter serve` should combine it with a Docker ping.
@@ -205,6 +207,19 @@ async fn jira_webhook(
         .map(|e| clean_header(e, MAX_LOGGED_HEADER))
         .unwrap_or_default();
 
+    // An approval command is never a trigger: it releases a job waiting for approval, if its author may approve.
+    if let Some(ap) = intake::approval_from_webhook(&payload, hint.as_deref(), &st.jira) {
+        let (accepted, body) =
+            intake::apply_approval(&ap, st.queue.as_ref(), st.approvals.as_ref()).await;
+        tracing::info!(target: "audit", remote, delivery = delivery_log, event, ticket = ap.ticket,
+            author = ap.author, outcome = %body["status"], "approval comment");
+        let status = if accepted {
+            StatusCode::ACCEPTED
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        return reply(status, body);
+    }
     let job = match intake::from_webhook(
         &payload,
         delivery_header,

@@ -236,6 +236,7 @@ async fn start(secret: Option<&str>, jira: JiraConfig) -> Server {
         webhook_secret: secret.map(Secret::new),
         max_attempts: 4,
         readiness,
+        approvals: None,
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -1186,6 +1187,7 @@ async fn serve_returns_after_shutdown() {
         jira: cloud_cfg("https://x.atlassian.net"),
         webhook_secret: None,
         max_attempts: 3,
+        approvals: None,
     };
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let handle = tokio::spawn(server::serve(listener, state, async {
