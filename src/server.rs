@@ -11,7 +11,8 @@
 //!   delivery. `?issue=KEY` is for Data Center comment webhooks, whose payload may not name the issue
 //!   (configure the URL as `.../webhooks/jira?issue=${issue.key}`).
 //! - `GET /healthz`: 200 while the process serves HTTP.
-//! - `GET /readyz`: 200 when the caller's readiness check (queue and Docker) passes, else 503 with the reason.
+//! - `GET /readyz`: 200 when the queue is not paused and the caller's readiness check (queue and Docker) passes,
+//!   else 503 with the reason (`not ready: paused by <who> since <when>: <reason>` while paused).
 //!
 //! Every webhook decision writes one line to the `audit` tracing target, with the peer address and the delivery id;
 //! never the secret or the signature. Each request has a time limit ([`REQUEST_TIMEOUT`]), so a client that sends
@@ -114,7 +115,20 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(st): State<Arc<AppState>>) -> Response {
-    match tokio::time::timeout(READINESS_TIMEOUT, (st.readiness)()).await {
+    let check = async {
+        // A paused queue takes no work on any worker: not ready, and say who paused it and why. A failure to read
+        // the switch is left to the readiness check, which pings the same queue and words the error.
+        if let Ok(Some(p)) = st.queue.paused().await {
+            return Err(format!(
+                "paused by {} since {}: {}",
+                p.by,
+                p.at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                p.reason
+            ));
+        }
+        (st.readiness)().await
+    };
+    match tokio::time::timeout(READINESS_TIMEOUT, check).await {
         Ok(Ok(())) => (StatusCode::OK, "ready\n").into_response(),
         Ok(Err(reason)) => (
             StatusCode::SERVICE_UNAVAILABLE,
