@@ -5,13 +5,13 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use drafter::agent::AgentEvent;
 use drafter::config::Config;
 use drafter::jira::{JiraClient, Notice};
 use drafter::policy::{self, Policy};
 use drafter::proof;
-use drafter::queue::{JobFilter, JobState};
+use drafter::queue::{JobFilter, JobState, Pause, Queue};
 use drafter::sandbox::Sandbox;
 use drafter::worker::{self, Event, JobError, JobOutcome};
 
@@ -88,12 +88,47 @@ enum Command {
         #[arg(long, global = true)]
         json: bool,
     },
+    /// The kill switch: every worker sharing the queue stops claiming new jobs until `drafter resume`. Running jobs
+    /// go on unless --cancel-running is given. Shown by `drafter jobs list` and `GET /readyz` (503) while set.
+    Pause {
+        /// Why (shown in `jobs list`, `/readyz` and the workers' logs).
+        #[arg(long, default_value = "paused by an operator")]
+        reason: String,
+        /// Who is pausing. Default: `cli:$USER`.
+        #[arg(long)]
+        by: Option<String>,
+        /// Also cancel every running job (their workers stop them at the next heartbeat) and remove their sandbox
+        /// containers on this host's Docker.
+        #[arg(long)]
+        cancel_running: bool,
+        #[command(flatten)]
+        queue: QueueArgs,
+    },
+    /// Lift the kill switch: workers claim jobs again.
+    Resume {
+        #[command(flatten)]
+        queue: QueueArgs,
+    },
     /// Load and validate a configuration file, printing what it resolves to (secrets shown as [redacted]).
     CheckConfig {
         /// The runner configuration file.
         #[arg(long, env = "DRAFTER_CONFIG", default_value = "drafter.toml")]
         config: PathBuf,
     },
+}
+
+/// Where the queue is, for the commands that steer it without `jobs`.
+#[derive(Args)]
+struct QueueArgs {
+    /// The queue: a SQLite file path or a postgres:// URL. Default: `serve.queue` from the configuration.
+    #[arg(long, env = "DRAFTER_QUEUE")]
+    queue: Option<String>,
+    /// The runner configuration file, read to find the queue when --queue is not given.
+    #[arg(long, env = "DRAFTER_CONFIG", default_value = "drafter.toml")]
+    config: PathBuf,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Subcommand)]
@@ -151,9 +186,9 @@ enum PolicyCommand {
 
 #[derive(Subcommand)]
 enum JobsCommand {
-    /// List jobs, newest first.
+    /// List jobs, newest first (after a `PAUSED ...` line while the queue is paused).
     List {
-        /// Only jobs in this state: queued, running, succeeded, failed, cancelled.
+        /// Only jobs in this state: queued, running, awaiting_approval, succeeded, failed, cancelled.
         #[arg(long)]
         state: Option<String>,
         /// Only jobs for this ticket.
@@ -168,7 +203,15 @@ enum JobsCommand {
         /// The job id.
         id: String,
     },
-    /// Cancel a queued or running job (a running job's worker stops it at its next heartbeat).
+    /// Approve a job awaiting approval: it is queued and runs at the next claim.
+    Approve {
+        /// The job id.
+        id: String,
+        /// Who approves (recorded on the job). Default: `cli:$USER`.
+        #[arg(long)]
+        by: Option<String>,
+    },
+    /// Cancel a queued, running or awaiting job (a running job's worker stops it at its next heartbeat).
     Cancel {
         /// The job id.
         id: String,
@@ -207,6 +250,13 @@ fn main() -> ExitCode {
                 config,
                 json,
             } => jobs(command, queue, &config, json).await,
+            Command::Pause {
+                reason,
+                by,
+                cancel_running,
+                queue,
+            } => pause(reason, by, cancel_running, queue).await,
+            Command::Resume { queue } => resume(queue).await,
             Command::CheckConfig { config } => {
                 let c = Config::load(&config)?;
                 println!("{c:#?}");
@@ -466,7 +516,7 @@ async fn serve(config_path: &std::path::Path) -> anyhow::Result<ExitCode> {
             config.clone(),
         );
         let every = std::time::Duration::from_secs(config.poll.interval_secs.max(1));
-        let mut stop = stopped();
+        let stop = stopped();
         tokio::spawn(async move {
             let mut stop = std::pin::pin!(stop);
             loop {
@@ -513,12 +563,11 @@ async fn serve(config_path: &std::path::Path) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn jobs(
-    command: JobsCommand,
+/// Opens the queue named by `--queue`, else the configuration's `serve.queue`.
+async fn open_queue(
     queue: Option<String>,
     config: &std::path::Path,
-    json: bool,
-) -> anyhow::Result<ExitCode> {
+) -> anyhow::Result<Arc<dyn Queue>> {
     let location = match queue {
         Some(q) => q,
         None => {
@@ -528,7 +577,140 @@ async fn jobs(
                 .queue
         }
     };
-    let queue = drafter::queue::open(&location).await?;
+    Ok(drafter::queue::open(&location).await?)
+}
+
+/// `cli:$USER`: who an operator command acts as when `--by` is not given.
+fn cli_user() -> String {
+    format!(
+        "cli:{}",
+        std::env::var("USER")
+            .ok()
+            .filter(|u| !u.is_empty())
+            .unwrap_or_else(|| "unknown".into())
+    )
+}
+
+fn show_time(t: &chrono::DateTime<chrono::Utc>) -> String {
+    t.format("%Y-%m-%d %H:%M:%S UTC").to_string()
+}
+
+fn pause_line(p: &Pause) -> String {
+    format!(
+        "PAUSED since {} by {}: {}",
+        show_time(&p.at),
+        p.by,
+        p.reason
+    )
+}
+
+async fn pause(
+    reason: String,
+    by: Option<String>,
+    cancel_running: bool,
+    args: QueueArgs,
+) -> anyhow::Result<ExitCode> {
+    let queue = open_queue(args.queue, &args.config).await?;
+    let pause = Pause {
+        by: by.unwrap_or_else(cli_user),
+        reason,
+        at: chrono::Utc::now(),
+    };
+    // Pause first: once it has committed no worker claims anything, so the running set below is final.
+    queue.set_paused(Some(pause.clone())).await?;
+    let cancelled = if cancel_running {
+        queue.cancel_running().await?
+    } else {
+        Vec::new()
+    };
+    let mut removed = 0;
+    if !cancelled.is_empty() {
+        // The jobs' workers remove their containers when their next heartbeat finds the lease gone; removing them
+        // here as well stops the work at once on this host, even if its worker is stuck.
+        match cleanup_sandbox(&args.config).await {
+            Ok(sandbox) => {
+                for id in &cancelled {
+                    match sandbox.remove_job(id).await {
+                        Ok(n) => removed += n,
+                        Err(e) => eprintln!("could not remove the container of {id}: {e}"),
+                    }
+                }
+            }
+            Err(e) => {
+                eprintln!("containers not removed on this host ({e:#}); their workers remove them")
+            }
+        }
+    }
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "paused": pause,
+                "cancelled": cancelled,
+                "containers_removed": removed,
+            }))?
+        );
+    } else {
+        println!("{}", pause_line(&pause));
+        if cancel_running {
+            println!("cancelled {} running job(s)", cancelled.len());
+            for id in &cancelled {
+                println!("  {id}");
+            }
+            if !cancelled.is_empty() {
+                println!("removed {removed} container(s) on this host");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A Docker connection for removing containers. Only labels matter for removal, so when the configuration cannot
+/// be loaded (only --queue was given) placeholder sandbox settings do.
+async fn cleanup_sandbox(config: &std::path::Path) -> anyhow::Result<Sandbox> {
+    let cfg = match Config::load(config) {
+        Ok(c) => c.sandbox,
+        Err(_) => drafter::config::SandboxConfig {
+            image: String::new(),
+            memory_mb: 0,
+            cpus: 0.0,
+            pids_limit: 0,
+            tmp_size_mb: 0,
+            command_timeout_secs: 0,
+            output_cap_bytes: 0,
+            runtime: None,
+        },
+    };
+    Ok(Sandbox::connect(&cfg).await?)
+}
+
+async fn resume(args: QueueArgs) -> anyhow::Result<ExitCode> {
+    let queue = open_queue(args.queue, &args.config).await?;
+    let was = queue.paused().await?;
+    queue.set_paused(None).await?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({"resumed": was.is_some(), "was": was})
+            )?
+        );
+    } else {
+        match was {
+            Some(p) => println!("resumed (was {})", pause_line(&p)),
+            None => println!("the queue was not paused"),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn jobs(
+    command: JobsCommand,
+    queue: Option<String>,
+    config: &std::path::Path,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let queue = open_queue(queue, config).await?;
     match command {
         JobsCommand::List {
             state,
@@ -538,11 +720,11 @@ async fn jobs(
             let state = match state.as_deref() {
                 None => None,
                 Some(s) => Some(JobState::parse(s).ok_or_else(|| {
-                    anyhow::anyhow!(
-                        "unknown state `{s}`: use queued, running, succeeded, failed or cancelled"
-                    )
+                    let names: Vec<&str> = JobState::ALL.iter().map(|s| s.as_str()).collect();
+                    anyhow::anyhow!("unknown state `{s}`: use one of {}", names.join(", "))
                 })?),
             };
+            let paused = queue.paused().await?;
             let list = queue
                 .list(&JobFilter {
                     state,
@@ -551,21 +733,29 @@ async fn jobs(
                 })
                 .await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&list)?);
+                let out = serde_json::json!({"paused": paused, "jobs": list});
+                println!("{}", serde_json::to_string_pretty(&out)?);
             } else {
+                if let Some(p) = &paused {
+                    println!("{}", pause_line(p));
+                }
                 println!(
-                    "{:<28} {:<12} {:<10} {:>7}  {:<20} LAST ERROR",
-                    "JOB", "TICKET", "STATE", "TRIES", "UPDATED"
+                    "{:<28} {:<12} {:<17} {:>7}  {:<20} {:<12} LAST ERROR",
+                    "JOB", "TICKET", "STATE", "TRIES", "UPDATED", "POLICY"
                 );
                 for j in list {
                     println!(
-                        "{:<28} {:<12} {:<10} {:>3}/{:<3}  {:<20} {}",
+                        "{:<28} {:<12} {:<17} {:>3}/{:<3}  {:<20} {:<12} {}",
                         j.id,
                         j.ticket,
                         j.state.as_str(),
                         j.attempts,
                         j.max_attempts,
                         j.updated_at.format("%Y-%m-%d %H:%M:%S"),
+                        j.policy_hash
+                            .as_deref()
+                            .map(|h| h.chars().take(12).collect::<String>())
+                            .unwrap_or_else(|| "-".into()),
                         j.last_error
                             .as_deref()
                             .unwrap_or("")
@@ -594,6 +784,29 @@ async fn jobs(
                     if let (Some(owner), Some(until)) = (&j.lease_owner, &j.lease_expires) {
                         println!("lease:      {owner} until {until}");
                     }
+                    if let Some(h) = &j.policy_hash {
+                        println!("policy:     {h}");
+                    }
+                    if let Some(a) = &j.approval {
+                        println!(
+                            "approval:   {} (approvers: {}; requested {}, expires {})",
+                            a.reason,
+                            if a.approvers.is_empty() {
+                                "-".to_string()
+                            } else {
+                                a.approvers.join(", ")
+                            },
+                            show_time(&a.requested_at),
+                            show_time(&a.expires_at)
+                        );
+                        match (&a.approved_by, &a.approved_at) {
+                            (Some(by), Some(at)) => {
+                                println!("approved:   by {by} at {}", show_time(at))
+                            }
+                            (Some(by), None) => println!("approved:   by {by}"),
+                            _ => println!("approved:   not yet"),
+                        }
+                    }
                     println!("created:    {}", j.created_at);
                     println!("updated:    {}", j.updated_at);
                     if let Some(e) = &j.last_error {
@@ -620,12 +833,28 @@ async fn jobs(
                 Ok(ExitCode::SUCCESS)
             }
         },
+        JobsCommand::Approve { id, by } => {
+            let by = by.unwrap_or_else(cli_user);
+            if queue.approve(&id, &by).await? {
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&queue.get(&id).await?)?);
+                } else {
+                    println!("approved {id} as {by}: queued to run");
+                }
+                Ok(ExitCode::SUCCESS)
+            } else {
+                eprintln!(
+                    "{id} is not awaiting approval, or its request has expired (see `drafter jobs show {id}`)"
+                );
+                Ok(ExitCode::FAILURE)
+            }
+        }
         JobsCommand::Cancel { id } => {
             if queue.cancel(&id).await? {
                 println!("cancelled {id}");
                 Ok(ExitCode::SUCCESS)
             } else {
-                eprintln!("{id} is not queued or running (see `drafter jobs show {id}`)");
+                eprintln!("{id} is not queued, running or awaiting approval (see `drafter jobs show {id}`)");
                 Ok(ExitCode::FAILURE)
             }
         }

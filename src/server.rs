@@ -11,7 +11,8 @@
 //!   delivery. `?issue=KEY` is for Data Center comment webhooks, whose payload may not name the issue
 //!   (configure the URL as `.../webhooks/jira?issue=${issue.key}`).
 //! - `GET /healthz`: 200 while the process serves HTTP.
-//! - `GET /readyz`: 200 when the caller's readiness check (queue and Docker) passes, else 503 with the reason.
+//! - `GET /readyz`: 200 when the queue is not paused and the caller's readiness check (queue and Docker) passes,
+//!   else 503 with the reason (`not ready: paused by <who> since <when>: <reason>` while paused).
 //!
 //! Every webhook decision writes one line to the `audit` tracing target, with the peer address and the delivery id;
 //! never the secret or the signature. Each request has a time limit ([`REQUEST_TIMEOUT`]), so a client that sends
@@ -50,6 +51,16 @@ const MAX_LOGGED_HEADER: usize = 100;
 
 /// A readiness check: `Ok(())` when the runner can take work, else why not.
 pub type Readiness = Arc<dyn Fn() -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
+
+/// What the server needs to honour `drafter approve` comments: the policy in force (who may approve) and Jira
+/// (group membership).
+#[derive(Clone)]
+pub struct Approvals {
+    /// The policy new decisions use.
+    pub policy: Arc<crate::policy::Current>,
+    /// Group lookups.
+    pub directory: Arc<dyn crate::policy::Directory>,
+}
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -116,7 +127,20 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(st): State<Arc<AppState>>) -> Response {
-    match tokio::time::timeout(READINESS_TIMEOUT, (st.readiness)()).await {
+    let check = async {
+        // A paused queue takes no work on any worker: not ready, and say who paused it and why. A failure to read
+        // the switch is left to the readiness check, which pings the same queue and words the error.
+        if let Ok(Some(p)) = st.queue.paused().await {
+            return Err(format!(
+                "paused by {} since {}: {}",
+                p.by,
+                p.at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                p.reason
+            ));
+        }
+        (st.readiness)().await
+    };
+    match tokio::time::timeout(READINESS_TIMEOUT, check).await {
         Ok(Ok(())) => (StatusCode::OK, "ready\n").into_response(),
         Ok(Err(reason)) => (
             StatusCode::SERVICE_UNAVAILABLE,

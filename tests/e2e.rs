@@ -258,10 +258,10 @@ async fn repository_not_allowlisted_is_refused_before_cloning() {
     let (out, log) = run(&stack, "DEMO-2").await;
     assert_eq!(out.status.code(), Some(2), "{log}");
     assert!(log.contains("acme/secret-service"), "{log}");
-    assert!(log.contains("not allowlisted"), "{log}");
+    assert!(log.contains("is not allowed for project DEMO"), "{log}");
     let comments = stack.jira.comment_texts("DEMO-2");
     assert_eq!(comments.len(), 1, "{comments:?}");
-    assert!(comments[0].contains("not allowlisted"), "{comments:?}");
+    assert!(comments[0].contains("policy rule `repo`"), "{comments:?}");
     // Nothing was cloned, no model was called, no PR.
     assert!(
         !stack
@@ -282,7 +282,11 @@ async fn project_not_allowlisted_is_refused() {
     stack.jira.add_issue("NOPE-7", "Anything", Value::Null, &[]);
     let (out, log) = run(&stack, "NOPE-7").await;
     assert_eq!(out.status.code(), Some(2), "{log}");
-    assert!(stack.jira.comment_texts("NOPE-7")[0].contains("allowlist"));
+    let comments = stack.jira.comment_texts("NOPE-7");
+    assert!(
+        comments[0].contains("not covered by drafter's policy"),
+        "{comments:?}"
+    );
     assert!(stack.model.requests().is_empty());
 }
 

@@ -122,6 +122,8 @@ parse("")
 
 text inside an unknown node"#;
     assert_eq!(t.description, expected);
+    // The issue type, which policies scope jobs by.
+    assert_eq!(t.issue_type.as_deref(), Some("Task"));
 
     // What went over the wire: one GET with the documented path and field list, Basic auth, our User-Agent.
     let reqs = s.requests();
@@ -131,7 +133,7 @@ text inside an unknown node"#;
     assert_eq!(r.path, "/rest/api/3/issue/DEMO-7");
     assert_eq!(
         r.query.as_deref(),
-        Some("fields=summary,description,reporter,labels,project")
+        Some("fields=summary,description,reporter,labels,project,issuetype")
     );
     let basic = base64::engine::general_purpose::STANDARD.encode(format!("{EMAIL}:{TOKEN}"));
     assert_eq!(

@@ -14,7 +14,8 @@ use chrono::{DateTime, Utc};
 use drafter::queue::postgres::PgQueue;
 use drafter::queue::sqlite::SqliteQueue;
 use drafter::queue::{
-    Claim, Enqueued, Failure, JobFilter, JobState, NewJob, Queue, QueueError, Trigger,
+    Approval, ApprovalRequest, Claim, Enqueued, Failure, JobFilter, JobState, NewJob, Pause, Queue,
+    QueueError, Trigger, Usage, UsageTotal,
 };
 use serde_json::json;
 use support::postgres::TestDatabase;
@@ -652,6 +653,436 @@ async fn unknown_jobs_and_ping(q: Arc<dyn Queue>) {
     ));
 }
 
+/// Now, cut to the millisecond: what both backends keep of an instant exactly.
+fn now_ms() -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(Utc::now().timestamp_millis()).unwrap()
+}
+
+fn approval_request(reason: &str, expires_in: chrono::Duration) -> ApprovalRequest {
+    let now = now_ms();
+    ApprovalRequest {
+        reason: reason.to_string(),
+        approvers: vec!["712020:lead-lin".into(), "group:payments-leads".into()],
+        requested_at: now,
+        expires_at: now + expires_in,
+    }
+}
+
+/// Enqueues a job for `ticket`, claims it as `worker` and parks it for approval; returns its id.
+async fn awaiting(q: &Arc<dyn Queue>, ticket: &str, request: ApprovalRequest) -> String {
+    let id = created(q, ticket, &format!("{ticket}-first")).await;
+    let job = q.claim(&worker("w")).await.unwrap().unwrap();
+    assert_eq!(job.id, id);
+    q.await_approval(&id, "w", request).await.unwrap();
+    id
+}
+
+async fn await_approval_only_by_the_lease_holder(q: Arc<dyn Queue>) {
+    let id = created(&q, "APR-1", "a1").await;
+    q.claim(&worker("w")).await.unwrap().unwrap();
+    let request = approval_request("label `needs-approval`", chrono::Duration::hours(1));
+    assert_lease_lost(
+        q.await_approval(&id, "intruder", request.clone()).await,
+        &id,
+    );
+    assert_eq!(q.get(&id).await.unwrap().unwrap().state, JobState::Running);
+
+    q.await_approval(&id, "w", request.clone()).await.unwrap();
+    let job = q.get(&id).await.unwrap().unwrap();
+    assert_eq!(job.state, JobState::AwaitingApproval);
+    assert_eq!(
+        job.attempts, 0,
+        "parking for approval does not count an attempt"
+    );
+    assert_eq!((job.lease_owner, job.lease_expires), (None, None));
+    assert_eq!(
+        job.approval,
+        Some(Approval {
+            reason: request.reason.clone(),
+            approvers: request.approvers.clone(),
+            requested_at: request.requested_at,
+            expires_at: request.expires_at,
+            approved_by: None,
+            approved_at: None,
+        })
+    );
+    assert!(!job.approval.unwrap().is_approved());
+
+    // The worker has let go: no heartbeat, no finishing, no second request; and nobody can claim it.
+    assert!(!q
+        .heartbeat(&id, "w", Duration::from_secs(60))
+        .await
+        .unwrap());
+    assert_lease_lost(q.complete(&id, "w", json!({})).await, &id);
+    assert_lease_lost(q.await_approval(&id, "w", request.clone()).await, &id);
+    assert!(q.claim(&worker("w2")).await.unwrap().is_none());
+    let awaiting = q
+        .list(&JobFilter {
+            state: Some(JobState::AwaitingApproval),
+            ..JobFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(awaiting.len(), 1);
+    assert_eq!(awaiting[0].id, id);
+    assert!(matches!(
+        q.await_approval("j20000101T000000-00000000", "w", request)
+            .await,
+        Err(QueueError::NotFound(_))
+    ));
+}
+
+async fn approve_queues_the_job_and_the_approval_is_kept(q: Arc<dyn Queue>) {
+    let request = approval_request("touches payments", chrono::Duration::hours(1));
+    let id = awaiting(&q, "APR-2", request.clone()).await;
+    let before = now_ms();
+    assert!(q.approve(&id, "712020:lead-lin").await.unwrap());
+    let job = q.get(&id).await.unwrap().unwrap();
+    assert_eq!(job.state, JobState::Queued);
+    assert!(job.not_before <= Utc::now() + chrono::Duration::seconds(1));
+    let approval = job.approval.unwrap();
+    assert_eq!(approval.approved_by.as_deref(), Some("712020:lead-lin"));
+    let at = approval.approved_at.unwrap();
+    assert!(
+        at >= before - chrono::Duration::seconds(1)
+            && at <= Utc::now() + chrono::Duration::seconds(1)
+    );
+    assert_eq!(approval.reason, request.reason);
+    assert!(
+        !q.approve(&id, "someone-else").await.unwrap(),
+        "already approved"
+    );
+
+    // Claimable at once; the approval stays on the job through this and later claims.
+    let claimed = q.claim(&worker("w2")).await.unwrap().unwrap();
+    assert_eq!(claimed.id, id);
+    assert_eq!(claimed.attempts, 1, "the parked attempt was not counted");
+    assert!(claimed.approval.as_ref().unwrap().is_approved());
+    q.release(&id, "w2").await.unwrap();
+    let again = q.claim(&worker("w3")).await.unwrap().unwrap();
+    assert_eq!(
+        again.approval.as_ref().unwrap().approved_by.as_deref(),
+        Some("712020:lead-lin")
+    );
+
+    // A new request replaces the old approval.
+    q.await_approval(
+        &id,
+        "w3",
+        approval_request("second", chrono::Duration::hours(1)),
+    )
+    .await
+    .unwrap();
+    let approval = q.get(&id).await.unwrap().unwrap().approval.unwrap();
+    assert_eq!(approval.reason, "second");
+    assert_eq!((approval.approved_by, approval.approved_at), (None, None));
+
+    // Only a job awaiting approval can be approved.
+    let queued = created(&q, "APR-3", "a3").await;
+    assert!(!q.approve(&queued, "712020:lead-lin").await.unwrap());
+    assert_eq!(
+        q.get(&queued).await.unwrap().unwrap().state,
+        JobState::Queued
+    );
+    let done = q.claim(&worker("w")).await.unwrap().unwrap();
+    q.complete(&done.id, "w", json!({})).await.unwrap();
+    assert!(!q.approve(&done.id, "712020:lead-lin").await.unwrap());
+    assert!(matches!(
+        q.approve("j20000101T000000-00000000", "x").await,
+        Err(QueueError::NotFound(_))
+    ));
+}
+
+async fn expired_approval_fails_the_job(q: Arc<dyn Queue>) {
+    let request = approval_request(
+        "label `needs-approval`",
+        chrono::Duration::milliseconds(800),
+    );
+    let expected = format!(
+        "approval expired: nobody approved by {} (label `needs-approval`)",
+        request
+            .expires_at
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    );
+    let id = awaiting(&q, "EXP-1", request).await;
+    assert!(q.expire_approvals().await.unwrap().is_empty(), "not yet");
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert!(
+        !q.approve(&id, "712020:lead-lin").await.unwrap(),
+        "too late to approve"
+    );
+    // Any claim sweeps lapsed requests.
+    assert!(q.claim(&worker("other")).await.unwrap().is_none());
+    let job = q.get(&id).await.unwrap().unwrap();
+    assert_eq!(job.state, JobState::Failed);
+    assert_eq!(job.last_error.as_deref(), Some(expected.as_str()));
+    assert_eq!(job.approval.unwrap().approved_by, None);
+    // The claim's sweep failed it; the ids are handed out once, for the ticket comment.
+    assert_eq!(q.expire_approvals().await.unwrap(), vec![id.clone()]);
+    assert!(q.expire_approvals().await.unwrap().is_empty());
+
+    // expire_approvals sweeps by itself too.
+    let second = awaiting(
+        &q,
+        "EXP-2",
+        approval_request("r2", chrono::Duration::milliseconds(300)),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(q.expire_approvals().await.unwrap(), vec![second.clone()]);
+    let job = q.get(&second).await.unwrap().unwrap();
+    assert_eq!(job.state, JobState::Failed);
+    assert!(
+        job.last_error
+            .unwrap()
+            .starts_with("approval expired: nobody approved by "),
+        "worded like the first"
+    );
+    // An operator may queue it again.
+    assert!(q.retry(&second).await.unwrap());
+    assert_eq!(
+        q.get(&second).await.unwrap().unwrap().state,
+        JobState::Queued
+    );
+    assert!(q.expire_approvals().await.unwrap().is_empty());
+}
+
+async fn an_awaiting_job_absorbs_new_triggers_and_can_be_cancelled(q: Arc<dyn Queue>) {
+    let id = awaiting(
+        &q,
+        "ABS-1",
+        approval_request("r", chrono::Duration::hours(1)),
+    )
+    .await;
+    assert_eq!(
+        q.enqueue(new_job("ABS-1", "abs-2")).await.unwrap(),
+        Enqueued::Absorbed(id.clone())
+    );
+    assert_eq!(
+        q.enqueue(new_job("ABS-1", "abs-2")).await.unwrap(),
+        Enqueued::Duplicate(id.clone())
+    );
+    let job = q.get(&id).await.unwrap().unwrap();
+    assert_eq!(job.state, JobState::AwaitingApproval);
+    assert_eq!(job.triggers.len(), 2);
+    assert!(
+        !q.retry(&id).await.unwrap(),
+        "an awaiting job is still open"
+    );
+
+    assert!(q.cancel(&id).await.unwrap());
+    let job = q.get(&id).await.unwrap().unwrap();
+    assert_eq!(job.state, JobState::Cancelled);
+    assert!(!q.approve(&id, "712020:lead-lin").await.unwrap());
+    let newer = created(&q, "ABS-1", "abs-3").await;
+    assert_ne!(newer, id);
+}
+
+async fn pause_blocks_every_claim_until_resume(q: Arc<dyn Queue>) {
+    assert_eq!(q.paused().await.unwrap(), None);
+    let running = created(&q, "PAU-1", "pa1").await;
+    q.claim(&worker("w1")).await.unwrap().unwrap();
+    let waiting = created(&q, "PAU-2", "pa2").await;
+
+    let pause = Pause {
+        by: "cli:ops".into(),
+        reason: "incident 42".into(),
+        at: now_ms(),
+    };
+    q.set_paused(Some(pause.clone())).await.unwrap();
+    assert_eq!(q.paused().await.unwrap(), Some(pause));
+    for w in ["w1", "w2", "w3"] {
+        assert!(
+            q.claim(&worker(w)).await.unwrap().is_none(),
+            "{w} claimed while paused"
+        );
+    }
+    // Running jobs go on: their leases are still renewed.
+    assert!(q
+        .heartbeat(&running, "w1", Duration::from_secs(60))
+        .await
+        .unwrap());
+    // Triggers are still taken in.
+    let third = created(&q, "PAU-3", "pa3").await;
+
+    // A second pause replaces the first.
+    let again = Pause {
+        by: "712020:lead-lin".into(),
+        reason: "budget review".into(),
+        at: now_ms(),
+    };
+    q.set_paused(Some(again.clone())).await.unwrap();
+    assert_eq!(q.paused().await.unwrap(), Some(again));
+    assert!(q.claim(&worker("w2")).await.unwrap().is_none());
+
+    q.set_paused(None).await.unwrap();
+    assert_eq!(q.paused().await.unwrap(), None);
+    assert_eq!(q.claim(&worker("w2")).await.unwrap().unwrap().id, waiting);
+    assert_eq!(q.claim(&worker("w3")).await.unwrap().unwrap().id, third);
+    assert_eq!(
+        q.get(&waiting).await.unwrap().unwrap().attempts,
+        1,
+        "claims refused by the pause count no attempt"
+    );
+}
+
+async fn cancel_running_cancels_every_running_job(q: Arc<dyn Queue>) {
+    let a = created(&q, "CR-1", "cr1").await;
+    let b = created(&q, "CR-2", "cr2").await;
+    let parked = created(&q, "CR-3", "cr3").await;
+    assert_eq!(q.claim(&worker("w1")).await.unwrap().unwrap().id, a);
+    assert_eq!(q.claim(&worker("w2")).await.unwrap().unwrap().id, b);
+    assert_eq!(q.claim(&worker("w3")).await.unwrap().unwrap().id, parked);
+    q.await_approval(
+        &parked,
+        "w3",
+        approval_request("r", chrono::Duration::hours(1)),
+    )
+    .await
+    .unwrap();
+    let queued = created(&q, "CR-4", "cr4").await;
+
+    let mut expected = vec![a.clone(), b.clone()];
+    expected.sort();
+    assert_eq!(q.cancel_running().await.unwrap(), expected);
+    // Their workers learn it at the next heartbeat, and can no longer finish them.
+    assert!(!q
+        .heartbeat(&a, "w1", Duration::from_secs(60))
+        .await
+        .unwrap());
+    assert!(!q
+        .heartbeat(&b, "w2", Duration::from_secs(60))
+        .await
+        .unwrap());
+    assert_lease_lost(q.complete(&a, "w1", json!({})).await, &a);
+    for id in [&a, &b] {
+        let job = q.get(id).await.unwrap().unwrap();
+        assert_eq!(job.state, JobState::Cancelled);
+        assert_eq!((job.lease_owner, job.lease_expires), (None, None));
+    }
+    assert_eq!(
+        q.get(&parked).await.unwrap().unwrap().state,
+        JobState::AwaitingApproval
+    );
+    assert_eq!(
+        q.get(&queued).await.unwrap().unwrap().state,
+        JobState::Queued
+    );
+    assert!(q.cancel_running().await.unwrap().is_empty());
+}
+
+async fn policy_hash_is_set_by_the_lease_holder_and_kept(q: Arc<dyn Queue>) {
+    let id = created(&q, "POL-1", "po1").await;
+    assert_eq!(q.get(&id).await.unwrap().unwrap().policy_hash, None);
+    q.claim(&worker("w")).await.unwrap().unwrap();
+    let hash = "sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+    q.set_policy_hash(&id, "w", hash).await.unwrap();
+    assert_lease_lost(q.set_policy_hash(&id, "intruder", "sha256:0").await, &id);
+    assert_eq!(
+        q.get(&id).await.unwrap().unwrap().policy_hash.as_deref(),
+        Some(hash)
+    );
+    q.release(&id, "w").await.unwrap();
+    assert_lease_lost(q.set_policy_hash(&id, "w", "sha256:0").await, &id);
+    let job = q.claim(&worker("w2")).await.unwrap().unwrap();
+    assert_eq!(job.policy_hash.as_deref(), Some(hash), "kept across claims");
+    let listed = q.list(&JobFilter::default()).await.unwrap();
+    assert_eq!(listed[0].policy_hash.as_deref(), Some(hash));
+    assert!(matches!(
+        q.set_policy_hash("j20000101T000000-00000000", "w", hash)
+            .await,
+        Err(QueueError::NotFound(_))
+    ));
+}
+
+async fn usage_totals_per_team_and_since(q: Arc<dyn Queue>) {
+    let now = now_ms();
+    let day_ago = now - chrono::Duration::days(1);
+    let old = now - chrono::Duration::days(40);
+    let usage = |job: &str, team: &str, input: u64, output: u64, cost: u64, at| Usage {
+        job_id: job.into(),
+        team: team.into(),
+        model: "claude-sonnet-4-5".into(),
+        input_tokens: input,
+        output_tokens: output,
+        cost_micros: cost,
+        at,
+    };
+    for u in [
+        usage("j-pay-1", "payments", 100_000, 50_000, 1_050_000, old),
+        usage(
+            "j-pay-1",
+            "payments",
+            10,
+            5,
+            200,
+            now - chrono::Duration::hours(1),
+        ),
+        usage("j-pay-2", "payments", 1, 2, 3, now),
+        usage(
+            "j-web-1",
+            "web",
+            7,
+            8,
+            9_000,
+            now - chrono::Duration::minutes(5),
+        ),
+        // Exactly at the boundary: counted (`since` is inclusive).
+        usage("j-web-1", "web", 1, 1, 1, day_ago),
+    ] {
+        q.record_usage(&u).await.unwrap();
+    }
+    assert_eq!(
+        q.usage_since("payments", day_ago).await.unwrap(),
+        UsageTotal {
+            tokens: 18,
+            cost_micros: 203,
+            calls: 2
+        }
+    );
+    assert_eq!(
+        q.usage_since("payments", old).await.unwrap(),
+        UsageTotal {
+            tokens: 150_018,
+            cost_micros: 1_050_203,
+            calls: 3
+        }
+    );
+    assert_eq!(
+        q.usage_since("web", day_ago).await.unwrap(),
+        UsageTotal {
+            tokens: 17,
+            cost_micros: 9_001,
+            calls: 2
+        }
+    );
+    assert_eq!(
+        q.usage_since("web", now).await.unwrap(),
+        UsageTotal::default(),
+        "nothing of web's is that recent"
+    );
+    assert_eq!(
+        q.usage_since("nobody", old).await.unwrap(),
+        UsageTotal::default()
+    );
+    assert_eq!(
+        q.job_usage("j-pay-1").await.unwrap(),
+        UsageTotal {
+            tokens: 150_015,
+            cost_micros: 1_050_200,
+            calls: 2
+        }
+    );
+    assert_eq!(q.job_usage("j-none").await.unwrap(), UsageTotal::default());
+    // A value the database cannot hold is refused, not wrapped.
+    assert!(matches!(
+        q.record_usage(&usage("j-x", "web", u64::MAX, 0, 0, now))
+            .await,
+        Err(QueueError::Database(_))
+    ));
+    assert_eq!(q.usage_since("web", day_ago).await.unwrap().calls, 2);
+}
+
 /// Instantiates every scenario once per backend, as `sqlite_backend::<name>` and `postgres_backend::<name>`.
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
@@ -694,6 +1125,14 @@ conformance!(
     progress_is_recorded_for_the_lease_holder,
     list_filters_and_orders_newest_first,
     unknown_jobs_and_ping,
+    await_approval_only_by_the_lease_holder,
+    approve_queues_the_job_and_the_approval_is_kept,
+    expired_approval_fails_the_job,
+    an_awaiting_job_absorbs_new_triggers_and_can_be_cancelled,
+    pause_blocks_every_claim_until_resume,
+    cancel_running_cancels_every_running_job,
+    policy_hash_is_set_by_the_lease_holder_and_kept,
+    usage_totals_per_team_and_since,
 );
 
 // ---------------------------------------------------------------- SQLite only
@@ -864,7 +1303,171 @@ async fn sqlite_separate_processes_never_double_claim() {
     assert_eq!(done.len(), 150);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_pause_is_seen_by_every_handle_on_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("queue.sqlite");
+    let a: Arc<dyn Queue> = Arc::new(SqliteQueue::open(&path).await.unwrap());
+    let b: Arc<dyn Queue> = Arc::new(SqliteQueue::open(&path).await.unwrap());
+    pause_is_shared(a, b).await;
+}
+
+/// `ops` pauses, `worker` (another handle: another process or host) must obey; then `ops` resumes.
+async fn pause_is_shared(ops: Arc<dyn Queue>, worker_q: Arc<dyn Queue>) {
+    let id = created(&ops, "SHR-1", "s1").await;
+    let pause = Pause {
+        by: "cli:ops".into(),
+        reason: "shared".into(),
+        at: now_ms(),
+    };
+    ops.set_paused(Some(pause.clone())).await.unwrap();
+    assert_eq!(worker_q.paused().await.unwrap(), Some(pause));
+    assert!(worker_q
+        .claim(&worker("elsewhere"))
+        .await
+        .unwrap()
+        .is_none());
+    ops.set_paused(None).await.unwrap();
+    assert_eq!(
+        worker_q
+            .claim(&worker("elsewhere"))
+            .await
+            .unwrap()
+            .unwrap()
+            .id,
+        id
+    );
+}
+
+/// A queue file made by a drafter that knew only schema version 1, with one open job and its delivery.
+#[tokio::test]
+async fn sqlite_upgrade_from_schema_1_keeps_jobs_and_deliveries() {
+    use sqlx::Connection;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("queue.sqlite");
+    let url = format!("sqlite://{}?mode=rwc", path.display());
+    let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    sqlx::raw_sql(drafter::queue::sqlite::MIGRATIONS[0])
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    sqlx::raw_sql(
+        "CREATE TABLE schema_version (version INTEGER NOT NULL); \
+         INSERT INTO schema_version VALUES (1); \
+         INSERT INTO jobs (id, ticket, project, state, attempts, max_attempts, not_before, triggers, progress, \
+             created_at, updated_at) \
+         VALUES ('j20260101T000000-00000001', 'OLD-1', 'OLD', 'queued', 0, 3, 0, '[]', '{\"pr\": 7}', 1, 1); \
+         INSERT INTO deliveries (key, job_id, created_at) VALUES ('old-delivery', 'j20260101T000000-00000001', 1);",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    conn.close().await.unwrap();
+
+    let q: Arc<dyn Queue> = Arc::new(SqliteQueue::open(&path).await.unwrap());
+    upgraded_queue_works(&q).await;
+
+    let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    let versions: Vec<i64> =
+        sqlx::query_scalar("SELECT version FROM schema_version ORDER BY version")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(versions, vec![1, 2]);
+    // The rebuilt deliveries table still points at `jobs`, and nothing dangles.
+    let parents: Vec<String> =
+        sqlx::query_scalar("SELECT \"table\" FROM pragma_foreign_key_list('deliveries')")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(parents, vec!["jobs".to_string()]);
+    let dangling: Vec<(String,)> = sqlx::query_as("SELECT \"table\" FROM pragma_foreign_key_check")
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+    assert!(dangling.is_empty(), "{dangling:?}");
+    let leftovers: Vec<String> =
+        sqlx::query_scalar("SELECT name FROM sqlite_master WHERE name LIKE '%_v2'")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    conn.close().await.unwrap();
+}
+
+/// After an upgrade from version 1: the old job, its delivery and progress are there, and the new state works.
+async fn upgraded_queue_works(q: &Arc<dyn Queue>) {
+    let id = "j20260101T000000-00000001";
+    let job = q
+        .get(id)
+        .await
+        .unwrap()
+        .expect("the old job survives the upgrade");
+    assert_eq!(
+        (job.ticket.as_str(), job.state),
+        ("OLD-1", JobState::Queued)
+    );
+    assert_eq!(job.progress, json!({"pr": 7}));
+    assert_eq!((job.policy_hash, job.approval), (None, None));
+    assert_eq!(
+        q.enqueue(new_job("OLD-1", "old-delivery")).await.unwrap(),
+        Enqueued::Duplicate(id.to_string())
+    );
+    q.claim(&worker("w")).await.unwrap().unwrap();
+    q.await_approval(id, "w", approval_request("r", chrono::Duration::hours(1)))
+        .await
+        .unwrap();
+    assert_eq!(
+        q.enqueue(new_job("OLD-1", "new-delivery")).await.unwrap(),
+        Enqueued::Absorbed(id.to_string()),
+        "the one-open-job index knows the new state"
+    );
+    assert!(q.approve(id, "712020:lead-lin").await.unwrap());
+    assert_eq!(q.paused().await.unwrap(), None);
+}
+
 // ---------------------------------------------------------------- PostgreSQL only
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_pause_is_seen_by_every_worker_connection() {
+    let db = TestDatabase::create().await;
+    let a: Arc<dyn Queue> = Arc::new(PgQueue::connect(&db.url).await.unwrap());
+    let b: Arc<dyn Queue> = Arc::new(PgQueue::connect(&db.url).await.unwrap());
+    pause_is_shared(a, b).await;
+}
+
+#[tokio::test]
+async fn postgres_upgrade_from_schema_1_keeps_jobs_and_deliveries() {
+    use sqlx::Connection;
+    let db = TestDatabase::create().await;
+    let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    sqlx::raw_sql(drafter::queue::postgres::MIGRATIONS[0])
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    sqlx::raw_sql(
+        "CREATE TABLE schema_version (version integer NOT NULL); \
+         INSERT INTO schema_version VALUES (1); \
+         INSERT INTO jobs (id, ticket, project, state, attempts, max_attempts, not_before, triggers, progress, \
+             created_at, updated_at) \
+         VALUES ('j20260101T000000-00000001', 'OLD-1', 'OLD', 'queued', 0, 3, now(), '[]', '{\"pr\": 7}', \
+             now(), now()); \
+         INSERT INTO deliveries (key, job_id) VALUES ('old-delivery', 'j20260101T000000-00000001');",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+
+    let q: Arc<dyn Queue> = Arc::new(PgQueue::connect(&db.url).await.unwrap());
+    upgraded_queue_works(&q).await;
+    let versions: Vec<i32> =
+        sqlx::query_scalar("SELECT version FROM schema_version ORDER BY version")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(versions, vec![1, 2]);
+    conn.close().await.unwrap();
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_concurrent_first_connects_migrate_once() {
@@ -885,7 +1488,7 @@ async fn postgres_concurrent_first_connects_migrate_once() {
         .fetch_all(&mut conn)
         .await
         .unwrap();
-    assert_eq!(versions, vec![1]);
+    assert_eq!(versions, vec![1, 2]);
     conn.close().await.unwrap();
     let q: Arc<dyn Queue> = Arc::new(queues.pop().unwrap());
     created(&q, "MIG-1", "g1").await;

@@ -21,7 +21,8 @@ use drafter::config::{JiraAuth, JiraConfig, JiraFlavor, PollConfig, Secret};
 use drafter::intake;
 use drafter::jira::JiraClient;
 use drafter::queue::{
-    Claim, Enqueued, Failure, Job, JobFilter, JobState, NewJob, Queue, QueueError,
+    ApprovalRequest, Claim, Enqueued, Failure, Job, JobFilter, JobState, NewJob, Pause, Queue,
+    QueueError, Usage, UsageTotal,
 };
 use drafter::server::{self, AppState, Readiness};
 use hmac::{Hmac, KeyInit, Mac};
@@ -113,6 +114,8 @@ impl Queue for MemQueue {
             progress: json!({}),
             created_at: now,
             updated_at: now,
+            policy_hash: None,
+            approval: None,
         });
         st.deliveries.insert(delivery, id.clone());
         Ok(Enqueued::Created(id))
@@ -164,6 +167,51 @@ impl Queue for MemQueue {
     }
 
     async fn set_progress(&self, _: &str, _: &str, _: &str, _: Value) -> Result<(), QueueError> {
+        Err(unsupported())
+    }
+
+    async fn await_approval(&self, _: &str, _: &str, _: ApprovalRequest) -> Result<(), QueueError> {
+        Err(unsupported())
+    }
+
+    async fn approve(&self, _: &str, _: &str) -> Result<bool, QueueError> {
+        Err(unsupported())
+    }
+
+    async fn expire_approvals(&self) -> Result<Vec<String>, QueueError> {
+        Err(unsupported())
+    }
+
+    async fn set_policy_hash(&self, _: &str, _: &str, _: &str) -> Result<(), QueueError> {
+        Err(unsupported())
+    }
+
+    async fn cancel_running(&self) -> Result<Vec<String>, QueueError> {
+        Err(unsupported())
+    }
+
+    async fn set_paused(&self, _: Option<Pause>) -> Result<(), QueueError> {
+        Err(unsupported())
+    }
+
+    /// Never paused (`/readyz` asks).
+    async fn paused(&self) -> Result<Option<Pause>, QueueError> {
+        self.check().map(|()| None)
+    }
+
+    async fn record_usage(&self, _: &Usage) -> Result<(), QueueError> {
+        Err(unsupported())
+    }
+
+    async fn usage_since(
+        &self,
+        _: &str,
+        _: chrono::DateTime<Utc>,
+    ) -> Result<UsageTotal, QueueError> {
+        Err(unsupported())
+    }
+
+    async fn job_usage(&self, _: &str) -> Result<UsageTotal, QueueError> {
         Err(unsupported())
     }
 

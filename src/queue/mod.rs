@@ -16,18 +16,34 @@
 //!   back to `queued` with exponential backoff, or the `Retry-After` the fault named, until `max_attempts`) or
 //!   permanent (straight to `failed`, with the reason). [`Queue::release`] hands a job back without counting an
 //!   attempt (graceful shutdown). Only the current lease holder may do any of these.
+//! - **Approval**: the lease holder may park a running job in `awaiting_approval` ([`Queue::await_approval`], no
+//!   attempt counted, lease cleared) with an [`ApprovalRequest`]. [`Queue::approve`] queues it again (claimable at
+//!   once) and records who approved; that record stays on the job through later claims, so the worker can see that
+//!   approval was given. A request whose `expires_at` passes unapproved fails the job ("approval expired: ...");
+//!   every claim sweeps for those, so no extra daemon is needed, and [`Queue::expire_approvals`] sweeps too and
+//!   hands out (once, to one caller) the ids of jobs failed that way, for a ticket comment.
 //! - **Operators** [`Queue::cancel`] (a running job's next heartbeat reports the lease lost, and its worker stops)
 //!   and [`Queue::retry`] (a failed or cancelled job is queued again).
+//! - **Kill switch**: [`Queue::set_paused`] stores a [`Pause`] in the database, and while it is there every claim, by
+//!   every worker of the queue, finds nothing (checked inside the claim's transaction). [`Queue::cancel_running`]
+//!   cancels every running job at once.
 //! - **Progress** markers ([`Queue::set_progress`]) record delivery steps (branch pushed, PR opened, ticket told) so
-//!   that a retried job resumes instead of doing them twice.
+//!   that a retried job resumes instead of doing them twice. The job also records the hash of the policy it runs
+//!   under ([`Queue::set_policy_hash`]).
+//! - **Usage ledger**: model usage per call ([`Queue::record_usage`]), summed per team since an instant
+//!   ([`Queue::usage_since`]) or per job ([`Queue::job_usage`]), shared by all workers, for budgets.
 //!
 //! States and transitions (also in ARCHITECTURE.md):
 //! ```text
 //!   enqueue -> queued --claim--> running --complete--> succeeded
 //!                ^                 |  |--fail(permanent or attempts exhausted)--> failed --retry--> queued
 //!                |--fail(retryable, backoff) / release / lease expired--|
-//!   queued|running --cancel--> cancelled --retry--> queued
+//!                |                 '--await_approval--> awaiting_approval --expired--> failed
+//!                '--approve------------------------------------'
+//!   queued|running|awaiting_approval --cancel--> cancelled --retry--> queued
 //! ```
+//! A job is *open* (it absorbs new triggers for its ticket, and there is at most one per ticket) while queued,
+//! running or awaiting approval.
 
 pub mod postgres;
 pub mod sqlite;
@@ -47,6 +63,8 @@ pub enum JobState {
     Queued,
     /// Claimed by a worker that holds a lease.
     Running,
+    /// Parked until an approver approves it (then queued) or its request expires (then failed).
+    AwaitingApproval,
     /// Finished: a draft PR was opened, or nothing needed changing.
     Succeeded,
     /// Finished with a permanent failure, or out of attempts.
@@ -61,6 +79,7 @@ impl JobState {
         match self {
             JobState::Queued => "queued",
             JobState::Running => "running",
+            JobState::AwaitingApproval => "awaiting_approval",
             JobState::Succeeded => "succeeded",
             JobState::Failed => "failed",
             JobState::Cancelled => "cancelled",
@@ -72,6 +91,7 @@ impl JobState {
         Some(match s {
             "queued" => JobState::Queued,
             "running" => JobState::Running,
+            "awaiting_approval" => JobState::AwaitingApproval,
             "succeeded" => JobState::Succeeded,
             "failed" => JobState::Failed,
             "cancelled" => JobState::Cancelled,
@@ -81,8 +101,21 @@ impl JobState {
 
     /// Whether a job in this state is still open (absorbs new triggers for its ticket).
     pub fn is_open(self) -> bool {
-        matches!(self, JobState::Queued | JobState::Running)
+        matches!(
+            self,
+            JobState::Queued | JobState::Running | JobState::AwaitingApproval
+        )
     }
+
+    /// Every state, in lifecycle order (for help texts and tests).
+    pub const ALL: [JobState; 6] = [
+        JobState::Queued,
+        JobState::Running,
+        JobState::AwaitingApproval,
+        JobState::Succeeded,
+        JobState::Failed,
+        JobState::Cancelled,
+    ];
 }
 
 /// Why a job exists: one webhook delivery, one poll hit, one CLI request.
@@ -164,10 +197,93 @@ pub struct Job {
     pub outcome: Option<Value>,
     /// Delivery step markers (see [`Queue::set_progress`]); a JSON object.
     pub progress: Value,
+    /// The hash of the policy the job runs under (see [`Queue::set_policy_hash`]).
+    pub policy_hash: Option<String>,
+    /// The last approval requested for the job, and whether (and by whom) it was given.
+    pub approval: Option<Approval>,
     /// When the job was created.
     pub created_at: DateTime<Utc>,
     /// When the job last changed.
     pub updated_at: DateTime<Utc>,
+}
+
+/// What a worker asks for when a job needs a human's approval before it may run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApprovalRequest {
+    /// Why approval is needed (e.g. the policy rule), shown to approvers and in the expiry reason.
+    pub reason: String,
+    /// Who may approve (as the policy names them); recorded for display, checked by the caller of
+    /// [`Queue::approve`], not by the queue.
+    pub approvers: Vec<String>,
+    /// When approval was requested.
+    pub requested_at: DateTime<Utc>,
+    /// When the request lapses: an unapproved job is failed after this instant.
+    pub expires_at: DateTime<Utc>,
+}
+
+/// A job's approval record: the request, and the approval if one was given.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Approval {
+    /// Why approval is needed.
+    pub reason: String,
+    /// Who may approve.
+    pub approvers: Vec<String>,
+    /// When approval was requested.
+    pub requested_at: DateTime<Utc>,
+    /// When the request lapses.
+    pub expires_at: DateTime<Utc>,
+    /// Who approved, once someone has.
+    pub approved_by: Option<String>,
+    /// When they approved.
+    pub approved_at: Option<DateTime<Utc>>,
+}
+
+impl Approval {
+    /// Whether the job was approved (and has not asked again since).
+    pub fn is_approved(&self) -> bool {
+        self.approved_by.is_some()
+    }
+}
+
+/// The kill switch's state: who paused the queue, why and when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pause {
+    /// Who paused it (`cli:<user>`, or an approver's name).
+    pub by: String,
+    /// Why.
+    pub reason: String,
+    /// When.
+    pub at: DateTime<Utc>,
+}
+
+/// One model call's usage, for budgets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    /// The job that made the call.
+    pub job_id: String,
+    /// The team (policy) the job is charged to.
+    pub team: String,
+    /// The model called.
+    pub model: String,
+    /// Input (prompt) tokens.
+    pub input_tokens: u64,
+    /// Output (completion) tokens.
+    pub output_tokens: u64,
+    /// Cost in millionths of a US dollar.
+    pub cost_micros: u64,
+    /// When the call was made.
+    pub at: DateTime<Utc>,
+}
+
+/// Usage summed over calls.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageTotal {
+    /// Input plus output tokens.
+    pub tokens: u64,
+    /// Cost in millionths of a US dollar.
+    pub cost_micros: u64,
+    /// How many calls.
+    pub calls: u64,
 }
 
 /// A worker's request for work.
@@ -257,6 +373,24 @@ pub(crate) fn worker_lost(attempts: u32, max_attempts: u32) -> String {
     )
 }
 
+/// `last_error` of a job whose approval request lapsed. Shared so both backends word it identically.
+pub(crate) fn approval_expired(reason: &str, expires_at: DateTime<Utc>) -> String {
+    format!(
+        "approval expired: nobody approved by {} ({reason})",
+        expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    )
+}
+
+/// A `u64` counter for a signed 64-bit column.
+pub(crate) fn to_i64(v: u64, what: &str) -> Result<i64, QueueError> {
+    i64::try_from(v).map_err(|_| QueueError::Database(format!("{what} {v} is out of range")))
+}
+
+/// A summed or counted column back to `u64` (sums of non-negative values are never negative).
+pub(crate) fn to_u64(v: i64, what: &str) -> Result<u64, QueueError> {
+    u64::try_from(v).map_err(|_| QueueError::Database(format!("stored {what} {v} is out of range")))
+}
+
 /// A new job id: time-ordered and unique (`j20261123T101500-1a2b3c4d`).
 pub fn new_job_id() -> String {
     let mut rnd = [0u8; 4];
@@ -277,7 +411,9 @@ pub trait Queue: Send + Sync {
     /// Adds a job, or records the trigger on an existing one (see [`Enqueued`]). Durable when it returns.
     async fn enqueue(&self, job: NewJob) -> Result<Enqueued, QueueError>;
     /// Claims the oldest claimable job (queued with `not_before` passed, or running with an expired lease), sets
-    /// it running under `claim.worker` with a fresh lease and counts an attempt. `None` when there is none.
+    /// it running under `claim.worker` with a fresh lease and counts an attempt. `None` when there is none, or
+    /// while the queue is paused. Sweeps first: jobs whose worker died on their last attempt, and jobs whose
+    /// approval request expired, are failed.
     async fn claim(&self, claim: &Claim) -> Result<Option<Job>, QueueError>;
     /// Renews the lease. `Ok(false)` when the worker no longer holds it (expired and reclaimed, or cancelled).
     async fn heartbeat(
@@ -297,9 +433,45 @@ pub trait Queue: Send + Sync {
     ) -> Result<JobState, QueueError>;
     /// Hands the job back (queued, claimable now) without counting the attempt: graceful shutdown.
     async fn release(&self, job_id: &str, worker: &str) -> Result<(), QueueError>;
-    /// Cancels a queued or running job. `Ok(false)` if it was already finished.
+    /// Parks a running job until it is approved: `awaiting_approval`, lease cleared, the attempt not counted (like
+    /// [`Queue::release`]), `request` stored and any earlier approval cleared. Only for the lease holder.
+    async fn await_approval(
+        &self,
+        job_id: &str,
+        worker: &str,
+        request: ApprovalRequest,
+    ) -> Result<(), QueueError>;
+    /// Approves a job awaiting approval: queued (claimable now), with `by` and the time recorded on its
+    /// [`Approval`]. `Ok(false)` if it is not awaiting approval (or its request has expired). Whether `by` may
+    /// approve is the caller's decision.
+    async fn approve(&self, job_id: &str, by: &str) -> Result<bool, QueueError>;
+    /// Fails every job whose approval request has expired, then returns the ids of all jobs failed that way that
+    /// no earlier call returned (including those a claim's sweep failed): each id is handed out once, to one caller.
+    async fn expire_approvals(&self) -> Result<Vec<String>, QueueError>;
+    /// Records the hash of the policy the job runs under. Only for the lease holder of a running job.
+    async fn set_policy_hash(
+        &self,
+        job_id: &str,
+        worker: &str,
+        hash: &str,
+    ) -> Result<(), QueueError>;
+    /// Cancels a queued, running or awaiting job. `Ok(false)` if it was already finished.
     async fn cancel(&self, job_id: &str) -> Result<bool, QueueError>;
-    /// Queues a failed or cancelled job again with its attempts reset. `Ok(false)` if it is not in such a state.
+    /// Cancels every running job (their workers stop them at their next heartbeat); returns their ids.
+    async fn cancel_running(&self) -> Result<Vec<String>, QueueError>;
+    /// Sets (`Some`) or lifts (`None`) the kill switch. While set, [`Queue::claim`] finds nothing, for every worker.
+    async fn set_paused(&self, pause: Option<Pause>) -> Result<(), QueueError>;
+    /// The kill switch's state.
+    async fn paused(&self) -> Result<Option<Pause>, QueueError>;
+    /// Appends one model call to the usage ledger.
+    async fn record_usage(&self, usage: &Usage) -> Result<(), QueueError>;
+    /// A team's usage at or after `since`.
+    async fn usage_since(&self, team: &str, since: DateTime<Utc>)
+        -> Result<UsageTotal, QueueError>;
+    /// One job's usage.
+    async fn job_usage(&self, job_id: &str) -> Result<UsageTotal, QueueError>;
+    /// Queues a failed or cancelled job again with its attempts reset. `Ok(false)` if it is not in such a state, or
+    /// its ticket has another open job. An approval given earlier is kept.
     async fn retry(&self, job_id: &str) -> Result<bool, QueueError>;
     /// One job.
     async fn get(&self, job_id: &str) -> Result<Option<Job>, QueueError>;
@@ -353,14 +525,23 @@ mod tests {
 
     #[test]
     fn states_round_trip() {
-        for s in [
-            JobState::Queued,
-            JobState::Running,
-            JobState::Succeeded,
-            JobState::Failed,
-            JobState::Cancelled,
-        ] {
+        for s in JobState::ALL {
             assert_eq!(JobState::parse(s.as_str()), Some(s));
+            assert_eq!(
+                serde_json::to_value(s).unwrap(),
+                serde_json::json!(s.as_str())
+            );
         }
+        assert!(JobState::AwaitingApproval.is_open());
+        assert!(!JobState::Failed.is_open());
+    }
+
+    #[test]
+    fn expiry_reason_names_the_deadline_and_the_reason() {
+        let at = DateTime::from_timestamp(1_767_261_600, 0).unwrap();
+        assert_eq!(
+            approval_expired("label needs-approval", at),
+            "approval expired: nobody approved by 2026-01-01T10:00:00Z (label needs-approval)"
+        );
     }
 }

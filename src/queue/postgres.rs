@@ -24,8 +24,9 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{Connection, PgConnection, PgPool, Postgres, Row, Transaction};
 
 use super::{
-    backoff, gave_up, new_job_id, worker_lost, Claim, Enqueued, Failure, Job, JobFilter, JobState,
-    NewJob, QueueError, Trigger,
+    approval_expired, backoff, gave_up, new_job_id, to_i64, to_u64, worker_lost, Approval,
+    ApprovalRequest, Claim, Enqueued, Failure, Job, JobFilter, JobState, NewJob, Pause, QueueError,
+    Trigger, Usage, UsageTotal,
 };
 use crate::config::Secret;
 
@@ -35,8 +36,11 @@ pub const POOL_SIZE: u32 = 8;
 /// The advisory lock key migrations hold (arbitrary, fixed: "drafter" in ASCII).
 const MIGRATION_LOCK: i64 = 0x0064_7261_6674_6572;
 
-/// The schema, one entry per version; never edit an entry once released, append a new one.
-const MIGRATIONS: &[&str] = &[r#"
+/// The schema, one entry per version; never edit an entry once released, append a new one. Public only so that
+/// the upgrade tests can build a database at an older version.
+#[doc(hidden)]
+pub const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE jobs (
     seq           bigint      GENERATED ALWAYS AS IDENTITY,
     id            text        PRIMARY KEY,
@@ -68,13 +72,57 @@ CREATE TABLE deliveries (
     created_at timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX deliveries_job ON deliveries (job_id);
-"#];
+"#,
+    // Version 2: the awaiting_approval state, approvals, the policy hash, the kill switch and the usage ledger.
+    r#"
+ALTER TABLE jobs DROP CONSTRAINT jobs_state_check;
+ALTER TABLE jobs ADD CONSTRAINT jobs_state_check
+    CHECK (state IN ('queued', 'running', 'awaiting_approval', 'succeeded', 'failed', 'cancelled'));
+ALTER TABLE jobs
+    ADD COLUMN policy_hash           text,
+    ADD COLUMN approval_reason       text,
+    ADD COLUMN approval_approvers    jsonb,
+    ADD COLUMN approval_requested_at timestamptz,
+    ADD COLUMN approval_expires_at   timestamptz,
+    ADD COLUMN approved_by           text,
+    ADD COLUMN approved_at           timestamptz,
+    -- Failed by expiry and not yet handed out by expire_approvals.
+    ADD COLUMN approval_expiry_unreported boolean NOT NULL DEFAULT false;
+DROP INDEX jobs_one_open_per_ticket;
+CREATE UNIQUE INDEX jobs_one_open_per_ticket ON jobs (ticket)
+    WHERE state IN ('queued', 'running', 'awaiting_approval');
+-- Every claim looks for lapsed approval requests.
+CREATE INDEX jobs_awaiting_by_expiry ON jobs (approval_expires_at) WHERE state = 'awaiting_approval';
+CREATE INDEX jobs_expiry_unreported ON jobs (seq) WHERE approval_expiry_unreported;
+-- Queue-wide settings, one row each; `pause` holds the kill switch (NULL: not paused). Claims share-lock the row,
+-- so setting it waits for claims in flight, and no claim that commits after a pause has missed it.
+CREATE TABLE control (
+    name       text        PRIMARY KEY,
+    value      jsonb,
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+INSERT INTO control (name) VALUES ('pause');
+CREATE TABLE usage_ledger (
+    seq           bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    job_id        text        NOT NULL,
+    team          text        NOT NULL,
+    model         text        NOT NULL,
+    input_tokens  bigint      NOT NULL CHECK (input_tokens >= 0),
+    output_tokens bigint      NOT NULL CHECK (output_tokens >= 0),
+    cost_micros   bigint      NOT NULL CHECK (cost_micros >= 0),
+    at            timestamptz NOT NULL
+);
+CREATE INDEX usage_ledger_team_at ON usage_ledger (team, at);
+CREATE INDEX usage_ledger_job ON usage_ledger (job_id);
+"#,
+];
 
 /// The columns [`job_from_row`] reads, as a literal so queries stay `&'static str`.
 macro_rules! job_columns {
     () => {
         "id, ticket, project, state, attempts, max_attempts, not_before, lease_owner, lease_expires, triggers, \
-         last_error, outcome, progress, created_at, updated_at"
+         last_error, outcome, progress, created_at, updated_at, policy_hash, approval_reason, approval_approvers, \
+         approval_requested_at, approval_expires_at, approved_by, approved_at"
     };
 }
 
@@ -240,7 +288,8 @@ impl PgQueue {
         // Lock the open job so concurrent absorbs append one after another, and a concurrent finish either happens
         // before (then the row no longer matches and a new job is made) or after this commits.
         let open: Option<String> = sqlx::query_scalar(
-            "SELECT id FROM jobs WHERE ticket = $1 AND state IN ('queued', 'running') FOR UPDATE",
+            "SELECT id FROM jobs WHERE ticket = $1 AND state IN ('queued', 'running', 'awaiting_approval') \
+             FOR UPDATE",
         )
         .bind(&job.ticket)
         .fetch_optional(&mut *tx)
@@ -265,7 +314,8 @@ impl PgQueue {
                     "INSERT INTO jobs (id, ticket, project, state, attempts, max_attempts, not_before, triggers, \
                      progress, created_at, updated_at) \
                      VALUES ($1, $2, $3, 'queued', 0, $4, now(), jsonb_build_array($5::jsonb), '{}', now(), now()) \
-                     ON CONFLICT (ticket) WHERE state IN ('queued', 'running') DO NOTHING RETURNING id",
+                     ON CONFLICT (ticket) WHERE state IN ('queued', 'running', 'awaiting_approval') DO NOTHING \
+                     RETURNING id",
                 )
                 .bind(&id)
                 .bind(&job.ticket)
@@ -359,6 +409,48 @@ fn to_u32(v: i32, column: &str) -> Result<u32, QueueError> {
         .map_err(|_| QueueError::Database(format!("stored {column} {v} is out of range")))
 }
 
+/// Fails the jobs whose approval request has lapsed (marking them for [`Queue::expire_approvals`] to hand out);
+/// returns their ids. SKIP LOCKED: a concurrent sweeper handling the same rows is doing the same thing.
+///
+/// [`Queue::expire_approvals`]: super::Queue::expire_approvals
+async fn expire_lapsed(
+    q: &PgQueue,
+    tx: &mut Transaction<'static, Postgres>,
+) -> Result<Vec<String>, QueueError> {
+    let lapsed: Vec<(String, Option<String>, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT id, approval_reason, approval_expires_at FROM jobs \
+         WHERE state = 'awaiting_approval' AND approval_expires_at <= now() \
+         FOR UPDATE SKIP LOCKED",
+    )
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(q.db("finding lapsed approval requests"))?;
+    let mut ids = Vec::with_capacity(lapsed.len());
+    for (id, reason, expires_at) in lapsed {
+        let error = approval_expired(reason.as_deref().unwrap_or(""), expires_at);
+        sqlx::query(
+            "UPDATE jobs SET state = 'failed', last_error = $1, approval_expiry_unreported = true, \
+             updated_at = now() WHERE id = $2",
+        )
+        .bind(&error)
+        .bind(&id)
+        .execute(&mut **tx)
+        .await
+        .map_err(q.db("failing a job whose approval expired"))?;
+        tracing::warn!(job = %id, %error, "job failed: approval expired");
+        ids.push(id);
+    }
+    Ok(ids)
+}
+
+fn usage_total(row: (i64, i64, i64)) -> Result<UsageTotal, QueueError> {
+    Ok(UsageTotal {
+        tokens: to_u64(row.0, "token sum")?,
+        cost_micros: to_u64(row.1, "cost sum")?,
+        calls: to_u64(row.2, "call count")?,
+    })
+}
+
 fn job_from_row(row: &PgRow) -> Result<Job, QueueError> {
     let get = |e: sqlx::Error| QueueError::Database(format!("reading a job row: {e}"));
     let state: String = row.try_get("state").map_err(get)?;
@@ -367,6 +459,29 @@ fn job_from_row(row: &PgRow) -> Result<Job, QueueError> {
     let triggers: Value = row.try_get("triggers").map_err(get)?;
     let triggers: Vec<Trigger> = serde_json::from_value(triggers)
         .map_err(|e| QueueError::Database(format!("stored triggers are malformed: {e}")))?;
+    let reason: Option<String> = row.try_get("approval_reason").map_err(get)?;
+    let requested_at: Option<DateTime<Utc>> = row.try_get("approval_requested_at").map_err(get)?;
+    let expires_at: Option<DateTime<Utc>> = row.try_get("approval_expires_at").map_err(get)?;
+    let approval = match (reason, requested_at, expires_at) {
+        (Some(reason), Some(requested_at), Some(expires_at)) => {
+            let approvers: Option<Value> = row.try_get("approval_approvers").map_err(get)?;
+            Some(Approval {
+                reason,
+                approvers: approvers
+                    .map(serde_json::from_value::<Vec<String>>)
+                    .transpose()
+                    .map_err(|e| {
+                        QueueError::Database(format!("stored approvers are malformed: {e}"))
+                    })?
+                    .unwrap_or_default(),
+                requested_at,
+                expires_at,
+                approved_by: row.try_get("approved_by").map_err(get)?,
+                approved_at: row.try_get("approved_at").map_err(get)?,
+            })
+        }
+        _ => None,
+    };
     Ok(Job {
         id: row.try_get("id").map_err(get)?,
         ticket: row.try_get("ticket").map_err(get)?,
@@ -383,6 +498,8 @@ fn job_from_row(row: &PgRow) -> Result<Job, QueueError> {
         progress: row.try_get("progress").map_err(get)?,
         created_at: row.try_get("created_at").map_err(get)?,
         updated_at: row.try_get("updated_at").map_err(get)?,
+        policy_hash: row.try_get("policy_hash").map_err(get)?,
+        approval,
     })
 }
 
@@ -445,6 +562,18 @@ impl super::Queue for PgQueue {
             .await
             .map_err(self.db("failing a job whose worker was lost"))?;
             tracing::warn!(job = %id, attempts, "job failed: its worker was lost on the last attempt");
+        }
+        expire_lapsed(self, &mut tx).await?;
+        // The kill switch. FOR SHARE: claims do not block each other, but `set_paused` waits for claims in flight,
+        // so once a pause has committed no claim can still succeed without having seen it.
+        let pause: Option<Option<Value>> =
+            sqlx::query_scalar("SELECT value FROM control WHERE name = 'pause' FOR SHARE")
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(self.db("reading the pause switch"))?;
+        if pause.flatten().is_some_and(|v| !v.is_null()) {
+            tx.commit().await.map_err(self.db("committing a claim"))?;
+            return Ok(None);
         }
         let row = sqlx::query(concat!(
             "UPDATE jobs SET state = 'running', lease_owner = $1, \
@@ -575,7 +704,7 @@ impl super::Queue for PgQueue {
     async fn cancel(&self, job_id: &str) -> Result<bool, QueueError> {
         let done = sqlx::query(
             "UPDATE jobs SET state = 'cancelled', lease_owner = NULL, lease_expires = NULL, updated_at = now() \
-             WHERE id = $1 AND state IN ('queued', 'running')",
+             WHERE id = $1 AND state IN ('queued', 'running', 'awaiting_approval')",
         )
         .bind(job_id)
         .execute(&self.pool)
@@ -593,10 +722,10 @@ impl super::Queue for PgQueue {
     async fn retry(&self, job_id: &str) -> Result<bool, QueueError> {
         let done = sqlx::query(
             "UPDATE jobs SET state = 'queued', attempts = 0, not_before = now(), lease_owner = NULL, \
-             lease_expires = NULL, updated_at = now() \
+             lease_expires = NULL, approval_expiry_unreported = false, updated_at = now() \
              WHERE id = $1 AND state IN ('failed', 'cancelled') AND NOT EXISTS ( \
                  SELECT 1 FROM jobs AS open WHERE open.ticket = jobs.ticket \
-                   AND open.state IN ('queued', 'running'))",
+                   AND open.state IN ('queued', 'running', 'awaiting_approval'))",
         )
         .bind(job_id)
         .execute(&self.pool)
@@ -669,6 +798,188 @@ impl super::Queue for PgQueue {
         } else {
             Err(self.not_held(job_id).await)
         }
+    }
+
+    async fn await_approval(
+        &self,
+        job_id: &str,
+        worker: &str,
+        request: ApprovalRequest,
+    ) -> Result<(), QueueError> {
+        let approvers = serde_json::to_value(&request.approvers)
+            .map_err(|e| QueueError::Database(format!("encoding approvers: {e}")))?;
+        let done = sqlx::query(
+            "UPDATE jobs SET state = 'awaiting_approval', lease_owner = NULL, lease_expires = NULL, \
+             attempts = GREATEST(attempts - 1, 0), approval_reason = $1, approval_approvers = $2, \
+             approval_requested_at = $3, approval_expires_at = $4, approved_by = NULL, approved_at = NULL, \
+             updated_at = now() WHERE id = $5 AND state = 'running' AND lease_owner = $6",
+        )
+        .bind(&request.reason)
+        .bind(&approvers)
+        .bind(request.requested_at)
+        .bind(request.expires_at)
+        .bind(job_id)
+        .bind(worker)
+        .execute(&self.pool)
+        .await
+        .map_err(self.db("parking a job for approval"))?;
+        if done.rows_affected() == 1 {
+            Ok(())
+        } else {
+            Err(self.not_held(job_id).await)
+        }
+    }
+
+    async fn approve(&self, job_id: &str, by: &str) -> Result<bool, QueueError> {
+        let done = sqlx::query(
+            "UPDATE jobs SET state = 'queued', not_before = now(), approved_by = $1, approved_at = now(), \
+             updated_at = now() \
+             WHERE id = $2 AND state = 'awaiting_approval' AND approval_expires_at > now()",
+        )
+        .bind(by)
+        .bind(job_id)
+        .execute(&self.pool)
+        .await
+        .map_err(self.db("approving a job"))?;
+        if done.rows_affected() == 1 {
+            Ok(true)
+        } else if self.exists(job_id).await? {
+            Ok(false)
+        } else {
+            Err(QueueError::NotFound(job_id.to_string()))
+        }
+    }
+
+    async fn expire_approvals(&self) -> Result<Vec<String>, QueueError> {
+        let mut tx = self.begin().await?;
+        expire_lapsed(self, &mut tx).await?;
+        let mut ids: Vec<String> = sqlx::query_scalar(
+            "UPDATE jobs SET approval_expiry_unreported = false \
+             WHERE id IN (SELECT id FROM jobs WHERE approval_expiry_unreported FOR UPDATE SKIP LOCKED) \
+             RETURNING id",
+        )
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(self.db("handing out expired approvals"))?;
+        tx.commit()
+            .await
+            .map_err(self.db("committing expired approvals"))?;
+        ids.sort();
+        Ok(ids)
+    }
+
+    async fn set_policy_hash(
+        &self,
+        job_id: &str,
+        worker: &str,
+        hash: &str,
+    ) -> Result<(), QueueError> {
+        let done = sqlx::query(
+            "UPDATE jobs SET policy_hash = $1, updated_at = now() \
+             WHERE id = $2 AND state = 'running' AND lease_owner = $3",
+        )
+        .bind(hash)
+        .bind(job_id)
+        .bind(worker)
+        .execute(&self.pool)
+        .await
+        .map_err(self.db("recording the policy hash"))?;
+        if done.rows_affected() == 1 {
+            Ok(())
+        } else {
+            Err(self.not_held(job_id).await)
+        }
+    }
+
+    async fn cancel_running(&self) -> Result<Vec<String>, QueueError> {
+        let mut ids: Vec<String> = sqlx::query_scalar(
+            "UPDATE jobs SET state = 'cancelled', lease_owner = NULL, lease_expires = NULL, updated_at = now() \
+             WHERE state = 'running' RETURNING id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(self.db("cancelling running jobs"))?;
+        ids.sort();
+        Ok(ids)
+    }
+
+    async fn set_paused(&self, pause: Option<Pause>) -> Result<(), QueueError> {
+        let value = pause
+            .map(|p| serde_json::to_value(&p))
+            .transpose()
+            .map_err(|e| QueueError::Database(format!("encoding the pause: {e}")))?;
+        sqlx::query(
+            "INSERT INTO control (name, value, updated_at) VALUES ('pause', $1, now()) \
+             ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value, updated_at = now()",
+        )
+        .bind(value)
+        .execute(&self.pool)
+        .await
+        .map_err(self.db("setting the pause switch"))?;
+        Ok(())
+    }
+
+    async fn paused(&self) -> Result<Option<Pause>, QueueError> {
+        let value: Option<Option<Value>> =
+            sqlx::query_scalar("SELECT value FROM control WHERE name = 'pause'")
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(self.db("reading the pause switch"))?;
+        value
+            .flatten()
+            .filter(|v| !v.is_null())
+            .map(serde_json::from_value::<Pause>)
+            .transpose()
+            .map_err(|e| QueueError::Database(format!("stored pause is malformed: {e}")))
+    }
+
+    async fn record_usage(&self, usage: &Usage) -> Result<(), QueueError> {
+        sqlx::query(
+            "INSERT INTO usage_ledger (job_id, team, model, input_tokens, output_tokens, cost_micros, at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&usage.job_id)
+        .bind(&usage.team)
+        .bind(&usage.model)
+        .bind(to_i64(usage.input_tokens, "input_tokens")?)
+        .bind(to_i64(usage.output_tokens, "output_tokens")?)
+        .bind(to_i64(usage.cost_micros, "cost_micros")?)
+        .bind(usage.at)
+        .execute(&self.pool)
+        .await
+        .map_err(self.db("recording usage"))?;
+        Ok(())
+    }
+
+    async fn usage_since(
+        &self,
+        team: &str,
+        since: DateTime<Utc>,
+    ) -> Result<UsageTotal, QueueError> {
+        let row: (i64, i64, i64) = sqlx::query_as(
+            "SELECT COALESCE(SUM(input_tokens + output_tokens), 0)::bigint, \
+             COALESCE(SUM(cost_micros), 0)::bigint, COUNT(*) \
+             FROM usage_ledger WHERE team = $1 AND at >= $2",
+        )
+        .bind(team)
+        .bind(since)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(self.db("summing a team's usage"))?;
+        usage_total(row)
+    }
+
+    async fn job_usage(&self, job_id: &str) -> Result<UsageTotal, QueueError> {
+        let row: (i64, i64, i64) = sqlx::query_as(
+            "SELECT COALESCE(SUM(input_tokens + output_tokens), 0)::bigint, \
+             COALESCE(SUM(cost_micros), 0)::bigint, COUNT(*) \
+             FROM usage_ledger WHERE job_id = $1",
+        )
+        .bind(job_id)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(self.db("summing a job's usage"))?;
+        usage_total(row)
     }
 
     async fn ping(&self) -> Result<(), QueueError> {

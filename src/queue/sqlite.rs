@@ -24,8 +24,9 @@ use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions, SqliteRow, SqliteSyn
 use sqlx::{Connection, Row, Sqlite, SqliteConnection, SqlitePool, Transaction};
 
 use super::{
-    backoff, gave_up, new_job_id, worker_lost, Claim, Enqueued, Failure, Job, JobFilter, JobState,
-    NewJob, QueueError, Trigger,
+    approval_expired, backoff, gave_up, new_job_id, to_i64, to_u64, worker_lost, Approval,
+    ApprovalRequest, Claim, Enqueued, Failure, Job, JobFilter, JobState, NewJob, Pause, QueueError,
+    Trigger, Usage, UsageTotal,
 };
 
 /// How long a writer waits for another writer (in this or another process) before giving up.
@@ -34,8 +35,11 @@ pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections per process. SQLite has one writer at a time anyway; a few connections let reads overlap a write.
 const POOL_SIZE: u32 = 4;
 
-/// The schema, one entry per version; never edit an entry once released, append a new one.
-const MIGRATIONS: &[&str] = &[r#"
+/// The schema, one entry per version; never edit an entry once released, append a new one. Public only so that
+/// the upgrade tests can build a database at an older version.
+#[doc(hidden)]
+pub const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE jobs (
     seq           INTEGER PRIMARY KEY AUTOINCREMENT,
     id            TEXT    NOT NULL UNIQUE,
@@ -67,13 +71,92 @@ CREATE TABLE deliveries (
     created_at INTEGER NOT NULL
 );
 CREATE INDEX deliveries_job ON deliveries (job_id);
-"#];
+"#,
+    // Version 2: the awaiting_approval state, approvals, the policy hash, the kill switch and the usage ledger.
+    // SQLite cannot change a CHECK constraint in place, so `jobs` is rebuilt. `deliveries` is rebuilt with it: dropping
+    // `jobs` while a table references it would cascade-delete the deliveries (foreign keys are on, and cannot be
+    // turned off inside the migration's transaction); renaming `jobs_v2` afterwards rewrites the new reference.
+    r#"
+CREATE TABLE jobs_v2 (
+    seq           INTEGER PRIMARY KEY AUTOINCREMENT,
+    id            TEXT    NOT NULL UNIQUE,
+    ticket        TEXT    NOT NULL,
+    project       TEXT    NOT NULL,
+    state         TEXT    NOT NULL
+                  CHECK (state IN ('queued', 'running', 'awaiting_approval', 'succeeded', 'failed', 'cancelled')),
+    attempts      INTEGER NOT NULL DEFAULT 0,
+    max_attempts  INTEGER NOT NULL,
+    not_before    INTEGER NOT NULL,
+    lease_owner   TEXT,
+    lease_expires INTEGER,
+    triggers      TEXT    NOT NULL DEFAULT '[]',
+    last_error    TEXT,
+    outcome       TEXT,
+    progress      TEXT    NOT NULL DEFAULT '{}',
+    created_at    INTEGER NOT NULL,
+    updated_at    INTEGER NOT NULL,
+    policy_hash   TEXT,
+    approval_reason       TEXT,
+    approval_approvers    TEXT,
+    approval_requested_at INTEGER,
+    approval_expires_at   INTEGER,
+    approved_by           TEXT,
+    approved_at           INTEGER,
+    -- Failed by expiry and not yet handed out by expire_approvals.
+    approval_expiry_unreported INTEGER NOT NULL DEFAULT 0
+);
+INSERT INTO jobs_v2 (seq, id, ticket, project, state, attempts, max_attempts, not_before, lease_owner, lease_expires,
+                     triggers, last_error, outcome, progress, created_at, updated_at)
+    SELECT seq, id, ticket, project, state, attempts, max_attempts, not_before, lease_owner, lease_expires,
+           triggers, last_error, outcome, progress, created_at, updated_at FROM jobs;
+CREATE TABLE deliveries_v2 (
+    key        TEXT    PRIMARY KEY NOT NULL,
+    job_id     TEXT    NOT NULL REFERENCES jobs_v2 (id) ON DELETE CASCADE,
+    created_at INTEGER NOT NULL
+);
+INSERT INTO deliveries_v2 (key, job_id, created_at) SELECT key, job_id, created_at FROM deliveries;
+DROP TABLE deliveries;
+DROP TABLE jobs;
+ALTER TABLE jobs_v2 RENAME TO jobs;
+ALTER TABLE deliveries_v2 RENAME TO deliveries;
+CREATE UNIQUE INDEX jobs_one_open_per_ticket ON jobs (ticket)
+    WHERE state IN ('queued', 'running', 'awaiting_approval');
+CREATE INDEX jobs_state_not_before ON jobs (state, not_before);
+CREATE INDEX jobs_ticket ON jobs (ticket);
+CREATE INDEX jobs_created ON jobs (created_at, seq);
+CREATE INDEX jobs_open_by_age ON jobs (created_at, seq) WHERE state IN ('queued', 'running');
+-- Every claim looks for lapsed approval requests.
+CREATE INDEX jobs_awaiting_by_expiry ON jobs (approval_expires_at) WHERE state = 'awaiting_approval';
+CREATE INDEX jobs_expiry_unreported ON jobs (seq) WHERE approval_expiry_unreported = 1;
+CREATE INDEX deliveries_job ON deliveries (job_id);
+-- Queue-wide settings, one row each; `pause` holds the kill switch (NULL: not paused).
+CREATE TABLE control (
+    name       TEXT    PRIMARY KEY NOT NULL,
+    value      TEXT,
+    updated_at INTEGER NOT NULL
+);
+INSERT INTO control (name, value, updated_at) VALUES ('pause', NULL, 0);
+CREATE TABLE usage_ledger (
+    seq           INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id        TEXT    NOT NULL,
+    team          TEXT    NOT NULL,
+    model         TEXT    NOT NULL,
+    input_tokens  INTEGER NOT NULL CHECK (input_tokens >= 0),
+    output_tokens INTEGER NOT NULL CHECK (output_tokens >= 0),
+    cost_micros   INTEGER NOT NULL CHECK (cost_micros >= 0),
+    at            INTEGER NOT NULL
+);
+CREATE INDEX usage_ledger_team_at ON usage_ledger (team, at);
+CREATE INDEX usage_ledger_job ON usage_ledger (job_id);
+"#,
+];
 
 /// The columns [`job_from_row`] reads, as a literal so queries stay `&'static str`.
 macro_rules! job_columns {
     () => {
         "id, ticket, project, state, attempts, max_attempts, not_before, lease_owner, lease_expires, triggers, \
-         last_error, outcome, progress, created_at, updated_at"
+         last_error, outcome, progress, created_at, updated_at, policy_hash, approval_reason, approval_approvers, \
+         approval_requested_at, approval_expires_at, approved_by, approved_at"
     };
 }
 
@@ -247,6 +330,68 @@ fn parse_json<T: serde::de::DeserializeOwned>(text: &str, column: &str) -> Resul
         .map_err(|e| QueueError::Database(format!("stored {column} is not valid JSON: {e}")))
 }
 
+/// Fails the jobs whose approval request lapsed by `now` (marking them for [`Queue::expire_approvals`] to hand
+/// out); returns their ids.
+///
+/// [`Queue::expire_approvals`]: super::Queue::expire_approvals
+async fn expire_lapsed(
+    tx: &mut Transaction<'static, Sqlite>,
+    now: i64,
+) -> Result<Vec<String>, QueueError> {
+    let lapsed: Vec<(String, Option<String>, i64)> = sqlx::query_as(
+        "SELECT id, approval_reason, approval_expires_at FROM jobs \
+         WHERE state = 'awaiting_approval' AND approval_expires_at <= ?",
+    )
+    .bind(now)
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(db("finding lapsed approval requests"))?;
+    let mut ids = Vec::with_capacity(lapsed.len());
+    for (id, reason, expires_at) in lapsed {
+        let error = approval_expired(
+            reason.as_deref().unwrap_or(""),
+            ms_to_time(expires_at, "approval_expires_at")?,
+        );
+        sqlx::query(
+            "UPDATE jobs SET state = 'failed', last_error = ?, approval_expiry_unreported = 1, updated_at = ? \
+             WHERE id = ?",
+        )
+        .bind(&error)
+        .bind(now)
+        .bind(&id)
+        .execute(&mut **tx)
+        .await
+        .map_err(db("failing a job whose approval expired"))?;
+        tracing::warn!(job = %id, %error, "job failed: approval expired");
+        ids.push(id);
+    }
+    Ok(ids)
+}
+
+/// Reads the kill switch.
+async fn read_pause<'c, E>(executor: E) -> Result<Option<Pause>, QueueError>
+where
+    E: sqlx::Executor<'c, Database = Sqlite>,
+{
+    let value: Option<Option<String>> =
+        sqlx::query_scalar("SELECT value FROM control WHERE name = 'pause'")
+            .fetch_optional(executor)
+            .await
+            .map_err(db("reading the pause switch"))?;
+    value
+        .flatten()
+        .map(|v| parse_json::<Pause>(&v, "pause"))
+        .transpose()
+}
+
+fn usage_total(row: (i64, i64, i64)) -> Result<UsageTotal, QueueError> {
+    Ok(UsageTotal {
+        tokens: to_u64(row.0, "token sum")?,
+        cost_micros: to_u64(row.1, "cost sum")?,
+        calls: to_u64(row.2, "call count")?,
+    })
+}
+
 fn job_from_row(row: &SqliteRow) -> Result<Job, QueueError> {
     let get = |e: sqlx::Error| QueueError::Database(format!("reading a job row: {e}"));
     let state: String = row.try_get("state").map_err(get)?;
@@ -256,6 +401,32 @@ fn job_from_row(row: &SqliteRow) -> Result<Job, QueueError> {
     let outcome: Option<String> = row.try_get("outcome").map_err(get)?;
     let progress: String = row.try_get("progress").map_err(get)?;
     let lease_expires: Option<i64> = row.try_get("lease_expires").map_err(get)?;
+    let time = |column: &str| -> Result<Option<DateTime<Utc>>, QueueError> {
+        let ms: Option<i64> = row.try_get(column).map_err(get)?;
+        ms.map(|ms| ms_to_time(ms, column)).transpose()
+    };
+    let reason: Option<String> = row.try_get("approval_reason").map_err(get)?;
+    let approval = match (
+        reason,
+        time("approval_requested_at")?,
+        time("approval_expires_at")?,
+    ) {
+        (Some(reason), Some(requested_at), Some(expires_at)) => {
+            let approvers: Option<String> = row.try_get("approval_approvers").map_err(get)?;
+            Some(Approval {
+                reason,
+                approvers: approvers
+                    .map(|a| parse_json::<Vec<String>>(&a, "approval_approvers"))
+                    .transpose()?
+                    .unwrap_or_default(),
+                requested_at,
+                expires_at,
+                approved_by: row.try_get("approved_by").map_err(get)?,
+                approved_at: time("approved_at")?,
+            })
+        }
+        _ => None,
+    };
     Ok(Job {
         id: row.try_get("id").map_err(get)?,
         ticket: row.try_get("ticket").map_err(get)?,
@@ -276,6 +447,8 @@ fn job_from_row(row: &SqliteRow) -> Result<Job, QueueError> {
         progress: parse_json::<Value>(&progress, "progress")?,
         created_at: ms_to_time(row.try_get("created_at").map_err(get)?, "created_at")?,
         updated_at: ms_to_time(row.try_get("updated_at").map_err(get)?, "updated_at")?,
+        policy_hash: row.try_get("policy_hash").map_err(get)?,
+        approval,
     })
 }
 
@@ -338,6 +511,12 @@ impl super::Queue for SqliteQueue {
             .await
             .map_err(db("failing a job whose worker was lost"))?;
             tracing::warn!(job = %id, attempts, "job failed: its worker was lost on the last attempt");
+        }
+        expire_lapsed(&mut tx, now).await?;
+        // The kill switch, read under the write lock the claim holds, so a pause that committed is always seen.
+        if read_pause(&mut *tx).await?.is_some() {
+            tx.commit().await.map_err(db("committing a claim"))?;
+            return Ok(None);
         }
         let row = sqlx::query(concat!(
             "UPDATE jobs SET state = 'running', lease_owner = ?1, lease_expires = ?2, attempts = attempts + 1, \
@@ -478,7 +657,7 @@ impl super::Queue for SqliteQueue {
     async fn cancel(&self, job_id: &str) -> Result<bool, QueueError> {
         let done = sqlx::query(
             "UPDATE jobs SET state = 'cancelled', lease_owner = NULL, lease_expires = NULL, updated_at = ? \
-             WHERE id = ? AND state IN ('queued', 'running')",
+             WHERE id = ? AND state IN ('queued', 'running', 'awaiting_approval')",
         )
         .bind(now_ms())
         .bind(job_id)
@@ -498,10 +677,10 @@ impl super::Queue for SqliteQueue {
         let now = now_ms();
         let done = sqlx::query(
             "UPDATE jobs SET state = 'queued', attempts = 0, not_before = ?, lease_owner = NULL, \
-             lease_expires = NULL, updated_at = ? \
+             lease_expires = NULL, approval_expiry_unreported = 0, updated_at = ? \
              WHERE id = ? AND state IN ('failed', 'cancelled') AND NOT EXISTS ( \
                  SELECT 1 FROM jobs AS open WHERE open.ticket = jobs.ticket \
-                   AND open.state IN ('queued', 'running'))",
+                   AND open.state IN ('queued', 'running', 'awaiting_approval'))",
         )
         .bind(now)
         .bind(now)
@@ -584,6 +763,179 @@ impl super::Queue for SqliteQueue {
         tx.commit().await.map_err(db("committing progress"))
     }
 
+    async fn await_approval(
+        &self,
+        job_id: &str,
+        worker: &str,
+        request: ApprovalRequest,
+    ) -> Result<(), QueueError> {
+        let now = now_ms();
+        let approvers = serde_json::to_string(&request.approvers)
+            .map_err(|e| QueueError::Database(format!("encoding approvers: {e}")))?;
+        let done = sqlx::query(
+            "UPDATE jobs SET state = 'awaiting_approval', lease_owner = NULL, lease_expires = NULL, \
+             attempts = MAX(attempts - 1, 0), approval_reason = ?, approval_approvers = ?, \
+             approval_requested_at = ?, approval_expires_at = ?, approved_by = NULL, approved_at = NULL, \
+             updated_at = ? WHERE id = ? AND state = 'running' AND lease_owner = ?",
+        )
+        .bind(&request.reason)
+        .bind(approvers)
+        .bind(request.requested_at.timestamp_millis())
+        .bind(request.expires_at.timestamp_millis())
+        .bind(now)
+        .bind(job_id)
+        .bind(worker)
+        .execute(&self.pool)
+        .await
+        .map_err(db("parking a job for approval"))?;
+        if done.rows_affected() == 1 {
+            Ok(())
+        } else {
+            Err(self.not_held(job_id).await)
+        }
+    }
+
+    async fn approve(&self, job_id: &str, by: &str) -> Result<bool, QueueError> {
+        let now = now_ms();
+        let done = sqlx::query(
+            "UPDATE jobs SET state = 'queued', not_before = ?1, approved_by = ?2, approved_at = ?1, updated_at = ?1 \
+             WHERE id = ?3 AND state = 'awaiting_approval' AND approval_expires_at > ?1",
+        )
+        .bind(now)
+        .bind(by)
+        .bind(job_id)
+        .execute(&self.pool)
+        .await
+        .map_err(db("approving a job"))?;
+        if done.rows_affected() == 1 {
+            Ok(true)
+        } else if self.exists(job_id).await? {
+            Ok(false)
+        } else {
+            Err(QueueError::NotFound(job_id.to_string()))
+        }
+    }
+
+    async fn expire_approvals(&self) -> Result<Vec<String>, QueueError> {
+        let mut tx = self.begin().await?;
+        expire_lapsed(&mut tx, now_ms()).await?;
+        let mut ids: Vec<String> = sqlx::query_scalar(
+            "UPDATE jobs SET approval_expiry_unreported = 0 WHERE approval_expiry_unreported = 1 RETURNING id",
+        )
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db("handing out expired approvals"))?;
+        tx.commit()
+            .await
+            .map_err(db("committing expired approvals"))?;
+        ids.sort();
+        Ok(ids)
+    }
+
+    async fn set_policy_hash(
+        &self,
+        job_id: &str,
+        worker: &str,
+        hash: &str,
+    ) -> Result<(), QueueError> {
+        let done = sqlx::query(
+            "UPDATE jobs SET policy_hash = ?, updated_at = ? WHERE id = ? AND state = 'running' AND lease_owner = ?",
+        )
+        .bind(hash)
+        .bind(now_ms())
+        .bind(job_id)
+        .bind(worker)
+        .execute(&self.pool)
+        .await
+        .map_err(db("recording the policy hash"))?;
+        if done.rows_affected() == 1 {
+            Ok(())
+        } else {
+            Err(self.not_held(job_id).await)
+        }
+    }
+
+    async fn cancel_running(&self) -> Result<Vec<String>, QueueError> {
+        let mut ids: Vec<String> = sqlx::query_scalar(
+            "UPDATE jobs SET state = 'cancelled', lease_owner = NULL, lease_expires = NULL, updated_at = ? \
+             WHERE state = 'running' RETURNING id",
+        )
+        .bind(now_ms())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("cancelling running jobs"))?;
+        ids.sort();
+        Ok(ids)
+    }
+
+    async fn set_paused(&self, pause: Option<Pause>) -> Result<(), QueueError> {
+        let value = pause
+            .map(|p| serde_json::to_string(&p))
+            .transpose()
+            .map_err(|e| QueueError::Database(format!("encoding the pause: {e}")))?;
+        sqlx::query(
+            "INSERT INTO control (name, value, updated_at) VALUES ('pause', ?1, ?2) \
+             ON CONFLICT (name) DO UPDATE SET value = ?1, updated_at = ?2",
+        )
+        .bind(value)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await
+        .map_err(db("setting the pause switch"))?;
+        Ok(())
+    }
+
+    async fn paused(&self) -> Result<Option<Pause>, QueueError> {
+        read_pause(&self.pool).await
+    }
+
+    async fn record_usage(&self, usage: &Usage) -> Result<(), QueueError> {
+        sqlx::query(
+            "INSERT INTO usage_ledger (job_id, team, model, input_tokens, output_tokens, cost_micros, at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&usage.job_id)
+        .bind(&usage.team)
+        .bind(&usage.model)
+        .bind(to_i64(usage.input_tokens, "input_tokens")?)
+        .bind(to_i64(usage.output_tokens, "output_tokens")?)
+        .bind(to_i64(usage.cost_micros, "cost_micros")?)
+        .bind(usage.at.timestamp_millis())
+        .execute(&self.pool)
+        .await
+        .map_err(db("recording usage"))?;
+        Ok(())
+    }
+
+    async fn usage_since(
+        &self,
+        team: &str,
+        since: DateTime<Utc>,
+    ) -> Result<UsageTotal, QueueError> {
+        let row: (i64, i64, i64) = sqlx::query_as(
+            "SELECT COALESCE(SUM(input_tokens + output_tokens), 0), COALESCE(SUM(cost_micros), 0), COUNT(*) \
+             FROM usage_ledger WHERE team = ? AND at >= ?",
+        )
+        .bind(team)
+        .bind(since.timestamp_millis())
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db("summing a team's usage"))?;
+        usage_total(row)
+    }
+
+    async fn job_usage(&self, job_id: &str) -> Result<UsageTotal, QueueError> {
+        let row: (i64, i64, i64) = sqlx::query_as(
+            "SELECT COALESCE(SUM(input_tokens + output_tokens), 0), COALESCE(SUM(cost_micros), 0), COUNT(*) \
+             FROM usage_ledger WHERE job_id = ?",
+        )
+        .bind(job_id)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db("summing a job's usage"))?;
+        usage_total(row)
+    }
+
     async fn ping(&self) -> Result<(), QueueError> {
         sqlx::query("SELECT 1")
             .execute(&self.pool)
@@ -622,7 +974,7 @@ impl SqliteQueue {
             return Ok(Enqueued::Duplicate(id));
         }
         let open: Option<String> = sqlx::query_scalar(
-            "SELECT id FROM jobs WHERE ticket = ? AND state IN ('queued', 'running')",
+            "SELECT id FROM jobs WHERE ticket = ? AND state IN ('queued', 'running', 'awaiting_approval')",
         )
         .bind(&job.ticket)
         .fetch_optional(&mut *tx)
@@ -699,7 +1051,7 @@ mod tests {
             .fetch_all(&q.pool)
             .await
             .unwrap();
-        assert_eq!(versions, vec![1]);
+        assert_eq!(versions, vec![1, 2]);
     }
 
     #[tokio::test]

@@ -55,11 +55,29 @@ pub struct QueueLedger(pub Arc<dyn crate::queue::Queue>);
 
 #[async_trait::async_trait]
 impl Ledger for QueueLedger {
-    async fn record(&self, _e: &UsageEntry) -> Result<(), String> {
-        Err("usage ledger pending the queue change".into())
+    async fn record(&self, e: &UsageEntry) -> Result<(), String> {
+        let usage = crate::queue::Usage {
+            job_id: e.job_id.clone(),
+            team: e.team.clone(),
+            model: e.model.clone(),
+            input_tokens: e.input_tokens,
+            output_tokens: e.output_tokens,
+            cost_micros: e.cost_micros,
+            at: e.at,
+        };
+        self.0.record_usage(&usage).await.map_err(|e| e.to_string())
     }
-    async fn team_since(&self, _team: &str, _since: DateTime<Utc>) -> Result<Spent, String> {
-        Err("usage ledger pending the queue change".into())
+
+    async fn team_since(&self, team: &str, since: DateTime<Utc>) -> Result<Spent, String> {
+        let t = self
+            .0
+            .usage_since(team, since)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(Spent {
+            tokens: t.tokens,
+            cost_micros: t.cost_micros,
+        })
     }
 }
 

@@ -8,6 +8,13 @@
 //! reports the lease lost (an operator cancelled the job, or this worker stalled past the lease and another worker
 //! took the job over) stops the job at once: its pipeline future is dropped and its container removed.
 //!
+//! Kill switch: while the queue is paused (`drafter pause`), claims find nothing; the pool says so once per pause
+//! (who and why), not at every poll, and once more when the queue is resumed. Jobs already running go on unless
+//! they were cancelled (`drafter pause --cancel-running`), which their heartbeats notice.
+//!
+//! Approvals: every [`APPROVAL_SWEEP`] the pool fails lapsed approval requests ([`Queue::expire_approvals`]) and
+//! logs the jobs failed that way (claims sweep them too; either way each id is handed out once).
+//!
 //! Shutdown (mini-redis style): the `shutdown` future resolving stops claiming; running jobs get
 //! `serve.drain_timeout_secs` to finish; whatever is still running then is cancelled, its container removed and its
 //! lease released, so another worker picks it up without waiting for the lease to expire.
@@ -23,11 +30,14 @@ use tracing::Instrument;
 
 use crate::config::Config;
 use crate::policy::{self, Policy};
-use crate::queue::{Claim, Failure, Job, JobState, Queue};
+use crate::queue::{ApprovalRequest, Claim, Failure, Job, JobState, Pause, Queue};
 use crate::sandbox::Sandbox;
 
 use super::meter::QueueLedger;
-use super::{run_job, scrub, Attempt, Event, JobSpec, Origin};
+use super::{run_job, scrub, Attempt, Event, JobError, JobSpec, Origin};
+
+/// How often the pool looks for lapsed approval requests.
+pub const APPROVAL_SWEEP: Duration = Duration::from_secs(30);
 
 /// What a pool did, for logs and tests.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -95,8 +105,15 @@ pub async fn run(
     tokio::pin!(shutdown);
     tracing::info!(%worker, queue = queue.backend(), concurrency = config.serve.concurrency,
         per_project = config.serve.per_project, "worker pool started");
+    // The pause last reported, so that a pause is logged once, not at every idle poll.
+    let mut pause_seen: Option<Pause> = None;
+    let mut next_sweep = tokio::time::Instant::now();
 
     loop {
+        if tokio::time::Instant::now() >= next_sweep {
+            next_sweep = tokio::time::Instant::now() + APPROVAL_SWEEP;
+            expire_approvals(queue.as_ref()).await;
+        }
         while let Some(done) = tasks.try_join_next() {
             if let Err(e) = done {
                 tracing::error!(error = %e, "a job task panicked");
@@ -125,7 +142,16 @@ pub async fn run(
                 exclude_projects: exclude,
             };
             match queue.claim(&claim).await {
-                Ok(job) => job,
+                Ok(None) => {
+                    note_pause(queue.as_ref(), &mut pause_seen).await;
+                    None
+                }
+                Ok(Some(job)) => {
+                    if let Some(p) = pause_seen.take() {
+                        tracing::warn!(paused_by = %p.by, "queue resumed; claiming again");
+                    }
+                    Some(job)
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "claiming from the queue failed; retrying");
                     None
@@ -228,6 +254,37 @@ fn origin_of(job: &Job) -> Origin {
     }
 }
 
+/// After a claim found nothing: logs a pause the first time it is seen (and a resume once it is lifted), so an idle
+/// pool polling a paused queue does not repeat itself.
+async fn note_pause(queue: &dyn Queue, seen: &mut Option<Pause>) {
+    match queue.paused().await {
+        Ok(Some(p)) => {
+            if seen.as_ref() != Some(&p) {
+                tracing::warn!(paused_by = %p.by, since = %p.at, "queue paused by {}: {}", p.by, p.reason);
+                *seen = Some(p);
+            }
+        }
+        Ok(None) => {
+            if let Some(p) = seen.take() {
+                tracing::warn!(paused_by = %p.by, "queue resumed; claiming again");
+            }
+        }
+        Err(e) => tracing::debug!(error = %e, "could not read the pause switch"),
+    }
+}
+
+/// Fails lapsed approval requests and logs the jobs failed that way.
+async fn expire_approvals(queue: &dyn Queue) {
+    match queue.expire_approvals().await {
+        Ok(ids) => {
+            for id in ids {
+                tracing::warn!(job = %id, "job failed: nobody approved it before its approval request expired");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "could not expire approval requests"),
+    }
+}
+
 /// Everything one job task needs.
 struct JobTask {
     /// The policy this job runs under, fixed when it was claimed.
@@ -298,11 +355,18 @@ impl JobTask {
                 })
                 .collect(),
             origin: origin_of(job),
-            approved_by: None,
+            approved_by: job.approval.as_ref().and_then(|a| a.approved_by.clone()),
             policy: self.policy.clone(),
             ledger: Some(Arc::new(QueueLedger(queue.clone()))),
             slots: Some(self.slots.clone()),
         };
+        // The policy hash is on the job before anything runs: an auditor sees which policy governed it.
+        if let Err(e) = queue
+            .set_policy_hash(&job.id, &worker, &self.policy.hash)
+            .await
+        {
+            tracing::warn!(error = %e, "could not record the policy hash on the job");
+        }
         let pipeline = run_job(self.config.clone(), &spec, tx);
         let heartbeat = heartbeat(
             queue.clone(),
@@ -346,6 +410,29 @@ impl JobTask {
                     Err(e) => {
                         // The work is delivered; a retry finds the branch, PR and comment and completes it.
                         tracing::warn!(error = %e, "could not mark the job succeeded");
+                        Ended::Lost
+                    }
+                }
+            }
+            Err(JobError::AwaitingApproval {
+                reason,
+                approvers,
+                ttl_hours,
+            }) => {
+                let now = chrono::Utc::now();
+                let request = ApprovalRequest {
+                    reason,
+                    approvers: vec![approvers],
+                    requested_at: now,
+                    expires_at: now + chrono::Duration::hours(ttl_hours.min(24 * 365) as i64),
+                };
+                match queue.await_approval(&job.id, &worker, request).await {
+                    Ok(()) => {
+                        tracing::info!("job waits for approval");
+                        Ended::Released
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not park the job for approval");
                         Ended::Lost
                     }
                 }
