@@ -1,0 +1,265 @@
+//! Policy rules that need `drafter serve`: who may trigger through Jira, approval by comment, per-team concurrency
+//! under a burst, and a policy reload while a job runs. The real binary, real Docker and git, stand-in Jira/GitHub.
+
+mod support;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use drafter::queue::{Job, JobFilter, JobState, Queue};
+use serde_json::{json, Value};
+use support::harness::{assignment_webhook, Options, ServeProcess, Stack, BOT_ACCOUNT, DEMO_REPO};
+
+const BIN: &str = env!("CARGO_BIN_EXE_drafter");
+
+/// One at a time: each test runs a worker pool.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+const ADA: &str = "712020:developer-ada"; // the user in `assignment_webhook`
+const LIN: &str = "712020:lead-lin";
+
+fn serve_toml(concurrency: usize) -> String {
+    format!(
+        r#"[serve]
+listen = "127.0.0.1:0"
+webhook_secret_env = "DRAFTER_TEST_WEBHOOK_SECRET"
+concurrency = {concurrency}
+per_project = {concurrency}
+lease_secs = 30
+heartbeat_secs = 1
+drain_timeout_secs = 30
+max_attempts = 3
+idle_poll_ms = 100
+"#
+    )
+}
+
+fn policy(team_extra: &str) -> String {
+    format!(
+        r#"version = 1
+
+[teams.demo]
+projects = ["DEMO"]
+repos = [{{ name = "{DEMO_REPO}", bases = ["main"] }}]
+triggers = {{ accounts = ["{ADA}"] }}
+approvers = {{ accounts = ["{LIN}"] }}
+{team_extra}
+"#
+    )
+}
+
+async fn queue(stack: &Stack) -> Arc<dyn Queue> {
+    drafter::queue::open(stack.data_dir().join("queue.sqlite").to_str().expect("utf8"))
+        .await
+        .expect("queue")
+}
+
+async fn jobs(queue: &dyn Queue) -> Vec<Job> {
+    queue
+        .list(&JobFilter {
+            limit: 1000,
+            ..JobFilter::default()
+        })
+        .await
+        .expect("list")
+}
+
+/// Waits until `pred` holds for the job list.
+async fn wait_for(queue: &dyn Queue, what: &str, within: Duration, pred: impl Fn(&[Job]) -> bool) -> Vec<Job> {
+    let deadline = Instant::now() + within;
+    loop {
+        let all = jobs(queue).await;
+        if pred(&all) {
+            return all;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}: {all:#?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn all_done(n: usize) -> impl Fn(&[Job]) -> bool {
+    move |j: &[Job]| j.len() >= n && j.iter().all(|j| !j.state.is_open())
+}
+
+fn approve_comment(key: &str, id: &str, author: &str) -> Value {
+    // A Cloud `comment_created` webhook (wiki-markup body), as in the reference notes.
+    json!({
+        "webhookEvent": "comment_created",
+        "comment": {"id": id,
+                    "self": format!("https://x.atlassian.net/rest/api/2/issue/10042/comment/{id}"),
+                    "author": {"accountId": author, "displayName": "someone"},
+                    "body": "drafter approve"},
+        "issue": {"id": "10042", "key": key, "fields": {"summary": "x", "project": {"key": "DEMO"}}}
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_assignment_by_someone_outside_the_trigger_list_is_refused_on_the_ticket() {
+    let _serial = SERIAL.lock().await;
+    let stack = Stack::start(Options {
+        policy: Some(policy("")),
+        per_conversation: true,
+        extra_toml: serve_toml(2),
+        ..Options::default()
+    })
+    .await;
+    let serve = ServeProcess::start(&stack, Path::new(BIN)).await;
+    let client = reqwest::Client::new();
+    let mut hook = assignment_webhook("DEMO-1", 71);
+    hook["user"] = json!({"accountId": "712020:mallory", "displayName": "Mallory"});
+    assert_eq!(serve.webhook(&client, &hook).await, 202);
+    let q = queue(&stack).await;
+    let all = wait_for(q.as_ref(), "the refusal", Duration::from_secs(60), all_done(1)).await;
+    let (status, log) = serve.sigterm(Duration::from_secs(60)).await;
+    assert!(status.success(), "{log}");
+    assert_eq!(all[0].state, JobState::Failed, "{:?}", all[0]);
+    assert!(all[0].last_error.as_deref().is_some_and(|e| e.contains("policy rule `trigger`")), "{:?}", all[0]);
+    assert_eq!(all[0].attempts, 1, "a refusal is not retried");
+    let comments = stack.jira.comment_texts("DEMO-1");
+    assert_eq!(comments.len(), 1, "{comments:?}");
+    assert!(comments[0].contains("712020:mallory is not allowed to trigger"), "{comments:?}");
+    assert!(stack.model.requests().is_empty());
+    assert!(stack.github.pulls(DEMO_REPO).is_empty());
+    assert!(log.contains("drafter::policy"), "decisions are logged");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_needing_approval_waits_for_an_approvers_comment() {
+    let _serial = SERIAL.lock().await;
+    // The demo ticket carries the label good-first-issue.
+    let stack = Stack::start(Options {
+        policy: Some(policy("approval_labels = [\"good-first-issue\"]")),
+        per_conversation: true,
+        extra_toml: serve_toml(2),
+        ..Options::default()
+    })
+    .await;
+    let serve = ServeProcess::start(&stack, Path::new(BIN)).await;
+    let client = reqwest::Client::new();
+    assert_eq!(serve.webhook(&client, &assignment_webhook("DEMO-1", 72)).await, 202);
+    let q = queue(&stack).await;
+    let waiting = wait_for(q.as_ref(), "awaiting_approval", Duration::from_secs(60), |j| {
+        j.len() == 1 && j[0].state == JobState::AwaitingApproval
+    })
+    .await;
+    let job_id = waiting[0].id.clone();
+    let asked = stack.jira.comment_texts("DEMO-1");
+    assert_eq!(asked.len(), 1, "{asked:?}");
+    assert!(asked[0].contains("needs approval") && asked[0].contains(LIN), "{asked:?}");
+    assert!(stack.model.requests().is_empty(), "nothing ran before approval");
+
+    // Someone who is not an approver: ignored, the job keeps waiting.
+    assert_eq!(serve.webhook(&client, &approve_comment("DEMO-1", "20001", "712020:mallory")).await, 202);
+    // The bot itself cannot approve either.
+    assert_eq!(serve.webhook(&client, &approve_comment("DEMO-1", "20002", BOT_ACCOUNT)).await, 202);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let still = q.get(&job_id).await.expect("get").expect("job");
+    assert_eq!(still.state, JobState::AwaitingApproval, "{still:?}");
+    assert!(stack.model.requests().is_empty());
+
+    // The approver: the job runs to a draft PR.
+    assert_eq!(serve.webhook(&client, &approve_comment("DEMO-1", "20003", LIN)).await, 202);
+    let done = wait_for(q.as_ref(), "the approved job", Duration::from_secs(120), all_done(1)).await;
+    let (status, log) = serve.sigterm(Duration::from_secs(60)).await;
+    assert!(status.success(), "{log}");
+    assert_eq!(done.len(), 1, "the approval made no second job: {done:?}");
+    assert_eq!(done[0].state, JobState::Succeeded, "{:?}", done[0]);
+    let approval = done[0].approval.as_ref().expect("approval recorded");
+    assert_eq!(approval.approved_by.as_deref(), Some(LIN));
+    assert!(done[0].policy_hash.as_deref().is_some_and(|h| h.starts_with("sha256:")));
+    assert_eq!(stack.github.pulls(DEMO_REPO).len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_team_concurrency_cap_holds_under_a_burst() {
+    let _serial = SERIAL.lock().await;
+    let stack = Stack::start(Options {
+        policy: Some(policy("[teams.demo.concurrency]\nteam = 1")),
+        per_conversation: true,
+        extra_toml: serve_toml(4),
+        ..Options::default()
+    })
+    .await;
+    let n = 5;
+    for i in 2..=n {
+        stack.jira.add_issue(&format!("DEMO-{i}"), &format!("Ticket {i}"), Value::Null, &[]);
+    }
+    stack.model.set_delay(Duration::from_millis(200));
+    let serve = ServeProcess::start(&stack, Path::new(BIN)).await;
+    let client = reqwest::Client::new();
+    for i in 1..=n {
+        assert_eq!(serve.webhook(&client, &assignment_webhook(&format!("DEMO-{i}"), 100 + i as u64)).await, 202);
+    }
+    let q = queue(&stack).await;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let mut max_running = 0;
+    loop {
+        let all = jobs(q.as_ref()).await;
+        max_running = max_running.max(all.iter().filter(|j| j.state == JobState::Running).count());
+        if all.len() == n && all.iter().all(|j| !j.state.is_open()) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{all:#?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, log) = serve.sigterm(Duration::from_secs(60)).await;
+    assert!(status.success(), "{log}");
+    let all = jobs(q.as_ref()).await;
+    assert!(all.iter().all(|j| j.state == JobState::Succeeded), "{all:#?}");
+    eprintln!("team cap 1, worker concurrency 4: at most {max_running} running at once");
+    assert_eq!(max_running, 1, "the team cap of 1 was exceeded");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_applies_to_new_jobs_and_a_running_job_keeps_its_policy() {
+    let _serial = SERIAL.lock().await;
+    let stack = Stack::start(Options {
+        policy: Some(policy("")),
+        per_conversation: true,
+        extra_toml: serve_toml(2),
+        ..Options::default()
+    })
+    .await;
+    stack.jira.add_issue("DEMO-2", "Second ticket", Value::Null, &[]);
+    stack.model.set_delay(Duration::from_millis(700));
+    let serve = ServeProcess::start(&stack, Path::new(BIN)).await;
+    let client = reqwest::Client::new();
+    assert_eq!(serve.webhook(&client, &assignment_webhook("DEMO-1", 201)).await, 202);
+    while stack.model.requests().is_empty() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Change the policy while DEMO-1 is in its model loop, and tell the worker.
+    let file = stack.dir.path().join("policy.toml");
+    let text = std::fs::read_to_string(&file).expect("policy");
+    std::fs::write(&file, text.replace("bases = [\"main\"]", "bases = [\"main\", \"release\"]")).expect("write");
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &serve.pid().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !serve.stderr().contains("policy reloaded") {
+        assert!(Instant::now() < deadline, "no reload: {}", serve.stderr());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(serve.webhook(&client, &assignment_webhook("DEMO-2", 202)).await, 202);
+    let q = queue(&stack).await;
+    let all = wait_for(q.as_ref(), "both jobs", Duration::from_secs(180), all_done(2)).await;
+    let (status, log) = serve.sigterm(Duration::from_secs(60)).await;
+    assert!(status.success(), "{log}");
+    let hash_of = |key: &str| {
+        let j = all.iter().find(|j| j.ticket == key).expect("job");
+        assert_eq!(j.state, JobState::Succeeded, "{j:?}");
+        j.policy_hash.clone().expect("policy hash")
+    };
+    let (old, new) = (hash_of("DEMO-1"), hash_of("DEMO-2"));
+    assert_ne!(old, new, "the reload changed the policy");
+    assert!(log.contains(&format!("policy reloaded: {old} -> {new}")), "{log}");
+    // Each PR names the policy its job ran under.
+    for pr in stack.github.pulls(DEMO_REPO) {
+        let body = pr["body"].as_str().unwrap_or_default().to_string();
+        let want = if pr["head"].as_str().unwrap_or_default().contains("DEMO-1") { &old } else { &new };
+        assert!(body.contains(want.as_str()), "{body}");
+    }
+}
