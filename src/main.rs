@@ -470,7 +470,12 @@ fn show_time(t: &chrono::DateTime<chrono::Utc>) -> String {
 }
 
 fn pause_line(p: &Pause) -> String {
-    format!("PAUSED since {} by {}: {}", show_time(&p.at), p.by, p.reason)
+    format!(
+        "PAUSED since {} by {}: {}",
+        show_time(&p.at),
+        p.by,
+        p.reason
+    )
 }
 
 async fn pause(
@@ -505,7 +510,9 @@ async fn pause(
                     }
                 }
             }
-            Err(e) => eprintln!("containers not removed on this host ({e:#}); their workers remove them"),
+            Err(e) => {
+                eprintln!("containers not removed on this host ({e:#}); their workers remove them")
+            }
         }
     }
     if args.json {
@@ -558,7 +565,9 @@ async fn resume(args: QueueArgs) -> anyhow::Result<ExitCode> {
     if args.json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&serde_json::json!({"resumed": was.is_some(), "was": was}))?
+            serde_json::to_string_pretty(
+                &serde_json::json!({"resumed": was.is_some(), "was": was})
+            )?
         );
     } else {
         match was {

@@ -690,7 +690,10 @@ async fn await_approval_only_by_the_lease_holder(q: Arc<dyn Queue>) {
     q.await_approval(&id, "w", request.clone()).await.unwrap();
     let job = q.get(&id).await.unwrap().unwrap();
     assert_eq!(job.state, JobState::AwaitingApproval);
-    assert_eq!(job.attempts, 0, "parking for approval does not count an attempt");
+    assert_eq!(
+        job.attempts, 0,
+        "parking for approval does not count an attempt"
+    );
     assert_eq!((job.lease_owner, job.lease_expires), (None, None));
     assert_eq!(
         job.approval,
@@ -740,9 +743,15 @@ async fn approve_queues_the_job_and_the_approval_is_kept(q: Arc<dyn Queue>) {
     let approval = job.approval.unwrap();
     assert_eq!(approval.approved_by.as_deref(), Some("712020:lead-lin"));
     let at = approval.approved_at.unwrap();
-    assert!(at >= before - chrono::Duration::seconds(1) && at <= Utc::now() + chrono::Duration::seconds(1));
+    assert!(
+        at >= before - chrono::Duration::seconds(1)
+            && at <= Utc::now() + chrono::Duration::seconds(1)
+    );
     assert_eq!(approval.reason, request.reason);
-    assert!(!q.approve(&id, "someone-else").await.unwrap(), "already approved");
+    assert!(
+        !q.approve(&id, "someone-else").await.unwrap(),
+        "already approved"
+    );
 
     // Claimable at once; the approval stays on the job through this and later claims.
     let claimed = q.claim(&worker("w2")).await.unwrap().unwrap();
@@ -757,9 +766,13 @@ async fn approve_queues_the_job_and_the_approval_is_kept(q: Arc<dyn Queue>) {
     );
 
     // A new request replaces the old approval.
-    q.await_approval(&id, "w3", approval_request("second", chrono::Duration::hours(1)))
-        .await
-        .unwrap();
+    q.await_approval(
+        &id,
+        "w3",
+        approval_request("second", chrono::Duration::hours(1)),
+    )
+    .await
+    .unwrap();
     let approval = q.get(&id).await.unwrap().unwrap().approval.unwrap();
     assert_eq!(approval.reason, "second");
     assert_eq!((approval.approved_by, approval.approved_at), (None, None));
@@ -767,7 +780,10 @@ async fn approve_queues_the_job_and_the_approval_is_kept(q: Arc<dyn Queue>) {
     // Only a job awaiting approval can be approved.
     let queued = created(&q, "APR-3", "a3").await;
     assert!(!q.approve(&queued, "712020:lead-lin").await.unwrap());
-    assert_eq!(q.get(&queued).await.unwrap().unwrap().state, JobState::Queued);
+    assert_eq!(
+        q.get(&queued).await.unwrap().unwrap().state,
+        JobState::Queued
+    );
     let done = q.claim(&worker("w")).await.unwrap().unwrap();
     q.complete(&done.id, "w", json!({})).await.unwrap();
     assert!(!q.approve(&done.id, "712020:lead-lin").await.unwrap());
@@ -778,7 +794,10 @@ async fn approve_queues_the_job_and_the_approval_is_kept(q: Arc<dyn Queue>) {
 }
 
 async fn expired_approval_fails_the_job(q: Arc<dyn Queue>) {
-    let request = approval_request("label `needs-approval`", chrono::Duration::milliseconds(800));
+    let request = approval_request(
+        "label `needs-approval`",
+        chrono::Duration::milliseconds(800),
+    );
     let expected = format!(
         "approval expired: nobody approved by {} (label `needs-approval`)",
         request
@@ -814,12 +833,17 @@ async fn expired_approval_fails_the_job(q: Arc<dyn Queue>) {
     let job = q.get(&second).await.unwrap().unwrap();
     assert_eq!(job.state, JobState::Failed);
     assert!(
-        job.last_error.unwrap().starts_with("approval expired: nobody approved by "),
+        job.last_error
+            .unwrap()
+            .starts_with("approval expired: nobody approved by "),
         "worded like the first"
     );
     // An operator may queue it again.
     assert!(q.retry(&second).await.unwrap());
-    assert_eq!(q.get(&second).await.unwrap().unwrap().state, JobState::Queued);
+    assert_eq!(
+        q.get(&second).await.unwrap().unwrap().state,
+        JobState::Queued
+    );
     assert!(q.expire_approvals().await.unwrap().is_empty());
 }
 
@@ -841,7 +865,10 @@ async fn an_awaiting_job_absorbs_new_triggers_and_can_be_cancelled(q: Arc<dyn Qu
     let job = q.get(&id).await.unwrap().unwrap();
     assert_eq!(job.state, JobState::AwaitingApproval);
     assert_eq!(job.triggers.len(), 2);
-    assert!(!q.retry(&id).await.unwrap(), "an awaiting job is still open");
+    assert!(
+        !q.retry(&id).await.unwrap(),
+        "an awaiting job is still open"
+    );
 
     assert!(q.cancel(&id).await.unwrap());
     let job = q.get(&id).await.unwrap().unwrap();
@@ -865,7 +892,10 @@ async fn pause_blocks_every_claim_until_resume(q: Arc<dyn Queue>) {
     q.set_paused(Some(pause.clone())).await.unwrap();
     assert_eq!(q.paused().await.unwrap(), Some(pause));
     for w in ["w1", "w2", "w3"] {
-        assert!(q.claim(&worker(w)).await.unwrap().is_none(), "{w} claimed while paused");
+        assert!(
+            q.claim(&worker(w)).await.unwrap().is_none(),
+            "{w} claimed while paused"
+        );
     }
     // Running jobs go on: their leases are still renewed.
     assert!(q
@@ -916,8 +946,14 @@ async fn cancel_running_cancels_every_running_job(q: Arc<dyn Queue>) {
     expected.sort();
     assert_eq!(q.cancel_running().await.unwrap(), expected);
     // Their workers learn it at the next heartbeat, and can no longer finish them.
-    assert!(!q.heartbeat(&a, "w1", Duration::from_secs(60)).await.unwrap());
-    assert!(!q.heartbeat(&b, "w2", Duration::from_secs(60)).await.unwrap());
+    assert!(!q
+        .heartbeat(&a, "w1", Duration::from_secs(60))
+        .await
+        .unwrap());
+    assert!(!q
+        .heartbeat(&b, "w2", Duration::from_secs(60))
+        .await
+        .unwrap());
     assert_lease_lost(q.complete(&a, "w1", json!({})).await, &a);
     for id in [&a, &b] {
         let job = q.get(id).await.unwrap().unwrap();
@@ -928,7 +964,10 @@ async fn cancel_running_cancels_every_running_job(q: Arc<dyn Queue>) {
         q.get(&parked).await.unwrap().unwrap().state,
         JobState::AwaitingApproval
     );
-    assert_eq!(q.get(&queued).await.unwrap().unwrap().state, JobState::Queued);
+    assert_eq!(
+        q.get(&queued).await.unwrap().unwrap().state,
+        JobState::Queued
+    );
     assert!(q.cancel_running().await.unwrap().is_empty());
 }
 
@@ -971,9 +1010,23 @@ async fn usage_totals_per_team_and_since(q: Arc<dyn Queue>) {
     };
     for u in [
         usage("j-pay-1", "payments", 100_000, 50_000, 1_050_000, old),
-        usage("j-pay-1", "payments", 10, 5, 200, now - chrono::Duration::hours(1)),
+        usage(
+            "j-pay-1",
+            "payments",
+            10,
+            5,
+            200,
+            now - chrono::Duration::hours(1),
+        ),
         usage("j-pay-2", "payments", 1, 2, 3, now),
-        usage("j-web-1", "web", 7, 8, 9_000, now - chrono::Duration::minutes(5)),
+        usage(
+            "j-web-1",
+            "web",
+            7,
+            8,
+            9_000,
+            now - chrono::Duration::minutes(5),
+        ),
         // Exactly at the boundary: counted (`since` is inclusive).
         usage("j-web-1", "web", 1, 1, 1, day_ago),
     ] {
@@ -1023,7 +1076,8 @@ async fn usage_totals_per_team_and_since(q: Arc<dyn Queue>) {
     assert_eq!(q.job_usage("j-none").await.unwrap(), UsageTotal::default());
     // A value the database cannot hold is refused, not wrapped.
     assert!(matches!(
-        q.record_usage(&usage("j-x", "web", u64::MAX, 0, 0, now)).await,
+        q.record_usage(&usage("j-x", "web", u64::MAX, 0, 0, now))
+            .await,
         Err(QueueError::Database(_))
     ));
     assert_eq!(q.usage_since("web", day_ago).await.unwrap().calls, 2);
@@ -1268,9 +1322,21 @@ async fn pause_is_shared(ops: Arc<dyn Queue>, worker_q: Arc<dyn Queue>) {
     };
     ops.set_paused(Some(pause.clone())).await.unwrap();
     assert_eq!(worker_q.paused().await.unwrap(), Some(pause));
-    assert!(worker_q.claim(&worker("elsewhere")).await.unwrap().is_none());
+    assert!(worker_q
+        .claim(&worker("elsewhere"))
+        .await
+        .unwrap()
+        .is_none());
     ops.set_paused(None).await.unwrap();
-    assert_eq!(worker_q.claim(&worker("elsewhere")).await.unwrap().unwrap().id, id);
+    assert_eq!(
+        worker_q
+            .claim(&worker("elsewhere"))
+            .await
+            .unwrap()
+            .unwrap()
+            .id,
+        id
+    );
 }
 
 /// A queue file made by a drafter that knew only schema version 1, with one open job and its delivery.
@@ -1302,16 +1368,18 @@ async fn sqlite_upgrade_from_schema_1_keeps_jobs_and_deliveries() {
     upgraded_queue_works(&q).await;
 
     let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
-    let versions: Vec<i64> = sqlx::query_scalar("SELECT version FROM schema_version ORDER BY version")
-        .fetch_all(&mut conn)
-        .await
-        .unwrap();
+    let versions: Vec<i64> =
+        sqlx::query_scalar("SELECT version FROM schema_version ORDER BY version")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
     assert_eq!(versions, vec![1, 2]);
     // The rebuilt deliveries table still points at `jobs`, and nothing dangles.
-    let parents: Vec<String> = sqlx::query_scalar("SELECT \"table\" FROM pragma_foreign_key_list('deliveries')")
-        .fetch_all(&mut conn)
-        .await
-        .unwrap();
+    let parents: Vec<String> =
+        sqlx::query_scalar("SELECT \"table\" FROM pragma_foreign_key_list('deliveries')")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
     assert_eq!(parents, vec!["jobs".to_string()]);
     let dangling: Vec<(String,)> = sqlx::query_as("SELECT \"table\" FROM pragma_foreign_key_check")
         .fetch_all(&mut conn)
@@ -1330,8 +1398,15 @@ async fn sqlite_upgrade_from_schema_1_keeps_jobs_and_deliveries() {
 /// After an upgrade from version 1: the old job, its delivery and progress are there, and the new state works.
 async fn upgraded_queue_works(q: &Arc<dyn Queue>) {
     let id = "j20260101T000000-00000001";
-    let job = q.get(id).await.unwrap().expect("the old job survives the upgrade");
-    assert_eq!((job.ticket.as_str(), job.state), ("OLD-1", JobState::Queued));
+    let job = q
+        .get(id)
+        .await
+        .unwrap()
+        .expect("the old job survives the upgrade");
+    assert_eq!(
+        (job.ticket.as_str(), job.state),
+        ("OLD-1", JobState::Queued)
+    );
     assert_eq!(job.progress, json!({"pr": 7}));
     assert_eq!((job.policy_hash, job.approval), (None, None));
     assert_eq!(
@@ -1385,10 +1460,11 @@ async fn postgres_upgrade_from_schema_1_keeps_jobs_and_deliveries() {
 
     let q: Arc<dyn Queue> = Arc::new(PgQueue::connect(&db.url).await.unwrap());
     upgraded_queue_works(&q).await;
-    let versions: Vec<i32> = sqlx::query_scalar("SELECT version FROM schema_version ORDER BY version")
-        .fetch_all(&mut conn)
-        .await
-        .unwrap();
+    let versions: Vec<i32> =
+        sqlx::query_scalar("SELECT version FROM schema_version ORDER BY version")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
     assert_eq!(versions, vec![1, 2]);
     conn.close().await.unwrap();
 }

@@ -449,8 +449,12 @@ pub trait Queue: Send + Sync {
     /// no earlier call returned (including those a claim's sweep failed): each id is handed out once, to one caller.
     async fn expire_approvals(&self) -> Result<Vec<String>, QueueError>;
     /// Records the hash of the policy the job runs under. Only for the lease holder of a running job.
-    async fn set_policy_hash(&self, job_id: &str, worker: &str, hash: &str)
-        -> Result<(), QueueError>;
+    async fn set_policy_hash(
+        &self,
+        job_id: &str,
+        worker: &str,
+        hash: &str,
+    ) -> Result<(), QueueError>;
     /// Cancels a queued, running or awaiting job. `Ok(false)` if it was already finished.
     async fn cancel(&self, job_id: &str) -> Result<bool, QueueError>;
     /// Cancels every running job (their workers stop them at their next heartbeat); returns their ids.

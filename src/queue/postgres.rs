@@ -40,7 +40,7 @@ const MIGRATION_LOCK: i64 = 0x0064_7261_6674_6572;
 /// the upgrade tests can build a database at an older version.
 #[doc(hidden)]
 pub const MIGRATIONS: &[&str] = &[
-r#"
+    r#"
 CREATE TABLE jobs (
     seq           bigint      GENERATED ALWAYS AS IDENTITY,
     id            text        PRIMARY KEY,
@@ -73,8 +73,8 @@ CREATE TABLE deliveries (
 );
 CREATE INDEX deliveries_job ON deliveries (job_id);
 "#,
-// Version 2: the awaiting_approval state, approvals, the policy hash, the kill switch and the usage ledger.
-r#"
+    // Version 2: the awaiting_approval state, approvals, the policy hash, the kill switch and the usage ledger.
+    r#"
 ALTER TABLE jobs DROP CONSTRAINT jobs_state_check;
 ALTER TABLE jobs ADD CONSTRAINT jobs_state_check
     CHECK (state IN ('queued', 'running', 'awaiting_approval', 'succeeded', 'failed', 'cancelled'));
@@ -114,7 +114,8 @@ CREATE TABLE usage_ledger (
 );
 CREATE INDEX usage_ledger_team_at ON usage_ledger (team, at);
 CREATE INDEX usage_ledger_job ON usage_ledger (job_id);
-"#];
+"#,
+];
 
 /// The columns [`job_from_row`] reads, as a literal so queries stay `&'static str`.
 macro_rules! job_columns {

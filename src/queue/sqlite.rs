@@ -39,7 +39,7 @@ const POOL_SIZE: u32 = 4;
 /// the upgrade tests can build a database at an older version.
 #[doc(hidden)]
 pub const MIGRATIONS: &[&str] = &[
-r#"
+    r#"
 CREATE TABLE jobs (
     seq           INTEGER PRIMARY KEY AUTOINCREMENT,
     id            TEXT    NOT NULL UNIQUE,
@@ -72,11 +72,11 @@ CREATE TABLE deliveries (
 );
 CREATE INDEX deliveries_job ON deliveries (job_id);
 "#,
-// Version 2: the awaiting_approval state, approvals, the policy hash, the kill switch and the usage ledger.
-// SQLite cannot change a CHECK constraint in place, so `jobs` is rebuilt. `deliveries` is rebuilt with it: dropping
-// `jobs` while a table references it would cascade-delete the deliveries (foreign keys are on, and cannot be
-// turned off inside the migration's transaction); renaming `jobs_v2` afterwards rewrites the new reference.
-r#"
+    // Version 2: the awaiting_approval state, approvals, the policy hash, the kill switch and the usage ledger.
+    // SQLite cannot change a CHECK constraint in place, so `jobs` is rebuilt. `deliveries` is rebuilt with it: dropping
+    // `jobs` while a table references it would cascade-delete the deliveries (foreign keys are on, and cannot be
+    // turned off inside the migration's transaction); renaming `jobs_v2` afterwards rewrites the new reference.
+    r#"
 CREATE TABLE jobs_v2 (
     seq           INTEGER PRIMARY KEY AUTOINCREMENT,
     id            TEXT    NOT NULL UNIQUE,
@@ -148,7 +148,8 @@ CREATE TABLE usage_ledger (
 );
 CREATE INDEX usage_ledger_team_at ON usage_ledger (team, at);
 CREATE INDEX usage_ledger_job ON usage_ledger (job_id);
-"#];
+"#,
+];
 
 /// The columns [`job_from_row`] reads, as a literal so queries stay `&'static str`.
 macro_rules! job_columns {
