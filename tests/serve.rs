@@ -514,8 +514,9 @@ async fn jobs_cli_lists_shows_cancels_and_retries() {
     let (ok, listing) = cli(&["list", "--json"]);
     assert!(ok);
     let listed: serde_json::Value = serde_json::from_str(&listing).expect("json");
-    let id = listed[0]["id"].as_str().expect("id").to_string();
-    assert_eq!(listed[0]["ticket"], "DEMO-1");
+    assert_eq!(listed["paused"], serde_json::Value::Null);
+    let id = listed["jobs"][0]["id"].as_str().expect("id").to_string();
+    assert_eq!(listed["jobs"][0]["ticket"], "DEMO-1");
     let (ok, shown) = cli(&["show", &id]);
     assert!(ok);
     assert!(
@@ -550,6 +551,110 @@ async fn jobs_cli_lists_shows_cancels_and_retries() {
     let (status, log) = serve.sigterm(Duration::from_secs(60)).await;
     assert!(status.success(), "{log}");
     assert_eq!(stack.github.pulls(DEMO_REPO).len(), 1);
+}
+
+/// The kill switch from the CLI: while paused, `/readyz` says so (503) and a new webhook's job waits in the queue;
+/// `drafter resume` lets the worker take it, and it runs to a PR.
+#[tokio::test(flavor = "multi_thread")]
+async fn pause_holds_new_jobs_until_resume() {
+    let _serial = SERIAL.lock().await;
+    let stack = Stack::start(Options {
+        per_conversation: true,
+        extra_toml: serve_toml(1, 1, 30, 5),
+        ..Options::default()
+    })
+    .await;
+    let serve = ServeProcess::start(&stack, Path::new(BIN)).await;
+    let queue_path = stack.data_dir().join("queue.sqlite");
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(BIN)
+            .args(args)
+            .arg("--queue")
+            .arg(&queue_path)
+            .env("USER", "ops-olga")
+            .output()
+            .expect("drafter");
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let client = reqwest::Client::new();
+    let readyz = || {
+        let client = client.clone();
+        let url = format!("http://{}/readyz", serve.addr);
+        async move {
+            let r = client.get(url).send().await.expect("readyz");
+            (r.status().as_u16(), r.text().await.expect("body"))
+        }
+    };
+    assert_eq!(readyz().await.0, 200);
+
+    let said = cli(&["pause", "--reason", "x"]);
+    assert!(
+        said.contains("PAUSED since") && said.contains("by cli:ops-olga: x"),
+        "{said}"
+    );
+    let (status, body) = readyz().await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("paused by cli:ops-olga") && body.contains(": x"),
+        "{body}"
+    );
+
+    assert_eq!(
+        serve
+            .webhook(&client, &assignment_webhook("DEMO-1", 11))
+            .await,
+        202,
+        "triggers are still taken in while paused"
+    );
+    // Many idle polls (every 100 ms) go by: the job stays queued, nothing reaches the model.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let queue = open_queue(&stack).await;
+    let jobs = queue.list(&JobFilter::default()).await.expect("list");
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(
+        (jobs[0].state, jobs[0].attempts),
+        (JobState::Queued, 0),
+        "{:?}",
+        jobs[0]
+    );
+    assert!(stack.model.requests().is_empty());
+    let listing = cli(&["jobs", "list"]);
+    assert!(
+        listing.starts_with("PAUSED since ")
+            && listing
+                .lines()
+                .next()
+                .unwrap_or("")
+                .ends_with("by cli:ops-olga: x"),
+        "{listing}"
+    );
+    let listed: serde_json::Value =
+        serde_json::from_str(&cli(&["jobs", "list", "--json"])).expect("json");
+    assert_eq!(listed["paused"]["by"], "cli:ops-olga");
+    assert_eq!(listed["paused"]["reason"], "x");
+    assert_eq!(listed["jobs"][0]["state"], "queued");
+
+    let said = cli(&["resume"]);
+    assert!(said.starts_with("resumed"), "{said}");
+    assert_eq!(readyz().await.0, 200);
+    let jobs = wait_all_finished(queue.as_ref(), 1, Duration::from_secs(45)).await;
+    assert_eq!(jobs[0].state, JobState::Succeeded, "{:?}", jobs[0]);
+    assert_eq!(jobs[0].attempts, 1);
+    assert_eq!(stack.github.pulls(DEMO_REPO).len(), 1);
+    let (status, log) = serve.sigterm(Duration::from_secs(30)).await;
+    assert!(status.success(), "{log}");
+    // The worker said it was paused once, not at every poll, and noticed the resume.
+    assert_eq!(
+        log.matches("queue paused by cli:ops-olga: x").count(),
+        1,
+        "{log}"
+    );
+    assert!(log.contains("queue resumed"), "{log}");
 }
 
 /// Three workers on one PostgreSQL queue: every job runs exactly once, and the work is shared.
