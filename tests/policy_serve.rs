@@ -50,9 +50,15 @@ approvers = {{ accounts = ["{LIN}"] }}
 }
 
 async fn queue(stack: &Stack) -> Arc<dyn Queue> {
-    drafter::queue::open(stack.data_dir().join("queue.sqlite").to_str().expect("utf8"))
-        .await
-        .expect("queue")
+    drafter::queue::open(
+        stack
+            .data_dir()
+            .join("queue.sqlite")
+            .to_str()
+            .expect("utf8"),
+    )
+    .await
+    .expect("queue")
 }
 
 async fn jobs(queue: &dyn Queue) -> Vec<Job> {
@@ -66,14 +72,22 @@ async fn jobs(queue: &dyn Queue) -> Vec<Job> {
 }
 
 /// Waits until `pred` holds for the job list.
-async fn wait_for(queue: &dyn Queue, what: &str, within: Duration, pred: impl Fn(&[Job]) -> bool) -> Vec<Job> {
+async fn wait_for(
+    queue: &dyn Queue,
+    what: &str,
+    within: Duration,
+    pred: impl Fn(&[Job]) -> bool,
+) -> Vec<Job> {
     let deadline = Instant::now() + within;
     loop {
         let all = jobs(queue).await;
         if pred(&all) {
             return all;
         }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}: {all:#?}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {all:#?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -110,15 +124,31 @@ async fn an_assignment_by_someone_outside_the_trigger_list_is_refused_on_the_tic
     hook["user"] = json!({"accountId": "712020:mallory", "displayName": "Mallory"});
     assert_eq!(serve.webhook(&client, &hook).await, 202);
     let q = queue(&stack).await;
-    let all = wait_for(q.as_ref(), "the refusal", Duration::from_secs(60), all_done(1)).await;
+    let all = wait_for(
+        q.as_ref(),
+        "the refusal",
+        Duration::from_secs(60),
+        all_done(1),
+    )
+    .await;
     let (status, log) = serve.sigterm(Duration::from_secs(60)).await;
     assert!(status.success(), "{log}");
     assert_eq!(all[0].state, JobState::Failed, "{:?}", all[0]);
-    assert!(all[0].last_error.as_deref().is_some_and(|e| e.contains("policy rule `trigger`")), "{:?}", all[0]);
+    assert!(
+        all[0]
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("policy rule `trigger`")),
+        "{:?}",
+        all[0]
+    );
     assert_eq!(all[0].attempts, 1, "a refusal is not retried");
     let comments = stack.jira.comment_texts("DEMO-1");
     assert_eq!(comments.len(), 1, "{comments:?}");
-    assert!(comments[0].contains("712020:mallory is not allowed to trigger"), "{comments:?}");
+    assert!(
+        comments[0].contains("712020:mallory is not allowed to trigger"),
+        "{comments:?}"
+    );
     assert!(stack.model.requests().is_empty());
     assert!(stack.github.pulls(DEMO_REPO).is_empty());
     assert!(log.contains("drafter::policy"), "decisions are logged");
@@ -137,37 +167,78 @@ async fn a_job_needing_approval_waits_for_an_approvers_comment() {
     .await;
     let serve = ServeProcess::start(&stack, Path::new(BIN)).await;
     let client = reqwest::Client::new();
-    assert_eq!(serve.webhook(&client, &assignment_webhook("DEMO-1", 72)).await, 202);
+    assert_eq!(
+        serve
+            .webhook(&client, &assignment_webhook("DEMO-1", 72))
+            .await,
+        202
+    );
     let q = queue(&stack).await;
-    let waiting = wait_for(q.as_ref(), "awaiting_approval", Duration::from_secs(60), |j| {
-        j.len() == 1 && j[0].state == JobState::AwaitingApproval
-    })
+    let waiting = wait_for(
+        q.as_ref(),
+        "awaiting_approval",
+        Duration::from_secs(60),
+        |j| j.len() == 1 && j[0].state == JobState::AwaitingApproval,
+    )
     .await;
     let job_id = waiting[0].id.clone();
     let asked = stack.jira.comment_texts("DEMO-1");
     assert_eq!(asked.len(), 1, "{asked:?}");
-    assert!(asked[0].contains("needs approval") && asked[0].contains(LIN), "{asked:?}");
-    assert!(stack.model.requests().is_empty(), "nothing ran before approval");
+    assert!(
+        asked[0].contains("needs approval") && asked[0].contains(LIN),
+        "{asked:?}"
+    );
+    assert!(
+        stack.model.requests().is_empty(),
+        "nothing ran before approval"
+    );
 
     // Someone who is not an approver: ignored, the job keeps waiting.
-    assert_eq!(serve.webhook(&client, &approve_comment("DEMO-1", "20001", "712020:mallory")).await, 202);
+    assert_eq!(
+        serve
+            .webhook(
+                &client,
+                &approve_comment("DEMO-1", "20001", "712020:mallory")
+            )
+            .await,
+        202
+    );
     // The bot itself cannot approve either.
-    assert_eq!(serve.webhook(&client, &approve_comment("DEMO-1", "20002", BOT_ACCOUNT)).await, 202);
+    assert_eq!(
+        serve
+            .webhook(&client, &approve_comment("DEMO-1", "20002", BOT_ACCOUNT))
+            .await,
+        202
+    );
     tokio::time::sleep(Duration::from_secs(2)).await;
     let still = q.get(&job_id).await.expect("get").expect("job");
     assert_eq!(still.state, JobState::AwaitingApproval, "{still:?}");
     assert!(stack.model.requests().is_empty());
 
     // The approver: the job runs to a draft PR.
-    assert_eq!(serve.webhook(&client, &approve_comment("DEMO-1", "20003", LIN)).await, 202);
-    let done = wait_for(q.as_ref(), "the approved job", Duration::from_secs(120), all_done(1)).await;
+    assert_eq!(
+        serve
+            .webhook(&client, &approve_comment("DEMO-1", "20003", LIN))
+            .await,
+        202
+    );
+    let done = wait_for(
+        q.as_ref(),
+        "the approved job",
+        Duration::from_secs(120),
+        all_done(1),
+    )
+    .await;
     let (status, log) = serve.sigterm(Duration::from_secs(60)).await;
     assert!(status.success(), "{log}");
     assert_eq!(done.len(), 1, "the approval made no second job: {done:?}");
     assert_eq!(done[0].state, JobState::Succeeded, "{:?}", done[0]);
     let approval = done[0].approval.as_ref().expect("approval recorded");
     assert_eq!(approval.approved_by.as_deref(), Some(LIN));
-    assert!(done[0].policy_hash.as_deref().is_some_and(|h| h.starts_with("sha256:")));
+    assert!(done[0]
+        .policy_hash
+        .as_deref()
+        .is_some_and(|h| h.starts_with("sha256:")));
     assert_eq!(stack.github.pulls(DEMO_REPO).len(), 1);
 }
 
@@ -183,13 +254,26 @@ async fn the_team_concurrency_cap_holds_under_a_burst() {
     .await;
     let n = 5;
     for i in 2..=n {
-        stack.jira.add_issue(&format!("DEMO-{i}"), &format!("Ticket {i}"), Value::Null, &[]);
+        stack.jira.add_issue(
+            &format!("DEMO-{i}"),
+            &format!("Ticket {i}"),
+            Value::Null,
+            &[],
+        );
     }
     stack.model.set_delay(Duration::from_millis(200));
     let serve = ServeProcess::start(&stack, Path::new(BIN)).await;
     let client = reqwest::Client::new();
     for i in 1..=n {
-        assert_eq!(serve.webhook(&client, &assignment_webhook(&format!("DEMO-{i}"), 100 + i as u64)).await, 202);
+        assert_eq!(
+            serve
+                .webhook(
+                    &client,
+                    &assignment_webhook(&format!("DEMO-{i}"), 100 + i as u64)
+                )
+                .await,
+            202
+        );
     }
     let q = queue(&stack).await;
     let deadline = Instant::now() + Duration::from_secs(300);
@@ -206,7 +290,10 @@ async fn the_team_concurrency_cap_holds_under_a_burst() {
     let (status, log) = serve.sigterm(Duration::from_secs(60)).await;
     assert!(status.success(), "{log}");
     let all = jobs(q.as_ref()).await;
-    assert!(all.iter().all(|j| j.state == JobState::Succeeded), "{all:#?}");
+    assert!(
+        all.iter().all(|j| j.state == JobState::Succeeded),
+        "{all:#?}"
+    );
     eprintln!("team cap 1, worker concurrency 4: at most {max_running} running at once");
     assert_eq!(max_running, 1, "the team cap of 1 was exceeded");
 }
@@ -221,18 +308,29 @@ async fn a_reload_applies_to_new_jobs_and_a_running_job_keeps_its_policy() {
         ..Options::default()
     })
     .await;
-    stack.jira.add_issue("DEMO-2", "Second ticket", Value::Null, &[]);
+    stack
+        .jira
+        .add_issue("DEMO-2", "Second ticket", Value::Null, &[]);
     stack.model.set_delay(Duration::from_millis(700));
     let serve = ServeProcess::start(&stack, Path::new(BIN)).await;
     let client = reqwest::Client::new();
-    assert_eq!(serve.webhook(&client, &assignment_webhook("DEMO-1", 201)).await, 202);
+    assert_eq!(
+        serve
+            .webhook(&client, &assignment_webhook("DEMO-1", 201))
+            .await,
+        202
+    );
     while stack.model.requests().is_empty() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Change the policy while DEMO-1 is in its model loop, and tell the worker.
     let file = stack.dir.path().join("policy.toml");
     let text = std::fs::read_to_string(&file).expect("policy");
-    std::fs::write(&file, text.replace("bases = [\"main\"]", "bases = [\"main\", \"release\"]")).expect("write");
+    std::fs::write(
+        &file,
+        text.replace("bases = [\"main\"]", "bases = [\"main\", \"release\"]"),
+    )
+    .expect("write");
     let status = std::process::Command::new("kill")
         .args(["-HUP", &serve.pid().to_string()])
         .status()
@@ -243,9 +341,20 @@ async fn a_reload_applies_to_new_jobs_and_a_running_job_keeps_its_policy() {
         assert!(Instant::now() < deadline, "no reload: {}", serve.stderr());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(serve.webhook(&client, &assignment_webhook("DEMO-2", 202)).await, 202);
+    assert_eq!(
+        serve
+            .webhook(&client, &assignment_webhook("DEMO-2", 202))
+            .await,
+        202
+    );
     let q = queue(&stack).await;
-    let all = wait_for(q.as_ref(), "both jobs", Duration::from_secs(180), all_done(2)).await;
+    let all = wait_for(
+        q.as_ref(),
+        "both jobs",
+        Duration::from_secs(180),
+        all_done(2),
+    )
+    .await;
     let (status, log) = serve.sigterm(Duration::from_secs(60)).await;
     assert!(status.success(), "{log}");
     let hash_of = |key: &str| {
@@ -255,11 +364,18 @@ async fn a_reload_applies_to_new_jobs_and_a_running_job_keeps_its_policy() {
     };
     let (old, new) = (hash_of("DEMO-1"), hash_of("DEMO-2"));
     assert_ne!(old, new, "the reload changed the policy");
-    assert!(log.contains(&format!("policy reloaded: {old} -> {new}")), "{log}");
+    assert!(
+        log.contains(&format!("policy reloaded: {old} -> {new}")),
+        "{log}"
+    );
     // Each PR names the policy its job ran under.
     for pr in stack.github.pulls(DEMO_REPO) {
         let body = pr["body"].as_str().unwrap_or_default().to_string();
-        let want = if pr["head"].as_str().unwrap_or_default().contains("DEMO-1") { &old } else { &new };
+        let want = if pr["head"].as_str().unwrap_or_default().contains("DEMO-1") {
+            &old
+        } else {
+            &new
+        };
         assert!(body.contains(want.as_str()), "{body}");
     }
 }

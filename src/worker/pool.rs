@@ -29,6 +29,7 @@ use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use crate::config::Config;
+use crate::jira::{JiraClient, Notice};
 use crate::policy::{self, Policy};
 use crate::queue::{ApprovalRequest, Claim, Failure, Job, JobState, Pause, Queue};
 use crate::sandbox::Sandbox;
@@ -112,7 +113,7 @@ pub async fn run(
     loop {
         if tokio::time::Instant::now() >= next_sweep {
             next_sweep = tokio::time::Instant::now() + APPROVAL_SWEEP;
-            expire_approvals(queue.as_ref()).await;
+            expire_approvals(queue.as_ref(), &config).await;
         }
         while let Some(done) = tasks.try_join_next() {
             if let Err(e) = done {
@@ -274,14 +275,36 @@ async fn note_pause(queue: &dyn Queue, seen: &mut Option<Pause>) {
 }
 
 /// Fails lapsed approval requests and logs the jobs failed that way.
-async fn expire_approvals(queue: &dyn Queue) {
-    match queue.expire_approvals().await {
-        Ok(ids) => {
-            for id in ids {
-                tracing::warn!(job = %id, "job failed: nobody approved it before its approval request expired");
-            }
+async fn expire_approvals(queue: &dyn Queue, config: &Config) {
+    let ids = match queue.expire_approvals().await {
+        Ok(ids) => ids,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not expire approval requests");
+            return;
         }
-        Err(e) => tracing::warn!(error = %e, "could not expire approval requests"),
+    };
+    if ids.is_empty() {
+        return;
+    }
+    let jira = JiraClient::new(&config.jira).ok();
+    for id in ids {
+        tracing::warn!(job = %id, "job failed: nobody approved it before its approval request expired");
+        // The ticket hears about it once: each expired job is returned by exactly one sweep.
+        let (Some(jira), Ok(Some(job))) = (&jira, queue.get(&id).await) else {
+            continue;
+        };
+        let notice = Notice::Failed {
+            job_id: id.clone(),
+            reason: scrub(
+                config,
+                job.last_error
+                    .as_deref()
+                    .unwrap_or("the approval request expired"),
+            ),
+        };
+        if let Err(e) = jira.comment(&job.ticket, notice.to_adf()).await {
+            tracing::warn!(job = %id, error = %e, "could not report the expired approval on the ticket");
+        }
     }
 }
 
