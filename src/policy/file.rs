@@ -146,7 +146,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Policy, PolicyError> {
     let doc: toml::Table = text.parse().map_err(parse_err)?;
     let hash = identity::policy_hash(&doc).map_err(|source| PolicyError::Identity {
         path: path.to_path_buf(),
-        source,
+        source: Box::new(source),
     })?;
     let raw: RawPolicy = toml::from_str(text).map_err(parse_err)?;
     let cx = Ctx { path, text };

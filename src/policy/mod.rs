@@ -75,7 +75,7 @@ pub enum PolicyError {
         /// The file.
         path: PathBuf,
         /// What failed.
-        source: IdentityError,
+        source: Box<IdentityError>,
     },
     /// The runner requires a signature and there is none.
     #[error("policy {path} (hash {hash}) is not signed, and the runner requires a signed policy: sign it with `drafter policy sign {path} --key KEY` (expected {sig})")]
@@ -457,7 +457,7 @@ impl Policy {
         let mut policy = parse(&text, path)?;
         let identity = |source| PolicyError::Identity {
             path: path.clone(),
-            source,
+            source: Box::new(source),
         };
         let trusted: Vec<_> = config
             .policy
