@@ -546,11 +546,26 @@ async fn an_approve_comment_makes_no_job() {
     let (status, answer) = s.post(&payload, Some("d-6")).await;
     assert_eq!(status, 202, "{answer}");
     assert_eq!(answer["status"], "ignored");
-    assert_eq!(
-        answer["reason"],
-        "comment is the approval command (drafter approve), not a trigger"
-    );
+    // The server routes it to approvals first; this server has none configured (no policy), so it is ignored.
+    assert_eq!(answer["reason"], "approvals are not configured");
     assert!(s.queue.jobs().is_empty());
+    // Intake on its own never turns it into a trigger either.
+    match intake::from_webhook(
+        &payload,
+        None,
+        None,
+        &cloud_cfg("https://x"),
+        3,
+        chrono::Utc::now(),
+    ) {
+        intake::Decision::Ignore(reason) => {
+            assert_eq!(
+                reason,
+                "comment is the approval command (drafter approve), not a trigger"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
     let approval = intake::approval_from_webhook(&payload, None, &cloud_cfg("https://x"))
         .expect("an approval");
     assert_eq!(
