@@ -635,3 +635,62 @@ async fn explain_shows_what_a_job_would_get_before_anything_runs() {
     assert!(stack.model.requests().is_empty());
     assert!(stack.jira.comment_texts("DEMO-1").is_empty());
 }
+
+#[tokio::test]
+async fn team_budgets_are_counted_in_the_shared_ledger_and_refuse_when_spent() {
+    // Prices make costs countable; the scripted model reports 100 input and 20 output tokens per call.
+    let stack = Stack::start(Options {
+        policy: Some(policy(
+            "[teams.demo.budget]\ndaily_tokens = 1000\ndaily_cost_usd = 1.0\n",
+            "[prices.\"scripted-model\"]\ninput_usd_per_mtok = 3.0\noutput_usd_per_mtok = 15.0\n",
+        )),
+        ..Options::default()
+    })
+    .await;
+    let (out, log) = drafter(&stack, &["run", "--ticket", "DEMO-1"]).await;
+    assert!(out.status.success(), "{log}");
+
+    // Every call was metered into the queue database, where every worker of the queue counts it.
+    let queue = drafter::queue::open(
+        stack
+            .data_dir()
+            .join("queue.sqlite")
+            .to_str()
+            .expect("utf8"),
+    )
+    .await
+    .expect("queue");
+    let today = chrono::Utc::now() - chrono::Duration::hours(1);
+    let spent = queue.usage_since("demo", today).await.expect("usage");
+    assert_eq!((spent.calls, spent.tokens), (5, 600), "{spent:?}");
+    assert_eq!(spent.cost_micros, 5 * (100 * 3 + 20 * 15), "{spent:?}");
+
+    // Another worker's jobs spent the rest of the day's tokens: the next job is refused before anything runs.
+    queue
+        .record_usage(&drafter::queue::Usage {
+            job_id: "elsewhere".into(),
+            team: "demo".into(),
+            model: "scripted-model".into(),
+            input_tokens: 400,
+            output_tokens: 0,
+            cost_micros: 1200,
+            at: chrono::Utc::now(),
+        })
+        .await
+        .expect("record");
+    stack
+        .jira
+        .add_issue("DEMO-3", "Another one", Value::Null, &[]);
+    let calls = stack.model.requests().len();
+    let (out, log) = drafter(&stack, &["run", "--ticket", "DEMO-3"]).await;
+    assert_eq!(out.status.code(), Some(2), "{log}");
+    assert!(log.contains("budget.daily_tokens"), "{log}");
+    assert_eq!(stack.model.requests().len(), calls, "no model call");
+    let comments = stack.jira.comment_texts("DEMO-3");
+    assert!(
+        comments
+            .last()
+            .is_some_and(|c| c.contains("1000 of its 1000 tokens today")),
+        "{comments:?}"
+    );
+}
