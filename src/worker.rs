@@ -733,17 +733,17 @@ async fn pipeline(
         format!("{} <- {}", repo_cfg.base, branch),
     );
     let title = format!("[{}] {}", ticket.key, cap(ticket.summary.trim(), 200));
+    let body = pr_body(
+        &ticket,
+        job_id,
+        &outcome,
+        &changed,
+        &digest,
+        &spec.policy.hash,
+    );
     let pr: PullRequest = match github.find_open_pr(&repo_cfg.name, &branch).await? {
         Some(existing) => {
             if !reused {
-                let body = pr_body(
-                    &ticket,
-                    job_id,
-                    &outcome,
-                    &changed,
-                    &digest,
-                    &spec.policy.hash,
-                );
                 github
                     .update_pr(
                         &repo_cfg.name,
@@ -756,14 +756,6 @@ async fn pipeline(
             existing
         }
         None => {
-            let body = pr_body(
-                &ticket,
-                job_id,
-                &outcome,
-                &changed,
-                &digest,
-                &spec.policy.hash,
-            );
             github
                 .open_draft_pr(
                     &repo_cfg.name,

@@ -13,33 +13,10 @@ use crate::agent::CallGate;
 use crate::model::Usage;
 use crate::policy::{self, Budget, Price};
 
-/// Spending, summed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Spent {
-    /// Input + output tokens.
-    pub tokens: u64,
-    /// Millionths of a US dollar.
-    pub cost_micros: u64,
-}
-
 /// One model call's usage, as recorded in the ledger.
-#[derive(Debug, Clone)]
-pub struct UsageEntry {
-    /// The job.
-    pub job_id: String,
-    /// The policy team.
-    pub team: String,
-    /// The model name.
-    pub model: String,
-    /// Prompt tokens.
-    pub input_tokens: u64,
-    /// Completion tokens.
-    pub output_tokens: u64,
-    /// Millionths of a dollar (0 without a price).
-    pub cost_micros: u64,
-    /// When.
-    pub at: DateTime<Utc>,
-}
+pub use crate::queue::Usage as UsageEntry;
+/// Spending, summed (tokens, millionths of a dollar, calls).
+pub use crate::queue::UsageTotal as Spent;
 
 /// Where team spending is counted across workers.
 #[async_trait::async_trait]
@@ -56,28 +33,14 @@ pub struct QueueLedger(pub Arc<dyn crate::queue::Queue>);
 #[async_trait::async_trait]
 impl Ledger for QueueLedger {
     async fn record(&self, e: &UsageEntry) -> Result<(), String> {
-        let usage = crate::queue::Usage {
-            job_id: e.job_id.clone(),
-            team: e.team.clone(),
-            model: e.model.clone(),
-            input_tokens: e.input_tokens,
-            output_tokens: e.output_tokens,
-            cost_micros: e.cost_micros,
-            at: e.at,
-        };
-        self.0.record_usage(&usage).await.map_err(|e| e.to_string())
+        self.0.record_usage(e).await.map_err(|e| e.to_string())
     }
 
     async fn team_since(&self, team: &str, since: DateTime<Utc>) -> Result<Spent, String> {
-        let t = self
-            .0
+        self.0
             .usage_since(team, since)
             .await
-            .map_err(|e| e.to_string())?;
-        Ok(Spent {
-            tokens: t.tokens,
-            cost_micros: t.cost_micros,
-        })
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -261,6 +224,7 @@ impl CallGate for Meter {
             let mut job = self.job.lock().unwrap_or_else(|p| p.into_inner());
             job.tokens += usage.input_tokens + usage.output_tokens;
             job.cost_micros += cost;
+            job.calls += 1;
         }
         if let Some(ledger) = &self.ledger {
             let entry = UsageEntry {
@@ -301,6 +265,7 @@ mod tests {
                 .fold(Spent::default(), |s, r| Spent {
                     tokens: s.tokens + r.input_tokens + r.output_tokens,
                     cost_micros: s.cost_micros + r.cost_micros,
+                    calls: s.calls + 1,
                 }))
         }
     }
