@@ -1170,6 +1170,28 @@ repos = [{ name = "acme/web" }, { name = "acme/api", base = "develop" }]
     }
 
     #[tokio::test]
+    async fn repository_slots_hold_the_cap_and_free_on_drop() {
+        let slots = Arc::new(RepoSlots::default());
+        let a = slots.acquire("acme/web", 1).await;
+        assert_eq!(slots.busy("acme/web"), 1);
+        // Another repository is not held up.
+        let other = slots.acquire("acme/api", 1).await;
+        // A second job on the same repository waits until the first slot is dropped.
+        let s2 = slots.clone();
+        let waiter = tokio::spawn(async move { s2.acquire("acme/web", 1).await });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!waiter.is_finished(), "the cap of 1 was exceeded");
+        drop(a);
+        let b = tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("freed slot is taken")
+            .expect("task");
+        assert_eq!(slots.busy("acme/web"), 1);
+        drop((b, other));
+        assert_eq!((slots.busy("acme/web"), slots.busy("acme/api")), (0, 0));
+    }
+
+    #[tokio::test]
     async fn without_a_policy_file_the_allowlist_is_the_policy() {
         let c = config();
         let p = Policy::derived(&c);

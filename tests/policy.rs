@@ -694,3 +694,37 @@ async fn team_budgets_are_counted_in_the_shared_ledger_and_refuse_when_spent() {
         "{comments:?}"
     );
 }
+
+#[tokio::test]
+async fn policy_limits_tighten_the_runners_and_a_named_egress_allowlist_fails_closed() {
+    // max_turns = 2 under the runner's 12: the demo needs 5 model calls, so the job stops after 2.
+    let stack = Stack::start(Options {
+        policy: Some(policy("[teams.demo.limits]\nmax_turns = 2\n", "")),
+        ..Options::default()
+    })
+    .await;
+    let (out, log) = drafter(&stack, &["run", "--ticket", "DEMO-1"]).await;
+    assert_eq!(out.status.code(), Some(1), "{log}");
+    assert!(log.contains("limit of 2 turns"), "{log}");
+    assert_eq!(stack.model.requests().len(), 2);
+    assert!(stack.github.pulls(DEMO_REPO).is_empty());
+
+    // A policy that grants egress through an allowlist is not run with any other network than it says.
+    let stack = Stack::start(Options {
+        policy: Some(policy(
+            "network = \"allowlist:registries\"",
+            "[egress.registries]\nhosts = [\"pypi.org\", \"*.pythonhosted.org\"]\n",
+        )),
+        ..Options::default()
+    })
+    .await;
+    let (out, log) = drafter(&stack, &["run", "--ticket", "DEMO-1"]).await;
+    assert_eq!(out.status.code(), Some(2), "{log}");
+    assert!(log.contains("policy rule `network`"), "{log}");
+    assert!(stack.model.requests().is_empty());
+    let job = job_json(&stack);
+    assert_eq!(
+        decisions(&job).last().map(String::as_str),
+        Some("network:false")
+    );
+}

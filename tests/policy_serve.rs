@@ -379,3 +379,144 @@ async fn a_reload_applies_to_new_jobs_and_a_running_job_keeps_its_policy() {
         assert!(body.contains(want.as_str()), "{body}");
     }
 }
+
+/// `drafter jobs approve`, run by an operator against the worker's queue.
+fn cli(stack: &Stack, args: &[&str]) -> String {
+    let out = std::process::Command::new(BIN)
+        .args(args)
+        .arg("--queue")
+        .arg(stack.data_dir().join("queue.sqlite"))
+        .env("USER", "ops-olga")
+        .output()
+        .expect("drafter");
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_operator_approves_with_the_cli_and_the_kill_switch_cancels_running_jobs() {
+    let _serial = SERIAL.lock().await;
+    let stack = Stack::start(Options {
+        policy: Some(policy("approval_labels = [\"needs-approval\"]")),
+        per_conversation: true,
+        extra_toml: serve_toml(2),
+        ..Options::default()
+    })
+    .await;
+    stack
+        .jira
+        .add_issue("DEMO-2", "Gated", Value::Null, &["needs-approval"]);
+    stack.model.set_delay(Duration::from_millis(1500));
+    let serve = ServeProcess::start(&stack, Path::new(BIN)).await;
+    let client = reqwest::Client::new();
+    assert_eq!(
+        serve
+            .webhook(&client, &assignment_webhook("DEMO-2", 301))
+            .await,
+        202
+    );
+    let q = queue(&stack).await;
+    let waiting = wait_for(
+        q.as_ref(),
+        "awaiting_approval",
+        Duration::from_secs(60),
+        |j| j.len() == 1 && j[0].state == JobState::AwaitingApproval,
+    )
+    .await;
+    let id = waiting[0].id.clone();
+    cli(&stack, &["jobs", "approve", &id]);
+    let running = wait_for(
+        q.as_ref(),
+        "the approved job in its model loop",
+        Duration::from_secs(60),
+        |j| j.len() == 1 && j[0].state == JobState::Running,
+    )
+    .await;
+    assert_eq!(
+        running[0]
+            .approval
+            .as_ref()
+            .and_then(|a| a.approved_by.as_deref()),
+        Some("cli:ops-olga")
+    );
+    while stack.model.requests().is_empty() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The kill switch: every worker stops claiming, and the running job is cancelled and its container removed.
+    let said = cli(
+        &stack,
+        &["pause", "--reason", "incident 42", "--cancel-running"],
+    );
+    assert!(said.contains(&id), "{said}");
+    let stopped = wait_for(
+        q.as_ref(),
+        "the cancelled job",
+        Duration::from_secs(30),
+        |j| j[0].state == JobState::Cancelled,
+    )
+    .await;
+    assert_eq!(stopped[0].id, id);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let docker = bollard::Docker::connect_with_defaults().expect("docker");
+        let filters = std::collections::HashMap::from([(
+            "label".to_string(),
+            vec![format!("drafter.job={id}")],
+        )]);
+        let opts = bollard::query_parameters::ListContainersOptionsBuilder::new()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let left = docker.list_containers(Some(opts)).await.expect("list");
+        if left.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "container left: {left:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // While paused, a new trigger is queued but not run; readiness says why.
+    assert_eq!(
+        serve
+            .webhook(&client, &assignment_webhook("DEMO-1", 302))
+            .await,
+        202
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let all = jobs(q.as_ref()).await;
+    assert!(
+        all.iter()
+            .any(|j| j.ticket == "DEMO-1" && j.state == JobState::Queued),
+        "{all:#?}"
+    );
+    let ready = client
+        .get(format!("http://{}/readyz", serve.addr))
+        .send()
+        .await
+        .expect("readyz");
+    assert_eq!(ready.status().as_u16(), 503);
+    assert!(ready.text().await.expect("body").contains("incident 42"));
+    let listed = cli(&stack, &["jobs", "list"]);
+    assert!(
+        listed.contains("PAUSED") && listed.contains("incident 42"),
+        "{listed}"
+    );
+    cli(&stack, &["resume"]);
+    let all = wait_for(
+        q.as_ref(),
+        "DEMO-1 after resume",
+        Duration::from_secs(120),
+        |j| {
+            j.iter()
+                .any(|j| j.ticket == "DEMO-1" && j.state == JobState::Succeeded)
+        },
+    )
+    .await;
+    let (status, log) = serve.sigterm(Duration::from_secs(60)).await;
+    assert!(status.success(), "{log}");
+    assert!(all.iter().all(|j| !j.state.is_open()), "{all:#?}");
+}
