@@ -420,7 +420,7 @@ pub async fn run_job(
         }) = &result
         {
             // One request per job, however often it is looked at.
-            let asked = ticket_mentions(&jira, ticket_key, &format!("{job_id}): ")).await;
+            let asked = ticket_mentions_all(&jira, ticket_key, &[job_id, "needs approval"]).await;
             if !matches!(asked, Ok(true)) {
                 let notice = Notice::ApprovalNeeded {
                     job_id: job_id.to_string(),
@@ -568,7 +568,7 @@ async fn pipeline(
     let sandbox = Sandbox::connect(&sandbox_cfg).await?;
     sandbox.ensure_image().await?;
     // One "started" comment per job, not per attempt: a retried job finds its own id already on the ticket.
-    if !ticket_mentions(jira, ticket_key, job_id).await? {
+    if !ticket_mentions_all(jira, ticket_key, &[job_id, "started working on this"]).await? {
         jira.comment(
             ticket_key,
             Notice::Started {
@@ -942,8 +942,18 @@ fn summary_and_digest(message: &str) -> (String, String) {
     (body.join("\n").trim().to_string(), digest)
 }
 
-/// Whether any comment on the ticket already contains `needle` (a job id, a PR URL).
+/// Whether any comment on the ticket already contains `needle` (a PR URL).
 async fn ticket_mentions(jira: &JiraClient, key: &str, needle: &str) -> Result<bool, JobError> {
+    ticket_mentions_all(jira, key, &[needle]).await
+}
+
+/// Whether one comment on the ticket contains every needle (a job id and the words of one kind of notice: a job's
+/// "started" and "needs approval" comments both carry its id).
+async fn ticket_mentions_all(
+    jira: &JiraClient,
+    key: &str,
+    needles: &[&str],
+) -> Result<bool, JobError> {
     let comments = jira.comments(key).await?;
     Ok(comments.iter().any(|c| {
         let body = &c["body"];
@@ -951,7 +961,7 @@ async fn ticket_mentions(jira: &JiraClient, key: &str, needle: &str) -> Result<b
             serde_json::Value::String(s) => s.clone(),
             other => serde_json::to_string(other).unwrap_or_default(),
         };
-        text.contains(needle)
+        needles.iter().all(|n| text.contains(n))
     }))
 }
 

@@ -240,6 +240,18 @@ async fn a_job_needing_approval_waits_for_an_approvers_comment() {
         .as_deref()
         .is_some_and(|h| h.starts_with("sha256:")));
     assert_eq!(stack.github.pulls(DEMO_REPO).len(), 1);
+    // One request for approval, then the usual started and PR comments.
+    let comments = stack.jira.comment_texts("DEMO-1");
+    let count = |what: &str| comments.iter().filter(|c| c.contains(what)).count();
+    assert_eq!(
+        (
+            count("needs approval"),
+            count("started working"),
+            count("Draft pull request opened")
+        ),
+        (1, 1, 1),
+        "{comments:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
