@@ -117,15 +117,6 @@ CREATE INDEX usage_ledger_job ON usage_ledger (job_id);
 "#,
 ];
 
-/// The columns [`job_from_row`] reads, as a literal so queries stay `&'static str`.
-macro_rules! job_columns {
-    () => {
-        "id, ticket, project, state, attempts, max_attempts, not_before, lease_owner, lease_expires, triggers, \
-         last_error, outcome, progress, created_at, updated_at, policy_hash, approval_reason, approval_approvers, \
-         approval_requested_at, approval_expires_at, approved_by, approved_at"
-    };
-}
-
 /// The PostgreSQL queue. Cheap to share behind an `Arc`.
 pub struct PgQueue {
     pool: PgPool,
@@ -253,6 +244,15 @@ impl PgQueue {
     }
 
     /// Why a lease-holder-only update touched no row: the job is missing, or this worker does not hold it.
+    /// `Ok` when the lease holder's update touched its job (`affected` rows), else why not.
+    async fn held(&self, affected: u64, job_id: &str) -> Result<(), QueueError> {
+        if affected == 1 {
+            Ok(())
+        } else {
+            Err(self.not_held(job_id).await)
+        }
+    }
+
     async fn not_held(&self, job_id: &str) -> QueueError {
         match self.exists(job_id).await {
             Ok(false) => QueueError::NotFound(job_id.to_string()),
@@ -628,11 +628,7 @@ impl super::Queue for PgQueue {
         .execute(&self.pool)
         .await
         .map_err(self.db("completing a job"))?;
-        if done.rows_affected() == 1 {
-            Ok(())
-        } else {
-            Err(self.not_held(job_id).await)
-        }
+        self.held(done.rows_affected(), job_id).await
     }
 
     async fn fail(
@@ -694,11 +690,7 @@ impl super::Queue for PgQueue {
         .execute(&self.pool)
         .await
         .map_err(self.db("releasing a job"))?;
-        if done.rows_affected() == 1 {
-            Ok(())
-        } else {
-            Err(self.not_held(job_id).await)
-        }
+        self.held(done.rows_affected(), job_id).await
     }
 
     async fn cancel(&self, job_id: &str) -> Result<bool, QueueError> {
@@ -793,11 +785,7 @@ impl super::Queue for PgQueue {
         .execute(&self.pool)
         .await
         .map_err(self.db("recording progress"))?;
-        if done.rows_affected() == 1 {
-            Ok(())
-        } else {
-            Err(self.not_held(job_id).await)
-        }
+        self.held(done.rows_affected(), job_id).await
     }
 
     async fn await_approval(
@@ -823,11 +811,7 @@ impl super::Queue for PgQueue {
         .execute(&self.pool)
         .await
         .map_err(self.db("parking a job for approval"))?;
-        if done.rows_affected() == 1 {
-            Ok(())
-        } else {
-            Err(self.not_held(job_id).await)
-        }
+        self.held(done.rows_affected(), job_id).await
     }
 
     async fn approve(&self, job_id: &str, by: &str) -> Result<bool, QueueError> {
@@ -884,11 +868,7 @@ impl super::Queue for PgQueue {
         .execute(&self.pool)
         .await
         .map_err(self.db("recording the policy hash"))?;
-        if done.rows_affected() == 1 {
-            Ok(())
-        } else {
-            Err(self.not_held(job_id).await)
-        }
+        self.held(done.rows_affected(), job_id).await
     }
 
     async fn cancel_running(&self) -> Result<Vec<String>, QueueError> {
