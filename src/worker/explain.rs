@@ -12,7 +12,7 @@ use crate::config::Config;
 use crate::jira::Ticket;
 use crate::policy::{Approval, Decision, Denial, Grant, Policy};
 
-use super::meter::{windows, Ledger, Spent};
+use super::meter::{caps, windows, Ledger, Spent, Window};
 
 /// Budget figures for the explanation: caps and what is left.
 #[derive(Debug, Clone, Serialize)]
@@ -78,10 +78,6 @@ async fn spent(
     since: chrono::DateTime<Utc>,
 ) -> Option<Spent> {
     ledger?.team_since(team, since).await.ok()
-}
-
-fn usd(micros: u64) -> String {
-    format!("${:.2}", micros as f64 / 1_000_000.0)
 }
 
 impl Explanation {
@@ -200,40 +196,19 @@ impl Explanation {
                 left,
             })
         };
-        if let Some(n) = b.job_tokens {
-            push("job_tokens", n.to_string(), None, None);
-        }
-        if let Some(c) = b.job_cost_usd {
-            push("job_cost_usd", format!("${c:.2}"), None, None);
-        }
-        for (cap, limit, spent) in [
-            ("daily_tokens", b.daily_tokens.map(|n| (n, false)), today),
-            (
-                "monthly_tokens",
-                b.monthly_tokens.map(|n| (n, false)),
-                this_month,
-            ),
-            (
-                "daily_cost_usd",
-                b.daily_cost_usd.map(|c| ((c * 1e6) as u64, true)),
-                today,
-            ),
-            (
-                "monthly_cost_usd",
-                b.monthly_cost_usd.map(|c| ((c * 1e6) as u64, true)),
-                this_month,
-            ),
-        ] {
-            let Some((limit, money)) = limit else {
-                continue;
+        for cap in caps(b) {
+            // Job caps have nothing spent yet; team caps show what the ledger says.
+            let used = match cap.window {
+                Window::Job => None,
+                Window::Day => today.map(|s| cap.measure.of(&s)),
+                Window::Month => this_month.map(|s| cap.measure.of(&s)),
             };
-            let fmt = |v: u64| if money { usd(v) } else { v.to_string() };
-            let used = spent.map(|s| if money { s.cost_micros } else { s.tokens });
+            let show = |v: u64| cap.measure.show(v);
             push(
-                cap,
-                fmt(limit),
-                used.map(fmt),
-                used.map(|u| fmt(limit.saturating_sub(u))),
+                cap.name(),
+                show(cap.limit),
+                used.map(show),
+                used.map(|u| show(cap.limit.saturating_sub(u))),
             );
         }
         if b.has_cost_caps() && price.is_none() {

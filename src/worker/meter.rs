@@ -108,105 +108,180 @@ impl Meter {
         *self.job.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// `Err(reason)` if a cap is reached; every verdict is logged as a policy decision.
+    /// `Err(reason)` if a cap is reached; every verdict is logged as a policy decision. The team's usage is read
+    /// from the ledger only when a team cap needs it, once per window.
     pub async fn check(&self) -> Result<(), String> {
         let deny = |rule: &str, detail: String| {
             policy::log_decision(&self.policy_hash, &self.ticket, rule, false, detail.clone());
             Err(format!("budget exhausted (policy rule `{rule}`): {detail}"))
         };
         let job = self.job_spent();
-        if let Some(cap) = self.budget.job_tokens {
-            if job.tokens >= cap {
-                return deny(
-                    "budget.job_tokens",
-                    format!("this job used {} of its {cap} tokens", job.tokens),
-                );
-            }
-        }
-        if let Some(cap) = self.budget.job_cost_usd.map(cap_micros) {
-            if job.cost_micros >= cap {
-                return deny(
-                    "budget.job_cost_usd",
-                    format!(
-                        "this job spent {} of its {}",
-                        usd(job.cost_micros),
-                        usd(cap)
-                    ),
-                );
-            }
-        }
-        if !self.budget.has_team_caps() {
-            return Ok(());
-        }
-        let Some(ledger) = &self.ledger else {
-            return deny(
-                "budget",
-                "team budgets are set but this runner has no usage ledger (queue) to count them"
-                    .into(),
-            );
-        };
         let (day, month) = windows(Utc::now());
-        let spent = |since| async move { ledger.team_since(&self.team, since).await };
-        let today = match spent(day).await {
-            Ok(s) => s,
-            Err(e) => return deny("budget", format!("could not read the team's usage: {e}")),
-        };
-        if let Some(cap) = self.budget.daily_tokens {
-            if today.tokens >= cap {
-                return deny(
-                    "budget.daily_tokens",
-                    format!(
-                        "team {} used {} of its {cap} tokens today (UTC)",
-                        self.team, today.tokens
-                    ),
-                );
-            }
-        }
-        if let Some(cap) = self.budget.daily_cost_usd.map(cap_micros) {
-            if today.cost_micros >= cap {
-                return deny(
-                    "budget.daily_cost_usd",
-                    format!(
-                        "team {} spent {} of its {} today (UTC)",
-                        self.team,
-                        usd(today.cost_micros),
-                        usd(cap)
-                    ),
-                );
-            }
-        }
-        if self.budget.monthly_tokens.is_some() || self.budget.monthly_cost_usd.is_some() {
-            let this_month = match spent(month).await {
-                Ok(s) => s,
-                Err(e) => return deny("budget", format!("could not read the team's usage: {e}")),
+        let (mut today, mut this_month) = (None, None);
+        for cap in caps(&self.budget) {
+            let spent = match cap.window {
+                Window::Job => job,
+                team_window => {
+                    let Some(ledger) = &self.ledger else {
+                        return deny(
+                            "budget",
+                            "team budgets are set but this runner has no usage ledger (queue) to count them"
+                                .into(),
+                        );
+                    };
+                    let (slot, since) = match team_window {
+                        Window::Day => (&mut today, day),
+                        _ => (&mut this_month, month),
+                    };
+                    if slot.is_none() {
+                        match ledger.team_since(&self.team, since).await {
+                            Ok(s) => *slot = Some(s),
+                            Err(e) => {
+                                return deny(
+                                    "budget",
+                                    format!("could not read the team's usage: {e}"),
+                                )
+                            }
+                        }
+                    }
+                    slot.unwrap_or_default()
+                }
             };
-            if let Some(cap) = self.budget.monthly_tokens {
-                if this_month.tokens >= cap {
-                    return deny(
-                        "budget.monthly_tokens",
-                        format!(
-                            "team {} used {} of its {cap} tokens this month",
-                            self.team, this_month.tokens
-                        ),
-                    );
-                }
-            }
-            if let Some(cap) = self.budget.monthly_cost_usd.map(cap_micros) {
-                if this_month.cost_micros >= cap {
-                    return deny(
-                        "budget.monthly_cost_usd",
-                        format!(
-                            "team {} spent {} of its {} this month",
-                            self.team,
-                            usd(this_month.cost_micros),
-                            usd(cap)
-                        ),
-                    );
-                }
+            let used = cap.measure.of(&spent);
+            if used >= cap.limit {
+                let who = match cap.window {
+                    Window::Job => "this job".to_string(),
+                    _ => format!("team {}", self.team),
+                };
+                return deny(cap.rule, cap.describe(&who, used));
             }
         }
         Ok(())
     }
+}
+
+/// Which spending a cap counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Window {
+    /// This job.
+    Job,
+    /// The team, this UTC day.
+    Day,
+    /// The team, this UTC calendar month.
+    Month,
+}
+
+/// What a cap counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Measure {
+    /// Input + output tokens.
+    Tokens,
+    /// Millionths of a dollar.
+    Cost,
+}
+
+impl Measure {
+    /// The amount of `s` this measure counts.
+    pub fn of(self, s: &Spent) -> u64 {
+        match self {
+            Measure::Tokens => s.tokens,
+            Measure::Cost => s.cost_micros,
+        }
+    }
+
+    /// An amount for people: a token count, or dollars.
+    pub fn show(self, v: u64) -> String {
+        match self {
+            Measure::Tokens => v.to_string(),
+            Measure::Cost => usd(v),
+        }
+    }
+}
+
+/// One cap a budget sets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cap {
+    /// The policy rule, e.g. `budget.daily_tokens`.
+    pub rule: &'static str,
+    /// Whose spending it counts.
+    pub window: Window,
+    /// Tokens or dollars.
+    pub measure: Measure,
+    /// The cap, in the measure's unit.
+    pub limit: u64,
+}
+
+impl Cap {
+    /// The rule's key without the `budget.` prefix (`daily_tokens`).
+    pub fn name(&self) -> &'static str {
+        self.rule.trim_start_matches("budget.")
+    }
+
+    /// "`who` used N of its CAP tokens today (UTC)" and the like.
+    fn describe(&self, who: &str, used: u64) -> String {
+        let when = match self.window {
+            Window::Job => "",
+            Window::Day => " today (UTC)",
+            Window::Month => " this month",
+        };
+        match self.measure {
+            Measure::Tokens => format!("{who} used {used} of its {} tokens{when}", self.limit),
+            Measure::Cost => format!("{who} spent {} of its {}{when}", usd(used), usd(self.limit)),
+        }
+    }
+}
+
+/// The caps `budget` sets, job caps first, then the day's, then the month's: the order they are checked in.
+pub fn caps(budget: &Budget) -> Vec<Cap> {
+    let cap = |rule, window, measure, limit: Option<u64>| {
+        limit.map(|limit| Cap {
+            rule,
+            window,
+            measure,
+            limit,
+        })
+    };
+    [
+        cap(
+            "budget.job_tokens",
+            Window::Job,
+            Measure::Tokens,
+            budget.job_tokens,
+        ),
+        cap(
+            "budget.job_cost_usd",
+            Window::Job,
+            Measure::Cost,
+            budget.job_cost_usd.map(cap_micros),
+        ),
+        cap(
+            "budget.daily_tokens",
+            Window::Day,
+            Measure::Tokens,
+            budget.daily_tokens,
+        ),
+        cap(
+            "budget.daily_cost_usd",
+            Window::Day,
+            Measure::Cost,
+            budget.daily_cost_usd.map(cap_micros),
+        ),
+        cap(
+            "budget.monthly_tokens",
+            Window::Month,
+            Measure::Tokens,
+            budget.monthly_tokens,
+        ),
+        cap(
+            "budget.monthly_cost_usd",
+            Window::Month,
+            Measure::Cost,
+            budget.monthly_cost_usd.map(cap_micros),
+        ),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
 }
 
 #[async_trait::async_trait]
