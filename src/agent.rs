@@ -9,7 +9,7 @@
 //! The ticket reaches the model as quoted, untrusted data inside `<ticket>` markers, never as instructions.
 //! The loop never touches Docker: it works through [`crate::sandbox::Container`]'s file and exec calls.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
@@ -20,6 +20,7 @@ use crate::model::{
     ToolSpec, Usage,
 };
 use crate::policy::diff::{self, WriteRules};
+use crate::proof::{ProofError, ToolCallInput};
 use crate::sandbox::{Container, SandboxError};
 
 /// Largest file the model may read in one call; larger files are refused with a hint to search instead.
@@ -57,6 +58,9 @@ pub enum AgentError {
     /// The policy's budget does not allow another model call.
     #[error("{0}")]
     Budget(String),
+    /// A tool call could not be recorded in the proof bundle: the job stops, since its record would be incomplete.
+    #[error("cannot record a tool call in the proof bundle: {0}")]
+    Proof(#[from] ProofError),
 }
 
 /// Asked before and told after every model call: the policy's budgets live behind this, outside the model.
@@ -133,8 +137,31 @@ pub struct AgentOutcome {
 pub enum ToolFailure {
     /// Tell the model what was wrong and carry on.
     Respond(String),
+    /// The policy refused the call before it ran: `rule`, and what the model is told.
+    Refused(String, String),
     /// Stop the job.
     Fatal(SandboxError),
+}
+
+/// What a tool produced.
+#[derive(Debug)]
+struct Executed {
+    /// The full output.
+    text: String,
+    /// Whether it succeeded.
+    ok: bool,
+    /// A command's exit code.
+    exit_code: Option<i64>,
+}
+
+impl Executed {
+    fn new((text, ok): (String, bool)) -> Executed {
+        Executed {
+            text,
+            ok,
+            exit_code: None,
+        }
+    }
 }
 
 /// Everything the loop needs besides the model and the sandbox.
@@ -272,22 +299,37 @@ async fn run_inner(
                 });
                 continue;
             }
+            let started_at = chrono::Utc::now();
+            let t0 = Instant::now();
+            let arguments = serde_json::to_vec(&input).unwrap_or_default();
             if name == "finish" {
-                match input.get("summary").and_then(Value::as_str) {
+                let (content, ok) = match input.get("summary").and_then(Value::as_str) {
                     Some(s) if !s.trim().is_empty() => {
                         finished = Some(cap_chars(s.trim(), 4000));
-                        results.push(Block::ToolResult {
-                            id,
-                            content: "ok".into(),
-                            is_error: false,
-                        });
+                        ("ok".to_string(), true)
                     }
-                    _ => results.push(Block::ToolResult {
-                        id,
-                        content: "`finish` needs a non-empty string `summary`".into(),
-                        is_error: true,
-                    }),
-                }
+                    _ => (
+                        "`finish` needs a non-empty string `summary`".to_string(),
+                        false,
+                    ),
+                };
+                model.bundle_mut().tool_call(ToolCallInput {
+                    turn: outcome.turns,
+                    name: &name,
+                    arguments: &arguments,
+                    output: content.as_bytes(),
+                    shown: content.as_bytes(),
+                    ok,
+                    exit_code: None,
+                    refused_by: None,
+                    duration_ms: 0,
+                    started_at,
+                })?;
+                results.push(Block::ToolResult {
+                    id,
+                    content,
+                    is_error: !ok,
+                });
                 continue;
             }
             let detail = describe_call(&name, &input);
@@ -296,27 +338,49 @@ async fn run_inner(
                 Ok(()) => execute(&name, &input, container, task.command_timeout).await,
                 Err(refusal) => Err(refusal),
             };
-            let (content, ok) = match executed {
-                Ok((text, ok)) => (text, ok),
-                Err(ToolFailure::Respond(msg)) => (format!("error: {msg}"), false),
-                Err(ToolFailure::Fatal(e)) => {
-                    let record = ToolCallRecord {
-                        name,
-                        detail,
-                        ok: false,
-                    };
-                    outcome.tool_calls.push(record.clone());
-                    on_event(AgentEvent::ToolCall(record));
-                    return Err(AgentError::Sandbox(e));
+            let mut refused_by = None;
+            let (result, fatal) = match executed {
+                Ok(x) => (x, None),
+                Err(ToolFailure::Respond(msg)) => {
+                    (Executed::new((format!("error: {msg}"), false)), None)
                 }
+                Err(ToolFailure::Refused(rule, msg)) => {
+                    refused_by = Some(rule);
+                    (Executed::new((format!("error: {msg}"), false)), None)
+                }
+                Err(ToolFailure::Fatal(e)) => (
+                    Executed::new((format!("sandbox failed: {e}"), false)),
+                    Some(e),
+                ),
             };
-            let record = ToolCallRecord { name, detail, ok };
+            let shown = cap_chars(&result.text, MAX_RESULT_CHARS);
+            // Recorded before the model sees the result, so the chain orders this call before the next model call.
+            model.bundle_mut().tool_call(ToolCallInput {
+                turn: outcome.turns,
+                name: &name,
+                arguments: &arguments,
+                output: result.text.as_bytes(),
+                shown: shown.as_bytes(),
+                ok: result.ok,
+                exit_code: result.exit_code,
+                refused_by,
+                duration_ms: u64::try_from(t0.elapsed().as_millis()).unwrap_or(u64::MAX),
+                started_at,
+            })?;
+            let record = ToolCallRecord {
+                name,
+                detail,
+                ok: result.ok,
+            };
             outcome.tool_calls.push(record.clone());
             on_event(AgentEvent::ToolCall(record));
+            if let Some(e) = fatal {
+                return Err(AgentError::Sandbox(e));
+            }
             results.push(Block::ToolResult {
                 id,
-                content: cap_chars(&content, MAX_RESULT_CHARS),
-                is_error: !ok,
+                content: shown,
+                is_error: !result.ok,
             });
         }
         messages.push(Message {
@@ -337,9 +401,10 @@ fn permit(p: &Permissions<'_>, ticket: &str, name: &str, input: &Value) -> Resul
     if known && !p.tools.iter().any(|t| t == name) {
         let detail = format!("the `{name}` tool is not allowed for this ticket's team");
         crate::policy::log_decision(p.policy_hash, ticket, "tools", false, detail.clone());
-        return Err(ToolFailure::Respond(format!(
-            "refused by policy (rule `tools`): {detail}"
-        )));
+        return Err(ToolFailure::Refused(
+            "tools".into(),
+            format!("refused by policy (rule `tools`): {detail}"),
+        ));
     }
     if matches!(name, "write_file" | "edit_file") {
         if let Some(path) = input.get("path").and_then(Value::as_str) {
@@ -351,10 +416,10 @@ fn permit(p: &Permissions<'_>, ticket: &str, name: &str, input: &Value) -> Resul
                     false,
                     v.detail.clone(),
                 );
-                return Err(ToolFailure::Respond(format!(
-                    "refused by policy (rule `{}`): {}",
-                    v.rule, v.detail
-                )));
+                return Err(ToolFailure::Refused(
+                    v.rule.clone(),
+                    format!("refused by policy (rule `{}`): {}", v.rule, v.detail),
+                ));
             }
         }
     }
@@ -509,13 +574,13 @@ fn describe_call(name: &str, input: &Value) -> String {
     cap_chars(&d.replace('\n', " "), 200)
 }
 
-/// Runs one tool. `Ok((text, ok))`: `ok` is false for a command that failed, which the model still sees normally.
+/// Runs one tool. `ok` is false for a command that failed, which the model still sees normally.
 async fn execute(
     name: &str,
     input: &Value,
     container: &Container,
     command_timeout: Duration,
-) -> Result<(String, bool), ToolFailure> {
+) -> Result<Executed, ToolFailure> {
     if !input.is_object() {
         return Err(ToolFailure::Respond(format!(
             "the arguments for `{name}` must be a JSON object matching the tool's schema"
@@ -537,7 +602,7 @@ async fn execute(
             if out.0.trim().is_empty() {
                 return Err(ToolFailure::Respond(format!("`{path}` is empty or is not a directory")));
             }
-            Ok(out)
+            Ok(Executed::new(out))
         }
         "read_file" => {
             let path = req_path(input, "path")?;
@@ -548,7 +613,7 @@ async fn execute(
             if bytes.contains(&0) {
                 return Err(ToolFailure::Respond(format!("`{path}` is a binary file")));
             }
-            Ok((String::from_utf8_lossy(&bytes).into_owned(), true))
+            Ok(Executed::new((String::from_utf8_lossy(&bytes).into_owned(), true)))
         }
         "write_file" => {
             let path = req_path(input, "path")?;
@@ -563,7 +628,7 @@ async fn execute(
                 .write_file(&path, content.as_bytes())
                 .await
                 .map_err(tool_failure)?;
-            Ok((format!("wrote {} bytes to {path}", content.len()), true))
+            Ok(Executed::new((format!("wrote {} bytes to {path}", content.len()), true)))
         }
         "edit_file" => {
             let path = req_path(input, "path")?;
@@ -587,7 +652,7 @@ async fn execute(
                 .write_file(&path, updated.as_bytes())
                 .await
                 .map_err(tool_failure)?;
-            Ok((format!("edited {path}"), true))
+            Ok(Executed::new((format!("edited {path}"), true)))
         }
         "search" => {
             let pattern = req_str(input, "pattern")?;
@@ -602,9 +667,9 @@ async fn execute(
             );
             let (text, _) = exec(container, &cmd, command_timeout).await?;
             if text.trim().is_empty() {
-                return Ok(("no matches".into(), true));
+                return Ok(Executed::new(("no matches".into(), true)));
             }
-            Ok((text, true))
+            Ok(Executed::new((text, true)))
         }
         "run" => {
             let command = req_str(input, "command")?;
@@ -630,7 +695,11 @@ async fn execute(
             if out.truncated {
                 text.push_str("\n[output was truncated]");
             }
-            Ok((text, !out.timed_out && out.exit_code == Some(0)))
+            Ok(Executed {
+                text,
+                ok: !out.timed_out && out.exit_code == Some(0),
+                exit_code: out.exit_code,
+            })
         }
         other => Err(ToolFailure::Respond(format!(
             "unknown tool `{other}`; the tools are list_files, read_file, write_file, edit_file, search, run, finish"

@@ -198,6 +198,8 @@ pub struct PullRequest {
     pub html_url: String,
     /// Whether GitHub reports it as a draft (drafter always asks for one).
     pub draft: bool,
+    /// Its description, when GitHub sent one (a retried job keeps it and refreshes only the proof footer).
+    pub body: Option<String>,
 }
 
 /// A GitHub REST client acting as the service account.
@@ -615,6 +617,7 @@ impl GitHub {
                 .map(|u| u.to_string())
                 .unwrap_or_else(|| pr.url.clone()),
             draft,
+            body: pr.body,
         })
     }
 
@@ -648,6 +651,7 @@ impl GitHub {
                     .map(|u| u.to_string())
                     .unwrap_or_else(|| pr.url.clone()),
                 draft: pr.draft.unwrap_or(false),
+                body: pr.body,
             }))
     }
 

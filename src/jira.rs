@@ -207,8 +207,9 @@ pub fn project_of(key: &str) -> Option<&str> {
     key.split_once('-').map(|(p, _)| p)
 }
 
-/// A Jira issue as drafter uses it. All text is untrusted ticket content.
-#[derive(Debug, Clone)]
+/// A Jira issue as drafter uses it. All text is untrusted ticket content. Serialised (canonically) for the digest
+/// of what the job was given, which the run statement records.
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct Ticket {
     /// The issue key as Jira answered it (it differs from the one asked for if the issue was moved).
     pub key: String,
@@ -1754,6 +1755,15 @@ fn media_placeholder(n: &Value) -> String {
 
 // ---- comments -----------------------------------------------------------------------------------------------------
 
+/// Where a job's proof bundle is, for the ticket comment that ends the job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProofRef {
+    /// The job id (`drafter jobs bundle <id>` fetches the bundle).
+    pub job_id: String,
+    /// SHA-256 of the bundle file.
+    pub digest: String,
+}
+
 /// What drafter tells the ticket. Rendered to ADF by [`Notice::to_adf`], or to text by [`Notice::plain_text`].
 ///
 /// All fields are untrusted text: control characters are removed and lengths are capped (reasons and summaries at
@@ -1777,16 +1787,22 @@ pub enum Notice {
         number: u64,
         /// The branch pushed.
         branch: String,
+        /// The proof bundle.
+        proof: Option<ProofRef>,
     },
     /// The agent finished but changed nothing.
     NoChanges {
         /// The agent's own summary.
         summary: String,
+        /// The proof bundle.
+        proof: Option<ProofRef>,
     },
     /// drafter would not take the ticket (not allowlisted, no repository, ...).
     Refused {
         /// Why, in plain text.
         reason: String,
+        /// The proof bundle (it records the rule that refused the ticket).
+        proof: Option<ProofRef>,
     },
     /// The job failed.
     Failed {
@@ -1794,6 +1810,8 @@ pub enum Notice {
         job_id: String,
         /// Why, in plain text.
         reason: String,
+        /// The proof bundle.
+        proof: Option<ProofRef>,
     },
     /// The policy wants a person to approve the job before it runs.
     ApprovalNeeded {
@@ -1851,6 +1869,7 @@ impl Notice {
                 repo,
                 number,
                 branch,
+                ..
             } => {
                 v.push(Text("Draft pull request opened: ".into()));
                 let text = format!("{}#{}", notice_field(repo), number);
@@ -1867,7 +1886,7 @@ impl Notice {
                 v.push(Code(notice_field(branch)));
                 v.push(Text("). A human must review and merge it.".into()));
             }
-            Notice::NoChanges { summary } => {
+            Notice::NoChanges { summary, .. } => {
                 v.push(Text(
                     "drafter finished without changing any file, so no pull request was opened."
                         .into(),
@@ -1877,11 +1896,11 @@ impl Notice {
                     text_spans(summary, &mut v);
                 }
             }
-            Notice::Refused { reason } => {
+            Notice::Refused { reason, .. } => {
                 v.push(Text("drafter refused this ticket: ".into()));
                 text_spans(reason, &mut v);
             }
-            Notice::Failed { job_id, reason } => {
+            Notice::Failed { job_id, reason, .. } => {
                 v.push(Text("drafter failed (job ".into()));
                 v.push(Code(notice_field(job_id)));
                 v.push(Text("): ".into()));
@@ -1905,6 +1924,23 @@ impl Notice {
                     " on this ticket. Without approval the job expires in {ttl_hours} hours."
                 )));
             }
+        }
+        if let Notice::PrOpened { proof: Some(p), .. }
+        | Notice::NoChanges { proof: Some(p), .. }
+        | Notice::Refused { proof: Some(p), .. }
+        | Notice::Failed { proof: Some(p), .. } = self
+        {
+            v.push(Break);
+            v.push(Text("Proof bundle ".into()));
+            v.push(Code(format!("sha256:{}", notice_field(&p.digest))));
+            v.push(Text(" (".into()));
+            v.push(Code(format!(
+                "drafter jobs bundle {}",
+                notice_field(&p.job_id)
+            )));
+            v.push(Text(", then ".into()));
+            v.push(Code("drafter verify".into()));
+            v.push(Text(").".into()));
         }
         v
     }
@@ -2413,6 +2449,7 @@ mod tests {
             repo: "acme/widgets".into(),
             number: 3,
             branch: "drafter/DEMO-1-fix-x".into(),
+            proof: None,
         };
         assert_eq!(
             adf_to_markdown(&n.to_adf()),
@@ -2429,12 +2466,14 @@ mod tests {
             repo: "a/b".into(),
             number: 1,
             branch: "b".into(),
+            proof: None,
         };
         assert!(!n.to_adf().to_string().contains("javascript"));
 
         let n = Notice::Failed {
             job_id: "J2".into(),
             reason: format!("line1\nline2\u{1b}{}", "z".repeat(5000)),
+            proof: None,
         };
         let adf = n.to_adf();
         let text = texts(&adf);
@@ -2443,17 +2482,33 @@ mod tests {
         assert!(!text.contains('\u{1b}'));
         assert!(adf.to_string().contains("hardBreak"));
 
-        let n = Notice::NoChanges { summary: "".into() };
+        let n = Notice::NoChanges {
+            summary: "".into(),
+            proof: None,
+        };
         assert_eq!(
             n.plain_text(),
             "drafter finished without changing any file, so no pull request was opened."
         );
         let n = Notice::Refused {
             reason: "project X is not allowlisted".into(),
+            proof: None,
         };
         assert_eq!(
             n.plain_text(),
             "drafter refused this ticket: project X is not allowlisted"
+        );
+        // The proof bundle follows on its own line, digest and commands as code.
+        let n = Notice::Refused {
+            reason: "no".into(),
+            proof: Some(ProofRef {
+                job_id: "j1".into(),
+                digest: "ab12".into(),
+            }),
+        };
+        assert_eq!(
+            adf_to_markdown(&n.to_adf()),
+            "drafter refused this ticket: no\\\nProof bundle `sha256:ab12` (`drafter jobs bundle j1`, then `drafter verify`)."
         );
     }
 
@@ -2475,12 +2530,18 @@ mod tests {
             Notice::Failed {
                 job_id: "".into(),
                 reason: "".into(),
+                proof: Some(ProofRef {
+                    job_id: "".into(),
+                    digest: "".into(),
+                }),
             },
             Notice::Refused {
                 reason: "\n\n".into(),
+                proof: None,
             },
             Notice::NoChanges {
                 summary: "a\n\nb".into(),
+                proof: None,
             },
         ] {
             check(&n.to_adf());

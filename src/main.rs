@@ -49,16 +49,30 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
-    /// Check a job's receipt chain: every line canonical, chained to the one before, and signed by one runner key.
-    /// Takes a job directory (`<data_dir>/jobs/<id>`) or a receipts.jsonl file. Exits 1 and says what is wrong
-    /// (line and check) when anything does not hold.
+    /// Check a job's proof bundle offline: every DSSE signature, the chain order, the job, and (when given) the
+    /// signer keys, the policy file and the repository's commit and diff. Prints a summary (ticket, trigger,
+    /// policy, model and tool calls, tokens, cost, outcome). Takes a bundle file or a job directory. Exits 1 and
+    /// says exactly what is wrong (line and check) when anything does not hold.
     Verify {
-        /// A job directory or a receipts.jsonl file.
+        /// A bundle file (`drafter jobs bundle ID > bundle.jsonl`) or a job directory (`<data_dir>/jobs/<id>`).
         path: PathBuf,
-        /// Require this signer: a hex Ed25519 public key, or a file holding one (e.g. `<data_dir>/runner.pub`).
-        /// Without it the chain is checked against the key it names, which proves integrity but not origin.
+        /// Trust only this signer: a hex Ed25519 public key, a file holding one (`runner.pub`), or a data
+        /// directory (its `runner.pub` and retired `keys/*.pub`). Repeat for several keys. Without it each
+        /// statement is checked against the key it names, which proves integrity but not origin.
+        #[arg(long = "key", alias = "public-key")]
+        keys: Vec<String>,
+        /// The policy file the job should have run under: every statement's policy hash must be its hash.
         #[arg(long)]
-        public_key: Option<String>,
+        policy: Option<PathBuf>,
+        /// A git repository holding the pushed branch: the run statement's commit must be in it, and the diff
+        /// from its base commit must have the recorded SHA-256.
+        #[arg(long)]
+        repo: Option<PathBuf>,
+    },
+    /// The runner's signing key.
+    Key {
+        #[command(subcommand)]
+        command: KeyCommand,
     },
     /// Run the long-lived worker: claim jobs from the queue (SQLite file or PostgreSQL), run each like `drafter run`,
     /// and take new jobs in from Jira webhooks (`POST /webhooks/jira`) and/or a JQL poll. Also serves `GET /healthz`
@@ -129,6 +143,44 @@ struct QueueArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
+}
+
+/// Where the runner's data directory is, for commands that only read it.
+#[derive(Args)]
+struct DataDirArgs {
+    /// The data directory (default: `data_dir` from the configuration).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// The runner configuration file, read to find the data directory when --data-dir is not given.
+    #[arg(long, env = "DRAFTER_CONFIG", default_value = "drafter.toml")]
+    config: PathBuf,
+}
+
+impl DataDirArgs {
+    fn resolve(&self) -> anyhow::Result<PathBuf> {
+        match &self.data_dir {
+            Some(d) => Ok(d.clone()),
+            None => Ok(Config::load(&self.config)
+                .with_context(|| "finding the data directory (or pass --data-dir)")?
+                .data_dir),
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum KeyCommand {
+    /// Print the runner's public key and key id (creating the key if there is none yet), and the retired keys
+    /// that old bundles may be signed with.
+    Show {
+        #[command(flatten)]
+        dir: DataDirArgs,
+    },
+    /// Retire the current key and make a new one. The old public key stays in `<data_dir>/keys/`, so bundles it
+    /// signed still verify (`drafter verify --key <data_dir>`); the old private key is deleted.
+    Rotate {
+        #[command(flatten)]
+        dir: DataDirArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -221,6 +273,28 @@ enum JobsCommand {
         /// The job id.
         id: String,
     },
+    /// Write a job's proof bundle to stdout (or --out), and its SHA-256 to stderr. Reads this host's data
+    /// directory: run it where the job ran.
+    Bundle {
+        /// The job id.
+        id: String,
+        /// Write the bundle to this file instead of stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// The data directory (default: `data_dir` from the configuration).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Remove retained request/response bodies older than their policy's `retention.max_age_days` (digests and
+    /// bundles stay). `drafter serve` does this hourly on its own.
+    Purge {
+        /// Only list what would be removed.
+        #[arg(long)]
+        dry_run: bool,
+        /// The data directory (default: `data_dir` from the configuration).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -242,7 +316,13 @@ fn main() -> ExitCode {
                 approve,
             } => run(&ticket, &config, approve).await,
             Command::Policy { command } => policy_cmd(command).await,
-            Command::Verify { path, public_key } => verify(&path, public_key.as_deref()),
+            Command::Verify {
+                path,
+                keys,
+                policy,
+                repo,
+            } => verify(&path, &keys, policy.as_deref(), repo.as_deref()),
+            Command::Key { command } => key_cmd(command),
             Command::Serve { config } => serve(&config).await,
             Command::Jobs {
                 command,
@@ -355,6 +435,7 @@ async fn run(
             let notice = Notice::Failed {
                 job_id: job_id.clone(),
                 reason: "the runner was stopped before the job finished; no pull request was opened".into(),
+                proof: None,
             };
             if let Ok(jira) = JiraClient::new(&config.jira) {
                 if let Err(e) = jira.comment(ticket, notice.to_adf()).await {
@@ -371,22 +452,29 @@ async fn run(
             url,
             branch,
             repo,
-            receipts,
-            receipts_digest,
+            bundle,
+            bundle_digest,
             ..
         }) => {
             println!("draft pull request: {url}");
             println!("repository:         {repo}");
             println!("branch:             {branch}");
-            println!("receipts:           {}", receipts.display());
-            println!("receipts digest:    sha256:{receipts_digest}");
+            println!("proof bundle:       {}", bundle.display());
+            println!("bundle digest:      sha256:{bundle_digest}");
             println!("verify with:        drafter verify {}", dir.display());
             Ok(ExitCode::SUCCESS)
         }
-        Ok(JobOutcome::NoChanges { summary, receipts }) => {
+        Ok(JobOutcome::NoChanges {
+            summary,
+            bundle,
+            bundle_digest,
+        }) => {
             println!("no changes were made, so no pull request was opened");
             println!("model summary: {summary}");
-            println!("receipts:      {}", receipts.display());
+            println!(
+                "proof bundle:  {} (sha256:{bundle_digest})",
+                bundle.display()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
@@ -394,7 +482,7 @@ async fn run(
             eprintln!("error: {msg}");
             eprintln!("job record: {}", dir.join("job.json").display());
             Ok(match e {
-                JobError::Refused(_) => ExitCode::from(2),
+                JobError::Refused { .. } => ExitCode::from(2),
                 JobError::AwaitingApproval { .. } => {
                     eprintln!("the policy asks for approval: run again with --approve to approve it as the operator, or let `drafter serve` wait for an approver");
                     ExitCode::from(3)
@@ -443,6 +531,21 @@ async fn serve(config_path: &std::path::Path) -> anyhow::Result<ExitCode> {
     );
     let policy = Arc::new(policy::Current::new(loaded));
     let reloader = tokio::spawn(reload_on_sighup(config.clone(), policy.clone()));
+    // Retention: bodies past their policy's max age are removed at start and then hourly.
+    let purger = {
+        let data_dir = config.data_dir.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(std::time::Duration::from_secs(3600));
+            loop {
+                every.tick().await;
+                let dir = data_dir.clone();
+                let _ = tokio::task::spawn_blocking(move || {
+                    proof::retention::purge(&dir, chrono::Utc::now(), false)
+                })
+                .await;
+            }
+        })
+    };
     // The signing key: made now if this is the first start, so an unusable key stops the worker before any job.
     let key = proof::RunnerKey::load_or_create(&config.data_dir)?;
     tracing::info!(public_key = %key.public_hex(), "runner key");
@@ -548,6 +651,7 @@ async fn serve(config_path: &std::path::Path) -> anyhow::Result<ExitCode> {
     let stats =
         drafter::worker::pool::run(config.clone(), queue, sandbox, policy, worker, signal).await;
     reloader.abort();
+    purger.abort();
     if let Some(p) = poller {
         let _ = p.await;
     }
@@ -710,8 +814,27 @@ async fn jobs(
     config: &std::path::Path,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
+    // The proof commands read this host's data directory, not the queue.
+    match command {
+        JobsCommand::Bundle { id, out, data_dir } => {
+            let dir = DataDirArgs {
+                data_dir,
+                config: config.to_path_buf(),
+            };
+            return jobs_bundle(&id, out.as_deref(), &dir.resolve()?);
+        }
+        JobsCommand::Purge { dry_run, data_dir } => {
+            let dir = DataDirArgs {
+                data_dir,
+                config: config.to_path_buf(),
+            };
+            return jobs_purge(&dir.resolve()?, dry_run, json);
+        }
+        _ => {}
+    }
     let queue = open_queue(queue, config).await?;
     match command {
+        JobsCommand::Bundle { .. } | JobsCommand::Purge { .. } => Ok(ExitCode::SUCCESS),
         JobsCommand::List {
             state,
             ticket,
@@ -886,45 +1009,166 @@ async fn shutdown_signal() {
     }
 }
 
-fn verify(path: &std::path::Path, public_key: Option<&str>) -> anyhow::Result<ExitCode> {
-    let pinned = match public_key {
-        None => None,
-        Some(k) => {
-            // Either the hex key itself or a file holding it (such as `<data_dir>/runner.pub`).
-            let text = if std::path::Path::new(k).is_file() {
-                std::fs::read_to_string(k).with_context(|| format!("reading {k}"))?
-            } else {
-                k.to_string()
-            };
-            Some(
-                proof::parse_public_key(text.trim())
-                    .map_err(|e| anyhow::anyhow!("--public-key: {e}"))?,
-            )
+/// Trusted keys from `--key` values: hex keys, key files, or data directories.
+fn pinned_keys(values: &[String]) -> anyhow::Result<Vec<ed25519_dalek::VerifyingKey>> {
+    let mut keys = Vec::new();
+    for v in values {
+        let p = std::path::Path::new(v);
+        if p.is_dir() {
+            let found = proof::known_keys(p);
+            if found.is_empty() {
+                anyhow::bail!("--key {v}: no runner.pub or keys/*.pub in this directory");
+            }
+            keys.extend(found);
+            continue;
         }
+        let text = if p.is_file() {
+            std::fs::read_to_string(p).with_context(|| format!("reading {v}"))?
+        } else {
+            v.clone()
+        };
+        keys.push(
+            proof::parse_public_key(text.trim()).map_err(|e| anyhow::anyhow!("--key {v}: {e}"))?,
+        );
+    }
+    Ok(keys)
+}
+
+fn verify(
+    path: &std::path::Path,
+    keys: &[String],
+    policy_file: Option<&std::path::Path>,
+    repo: Option<&std::path::Path>,
+) -> anyhow::Result<ExitCode> {
+    let mut pins = proof::Pins {
+        keys: pinned_keys(keys)?,
+        policy_hash: None,
     };
-    match proof::verify(path, pinned.as_ref()) {
-        Ok(report) => {
-            println!(
-                "ok: {} receipt(s) for job {} (ticket {}), chain intact, all signatures valid",
-                report.count, report.job_id, report.ticket
-            );
-            println!(
-                "signer: {}{}",
-                report.signer,
-                if pinned.is_some() {
-                    " (pinned)"
-                } else {
-                    " (not pinned: pass --public-key to check origin)"
-                }
-            );
-            println!("head:   sha256:{}", report.head);
-            Ok(ExitCode::SUCCESS)
-        }
+    if let Some(f) = policy_file {
+        let text =
+            std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+        pins.policy_hash = Some(policy::parse(&text, f)?.hash);
+    }
+    let summary = match proof::verify(path, &pins) {
+        Ok(s) => s,
         Err(e) => {
             eprintln!("verification failed: {e}");
-            Ok(ExitCode::FAILURE)
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let repo_check = match (repo, &summary.last_run) {
+        (Some(r), Some(run)) => Some(proof::verify::check_repo(run, r)),
+        _ => None,
+    };
+    if let Some(Err(e)) = &repo_check {
+        eprintln!("verification failed: {}: {e}", summary.path.display());
+        return Ok(ExitCode::FAILURE);
+    }
+    print!(
+        "{}",
+        proof::verify::render(
+            &summary,
+            policy_file,
+            repo.zip(repo_check.and_then(Result::ok))
+        )
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn key_cmd(command: KeyCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        KeyCommand::Show { dir } => {
+            let data_dir = dir.resolve()?;
+            let key = proof::RunnerKey::load_or_create(&data_dir)?;
+            println!("public key: {}", key.public_hex());
+            println!("key id:     {}", key.key_id());
+            println!("file:       {}", data_dir.join(proof::PUB_FILE).display());
+            let retired: Vec<_> = proof::known_keys(&data_dir)
+                .into_iter()
+                .filter(|k| *k != key.verifying_key())
+                .collect();
+            for k in retired {
+                println!("retired:    {} (key id {})", hex_key(&k), proof::key_id(&k));
+            }
+        }
+        KeyCommand::Rotate { dir } => {
+            let data_dir = dir.resolve()?;
+            let (old, new) = proof::RunnerKey::rotate(&data_dir)?;
+            println!(
+                "retired key id: {old} (public key kept in {})",
+                data_dir.join(proof::KEYS_DIR).display()
+            );
+            println!("new public key: {}", new.public_hex());
+            println!("new key id:     {}", new.key_id());
+            println!(
+                "re-pin the new key where bundles are checked; pass --key {} to accept both",
+                data_dir.display()
+            );
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn hex_key(k: &ed25519_dalek::VerifyingKey) -> String {
+    k.as_bytes().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn jobs_bundle(
+    id: &str,
+    out: Option<&std::path::Path>,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<ExitCode> {
+    if !drafter::queue::valid_job_id(id) {
+        anyhow::bail!("`{id}` is not a job id");
+    }
+    let path = worker::job_dir(data_dir, id).join(proof::BUNDLE_FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            anyhow::bail!(
+                "no bundle for job {id} in {} (run this on the host that ran the job)",
+                data_dir.display()
+            )
+        }
+        Err(e) => return Err(anyhow::Error::new(e).context(format!("reading {}", path.display()))),
+    };
+    match out {
+        Some(o) => std::fs::write(o, &bytes).with_context(|| format!("writing {}", o.display()))?,
+        None => {
+            use std::io::Write as _;
+            std::io::stdout().write_all(&bytes)?;
+        }
+    }
+    eprintln!("sha256:{}  {}", proof::sha256_hex(&bytes), path.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn jobs_purge(data_dir: &std::path::Path, dry_run: bool, json: bool) -> anyhow::Result<ExitCode> {
+    let purged = proof::retention::purge(data_dir, chrono::Utc::now(), dry_run);
+    if json {
+        let list: Vec<_> = purged
+            .iter()
+            .map(|p| serde_json::json!({"dir": p.dir, "files": p.files, "bytes": p.bytes}))
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({"dry_run": dry_run, "purged": list}))?
+        );
+    } else {
+        for p in &purged {
+            println!(
+                "{} {} ({} files, {} bytes)",
+                if dry_run { "would remove" } else { "removed" },
+                p.dir.join(proof::BODIES_DIR).display(),
+                p.files,
+                p.bytes
+            );
+        }
+        if purged.is_empty() {
+            println!("nothing to purge");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Who is at the keyboard, for `cli:` triggers and approvals.

@@ -4,8 +4,8 @@
 //! to and from one API family: [`AnthropicProvider`] for the Anthropic Messages API, [`OpenAiProvider`] for OpenAI
 //! Chat Completions as served by OpenAI, vLLM, Ollama and LiteLLM. Providers are pure encode/decode with no I/O, so
 //! that [`ModelClient`] alone owns the bytes on the wire: it serialises a request once, sends exactly those bytes,
-//! reads the complete response body, and records the SHA-256 of both in a signed receipt
-//! ([`crate::proof::ReceiptLog`]) for every HTTP exchange, including failed ones, before decoding.
+//! reads the complete response body, and records the SHA-256 of both in a signed model-call statement in the job's
+//! proof bundle ([`crate::proof::BundleWriter`]) for every HTTP exchange, including failed ones, before decoding.
 //!
 //! Model output is treated as hostile: bodies are size-capped, every field is checked, and errors carry a short
 //! excerpt of the body (never headers, never the API key). The client does not retry; [`ModelError::is_retryable`]
@@ -19,7 +19,8 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
 use serde_json::{json, Map, Value};
 
 use crate::config::{ModelConfig, ProviderKind, Secret};
-use crate::proof::{sha256_hex, ProofError, ReceiptInput, ReceiptLog};
+use crate::proof::bundle::Usage as ReceiptUsage;
+use crate::proof::{BundleWriter, ModelCallInput, ProofError};
 
 /// The largest response body read; anything longer is cut off and rejected.
 pub const MAX_RESPONSE_BYTES: usize = 8 * 1024 * 1024;
@@ -736,7 +737,7 @@ pub struct ModelClient {
     max_tokens: u32,
     api_key: Option<Secret>,
     headers: HeaderMap,
-    receipts: ReceiptLog,
+    bundle: BundleWriter,
 }
 
 impl fmt::Debug for ModelClient {
@@ -745,7 +746,7 @@ impl fmt::Debug for ModelClient {
             .field("provider", &self.provider.kind())
             .field("endpoint", &self.endpoint)
             .field("model", &self.model)
-            .field("receipts", &self.receipts.path())
+            .field("bundle", &self.bundle.path())
             .finish_non_exhaustive()
     }
 }
@@ -774,8 +775,8 @@ fn transport_error(e: reqwest::Error) -> ModelError {
 }
 
 impl ModelClient {
-    /// A client for `cfg`, recording into `receipts`.
-    pub fn new(cfg: &ModelConfig, receipts: ReceiptLog) -> Result<ModelClient, ModelError> {
+    /// A client for `cfg`, recording into `bundle`.
+    pub fn new(cfg: &ModelConfig, bundle: BundleWriter) -> Result<ModelClient, ModelError> {
         let provider = provider_for(cfg.provider);
         let base = cfg.base_url.trim_end_matches('/');
         let url = format!("{base}{}", provider.path());
@@ -817,7 +818,7 @@ impl ModelClient {
             max_tokens: cfg.max_tokens_per_call,
             api_key: cfg.api_key.clone(),
             headers,
-            receipts,
+            bundle,
         })
     }
 
@@ -826,10 +827,9 @@ impl ModelClient {
     pub async fn call(&mut self, req: &ModelRequest) -> Result<ModelResponse, ModelError> {
         let body = serde_json::to_vec(&self.provider.encode(&self.model, self.max_tokens, req))
             .map_err(|e| ModelError::Encode(e.to_string()))?;
-        let request_sha256 = sha256_hex(&body);
         let started_at = Utc::now();
         let t0 = Instant::now();
-        let exchange = self.exchange(body).await;
+        let exchange = self.exchange(&body).await;
         let latency_ms = u64::try_from(t0.elapsed().as_millis()).unwrap_or(u64::MAX);
 
         let result = match exchange.failure {
@@ -844,21 +844,23 @@ impl ModelClient {
         // Redact before anything (logs included) sees the error text.
         let result = result.map_err(|e| e.redacted(self.api_key.as_ref()));
         let usage = result.as_ref().map(|r| r.usage).unwrap_or_default();
-        let receipt = self.receipts.append(ReceiptInput {
-            provider: self.provider.kind().as_str().to_string(),
-            model: self.model.clone(),
-            endpoint: self.endpoint.clone(),
+        let receipt = self.bundle.model_call(ModelCallInput {
+            provider: self.provider.kind().as_str(),
+            model: &self.model,
+            endpoint: &self.endpoint,
             http_status: exchange.status,
-            request_sha256,
-            response_sha256: sha256_hex(&exchange.body),
-            input_tokens: usage.input_tokens,
-            output_tokens: usage.output_tokens,
+            request: &body,
+            response: &exchange.body,
+            usage: ReceiptUsage {
+                input_tokens: usage.input_tokens,
+                output_tokens: usage.output_tokens,
+            },
             latency_ms,
             started_at,
         })?;
         match &result {
             Ok(r) => tracing::info!(
-                seq = receipt.seq,
+                seq = receipt.chain.seq,
                 status = exchange.status,
                 latency_ms,
                 input_tokens = r.usage.input_tokens,
@@ -866,18 +868,18 @@ impl ModelClient {
                 "model call"
             ),
             Err(e) => {
-                tracing::warn!(seq = receipt.seq, status = exchange.status, latency_ms, error = %e, "model call failed")
+                tracing::warn!(seq = receipt.chain.seq, status = exchange.status, latency_ms, error = %e, "model call failed")
             }
         }
         result
     }
 
-    async fn exchange(&self, body: Vec<u8>) -> Exchange {
+    async fn exchange(&self, body: &[u8]) -> Exchange {
         let sent = self
             .http
             .post(&self.url)
             .headers(self.headers.clone())
-            .body(body)
+            .body(body.to_vec())
             .send()
             .await;
         let mut resp = match sent {
@@ -926,14 +928,19 @@ impl ModelClient {
         }
     }
 
-    /// The receipt log.
-    pub fn receipts(&self) -> &ReceiptLog {
-        &self.receipts
+    /// The proof bundle this client records into.
+    pub fn bundle(&self) -> &BundleWriter {
+        &self.bundle
     }
 
-    /// Ends the client, returning the receipt log (for its head digest and path).
-    pub fn into_receipts(self) -> ReceiptLog {
-        self.receipts
+    /// The bundle, for the agent loop's tool-call statements (one chain orders model and tool calls).
+    pub fn bundle_mut(&mut self) -> &mut BundleWriter {
+        &mut self.bundle
+    }
+
+    /// Ends the client, returning the bundle writer.
+    pub fn into_bundle(self) -> BundleWriter {
+        self.bundle
     }
 
     /// The API family in use.

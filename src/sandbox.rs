@@ -247,10 +247,12 @@ impl Sandbox {
             .map_err(SandboxError::Unreachable)
     }
 
-    /// Checks the configured image exists; [`SandboxError::ImageMissing`] says how to build it.
-    pub async fn ensure_image(&self) -> Result<(), SandboxError> {
+    /// Checks the configured image exists and returns its content digest (the Docker image id, `sha256:...`, which
+    /// names the image's exact layers and config), for the run statement; [`SandboxError::ImageMissing`] says how
+    /// to build a missing one.
+    pub async fn ensure_image(&self) -> Result<String, SandboxError> {
         match self.docker.inspect_image(&self.cfg.image).await {
-            Ok(_) => Ok(()),
+            Ok(i) => Ok(i.id.unwrap_or_default()),
             Err(e) if status_code(&e) == Some(404) => Err(SandboxError::ImageMissing {
                 image: self.cfg.image.clone(),
             }),

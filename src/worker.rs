@@ -6,8 +6,9 @@
 //! listener, not code in here. Every stage that can fail ends in a [`JobError`] that says whether trying again
 //! could help, and every failure is reported on the ticket with a reason that has been scrubbed of secrets.
 //!
-//! The job directory (`<data_dir>/jobs/<job_id>/`) holds `receipts.jsonl` (the signed model-call chain) and
-//! `job.json` (what happened), which together are the run's proof record.
+//! The job directory (`<data_dir>/jobs/<job_id>/`) holds `bundle.jsonl` (the signed proof bundle: one statement per
+//! model call and tool call, and a run statement at the end of every attempt, see [`crate::proof`]), `bodies/` when
+//! the policy retains them, and `job.json` (what happened, for people and the CLI).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -23,7 +24,8 @@ use crate::forge::{ForgeError, GitHub, PullRequest};
 use crate::jira::{self, JiraClient, JiraError, Notice, Ticket};
 use crate::model::{ModelClient, ModelError};
 use crate::policy::{self, diff, Approval, Decision, Grant, Network, Policy, Request, Who};
-use crate::proof::{self, ProofError, ReceiptLog, RunnerKey};
+use crate::proof::bundle::{Change, Outcome, TriggerInfo};
+use crate::proof::{self, BundleWriter, ProofError, Retention, RunInput, RunnerKey};
 use crate::repo::{self, RepoError};
 use crate::sandbox::{Sandbox, SandboxError};
 
@@ -101,17 +103,19 @@ pub enum JobOutcome {
         branch: String,
         /// The repository.
         repo: String,
-        /// Where the receipts are.
-        receipts: PathBuf,
-        /// SHA-256 of the last receipt line (commits to the whole chain).
-        receipts_digest: String,
+        /// The proof bundle.
+        bundle: PathBuf,
+        /// SHA-256 of the bundle file after this attempt's run statement.
+        bundle_digest: String,
     },
     /// The model changed nothing, so no pull request was opened.
     NoChanges {
         /// The model's summary.
         summary: String,
-        /// Where the receipts are.
-        receipts: PathBuf,
+        /// The proof bundle.
+        bundle: PathBuf,
+        /// SHA-256 of the bundle file after this attempt's run statement.
+        bundle_digest: String,
     },
 }
 
@@ -119,8 +123,14 @@ pub enum JobOutcome {
 #[derive(Debug, thiserror::Error)]
 pub enum JobError {
     /// The ticket asked for something the configuration or the policy does not allow. Not retryable.
-    #[error("refused: {0}")]
-    Refused(String),
+    #[error("refused: {message}")]
+    Refused {
+        /// The rule that refused it (a policy rule such as `repo` or `budget.daily_tokens`, or `ticket_key`,
+        /// `forge.merge_rights`), as recorded in the run statement.
+        rule: String,
+        /// What the ticket is told.
+        message: String,
+    },
     /// The policy wants a person to approve the job first: not a failure; the job waits (`drafter serve`) or the
     /// operator approves it (`drafter run --approved-by`).
     #[error("awaiting approval: {reason} (approvers: {approvers})")]
@@ -179,7 +189,7 @@ impl JobError {
     /// Whether running the job again could succeed (a network fault, not a refusal or a model that would not stop).
     pub fn is_retryable(&self) -> bool {
         match self {
-            JobError::Refused(_)
+            JobError::Refused { .. }
             | JobError::AwaitingApproval { .. }
             | JobError::Proof(_)
             | JobError::Io { .. } => false,
@@ -239,8 +249,8 @@ struct JobRecord<'a> {
     outcome: Option<&'a JobOutcome>,
     error: Option<String>,
     retryable: bool,
-    receipts_digest: Option<&'a str>,
-    receipts_signer: Option<String>,
+    bundle_digest: Option<&'a str>,
+    bundle_signer: Option<String>,
     policy_hash: &'a str,
     policy_team: Option<&'a str>,
     triggered_by: String,
@@ -251,16 +261,23 @@ struct JobRecord<'a> {
     tool_calls: Vec<String>,
 }
 
-/// Mutable facts the pipeline learns, kept for `job.json` even when a later stage fails.
+/// Mutable facts the pipeline learns, kept for the run statement and `job.json` even when a later stage fails.
 #[derive(Default)]
 struct Progress {
     team: Option<String>,
     decisions: Vec<Decision>,
+    retention: Retention,
+    ticket_sha256: Option<String>,
     repo: Option<String>,
+    base: Option<String>,
     branch: Option<String>,
-    digest: Option<String>,
+    change: Option<Change>,
+    /// The sandbox image's name and content digest.
+    image: Option<(String, String)>,
     agent: Option<AgentOutcome>,
     tool_calls: Vec<ToolCallRecord>,
+    /// The pull request's title and body without the proof footer, to be completed once the bundle is sealed.
+    pr_text: Option<(String, String)>,
 }
 
 /// Which attempt of a job this is. The ticket hears about a failure only when it is final: not retryable, or the
@@ -316,6 +333,8 @@ pub struct JobSpec {
     pub requests: Vec<String>,
     /// Who triggered the job.
     pub origin: Origin,
+    /// The triggering event: its source and delivery id (`webhook:jira:issue_updated changelog:10401`, `cli`).
+    pub event: String,
     /// Who approved it, when the policy asked for approval and someone gave it.
     pub approved_by: Option<String>,
     /// The policy the job runs under (fixed for the job: a reload applies to new jobs only).
@@ -387,6 +406,7 @@ impl JobSpec {
             attempt: Attempt::ONLY,
             requests: Vec::new(),
             origin: Origin::Operator(operator.to_string()),
+            event: "cli".into(),
             approved_by: None,
             policy,
             ledger: None,
@@ -395,8 +415,9 @@ impl JobSpec {
     }
 }
 
-/// Runs one job to the end. Events go to `events` (if the receiver is gone they are dropped). Final failures are
-/// commented on the ticket before this returns.
+/// Runs one job to the end. Events go to `events` (if the receiver is gone they are dropped). Every attempt ends
+/// with a run statement in the job's proof bundle, whatever the outcome; final failures are commented on the
+/// ticket (with the bundle digest) before this returns.
 pub async fn run_job(
     config: Arc<Config>,
     spec: &JobSpec,
@@ -405,12 +426,34 @@ pub async fn run_job(
     let (ticket_key, job_id, attempt) = (spec.ticket.as_str(), spec.job_id.as_str(), spec.attempt);
     let span = tracing::info_span!("job", job_id = %job_id, ticket = %ticket_key);
     async move {
-        let started_at = chrono::Utc::now().to_rfc3339();
+        let started = chrono::Utc::now();
         let dir = job_dir(&config.data_dir, job_id);
         std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
         let jira = JiraClient::new(&config.jira)?;
         let mut progress = Progress::default();
-        let result = pipeline(&config, &jira, spec, &dir, &events, &mut progress).await;
+        let mut result = pipeline(&config, &jira, spec, &dir, &events, &mut progress).await;
+
+        // The run statement ends the attempt's record; its digest goes to the PR and the ticket.
+        let sealed = seal(&config, spec, &dir, &progress, &result, started);
+        let digest = match sealed {
+            Ok(d) => Some(d),
+            Err(e) => {
+                tracing::error!(error = %e, "could not write the run statement");
+                if result.is_ok() {
+                    result = Err(JobError::Proof(e));
+                }
+                None
+            }
+        };
+        if let (Ok(outcome), Some(d)) = (&mut result, &digest) {
+            match outcome {
+                JobOutcome::PullRequest { bundle_digest, .. }
+                | JobOutcome::NoChanges { bundle_digest, .. } => *bundle_digest = d.clone(),
+            }
+            if let Err(e) = deliver(&config, &jira, spec, &progress, outcome, d, &events).await {
+                result = Err(e);
+            }
+        }
 
         // Report final failures on the ticket; a retry is coming for the others.
         if let Err(JobError::AwaitingApproval {
@@ -439,9 +482,20 @@ pub async fn run_job(
                     "attempt failed; it will be retried");
             } else {
                 tracing::error!(error = %reason, retryable = e.is_retryable(), "job failed");
+                let proof = digest.clone().map(|d| jira::ProofRef {
+                    job_id: job_id.to_string(),
+                    digest: d,
+                });
                 let notice = match e {
-                    JobError::Refused(r) => Notice::Refused { reason: scrub(&config, r) },
-                    _ => Notice::Failed { job_id: job_id.to_string(), reason },
+                    JobError::Refused { message, .. } => Notice::Refused {
+                        reason: scrub(&config, message),
+                        proof,
+                    },
+                    _ => Notice::Failed {
+                        job_id: job_id.to_string(),
+                        reason,
+                        proof,
+                    },
                 };
                 if let Err(ce) = jira.comment(ticket_key, notice.to_adf()).await {
                     tracing::warn!(error = %scrub(&config, &ce.to_string()), "could not report the failure on the ticket");
@@ -455,13 +509,13 @@ pub async fn run_job(
             ticket: ticket_key,
             repo: progress.repo.as_deref(),
             branch: progress.branch.as_deref(),
-            started_at,
+            started_at: started.to_rfc3339(),
             finished_at: chrono::Utc::now().to_rfc3339(),
             outcome: result.as_ref().ok(),
             error: result.as_ref().err().map(|e| scrub(&config, &e.to_string())),
             retryable: result.as_ref().err().map(JobError::is_retryable).unwrap_or(false),
-            receipts_digest: progress.digest.as_deref(),
-            receipts_signer: std::fs::read_to_string(config.data_dir.join(proof::PUB_FILE))
+            bundle_digest: digest.as_deref(),
+            bundle_signer: std::fs::read_to_string(config.data_dir.join(proof::PUB_FILE))
                 .ok()
                 .map(|k| k.trim().to_string()),
             policy_hash: &spec.policy.hash,
@@ -494,6 +548,190 @@ pub async fn run_job(
     .await
 }
 
+/// Writes the attempt's run statement; returns the bundle digest.
+fn seal(
+    config: &Config,
+    spec: &JobSpec,
+    dir: &Path,
+    progress: &Progress,
+    result: &Result<JobOutcome, JobError>,
+    started: chrono::DateTime<chrono::Utc>,
+) -> Result<String, ProofError> {
+    let key = Arc::new(RunnerKey::load_or_create(&config.data_dir)?);
+    let mut bundle = BundleWriter::open(dir, key, &spec.job_id, &spec.ticket, &spec.policy.hash)?
+        .with_retention(progress.retention);
+    let outcome = match result {
+        Ok(JobOutcome::PullRequest { url, number, .. }) => Outcome {
+            result: "pull_request".into(),
+            rule: None,
+            reason: None,
+            retryable: false,
+            pr_url: Some(url.clone()),
+            pr_number: Some(*number),
+        },
+        Ok(JobOutcome::NoChanges { .. }) => Outcome {
+            result: "no_changes".into(),
+            rule: None,
+            reason: None,
+            retryable: false,
+            pr_url: None,
+            pr_number: None,
+        },
+        Err(e) => Outcome {
+            result: match e {
+                JobError::Refused { .. } => "refused",
+                JobError::AwaitingApproval { .. } => "awaiting_approval",
+                _ => "failed",
+            }
+            .into(),
+            rule: match e {
+                JobError::Refused { rule, .. } => Some(rule.clone()),
+                JobError::AwaitingApproval { .. } => Some("approval".into()),
+                _ => None,
+            },
+            reason: Some(scrub(config, &e.to_string())),
+            retryable: e.is_retryable(),
+            pr_url: None,
+            pr_number: None,
+        },
+    };
+    bundle.run(RunInput {
+        team: progress.team.clone(),
+        attempt: spec.attempt.number,
+        max_attempts: spec.attempt.max,
+        ticket_sha256: progress.ticket_sha256.clone(),
+        trigger: TriggerInfo {
+            by: spec.origin.describe(),
+            event: spec.event.clone(),
+            approved_by: spec.approved_by.clone(),
+        },
+        worker_id: pool::worker_id(),
+        repo: progress.repo.clone(),
+        base: progress.base.clone(),
+        branch: progress.branch.clone(),
+        change: progress.change.clone(),
+        sandbox_image: progress.image.as_ref().map(|i| i.0.clone()),
+        sandbox_image_digest: progress.image.as_ref().map(|i| i.1.clone()),
+        started_at: started,
+        finished_at: chrono::Utc::now(),
+        decisions: progress.decisions.clone(),
+        outcome,
+    })
+}
+
+/// Ends the record of a job whose approval request expired, so it never ran again: a run statement with outcome
+/// `failed` (rule `approval`), when this host holds the job's bundle. Returns the new bundle digest.
+pub(crate) fn seal_expired(
+    config: &Config,
+    job: &crate::queue::Job,
+    reason: &str,
+) -> Option<String> {
+    let dir = job_dir(&config.data_dir, &job.id);
+    let last = proof::bundle::last_run(&dir.join(proof::BUNDLE_FILE))
+        .ok()
+        .flatten()?;
+    let key = Arc::new(RunnerKey::load_or_create(&config.data_dir).ok()?);
+    let mut bundle = BundleWriter::open(&dir, key, &job.id, &job.ticket, &last.policy_hash)
+        .ok()?
+        .with_retention(last.retention);
+    let now = chrono::Utc::now();
+    let written = bundle.run(RunInput {
+        team: last.team,
+        attempt: last.attempt,
+        max_attempts: last.max_attempts,
+        ticket_sha256: None,
+        trigger: last.trigger,
+        worker_id: pool::worker_id(),
+        repo: last.repo,
+        base: last.base,
+        branch: None,
+        change: None,
+        sandbox_image: None,
+        sandbox_image_digest: None,
+        started_at: now,
+        finished_at: now,
+        decisions: last.decisions,
+        outcome: Outcome {
+            result: "failed".into(),
+            rule: Some("approval".into()),
+            reason: Some(reason.to_string()),
+            retryable: false,
+            pr_url: None,
+            pr_number: None,
+        },
+    });
+    match written {
+        Ok(d) => Some(d),
+        Err(e) => {
+            tracing::warn!(job = %job.id, error = %e, "could not end the expired job's bundle");
+            None
+        }
+    }
+}
+
+/// After the run statement: the PR body gets the bundle digest, and the ticket hears the result with it.
+async fn deliver(
+    config: &Config,
+    jira: &JiraClient,
+    spec: &JobSpec,
+    progress: &Progress,
+    outcome: &JobOutcome,
+    digest: &str,
+    events: &UnboundedSender<Event>,
+) -> Result<(), JobError> {
+    let ticket_key = spec.ticket.as_str();
+    let proof = Some(jira::ProofRef {
+        job_id: spec.job_id.clone(),
+        digest: digest.to_string(),
+    });
+    match outcome {
+        JobOutcome::PullRequest {
+            url,
+            number,
+            branch,
+            repo,
+            ..
+        } => {
+            if let Some((title, body)) = &progress.pr_text {
+                let github = GitHub::new(&config.github)?;
+                let body = format!("{body}{}", proof_footer(&spec.job_id, Some(digest)));
+                github
+                    .update_pr(repo, *number, title, &scrub(config, &body))
+                    .await?;
+            }
+            // One "PR opened" comment per PR, however many attempts it took.
+            stage(events, Stage::Report, ticket_key);
+            if !ticket_mentions(jira, ticket_key, url).await? {
+                jira.comment(
+                    ticket_key,
+                    Notice::PrOpened {
+                        url: url.clone(),
+                        repo: repo.clone(),
+                        number: *number,
+                        branch: branch.clone(),
+                        proof,
+                    }
+                    .to_adf(),
+                )
+                .await?;
+            }
+        }
+        JobOutcome::NoChanges { summary, .. } => {
+            stage(events, Stage::Report, "no changes");
+            jira.comment(
+                ticket_key,
+                Notice::NoChanges {
+                    summary: summary.clone(),
+                    proof,
+                }
+                .to_adf(),
+            )
+            .await?;
+        }
+    }
+    Ok(())
+}
+
 fn stage(events: &UnboundedSender<Event>, stage: Stage, detail: impl Into<String>) {
     let detail = detail.into();
     tracing::info!(stage = stage.as_str(), %detail, "stage");
@@ -512,17 +750,23 @@ async fn pipeline(
     // Fetch.
     stage(events, Stage::Fetch, ticket_key);
     if !jira::valid_issue_key(ticket_key) {
-        return Err(JobError::Refused(format!(
-            "`{}` is not a Jira issue key (expected e.g. PROJ-123)",
-            cap(ticket_key, 40)
-        )));
+        return Err(JobError::Refused {
+            rule: "ticket_key".into(),
+            message: format!(
+                "`{}` is not a Jira issue key (expected e.g. PROJ-123)",
+                cap(ticket_key, 40)
+            ),
+        });
     }
     let ticket = jira.issue(ticket_key).await?;
+    let ticket_json = ticket_canonical(&ticket);
+    progress.ticket_sha256 = Some(proof::sha256_hex(&ticket_json));
 
     // Check: the policy first (nothing is cloned for a refused ticket), then the forge's merge rules.
     let grant = decide(spec, &ticket, jira, progress).await?;
     let repo_cfg = grant.repo.clone();
     progress.repo = Some(repo_cfg.name.clone());
+    progress.base = Some(repo_cfg.base.clone());
     let meter = Meter::new(
         &spec.policy.hash,
         &ticket.key,
@@ -543,7 +787,10 @@ async fn pipeline(
         ));
     }
     // A team already over its budget is told before anything is cloned.
-    meter.check().await.map_err(JobError::Refused)?;
+    meter
+        .check_rule()
+        .await
+        .map_err(|(rule, message)| JobError::Refused { rule, message })?;
     let (limits, sandbox_cfg) = effective_limits(config, &grant);
     // The repository cap: wait for a slot before cloning (the slot is held until the job ends).
     let _slot = match (&spec.slots, grant.rules.concurrency.repo) {
@@ -561,12 +808,16 @@ async fn pipeline(
         .check_cannot_merge(&repo_cfg.name, &repo_cfg.base)
         .await
         .map_err(|e| match e {
-            ForgeError::CanMerge { .. } => JobError::Refused(e.to_string()),
+            ForgeError::CanMerge { .. } => JobError::Refused {
+                rule: "forge.merge_rights".into(),
+                message: e.to_string(),
+            },
             other => JobError::Forge(other),
         })?;
 
     let sandbox = Sandbox::connect(&sandbox_cfg).await?;
-    sandbox.ensure_image().await?;
+    let image_digest = sandbox.ensure_image().await?;
+    progress.image = Some((sandbox_cfg.image.clone(), image_digest));
     // One "started" comment per job, not per attempt: a retried job finds its own id already on the ticket.
     if !ticket_mentions_all(jira, ticket_key, &[job_id, "started working on this"]).await? {
         jira.comment(
@@ -623,12 +874,21 @@ async fn pipeline(
             format!("{branch} (already pushed by an earlier attempt)"),
         );
         let (branch2, base2) = (branch.clone(), repo_cfg.base.clone());
-        let (message, changed) = blocking(move || {
+        let (message, changed, change) = blocking(move || {
             let remote = repo::remote_branch(&git_repo, &branch2)?;
             let changed = repo::changed_files(&git_repo, &base2)?;
-            Ok((remote.map(|b| b.message).unwrap_or_default(), changed))
+            let change = match &remote {
+                Some(b) => Some(change_of(&git_repo, &base2, b.tip, changed.len())?),
+                None => None,
+            };
+            Ok((
+                remote.map(|b| b.message).unwrap_or_default(),
+                changed,
+                change,
+            ))
         })
         .await?;
+        progress.change = change;
         let (summary, digest) = summary_and_digest(&message);
         let outcome = AgentOutcome {
             summary,
@@ -678,12 +938,16 @@ async fn pipeline(
                 return Ok(Committed::Refused(violations));
             }
             let changed = repo::changed_files(&r, &base2)?;
+            let change = change_of(&r, &base2, head, changed.len())?;
             repo::push(&r, &url2, &branch2, &token)?;
-            Ok(Committed::Pushed(changed))
+            Ok(Committed::Pushed(changed, change))
         })
         .await?;
         let changed = match committed {
-            Committed::Pushed(changed) => Some(changed),
+            Committed::Pushed(changed, change) => {
+                progress.change = Some(change);
+                Some(changed)
+            }
             Committed::Nothing => None,
             Committed::Refused(violations) => {
                 for v in &violations {
@@ -708,19 +972,11 @@ async fn pipeline(
             }
         };
         let Some(changed) = changed else {
-            stage(events, Stage::Report, "no changes");
-            let receipts = dir.join(proof::RECEIPTS_FILE);
-            jira.comment(
-                ticket_key,
-                Notice::NoChanges {
-                    summary: outcome.summary.clone(),
-                }
-                .to_adf(),
-            )
-            .await?;
+            // The ticket hears about it once the run statement is written (see `deliver`).
             return Ok(JobOutcome::NoChanges {
                 summary: outcome.summary,
-                receipts,
+                bundle: dir.join(proof::BUNDLE_FILE),
+                bundle_digest: String::new(),
             });
         };
         (outcome, digest, changed)
@@ -741,56 +997,90 @@ async fn pipeline(
         &digest,
         &spec.policy.hash,
     );
+    // The PR opens with a placeholder footer; `deliver` puts the sealed bundle's digest there.
+    let opening = format!("{body}{}", proof_footer(job_id, None));
     let pr: PullRequest = match github.find_open_pr(&repo_cfg.name, &branch).await? {
         Some(existing) => {
-            if !reused {
-                github
-                    .update_pr(
-                        &repo_cfg.name,
-                        existing.number,
-                        &title,
-                        &scrub(config, &body),
-                    )
-                    .await?;
-            }
+            // An earlier attempt opened it. If the model ran again, its new description replaces the old one;
+            // if not, the old description stays and only the proof footer is refreshed.
+            progress.pr_text = if reused {
+                existing
+                    .body
+                    .as_deref()
+                    .map(|b| (title.clone(), strip_proof_footer(b).to_string()))
+            } else {
+                Some((title.clone(), body))
+            };
             existing
         }
         None => {
-            github
+            let pr = github
                 .open_draft_pr(
                     &repo_cfg.name,
                     &branch,
                     &repo_cfg.base,
                     &title,
-                    &scrub(config, &body),
+                    &scrub(config, &opening),
                 )
-                .await?
+                .await?;
+            progress.pr_text = Some((title.clone(), body));
+            pr
         }
     };
-
-    // One "PR opened" comment per PR, however many attempts it took.
-    stage(events, Stage::Report, ticket_key);
-    if !ticket_mentions(jira, ticket_key, &pr.html_url).await? {
-        jira.comment(
-            ticket_key,
-            Notice::PrOpened {
-                url: pr.html_url.clone(),
-                repo: repo_cfg.name.clone(),
-                number: pr.number,
-                branch: branch.clone(),
-            }
-            .to_adf(),
-        )
-        .await?;
-    }
     Ok(JobOutcome::PullRequest {
         url: pr.html_url,
         number: pr.number,
         branch,
         repo: repo_cfg.name,
-        receipts: dir.join(proof::RECEIPTS_FILE),
-        receipts_digest: digest,
+        bundle: dir.join(proof::BUNDLE_FILE),
+        bundle_digest: String::new(),
     })
+}
+
+/// The ticket as the job saw it, in canonical JSON: its SHA-256 is the ticket's content digest in the run statement.
+fn ticket_canonical(ticket: &Ticket) -> Vec<u8> {
+    serde_json::to_value(ticket)
+        .ok()
+        .and_then(|v| proof::bundle::canonical_json(&v).ok())
+        .unwrap_or_default()
+}
+
+/// The change `commit` makes against the remote base, for the run statement.
+fn change_of(
+    r: &git2::Repository,
+    base: &str,
+    commit: git2::Oid,
+    files: usize,
+) -> Result<Change, RepoError> {
+    let base = repo::remote_base(r, base)?;
+    Ok(Change {
+        base_commit: base.to_string(),
+        commit: commit.to_string(),
+        diff_sha256: repo::diff_digest(r, base, commit)?,
+        files: files as u64,
+    })
+}
+
+/// Marks where the proof footer of a PR body starts.
+const PROOF_MARKER: &str = "<!-- drafter:proof -->";
+
+/// The PR body's last lines: the bundle digest and how to check it (`None`: not sealed yet).
+pub fn proof_footer(job_id: &str, digest: Option<&str>) -> String {
+    match digest {
+        Some(d) => format!(
+            "\n{PROOF_MARKER}\nProof bundle `sha256:{d}`: fetch it with `drafter jobs bundle {job_id}` and check it with \
+             `drafter verify` (see the README's \"Auditing a run\").\n"
+        ),
+        None => format!("\n{PROOF_MARKER}\nProof bundle: written when the job ends.\n"),
+    }
+}
+
+/// `body` without its proof footer.
+fn strip_proof_footer(body: &str) -> &str {
+    match body.find(PROOF_MARKER) {
+        Some(i) => body[..i].trim_end_matches('\n'),
+        None => body,
+    }
 }
 
 /// Group membership for the policy's trigger and approver rules, from Jira (cached by the client).
@@ -807,12 +1097,15 @@ enum Committed {
     Nothing,
     /// The change broke write rules and was not pushed.
     Refused(Vec<diff::Violation>),
-    /// Pushed; the changed paths.
-    Pushed(Vec<String>),
+    /// Pushed; the changed paths and the change.
+    Pushed(Vec<String>, Change),
 }
 
 fn refused(rule: &str, reason: String) -> JobError {
-    JobError::Refused(format!("policy rule `{rule}`: {reason}"))
+    JobError::Refused {
+        rule: rule.to_string(),
+        message: format!("policy rule `{rule}`: {reason}"),
+    }
 }
 
 /// Asks the policy about this ticket and trigger; records every decision on the job.
@@ -840,6 +1133,7 @@ async fn decide(
     };
     progress.decisions = grant.decisions.clone();
     progress.team = Some(grant.team.clone());
+    progress.retention = grant.rules.retention;
     if let Approval::Required {
         reason,
         approvers,
@@ -991,15 +1285,13 @@ async fn run_agent(
             format!("{} {}", config.model.provider.as_str(), config.model.model),
         );
         let key = Arc::new(RunnerKey::load_or_create(&config.data_dir)?);
-        let path = dir.join(proof::RECEIPTS_FILE);
-        // A retried job on the same host continues its chain; elsewhere it starts one in its own job directory.
-        let receipts = if path.exists() {
-            ReceiptLog::resume(&path, key, job_id, &ticket.key)?
-        } else {
-            ReceiptLog::create(&path, key, job_id, &ticket.key)?
-        }
-        .with_policy(&spec.policy.hash);
-        let mut model = ModelClient::new(&config.model, receipts)?;
+        // A retried job on the same host continues its bundle; elsewhere it starts one in its own job directory.
+        let bundle = BundleWriter::open(dir, key, job_id, &spec.ticket, &spec.policy.hash)?
+            .with_retention(run.grant.rules.retention)
+            .with_price(spec.policy.prices.get(&config.model.model).copied());
+        // With full retention the ticket as the model got it is kept too (its digest is in the run statement).
+        bundle.ticket_body(&ticket_canonical(ticket))?;
+        let mut model = ModelClient::new(&config.model, bundle)?;
         let task = Task {
             ticket,
             repo: repo_cfg,
@@ -1022,13 +1314,12 @@ async fn run_agent(
             let _ = ev.send(Event::Agent(e));
         };
         let outcome = agent::run(&task, &mut model, &container, &mut on_event).await;
-        let digest = model.receipts().head();
+        let digest = model.bundle().head().to_string();
         Ok::<_, JobError>((outcome, digest, calls))
     }
     .await;
     let result = match agent_result {
         Ok((outcome, digest, calls)) => {
-            progress.digest = Some(digest.clone());
             progress.tool_calls = calls;
             match outcome {
                 // Bring the model's work back before the container goes.
@@ -1107,8 +1398,8 @@ pub fn pr_body(
         ));
     }
     b.push_str(&format!(
-        "\n</details>\n\n---\nJob `{job_id}` · {turns} model calls · {tokens} tokens · receipts digest `sha256:{digest}` \
-         (check with `drafter verify`) · policy `{policy_hash}`\n",
+        "\n</details>\n\n---\nJob `{job_id}` · {turns} model calls · {tokens} tokens · chain head at commit `sha256:{digest}` \
+         · policy `{policy_hash}`\n",
         turns = outcome.turns,
         tokens = outcome.tokens,
     ));

@@ -189,16 +189,23 @@ async fn posts_every_notice_and_reads_it_back() {
             repo: "acme/widgets".into(),
             number: 3,
             branch: "drafter/DEMO-1-fix-x".into(),
+            proof: Some(drafter::jira::ProofRef {
+                job_id: "J42".into(),
+                digest: "0123abcd".into(),
+            }),
         },
         Notice::NoChanges {
             summary: "The code already handles empty input.".into(),
+            proof: None,
         },
         Notice::Refused {
             reason: "project DEMO has no allowlisted repository".into(),
+            proof: None,
         },
         Notice::Failed {
             job_id: "J43".into(),
             reason: "sandbox timed out\nafter 300 s".into(),
+            proof: None,
         },
     ];
     for n in &notices {
@@ -276,7 +283,14 @@ async fn wrong_token_is_an_error_without_the_token() {
     assert!(err.to_string().contains("not authenticated"), "{err}");
 
     let err = c
-        .comment("DEMO-1", Notice::Refused { reason: "x".into() }.to_adf())
+        .comment(
+            "DEMO-1",
+            Notice::Refused {
+                reason: "x".into(),
+                proof: None,
+            }
+            .to_adf(),
+        )
         .await
         .unwrap_err();
     assert!(matches!(err, JiraError::Unauthorized { .. }), "{err:?}");
@@ -300,7 +314,14 @@ async fn unknown_ticket_is_a_clear_not_found() {
     assert!(msg.contains("Issue does not exist"), "{msg}");
 
     let err = c
-        .comment("NOPE-404", Notice::Refused { reason: "x".into() }.to_adf())
+        .comment(
+            "NOPE-404",
+            Notice::Refused {
+                reason: "x".into(),
+                proof: None,
+            }
+            .to_adf(),
+        )
         .await
         .unwrap_err();
     assert!(matches!(err, JiraError::NotFound { .. }), "{err:?}");
@@ -325,7 +346,14 @@ async fn invalid_keys_are_refused_before_any_request() {
         let err = c.issue(bad).await.unwrap_err();
         assert!(matches!(err, JiraError::InvalidKey(_)), "{bad:?}: {err:?}");
         let err = c
-            .comment(bad, Notice::Refused { reason: "x".into() }.to_adf())
+            .comment(
+                bad,
+                Notice::Refused {
+                    reason: "x".into(),
+                    proof: None,
+                }
+                .to_adf(),
+            )
             .await
             .unwrap_err();
         assert!(matches!(err, JiraError::InvalidKey(_)), "{bad:?}: {err:?}");
@@ -356,7 +384,14 @@ async fn overload_surfaces_retry_after_and_is_retryable() {
 
     s.fail_next_with(429, 1, Some("17"));
     let err = c
-        .comment("DEMO-1", Notice::Refused { reason: "x".into() }.to_adf())
+        .comment(
+            "DEMO-1",
+            Notice::Refused {
+                reason: "x".into(),
+                proof: None,
+            }
+            .to_adf(),
+        )
         .await
         .unwrap_err();
     assert!(matches!(err, JiraError::RateLimited { .. }), "{err:?}");

@@ -10,7 +10,9 @@ use drafter::config::{ModelConfig, ProviderKind, Secret};
 use drafter::model::{
     Block, Message, ModelClient, ModelError, ModelRequest, Role, StopReason, ToolSpec,
 };
-use drafter::proof::{self, sha256_hex, Receipt, ReceiptLog, RunnerKey};
+use drafter::proof::bundle::{read_statements, Predicate};
+use drafter::proof::verify::verify_unfinished;
+use drafter::proof::{self, sha256_hex, BundleWriter, Pins, RunnerKey};
 use serde_json::{json, Value};
 use support::model::{ModelStandIn, Step, INPUT_TOKENS, OUTPUT_TOKENS};
 
@@ -39,13 +41,7 @@ fn setup(cfg: &ModelConfig) -> Setup {
     let key = Arc::new(RunnerKey::load_or_create(&dir.path().join("data")).unwrap());
     let job_dir = dir.path().join("jobs").join("job-7");
     std::fs::create_dir_all(&job_dir).unwrap();
-    let log = ReceiptLog::create(
-        &job_dir.join(proof::RECEIPTS_FILE),
-        key.clone(),
-        "job-7",
-        "DEMO-7",
-    )
-    .unwrap();
+    let log = BundleWriter::open(&job_dir, key.clone(), "job-7", "DEMO-7", "sha256:p").unwrap();
     let client = ModelClient::new(cfg, log).unwrap();
     Setup {
         _dir: dir,
@@ -55,14 +51,59 @@ fn setup(cfg: &ModelConfig) -> Setup {
     }
 }
 
+/// One model-call statement, flattened for assertions.
+struct Receipt {
+    seq: u64,
+    job_id: String,
+    ticket: String,
+    signer: String,
+    provider: String,
+    model: String,
+    endpoint: String,
+    http_status: u16,
+    request_sha256: String,
+    response_sha256: String,
+    input_tokens: u64,
+    output_tokens: u64,
+}
+
 fn receipts(job_dir: &Path) -> (Vec<u8>, Vec<Receipt>) {
-    let bytes = std::fs::read(job_dir.join(proof::RECEIPTS_FILE)).unwrap();
-    let parsed = bytes
-        .split(|&b| b == b'\n')
-        .filter(|l| !l.is_empty())
-        .map(|l| serde_json::from_slice(l).unwrap())
+    let bytes = std::fs::read(job_dir.join(proof::BUNDLE_FILE)).unwrap();
+    let parsed = read_statements(&bytes)
+        .unwrap()
+        .into_iter()
+        .map(|(st, p)| {
+            let Predicate::ModelCall(m) = p else {
+                panic!("not a model call")
+            };
+            assert_eq!(st.predicate_type, proof::bundle::MODEL_CALL);
+            let digest = |name: &str| {
+                st.subject.iter().find(|x| x.name == name).unwrap().digest["sha256"].clone()
+            };
+            Receipt {
+                seq: m.chain.seq,
+                job_id: m.chain.job_id,
+                ticket: m.chain.ticket,
+                signer: m.chain.signer,
+                provider: m.provider,
+                model: m.model,
+                endpoint: m.endpoint,
+                http_status: m.http_status,
+                request_sha256: digest("request"),
+                response_sha256: digest("response"),
+                input_tokens: m.usage.input_tokens,
+                output_tokens: m.usage.output_tokens,
+            }
+        })
         .collect();
     (bytes, parsed)
+}
+
+fn pins(key: &RunnerKey) -> Pins {
+    Pins {
+        keys: vec![key.verifying_key()],
+        policy_hash: None,
+    }
 }
 
 fn tools() -> Vec<ToolSpec> {
@@ -230,7 +271,7 @@ async fn three_call_conversation(kind: ProviderKind) {
     // One receipt per call, hashing exactly the bytes the stand-in received.
     let (bytes, rs) = receipts(&s.job_dir);
     assert_eq!(rs.len(), 3);
-    assert_eq!(s.client.receipts().count(), 3);
+    assert_eq!(s.client.bundle().count(), 3);
     for (i, (r, req)) in rs.iter().zip(&recorded).enumerate() {
         assert_eq!(r.seq, i as u64);
         assert_eq!(r.request_sha256, sha256_hex(&req.body));
@@ -255,20 +296,37 @@ async fn three_call_conversation(kind: ProviderKind) {
         &std::fs::read_to_string(s._dir.path().join("data/runner.pub")).unwrap(),
     )
     .unwrap();
-    let report = proof::verify(&s.job_dir, Some(&pinned)).unwrap();
+    let pinned = Pins {
+        keys: vec![pinned],
+        policy_hash: Some("sha256:p".into()),
+    };
+    let report = verify_unfinished(&s.job_dir, &pinned).unwrap();
     assert_eq!(report.count, 3);
-    assert_eq!(report.head, s.client.receipts().head());
-    assert_eq!(report.total_tokens(), 3 * (INPUT_TOKENS + OUTPUT_TOKENS));
+    assert_eq!(report.head, s.client.bundle().head());
+    assert_eq!(
+        report.totals.usage.input_tokens + report.totals.usage.output_tokens,
+        3 * (INPUT_TOKENS + OUTPUT_TOKENS)
+    );
     assert_eq!(report.ticket, "DEMO-7");
+    // Without a run statement the bundle is not a finished job's.
+    let err = proof::verify(&s.job_dir, &pinned).unwrap_err().to_string();
+    assert!(err.contains("without a run statement"), "{err}");
 
-    let log = s.client.into_receipts();
+    let log = s.client.into_bundle();
     assert_eq!(log.head(), report.head);
     let file = log.path().to_path_buf();
-    let mut tampered = bytes.clone();
-    let at = text.find("\"output_tokens\":20").unwrap() + "\"output_tokens\":".len();
-    tampered[at] = b'1'; // 20 -> 10 tokens
+    // The first statement's token count changed (20 -> 10) and re-encoded, without re-signing.
+    let first = bytes.split(|&b| b == b'\n').next().unwrap();
+    let mut env: Value = serde_json::from_slice(first).unwrap();
+    let payload = base64_decode(env["payload"].as_str().unwrap());
+    let edited = String::from_utf8(payload)
+        .unwrap()
+        .replace("\"output_tokens\":20", "\"output_tokens\":10");
+    env["payload"] = Value::String(base64_encode(edited.as_bytes()));
+    let mut tampered = serde_json::to_vec(&env).unwrap();
+    tampered.extend_from_slice(&bytes[first.len()..]);
     std::fs::write(&file, &tampered).unwrap();
-    let err = proof::verify(&file, Some(&pinned)).unwrap_err().to_string();
+    let err = verify_unfinished(&file, &pinned).unwrap_err().to_string();
     assert!(err.contains("line 1: signature does not verify"), "{err}");
 }
 
@@ -306,7 +364,7 @@ async fn http_errors_are_recorded_and_classified() {
         assert!(e.is_retryable(), "{e}");
         assert_eq!(e.status(), Some(500));
         assert!(e.to_string().contains("scripted HTTP 500"), "{e}");
-        assert_eq!(s.client.receipts().count(), 1);
+        assert_eq!(s.client.bundle().count(), 1);
 
         let e = s.client.call(&simple()).await.unwrap_err();
         assert!(e.is_retryable());
@@ -327,7 +385,12 @@ async fn http_errors_are_recorded_and_classified() {
         for (r, req) in rs.iter().zip(&recorded) {
             assert_eq!(r.request_sha256, sha256_hex(&req.body));
         }
-        assert_eq!(proof::verify(&s.job_dir, None).unwrap().count, 4);
+        assert_eq!(
+            verify_unfinished(&s.job_dir, &Pins::default())
+                .unwrap()
+                .count,
+            4
+        );
     }
 }
 
@@ -403,7 +466,7 @@ async fn hostile_bodies_are_rejected_but_recorded() {
         // The response hash is of the exact bytes received.
         assert_eq!(rs[0].response_sha256, sha256_hex(html.as_bytes()));
         assert_eq!(rs[2].http_status, 401);
-        proof::verify(&s.job_dir, Some(&s.key.verifying_key())).unwrap();
+        verify_unfinished(&s.job_dir, &pins(&s.key)).unwrap();
     }
 }
 
@@ -451,5 +514,15 @@ async fn wrong_key_is_a_non_retryable_401() {
         1,
         "a rejected request consumes no step"
     );
-    assert_eq!(s.client.receipts().count(), 1);
+    assert_eq!(s.client.bundle().count(), 1);
+}
+
+fn base64_decode(s: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.decode(s).unwrap()
+}
+
+fn base64_encode(b: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(b)
 }

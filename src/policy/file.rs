@@ -2,7 +2,7 @@
 //!
 //! Every table refuses unknown keys, so a typo (`max_file = 3`) is an error with its line, not a silently ignored
 //! rule. Team tables take the same rule keys as `[defaults]`; a key a team sets replaces the default, key by key
-//! inside `limits`, `write`, `budget` and `concurrency`.
+//! inside `limits`, `write`, `budget`, `concurrency` and `retention`.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -50,6 +50,7 @@ struct RawSection {
     write: Option<RawWrite>,
     budget: Option<RawBudget>,
     concurrency: Option<RawConcurrency>,
+    retention: Option<RawRetention>,
 }
 
 #[derive(Deserialize, Clone)]
@@ -100,6 +101,13 @@ struct RawBudget {
 struct RawConcurrency {
     team: Option<usize>,
     repo: Option<usize>,
+}
+
+#[derive(Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+struct RawRetention {
+    bodies: Option<crate::proof::Bodies>,
+    max_age_days: Option<u64>,
 }
 
 /// `a.or(b)` for every field of a flat struct of options.
@@ -479,6 +487,21 @@ pub fn parse(text: &str, path: &Path) -> Result<Policy, PolicyError> {
         if c.team == Some(0) || c.repo == Some(0) {
             return Err(cx.invalid(key("concurrency"), at, "caps must be at least 1"));
         }
+        let r = merge_fields!(
+            t.retention.clone().unwrap_or_default(),
+            defaults.retention.clone().unwrap_or_default(),
+            RawRetention {
+                bodies,
+                max_age_days
+            }
+        );
+        if r.max_age_days == Some(0) {
+            return Err(cx.invalid(
+                key("retention.max_age_days"),
+                at,
+                "must be at least 1 (use bodies = \"digests\" to keep no bodies at all)",
+            ));
+        }
 
         teams.push(Team {
             name: name.clone(),
@@ -521,6 +544,10 @@ pub fn parse(text: &str, path: &Path) -> Result<Policy, PolicyError> {
                 concurrency: Concurrency {
                     team: c.team,
                     repo: c.repo,
+                },
+                retention: crate::proof::Retention {
+                    bodies: r.bodies.unwrap_or_default(),
+                    max_age_days: r.max_age_days,
                 },
             },
         });

@@ -277,6 +277,8 @@ pub struct Rules {
     pub budget: Budget,
     /// Concurrency caps.
     pub concurrency: Concurrency,
+    /// What the job's proof record keeps besides digests, and for how long.
+    pub retention: crate::proof::Retention,
 }
 
 /// One repository a team may change.
@@ -325,7 +327,8 @@ pub struct Policy {
 }
 
 /// One allow or deny, as logged and recorded on the job.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Decision {
     /// The rule, e.g. `trigger`, `repo`, `labels.approval`, `write.forbidden_paths`, `budget.daily_tokens`.
     pub rule: String,

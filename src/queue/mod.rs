@@ -413,6 +413,11 @@ pub fn new_job_id() -> String {
     )
 }
 
+/// Whether `id` looks like a job id (letters, digits, `-`; so it is safe as a directory name).
+pub fn valid_job_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
 /// The queue. Every method is one transaction; see the module docs for the semantics both backends share.
 #[async_trait::async_trait]
 pub trait Queue: Send + Sync {

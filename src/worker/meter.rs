@@ -111,9 +111,17 @@ impl Meter {
     /// `Err(reason)` if a cap is reached; every verdict is logged as a policy decision. The team's usage is read
     /// from the ledger only when a team cap needs it, once per window.
     pub async fn check(&self) -> Result<(), String> {
+        self.check_rule().await.map_err(|(_, message)| message)
+    }
+
+    /// [`Meter::check`], also naming the rule that said no (for the run statement).
+    pub async fn check_rule(&self) -> Result<(), (String, String)> {
         let deny = |rule: &str, detail: String| {
             policy::log_decision(&self.policy_hash, &self.ticket, rule, false, detail.clone());
-            Err(format!("budget exhausted (policy rule `{rule}`): {detail}"))
+            Err((
+                rule.to_string(),
+                format!("budget exhausted (policy rule `{rule}`): {detail}"),
+            ))
         };
         let job = self.job_spent();
         let (day, month) = windows(Utc::now());

@@ -29,7 +29,7 @@ use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use crate::config::Config;
-use crate::jira::{JiraClient, Notice};
+use crate::jira::{self, JiraClient, Notice};
 use crate::policy::{self, Policy};
 use crate::queue::{ApprovalRequest, Claim, Failure, Job, JobState, Pause, Queue};
 use crate::sandbox::Sandbox;
@@ -293,14 +293,20 @@ async fn expire_approvals(queue: &dyn Queue, config: &Config) {
         let (Some(jira), Ok(Some(job))) = (&jira, queue.get(&id).await) else {
             continue;
         };
+        let reason = scrub(
+            config,
+            job.last_error
+                .as_deref()
+                .unwrap_or("the approval request expired"),
+        );
+        let proof = super::seal_expired(config, &job, &reason).map(|digest| jira::ProofRef {
+            job_id: id.clone(),
+            digest,
+        });
         let notice = Notice::Failed {
             job_id: id.clone(),
-            reason: scrub(
-                config,
-                job.last_error
-                    .as_deref()
-                    .unwrap_or("the approval request expired"),
-            ),
+            reason,
+            proof,
         };
         if let Err(e) = jira.comment(&job.ticket, notice.to_adf()).await {
             tracing::warn!(job = %id, error = %e, "could not report the expired approval on the ticket");
@@ -378,6 +384,11 @@ impl JobTask {
                 })
                 .collect(),
             origin: origin_of(job),
+            event: job
+                .triggers
+                .first()
+                .map(|t| format!("{} {}", t.source, t.delivery))
+                .unwrap_or_else(|| "unknown".into()),
             approved_by: job.approval.as_ref().and_then(|a| a.approved_by.clone()),
             policy: self.policy.clone(),
             ledger: Some(Arc::new(QueueLedger(queue.clone()))),
