@@ -31,6 +31,9 @@ pub mod bundle;
 pub mod retention;
 pub mod verify;
 
+#[cfg(test)]
+mod tests_bundle;
+
 pub use bundle::{
     BundleWriter, ModelCallInput, RunInput, ToolCallInput, BUNDLE_FILE, PAYLOAD_TYPE,
     STATEMENT_TYPE, ZERO_HASH,
