@@ -4,7 +4,7 @@
 //! `examples/demo/` (a tiny Python repository, the ticket DEMO-1 and the model's transcript), writes a runner
 //! configuration pointing at them, and runs the real `drafter run --ticket DEMO-1` binary against it. The sandbox is
 //! the real hardened Docker container. Afterwards it shows the draft PR, the pushed commit, the ticket's comments and
-//! `drafter verify` on the receipts.
+//! `drafter verify` on the job's proof bundle, pinned to the runner key and checked against the repository.
 //!
 //! Run it with `examples/demo.sh` (which builds the sandbox image and the binaries first).
 
@@ -20,7 +20,7 @@ use support::harness::{Options, Stack, DEMO_REPO};
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let bin = drafter_binary()?;
     let mut stack = Stack::start(Options::default()).await;
-    // Keep the data directory (receipts, job record) after the demo exits, so it can be inspected and verified.
+    // Keep the data directory (proof bundle, job record) after the demo exits, so it can be inspected and verified.
     stack.dir.disable_cleanup(true);
 
     println!("stand-in Jira:   {}", stack.jira.base_url());
@@ -82,19 +82,22 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .ok_or("no job directory")?;
     let pubkey = stack.data_dir().join("runner.pub");
     println!(
-        "\n$ drafter verify {} --public-key {}",
+        "\n$ drafter verify {} --key {} --repo {}",
         job.display(),
-        pubkey.display()
+        pubkey.display(),
+        stack.bare_repo.display()
     );
     let verified = tokio::process::Command::new(&bin)
         .arg("verify")
         .arg(&job)
-        .arg("--public-key")
+        .arg("--key")
         .arg(&pubkey)
+        .arg("--repo")
+        .arg(&stack.bare_repo)
         .status()
         .await?;
     if !verified.success() {
-        return Err("receipt verification failed".into());
+        return Err("proof bundle verification failed".into());
     }
     println!(
         "\nThe job's data directory is kept at {}",

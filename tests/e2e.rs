@@ -195,36 +195,95 @@ async fn ticket_to_draft_pr(provider: &'static str) {
     );
     assert_eq!(stack.model.requests().len(), 5);
 
-    // Receipts: one per model call, and `drafter verify` accepts them, then rejects a one-byte change.
-    let receipts = dir.join("receipts.jsonl");
-    let text = std::fs::read_to_string(&receipts).expect("receipts");
-    assert_eq!(text.lines().count(), 5);
+    // The proof bundle: one statement per model call and per tool call, then the run statement. `drafter jobs
+    // bundle` hands it out, its digest is in the PR body and the ticket comment, and `drafter verify` accepts it
+    // pinned to the runner key, checked against the repository, then rejects a one-byte change.
+    let bundle_path = dir.join("bundle.jsonl");
+    let text = std::fs::read_to_string(&bundle_path).expect("bundle");
+    let statements = drafter::proof::bundle::read_statements(text.as_bytes()).expect("statements");
+    let kinds: Vec<&str> = statements
+        .iter()
+        .map(|(s, _)| s.predicate_type.rsplit('/').nth(1).unwrap_or(""))
+        .collect();
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "model-call").count(),
+        5,
+        "{kinds:?}"
+    );
+    assert!(
+        kinds.iter().filter(|k| **k == "tool-call").count() >= 4,
+        "{kinds:?}"
+    );
+    assert_eq!(kinds.last(), Some(&"run"), "{kinds:?}");
+    let digest = drafter::proof::sha256_hex(text.as_bytes());
+    assert!(
+        body.contains(&format!("Proof bundle `sha256:{digest}`")),
+        "{body}"
+    );
+    assert!(
+        comments[1].contains(&format!("sha256:{digest}")),
+        "{comments:?}"
+    );
+    let exported = stack
+        .data_dir()
+        .parent()
+        .expect("parent")
+        .join("exported.jsonl");
+    let out = std::process::Command::new(BIN)
+        .args(["jobs", "bundle", &job_id, "--data-dir"])
+        .arg(stack.data_dir())
+        .arg("--out")
+        .arg(&exported)
+        .output()
+        .expect("jobs bundle runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&digest));
+    assert_eq!(std::fs::read_to_string(&exported).expect("exported"), text);
     let pubkey = stack.data_dir().join("runner.pub");
     let ok = std::process::Command::new(BIN)
-        .args(["verify", dir.to_str().expect("utf8"), "--public-key"])
+        .args(["verify", exported.to_str().expect("utf8"), "--key"])
         .arg(&pubkey)
+        .arg("--repo")
+        .arg(&stack.bare_repo)
         .output()
         .expect("verify runs");
+    let summary = String::from_utf8_lossy(&ok.stdout);
     assert!(
         ok.status.success(),
-        "{}",
+        "{}{summary}",
         String::from_utf8_lossy(&ok.stderr)
     );
-    let mut bytes = std::fs::read(&receipts).expect("read");
+    for want in [
+        "ticket DEMO-1",
+        "(pinned)",
+        "5 model calls",
+        "outcome:       pull_request",
+        "repository ok: commit",
+        &format!("bundle digest: sha256:{digest}"),
+    ] {
+        assert!(summary.contains(want), "{want} missing from {summary}");
+    }
+    let mut bytes = text.clone().into_bytes();
     let at = bytes.len() / 2;
-    bytes[at] = if bytes[at] == b'0' { b'1' } else { b'0' };
-    std::fs::write(&receipts, &bytes).expect("write");
+    bytes[at] = if bytes[at] == b'A' { b'B' } else { b'A' };
+    std::fs::write(&exported, &bytes).expect("write");
     let bad = std::process::Command::new(BIN)
-        .args(["verify", receipts.to_str().expect("utf8")])
+        .args(["verify", exported.to_str().expect("utf8")])
         .output()
         .expect("verify runs");
     assert!(!bad.status.success());
     let why = String::from_utf8_lossy(&bad.stderr);
     assert!(why.contains("line"), "{why}");
+    // Default retention is digests only: no body was written anywhere under the data directory.
+    assert!(!dir.join("bodies").exists());
 
     // No secret anywhere it could leak.
     assert_no_secret("the logs", &log);
-    assert_no_secret("the receipts", &text);
+    assert_no_secret("the proof bundle", &text);
     assert_no_secret("the PR body", body);
     assert_no_secret("the ticket comments", &comments.join("\n"));
     assert_no_secret("the model traffic", &traffic);

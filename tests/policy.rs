@@ -53,6 +53,38 @@ fn only_job_dir(stack: &Stack) -> PathBuf {
     dirs[0].clone()
 }
 
+/// The job's bundle, verified through the CLI pinned to the runner key; returns its statements.
+async fn verified_bundle(
+    stack: &Stack,
+) -> Vec<(
+    drafter::proof::bundle::Statement,
+    drafter::proof::bundle::Predicate,
+)> {
+    let dir = only_job_dir(stack);
+    let key = stack.data_dir().join("runner.pub");
+    let (out, log) = drafter(
+        stack,
+        &[
+            "verify",
+            dir.to_str().expect("utf8"),
+            "--key",
+            key.to_str().expect("utf8"),
+        ],
+    )
+    .await;
+    assert!(out.status.success(), "{log}");
+    let bytes = std::fs::read(dir.join("bundle.jsonl")).expect("bundle");
+    drafter::proof::bundle::read_statements(&bytes).expect("statements")
+}
+
+/// The last run statement of the only job.
+async fn last_run(stack: &Stack) -> drafter::proof::bundle::Run {
+    match verified_bundle(stack).await.pop() {
+        Some((_, drafter::proof::bundle::Predicate::Run(r))) => *r,
+        other => panic!("the bundle does not end with a run statement: {other:?}"),
+    }
+}
+
 fn job_json(stack: &Stack) -> Value {
     let text = std::fs::read_to_string(only_job_dir(stack).join("job.json")).expect("job.json");
     serde_json::from_str(&text).expect("job.json is JSON")
@@ -131,6 +163,24 @@ async fn a_repository_outside_the_projects_list_is_refused_before_cloning() {
     assert!(job["policy_hash"]
         .as_str()
         .is_some_and(|h| h.starts_with("sha256:")));
+    // The refused job still has a signed bundle: one run statement naming the rule, and its digest is in the
+    // ticket comment.
+    let run = last_run(&stack).await;
+    assert_eq!(run.outcome.result, "refused");
+    assert_eq!(run.outcome.rule.as_deref(), Some("repo"));
+    assert_eq!((run.model_calls, run.tool_calls), (0, 0));
+    assert_eq!(
+        Some(&run.policy_hash),
+        job["policy_hash"].as_str().map(String::from).as_ref()
+    );
+    assert!(run.decisions.iter().any(|d| d.rule == "repo" && !d.allowed));
+    let digest = drafter::proof::sha256_hex(
+        &std::fs::read(only_job_dir(&stack).join("bundle.jsonl")).expect("bundle"),
+    );
+    assert!(
+        comments[0].contains(&format!("sha256:{digest}")),
+        "{comments:?}"
+    );
 }
 
 #[tokio::test]
@@ -191,20 +241,47 @@ async fn a_label_needing_approval_stops_until_an_operator_approves() {
         body.contains(hash.trim()),
         "the PR names the policy hash {hash}: {body}"
     );
-    // ... and so do the job record and every receipt of the run.
+    // ... and so do the job record and every statement of the approved job (the first, unapproved run is a job of
+    // its own whose bundle holds only its run statement).
     let dirs: Vec<PathBuf> = std::fs::read_dir(stack.data_dir().join("jobs"))
         .expect("jobs")
         .filter_map(Result::ok)
         .map(|e| e.path())
-        .filter(|d| d.join("receipts.jsonl").exists())
+        .filter(|d| d.join("job.json").exists())
+        .collect();
+    assert_eq!(dirs.len(), 2, "{dirs:?}");
+    let dirs: Vec<PathBuf> = dirs
+        .into_iter()
+        .filter(|d| {
+            std::fs::read_to_string(d.join("bundle.jsonl")).is_ok_and(|b| b.lines().count() > 1)
+        })
         .collect();
     assert_eq!(dirs.len(), 1, "{dirs:?}");
-    let receipts = std::fs::read_to_string(dirs[0].join("receipts.jsonl")).expect("receipts");
-    assert_eq!(receipts.lines().count(), 5);
-    for line in receipts.lines() {
-        let r: Value = serde_json::from_str(line).expect("receipt");
-        assert_eq!(r["policy_hash"].as_str(), Some(hash.trim()), "{line}");
+    let bundle = std::fs::read(dirs[0].join("bundle.jsonl")).expect("bundle");
+    let statements = drafter::proof::bundle::read_statements(&bundle).expect("statements");
+    let models = statements
+        .iter()
+        .filter(|(_, p)| matches!(p, drafter::proof::bundle::Predicate::ModelCall(_)))
+        .count();
+    assert_eq!(models, 5);
+    for (_, p) in &statements {
+        assert_eq!(p.policy_hash(), hash.trim());
     }
+    // `drafter verify --policy` ties the bundle to the policy file.
+    let bundle_path = dirs[0].join("bundle.jsonl");
+    let policy_file = stack.dir.path().join("policy.toml");
+    let (out, log) = drafter(
+        &stack,
+        &[
+            "verify",
+            bundle_path.to_str().expect("utf8"),
+            "--policy",
+            policy_file.to_str().expect("utf8"),
+        ],
+    )
+    .await;
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("approved by cli:"), "{log}");
     let record = std::fs::read_to_string(dirs[0].join("job.json")).expect("job.json");
     assert!(record.contains(hash.trim()), "{record}");
     assert!(
@@ -329,10 +406,18 @@ async fn a_job_over_its_token_budget_stops_at_the_next_model_call() {
         comments.last().is_some_and(|c| c.contains("budget")),
         "{comments:?}"
     );
-    // The work so far stays in the proof record.
-    let receipts =
-        std::fs::read_to_string(only_job_dir(&stack).join("receipts.jsonl")).expect("receipts");
-    assert_eq!(receipts.lines().count(), 2);
+    // The work so far stays in the proof record, and the run statement says why it stopped.
+    let run = last_run(&stack).await;
+    assert_eq!(run.model_calls, 2);
+    assert_eq!(run.outcome.result, "failed");
+    assert!(
+        run.outcome
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.contains("budget.job_tokens")),
+        "{:?}",
+        run.outcome
+    );
 }
 
 #[tokio::test]
@@ -414,12 +499,12 @@ async fn prompt_injection_in_the_ticket_changes_nothing_the_policy_forbids() {
     let comments = stack.jira.comment_texts("DEMO-9").join("\n");
     let dir = only_job_dir(&stack);
     let record = std::fs::read_to_string(dir.join("job.json")).expect("job.json");
-    let receipts = std::fs::read_to_string(dir.join("receipts.jsonl")).expect("receipts");
+    let receipts = std::fs::read_to_string(dir.join("bundle.jsonl")).expect("bundle");
     for (what, text) in [
         ("model traffic", &traffic),
         ("comments", &comments),
         ("job.json", &record),
-        ("receipts", &receipts),
+        ("the proof bundle", &receipts),
         ("log", &log),
     ] {
         for s in SECRETS {
@@ -727,4 +812,97 @@ async fn policy_limits_tighten_the_runners_and_a_named_egress_allowlist_fails_cl
         decisions(&job).last().map(String::as_str),
         Some("network:false")
     );
+}
+
+/// Every file under `dir`, recursively, with its bytes.
+fn files_under(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d)
+            .expect("read_dir")
+            .filter_map(Result::ok)
+        {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Ok(b) = std::fs::read(&p) {
+                out.push((p, b));
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn retention_digests_keeps_no_body_anywhere_and_full_keeps_every_body() {
+    for mode in ["digests", "full"] {
+        let stack = Stack::start(Options {
+            policy: Some(policy(
+                &format!("retention = {{ bodies = \"{mode}\", max_age_days = 30 }}"),
+                "",
+            )),
+            ..Options::default()
+        })
+        .await;
+        let (out, log) = drafter(&stack, &["run", "--ticket", "DEMO-1"]).await;
+        assert!(out.status.success(), "{mode}: {log}");
+        let statements = verified_bundle(&stack).await;
+        let mut bodies = Vec::new();
+        for (st, p) in &statements {
+            if let drafter::proof::bundle::Predicate::ModelCall(_) = p {
+                for s in &st.subject {
+                    bodies.push(s.digest["sha256"].clone());
+                }
+            }
+        }
+        assert_eq!(bodies.len(), 10, "{mode}: request and response of 5 calls");
+        let run = last_run(&stack).await;
+        assert_eq!(run.retention.bodies.as_str(), mode);
+        assert_eq!(run.retention.max_age_days, Some(30));
+
+        let files = files_under(&stack.data_dir());
+        let digests: Vec<String> = files
+            .iter()
+            .map(|(_, b)| drafter::proof::sha256_hex(b))
+            .collect();
+        // Every request body carries the system prompt; every response names the scripted model's tools.
+        let prompt = b"You are drafter, a coding agent";
+        let holding_prompt: Vec<&PathBuf> = files
+            .iter()
+            .filter(|(_, b)| b.windows(prompt.len()).any(|w| w == prompt))
+            .map(|(p, _)| p)
+            .collect();
+        let requests = stack.model.requests();
+        match mode {
+            "digests" => {
+                for d in &bodies {
+                    assert!(!digests.contains(d), "a body with digest {d} is on disk");
+                }
+                assert!(
+                    holding_prompt.is_empty(),
+                    "request text on disk: {holding_prompt:?}"
+                );
+                for r in &requests {
+                    assert!(!digests.contains(&drafter::proof::sha256_hex(&r.body)));
+                }
+                assert!(!only_job_dir(&stack).join("bodies").exists());
+            }
+            _ => {
+                let kept = only_job_dir(&stack).join("bodies");
+                for d in &bodies {
+                    let b = std::fs::read(kept.join(d)).expect("body kept under its digest");
+                    assert_eq!(&drafter::proof::sha256_hex(&b), d);
+                }
+                for r in &requests {
+                    assert!(kept.join(drafter::proof::sha256_hex(&r.body)).exists());
+                }
+                // After the maximum age, `drafter jobs purge` removes the bodies and the bundle still verifies.
+                let (out, log) = drafter(&stack, &["jobs", "purge", "--dry-run"]).await;
+                assert!(out.status.success(), "{log}");
+                assert!(log.contains("nothing to purge"), "{log}");
+                assert!(kept.exists());
+            }
+        }
+    }
 }
