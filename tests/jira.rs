@@ -216,7 +216,7 @@ async fn posts_every_notice_and_reads_it_back() {
         texts,
         vec![
             "drafter started working on this (job J42), repository acme/widgets.",
-            "Draft pull request opened: acme/widgets#3 (branch drafter/DEMO-1-fix-x). A human must review and merge it.",
+            "Draft pull request opened: acme/widgets#3 (branch drafter/DEMO-1-fix-x). A human must review and merge it.\nProof bundle sha256:0123abcd (drafter jobs bundle J42, then drafter verify).",
             "drafter finished without changing any file, so no pull request was opened. Summary: The code already handles empty input.",
             "drafter refused this ticket: project DEMO has no allowlisted repository",
             "drafter failed (job J43): sandbox timed out\nafter 300 s",
