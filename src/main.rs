@@ -1088,7 +1088,11 @@ fn key_cmd(command: KeyCommand) -> anyhow::Result<ExitCode> {
                 .filter(|k| *k != key.verifying_key())
                 .collect();
             for k in retired {
-                println!("retired:    {} (key id {})", hex_key(&k), proof::key_id(&k));
+                println!(
+                    "retired:    {} (key id {})",
+                    hex::encode(k.as_bytes()),
+                    proof::key_id(&k)
+                );
             }
         }
         KeyCommand::Rotate { dir } => {
@@ -1107,10 +1111,6 @@ fn key_cmd(command: KeyCommand) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn hex_key(k: &ed25519_dalek::VerifyingKey) -> String {
-    k.as_bytes().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn jobs_bundle(

@@ -278,6 +278,8 @@ struct Progress {
     tool_calls: Vec<ToolCallRecord>,
     /// The pull request's title and body without the proof footer, to be completed once the bundle is sealed.
     pr_text: Option<(String, String)>,
+    /// The bundle writer the model client used, when the agent ran.
+    bundle: Option<BundleWriter>,
 }
 
 /// Which attempt of a job this is. The ticket hears about a failure only when it is final: not retryable, or the
@@ -434,7 +436,7 @@ pub async fn run_job(
         let mut result = pipeline(&config, &jira, spec, &dir, &events, &mut progress).await;
 
         // The run statement ends the attempt's record; its digest goes to the PR and the ticket.
-        let sealed = seal(&config, spec, &dir, &progress, &result, started);
+        let sealed = seal(&config, spec, &dir, &mut progress, &result, started);
         let digest = match sealed {
             Ok(d) => Some(d),
             Err(e) => {
@@ -553,13 +555,19 @@ fn seal(
     config: &Config,
     spec: &JobSpec,
     dir: &Path,
-    progress: &Progress,
+    progress: &mut Progress,
     result: &Result<JobOutcome, JobError>,
     started: chrono::DateTime<chrono::Utc>,
 ) -> Result<String, ProofError> {
-    let key = Arc::new(RunnerKey::load_or_create(&config.data_dir)?);
-    let mut bundle = BundleWriter::open(dir, key, &spec.job_id, &spec.ticket, &spec.policy.hash)?
-        .with_retention(progress.retention);
+    let mut bundle = match progress.bundle.take() {
+        Some(b) => b,
+        // The agent did not run (a refusal, an earlier failure, a reused branch): open the job's bundle.
+        None => {
+            let key = Arc::new(RunnerKey::load_or_create(&config.data_dir)?);
+            BundleWriter::open(dir, key, &spec.job_id, &spec.ticket, &spec.policy.hash)?
+                .with_retention(progress.retention)
+        }
+    };
     let outcome = match result {
         Ok(JobOutcome::PullRequest { url, number, .. }) => Outcome {
             result: "pull_request".into(),
@@ -1315,12 +1323,14 @@ async fn run_agent(
         };
         let outcome = agent::run(&task, &mut model, &container, &mut on_event).await;
         let digest = model.bundle().head().to_string();
-        Ok::<_, JobError>((outcome, digest, calls))
+        Ok::<_, JobError>((outcome, digest, calls, model.into_bundle()))
     }
     .await;
     let result = match agent_result {
-        Ok((outcome, digest, calls)) => {
+        Ok((outcome, digest, calls, bundle)) => {
             progress.tool_calls = calls;
+            // The run statement continues this writer rather than reopening (and re-verifying) the file.
+            progress.bundle = Some(bundle);
             match outcome {
                 // Bring the model's work back before the container goes.
                 Ok(o) => container

@@ -493,15 +493,17 @@ impl Totals {
     /// Adds one statement.
     pub fn add(&mut self, p: &Predicate) {
         match p {
-            Predicate::ModelCall(m) => {
-                self.model_calls += 1;
-                self.usage.input_tokens += m.usage.input_tokens;
-                self.usage.output_tokens += m.usage.output_tokens;
-                self.cost_micros += m.cost_micros.unwrap_or(0);
-            }
+            Predicate::ModelCall(m) => self.add_model_call(m),
             Predicate::ToolCall(_) => self.tool_calls += 1,
             Predicate::Run(_) => {}
         }
+    }
+
+    fn add_model_call(&mut self, m: &ModelCall) {
+        self.model_calls += 1;
+        self.usage.input_tokens += m.usage.input_tokens;
+        self.usage.output_tokens += m.usage.output_tokens;
+        self.cost_micros += m.cost_micros.unwrap_or(0);
     }
 }
 
@@ -647,7 +649,7 @@ impl BundleWriter {
             Subject::sha256("response", &response),
         ];
         self.append(subject, MODEL_CALL, &predicate)?;
-        self.totals.add(&Predicate::ModelCall(predicate.clone()));
+        self.totals.add_model_call(&predicate);
         Ok(predicate)
     }
 
@@ -852,17 +854,19 @@ pub fn read_statements(bytes: &[u8]) -> Result<Vec<(Statement, Predicate)>, Stri
     bytes
         .split(|&b| b == b'\n')
         .filter(|l| !l.is_empty())
-        .map(|line| {
-            let envelope = dsse::Envelope::from_json(line).map_err(|e| e.to_string())?;
-            let payload = base64::engine::general_purpose::STANDARD
-                .decode(&envelope.payload)
-                .map_err(|e| e.to_string())?;
-            let statement: Statement =
-                serde_json::from_slice(&payload).map_err(|e| e.to_string())?;
-            let predicate = Predicate::parse(&statement.predicate_type, &statement.predicate)?;
-            Ok((statement, predicate))
-        })
+        .map(read_line)
         .collect()
+}
+
+/// One envelope line's statement and predicate, unverified.
+fn read_line(line: &[u8]) -> Result<(Statement, Predicate), String> {
+    let envelope = dsse::Envelope::from_json(line).map_err(|e| e.to_string())?;
+    let payload = base64::engine::general_purpose::STANDARD
+        .decode(&envelope.payload)
+        .map_err(|e| e.to_string())?;
+    let statement: Statement = serde_json::from_slice(&payload).map_err(|e| e.to_string())?;
+    let predicate = Predicate::parse(&statement.predicate_type, &statement.predicate)?;
+    Ok((statement, predicate))
 }
 
 /// The last run statement of a bundle, read without verifying (for housekeeping such as [`super::retention::purge`]
@@ -872,12 +876,7 @@ pub fn last_run(path: &Path) -> Result<Option<Run>, String> {
     let Some(line) = bytes.split(|&b| b == b'\n').rev().find(|l| !l.is_empty()) else {
         return Ok(None);
     };
-    let envelope = dsse::Envelope::from_json(line).map_err(|e| e.to_string())?;
-    let payload = base64::engine::general_purpose::STANDARD
-        .decode(&envelope.payload)
-        .map_err(|e| e.to_string())?;
-    let statement: Statement = serde_json::from_slice(&payload).map_err(|e| e.to_string())?;
-    match Predicate::parse(&statement.predicate_type, &statement.predicate)? {
+    match read_line(line)?.1 {
         Predicate::Run(r) => Ok(Some(*r)),
         _ => Ok(None),
     }

@@ -305,7 +305,7 @@ fn check(path: &Path, bytes: &[u8], pins: &Pins) -> Result<Summary, VerifyError>
         };
         let line = &rest[..end];
         rest = &rest[end + 1..];
-        let (predicate, subjects) = check_line(line, &pinned).map_err(fail)?;
+        let (predicate, subjects, kid) = check_line(line, &pinned).map_err(fail)?;
         let chain = predicate.chain();
         if line_no == 1 {
             s.job_id = chain.job_id.clone();
@@ -370,8 +370,6 @@ fn check(path: &Path, bytes: &[u8], pins: &Pins) -> Result<Summary, VerifyError>
                 .find(|x| x.name == ticket_subject)
                 .and_then(|x| x.digest.get("sha256").cloned());
         }
-        let kid =
-            key_id(&parse_public_key(&chain.signer).map_err(|_| fail(LineProblem::Signature))?);
         if !s.key_ids.contains(&kid) {
             s.key_ids.push(kid);
         }
@@ -389,11 +387,12 @@ fn check(path: &Path, bytes: &[u8], pins: &Pins) -> Result<Summary, VerifyError>
     Ok(s)
 }
 
-/// Checks one line on its own: encoding, canonical form, statement shape, key and signature.
+/// Checks one line on its own: encoding, canonical form, statement shape, key and signature. Returns the predicate,
+/// the subjects and the signer's key id.
 fn check_line(
     line: &[u8],
     pinned: &[(String, &VerifyingKey)],
-) -> Result<(Predicate, Vec<Subject>), LineProblem> {
+) -> Result<(Predicate, Vec<Subject>, String), LineProblem> {
     std::str::from_utf8(line).map_err(|_| LineProblem::NotUtf8)?;
     let envelope = dsse::Envelope::from_json(line)
         .map_err(|e| LineProblem::NotEnvelope(strip_prefix(&e.to_string())))?;
@@ -496,13 +495,13 @@ fn check_line(
     }
     let verifier = dsse::Ed25519Verifier::from_bytes(signer.as_bytes())
         .map_err(|_| LineProblem::Signature)?
-        .with_key_id(signer_id);
+        .with_key_id(signer_id.clone());
     let verified = dsse::verify(&envelope, &[&verifier], 1).map_err(|_| LineProblem::Signature)?;
     // What was parsed is what was signed (the same decoded bytes).
     if verified.payload != payload {
         return Err(LineProblem::Signature);
     }
-    Ok((predicate, statement.subject))
+    Ok((predicate, statement.subject, signer_id))
 }
 
 /// A run statement's subjects must say what its predicate says: the policy, the chain head before it, the commit
