@@ -21,7 +21,7 @@ use crate::model::{
 };
 use crate::policy::diff::{self, WriteRules};
 use crate::proof::{ProofError, ToolCallInput};
-use crate::sandbox::{Container, SandboxError};
+use crate::sandbox::{Container, Limit, SandboxError};
 
 /// Largest file the model may read in one call; larger files are refused with a hint to search instead.
 const MAX_READ_BYTES: usize = 256 * 1024;
@@ -522,7 +522,7 @@ pub fn tool_specs() -> Vec<ToolSpec> {
         ),
         spec(
             "search",
-            "Search file contents with a regular expression (grep -E), returning matching lines with paths and line numbers.",
+            "Search file contents with a regular expression (extended syntax, like grep -E), returning matching lines as path:line:text. Skips .git and binary files.",
             json!({"type": "object", "properties": {"pattern": {"type": "string"},
                    "path": {"type": "string", "description": "Directory or file to search; default `.`"}},
                    "required": ["pattern"]}),
@@ -593,16 +593,12 @@ async fn execute(
                 .get("max_depth")
                 .and_then(Value::as_u64)
                 .unwrap_or(3)
-                .clamp(1, 10);
-            let cmd = format!(
-                "find {} -maxdepth {depth} -not -path '*/.git' -not -path '*/.git/*' -printf '%y %P\\n' | sort | head -n 2000",
-                shell_quote(&path)
-            );
-            let out = exec(container, &cmd, command_timeout).await?;
-            if out.0.trim().is_empty() {
-                return Err(ToolFailure::Respond(format!("`{path}` is empty or is not a directory")));
+                .clamp(1, 10) as u32;
+            let text = container.list(&path, depth).await.map_err(tool_failure)?;
+            if text.trim().is_empty() {
+                return Err(ToolFailure::Respond(format!("`{path}` is empty")));
             }
-            Ok(Executed::new(out))
+            Ok(Executed::new((text, true)))
         }
         "read_file" => {
             let path = req_path(input, "path")?;
@@ -628,6 +624,7 @@ async fn execute(
                 .write_file(&path, content.as_bytes())
                 .await
                 .map_err(tool_failure)?;
+            container.check_disk().await.map_err(ToolFailure::Fatal)?;
             Ok(Executed::new((format!("wrote {} bytes to {path}", content.len()), true)))
         }
         "edit_file" => {
@@ -660,12 +657,10 @@ async fn execute(
                 return Err(ToolFailure::Respond("`pattern` must not be empty".into()));
             }
             let path = opt_path(input, "path")?;
-            let cmd = format!(
-                "grep -rnIE --exclude-dir=.git -e {} -- {} | head -n 300",
-                shell_quote(pattern),
-                shell_quote(&path)
-            );
-            let (text, _) = exec(container, &cmd, command_timeout).await?;
+            let text = container
+                .search(pattern, &path)
+                .await
+                .map_err(tool_failure)?;
             if text.trim().is_empty() {
                 return Ok(Executed::new(("no matches".into(), true)));
             }
@@ -680,11 +675,8 @@ async fn execute(
                 .exec(command, command_timeout)
                 .await
                 .map_err(tool_failure)?;
-            let mut text = if out.timed_out {
-                format!(
-                    "timed out after {} s (the command was killed)\n",
-                    command_timeout.as_secs()
-                )
+            let mut text = if let Some(limit) = out.stopped_by {
+                stopped_text(limit, command_timeout, out.exit_code)
             } else {
                 format!(
                     "exit code {}\n",
@@ -695,9 +687,11 @@ async fn execute(
             if out.truncated {
                 text.push_str("\n[output was truncated]");
             }
+            // A command may fill the disk even when it fails: measured after every run, the job stops over the limit.
+            container.check_disk().await.map_err(ToolFailure::Fatal)?;
             Ok(Executed {
                 text,
-                ok: !out.timed_out && out.exit_code == Some(0),
+                ok: out.stopped_by.is_none() && out.exit_code == Some(0),
                 exit_code: out.exit_code,
             })
         }
@@ -707,19 +701,22 @@ async fn execute(
     }
 }
 
-async fn exec(
-    container: &Container,
-    cmd: &str,
-    timeout: Duration,
-) -> Result<(String, bool), ToolFailure> {
-    let out = container.exec(cmd, timeout).await.map_err(tool_failure)?;
-    if out.timed_out {
-        return Err(ToolFailure::Respond(format!(
-            "timed out after {} s",
+/// The first line of a `run` result for a command a limit stopped: which limit, so the model can change course.
+fn stopped_text(limit: Limit, timeout: Duration, exit: Option<i64>) -> String {
+    match limit {
+        Limit::Timeout => format!(
+            "timed out after {} s (the command and everything it started were killed)\n",
             timeout.as_secs()
-        )));
+        ),
+        Limit::Output => "killed: the command printed more output than the sandbox allows (redirect it to a file \
+             and read parts of it)\n"
+            .to_string(),
+        Limit::Memory => format!(
+            "killed: out of memory (the sandbox's memory limit; exit {})\n",
+            exit.map(|c| c.to_string()).unwrap_or_else(|| "unknown".into())
+        ),
+        Limit::Disk => "killed: the workspace grew past its disk limit\n".to_string(),
     }
-    Ok((out.output, out.exit_code == Some(0)))
 }
 
 /// Sandbox errors the model caused (a bad path, a missing file) go back to it; the rest end the job.
@@ -792,9 +789,7 @@ pub fn replace_once(text: &str, old: &str, new: &str) -> Result<String, String> 
 }
 
 /// Single-quotes a string for bash.
-pub fn shell_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "'\\''"))
-}
+pub use crate::sandbox::shell_quote;
 
 fn cap_chars(s: &str, max: usize) -> String {
     if s.len() <= max {

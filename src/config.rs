@@ -279,6 +279,56 @@ pub struct SandboxConfig {
     pub output_cap_bytes: usize,
     /// Optional OCI runtime (e.g. `runsc` for gVisor). Empty means the engine default.
     pub runtime: Option<String>,
+    /// How tool calls reach the container.
+    pub transport: Transport,
+    /// The `drafter-sandboxd` binary (default: next to the running `drafter`).
+    pub executor: Option<PathBuf>,
+    /// Output (MiB) after which a command is killed: an infinite-output command ends here.
+    pub max_output_mb: u64,
+    /// Disk (MiB) the workspace may use; a job whose workspace grows past it fails.
+    pub workspace_max_mb: u64,
+}
+
+impl Default for SandboxConfig {
+    /// The defaults a config file without `[sandbox]` gets.
+    fn default() -> Self {
+        let r = RawSandbox::default();
+        SandboxConfig {
+            image: r.image,
+            memory_mb: r.memory_mb,
+            cpus: r.cpus,
+            pids_limit: r.pids_limit,
+            tmp_size_mb: r.tmp_size_mb,
+            command_timeout_secs: r.command_timeout_secs,
+            output_cap_bytes: r.output_cap_bytes,
+            runtime: r.runtime,
+            transport: r.transport,
+            executor: r.executor,
+            max_output_mb: r.max_output_mb,
+            workspace_max_mb: r.workspace_max_mb,
+        }
+    }
+}
+
+/// How tool calls reach the sandbox container (`sandbox.transport`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Transport {
+    /// `drafter-sandboxd` inside the container, over its attached stdin/stdout (the default).
+    #[default]
+    Sandboxd,
+    /// One `docker exec` per call: slower, and processes it starts escape the pids limit under runc.
+    DockerExec,
+}
+
+impl Transport {
+    /// The name as written in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Sandboxd => "sandboxd",
+            Transport::DockerExec => "docker-exec",
+        }
+    }
 }
 
 /// Who commits are authored by.
@@ -498,6 +548,10 @@ struct RawSandbox {
     command_timeout_secs: u64,
     output_cap_bytes: usize,
     runtime: Option<String>,
+    transport: Transport,
+    executor: Option<PathBuf>,
+    max_output_mb: u64,
+    workspace_max_mb: u64,
 }
 
 impl Default for RawSandbox {
@@ -511,6 +565,10 @@ impl Default for RawSandbox {
             command_timeout_secs: 300,
             output_cap_bytes: 64 * 1024,
             runtime: None,
+            transport: Transport::Sandboxd,
+            executor: None,
+            max_output_mb: 16,
+            workspace_max_mb: 4096,
         }
     }
 }
@@ -550,6 +608,7 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("DRAFTER_MODEL_BASE_URL", "model.base_url"),
     ("DRAFTER_MODEL_MODEL", "model.model"),
     ("DRAFTER_SANDBOX_IMAGE", "sandbox.image"),
+    ("DRAFTER_SANDBOX_TRANSPORT", "sandbox.transport"),
     ("DRAFTER_SERVE_QUEUE", "serve.queue"),
     ("DRAFTER_SERVE_LISTEN", "serve.listen"),
 ];
@@ -643,6 +702,12 @@ impl Config {
         }
         if raw.sandbox.cpus.is_nan() || raw.sandbox.cpus <= 0.0 {
             return Err(ctx.invalid("sandbox.cpus", None, "must be greater than 0"));
+        }
+        if raw.sandbox.max_output_mb == 0 {
+            return Err(ctx.invalid("sandbox.max_output_mb", None, "must be at least 1"));
+        }
+        if raw.sandbox.workspace_max_mb == 0 {
+            return Err(ctx.invalid("sandbox.workspace_max_mb", None, "must be at least 1"));
         }
         if raw.policy.file.is_some() && !raw.projects.is_empty() {
             return Err(ctx.invalid(
@@ -744,6 +809,14 @@ impl Config {
                 command_timeout_secs: raw.sandbox.command_timeout_secs,
                 output_cap_bytes: raw.sandbox.output_cap_bytes,
                 runtime: raw.sandbox.runtime.filter(|r| !r.is_empty()),
+                transport: raw.sandbox.transport,
+                // Relative to the config file, like the policy file.
+                executor: raw.sandbox.executor.map(|f| match path.parent() {
+                    Some(dir) if f.is_relative() => dir.join(f),
+                    _ => f,
+                }),
+                max_output_mb: raw.sandbox.max_output_mb,
+                workspace_max_mb: raw.sandbox.workspace_max_mb,
             },
             commit: CommitIdentity {
                 name: raw.commit.name,
@@ -869,6 +942,19 @@ impl Ctx<'_> {
                 "model.base_url" => raw.model.base_url = value,
                 "model.model" => raw.model.model = value,
                 "sandbox.image" => raw.sandbox.image = value,
+                "sandbox.transport" => {
+                    raw.sandbox.transport = match value.as_str() {
+                        "sandboxd" => Transport::Sandboxd,
+                        "docker-exec" => Transport::DockerExec,
+                        other => {
+                            return Err(self.invalid(
+                                key,
+                                None,
+                                &format!("{var}=`{other}`: expected `sandboxd` or `docker-exec`"),
+                            ))
+                        }
+                    }
+                }
                 "serve.queue" => raw.serve.queue = Some(value),
                 "serve.listen" => raw.serve.listen = value,
                 _ => {}

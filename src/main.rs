@@ -774,16 +774,7 @@ async fn pause(
 async fn cleanup_sandbox(config: &std::path::Path) -> anyhow::Result<Sandbox> {
     let cfg = match Config::load(config) {
         Ok(c) => c.sandbox,
-        Err(_) => drafter::config::SandboxConfig {
-            image: String::new(),
-            memory_mb: 0,
-            cpus: 0.0,
-            pids_limit: 0,
-            tmp_size_mb: 0,
-            command_timeout_secs: 0,
-            output_cap_bytes: 0,
-            runtime: None,
-        },
+        Err(_) => drafter::config::SandboxConfig::default(),
     };
     Ok(Sandbox::connect(&cfg).await?)
 }

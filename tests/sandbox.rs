@@ -8,8 +8,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use drafter::config::SandboxConfig;
-use drafter::sandbox::{Container, Sandbox, SandboxError, EXEC_GRACE};
+use drafter::config::{SandboxConfig, Transport};
+use drafter::sandbox::{Container, Limit, Sandbox, SandboxError, EXEC_GRACE};
 use tokio::sync::RwLock;
 
 static ORPHAN_LOCK: RwLock<()> = RwLock::const_new(());
@@ -22,6 +22,10 @@ const SECRETS: &[(&str, &str)] = &[
 ];
 
 fn config(output_cap_bytes: usize) -> SandboxConfig {
+    config_for(Transport::Sandboxd, output_cap_bytes)
+}
+
+fn config_for(transport: Transport, output_cap_bytes: usize) -> SandboxConfig {
     SandboxConfig {
         image: std::env::var("DRAFTER_SANDBOX_IMAGE")
             .unwrap_or_else(|_| "drafter-sandbox:latest".into()),
@@ -31,12 +35,19 @@ fn config(output_cap_bytes: usize) -> SandboxConfig {
         tmp_size_mb: 64,
         command_timeout_secs: 30,
         output_cap_bytes,
-        runtime: None,
+        transport,
+        max_output_mb: 4,
+        workspace_max_mb: 256,
+        ..SandboxConfig::default()
     }
 }
 
 async fn sandbox(output_cap_bytes: usize) -> Sandbox {
-    let sb = Sandbox::connect(&config(output_cap_bytes))
+    sandbox_for(Transport::Sandboxd, output_cap_bytes).await
+}
+
+async fn sandbox_for(transport: Transport, output_cap_bytes: usize) -> Sandbox {
+    let sb = Sandbox::connect(&config_for(transport, output_cap_bytes))
         .await
         .unwrap_or_else(|e| panic!("Docker must be reachable for these tests: {e}"));
     if let Err(e) = sb.ensure_image().await {
@@ -165,16 +176,32 @@ EOF"#;
             "{{.HostConfig.NetworkMode}} {{.HostConfig.ReadonlyRootfs}} {{.HostConfig.CapDrop}} \
              {{.HostConfig.SecurityOpt}} {{.HostConfig.PidsLimit}} {{.HostConfig.Memory}} \
              {{.HostConfig.MemorySwap}} {{.HostConfig.NanoCpus}} {{.Config.User}} {{.Name}} \
-             {{index .Config.Labels \"drafter.managed\"}} {{index .Config.Labels \"drafter.ticket\"}}",
+             {{index .Config.Labels \"drafter.managed\"}} {{index .Config.Labels \"drafter.ticket\"}} \
+             {{.HostConfig.CapAdd}}",
             c.id(),
         ])
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&inspect.stdout).to_string();
     let expected = format!(
-        "none true [ALL] [no-new-privileges] 256 536870912 536870912 1000000000 65534:65534 /drafter-{job} true DEMO-1"
+        "none true [ALL] [no-new-privileges] 256 536870912 536870912 1000000000 0:0 /drafter-{job} true DEMO-1 \
+         [SETPCAP SETUID SETGID KILL DAC_READ_SEARCH]"
     );
     assert_eq!(text.trim(), expected);
+
+    // The executor runs as root, but the agent can neither signal nor trace it, nor read its environment.
+    let pid = ok(
+        &c,
+        "pgrep -f drafter-sandboxd || ps -eo pid,comm | awk '/sandboxd/{print $1}'",
+    )
+    .await;
+    let pid = pid.trim();
+    assert!(!pid.is_empty());
+    let out = sh(&c, &format!("kill -9 {pid}")).await;
+    assert_ne!(out.exit_code, Some(0), "{}", out.output);
+    let out = sh(&c, &format!("cat /proc/{pid}/environ")).await;
+    assert_ne!(out.exit_code, Some(0), "{}", out.output);
+    assert_eq!(ok(&c, "echo still-here").await, "still-here\n");
 
     // Per-exec latency, for the record.
     let n = 10;
@@ -198,21 +225,36 @@ EOF"#;
         .output()
         .unwrap();
     let volume = String::from_utf8_lossy(&volume.stdout).trim().to_string();
-    let parts: Vec<&str> = volume.split(' ').collect();
-    assert_eq!((parts[0], parts[2]), ("volume", "/workspace"), "{volume}");
+    let mounts: Vec<String> = volume
+        .split("volume ")
+        .filter(|m| !m.is_empty())
+        .map(|m| m.trim().to_string())
+        .collect();
+    let workspace = mounts
+        .iter()
+        .find(|m| m.ends_with(" /workspace"))
+        .unwrap_or_else(|| panic!("no workspace volume: {volume}"));
+    let parts: Vec<&str> = workspace.split(' ').collect();
+    // The executor's volume is shared and read-only; the agent cannot change the binary.
+    assert!(
+        mounts.iter().any(|m| m.ends_with(" /opt/drafter")),
+        "{volume}"
+    );
+    let out = sh(&c, "echo x > /opt/drafter/drafter-sandboxd").await;
+    assert_ne!(out.exit_code, Some(0));
 
     let t = Instant::now();
     c.remove().await.unwrap();
     eprintln!("remove: {:?}", t.elapsed());
     assert_no_containers(&sb, &job).await;
     let gone = Command::new("docker")
-        .args(["volume", "inspect", parts[1]])
+        .args(["volume", "inspect", parts[0]])
         .output()
         .unwrap();
     assert!(
         !gone.status.success(),
         "workspace volume {} outlived its container",
-        parts[1]
+        parts[0]
     );
 }
 
@@ -343,9 +385,18 @@ async fn workspace_round_trip() {
 
 #[tokio::test]
 async fn exec_timeouts_exit_codes_and_output_cap() {
+    exec_checks(Transport::Sandboxd).await;
+}
+
+#[tokio::test]
+async fn exec_timeouts_exit_codes_and_output_cap_docker_exec() {
+    exec_checks(Transport::DockerExec).await;
+}
+
+async fn exec_checks(transport: Transport) {
     let _g = ORPHAN_LOCK.read().await;
-    let sb = sandbox(1000).await;
-    let job = job_id("exec");
+    let sb = sandbox_for(transport, 1000).await;
+    let job = job_id(&format!("exec-{}", transport.as_str()));
     let c = sb.start(&job, "DEMO-3").await.unwrap();
 
     let out = sh(&c, "echo out; echo err >&2; exit 3").await;
@@ -368,7 +419,13 @@ async fn exec_timeouts_exit_codes_and_output_cap() {
     let out = c.exec("echo start; sleep 60", limit).await.unwrap();
     let took = t.elapsed();
     assert!(out.timed_out, "{out:?}");
-    assert_eq!(out.exit_code, Some(124));
+    assert_eq!(out.stopped_by, Some(Limit::Timeout));
+    // coreutils `timeout` exits 124; the executor reports the TERM as a shell would (128 + 15).
+    let expected = match transport {
+        Transport::DockerExec => 124,
+        Transport::Sandboxd => 143,
+    };
+    assert_eq!(out.exit_code, Some(expected));
     assert!(out.output.contains("start"));
     assert!(took >= limit && took < limit + EXEC_GRACE, "took {took:?}");
 
@@ -388,8 +445,9 @@ async fn exec_timeouts_exit_codes_and_output_cap() {
     .await;
     assert!(!procs.contains("sleep 60"), "leftover processes: {procs}");
 
-    // A command that disarms the in-container `timeout` (stops it): the host backstop fires after timeout + grace,
-    // kills every agent process, and the container stays usable.
+    // A command that tries to disarm what supervises it (stops its parent: `timeout` under docker exec, which the
+    // host backstop then covers; the root executor, which it may not signal): stopped all the same, every agent
+    // process killed, and the container stays usable.
     let t = Instant::now();
     let out = c
         .exec(
@@ -401,7 +459,9 @@ async fn exec_timeouts_exit_codes_and_output_cap() {
     let took = t.elapsed();
     eprintln!("backstop: {out:?} after {took:?}");
     assert!(out.timed_out, "{out:?}");
-    assert_eq!(out.exit_code, None);
+    if transport == Transport::DockerExec {
+        assert_eq!(out.exit_code, None);
+    }
     assert!(out.output.contains("before"));
     assert!(
         took < Duration::from_secs(1) + EXEC_GRACE + Duration::from_secs(3),
@@ -432,15 +492,32 @@ async fn exec_timeouts_exit_codes_and_output_cap() {
     );
     assert!(out.output.len() < 1100);
 
+    // An infinite-output command is killed at the output limit (4 MiB here), well before its timeout.
+    let t = Instant::now();
+    let out = c.exec("yes flood", Duration::from_secs(60)).await.unwrap();
+    assert_eq!(out.stopped_by, Some(Limit::Output), "{out:?}");
+    assert!(t.elapsed() < Duration::from_secs(30), "{:?}", t.elapsed());
+    assert!(out.truncated && out.output.len() < 1100);
+    assert_eq!(ok(&c, "echo alive").await, "alive\n");
+
     drop(c); // removal through Drop is tested separately; here it just must not leak
     assert_no_containers(&sb, &job).await;
 }
 
 #[tokio::test]
 async fn read_and_write_files() {
+    file_checks(Transport::Sandboxd).await;
+}
+
+#[tokio::test]
+async fn read_and_write_files_docker_exec() {
+    file_checks(Transport::DockerExec).await;
+}
+
+async fn file_checks(transport: Transport) {
     let _g = ORPHAN_LOCK.read().await;
-    let sb = sandbox(64 * 1024).await;
-    let job = job_id("files");
+    let sb = sandbox_for(transport, 64 * 1024).await;
+    let job = job_id(&format!("files-{}", transport.as_str()));
     let c = sb.start(&job, "DEMO-4").await.unwrap();
 
     let body = b"line one\nline two\n\xff binary ok\n";
@@ -502,6 +579,23 @@ async fn read_and_write_files() {
         c.write_file("etc/evil", b"x").await,
         Err(SandboxError::Exec(_))
     ));
+
+    // Listing and search: the same shape through either transport, `.git` left out.
+    ok(
+        &c,
+        "mkdir -p .git src && echo 'fn main() {}' > src/main.rs && echo secret > .git/x",
+    )
+    .await;
+    let listing = c.list(".", 2).await.unwrap();
+    assert!(
+        listing.contains("d src\n") && listing.contains("f src/main.rs\n"),
+        "{listing}"
+    );
+    assert!(!listing.contains(".git"), "{listing}");
+    let found = c.search("fn ma[i]n", ".").await.unwrap();
+    assert!(found.contains("src/main.rs:1:fn main() {}"), "{found}");
+    assert!(c.search("secret", ".").await.unwrap().is_empty());
+    assert!(c.list("src/main.rs", 1).await.is_err());
 
     c.remove().await.unwrap();
     assert_no_containers(&sb, &job).await;

@@ -1,0 +1,1097 @@
+//! One hardened Docker container per job; the workspace goes in and out as tar streams.
+//!
+//! # Model
+//! [`Sandbox::start`] creates a container from the image built by `images/sandbox/build.sh` and keeps it running for
+//! the whole job. The container has no network, a read-only root filesystem, `no-new-privileges`, memory/CPU/pids
+//! limits, and an environment built here from constants: the host environment (which holds the runner's tokens) is
+//! never passed through. Every command runs as uid 1000 with no capabilities.
+//!
+//! # Transports
+//! Tool calls go through an [`Executor`]. The default, [`sandboxd::Sandboxd`], talks to `drafter-sandboxd` (the
+//! second binary of this crate, see [`daemon`]) running inside the container as its main process, over the attach
+//! stream ([`proto`] documents the frames). The binary reaches the container through a read-only named volume keyed
+//! by its SHA-256, filled once per binary ([`Sandbox::executor_volume`]). The fallback, [`docker_exec::DockerExec`]
+//! (`sandbox.transport = "docker-exec"`), runs each call as a `docker exec` into a container that only sleeps.
+//!
+//! # Why the workspace is an anonymous volume, not a bind mount or a tmpfs
+//! The repository travels through the Docker API as tar streams ([`Container::upload_dir`],
+//! [`Container::download_workspace`]) so a remote `DOCKER_HOST` works and nothing on the host is shared with the
+//! container. The daemon refuses archive uploads into a read-only root filesystem unless the target is a volume,
+//! and archive uploads into a tmpfs do not work at all; so `/workspace` is an anonymous volume created with the
+//! container and removed with it (`v=true`).
+//!
+//! # Why the downloaded `.git` is ignored
+//! Everything the container wrote is untrusted. A `.git/` written inside it could plant hooks or config that run on
+//! the host at commit time, so [`Container::download_workspace`] keeps the host's own `.git` and skips every entry
+//! with a `.git` path component; it also refuses entries that would land outside the destination, and never writes
+//! through a symlink.
+//!
+//! # Cleanup
+//! [`Container::remove`] force-removes the container and its volume. If a `Container` is dropped without it (an
+//! error path, a panic), its `Drop` spawns the removal on the current Tokio runtime. After a crash,
+//! [`Sandbox::remove_orphans`] removes, at start-up, every drafter container whose owning runner is gone: each
+//! container is labelled with the host and process id of the runner that made it ([`LABEL_OWNER_HOST`],
+//! [`LABEL_OWNER_PID`]), so runners sharing a daemon never remove each other's live containers.
+
+use std::collections::HashMap;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use bollard::models::{
+    ContainerCreateBody, ContainerSummary, HostConfig, Mount, MountType, MountVolumeOptions,
+    VolumeCreateRequest,
+};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, DownloadFromContainerOptionsBuilder,
+    ListContainersOptionsBuilder, RemoveContainerOptionsBuilder, UploadToContainerOptionsBuilder,
+};
+use bollard::Docker;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use sha2::{Digest, Sha256};
+
+use crate::config::{SandboxConfig, Transport};
+
+mod archive;
+pub mod daemon;
+pub mod docker_exec;
+pub mod proto;
+pub mod sandboxd;
+
+use archive::{
+    clear_except_git, unpack_workspace, write_dir_tar, ChannelReader, ChannelWriter, CHUNK,
+};
+pub use proto::Limit;
+
+/// Label set to `"true"` on every container drafter creates.
+pub const LABEL_MANAGED: &str = "drafter.managed";
+/// Label holding the job id a container belongs to.
+pub const LABEL_JOB: &str = "drafter.job";
+/// Label holding the Jira ticket key a container works on.
+pub const LABEL_TICKET: &str = "drafter.ticket";
+/// Label naming the host whose runner created the container.
+pub const LABEL_OWNER_HOST: &str = "drafter.owner.host";
+/// Label holding the process id of the runner that created the container.
+pub const LABEL_OWNER_PID: &str = "drafter.owner.pid";
+
+/// This machine's host name, as recorded in [`LABEL_OWNER_HOST`].
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Whether a container's owner labels name a runner that is still alive. A container from another host is
+/// treated as alive (only its own host can tell); one without owner labels, or whose process is gone, is not.
+fn owner_alive(labels: &HashMap<String, String>, this_host: &str) -> bool {
+    let (Some(host), Some(pid)) = (labels.get(LABEL_OWNER_HOST), labels.get(LABEL_OWNER_PID))
+    else {
+        return false;
+    };
+    if host != this_host {
+        return true;
+    }
+    match pid.parse::<u32>() {
+        Ok(pid) => Path::new(&format!("/proc/{pid}")).exists(),
+        Err(_) => false,
+    }
+}
+/// Where the repository lives inside the container (an anonymous volume, the working directory of every command).
+pub const WORKSPACE: &str = "/workspace";
+
+/// The uid and gid every command runs as and every uploaded file is owned by.
+const AGENT_UID: u64 = 1000;
+/// Under the docker-exec transport the container's own processes (Docker's init and `sleep infinity`) run as
+/// `nobody`, not as the agent: so the agent's `kill -9 -1` (or the host backstop's) cannot take the container down.
+const KEEPER_USER: &str = "65534:65534";
+/// How much longer than its timeout the host waits for a command before giving up on it (the kill grace inside the
+/// container plus round trips), under either transport.
+pub const EXEC_GRACE: Duration = Duration::from_secs(10);
+/// The whole environment of the container. Built here; nothing comes from the host.
+const CONTAINER_ENV: &[&str] = &[
+    "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "HOME=/tmp",
+    "LANG=C.UTF-8",
+];
+/// Where the executor's volume is mounted (read-only) in the container.
+const EXECUTOR_DIR: &str = "/opt/drafter";
+/// The executor binary's name, in the container and next to the `drafter` binary on the host.
+pub const EXECUTOR_BIN: &str = "drafter-sandboxd";
+/// Label on the executor volume holding the binary's SHA-256.
+const LABEL_EXECUTOR: &str = "drafter.sandboxd.sha256";
+/// Entries a listing shows at most.
+pub const LIST_MAX_ENTRIES: u32 = 2000;
+/// Matches a search shows at most.
+pub const SEARCH_MAX_MATCHES: u32 = 300;
+/// How long a started container may take for its executor to answer the first ping.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The per-command limits both transports enforce.
+#[derive(Debug, Clone, Copy)]
+pub struct ExecLimits {
+    /// Bytes of output kept per command (head and tail).
+    pub output_cap: usize,
+    /// Bytes of output after which a command is killed.
+    pub output_limit: u64,
+    /// Bytes the workspace may use on disk.
+    pub workspace_limit: u64,
+}
+
+impl ExecLimits {
+    fn from_config(cfg: &SandboxConfig) -> ExecLimits {
+        ExecLimits {
+            output_cap: cfg.output_cap_bytes,
+            output_limit: cfg.max_output_mb.saturating_mul(1024 * 1024),
+            workspace_limit: cfg.workspace_max_mb.saturating_mul(1024 * 1024),
+        }
+    }
+}
+
+/// How tool calls reach the container: the in-container executor, or `docker exec`.
+#[async_trait::async_trait]
+pub trait Executor: Send + Sync {
+    /// The transport's name, for logs and the benchmark.
+    fn name(&self) -> &'static str;
+    /// Runs `argv` in `/workspace` as the agent, feeding `stdin`, stopped after `timeout`.
+    async fn exec(
+        &self,
+        argv: Vec<String>,
+        stdin: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<ExecOutput, SandboxError>;
+    /// Reads a regular file of at most `max_bytes`.
+    async fn read_file(&self, rel: &str, max_bytes: usize) -> Result<Vec<u8>, SandboxError>;
+    /// Writes a file as the agent, creating parent directories.
+    async fn write_file(&self, rel: &str, contents: &[u8]) -> Result<(), SandboxError>;
+    /// `<type> <path>` lines for the tree under `rel` (`.git` excluded).
+    async fn list(&self, rel: &str, max_depth: u32) -> Result<String, SandboxError>;
+    /// `<path>:<line>:<text>` lines for a regular expression under `rel`.
+    async fn search(&self, pattern: &str, rel: &str) -> Result<String, SandboxError>;
+    /// Bytes the workspace uses on disk.
+    async fn disk_usage(&self) -> Result<u64, SandboxError>;
+}
+
+/// Why a sandbox operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    /// The Docker daemon could not be reached or did not answer the version handshake.
+    #[error("cannot reach the Docker daemon (is it running, and is DOCKER_HOST right?): {0}")]
+    Unreachable(#[source] bollard::errors::Error),
+    /// The sandbox image does not exist on the daemon.
+    #[error("sandbox image `{image}` not found: build it with images/sandbox/build.sh")]
+    ImageMissing {
+        /// The configured image name.
+        image: String,
+    },
+    /// A Docker API call failed.
+    #[error("docker {action} failed: {source}")]
+    Docker {
+        /// What was being done (`create container`, `exec`, ...).
+        action: &'static str,
+        /// The error from the Docker client.
+        #[source]
+        source: bollard::errors::Error,
+    },
+    /// A job id that cannot be part of a container name.
+    #[error("invalid job id `{0}`: use 1-100 characters of [A-Za-z0-9_.-], starting with a letter or digit")]
+    BadJobId(String),
+    /// A workspace path that is absolute, contains `..` or NUL, or is empty.
+    #[error("invalid workspace path `{path}`: {reason}")]
+    BadPath {
+        /// The path as given (lossy).
+        path: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// The path does not exist in the workspace.
+    #[error("`{0}` does not exist in the workspace")]
+    NotFound(String),
+    /// The path exists but is a directory, symlink or special file.
+    #[error("`{0}` is not a regular file")]
+    NotRegularFile(String),
+    /// The file is larger than the caller allows.
+    #[error("`{path}` is larger than {max_bytes} bytes")]
+    TooLarge {
+        /// The path.
+        path: String,
+        /// The limit.
+        max_bytes: usize,
+    },
+    /// The archive from the container has an entry that would land outside the destination.
+    #[error("refusing workspace archive entry `{entry}`: {reason}")]
+    UnsafeArchive {
+        /// The entry's path (lossy).
+        entry: String,
+        /// Why it is refused.
+        reason: &'static str,
+    },
+    /// The executor refused a tool's request for a reason the model can fix (a path that is not a directory, a
+    /// pattern that does not compile, a command that could not start).
+    #[error("{0}")]
+    Tool(String),
+    /// The workspace outgrew its disk limit: the job stops.
+    #[error("the workspace uses {used_mb} MiB on disk, over its limit of {limit_mb} MiB")]
+    DiskLimit {
+        /// Usage found.
+        used_mb: u64,
+        /// The limit.
+        limit_mb: u64,
+    },
+    /// The executor binary is not where drafter looks for it.
+    #[error("the sandbox executor `{EXECUTOR_BIN}` was not found (looked in: {searched}); build it with `cargo build --bin {EXECUTOR_BIN}` and install it next to `drafter`, set sandbox.executor, or use sandbox.transport = \"docker-exec\"")]
+    ExecutorMissing {
+        /// Where drafter looked.
+        searched: String,
+    },
+    /// Running a command in the container failed (not: the command failed; that is an [`ExecOutput`]).
+    #[error("exec failed: {0}")]
+    Exec(String),
+    /// A host-side file operation failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done, with the path.
+        context: String,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl SandboxError {
+    /// Whether the caller (the model, through a tool) caused this and can fix it: a bad or missing path, a file of
+    /// the wrong kind or size. Everything else means the sandbox itself is in trouble.
+    pub fn is_model_fixable(&self) -> bool {
+        matches!(
+            self,
+            SandboxError::BadPath { .. }
+                | SandboxError::NotFound(_)
+                | SandboxError::NotRegularFile(_)
+                | SandboxError::TooLarge { .. }
+                | SandboxError::Tool(_)
+        )
+    }
+}
+
+fn docker_err(action: &'static str) -> impl FnOnce(bollard::errors::Error) -> SandboxError {
+    move |source| SandboxError::Docker { action, source }
+}
+
+fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> SandboxError {
+    let context = context.into();
+    move |source| SandboxError::Io { context, source }
+}
+
+/// `s` as one single-quoted shell word.
+pub fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+fn status_code(e: &bollard::errors::Error) -> Option<u16> {
+    match e {
+        bollard::errors::Error::DockerResponseServerError { status_code, .. } => Some(*status_code),
+        _ => None,
+    }
+}
+
+/// The output of one command.
+#[derive(Debug, Clone)]
+pub struct ExecOutput {
+    /// The exit code; `None` when the host gave up on the command (see `timed_out`).
+    pub exit_code: Option<i64>,
+    /// stdout and stderr interleaved in arrival order, lossy UTF-8, cut to the configured cap.
+    pub output: String,
+    /// Whether the middle of the output was dropped (a `[... N bytes omitted ...]` marker shows where).
+    pub truncated: bool,
+    /// Whether the command was stopped because it exceeded its timeout.
+    pub timed_out: bool,
+    /// The limit that stopped the command, if one did (timeout, output, memory, disk).
+    pub stopped_by: Option<Limit>,
+}
+
+/// A connection to the Docker daemon plus the sandbox settings: makes [`Container`]s.
+pub struct Sandbox {
+    docker: Docker,
+    cfg: SandboxConfig,
+    /// The executor volume's name, once made sure of (see [`Sandbox::executor_volume`]).
+    executor: tokio::sync::OnceCell<String>,
+}
+
+impl Sandbox {
+    /// Connects with the usual defaults (`DOCKER_HOST`, else the local socket) and negotiates the API version
+    /// (the client's default is newer than older engines, e.g. 20.10 speaks 1.41).
+    pub async fn connect(cfg: &SandboxConfig) -> Result<Sandbox, SandboxError> {
+        let docker = Docker::connect_with_defaults()
+            .map_err(SandboxError::Unreachable)?
+            .negotiate_version()
+            .await
+            .map_err(SandboxError::Unreachable)?;
+        Ok(Sandbox {
+            docker,
+            cfg: cfg.clone(),
+            executor: tokio::sync::OnceCell::new(),
+        })
+    }
+
+    /// Checks the daemon answers.
+    pub async fn ping(&self) -> Result<(), SandboxError> {
+        self.docker
+            .ping()
+            .await
+            .map(|_| ())
+            .map_err(SandboxError::Unreachable)
+    }
+
+    /// Checks the configured image exists and returns its content digest (the Docker image id, `sha256:...`, which
+    /// names the image's exact layers and config), for the run statement; [`SandboxError::ImageMissing`] says how
+    /// to build a missing one.
+    pub async fn ensure_image(&self) -> Result<String, SandboxError> {
+        match self.docker.inspect_image(&self.cfg.image).await {
+            Ok(i) => Ok(i.id.unwrap_or_default()),
+            Err(e) if status_code(&e) == Some(404) => Err(SandboxError::ImageMissing {
+                image: self.cfg.image.clone(),
+            }),
+            Err(e) => Err(docker_err("inspect image")(e)),
+        }
+    }
+
+    async fn list_by_label(&self, label: String) -> Result<Vec<ContainerSummary>, SandboxError> {
+        let filters = HashMap::from([("label", vec![label])]);
+        let opts = ListContainersOptionsBuilder::new()
+            .all(true)
+            .filters(&filters)
+            .build();
+        self.docker
+            .list_containers(Some(opts))
+            .await
+            .map_err(docker_err("list containers"))
+    }
+
+    /// Removes every container labelled `drafter.managed=true` whose owning runner is gone (see [`owner_alive`]), in
+    /// any state, with its volumes: start-up cleanup after a crash. Returns how many were removed. Runners sharing
+    /// a daemon leave each other's live containers alone.
+    pub async fn remove_orphans(&self) -> Result<usize, SandboxError> {
+        let list = self.list_by_label(format!("{LABEL_MANAGED}=true")).await?;
+        let this_host = host_name();
+        let ids: Vec<String> = list
+            .into_iter()
+            .filter(|c| {
+                !c.labels
+                    .as_ref()
+                    .is_some_and(|l| owner_alive(l, &this_host))
+            })
+            .filter_map(|c| c.id)
+            .collect();
+        let mut removed = 0;
+        for id in ids {
+            match force_remove(&self.docker, &id).await {
+                Ok(()) => removed += 1,
+                Err(e) => {
+                    tracing::warn!(container = %id, error = %e, "could not remove orphan container")
+                }
+            }
+        }
+        if removed > 0 {
+            tracing::info!(removed, "removed orphaned sandbox containers");
+        }
+        Ok(removed)
+    }
+
+    /// Ids of the containers labelled with this job id, in any state.
+    pub async fn job_containers(&self, job_id: &str) -> Result<Vec<String>, SandboxError> {
+        let list = self.list_by_label(format!("{LABEL_JOB}={job_id}")).await?;
+        Ok(list.into_iter().filter_map(|c| c.id).collect())
+    }
+
+    /// Force-removes every container of this job (with its volume): for a runner that is stopping mid-job, when the
+    /// job's own [`Container`] handle is gone with the cancelled task. Returns how many were removed.
+    /// Waits (up to 20 s) until they are really gone: a removal already under way elsewhere (the dropped handle's
+    /// own) answers 409 at once, and a runner about to exit must not leave before the daemon has finished.
+    pub async fn remove_job(&self, job_id: &str) -> Result<usize, SandboxError> {
+        let ids = self.job_containers(job_id).await?;
+        for id in &ids {
+            force_remove(&self.docker, id).await?;
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.job_containers(job_id).await?.is_empty() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(ids.len())
+    }
+
+    /// The Docker client, for tools that measure the engine itself (`drafter bench`, `drafter doctor`).
+    pub fn docker(&self) -> &Docker {
+        &self.docker
+    }
+
+    /// The settings this sandbox was made with.
+    pub fn config(&self) -> &SandboxConfig {
+        &self.cfg
+    }
+
+    /// Creates and starts the job's container `drafter-<job_id>` and waits until it is ready for tool calls. A stale
+    /// container of the same name left by an earlier attempt of the same job is removed first.
+    pub async fn start(&self, job_id: &str, ticket: &str) -> Result<Container, SandboxError> {
+        if !valid_job_id(job_id) {
+            return Err(SandboxError::BadJobId(job_id.to_string()));
+        }
+        let executor_volume = match self.cfg.transport {
+            Transport::Sandboxd => Some(self.executor_volume().await?.to_string()),
+            Transport::DockerExec => None,
+        };
+        let name = format!("drafter-{job_id}");
+        let body = self.container_body(job_id, ticket, executor_volume.as_deref());
+        let opts = CreateContainerOptionsBuilder::new().name(&name).build();
+
+        let created = match self
+            .docker
+            .create_container(Some(opts.clone()), body.clone())
+            .await
+        {
+            Ok(c) => c,
+            Err(e) if status_code(&e) == Some(409) => {
+                // Name taken: only ever by our own earlier attempt, since the name embeds the job id.
+                tracing::warn!(container = %name, "removing stale container of the same job");
+                force_remove(&self.docker, &name).await?;
+                self.docker
+                    .create_container(Some(opts), body)
+                    .await
+                    .map_err(|e| self.create_error(e))?
+            }
+            Err(e) => return Err(self.create_error(e)),
+        };
+        let limits = ExecLimits::from_config(&self.cfg);
+        let mut container = Container {
+            docker: self.docker.clone(),
+            id: created.id.clone(),
+            limits,
+            executor: Box::new(docker_exec::DockerExec {
+                docker: self.docker.clone(),
+                id: created.id.clone(),
+                limits,
+            }),
+            removed: false,
+        };
+        // From here on, an early return drops `container`, and its Drop removes it.
+        // Attach before starting, so the stream is there when the executor first speaks.
+        let executor = match self.cfg.transport {
+            Transport::Sandboxd => {
+                Some(sandboxd::Sandboxd::attach(&self.docker, &container.id, limits).await?)
+            }
+            Transport::DockerExec => None,
+        };
+        self.docker
+            .start_container(&container.id, None)
+            .await
+            .map_err(docker_err("start container"))?;
+        if let Some(executor) = executor {
+            executor.ready(READY_TIMEOUT).await?;
+            container.executor = Box::new(executor);
+        }
+        tracing::info!(container = %container.id, job = job_id, transport = container.executor.name(), "sandbox container ready");
+        Ok(container)
+    }
+
+    /// The named volume holding this worker's `drafter-sandboxd`, read-only in every job container: created and
+    /// filled once per binary (its name and label carry the binary's SHA-256), so a container start copies nothing.
+    /// Filling goes through a container that is created, never started, and removed; the copy is then read back and
+    /// compared, so a half-written binary (two workers filling at once, a crash) is caught and rewritten.
+    pub async fn executor_volume(&self) -> Result<&str, SandboxError> {
+        self.executor
+            .get_or_try_init(|| async {
+                let path = find_executor(&self.cfg)?;
+                let binary = tokio::fs::read(&path)
+                    .await
+                    .map_err(io_err(format!("reading {}", path.display())))?;
+                let digest = hex::encode(Sha256::digest(&binary));
+                let name = format!("drafter-sandboxd-{}", &digest[..16]);
+                fill_executor_volume(&self.docker, &self.cfg.image, &name, &digest, &binary).await?;
+                tracing::info!(volume = %name, binary = %path.display(), "sandbox executor volume ready");
+                Ok(name)
+            })
+            .await
+            .map(String::as_str)
+    }
+
+    fn create_error(&self, e: bollard::errors::Error) -> SandboxError {
+        if status_code(&e) == Some(404) {
+            SandboxError::ImageMissing {
+                image: self.cfg.image.clone(),
+            }
+        } else {
+            docker_err("create container")(e)
+        }
+    }
+
+    fn container_body(
+        &self,
+        job_id: &str,
+        ticket: &str,
+        executor_volume: Option<&str>,
+    ) -> ContainerCreateBody {
+        let cfg = &self.cfg;
+        let memory = i64::try_from(cfg.memory_mb.saturating_mul(1024 * 1024)).unwrap_or(i64::MAX);
+        // Saturating float->int cast; a non-positive value means "no limit" to Docker, so keep at least 0.01 CPU.
+        let nano_cpus = ((cfg.cpus * 1e9) as i64).max(10_000_000);
+        let mut host_config = HostConfig {
+            network_mode: Some("none".into()),
+            readonly_rootfs: Some(true),
+            tmpfs: Some(HashMap::from([(
+                "/tmp".to_string(),
+                format!("rw,nosuid,nodev,size={}m,mode=1777", cfg.tmp_size_mb.max(1)),
+            )])),
+            cap_drop: Some(vec!["ALL".into()]),
+            security_opt: Some(vec!["no-new-privileges".into()]),
+            pids_limit: Some(cfg.pids_limit),
+            memory: Some(memory),
+            memory_swap: Some(memory),
+            nano_cpus: Some(nano_cpus),
+            runtime: cfg.runtime.clone().filter(|r| !r.is_empty()),
+            init: Some(true),
+            privileged: Some(false),
+            ..Default::default()
+        };
+        let mut body = ContainerCreateBody {
+            image: Some(cfg.image.clone()),
+            cmd: Some(vec!["sleep".into(), "infinity".into()]),
+            env: Some(CONTAINER_ENV.iter().map(|s| s.to_string()).collect()),
+            user: Some(KEEPER_USER.into()),
+            working_dir: Some(WORKSPACE.into()),
+            // An anonymous volume: writable through the archive API despite the read-only rootfs.
+            volumes: Some(vec![WORKSPACE.into()]),
+            labels: Some(HashMap::from([
+                (LABEL_MANAGED.to_string(), "true".to_string()),
+                (LABEL_JOB.to_string(), job_id.to_string()),
+                (LABEL_TICKET.to_string(), ticket.to_string()),
+                (LABEL_OWNER_HOST.to_string(), host_name()),
+                (LABEL_OWNER_PID.to_string(), std::process::id().to_string()),
+            ])),
+            network_disabled: Some(true),
+            ..Default::default()
+        };
+        if let Some(volume) = executor_volume {
+            // The executor is the container's main process (under Docker's init): root, but with only the
+            // capabilities it needs to drop to the agent's uid for every command (SETUID, SETGID), to stop the
+            // agent's processes (KILL), and to measure directories the agent made unreadable (DAC_READ_SEARCH).
+            // Every command loses all of them at its uid change.
+            body.user = Some("0:0".into());
+            body.cmd = Some(vec![
+                format!("{EXECUTOR_DIR}/{EXECUTOR_BIN}"),
+                "--workspace".into(),
+                WORKSPACE.into(),
+                "--uid".into(),
+                AGENT_UID.to_string(),
+                "--gid".into(),
+                AGENT_UID.to_string(),
+                "--workspace-limit".into(),
+                ExecLimits::from_config(cfg).workspace_limit.to_string(),
+            ]);
+            body.entrypoint = Some(Vec::new());
+            body.open_stdin = Some(true);
+            body.stdin_once = Some(false);
+            body.attach_stdin = Some(true);
+            body.attach_stdout = Some(true);
+            body.attach_stderr = Some(true);
+            body.tty = Some(false);
+            // SETPCAP only to empty the bounding set at start, after which the executor drops it.
+            host_config.cap_add = Some(vec![
+                "SETPCAP".into(),
+                "SETUID".into(),
+                "SETGID".into(),
+                "KILL".into(),
+                "DAC_READ_SEARCH".into(),
+            ]);
+            host_config.mounts = Some(vec![Mount {
+                target: Some(EXECUTOR_DIR.into()),
+                source: Some(volume.to_string()),
+                typ: Some(MountType::VOLUME),
+                read_only: Some(true),
+                volume_options: Some(MountVolumeOptions {
+                    no_copy: Some(true),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }]);
+        }
+        body.host_config = Some(host_config);
+        body
+    }
+}
+
+/// Where the executor binary is: `sandbox.executor` if set, else `DRAFTER_SANDBOXD`, else next to the running
+/// binary (or one directory up, for test binaries in `target/*/deps`).
+pub fn find_executor(cfg: &SandboxConfig) -> Result<PathBuf, SandboxError> {
+    let mut candidates = Vec::new();
+    if let Some(p) = &cfg.executor {
+        candidates.push(p.clone());
+    } else if let Some(p) = std::env::var_os("DRAFTER_SANDBOXD") {
+        candidates.push(PathBuf::from(p));
+    } else if let Ok(exe) = std::env::current_exe() {
+        if let Some(dir) = exe.parent() {
+            candidates.push(dir.join(EXECUTOR_BIN));
+            if let Some(up) = dir.parent() {
+                candidates.push(up.join(EXECUTOR_BIN));
+            }
+        }
+    }
+    candidates
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .ok_or_else(|| SandboxError::ExecutorMissing {
+            searched: candidates
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
+}
+
+/// Makes sure volume `name` holds exactly `binary` (see [`Sandbox::executor_volume`]).
+async fn fill_executor_volume(
+    docker: &Docker,
+    image: &str,
+    name: &str,
+    digest: &str,
+    binary: &[u8],
+) -> Result<(), SandboxError> {
+    let labels = HashMap::from([
+        (LABEL_MANAGED.to_string(), "true".to_string()),
+        (LABEL_EXECUTOR.to_string(), digest.to_string()),
+    ]);
+    // Creating a volume that exists returns it unchanged.
+    docker
+        .create_volume(VolumeCreateRequest {
+            name: Some(name.to_string()),
+            labels: Some(labels.clone()),
+            ..Default::default()
+        })
+        .await
+        .map_err(docker_err("create executor volume"))?;
+    // Unique per call: several sandboxes of one process (or of several) may fill at the same time.
+    let mut nonce = [0u8; 6];
+    getrandom::fill(&mut nonce).map_err(|e| SandboxError::Exec(format!("no randomness: {e}")))?;
+    let filler = format!("drafter-sandboxd-fill-{}", hex::encode(nonce));
+    let body = ContainerCreateBody {
+        image: Some(image.to_string()),
+        cmd: Some(vec!["true".into()]),
+        labels: Some(HashMap::from([
+            (LABEL_MANAGED.to_string(), "true".to_string()),
+            (LABEL_OWNER_HOST.to_string(), host_name()),
+            (LABEL_OWNER_PID.to_string(), std::process::id().to_string()),
+        ])),
+        network_disabled: Some(true),
+        host_config: Some(HostConfig {
+            network_mode: Some("none".into()),
+            mounts: Some(vec![Mount {
+                target: Some(EXECUTOR_DIR.into()),
+                source: Some(name.to_string()),
+                typ: Some(MountType::VOLUME),
+                volume_options: Some(MountVolumeOptions {
+                    no_copy: Some(true),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let opts = CreateContainerOptionsBuilder::new().name(&filler).build();
+    let created = docker
+        .create_container(Some(opts), body)
+        .await
+        .map_err(|e| {
+            if status_code(&e) == Some(404) {
+                SandboxError::ImageMissing {
+                    image: image.to_string(),
+                }
+            } else {
+                docker_err("create executor filler")(e)
+            }
+        })?;
+    let result = async {
+        for attempt in 0..2 {
+            let held = read_container_file(
+                docker,
+                &created.id,
+                &format!("{EXECUTOR_DIR}/{EXECUTOR_BIN}"),
+            )
+            .await?;
+            if held
+                .as_deref()
+                .map(|b| hex::encode(Sha256::digest(b)))
+                .as_deref()
+                == Some(digest)
+            {
+                return Ok(());
+            }
+            if attempt == 1 {
+                break;
+            }
+            let mut tar = tar::Builder::new(Vec::new());
+            let mut header = tar::Header::new_gnu();
+            header.set_entry_type(tar::EntryType::Regular);
+            header.set_size(binary.len() as u64);
+            header.set_mode(0o555);
+            header.set_uid(0);
+            header.set_gid(0);
+            tar.append_data(&mut header, EXECUTOR_BIN, binary)
+                .map_err(io_err("packing the executor"))?;
+            let archive = tar.into_inner().map_err(io_err("packing the executor"))?;
+            let opts = UploadToContainerOptionsBuilder::new()
+                .path(EXECUTOR_DIR)
+                .build();
+            docker
+                .upload_to_container(&created.id, Some(opts), bollard::body_full(archive.into()))
+                .await
+                .map_err(docker_err("upload executor"))?;
+        }
+        Err(SandboxError::Exec(format!(
+            "volume {name} does not hold the executor binary after writing it"
+        )))
+    }
+    .await;
+    force_remove(docker, &created.id).await?;
+    result
+}
+
+/// A regular file out of a (possibly stopped) container through the archive API; `None` if it is not there.
+async fn read_container_file(
+    docker: &Docker,
+    container: &str,
+    path: &str,
+) -> Result<Option<Vec<u8>>, SandboxError> {
+    let opts = DownloadFromContainerOptionsBuilder::new()
+        .path(path)
+        .build();
+    let mut stream = docker.download_from_container(container, Some(opts));
+    let mut buf = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        match chunk {
+            Ok(c) => buf.extend_from_slice(&c),
+            Err(e) if status_code(&e) == Some(404) => return Ok(None),
+            Err(e) => return Err(docker_err("download")(e)),
+        }
+    }
+    let mut archive = tar::Archive::new(io::Cursor::new(buf));
+    let mut entries = archive
+        .entries()
+        .map_err(io_err(format!("reading {path}")))?;
+    let Some(entry) = entries.next() else {
+        return Ok(None);
+    };
+    let mut entry = entry.map_err(io_err(format!("reading {path}")))?;
+    let mut out = Vec::new();
+    entry
+        .read_to_end(&mut out)
+        .map_err(io_err(format!("reading {path}")))?;
+    Ok(Some(out))
+}
+
+fn valid_job_id(id: &str) -> bool {
+    let mut chars = id.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric())
+        && id.len() <= 100
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+
+async fn force_remove(docker: &Docker, id: &str) -> Result<(), SandboxError> {
+    let opts = RemoveContainerOptionsBuilder::new()
+        .force(true)
+        .v(true)
+        .build();
+    match docker.remove_container(id, Some(opts)).await {
+        Ok(()) => Ok(()),
+        // Already gone (or its removal already under way): the goal is reached.
+        Err(e) if matches!(status_code(&e), Some(404) | Some(409)) => Ok(()),
+        Err(e) => Err(docker_err("remove container")(e)),
+    }
+}
+
+/// A running job container. Remove it with [`Container::remove`]; dropping it also removes it, in the background.
+pub struct Container {
+    docker: Docker,
+    id: String,
+    limits: ExecLimits,
+    executor: Box<dyn Executor>,
+    removed: bool,
+}
+
+impl Container {
+    /// The Docker container id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The transport tool calls go through.
+    pub fn executor(&self) -> &dyn Executor {
+        self.executor.as_ref()
+    }
+
+    /// Copies the host directory `src` (a git checkout, `.git` included) into `/workspace`, every entry owned by
+    /// 1000:1000. Symlinks are copied as symlinks; sockets, fifos and devices are skipped.
+    pub async fn upload_dir(&self, src: &Path) -> Result<(), SandboxError> {
+        let meta = std::fs::metadata(src).map_err(io_err(format!("reading {}", src.display())))?;
+        if !meta.is_dir() {
+            return Err(SandboxError::Io {
+                context: format!("uploading {}", src.display()),
+                source: io::Error::other("not a directory"),
+            });
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(8);
+        let root = src.to_path_buf();
+        let producer = tokio::task::spawn_blocking(move || {
+            let writer = ChannelWriter {
+                tx: tx.clone(),
+                buf: Vec::with_capacity(CHUNK),
+            };
+            let result = write_dir_tar(&root, writer);
+            if let Err(e) = &result {
+                // Make the upload fail rather than succeed with a partial tree.
+                let _ = tx.blocking_send(Err(io::Error::new(e.kind(), e.to_string())));
+            }
+            result
+        });
+        let body = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        });
+        let opts = UploadToContainerOptionsBuilder::new()
+            .path(WORKSPACE)
+            .build();
+        let upload = self
+            .docker
+            .upload_to_container(&self.id, Some(opts), bollard::body_try_stream(body))
+            .await;
+        let produced = producer
+            .await
+            .map_err(|e| SandboxError::Exec(format!("tar producer task failed: {e}")))?;
+        produced.map_err(io_err(format!("archiving {}", src.display())))?;
+        upload.map_err(docker_err("upload workspace"))
+    }
+
+    /// Replaces the contents of `dest` with `/workspace`: deletes everything in `dest` except `.git`, then unpacks,
+    /// skipping every entry with a `.git` component (the container's git metadata is untrusted). Refuses entries
+    /// that are absolute, contain `..`, or would be written through a symlink; symlinks are recreated as links.
+    pub async fn download_workspace(&self, dest: &Path) -> Result<(), SandboxError> {
+        let meta = std::fs::symlink_metadata(dest)
+            .map_err(io_err(format!("reading {}", dest.display())))?;
+        if !meta.is_dir() {
+            return Err(SandboxError::Io {
+                context: format!("downloading into {}", dest.display()),
+                source: io::Error::other("not a directory"),
+            });
+        }
+        clear_except_git(dest)?;
+
+        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(8);
+        let dest_owned = dest.to_path_buf();
+        let consumer = tokio::task::spawn_blocking(move || {
+            let reader = ChannelReader {
+                rx,
+                current: Bytes::new(),
+            };
+            unpack_workspace(reader, &dest_owned)
+        });
+        let opts = DownloadFromContainerOptionsBuilder::new()
+            .path(WORKSPACE)
+            .build();
+        let mut stream = self.docker.download_from_container(&self.id, Some(opts));
+        let mut stream_err = None;
+        while let Some(chunk) = stream.next().await {
+            match chunk {
+                Ok(bytes) => {
+                    if tx.send(bytes).await.is_err() {
+                        break; // the unpacker stopped early; its error is reported below
+                    }
+                }
+                Err(e) => {
+                    stream_err = Some(e);
+                    break;
+                }
+            }
+        }
+        drop(tx);
+        let unpacked = consumer
+            .await
+            .map_err(|e| SandboxError::Exec(format!("unpack task failed: {e}")))?;
+        if let Some(e) = stream_err {
+            return Err(docker_err("download workspace")(e));
+        }
+        unpacked
+    }
+
+    /// Reads `/workspace/<rel>`. Errors if it is missing, not a regular file, or larger than `max_bytes`.
+    pub async fn read_file(&self, rel: &str, max_bytes: usize) -> Result<Vec<u8>, SandboxError> {
+        workspace_path(rel)?;
+        self.executor.read_file(rel, max_bytes).await
+    }
+
+    /// Writes `/workspace/<rel>` with exactly the agent's permissions (the file is its own), creating parent
+    /// directories.
+    pub async fn write_file(&self, rel: &str, contents: &[u8]) -> Result<(), SandboxError> {
+        workspace_path(rel)?;
+        self.executor.write_file(rel, contents).await
+    }
+
+    /// Runs `bash -c command` in `/workspace` as uid 1000, stopped after `timeout` (see [`EXEC_GRACE`] for the
+    /// host-side backstop), or earlier by the output limit or the memory limit. A non-zero exit is an `Ok`
+    /// [`ExecOutput`]; `Err` means the exec itself failed.
+    pub async fn exec(&self, command: &str, timeout: Duration) -> Result<ExecOutput, SandboxError> {
+        let argv = vec!["bash".to_string(), "-c".to_string(), command.to_string()];
+        self.executor.exec(argv, Vec::new(), timeout).await
+    }
+
+    /// The tree under `rel` (`.` for the workspace), `max_depth` levels deep, as `<type> <path>` lines.
+    pub async fn list(&self, rel: &str, max_depth: u32) -> Result<String, SandboxError> {
+        if rel != "." {
+            workspace_path(rel)?;
+        }
+        self.executor.list(rel, max_depth).await
+    }
+
+    /// Lines matching a regular expression under `rel`, as `<path>:<line>:<text>`.
+    pub async fn search(&self, pattern: &str, rel: &str) -> Result<String, SandboxError> {
+        if rel != "." {
+            workspace_path(rel)?;
+        }
+        self.executor.search(pattern, rel).await
+    }
+
+    /// Fails with [`SandboxError::DiskLimit`] when the workspace uses more disk than `sandbox.workspace_max_mb`:
+    /// checked after every tool call that can write (the executor also checks while a command runs).
+    pub async fn check_disk(&self) -> Result<u64, SandboxError> {
+        let used = self.executor.disk_usage().await?;
+        if used > self.limits.workspace_limit {
+            return Err(SandboxError::DiskLimit {
+                used_mb: used / (1024 * 1024),
+                limit_mb: self.limits.workspace_limit / (1024 * 1024),
+            });
+        }
+        Ok(used)
+    }
+
+    /// Force-removes the container and its workspace volume.
+    pub async fn remove(mut self) -> Result<(), SandboxError> {
+        self.removed = true;
+        force_remove(&self.docker, &self.id).await?;
+        tracing::info!(container = %self.id, "sandbox container removed");
+        Ok(())
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        if self.removed {
+            return;
+        }
+        let id = std::mem::take(&mut self.id);
+        match tokio::runtime::Handle::try_current() {
+            // The normal error path: remove in the background on the caller's runtime.
+            Ok(handle) if !std::thread::panicking() => {
+                let docker = self.docker.clone();
+                handle.spawn(async move {
+                    match force_remove(&docker, &id).await {
+                        Ok(()) => {
+                            tracing::info!(container = %id, "sandbox container removed on drop")
+                        }
+                        Err(e) => {
+                            tracing::warn!(container = %id, error = %e, "removal on drop failed")
+                        }
+                    }
+                });
+            }
+            // Unwinding (the runtime is likely being torn down and would cancel a spawned task) or no runtime at
+            // all: remove synchronously from a helper thread with its own runtime and client, bounded in time.
+            _ => remove_blocking(id),
+        }
+    }
+}
+
+/// Force-removes a container from a fresh thread, runtime and Docker client, waiting at most 20 s.
+fn remove_blocking(id: String) {
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let thread_id = id.clone();
+    let spawned = std::thread::Builder::new()
+        .name("drafter-sandbox-drop".into())
+        .spawn(move || {
+            let result = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())
+                .and_then(|rt| {
+                    rt.block_on(async {
+                        let docker = Docker::connect_with_defaults()
+                            .map_err(|e| e.to_string())?
+                            .negotiate_version()
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        force_remove(&docker, &thread_id)
+                            .await
+                            .map_err(|e| e.to_string())
+                    })
+                });
+            let _ = done_tx.send(result);
+        });
+    if spawned.is_err() {
+        tracing::warn!(container = %id, "could not spawn removal thread; remove_orphans will clean up");
+        return;
+    }
+    match done_rx.recv_timeout(Duration::from_secs(20)) {
+        Ok(Ok(())) => tracing::info!(container = %id, "sandbox container removed on drop"),
+        Ok(Err(e)) => tracing::warn!(container = %id, error = %e, "removal on drop failed"),
+        Err(_) => tracing::warn!(container = %id, "removal on drop timed out"),
+    }
+}
+
+/// `rel` as an absolute path under `/workspace`: relative, no `..`, no NUL, not empty.
+fn workspace_path(rel: &str) -> Result<String, SandboxError> {
+    let bad = |reason| SandboxError::BadPath {
+        path: rel.to_string(),
+        reason,
+    };
+    if rel.contains('\0') {
+        return Err(bad("contains a NUL byte"));
+    }
+    if rel.starts_with('/') {
+        return Err(bad("must be relative to the workspace"));
+    }
+    let mut parts = Vec::new();
+    for part in rel.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => return Err(bad("must not contain `..`")),
+            p => parts.push(p),
+        }
+    }
+    if parts.is_empty() {
+        return Err(bad("names no file"));
+    }
+    Ok(format!("{WORKSPACE}/{}", parts.join("/")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workspace_paths() {
+        assert_eq!(workspace_path("a/b.txt").unwrap(), "/workspace/a/b.txt");
+        assert_eq!(workspace_path("./a//b").unwrap(), "/workspace/a/b");
+        assert!(workspace_path("../x").is_err());
+        assert!(workspace_path("a/../../x").is_err());
+        assert!(workspace_path("/etc/passwd").is_err());
+        assert!(workspace_path("a\0b").is_err());
+        assert!(workspace_path("").is_err());
+        assert!(workspace_path(".").is_err());
+    }
+
+    #[test]
+    fn job_ids() {
+        assert!(valid_job_id("job-1_a.b"));
+        assert!(!valid_job_id(""));
+        assert!(!valid_job_id("-x"));
+        assert!(!valid_job_id("a/b"));
+        assert!(!valid_job_id(&"a".repeat(101)));
+    }
+}
