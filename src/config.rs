@@ -287,6 +287,8 @@ pub struct SandboxConfig {
     pub max_output_mb: u64,
     /// Disk (MiB) the workspace may use; a job whose workspace grows past it fails.
     pub workspace_max_mb: u64,
+    /// Pre-started containers kept per container shape for warm starts (0: none; `sandboxd` transport only).
+    pub pool_size: usize,
 }
 
 impl Default for SandboxConfig {
@@ -306,6 +308,7 @@ impl Default for SandboxConfig {
             executor: r.executor,
             max_output_mb: r.max_output_mb,
             workspace_max_mb: r.workspace_max_mb,
+            pool_size: r.pool_size,
         }
     }
 }
@@ -552,6 +555,7 @@ struct RawSandbox {
     executor: Option<PathBuf>,
     max_output_mb: u64,
     workspace_max_mb: u64,
+    pool_size: usize,
 }
 
 impl Default for RawSandbox {
@@ -569,6 +573,7 @@ impl Default for RawSandbox {
             executor: None,
             max_output_mb: 16,
             workspace_max_mb: 4096,
+            pool_size: 0,
         }
     }
 }
@@ -817,6 +822,7 @@ impl Config {
                 }),
                 max_output_mb: raw.sandbox.max_output_mb,
                 workspace_max_mb: raw.sandbox.workspace_max_mb,
+                pool_size: raw.sandbox.pool_size,
             },
             commit: CommitIdentity {
                 name: raw.commit.name,

@@ -9,7 +9,9 @@
 //! - [`config`]: the TOML file, environment overrides, secrets by reference.
 //! - [`jira`]: Jira Cloud REST v3: tickets in (ADF to Markdown), comments out (ADF).
 //! - [`repo`]: git through libgit2: clone, branch, commit, push, with the token only in the credential callback.
-//! - [`sandbox`]: one hardened Docker container per job, workspace in and out as tar streams.
+//! - [`sandbox`]: one hardened Docker container per job, workspace in and out as tar streams; tool calls through
+//!   `drafter-sandboxd` inside it (or `docker exec`); a warm pool.
+//! - [`bench`]: `drafter bench`, the sandbox against the Docker CLI.
 //! - [`model`]: provider encodings (Anthropic, OpenAI-compatible) behind one receipt-emitting client.
 //! - [`proof`]: the runner key, the receipt chain and its verification.
 //! - [`agent`]: the tool-use loop and its tools; talks to the sandbox, never to Docker.
@@ -21,6 +23,7 @@
 #![deny(missing_docs)]
 
 pub mod agent;
+pub mod bench;
 pub mod config;
 pub mod forge;
 pub mod intake;

@@ -123,6 +123,27 @@ enum Command {
         #[command(flatten)]
         queue: QueueArgs,
     },
+    /// Measure the sandbox against the Docker CLI on this machine: container ready (drafter cold and warm vs
+    /// `docker run` + `docker cp`) and tool-call round trips (`true`, reading 1 MB) through drafter-sandboxd, bollard
+    /// exec and the `docker exec` CLI. Prints a Markdown table with p50/p99 and the target ratios.
+    Bench {
+        /// A runner configuration whose `[sandbox]` settings (image, limits, runtime) to use; defaults otherwise.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Round trips per tool-call row.
+        #[arg(long, default_value_t = 200)]
+        calls: usize,
+        /// Containers started per ready row.
+        #[arg(long, default_value_t = 20)]
+        starts: usize,
+    },
+    /// Check this host for running jobs: the Docker engine, the OCI runtimes it offers (runc, runsc for gVisor),
+    /// the configured runtime and image, the executor binary. Exits 1 if something a job needs is missing.
+    Doctor {
+        /// The runner configuration file (optional: defaults are checked without one).
+        #[arg(long, env = "DRAFTER_CONFIG")]
+        config: Option<PathBuf>,
+    },
     /// Load and validate a configuration file, printing what it resolves to (secrets shown as [redacted]).
     CheckConfig {
         /// The runner configuration file.
@@ -337,6 +358,12 @@ fn main() -> ExitCode {
                 queue,
             } => pause(reason, by, cancel_running, queue).await,
             Command::Resume { queue } => resume(queue).await,
+            Command::Bench {
+                config,
+                calls,
+                starts,
+            } => bench(config.as_deref(), calls, starts).await,
+            Command::Doctor { config } => doctor(config.as_deref()).await,
             Command::CheckConfig { config } => {
                 let c = Config::load(&config)?;
                 println!("{c:#?}");
@@ -351,6 +378,56 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn sandbox_config(
+    config: Option<&std::path::Path>,
+) -> anyhow::Result<drafter::config::SandboxConfig> {
+    Ok(match config {
+        Some(path) => Config::load(path)?.sandbox,
+        None => drafter::config::SandboxConfig::default(),
+    })
+}
+
+async fn bench(
+    config: Option<&std::path::Path>,
+    calls: usize,
+    starts: usize,
+) -> anyhow::Result<ExitCode> {
+    let cfg = sandbox_config(config)?;
+    let opts = drafter::bench::BenchOptions {
+        calls: calls.max(1),
+        starts: starts.max(1),
+    };
+    eprintln!(
+        "drafter bench: image {}, {} round trips per call row, {} starts per ready row (takes a minute or two)",
+        cfg.image, opts.calls, opts.starts
+    );
+    let report = drafter::bench::run(&cfg, &opts).await?;
+    print!("{}", report.render());
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn doctor(config: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
+    let cfg = sandbox_config(config)?;
+    let checks = drafter::sandbox::doctor(&cfg).await;
+    let mut ok = true;
+    for c in &checks {
+        let mark = match c.status {
+            drafter::sandbox::CheckStatus::Ok => "ok  ",
+            drafter::sandbox::CheckStatus::Note => "note",
+            drafter::sandbox::CheckStatus::Fail => {
+                ok = false;
+                "FAIL"
+            }
+        };
+        println!("{mark}  {:<16} {}", c.what, c.detail);
+    }
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 /// libgit2 waits forever on a silent server by default, which would pin a job (and its blocking thread) for good.

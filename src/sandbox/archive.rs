@@ -43,6 +43,42 @@ impl io::Write for ChannelWriter {
     }
 }
 
+/// A `Vec` that refuses to grow past a cap (with [`io::ErrorKind::FileTooLarge`]).
+pub(super) struct CappedVec {
+    buf: Vec<u8>,
+    cap: usize,
+}
+
+impl CappedVec {
+    pub(super) fn new(cap: usize) -> Self {
+        CappedVec {
+            buf: Vec::new(),
+            cap,
+        }
+    }
+
+    pub(super) fn into_inner(self) -> Vec<u8> {
+        self.buf
+    }
+}
+
+impl io::Write for CappedVec {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        if self.buf.len() + data.len() > self.cap {
+            return Err(io::Error::new(
+                io::ErrorKind::FileTooLarge,
+                "over the in-memory cap",
+            ));
+        }
+        self.buf.extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Blocking `Read` over chunks arriving on an async channel (the download body).
 pub(super) struct ChannelReader {
     pub(super) rx: tokio::sync::mpsc::Receiver<Bytes>,
@@ -65,7 +101,7 @@ impl Read for ChannelReader {
 }
 
 /// Writes `root`'s tree as a tar (paths relative to `root`, owner 1000:1000, no setuid/setgid/sticky bits).
-pub(super) fn write_dir_tar(root: &Path, writer: ChannelWriter) -> io::Result<()> {
+pub(super) fn write_dir_tar(root: &Path, writer: impl io::Write) -> io::Result<()> {
     let mut builder = tar::Builder::new(writer);
     let mut stack = vec![PathBuf::new()];
     while let Some(rel) = stack.pop() {

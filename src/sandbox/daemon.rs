@@ -144,6 +144,10 @@ pub fn handle(cfg: &DaemonConfig, op: Op, body: Vec<u8>) -> (Reply, Vec<u8>) {
             search(cfg, &pattern, &path, max_matches)
                 .map(|(text, truncated)| (Reply::Listing { truncated }, text))
         }
+        Op::Unpack => {
+            let _agent = AsAgent::enter(cfg);
+            unpack(cfg, &body).map(|entries| (Reply::Unpacked { entries }, Vec::new()))
+        }
         Op::DiskUsage => {
             let (bytes, entries) = disk_usage(&cfg.workspace);
             Ok((Reply::Usage { bytes, entries }, Vec::new()))
@@ -327,6 +331,37 @@ fn write(cfg: &DaemonConfig, rel: &str, data: &[u8]) -> Result<u64, Failure> {
     file.set_len(0).map_err(|e| io_failure(rel, e))?;
     file.write_all(data).map_err(|e| io_failure(rel, e))?;
     Ok(data.len() as u64)
+}
+
+/// Unpacks a tar into the workspace: regular files, directories and symlinks only, each confined to the
+/// workspace by the tar crate's `unpack_in` (no absolute paths, no `..`, no writing through a symlink that leads
+/// out), owned by whoever the thread's filesystem ids say (the agent).
+fn unpack(cfg: &DaemonConfig, tar: &[u8]) -> Result<u64, Failure> {
+    let mut archive = tar::Archive::new(io::Cursor::new(tar));
+    archive.set_preserve_permissions(true);
+    archive.set_preserve_ownerships(false);
+    archive.set_preserve_mtime(true);
+    archive.set_unpack_xattrs(false);
+    archive.set_overwrite(true);
+    let mut n = 0;
+    let entries = archive.entries().map_err(|e| io_failure("unpack", e))?;
+    for entry in entries {
+        let mut entry = entry.map_err(|e| io_failure("unpack", e))?;
+        match entry.header().entry_type() {
+            tar::EntryType::Regular
+            | tar::EntryType::Continuous
+            | tar::EntryType::Directory
+            | tar::EntryType::Symlink => {}
+            _ => continue,
+        }
+        let unpacked = entry
+            .unpack_in(&cfg.workspace)
+            .map_err(|e| io_failure("unpack", e))?;
+        if unpacked {
+            n += 1;
+        }
+    }
+    Ok(n)
 }
 
 /// Directory entries sorted by name, `.git` left out.

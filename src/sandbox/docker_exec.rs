@@ -177,6 +177,37 @@ impl Executor for DockerExec {
 }
 
 impl DockerExec {
+    /// Runs `argv` and counts every output byte received, keeping none (for `drafter bench`: the transfer itself).
+    pub async fn exec_raw_len(&self, argv: &[&str]) -> Result<usize, SandboxError> {
+        let opts = CreateExecOptions {
+            cmd: Some(argv.iter().map(|s| s.to_string()).collect()),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            user: Some(format!("{AGENT_UID}:{AGENT_UID}")),
+            working_dir: Some(WORKSPACE.to_string()),
+            ..Default::default()
+        };
+        let exec = self
+            .docker
+            .create_exec(&self.id, opts)
+            .await
+            .map_err(docker_err("create exec"))?;
+        let mut n = 0;
+        if let StartExecResults::Attached { mut output, .. } = self
+            .docker
+            .start_exec(&exec.id, None::<StartExecOptions>)
+            .await
+            .map_err(docker_err("start exec"))?
+        {
+            while let Some(item) = output.next().await {
+                if let LogOutput::StdOut { message } = item.map_err(docker_err("exec output"))? {
+                    n += message.len();
+                }
+            }
+        }
+        Ok(n)
+    }
+
     /// A helper command (list, search, du) under the default timeout.
     async fn shell(&self, cmd: &str) -> Result<ExecOutput, SandboxError> {
         self.exec(

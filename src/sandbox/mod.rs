@@ -56,12 +56,15 @@ use crate::config::{SandboxConfig, Transport};
 mod archive;
 pub mod daemon;
 pub mod docker_exec;
+mod doctor;
+pub mod pool;
 pub mod proto;
 pub mod sandboxd;
 
 use archive::{
     clear_except_git, unpack_workspace, write_dir_tar, ChannelReader, ChannelWriter, CHUNK,
 };
+pub use doctor::{doctor, runtimes, Check, CheckStatus};
 pub use proto::Limit;
 
 /// Label set to `"true"` on every container drafter creates.
@@ -114,6 +117,9 @@ const CONTAINER_ENV: &[&str] = &[
     "HOME=/tmp",
     "LANG=C.UTF-8",
 ];
+/// Workspaces up to this size (as a tar) go in through the executor in one frame; larger ones stream through the
+/// Docker archive API.
+const UNPACK_MAX: usize = 48 << 20;
 /// Where the executor's volume is mounted (read-only) in the container.
 const EXECUTOR_DIR: &str = "/opt/drafter";
 /// The executor binary's name, in the container and next to the `drafter` binary on the host.
@@ -125,7 +131,7 @@ pub const LIST_MAX_ENTRIES: u32 = 2000;
 /// Matches a search shows at most.
 pub const SEARCH_MAX_MATCHES: u32 = 300;
 /// How long a started container may take for its executor to answer the first ping.
-const READY_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The per-command limits both transports enforce.
 #[derive(Debug, Clone, Copy)]
@@ -170,6 +176,11 @@ pub trait Executor: Send + Sync {
     async fn search(&self, pattern: &str, rel: &str) -> Result<String, SandboxError>;
     /// Bytes the workspace uses on disk.
     async fn disk_usage(&self) -> Result<u64, SandboxError>;
+    /// Unpacks a tar archive into the workspace; `Ok(false)` when this transport cannot (the caller then uploads
+    /// through the Docker archive API).
+    async fn unpack(&self, _tar: Vec<u8>) -> Result<bool, SandboxError> {
+        Ok(false)
+    }
 }
 
 /// Why a sandbox operation failed.
@@ -237,6 +248,14 @@ pub enum SandboxError {
         used_mb: u64,
         /// The limit.
         limit_mb: u64,
+    },
+    /// `sandbox.runtime` names a runtime the engine does not offer.
+    #[error("sandbox.runtime = `{runtime}` is not offered by this Docker engine (it has: {offered}); see `drafter doctor`")]
+    RuntimeMissing {
+        /// The configured runtime.
+        runtime: String,
+        /// What the engine offers.
+        offered: String,
     },
     /// The executor binary is not where drafter looks for it.
     #[error("the sandbox executor `{EXECUTOR_BIN}` was not found (looked in: {searched}); build it with `cargo build --bin {EXECUTOR_BIN}` and install it next to `drafter`, set sandbox.executor, or use sandbox.transport = \"docker-exec\"")]
@@ -346,6 +365,15 @@ impl Sandbox {
     /// names the image's exact layers and config), for the run statement; [`SandboxError::ImageMissing`] says how
     /// to build a missing one.
     pub async fn ensure_image(&self) -> Result<String, SandboxError> {
+        if let Some(runtime) = &self.cfg.runtime {
+            let (offered, _) = runtimes(self).await?;
+            if !offered.contains(runtime) {
+                return Err(SandboxError::RuntimeMissing {
+                    runtime: runtime.clone(),
+                    offered: offered.join(", "),
+                });
+            }
+        }
         match self.docker.inspect_image(&self.cfg.image).await {
             Ok(i) => Ok(i.id.unwrap_or_default()),
             Err(e) if status_code(&e) == Some(404) => Err(SandboxError::ImageMissing {
@@ -397,9 +425,25 @@ impl Sandbox {
         Ok(removed)
     }
 
-    /// Ids of the containers labelled with this job id, in any state.
+    /// Ids of this job's containers, in any state: drafter containers named `drafter-<job_id>` (a container taken
+    /// from the warm pool carries no job label, but is renamed so).
     pub async fn job_containers(&self, job_id: &str) -> Result<Vec<String>, SandboxError> {
-        let list = self.list_by_label(format!("{LABEL_JOB}={job_id}")).await?;
+        let filters = HashMap::from([
+            ("label", vec![format!("{LABEL_MANAGED}=true")]),
+            (
+                "name",
+                vec![format!("^/drafter-{}$", regex::escape(job_id))],
+            ),
+        ]);
+        let opts = ListContainersOptionsBuilder::new()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let list = self
+            .docker
+            .list_containers(Some(opts))
+            .await
+            .map_err(docker_err("list containers"))?;
         Ok(list.into_iter().filter_map(|c| c.id).collect())
     }
 
@@ -441,6 +485,11 @@ impl Sandbox {
         };
         let name = format!("drafter-{job_id}");
         let body = self.container_body(job_id, ticket, executor_volume.as_deref());
+        let limits = ExecLimits::from_config(&self.cfg);
+        if let Some(container) = self.take_warm(&name, &body, limits).await? {
+            tracing::info!(container = %container.id, job = job_id, "sandbox container taken from the warm pool");
+            return Ok(container);
+        }
         let opts = CreateContainerOptionsBuilder::new().name(&name).build();
 
         let created = match self
@@ -460,7 +509,6 @@ impl Sandbox {
             }
             Err(e) => return Err(self.create_error(e)),
         };
-        let limits = ExecLimits::from_config(&self.cfg);
         let mut container = Container {
             docker: self.docker.clone(),
             id: created.id.clone(),
@@ -490,6 +538,75 @@ impl Sandbox {
         }
         tracing::info!(container = %container.id, job = job_id, transport = container.executor.name(), "sandbox container ready");
         Ok(container)
+    }
+
+    /// A warm container of this shape from the pool (see [`pool`]), renamed for the job, after a ping shows its
+    /// executor is still there; starts a refill either way. `None` without a pool or when it is empty.
+    async fn take_warm(
+        &self,
+        name: &str,
+        body: &ContainerCreateBody,
+        limits: ExecLimits,
+    ) -> Result<Option<Container>, SandboxError> {
+        if self.cfg.pool_size == 0 || self.cfg.transport != Transport::Sandboxd {
+            return Ok(None);
+        }
+        let shape = pool::shape_of(body);
+        let warm = pool::take(&shape);
+        pool::refill(&self.docker, &shape, body, limits, self.cfg.pool_size);
+        let Some(warm) = warm else {
+            return Ok(None);
+        };
+        let container = Container {
+            docker: self.docker.clone(),
+            id: warm.id,
+            limits,
+            executor: Box::new(warm.executor),
+            removed: false,
+        };
+        // On any error below, dropping `container` removes it.
+        if let Err(e) = container.executor.disk_usage().await {
+            tracing::warn!(error = %e, "a pooled container stopped answering; starting a fresh one");
+            return Ok(None);
+        }
+        pool::claim(&self.docker, &container.id, name).await?;
+        Ok(Some(container))
+    }
+
+    /// Starts filling the warm pool for this sandbox's container shape (`drafter serve` calls it at start, so even
+    /// the first job is warm). Does nothing without `sandbox.pool_size`.
+    pub async fn prewarm(&self) -> Result<(), SandboxError> {
+        if self.cfg.pool_size == 0 || self.cfg.transport != Transport::Sandboxd {
+            return Ok(());
+        }
+        let volume = self.executor_volume().await?.to_string();
+        let body = self.container_body("pool", "", Some(&volume));
+        let shape = pool::shape_of(&body);
+        pool::refill(
+            &self.docker,
+            &shape,
+            &body,
+            ExecLimits::from_config(&self.cfg),
+            self.cfg.pool_size,
+        );
+        Ok(())
+    }
+
+    /// Waits until the warm pool of this sandbox's shape is full (or `within` passes).
+    pub async fn wait_pool_full(&self, within: Duration) {
+        if self.prewarm().await.is_err() {
+            return;
+        }
+        let Ok(volume) = self.executor_volume().await else {
+            return;
+        };
+        let body = self.container_body("pool", "", Some(volume));
+        pool::wait_full(&pool::shape_of(&body), self.cfg.pool_size, within).await;
+    }
+
+    /// Removes this process's pooled containers (every shape). Returns how many.
+    pub async fn drain_pool(&self) -> usize {
+        pool::drain(&self.docker).await
     }
 
     /// The named volume holding this worker's `drafter-sandboxd`, read-only in every job container: created and
@@ -829,8 +946,19 @@ impl Container {
         self.executor.as_ref()
     }
 
+    /// A `docker exec` transport into this same container, whatever the configured one (for `drafter bench`).
+    pub fn docker_exec(&self) -> docker_exec::DockerExec {
+        docker_exec::DockerExec {
+            docker: self.docker.clone(),
+            id: self.id.clone(),
+            limits: self.limits,
+        }
+    }
+
     /// Copies the host directory `src` (a git checkout, `.git` included) into `/workspace`, every entry owned by
-    /// 1000:1000. Symlinks are copied as symlinks; sockets, fifos and devices are skipped.
+    /// 1000:1000. Symlinks are copied as symlinks; sockets, fifos and devices are skipped. One tar stream: through
+    /// the executor when the transport has one and the tree fits [`UNPACK_MAX`] (no daemon round trips, no helper
+    /// process), else through the Docker archive API.
     pub async fn upload_dir(&self, src: &Path) -> Result<(), SandboxError> {
         let meta = std::fs::metadata(src).map_err(io_err(format!("reading {}", src.display())))?;
         if !meta.is_dir() {
@@ -839,14 +967,37 @@ impl Container {
                 source: io::Error::other("not a directory"),
             });
         }
+        if self.executor.name() == "sandboxd" {
+            let root = src.to_path_buf();
+            let packed = tokio::task::spawn_blocking(move || {
+                let mut buf = archive::CappedVec::new(UNPACK_MAX);
+                write_dir_tar(&root, &mut buf).map(|()| buf.into_inner())
+            })
+            .await
+            .map_err(|e| SandboxError::Exec(format!("tar task failed: {e}")))?;
+            match packed {
+                Ok(tar) => {
+                    if self.executor.unpack(tar).await? {
+                        return Ok(());
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::FileTooLarge => {}
+                Err(e) => return Err(io_err(format!("archiving {}", src.display()))(e)),
+            }
+        }
+        self.upload_dir_streamed(src).await
+    }
+
+    /// [`Container::upload_dir`] through the Docker archive API, streamed.
+    async fn upload_dir_streamed(&self, src: &Path) -> Result<(), SandboxError> {
         let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(8);
         let root = src.to_path_buf();
         let producer = tokio::task::spawn_blocking(move || {
-            let writer = ChannelWriter {
+            let mut writer = ChannelWriter {
                 tx: tx.clone(),
                 buf: Vec::with_capacity(CHUNK),
             };
-            let result = write_dir_tar(&root, writer);
+            let result = write_dir_tar(&root, &mut writer);
             if let Err(e) = &result {
                 // Make the upload fail rather than succeed with a partial tree.
                 let _ = tx.blocking_send(Err(io::Error::new(e.kind(), e.to_string())));

@@ -21,8 +21,8 @@
 //! # Conversation
 //! Strictly one request at a time: the worker sends a request with a fresh `id`, the executor answers with the same
 //! `id`. A reply with another id means the stream is out of step, and the worker gives up on the container.
-//! Requests (`op`): `ping`, `exec`, `read`, `write`, `list`, `search`, `disk_usage`. Replies (`reply`): `pong`,
-//! `exec`, `data`, `written`, `listing`, `usage`, `error`. See [`Op`] and [`Reply`] for the fields.
+//! Requests (`op`): `ping`, `exec`, `read`, `write`, `list`, `search`, `disk_usage`, `unpack`. Replies (`reply`):
+//! `pong`, `exec`, `data`, `written`, `listing`, `usage`, `unpacked`, `error`. See [`Op`] and [`Reply`] for the fields.
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
@@ -106,6 +106,9 @@ pub enum Op {
     },
     /// The workspace's disk usage (allocated blocks). Answered with [`Reply::Usage`].
     DiskUsage,
+    /// Unpacks the body, a tar archive, into the workspace as the agent (owner the agent, modes and mtimes kept,
+    /// nothing outside the workspace). How the workspace goes in. Answered with [`Reply::Unpacked`].
+    Unpack,
 }
 
 /// A reply from the executor.
@@ -142,6 +145,11 @@ pub enum Reply {
     Listing {
         /// Whether the entry or match limit cut it short.
         truncated: bool,
+    },
+    /// To [`Op::Unpack`].
+    Unpacked {
+        /// Entries unpacked.
+        entries: u64,
     },
     /// To [`Op::DiskUsage`].
     Usage {

@@ -283,6 +283,16 @@ impl Executor for Sandboxd {
         }
     }
 
+    async fn unpack(&self, tar: Vec<u8>) -> Result<bool, SandboxError> {
+        match self.call(Op::Unpack, &tar, SHORT_CALL).await? {
+            (Reply::Unpacked { .. }, _) => Ok(true),
+            (Reply::Error { message, .. }, _) => Err(SandboxError::Exec(format!(
+                "unpacking the workspace: {message}"
+            ))),
+            (other, _) => Err(self.unexpected(&other)),
+        }
+    }
+
     async fn disk_usage(&self) -> Result<u64, SandboxError> {
         match self.call(Op::DiskUsage, &[], SHORT_CALL).await? {
             (Reply::Usage { bytes, .. }, _) => Ok(bytes),
