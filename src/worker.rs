@@ -24,9 +24,10 @@ use crate::forge::{ForgeError, GitHub, PullRequest};
 use crate::jira::{self, JiraClient, JiraError, Notice, Ticket};
 use crate::model::{ModelClient, ModelError};
 use crate::policy::{self, diff, Approval, Decision, Grant, Network, Policy, Request, Who};
-use crate::proof::bundle::{Change, Outcome, TriggerInfo};
+use crate::proof::bundle::{Change, NetworkRecord, Outcome, TriggerInfo};
 use crate::proof::{self, BundleWriter, ProofError, Retention, RunInput, RunnerKey};
 use crate::repo::{self, RepoError};
+use crate::sandbox::egress::EgressRules;
 use crate::sandbox::{Sandbox, SandboxError};
 
 pub mod explain;
@@ -280,6 +281,8 @@ struct Progress {
     pr_text: Option<(String, String)>,
     /// The bundle writer the model client used, when the agent ran.
     bundle: Option<BundleWriter>,
+    /// The sandbox's network and what the egress proxy recorded (`allowlist:` jobs).
+    network: Option<NetworkRecord>,
 }
 
 /// Which attempt of a job this is. The ticket hears about a failure only when it is final: not retryable, or the
@@ -623,6 +626,7 @@ fn seal(
         started_at: started,
         finished_at: chrono::Utc::now(),
         decisions: progress.decisions.clone(),
+        network: progress.network.clone(),
         outcome,
     })
 }
@@ -659,6 +663,7 @@ pub(crate) fn seal_expired(
         started_at: now,
         finished_at: now,
         decisions: last.decisions,
+        network: None,
         outcome: Outcome {
             result: "failed".into(),
             rule: Some("approval".into()),
@@ -1155,19 +1160,33 @@ async fn decide(
         });
     }
     if let Network::Allowlist(name) = &grant.rules.network {
-        // Fail closed: a policy that grants egress must not silently get either more or less than it says.
-        let detail = format!(
-            "network `allowlist:{name}` needs the sandbox egress proxy, which this runner does not provide yet; \
-             only `none` can run"
-        );
+        // Fail closed: a name the policy does not define gets no network at all, not some other one.
+        let detail = match spec.policy.egress.get(name) {
+            Some(e) => Ok(format!(
+                "network allowlist:{name}: {} (plain HTTP methods: {})",
+                e.hosts.join(", "),
+                if e.methods.is_empty() {
+                    "any".to_string()
+                } else {
+                    e.methods.join(", ")
+                }
+            )),
+            None => Err(format!(
+                "network allowlist:{name}: no [egress.{name}] in the policy"
+            )),
+        };
+        let allowed = detail.is_ok();
+        let text = detail.unwrap_or_else(|e| e);
         progress.decisions.push(policy::log_decision(
             &spec.policy.hash,
             &ticket.key,
             "network",
-            false,
-            detail.clone(),
+            allowed,
+            text.clone(),
         ));
-        return Err(refused("network", detail));
+        if !allowed {
+            return Err(refused("network", text));
+        }
     }
     Ok(grant)
 }
@@ -1284,7 +1303,17 @@ async fn run_agent(
 ) -> Result<(AgentOutcome, String), JobError> {
     let job_id = spec.job_id.as_str();
     stage(events, Stage::Sandbox, config.sandbox.image.as_str());
-    let container = sandbox.start(job_id, &ticket.key).await?;
+    let egress = match &run.grant.rules.network {
+        Network::Allowlist(name) => spec.policy.egress.get(name).map(|e| EgressRules {
+            name: name.clone(),
+            hosts: e.hosts.clone(),
+            methods: e.methods.clone(),
+        }),
+        Network::None => None,
+    };
+    let container = sandbox
+        .start_with_network(job_id, &ticket.key, egress.as_ref())
+        .await?;
     let agent_result = async {
         container.upload_dir(ws).await?;
         stage(
@@ -1343,6 +1372,14 @@ async fn run_agent(
         }
         Err(e) => Err(e),
     };
+    if let Network::Allowlist(name) = &run.grant.rules.network {
+        let (connections, dropped) = container.egress_records();
+        progress.network = Some(NetworkRecord {
+            mode: format!("allowlist:{name}"),
+            connections,
+            dropped,
+        });
+    }
     if let Err(e) = container.remove().await {
         tracing::warn!(error = %e, "could not remove the sandbox container");
     }

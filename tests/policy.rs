@@ -781,7 +781,7 @@ async fn team_budgets_are_counted_in_the_shared_ledger_and_refuse_when_spent() {
 }
 
 #[tokio::test]
-async fn policy_limits_tighten_the_runners_and_a_named_egress_allowlist_fails_closed() {
+async fn policy_limits_tighten_the_runners_and_an_egress_allowlist_is_enforced_by_the_proxy() {
     // max_turns = 2 under the runner's 12: the demo needs 5 model calls, so the job stops after 2.
     let stack = Stack::start(Options {
         policy: Some(policy("[teams.demo.limits]\nmax_turns = 2\n", "")),
@@ -794,23 +794,56 @@ async fn policy_limits_tighten_the_runners_and_a_named_egress_allowlist_fails_cl
     assert_eq!(stack.model.requests().len(), 2);
     assert!(stack.github.pulls(DEMO_REPO).is_empty());
 
-    // A policy that grants egress through an allowlist is not run with any other network than it says.
+    // A policy that grants egress through an allowlist runs with exactly that: the egress proxy lets the allowed
+    // host through and refuses the rest, and every request is in the signed run statement.
+    let fetch = |url: &str| {
+        format!(
+            "python3 -c \"import urllib.request, ssl; print(urllib.request.urlopen('{url}', timeout=20, \
+             context=ssl._create_unverified_context()).status)\""
+        )
+    };
+    let mut script = vec![
+        tool(
+            "run",
+            json!({ "command": fetch("https://index.crates.io/config.json") }),
+        ),
+        tool(
+            "run",
+            json!({ "command": fetch("https://pypi.org.evil.example/") }),
+        ),
+    ];
+    script.extend(support::harness::demo_script());
     let stack = Stack::start(Options {
         policy: Some(policy(
             "network = \"allowlist:registries\"",
-            "[egress.registries]\nhosts = [\"pypi.org\", \"*.pythonhosted.org\"]\n",
+            "[egress.registries]\nhosts = [\"index.crates.io\", \"*.pythonhosted.org\"]\nmethods = [\"GET\"]\n",
         )),
+        script,
         ..Options::default()
     })
     .await;
     let (out, log) = drafter(&stack, &["run", "--ticket", "DEMO-1"]).await;
-    assert_eq!(out.status.code(), Some(2), "{log}");
-    assert!(log.contains("policy rule `network`"), "{log}");
-    assert!(stack.model.requests().is_empty());
+    assert_eq!(out.status.code(), Some(0), "{log}");
     let job = job_json(&stack);
-    assert_eq!(
-        decisions(&job).last().map(String::as_str),
-        Some("network:false")
+    assert!(
+        decisions(&job).contains(&"network:true".to_string()),
+        "{job}"
+    );
+    let run = last_run(&stack).await;
+    let net = run.network.expect("the run statement records the network");
+    assert_eq!(net.mode, "allowlist:registries");
+    let seen: Vec<(bool, &str)> = net
+        .connections
+        .iter()
+        .map(|c| (c.allowed, c.host.as_str()))
+        .collect();
+    assert!(seen.contains(&(true, "index.crates.io")), "{seen:?}");
+    assert!(seen.contains(&(false, "pypi.org.evil.example")), "{seen:?}");
+    let dir = only_job_dir(&stack);
+    let (_, shown) = drafter(&stack, &["verify", dir.to_str().expect("utf8")]).await;
+    assert!(
+        shown.contains("network:       allowlist:registries (2 requests, 1 denied)"),
+        "{shown}"
     );
 }
 

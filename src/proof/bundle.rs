@@ -345,8 +345,23 @@ pub struct Run {
     pub decisions: Vec<Decision>,
     /// The retention the bodies are under.
     pub retention: Retention,
+    /// The sandbox's network, when it had one (`allowlist:` jobs): every request through the egress proxy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<NetworkRecord>,
     /// How it ended.
     pub outcome: Outcome,
+}
+
+/// The sandbox's network in one attempt and what went through it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkRecord {
+    /// As the policy wrote it (`allowlist:NAME`).
+    pub mode: String,
+    /// Every request the egress proxy saw, allowed or denied (host, port, method, bytes, rule; never paths).
+    pub connections: Vec<crate::sandbox::egress::ConnRecord>,
+    /// Requests over the per-job record cap, counted but not listed.
+    pub dropped: u64,
 }
 
 /// A statement's predicate, parsed.
@@ -472,6 +487,8 @@ pub struct RunInput {
     pub finished_at: DateTime<Utc>,
     /// Policy decisions.
     pub decisions: Vec<Decision>,
+    /// The sandbox's network and its connections, for `allowlist:` jobs.
+    pub network: Option<NetworkRecord>,
     /// The outcome.
     pub outcome: Outcome,
 }
@@ -735,6 +752,7 @@ impl BundleWriter {
             duration_ms: u64::try_from(duration.num_milliseconds()).unwrap_or(0),
             decisions: run.decisions,
             retention: self.retention,
+            network: run.network,
             outcome: run.outcome,
         };
         self.append(subject, RUN, &predicate)?;

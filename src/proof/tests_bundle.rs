@@ -82,6 +82,7 @@ fn run_input(result: &str, rule: Option<&str>) -> RunInput {
         started_at: Utc::now(),
         finished_at: Utc::now(),
         decisions: vec![],
+        network: None,
         outcome: Outcome {
             result: result.into(),
             rule: rule.map(str::to_string),

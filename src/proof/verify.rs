@@ -692,6 +692,33 @@ pub fn render(s: &Summary, policy_file: Option<&Path>, repo: Option<(&Path, Stri
                     .unwrap_or("digest unknown")
             );
         }
+        if let Some(net) = &r.network {
+            let denied = net.connections.iter().filter(|c| !c.allowed).count();
+            let _ = writeln!(
+                o,
+                "  network:       {} ({} requests, {denied} denied{})",
+                net.mode,
+                net.connections.len() as u64 + net.dropped,
+                if net.dropped > 0 {
+                    format!(", {} not listed", net.dropped)
+                } else {
+                    String::new()
+                }
+            );
+            for c in &net.connections {
+                let _ = writeln!(
+                    o,
+                    "    {} {} {}:{} ({} B out, {} B in) {}",
+                    if c.allowed { "allowed" } else { "denied " },
+                    c.method,
+                    c.host,
+                    c.port,
+                    c.bytes_out,
+                    c.bytes_in,
+                    c.rule
+                );
+            }
+        }
         if let Some(repo_name) = &r.repo {
             let _ = writeln!(
                 o,

@@ -77,7 +77,7 @@ pub async fn doctor(cfg: &SandboxConfig) -> Vec<Check> {
                 format!("{} (default {default})", names.join(", ")),
             ));
             let wanted = cfg.runtime.clone().unwrap_or_else(|| default.clone());
-            if names.iter().any(|n| *n == wanted) {
+            if names.contains(&wanted) {
                 out.push(check(
                     "runtime",
                     CheckStatus::Ok,

@@ -57,6 +57,8 @@ mod archive;
 pub mod daemon;
 pub mod docker_exec;
 mod doctor;
+pub mod egress;
+mod network;
 pub mod pool;
 pub mod proto;
 pub mod sandboxd;
@@ -422,11 +424,27 @@ impl Sandbox {
         if removed > 0 {
             tracing::info!(removed, "removed orphaned sandbox containers");
         }
+        // Job networks of dead runners (their containers are gone by now, so the networks can go).
+        let filters = HashMap::from([("label", vec![format!("{LABEL_MANAGED}=true")])]);
+        let opts = bollard::query_parameters::ListNetworksOptionsBuilder::new()
+            .filters(&filters)
+            .build();
+        if let Ok(networks) = self.docker.list_networks(Some(opts)).await {
+            for n in networks {
+                let dead = !n
+                    .labels
+                    .as_ref()
+                    .is_some_and(|l| owner_alive(l, &this_host));
+                if let (true, Some(name)) = (dead, n.name) {
+                    network::remove_network(&self.docker, &name).await;
+                }
+            }
+        }
         Ok(removed)
     }
 
     /// Ids of this job's containers, in any state: drafter containers named `drafter-<job_id>` (a container taken
-    /// from the warm pool carries no job label, but is renamed so).
+    /// from the warm pool carries no job label, but is renamed so) and its egress proxy `drafter-proxy-<job_id>`.
     pub async fn job_containers(&self, job_id: &str) -> Result<Vec<String>, SandboxError> {
         let filters = HashMap::from([
             ("label", vec![format!("{LABEL_MANAGED}=true")]),
@@ -460,6 +478,7 @@ impl Sandbox {
         while !self.job_containers(job_id).await?.is_empty() && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        network::remove_network(&self.docker, &network::network_name(job_id)).await;
         Ok(ids.len())
     }
 
@@ -473,54 +492,118 @@ impl Sandbox {
         &self.cfg
     }
 
-    /// Creates and starts the job's container `drafter-<job_id>` and waits until it is ready for tool calls. A stale
-    /// container of the same name left by an earlier attempt of the same job is removed first.
+    /// Creates and starts the job's container `drafter-<job_id>` with no network and waits until it is ready for
+    /// tool calls. A stale container of the same name left by an earlier attempt of the same job is removed first.
     pub async fn start(&self, job_id: &str, ticket: &str) -> Result<Container, SandboxError> {
+        self.start_with_network(job_id, ticket, None).await
+    }
+
+    /// [`Sandbox::start`], and with `egress` the container's only way out is that allowlist through the job's egress
+    /// proxy (see [`egress`]): an internal network with the proxy on it, `HTTP(S)_PROXY` pointing at it.
+    pub async fn start_with_network(
+        &self,
+        job_id: &str,
+        ticket: &str,
+        egress: Option<&egress::EgressRules>,
+    ) -> Result<Container, SandboxError> {
         if !valid_job_id(job_id) {
             return Err(SandboxError::BadJobId(job_id.to_string()));
         }
-        let executor_volume = match self.cfg.transport {
-            Transport::Sandboxd => Some(self.executor_volume().await?.to_string()),
-            Transport::DockerExec => None,
+        // The proxy runs the executor binary too, so an allowlist job needs its volume under either transport.
+        let executor_volume = match (self.cfg.transport, egress) {
+            (Transport::DockerExec, None) => None,
+            _ => Some(self.executor_volume().await?.to_string()),
         };
         let name = format!("drafter-{job_id}");
-        let body = self.container_body(job_id, ticket, executor_volume.as_deref());
+        let in_container = match self.cfg.transport {
+            Transport::Sandboxd => executor_volume.as_deref(),
+            Transport::DockerExec => None,
+        };
+        let mut body = self.container_body(job_id, ticket, in_container);
         let limits = ExecLimits::from_config(&self.cfg);
-        if let Some(container) = self.take_warm(&name, &body, limits).await? {
-            tracing::info!(container = %container.id, job = job_id, "sandbox container taken from the warm pool");
-            return Ok(container);
+        let (Some(rules), Some(volume)) = (egress, executor_volume.as_deref()) else {
+            if let Some(container) = self.take_warm(&name, &body, limits).await? {
+                tracing::info!(container = %container.id, job = job_id, "sandbox container taken from the warm pool");
+                return Ok(container);
+            }
+            return self
+                .create_and_start(job_id, &name, body, limits, None)
+                .await;
+        };
+        // A stale container of this job may still be attached to a stale network of this job.
+        force_remove(&self.docker, &name).await?;
+        let job_egress =
+            network::setup(&self.docker, &self.cfg.image, volume, job_id, rules).await?;
+        if let Some(host) = body.host_config.as_mut() {
+            host.network_mode = Some(job_egress.network.clone());
         }
-        let opts = CreateContainerOptionsBuilder::new().name(&name).build();
+        body.network_disabled = Some(false);
+        if let Some(env) = body.env.as_mut() {
+            for var in ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"] {
+                env.push(format!("{var}={}", job_egress.proxy_url));
+            }
+            // Nothing bypasses the proxy.
+            env.push("NO_PROXY=".into());
+            env.push("no_proxy=".into());
+        }
+        self.create_and_start(job_id, &name, body, limits, Some(job_egress))
+            .await
+    }
 
+    /// The cold path: create, attach, start, ping. On failure everything made for the job (its egress included) is
+    /// removed again.
+    async fn create_and_start(
+        &self,
+        job_id: &str,
+        name: &str,
+        body: ContainerCreateBody,
+        limits: ExecLimits,
+        egress: Option<network::JobEgress>,
+    ) -> Result<Container, SandboxError> {
+        let opts = CreateContainerOptionsBuilder::new().name(name).build();
         let created = match self
             .docker
             .create_container(Some(opts.clone()), body.clone())
             .await
         {
-            Ok(c) => c,
+            Ok(c) => Ok(c),
             Err(e) if status_code(&e) == Some(409) => {
                 // Name taken: only ever by our own earlier attempt, since the name embeds the job id.
                 tracing::warn!(container = %name, "removing stale container of the same job");
-                force_remove(&self.docker, &name).await?;
-                self.docker
-                    .create_container(Some(opts), body)
-                    .await
-                    .map_err(|e| self.create_error(e))?
+                match force_remove(&self.docker, name).await {
+                    Ok(()) => self
+                        .docker
+                        .create_container(Some(opts), body)
+                        .await
+                        .map_err(|e| self.create_error(e)),
+                    Err(e) => Err(e),
+                }
             }
-            Err(e) => return Err(self.create_error(e)),
+            Err(e) => Err(self.create_error(e)),
+        };
+        let created = match created {
+            Ok(c) => c,
+            Err(e) => {
+                if egress.is_some() {
+                    network::teardown(&self.docker, job_id).await;
+                }
+                return Err(e);
+            }
         };
         let mut container = Container {
             docker: self.docker.clone(),
             id: created.id.clone(),
+            job_id: job_id.to_string(),
             limits,
             executor: Box::new(docker_exec::DockerExec {
                 docker: self.docker.clone(),
                 id: created.id.clone(),
                 limits,
             }),
+            egress,
             removed: false,
         };
-        // From here on, an early return drops `container`, and its Drop removes it.
+        // From here on, an early return drops `container`, and its Drop removes it (and its egress).
         // Attach before starting, so the stream is there when the executor first speaks.
         let executor = match self.cfg.transport {
             Transport::Sandboxd => {
@@ -560,8 +643,10 @@ impl Sandbox {
         let container = Container {
             docker: self.docker.clone(),
             id: warm.id,
+            job_id: name.trim_start_matches("drafter-").to_string(),
             limits,
             executor: Box::new(warm.executor),
+            egress: None,
             removed: false,
         };
         // On any error below, dropping `container` removes it.
@@ -930,8 +1015,11 @@ async fn force_remove(docker: &Docker, id: &str) -> Result<(), SandboxError> {
 pub struct Container {
     docker: Docker,
     id: String,
+    job_id: String,
     limits: ExecLimits,
     executor: Box<dyn Executor>,
+    /// The job's network and egress proxy, for `allowlist:` jobs.
+    egress: Option<network::JobEgress>,
     removed: bool,
 }
 
@@ -1125,9 +1213,30 @@ impl Container {
     /// Force-removes the container and its workspace volume.
     pub async fn remove(mut self) -> Result<(), SandboxError> {
         self.removed = true;
-        force_remove(&self.docker, &self.id).await?;
+        let removed = force_remove(&self.docker, &self.id).await;
+        if self.egress.is_some() {
+            network::teardown(&self.docker, &self.job_id).await;
+        }
+        removed?;
         tracing::info!(container = %self.id, "sandbox container removed");
         Ok(())
+    }
+
+    /// What the egress proxy recorded so far (empty without an allowlist), and how many records were dropped over
+    /// the per-job cap.
+    pub fn egress_records(&self) -> (Vec<egress::ConnRecord>, u64) {
+        match &self.egress {
+            Some(e) => {
+                let log = e.records.lock().unwrap_or_else(|p| p.into_inner());
+                (log.records.clone(), log.dropped)
+            }
+            None => (Vec::new(), 0),
+        }
+    }
+
+    /// The proxy URL the container was given (allowlist jobs).
+    pub fn proxy_url(&self) -> Option<&str> {
+        self.egress.as_ref().map(|e| e.proxy_url.as_str())
     }
 }
 
@@ -1137,12 +1246,17 @@ impl Drop for Container {
             return;
         }
         let id = std::mem::take(&mut self.id);
+        let egress_of = self.egress.is_some().then(|| self.job_id.clone());
         match tokio::runtime::Handle::try_current() {
             // The normal error path: remove in the background on the caller's runtime.
             Ok(handle) if !std::thread::panicking() => {
                 let docker = self.docker.clone();
                 handle.spawn(async move {
-                    match force_remove(&docker, &id).await {
+                    let removed = force_remove(&docker, &id).await;
+                    if let Some(job) = egress_of {
+                        network::teardown(&docker, &job).await;
+                    }
+                    match removed {
                         Ok(()) => {
                             tracing::info!(container = %id, "sandbox container removed on drop")
                         }
@@ -1154,13 +1268,13 @@ impl Drop for Container {
             }
             // Unwinding (the runtime is likely being torn down and would cancel a spawned task) or no runtime at
             // all: remove synchronously from a helper thread with its own runtime and client, bounded in time.
-            _ => remove_blocking(id),
+            _ => remove_blocking(id, egress_of),
         }
     }
 }
 
 /// Force-removes a container from a fresh thread, runtime and Docker client, waiting at most 20 s.
-fn remove_blocking(id: String) {
+fn remove_blocking(id: String, egress_of: Option<String>) {
     let (done_tx, done_rx) = std::sync::mpsc::channel();
     let thread_id = id.clone();
     let spawned = std::thread::Builder::new()
@@ -1177,9 +1291,11 @@ fn remove_blocking(id: String) {
                             .negotiate_version()
                             .await
                             .map_err(|e| e.to_string())?;
-                        force_remove(&docker, &thread_id)
-                            .await
-                            .map_err(|e| e.to_string())
+                        let removed = force_remove(&docker, &thread_id).await;
+                        if let Some(job) = egress_of {
+                            network::teardown(&docker, &job).await;
+                        }
+                        removed.map_err(|e| e.to_string())
                     })
                 });
             let _ = done_tx.send(result);

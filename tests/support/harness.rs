@@ -47,6 +47,8 @@ pub struct Options {
     pub command_timeout_secs: u64,
     /// Whole tables appended to the configuration (`[serve]`, `[poll]`).
     pub extra_toml: String,
+    /// Lines added to the `[sandbox]` table.
+    pub sandbox_toml: String,
     /// Replay the script per conversation (many jobs, or retried jobs) instead of consuming it once.
     pub per_conversation: bool,
     /// A policy file's text: written to `policy.toml` and named in `[policy]`, replacing the `[projects]` tables.
@@ -63,6 +65,7 @@ impl Default for Options {
             wall_time_secs: 300,
             command_timeout_secs: 60,
             extra_toml: String::new(),
+            sandbox_toml: String::new(),
             per_conversation: false,
             policy: None,
         }
@@ -212,6 +215,7 @@ memory_mb = 512
 cpus = 1.0
 pids_limit = 128
 command_timeout_secs = {timeout}
+{sandbox_extra}
 
 [commit]
 name = "drafter[bot]"
@@ -234,6 +238,7 @@ email = "drafter-bot@example.com"
             wall = opts.wall_time_secs,
             timeout = opts.command_timeout_secs,
             extra = opts.extra_toml,
+            sandbox_extra = opts.sandbox_toml,
             projects = match &opts.policy {
                 None => format!(
                     "[projects.DEMO]\nrepos = [{{ name = \"{DEMO_REPO}\", base = \"main\", test_command = \"python3 -m unittest -v\" }}]\n\n\
