@@ -636,6 +636,11 @@ async fn serve(config_path: &std::path::Path) -> anyhow::Result<ExitCode> {
         ),
         Err(e) => tracing::warn!(error = %e, "could not look for leftover containers"),
     }
+    // With sandbox.pool_size, the first jobs start warm too.
+    if let Err(e) = sandbox.prewarm().await {
+        tracing::warn!(error = %e, "could not start the warm pool; jobs start cold");
+    }
+    let pool_owner = sandbox.clone();
 
     // One signal, three listeners: the HTTP server, the poller and the pool.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -729,6 +734,10 @@ async fn serve(config_path: &std::path::Path) -> anyhow::Result<ExitCode> {
         drafter::worker::pool::run(config.clone(), queue, sandbox, policy, worker, signal).await;
     reloader.abort();
     purger.abort();
+    let drained = pool_owner.drain_pool().await;
+    if drained > 0 {
+        tracing::info!(removed = drained, "warm pool emptied");
+    }
     if let Some(p) = poller {
         let _ = p.await;
     }

@@ -28,7 +28,7 @@ use crate::proof::bundle::{Change, NetworkRecord, Outcome, TriggerInfo};
 use crate::proof::{self, BundleWriter, ProofError, Retention, RunInput, RunnerKey};
 use crate::repo::{self, RepoError};
 use crate::sandbox::egress::EgressRules;
-use crate::sandbox::{Sandbox, SandboxError};
+use crate::sandbox::{Container, Sandbox, SandboxError};
 
 pub mod explain;
 pub mod meter;
@@ -857,7 +857,10 @@ async fn pipeline(
         Stage::Clone,
         format!("{} ({})", repo_cfg.name, repo_cfg.base),
     );
-    let (git_repo, branch, reused) = {
+    // The sandbox starts while the repository clones: the two are independent, and each is a good part of a job's
+    // start-up. If the clone fails, or an earlier attempt already pushed (no agent run), the container goes again.
+    let egress = egress_rules(spec, &grant);
+    let cloning = {
         let (url, ws, base, token, job) = (
             url.clone(),
             ws.clone(),
@@ -875,7 +878,27 @@ async fn pipeline(
             }
             Ok((r, branch, reused))
         })
-        .await?
+    };
+    let (cloned, started) = tokio::join!(
+        cloning,
+        sandbox.start_with_network(job_id, &ticket.key, egress.as_ref())
+    );
+    let (git_repo, branch, reused) = match cloned {
+        Ok(c) => c,
+        Err(e) => {
+            if let Ok(container) = started {
+                let _ = container.remove().await;
+            }
+            return Err(e);
+        }
+    };
+    let container = match (reused, started) {
+        (false, started) => Some(started?),
+        (true, Ok(container)) => {
+            let _ = container.remove().await;
+            None
+        }
+        (true, Err(_)) => None,
     };
     progress.branch = Some(branch.clone());
 
@@ -917,8 +940,13 @@ async fn pipeline(
             command_timeout: Duration::from_secs(sandbox_cfg.command_timeout_secs),
             meter: &meter,
         };
+        let container = container.ok_or_else(|| {
+            JobError::Sandbox(SandboxError::Exec(
+                "the sandbox container was not started".into(),
+            ))
+        })?;
         let (outcome, digest) = run_agent(
-            config, spec, &ticket, &repo_cfg, dir, &sandbox, &ws, events, progress, &run,
+            config, spec, &ticket, &repo_cfg, dir, container, &ws, events, progress, &run,
         )
         .await?;
 
@@ -1191,6 +1219,19 @@ async fn decide(
     Ok(grant)
 }
 
+/// The egress allowlist the policy grants the job's sandbox, if any (`decide` has already refused a name the policy
+/// does not define).
+fn egress_rules(spec: &JobSpec, grant: &Grant) -> Option<EgressRules> {
+    match &grant.rules.network {
+        Network::Allowlist(name) => spec.policy.egress.get(name).map(|e| EgressRules {
+            name: name.clone(),
+            hosts: e.hosts.clone(),
+            methods: e.methods.clone(),
+        }),
+        Network::None => None,
+    }
+}
+
 /// The runner's limits tightened by the policy's: the stricter value of each wins.
 fn effective_limits(config: &Config, grant: &Grant) -> (AgentLimits, SandboxConfig) {
     let l = &grant.rules.limits;
@@ -1295,7 +1336,7 @@ async fn run_agent(
     ticket: &Ticket,
     repo_cfg: &RepoConfig,
     dir: &Path,
-    sandbox: &Sandbox,
+    container: Container,
     ws: &Path,
     events: &UnboundedSender<Event>,
     progress: &mut Progress,
@@ -1303,17 +1344,6 @@ async fn run_agent(
 ) -> Result<(AgentOutcome, String), JobError> {
     let job_id = spec.job_id.as_str();
     stage(events, Stage::Sandbox, config.sandbox.image.as_str());
-    let egress = match &run.grant.rules.network {
-        Network::Allowlist(name) => spec.policy.egress.get(name).map(|e| EgressRules {
-            name: name.clone(),
-            hosts: e.hosts.clone(),
-            methods: e.methods.clone(),
-        }),
-        Network::None => None,
-    };
-    let container = sandbox
-        .start_with_network(job_id, &ticket.key, egress.as_ref())
-        .await?;
     let agent_result = async {
         container.upload_dir(ws).await?;
         stage(

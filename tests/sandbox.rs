@@ -764,3 +764,98 @@ async fn remove_orphans_after_a_crash() {
     assert_no_containers(&sb, &live).await;
     assert_no_containers(&sb, &remote).await;
 }
+
+/// Warm start: a pooled container is taken, renamed for the job (so the job's cleanup finds it), answers at once,
+/// and the pool refills; draining it leaves nothing behind.
+#[tokio::test]
+async fn warm_pool_hands_out_ready_containers() {
+    let _g = ORPHAN_LOCK.read().await;
+    let mut cfg = config(64 * 1024);
+    cfg.pool_size = 1;
+    // A shape of its own (other tests use other limits), so no other test takes from this pool.
+    cfg.tmp_size_mb = 63;
+    let sb = Sandbox::connect(&cfg).await.unwrap();
+    sb.wait_pool_full(Duration::from_secs(60)).await;
+    let job = job_id("warm");
+    let t = Instant::now();
+    let c = sb.start(&job, "DEMO-9").await.unwrap();
+    let took = t.elapsed();
+    eprintln!("warm start: {took:?}");
+    assert_eq!(
+        sb.job_containers(&job).await.unwrap(),
+        vec![c.id().to_string()]
+    );
+    assert_eq!(ok(&c, "id -u").await, "1000\n");
+    let ws = tempfile::tempdir().unwrap();
+    std::fs::write(ws.path().join("a.txt"), "hello").unwrap();
+    c.upload_dir(ws.path()).await.unwrap();
+    assert_eq!(ok(&c, "cat a.txt").await, "hello");
+    // The job's cleanup path (by name) removes a pooled container like any other.
+    assert_eq!(sb.remove_job(&job).await.unwrap(), 1);
+    drop(c);
+    assert_no_containers(&sb, &job).await;
+    // The pool refilled, and draining it removes what it holds.
+    sb.wait_pool_full(Duration::from_secs(60)).await;
+    assert!(sb.drain_pool().await >= 1);
+    let left = Command::new("docker")
+        .args([
+            "ps",
+            "-aq",
+            "--filter",
+            "label=drafter.pool",
+            "--filter",
+            &format!("label=drafter.owner.pid={}", std::process::id()),
+        ])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&left.stdout).trim().is_empty());
+}
+
+/// gVisor: with `sandbox.runtime` naming a runsc runtime the engine offers, the same container runs under gVisor's
+/// kernel, executor and all. Skipped (with the reason) when the engine offers none. `DRAFTER_TEST_RUNSC` picks the
+/// runtime name (`.ci/install-deps` registers `runsc-nonet`: runsc with its own networking off, which is what a
+/// `network = "none"` job needs and the only way runsc runs on machines whose Docker lives in a nested network
+/// namespace).
+#[tokio::test]
+async fn runs_under_gvisor_when_the_engine_offers_it() {
+    let _g = ORPHAN_LOCK.read().await;
+    let probe = sandbox(64 * 1024).await;
+    let (offered, _) = drafter::sandbox::runtimes(&probe).await.unwrap();
+    let wanted = std::env::var("DRAFTER_TEST_RUNSC").ok().or_else(|| {
+        ["runsc-nonet", "runsc"]
+            .into_iter()
+            .find(|r| offered.iter().any(|o| o == r))
+            .map(str::to_string)
+    });
+    let Some(runtime) = wanted.filter(|r| offered.contains(r)) else {
+        eprintln!(
+            "SKIPPED: the Docker engine offers no runsc runtime (it has: {}); install gVisor (Debian: apt install \
+             runsc) and register it in /etc/docker/daemon.json, as .ci/install-deps does",
+            offered.join(", ")
+        );
+        return;
+    };
+    let mut cfg = config(64 * 1024);
+    cfg.runtime = Some(runtime.clone());
+    let sb = Sandbox::connect(&cfg).await.unwrap();
+    sb.ensure_image().await.unwrap();
+    let job = job_id("gvisor");
+    let c = sb.start(&job, "DEMO-10").await.unwrap();
+    // gVisor's kernel answers, not the host's.
+    let kernel = ok(&c, "dmesg 2>/dev/null | head -3; uname -r").await;
+    assert!(
+        kernel.contains("gVisor") || kernel.trim_end().ends_with("4.4.0"),
+        "{kernel}"
+    );
+    assert_eq!(ok(&c, "id -u").await, "1000\n");
+    c.write_file("x.txt", b"under gvisor").await.unwrap();
+    assert_eq!(c.read_file("x.txt", 100).await.unwrap(), b"under gvisor");
+    let out = c.exec("sleep 30", Duration::from_secs(1)).await.unwrap();
+    assert!(out.timed_out, "{out:?}");
+    let ws = tempfile::tempdir().unwrap();
+    std::fs::write(ws.path().join("a.txt"), "hello").unwrap();
+    c.upload_dir(ws.path()).await.unwrap();
+    assert_eq!(ok(&c, "cat a.txt").await, "hello");
+    c.remove().await.unwrap();
+    assert_no_containers(&sb, &job).await;
+}

@@ -74,17 +74,107 @@ pub fn serve(
     mut input: impl Read,
     mut output: impl Write,
 ) -> Result<(), FrameError> {
-    if cfg.agent.is_some() {
+    let mut delegate = None;
+    if let Some((uid, gid)) = cfg.agent {
         // The executor's own supplementary groups (root's) must not leak into file operations done as the agent.
         // SAFETY: a plain syscall with a null list.
         unsafe { libc::setgroups(0, std::ptr::null()) };
         empty_bounding_set();
+        if !fsuid_switch_works(uid, gid) {
+            // Some kernels (gVisor's) do not switch filesystem ids per thread: file operations then run in a
+            // short-lived child that has become the agent, which costs a process per call but keeps the rule.
+            eprintln!("drafter-sandboxd: no per-thread filesystem ids here; file operations run in a child");
+            delegate = Some((uid, gid));
+        }
     }
     while let Some((req, body)) = read_frame::<Request>(&mut input)? {
-        let (reply, out) = handle(cfg, req.op, body);
+        let is_file_op = matches!(
+            req.op,
+            Op::Read { .. } | Op::Write { .. } | Op::List { .. } | Op::Search { .. } | Op::Unpack
+        );
+        let (reply, out) = match delegate {
+            Some(ids) if is_file_op => delegated(cfg, ids, req.op, body),
+            _ => handle(cfg, req.op, body),
+        };
         write_frame(&mut output, &Response { id: req.id, reply }, &out)?;
     }
     Ok(())
+}
+
+/// Whether `setfsuid`/`setfsgid` take effect on this kernel (probed once at start, then restored).
+fn fsuid_switch_works(uid: u32, gid: u32) -> bool {
+    // SAFETY: plain syscalls on this thread's credentials; an invalid id (-1) changes nothing and returns the
+    // current one.
+    unsafe {
+        libc::setfsgid(gid);
+        libc::setfsuid(uid);
+        let fsuid = libc::setfsuid(u32::MAX);
+        let fsgid = libc::setfsgid(u32::MAX);
+        libc::setfsuid(libc::geteuid());
+        libc::setfsgid(libc::getegid());
+        fsuid as u32 == uid && fsgid as u32 == gid
+    }
+}
+
+/// Runs one file operation in a child process (this binary, `file-op` mode) that has dropped to the agent's ids.
+fn delegated(
+    cfg: &DaemonConfig,
+    (uid, gid): (u32, u32),
+    op: Op,
+    body: Vec<u8>,
+) -> (Reply, Vec<u8>) {
+    let failed = |message: String| {
+        (
+            Reply::Error {
+                kind: ErrorKind::Io,
+                message,
+            },
+            Vec::new(),
+        )
+    };
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => return failed(format!("locating the executor: {e}")),
+    };
+    let mut child = match Command::new(exe)
+        .arg("file-op")
+        .arg("--workspace")
+        .arg(&cfg.workspace)
+        .env_clear()
+        .uid(uid)
+        .gid(gid)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) => return failed(format!("starting the file-op helper: {e}")),
+    };
+    let frame = match super::proto::encode(&Request { id: 0, op }, &body) {
+        Ok(f) => f,
+        Err(e) => return failed(e.to_string()),
+    };
+    // Write from a thread: a large reply could otherwise fill the pipe while the request is still going in.
+    let mut stdin = child.stdin.take();
+    let writer = std::thread::spawn(move || {
+        if let Some(s) = stdin.as_mut() {
+            let _ = s.write_all(&frame);
+        }
+        drop(stdin);
+    });
+    let reply = child
+        .stdout
+        .take()
+        .map(|mut out| read_frame::<Response>(&mut out));
+    let _ = writer.join();
+    let _ = child.wait();
+    match reply {
+        Some(Ok(Some((resp, body)))) => (resp.reply, body),
+        Some(Ok(None)) => failed("the file-op helper answered nothing".into()),
+        Some(Err(e)) => failed(format!("the file-op helper: {e}")),
+        None => failed("the file-op helper has no stdout".into()),
+    }
 }
 
 /// Executes one request.
@@ -879,11 +969,16 @@ fn sweep(cfg: &DaemonConfig) {
 /// environment of commands is the executor's own (which the worker set from constants when it created the
 /// container).
 pub fn main_with_args(args: impl IntoIterator<Item = String>) -> Result<(), String> {
+    let mut args = args.into_iter().peekable();
+    // `file-op`: one file request on stdin, its reply on stdout, as whoever started us (see `delegated`).
+    let file_op = args.peek().map(String::as_str) == Some("file-op");
+    if file_op {
+        args.next();
+    }
     let mut workspace = None;
     let mut uid = None;
     let mut gid = None;
     let mut workspace_limit = None;
-    let mut args = args.into_iter();
     while let Some(a) = args.next() {
         let mut value = |name: &str| args.next().ok_or(format!("{name} needs a value"));
         match a.as_str() {
@@ -907,9 +1002,10 @@ pub fn main_with_args(args: impl IntoIterator<Item = String>) -> Result<(), Stri
         }
     }
     let workspace = workspace.ok_or("--workspace is required")?;
-    let agent = match (uid, gid) {
-        (Some(u), Some(g)) => Some((u, g)),
-        (None, None) => None,
+    let agent = match (uid, gid, file_op) {
+        (Some(u), Some(g), false) => Some((u, g)),
+        (None, None, _) => None,
+        (_, _, true) => return Err("file-op runs as whoever starts it: no --uid/--gid".into()),
         _ => return Err("--uid and --gid go together".into()),
     };
     let cfg = DaemonConfig {

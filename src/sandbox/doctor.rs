@@ -90,7 +90,13 @@ pub async fn doctor(cfg: &SandboxConfig) -> Vec<Check> {
                     format!("sandbox.runtime = `{wanted}` is not offered by this engine"),
                 ));
             }
-            if !names.iter().any(|n| n == "runsc") {
+            if let Some(g) = names.iter().find(|n| n.starts_with("runsc")) {
+                out.push(check(
+                    "gvisor",
+                    CheckStatus::Ok,
+                    format!("offered as `{g}` (sandbox.runtime = \"{g}\")"),
+                ));
+            } else {
                 out.push(check(
                     "gvisor",
                     CheckStatus::Note,

@@ -561,6 +561,7 @@ impl Sandbox {
         egress: Option<network::JobEgress>,
     ) -> Result<Container, SandboxError> {
         let opts = CreateContainerOptionsBuilder::new().name(name).build();
+        let t = Instant::now();
         let created = match self
             .docker
             .create_container(Some(opts.clone()), body.clone())
@@ -581,6 +582,7 @@ impl Sandbox {
             }
             Err(e) => Err(self.create_error(e)),
         };
+        let created_in = t.elapsed();
         let created = match created {
             Ok(c) => c,
             Err(e) => {
@@ -601,24 +603,34 @@ impl Sandbox {
                 limits,
             }),
             egress,
+            timings: StartTimings {
+                create: created_in,
+                ..StartTimings::default()
+            },
             removed: false,
         };
         // From here on, an early return drops `container`, and its Drop removes it (and its egress).
         // Attach before starting, so the stream is there when the executor first speaks.
+        let t = Instant::now();
         let executor = match self.cfg.transport {
             Transport::Sandboxd => {
                 Some(sandboxd::Sandboxd::attach(&self.docker, &container.id, limits).await?)
             }
             Transport::DockerExec => None,
         };
+        container.timings.attach = t.elapsed();
+        let t = Instant::now();
         self.docker
             .start_container(&container.id, None)
             .await
             .map_err(docker_err("start container"))?;
+        container.timings.start = t.elapsed();
+        let t = Instant::now();
         if let Some(executor) = executor {
             executor.ready(READY_TIMEOUT).await?;
             container.executor = Box::new(executor);
         }
+        container.timings.ready = t.elapsed();
         tracing::info!(container = %container.id, job = job_id, transport = container.executor.name(), "sandbox container ready");
         Ok(container)
     }
@@ -640,13 +652,18 @@ impl Sandbox {
         let Some(warm) = warm else {
             return Ok(None);
         };
-        let container = Container {
+        let t = Instant::now();
+        let mut container = Container {
             docker: self.docker.clone(),
             id: warm.id,
             job_id: name.trim_start_matches("drafter-").to_string(),
             limits,
             executor: Box::new(warm.executor),
             egress: None,
+            timings: StartTimings {
+                warm: true,
+                ..StartTimings::default()
+            },
             removed: false,
         };
         // On any error below, dropping `container` removes it.
@@ -655,6 +672,7 @@ impl Sandbox {
             return Ok(None);
         }
         pool::claim(&self.docker, &container.id, name).await?;
+        container.timings.ready = t.elapsed();
         Ok(Some(container))
     }
 
@@ -1011,6 +1029,21 @@ async fn force_remove(docker: &Docker, id: &str) -> Result<(), SandboxError> {
     }
 }
 
+/// Where a container's start-up time went (for `drafter bench` and the logs).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StartTimings {
+    /// Taken from the warm pool (then only `ready` is set: the take, the liveness check and the rename).
+    pub warm: bool,
+    /// The create request.
+    pub create: Duration,
+    /// Attaching to the executor's stdin/stdout.
+    pub attach: Duration,
+    /// The start request.
+    pub start: Duration,
+    /// Until the executor answered its first ping (or, warm, until the container was the job's).
+    pub ready: Duration,
+}
+
 /// A running job container. Remove it with [`Container::remove`]; dropping it also removes it, in the background.
 pub struct Container {
     docker: Docker,
@@ -1020,6 +1053,7 @@ pub struct Container {
     executor: Box<dyn Executor>,
     /// The job's network and egress proxy, for `allowlist:` jobs.
     egress: Option<network::JobEgress>,
+    timings: StartTimings,
     removed: bool,
 }
 
@@ -1027,6 +1061,11 @@ impl Container {
     /// The Docker container id.
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// Where this container's start-up time went.
+    pub fn start_timings(&self) -> StartTimings {
+        self.timings
     }
 
     /// The transport tool calls go through.

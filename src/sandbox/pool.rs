@@ -57,8 +57,25 @@ pub(super) fn shape_of(body: &ContainerCreateBody) -> String {
         labels.remove(LABEL_JOB);
         labels.remove(LABEL_TICKET);
     }
-    let json = serde_json::to_vec(&b).unwrap_or_default();
+    // HashMaps (labels, tmpfs) serialise in a random order: sort every object's keys, or the same shape would
+    // hash differently each time.
+    let value = sorted(serde_json::to_value(&b).unwrap_or_default());
+    let json = serde_json::to_vec(&value).unwrap_or_default();
     hex::encode(&Sha256::digest(&json)[..12])
+}
+
+fn sorted(v: serde_json::Value) -> serde_json::Value {
+    match v {
+        serde_json::Value::Object(map) => {
+            let mut entries: Vec<_> = map.into_iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            serde_json::Value::Object(entries.into_iter().map(|(k, v)| (k, sorted(v))).collect())
+        }
+        serde_json::Value::Array(items) => {
+            serde_json::Value::Array(items.into_iter().map(sorted).collect())
+        }
+        other => other,
+    }
 }
 
 /// Takes a warm container of this shape, if one is ready.
@@ -204,4 +221,30 @@ pub async fn drain(docker: &Docker) -> usize {
         }
     }
     removed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_shape_hashes_the_same_every_time_and_ignores_the_job() {
+        let body = |job: &str| ContainerCreateBody {
+            image: Some("img".into()),
+            labels: Some(
+                (0..20)
+                    .map(|i| (format!("k{i}"), format!("v{i}")))
+                    .chain([(LABEL_JOB.to_string(), job.to_string())])
+                    .collect(),
+            ),
+            ..Default::default()
+        };
+        let first = shape_of(&body("a"));
+        for i in 0..20 {
+            assert_eq!(shape_of(&body(&format!("job{i}"))), first);
+        }
+        let mut other = body("a");
+        other.image = Some("img2".into());
+        assert_ne!(shape_of(&other), first);
+    }
 }
