@@ -362,13 +362,15 @@ fn shown(cfg: &DaemonConfig, p: &Path) -> String {
 
 // ---- files -----------------------------------------------------------------------------------------------------
 
-fn read(cfg: &DaemonConfig, rel: &str, max_bytes: u64) -> Result<Vec<u8>, Failure> {
-    let path = resolve(cfg, rel, false)?;
-    // O_NOFOLLOW: a final symlink is refused; O_NONBLOCK: a fifo planted by the agent cannot hang the executor.
-    let mut file = OpenOptions::new()
-        .read(true)
+/// Opens `path` without following a final symlink and without blocking on a fifo, and insists on a regular file.
+fn open_regular(
+    opts: &mut OpenOptions,
+    path: &Path,
+    rel: &str,
+) -> Result<(std::fs::File, std::fs::Metadata), Failure> {
+    let file = opts
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(&path)
+        .open(path)
         .map_err(|e| io_failure(rel, e))?;
     let meta = file.metadata().map_err(|e| io_failure(rel, e))?;
     if !meta.is_file() {
@@ -377,6 +379,13 @@ fn read(cfg: &DaemonConfig, rel: &str, max_bytes: u64) -> Result<Vec<u8>, Failur
             format!("`{rel}` is not a regular file"),
         ));
     }
+    Ok((file, meta))
+}
+
+fn read(cfg: &DaemonConfig, rel: &str, max_bytes: u64) -> Result<Vec<u8>, Failure> {
+    let path = resolve(cfg, rel, false)?;
+    // O_NOFOLLOW: a final symlink is refused; O_NONBLOCK: a fifo planted by the agent cannot hang the executor.
+    let (mut file, meta) = open_regular(OpenOptions::new().read(true), &path, rel)?;
     if meta.len() > max_bytes {
         return Err((
             ErrorKind::TooLarge,
@@ -403,21 +412,16 @@ fn write(cfg: &DaemonConfig, rel: &str, data: &[u8]) -> Result<u64, Failure> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(|e| io_failure(rel, e))?;
     }
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o644)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(&path)
-        .map_err(|e| io_failure(rel, e))?;
-    let meta = file.metadata().map_err(|e| io_failure(rel, e))?;
-    if !meta.is_file() {
-        return Err((
-            ErrorKind::NotRegularFile,
-            format!("`{rel}` is not a regular file"),
-        ));
-    }
+    // Truncated only once it is known to be a regular file.
+    let (mut file, _) = open_regular(
+        OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o644),
+        &path,
+        rel,
+    )?;
     file.set_len(0).map_err(|e| io_failure(rel, e))?;
     file.write_all(data).map_err(|e| io_failure(rel, e))?;
     Ok(data.len() as u64)

@@ -821,20 +821,25 @@ impl Sandbox {
                 "KILL".into(),
                 "DAC_READ_SEARCH".into(),
             ]);
-            host_config.mounts = Some(vec![Mount {
-                target: Some(EXECUTOR_DIR.into()),
-                source: Some(volume.to_string()),
-                typ: Some(MountType::VOLUME),
-                read_only: Some(true),
-                volume_options: Some(MountVolumeOptions {
-                    no_copy: Some(true),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }]);
+            host_config.mounts = Some(vec![executor_mount(volume, true)]);
         }
         body.host_config = Some(host_config);
         body
+    }
+}
+
+/// The executor's volume at [`EXECUTOR_DIR`] (never copied from the image; read-only everywhere but in the filler).
+fn executor_mount(volume: &str, read_only: bool) -> Mount {
+    Mount {
+        target: Some(EXECUTOR_DIR.into()),
+        source: Some(volume.to_string()),
+        typ: Some(MountType::VOLUME),
+        read_only: Some(read_only),
+        volume_options: Some(MountVolumeOptions {
+            no_copy: Some(true),
+            ..Default::default()
+        }),
+        ..Default::default()
     }
 }
 
@@ -903,16 +908,7 @@ async fn fill_executor_volume(
         network_disabled: Some(true),
         host_config: Some(HostConfig {
             network_mode: Some("none".into()),
-            mounts: Some(vec![Mount {
-                target: Some(EXECUTOR_DIR.into()),
-                source: Some(name.to_string()),
-                typ: Some(MountType::VOLUME),
-                volume_options: Some(MountVolumeOptions {
-                    no_copy: Some(true),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }]),
+            mounts: Some(vec![executor_mount(name, false)]),
             ..Default::default()
         }),
         ..Default::default()

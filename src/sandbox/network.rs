@@ -6,8 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use bollard::container::LogOutput;
 use bollard::models::{
-    ContainerCreateBody, EndpointSettings, HostConfig, Mount, MountType, MountVolumeOptions,
-    NetworkConnectRequest, NetworkCreateRequest,
+    ContainerCreateBody, EndpointSettings, HostConfig, NetworkConnectRequest, NetworkCreateRequest,
 };
 use bollard::query_parameters::{AttachContainerOptionsBuilder, CreateContainerOptionsBuilder};
 use bollard::Docker;
@@ -15,8 +14,8 @@ use futures_util::StreamExt;
 
 use super::egress::{ConnRecord, EgressRules, PROXY_PORT};
 use super::{
-    docker_err, force_remove, host_name, status_code, SandboxError, CONTAINER_ENV, EXECUTOR_BIN,
-    EXECUTOR_DIR, LABEL_JOB, LABEL_MANAGED, LABEL_OWNER_HOST, LABEL_OWNER_PID,
+    docker_err, executor_mount, force_remove, host_name, status_code, SandboxError, CONTAINER_ENV,
+    EXECUTOR_BIN, EXECUTOR_DIR, LABEL_JOB, LABEL_MANAGED, LABEL_OWNER_HOST, LABEL_OWNER_PID,
 };
 
 /// Records kept per job at most (a runaway loop of requests must not grow the worker without bound).
@@ -132,17 +131,7 @@ async fn setup_inner(
             memory: Some(256 << 20),
             memory_swap: Some(256 << 20),
             init: Some(true),
-            mounts: Some(vec![Mount {
-                target: Some(EXECUTOR_DIR.into()),
-                source: Some(executor_volume.to_string()),
-                typ: Some(MountType::VOLUME),
-                read_only: Some(true),
-                volume_options: Some(MountVolumeOptions {
-                    no_copy: Some(true),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }]),
+            mounts: Some(vec![executor_mount(executor_volume, true)]),
             ..Default::default()
         }),
         ..Default::default()
