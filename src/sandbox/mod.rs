@@ -720,6 +720,23 @@ impl Sandbox {
         self.executor
             .get_or_try_init(|| async {
                 let path = find_executor(&self.cfg)?;
+                let meta = std::fs::metadata(&path)
+                    .map_err(io_err(format!("reading {}", path.display())))?;
+                let stamp = (path.clone(), meta.len(), meta.modified().ok());
+                // The worker makes a Sandbox per job: the binary is hashed and its volume checked once per process
+                // (and again only if the file changes or the volume disappears).
+                let known = {
+                    let cache = EXECUTOR_VOLUME.lock().unwrap_or_else(|p| p.into_inner());
+                    cache
+                        .as_ref()
+                        .filter(|(s, _)| *s == stamp)
+                        .map(|(_, name)| name.clone())
+                };
+                if let Some(name) = known {
+                    if self.docker.inspect_volume(&name).await.is_ok() {
+                        return Ok(name);
+                    }
+                }
                 let binary = tokio::fs::read(&path)
                     .await
                     .map_err(io_err(format!("reading {}", path.display())))?;
@@ -727,6 +744,7 @@ impl Sandbox {
                 let name = format!("drafter-sandboxd-{}", &digest[..16]);
                 fill_executor_volume(&self.docker, &self.cfg.image, &name, &digest, &binary).await?;
                 tracing::info!(volume = %name, binary = %path.display(), "sandbox executor volume ready");
+                *EXECUTOR_VOLUME.lock().unwrap_or_else(|p| p.into_inner()) = Some((stamp, name.clone()));
                 Ok(name)
             })
             .await
@@ -827,6 +845,11 @@ impl Sandbox {
         body
     }
 }
+
+/// The executor binary (path, size, mtime) last put into a volume by this process, and that volume's name.
+type ExecutorStamp = (PathBuf, u64, Option<std::time::SystemTime>);
+static EXECUTOR_VOLUME: std::sync::Mutex<Option<(ExecutorStamp, String)>> =
+    std::sync::Mutex::new(None);
 
 /// The executor's volume at [`EXECUTOR_DIR`] (never copied from the image; read-only everywhere but in the filler).
 fn executor_mount(volume: &str, read_only: bool) -> Mount {
