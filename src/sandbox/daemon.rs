@@ -427,33 +427,83 @@ fn write(cfg: &DaemonConfig, rel: &str, data: &[u8]) -> Result<u64, Failure> {
     Ok(data.len() as u64)
 }
 
-/// Unpacks a tar into the workspace: regular files, directories and symlinks only, each confined to the
-/// workspace by the tar crate's `unpack_in` (no absolute paths, no `..`, no writing through a symlink that leads
-/// out), owned by whoever the thread's filesystem ids say (the agent).
+/// Unpacks a tar into the workspace: regular files, directories and symlinks only, with their modes and mtimes,
+/// owned by whoever the thread's filesystem ids say (the agent). Entry paths must be relative without `..`; files
+/// are created with `O_EXCL | O_NOFOLLOW` (an existing file is replaced, never written through). Lean on purpose:
+/// the tar crate's `unpack_in` canonicalises every parent per entry, which made this most of a warm start.
 fn unpack(cfg: &DaemonConfig, tar: &[u8]) -> Result<u64, Failure> {
+    use std::os::unix::fs::PermissionsExt;
+    let fail = |what: &str, e: io::Error| io_failure(&format!("unpack {what}"), e);
     let mut archive = tar::Archive::new(io::Cursor::new(tar));
-    archive.set_preserve_permissions(true);
-    archive.set_preserve_ownerships(false);
-    archive.set_preserve_mtime(true);
-    archive.set_unpack_xattrs(false);
-    archive.set_overwrite(true);
     let mut n = 0;
-    let entries = archive.entries().map_err(|e| io_failure("unpack", e))?;
+    let entries = archive.entries().map_err(|e| fail("archive", e))?;
     for entry in entries {
-        let mut entry = entry.map_err(|e| io_failure("unpack", e))?;
+        let mut entry = entry.map_err(|e| fail("archive", e))?;
+        let raw = entry.path().map_err(|e| fail("archive", e))?.into_owned();
+        let mut rel = PathBuf::new();
+        for c in raw.components() {
+            match c {
+                Component::Normal(p) => rel.push(p),
+                Component::CurDir => {}
+                _ => {
+                    return Err((
+                        ErrorKind::BadRequest,
+                        format!("unpack: entry `{}` leaves the workspace", raw.display()),
+                    ))
+                }
+            }
+        }
+        if rel.as_os_str().is_empty() {
+            continue;
+        }
+        let target = cfg.workspace.join(&rel);
+        let shown = rel.display().to_string();
+        let mode = entry.header().mode().unwrap_or(0o644) & 0o777;
+        let mtime = entry.header().mtime().ok();
         match entry.header().entry_type() {
-            tar::EntryType::Regular
-            | tar::EntryType::Continuous
-            | tar::EntryType::Directory
-            | tar::EntryType::Symlink => {}
+            tar::EntryType::Directory => {
+                match std::fs::create_dir(&target) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                    Err(e) => return Err(fail(&shown, e)),
+                }
+                std::fs::set_permissions(&target, std::fs::Permissions::from_mode(mode | 0o700))
+                    .map_err(|e| fail(&shown, e))?;
+            }
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
+                let create = || {
+                    OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .mode(mode)
+                        .custom_flags(libc::O_NOFOLLOW)
+                        .open(&target)
+                };
+                let mut file = match create() {
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                        std::fs::remove_file(&target).map_err(|e| fail(&shown, e))?;
+                        create()
+                    }
+                    other => other,
+                }
+                .map_err(|e| fail(&shown, e))?;
+                io::copy(&mut entry, &mut file).map_err(|e| fail(&shown, e))?;
+                if let Some(t) = mtime {
+                    let _ = file.set_modified(std::time::UNIX_EPOCH + Duration::from_secs(t));
+                }
+            }
+            tar::EntryType::Symlink => {
+                let link = entry
+                    .link_name()
+                    .map_err(|e| fail(&shown, e))?
+                    .map(|l| l.into_owned())
+                    .unwrap_or_default();
+                let _ = std::fs::remove_file(&target);
+                std::os::unix::fs::symlink(&link, &target).map_err(|e| fail(&shown, e))?;
+            }
             _ => continue,
         }
-        let unpacked = entry
-            .unpack_in(&cfg.workspace)
-            .map_err(|e| io_failure("unpack", e))?;
-        if unpacked {
-            n += 1;
-        }
+        n += 1;
     }
     Ok(n)
 }
@@ -1253,6 +1303,66 @@ mod tests {
             panic!("{reply:?}")
         };
         assert!(bytes > 0 && entries >= 6, "{bytes} {entries}");
+    }
+
+    #[test]
+    fn unpack_keeps_modes_links_and_refuses_escapes() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = cfg(dir.path());
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_mode(0o755);
+        h.set_size(0);
+        b.append_data(&mut h, "src", io::empty()).unwrap();
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mode(0o755);
+        h.set_size(2);
+        h.set_mtime(1_000_000);
+        b.append_data(&mut h, "src/run.sh", &b"hi"[..]).unwrap();
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_size(0);
+        b.append_link(&mut h, "link", "src/run.sh").unwrap();
+        let tar = b.into_inner().unwrap();
+        // Twice: the second run replaces what the first made.
+        for _ in 0..2 {
+            let (reply, _) = handle(&cfg, Op::Unpack, tar.clone());
+            assert_eq!(reply, Reply::Unpacked { entries: 3 });
+        }
+        let meta = std::fs::metadata(dir.path().join("src/run.sh")).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o755);
+        assert_eq!(
+            meta.modified().unwrap(),
+            std::time::UNIX_EPOCH + Duration::from_secs(1_000_000)
+        );
+        assert_eq!(
+            std::fs::read_link(dir.path().join("link")).unwrap(),
+            Path::new("src/run.sh")
+        );
+
+        // An entry that climbs out is refused (the tar crate will not even write one, so forge the header).
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_old();
+        h.as_old_mut().name[..6].copy_from_slice(b"../evi");
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_size(0);
+        h.set_cksum();
+        b.append(&h, io::empty()).unwrap();
+        let (reply, _) = handle(&cfg, Op::Unpack, b.into_inner().unwrap());
+        assert!(
+            matches!(
+                reply,
+                Reply::Error {
+                    kind: ErrorKind::BadRequest,
+                    ..
+                }
+            ),
+            "{reply:?}"
+        );
+        assert!(!dir.path().parent().unwrap().join("evi").exists());
     }
 
     #[test]

@@ -132,6 +132,8 @@ const LABEL_EXECUTOR: &str = "drafter.sandboxd.sha256";
 pub const LIST_MAX_ENTRIES: u32 = 2000;
 /// Matches a search shows at most.
 pub const SEARCH_MAX_MATCHES: u32 = 300;
+/// How long after a take the pool starts its replacement (see [`pool::refill`]).
+const REFILL_DELAY: Duration = Duration::from_millis(500);
 /// How long a started container may take for its executor to answer the first ping.
 pub(crate) const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -648,7 +650,14 @@ impl Sandbox {
         }
         let shape = pool::shape_of(body);
         let warm = pool::take(&shape);
-        pool::refill(&self.docker, &shape, body, limits, self.cfg.pool_size);
+        pool::refill(
+            &self.docker,
+            &shape,
+            body,
+            limits,
+            self.cfg.pool_size,
+            REFILL_DELAY,
+        );
         let Some(warm) = warm else {
             return Ok(None);
         };
@@ -691,6 +700,7 @@ impl Sandbox {
             &body,
             ExecLimits::from_config(&self.cfg),
             self.cfg.pool_size,
+            Duration::ZERO,
         );
         Ok(())
     }

@@ -83,13 +83,16 @@ pub(super) fn take(shape: &str) -> Option<Warm> {
     with_pool(|p| p.get_mut(shape).and_then(|s| s.ready.pop()))
 }
 
-/// Starts containers in the background until the shape has `size` ready or starting.
+/// Starts containers in the background until the shape has `size` ready or starting, after `delay` (a refill
+/// right after a take waits a moment, so the new container's start does not compete with the job that took one
+/// for the CPU while it moves its workspace in).
 pub(super) fn refill(
     docker: &Docker,
     shape: &str,
     body: &ContainerCreateBody,
     limits: ExecLimits,
     size: usize,
+    delay: Duration,
 ) {
     let wanted = with_pool(|p| {
         let s = p.entry(shape.to_string()).or_default();
@@ -107,6 +110,7 @@ pub(super) fn refill(
     for _ in 0..wanted {
         let (docker, shape, body) = (docker.clone(), shape.to_string(), body.clone());
         handle.spawn(async move {
+            tokio::time::sleep(delay).await;
             let started = start_warm(&docker, &shape, body, limits).await;
             let leftover = with_pool(|p| {
                 let s = p.entry(shape.clone()).or_default();
