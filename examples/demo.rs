@@ -121,7 +121,7 @@ fn drafter_binary() -> Result<PathBuf, Box<dyn std::error::Error>> {
         .ok_or("cannot locate the drafter binary")?;
     if !bin.exists() {
         return Err(format!(
-            "{} not found: run `cargo build --bin drafter` first",
+            "{} not found: run `cargo build --bins` first (drafter and drafter-sandboxd)",
             bin.display()
         )
         .into());

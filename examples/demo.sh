@@ -7,5 +7,5 @@ cd "$(dirname "$0")/.."
 
 .ci/install-deps
 images/sandbox/build.sh
-cargo build --bin drafter --example demo
+cargo build --bins --example demo
 exec target/debug/examples/demo
