@@ -15,7 +15,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::config::{SandboxConfig, Transport};
-use crate::sandbox::{docker_exec::DockerExec, Container, Executor, Sandbox, SandboxError};
+use crate::sandbox::{Container, Executor, Sandbox, SandboxError};
 
 /// What to measure and how often.
 #[derive(Debug, Clone)]
@@ -388,7 +388,7 @@ async fn round_trips(c: &Container, n: usize, rows: &mut Vec<Row>) -> Result<(),
     let mut samples = Vec::with_capacity(n);
     for _ in 0..n {
         let t = Instant::now();
-        let data = bollard_cat(&bollard).await?;
+        let data = bollard.exec_raw_len(&["cat", "big.txt"]).await?;
         samples.push(t.elapsed());
         check_len(data)?;
     }
@@ -417,11 +417,6 @@ async fn round_trips(c: &Container, n: usize, rows: &mut Vec<Row>) -> Result<(),
     }
     rows.push(Row::new("read 1 MB: docker exec CLI (`cat`)", samples));
     Ok(())
-}
-
-/// `cat` of the 1 MB file through bollard, every byte received (not capped), as the CLI row does.
-async fn bollard_cat(exec: &DockerExec) -> Result<usize, BenchError> {
-    Ok(exec.exec_raw_len(&["cat", "big.txt"]).await?)
 }
 
 fn check_exit(out: &crate::sandbox::ExecOutput, what: &str) -> Result<(), BenchError> {

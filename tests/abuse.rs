@@ -13,10 +13,11 @@ use std::time::{Duration, Instant};
 
 use drafter::config::SandboxConfig;
 use drafter::sandbox::egress::EgressRules;
-use drafter::sandbox::{Container, Limit, Sandbox, SandboxError};
+use drafter::sandbox::{Limit, Sandbox, SandboxError};
 use serde_json::{json, Value};
 use support::harness::{Options, Stack, DEMO_REPO};
 use support::model::Step;
+use support::sandbox::{fails, image, ok, sh};
 
 const BIN: &str = env!("CARGO_BIN_EXE_drafter");
 
@@ -32,8 +33,7 @@ const SECRETS: &[(&str, &str)] = &[
 
 fn config() -> SandboxConfig {
     SandboxConfig {
-        image: std::env::var("DRAFTER_SANDBOX_IMAGE")
-            .unwrap_or_else(|_| "drafter-sandbox:latest".into()),
+        image: image(),
         memory_mb: 256,
         cpus: 1.0,
         pids_limit: 128,
@@ -47,36 +47,11 @@ fn config() -> SandboxConfig {
 }
 
 async fn sandbox() -> Sandbox {
-    let sb = Sandbox::connect(&config())
-        .await
-        .unwrap_or_else(|e| panic!("Docker must be reachable for these tests: {e}"));
-    if let Err(e) = sb.ensure_image().await {
-        panic!("{e}\n=> run images/sandbox/build.sh first");
-    }
-    sb
+    support::sandbox::connect(&config()).await
 }
 
 fn job_id(name: &str) -> String {
-    let mut b = [0u8; 4];
-    getrandom::fill(&mut b).unwrap();
-    format!("abuse-{name}-{}", hex::encode(b))
-}
-
-async fn sh(c: &Container, cmd: &str) -> drafter::sandbox::ExecOutput {
-    c.exec(cmd, Duration::from_secs(30)).await.unwrap()
-}
-
-/// Asserts the command fails, returning its output.
-async fn fails(c: &Container, cmd: &str) -> String {
-    let out = sh(c, cmd).await;
-    assert_ne!(out.exit_code, Some(0), "`{cmd}` succeeded: {}", out.output);
-    out.output
-}
-
-async fn ok(c: &Container, cmd: &str) -> String {
-    let out = sh(c, cmd).await;
-    assert_eq!(out.exit_code, Some(0), "`{cmd}` failed: {}", out.output);
-    out.output
+    support::sandbox::job_id("abuse", name)
 }
 
 /// Nothing of the job is left: no container (job or proxy), no network.
@@ -510,20 +485,6 @@ fn tool_results(stack: &Stack) -> String {
         .unwrap_or_default()
 }
 
-async fn drafter(stack: &Stack, args: &[&str]) -> (std::process::Output, String) {
-    let out = stack
-        .drafter(Path::new(BIN), args)
-        .output()
-        .await
-        .expect("drafter runs");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out, text)
-}
-
 /// A model that throws every bomb: each comes back to it as a clear tool result, and the job still ends well.
 #[tokio::test]
 async fn a_job_survives_its_bombs_and_reports_them_to_the_model() {
@@ -540,7 +501,9 @@ async fn a_job_survives_its_bombs_and_reports_them_to_the_model() {
         ..Options::default()
     })
     .await;
-    let (out, log) = drafter(&stack, &["run", "--ticket", "DEMO-1"]).await;
+    let (out, log) = stack
+        .output(Path::new(BIN), &["run", "--ticket", "DEMO-1"])
+        .await;
     assert_eq!(out.status.code(), Some(0), "{log}");
     assert_eq!(stack.github.pulls(DEMO_REPO).len(), 1);
     let sent = tool_results(&stack);
@@ -564,7 +527,9 @@ async fn a_job_that_fills_its_disk_fails_cleanly() {
         ..Options::default()
     })
     .await;
-    let (out, log) = drafter(&stack, &["run", "--ticket", "DEMO-1"]).await;
+    let (out, log) = stack
+        .output(Path::new(BIN), &["run", "--ticket", "DEMO-1"])
+        .await;
     assert_eq!(out.status.code(), Some(1), "{log}");
     assert!(log.contains("over its limit of"), "{log}");
     assert!(stack.github.pulls(DEMO_REPO).is_empty());

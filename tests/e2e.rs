@@ -14,17 +14,9 @@ use support::model::Step;
 const BIN: &str = env!("CARGO_BIN_EXE_drafter");
 
 async fn run(stack: &Stack, ticket: &str) -> (Output, String) {
-    let out = stack
-        .drafter(Path::new(BIN), &["run", "--ticket", ticket])
-        .output()
+    stack
+        .output(Path::new(BIN), &["run", "--ticket", ticket])
         .await
-        .expect("drafter runs");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out, text)
 }
 
 fn job_dir(stack: &Stack) -> PathBuf {

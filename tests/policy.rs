@@ -30,17 +30,7 @@ approvers = {{ accounts = ["712020:lead-lin"] }}
 }
 
 async fn drafter(stack: &Stack, args: &[&str]) -> (Output, String) {
-    let out = stack
-        .drafter(Path::new(BIN), args)
-        .output()
-        .await
-        .expect("drafter runs");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out, text)
+    stack.output(Path::new(BIN), args).await
 }
 
 fn only_job_dir(stack: &Stack) -> PathBuf {

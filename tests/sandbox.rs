@@ -4,12 +4,15 @@
 //! so the tests can run in parallel. The `remove_orphans` test plants containers of crashed, live and remote runners,
 //! so it takes a write lock that the other tests hold for reading.
 
+mod support;
+
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use drafter::config::{SandboxConfig, Transport};
-use drafter::sandbox::{Container, Limit, Sandbox, SandboxError, EXEC_GRACE};
+use drafter::sandbox::{Limit, Sandbox, SandboxError, EXEC_GRACE};
+use support::sandbox::{connect, image, ok, sh};
 use tokio::sync::RwLock;
 
 static ORPHAN_LOCK: RwLock<()> = RwLock::const_new(());
@@ -27,8 +30,7 @@ fn config(output_cap_bytes: usize) -> SandboxConfig {
 
 fn config_for(transport: Transport, output_cap_bytes: usize) -> SandboxConfig {
     SandboxConfig {
-        image: std::env::var("DRAFTER_SANDBOX_IMAGE")
-            .unwrap_or_else(|_| "drafter-sandbox:latest".into()),
+        image: image(),
         memory_mb: 512,
         cpus: 1.0,
         pids_limit: 256,
@@ -47,19 +49,11 @@ async fn sandbox(output_cap_bytes: usize) -> Sandbox {
 }
 
 async fn sandbox_for(transport: Transport, output_cap_bytes: usize) -> Sandbox {
-    let sb = Sandbox::connect(&config_for(transport, output_cap_bytes))
-        .await
-        .unwrap_or_else(|e| panic!("Docker must be reachable for these tests: {e}"));
-    if let Err(e) = sb.ensure_image().await {
-        panic!("{e}\n=> run images/sandbox/build.sh first");
-    }
-    sb
+    connect(&config_for(transport, output_cap_bytes)).await
 }
 
 fn job_id(name: &str) -> String {
-    let mut b = [0u8; 4];
-    getrandom::fill(&mut b).unwrap();
-    format!("test-{name}-{}", hex::encode(b))
+    support::sandbox::job_id("test", name)
 }
 
 /// Polls until no container carries the job label (bounded), failing the test otherwise.
@@ -76,16 +70,6 @@ async fn assert_no_containers(sb: &Sandbox, job: &str) {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-async fn sh(c: &Container, cmd: &str) -> drafter::sandbox::ExecOutput {
-    c.exec(cmd, Duration::from_secs(30)).await.unwrap()
-}
-
-async fn ok(c: &Container, cmd: &str) -> String {
-    let out = sh(c, cmd).await;
-    assert_eq!(out.exit_code, Some(0), "`{cmd}` failed: {}", out.output);
-    out.output
 }
 
 #[tokio::test]

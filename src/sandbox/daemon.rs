@@ -1154,30 +1154,10 @@ mod tests {
         let (reply, out) = handle(&cfg, op.clone(), vec![b'x'; 300_000]);
         assert!(matches!(reply, Reply::Exec(_)));
         assert_eq!(String::from_utf8_lossy(&out).trim(), "300000");
-        let Op::Exec { mut argv, .. } = op.clone() else {
-            unreachable!()
-        };
-        argv[0] = "/nonexistent".into();
-        let op = match op {
-            Op::Exec {
-                cwd,
-                env,
-                timeout_ms,
-                kill_grace_ms,
-                output_cap,
-                output_limit,
-                ..
-            } => Op::Exec {
-                argv,
-                cwd,
-                env,
-                timeout_ms,
-                kill_grace_ms,
-                output_cap,
-                output_limit,
-            },
-            _ => unreachable!(),
-        };
+        let mut op = op;
+        if let Op::Exec { argv, .. } = &mut op {
+            argv[0] = "/nonexistent".into();
+        }
         assert!(matches!(
             handle(&cfg, op, vec![]).0,
             Reply::Error {

@@ -29,6 +29,21 @@ const KILL_AFTER_SECS: u64 = 2;
 /// How much longer than its timeout the host waits for a command before giving up on it.
 const EXEC_GRACE: Duration = Duration::from_secs(KILL_AFTER_SECS + 5);
 
+/// An exec of `cmd` as the agent in `/workspace`, output attached, stdin only when there is some to feed.
+fn agent_exec(cmd: Vec<String>, stdin: bool) -> CreateExecOptions<String> {
+    CreateExecOptions {
+        cmd: Some(cmd),
+        attach_stdin: Some(stdin),
+        attach_stdout: Some(true),
+        attach_stderr: Some(true),
+        tty: Some(false),
+        user: Some(format!("{AGENT_UID}:{AGENT_UID}")),
+        working_dir: Some(WORKSPACE.to_string()),
+        privileged: Some(false),
+        ..Default::default()
+    }
+}
+
 /// Tool calls as `docker exec`s into a running container.
 pub struct DockerExec {
     pub(super) docker: Docker,
@@ -179,14 +194,7 @@ impl Executor for DockerExec {
 impl DockerExec {
     /// Runs `argv` and counts every output byte received, keeping none (for `drafter bench`: the transfer itself).
     pub async fn exec_raw_len(&self, argv: &[&str]) -> Result<usize, SandboxError> {
-        let opts = CreateExecOptions {
-            cmd: Some(argv.iter().map(|s| s.to_string()).collect()),
-            attach_stdout: Some(true),
-            attach_stderr: Some(true),
-            user: Some(format!("{AGENT_UID}:{AGENT_UID}")),
-            working_dir: Some(WORKSPACE.to_string()),
-            ..Default::default()
-        };
+        let opts = agent_exec(argv.iter().map(|s| s.to_string()).collect(), false);
         let exec = self
             .docker
             .create_exec(&self.id, opts)
@@ -225,17 +233,7 @@ impl DockerExec {
         stdin: Option<&[u8]>,
         host_timeout: Duration,
     ) -> Result<ExecOutput, SandboxError> {
-        let opts = CreateExecOptions {
-            cmd: Some(cmd),
-            attach_stdin: Some(stdin.is_some()),
-            attach_stdout: Some(true),
-            attach_stderr: Some(true),
-            tty: Some(false),
-            user: Some(format!("{AGENT_UID}:{AGENT_UID}")),
-            working_dir: Some(WORKSPACE.to_string()),
-            privileged: Some(false),
-            ..Default::default()
-        };
+        let opts = agent_exec(cmd, stdin.is_some());
         let exec = self
             .docker
             .create_exec(&self.id, opts)

@@ -87,6 +87,18 @@ fn host_name() -> String {
         .unwrap_or_default()
 }
 
+/// Labels for anything drafter makes on the daemon: managed, owned by this runner (host and pid, for
+/// [`Sandbox::remove_orphans`]), plus `extra`.
+fn owned_labels<const N: usize>(extra: [(&str, String); N]) -> HashMap<String, String> {
+    let mut labels = HashMap::from([
+        (LABEL_MANAGED.to_string(), "true".to_string()),
+        (LABEL_OWNER_HOST.to_string(), host_name()),
+        (LABEL_OWNER_PID.to_string(), std::process::id().to_string()),
+    ]);
+    labels.extend(extra.into_iter().map(|(k, v)| (k.to_string(), v)));
+    labels
+}
+
 /// Whether a container's owner labels name a runner that is still alive. A container from another host is
 /// treated as alive (only its own host can tell); one without owner labels, or whose process is gone, is not.
 fn owner_alive(labels: &HashMap<String, String>, this_host: &str) -> bool {
@@ -524,7 +536,7 @@ impl Sandbox {
         let mut body = self.container_body(job_id, ticket, in_container);
         let limits = ExecLimits::from_config(&self.cfg);
         let (Some(rules), Some(volume)) = (egress, executor_volume.as_deref()) else {
-            if let Some(container) = self.take_warm(&name, &body, limits).await? {
+            if let Some(container) = self.take_warm(job_id, &name, &body, limits).await? {
                 tracing::info!(container = %container.id, job = job_id, "sandbox container taken from the warm pool");
                 return Ok(container);
             }
@@ -641,6 +653,7 @@ impl Sandbox {
     /// executor is still there; starts a refill either way. `None` without a pool or when it is empty.
     async fn take_warm(
         &self,
+        job_id: &str,
         name: &str,
         body: &ContainerCreateBody,
         limits: ExecLimits,
@@ -665,7 +678,7 @@ impl Sandbox {
         let mut container = Container {
             docker: self.docker.clone(),
             id: warm.id,
-            job_id: name.trim_start_matches("drafter-").to_string(),
+            job_id: job_id.to_string(),
             limits,
             executor: Box::new(warm.executor),
             egress: None,
@@ -688,12 +701,9 @@ impl Sandbox {
     /// Starts filling the warm pool for this sandbox's container shape (`drafter serve` calls it at start, so even
     /// the first job is warm). Does nothing without `sandbox.pool_size`.
     pub async fn prewarm(&self) -> Result<(), SandboxError> {
-        if self.cfg.pool_size == 0 || self.cfg.transport != Transport::Sandboxd {
+        let Some((shape, body)) = self.pool_shape().await? else {
             return Ok(());
-        }
-        let volume = self.executor_volume().await?.to_string();
-        let body = self.container_body("pool", "", Some(&volume));
-        let shape = pool::shape_of(&body);
+        };
         pool::refill(
             &self.docker,
             &shape,
@@ -705,16 +715,23 @@ impl Sandbox {
         Ok(())
     }
 
-    /// Waits until the warm pool of this sandbox's shape is full (or `within` passes).
+    /// Waits until the warm pool of this sandbox's shape is full (or `within` passes), filling it first.
     pub async fn wait_pool_full(&self, within: Duration) {
-        if self.prewarm().await.is_err() {
-            return;
+        if let Ok(Some((shape, _))) = self.pool_shape().await {
+            if self.prewarm().await.is_ok() {
+                pool::wait_full(&shape, self.cfg.pool_size, within).await;
+            }
         }
-        let Ok(volume) = self.executor_volume().await else {
-            return;
-        };
-        let body = self.container_body("pool", "", Some(volume));
-        pool::wait_full(&pool::shape_of(&body), self.cfg.pool_size, within).await;
+    }
+
+    /// This sandbox's pool shape and the create request of a pooled container; `None` without a pool.
+    async fn pool_shape(&self) -> Result<Option<(String, ContainerCreateBody)>, SandboxError> {
+        if self.cfg.pool_size == 0 || self.cfg.transport != Transport::Sandboxd {
+            return Ok(None);
+        }
+        let volume = self.executor_volume().await?.to_string();
+        let body = self.container_body("pool", "", Some(&volume));
+        Ok(Some((pool::shape_of(&body), body)))
     }
 
     /// Removes this process's pooled containers (every shape). Returns how many.
@@ -807,12 +824,9 @@ impl Sandbox {
             working_dir: Some(WORKSPACE.into()),
             // An anonymous volume: writable through the archive API despite the read-only rootfs.
             volumes: Some(vec![WORKSPACE.into()]),
-            labels: Some(HashMap::from([
-                (LABEL_MANAGED.to_string(), "true".to_string()),
-                (LABEL_JOB.to_string(), job_id.to_string()),
-                (LABEL_TICKET.to_string(), ticket.to_string()),
-                (LABEL_OWNER_HOST.to_string(), host_name()),
-                (LABEL_OWNER_PID.to_string(), std::process::id().to_string()),
+            labels: Some(owned_labels([
+                (LABEL_JOB, job_id.to_string()),
+                (LABEL_TICKET, ticket.to_string()),
             ])),
             network_disabled: Some(true),
             ..Default::default()
@@ -933,11 +947,7 @@ async fn fill_executor_volume(
     let body = ContainerCreateBody {
         image: Some(image.to_string()),
         cmd: Some(vec!["true".into()]),
-        labels: Some(HashMap::from([
-            (LABEL_MANAGED.to_string(), "true".to_string()),
-            (LABEL_OWNER_HOST.to_string(), host_name()),
-            (LABEL_OWNER_PID.to_string(), std::process::id().to_string()),
-        ])),
+        labels: Some(owned_labels([])),
         network_disabled: Some(true),
         host_config: Some(HostConfig {
             network_mode: Some("none".into()),

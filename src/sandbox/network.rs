@@ -14,8 +14,8 @@ use futures_util::StreamExt;
 
 use super::egress::{ConnRecord, EgressRules, PROXY_PORT};
 use super::{
-    docker_err, executor_mount, force_remove, host_name, status_code, SandboxError, CONTAINER_ENV,
-    EXECUTOR_BIN, EXECUTOR_DIR, LABEL_JOB, LABEL_MANAGED, LABEL_OWNER_HOST, LABEL_OWNER_PID,
+    docker_err, executor_mount, force_remove, owned_labels, status_code, SandboxError,
+    CONTAINER_ENV, EXECUTOR_BIN, EXECUTOR_DIR, LABEL_JOB,
 };
 
 /// Records kept per job at most (a runaway loop of requests must not grow the worker without bound).
@@ -48,12 +48,9 @@ pub(super) struct RecordLog {
 }
 
 fn labels(job_id: &str, role: &str) -> HashMap<String, String> {
-    HashMap::from([
-        (LABEL_MANAGED.to_string(), "true".to_string()),
-        (LABEL_JOB.to_string(), job_id.to_string()),
-        ("drafter.role".to_string(), role.to_string()),
-        (LABEL_OWNER_HOST.to_string(), host_name()),
-        (LABEL_OWNER_PID.to_string(), std::process::id().to_string()),
+    owned_labels([
+        (LABEL_JOB, job_id.to_string()),
+        ("drafter.role", role.to_string()),
     ])
 }
 

@@ -267,6 +267,21 @@ email = "drafter-bot@example.com"
         self.dir.path().join("data")
     }
 
+    /// Runs `drafter <args>` against this stack to the end: its exit status, and stdout and stderr as one text.
+    pub async fn output(&self, bin: &Path, args: &[&str]) -> (std::process::Output, String) {
+        let out = self
+            .drafter(bin, args)
+            .output()
+            .await
+            .expect("drafter runs");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out, text)
+    }
+
     /// A command that runs `drafter <args>` against this stack, with the secrets in its environment only.
     pub fn drafter(&self, bin: &Path, args: &[&str]) -> tokio::process::Command {
         let mut cmd = tokio::process::Command::new(bin);

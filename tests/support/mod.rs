@@ -7,6 +7,7 @@ pub mod harness;
 pub mod jira;
 pub mod model;
 pub mod postgres;
+pub mod sandbox;
 
 use axum::http::{HeaderMap, Method, Uri};
 use serde_json::Value;

@@ -1,0 +1,48 @@
+//! Helpers for the tests that drive the sandbox directly (`tests/sandbox.rs`, `tests/abuse.rs`).
+
+use std::time::Duration;
+
+use drafter::config::SandboxConfig;
+use drafter::sandbox::{Container, ExecOutput, Sandbox};
+
+/// The image the tests use: `DRAFTER_SANDBOX_IMAGE`, or the one `images/sandbox/build.sh` makes.
+pub fn image() -> String {
+    std::env::var("DRAFTER_SANDBOX_IMAGE").unwrap_or_else(|_| "drafter-sandbox:latest".into())
+}
+
+/// A sandbox with `cfg`, failing the test with a hint when Docker or the image is missing.
+pub async fn connect(cfg: &SandboxConfig) -> Sandbox {
+    let sb = Sandbox::connect(cfg)
+        .await
+        .unwrap_or_else(|e| panic!("Docker must be reachable for these tests: {e}"));
+    if let Err(e) = sb.ensure_image().await {
+        panic!("{e}\n=> run images/sandbox/build.sh first");
+    }
+    sb
+}
+
+/// A job id of its own per test run (`<prefix>-<name>-<random>`), so tests can run in parallel.
+pub fn job_id(prefix: &str, name: &str) -> String {
+    let mut b = [0u8; 4];
+    getrandom::fill(&mut b).expect("randomness");
+    format!("{prefix}-{name}-{}", hex::encode(b))
+}
+
+/// Runs `cmd` with a 30 s timeout; the exec itself must not fail.
+pub async fn sh(c: &Container, cmd: &str) -> ExecOutput {
+    c.exec(cmd, Duration::from_secs(30)).await.expect("exec")
+}
+
+/// Runs `cmd`, which must exit 0, and returns its output.
+pub async fn ok(c: &Container, cmd: &str) -> String {
+    let out = sh(c, cmd).await;
+    assert_eq!(out.exit_code, Some(0), "`{cmd}` failed: {}", out.output);
+    out.output
+}
+
+/// Runs `cmd`, which must fail, and returns its output.
+pub async fn fails(c: &Container, cmd: &str) -> String {
+    let out = sh(c, cmd).await;
+    assert_ne!(out.exit_code, Some(0), "`{cmd}` succeeded: {}", out.output);
+    out.output
+}
