@@ -79,6 +79,55 @@ fn lock(m: &Mutex<Running>) -> MutexGuard<'_, Running> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// One job's place under the global and per-project caps. Dropping it gives the place back, so a job task that
+/// panics (or is aborted) cannot keep a slot forever: after `concurrency` such jobs the pool would never claim again.
+struct Slot {
+    running: Arc<Mutex<Running>>,
+    project: String,
+}
+
+impl Slot {
+    fn take(running: &Arc<Mutex<Running>>, project: &str) -> Slot {
+        let mut r = lock(running);
+        r.total += 1;
+        *r.per_project.entry(project.to_string()).or_default() += 1;
+        r.stats.max_concurrent = r.stats.max_concurrent.max(r.total);
+        Slot {
+            running: running.clone(),
+            project: project.to_string(),
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut r = lock(&self.running);
+        r.total = r.total.saturating_sub(1);
+        if let Some(n) = r.per_project.get_mut(&self.project) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                r.per_project.remove(&self.project);
+            }
+        }
+    }
+}
+
+/// Runs a job task's future, turning a panic into its message: the pool must survive a job that panics and
+/// report it like any other failure.
+async fn unwind<T>(fut: impl Future<Output = T>) -> Result<T, String> {
+    use futures_util::FutureExt;
+    std::panic::AssertUnwindSafe(fut)
+        .catch_unwind()
+        .await
+        .map_err(|panic| {
+            panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic without a message".into())
+        })
+}
+
 /// How one job task ended, for the stats.
 enum Ended {
     Succeeded,
@@ -161,12 +210,8 @@ pub async fn run(
         };
         match claimed {
             Some(job) => {
-                {
-                    let mut r = lock(&running);
-                    r.total += 1;
-                    *r.per_project.entry(job.project.clone()).or_default() += 1;
-                    r.stats.max_concurrent = r.stats.max_concurrent.max(r.total);
-                }
+                // Taken here, given back by the guard's drop: whatever way the task ends, panics included.
+                let slot = Slot::take(&running, &job.project);
                 let task = JobTask {
                     policy: current.clone(),
                     slots: slots.clone(),
@@ -178,7 +223,7 @@ pub async fn run(
                     cancel: cancel_rx.clone(),
                 };
                 let span = tracing::info_span!("job", job_id = %job.id, ticket = %job.ticket);
-                tasks.spawn(task.run(job).instrument(span));
+                tasks.spawn(task.run(job, slot).instrument(span));
             }
             None => {
                 // Nothing to do (or no room): wait for a slot, a tick, or the end.
@@ -329,13 +374,14 @@ struct JobTask {
 }
 
 impl JobTask {
-    async fn run(self, job: Job) {
-        let ended = self.drive(&job).await;
+    async fn run(self, job: Job, slot: Slot) {
+        let ended = match unwind(self.drive(&job)).await {
+            Ok(ended) => ended,
+            Err(panic) => self.panicked(&job, &panic).await,
+        };
+        // The slot is free before the stats say the job ended, so whoever reads them can claim again.
+        drop(slot);
         let mut r = lock(&self.running);
-        r.total = r.total.saturating_sub(1);
-        if let Some(n) = r.per_project.get_mut(&job.project) {
-            *n = n.saturating_sub(1);
-        }
         match ended {
             Ended::Succeeded => r.stats.succeeded += 1,
             Ended::Retried => r.stats.retried += 1,
@@ -496,6 +542,25 @@ impl JobTask {
         }
     }
 
+    /// A job whose pipeline panicked: its container goes, and the attempt fails visibly (retryable: a panic is a
+    /// bug of this worker, not necessarily of the job) instead of waiting for the lease to lapse in silence.
+    async fn panicked(&self, job: &Job, panic: &str) -> Ended {
+        tracing::error!(panic = %scrub(&self.config, panic), "the job panicked");
+        self.remove_container(&job.id).await;
+        let failure = Failure::Retryable {
+            error: scrub(&self.config, &format!("the worker panicked: {panic}")),
+            retry_after: None,
+        };
+        match self.queue.fail(&job.id, &self.worker, failure).await {
+            Ok(JobState::Queued) => Ended::Retried,
+            Ok(_) => Ended::Failed,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not record the panic as a failure");
+                Ended::Lost
+            }
+        }
+    }
+
     async fn remove_container(&self, job_id: &str) {
         if let Err(e) = self.sandbox.remove_job(job_id).await {
             tracing::warn!(error = %e, "could not remove the job's container");
@@ -525,5 +590,51 @@ async fn heartbeat(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_job_gives_its_slot_back() {
+        let running = Arc::new(Mutex::new(Running::default()));
+        let mut tasks = JoinSet::new();
+        // As many panics as a pool of concurrency 3 has slots: on the old code the pool never claimed again.
+        for _ in 0..3 {
+            let slot = Slot::take(&running, "PROJ");
+            tasks.spawn(async move {
+                let _slot = slot;
+                tokio::task::yield_now().await;
+                panic!("job blew up");
+            });
+        }
+        assert_eq!(lock(&running).total, 3);
+        while let Some(done) = tasks.join_next().await {
+            assert!(done.unwrap_err().is_panic());
+        }
+        let r = lock(&running);
+        assert_eq!(r.total, 0, "every slot is free again");
+        assert!(r.per_project.is_empty(), "{:?}", r.per_project);
+        assert_eq!(r.stats.max_concurrent, 3);
+    }
+
+    #[tokio::test]
+    async fn a_panic_becomes_a_failure_with_its_message() {
+        let running = Arc::new(Mutex::new(Running::default()));
+        let slot = Slot::take(&running, "PROJ");
+        let out = unwind(async move {
+            let _slot = slot;
+            let n: Option<u32> = None;
+            n.expect("the ticket had no summary")
+        })
+        .await;
+        assert_eq!(out.unwrap_err(), "the ticket had no summary");
+        assert_eq!(lock(&running).total, 0);
+        let fine = unwind(async { 7 }).await;
+        assert_eq!(fine, Ok(7));
+        let formatted = unwind(async { panic!("job {} failed", 12) }).await;
+        assert_eq!(formatted, Err::<(), _>("job 12 failed".into()));
     }
 }
