@@ -626,8 +626,8 @@ mod tests {
         let slot = Slot::take(&running, "PROJ");
         let out = unwind(async move {
             let _slot = slot;
-            let n: Option<u32> = None;
-            n.expect("the ticket had no summary")
+            let summary: Option<u32> = std::hint::black_box(None);
+            summary.expect("the ticket had no summary")
         })
         .await;
         assert_eq!(out.unwrap_err(), "the ticket had no summary");
