@@ -910,21 +910,51 @@ async fn pipeline(
             format!("{branch} (already pushed by an earlier attempt)"),
         );
         let (branch2, base2) = (branch.clone(), repo_cfg.base.clone());
-        let (message, changed, change) = blocking(move || {
-            let remote = repo::remote_branch(&git_repo, &branch2)?;
+        let write = grant.rules.write.clone();
+        let (message, changed, change, violations) = blocking(move || {
+            let remote = repo::remote_branch(&git_repo, &branch2)?.ok_or_else(|| {
+                RepoError::PushRejected {
+                    branch: branch2.clone(),
+                    message: "the branch an earlier attempt pushed is gone".into(),
+                }
+            })?;
+            // The pushed tip is checked like a fresh change, under this attempt's policy: it may have been
+            // checked under an older policy, or pushed by someone who forged the job's trailer.
+            let base = repo::remote_base(&git_repo, &base2)?;
+            let summary = diff::summarize(&git_repo, base, remote.tip)
+                .map_err(|e| repo::git_error("diffing the pushed change", e))?;
+            let violations = diff::check(&summary, &write);
             let changed = repo::changed_files(&git_repo, &base2)?;
-            let change = match &remote {
-                Some(b) => Some(change_of(&git_repo, &base2, b.tip, changed.len())?),
-                None => None,
-            };
-            Ok((
-                remote.map(|b| b.message).unwrap_or_default(),
-                changed,
-                change,
-            ))
+            let change = change_of(&git_repo, &base2, remote.tip, changed.len())?;
+            Ok((remote.message, changed, change, violations))
         })
         .await?;
-        progress.change = change;
+        if !violations.is_empty() {
+            return Err(refuse_violations(
+                spec,
+                &ticket.key,
+                progress,
+                &violations,
+                "the branch an earlier attempt pushed is not delivered",
+            ));
+        }
+        let committed_under = message
+            .lines()
+            .find_map(|l| l.strip_prefix("Drafter-Policy:"))
+            .map(str::trim)
+            .unwrap_or("unknown");
+        progress.decisions.push(policy::log_decision(
+            &spec.policy.hash,
+            &ticket.key,
+            "write",
+            true,
+            format!(
+                "the change an earlier attempt pushed (committed under policy {committed_under}) passes the \
+                 write rules of policy {}",
+                spec.policy.hash
+            ),
+        ));
+        progress.change = Some(change);
         let (summary, digest) = summary_and_digest(&message);
         let outcome = AgentOutcome {
             summary,
@@ -991,24 +1021,12 @@ async fn pipeline(
             }
             Committed::Nothing => None,
             Committed::Refused(violations) => {
-                for v in &violations {
-                    progress.decisions.push(policy::log_decision(
-                        &spec.policy.hash,
-                        &ticket.key,
-                        &v.rule,
-                        false,
-                        v.detail.clone(),
-                    ));
-                }
-                let first = &violations[0];
-                let more = if violations.len() > 1 {
-                    format!(" (and {} more)", violations.len() - 1)
-                } else {
-                    String::new()
-                };
-                return Err(refused(
-                    &first.rule,
-                    format!("the change was not pushed: {}{more}", first.detail),
+                return Err(refuse_violations(
+                    spec,
+                    &ticket.key,
+                    progress,
+                    &violations,
+                    "the change was not pushed",
                 ));
             }
         };
@@ -1140,6 +1158,37 @@ enum Committed {
     Refused(Vec<diff::Violation>),
     /// Pushed; the changed paths and the change.
     Pushed(Vec<String>, Change),
+}
+
+/// Records each write-rule violation as a decision and refuses the job with the first. `violations` is not empty.
+fn refuse_violations(
+    spec: &JobSpec,
+    ticket: &str,
+    progress: &mut Progress,
+    violations: &[diff::Violation],
+    consequence: &str,
+) -> JobError {
+    for v in violations {
+        progress.decisions.push(policy::log_decision(
+            &spec.policy.hash,
+            ticket,
+            &v.rule,
+            false,
+            v.detail.clone(),
+        ));
+    }
+    let Some(first) = violations.first() else {
+        return refused("write", "the change broke a write rule".into());
+    };
+    let more = if violations.len() > 1 {
+        format!(" (and {} more)", violations.len() - 1)
+    } else {
+        String::new()
+    };
+    refused(
+        &first.rule,
+        format!("{consequence}: {}{more}", first.detail),
+    )
 }
 
 fn refused(rule: &str, reason: String) -> JobError {

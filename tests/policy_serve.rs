@@ -532,3 +532,102 @@ async fn an_operator_approves_with_the_cli_and_the_kill_switch_cancels_running_j
     assert!(status.success(), "{log}");
     assert!(all.iter().all(|j| !j.state.is_open()), "{all:#?}");
 }
+
+/// A retried job that finds its own pushed branch delivers it only if the change passes the write rules of the policy
+/// the retry runs under (issue 12.10): the old code opened the PR straight from the reused branch, unchecked, and
+/// recorded the new policy's hash for a change checked under the old one.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reused_branch_is_checked_against_the_write_rules_of_the_retry() {
+    let _serial = SERIAL.lock().await;
+    let stack = Stack::start(Options {
+        policy: Some(policy("")),
+        per_conversation: true,
+        extra_toml: serve_toml(1),
+        ..Options::default()
+    })
+    .await;
+    // Attempt 1 pushes its branch, then cannot open the PR: a permanent failure, the branch stays.
+    stack.github.set_drafts_supported(DEMO_REPO, false);
+    let serve = ServeProcess::start(&stack, Path::new(BIN)).await;
+    let client = reqwest::Client::new();
+    assert_eq!(
+        serve
+            .webhook(&client, &assignment_webhook("DEMO-1", 301))
+            .await,
+        202
+    );
+    let q = queue(&stack).await;
+    let first = wait_for(
+        q.as_ref(),
+        "the first attempt",
+        Duration::from_secs(120),
+        all_done(1),
+    )
+    .await;
+    let (status, log) = serve.sigterm(Duration::from_secs(60)).await;
+    assert!(status.success(), "{log}");
+    assert_eq!(first[0].state, JobState::Failed, "{:?}", first[0]);
+    let job_id = first[0].id.clone();
+    let pushed = std::process::Command::new("git")
+        .arg("--git-dir")
+        .arg(&stack.bare_repo)
+        .args([
+            "for-each-ref",
+            "--format=%(refname:short)",
+            "refs/heads/drafter/",
+        ])
+        .output()
+        .expect("git");
+    assert_eq!(
+        String::from_utf8_lossy(&pushed.stdout).lines().count(),
+        1,
+        "attempt 1 pushed its branch"
+    );
+    let model_calls = stack.model.requests().len();
+
+    // The policy now forbids the file the change touches; the retry must not deliver it.
+    let file = stack.dir.path().join("policy.toml");
+    std::fs::write(
+        &file,
+        policy("write = { forbidden_paths = [\"greet.py\"] }"),
+    )
+    .expect("write policy");
+    stack.github.set_drafts_supported(DEMO_REPO, true);
+    cli(&stack, &["jobs", "retry", &job_id]);
+    let serve = ServeProcess::start(&stack, Path::new(BIN)).await;
+    // Done with the retry: succeeded (the old code), or failed for another reason than attempt 1's.
+    let done = wait_for(q.as_ref(), "the retry", Duration::from_secs(120), |j| {
+        let retried_failure = |e: &str| !e.contains("draft pull requests");
+        j.len() == 1
+            && match j[0].state {
+                JobState::Succeeded => true,
+                JobState::Failed => j[0].last_error.as_deref().is_some_and(retried_failure),
+                _ => false,
+            }
+    })
+    .await;
+    let (status, log) = serve.sigterm(Duration::from_secs(60)).await;
+    assert!(status.success(), "{log}");
+    assert_eq!(done[0].state, JobState::Failed, "{:?}", done[0]);
+    let error = done[0].last_error.clone().unwrap_or_default();
+    assert!(
+        error.contains("write.forbidden_paths") && error.contains("greet.py"),
+        "{error}"
+    );
+    assert!(
+        stack.github.pulls(DEMO_REPO).is_empty(),
+        "no PR for a change the policy in force forbids"
+    );
+    assert_eq!(
+        stack.model.requests().len(),
+        model_calls,
+        "the retry reused the pushed branch instead of running the model again"
+    );
+    let refused = stack
+        .jira
+        .comment_texts("DEMO-1")
+        .into_iter()
+        .filter(|c| c.contains("greet.py"))
+        .count();
+    assert_eq!(refused, 1, "{:?}", stack.jira.comment_texts("DEMO-1"));
+}
