@@ -385,6 +385,11 @@ pub async fn poll_once(
                     tracing::info!(target: "audit", ticket, delivery, job = id, "poll: trigger absorbed by open job");
                 }
                 Enqueued::Duplicate(_) => stats.duplicate += 1,
+                Enqueued::Overflow(id) => {
+                    stats.duplicate += 1;
+                    tracing::warn!(target: "audit", ticket, delivery, job = id,
+                        "poll: trigger not kept: the open job already keeps the most triggers a job may");
+                }
             }
         }
         match page.next {

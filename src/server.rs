@@ -270,6 +270,8 @@ async fn jira_webhook(
                 Enqueued::Created(_) => ("created", StatusCode::ACCEPTED),
                 Enqueued::Absorbed(_) => ("absorbed", StatusCode::ACCEPTED),
                 Enqueued::Duplicate(_) => ("duplicate", StatusCode::OK),
+                // Recorded, so Jira need not redeliver it; the job simply keeps no more triggers.
+                Enqueued::Overflow(_) => ("overflow", StatusCode::OK),
             };
             let job_id = done.job_id().to_string();
             tracing::info!(target: "audit", remote, delivery = delivery_log, event, ticket, key, triggered_by = by, outcome = status, job = job_id, "webhook accepted");

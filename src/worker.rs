@@ -324,6 +324,24 @@ impl Origin {
     }
 }
 
+/// A triggering comment's text and who wrote it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ask {
+    /// Who asked (a Jira account id or Data Center name, or an operator's name); `None` when unknown.
+    pub by: Option<String>,
+    /// Whether an operator on the runner host asked (`drafter` CLI), rather than a Jira user.
+    pub operator: bool,
+    /// Whether it came with the trigger that created the job (whose author the policy's decision already checked).
+    pub first: bool,
+    /// What they said.
+    pub text: String,
+}
+
+/// At most this many requests go to the model; later ones are recorded as dropped.
+pub const MAX_REQUESTS: usize = 10;
+/// At most this many bytes of request text, all requests together, go to the model.
+pub const MAX_REQUEST_BYTES: usize = 16 * 1024;
+
 /// What to run: which ticket, as which job and attempt, with what people asked for, under which policy.
 #[derive(Clone)]
 pub struct JobSpec {
@@ -333,9 +351,10 @@ pub struct JobSpec {
     pub job_id: String,
     /// Which attempt this is.
     pub attempt: Attempt,
-    /// What people asked of the bot on the ticket (the triggering comments), as `who: text`; given to the model
-    /// as untrusted data alongside the ticket.
-    pub requests: Vec<String>,
+    /// What people asked of the bot on the ticket (the triggering comments), in trigger order. Each one's author
+    /// must pass the policy's `triggers` rule before its text goes to the model, as untrusted data beside the
+    /// ticket.
+    pub requests: Vec<Ask>,
     /// Who triggered the job.
     pub origin: Origin,
     /// The triggering event: its source and delivery id (`webhook:jira:issue_updated changelog:10401`, `cli`).
@@ -777,6 +796,7 @@ async fn pipeline(
 
     // Check: the policy first (nothing is cloned for a refused ticket), then the forge's merge rules.
     let grant = decide(spec, &ticket, jira, progress).await?;
+    let requests = admit_requests(spec, &ticket, jira, progress).await;
     let repo_cfg = grant.repo.clone();
     progress.repo = Some(repo_cfg.name.clone());
     progress.base = Some(repo_cfg.base.clone());
@@ -966,6 +986,7 @@ async fn pipeline(
     } else {
         let run = AgentRun {
             grant: &grant,
+            requests: &requests,
             limits: &limits,
             command_timeout: Duration::from_secs(sandbox_cfg.command_timeout_secs),
             meter: &meter,
@@ -1160,6 +1181,64 @@ enum Committed {
     Pushed(Vec<String>, Change),
 }
 
+/// The requests whose authors pass the policy's `triggers` rule, as `who: text` for the model. The first trigger's
+/// author was checked by [`decide`]; every later one (a mention or assignment absorbed by the open job) is checked
+/// here the same way, and a refused one is recorded as a decision (who, why) and never reaches the model. Past
+/// [`MAX_REQUESTS`] or [`MAX_REQUEST_BYTES`] the rest are dropped, and that is recorded too.
+async fn admit_requests(
+    spec: &JobSpec,
+    ticket: &Ticket,
+    dir: &dyn policy::Directory,
+    progress: &mut Progress,
+) -> Vec<String> {
+    let mut admitted = Vec::new();
+    let mut bytes = 0usize;
+    let mut note = |allowed: bool, detail: String| {
+        progress.decisions.push(policy::log_decision(
+            &spec.policy.hash,
+            &ticket.key,
+            "trigger",
+            allowed,
+            detail,
+        ));
+    };
+    for ask in &spec.requests {
+        let text = ask.text.trim();
+        if text.is_empty() {
+            continue;
+        }
+        let who_name = ask.by.as_deref().unwrap_or("someone");
+        if !ask.first {
+            let who = if ask.operator {
+                Who::Operator(who_name)
+            } else {
+                Who::Jira(ask.by.as_deref())
+            };
+            if let Err(why) = spec.policy.may_trigger(&ticket.project, who, dir).await {
+                note(
+                    false,
+                    format!("a later request by {who_name} was not given to the model: {why}"),
+                );
+                continue;
+            }
+        }
+        let line = format!("{who_name}: {text}");
+        if admitted.len() >= MAX_REQUESTS || bytes + line.len() > MAX_REQUEST_BYTES {
+            note(
+                false,
+                format!(
+                    "a request by {who_name} was not given to the model: the job keeps at most {MAX_REQUESTS} \
+                     requests and {MAX_REQUEST_BYTES} bytes of request text"
+                ),
+            );
+            continue;
+        }
+        bytes += line.len();
+        admitted.push(line);
+    }
+    admitted
+}
+
 /// Records each write-rule violation as a decision and refuses the job with the first. `violations` is not empty.
 fn refuse_violations(
     spec: &JobSpec,
@@ -1309,6 +1388,8 @@ fn effective_limits(config: &Config, grant: &Grant) -> (AgentLimits, SandboxConf
 /// What the policy granted the agent stage.
 struct AgentRun<'a> {
     grant: &'a Grant,
+    /// The requests the policy let through, as `who: text`.
+    requests: &'a [String],
     limits: &'a AgentLimits,
     command_timeout: Duration,
     meter: &'a Meter,
@@ -1413,7 +1494,7 @@ async fn run_agent(
             repo: repo_cfg,
             limits: run.limits,
             command_timeout: run.command_timeout,
-            requests: &spec.requests,
+            requests: run.requests,
             permissions: Permissions {
                 policy_hash: &spec.policy.hash,
                 tools: &run.grant.rules.tools,
@@ -1616,6 +1697,43 @@ repos = [{ name = "acme/web" }, { name = "acme/api", base = "develop" }]
         assert_eq!(slots.busy("acme/web"), 1);
         drop((b, other));
         assert_eq!((slots.busy("acme/web"), slots.busy("acme/api")), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn later_requests_are_capped_in_number_and_bytes() {
+        let c = config();
+        let mut spec = JobSpec::new("DEMO-1", Arc::new(Policy::derived(&c)), "ops");
+        let ask = |i: usize, text: String| Ask {
+            by: Some(format!("dev{i}")),
+            operator: false,
+            first: i == 0,
+            text,
+        };
+        spec.requests = (0..MAX_REQUESTS + 5)
+            .map(|i| ask(i, format!("request {i}")))
+            .collect();
+        let mut progress = Progress::default();
+        let t = ticket("", &[]);
+        let admitted = admit_requests(&spec, &t, &policy::NoGroups, &mut progress).await;
+        assert_eq!(admitted.len(), MAX_REQUESTS);
+        assert_eq!(admitted[0], "dev0: request 0");
+        let dropped = progress.decisions.iter().filter(|d| !d.allowed).count();
+        assert_eq!(dropped, 5);
+
+        spec.requests = vec![
+            ask(0, "x".repeat(MAX_REQUEST_BYTES - 100)),
+            ask(1, "y".repeat(200)),
+            ask(2, "short".into()),
+        ];
+        let mut progress = Progress::default();
+        let admitted = admit_requests(&spec, &t, &policy::NoGroups, &mut progress).await;
+        assert_eq!(
+            admitted.len(),
+            2,
+            "the oversized one is dropped, later small ones fit"
+        );
+        assert!(admitted.iter().map(String::len).sum::<usize>() <= MAX_REQUEST_BYTES);
+        assert_eq!(admitted[1], "dev2: short");
     }
 
     #[tokio::test]

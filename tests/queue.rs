@@ -1084,6 +1084,37 @@ async fn usage_totals_per_team_and_since(q: Arc<dyn Queue>) {
 }
 
 /// Instantiates every scenario once per backend, as `sqlite_backend::<name>` and `postgres_backend::<name>`.
+/// Anyone who can comment can add a trigger to an open job: it keeps at most `MAX_TRIGGERS`, and the rest are
+/// recorded as seen (a redelivery stays a duplicate) but not kept.
+async fn an_open_job_keeps_a_bounded_number_of_triggers(q: Arc<dyn Queue>) {
+    let id = created(&q, "CAP-1", "c0").await;
+    for i in 1..drafter::queue::MAX_TRIGGERS {
+        assert_eq!(
+            q.enqueue(new_job("CAP-1", &format!("c{i}"))).await.unwrap(),
+            Enqueued::Absorbed(id.clone())
+        );
+    }
+    for i in 0..30 {
+        assert_eq!(
+            q.enqueue(new_job("CAP-1", &format!("flood{i}")))
+                .await
+                .unwrap(),
+            Enqueued::Overflow(id.clone()),
+            "flood {i}"
+        );
+    }
+    assert_eq!(
+        q.enqueue(new_job("CAP-1", "flood3")).await.unwrap(),
+        Enqueued::Duplicate(id.clone())
+    );
+    let job = q.get(&id).await.unwrap().unwrap();
+    assert_eq!(job.triggers.len(), drafter::queue::MAX_TRIGGERS);
+    assert!(job
+        .triggers
+        .iter()
+        .all(|t| !t.delivery.starts_with("flood")));
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod sqlite_backend {
@@ -1133,6 +1164,7 @@ conformance!(
     cancel_running_cancels_every_running_job,
     policy_hash_is_set_by_the_lease_holder_and_kept,
     usage_totals_per_team_and_since,
+    an_open_job_keeps_a_bounded_number_of_triggers,
 );
 
 // ---------------------------------------------------------------- SQLite only

@@ -578,6 +578,23 @@ impl Policy {
         }
     }
 
+    /// Whether `who` may trigger jobs for `project` under the `triggers` rule: `Ok` with why, or `Err` with why
+    /// not. The same rule [`Policy::decide`] applies to a job's first trigger, for the triggers a job absorbs later
+    /// (a mention on a ticket whose job is already open must not steer it past the rule).
+    pub async fn may_trigger(
+        &self,
+        project: &str,
+        who: Who<'_>,
+        dir: &dyn Directory,
+    ) -> Result<String, String> {
+        match self.team_for(project) {
+            Some(team) => trigger_rule(team, project, who, dir).await,
+            None => Err(format!(
+                "project {project} is not covered by drafter's policy; an admin must add it to a team"
+            )),
+        }
+    }
+
     /// Decides whether a job for `req.ticket`, triggered by `req.who`, may run, and with what. Every step is
     /// logged; the first refusal ends the decision.
     pub async fn decide(&self, req: &Request<'_>, dir: &dyn Directory) -> Result<Grant, Denial> {
@@ -615,43 +632,9 @@ impl Policy {
         );
 
         // Who triggered it.
-        match req.who {
-            Who::Operator(name) => note(
-                "trigger",
-                true,
-                format!("started by operator {name} on the runner host"),
-            ),
-            Who::Jira(None) => {
-                if team.triggers.anyone {
-                    note("trigger", true, "team allows anyone to trigger".into());
-                } else {
-                    deny!(
-                        "trigger",
-                        "drafter could not establish who assigned or mentioned it, and this team only accepts \
-                         triggers from named people or groups"
-                            .into()
-                    );
-                }
-            }
-            Who::Jira(Some(account)) => match matches(&team.triggers, account, dir).await {
-                Ok(true) => note(
-                    "trigger",
-                    true,
-                    format!("{account} may trigger jobs for team {}", team.name),
-                ),
-                Ok(false) => deny!(
-                    "trigger",
-                    format!(
-                        "{account} is not allowed to trigger drafter for project {} (allowed: {})",
-                        ticket.project,
-                        team.triggers.describe()
-                    )
-                ),
-                Err(e) => deny!(
-                    "trigger",
-                    format!("could not check the group membership of {account}: {e}")
-                ),
-            },
+        match trigger_rule(team, &ticket.project, req.who, dir).await {
+            Ok(why) => note("trigger", true, why),
+            Err(why) => deny!("trigger", why),
         }
 
         let rules = &team.rules;
@@ -815,6 +798,34 @@ impl Current {
         let old = g.hash.clone();
         *g = std::sync::Arc::new(policy);
         old
+    }
+}
+
+/// The `triggers` rule of `team` for `who`: `Ok` with why it allows them, `Err` with why not.
+async fn trigger_rule(
+    team: &Team,
+    project: &str,
+    who: Who<'_>,
+    dir: &dyn Directory,
+) -> Result<String, String> {
+    match who {
+        Who::Operator(name) => Ok(format!("started by operator {name} on the runner host")),
+        Who::Jira(None) if team.triggers.anyone => Ok("team allows anyone to trigger".into()),
+        Who::Jira(None) => Err(
+            "drafter could not establish who assigned or mentioned it, and this team only accepts triggers from \
+             named people or groups"
+                .into(),
+        ),
+        Who::Jira(Some(account)) => match matches(&team.triggers, account, dir).await {
+            Ok(true) => Ok(format!("{account} may trigger jobs for team {}", team.name)),
+            Ok(false) => Err(format!(
+                "{account} is not allowed to trigger drafter for project {project} (allowed: {})",
+                team.triggers.describe()
+            )),
+            Err(e) => Err(format!(
+                "could not check the group membership of {account}: {e}"
+            )),
+        },
     }
 }
 

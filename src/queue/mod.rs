@@ -167,13 +167,19 @@ pub enum Enqueued {
     Duplicate(String),
     /// An open job for the same ticket took the trigger.
     Absorbed(String),
+    /// An open job for the same ticket already keeps [`MAX_TRIGGERS`] triggers: the delivery is recorded (so it is
+    /// not redelivered into a new job) but the trigger is not kept.
+    Overflow(String),
 }
 
 impl Enqueued {
     /// The job id in every case.
     pub fn job_id(&self) -> &str {
         match self {
-            Enqueued::Created(id) | Enqueued::Duplicate(id) | Enqueued::Absorbed(id) => id,
+            Enqueued::Created(id)
+            | Enqueued::Duplicate(id)
+            | Enqueued::Absorbed(id)
+            | Enqueued::Overflow(id) => id,
         }
     }
 }
@@ -362,6 +368,10 @@ pub fn backoff(attempt: u32, retry_after: Option<Duration>) -> Duration {
         _ => exp,
     }
 }
+
+/// The most triggers one job keeps (its first plus later ones absorbed while it is open). Anyone who can comment
+/// on a ticket can add one, so an open job must not grow without bound.
+pub const MAX_TRIGGERS: usize = 20;
 
 /// How often an enqueue that lost a race (a concurrent insert of the same delivery key or of an open job for the same
 /// ticket, a serialization failure or a deadlock) is retried before giving up with [`QueueError::Database`]. Each

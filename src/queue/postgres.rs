@@ -297,16 +297,22 @@ impl PgQueue {
         .map_err(step("looking up an open job"))?;
         let outcome = match open {
             Some(id) => {
-                sqlx::query(
+                let kept = sqlx::query(
                     "UPDATE jobs SET triggers = triggers || jsonb_build_array($1::jsonb), updated_at = now() \
-                     WHERE id = $2",
+                     WHERE id = $2 AND jsonb_array_length(triggers) < $3",
                 )
                 .bind(trigger)
                 .bind(&id)
+                .bind(super::MAX_TRIGGERS as i32)
                 .execute(&mut *tx)
                 .await
-                .map_err(step("recording the trigger"))?;
-                Enqueued::Absorbed(id)
+                .map_err(step("recording the trigger"))?
+                .rows_affected();
+                if kept == 1 {
+                    Enqueued::Absorbed(id)
+                } else {
+                    Enqueued::Overflow(id)
+                }
             }
             None => {
                 let id = new_job_id();

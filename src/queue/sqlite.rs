@@ -966,17 +966,23 @@ impl SqliteQueue {
         .map_err(step("looking up an open job"))?;
         let outcome = match open {
             Some(id) => {
-                sqlx::query(
+                let kept = sqlx::query(
                     "UPDATE jobs SET triggers = json_insert(triggers, '$[#]', json(?)), updated_at = ? \
-                     WHERE id = ?",
+                     WHERE id = ? AND json_array_length(triggers) < ?",
                 )
                 .bind(trigger)
                 .bind(now)
                 .bind(&id)
+                .bind(super::MAX_TRIGGERS as i64)
                 .execute(&mut *tx)
                 .await
-                .map_err(step("recording the trigger"))?;
-                Enqueued::Absorbed(id)
+                .map_err(step("recording the trigger"))?
+                .rows_affected();
+                if kept == 1 {
+                    Enqueued::Absorbed(id)
+                } else {
+                    Enqueued::Overflow(id)
+                }
             }
             None => {
                 let id = new_job_id();

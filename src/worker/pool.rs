@@ -35,7 +35,7 @@ use crate::queue::{ApprovalRequest, Claim, Failure, Job, JobState, Pause, Queue}
 use crate::sandbox::Sandbox;
 
 use super::meter::QueueLedger;
-use super::{run_job, scrub, Attempt, Event, JobError, JobSpec, Origin};
+use super::{run_job, scrub, Ask, Attempt, Event, JobError, JobSpec, Origin};
 
 /// How often the pool looks for lapsed approval requests.
 pub const APPROVAL_SWEEP: Duration = Duration::from_secs(30);
@@ -423,10 +423,14 @@ impl JobTask {
             requests: job
                 .triggers
                 .iter()
-                .filter_map(|t| {
-                    let text = t.text.as_deref()?.trim();
-                    let who = t.triggered_by.as_deref().unwrap_or("someone");
-                    (!text.is_empty()).then(|| format!("{who}: {text}"))
+                .enumerate()
+                .filter_map(|(i, t)| {
+                    Some(Ask {
+                        by: t.triggered_by.clone(),
+                        operator: t.source == "cli",
+                        first: i == 0,
+                        text: t.text.clone()?,
+                    })
                 })
                 .collect(),
             origin: origin_of(job),
