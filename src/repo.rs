@@ -465,6 +465,34 @@ pub fn remote_branch(repo: &Repository, branch: &str) -> Result<Option<RemoteBra
     }))
 }
 
+/// Fetches the remote's `branch` again (into `refs/remotes/origin/<branch>`) and returns it as [`remote_branch`]
+/// does: after a push was refused, whether the branch now holds this job's work (another worker of the same job got
+/// there first) or someone else's.
+pub fn refresh_remote_branch(
+    repo: &Repository,
+    url: &str,
+    branch: &str,
+    token: &Secret,
+) -> Result<Option<RemoteBranch>, RepoError> {
+    check_url(url)?;
+    valid_branch(branch)?;
+    let trace = AuthTrace::default();
+    let mut fetch = FetchOptions::new();
+    fetch
+        .remote_callbacks(callbacks(url, token, &trace))
+        .follow_redirects(RemoteRedirect::None);
+    let mut remote = repo
+        .remote_anonymous(url)
+        .map_err(|e| remote_error(e, url, token, &trace))?;
+    let spec = format!("+refs/heads/{branch}:refs/remotes/origin/{branch}");
+    match remote.fetch(&[spec.as_str()], Some(&mut fetch), None) {
+        Ok(()) => remote_branch(repo, branch),
+        // The branch is not there (any more): nothing of anyone's.
+        Err(e) if e.code() == ErrorCode::NotFound => Ok(None),
+        Err(e) => Err(remote_error(e, url, token, &trace)),
+    }
+}
+
 /// Creates local `branch` at the remote branch's tip and checks it out (reusing what an earlier attempt pushed).
 pub fn checkout_remote_branch(repo: &Repository, branch: &str) -> Result<(), RepoError> {
     let Some(remote) = remote_branch(repo, branch)? else {
@@ -542,6 +570,23 @@ pub fn commit_all(
 /// `base_ref` is a branch name (looked up as `refs/remotes/origin/<base>`, then as a local branch) or anything
 /// `git rev-parse` understands (a commit id). A rename shows as its old and its new path.
 pub fn changed_files(repo: &Repository, base_ref: &str) -> Result<Vec<String>, RepoError> {
+    let head =
+        repo.head()
+            .ok()
+            .and_then(|h| h.target())
+            .ok_or_else(|| RepoError::BranchNotFound {
+                branch: "HEAD".into(),
+                remote: false,
+            })?;
+    changed_files_at(repo, base_ref, head)
+}
+
+/// [`changed_files`] between the base and `commit` instead of HEAD.
+pub fn changed_files_at(
+    repo: &Repository,
+    base_ref: &str,
+    commit: Oid,
+) -> Result<Vec<String>, RepoError> {
     let base = [
         format!("refs/remotes/origin/{base_ref}"),
         format!("refs/heads/{base_ref}"),
@@ -557,9 +602,9 @@ pub fn changed_files(repo: &Repository, base_ref: &str) -> Result<Vec<String>, R
         .peel_to_tree()
         .map_err(|e| local(&format!("reading the tree of {base_ref}"), e))?;
     let head_tree = repo
-        .head()
-        .and_then(|h| h.peel_to_tree())
-        .map_err(|e| local("reading HEAD", e))?;
+        .find_commit(commit)
+        .and_then(|c| c.tree())
+        .map_err(|e| local(&format!("reading commit {commit}"), e))?;
     let diff = repo
         .diff_tree_to_tree(Some(&base_tree), Some(&head_tree), None)
         .map_err(|e| local("diffing against the base", e))?;

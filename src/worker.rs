@@ -164,6 +164,13 @@ pub enum JobError {
     /// Receipts or the runner key failed.
     #[error("proof: {0}")]
     Proof(#[from] ProofError),
+    /// This attempt no longer holds the job's lease (another worker took it over after this one stalled, or an
+    /// operator cancelled it): it stopped before `before` instead of doing it twice. Not a failure of the job.
+    #[error("lease lost before {before}: another worker holds the job now, or it was cancelled")]
+    LeaseLost {
+        /// The side effect that was not done.
+        before: String,
+    },
     /// Local I/O (job directory, workspace).
     #[error("{context}: {source}")]
     Io {
@@ -193,6 +200,7 @@ impl JobError {
             JobError::Refused { .. }
             | JobError::AwaitingApproval { .. }
             | JobError::Proof(_)
+            | JobError::LeaseLost { .. }
             | JobError::Io { .. } => false,
             JobError::Jira(e) => e.is_retryable(),
             JobError::Repo(e) => e.is_retryable(),
@@ -300,7 +308,8 @@ impl Attempt {
     pub const ONLY: Attempt = Attempt { number: 1, max: 1 };
 
     fn is_final_for(&self, e: &JobError) -> bool {
-        !e.is_retryable() || self.number >= self.max
+        // A lost lease is not this job's end: whoever holds it now reports the outcome.
+        !matches!(e, JobError::LeaseLost { .. }) && (!e.is_retryable() || self.number >= self.max)
     }
 }
 
@@ -367,6 +376,41 @@ pub struct JobSpec {
     pub ledger: Option<Arc<dyn Ledger>>,
     /// The worker's per-repository slots (`concurrency.repo`), when running under `drafter serve`.
     pub slots: Option<Arc<RepoSlots>>,
+    /// The lease check asked immediately before each side effect outside the runner (push, pull request, ticket
+    /// comment), when the job came from a shared queue.
+    pub fence: Option<Arc<dyn Fence>>,
+}
+
+/// Whether this attempt still holds its job: asked immediately before each push, pull request and ticket comment,
+/// so a worker that stalled past its lease (SIGSTOP, a long GC pause of the host, a hung blocking call) and the
+/// worker that took the job over never both deliver.
+#[async_trait::async_trait]
+pub trait Fence: Send + Sync {
+    /// `Ok(true)` while this attempt holds the lease.
+    async fn holds(&self) -> Result<bool, String>;
+}
+
+/// Asks the job's fence before `what`; [`JobError::LeaseLost`] when the lease is gone. A fence that cannot be
+/// asked (the database is away) also stops the side effect: doing it twice is worse than doing it on a retry.
+async fn fence(spec: &JobSpec, what: &str) -> Result<(), JobError> {
+    let Some(f) = &spec.fence else {
+        return Ok(());
+    };
+    match f.holds().await {
+        Ok(true) => Ok(()),
+        Ok(false) => {
+            tracing::warn!(before = what, "lease lost: not doing it");
+            Err(JobError::LeaseLost {
+                before: what.to_string(),
+            })
+        }
+        Err(e) => {
+            tracing::warn!(before = what, error = %e, "could not check the lease: not doing it");
+            Err(JobError::LeaseLost {
+                before: what.to_string(),
+            })
+        }
+    }
 }
 
 /// Per-repository job slots of one worker process: a job whose repository is at its policy cap waits here (holding
@@ -435,6 +479,7 @@ impl JobSpec {
             policy,
             ledger: None,
             slots: None,
+            fence: None,
         }
     }
 }
@@ -488,7 +533,7 @@ pub async fn run_job(
         {
             // One request per job, however often it is looked at.
             let asked = ticket_mentions_all(&jira, ticket_key, &[job_id, "needs approval"]).await;
-            if !matches!(asked, Ok(true)) {
+            if !matches!(asked, Ok(true)) && fence(spec, "asking for approval").await.is_ok() {
                 let notice = Notice::ApprovalNeeded {
                     job_id: job_id.to_string(),
                     reason: reason.clone(),
@@ -521,8 +566,10 @@ pub async fn run_job(
                         proof,
                     },
                 };
-                if let Err(ce) = jira.comment(ticket_key, notice.to_adf()).await {
-                    tracing::warn!(error = %scrub(&config, &ce.to_string()), "could not report the failure on the ticket");
+                if fence(spec, "reporting the failure").await.is_ok() {
+                    if let Err(ce) = jira.comment(ticket_key, notice.to_adf()).await {
+                        tracing::warn!(error = %scrub(&config, &ce.to_string()), "could not report the failure on the ticket");
+                    }
                 }
             }
         }
@@ -727,6 +774,7 @@ async fn deliver(
             if let Some((title, body)) = &progress.pr_text {
                 let github = GitHub::new(&config.github)?;
                 let body = format!("{body}{}", proof_footer(&spec.job_id, Some(digest)));
+                fence(spec, "updating the pull request").await?;
                 github
                     .update_pr(repo, *number, title, &scrub(config, &body))
                     .await?;
@@ -734,6 +782,7 @@ async fn deliver(
             // One "PR opened" comment per PR, however many attempts it took.
             stage(events, Stage::Report, ticket_key);
             if !ticket_mentions(jira, ticket_key, url).await? {
+                fence(spec, "commenting on the ticket").await?;
                 jira.comment(
                     ticket_key,
                     Notice::PrOpened {
@@ -750,6 +799,7 @@ async fn deliver(
         }
         JobOutcome::NoChanges { summary, .. } => {
             stage(events, Stage::Report, "no changes");
+            fence(spec, "commenting on the ticket").await?;
             jira.comment(
                 ticket_key,
                 Notice::NoChanges {
@@ -853,6 +903,7 @@ async fn pipeline(
     progress.image = Some((sandbox_cfg.image.clone(), image_digest));
     // One "started" comment per job, not per attempt: a retried job finds its own id already on the ticket.
     if !ticket_mentions_all(jira, ticket_key, &[job_id, "started working on this"]).await? {
+        fence(spec, "commenting on the ticket").await?;
         jira.comment(
             ticket_key,
             Notice::Started {
@@ -1016,6 +1067,8 @@ async fn pipeline(
         let (identity, token) = (config.commit.clone(), config.github.token.clone());
         let (url2, branch2, base2) = (url.clone(), branch.clone(), repo_cfg.base.clone());
         let write = grant.rules.write.clone();
+        let write2 = write.clone();
+        let base3 = base2.clone();
         let committed = blocking(move || {
             let r = git_repo;
             let Some(head) = repo::commit_all(&r, &identity, &message)? else {
@@ -1031,12 +1084,47 @@ async fn pipeline(
             }
             let changed = repo::changed_files(&r, &base2)?;
             let change = change_of(&r, &base2, head, changed.len())?;
-            repo::push(&r, &url2, &branch2, &token)?;
-            Ok(Committed::Pushed(changed, change))
+            Ok(Committed::Ready(r, changed, change))
         })
         .await?;
         let changed = match committed {
-            Committed::Pushed(changed, change) => {
+            Committed::Ready(r, changed, change) => {
+                fence(spec, "pushing the branch").await?;
+                let job = job_id.to_string();
+                let (changed, change) = blocking(move || {
+                    match repo::push(&r, &url2, &branch2, &token) {
+                        Ok(()) => Ok((changed, change)),
+                        Err(e @ RepoError::PushRejected { .. }) => {
+                            // Another worker running this same job (this one stalled past its lease) may have
+                            // pushed first: the branch then holds this job's work, which is delivered, not failed.
+                            match repo::refresh_remote_branch(&r, &url2, &branch2, &token)? {
+                                Some(b) if b.job.as_deref() == Some(job.as_str()) => {
+                                    tracing::warn!(branch = %branch2,
+                                        "the branch already holds this job's commit (pushed by another worker)");
+                                    // Like any path to a PR, the commit that will be delivered passes the rules.
+                                    let base = repo::remote_base(&r, &base3)?;
+                                    let summary = diff::summarize(&r, base, b.tip)
+                                        .map_err(|e| repo::git_error("diffing the pushed change", e))?;
+                                    if let Some(v) = diff::check(&summary, &write2).first() {
+                                        return Err(RepoError::PushRejected {
+                                            branch: branch2.clone(),
+                                            message: format!(
+                                                "the branch holds a commit naming this job that breaks {}: {}",
+                                                v.rule, v.detail
+                                            ),
+                                        });
+                                    }
+                                    let changed = repo::changed_files_at(&r, &base3, b.tip)?;
+                                    let change = change_of(&r, &base3, b.tip, changed.len())?;
+                                    Ok((changed, change))
+                                }
+                                _ => Err(e),
+                            }
+                        }
+                        Err(e) => Err(e),
+                    }
+                })
+                .await?;
                 progress.change = Some(change);
                 Some(changed)
             }
@@ -1094,6 +1182,7 @@ async fn pipeline(
             existing
         }
         None => {
+            fence(spec, "opening the pull request").await?;
             let pr = github
                 .open_draft_pr(
                     &repo_cfg.name,
@@ -1177,8 +1266,8 @@ enum Committed {
     Nothing,
     /// The change broke write rules and was not pushed.
     Refused(Vec<diff::Violation>),
-    /// Pushed; the changed paths and the change.
-    Pushed(Vec<String>, Change),
+    /// Committed and checked, ready to push: the repository, the changed paths and the change.
+    Ready(git2::Repository, Vec<String>, Change),
 }
 
 /// The requests whose authors pass the policy's `triggers` rule, as `who: text` for the model. The first trigger's

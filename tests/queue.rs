@@ -200,11 +200,20 @@ async fn concurrent_enqueues_for_one_ticket(q: Arc<dyn Queue>) {
         .iter()
         .filter(|r| r == &&Enqueued::Absorbed(id.clone()))
         .count();
-    assert_eq!((created, absorbed), (1, 49), "{results:?}");
+    let overflow = results
+        .iter()
+        .filter(|r| r == &&Enqueued::Overflow(id.clone()))
+        .count();
+    let kept = drafter::queue::MAX_TRIGGERS;
+    assert_eq!(
+        (created, absorbed, overflow),
+        (1, kept - 1, 50 - kept),
+        "{results:?}"
+    );
     let job = q.get(&id).await.unwrap().unwrap();
     let deliveries: HashSet<_> = job.triggers.iter().map(|t| t.delivery.clone()).collect();
-    assert_eq!(job.triggers.len(), 50);
-    assert_eq!(deliveries.len(), 50, "every trigger recorded once");
+    assert_eq!(job.triggers.len(), kept);
+    assert_eq!(deliveries.len(), kept, "every kept trigger recorded once");
     assert_eq!(
         q.list(&JobFilter {
             ticket: Some("ONE-1".into()),
@@ -1115,6 +1124,49 @@ async fn an_open_job_keeps_a_bounded_number_of_triggers(q: Arc<dyn Queue>) {
         .all(|t| !t.delivery.starts_with("flood")));
 }
 
+/// A worker that stalls past its lease and reclaims the same job under the same worker id (one process) holds an
+/// older fencing token than its new claim: the old one can no longer act, and `holds` says so before a side effect.
+async fn every_claim_gets_a_new_fencing_token(q: Arc<dyn Queue>) {
+    let id = created(&q, "FEN-1", "f1").await;
+    let first = q.claim(&short_lease("w")).await.unwrap().unwrap();
+    let old = first.lease_token().unwrap();
+    assert!(q.holds(&id, &old).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    assert!(
+        !q.holds(&id, &old).await.unwrap(),
+        "an expired lease does not allow a side effect, even before anyone reclaims it"
+    );
+    let second = q.claim(&worker("w")).await.unwrap().unwrap();
+    assert_eq!(second.id, id);
+    assert_eq!(second.lease_gen, first.lease_gen + 1);
+    let new = second.lease_token().unwrap();
+    assert_ne!(old, new);
+    assert!(!q.holds(&id, &old).await.unwrap());
+    assert!(q.holds(&id, &new).await.unwrap());
+    assert!(!q
+        .heartbeat(&id, &old, Duration::from_secs(60))
+        .await
+        .unwrap());
+    assert_lease_lost(q.set_progress(&id, &old, "k", json!(1)).await, &id);
+    assert_lease_lost(q.set_policy_hash(&id, &old, "sha256:0").await, &id);
+    assert_lease_lost(q.release(&id, &old).await, &id);
+    assert_lease_lost(
+        q.fail(&id, &old, Failure::Permanent { error: "x".into() })
+            .await,
+        &id,
+    );
+    assert_lease_lost(q.complete(&id, &old, json!({})).await, &id);
+    assert!(q
+        .heartbeat(&id, &new, Duration::from_secs(60))
+        .await
+        .unwrap());
+    q.complete(&id, &new, json!({"ok": true})).await.unwrap();
+    assert!(
+        !q.holds(&id, &new).await.unwrap(),
+        "a finished job is held by nobody"
+    );
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod sqlite_backend {
@@ -1165,6 +1217,7 @@ conformance!(
     policy_hash_is_set_by_the_lease_holder_and_kept,
     usage_totals_per_team_and_since,
     an_open_job_keeps_a_bounded_number_of_triggers,
+    every_claim_gets_a_new_fencing_token,
 );
 
 // ---------------------------------------------------------------- SQLite only
@@ -1405,7 +1458,10 @@ async fn sqlite_upgrade_from_schema_1_keeps_jobs_and_deliveries() {
             .fetch_all(&mut conn)
             .await
             .unwrap();
-    assert_eq!(versions, vec![1, 2]);
+    assert_eq!(
+        versions,
+        (1..=drafter::queue::sqlite::MIGRATIONS.len() as i64).collect::<Vec<_>>()
+    );
     // The rebuilt deliveries table still points at `jobs`, and nothing dangles.
     let parents: Vec<String> =
         sqlx::query_scalar("SELECT \"table\" FROM pragma_foreign_key_list('deliveries')")
@@ -1497,7 +1553,10 @@ async fn postgres_upgrade_from_schema_1_keeps_jobs_and_deliveries() {
             .fetch_all(&mut conn)
             .await
             .unwrap();
-    assert_eq!(versions, vec![1, 2]);
+    assert_eq!(
+        versions,
+        (1..=drafter::queue::postgres::MIGRATIONS.len() as i32).collect::<Vec<_>>()
+    );
     conn.close().await.unwrap();
 }
 
@@ -1520,7 +1579,10 @@ async fn postgres_concurrent_first_connects_migrate_once() {
         .fetch_all(&mut conn)
         .await
         .unwrap();
-    assert_eq!(versions, vec![1, 2]);
+    assert_eq!(
+        versions,
+        (1..=drafter::queue::postgres::MIGRATIONS.len() as i32).collect::<Vec<_>>()
+    );
     conn.close().await.unwrap();
     let q: Arc<dyn Queue> = Arc::new(queues.pop().unwrap());
     created(&q, "MIG-1", "g1").await;

@@ -116,12 +116,17 @@ impl Queue for MemQueue {
             updated_at: now,
             policy_hash: None,
             approval: None,
+            lease_gen: 0,
         });
         st.deliveries.insert(delivery, id.clone());
         Ok(Enqueued::Created(id))
     }
 
     async fn claim(&self, _claim: &Claim) -> Result<Option<Job>, QueueError> {
+        Err(unsupported())
+    }
+
+    async fn holds(&self, _: &str, _: &str) -> Result<bool, QueueError> {
         Err(unsupported())
     }
 

@@ -51,7 +51,7 @@ macro_rules! job_columns {
     () => {
         "id, ticket, project, state, attempts, max_attempts, not_before, lease_owner, lease_expires, triggers, \
          last_error, outcome, progress, created_at, updated_at, policy_hash, approval_reason, approval_approvers, \
-         approval_requested_at, approval_expires_at, approved_by, approved_at"
+         approval_requested_at, approval_expires_at, approved_by, approved_at, lease_gen"
     };
 }
 
@@ -205,6 +205,9 @@ pub struct Job {
     pub lease_owner: Option<String>,
     /// When the lease runs out, while running.
     pub lease_expires: Option<DateTime<Utc>>,
+    /// The fencing token: how many times the job has been claimed. Each claim gets the next number, so a worker
+    /// that stalled past its lease holds an older one than whoever took the job over, even in the same process.
+    pub lease_gen: u64,
     /// Every trigger, the first one first.
     pub triggers: Vec<Trigger>,
     /// The last failure's reason.
@@ -221,6 +224,44 @@ pub struct Job {
     pub created_at: DateTime<Utc>,
     /// When the job last changed.
     pub updated_at: DateTime<Utc>,
+}
+
+impl Job {
+    /// The lease holder's token for the lease-holder methods (`worker#generation`), while the job is running.
+    pub fn lease_token(&self) -> Option<String> {
+        self.lease_owner
+            .as_ref()
+            .map(|owner| format!("{owner}#{}", self.lease_gen))
+    }
+}
+
+/// Who calls a lease-holder method: `worker#generation` (a claim's [`Job::lease_token`], which only that claim
+/// matches), or a bare worker id (matches whatever claim that worker holds; for tools and tests that act as the
+/// owner). Worker ids contain no `#`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Holder<'a> {
+    pub owner: &'a str,
+    pub gen: Option<i64>,
+}
+
+pub(crate) fn holder(token: &str) -> Holder<'_> {
+    match token.rsplit_once('#') {
+        Some((owner, gen)) => match gen.parse::<i64>() {
+            Ok(gen) => Holder {
+                owner,
+                gen: Some(gen),
+            },
+            // Not a generation: the whole token is the id, which then matches nothing a claim wrote.
+            Err(_) => Holder {
+                owner: token,
+                gen: None,
+            },
+        },
+        None => Holder {
+            owner: token,
+            gen: None,
+        },
+    }
 }
 
 /// What a worker asks for when a job needs a human's approval before it may run.
@@ -440,6 +481,10 @@ pub trait Queue: Send + Sync {
     /// while the queue is paused. Sweeps first: jobs whose worker died on their last attempt, and jobs whose
     /// approval request expired, are failed.
     async fn claim(&self, claim: &Claim) -> Result<Option<Job>, QueueError>;
+    /// Whether `worker` (a lease token, see [`Job::lease_token`]) holds the job's lease right now: running, its
+    /// claim, and not expired. Asked immediately before every side effect outside the queue (a push, a pull
+    /// request, a ticket comment), so a worker that stalled past its lease does not deliver twice.
+    async fn holds(&self, job_id: &str, worker: &str) -> Result<bool, QueueError>;
     /// Renews the lease. `Ok(false)` when the worker no longer holds it (expired and reclaimed, or cancelled).
     async fn heartbeat(
         &self,

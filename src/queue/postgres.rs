@@ -115,6 +115,10 @@ CREATE TABLE usage_ledger (
 CREATE INDEX usage_ledger_team_at ON usage_ledger (team, at);
 CREATE INDEX usage_ledger_job ON usage_ledger (job_id);
 "#,
+    // Version 3: the lease's fencing token, bumped by every claim.
+    r#"
+ALTER TABLE jobs ADD COLUMN lease_gen bigint NOT NULL DEFAULT 0;
+"#,
 ];
 
 /// The PostgreSQL queue. Cheap to share behind an `Arc`.
@@ -506,6 +510,7 @@ fn job_from_row(row: &PgRow) -> Result<Job, QueueError> {
         updated_at: row.try_get("updated_at").map_err(get)?,
         policy_hash: row.try_get("policy_hash").map_err(get)?,
         approval,
+        lease_gen: super::to_u64(row.try_get("lease_gen").map_err(get)?, "lease_gen")?,
     })
 }
 
@@ -583,7 +588,8 @@ impl super::Queue for PgQueue {
         }
         let row = sqlx::query(concat!(
             "UPDATE jobs SET state = 'running', lease_owner = $1, \
-             lease_expires = now() + make_interval(secs => $2), attempts = attempts + 1, updated_at = now() \
+             lease_expires = now() + make_interval(secs => $2), attempts = attempts + 1, \
+             lease_gen = lease_gen + 1, updated_at = now() \
              WHERE id = (SELECT id FROM jobs \
                  WHERE state IN ('queued', 'running') AND ((state = 'queued' AND not_before <= now()) \
                         OR (state = 'running' AND lease_expires < now() AND attempts < max_attempts)) \
@@ -604,6 +610,20 @@ impl super::Queue for PgQueue {
         Ok(job)
     }
 
+    async fn holds(&self, job_id: &str, worker: &str) -> Result<bool, QueueError> {
+        let held: Option<i32> = sqlx::query_scalar(
+            "SELECT 1 FROM jobs WHERE id = $1 AND state = 'running' AND lease_expires > now() \
+             AND lease_owner = $2 AND lease_gen = COALESCE($3::bigint, lease_gen)",
+        )
+        .bind(job_id)
+        .bind(super::holder(worker).owner)
+        .bind(super::holder(worker).gen)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(self.db("checking a lease"))?;
+        Ok(held.is_some())
+    }
+
     async fn heartbeat(
         &self,
         job_id: &str,
@@ -612,11 +632,12 @@ impl super::Queue for PgQueue {
     ) -> Result<bool, QueueError> {
         let done = sqlx::query(
             "UPDATE jobs SET lease_expires = now() + make_interval(secs => $1), updated_at = now() \
-             WHERE id = $2 AND state = 'running' AND lease_owner = $3",
+             WHERE id = $2 AND state = 'running' AND lease_owner = $3 AND lease_gen = COALESCE($4::bigint, lease_gen)",
         )
         .bind(seconds(lease))
         .bind(job_id)
-        .bind(worker)
+        .bind(super::holder(worker).owner)
+        .bind(super::holder(worker).gen)
         .execute(&self.pool)
         .await
         .map_err(self.db("renewing a lease"))?;
@@ -626,11 +647,12 @@ impl super::Queue for PgQueue {
     async fn complete(&self, job_id: &str, worker: &str, outcome: Value) -> Result<(), QueueError> {
         let done = sqlx::query(
             "UPDATE jobs SET state = 'succeeded', outcome = $1, lease_owner = NULL, lease_expires = NULL, \
-             updated_at = now() WHERE id = $2 AND state = 'running' AND lease_owner = $3",
+             updated_at = now() WHERE id = $2 AND state = 'running' AND lease_owner = $3 AND lease_gen = COALESCE($4::bigint, lease_gen)",
         )
         .bind(&outcome)
         .bind(job_id)
-        .bind(worker)
+        .bind(super::holder(worker).owner)
+        .bind(super::holder(worker).gen)
         .execute(&self.pool)
         .await
         .map_err(self.db("completing a job"))?;
@@ -645,11 +667,12 @@ impl super::Queue for PgQueue {
     ) -> Result<JobState, QueueError> {
         let mut tx = self.begin().await?;
         let row: Option<(i32, i32)> = sqlx::query_as(
-            "SELECT attempts, max_attempts FROM jobs WHERE id = $1 AND state = 'running' AND lease_owner = $2 \
+            "SELECT attempts, max_attempts FROM jobs WHERE id = $1 AND state = 'running' AND lease_owner = $2 AND lease_gen = COALESCE($3::bigint, lease_gen) \
              FOR UPDATE",
         )
         .bind(job_id)
-        .bind(worker)
+        .bind(super::holder(worker).owner)
+        .bind(super::holder(worker).gen)
         .fetch_optional(&mut *tx)
         .await
         .map_err(self.db("reading a job"))?;
@@ -689,10 +712,11 @@ impl super::Queue for PgQueue {
         let done = sqlx::query(
             "UPDATE jobs SET state = 'queued', not_before = now(), lease_owner = NULL, lease_expires = NULL, \
              attempts = GREATEST(attempts - 1, 0), updated_at = now() \
-             WHERE id = $1 AND state = 'running' AND lease_owner = $2",
+             WHERE id = $1 AND state = 'running' AND lease_owner = $2 AND lease_gen = COALESCE($3::bigint, lease_gen)",
         )
         .bind(job_id)
-        .bind(worker)
+        .bind(super::holder(worker).owner)
+        .bind(super::holder(worker).gen)
         .execute(&self.pool)
         .await
         .map_err(self.db("releasing a job"))?;
@@ -782,12 +806,13 @@ impl super::Queue for PgQueue {
     ) -> Result<(), QueueError> {
         let done = sqlx::query(
             "UPDATE jobs SET progress = progress || jsonb_build_object($1::text, $2::jsonb), updated_at = now() \
-             WHERE id = $3 AND state = 'running' AND lease_owner = $4",
+             WHERE id = $3 AND state = 'running' AND lease_owner = $4 AND lease_gen = COALESCE($5::bigint, lease_gen)",
         )
         .bind(key)
         .bind(&value)
         .bind(job_id)
-        .bind(worker)
+        .bind(super::holder(worker).owner)
+        .bind(super::holder(worker).gen)
         .execute(&self.pool)
         .await
         .map_err(self.db("recording progress"))?;
@@ -806,14 +831,15 @@ impl super::Queue for PgQueue {
             "UPDATE jobs SET state = 'awaiting_approval', lease_owner = NULL, lease_expires = NULL, \
              attempts = GREATEST(attempts - 1, 0), approval_reason = $1, approval_approvers = $2, \
              approval_requested_at = $3, approval_expires_at = $4, approved_by = NULL, approved_at = NULL, \
-             updated_at = now() WHERE id = $5 AND state = 'running' AND lease_owner = $6",
+             updated_at = now() WHERE id = $5 AND state = 'running' AND lease_owner = $6 AND lease_gen = COALESCE($7::bigint, lease_gen)",
         )
         .bind(&request.reason)
         .bind(&approvers)
         .bind(request.requested_at)
         .bind(request.expires_at)
         .bind(job_id)
-        .bind(worker)
+        .bind(super::holder(worker).owner)
+        .bind(super::holder(worker).gen)
         .execute(&self.pool)
         .await
         .map_err(self.db("parking a job for approval"))?;
@@ -866,11 +892,12 @@ impl super::Queue for PgQueue {
     ) -> Result<(), QueueError> {
         let done = sqlx::query(
             "UPDATE jobs SET policy_hash = $1, updated_at = now() \
-             WHERE id = $2 AND state = 'running' AND lease_owner = $3",
+             WHERE id = $2 AND state = 'running' AND lease_owner = $3 AND lease_gen = COALESCE($4::bigint, lease_gen)",
         )
         .bind(hash)
         .bind(job_id)
-        .bind(worker)
+        .bind(super::holder(worker).owner)
+        .bind(super::holder(worker).gen)
         .execute(&self.pool)
         .await
         .map_err(self.db("recording the policy hash"))?;

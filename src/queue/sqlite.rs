@@ -149,6 +149,10 @@ CREATE TABLE usage_ledger (
 CREATE INDEX usage_ledger_team_at ON usage_ledger (team, at);
 CREATE INDEX usage_ledger_job ON usage_ledger (job_id);
 "#,
+    // Version 3: the lease's fencing token, bumped by every claim.
+    r#"
+ALTER TABLE jobs ADD COLUMN lease_gen INTEGER NOT NULL DEFAULT 0;
+"#,
 ];
 
 /// The SQLite queue. Cheap to share behind an `Arc`; all state is in the file.
@@ -449,6 +453,7 @@ fn job_from_row(row: &SqliteRow) -> Result<Job, QueueError> {
         updated_at: ms_to_time(row.try_get("updated_at").map_err(get)?, "updated_at")?,
         policy_hash: row.try_get("policy_hash").map_err(get)?,
         approval,
+        lease_gen: to_u64(row.try_get("lease_gen").map_err(get)?, "lease_gen")?,
     })
 }
 
@@ -520,7 +525,7 @@ impl super::Queue for SqliteQueue {
         }
         let row = sqlx::query(concat!(
             "UPDATE jobs SET state = 'running', lease_owner = ?1, lease_expires = ?2, attempts = attempts + 1, \
-             updated_at = ?3 \
+             lease_gen = lease_gen + 1, updated_at = ?3 \
              WHERE id = (SELECT id FROM jobs \
                  WHERE state IN ('queued', 'running') AND ((state = 'queued' AND not_before <= ?3) \
                         OR (state = 'running' AND lease_expires < ?3 AND attempts < max_attempts)) \
@@ -541,6 +546,21 @@ impl super::Queue for SqliteQueue {
         Ok(job)
     }
 
+    async fn holds(&self, job_id: &str, worker: &str) -> Result<bool, QueueError> {
+        let held: Option<i64> = sqlx::query_scalar(
+            "SELECT 1 FROM jobs WHERE id = ? AND state = 'running' AND lease_expires > ? \
+             AND lease_owner = ? AND lease_gen = COALESCE(?, lease_gen)",
+        )
+        .bind(job_id)
+        .bind(now_ms())
+        .bind(super::holder(worker).owner)
+        .bind(super::holder(worker).gen)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("checking a lease"))?;
+        Ok(held.is_some())
+    }
+
     async fn heartbeat(
         &self,
         job_id: &str,
@@ -550,12 +570,13 @@ impl super::Queue for SqliteQueue {
         let now = now_ms();
         let done = sqlx::query(
             "UPDATE jobs SET lease_expires = ?, updated_at = ? \
-             WHERE id = ? AND state = 'running' AND lease_owner = ?",
+             WHERE id = ? AND state = 'running' AND lease_owner = ? AND lease_gen = COALESCE(?, lease_gen)",
         )
         .bind(now.saturating_add(duration_ms(lease)))
         .bind(now)
         .bind(job_id)
-        .bind(worker)
+        .bind(super::holder(worker).owner)
+        .bind(super::holder(worker).gen)
         .execute(&self.pool)
         .await
         .map_err(db("renewing a lease"))?;
@@ -565,12 +586,13 @@ impl super::Queue for SqliteQueue {
     async fn complete(&self, job_id: &str, worker: &str, outcome: Value) -> Result<(), QueueError> {
         let done = sqlx::query(
             "UPDATE jobs SET state = 'succeeded', outcome = ?, lease_owner = NULL, lease_expires = NULL, \
-             updated_at = ? WHERE id = ? AND state = 'running' AND lease_owner = ?",
+             updated_at = ? WHERE id = ? AND state = 'running' AND lease_owner = ? AND lease_gen = COALESCE(?, lease_gen)",
         )
         .bind(outcome.to_string())
         .bind(now_ms())
         .bind(job_id)
-        .bind(worker)
+        .bind(super::holder(worker).owner)
+        .bind(super::holder(worker).gen)
         .execute(&self.pool)
         .await
         .map_err(db("completing a job"))?;
@@ -586,10 +608,11 @@ impl super::Queue for SqliteQueue {
         let now = now_ms();
         let mut tx = self.begin().await?;
         let row: Option<(i64, i64)> = sqlx::query_as(
-            "SELECT attempts, max_attempts FROM jobs WHERE id = ? AND state = 'running' AND lease_owner = ?",
+            "SELECT attempts, max_attempts FROM jobs WHERE id = ? AND state = 'running' AND lease_owner = ? AND lease_gen = COALESCE(?, lease_gen)",
         )
         .bind(job_id)
-        .bind(worker)
+        .bind(super::holder(worker).owner)
+        .bind(super::holder(worker).gen)
         .fetch_optional(&mut *tx)
         .await
         .map_err(db("reading a job"))?;
@@ -634,12 +657,13 @@ impl super::Queue for SqliteQueue {
         let done = sqlx::query(
             "UPDATE jobs SET state = 'queued', not_before = ?, lease_owner = NULL, lease_expires = NULL, \
              attempts = MAX(attempts - 1, 0), updated_at = ? \
-             WHERE id = ? AND state = 'running' AND lease_owner = ?",
+             WHERE id = ? AND state = 'running' AND lease_owner = ? AND lease_gen = COALESCE(?, lease_gen)",
         )
         .bind(now)
         .bind(now)
         .bind(job_id)
-        .bind(worker)
+        .bind(super::holder(worker).owner)
+        .bind(super::holder(worker).gen)
         .execute(&self.pool)
         .await
         .map_err(db("releasing a job"))?;
@@ -728,10 +752,11 @@ impl super::Queue for SqliteQueue {
     ) -> Result<(), QueueError> {
         let mut tx = self.begin().await?;
         let progress: Option<String> = sqlx::query_scalar(
-            "SELECT progress FROM jobs WHERE id = ? AND state = 'running' AND lease_owner = ?",
+            "SELECT progress FROM jobs WHERE id = ? AND state = 'running' AND lease_owner = ? AND lease_gen = COALESCE(?, lease_gen)",
         )
         .bind(job_id)
-        .bind(worker)
+        .bind(super::holder(worker).owner)
+        .bind(super::holder(worker).gen)
         .fetch_optional(&mut *tx)
         .await
         .map_err(db("reading progress"))?;
@@ -768,7 +793,7 @@ impl super::Queue for SqliteQueue {
             "UPDATE jobs SET state = 'awaiting_approval', lease_owner = NULL, lease_expires = NULL, \
              attempts = MAX(attempts - 1, 0), approval_reason = ?, approval_approvers = ?, \
              approval_requested_at = ?, approval_expires_at = ?, approved_by = NULL, approved_at = NULL, \
-             updated_at = ? WHERE id = ? AND state = 'running' AND lease_owner = ?",
+             updated_at = ? WHERE id = ? AND state = 'running' AND lease_owner = ? AND lease_gen = COALESCE(?, lease_gen)",
         )
         .bind(&request.reason)
         .bind(approvers)
@@ -776,7 +801,8 @@ impl super::Queue for SqliteQueue {
         .bind(request.expires_at.timestamp_millis())
         .bind(now)
         .bind(job_id)
-        .bind(worker)
+        .bind(super::holder(worker).owner)
+        .bind(super::holder(worker).gen)
         .execute(&self.pool)
         .await
         .map_err(db("parking a job for approval"))?;
@@ -827,12 +853,13 @@ impl super::Queue for SqliteQueue {
         hash: &str,
     ) -> Result<(), QueueError> {
         let done = sqlx::query(
-            "UPDATE jobs SET policy_hash = ?, updated_at = ? WHERE id = ? AND state = 'running' AND lease_owner = ?",
+            "UPDATE jobs SET policy_hash = ?, updated_at = ? WHERE id = ? AND state = 'running' AND lease_owner = ? AND lease_gen = COALESCE(?, lease_gen)",
         )
         .bind(hash)
         .bind(now_ms())
         .bind(job_id)
-        .bind(worker)
+        .bind(super::holder(worker).owner)
+        .bind(super::holder(worker).gen)
         .execute(&self.pool)
         .await
         .map_err(db("recording the policy hash"))?;

@@ -392,7 +392,10 @@ impl JobTask {
     }
 
     async fn drive(&self, job: &Job) -> Ended {
-        let (queue, worker) = (self.queue.clone(), self.worker.clone());
+        // Every lease-holder call presents this claim's fencing token, not just the worker id: a stalled attempt of
+        // this same process cannot act for a later claim of the job either.
+        let worker = job.lease_token().unwrap_or_else(|| self.worker.clone());
+        let queue = self.queue.clone();
         tracing::info!(
             attempt = job.attempts,
             max = job.max_attempts,
@@ -443,6 +446,11 @@ impl JobTask {
             policy: self.policy.clone(),
             ledger: Some(Arc::new(QueueLedger(queue.clone()))),
             slots: Some(self.slots.clone()),
+            fence: Some(Arc::new(QueueFence {
+                queue: queue.clone(),
+                job_id: job.id.clone(),
+                token: worker.clone(),
+            })),
         };
         // The policy hash is on the job before anything runs: an auditor sees which policy governed it.
         if let Err(e) = queue
@@ -521,6 +529,12 @@ impl JobTask {
                     }
                 }
             }
+            Err(JobError::LeaseLost { before }) => {
+                // Whoever holds the job now finishes it; this attempt touches nothing more.
+                self.remove_container(&job.id).await;
+                tracing::warn!(%before, "lease lost (taken over, or cancelled): attempt stopped");
+                Ended::Lost
+            }
             Err(e) => {
                 let error = scrub(&self.config, &e.to_string());
                 let failure = if e.is_retryable() {
@@ -555,7 +569,8 @@ impl JobTask {
             error: scrub(&self.config, &format!("the worker panicked: {panic}")),
             retry_after: None,
         };
-        match self.queue.fail(&job.id, &self.worker, failure).await {
+        let token = job.lease_token().unwrap_or_else(|| self.worker.clone());
+        match self.queue.fail(&job.id, &token, failure).await {
             Ok(JobState::Queued) => Ended::Retried,
             Ok(_) => Ended::Failed,
             Err(e) => {
@@ -569,6 +584,23 @@ impl JobTask {
         if let Err(e) = self.sandbox.remove_job(job_id).await {
             tracing::warn!(error = %e, "could not remove the job's container");
         }
+    }
+}
+
+/// The fence of a job claimed from the queue: its lease token must still hold the lease (see [`Queue::holds`]).
+struct QueueFence {
+    queue: Arc<dyn Queue>,
+    job_id: String,
+    token: String,
+}
+
+#[async_trait::async_trait]
+impl super::Fence for QueueFence {
+    async fn holds(&self) -> Result<bool, String> {
+        self.queue
+            .holds(&self.job_id, &self.token)
+            .await
+            .map_err(|e| e.to_string())
     }
 }
 
