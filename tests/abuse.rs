@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use drafter::config::SandboxConfig;
+use drafter::config::{SandboxConfig, Transport};
 use drafter::sandbox::egress::EgressRules;
 use drafter::sandbox::{Limit, Sandbox, SandboxError};
 use serde_json::{json, Value};
@@ -465,6 +465,106 @@ async fn secrets_never_reach_the_container() {
     assert_clean(&sb, &job).await;
 }
 
+/// Lists the agent's processes (by the `Uid:` line of their status: a process that made itself non-dumpable owns
+/// nothing under /proc) other than this command and its ancestors.
+const AGENT_PROCESSES: &str = r#"python3 - <<'EOF'
+import os
+mine, p = set(), os.getpid()
+while p > 1:
+    mine.add(p)
+    p = int(open(f'/proc/{p}/stat').read().rsplit(')', 1)[1].split()[1])
+left = []
+for q in os.listdir('/proc'):
+    if not q.isdigit() or int(q) in mine:
+        continue
+    try:
+        status = open(f'/proc/{q}/status').read()
+        uids = [l for l in status.splitlines() if l.startswith('Uid:')][0].split()[1:]
+        zombie = any(l.startswith('State:') and 'Z' in l for l in status.splitlines())
+        cmd = open(f'/proc/{q}/cmdline', 'rb').read().replace(b'\0', b' ').decode(errors='replace')
+    except (OSError, IndexError):
+        continue
+    if '1000' in uids and not zombie:
+        left.append(f'{q} {cmd}')
+print(left)
+EOF"#;
+
+/// A detached writer: its own session, its descriptors closed, appending to `file` ten times a second.
+fn detached_writer(file: &str) -> String {
+    format!("setsid sh -c 'exec >/dev/null 2>&1 </dev/null; while true; do echo x >> /workspace/{file}; sleep 0.1; done' &")
+}
+
+/// The same, in Python, non-dumpable first (so its /proc entries are root's, not the agent's).
+fn hidden_writer(file: &str) -> String {
+    format!(
+        "setsid python3 -c \"\nimport ctypes, time\nctypes.CDLL(None).prctl(4, 0, 0, 0, 0)\nwhile True:\n    open('/workspace/{file}', 'a').write('x')\n    time.sleep(0.1)\n\" >/dev/null 2>&1 </dev/null &"
+    )
+}
+
+/// Whether `file` still grows over a second.
+async fn still_grows(c: &drafter::sandbox::Container, file: &str) -> bool {
+    let out = ok(
+        c,
+        &format!("a=$(wc -c < {file}); sleep 1.2; b=$(wc -c < {file}); echo $a $b"),
+    )
+    .await;
+    let sizes: Vec<&str> = out.split_whitespace().collect();
+    assert_eq!(sizes.len(), 2, "{out}");
+    sizes[0] != sizes[1]
+}
+
+/// Issue 12.5: whatever a command leaves behind (detached with setsid, descriptors closed, even non-dumpable) is gone
+/// when the command's tool call returns, on a normal exit and after a timeout, under both transports. (Not under
+/// gVisor here: there, two such session leaders in a row make runsc end the executor, with or without this fix.)
+#[tokio::test]
+async fn detached_processes_do_not_outlive_their_command() {
+    for transport in [Transport::Sandboxd, Transport::DockerExec] {
+        let sb = support::sandbox::connect(&SandboxConfig {
+            transport,
+            ..config()
+        })
+        .await;
+        let transport = format!("{transport:?}");
+        let job = job_id("detached");
+        let c = sb.start(&job, "ABUSE-6").await.unwrap();
+
+        // Normal exit: the command returns once its writer is under way (and out of its group), which would run on.
+        let out = sh(&c, &format!("{} sleep 1", detached_writer("grow"))).await;
+        assert_eq!(out.exit_code, Some(0), "{transport}: {}", out.output);
+        assert_eq!(
+            ok(&c, AGENT_PROCESSES).await.trim(),
+            "[]",
+            "{transport}: survivors after a normal exit"
+        );
+        assert!(
+            !still_grows(&c, "grow").await,
+            "{transport}: grow still grows"
+        );
+
+        // Timeout: the group takes the TERM and exits; the hidden writer in its own session would not.
+        let out = c
+            .exec(
+                &format!("{} sleep 100", hidden_writer("grow2")),
+                Duration::from_secs(2),
+            )
+            .await
+            .unwrap();
+        assert!(out.timed_out, "{transport}: {out:?}");
+        assert_eq!(
+            ok(&c, AGENT_PROCESSES).await.trim(),
+            "[]",
+            "{transport}: survivors after a timeout"
+        );
+        assert!(
+            !still_grows(&c, "grow2").await,
+            "{transport}: grow2 still grows"
+        );
+
+        c.remove().await.unwrap();
+        assert_clean(&sb, &job).await;
+    }
+}
+
 // ---- through the whole job --------------------------------------------------------------------------------------
 
 fn tool(name: &str, input: Value) -> Step {
@@ -532,5 +632,26 @@ async fn a_job_that_fills_its_disk_fails_cleanly() {
         .await;
     assert_eq!(out.status.code(), Some(1), "{log}");
     assert!(log.contains("over its limit of"), "{log}");
+    assert!(stack.github.pulls(DEMO_REPO).is_empty());
+}
+
+/// Issue 12.4 through the whole job: a sparse file with many hard links (a few blocks in the container, hundreds of
+/// MiB once every link is a file on the host) fails the job cleanly: no PR, the reason in the log.
+#[tokio::test]
+async fn a_job_whose_hard_links_multiply_its_workspace_fails_cleanly() {
+    let stack = Stack::start(Options {
+        script: vec![
+            run_cmd("truncate -s 4M big && for i in $(seq 1 100); do ln big l$i; done"),
+            Step::Text("done".into()),
+        ],
+        sandbox_toml: "workspace_max_mb = 64".into(),
+        ..Options::default()
+    })
+    .await;
+    let (out, log) = stack
+        .output(Path::new(BIN), &["run", "--ticket", "DEMO-1"])
+        .await;
+    assert_eq!(out.status.code(), Some(1), "{log}");
+    assert!(log.contains("over its limit of 64 MiB"), "{log}");
     assert!(stack.github.pulls(DEMO_REPO).is_empty());
 }

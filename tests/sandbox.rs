@@ -843,3 +843,123 @@ async fn runs_under_gvisor_when_the_engine_offers_it() {
     c.remove().await.unwrap();
     assert_no_containers(&sb, &job).await;
 }
+
+/// Bytes in regular files under `dir` (apparent sizes; hard links counted per link, as the host wrote them).
+fn bytes_under(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let m = e.metadata().unwrap();
+            if m.is_dir() {
+                stack.push(e.path());
+            } else if m.is_file() {
+                total += m.len();
+            }
+        }
+    }
+    total
+}
+
+/// Issue 12.4: a sparse file with many hard links is ~0 blocks in the container but a full copy per link on the
+/// host. Taking the workspace out must fail once the host would write more than `workspace_max_mb`, having written
+/// no more than that.
+#[tokio::test]
+async fn the_returning_workspace_is_budgeted_on_the_host() {
+    let _g = ORPHAN_LOCK.read().await;
+    let mut cfg = config(64 * 1024);
+    cfg.workspace_max_mb = 16;
+    let sb = connect(&cfg).await;
+    let job = job_id("budget");
+    let c = sb.start(&job, "DEMO-12").await.unwrap();
+    // 4 MiB apparent, no blocks, 101 names: 404 MiB for a host that copies every link.
+    ok(
+        &c,
+        "truncate -s 4M big && for i in $(seq 1 100); do ln big l$i; done",
+    )
+    .await;
+    let dest = tempfile::tempdir().unwrap();
+    let result = c.download_workspace(dest.path()).await;
+    let written = bytes_under(dest.path());
+    assert!(
+        written <= 16 << 20,
+        "the host wrote {} MiB for a 16 MiB workspace",
+        written >> 20
+    );
+    let err = result.expect_err("an over-budget workspace must not come back");
+    assert!(
+        matches!(err, SandboxError::WorkspaceOverBudget { .. }),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("over its limit of 16 MiB"),
+        "{err}"
+    );
+    // The container's own check, on apparent sizes, sees it too.
+    match c.check_disk().await {
+        Err(SandboxError::DiskLimit { limit_mb: 16, .. }) => {}
+        other => panic!("expected the disk limit: {other:?}"),
+    }
+    c.remove().await.unwrap();
+    assert_no_containers(&sb, &job).await;
+}
+
+/// Issue 12.6: an executor that cannot drop its own privileges (here: started as `nobody`, so `setgroups` and the
+/// bounding-set drop fail) must refuse to run anything rather than carry on with whatever it still has.
+#[test]
+fn the_executor_refuses_to_serve_when_its_lockdown_fails() {
+    use drafter::sandbox::proto::{encode, read_frame, Op, Reply, Request, Response};
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    use std::process::Stdio;
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_drafter-sandboxd"))
+        .arg("--workspace")
+        .arg(dir.path())
+        .args(["--uid", "65534", "--gid", "65534"])
+        .uid(65534)
+        .gid(65534)
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let exec = Op::Exec {
+        argv: vec!["touch".into(), "ran".into()],
+        cwd: None,
+        env: vec![],
+        timeout_ms: 5000,
+        kill_grace_ms: 100,
+        output_cap: 1000,
+        output_limit: 1000,
+    };
+    let write = Op::Write {
+        path: "written".into(),
+    };
+    let mut stdin = child.stdin.take().unwrap();
+    for (id, op) in [(1, exec), (2, write)] {
+        stdin
+            .write_all(&encode(&Request { id, op }, b"x").unwrap())
+            .unwrap();
+    }
+    drop(stdin);
+    let mut stdout = child.stdout.take().unwrap();
+    for id in [1, 2] {
+        let (resp, _) = read_frame::<Response>(&mut stdout).unwrap().unwrap();
+        assert_eq!(resp.id, id);
+        match resp.reply {
+            Reply::Error { message, .. } => {
+                assert!(message.contains("refuses"), "{message}")
+            }
+            other => panic!("request {id} was served: {other:?}"),
+        }
+    }
+    let _ = child.wait();
+    assert!(!dir.path().join("ran").exists(), "the command ran");
+    assert!(!dir.path().join("written").exists(), "the file was written");
+}

@@ -2,6 +2,7 @@
 
 use std::io::{self, Read};
 use std::path::{Component, Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
@@ -253,13 +254,97 @@ fn clear_slot(path: &Path, keep_dir: bool) -> Result<(), SandboxError> {
     }
 }
 
-pub(super) fn unpack_workspace(reader: impl Read, dest: &Path) -> Result<(), SandboxError> {
+/// What the workspace coming back out of the container may cost the host. The container's own check counts apparent
+/// sizes, but it runs between tool calls and under another transport differently: this is what actually holds.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ReturnBudget {
+    /// Bytes written into files, each hard link counted as the copy the host makes of it.
+    pub(super) bytes: u64,
+    /// Archive entries read, of every kind (skipped ones cost reading too).
+    pub(super) entries: u64,
+    /// The whole download and unpack.
+    pub(super) time: Duration,
+    /// When `time` runs out.
+    pub(super) deadline: Instant,
+}
+
+/// Time for bringing the workspace out: a base, plus a second per this many bytes of the workspace limit.
+const RETURN_TIME_BASE: Duration = Duration::from_secs(60);
+const RETURN_BYTES_PER_SEC: u64 = 8 << 20;
+/// Entries allowed per byte of the workspace limit (one per KiB: a file with content takes at least a 4 KiB block in
+/// the container), within these bounds.
+const RETURN_BYTES_PER_ENTRY: u64 = 1024;
+const RETURN_MIN_ENTRIES: u64 = 10_000;
+const RETURN_MAX_ENTRIES: u64 = 1_000_000;
+
+impl ReturnBudget {
+    /// The budget for a workspace limit of `bytes`, starting now.
+    pub(super) fn for_limit(bytes: u64) -> ReturnBudget {
+        let time = RETURN_TIME_BASE + Duration::from_secs(bytes / RETURN_BYTES_PER_SEC);
+        ReturnBudget {
+            bytes,
+            entries: (bytes / RETURN_BYTES_PER_ENTRY).clamp(RETURN_MIN_ENTRIES, RETURN_MAX_ENTRIES),
+            time,
+            deadline: Instant::now() + time,
+        }
+    }
+
+    fn over(limit: String) -> SandboxError {
+        SandboxError::WorkspaceOverBudget { limit }
+    }
+
+    fn over_bytes(&self) -> SandboxError {
+        let shown = if self.bytes.is_multiple_of(1 << 20) {
+            format!("{} MiB", self.bytes >> 20)
+        } else {
+            format!("{} bytes", self.bytes)
+        };
+        Self::over(format!(
+            "{shown} written on the host (each hard link counts as a copy)"
+        ))
+    }
+
+    fn over_entries(&self) -> SandboxError {
+        Self::over(format!("{} archive entries", self.entries))
+    }
+
+    pub(super) fn over_time(&self) -> SandboxError {
+        let shown = if self.time >= Duration::from_secs(1) {
+            format!("{} s", self.time.as_secs())
+        } else {
+            format!("{} ms", self.time.as_millis())
+        };
+        Self::over(format!("{shown} to bring it out"))
+    }
+}
+
+/// Copies exactly `len` bytes (or until `from` ends) and returns how many.
+fn copy_at_most(from: impl Read, to: &mut std::fs::File, len: u64) -> io::Result<u64> {
+    io::copy(&mut from.take(len), to)
+}
+
+/// Unpacks the workspace tar into `dest` (see [`super::Container::download_workspace`]), within `budget`: an entry
+/// that would take the bytes written past it is refused before anything of it is written.
+pub(super) fn unpack_workspace(
+    reader: impl Read,
+    dest: &Path,
+    budget: &ReturnBudget,
+) -> Result<(), SandboxError> {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 
     let ctx = || format!("unpacking the workspace into {}", dest.display());
     let mut archive = tar::Archive::new(reader);
     let entries = archive.entries().map_err(io_err(ctx()))?;
+    let mut written = 0u64;
+    let mut seen = 0u64;
     for entry in entries {
+        seen += 1;
+        if seen > budget.entries {
+            return Err(budget.over_entries());
+        }
+        if Instant::now() >= budget.deadline {
+            return Err(budget.over_time());
+        }
         let mut entry = entry.map_err(io_err(ctx()))?;
         let raw = entry.path().map_err(io_err(ctx()))?.into_owned();
         let Some(rel) = entry_rel_path(&raw)? else {
@@ -283,6 +368,10 @@ pub(super) fn unpack_workspace(reader: impl Read, dest: &Path) -> Result<(), San
                     .map_err(io_err(format!("chmod {}", target.display())))?;
             }
             tar::EntryType::Regular | tar::EntryType::Continuous => {
+                let size = entry.size();
+                if written.saturating_add(size) > budget.bytes {
+                    return Err(budget.over_bytes());
+                }
                 ensure_parents(dest, &rel)?;
                 clear_slot(&target, false)?;
                 // create_new: O_EXCL never follows a symlink that appeared meanwhile.
@@ -292,7 +381,7 @@ pub(super) fn unpack_workspace(reader: impl Read, dest: &Path) -> Result<(), San
                     .mode(mode)
                     .open(&target)
                     .map_err(io_err(format!("creating {}", target.display())))?;
-                io::copy(&mut entry, &mut file)
+                written += copy_at_most(&mut entry, &mut file, size)
                     .map_err(io_err(format!("writing {}", target.display())))?;
             }
             tar::EntryType::Symlink => {
@@ -322,14 +411,18 @@ pub(super) fn unpack_workspace(reader: impl Read, dest: &Path) -> Result<(), San
                 }
                 ensure_parents(dest, &src_rel)?;
                 let src = dest.join(&src_rel);
-                let is_file = std::fs::symlink_metadata(&src)
-                    .map(|m| m.is_file())
-                    .unwrap_or(false);
-                if !is_file {
-                    return Err(SandboxError::UnsafeArchive {
-                        entry: raw.display().to_string(),
-                        reason: "hard link to something other than an unpacked regular file",
-                    });
+                let src_len = match std::fs::symlink_metadata(&src) {
+                    Ok(m) if m.is_file() => m.len(),
+                    _ => {
+                        return Err(SandboxError::UnsafeArchive {
+                            entry: raw.display().to_string(),
+                            reason: "hard link to something other than an unpacked regular file",
+                        })
+                    }
+                };
+                // Copied, so it costs what a file of its own would.
+                if written.saturating_add(src_len) > budget.bytes {
+                    return Err(budget.over_bytes());
                 }
                 ensure_parents(dest, &rel)?;
                 clear_slot(&target, false)?;
@@ -341,7 +434,7 @@ pub(super) fn unpack_workspace(reader: impl Read, dest: &Path) -> Result<(), San
                     .mode(mode)
                     .open(&target)
                     .map_err(io_err(format!("creating {}", target.display())))?;
-                io::copy(&mut from, &mut file)
+                written += copy_at_most(&mut from, &mut file, src_len)
                     .map_err(io_err(format!("writing {}", target.display())))?;
             }
             // PAX/GNU extension headers are consumed by the tar crate; devices and fifos are not workspace content.
@@ -387,11 +480,148 @@ mod tests {
         b.append_data(&mut h, "workspace/out/pwned", &b"hi"[..])
             .unwrap();
         let data = b.into_inner().unwrap();
-        let err = unpack_workspace(&data[..], dest.path()).unwrap_err();
+        let err = unpack_workspace(&data[..], dest.path(), &ReturnBudget::for_limit(1 << 20))
+            .unwrap_err();
         assert!(matches!(err, SandboxError::UnsafeArchive { .. }), "{err}");
         assert!(!outside.path().join("pwned").exists());
         assert!(std::fs::symlink_metadata(dest.path().join("out"))
             .unwrap()
             .is_symlink());
+    }
+
+    fn budget(bytes: u64, entries: u64, time: Duration) -> ReturnBudget {
+        ReturnBudget {
+            bytes,
+            entries,
+            time,
+            deadline: Instant::now() + time,
+        }
+    }
+
+    /// `workspace/big` with `len` bytes, then `links` hard links to it.
+    fn linked_tar(len: usize, links: usize) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_size(len as u64);
+        h.set_mode(0o644);
+        b.append_data(&mut h, "workspace/big", &vec![0u8; len][..])
+            .unwrap();
+        for i in 0..links {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(tar::EntryType::Link);
+            h.set_size(0);
+            b.append_link(&mut h, format!("workspace/l{i}"), "workspace/big")
+                .unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    fn written(dir: &Path) -> u64 {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().metadata().unwrap().len())
+            .sum()
+    }
+
+    /// Every hard link costs a copy: the unpacking stops before the copy that would pass the budget.
+    #[test]
+    fn hard_links_count_against_the_byte_budget() {
+        let dest = tempfile::tempdir().unwrap();
+        let tar = linked_tar(1000, 50);
+        let err = unpack_workspace(
+            &tar[..],
+            dest.path(),
+            &budget(10_500, 1000, Duration::from_secs(60)),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, SandboxError::WorkspaceOverBudget { .. }),
+            "{err}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "the workspace coming back out of the sandbox is over its limit of 10500 bytes written on the host \
+             (each hard link counts as a copy)"
+        );
+        assert_eq!(written(dest.path()), 10_000);
+        // Within the budget the links are files of their own, as before.
+        let dest = tempfile::tempdir().unwrap();
+        unpack_workspace(
+            &tar[..],
+            dest.path(),
+            &budget(51_000, 1000, Duration::from_secs(60)),
+        )
+        .unwrap();
+        assert_eq!(written(dest.path()), 51_000);
+        assert_eq!(std::fs::read(dest.path().join("l49")).unwrap().len(), 1000);
+        // A regular file over the budget is refused before a byte of it is written.
+        let dest = tempfile::tempdir().unwrap();
+        let err = unpack_workspace(
+            &tar[..],
+            dest.path(),
+            &budget(999, 1000, Duration::from_secs(60)),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, SandboxError::WorkspaceOverBudget { .. }),
+            "{err}"
+        );
+        assert_eq!(written(dest.path()), 0);
+    }
+
+    #[test]
+    fn entries_and_time_are_budgeted() {
+        let tar = linked_tar(0, 100);
+        let dest = tempfile::tempdir().unwrap();
+        let err = unpack_workspace(
+            &tar[..],
+            dest.path(),
+            &budget(1 << 20, 20, Duration::from_secs(60)),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .ends_with("over its limit of 20 archive entries"),
+            "{err}"
+        );
+        assert_eq!(std::fs::read_dir(dest.path()).unwrap().count(), 20);
+
+        /// A stream that trickles in.
+        struct Slow<R>(R);
+        impl<R: Read> Read for Slow<R> {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                std::thread::sleep(Duration::from_millis(20));
+                let n = buf.len().min(512);
+                self.0.read(&mut buf[..n])
+            }
+        }
+        let dest = tempfile::tempdir().unwrap();
+        let t = Instant::now();
+        let err = unpack_workspace(
+            Slow(&tar[..]),
+            dest.path(),
+            &budget(1 << 20, 1000, Duration::from_millis(300)),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .ends_with("over its limit of 300 ms to bring it out"),
+            "{err}"
+        );
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    }
+
+    #[test]
+    fn budgets_follow_the_workspace_limit() {
+        let b = ReturnBudget::for_limit(64 << 20);
+        assert_eq!(
+            (b.bytes, b.entries, b.time.as_secs()),
+            (64 << 20, 65_536, 68)
+        );
+        let b = ReturnBudget::for_limit(1 << 20);
+        assert_eq!(b.entries, 10_000);
+        let b = ReturnBudget::for_limit(4096 << 20);
+        assert_eq!((b.entries, b.time.as_secs()), (1_000_000, 572));
     }
 }

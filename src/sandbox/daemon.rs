@@ -21,8 +21,14 @@
 //! - the wall time: SIGTERM to the group, SIGKILL after the grace;
 //! - the output limit (an infinite-output command): SIGKILL at once;
 //! - the workspace limit, checked every two seconds while it runs: SIGKILL;
-//! - and always, when the group leader exits, SIGKILL to what is left of its group and, if the output pipe is still
-//!   held open, to every process of the agent's uid: nothing the agent starts outlives its command.
+//! - and always, when the group leader exits, SIGKILL to what is left of its group and, before the reply, to every
+//!   process of the agent's uid (a detached one too), in rounds until `/proc` shows none: nothing the agent starts
+//!   outlives its command. If one survived anyway the command's reply is an error, which fails the job.
+//!
+//! # Lockdown
+//! At start the executor drops root's supplementary groups, empties the capability bounding set and gives up
+//! `CAP_SETPCAP`, checking each call and reading each result back. If any step fails it answers every request with
+//! an error saying why, and runs nothing.
 
 use std::fs::OpenOptions;
 use std::io::{self, Read, Write};
@@ -69,34 +75,91 @@ fn io_failure(what: &str, e: io::Error) -> Failure {
 }
 
 /// Serves requests until the input ends. Frame errors end the loop (the worker gives up on the container then).
-pub fn serve(
+pub fn serve(cfg: &DaemonConfig, input: impl Read, output: impl Write) -> Result<(), FrameError> {
+    let lockdown = match cfg.agent {
+        Some(ids) => lockdown(ids),
+        None => Ok(None),
+    };
+    if let Err(why) = &lockdown {
+        eprintln!("drafter-sandboxd: {why}; refusing every request");
+    }
+    serve_locked_down(cfg, lockdown, input, output)
+}
+
+/// What the start-up lockdown left: `Ok(Some(ids))` when file operations must run in a child with the agent's ids
+/// (see [`delegated`]), `Err(why)` when the executor could not give up its own privileges.
+type Lockdown = Result<Option<(u32, u32)>, String>;
+
+/// [`serve`] after the lockdown. A failed lockdown answers every request, the ping included, with an error saying
+/// why: nothing runs with privileges that should have been dropped, and the worker fails the job with the reason.
+fn serve_locked_down(
     cfg: &DaemonConfig,
+    lockdown: Lockdown,
     mut input: impl Read,
     mut output: impl Write,
 ) -> Result<(), FrameError> {
-    let mut delegate = None;
-    if let Some((uid, gid)) = cfg.agent {
-        // The executor's own supplementary groups (root's) must not leak into file operations done as the agent.
-        // SAFETY: a plain syscall with a null list.
-        unsafe { libc::setgroups(0, std::ptr::null()) };
-        empty_bounding_set();
-        if !fsuid_switch_works(uid, gid) {
-            // Some kernels (gVisor's) do not switch filesystem ids per thread: file operations then run in a
-            // short-lived child that has become the agent, which costs a process per call but keeps the rule.
-            eprintln!("drafter-sandboxd: no per-thread filesystem ids here; file operations run in a child");
-            delegate = Some((uid, gid));
-        }
-    }
     while let Some((req, body)) = read_frame::<Request>(&mut input)? {
         let is_file_op = matches!(
             req.op,
             Op::Read { .. } | Op::Write { .. } | Op::List { .. } | Op::Search { .. } | Op::Unpack
         );
-        let (reply, out) = match delegate {
-            Some(ids) if is_file_op => delegated(cfg, ids, req.op, body),
-            _ => handle(cfg, req.op, body),
+        let (reply, out) = match &lockdown {
+            Err(why) => (
+                Reply::Error {
+                    kind: ErrorKind::Io,
+                    message: format!("drafter-sandboxd refuses to run anything: {why}"),
+                },
+                Vec::new(),
+            ),
+            Ok(Some(ids)) if is_file_op => delegated(cfg, *ids, req.op, body),
+            Ok(_) => handle(cfg, req.op, body),
         };
         write_frame(&mut output, &Response { id: req.id, reply }, &out)?;
+    }
+    Ok(())
+}
+
+/// Gives up what the executor must not keep before it serves anything, checking every step (a failure would
+/// otherwise leave privileges in place silently): root's supplementary groups (they would leak into file operations
+/// done as the agent), the capability bounding set (every command inherits it) and `CAP_SETPCAP`. Then probes how
+/// file operations can take the agent's ids.
+fn lockdown((uid, gid): (u32, u32)) -> Lockdown {
+    drop_supplementary_groups()?;
+    empty_bounding_set()?;
+    if fsuid_switch_works(uid, gid) {
+        Ok(None)
+    } else {
+        // Some kernels (gVisor's) do not switch filesystem ids per thread: file operations then run in a
+        // short-lived child that has become the agent, which costs a process per call but keeps the rule.
+        eprintln!(
+            "drafter-sandboxd: no per-thread filesystem ids here; file operations run in a child"
+        );
+        Ok(Some((uid, gid)))
+    }
+}
+
+/// `Err` naming the call and the OS error when `rc` says it failed.
+fn checked(what: &str, rc: libc::c_long) -> Result<(), String> {
+    if rc == -1 {
+        Err(format!("{what} failed: {}", io::Error::last_os_error()))
+    } else {
+        Ok(())
+    }
+}
+
+fn drop_supplementary_groups() -> Result<(), String> {
+    // SAFETY: plain syscalls; a null list of length 0.
+    checked(
+        "setgroups",
+        unsafe { libc::setgroups(0, std::ptr::null()) }.into(),
+    )?;
+    // SAFETY: as above; with size 0 only the count is returned.
+    let left = unsafe { libc::getgroups(0, std::ptr::null_mut()) };
+    checked("getgroups", left.into())?;
+    if left != 0 {
+        return Err(format!(
+            "setgroups left {left} supplementary groups in place"
+        ));
     }
     Ok(())
 }
@@ -255,8 +318,8 @@ const CAP_LAST: u32 = 63;
 
 /// Empties the capability bounding set, which every command inherits (so the agent's `CapBnd` is 0 as well as its
 /// `CapEff`), then gives up `CAP_SETPCAP`, which only this needed. The executor keeps its other capabilities: the
-/// bounding set only limits what an `execve` can gain.
-fn empty_bounding_set() {
+/// bounding set only limits what an `execve` can gain. Each step is read back, not only its result checked.
+fn empty_bounding_set() -> Result<(), String> {
     #[repr(C)]
     struct Header {
         version: u32,
@@ -270,22 +333,49 @@ fn empty_bounding_set() {
         inheritable: u32,
     }
     const VERSION_3: u32 = 0x2008_0522;
+    let setpcap = 1u32 << CAP_SETPCAP;
     // SAFETY: prctl/capget/capset with correctly laid out arguments for this thread.
     unsafe {
         for cap in 0..=CAP_LAST {
-            libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0);
+            let rc = libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0);
+            // Numbers past the kernel's last capability are EINVAL: there is nothing to drop.
+            if rc != 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EINVAL) {
+                checked(&format!("PR_CAPBSET_DROP of capability {cap}"), rc.into())?;
+            }
+        }
+        for cap in 0..=CAP_LAST {
+            // 1: still in the set; 0: dropped; -1 (EINVAL): no such capability.
+            if libc::prctl(libc::PR_CAPBSET_READ, cap as libc::c_ulong, 0, 0, 0) == 1 {
+                return Err(format!(
+                    "PR_CAPBSET_DROP left capability {cap} in the bounding set"
+                ));
+            }
         }
         let mut header = Header {
             version: VERSION_3,
             pid: 0,
         };
         let mut data = [Data::default(); 2];
-        if libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) == 0 {
-            data[0].effective &= !(1 << CAP_SETPCAP);
-            data[0].permitted &= !(1 << CAP_SETPCAP);
-            libc::syscall(libc::SYS_capset, &mut header, data.as_ptr());
+        checked(
+            "capget",
+            libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()),
+        )?;
+        data[0].effective &= !setpcap;
+        data[0].permitted &= !setpcap;
+        checked(
+            "capset",
+            libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()),
+        )?;
+        let mut now = [Data::default(); 2];
+        checked(
+            "capget",
+            libc::syscall(libc::SYS_capget, &mut header, now.as_mut_ptr()),
+        )?;
+        if (now[0].effective | now[0].permitted) & setpcap != 0 {
+            return Err("capset left CAP_SETPCAP in place".into());
         }
     }
+    Ok(())
 }
 
 /// While alive, this thread's filesystem uid and gid are the agent's (Linux keeps them per thread), which also drops
@@ -663,8 +753,10 @@ fn read_nonblocking(path: &Path) -> io::Result<Vec<u8>> {
 /// Entries walked at most by [`disk_usage`]; past it the count is what it is (and surely over any limit).
 const USAGE_MAX_ENTRIES: u64 = 5_000_000;
 
-/// Bytes allocated under `root` (blocks, so sparse files count what they use) and entries seen; symlinks are not
-/// followed, unreadable directories are skipped (with `DAC_READ_SEARCH` none are).
+/// Bytes under `root` and entries seen. Each entry counts the larger of its allocated blocks and its apparent size,
+/// once per name: a sparse file counts what it would take once copied out, and every hard link counts as the copy
+/// the host makes of it. Symlinks are not followed, unreadable directories are skipped (with `DAC_READ_SEARCH` none
+/// are).
 pub fn disk_usage(root: &Path) -> (u64, u64) {
     let mut bytes = 0u64;
     let mut entries = 0u64;
@@ -679,7 +771,8 @@ pub fn disk_usage(root: &Path) -> (u64, u64) {
                 return (bytes, entries);
             }
             let Ok(meta) = e.metadata() else { continue };
-            bytes = bytes.saturating_add(meta.blocks().saturating_mul(512));
+            let allocated = meta.blocks().saturating_mul(512);
+            bytes = bytes.saturating_add(allocated.max(meta.len()));
             if meta.is_dir() {
                 stack.push(e.path());
             }
@@ -763,6 +856,15 @@ fn exec(
     };
     let status = sup.run(&mut child, reader, stdin_data, spec, started);
     let duration_ms = started.elapsed().as_millis() as u64;
+    // Whatever way the command ended, nothing it started may outlive it: a detached process could keep writing
+    // between disk checks, burn CPU past the timeout, or (under gVisor) reach the file helper's descriptors.
+    let survivors = sweep(cfg);
+    if survivors > 0 {
+        return Err((
+            ErrorKind::Io,
+            format!("{survivors} of the command's processes survived being killed"),
+        ));
+    }
     let mut reply = ExecReply {
         exit_code: status.and_then(|s| s.code()),
         signal: status.and_then(|s| s.signal()),
@@ -842,7 +944,7 @@ impl Supervisor<'_> {
             self.stopped_by = Some(why);
         }
         self.signal_group(libc::SIGKILL);
-        sweep(self.cfg);
+        let _ = sweep(self.cfg);
     }
 
     /// Polls the output pipe, feeds stdin, watches the clock and the child; returns the leader's exit status.
@@ -942,7 +1044,7 @@ impl Supervisor<'_> {
                 // Something outside the group (setsid) still holds the pipe.
                 if now - at > LINGER && !swept_after_exit {
                     swept_after_exit = true;
-                    sweep(self.cfg);
+                    let _ = sweep(self.cfg);
                 }
                 if now - at > ABANDON {
                     break;
@@ -960,7 +1062,7 @@ impl Supervisor<'_> {
                 if !hard_killed && now - t >= spec.grace {
                     hard_killed = true;
                     self.signal_group(libc::SIGKILL);
-                    sweep(self.cfg);
+                    let _ = sweep(self.cfg);
                 }
             }
             if let Some(limit) = self.cfg.workspace_limit {
@@ -989,34 +1091,55 @@ fn set_nonblocking(fd: i32) {
     }
 }
 
+/// How long [`sweep`] keeps killing before it reports survivors.
+const SWEEP_FOR: Duration = Duration::from_secs(3);
+
 /// SIGKILLs every process of the agent's uid, in rounds until none is left (a fork bomb keeps forking while the
-/// first round lands). Only with an agent uid, i.e. in the container, where that uid is the agent's alone.
-fn sweep(cfg: &DaemonConfig) {
-    let Some((uid, _)) = cfg.agent else { return };
+/// first round lands), for at most [`SWEEP_FOR`]. Returns how many were still alive in the last round (0: none
+/// survives). Only with an agent uid, i.e. in the container, where that uid is the agent's alone.
+fn sweep(cfg: &DaemonConfig) -> usize {
+    let Some((uid, _)) = cfg.agent else { return 0 };
     let me = std::process::id();
-    for _ in 0..50 {
-        let mut found = 0;
+    let until = Instant::now() + SWEEP_FOR;
+    loop {
         let Ok(proc_dir) = std::fs::read_dir("/proc") else {
-            return;
+            return 0;
         };
+        let mut found = 0;
         for e in proc_dir.flatten() {
             let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
                 continue;
             };
-            if pid == me {
-                continue;
-            }
-            if e.metadata().is_ok_and(|m| m.uid() == uid) {
+            if pid != me && is_live_agent_process(pid, uid) {
                 found += 1;
                 // SAFETY: kill(2) on a pid read from /proc.
                 unsafe { libc::kill(pid as i32, libc::SIGKILL) };
             }
         }
-        if found == 0 {
-            return;
+        if found == 0 || Instant::now() >= until {
+            return found;
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// Whether `pid` runs with `uid` as any of its ids and is not a zombie (which no longer runs; init reaps it). Read
+/// from its status, not from who owns `/proc/<pid>`: a process that made itself non-dumpable shows that as root's.
+fn is_live_agent_process(pid: u32, uid: u32) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return false;
+    };
+    let mut ours = false;
+    for line in status.lines() {
+        if let Some(state) = line.strip_prefix("State:") {
+            if state.trim_start().starts_with(['Z', 'X']) {
+                return false;
+            }
+        } else if let Some(ids) = line.strip_prefix("Uid:") {
+            ours = ids.split_whitespace().any(|id| id.parse() == Ok(uid));
+        }
+    }
+    ours
 }
 
 /// The command line of `drafter-sandboxd`: `--workspace DIR [--uid N --gid N] [--workspace-limit BYTES]`. The
@@ -1343,6 +1466,98 @@ mod tests {
             "{reply:?}"
         );
         assert!(!dir.path().parent().unwrap().join("evi").exists());
+    }
+
+    /// A lockdown that failed (any of setgroups, PR_CAPBSET_DROP, capset): every request is refused with the
+    /// reason, and nothing runs or is written.
+    #[test]
+    fn a_failed_lockdown_refuses_every_request() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = cfg(dir.path());
+        let ops = [
+            Op::Ping,
+            Op::Exec {
+                argv: vec!["touch".into(), "ran".into()],
+                cwd: None,
+                env: vec![],
+                timeout_ms: 5000,
+                kill_grace_ms: 100,
+                output_cap: 100,
+                output_limit: 1000,
+            },
+            Op::Write {
+                path: "written".into(),
+            },
+            Op::DiskUsage,
+        ];
+        let mut input = Vec::new();
+        for (id, op) in ops.into_iter().enumerate() {
+            input.extend(encode(&Request { id: id as u64, op }, b"x").unwrap());
+        }
+        let mut output = Vec::new();
+        let failed = Err("capset failed: Operation not permitted (os error 1)".to_string());
+        serve_locked_down(&cfg, failed, io::Cursor::new(input), &mut output).unwrap();
+        let mut cur = io::Cursor::new(output);
+        for id in 0..4 {
+            let (resp, _) = read_frame::<Response>(&mut cur).unwrap().unwrap();
+            assert_eq!(resp.id, id);
+            match resp.reply {
+                Reply::Error {
+                    kind: ErrorKind::Io,
+                    message,
+                } => assert_eq!(
+                    message,
+                    "drafter-sandboxd refuses to run anything: capset failed: Operation not permitted (os error 1)"
+                ),
+                other => panic!("request {id} was served: {other:?}"),
+            }
+        }
+        assert!(!dir.path().join("ran").exists());
+        assert!(!dir.path().join("written").exists());
+        // The same requests are served after a lockdown that held.
+        let mut input = Vec::new();
+        input.extend(
+            encode(
+                &Request {
+                    id: 1,
+                    op: Op::Ping,
+                },
+                b"",
+            )
+            .unwrap(),
+        );
+        let mut output = Vec::new();
+        serve_locked_down(&cfg, Ok(None), io::Cursor::new(input), &mut output).unwrap();
+        let (resp, _) = read_frame::<Response>(&mut io::Cursor::new(output))
+            .unwrap()
+            .unwrap();
+        assert!(matches!(resp.reply, Reply::Pong { .. }), "{resp:?}");
+    }
+
+    #[test]
+    fn failed_privilege_calls_are_errors() {
+        assert_eq!(checked("capset", 0), Ok(()));
+        // SAFETY: a syscall that fails: setgroups with a bad pointer and a huge count.
+        let rc = unsafe { libc::setgroups(usize::MAX, std::ptr::null()) };
+        let err = checked("setgroups", rc.into()).unwrap_err();
+        assert!(err.starts_with("setgroups failed: "), "{err}");
+    }
+
+    /// Apparent sizes count: a sparse file as its length, each hard link again.
+    #[test]
+    fn disk_usage_counts_sparse_files_and_every_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let big = dir.path().join("big");
+        std::fs::File::create(&big)
+            .unwrap()
+            .set_len(4 << 20)
+            .unwrap();
+        for i in 0..10 {
+            std::fs::hard_link(&big, dir.path().join(format!("l{i}"))).unwrap();
+        }
+        let (bytes, entries) = disk_usage(dir.path());
+        assert_eq!(entries, 11);
+        assert!(bytes >= 11 * (4 << 20), "{bytes}");
     }
 
     #[test]

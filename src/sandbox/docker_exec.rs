@@ -3,7 +3,10 @@
 //! Slower than `drafter-sandboxd` (a round trip through the daemon, containerd and a fresh runc per call) and weaker:
 //! processes started by `docker exec` are not bounded by the container's pids limit under runc, and the Docker API
 //! cannot kill an exec, so each command runs as `timeout -k <grace> <secs> bash -c ...` inside the container (which
-//! kills its process group) with a host-side backstop that kills every uid-1000 process. Chosen with
+//! kills its process group), followed by `kill -9 -1` as the agent (every other uid-1000 process, detached ones
+//! too), with a host-side backstop that does the same when the exec outlives its timeout. Unlike the executor it
+//! does not check the workspace's size while a command runs (only after tool calls), and it does not confirm that
+//! no agent process survived. Chosen with
 //! `sandbox.transport = "docker-exec"`, e.g. for an image that cannot run the executor.
 
 use std::io::{self, Read};
@@ -65,8 +68,13 @@ impl Executor for DockerExec {
     ) -> Result<ExecOutput, SandboxError> {
         // `timeout 0` would mean "no timeout": keep a floor.
         let timeout = timeout.max(Duration::from_millis(100));
+        // After the command, however it ended, the wrapper kills every other process of the agent's uid (`kill -1`
+        // spares only the caller): nothing the command detached outlives it.
         let mut cmd = vec![
-            "timeout".to_string(),
+            "bash".to_string(),
+            "-c".to_string(),
+            r#"timeout "$@"; rc=$?; kill -9 -1 2>/dev/null; exit $rc"#.to_string(),
+            "drafter-exec".to_string(),
             "-k".to_string(),
             format!("{KILL_AFTER_SECS}s"),
             format!("{:.3}s", timeout.as_secs_f64()),
@@ -112,11 +120,18 @@ impl Executor for DockerExec {
         Ok(self.shell(&cmd).await?.output)
     }
 
+    /// The larger of the blocks in use and the apparent size with every hard link counted (what the host would
+    /// write), as the executor counts.
     async fn disk_usage(&self) -> Result<u64, SandboxError> {
         let out = self
-            .shell("du -s -B1 /workspace 2>/dev/null | cut -f1")
+            .shell("du -s -B1 /workspace 2>/dev/null | cut -f1; du -sl -b /workspace 2>/dev/null | cut -f1")
             .await?;
-        Ok(out.output.trim().parse().unwrap_or(0))
+        Ok(out
+            .output
+            .split_whitespace()
+            .filter_map(|n| n.parse::<u64>().ok())
+            .max()
+            .unwrap_or(0))
     }
 
     /// Reads `/workspace/<rel>`. Errors if it is missing, not a regular file, or larger than `max_bytes`.

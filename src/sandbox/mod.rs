@@ -265,6 +265,13 @@ pub enum SandboxError {
         /// The limit.
         limit_mb: u64,
     },
+    /// The workspace coming back out of the container is over its budget (bytes the host would write, counting
+    /// every hard link as a copy; entries; time): the job stops, with no more than the budget written.
+    #[error("the workspace coming back out of the sandbox is over its limit of {limit}")]
+    WorkspaceOverBudget {
+        /// Which limit, with its unit (`64 MiB written`, `1000000 entries`, `68 s`).
+        limit: String,
+    },
     /// `sandbox.runtime` names a runtime the engine does not offer.
     #[error("sandbox.runtime = `{runtime}` is not offered by this Docker engine (it has: {offered}); see `drafter doctor`")]
     RuntimeMissing {
@@ -1190,6 +1197,9 @@ impl Container {
     /// Replaces the contents of `dest` with `/workspace`: deletes everything in `dest` except `.git`, then unpacks,
     /// skipping every entry with a `.git` component (the container's git metadata is untrusted). Refuses entries
     /// that are absolute, contain `..`, or would be written through a symlink; symlinks are recreated as links.
+    /// Budgeted ([`archive::ReturnBudget`]): past `sandbox.workspace_max_mb` written on the host (hard links are
+    /// copies, and count as such), past an entry count or past a time limit it stops with
+    /// [`SandboxError::WorkspaceOverBudget`], having written no more than the budget.
     pub async fn download_workspace(&self, dest: &Path) -> Result<(), SandboxError> {
         let meta = std::fs::symlink_metadata(dest)
             .map_err(io_err(format!("reading {}", dest.display())))?;
@@ -1201,6 +1211,7 @@ impl Container {
         }
         clear_except_git(dest)?;
 
+        let budget = archive::ReturnBudget::for_limit(self.limits.workspace_limit);
         let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(8);
         let dest_owned = dest.to_path_buf();
         let consumer = tokio::task::spawn_blocking(move || {
@@ -1208,34 +1219,36 @@ impl Container {
                 rx,
                 current: Bytes::new(),
             };
-            unpack_workspace(reader, &dest_owned)
+            unpack_workspace(reader, &dest_owned, &budget)
         });
         let opts = DownloadFromContainerOptionsBuilder::new()
             .path(WORKSPACE)
             .build();
         let mut stream = self.docker.download_from_container(&self.id, Some(opts));
-        let mut stream_err = None;
-        while let Some(chunk) = stream.next().await {
-            match chunk {
-                Ok(bytes) => {
-                    if tx.send(bytes).await.is_err() {
-                        break; // the unpacker stopped early; its error is reported below
+        let fed = tokio::time::timeout_at(budget.deadline.into(), async {
+            while let Some(chunk) = stream.next().await {
+                match chunk {
+                    Ok(bytes) => {
+                        if tx.send(bytes).await.is_err() {
+                            return Ok(()); // the unpacker stopped early; its error is reported below
+                        }
                     }
-                }
-                Err(e) => {
-                    stream_err = Some(e);
-                    break;
+                    Err(e) => return Err(e),
                 }
             }
-        }
+            Ok(())
+        })
+        .await;
+        // Closing the channel ends the unpacker's input; waiting for it means nothing is written after this returns.
         drop(tx);
         let unpacked = consumer
             .await
             .map_err(|e| SandboxError::Exec(format!("unpack task failed: {e}")))?;
-        if let Some(e) = stream_err {
-            return Err(docker_err("download workspace")(e));
+        match fed {
+            Err(_elapsed) => Err(budget.over_time()),
+            Ok(Err(e)) => Err(docker_err("download workspace")(e)),
+            Ok(Ok(())) => unpacked,
         }
-        unpacked
     }
 
     /// Reads `/workspace/<rel>`. Errors if it is missing, not a regular file, or larger than `max_bytes`.

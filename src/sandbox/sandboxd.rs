@@ -87,6 +87,11 @@ impl Sandboxd {
                 "drafter-sandboxd speaks protocol {version}, this worker {}",
                 proto::VERSION
             ))),
+            // An executor that could not drop its own privileges refuses everything, and says why.
+            (Reply::Error { message, .. }, _) => {
+                self.broken.store(true, Ordering::SeqCst);
+                Err(SandboxError::Exec(message))
+            }
             (other, _) => Err(self.unexpected(&other)),
         }
     }
