@@ -12,9 +12,15 @@
 //! - `CONNECT host:443` (HTTPS, tunnelled as is) and plain HTTP in absolute form (`GET http://host/...`, port 80),
 //!   when `host` is on the allowlist: an exact name or `*.suffix` (subdomains of `suffix`, not `suffix` itself).
 //! - For plain HTTP, only the allowlist's methods when it names any (e.g. GET/HEAD/OPTIONS).
-//! - Never a raw IP address as the host, and never a destination that *resolves* to a loopback, private,
-//!   link-local (cloud metadata), CGNAT, multicast or otherwise non-public address ([`refused_ip`]): the proxy
-//!   resolves the name itself and connects to the address it checked, so DNS rebinding cannot steer it inward.
+//! - Never a raw IP address as the host, and never a destination that *resolves* into a special range
+//!   ([`SPECIAL_RANGES`], [`refused_ip`]: loopback, private, link-local (cloud metadata), CGNAT, multicast, 6to4,
+//!   Teredo, NAT64, IPv4-mapped, site-local, ...): the proxy resolves the name itself and connects to the address it
+//!   checked, so DNS rebinding cannot steer it inward. The refusal names the range.
+//! - Plain HTTP is one request per connection, rebuilt (`upstream_head`): origin-form request line, `Host` from
+//!   the checked URL (never the client's, which could name another tenant of the same CDN address), no hop-by-hop
+//!   or proxy headers, `Connection: close`, and exactly the declared `Content-Length` body. Bytes after that
+//!   (pipelining), `Transfer-Encoding` and head lines with stray control characters are refused (400); so are bytes
+//!   sent after a `CONNECT` head before the tunnel is granted.
 //!
 //! # What it records
 //! One [`ConnRecord`] per request, allowed or denied, as a JSON line on stdout, which the worker reads over the
