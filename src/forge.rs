@@ -12,8 +12,13 @@
 //!    (`GET /repos/{o}/{r}/rulesets/{id}` -> `current_user_can_bypass == "never"`), proves it. A PR author cannot
 //!    approve their own PR, so the bot's PR needs a human approval before anyone can merge it.
 //! 3. Otherwise `GET /repos/{o}/{r}/branches/{base}/protection` (classic branch protection):
-//!    `required_pull_request_reviews.required_approving_review_count >= 1` proves it, unless the account is in the
-//!    review bypass allowances. 404 means unprotected; 403 means it cannot be read (not proven).
+//!    `required_pull_request_reviews.required_approving_review_count >= 1` proves it, unless the account is or may
+//!    be in the review bypass allowances (`users`; `teams`, checked against `GET /user/teams`; `apps`, always).
+//!    404 means unprotected; 403 means it cannot be read (not proven).
+//!
+//! It fails closed: whatever cannot be read or is absent (a ruleset answering 403/404, a missing
+//! `current_user_can_bypass`, teams the token cannot list) counts as "may bypass", and the refusal says which
+//! permission or setting the operator must change.
 //!
 //! **Architecture invariant**: only this module talks to GitHub's API, and it has no function that merges, approves
 //! or marks a pull request ready. Errors never carry the token. octocrab's own retries are off: the worker decides
@@ -424,7 +429,9 @@ impl GitHub {
         }
 
         let branch = encode_branch(base);
+        // What was found, and for each way it fell short, what the operator can change.
         let mut notes: Vec<String> = Vec::new();
+        let mut fixes: Vec<String> = Vec::new();
 
         // 2. Rulesets (readable with Metadata: read).
         // https://docs.github.com/en/rest/repos/rules#get-rules-for-a-branch
@@ -444,16 +451,19 @@ impl GitHub {
                     ));
                 }
                 for guard in guards {
-                    match self.ruleset_bypass(owner, name, guard.ruleset_id).await? {
-                        Some(mode) if mode != "never" => notes.push(format!(
-                            "ruleset {} requires {} approving review(s) but the service account can bypass it \
-                             (current_user_can_bypass = {mode})",
-                            guard.ruleset_id.map(|i| i.to_string()).unwrap_or_else(|| "?".into()),
-                            guard.count
-                        )),
-                        _ => {
-                            tracing::info!(repo, base, count = guard.count, "merge guarded by a ruleset review rule");
+                    match self.ruleset_bypass(repo, base, &guard).await? {
+                        Bypass::Never => {
+                            tracing::info!(
+                                repo,
+                                base,
+                                count = guard.count,
+                                "merge guarded by a ruleset review rule"
+                            );
                             return Ok(());
+                        }
+                        Bypass::May { note, fix } => {
+                            notes.push(note);
+                            fixes.push(fix);
                         }
                     }
                 }
@@ -468,6 +478,7 @@ impl GitHub {
                 notes.push(
                     "rulesets could not be read (403: the token needs Metadata: read)".into(),
                 );
+                fixes.push(format!("give the token Metadata: read on {repo}"));
             }
             Err(e) => return Err(e),
         }
@@ -487,28 +498,17 @@ impl GitHub {
                         "branch protection on `{base}` does not require an approving review"
                     ));
                 } else {
-                    let bypass_users: Vec<&str> = reviews["bypass_pull_request_allowances"]["users"]
-                        .as_array()
-                        .map(|a| a.iter().filter_map(|u| u["login"].as_str()).collect())
-                        .unwrap_or_default();
-                    let me = if bypass_users.is_empty() {
-                        None
-                    } else {
-                        self.get_json("/user", "reading the service account's login")
-                            .await?["login"]
-                            .as_str()
-                            .map(str::to_string)
-                    };
-                    match me {
-                        Some(login) if bypass_users.iter().any(|u| u.eq_ignore_ascii_case(&login)) => {
-                            notes.push(format!(
-                                "branch protection on `{base}` requires {count} approving review(s) but `{login}` \
-                                 is in its bypass allowances"
-                            ));
-                        }
-                        _ => {
-                            tracing::info!(repo, base, count, "merge guarded by branch protection");
-                            return Ok(());
+                    let bypasses = self
+                        .classic_bypass(base, count, &reviews["bypass_pull_request_allowances"])
+                        .await?;
+                    if bypasses.is_empty() {
+                        tracing::info!(repo, base, count, "merge guarded by branch protection");
+                        return Ok(());
+                    }
+                    for bypass in bypasses {
+                        if let Bypass::May { note, fix } = bypass {
+                            notes.push(note);
+                            fixes.push(fix);
                         }
                     }
                 }
@@ -525,35 +525,258 @@ impl GitHub {
         Err(ForgeError::CanMerge {
             repo: repo.to_string(),
             reason: format!(
-                "no rule stops it from merging into `{base}`: {}",
+                "nothing proves that a rule stops it from merging into `{base}`: {}",
                 notes.join("; ")
             ),
-            fix: fix_rule,
+            fix: if fixes.is_empty() {
+                fix_rule
+            } else {
+                fixes.join("; or ")
+            },
         })
     }
 
-    /// `current_user_can_bypass` of a ruleset (`always`, `pull_requests_only`, `never`), or `None` when the
-    /// ruleset cannot be read (then only the rule itself is known).
+    /// Whether the service account can bypass a ruleset's review rule: only `current_user_can_bypass == "never"`
+    /// proves it cannot. `always` and `pull_requests_only` (which lets it merge a pull request past the rule) say it
+    /// can; a ruleset that cannot be read, or that lacks the field, leaves it unknown, which counts as "may".
     /// https://docs.github.com/en/rest/repos/rules#get-a-repository-ruleset
     async fn ruleset_bypass(
         &self,
-        owner: &str,
-        name: &str,
-        id: Option<u64>,
-    ) -> Result<Option<String>, ForgeError> {
-        let Some(id) = id else { return Ok(None) };
-        let what = format!("reading ruleset {id} of {owner}/{name}");
-        match self
+        repo: &str,
+        base: &str,
+        guard: &ReviewRule,
+    ) -> Result<Bypass, ForgeError> {
+        let (owner, name) = split_repo(repo)?;
+        let rule = format!("requires {} approving review(s) on `{base}`", guard.count);
+        let Some(id) = guard.ruleset_id else {
+            return Ok(Bypass::May {
+                note: format!(
+                    "a ruleset rule {rule}, but GitHub did not name its ruleset, so whether the service account \
+                     can bypass it (current_user_can_bypass) is unknown"
+                ),
+                fix: format!(
+                    "require the review with classic branch protection on `{base}`, without bypass allowances"
+                ),
+            });
+        };
+        let what = format!("reading ruleset {id} of {repo}");
+        let ruleset = match self
             .get_json(&format!("/repos/{owner}/{name}/rulesets/{id}"), &what)
             .await
         {
-            Ok(v) => Ok(v["current_user_can_bypass"].as_str().map(str::to_string)),
-            Err(e) if e.is_retryable() || e.status() == Some(401) => Err(e),
+            Ok(v) => v,
+            Err(e) if e.is_retryable() || e.status() == Some(401) => return Err(e),
             Err(e) => {
-                tracing::warn!(error = %e, "ruleset not readable; counting its review rule without bypass info");
-                Ok(None)
+                tracing::warn!(error = %e, "ruleset not readable: counted as one the service account may bypass");
+                let (status, fix) = match e.status() {
+                    Some(403) => (
+                        "403".to_string(),
+                        format!("give the token Metadata: read on {repo}, so drafter can read ruleset {id}"),
+                    ),
+                    Some(404) => (
+                        "404: an organization or enterprise ruleset the token cannot see?".to_string(),
+                        format!(
+                            "let the token read ruleset {id} (Metadata: read on {repo}), or require the review \
+                             in a repository ruleset"
+                        ),
+                    ),
+                    _ => (
+                        e.to_string(),
+                        format!("let the token read ruleset {id} (Metadata: read on {repo})"),
+                    ),
+                };
+                return Ok(Bypass::May {
+                    note: format!(
+                        "ruleset {id} {rule}, but it could not be read ({status}), so whether the service account \
+                         can bypass it (current_user_can_bypass) is unknown"
+                    ),
+                    fix,
+                });
+            }
+        };
+        Ok(match ruleset["current_user_can_bypass"].as_str() {
+            Some("never") => Bypass::Never,
+            Some(mode) => Bypass::May {
+                note: format!(
+                    "ruleset {id} {rule}, but the service account can bypass it (current_user_can_bypass = {mode})"
+                ),
+                fix: format!(
+                    "remove the service account, its teams and its role from the bypass list of ruleset {id}"
+                ),
+            },
+            None => Bypass::May {
+                note: format!(
+                    "ruleset {id} {rule}, but GitHub did not say whether the service account can bypass it \
+                     (no current_user_can_bypass in the ruleset: an older GitHub Enterprise Server?)"
+                ),
+                fix: format!(
+                    "upgrade GitHub Enterprise Server to a version that reports current_user_can_bypass, or \
+                     require the review with classic branch protection on `{base}`, without bypass allowances"
+                ),
+            },
+        })
+    }
+
+    /// Who in classic protection's `bypass_pull_request_allowances` (`users`, `teams`, `apps`) is or may be the
+    /// service account; empty when it provably is none of them. A user matches by login; a team when the account
+    /// is in it or in a child team of it (`GET /user/teams`; if that cannot be read, or a team's ancestry is out of
+    /// sight, membership is unknown, which counts as "may"); an app always counts (a token cannot prove it does
+    /// not act for one).
+    /// https://docs.github.com/en/rest/branches/branch-protection#get-branch-protection
+    async fn classic_bypass(
+        &self,
+        base: &str,
+        count: u64,
+        allowances: &Value,
+    ) -> Result<Vec<Bypass>, ForgeError> {
+        let rule = format!("branch protection on `{base}` requires {count} approving review(s)");
+        let names = |key: &str, field: &str| -> Vec<(Option<u64>, String)> {
+            allowances[key]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .map(|x| {
+                            let name = x[field]
+                                .as_str()
+                                .or_else(|| x["name"].as_str())
+                                .unwrap_or("?");
+                            (x["id"].as_u64(), name.to_string())
+                        })
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let (users, teams, apps) = (
+            names("users", "login"),
+            names("teams", "slug"),
+            names("apps", "slug"),
+        );
+        let mut found = Vec::new();
+        if !users.is_empty() {
+            let login = match self
+                .get_json("/user", "reading the service account's login")
+                .await
+            {
+                Ok(me) => me["login"].as_str().map(str::to_string),
+                Err(e) if e.is_retryable() || e.status() == Some(401) => return Err(e),
+                Err(_) => None,
+            };
+            for (_, user) in &users {
+                match &login {
+                    Some(me) if !user.eq_ignore_ascii_case(me) => {}
+                    Some(me) => found.push(Bypass::May {
+                        note: format!("{rule}, but `{me}` is in its bypass allowances"),
+                        fix: format!(
+                            "remove `{me}` from the pull request review bypass allowances of `{base}`"
+                        ),
+                    }),
+                    None => found.push(Bypass::May {
+                        note: format!(
+                            "{rule}, but user `{user}` may bypass it and drafter cannot read the service \
+                             account's login (GET /user)"
+                        ),
+                        fix: format!(
+                            "remove `{user}` from the pull request review bypass allowances of `{base}`"
+                        ),
+                    }),
+                }
             }
         }
+        if !teams.is_empty() {
+            let mine = self.bot_teams().await?;
+            for (id, slug) in &teams {
+                let remove = format!(
+                    "remove team `{slug}` from the pull request review bypass allowances of `{base}`"
+                );
+                let member = match (&mine, id) {
+                    (Ok(mine), Some(id)) => mine.contains(*id),
+                    _ => Membership::Unknown,
+                };
+                match (member, &mine) {
+                    (Membership::No, _) => {}
+                    (Membership::Yes, _) => found.push(Bypass::May {
+                        note: format!(
+                            "{rule}, but team `{slug}` is in its bypass allowances and the service account is a \
+                             member of it"
+                        ),
+                        fix: format!("{remove}, or the service account from the team"),
+                    }),
+                    (Membership::Unknown, mine) => {
+                        let why = match (mine, id) {
+                            (Err(why), _) => why.clone(),
+                            (Ok(_), None) => "the allowance gives no team id".to_string(),
+                            (Ok(_), Some(_)) => {
+                                "a team of the service account has a parent team drafter cannot see".to_string()
+                            }
+                        };
+                        found.push(Bypass::May {
+                            note: format!(
+                                "{rule}, but team `{slug}` is in its bypass allowances and drafter cannot tell \
+                                 whether the service account is in it ({why})"
+                            ),
+                            fix: format!(
+                                "{remove}, or give the token the read:org scope so drafter can list the service \
+                                 account's teams"
+                            ),
+                        });
+                    }
+                }
+            }
+        }
+        for (_, app) in &apps {
+            found.push(Bypass::May {
+                note: format!(
+                    "{rule}, but app `{app}` is in its bypass allowances and drafter cannot prove the token does \
+                     not act for it"
+                ),
+                fix: format!("remove app `{app}` from the pull request review bypass allowances of `{base}`"),
+            });
+        }
+        Ok(found)
+    }
+
+    /// The service account's teams (`GET /user/teams`, every page), or why they are unknown.
+    /// https://docs.github.com/en/rest/teams/teams#list-teams-for-the-authenticated-user
+    async fn bot_teams(&self) -> Result<Result<TeamSet, String>, ForgeError> {
+        const PER_PAGE: usize = 100;
+        const MAX_PAGES: usize = 10;
+        let mut set = TeamSet::default();
+        for page in 1..=MAX_PAGES {
+            let route = format!("/user/teams?per_page={PER_PAGE}&page={page}");
+            let listed = match self
+                .get_json(&route, "listing the service account's teams")
+                .await
+            {
+                Ok(v) => v,
+                Err(e) if e.is_retryable() || e.status() == Some(401) => return Err(e),
+                Err(e) => {
+                    let status = e
+                        .status()
+                        .map(|s| s.to_string())
+                        .unwrap_or_else(|| e.to_string());
+                    return Ok(Err(format!("GET /user/teams answered {status}")));
+                }
+            };
+            let Some(items) = listed.as_array() else {
+                return Ok(Err("GET /user/teams did not answer a list".into()));
+            };
+            for team in items {
+                let Some(id) = team["id"].as_u64() else {
+                    return Ok(Err("GET /user/teams listed a team without an id".into()));
+                };
+                set.teams.push(id);
+                if let Some(parent) = team["parent"]["id"].as_u64() {
+                    set.parents.push(parent);
+                }
+            }
+            if items.len() < PER_PAGE {
+                return Ok(Ok(set));
+            }
+        }
+        Ok(Err(format!(
+            "the service account is in more than {} teams",
+            PER_PAGE * MAX_PAGES
+        )))
     }
 
     /// Opens a **draft** pull request from `head` (a branch of `repo`) into `base`, with
@@ -677,6 +900,44 @@ impl GitHub {
     }
 }
 
+/// Whether the service account can bypass a review rule, as far as drafter can tell.
+#[derive(Debug)]
+enum Bypass {
+    /// Proven: it cannot.
+    Never,
+    /// It can, or drafter cannot tell: `note` says which, `fix` what the operator can change.
+    May { note: String, fix: String },
+}
+
+/// Whether the service account is in a team.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Membership {
+    Yes,
+    No,
+    Unknown,
+}
+
+/// The service account's teams as `GET /user/teams` lists them: each team's id and its parent's.
+#[derive(Debug, Default)]
+struct TeamSet {
+    teams: Vec<u64>,
+    parents: Vec<u64>,
+}
+
+impl TeamSet {
+    /// Membership of team `id`, directly or through a child team. A parent that is not itself listed has an
+    /// ancestry drafter cannot see (a grandparent team would count too), so a miss is then unknown.
+    fn contains(&self, id: u64) -> Membership {
+        if self.teams.contains(&id) || self.parents.contains(&id) {
+            Membership::Yes
+        } else if self.parents.iter().any(|p| !self.teams.contains(p)) {
+            Membership::Unknown
+        } else {
+            Membership::No
+        }
+    }
+}
+
 /// A ruleset rule that requires approving reviews.
 #[derive(Debug, PartialEq)]
 struct ReviewRule {
@@ -729,6 +990,29 @@ mod tests {
         );
         assert!(review_rules(&json!({"message": "x"})).is_empty());
         assert!(review_rules(&json!([])).is_empty());
+    }
+
+    #[test]
+    fn team_membership_counts_parents_and_is_unknown_past_what_is_listed() {
+        let flat = TeamSet {
+            teams: vec![1, 2],
+            parents: vec![],
+        };
+        assert_eq!(flat.contains(2), Membership::Yes);
+        assert_eq!(flat.contains(3), Membership::No);
+        // 1's parent 2 is listed (its own ancestry with it): a miss is a miss.
+        let nested = TeamSet {
+            teams: vec![1, 2],
+            parents: vec![2],
+        };
+        assert_eq!(nested.contains(3), Membership::No);
+        // 1's parent 9 is not listed: 9 counts, and 9's unseen parents might be anything.
+        let deep = TeamSet {
+            teams: vec![1],
+            parents: vec![9],
+        };
+        assert_eq!(deep.contains(9), Membership::Yes);
+        assert_eq!(deep.contains(3), Membership::Unknown);
     }
 
     #[test]

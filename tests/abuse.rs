@@ -655,3 +655,158 @@ async fn a_job_whose_hard_links_multiply_its_workspace_fails_cleanly() {
     assert!(log.contains("over its limit of 64 MiB"), "{log}");
     assert!(stack.github.pulls(DEMO_REPO).is_empty());
 }
+
+/// This machine's IPv6 addresses (`ip -6 -o addr`), link-local ones with the scope the sandbox would use (`%eth0`),
+/// plus those of the job's bridge, which sits on the job network.
+fn host_v6_addresses(job: &str) -> Vec<String> {
+    let id = Command::new("docker")
+        .args([
+            "network",
+            "inspect",
+            "-f",
+            "{{.Id}}",
+            &format!("drafter-net-{job}"),
+        ])
+        .output()
+        .unwrap();
+    let bridge = format!("br-{}", &String::from_utf8_lossy(&id.stdout).trim()[..12]);
+    let out = Command::new("ip")
+        .args(["-6", "-o", "addr"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    // The bridge's link-local address is the one a sandbox could most plausibly reach (it is on the job network),
+    // so the probe must include it unless the host has IPv6 off on that bridge.
+    let v6_off = std::fs::read_to_string(format!("/proc/sys/net/ipv6/conf/{bridge}/disable_ipv6"))
+        .is_ok_and(|v| v.trim() == "1");
+    assert!(
+        v6_off
+            || text
+                .lines()
+                .any(|l| l.split_whitespace().nth(1) == Some(bridge.as_str())),
+        "no IPv6 address listed for the job bridge {bridge}: {text}"
+    );
+    text.lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            let _ = w.next();
+            let dev = w.next()?;
+            let addr = w.nth(1)?.split('/').next()?.to_string();
+            match addr.as_str() {
+                "::1" => None,
+                a if a.starts_with("fe80:") => Some(format!("{a}%eth0")),
+                _ if dev == "lo" => None,
+                a => Some(a.to_string()),
+            }
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn allowlist_jobs_have_no_ipv6_way_out() {
+    let sb = sandbox().await;
+    let job = job_id("net-ipv6");
+    let rules = EgressRules {
+        name: "registries".into(),
+        hosts: vec!["index.crates.io".into(), "*.crates.io".into()],
+        methods: Vec::new(),
+    };
+    let c = sb
+        .start_with_network(&job, "ABUSE-6", Some(&rules))
+        .await
+        .unwrap();
+
+    // No IPv6 address in the sandbox but loopback's: nothing IPv6 can leave it.
+    let v6 = ok(&c, "cat /proc/net/if_inet6").await;
+    assert!(
+        v6.lines().all(|l| l.trim_end().ends_with(" lo")),
+        "the sandbox has IPv6 addresses: {v6}"
+    );
+    // Directly: public IPv6 addresses, the host's own (global, unique-local, the job bridge's link-local).
+    let mut targets = vec![
+        "2606:4700::1111".to_string(),
+        "2001:4860:4860::8888".to_string(),
+        "64:ff9b::101:101".to_string(),
+    ];
+    targets.extend(host_v6_addresses(&job));
+    for addr in &targets {
+        for port in [443, 22] {
+            let out = fails(&c, &connect(addr, port)).await;
+            assert!(!out.contains("CONNECTED"), "[{addr}]:{port}: {out}");
+        }
+    }
+    // Through the proxy: IPv6 literals (public, IPv4-mapped metadata, link-local, 6to4 of loopback) are refused.
+    for req in [
+        "CONNECT [2606:4700::1111]:443 HTTP/1.1\r\n\r\n",
+        "CONNECT [::ffff:169.254.169.254]:443 HTTP/1.1\r\n\r\n",
+        "CONNECT [fe80::1]:443 HTTP/1.1\r\n\r\n",
+        "CONNECT [2002:7f00:1::1]:443 HTTP/1.1\r\n\r\n",
+        "GET http://[2606:4700::1111]/ HTTP/1.1\r\nHost: index.crates.io\r\n\r\n",
+        "GET http://[64:ff9b::a9fe:a9fe]/latest/meta-data/ HTTP/1.1\r\nHost: index.crates.io\r\n\r\n",
+    ] {
+        let status = ok(&c, &raw_proxy(req)).await;
+        assert!(status.starts_with("HTTP/1.1 403"), "{req:?}: {status}");
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (records, _) = c.egress_records();
+    assert_eq!(records.len(), 6, "{records:?}");
+    assert!(
+        records
+            .iter()
+            .all(|r| !r.allowed && r.rule.contains("raw IP")),
+        "{records:?}"
+    );
+
+    c.remove().await.unwrap();
+    assert_clean(&sb, &job).await;
+}
+
+/// A plain-HTTP request through the job's proxy with a forged `Host` and a second, pipelined request: refused
+/// before anything leaves (the rebuilt `Host` itself is checked against a local origin in `egress.rs`'s unit
+/// tests, since no allowlisted host answers plain HTTP from this machine).
+#[tokio::test]
+async fn pipelined_and_smuggled_requests_are_refused_by_the_job_proxy() {
+    let sb = sandbox().await;
+    let job = job_id("net-pipeline");
+    let rules = EgressRules {
+        name: "registries".into(),
+        hosts: vec!["index.crates.io".into()],
+        methods: Vec::new(),
+    };
+    let c = sb
+        .start_with_network(&job, "ABUSE-7", Some(&rules))
+        .await
+        .unwrap();
+    for (req, status) in [
+        (
+            "GET http://index.crates.io/config.json HTTP/1.1\r\nHost: index.crates.io\r\n\r\nGET http://index.crates.io/x HTTP/1.1\r\nHost: other.example\r\n\r\n",
+            "HTTP/1.1 400",
+        ),
+        (
+            "GET http://index.crates.io/ HTTP/1.1\r\nX-A: 1\nHost: other.example\r\n\r\n",
+            "HTTP/1.1 400",
+        ),
+        (
+            "POST http://index.crates.io/ HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            "HTTP/1.1 400",
+        ),
+        (
+            "CONNECT index.crates.io:443 HTTP/1.1\r\n\r\nGET / HTTP/1.1\r\nHost: other.example\r\n\r\n",
+            "HTTP/1.1 400",
+        ),
+    ] {
+        let got = ok(&c, &raw_proxy(req)).await;
+        assert!(got.starts_with(status), "{req:?}: {got}");
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (records, _) = c.egress_records();
+    assert_eq!(records.len(), 4, "{records:?}");
+    assert!(
+        records
+            .iter()
+            .all(|r| !r.allowed && r.address.is_none() && r.host == "index.crates.io"),
+        "{records:?}"
+    );
+    c.remove().await.unwrap();
+    assert_clean(&sb, &job).await;
+}

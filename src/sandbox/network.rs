@@ -85,6 +85,9 @@ async fn setup_inner(
             driver: Some("bridge".into()),
             // No route out, and no address on the host: the sandbox reaches the proxy and nothing else.
             internal: Some(true),
+            // No IPv6 on it either, whatever the daemon's defaults: Docker then disables IPv6 on the containers'
+            // interfaces, so not even the bridge's link-local address (which is the host's) answers.
+            enable_ipv6: Some(false),
             options: Some(HashMap::from([(
                 "com.docker.network.bridge.inhibit_ipv4".to_string(),
                 "true".to_string(),

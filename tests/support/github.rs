@@ -10,7 +10,15 @@
 //!   (https://docs.github.com/en/rest/pulls/pulls)
 //! - merges: `PUT /repos/{o}/{r}/pulls/{n}/merge` and `POST /repos/{o}/{r}/merges` are counted and refused (403):
 //!   the product must never call them.
-//! - the authenticated user: `GET /user` (https://docs.github.com/en/rest/users/users#get-the-authenticated-user).
+//! - the authenticated user: `GET /user` (https://docs.github.com/en/rest/users/users#get-the-authenticated-user)
+//!   and its teams: `GET /user/teams`, `team-full` objects with their `organization`
+//!   (https://docs.github.com/en/rest/teams/teams#list-teams-for-the-authenticated-user).
+//! - ruleset details: `current_user_can_bypass` is `always`, `pull_requests_only` or `never`, and only present
+//!   on the repository-level endpoint (https://docs.github.com/en/rest/repos/rules#get-a-repository-ruleset); a
+//!   token without Metadata: read gets 403 "Resource not accessible by personal access token".
+//! - classic review bypass allowances: `required_pull_request_reviews.bypass_pull_request_allowances` with `users`
+//!   (simple-user), `teams` (team) and `apps` (integration)
+//!   (https://docs.github.com/en/rest/branches/branch-protection#get-branch-protection).
 //!
 //! Git goes to `git http-backend` as a CGI (https://git-scm.com/docs/git-http-backend) over bare repositories in a
 //! temporary directory, behind HTTP Basic auth with the token as password, as GitHub does for HTTPS with a token.
@@ -53,6 +61,15 @@ struct RepoState {
     protected_branch: String,
     /// Whether the service account may bypass the rule (ruleset `current_user_can_bypass`, classic bypass users).
     can_bypass: bool,
+    /// `GET .../rulesets/{id}` answers 403 (the token lacks Metadata: read).
+    ruleset_forbidden: bool,
+    /// Overrides `current_user_can_bypass` in the ruleset detail: `Some(None)` leaves the field out (older GitHub
+    /// Enterprise Server, or an organization ruleset seen from a repository-level token).
+    ruleset_bypass_field: Option<Option<String>>,
+    /// Teams in the classic review bypass allowances: (id, slug).
+    bypass_teams: Vec<(u64, String)>,
+    /// Apps in the classic review bypass allowances: slugs.
+    bypass_apps: Vec<String>,
     drafts_supported: bool,
 }
 
@@ -61,6 +78,8 @@ struct Inner {
     root: PathBuf,
     base_url: String,
     bot_login: String,
+    /// The service account's teams as `GET /user/teams` lists them, (id, slug, parent id); `None` answers 403.
+    bot_teams: Option<Vec<(u64, String, Option<u64>)>>,
     repos: HashMap<String, RepoState>,
     pulls: HashMap<String, Vec<Value>>,
     next_pr: u64,
@@ -108,6 +127,7 @@ impl GithubStandIn {
             root,
             base_url: format!("http://{addr}"),
             bot_login: "drafter-bot".into(),
+            bot_teams: Some(Vec::new()),
             repos: HashMap::new(),
             pulls: HashMap::new(),
             next_pr: 1,
@@ -198,6 +218,10 @@ impl GithubStandIn {
                 review: Review::Ruleset(1),
                 protected_branch: "main".into(),
                 can_bypass: false,
+                ruleset_forbidden: false,
+                ruleset_bypass_field: None,
+                bypass_teams: Vec::new(),
+                bypass_apps: Vec::new(),
                 drafts_supported: true,
             },
         );
@@ -232,6 +256,34 @@ impl GithubStandIn {
     /// Whether the service account is in the bypass list (ruleset) or the review bypass allowances (classic).
     pub fn set_can_bypass(&self, full_name: &str, can_bypass: bool) {
         self.with_repo(full_name, |r| r.can_bypass = can_bypass);
+    }
+
+    /// `GET .../rulesets/{id}` answers 403 "Resource not accessible by personal access token".
+    pub fn set_ruleset_forbidden(&self, full_name: &str, forbidden: bool) {
+        self.with_repo(full_name, |r| r.ruleset_forbidden = forbidden);
+    }
+
+    /// The ruleset detail's `current_user_can_bypass`: `Some("pull_requests_only")` etc., or `None` to leave the
+    /// field out.
+    pub fn set_ruleset_bypass_field(&self, full_name: &str, value: Option<&str>) {
+        self.with_repo(full_name, |r| {
+            r.ruleset_bypass_field = Some(value.map(str::to_string))
+        });
+    }
+
+    /// Teams (id, slug) and apps (slugs) in the classic review bypass allowances of the protected branch.
+    pub fn set_bypass_allowances(&self, full_name: &str, teams: &[(u64, &str)], apps: &[&str]) {
+        self.with_repo(full_name, |r| {
+            r.bypass_teams = teams.iter().map(|(i, s)| (*i, s.to_string())).collect();
+            r.bypass_apps = apps.iter().map(|s| s.to_string()).collect();
+        });
+    }
+
+    /// The service account's teams, (id, slug, parent team id), as `GET /user/teams` lists them; `None` makes that
+    /// endpoint answer 403 (a token that may not read the organization's teams).
+    pub fn set_bot_teams(&self, teams: Option<&[(u64, &str, Option<u64>)]>) {
+        lock(&self.state).bot_teams =
+            teams.map(|t| t.iter().map(|(i, s, p)| (*i, s.to_string(), *p)).collect());
     }
 
     /// Whether draft pull requests are allowed (private repositories on the Free plan: no).
@@ -317,6 +369,24 @@ fn not_found() -> Response {
         404,
         json!({"message": "Not Found", "documentation_url": "https://docs.github.com/rest", "status": "404"}),
     )
+}
+
+/// 403 as GitHub answers a fine-grained token without the permission an endpoint needs.
+fn forbidden() -> Response {
+    json_response(
+        403,
+        json!({"message": "Resource not accessible by personal access token",
+               "documentation_url": "https://docs.github.com/rest", "status": "403"}),
+    )
+}
+
+/// A `team` object (https://docs.github.com/en/rest/teams/teams#get-a-team-by-name).
+fn team(api: &str, id: u64, slug: &str) -> Value {
+    json!({"id": id, "node_id": format!("T_{id}"), "url": format!("{api}/teams/{id}"),
+           "html_url": format!("https://github.example/orgs/acme/teams/{slug}"), "name": slug, "slug": slug,
+           "description": null, "privacy": "closed", "notification_setting": "notifications_enabled",
+           "permission": "push", "members_url": format!("{api}/teams/{id}/members{{/member}}"),
+           "repositories_url": format!("{api}/teams/{id}/repos"), "parent": null})
 }
 
 fn percent_decode(s: &str) -> String {
@@ -448,6 +518,22 @@ fn api(
             json!({"login": login, "id": 1, "type": "User", "url": format!("{api}/users/{login}")}),
         );
     }
+    if segs == ["user", "teams"] && method == Method::GET {
+        let Some(teams) = st.bot_teams.clone() else {
+            return forbidden();
+        };
+        let list: Vec<Value> = teams
+            .iter()
+            .map(|(id, slug, parent)| {
+                let mut t = team(&api, *id, slug);
+                t["parent"] = parent.map_or(Value::Null, |p| team(&api, p, &format!("team-{p}")));
+                t["organization"] =
+                    json!({"login": "acme", "id": 77, "url": format!("{api}/orgs/acme")});
+                t
+            })
+            .collect();
+        return json_response(200, Value::Array(list));
+    }
     if segs.len() < 3 || segs[0] != "repos" {
         return not_found();
     }
@@ -473,6 +559,25 @@ fn api(
     let review = repo.review;
     let protected = repo.protected_branch.clone();
     let can_bypass = repo.can_bypass;
+    let ruleset_forbidden = repo.ruleset_forbidden;
+    let bypass_field = repo
+        .ruleset_bypass_field
+        .clone()
+        .unwrap_or_else(|| Some(if can_bypass { "always" } else { "never" }.to_string()));
+    let bypass_teams: Vec<Value> = repo
+        .bypass_teams
+        .iter()
+        .map(|(id, slug)| team(&api, *id, slug))
+        .collect();
+    let bypass_apps: Vec<Value> = repo
+        .bypass_apps
+        .iter()
+        .enumerate()
+        .map(|(i, slug)| {
+            json!({"id": 900 + i, "slug": slug, "node_id": format!("A_{i}"), "name": slug,
+                                "owner": {"login": "acme", "id": 77, "type": "Organization"}})
+        })
+        .collect();
 
     match (method.clone(), rest) {
         (Method::GET, []) => json_response(
@@ -501,17 +606,20 @@ fn api(
             };
             json_response(200, rules)
         }
+        (Method::GET, ["rulesets", _]) if ruleset_forbidden => forbidden(),
         (Method::GET, ["rulesets", id]) => match review {
-            Review::Ruleset(n) if *id == "1" => json_response(
-                200,
-                json!({
+            Review::Ruleset(n) if *id == "1" => {
+                let mut ruleset = json!({
                     "id": 1, "name": "protect main", "target": "branch", "source_type": "Repository",
                     "source": full, "enforcement": "active",
-                    "current_user_can_bypass": if can_bypass { "always" } else { "never" },
                     "conditions": {"ref_name": {"include": [format!("refs/heads/{protected}")], "exclude": []}},
                     "rules": [{"type": "pull_request", "parameters": {"required_approving_review_count": n}}]
-                }),
-            ),
+                });
+                if let Some(mode) = &bypass_field {
+                    ruleset["current_user_can_bypass"] = json!(mode);
+                }
+                json_response(200, ruleset)
+            }
             _ => not_found(),
         },
         (Method::GET, ["branches", branch @ .., "protection"]) => {
@@ -530,7 +638,8 @@ fn api(
                             "required_pull_request_reviews": {
                                 "dismiss_stale_reviews": false, "require_code_owner_reviews": false,
                                 "required_approving_review_count": n,
-                                "bypass_pull_request_allowances": {"users": users, "teams": [], "apps": []}
+                                "bypass_pull_request_allowances": {"users": users, "teams": bypass_teams,
+                                                                   "apps": bypass_apps}
                             },
                             "enforce_admins": {"enabled": true},
                             "allow_force_pushes": {"enabled": false}
