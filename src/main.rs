@@ -389,7 +389,7 @@ fn main() -> ExitCode {
             Command::Doctor { config } => doctor(config.as_deref()).await,
             Command::CheckConfig { config } => {
                 let c = Config::load(&config)?;
-                println!("{c:#?}");
+                println!("{:#?}", c.for_display());
                 Ok(ExitCode::SUCCESS)
             }
         }
@@ -397,7 +397,8 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // A last line of defence: no message quoting a URL prints its credentials.
+            eprintln!("error: {}", drafter::config::redact_url(&format!("{e:#}")));
             ExitCode::FAILURE
         }
     }
@@ -444,7 +445,11 @@ async fn doctor(config: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
                 "FAIL"
             }
         };
-        println!("{mark}  {:<16} {}", c.what, c.detail);
+        println!(
+            "{mark}  {:<16} {}",
+            c.what,
+            drafter::config::redact_url(&c.detail)
+        );
     }
     Ok(if ok {
         ExitCode::SUCCESS
@@ -608,7 +613,8 @@ async fn serve(config_path: &std::path::Path) -> anyhow::Result<ExitCode> {
                     && !matches!(e, drafter::queue::QueueError::BadLocation(_)) =>
             {
                 eprintln!(
-                    "drafter serve: queue not ready ({e}); retrying in {}s",
+                    "drafter serve: queue not ready ({}); retrying in {}s",
+                    drafter::config::redact_url(&e.to_string()),
                     wait.as_secs()
                 );
                 tokio::time::sleep(wait).await;

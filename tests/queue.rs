@@ -1549,3 +1549,80 @@ async fn postgres_leases_use_the_database_clock() {
         "{lease}"
     );
 }
+
+// ---------------------------------------------------------------- the CLI: queue URLs are shown without credentials
+
+/// Runs the real binary with a clean queue environment; returns whether it succeeded and everything it printed.
+fn drafter_cli(args: &[&str], envs: &[(&str, &str)]) -> (bool, String) {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_drafter"));
+    cmd.args(args)
+        .env_remove("DRAFTER_QUEUE")
+        .env_remove("DRAFTER_SERVE_QUEUE")
+        .env_remove("DRAFTER_CONFIG");
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("drafter runs");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn the_cli_never_prints_a_queue_password() {
+    // A mistyped scheme: the location names no backend, and the message shows it without its userinfo.
+    let (ok, out) = drafter_cli(
+        &["jobs", "list", "--queue", "postgress://u:s3cret@h/db"],
+        &[],
+    );
+    assert!(!ok, "{out}");
+    assert!(!out.contains("s3cret"), "{out}");
+    assert!(out.contains("postgress://***@h/db"), "{out}");
+    // The same through the environment, for another command.
+    let (ok, out) = drafter_cli(
+        &["pause"],
+        &[("DRAFTER_QUEUE", "postgresq://admin:s3cret@db.internal/q")],
+    );
+    assert!(!ok, "{out}");
+    assert!(!out.contains("s3cret"), "{out}");
+    assert!(out.contains("db.internal"), "{out}");
+
+    // A well-formed URL to a port nothing listens on: the error names the host and port, not the password (in the
+    // userinfo or as a query parameter).
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    for url in [
+        format!("postgres://u:s3cret@127.0.0.1:{port}/db"),
+        format!("postgres://u@127.0.0.1:{port}/db?password=s3cret"),
+    ] {
+        let (ok, out) = drafter_cli(&["jobs", "list", "--queue", &url], &[]);
+        assert!(!ok, "{out}");
+        assert!(!out.contains("s3cret"), "{out}");
+        assert!(out.contains(&format!("127.0.0.1:{port}")), "{out}");
+    }
+
+    // `drafter check-config` shows the queue it resolved, without the password.
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/drafter.toml");
+    let (ok, out) = drafter_cli(
+        &["check-config", "--config", example],
+        &[
+            ("JIRA_API_TOKEN", "value"),
+            ("GITHUB_TOKEN", "value"),
+            ("ANTHROPIC_API_KEY", "value"),
+            ("JIRA_WEBHOOK_SECRET", "value"),
+            (
+                "DRAFTER_SERVE_QUEUE",
+                "postgres://drafter:s3cret@db.internal/drafter",
+            ),
+        ],
+    );
+    assert!(ok, "{out}");
+    assert!(!out.contains("s3cret"), "{out}");
+    assert!(out.contains("postgres://***@db.internal/drafter"), "{out}");
+}

@@ -347,7 +347,7 @@ pub enum QueueError {
     /// No such job.
     #[error("no job {0}")]
     NotFound(String),
-    /// A queue URL or path that names no backend.
+    /// A queue URL or path that names no backend. Holds the location as shown: credentials redacted.
     #[error("queue location `{0}`: expected a path (SQLite) or a postgres:// URL")]
     BadLocation(String),
 }
@@ -510,7 +510,8 @@ pub async fn open(location: &str) -> Result<Arc<dyn Queue>, QueueError> {
     if location.starts_with("postgres://") || location.starts_with("postgresql://") {
         Ok(Arc::new(postgres::PgQueue::connect(location).await?))
     } else if location.is_empty() || location.contains("://") {
-        Err(QueueError::BadLocation(location.to_string()))
+        // A mistyped URL still carries its password: never echo it.
+        Err(QueueError::BadLocation(crate::config::redact_url(location)))
     } else {
         Ok(Arc::new(
             sqlite::SqliteQueue::open(std::path::Path::new(location)).await?,
