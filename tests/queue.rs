@@ -1083,6 +1083,87 @@ async fn usage_totals_per_team_and_since(q: Arc<dyn Queue>) {
     assert_eq!(q.usage_since("web", day_ago).await.unwrap().calls, 2);
 }
 
+async fn deliveries_of_finished_jobs_are_pruned_by_age(q: Arc<dyn Queue>) {
+    // Finished: succeeded (with an absorbed second trigger), failed, cancelled.
+    let done = created(&q, "PRN-1", "p1").await;
+    assert_eq!(
+        q.enqueue(new_job("PRN-1", "p1b")).await.unwrap(),
+        Enqueued::Absorbed(done.clone())
+    );
+    q.claim(&worker("w")).await.unwrap().unwrap();
+    q.complete(&done, "w", json!({})).await.unwrap();
+    let failed = created(&q, "PRN-2", "p2").await;
+    q.claim(&worker("w")).await.unwrap().unwrap();
+    let permanent = Failure::Permanent {
+        error: "no".into(),
+    };
+    q.fail(&failed, "w", permanent).await.unwrap();
+    let cancelled = created(&q, "PRN-3", "p3").await;
+    assert!(q.cancel(&cancelled).await.unwrap());
+    // Open: awaiting approval, running, queued; and one running now that finishes only once the rest are old.
+    let awaiting = awaiting(
+        &q,
+        "PRN-6",
+        approval_request("r", chrono::Duration::hours(1)),
+    )
+    .await;
+    let running = created(&q, "PRN-5", "p5").await;
+    q.claim(&worker("w")).await.unwrap().unwrap();
+    let late = created(&q, "PRN-7", "p7").await;
+    q.claim(&worker("w")).await.unwrap().unwrap();
+    let queued = created(&q, "PRN-4", "p4").await;
+
+    assert_eq!(
+        q.prune_deliveries(Duration::from_secs(86_400))
+            .await
+            .unwrap(),
+        0,
+        "nothing is a day old"
+    );
+    let age = Duration::from_secs(1);
+    tokio::time::sleep(age + Duration::from_millis(500)).await;
+    q.complete(&late, "w", json!({})).await.unwrap();
+    assert_eq!(
+        q.prune_deliveries(age).await.unwrap(),
+        4,
+        "p1, p1b, p2, p3: old, and their jobs finished long enough ago"
+    );
+
+    // Open jobs keep their keys: a re-sent webhook is still a duplicate. So does a job that finished just now.
+    for (delivery, ticket, id) in [
+        ("p4", "PRN-4", &queued),
+        ("p5", "PRN-5", &running),
+        ("PRN-6-first", "PRN-6", &awaiting),
+        ("p7", "PRN-7", &late),
+    ] {
+        assert_eq!(
+            q.enqueue(new_job(ticket, delivery)).await.unwrap(),
+            Enqueued::Duplicate(id.clone()),
+            "{delivery}"
+        );
+    }
+    // A pruned key is forgotten: re-sent after the retention, it starts a new job (its ticket has no open job).
+    let again = created(&q, "PRN-1", "p1").await;
+    assert_ne!(again, done);
+    // Pruning forgets keys, never jobs.
+    for id in [&done, &failed, &cancelled] {
+        assert!(q.get(id).await.unwrap().is_some(), "{id}");
+    }
+
+    tokio::time::sleep(age + Duration::from_millis(500)).await;
+    assert_eq!(
+        q.prune_deliveries(age).await.unwrap(),
+        1,
+        "p7, now that its job has been finished for long enough"
+    );
+    assert_eq!(q.prune_deliveries(age).await.unwrap(), 0);
+    assert_eq!(
+        q.enqueue(new_job("PRN-1", "p1")).await.unwrap(),
+        Enqueued::Duplicate(again),
+        "the new job is open: its key is kept"
+    );
+}
+
 /// Instantiates every scenario once per backend, as `sqlite_backend::<name>` and `postgres_backend::<name>`.
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
@@ -1133,6 +1214,7 @@ conformance!(
     cancel_running_cancels_every_running_job,
     policy_hash_is_set_by_the_lease_holder_and_kept,
     usage_totals_per_team_and_since,
+    deliveries_of_finished_jobs_are_pruned_by_age,
 );
 
 // ---------------------------------------------------------------- SQLite only
@@ -1373,7 +1455,7 @@ async fn sqlite_upgrade_from_schema_1_keeps_jobs_and_deliveries() {
             .fetch_all(&mut conn)
             .await
             .unwrap();
-    assert_eq!(versions, vec![1, 2]);
+    assert_eq!(versions, all_versions::<i64>(drafter::queue::sqlite::MIGRATIONS.len()));
     // The rebuilt deliveries table still points at `jobs`, and nothing dangles.
     let parents: Vec<String> =
         sqlx::query_scalar("SELECT \"table\" FROM pragma_foreign_key_list('deliveries')")
@@ -1393,6 +1475,11 @@ async fn sqlite_upgrade_from_schema_1_keeps_jobs_and_deliveries() {
             .unwrap();
     assert!(leftovers.is_empty(), "{leftovers:?}");
     conn.close().await.unwrap();
+}
+
+/// Every schema version up to `n`, as `schema_version` lists them after migrating.
+fn all_versions<T: From<u8>>(n: usize) -> Vec<T> {
+    (1..=u8::try_from(n).unwrap()).map(T::from).collect()
 }
 
 /// After an upgrade from version 1: the old job, its delivery and progress are there, and the new state works.
@@ -1465,7 +1552,10 @@ async fn postgres_upgrade_from_schema_1_keeps_jobs_and_deliveries() {
             .fetch_all(&mut conn)
             .await
             .unwrap();
-    assert_eq!(versions, vec![1, 2]);
+    assert_eq!(
+        versions,
+        all_versions::<i32>(drafter::queue::postgres::MIGRATIONS.len())
+    );
     conn.close().await.unwrap();
 }
 
@@ -1488,7 +1578,10 @@ async fn postgres_concurrent_first_connects_migrate_once() {
         .fetch_all(&mut conn)
         .await
         .unwrap();
-    assert_eq!(versions, vec![1, 2]);
+    assert_eq!(
+        versions,
+        all_versions::<i32>(drafter::queue::postgres::MIGRATIONS.len())
+    );
     conn.close().await.unwrap();
     let q: Arc<dyn Queue> = Arc::new(queues.pop().unwrap());
     created(&q, "MIG-1", "g1").await;

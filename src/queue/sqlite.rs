@@ -149,6 +149,10 @@ CREATE TABLE usage_ledger (
 CREATE INDEX usage_ledger_team_at ON usage_ledger (team, at);
 CREATE INDEX usage_ledger_job ON usage_ledger (job_id);
 "#,
+    // Version 3: delivery keys are pruned by age (`prune_deliveries`).
+    r#"
+CREATE INDEX deliveries_created ON deliveries (created_at);
+"#,
 ];
 
 /// The SQLite queue. Cheap to share behind an `Arc`; all state is in the file.
@@ -926,6 +930,34 @@ impl super::Queue for SqliteQueue {
             .await
             .map_err(db("ping"))?;
         Ok(())
+    }
+
+    async fn prune_deliveries(&self, older_than: Duration) -> Result<u64, QueueError> {
+        let cutoff = now_ms().saturating_sub(super::retention_ms(older_than));
+        let mut pruned = 0;
+        loop {
+            let mut tx = self.begin().await?;
+            let n = sqlx::query(
+                "DELETE FROM deliveries WHERE rowid IN ( \
+                     SELECT d.rowid FROM deliveries d JOIN jobs j ON j.id = d.job_id \
+                     WHERE d.created_at < ?1 AND j.updated_at < ?1 \
+                       AND j.state NOT IN ('queued', 'running', 'awaiting_approval') \
+                     LIMIT ?2)",
+            )
+            .bind(cutoff)
+            .bind(super::PRUNE_BATCH)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("pruning old deliveries"))?
+            .rows_affected();
+            tx.commit()
+                .await
+                .map_err(db("committing the delivery prune"))?;
+            pruned += n;
+            if n < super::PRUNE_BATCH as u64 {
+                return Ok(pruned);
+            }
+        }
     }
 }
 
