@@ -83,7 +83,9 @@ pub fn redact_url(text: &str) -> String {
 
 fn is_secret_param(name: &str) -> bool {
     let n = name.to_ascii_lowercase();
-    ["password", "secret", "token"].iter().any(|w| n.contains(w))
+    ["password", "secret", "token"]
+        .iter()
+        .any(|w| n.contains(w))
 }
 
 /// Why loading the configuration failed. Every variant names the file; most name a key and a line.
@@ -1223,8 +1225,14 @@ repos = [{ name = "acme/widgets", test_command = "make test" }]
                 "postgres://h/db?user=u&password=s3cret&sslmode=require",
                 "postgres://h/db?user=u&password=***&sslmode=require",
             ),
-            ("/var/lib/drafter/queue.sqlite", "/var/lib/drafter/queue.sqlite"),
-            ("https://example.atlassian.net", "https://example.atlassian.net"),
+            (
+                "/var/lib/drafter/queue.sqlite",
+                "/var/lib/drafter/queue.sqlite",
+            ),
+            (
+                "https://example.atlassian.net",
+                "https://example.atlassian.net",
+            ),
             (
                 "queue `postgresql://a:s3cret@h/db` and `https://x:s3cret@y/`",
                 "queue `postgresql://***@h/db` and `https://***@y/`",
@@ -1236,11 +1244,13 @@ repos = [{ name = "acme/widgets", test_command = "make test" }]
 
     #[test]
     fn check_config_output_and_url_errors_hide_url_credentials() {
-        let text = format!(
-            "{GOOD}\n[serve]\nqueue = \"postgres://drafter:s3cret@db.internal/drafter\"\n"
-        );
+        let text =
+            format!("{GOOD}\n[serve]\nqueue = \"postgres://drafter:s3cret@db.internal/drafter\"\n");
         let c = Config::from_toml(&text, Path::new("d.toml"), &env).unwrap();
-        assert!(c.serve.queue.contains("s3cret"), "the real value is kept for use");
+        assert!(
+            c.serve.queue.contains("s3cret"),
+            "the real value is kept for use"
+        );
         assert_eq!(c.serve.delivery_retention_days, 30);
         let shown = format!("{:#?}", c.for_display());
         assert!(!shown.contains("s3cret"), "{shown}");

@@ -1094,9 +1094,7 @@ async fn deliveries_of_finished_jobs_are_pruned_by_age(q: Arc<dyn Queue>) {
     q.complete(&done, "w", json!({})).await.unwrap();
     let failed = created(&q, "PRN-2", "p2").await;
     q.claim(&worker("w")).await.unwrap().unwrap();
-    let permanent = Failure::Permanent {
-        error: "no".into(),
-    };
+    let permanent = Failure::Permanent { error: "no".into() };
     q.fail(&failed, "w", permanent).await.unwrap();
     let cancelled = created(&q, "PRN-3", "p3").await;
     assert!(q.cancel(&cancelled).await.unwrap());
@@ -1455,7 +1453,10 @@ async fn sqlite_upgrade_from_schema_1_keeps_jobs_and_deliveries() {
             .fetch_all(&mut conn)
             .await
             .unwrap();
-    assert_eq!(versions, all_versions::<i64>(drafter::queue::sqlite::MIGRATIONS.len()));
+    assert_eq!(
+        versions,
+        all_versions::<i64>(drafter::queue::sqlite::MIGRATIONS.len())
+    );
     // The rebuilt deliveries table still points at `jobs`, and nothing dangles.
     let parents: Vec<String> =
         sqlx::query_scalar("SELECT \"table\" FROM pragma_foreign_key_list('deliveries')")

@@ -197,7 +197,8 @@ fn a_rotated_key_mid_bundle_verifies_with_the_data_directory() {
     let data = tempfile::tempdir().expect("tempdir");
     let job = tempfile::tempdir().expect("tempdir");
     let old = Arc::new(RunnerKey::load_or_create(data.path()).expect("key"));
-    let mut w = BundleWriter::open(job.path(), old.clone(), "j1", "DEMO-1", &policy()).expect("open");
+    let mut w =
+        BundleWriter::open(job.path(), old.clone(), "j1", "DEMO-1", &policy()).expect("open");
     model_call(&mut w, 0);
     w.run(run_input(1, "failed")).expect("run 1");
     drop(w);
@@ -210,7 +211,8 @@ fn a_rotated_key_mid_bundle_verifies_with_the_data_directory() {
     assert!(rotated.status.success(), "{}", text(&rotated));
     let new = Arc::new(RunnerKey::load_or_create(data.path()).expect("key"));
     assert_ne!(new.key_id(), old.key_id());
-    let mut w = BundleWriter::open(job.path(), new.clone(), "j1", "DEMO-1", &policy()).expect("reopen");
+    let mut w =
+        BundleWriter::open(job.path(), new.clone(), "j1", "DEMO-1", &policy()).expect("reopen");
     model_call(&mut w, 1);
     let digest = w.run(run_input(2, "pull_request")).expect("run 2");
     let path = job.path().join(BUNDLE_FILE);
@@ -221,7 +223,10 @@ fn a_rotated_key_mid_bundle_verifies_with_the_data_directory() {
     assert!(text(&bad).contains("--key"), "{}", text(&bad));
     // Pinned to the data directory (runner.pub and the retired keys/), the rotation verifies.
     let dd = data.path().to_str().expect("utf8");
-    let ok = verify(&path, &["--key", dd, "--digest", &format!("sha256:{digest}")]);
+    let ok = verify(
+        &path,
+        &["--key", dd, "--digest", &format!("sha256:{digest}")],
+    );
     assert!(ok.status.success(), "{}", text(&ok));
     assert!(text(&ok).contains("(pinned)"), "{}", text(&ok));
     // So does naming both keys.
@@ -246,7 +251,11 @@ fn a_bundle_whose_last_run_statement_was_cut_fails_unless_incomplete_is_allowed(
 
     let bad = verify(&cut, &[]);
     assert_eq!(bad.status.code(), Some(1), "{}", text(&bad));
-    assert!(text(&bad).contains("without a run statement"), "{}", text(&bad));
+    assert!(
+        text(&bad).contains("without a run statement"),
+        "{}",
+        text(&bad)
+    );
     // With the PR's digest it fails too, whatever else is allowed.
     let pr = format!("sha256:{}", b.pr_digest);
     let bad = verify(&cut, &["--digest", &pr, "--allow-incomplete"]);

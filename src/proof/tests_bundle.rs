@@ -432,7 +432,11 @@ fn a_bundle_cut_after_an_earlier_attempt_does_not_match_the_prs_digest() {
     let k = key(3);
     let (path, first_len, first, second) = two_attempts(dir.path(), k.clone());
     let bytes = std::fs::read(&path).unwrap();
-    assert_eq!(second, sha256_hex(&bytes), "the PR's digest is the whole file's");
+    assert_eq!(
+        second,
+        sha256_hex(&bytes),
+        "the PR's digest is the whole file's"
+    );
     let with = |d: &str| Pins {
         digest: Some(d.to_string()),
         ..pinned(&k)
@@ -498,7 +502,14 @@ fn a_line_appended_by_another_key_fails_unless_allowed_or_pinned() {
     )
     .unwrap_err();
     assert!(
-        matches!(err, VerifyError::Line { line: 6, problem: LineProblem::Unpinned { .. }, .. }),
+        matches!(
+            err,
+            VerifyError::Line {
+                line: 6,
+                problem: LineProblem::Unpinned { .. },
+                ..
+            }
+        ),
         "{err}"
     );
     // Both pinned (a rotation): the change is accepted and reported.
@@ -506,7 +517,10 @@ fn a_line_appended_by_another_key_fails_unless_allowed_or_pinned() {
         keys: vec![k.verifying_key(), stranger.verifying_key()],
         ..Pins::default()
     };
-    assert_eq!(verify_bytes(&path, &bytes, &both).unwrap().signer_changes, vec![6]);
+    assert_eq!(
+        verify_bytes(&path, &bytes, &both).unwrap().signer_changes,
+        vec![6]
+    );
 }
 
 #[test]
@@ -518,7 +532,10 @@ fn a_cut_last_run_statement_fails_unless_incomplete_is_allowed() {
     let ls = lines(&bytes);
     let cut = join(&ls[..ls.len() - 1]);
     let err = verify_bytes(&path, &cut, &pinned(&k)).unwrap_err();
-    assert!(matches!(err, VerifyError::Incomplete { lines: 4, .. }), "{err}");
+    assert!(
+        matches!(err, VerifyError::Incomplete { lines: 4, .. }),
+        "{err}"
+    );
     let open = Pins {
         allow_incomplete: true,
         ..pinned(&k)

@@ -309,10 +309,18 @@ pub fn verify_bytes(path: &Path, bytes: &[u8], pins: &Pins) -> Result<Summary, V
         });
     }
     if let Some(want) = &pins.digest {
-        let want = want.strip_prefix("sha256:").unwrap_or(want).to_ascii_lowercase();
+        let want = want
+            .strip_prefix("sha256:")
+            .unwrap_or(want)
+            .to_ascii_lowercase();
         // The whole file first (the usual case), then earlier attempts (a digest a ticket comment showed before a
         // retry extended the bundle).
-        s.digest_match = s.run_digests.iter().rev().find(|r| r.digest == want).cloned();
+        s.digest_match = s
+            .run_digests
+            .iter()
+            .rev()
+            .find(|r| r.digest == want)
+            .cloned();
         if s.digest_match.is_none() {
             return Err(VerifyError::Digest {
                 path: path.to_path_buf(),
@@ -894,7 +902,10 @@ pub fn render(s: &Summary, policy_file: Option<&Path>, repo: Option<(&Path, Stri
             "  digest:        sha256:{} matches {}",
             m.digest,
             if later == 0 {
-                format!("the whole bundle (run statement of attempt {}, line {})", m.attempt, m.line)
+                format!(
+                    "the whole bundle (run statement of attempt {}, line {})",
+                    m.attempt, m.line
+                )
             } else {
                 format!(
                     "the bundle through line {} (run statement of attempt {}); {later} later statement(s) follow, \

@@ -542,7 +542,11 @@ async fn prune_deliveries(queue: &dyn Queue, config: &Config) {
     let older_than = Duration::from_secs(days.saturating_mul(86_400));
     match queue.prune_deliveries(older_than).await {
         Ok(0) => {}
-        Ok(n) => tracing::info!(pruned = n, days, "forgot old delivery keys of finished jobs"),
+        Ok(n) => tracing::info!(
+            pruned = n,
+            days,
+            "forgot old delivery keys of finished jobs"
+        ),
         Err(e) => tracing::warn!(error = %e, "could not prune old delivery keys"),
     }
 }
