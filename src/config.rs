@@ -37,6 +37,57 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// `text` with credentials cut out of every URL in it, for display: the userinfo of `scheme://user:password@host`
+/// becomes `***`, and so does the value of a query parameter whose name mentions a password, secret or token
+/// (`?password=...`). Works on a bare URL, a mistyped one (`postgress://...`), or a message quoting URLs. Everything
+/// else is kept, so the operator still sees which host and database were meant.
+pub fn redact_url(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("://") {
+        let (head, tail) = rest.split_at(i + 3);
+        out.push_str(head);
+        // A URL runs to the next blank or quoting character.
+        let end = tail
+            .find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '`' | '<' | '>'))
+            .unwrap_or(tail.len());
+        let (url, after) = tail.split_at(end);
+        // The last `@`: a password typed with an unescaped `@`, `/` or `?` in it must not leak its tail.
+        let url = match url.rfind('@') {
+            Some(at) => {
+                out.push_str("***");
+                &url[at..]
+            }
+            None => url,
+        };
+        match url.split_once('?') {
+            Some((base, query)) => {
+                out.push_str(base);
+                out.push('?');
+                let params: Vec<String> = query
+                    .split('&')
+                    .map(|p| match p.split_once('=') {
+                        Some((k, _)) if is_secret_param(k) => format!("{k}=***"),
+                        _ => p.to_string(),
+                    })
+                    .collect();
+                out.push_str(&params.join("&"));
+            }
+            None => out.push_str(url),
+        }
+        rest = after;
+    }
+    out.push_str(rest);
+    out
+}
+
+fn is_secret_param(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    ["password", "secret", "token"]
+        .iter()
+        .any(|w| n.contains(w))
+}
+
 /// Why loading the configuration failed. Every variant names the file; most name a key and a line.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -136,6 +187,9 @@ pub struct ServeConfig {
     pub max_attempts: u32,
     /// How often an idle worker looks for work, in milliseconds.
     pub idle_poll_ms: u64,
+    /// Days a webhook delivery key is remembered (for dedup) after its job was last changed; older keys of
+    /// finished jobs are pruned. Keys of open jobs are never pruned.
+    pub delivery_retention_days: u64,
 }
 
 /// The JQL poll.
@@ -417,6 +471,7 @@ struct RawServe {
     drain_timeout_secs: u64,
     max_attempts: u32,
     idle_poll_ms: u64,
+    delivery_retention_days: u64,
 }
 
 impl Default for RawServe {
@@ -433,6 +488,7 @@ impl Default for RawServe {
             drain_timeout_secs: 120,
             max_attempts: 5,
             idle_poll_ms: 500,
+            delivery_retention_days: 30,
         }
     }
 }
@@ -619,6 +675,22 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
 ];
 
 impl Config {
+    /// A copy for showing (`drafter check-config`): every URL with its credentials cut out ([`redact_url`]); the
+    /// secrets are hidden by their own `Debug`.
+    pub fn for_display(&self) -> Config {
+        let mut c = self.clone();
+        for url in [
+            &mut c.serve.queue,
+            &mut c.jira.base_url,
+            &mut c.github.api_url,
+            &mut c.github.git_url,
+            &mut c.model.base_url,
+        ] {
+            *url = redact_url(url);
+        }
+        c
+    }
+
     /// Reads, parses and validates `path`, applies [`ENV_OVERRIDES`] and resolves secrets.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -678,6 +750,10 @@ impl Config {
             ("serve.lease_secs", raw.serve.lease_secs),
             ("serve.heartbeat_secs", raw.serve.heartbeat_secs),
             ("serve.max_attempts", raw.serve.max_attempts as u64),
+            (
+                "serve.delivery_retention_days",
+                raw.serve.delivery_retention_days,
+            ),
             ("poll.interval_secs", raw.poll.interval_secs),
         ] {
             if value == 0 {
@@ -844,6 +920,7 @@ impl Config {
                 drain_timeout_secs: raw.serve.drain_timeout_secs,
                 max_attempts: raw.serve.max_attempts,
                 idle_poll_ms: raw.serve.idle_poll_ms,
+                delivery_retention_days: raw.serve.delivery_retention_days,
             },
             poll: PollConfig {
                 enabled: raw.poll.enabled,
@@ -916,7 +993,11 @@ impl Ctx<'_> {
         match url::Url::parse(value) {
             Ok(u) if matches!(u.scheme(), "http" | "https") => Ok(()),
             Ok(_) => Err(self.invalid(key, None, "must be an http:// or https:// URL")),
-            Err(e) => Err(self.invalid(key, None, &format!("`{value}` is not a URL: {e}"))),
+            Err(e) => Err(self.invalid(
+                key,
+                None,
+                &format!("`{}` is not a URL: {e}", redact_url(value)),
+            )),
         }
     }
 
@@ -1130,6 +1211,69 @@ repos = [{ name = "acme/widgets", test_command = "make test" }]
         assert!(err.contains("projects.DEMO.repos"), "{err}");
         assert!(!valid_repo_name("a/b/c"));
         assert!(valid_repo_name("acme/widgets.rs"));
+    }
+
+    #[test]
+    fn urls_lose_their_credentials_for_display() {
+        for (raw, shown) in [
+            ("postgres://u:s3cret@db:5432/q", "postgres://***@db:5432/q"),
+            ("postgress://u:s3cret@h/db", "postgress://***@h/db"),
+            ("https://ghp_tok3n@github.com", "https://***@github.com"),
+            // Unescaped `@`, `/` and `?` in a password: nothing after the scheme up to the last `@` survives.
+            ("postgres://u:p@ss/w?rd@h/db", "postgres://***@h/db"),
+            (
+                "postgres://h/db?user=u&password=s3cret&sslmode=require",
+                "postgres://h/db?user=u&password=***&sslmode=require",
+            ),
+            (
+                "/var/lib/drafter/queue.sqlite",
+                "/var/lib/drafter/queue.sqlite",
+            ),
+            (
+                "https://example.atlassian.net",
+                "https://example.atlassian.net",
+            ),
+            (
+                "queue `postgresql://a:s3cret@h/db` and `https://x:s3cret@y/`",
+                "queue `postgresql://***@h/db` and `https://***@y/`",
+            ),
+        ] {
+            assert_eq!(redact_url(raw), shown, "{raw}");
+        }
+    }
+
+    #[test]
+    fn check_config_output_and_url_errors_hide_url_credentials() {
+        let text =
+            format!("{GOOD}\n[serve]\nqueue = \"postgres://drafter:s3cret@db.internal/drafter\"\n");
+        let c = Config::from_toml(&text, Path::new("d.toml"), &env).unwrap();
+        assert!(
+            c.serve.queue.contains("s3cret"),
+            "the real value is kept for use"
+        );
+        assert_eq!(c.serve.delivery_retention_days, 30);
+        let shown = format!("{:#?}", c.for_display());
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("db.internal"), "{shown}");
+
+        let text = GOOD.replace("https://example.atlassian.net/", "https://bot:s3cret@[bad");
+        let err = Config::from_toml(&text, Path::new("d.toml"), &env)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("jira.base_url"), "{err}");
+        assert!(!err.contains("s3cret"), "{err}");
+    }
+
+    #[test]
+    fn delivery_retention_is_configurable_and_at_least_a_day() {
+        let text = format!("{GOOD}\n[serve]\ndelivery_retention_days = 7\n");
+        let c = Config::from_toml(&text, Path::new("d.toml"), &env).unwrap();
+        assert_eq!(c.serve.delivery_retention_days, 7);
+        let text = format!("{GOOD}\n[serve]\ndelivery_retention_days = 0\n");
+        let err = Config::from_toml(&text, Path::new("d.toml"), &env)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("serve.delivery_retention_days"), "{err}");
     }
 }
 

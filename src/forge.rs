@@ -279,7 +279,7 @@ impl GitHub {
     /// authenticating as `cfg.token`.
     pub fn new(cfg: &GithubConfig) -> Result<GitHub, ForgeError> {
         let client_err = |message: String| ForgeError::Client {
-            api_url: cfg.api_url.clone(),
+            api_url: crate::config::redact_url(&cfg.api_url),
             message,
         };
         let octo = Octocrab::builder()

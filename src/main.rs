@@ -68,6 +68,19 @@ enum Command {
         /// from its base commit must have the recorded SHA-256.
         #[arg(long)]
         repo: Option<PathBuf>,
+        /// The bundle digest from the PR body or the ticket comment (`sha256:<hex>`): the bundle must hash to it,
+        /// or (when later attempts extended it) its part up to one of its run statements must. A bundle cut after
+        /// an earlier attempt fails.
+        #[arg(long, value_parser = parse_digest_arg)]
+        digest: Option<String>,
+        /// Accept a bundle whose last attempt has no run statement (a job still running). Without it such a
+        /// bundle fails: its end may have been cut off.
+        #[arg(long)]
+        allow_incomplete: bool,
+        /// Without --key: accept statements signed by a different key than line 1's. Without either, a change of
+        /// signer fails (after a key rotation, pass --key with the data directory, which keeps retired keys).
+        #[arg(long)]
+        allow_signer_change: bool,
     },
     /// The runner's signing key.
     Key {
@@ -342,7 +355,17 @@ fn main() -> ExitCode {
                 keys,
                 policy,
                 repo,
-            } => verify(&path, &keys, policy.as_deref(), repo.as_deref()),
+                digest,
+                allow_incomplete,
+                allow_signer_change,
+            } => {
+                let expect = VerifyExpect {
+                    digest,
+                    allow_incomplete,
+                    allow_signer_change,
+                };
+                verify(&path, &keys, policy.as_deref(), repo.as_deref(), expect)
+            }
             Command::Key { command } => key_cmd(command),
             Command::Serve { config } => serve(&config).await,
             Command::Jobs {
@@ -366,7 +389,7 @@ fn main() -> ExitCode {
             Command::Doctor { config } => doctor(config.as_deref()).await,
             Command::CheckConfig { config } => {
                 let c = Config::load(&config)?;
-                println!("{c:#?}");
+                println!("{:#?}", c.for_display());
                 Ok(ExitCode::SUCCESS)
             }
         }
@@ -374,7 +397,8 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // A last line of defence: no message quoting a URL prints its credentials.
+            eprintln!("error: {}", drafter::config::redact_url(&format!("{e:#}")));
             ExitCode::FAILURE
         }
     }
@@ -421,7 +445,11 @@ async fn doctor(config: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
                 "FAIL"
             }
         };
-        println!("{mark}  {:<16} {}", c.what, c.detail);
+        println!(
+            "{mark}  {:<16} {}",
+            c.what,
+            drafter::config::redact_url(&c.detail)
+        );
     }
     Ok(if ok {
         ExitCode::SUCCESS
@@ -585,7 +613,8 @@ async fn serve(config_path: &std::path::Path) -> anyhow::Result<ExitCode> {
                     && !matches!(e, drafter::queue::QueueError::BadLocation(_)) =>
             {
                 eprintln!(
-                    "drafter serve: queue not ready ({e}); retrying in {}s",
+                    "drafter serve: queue not ready ({}); retrying in {}s",
+                    drafter::config::redact_url(&e.to_string()),
                     wait.as_secs()
                 );
                 tokio::time::sleep(wait).await;
@@ -1111,15 +1140,30 @@ fn pinned_keys(values: &[String]) -> anyhow::Result<Vec<ed25519_dalek::Verifying
     Ok(keys)
 }
 
+/// `drafter verify`'s demands beyond keys, policy and repository.
+struct VerifyExpect {
+    digest: Option<String>,
+    allow_incomplete: bool,
+    allow_signer_change: bool,
+}
+
+fn parse_digest_arg(value: &str) -> Result<String, String> {
+    proof::verify::parse_digest(value)
+}
+
 fn verify(
     path: &std::path::Path,
     keys: &[String],
     policy_file: Option<&std::path::Path>,
     repo: Option<&std::path::Path>,
+    expect: VerifyExpect,
 ) -> anyhow::Result<ExitCode> {
     let mut pins = proof::Pins {
         keys: pinned_keys(keys)?,
         policy_hash: None,
+        digest: expect.digest,
+        allow_incomplete: expect.allow_incomplete,
+        allow_signer_change: expect.allow_signer_change,
     };
     if let Some(f) = policy_file {
         let text =

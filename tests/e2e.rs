@@ -241,6 +241,8 @@ async fn ticket_to_draft_pr(provider: &'static str) {
         .arg(&pubkey)
         .arg("--repo")
         .arg(&stack.bare_repo)
+        .arg("--digest")
+        .arg(format!("sha256:{digest}"))
         .output()
         .expect("verify runs");
     let summary = String::from_utf8_lossy(&ok.stdout);
@@ -256,6 +258,7 @@ async fn ticket_to_draft_pr(provider: &'static str) {
         "outcome:       pull_request",
         "repository ok: commit",
         &format!("bundle digest: sha256:{digest}"),
+        "matches the whole bundle",
     ] {
         assert!(summary.contains(want), "{want} missing from {summary}");
     }

@@ -103,6 +103,7 @@ fn pins(key: &RunnerKey) -> Pins {
     Pins {
         keys: vec![key.verifying_key()],
         policy_hash: None,
+        ..Pins::default()
     }
 }
 
@@ -299,6 +300,7 @@ async fn three_call_conversation(kind: ProviderKind) {
     let pinned = Pins {
         keys: vec![pinned],
         policy_hash: Some("sha256:p".into()),
+        ..Pins::default()
     };
     let report = verify_unfinished(&s.job_dir, &pinned).unwrap();
     assert_eq!(report.count, 3);

@@ -1092,6 +1092,85 @@ async fn usage_totals_per_team_and_since(q: Arc<dyn Queue>) {
     assert_eq!(q.usage_since("web", day_ago).await.unwrap().calls, 2);
 }
 
+async fn deliveries_of_finished_jobs_are_pruned_by_age(q: Arc<dyn Queue>) {
+    // Finished: succeeded (with an absorbed second trigger), failed, cancelled.
+    let done = created(&q, "PRN-1", "p1").await;
+    assert_eq!(
+        q.enqueue(new_job("PRN-1", "p1b")).await.unwrap(),
+        Enqueued::Absorbed(done.clone())
+    );
+    q.claim(&worker("w")).await.unwrap().unwrap();
+    q.complete(&done, "w", json!({})).await.unwrap();
+    let failed = created(&q, "PRN-2", "p2").await;
+    q.claim(&worker("w")).await.unwrap().unwrap();
+    let permanent = Failure::Permanent { error: "no".into() };
+    q.fail(&failed, "w", permanent).await.unwrap();
+    let cancelled = created(&q, "PRN-3", "p3").await;
+    assert!(q.cancel(&cancelled).await.unwrap());
+    // Open: awaiting approval, running, queued; and one running now that finishes only once the rest are old.
+    let awaiting = awaiting(
+        &q,
+        "PRN-6",
+        approval_request("r", chrono::Duration::hours(1)),
+    )
+    .await;
+    let running = created(&q, "PRN-5", "p5").await;
+    q.claim(&worker("w")).await.unwrap().unwrap();
+    let late = created(&q, "PRN-7", "p7").await;
+    q.claim(&worker("w")).await.unwrap().unwrap();
+    let queued = created(&q, "PRN-4", "p4").await;
+
+    assert_eq!(
+        q.prune_deliveries(Duration::from_secs(86_400))
+            .await
+            .unwrap(),
+        0,
+        "nothing is a day old"
+    );
+    let age = Duration::from_secs(1);
+    tokio::time::sleep(age + Duration::from_millis(500)).await;
+    q.complete(&late, "w", json!({})).await.unwrap();
+    assert_eq!(
+        q.prune_deliveries(age).await.unwrap(),
+        4,
+        "p1, p1b, p2, p3: old, and their jobs finished long enough ago"
+    );
+
+    // Open jobs keep their keys: a re-sent webhook is still a duplicate. So does a job that finished just now.
+    for (delivery, ticket, id) in [
+        ("p4", "PRN-4", &queued),
+        ("p5", "PRN-5", &running),
+        ("PRN-6-first", "PRN-6", &awaiting),
+        ("p7", "PRN-7", &late),
+    ] {
+        assert_eq!(
+            q.enqueue(new_job(ticket, delivery)).await.unwrap(),
+            Enqueued::Duplicate(id.clone()),
+            "{delivery}"
+        );
+    }
+    // A pruned key is forgotten: re-sent after the retention, it starts a new job (its ticket has no open job).
+    let again = created(&q, "PRN-1", "p1").await;
+    assert_ne!(again, done);
+    // Pruning forgets keys, never jobs.
+    for id in [&done, &failed, &cancelled] {
+        assert!(q.get(id).await.unwrap().is_some(), "{id}");
+    }
+
+    tokio::time::sleep(age + Duration::from_millis(500)).await;
+    assert_eq!(
+        q.prune_deliveries(age).await.unwrap(),
+        1,
+        "p7, now that its job has been finished for long enough"
+    );
+    assert_eq!(q.prune_deliveries(age).await.unwrap(), 0);
+    assert_eq!(
+        q.enqueue(new_job("PRN-1", "p1")).await.unwrap(),
+        Enqueued::Duplicate(again),
+        "the new job is open: its key is kept"
+    );
+}
+
 /// Instantiates every scenario once per backend, as `sqlite_backend::<name>` and `postgres_backend::<name>`.
 /// Anyone who can comment can add a trigger to an open job: it keeps at most `MAX_TRIGGERS`, and the rest are
 /// recorded as seen (a redelivery stays a duplicate) but not kept.
@@ -1218,6 +1297,7 @@ conformance!(
     usage_totals_per_team_and_since,
     an_open_job_keeps_a_bounded_number_of_triggers,
     every_claim_gets_a_new_fencing_token,
+    deliveries_of_finished_jobs_are_pruned_by_age,
 );
 
 // ---------------------------------------------------------------- SQLite only
@@ -1460,7 +1540,7 @@ async fn sqlite_upgrade_from_schema_1_keeps_jobs_and_deliveries() {
             .unwrap();
     assert_eq!(
         versions,
-        (1..=drafter::queue::sqlite::MIGRATIONS.len() as i64).collect::<Vec<_>>()
+        all_versions::<i64>(drafter::queue::sqlite::MIGRATIONS.len())
     );
     // The rebuilt deliveries table still points at `jobs`, and nothing dangles.
     let parents: Vec<String> =
@@ -1481,6 +1561,11 @@ async fn sqlite_upgrade_from_schema_1_keeps_jobs_and_deliveries() {
             .unwrap();
     assert!(leftovers.is_empty(), "{leftovers:?}");
     conn.close().await.unwrap();
+}
+
+/// Every schema version up to `n`, as `schema_version` lists them after migrating.
+fn all_versions<T: From<u8>>(n: usize) -> Vec<T> {
+    (1..=u8::try_from(n).unwrap()).map(T::from).collect()
 }
 
 /// After an upgrade from version 1: the old job, its delivery and progress are there, and the new state works.
@@ -1555,7 +1640,7 @@ async fn postgres_upgrade_from_schema_1_keeps_jobs_and_deliveries() {
             .unwrap();
     assert_eq!(
         versions,
-        (1..=drafter::queue::postgres::MIGRATIONS.len() as i32).collect::<Vec<_>>()
+        all_versions::<i32>(drafter::queue::postgres::MIGRATIONS.len())
     );
     conn.close().await.unwrap();
 }
@@ -1581,7 +1666,7 @@ async fn postgres_concurrent_first_connects_migrate_once() {
         .unwrap();
     assert_eq!(
         versions,
-        (1..=drafter::queue::postgres::MIGRATIONS.len() as i32).collect::<Vec<_>>()
+        all_versions::<i32>(drafter::queue::postgres::MIGRATIONS.len())
     );
     conn.close().await.unwrap();
     let q: Arc<dyn Queue> = Arc::new(queues.pop().unwrap());
@@ -1642,4 +1727,81 @@ async fn postgres_leases_use_the_database_clock() {
         lease > chrono::Duration::seconds(55) && lease <= chrono::Duration::seconds(60),
         "{lease}"
     );
+}
+
+// ---------------------------------------------------------------- the CLI: queue URLs are shown without credentials
+
+/// Runs the real binary with a clean queue environment; returns whether it succeeded and everything it printed.
+fn drafter_cli(args: &[&str], envs: &[(&str, &str)]) -> (bool, String) {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_drafter"));
+    cmd.args(args)
+        .env_remove("DRAFTER_QUEUE")
+        .env_remove("DRAFTER_SERVE_QUEUE")
+        .env_remove("DRAFTER_CONFIG");
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("drafter runs");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn the_cli_never_prints_a_queue_password() {
+    // A mistyped scheme: the location names no backend, and the message shows it without its userinfo.
+    let (ok, out) = drafter_cli(
+        &["jobs", "list", "--queue", "postgress://u:s3cret@h/db"],
+        &[],
+    );
+    assert!(!ok, "{out}");
+    assert!(!out.contains("s3cret"), "{out}");
+    assert!(out.contains("postgress://***@h/db"), "{out}");
+    // The same through the environment, for another command.
+    let (ok, out) = drafter_cli(
+        &["pause"],
+        &[("DRAFTER_QUEUE", "postgresq://admin:s3cret@db.internal/q")],
+    );
+    assert!(!ok, "{out}");
+    assert!(!out.contains("s3cret"), "{out}");
+    assert!(out.contains("db.internal"), "{out}");
+
+    // A well-formed URL to a port nothing listens on: the error names the host and port, not the password (in the
+    // userinfo or as a query parameter).
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    for url in [
+        format!("postgres://u:s3cret@127.0.0.1:{port}/db"),
+        format!("postgres://u@127.0.0.1:{port}/db?password=s3cret"),
+    ] {
+        let (ok, out) = drafter_cli(&["jobs", "list", "--queue", &url], &[]);
+        assert!(!ok, "{out}");
+        assert!(!out.contains("s3cret"), "{out}");
+        assert!(out.contains(&format!("127.0.0.1:{port}")), "{out}");
+    }
+
+    // `drafter check-config` shows the queue it resolved, without the password.
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/drafter.toml");
+    let (ok, out) = drafter_cli(
+        &["check-config", "--config", example],
+        &[
+            ("JIRA_API_TOKEN", "value"),
+            ("GITHUB_TOKEN", "value"),
+            ("ANTHROPIC_API_KEY", "value"),
+            ("JIRA_WEBHOOK_SECRET", "value"),
+            (
+                "DRAFTER_SERVE_QUEUE",
+                "postgres://drafter:s3cret@db.internal/drafter",
+            ),
+        ],
+    );
+    assert!(ok, "{out}");
+    assert!(!out.contains("s3cret"), "{out}");
+    assert!(out.contains("postgres://***@db.internal/drafter"), "{out}");
 }

@@ -223,6 +223,10 @@ impl Queue for MemQueue {
     async fn ping(&self) -> Result<(), QueueError> {
         self.check()
     }
+
+    async fn prune_deliveries(&self, _older_than: Duration) -> Result<u64, QueueError> {
+        Err(unsupported())
+    }
 }
 
 // ---- the server under test -----------------------------------------------------------------------------------------

@@ -127,6 +127,7 @@ fn pinned(k: &RunnerKey) -> Pins {
     Pins {
         keys: vec![k.verifying_key()],
         policy_hash: None,
+        ..Pins::default()
     }
 }
 
@@ -377,6 +378,7 @@ fn a_rotated_key_keeps_old_bundles_verifiable() {
     let pins = Pins {
         keys: known,
         policy_hash: None,
+        ..Pins::default()
     };
     verify_bytes(&path, &bytes, &pins).unwrap();
     // The old private key is gone; the new one is what load_or_create returns.
@@ -406,6 +408,152 @@ fn a_retried_job_continues_its_bundle() {
         BundleWriter::open(dir.path(), k, "j2", "DEMO-1", &p1()),
         Err(ProofError::WrongJob { .. })
     ));
+}
+
+/// Two attempts by `k` (the first failed, the second opened the PR); returns the file, its length after attempt 1
+/// and the digests attempt 1 and attempt 2 reported.
+fn two_attempts(dir: &Path, k: Arc<RunnerKey>) -> (PathBuf, usize, String, String) {
+    let mut w = BundleWriter::open(dir, k.clone(), "j1", "DEMO-1", &p1()).unwrap();
+    model(&mut w, 0);
+    let first = w.run(run_input("failed", None)).unwrap();
+    drop(w);
+    let path = dir.join(BUNDLE_FILE);
+    let first_len = std::fs::read(&path).unwrap().len();
+    let mut w = BundleWriter::open(dir, k, "j1", "DEMO-1", &p1()).unwrap();
+    model(&mut w, 1);
+    tool(&mut w);
+    let second = w.run(run_input("pull_request", None)).unwrap();
+    (path, first_len, first, second)
+}
+
+#[test]
+fn a_bundle_cut_after_an_earlier_attempt_does_not_match_the_prs_digest() {
+    let dir = tempfile::tempdir().unwrap();
+    let k = key(3);
+    let (path, first_len, first, second) = two_attempts(dir.path(), k.clone());
+    let bytes = std::fs::read(&path).unwrap();
+    assert_eq!(
+        second,
+        sha256_hex(&bytes),
+        "the PR's digest is the whole file's"
+    );
+    let with = |d: &str| Pins {
+        digest: Some(d.to_string()),
+        ..pinned(&k)
+    };
+    let s = verify_bytes(&path, &bytes, &with(&format!("sha256:{second}"))).unwrap();
+    let m = s.digest_match.unwrap();
+    assert_eq!((m.line, m.attempt), (5, 1));
+    assert_eq!(s.run_digests.len(), 2);
+    assert_eq!(s.run_digests[0].digest, first);
+
+    // The cut bundle is well formed and ends with a run statement: only the digest tells it apart.
+    let cut = &bytes[..first_len];
+    verify_bytes(&path, cut, &pinned(&k)).unwrap();
+    let err = verify_bytes(&path, cut, &with(&second)).unwrap_err();
+    assert!(
+        matches!(&err, VerifyError::Digest { expected, runs: 1, .. } if *expected == second),
+        "{err}"
+    );
+    // Attempt 1's digest (the one its ticket comment showed) names a prefix of the full bundle.
+    let s = verify_bytes(&path, &bytes, &with(&first)).unwrap();
+    assert_eq!(s.digest_match.map(|m| m.line), Some(2));
+    // Only run statements end a digest's prefix: the digest of the file up to a model call matches nothing.
+    let mid = sha256_hex(&bytes[..first_len + lines(&bytes)[2].len() + 1]);
+    assert!(verify_bytes(&path, &bytes, &with(&mid)).is_err());
+}
+
+#[test]
+fn a_line_appended_by_another_key_fails_unless_allowed_or_pinned() {
+    let dir = tempfile::tempdir().unwrap();
+    let k = key(3);
+    let (path, ..) = two_attempts(dir.path(), k.clone());
+    // The stranger chains correctly, but signs with their own key.
+    let stranger = key(9);
+    let mut w = BundleWriter::open(dir.path(), stranger.clone(), "j1", "DEMO-1", &p1()).unwrap();
+    w.run(run_input("pull_request", None)).unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+
+    let err = verify_bytes(&path, &bytes, &Pins::default()).unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            VerifyError::Line { line: 6, problem: LineProblem::SignerChanged { from, to }, .. }
+                if *from == k.key_id() && *to == stranger.key_id()
+        ),
+        "{err}"
+    );
+    let allowed = Pins {
+        allow_signer_change: true,
+        ..Pins::default()
+    };
+    let s = verify_bytes(&path, &bytes, &allowed).unwrap();
+    assert_eq!(s.signer_changes, vec![6]);
+    assert_eq!(s.key_ids, vec![k.key_id(), stranger.key_id()]);
+    assert!(!s.pinned);
+    // Pinned to the runner's key, the flag does not help the stranger.
+    let err = verify_bytes(
+        &path,
+        &bytes,
+        &Pins {
+            allow_signer_change: true,
+            ..pinned(&k)
+        },
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            VerifyError::Line {
+                line: 6,
+                problem: LineProblem::Unpinned { .. },
+                ..
+            }
+        ),
+        "{err}"
+    );
+    // Both pinned (a rotation): the change is accepted and reported.
+    let both = Pins {
+        keys: vec![k.verifying_key(), stranger.verifying_key()],
+        ..Pins::default()
+    };
+    assert_eq!(
+        verify_bytes(&path, &bytes, &both).unwrap().signer_changes,
+        vec![6]
+    );
+}
+
+#[test]
+fn a_cut_last_run_statement_fails_unless_incomplete_is_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let k = key(3);
+    let (path, _, _, second) = two_attempts(dir.path(), k.clone());
+    let bytes = std::fs::read(&path).unwrap();
+    let ls = lines(&bytes);
+    let cut = join(&ls[..ls.len() - 1]);
+    let err = verify_bytes(&path, &cut, &pinned(&k)).unwrap_err();
+    assert!(
+        matches!(err, VerifyError::Incomplete { lines: 4, .. }),
+        "{err}"
+    );
+    let open = Pins {
+        allow_incomplete: true,
+        ..pinned(&k)
+    };
+    let s = verify_bytes(&path, &cut, &open).unwrap();
+    assert!(!s.complete);
+    assert_eq!(s.runs, 1);
+    // Allowing an unfinished attempt does not let it pass for the PR's bundle.
+    let err = verify_bytes(
+        &path,
+        &cut,
+        &Pins {
+            digest: Some(second),
+            ..open
+        },
+    )
+    .unwrap_err();
+    assert!(matches!(err, VerifyError::Digest { .. }), "{err}");
 }
 
 #[test]

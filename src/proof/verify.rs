@@ -25,6 +25,41 @@ pub struct Pins {
     pub keys: Vec<VerifyingKey>,
     /// The policy hash every statement must carry (from the policy file given to `drafter verify --policy`).
     pub policy_hash: Option<String>,
+    /// The bundle digest the caller was given (from the PR or the ticket; lowercase hex, see [`parse_digest`]): the
+    /// file, or the file up to one of its run statements, must hash to it. Each run statement's digest is the
+    /// SHA-256 of the file as it stood right after it, so a bundle cut after an earlier attempt does not match the
+    /// digest a later attempt published.
+    pub digest: Option<String>,
+    /// Accept a bundle whose last attempt has no run statement yet (a job still running, or cut short).
+    pub allow_incomplete: bool,
+    /// Accept a change of signer when no keys are pinned. Without pinned keys nothing says a second key is the
+    /// runner's, so by default every statement must be signed by the key that signed line 1; with pinned keys any
+    /// of them may sign (a rotated runner key: pin the data directory, which keeps its retired keys).
+    pub allow_signer_change: bool,
+}
+
+/// The digest as of one run statement: the SHA-256 of the file up to and including that line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunDigest {
+    /// 1-based line of the run statement.
+    pub line: usize,
+    /// Its attempt number.
+    pub attempt: u32,
+    /// Lowercase hex SHA-256 of the file through that line.
+    pub digest: String,
+}
+
+/// Parses a bundle digest as the PR and the ticket show it (`sha256:<64 hex>`, or the bare hex) into lowercase hex.
+pub fn parse_digest(text: &str) -> Result<String, String> {
+    let t = text.trim();
+    let hex = t.strip_prefix("sha256:").unwrap_or(t).to_ascii_lowercase();
+    if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(hex)
+    } else {
+        Err(format!(
+            "`{t}` is not a bundle digest (expected sha256: and 64 hex characters)"
+        ))
+    }
 }
 
 /// What a bundle that verified says.
@@ -44,6 +79,8 @@ pub struct Summary {
     pub ticket: String,
     /// Ids of the keys that signed, in order of first use.
     pub key_ids: Vec<String>,
+    /// Lines signed by a different key than the line before (a rotated key, or an allowed change of signer).
+    pub signer_changes: Vec<usize>,
     /// Whether the keys were pinned by the caller.
     pub pinned: bool,
     /// Policy hashes seen, in order of first use.
@@ -60,6 +97,10 @@ pub struct Summary {
     pub complete: bool,
     /// The ticket's content digest from the last run statement's subjects, when the ticket was fetched.
     pub ticket_sha256: Option<String>,
+    /// The digest as of each run statement, in order; the last one is [`Summary::digest`] when the bundle is complete.
+    pub run_digests: Vec<RunDigest>,
+    /// The run statement whose digest matched [`Pins::digest`], when one was given.
+    pub digest_match: Option<RunDigest>,
 }
 
 /// Which check a line failed.
@@ -127,6 +168,13 @@ pub enum LineProblem {
     },
     /// A run statement's counts disagree with the chain before it.
     Counts(String),
+    /// Signed by another key than the lines before, with no keys pinned.
+    SignerChanged {
+        /// The key id that signed the lines before.
+        from: String,
+        /// The key id that signed this line.
+        to: String,
+    },
 }
 
 impl fmt::Display for LineProblem {
@@ -174,6 +222,13 @@ impl fmt::Display for LineProblem {
                 "policy hash {found} does not match the policy file's {expected}"
             ),
             LineProblem::Counts(m) => write!(f, "run statement disagrees with the chain: {m}"),
+            LineProblem::SignerChanged { from, to } => write!(
+                f,
+                "signed by key {to}, but the lines before by key {from}: nothing says both are the runner's \
+                 (lines appended by someone else?). After a key rotation, pin the keys you trust (--key with the \
+                 runner's data directory, which keeps its retired keys, or each public key); \
+                 --allow-signer-change accepts it unpinned"
+            ),
         }
     }
 }
@@ -208,7 +263,7 @@ pub enum VerifyError {
     /// The last statement is not a run statement.
     #[error(
         "{path}: the bundle ends at line {lines} without a run statement (the last envelope was dropped, or the \
-         job is still running)"
+         job is still running: --allow-incomplete accepts an attempt in progress)"
     )]
     Incomplete {
         /// The file.
@@ -216,9 +271,25 @@ pub enum VerifyError {
         /// Lines read.
         lines: usize,
     },
+    /// The given bundle digest is neither the file's nor that of the file up to any of its run statements.
+    #[error(
+        "{path}: the bundle digest sha256:{expected} is not this bundle's (sha256:{actual}) nor that of any of its \
+         {runs} attempt(s) so far: the bundle was cut short, changed, or is another job's"
+    )]
+    Digest {
+        /// The file.
+        path: PathBuf,
+        /// The digest given (hex).
+        expected: String,
+        /// The file's digest (hex).
+        actual: String,
+        /// Run statements in the file.
+        runs: u64,
+    },
 }
 
-/// Reads and verifies a bundle (a job directory or the `bundle.jsonl` in it). It must end with a run statement.
+/// Reads and verifies a bundle (a job directory or the `bundle.jsonl` in it). It must end with a run statement
+/// unless [`Pins::allow_incomplete`], and match [`Pins::digest`] when one is given.
 pub fn verify(path: &Path, pins: &Pins) -> Result<Summary, VerifyError> {
     let path = bundle_path(path);
     let bytes = std::fs::read(&path).map_err(|source| VerifyError::Io {
@@ -230,12 +301,34 @@ pub fn verify(path: &Path, pins: &Pins) -> Result<Summary, VerifyError> {
 
 /// [`verify`] over bytes already read; `path` is used in messages.
 pub fn verify_bytes(path: &Path, bytes: &[u8], pins: &Pins) -> Result<Summary, VerifyError> {
-    let s = check(path, bytes, pins)?;
-    if !s.complete {
+    let mut s = check(path, bytes, pins)?;
+    if !s.complete && !pins.allow_incomplete {
         return Err(VerifyError::Incomplete {
             path: path.to_path_buf(),
             lines: s.count as usize,
         });
+    }
+    if let Some(want) = &pins.digest {
+        let want = want
+            .strip_prefix("sha256:")
+            .unwrap_or(want)
+            .to_ascii_lowercase();
+        // The whole file first (the usual case), then earlier attempts (a digest a ticket comment showed before a
+        // retry extended the bundle).
+        s.digest_match = s
+            .run_digests
+            .iter()
+            .rev()
+            .find(|r| r.digest == want)
+            .cloned();
+        if s.digest_match.is_none() {
+            return Err(VerifyError::Digest {
+                path: path.to_path_buf(),
+                expected: want,
+                actual: s.digest.clone(),
+                runs: s.runs,
+            });
+        }
     }
     Ok(s)
 }
@@ -248,7 +341,11 @@ pub fn verify_unfinished(path: &Path, pins: &Pins) -> Result<Summary, VerifyErro
         path: path.to_path_buf(),
         source,
     })?;
-    check(path, &bytes, pins)
+    let pins = Pins {
+        allow_incomplete: true,
+        ..pins.clone()
+    };
+    verify_bytes(path, &bytes, &pins)
 }
 
 fn bundle_path(path: &Path) -> PathBuf {
@@ -282,6 +379,7 @@ fn check(path: &Path, bytes: &[u8], pins: &Pins) -> Result<Summary, VerifyError>
         job_id: String::new(),
         ticket: String::new(),
         key_ids: Vec::new(),
+        signer_changes: Vec::new(),
         pinned: !pins.keys.is_empty(),
         policy_hashes: Vec::new(),
         totals: Totals::default(),
@@ -290,7 +388,10 @@ fn check(path: &Path, bytes: &[u8], pins: &Pins) -> Result<Summary, VerifyError>
         last_run: None,
         complete: false,
         ticket_sha256: None,
+        run_digests: Vec::new(),
+        digest_match: None,
     };
+    let mut last_kid: Option<String> = None;
     let mut rest = bytes;
     let mut line_no = 0;
     while !rest.is_empty() {
@@ -340,6 +441,17 @@ fn check(path: &Path, bytes: &[u8], pins: &Pins) -> Result<Summary, VerifyError>
                 }));
             }
         }
+        // After the job and chain checks, so a line replayed from another bundle is named as that.
+        if let Some(before) = last_kid.as_ref().filter(|k| **k != kid) {
+            if pinned.is_empty() && !pins.allow_signer_change {
+                return Err(fail(LineProblem::SignerChanged {
+                    from: before.clone(),
+                    to: kid,
+                }));
+            }
+            s.signer_changes.push(line_no);
+        }
+        last_kid = Some(kid.clone());
         if let Predicate::Run(run) = &predicate {
             let t = &s.totals;
             let checks = [
@@ -363,6 +475,11 @@ fn check(path: &Path, bytes: &[u8], pins: &Pins) -> Result<Summary, VerifyError>
             check_run_subjects(run, &subjects, &s.head, &s.ticket)
                 .map_err(|m| fail(LineProblem::Counts(m)))?;
             s.runs += 1;
+            s.run_digests.push(RunDigest {
+                line: line_no,
+                attempt: run.attempt,
+                digest: sha256_hex(&bytes[..bytes.len() - rest.len()]),
+            });
             s.last_run = Some((**run).clone());
             let ticket_subject = format!("ticket:{}", s.ticket);
             s.ticket_sha256 = subjects
@@ -606,10 +723,23 @@ pub fn render(s: &Summary, policy_file: Option<&Path>, repo: Option<(&Path, Stri
         "ok: proof bundle of job {} (ticket {}) verified: {} statements, chain intact, every signature valid",
         s.job_id, s.ticket, s.count
     );
+    if !s.complete {
+        let _ = writeln!(
+            o,
+            "  INCOMPLETE:    the last attempt has no run statement yet (still running, or cut short); accepted \
+             because of --allow-incomplete"
+        );
+    }
     let _ = writeln!(
         o,
-        "  signed by:     key {}{}",
+        "  signed by:     key {}{}{}",
         s.key_ids.join(", "),
+        if s.signer_changes.is_empty() {
+            String::new()
+        } else {
+            let lines: Vec<String> = s.signer_changes.iter().map(usize::to_string).collect();
+            format!(" (the signer changes at line {})", lines.join(", "))
+        },
         if s.pinned {
             " (pinned)"
         } else {
@@ -765,6 +895,26 @@ pub fn render(s: &Summary, policy_file: Option<&Path>, repo: Option<(&Path, Stri
         );
     }
     let _ = writeln!(o, "  bundle digest: sha256:{}", s.digest);
+    if let Some(m) = &s.digest_match {
+        let later = s.count as usize - m.line;
+        let _ = writeln!(
+            o,
+            "  digest:        sha256:{} matches {}",
+            m.digest,
+            if later == 0 {
+                format!(
+                    "the whole bundle (run statement of attempt {}, line {})",
+                    m.attempt, m.line
+                )
+            } else {
+                format!(
+                    "the bundle through line {} (run statement of attempt {}); {later} later statement(s) follow, \
+                     chained to it",
+                    m.line, m.attempt
+                )
+            }
+        );
+    }
     o
 }
 

@@ -32,6 +32,8 @@
 //!   under ([`Queue::set_policy_hash`]).
 //! - **Usage ledger**: model usage per call ([`Queue::record_usage`]), summed per team since an instant
 //!   ([`Queue::usage_since`]) or per job ([`Queue::job_usage`]), shared by all workers, for budgets.
+//! - **Retention**: delivery keys of finished jobs are forgotten after a while ([`Queue::prune_deliveries`],
+//!   `serve.delivery_retention_days`); those of open jobs never are.
 //!
 //! States and transitions (also in ARCHITECTURE.md):
 //! ```text
@@ -394,7 +396,7 @@ pub enum QueueError {
     /// No such job.
     #[error("no job {0}")]
     NotFound(String),
-    /// A queue URL or path that names no backend.
+    /// A queue URL or path that names no backend. Holds the location as shown: credentials redacted.
     #[error("queue location `{0}`: expected a path (SQLite) or a postgres:// URL")]
     BadLocation(String),
 }
@@ -557,6 +559,19 @@ pub trait Queue: Send + Sync {
     ) -> Result<(), QueueError>;
     /// Whether the database answers (for `/readyz`).
     async fn ping(&self) -> Result<(), QueueError>;
+    /// Forgets delivery keys (the dedup record of triggers) older than `older_than` whose job is finished and has
+    /// not changed for `older_than` either; returns how many. Keys of open jobs are never pruned. Deletes in small
+    /// batches, so claims and enqueues are not held up by a large first prune.
+    async fn prune_deliveries(&self, older_than: Duration) -> Result<u64, QueueError>;
+}
+
+/// Rows [`Queue::prune_deliveries`] deletes per transaction.
+pub(crate) const PRUNE_BATCH: i64 = 1000;
+
+/// A retention as milliseconds for SQL, capped at a century (a larger one keeps everything just the same).
+pub(crate) fn retention_ms(older_than: Duration) -> i64 {
+    const CENTURY_MS: u128 = 100 * 366 * 86_400 * 1000;
+    i64::try_from(older_than.as_millis().min(CENTURY_MS)).unwrap_or(i64::MAX)
 }
 
 /// Opens the queue at `location`: a `postgres://` (or `postgresql://`) URL, or a SQLite file path (created if
@@ -565,7 +580,8 @@ pub async fn open(location: &str) -> Result<Arc<dyn Queue>, QueueError> {
     if location.starts_with("postgres://") || location.starts_with("postgresql://") {
         Ok(Arc::new(postgres::PgQueue::connect(location).await?))
     } else if location.is_empty() || location.contains("://") {
-        Err(QueueError::BadLocation(location.to_string()))
+        // A mistyped URL still carries its password: never echo it.
+        Err(QueueError::BadLocation(crate::config::redact_url(location)))
     } else {
         Ok(Arc::new(
             sqlite::SqliteQueue::open(std::path::Path::new(location)).await?,

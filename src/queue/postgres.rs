@@ -119,6 +119,10 @@ CREATE INDEX usage_ledger_job ON usage_ledger (job_id);
     r#"
 ALTER TABLE jobs ADD COLUMN lease_gen bigint NOT NULL DEFAULT 0;
 "#,
+    // Version 4: delivery keys are pruned by age (`prune_deliveries`).
+    r#"
+CREATE INDEX deliveries_created ON deliveries (created_at);
+"#,
 ];
 
 /// The PostgreSQL queue. Cheap to share behind an `Arc`.
@@ -1001,6 +1005,32 @@ impl super::Queue for PgQueue {
             .await
             .map_err(self.db("ping"))?;
         Ok(())
+    }
+
+    async fn prune_deliveries(&self, older_than: Duration) -> Result<u64, QueueError> {
+        let mut pruned = 0;
+        loop {
+            // The database's clock, as for every other instant it stores. The job rows are share-locked, so a
+            // concurrent `retry` reopening one either waits for this batch or is seen (the row is re-checked).
+            let n = sqlx::query(
+                "DELETE FROM deliveries WHERE key IN ( \
+                     SELECT d.key FROM deliveries d JOIN jobs j ON j.id = d.job_id \
+                     WHERE d.created_at < now() - $1::float8 * interval '1 millisecond' \
+                       AND j.updated_at < now() - $1::float8 * interval '1 millisecond' \
+                       AND j.state NOT IN ('queued', 'running', 'awaiting_approval') \
+                     LIMIT $2 FOR SHARE OF j)",
+            )
+            .bind(super::retention_ms(older_than))
+            .bind(super::PRUNE_BATCH)
+            .execute(&self.pool)
+            .await
+            .map_err(self.db("pruning old deliveries"))?
+            .rows_affected();
+            pruned += n;
+            if n < super::PRUNE_BATCH as u64 {
+                return Ok(pruned);
+            }
+        }
     }
 }
 

@@ -153,6 +153,10 @@ CREATE INDEX usage_ledger_job ON usage_ledger (job_id);
     r#"
 ALTER TABLE jobs ADD COLUMN lease_gen INTEGER NOT NULL DEFAULT 0;
 "#,
+    // Version 4: delivery keys are pruned by age (`prune_deliveries`).
+    r#"
+CREATE INDEX deliveries_created ON deliveries (created_at);
+"#,
 ];
 
 /// The SQLite queue. Cheap to share behind an `Arc`; all state is in the file.
@@ -954,6 +958,34 @@ impl super::Queue for SqliteQueue {
             .map_err(db("ping"))?;
         Ok(())
     }
+
+    async fn prune_deliveries(&self, older_than: Duration) -> Result<u64, QueueError> {
+        let cutoff = now_ms().saturating_sub(super::retention_ms(older_than));
+        let mut pruned = 0;
+        loop {
+            let mut tx = self.begin().await?;
+            let n = sqlx::query(
+                "DELETE FROM deliveries WHERE rowid IN ( \
+                     SELECT d.rowid FROM deliveries d JOIN jobs j ON j.id = d.job_id \
+                     WHERE d.created_at < ?1 AND j.updated_at < ?1 \
+                       AND j.state NOT IN ('queued', 'running', 'awaiting_approval') \
+                     LIMIT ?2)",
+            )
+            .bind(cutoff)
+            .bind(super::PRUNE_BATCH)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("pruning old deliveries"))?
+            .rows_affected();
+            tx.commit()
+                .await
+                .map_err(db("committing the delivery prune"))?;
+            pruned += n;
+            if n < super::PRUNE_BATCH as u64 {
+                return Ok(pruned);
+            }
+        }
+    }
 }
 
 /// An enqueue attempt's failure: a lost race worth retrying, or a real error.
@@ -1068,7 +1100,7 @@ mod tests {
             .fetch_all(&q.pool)
             .await
             .unwrap();
-        assert_eq!(versions, vec![1, 2]);
+        assert_eq!(versions, (1..=MIGRATIONS.len() as i64).collect::<Vec<_>>());
     }
 
     #[tokio::test]

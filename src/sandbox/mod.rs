@@ -203,7 +203,10 @@ pub trait Executor: Send + Sync {
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
     /// The Docker daemon could not be reached or did not answer the version handshake.
-    #[error("cannot reach the Docker daemon (is it running, and is DOCKER_HOST right?): {0}")]
+    #[error(
+        "cannot reach the Docker daemon (is it running, and is DOCKER_HOST right?): {}",
+        crate::config::redact_url(&.0.to_string())
+    )]
     Unreachable(#[source] bollard::errors::Error),
     /// The sandbox image does not exist on the daemon.
     #[error("sandbox image `{image}` not found: build it with images/sandbox/build.sh")]

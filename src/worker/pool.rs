@@ -40,6 +40,9 @@ use super::{run_job, scrub, Ask, Attempt, Event, JobError, JobSpec, Origin};
 /// How often the pool looks for lapsed approval requests.
 pub const APPROVAL_SWEEP: Duration = Duration::from_secs(30);
 
+/// How often the pool prunes old delivery keys (`serve.delivery_retention_days`).
+pub const DELIVERY_PRUNE: Duration = Duration::from_secs(300);
+
 /// What a pool did, for logs and tests.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PoolStats {
@@ -158,11 +161,16 @@ pub async fn run(
     // The pause last reported, so that a pause is logged once, not at every idle poll.
     let mut pause_seen: Option<Pause> = None;
     let mut next_sweep = tokio::time::Instant::now();
+    let mut next_prune = tokio::time::Instant::now();
 
     loop {
         if tokio::time::Instant::now() >= next_sweep {
             next_sweep = tokio::time::Instant::now() + APPROVAL_SWEEP;
             expire_approvals(queue.as_ref(), &config).await;
+        }
+        if tokio::time::Instant::now() >= next_prune {
+            next_prune = tokio::time::Instant::now() + DELIVERY_PRUNE;
+            prune_deliveries(queue.as_ref(), &config).await;
         }
         while let Some(done) = tasks.try_join_next() {
             if let Err(e) = done {
@@ -626,6 +634,21 @@ async fn heartbeat(
                 }
             }
         }
+    }
+}
+
+/// Forgets the delivery keys of jobs finished more than `serve.delivery_retention_days` ago.
+async fn prune_deliveries(queue: &dyn Queue, config: &Config) {
+    let days = config.serve.delivery_retention_days;
+    let older_than = Duration::from_secs(days.saturating_mul(86_400));
+    match queue.prune_deliveries(older_than).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(
+            pruned = n,
+            days,
+            "forgot old delivery keys of finished jobs"
+        ),
+        Err(e) => tracing::warn!(error = %e, "could not prune old delivery keys"),
     }
 }
 
