@@ -772,3 +772,92 @@ async fn a_mention_in_a_comment_starts_a_job_with_the_request() {
         "{first}"
     );
 }
+
+fn signal(serve: &ServeProcess, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([sig, &serve.pid().to_string()])
+        .status()
+        .expect("kill");
+    assert!(ok.success(), "kill {sig}");
+}
+
+/// Fencing (issue 12.8): a worker frozen (SIGSTOP) in the middle of its push, past its lease, while a second worker
+/// takes the job over. The frozen one wakes up while the second is in its model loop, and its push lands first.
+/// Before fencing, the second worker's push was then rejected and the job failed (with a "failed" comment) although
+/// the branch held the job's work; now the branch holding this job's commit counts as delivered, the stale worker's
+/// lease token lets it do nothing more, and the ticket hears exactly once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stalled_worker_and_its_successor_deliver_exactly_once() {
+    let _serial = SERIAL.lock().await;
+    let stack = Stack::start(Options {
+        per_conversation: true,
+        extra_toml: serve_toml(1, 1, 3, 30),
+        ..Options::default()
+    })
+    .await;
+    stack.github.set_git_delay(Duration::from_millis(1500));
+    stack.model.set_delay(Duration::from_millis(800));
+    let first = ServeProcess::start(&stack, Path::new(BIN)).await;
+    let client = reqwest::Client::new();
+    assert_eq!(
+        first
+            .webhook(&client, &assignment_webhook("DEMO-1", 801))
+            .await,
+        202
+    );
+    // Freeze the first worker as soon as its push asks the remote for its refs.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !stack.github.requests().iter().any(|r| {
+        r.path.contains("git-receive-pack")
+            || r.query
+                .as_deref()
+                .unwrap_or("")
+                .contains("git-receive-pack")
+    }) {
+        assert!(Instant::now() < deadline, "the first worker never pushed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    signal(&first, "-STOP");
+    let model_calls = stack.model.requests().len();
+
+    // The second worker takes the job over once the lease has run out, and starts its own model loop.
+    let second = ServeProcess::start(&stack, Path::new(BIN)).await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while stack.model.requests().len() <= model_calls {
+        assert!(
+            Instant::now() < deadline,
+            "the second worker never took over"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Wake the first one: its push goes on (it was past every check), and lands before the second one's.
+    signal(&first, "-CONT");
+
+    let queue = open_queue(&stack).await;
+    let jobs = wait_all_finished(queue.as_ref(), 1, Duration::from_secs(120)).await;
+    // Give the first worker time to do whatever it still would.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let (status, log) = second.sigterm(Duration::from_secs(60)).await;
+    assert!(status.success(), "{log}");
+    let (status, first_log) = first.sigterm(Duration::from_secs(60)).await;
+    assert!(status.success(), "{first_log}");
+
+    assert_eq!(jobs[0].state, JobState::Succeeded, "{:?}\n{log}", jobs[0]);
+    assert_eq!(stack.github.pulls(DEMO_REPO).len(), 1);
+    assert_eq!(pr_opened_comments(&stack, "DEMO-1"), 1);
+    let comments = stack.jira.comment_texts("DEMO-1");
+    assert!(
+        !comments.iter().any(|c| c.contains("failed")),
+        "no failure is reported for a delivered job: {comments:?}"
+    );
+    let after = queue.get(&jobs[0].id).await.unwrap().unwrap();
+    assert_eq!(
+        after.state,
+        JobState::Succeeded,
+        "the stale worker changed nothing"
+    );
+    assert!(
+        first_log.contains("lease lost"),
+        "the stale worker noticed: {first_log}"
+    );
+}

@@ -470,8 +470,23 @@ impl Sandbox {
     /// Ids of this job's containers, in any state: drafter containers named `drafter-<job_id>` (a container taken
     /// from the warm pool carries no job label, but is renamed so) and its egress proxy `drafter-proxy-<job_id>`.
     pub async fn job_containers(&self, job_id: &str) -> Result<Vec<String>, SandboxError> {
+        self.list_job_containers(job_id, false).await
+    }
+
+    /// [`Sandbox::job_containers`], with `own` only those this process made: another runner holding the same job
+    /// now (this one stalled past its lease and the job was taken over) keeps its containers.
+    async fn list_job_containers(
+        &self,
+        job_id: &str,
+        own: bool,
+    ) -> Result<Vec<String>, SandboxError> {
+        let mut labels = vec![format!("{LABEL_MANAGED}=true")];
+        if own {
+            labels.push(format!("{LABEL_OWNER_HOST}={}", host_name()));
+            labels.push(format!("{LABEL_OWNER_PID}={}", std::process::id()));
+        }
         let filters = HashMap::from([
-            ("label", vec![format!("{LABEL_MANAGED}=true")]),
+            ("label", labels),
             (
                 "name",
                 vec![format!("^/drafter-{}$", regex::escape(job_id))],
@@ -489,17 +504,18 @@ impl Sandbox {
         Ok(list.into_iter().filter_map(|c| c.id).collect())
     }
 
-    /// Force-removes every container of this job (with its volume): for a runner that is stopping mid-job, when the
+    /// Force-removes every container of this job that this process made (with its volume): for a runner that is stopping mid-job, when the
     /// job's own [`Container`] handle is gone with the cancelled task. Returns how many were removed.
     /// Waits (up to 20 s) until they are really gone: a removal already under way elsewhere (the dropped handle's
     /// own) answers 409 at once, and a runner about to exit must not leave before the daemon has finished.
     pub async fn remove_job(&self, job_id: &str) -> Result<usize, SandboxError> {
-        let ids = self.job_containers(job_id).await?;
+        let ids = self.list_job_containers(job_id, true).await?;
         for id in &ids {
             force_remove(&self.docker, id).await?;
         }
         let deadline = Instant::now() + Duration::from_secs(20);
-        while !self.job_containers(job_id).await?.is_empty() && Instant::now() < deadline {
+        while !self.list_job_containers(job_id, true).await?.is_empty() && Instant::now() < deadline
+        {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         network::remove_network(&self.docker, &network::network_name(job_id)).await;
