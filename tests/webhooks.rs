@@ -21,8 +21,8 @@ use drafter::config::{JiraAuth, JiraConfig, JiraFlavor, PollConfig, Secret};
 use drafter::intake;
 use drafter::jira::JiraClient;
 use drafter::queue::{
-    ApprovalRequest, Claim, Enqueued, Failure, Job, JobFilter, JobState, NewJob, Pause, Queue,
-    QueueError, Usage, UsageTotal,
+    ApprovalRequest, Approved, ApprovingComment, Claim, Enqueued, Failure, Job, JobFilter,
+    JobState, NewJob, Pause, Queue, QueueError, Usage, UsageTotal,
 };
 use drafter::server::{self, AppState, Readiness};
 use hmac::{Hmac, KeyInit, Mac};
@@ -174,7 +174,12 @@ impl Queue for MemQueue {
         Err(unsupported())
     }
 
-    async fn approve(&self, _: &str, _: &str) -> Result<bool, QueueError> {
+    async fn approve(
+        &self,
+        _: &str,
+        _: &str,
+        _: Option<&ApprovingComment>,
+    ) -> Result<Approved, QueueError> {
         Err(unsupported())
     }
 
