@@ -57,7 +57,9 @@ use sha2::{Digest, Sha256};
 
 use crate::config::{JiraConfig, JiraFlavor, PollConfig};
 use crate::jira::{adf_to_markdown, project_of, valid_issue_key, JiraClient, JiraError};
-use crate::queue::{Enqueued, JobFilter, NewJob, Queue, QueueError, Trigger};
+use crate::queue::{
+    Approved, ApprovingComment, Enqueued, JobFilter, NewJob, Queue, QueueError, Trigger,
+};
 
 /// Comment text recorded on a trigger is cut at this many bytes (on a character boundary), and the cut is said.
 pub const MAX_TRIGGER_TEXT_BYTES: usize = 4 * 1024;
@@ -85,7 +87,8 @@ pub enum Decision {
 ///
 /// - `delivery_header`: `X-Atlassian-Webhook-Identifier`, if sent (Cloud).
 /// - `issue_key_hint`: the issue key from the webhook URL (`?issue=${issue.key}`), for Data Center comment payloads
-///   that carry no `issue`. Used only when the payload names no issue: the signed body wins over the unsigned URL.
+///   that carry no `issue`. Used only when the payload names no issue key: the signed body wins over the unsigned
+///   URL (and the server refuses a delivery whose hint disagrees with the payload, see [`payload_issue`]).
 pub fn from_webhook(
     payload: &Value,
     delivery_header: Option<&str>,
@@ -478,21 +481,44 @@ pub async fn apply_approval(
             json!({"status": "ignored", "reason": "the author is not an approver"}),
         );
     }
-    match queue.approve(&job.id, &ap.author).await {
-        Ok(true) => {
+    // A comment proves when it was written only by its `created`; without one it cannot be told from an old one.
+    let Some(created) = ap.created else {
+        return (
+            true,
+            json!({"status": "ignored", "reason": "the comment carries no creation time"}),
+        );
+    };
+    let comment = ApprovingComment {
+        id: ap.comment_id.clone(),
+        created,
+    };
+    match queue.approve(&job.id, &ap.author, Some(&comment)).await {
+        Ok(Approved::Yes) => {
             crate::policy::log_decision(
                 &policy.hash,
                 &ap.ticket,
                 "approval",
                 true,
-                format!("approved by {}", ap.author),
+                format!("approved by {} (comment {})", ap.author, ap.comment_id),
             );
             (true, json!({"status": "approved", "job": job.id}))
         }
-        Ok(false) => (
-            true,
-            json!({"status": "ignored", "reason": "the job is no longer waiting for approval"}),
-        ),
+        Ok(other) => {
+            let reason = other.refusal().unwrap_or("not approved");
+            if other != Approved::NotAwaiting {
+                crate::policy::log_decision(
+                    &policy.hash,
+                    &ap.ticket,
+                    "approval",
+                    false,
+                    format!(
+                        "{}'s comment {} does not approve job {}: {reason}",
+                        ap.author, ap.comment_id, job.id
+                    ),
+                );
+            }
+            (true, json!({"status": "ignored", "reason": reason}))
+        }
         Err(e) => (
             false,
             json!({"status": "error", "reason": format!("queue: {e}")}),
@@ -501,7 +527,8 @@ pub async fn apply_approval(
 }
 
 /// For sites without webhooks: looks through the comments of every ticket whose job waits for approval and honours
-/// `drafter approve` comments, like the webhook does.
+/// `drafter approve` comments, like the webhook does: only comments created after the job's request, each at most
+/// once.
 pub async fn poll_approvals(
     jira: &JiraClient,
     jira_cfg: &JiraConfig,
@@ -524,8 +551,13 @@ pub async fn poll_approvals(
                 continue;
             }
         };
+        let requested_at = job.approval.as_ref().map(|a| a.requested_at);
         for c in comments {
             if let Some(ap) = approval_from_comment(&c, &job.ticket, jira_cfg) {
+                // Older comments are for earlier requests: not worth a queue round trip (the queue refuses them too).
+                if ap.created.zip(requested_at).is_some_and(|(c, r)| c <= r) {
+                    continue;
+                }
                 let (_, outcome) = apply_approval(&ap, queue, Some(approvals)).await;
                 if outcome["status"] == "approved" {
                     break;
@@ -639,8 +671,11 @@ pub struct ApprovalComment {
     pub project: String,
     /// Who wrote the comment: `accountId` on Cloud, the user name (else key) on Data Center.
     pub author: String,
-    /// The comment's id (an approval's dedup key).
+    /// The comment's id: it approves at most one job.
     pub comment_id: String,
+    /// When Jira says the comment was created (`created`); it must be after the approval request. `None` when the
+    /// comment carries no readable time, and then it approves nothing.
+    pub created: Option<DateTime<Utc>>,
 }
 
 /// The approval in a `comment_created` webhook payload, if it carries one; `None` for anything else.
@@ -657,7 +692,8 @@ pub struct ApprovalComment {
 /// comment's `updateAuthor` when that is given (a comment edited by someone else into an approval is not one).
 ///
 /// `issue_key_hint` is the key from the webhook URL, for Data Center payloads without `issue` (as in
-/// [`from_webhook`]). A payload without a usable issue key, author or comment id gives `None`. [`from_webhook`]
+/// [`from_webhook`]; the server first checks it against the payload, see [`payload_issue`]). The comment's `created`
+/// is kept: the queue honours only comments created after the approval request, each id once. A payload without a usable issue key, author or comment id gives `None`. [`from_webhook`]
 /// ignores every comment that contains the command, so call this first and route what it returns to the queue's
 /// approval; the comment never starts a job.
 pub fn approval_from_webhook(
@@ -709,7 +745,59 @@ fn approval_of(
         project,
         author: author_id,
         comment_id: comment.get("id").and_then(id_string)?,
+        created: comment
+            .get("created")
+            .and_then(Value::as_str)
+            .and_then(jira_time),
     })
+}
+
+/// A Jira timestamp: `2025-03-02T10:35:00.000+0000` (REST and webhooks), or RFC 3339.
+pub fn jira_time(s: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_str(s.trim(), "%Y-%m-%dT%H:%M:%S%.f%z")
+        .or_else(|_| DateTime::parse_from_rfc3339(s.trim()))
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+}
+
+/// How a webhook payload names its issue, to check the unsigned `?issue=` hint against.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PayloadIssue {
+    /// `issue.key`.
+    Key(String),
+    /// Only an issue id: `issue.id`, or the one in `comment.self` (`.../issue/<id>/comment/<id>`, as Data Center
+    /// comment payloads carry it).
+    Id(String),
+    /// Nothing: only the hint can say.
+    Unnamed,
+}
+
+/// What the (signed) payload says its issue is; see [`PayloadIssue`].
+pub fn payload_issue(payload: &Value) -> PayloadIssue {
+    if let Some(Value::String(k)) = payload.pointer("/issue/key") {
+        return PayloadIssue::Key(k.clone());
+    }
+    let digits = |s: &str| !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit());
+    if let Some(id) = payload
+        .pointer("/issue/id")
+        .and_then(id_string)
+        .filter(|id| digits(id))
+    {
+        return PayloadIssue::Id(id);
+    }
+    let from_self = payload
+        .pointer("/comment/self")
+        .and_then(Value::as_str)
+        .and_then(|u| url::Url::parse(u).ok())
+        .and_then(|u| {
+            let segs: Vec<String> = u.path_segments()?.map(str::to_string).collect();
+            let at = segs.iter().rposition(|s| s == "issue")?;
+            segs.get(at + 1).filter(|id| digits(id)).cloned()
+        });
+    match from_self {
+        Some(id) => PayloadIssue::Id(id),
+        None => PayloadIssue::Unnamed,
+    }
 }
 
 /// Whether a comment body (a wiki-markup string, or an ADF document) contains the approval command, with only the
@@ -1493,7 +1581,37 @@ mod tests {
     fn approve_payload(author: Value, body: Value) -> Value {
         let mut p = comment(author.clone(), body);
         p["comment"]["updateAuthor"] = author;
+        p["comment"]["created"] = json!("2025-03-02T10:35:00.123+0100");
         p
+    }
+
+    fn created_at() -> Option<DateTime<Utc>> {
+        DateTime::from_timestamp_millis(1_740_908_100_123)
+    }
+
+    #[test]
+    fn jira_times_parse() {
+        assert_eq!(jira_time("2025-03-02T10:35:00.123+0100"), created_at());
+        assert_eq!(jira_time("2025-03-02T09:35:00.123Z"), created_at());
+        assert_eq!(jira_time("yesterday"), None);
+    }
+
+    #[test]
+    fn payloads_name_their_issue_by_key_or_id() {
+        let cloud = comment(json!({"accountId": "a"}), json!("x"));
+        assert_eq!(payload_issue(&cloud), PayloadIssue::Key("PROJ-17".into()));
+        let dc = json!({"webhookEvent": "comment_created",
+            "comment": {"id": "20002", "self": "https://jira.example.com/jira/rest/api/2/issue/10042/comment/20002"}});
+        assert_eq!(payload_issue(&dc), PayloadIssue::Id("10042".into()));
+        let by_id = json!({"issue": {"id": 10043}});
+        assert_eq!(payload_issue(&by_id), PayloadIssue::Id("10043".into()));
+        for unnamed in [
+            json!({"webhookEvent": "comment_created", "comment": {"id": "1"}}),
+            json!({"comment": {"self": "https://j.example.com/rest/api/2/issue/OPS-7/comment/1"}}),
+            json!({"comment": {"self": "not a url"}}),
+        ] {
+            assert_eq!(payload_issue(&unnamed), PayloadIssue::Unnamed, "{unnamed}");
+        }
     }
 
     fn para(content: Value) -> Value {
@@ -1522,6 +1640,7 @@ mod tests {
                     project: "PROJ".into(),
                     author: "712020:ann".into(),
                     comment_id: "10501".into(),
+                    created: created_at(),
                 }),
                 "{body:?}"
             );
@@ -1673,6 +1792,7 @@ mod tests {
                 "author": {"name": "alice", "key": "JIRAUSER10000"},
                 "updateAuthor": {"name": "alice", "key": "JIRAUSER10000"},
                 "body": "[~Drafter] drafter approve"}});
+        // Without `created` it is still recognised, but carries no time (and so approves nothing).
         assert_eq!(
             approval_from_webhook(&p, Some("OPS-7"), &dc()),
             Some(ApprovalComment {
@@ -1680,6 +1800,7 @@ mod tests {
                 project: "OPS".into(),
                 author: "alice".into(),
                 comment_id: "20002".into(),
+                created: None,
             })
         );
         assert!(matches!(

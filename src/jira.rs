@@ -344,6 +344,37 @@ impl JiraClient {
         self.ticket_from_json(key, &v, &action)
     }
 
+    /// The id of the issue `key` names (for checking an unsigned `?issue=KEY` against a payload that names the issue
+    /// by id): `GET /rest/api/{3|2}/issue/{key}?fields=project` (v2 on Data Center). A moved issue answers under its
+    /// old key with its own id.
+    pub async fn issue_id(&self, key: &str) -> Result<String, JiraError> {
+        check_key(key)?;
+        let action = format!("looking up the id of issue {key}");
+        let version = match self.flavor {
+            JiraFlavor::Cloud => 3,
+            JiraFlavor::Datacenter => 2,
+        };
+        // The key is validated; nothing else comes from outside.
+        let url = format!(
+            "{}/rest/api/{}/issue/{}?fields=project",
+            self.base, version, key
+        );
+        let resp = self.send(self.http.get(url), &action, Some(key)).await?;
+        let body = self.read_success(resp, &action).await?;
+        let v: Value = serde_json::from_slice(&body).map_err(|e| JiraError::InvalidResponse {
+            action: action.clone(),
+            message: format!("issue is not valid JSON: {e}"),
+        })?;
+        match v.get("id") {
+            Some(Value::String(id)) => Ok(id.clone()),
+            Some(Value::Number(n)) => Ok(n.to_string()),
+            _ => Err(JiraError::InvalidResponse {
+                action,
+                message: "issue has no `id`".into(),
+            }),
+        }
+    }
+
     /// Posts a comment: `POST /rest/api/3/issue/{key}/comment` with `{"body": doc}`; Jira answers 201.
     /// `body` must be an ADF document, e.g. from [`Notice::to_adf`].
     pub async fn comment(&self, key: &str, body: Value) -> Result<(), JiraError> {
@@ -1824,6 +1855,19 @@ pub enum Notice {
         /// How long the job waits.
         ttl_hours: u64,
     },
+    /// An approved job's ticket changed before it ran: the approval no longer holds, and the job waits again.
+    ApprovalOutdated {
+        /// The job id.
+        job_id: String,
+        /// Who approved it.
+        approved_by: String,
+        /// What changed since, in words (the ticket's content, the repository, the base branch).
+        changed: Vec<String>,
+        /// Who may approve.
+        approvers: String,
+        /// How long the job waits.
+        ttl_hours: u64,
+    },
 }
 
 /// A piece of a comment paragraph.
@@ -1922,6 +1966,31 @@ impl Notice {
                 v.push(Code("drafter approve".into()));
                 v.push(Text(format!(
                     " on this ticket. Without approval the job expires in {ttl_hours} hours."
+                )));
+            }
+            Notice::ApprovalOutdated {
+                job_id,
+                approved_by,
+                changed,
+                approvers,
+                ttl_hours,
+            } => {
+                let changed: Vec<String> = changed.iter().map(|c| notice_field(c)).collect();
+                v.push(Text(
+                    "drafter needs approval again before it starts (job ".into(),
+                ));
+                v.push(Code(notice_field(job_id)));
+                v.push(Text(format!(
+                    "): {} changed after {} approved it, so that approval no longer holds and nothing ran. \
+                     An approver ({}) can comment ",
+                    changed.join(", "),
+                    notice_field(approved_by),
+                    notice_field(approvers)
+                )));
+                v.push(Code("drafter approve".into()));
+                v.push(Text(format!(
+                    " on this ticket to approve it as it is now. Without approval the job expires in {ttl_hours} \
+                     hours."
                 )));
             }
         }

@@ -1064,7 +1064,7 @@ async fn jobs(
         },
         JobsCommand::Approve { id, by } => {
             let by = by.unwrap_or_else(cli_user);
-            if queue.approve(&id, &by).await? {
+            if queue.approve(&id, &by, None).await? == drafter::queue::Approved::Yes {
                 if json {
                     println!("{}", serde_json::to_string_pretty(&queue.get(&id).await?)?);
                 } else {

@@ -9,7 +9,10 @@
 //!   enqueued, and only once the queue has committed it is the answer 2xx
 //!   (`{"status":"created"|"absorbed"|"duplicate","job":..}`); a queue failure is 503 so that Jira retries the
 //!   delivery. `?issue=KEY` is for Data Center comment webhooks, whose payload may not name the issue
-//!   (configure the URL as `.../webhooks/jira?issue=${issue.key}`).
+//!   (configure the URL as `.../webhooks/jira?issue=${issue.key}`). The query is not signed, so the hint must agree
+//!   with the signed payload: a payload with `issue.key` must name the same key, and one that names its issue only
+//!   by id (`issue.id`, or the id in `comment.self`) must name the id Jira gives for the hinted key; otherwise the
+//!   delivery is refused (400; 503 when Jira cannot be asked, so that Jira retries).
 //! - `GET /healthz`: 200 while the process serves HTTP.
 //! - `GET /readyz`: 200 when the queue is not paused and the caller's readiness check (queue and Docker) passes,
 //!   else 503 with the reason (`not ready: paused by <who> since <when>: <reason>` while paused).
@@ -230,6 +233,12 @@ async fn jira_webhook(
         .and_then(Value::as_str)
         .map(|e| clean_header(e, MAX_LOGGED_HEADER))
         .unwrap_or_default();
+    // The hint is outside the signature: anyone who saw one delivery could resend it naming another ticket.
+    if let Some(h) = hint.as_deref() {
+        if let Err((status, reason)) = hint_agrees(&st.jira, h, &payload).await {
+            return refuse(status, &reason);
+        }
+    }
 
     // An approval command is never a trigger: it releases a job waiting for approval, if its author may approve.
     if let Some(ap) = intake::approval_from_webhook(&payload, hint.as_deref(), &st.jira) {
@@ -283,6 +292,50 @@ async fn jira_webhook(
                 StatusCode::SERVICE_UNAVAILABLE,
                 json!({"status": "error", "reason": "the job queue is unavailable; retry later"}),
             )
+        }
+    }
+}
+
+/// Whether the unsigned `?issue=` hint names the issue the signed payload names (see the module docs). Payloads that
+/// name no issue leave the hint as the only word.
+async fn hint_agrees(
+    jira: &JiraConfig,
+    hint: &str,
+    payload: &Value,
+) -> Result<(), (StatusCode, String)> {
+    let shown = clean_header(hint, 40);
+    let mismatch = |names: &str| {
+        (
+            StatusCode::BAD_REQUEST,
+            format!("the ?issue= hint {shown:?} does not match the issue the signed payload names ({names})"),
+        )
+    };
+    match intake::payload_issue(payload) {
+        intake::PayloadIssue::Unnamed => Ok(()),
+        intake::PayloadIssue::Key(k) if k == hint => Ok(()),
+        intake::PayloadIssue::Key(k) => Err(mismatch(&clean_header(&k, 40))),
+        intake::PayloadIssue::Id(id) => {
+            if !crate::jira::valid_issue_key(hint) {
+                return Err((
+                    StatusCode::BAD_REQUEST,
+                    format!("the ?issue= hint {shown:?} is not an issue key"),
+                ));
+            }
+            let unavailable = |e: crate::jira::JiraError| {
+                tracing::warn!(error = %e, "could not check the ?issue= hint against Jira");
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "cannot check the ?issue= hint against Jira now; retry later".to_string(),
+                )
+            };
+            let client = crate::jira::JiraClient::new(jira).map_err(unavailable)?;
+            match client.issue_id(hint).await {
+                Ok(found) if found == id => Ok(()),
+                Ok(_) | Err(crate::jira::JiraError::NotFound { .. }) => {
+                    Err(mismatch(&format!("issue id {id}")))
+                }
+                Err(e) => Err(unavailable(e)),
+            }
         }
     }
 }

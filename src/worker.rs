@@ -26,6 +26,7 @@ use crate::model::{ModelClient, ModelError};
 use crate::policy::{self, diff, Approval, Decision, Grant, Network, Policy, Request, Who};
 use crate::proof::bundle::{Change, NetworkRecord, Outcome, TriggerInfo};
 use crate::proof::{self, BundleWriter, ProofError, Retention, RunInput, RunnerKey};
+use crate::queue::ApprovalSubject;
 use crate::repo::{self, RepoError};
 use crate::sandbox::egress::EgressRules;
 use crate::sandbox::{Container, Sandbox, SandboxError};
@@ -142,6 +143,12 @@ pub enum JobError {
         approvers: String,
         /// How long the job may wait.
         ttl_hours: u64,
+        /// When approval was asked for (before the ticket is told): only comments created later can approve.
+        requested_at: chrono::DateTime<chrono::Utc>,
+        /// What is to be approved: the ticket content, repository and base this attempt would have run with.
+        subject: ApprovalSubject,
+        /// Set when an earlier approval no longer holds: who gave it, and what changed since (in words).
+        outdated: Option<(String, Vec<String>)>,
     },
     /// Jira failed.
     #[error("jira: {0}")]
@@ -370,6 +377,9 @@ pub struct JobSpec {
     pub event: String,
     /// Who approved it, when the policy asked for approval and someone gave it.
     pub approved_by: Option<String>,
+    /// What that approval was given for (`drafter serve`; `None` for an operator's `drafter run --approved-by`). The
+    /// job runs only while the ticket content, repository and base are still these; otherwise it asks again.
+    pub approved: Option<ApprovalSubject>,
     /// The policy the job runs under (fixed for the job: a reload applies to new jobs only).
     pub policy: Arc<Policy>,
     /// Where team budgets are counted (the queue database), if anywhere.
@@ -476,6 +486,7 @@ impl JobSpec {
             origin: Origin::Operator(operator.to_string()),
             event: "cli".into(),
             approved_by: None,
+            approved: None,
             policy,
             ledger: None,
             slots: None,
@@ -529,10 +540,29 @@ pub async fn run_job(
             reason,
             approvers,
             ttl_hours,
+            outdated,
+            ..
         }) = &result
         {
+            if let Some((approved_by, changed)) = outdated {
+                // Each time an approval stops holding, the approvers must look again: say what changed.
+                let notice = Notice::ApprovalOutdated {
+                    job_id: job_id.to_string(),
+                    approved_by: approved_by.clone(),
+                    changed: changed.clone(),
+                    approvers: approvers.clone(),
+                    ttl_hours: *ttl_hours,
+                };
+                if let Err(ce) = jira.comment(ticket_key, notice.to_adf()).await {
+                    tracing::warn!(error = %scrub(&config, &ce.to_string()), "could not ask for approval again on the ticket");
+                }
+            }
             // One request per job, however often it is looked at.
-            let asked = ticket_mentions_all(&jira, ticket_key, &[job_id, "needs approval"]).await;
+            let asked = if outdated.is_some() {
+                Ok(true)
+            } else {
+                ticket_mentions_all(&jira, ticket_key, &[job_id, "needs approval"]).await
+            };
             if !matches!(asked, Ok(true)) && fence(spec, "asking for approval").await.is_ok() {
                 let notice = Notice::ApprovalNeeded {
                     job_id: job_id.to_string(),
@@ -1392,6 +1422,11 @@ async fn decide(
     progress.decisions = grant.decisions.clone();
     progress.team = Some(grant.team.clone());
     progress.retention = grant.rules.retention;
+    let subject = ApprovalSubject {
+        ticket_sha256: progress.ticket_sha256.clone().unwrap_or_default(),
+        repo: grant.repo.name.clone(),
+        base: grant.repo.base.clone(),
+    };
     if let Approval::Required {
         reason,
         approvers,
@@ -1402,7 +1437,34 @@ async fn decide(
             reason: reason.clone(),
             approvers: approvers.clone(),
             ttl_hours: *ttl_hours,
+            requested_at: chrono::Utc::now(),
+            subject,
+            outdated: None,
         });
+    }
+    // An approval holds for what was approved only, whether or not the policy still asks for one now (dropping the
+    // label is itself a change of the ticket).
+    if let (Some(by), Some(approved)) = (&spec.approved_by, &spec.approved) {
+        let changed = approved.changes(&subject);
+        if !changed.is_empty() {
+            let reason = format!("{} changed after {by} approved the job", changed.join(", "));
+            progress.decisions.push(policy::log_decision(
+                &spec.policy.hash,
+                &ticket.key,
+                "approval",
+                false,
+                format!("{reason}; asking again"),
+            ));
+            let team = spec.policy.team_for(&ticket.project);
+            return Err(JobError::AwaitingApproval {
+                reason,
+                approvers: team.map(|t| t.approvers.describe()).unwrap_or_default(),
+                ttl_hours: grant.rules.approval_ttl_hours,
+                requested_at: chrono::Utc::now(),
+                subject,
+                outdated: Some((by.clone(), changed)),
+            });
+        }
     }
     if let Network::Allowlist(name) = &grant.rules.network {
         // Fail closed: a name the policy does not define gets no network at all, not some other one.

@@ -14,8 +14,8 @@ use chrono::{DateTime, Utc};
 use drafter::queue::postgres::PgQueue;
 use drafter::queue::sqlite::SqliteQueue;
 use drafter::queue::{
-    Approval, ApprovalRequest, Claim, Enqueued, Failure, JobFilter, JobState, NewJob, Pause, Queue,
-    QueueError, Trigger, Usage, UsageTotal,
+    Approval, ApprovalRequest, ApprovalSubject, Approved, ApprovingComment, Claim, Enqueued,
+    Failure, JobFilter, JobState, NewJob, Pause, Queue, QueueError, Trigger, Usage, UsageTotal,
 };
 use serde_json::json;
 use support::postgres::TestDatabase;
@@ -667,6 +667,14 @@ fn now_ms() -> DateTime<Utc> {
     DateTime::from_timestamp_millis(Utc::now().timestamp_millis()).unwrap()
 }
 
+fn subject(ticket_sha256: &str) -> ApprovalSubject {
+    ApprovalSubject {
+        ticket_sha256: ticket_sha256.to_string(),
+        repo: "acme/payments".into(),
+        base: "main".into(),
+    }
+}
+
 fn approval_request(reason: &str, expires_in: chrono::Duration) -> ApprovalRequest {
     let now = now_ms();
     ApprovalRequest {
@@ -674,6 +682,7 @@ fn approval_request(reason: &str, expires_in: chrono::Duration) -> ApprovalReque
         approvers: vec!["712020:lead-lin".into(), "group:payments-leads".into()],
         requested_at: now,
         expires_at: now + expires_in,
+        subject: subject(&"ab".repeat(32)),
     }
 }
 
@@ -713,6 +722,8 @@ async fn await_approval_only_by_the_lease_holder(q: Arc<dyn Queue>) {
             expires_at: request.expires_at,
             approved_by: None,
             approved_at: None,
+            subject: Some(request.subject.clone()),
+            comment_id: None,
         })
     );
     assert!(!job.approval.unwrap().is_approved());
@@ -745,7 +756,10 @@ async fn approve_queues_the_job_and_the_approval_is_kept(q: Arc<dyn Queue>) {
     let request = approval_request("touches payments", chrono::Duration::hours(1));
     let id = awaiting(&q, "APR-2", request.clone()).await;
     let before = now_ms();
-    assert!(q.approve(&id, "712020:lead-lin").await.unwrap());
+    assert_eq!(
+        q.approve(&id, "712020:lead-lin", None).await.unwrap(),
+        Approved::Yes
+    );
     let job = q.get(&id).await.unwrap().unwrap();
     assert_eq!(job.state, JobState::Queued);
     assert!(job.not_before <= Utc::now() + chrono::Duration::seconds(1));
@@ -757,8 +771,9 @@ async fn approve_queues_the_job_and_the_approval_is_kept(q: Arc<dyn Queue>) {
             && at <= Utc::now() + chrono::Duration::seconds(1)
     );
     assert_eq!(approval.reason, request.reason);
-    assert!(
-        !q.approve(&id, "someone-else").await.unwrap(),
+    assert_eq!(
+        q.approve(&id, "someone-else", None).await.unwrap(),
+        Approved::NotAwaiting,
         "already approved"
     );
 
@@ -788,18 +803,127 @@ async fn approve_queues_the_job_and_the_approval_is_kept(q: Arc<dyn Queue>) {
 
     // Only a job awaiting approval can be approved.
     let queued = created(&q, "APR-3", "a3").await;
-    assert!(!q.approve(&queued, "712020:lead-lin").await.unwrap());
+    assert_eq!(
+        q.approve(&queued, "712020:lead-lin", None).await.unwrap(),
+        Approved::NotAwaiting
+    );
     assert_eq!(
         q.get(&queued).await.unwrap().unwrap().state,
         JobState::Queued
     );
     let done = q.claim(&worker("w")).await.unwrap().unwrap();
     q.complete(&done.id, "w", json!({})).await.unwrap();
-    assert!(!q.approve(&done.id, "712020:lead-lin").await.unwrap());
+    assert_eq!(
+        q.approve(&done.id, "712020:lead-lin", None).await.unwrap(),
+        Approved::NotAwaiting
+    );
     assert!(matches!(
-        q.approve("j20000101T000000-00000000", "x").await,
+        q.approve("j20000101T000000-00000000", "x", None).await,
         Err(QueueError::NotFound(_))
     ));
+}
+
+/// Approvals by comment (issue 12.2): a comment created before the request (say, for an earlier job of the ticket)
+/// approves nothing, a comment id approves at most one job ever (a redelivery or a replay against another job or a
+/// later request does nothing), and the job keeps what was approved and by which comment.
+async fn an_approving_comment_counts_once_and_only_after_the_request(q: Arc<dyn Queue>) {
+    const LIN: &str = "712020:lead-lin";
+    let comment = |id: &str, created: DateTime<Utc>| ApprovingComment {
+        id: id.to_string(),
+        created,
+    };
+    let request = approval_request("label `needs-approval`", chrono::Duration::hours(1));
+    let asked = request.requested_at;
+    let ids = [
+        awaiting(&q, "CMT-1", request.clone()).await,
+        awaiting(&q, "CMT-2", request.clone()).await,
+        awaiting(&q, "CMT-3", request.clone()).await,
+        awaiting(&q, "CMT-4", request.clone()).await,
+    ];
+    let after = asked + chrono::Duration::seconds(1);
+
+    // Written before drafter asked: an approval of something earlier.
+    for created in [asked - chrono::Duration::minutes(10), asked] {
+        assert_eq!(
+            q.approve(&ids[0], LIN, Some(&comment("900", created)))
+                .await
+                .unwrap(),
+            Approved::CommentBeforeRequest,
+            "{created}"
+        );
+    }
+    let job = q.get(&ids[0]).await.unwrap().unwrap();
+    assert_eq!(job.state, JobState::AwaitingApproval);
+    assert_eq!(job.approval.as_ref().unwrap().approved_by, None);
+
+    // A later comment approves, and the job records it with what was approved.
+    assert_eq!(
+        q.approve(&ids[0], LIN, Some(&comment("902", after)))
+            .await
+            .unwrap(),
+        Approved::Yes
+    );
+    let approval = q.get(&ids[0]).await.unwrap().unwrap().approval.unwrap();
+    assert_eq!(approval.approved_by.as_deref(), Some(LIN));
+    assert_eq!(approval.comment_id.as_deref(), Some("902"));
+    assert_eq!(approval.subject.as_ref(), Some(&request.subject));
+
+    // The same comment again, for another job waiting since before it was written: nothing.
+    assert_eq!(
+        q.approve(&ids[1], LIN, Some(&comment("902", after)))
+            .await
+            .unwrap(),
+        Approved::CommentAlreadyUsed
+    );
+    let job = q.get(&ids[1]).await.unwrap().unwrap();
+    assert_eq!(job.state, JobState::AwaitingApproval);
+    assert_eq!(job.approval.unwrap().approved_by, None);
+
+    // One comment delivered for two jobs at once: exactly one is approved.
+    let shared = comment("950", after);
+    let (a, b) = tokio::join!(
+        q.approve(&ids[2], LIN, Some(&shared)),
+        q.approve(&ids[3], LIN, Some(&shared))
+    );
+    let mut got = vec![a.unwrap(), b.unwrap()];
+    got.sort_by_key(|o| format!("{o:?}"));
+    assert_eq!(got, vec![Approved::CommentAlreadyUsed, Approved::Yes]);
+
+    // The first job asks again (say its ticket changed): its old comment does not approve the new request.
+    let again = q.claim(&worker("w2")).await.unwrap().unwrap();
+    assert_eq!(again.id, ids[0]);
+    q.await_approval(&ids[0], "w2", request.clone())
+        .await
+        .unwrap();
+    let approval = q.get(&ids[0]).await.unwrap().unwrap().approval.unwrap();
+    assert_eq!((approval.approved_by, approval.comment_id), (None, None));
+    assert_eq!(
+        q.approve(&ids[0], LIN, Some(&comment("902", after)))
+            .await
+            .unwrap(),
+        Approved::CommentAlreadyUsed
+    );
+    // An operator's approval has no comment; a fresh comment still works for the other job.
+    assert_eq!(
+        q.approve(&ids[0], "cli:ops", None).await.unwrap(),
+        Approved::Yes
+    );
+    assert_eq!(
+        q.get(&ids[0])
+            .await
+            .unwrap()
+            .unwrap()
+            .approval
+            .unwrap()
+            .comment_id,
+        None
+    );
+    assert_eq!(
+        q.approve(&ids[1], LIN, Some(&comment("903", after)))
+            .await
+            .unwrap(),
+        Approved::Yes
+    );
 }
 
 async fn expired_approval_fails_the_job(q: Arc<dyn Queue>) {
@@ -816,8 +940,9 @@ async fn expired_approval_fails_the_job(q: Arc<dyn Queue>) {
     let id = awaiting(&q, "EXP-1", request).await;
     assert!(q.expire_approvals().await.unwrap().is_empty(), "not yet");
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    assert!(
-        !q.approve(&id, "712020:lead-lin").await.unwrap(),
+    assert_eq!(
+        q.approve(&id, "712020:lead-lin", None).await.unwrap(),
+        Approved::NotAwaiting,
         "too late to approve"
     );
     // Any claim sweeps lapsed requests.
@@ -882,7 +1007,10 @@ async fn an_awaiting_job_absorbs_new_triggers_and_can_be_cancelled(q: Arc<dyn Qu
     assert!(q.cancel(&id).await.unwrap());
     let job = q.get(&id).await.unwrap().unwrap();
     assert_eq!(job.state, JobState::Cancelled);
-    assert!(!q.approve(&id, "712020:lead-lin").await.unwrap());
+    assert_eq!(
+        q.approve(&id, "712020:lead-lin", None).await.unwrap(),
+        Approved::NotAwaiting
+    );
     let newer = created(&q, "ABS-1", "abs-3").await;
     assert_ne!(newer, id);
 }
@@ -1289,6 +1417,7 @@ conformance!(
     unknown_jobs_and_ping,
     await_approval_only_by_the_lease_holder,
     approve_queues_the_job_and_the_approval_is_kept,
+    an_approving_comment_counts_once_and_only_after_the_request,
     expired_approval_fails_the_job,
     an_awaiting_job_absorbs_new_triggers_and_can_be_cancelled,
     pause_blocks_every_claim_until_resume,
@@ -1595,7 +1724,10 @@ async fn upgraded_queue_works(q: &Arc<dyn Queue>) {
         Enqueued::Absorbed(id.to_string()),
         "the one-open-job index knows the new state"
     );
-    assert!(q.approve(id, "712020:lead-lin").await.unwrap());
+    assert_eq!(
+        q.approve(id, "712020:lead-lin", None).await.unwrap(),
+        Approved::Yes
+    );
     assert_eq!(q.paused().await.unwrap(), None);
 }
 

@@ -21,8 +21,8 @@ use drafter::config::{JiraAuth, JiraConfig, JiraFlavor, PollConfig, Secret};
 use drafter::intake;
 use drafter::jira::JiraClient;
 use drafter::queue::{
-    ApprovalRequest, Claim, Enqueued, Failure, Job, JobFilter, JobState, NewJob, Pause, Queue,
-    QueueError, Usage, UsageTotal,
+    ApprovalRequest, Approved, ApprovingComment, Claim, Enqueued, Failure, Job, JobFilter,
+    JobState, NewJob, Pause, Queue, QueueError, Usage, UsageTotal,
 };
 use drafter::server::{self, AppState, Readiness};
 use hmac::{Hmac, KeyInit, Mac};
@@ -179,7 +179,12 @@ impl Queue for MemQueue {
         Err(unsupported())
     }
 
-    async fn approve(&self, _: &str, _: &str) -> Result<bool, QueueError> {
+    async fn approve(
+        &self,
+        _: &str,
+        _: &str,
+        _: Option<&ApprovingComment>,
+    ) -> Result<Approved, QueueError> {
         Err(unsupported())
     }
 
@@ -682,12 +687,16 @@ async fn adf_comment_with_a_mention_node_makes_a_job() {
 
 #[tokio::test]
 async fn data_center_payloads_make_jobs() {
-    let s = start(Some(SECRET), dc_cfg("https://jira.example.com")).await;
+    // The hint is checked against the issue id in `comment.self`, so Jira is asked which id OPS-7 has.
+    let j = JiraStandIn::start_datacenter(PAT).await;
+    j.add_issue("OPS-7", "v2 parser", Value::Null, &[]);
+    let s = start(Some(SECRET), dc_cfg(&j.base_url())).await;
     // DC comment webhook: no `issue` in the payload, the key comes from `?issue=${issue.key}` in the URL.
     let payload = json!({
         "timestamp": 1740947700000u64,
         "webhookEvent": "comment_created",
-        "comment": {"self": "https://jira.example.com/rest/api/2/issue/10042/comment/20001", "id": "20001",
+        "comment": {"self": format!("{}/rest/api/2/issue/{}/comment/20001", j.base_url(), j.issue_id("OPS-7")),
+            "id": "20001",
             "author": {"name": "alice", "key": "JIRAUSER10000", "displayName": "Alice"},
             "body": "[~drafter] the fix should go into the v2 parser", "created": "2025-03-02T10:35:00.000+0000"}
     });
@@ -1273,4 +1282,334 @@ async fn serve_returns_after_shutdown() {
         .unwrap()
         .unwrap();
     assert!(reqwest::get(&url).await.is_err(), "still listening");
+}
+
+// ---- approvals bound to their request (issue 12.2) ------------------------------------------------------------------
+
+const LIN: &str = "712020:lead-lin";
+const DC_LIN: &str = "lin";
+
+/// A `drafter serve` webhook endpoint with a real (SQLite) queue and the approval rules of a policy whose approver
+/// is Lin (by account id on Cloud, by user name on Data Center).
+struct ApprovalServer {
+    url: String,
+    queue: Arc<dyn Queue>,
+    approvals: server::Approvals,
+    jira: JiraConfig,
+    http: reqwest::Client,
+    _dir: tempfile::TempDir,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+async fn start_with_approvals(jira: JiraConfig) -> ApprovalServer {
+    let dir = tempfile::tempdir().unwrap();
+    let queue: Arc<dyn Queue> = Arc::new(
+        drafter::queue::sqlite::SqliteQueue::open(&dir.path().join("queue.sqlite"))
+            .await
+            .unwrap(),
+    );
+    let policy = drafter::policy::parse(
+        &format!(
+            r#"version = 1
+
+[teams.demo]
+projects = ["DEMO"]
+repos = [{{ name = "acme/web", bases = ["main"] }}]
+triggers = {{ anyone = true }}
+approvers = {{ accounts = ["{LIN}", "{DC_LIN}"] }}
+approval_labels = ["needs-approval"]
+"#
+        ),
+        std::path::Path::new("policy.toml"),
+    )
+    .unwrap();
+    let approvals = server::Approvals {
+        policy: Arc::new(drafter::policy::Current::new(policy)),
+        directory: Arc::new(drafter::policy::NoGroups),
+    };
+    let state = AppState {
+        readiness: server::queue_readiness(queue.clone()),
+        queue: queue.clone(),
+        jira: jira.clone(),
+        webhook_secret: Some(Secret::new(SECRET)),
+        max_attempts: 3,
+        approvals: Some(approvals.clone()),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(server::serve(listener, state, async {
+        let _ = rx.await;
+    }));
+    ApprovalServer {
+        url,
+        queue,
+        approvals,
+        jira,
+        http: reqwest::Client::new(),
+        _dir: dir,
+        _stop: tx,
+    }
+}
+
+impl ApprovalServer {
+    /// Posts `payload` signed with the webhook secret, with `query` (`?issue=...` or empty).
+    async fn post(&self, query: &str, payload: &Value) -> (u16, Value) {
+        let body = serde_json::to_vec(payload).unwrap();
+        let resp = self
+            .http
+            .post(format!("{}/webhooks/jira{query}", self.url))
+            .header("content-type", "application/json")
+            .header("x-hub-signature", sign(SECRET, &body))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(json!(text)))
+    }
+
+    /// A new job for `ticket`, claimed and parked for approval as a worker does; returns its id and when approval
+    /// was requested.
+    async fn park(&self, ticket: &str, delivery: &str) -> (String, chrono::DateTime<Utc>) {
+        let created = self
+            .queue
+            .enqueue(NewJob {
+                ticket: ticket.into(),
+                project: "DEMO".into(),
+                trigger: drafter::queue::Trigger {
+                    delivery: delivery.into(),
+                    source: "webhook:jira:issue_updated".into(),
+                    triggered_by: Some("712020:ann".into()),
+                    text: None,
+                    at: Utc::now(),
+                },
+                max_attempts: 3,
+            })
+            .await
+            .unwrap();
+        let Enqueued::Created(id) = created else {
+            panic!("{created:?}")
+        };
+        let claim = Claim {
+            worker: "w".into(),
+            lease: Duration::from_secs(60),
+            exclude_projects: vec![],
+        };
+        let job = self.queue.claim(&claim).await.unwrap().unwrap();
+        assert_eq!(job.id, id);
+        let now = Utc::now();
+        self.queue
+            .await_approval(
+                &id,
+                "w",
+                ApprovalRequest {
+                    reason: "the label `needs-approval` needs approval".into(),
+                    approvers: vec![LIN.into()],
+                    requested_at: now,
+                    expires_at: now + chrono::Duration::hours(24),
+                    subject: drafter::queue::ApprovalSubject {
+                        ticket_sha256: "ab".repeat(32),
+                        repo: "acme/web".into(),
+                        base: "main".into(),
+                    },
+                },
+            )
+            .await
+            .unwrap();
+        // Jira's timestamps have milliseconds: keep comments written "now" strictly after the request.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        (id, now)
+    }
+
+    async fn state(&self, id: &str) -> JobState {
+        self.queue.get(id).await.unwrap().unwrap().state
+    }
+
+    async fn poll(&self) {
+        let client = JiraClient::new(&self.jira).unwrap();
+        intake::poll_approvals(&client, &self.jira, self.queue.as_ref(), &self.approvals).await;
+    }
+}
+
+/// A Cloud `comment_created` payload around a comment object as the Jira stand-in lists it.
+fn comment_webhook(key: &str, issue_id: u64, comment: &Value) -> Value {
+    json!({
+        "timestamp": Utc::now().timestamp_millis(),
+        "webhookEvent": "comment_created",
+        "comment": comment,
+        "issue": {"id": issue_id.to_string(), "key": key, "fields": {"summary": "s"}}
+    })
+}
+
+fn lin() -> Value {
+    json!({"accountId": LIN, "displayName": "Lin"})
+}
+
+fn approve_adf() -> Value {
+    json!({"type": "doc", "version": 1, "content": [
+        {"type": "paragraph", "content": [{"type": "text", "text": "drafter approve"}]}]})
+}
+
+/// Attack (a): the `drafter approve` comment an approver wrote for an earlier job of the ticket must not approve a
+/// later job, whether the poll finds it or a webhook (a late retry, or a replay) delivers it again.
+#[tokio::test]
+async fn an_approval_comment_for_an_earlier_job_does_not_approve_a_later_one() {
+    let j = JiraStandIn::start(EMAIL, TOKEN).await;
+    j.add_issue("DEMO-1", "Fix the parser", Value::Null, &["needs-approval"]);
+    let s = start_with_approvals(cloud_cfg(&j.base_url())).await;
+    let issue_id = j.issue_id("DEMO-1");
+
+    // The first job is approved by Lin's comment (found by the poll) and runs to the end.
+    let (first, _) = s.park("DEMO-1", "changelog:1").await;
+    j.add_comment("DEMO-1", lin(), approve_adf());
+    s.poll().await;
+    assert_eq!(s.state(&first).await, JobState::Queued, "approved");
+    let claim = Claim {
+        worker: "w".into(),
+        lease: Duration::from_secs(60),
+        exclude_projects: vec![],
+    };
+    s.queue.claim(&claim).await.unwrap().unwrap();
+    s.queue.complete(&first, "w", json!({})).await.unwrap();
+
+    // The ticket is assigned again: a new job asks for approval. Lin's old comment is still on the ticket.
+    let (second, asked) = s.park("DEMO-1", "changelog:2").await;
+    s.poll().await;
+    assert_eq!(
+        s.state(&second).await,
+        JobState::AwaitingApproval,
+        "the poll took the earlier job's approval"
+    );
+    // The same comment delivered again by webhook (Jira's retry, or a replay of the signed body).
+    let old = j.comment_objects("DEMO-1").remove(0);
+    let (status, answer) = s.post("", &comment_webhook("DEMO-1", issue_id, &old)).await;
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(answer["status"], "ignored", "{answer}");
+    // Another approval comment written before this request, delivered late.
+    let mut late = old.clone();
+    late["id"] = json!("99001");
+    late["created"] = json!((asked - chrono::Duration::seconds(30))
+        .format("%Y-%m-%dT%H:%M:%S%.3f+0000")
+        .to_string());
+    let (_, answer) = s
+        .post("", &comment_webhook("DEMO-1", issue_id, &late))
+        .await;
+    assert_eq!(answer["status"], "ignored", "{answer}");
+    assert_eq!(
+        answer["reason"], "the comment was written before drafter asked for this approval",
+        "{answer}"
+    );
+    assert_eq!(s.state(&second).await, JobState::AwaitingApproval);
+
+    // Lin approves again, after this request: that counts.
+    j.add_comment("DEMO-1", lin(), approve_adf());
+    s.poll().await;
+    let job = s.queue.get(&second).await.unwrap().unwrap();
+    assert_eq!(job.state, JobState::Queued);
+    let approval = job.approval.unwrap();
+    assert_eq!(approval.approved_by.as_deref(), Some(LIN));
+    let newest = j.comment_objects("DEMO-1").pop().unwrap();
+    assert_eq!(approval.comment_id.as_deref(), newest["id"].as_str());
+}
+
+/// Attack (b): one comment approves one job. A Data Center payload that names no issue (so only the unsigned
+/// `?issue=` can say which) replayed with another ticket's key must not approve that ticket's job too.
+#[tokio::test]
+async fn one_approval_comment_approves_one_job_however_often_it_is_delivered() {
+    let s = start_with_approvals(dc_cfg("https://jira.example.com")).await;
+    let (one, _) = s.park("DEMO-1", "changelog:1").await;
+    let (two, _) = s.park("DEMO-2", "changelog:2").await;
+    let payload = json!({
+        "timestamp": Utc::now().timestamp_millis(),
+        "webhookEvent": "comment_created",
+        "comment": {"id": "20777", "author": {"name": DC_LIN, "key": "JIRAUSER10777"},
+            "updateAuthor": {"name": DC_LIN, "key": "JIRAUSER10777"}, "body": "drafter approve",
+            "created": Utc::now().format("%Y-%m-%dT%H:%M:%S%.3f+0000").to_string()}
+    });
+    let (status, answer) = s.post("?issue=DEMO-1", &payload).await;
+    assert_eq!(
+        (status, &answer["status"]),
+        (202, &json!("approved")),
+        "{answer}"
+    );
+    assert_eq!(s.state(&one).await, JobState::Queued);
+
+    let (status, answer) = s.post("?issue=DEMO-2", &payload).await;
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(
+        answer["reason"], "this comment has already approved a job",
+        "{answer}"
+    );
+    assert_eq!(s.state(&two).await, JobState::AwaitingApproval);
+    // A plain redelivery changes nothing either.
+    let (_, answer) = s.post("?issue=DEMO-1", &payload).await;
+    assert_eq!(answer["status"], "ignored", "{answer}");
+}
+
+/// Attack (c): the `?issue=` hint is not signed. A Data Center comment webhook whose payload names its issue (by
+/// id, in `comment.self`) is refused when the hint names another ticket; so is a payload whose `issue.key` differs.
+#[tokio::test]
+async fn a_data_center_hint_naming_another_ticket_than_the_payload_is_refused() {
+    let j = JiraStandIn::start_datacenter(PAT).await;
+    j.add_issue("DEMO-1", "one", Value::Null, &["needs-approval"]);
+    j.add_issue("DEMO-2", "two", Value::Null, &["needs-approval"]);
+    let s = start_with_approvals(dc_cfg(&j.base_url())).await;
+    let (one, _) = s.park("DEMO-1", "changelog:1").await;
+    let (two, _) = s.park("DEMO-2", "changelog:2").await;
+    let id1 = j.issue_id("DEMO-1");
+    let approve = json!({
+        "timestamp": Utc::now().timestamp_millis(),
+        "webhookEvent": "comment_created",
+        "comment": {"id": "20801",
+            "self": format!("{}/rest/api/2/issue/{id1}/comment/20801", j.base_url()),
+            "author": {"name": DC_LIN, "key": "JIRAUSER10777"}, "body": "drafter approve",
+            "created": Utc::now().format("%Y-%m-%dT%H:%M:%S%.3f+0000").to_string()}
+    });
+    let (status, answer) = s.post("?issue=DEMO-2", &approve).await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(
+        answer["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("does not match")),
+        "{answer}"
+    );
+    assert_eq!(s.state(&two).await, JobState::AwaitingApproval);
+    assert_eq!(s.state(&one).await, JobState::AwaitingApproval);
+
+    // A mention (a trigger) is held to the same rule: no job for the other ticket.
+    let mut mention = approve.clone();
+    mention["comment"]["id"] = json!("20802");
+    mention["comment"]["body"] = json!("[~drafter] please also do this");
+    let (status, _) = s.post("?issue=DEMO-3", &mention).await;
+    assert_eq!(status, 400);
+    // A payload that names its key must name the hinted one.
+    let keyed = json!({"webhookEvent": "comment_created",
+        "comment": {"id": "20803", "author": {"name": DC_LIN}, "body": "drafter approve",
+            "created": Utc::now().format("%Y-%m-%dT%H:%M:%S%.3f+0000").to_string()},
+        "issue": {"id": id1.to_string(), "key": "DEMO-1"}});
+    let (status, _) = s.post("?issue=DEMO-2", &keyed).await;
+    assert_eq!(status, 400);
+    assert_eq!(s.state(&two).await, JobState::AwaitingApproval);
+    assert!(
+        s.queue
+            .list(&JobFilter {
+                ticket: Some("DEMO-3".into()),
+                ..JobFilter::default()
+            })
+            .await
+            .unwrap()
+            .is_empty(),
+        "no job for the hinted ticket"
+    );
+
+    // The hint that agrees with the payload is honoured.
+    let (status, answer) = s.post("?issue=DEMO-1", &approve).await;
+    assert_eq!(
+        (status, &answer["status"]),
+        (202, &json!("approved")),
+        "{answer}"
+    );
+    assert_eq!(s.state(&one).await, JobState::Queued);
 }

@@ -17,9 +17,11 @@
 //!   permanent (straight to `failed`, with the reason). [`Queue::release`] hands a job back without counting an
 //!   attempt (graceful shutdown). Only the current lease holder may do any of these.
 //! - **Approval**: the lease holder may park a running job in `awaiting_approval` ([`Queue::await_approval`], no
-//!   attempt counted, lease cleared) with an [`ApprovalRequest`]. [`Queue::approve`] queues it again (claimable at
-//!   once) and records who approved; that record stays on the job through later claims, so the worker can see that
-//!   approval was given. A request whose `expires_at` passes unapproved fails the job ("approval expired: ...");
+//!   attempt counted, lease cleared) with an [`ApprovalRequest`] that names what is to be approved (the ticket
+//!   content's SHA-256, the repository and the base: an [`ApprovalSubject`]). [`Queue::approve`] queues it again
+//!   (claimable at once) and records who approved; that record stays on the job through later claims, so the worker
+//!   can see that approval was given, and for what. An approval by comment counts only if the comment was created
+//!   after the request, and each comment id approves at most one job, ever ([`Approved`]). A request whose `expires_at` passes unapproved fails the job ("approval expired: ...");
 //!   every claim sweeps for those, so no extra daemon is needed, and [`Queue::expire_approvals`] sweeps too and
 //!   hands out (once, to one caller) the ids of jobs failed that way, for a ticket comment.
 //! - **Operators** [`Queue::cancel`] (a running job's next heartbeat reports the lease lost, and its worker stops)
@@ -53,7 +55,8 @@ macro_rules! job_columns {
     () => {
         "id, ticket, project, state, attempts, max_attempts, not_before, lease_owner, lease_expires, triggers, \
          last_error, outcome, progress, created_at, updated_at, policy_hash, approval_reason, approval_approvers, \
-         approval_requested_at, approval_expires_at, approved_by, approved_at, lease_gen"
+         approval_requested_at, approval_expires_at, approved_by, approved_at, lease_gen, \
+         approval_ticket_sha256, approval_repo, approval_base, approval_comment_id"
     };
 }
 
@@ -266,6 +269,34 @@ pub(crate) fn holder(token: &str) -> Holder<'_> {
     }
 }
 
+/// What an approval is for: the job as it would run. An approval holds only while all three stay the same.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApprovalSubject {
+    /// SHA-256 (hex) of the ticket's canonical JSON, as the run statement records it.
+    pub ticket_sha256: String,
+    /// `owner/name` of the repository the policy chose.
+    pub repo: String,
+    /// The base branch the policy chose.
+    pub base: String,
+}
+
+impl ApprovalSubject {
+    /// What differs in `now` from this (approved) subject, in words for a ticket comment; empty when nothing does.
+    pub fn changes(&self, now: &ApprovalSubject) -> Vec<String> {
+        let mut changed = Vec::new();
+        if self.ticket_sha256 != now.ticket_sha256 {
+            changed.push("the ticket's content (summary, description or labels)".to_string());
+        }
+        if self.repo != now.repo {
+            changed.push(format!("the repository ({} -> {})", self.repo, now.repo));
+        }
+        if self.base != now.base {
+            changed.push(format!("the base branch ({} -> {})", self.base, now.base));
+        }
+        changed
+    }
+}
+
 /// What a worker asks for when a job needs a human's approval before it may run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApprovalRequest {
@@ -274,10 +305,48 @@ pub struct ApprovalRequest {
     /// Who may approve (as the policy names them); recorded for display, checked by the caller of
     /// [`Queue::approve`], not by the queue.
     pub approvers: Vec<String>,
-    /// When approval was requested.
+    /// When approval was requested (before the ticket is asked): only comments created after it can approve.
     pub requested_at: DateTime<Utc>,
     /// When the request lapses: an unapproved job is failed after this instant.
     pub expires_at: DateTime<Utc>,
+    /// What is to be approved.
+    pub subject: ApprovalSubject,
+}
+
+/// The Jira comment an approval came in (`drafter approve`). CLI approvals have none.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApprovingComment {
+    /// The comment's id: it approves at most one job.
+    pub id: String,
+    /// When Jira says it was created: it must be after the request.
+    pub created: DateTime<Utc>,
+}
+
+/// What [`Queue::approve`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Approved {
+    /// The job is queued again, approved.
+    Yes,
+    /// The job is not awaiting approval (or its request expired): nothing changed.
+    NotAwaiting,
+    /// The comment was created before the request (an approval of something earlier): nothing changed.
+    CommentBeforeRequest,
+    /// The comment already approved a job: nothing changed.
+    CommentAlreadyUsed,
+}
+
+impl Approved {
+    /// Why nothing changed, for logs and webhook replies (`None` for [`Approved::Yes`]).
+    pub fn refusal(self) -> Option<&'static str> {
+        match self {
+            Approved::Yes => None,
+            Approved::NotAwaiting => Some("the job is no longer waiting for approval"),
+            Approved::CommentBeforeRequest => {
+                Some("the comment was written before drafter asked for this approval")
+            }
+            Approved::CommentAlreadyUsed => Some("this comment has already approved a job"),
+        }
+    }
 }
 
 /// A job's approval record: the request, and the approval if one was given.
@@ -295,6 +364,10 @@ pub struct Approval {
     pub approved_by: Option<String>,
     /// When they approved.
     pub approved_at: Option<DateTime<Utc>>,
+    /// What was (or is to be) approved; `None` on requests stored before approvals were bound to it.
+    pub subject: Option<ApprovalSubject>,
+    /// The comment that approved it, when an approval came by comment.
+    pub comment_id: Option<String>,
 }
 
 impl Approval {
@@ -513,10 +586,16 @@ pub trait Queue: Send + Sync {
         worker: &str,
         request: ApprovalRequest,
     ) -> Result<(), QueueError>;
-    /// Approves a job awaiting approval: queued (claimable now), with `by` and the time recorded on its
-    /// [`Approval`]. `Ok(false)` if it is not awaiting approval (or its request has expired). Whether `by` may
-    /// approve is the caller's decision.
-    async fn approve(&self, job_id: &str, by: &str) -> Result<bool, QueueError>;
+    /// Approves a job awaiting approval: queued (claimable now), with `by`, the time and the comment recorded on its
+    /// [`Approval`]. Nothing changes ([`Approved`] says why) if it is not awaiting approval (or its request has
+    /// expired), if `comment` was created before the request, or if `comment`'s id already approved a job. Whether
+    /// `by` may approve is the caller's decision.
+    async fn approve(
+        &self,
+        job_id: &str,
+        by: &str,
+        comment: Option<&ApprovingComment>,
+    ) -> Result<Approved, QueueError>;
     /// Fails every job whose approval request has expired, then returns the ids of all jobs failed that way that
     /// no earlier call returned (including those a claim's sweep failed): each id is handed out once, to one caller.
     async fn expire_approvals(&self) -> Result<Vec<String>, QueueError>;

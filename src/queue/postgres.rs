@@ -25,8 +25,8 @@ use sqlx::{Connection, PgConnection, PgPool, Postgres, Row, Transaction};
 
 use super::{
     approval_expired, backoff, gave_up, new_job_id, to_i64, to_u64, worker_lost, Approval,
-    ApprovalRequest, Claim, Enqueued, Failure, Job, JobFilter, JobState, NewJob, Pause, QueueError,
-    Trigger, Usage, UsageTotal,
+    ApprovalRequest, ApprovalSubject, Approved, ApprovingComment, Claim, Enqueued, Failure, Job,
+    JobFilter, JobState, NewJob, Pause, QueueError, Trigger, Usage, UsageTotal,
 };
 use crate::config::Secret;
 
@@ -122,6 +122,21 @@ ALTER TABLE jobs ADD COLUMN lease_gen bigint NOT NULL DEFAULT 0;
     // Version 4: delivery keys are pruned by age (`prune_deliveries`).
     r#"
 CREATE INDEX deliveries_created ON deliveries (created_at);
+"#,
+    // Version 5: an approval is bound to what it approved (ticket content hash, repository, base) and to the comment
+    // that gave it; each comment id approves at most one job, ever (no foreign key: ids stay used whatever happens
+    // to the job).
+    r#"
+ALTER TABLE jobs
+    ADD COLUMN approval_ticket_sha256 text,
+    ADD COLUMN approval_repo          text,
+    ADD COLUMN approval_base          text,
+    ADD COLUMN approval_comment_id    text;
+CREATE TABLE approval_comments (
+    comment_id text        PRIMARY KEY,
+    job_id     text        NOT NULL,
+    used_at    timestamptz NOT NULL DEFAULT now()
+);
 "#,
 ];
 
@@ -465,6 +480,19 @@ fn usage_total(row: (i64, i64, i64)) -> Result<UsageTotal, QueueError> {
     })
 }
 
+/// The approval's subject, when all of it was stored.
+fn subject_from(
+    ticket_sha256: Option<String>,
+    repo: Option<String>,
+    base: Option<String>,
+) -> Option<ApprovalSubject> {
+    Some(ApprovalSubject {
+        ticket_sha256: ticket_sha256?,
+        repo: repo?,
+        base: base?,
+    })
+}
+
 fn job_from_row(row: &PgRow) -> Result<Job, QueueError> {
     let get = |e: sqlx::Error| QueueError::Database(format!("reading a job row: {e}"));
     let state: String = row.try_get("state").map_err(get)?;
@@ -492,6 +520,12 @@ fn job_from_row(row: &PgRow) -> Result<Job, QueueError> {
                 expires_at,
                 approved_by: row.try_get("approved_by").map_err(get)?,
                 approved_at: row.try_get("approved_at").map_err(get)?,
+                subject: subject_from(
+                    row.try_get("approval_ticket_sha256").map_err(get)?,
+                    row.try_get("approval_repo").map_err(get)?,
+                    row.try_get("approval_base").map_err(get)?,
+                ),
+                comment_id: row.try_get("approval_comment_id").map_err(get)?,
             })
         }
         _ => None,
@@ -835,7 +869,8 @@ impl super::Queue for PgQueue {
             "UPDATE jobs SET state = 'awaiting_approval', lease_owner = NULL, lease_expires = NULL, \
              attempts = GREATEST(attempts - 1, 0), approval_reason = $1, approval_approvers = $2, \
              approval_requested_at = $3, approval_expires_at = $4, approved_by = NULL, approved_at = NULL, \
-             updated_at = now() WHERE id = $5 AND state = 'running' AND lease_owner = $6 AND lease_gen = COALESCE($7::bigint, lease_gen)",
+             approval_ticket_sha256 = $7, approval_repo = $8, approval_base = $9, approval_comment_id = NULL, \
+             updated_at = now() WHERE id = $5 AND state = 'running' AND lease_owner = $6 AND lease_gen = COALESCE($10::bigint, lease_gen)",
         )
         .bind(&request.reason)
         .bind(&approvers)
@@ -843,6 +878,9 @@ impl super::Queue for PgQueue {
         .bind(request.expires_at)
         .bind(job_id)
         .bind(super::holder(worker).owner)
+        .bind(&request.subject.ticket_sha256)
+        .bind(&request.subject.repo)
+        .bind(&request.subject.base)
         .bind(super::holder(worker).gen)
         .execute(&self.pool)
         .await
@@ -850,24 +888,75 @@ impl super::Queue for PgQueue {
         self.held(done.rows_affected(), job_id).await
     }
 
-    async fn approve(&self, job_id: &str, by: &str) -> Result<bool, QueueError> {
-        let done = sqlx::query(
+    async fn approve(
+        &self,
+        job_id: &str,
+        by: &str,
+        comment: Option<&ApprovingComment>,
+    ) -> Result<Approved, QueueError> {
+        // The job's row is locked, so the checks and the comment's use are one decision; a concurrent use of the
+        // same comment id waits on the primary key and then finds it taken.
+        let mut tx = self.begin().await?;
+        let row: Option<(String, Option<DateTime<Utc>>, bool)> = sqlx::query_as(
+            "SELECT state, approval_requested_at, COALESCE(approval_expires_at > now(), false) \
+             FROM jobs WHERE id = $1 FOR UPDATE",
+        )
+        .bind(job_id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(self.db("reading a job to approve"))?;
+        let Some((state, requested_at, live)) = row else {
+            tx.rollback()
+                .await
+                .map_err(self.db("ending a transaction"))?;
+            return Err(QueueError::NotFound(job_id.to_string()));
+        };
+        let refused = if state != JobState::AwaitingApproval.as_str() || !live {
+            Some(Approved::NotAwaiting)
+        } else {
+            comment
+                .filter(|c| requested_at.is_none_or(|r| c.created <= r))
+                .map(|_| Approved::CommentBeforeRequest)
+        };
+        if let Some(refused) = refused {
+            // Ended now, not when the pool next uses the connection: the row lock must not linger (claims skip
+            // locked rows).
+            tx.rollback()
+                .await
+                .map_err(self.db("ending a transaction"))?;
+            return Ok(refused);
+        }
+        if let Some(c) = comment {
+            let fresh = sqlx::query(
+                "INSERT INTO approval_comments (comment_id, job_id) VALUES ($1, $2) \
+                 ON CONFLICT (comment_id) DO NOTHING",
+            )
+            .bind(&c.id)
+            .bind(job_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(self.db("recording the approving comment"))?;
+            if fresh.rows_affected() != 1 {
+                tx.rollback()
+                    .await
+                    .map_err(self.db("ending a transaction"))?;
+                return Ok(Approved::CommentAlreadyUsed);
+            }
+        }
+        sqlx::query(
             "UPDATE jobs SET state = 'queued', not_before = now(), approved_by = $1, approved_at = now(), \
-             updated_at = now() \
-             WHERE id = $2 AND state = 'awaiting_approval' AND approval_expires_at > now()",
+             approval_comment_id = $2, updated_at = now() WHERE id = $3",
         )
         .bind(by)
+        .bind(comment.map(|c| c.id.as_str()))
         .bind(job_id)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(self.db("approving a job"))?;
-        if done.rows_affected() == 1 {
-            Ok(true)
-        } else if self.exists(job_id).await? {
-            Ok(false)
-        } else {
-            Err(QueueError::NotFound(job_id.to_string()))
-        }
+        tx.commit()
+            .await
+            .map_err(self.db("committing an approval"))?;
+        Ok(Approved::Yes)
     }
 
     async fn expire_approvals(&self) -> Result<Vec<String>, QueueError> {

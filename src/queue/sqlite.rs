@@ -25,8 +25,8 @@ use sqlx::{Connection, Row, Sqlite, SqliteConnection, SqlitePool, Transaction};
 
 use super::{
     approval_expired, backoff, gave_up, new_job_id, to_i64, to_u64, worker_lost, Approval,
-    ApprovalRequest, Claim, Enqueued, Failure, Job, JobFilter, JobState, NewJob, Pause, QueueError,
-    Trigger, Usage, UsageTotal,
+    ApprovalRequest, ApprovalSubject, Approved, ApprovingComment, Claim, Enqueued, Failure, Job,
+    JobFilter, JobState, NewJob, Pause, QueueError, Trigger, Usage, UsageTotal,
 };
 
 /// How long a writer waits for another writer (in this or another process) before giving up.
@@ -156,6 +156,20 @@ ALTER TABLE jobs ADD COLUMN lease_gen INTEGER NOT NULL DEFAULT 0;
     // Version 4: delivery keys are pruned by age (`prune_deliveries`).
     r#"
 CREATE INDEX deliveries_created ON deliveries (created_at);
+"#,
+    // Version 5: an approval is bound to what it approved (ticket content hash, repository, base) and to the comment
+    // that gave it; each comment id approves at most one job, ever (no foreign key: ids stay used whatever happens
+    // to the job).
+    r#"
+ALTER TABLE jobs ADD COLUMN approval_ticket_sha256 TEXT;
+ALTER TABLE jobs ADD COLUMN approval_repo TEXT;
+ALTER TABLE jobs ADD COLUMN approval_base TEXT;
+ALTER TABLE jobs ADD COLUMN approval_comment_id TEXT;
+CREATE TABLE approval_comments (
+    comment_id TEXT    PRIMARY KEY NOT NULL,
+    job_id     TEXT    NOT NULL,
+    used_at    INTEGER NOT NULL
+);
 "#,
 ];
 
@@ -400,6 +414,19 @@ fn usage_total(row: (i64, i64, i64)) -> Result<UsageTotal, QueueError> {
     })
 }
 
+/// The approval's subject, when all of it was stored.
+fn subject_from(
+    ticket_sha256: Option<String>,
+    repo: Option<String>,
+    base: Option<String>,
+) -> Option<ApprovalSubject> {
+    Some(ApprovalSubject {
+        ticket_sha256: ticket_sha256?,
+        repo: repo?,
+        base: base?,
+    })
+}
+
 fn job_from_row(row: &SqliteRow) -> Result<Job, QueueError> {
     let get = |e: sqlx::Error| QueueError::Database(format!("reading a job row: {e}"));
     let state: String = row.try_get("state").map_err(get)?;
@@ -431,6 +458,12 @@ fn job_from_row(row: &SqliteRow) -> Result<Job, QueueError> {
                 expires_at,
                 approved_by: row.try_get("approved_by").map_err(get)?,
                 approved_at: time("approved_at")?,
+                subject: subject_from(
+                    row.try_get("approval_ticket_sha256").map_err(get)?,
+                    row.try_get("approval_repo").map_err(get)?,
+                    row.try_get("approval_base").map_err(get)?,
+                ),
+                comment_id: row.try_get("approval_comment_id").map_err(get)?,
             })
         }
         _ => None,
@@ -797,12 +830,16 @@ impl super::Queue for SqliteQueue {
             "UPDATE jobs SET state = 'awaiting_approval', lease_owner = NULL, lease_expires = NULL, \
              attempts = MAX(attempts - 1, 0), approval_reason = ?, approval_approvers = ?, \
              approval_requested_at = ?, approval_expires_at = ?, approved_by = NULL, approved_at = NULL, \
+             approval_ticket_sha256 = ?, approval_repo = ?, approval_base = ?, approval_comment_id = NULL, \
              updated_at = ? WHERE id = ? AND state = 'running' AND lease_owner = ? AND lease_gen = COALESCE(?, lease_gen)",
         )
         .bind(&request.reason)
         .bind(approvers)
         .bind(request.requested_at.timestamp_millis())
         .bind(request.expires_at.timestamp_millis())
+        .bind(&request.subject.ticket_sha256)
+        .bind(&request.subject.repo)
+        .bind(&request.subject.base)
         .bind(now)
         .bind(job_id)
         .bind(super::holder(worker).owner)
@@ -813,25 +850,69 @@ impl super::Queue for SqliteQueue {
         self.held(done.rows_affected(), job_id).await
     }
 
-    async fn approve(&self, job_id: &str, by: &str) -> Result<bool, QueueError> {
+    async fn approve(
+        &self,
+        job_id: &str,
+        by: &str,
+        comment: Option<&ApprovingComment>,
+    ) -> Result<Approved, QueueError> {
         let now = now_ms();
-        let done = sqlx::query(
-            "UPDATE jobs SET state = 'queued', not_before = ?1, approved_by = ?2, approved_at = ?1, updated_at = ?1 \
-             WHERE id = ?3 AND state = 'awaiting_approval' AND approval_expires_at > ?1",
+        // Under the write lock: the checks and the comment's use are one decision.
+        let mut tx = self.begin().await?;
+        let row: Option<(String, Option<i64>, Option<i64>)> = sqlx::query_as(
+            "SELECT state, approval_requested_at, approval_expires_at FROM jobs WHERE id = ?",
+        )
+        .bind(job_id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db("reading a job to approve"))?;
+        let Some((state, requested_at, expires_at)) = row else {
+            tx.rollback().await.map_err(db("ending a transaction"))?;
+            return Err(QueueError::NotFound(job_id.to_string()));
+        };
+        let refused = if state != JobState::AwaitingApproval.as_str()
+            || expires_at.is_none_or(|e| e <= now)
+        {
+            Some(Approved::NotAwaiting)
+        } else {
+            comment
+                .filter(|c| requested_at.is_none_or(|r| c.created.timestamp_millis() <= r))
+                .map(|_| Approved::CommentBeforeRequest)
+        };
+        if let Some(refused) = refused {
+            // Ended now, not when the pool next uses the connection: the write lock must not linger.
+            tx.rollback().await.map_err(db("ending a transaction"))?;
+            return Ok(refused);
+        }
+        if let Some(c) = comment {
+            let fresh = sqlx::query(
+                "INSERT INTO approval_comments (comment_id, job_id, used_at) VALUES (?, ?, ?) \
+                 ON CONFLICT (comment_id) DO NOTHING",
+            )
+            .bind(&c.id)
+            .bind(job_id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("recording the approving comment"))?;
+            if fresh.rows_affected() != 1 {
+                tx.rollback().await.map_err(db("ending a transaction"))?;
+                return Ok(Approved::CommentAlreadyUsed);
+            }
+        }
+        sqlx::query(
+            "UPDATE jobs SET state = 'queued', not_before = ?1, approved_by = ?2, approved_at = ?1, \
+             approval_comment_id = ?3, updated_at = ?1 WHERE id = ?4",
         )
         .bind(now)
         .bind(by)
+        .bind(comment.map(|c| c.id.as_str()))
         .bind(job_id)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(db("approving a job"))?;
-        if done.rows_affected() == 1 {
-            Ok(true)
-        } else if self.exists(job_id).await? {
-            Ok(false)
-        } else {
-            Err(QueueError::NotFound(job_id.to_string()))
-        }
+        tx.commit().await.map_err(db("committing an approval"))?;
+        Ok(Approved::Yes)
     }
 
     async fn expire_approvals(&self) -> Result<Vec<String>, QueueError> {

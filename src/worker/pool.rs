@@ -450,7 +450,18 @@ impl JobTask {
                 .first()
                 .map(|t| format!("{} {}", t.source, t.delivery))
                 .unwrap_or_else(|| "unknown".into()),
-            approved_by: job.approval.as_ref().and_then(|a| a.approved_by.clone()),
+            // An approval counts with what it approved; one stored without that (before approvals were bound to
+            // their subject) is asked for again.
+            approved_by: job
+                .approval
+                .as_ref()
+                .filter(|a| a.subject.is_some())
+                .and_then(|a| a.approved_by.clone()),
+            approved: job
+                .approval
+                .as_ref()
+                .filter(|a| a.approved_by.is_some())
+                .and_then(|a| a.subject.clone()),
             policy: self.policy.clone(),
             ledger: Some(Arc::new(QueueLedger(queue.clone()))),
             slots: Some(self.slots.clone()),
@@ -518,13 +529,17 @@ impl JobTask {
                 reason,
                 approvers,
                 ttl_hours,
+                requested_at,
+                subject,
+                ..
             }) => {
-                let now = chrono::Utc::now();
                 let request = ApprovalRequest {
                     reason,
                     approvers: vec![approvers],
-                    requested_at: now,
-                    expires_at: now + chrono::Duration::hours(ttl_hours.min(24 * 365) as i64),
+                    requested_at,
+                    expires_at: requested_at
+                        + chrono::Duration::hours(ttl_hours.min(24 * 365) as i64),
+                    subject,
                 };
                 match queue.await_approval(&job.id, &worker, request).await {
                     Ok(()) => {

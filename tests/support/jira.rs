@@ -207,6 +207,34 @@ impl JiraStandIn {
         );
     }
 
+    /// The numeric id of issue `key` (what `comment.self` URLs and Data Center payloads carry).
+    pub fn issue_id(&self, key: &str) -> u64 {
+        match lock(&self.state).issues.get(key) {
+            Some(issue) => issue.id,
+            None => panic!("stand-in: no issue {key}"),
+        }
+    }
+
+    /// Sets one field of `key` (`description`, `summary`, `labels` ...) as an edit would, keeping its id, comments
+    /// and history.
+    pub fn set_field(&self, key: &str, field: &str, value: Value) {
+        let mut st = lock(&self.state);
+        let Some(issue) = st.issues.get_mut(key) else {
+            panic!("stand-in: no issue {key}");
+        };
+        issue.fields[field] = value;
+        issue.fields["updated"] = json!(jira_now());
+    }
+
+    /// The full comment objects on `key` (`id`, `author`, `body`, `created` ...), oldest first.
+    pub fn comment_objects(&self, key: &str) -> Vec<Value> {
+        lock(&self.state)
+            .issues
+            .get(key)
+            .map(|i| i.comments.clone())
+            .unwrap_or_default()
+    }
+
     /// Sets the assignee of `key` (a user object: `{"accountId": ..}` on Cloud, `{"name": .., "key": ..}` on Data
     /// Center; `Value::Null` unassigns) as `by` did, recording a change history entry like Jira's. Returns the
     /// entry's id (what a webhook's `changelog.id` would carry).
