@@ -615,35 +615,11 @@ async fn a_job_survives_its_bombs_and_reports_them_to_the_model() {
     );
 }
 
-/// Filling the workspace fails the job cleanly (a visible failure, no PR, no container left).
-#[tokio::test]
-async fn a_job_that_fills_its_disk_fails_cleanly() {
+/// Runs DEMO-1 through the binary with a 64 MiB workspace and a model that runs `cmd` once: the job must fail
+/// cleanly with the workspace limit named (a visible failure, no PR).
+async fn workspace_filler_fails_the_job(cmd: &str) {
     let stack = Stack::start(Options {
-        script: vec![
-            run_cmd("for i in $(seq 1 30); do head -c 4000000 /dev/zero > f$i; done"),
-            Step::Text("done".into()),
-        ],
-        sandbox_toml: "workspace_max_mb = 64".into(),
-        ..Options::default()
-    })
-    .await;
-    let (out, log) = stack
-        .output(Path::new(BIN), &["run", "--ticket", "DEMO-1"])
-        .await;
-    assert_eq!(out.status.code(), Some(1), "{log}");
-    assert!(log.contains("over its limit of"), "{log}");
-    assert!(stack.github.pulls(DEMO_REPO).is_empty());
-}
-
-/// Issue 12.4 through the whole job: a sparse file with many hard links (a few blocks in the container, hundreds of
-/// MiB once every link is a file on the host) fails the job cleanly: no PR, the reason in the log.
-#[tokio::test]
-async fn a_job_whose_hard_links_multiply_its_workspace_fails_cleanly() {
-    let stack = Stack::start(Options {
-        script: vec![
-            run_cmd("truncate -s 4M big && for i in $(seq 1 100); do ln big l$i; done"),
-            Step::Text("done".into()),
-        ],
+        script: vec![run_cmd(cmd), Step::Text("done".into())],
         sandbox_toml: "workspace_max_mb = 64".into(),
         ..Options::default()
     })
@@ -654,6 +630,25 @@ async fn a_job_whose_hard_links_multiply_its_workspace_fails_cleanly() {
     assert_eq!(out.status.code(), Some(1), "{log}");
     assert!(log.contains("over its limit of 64 MiB"), "{log}");
     assert!(stack.github.pulls(DEMO_REPO).is_empty());
+}
+
+/// Filling the workspace fails the job cleanly (a visible failure, no PR, no container left).
+#[tokio::test]
+async fn a_job_that_fills_its_disk_fails_cleanly() {
+    workspace_filler_fails_the_job(
+        "for i in $(seq 1 30); do head -c 4000000 /dev/zero > f$i; done",
+    )
+    .await;
+}
+
+/// Issue 12.4 through the whole job: a sparse file with many hard links (a few blocks in the container, hundreds of
+/// MiB once every link is a file on the host) fails the job cleanly: no PR, the reason in the log.
+#[tokio::test]
+async fn a_job_whose_hard_links_multiply_its_workspace_fails_cleanly() {
+    workspace_filler_fails_the_job(
+        "truncate -s 4M big && for i in $(seq 1 100); do ln big l$i; done",
+    )
+    .await;
 }
 
 /// This machine's IPv6 addresses (`ip -6 -o addr`), link-local ones with the scope the sandbox would use (`%eth0`),
