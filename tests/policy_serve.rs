@@ -771,8 +771,14 @@ async fn an_approved_job_whose_ticket_changed_asks_again_and_runs_nothing() {
     .await;
     let job_id = waiting[0].id.clone();
     let first = waiting[0].approval.clone().expect("a request");
-    let asked = first.subject.clone().expect("the request names what is approved");
-    assert_eq!((asked.repo.as_str(), asked.base.as_str()), (DEMO_REPO, "main"));
+    let asked = first
+        .subject
+        .clone()
+        .expect("the request names what is approved");
+    assert_eq!(
+        (asked.repo.as_str(), asked.base.as_str()),
+        (DEMO_REPO, "main")
+    );
     let (status, log) = serve.sigterm(Duration::from_secs(60)).await;
     assert!(status.success(), "{log}");
 

@@ -1484,7 +1484,9 @@ async fn an_approval_comment_for_an_earlier_job_does_not_approve_a_later_one() {
     late["created"] = json!((asked - chrono::Duration::seconds(30))
         .format("%Y-%m-%dT%H:%M:%S%.3f+0000")
         .to_string());
-    let (_, answer) = s.post("", &comment_webhook("DEMO-1", issue_id, &late)).await;
+    let (_, answer) = s
+        .post("", &comment_webhook("DEMO-1", issue_id, &late))
+        .await;
     assert_eq!(answer["status"], "ignored", "{answer}");
     assert_eq!(
         answer["reason"], "the comment was written before drafter asked for this approval",
@@ -1518,12 +1520,19 @@ async fn one_approval_comment_approves_one_job_however_often_it_is_delivered() {
             "created": Utc::now().format("%Y-%m-%dT%H:%M:%S%.3f+0000").to_string()}
     });
     let (status, answer) = s.post("?issue=DEMO-1", &payload).await;
-    assert_eq!((status, &answer["status"]), (202, &json!("approved")), "{answer}");
+    assert_eq!(
+        (status, &answer["status"]),
+        (202, &json!("approved")),
+        "{answer}"
+    );
     assert_eq!(s.state(&one).await, JobState::Queued);
 
     let (status, answer) = s.post("?issue=DEMO-2", &payload).await;
     assert_eq!(status, 202, "{answer}");
-    assert_eq!(answer["reason"], "this comment has already approved a job", "{answer}");
+    assert_eq!(
+        answer["reason"], "this comment has already approved a job",
+        "{answer}"
+    );
     assert_eq!(s.state(&two).await, JobState::AwaitingApproval);
     // A plain redelivery changes nothing either.
     let (_, answer) = s.post("?issue=DEMO-1", &payload).await;
@@ -1588,6 +1597,10 @@ async fn a_data_center_hint_naming_another_ticket_than_the_payload_is_refused() 
 
     // The hint that agrees with the payload is honoured.
     let (status, answer) = s.post("?issue=DEMO-1", &approve).await;
-    assert_eq!((status, &answer["status"]), (202, &json!("approved")), "{answer}");
+    assert_eq!(
+        (status, &answer["status"]),
+        (202, &json!("approved")),
+        "{answer}"
+    );
     assert_eq!(s.state(&one).await, JobState::Queued);
 }
