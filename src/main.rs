@@ -1028,9 +1028,20 @@ async fn jobs(
                             show_time(&a.requested_at),
                             show_time(&a.expires_at)
                         );
+                        if let Some(sub) = &a.subject {
+                            println!(
+                                "approves:   ticket sha256:{}, {} (base {})",
+                                sub.ticket_sha256, sub.repo, sub.base
+                            );
+                        }
                         match (&a.approved_by, &a.approved_at) {
                             (Some(by), Some(at)) => {
-                                println!("approved:   by {by} at {}", show_time(at))
+                                let via = a
+                                    .comment_id
+                                    .as_deref()
+                                    .map(|c| format!(" (comment {c})"))
+                                    .unwrap_or_default();
+                                println!("approved:   by {by} at {}{via}", show_time(at))
                             }
                             (Some(by), None) => println!("approved:   by {by}"),
                             _ => println!("approved:   not yet"),

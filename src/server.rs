@@ -245,7 +245,7 @@ async fn jira_webhook(
         let (accepted, body) =
             intake::apply_approval(&ap, st.queue.as_ref(), st.approvals.as_ref()).await;
         tracing::info!(target: "audit", remote, delivery = delivery_log, event, ticket = ap.ticket,
-            author = ap.author, outcome = %body["status"], "approval comment");
+            author = ap.author, comment = ap.comment_id, outcome = %body["status"], "approval comment");
         let status = if accepted {
             StatusCode::ACCEPTED
         } else {
