@@ -1124,7 +1124,9 @@ async fn pipeline(
                 let (changed, change) = blocking(move || {
                     match repo::push(&r, &url2, &branch2, &token) {
                         Ok(()) => Ok((changed, change)),
-                        Err(e @ RepoError::PushRejected { .. }) => {
+                        // Refused by the server (non-fast-forward), or by libgit2 before sending (the remote ref
+                        // has commits it lacks): either way, ask the remote what the branch holds now.
+                        Err(e @ (RepoError::PushRejected { .. } | RepoError::Git { .. })) => {
                             // Another worker running this same job (this one stalled past its lease) may have
                             // pushed first: the branch then holds this job's work, which is delivered, not failed.
                             match repo::refresh_remote_branch(&r, &url2, &branch2, &token)? {

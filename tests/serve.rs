@@ -861,3 +861,116 @@ async fn a_stalled_worker_and_its_successor_deliver_exactly_once() {
         "the stale worker noticed: {first_log}"
     );
 }
+
+fn git_in(dir: &Path, args: &[&str]) -> String {
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .output()
+        .expect("git");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Issue 12.8, the push race made deterministic: while the worker is in its model loop, "another worker of the same
+/// job" (this test) pushes the job's branch with a commit naming the job. The worker's own push is then refused as
+/// non-fast-forward; the branch holds this job's work, so the job is delivered (one PR, from that commit), not
+/// failed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_branch_that_already_holds_the_jobs_commit_is_delivered_not_failed() {
+    let _serial = SERIAL.lock().await;
+    let stack = Stack::start(Options {
+        per_conversation: true,
+        extra_toml: serve_toml(1, 1, 30, 30),
+        ..Options::default()
+    })
+    .await;
+    stack.model.set_delay(Duration::from_millis(600));
+    let queue = open_queue(&stack).await;
+    let job_id = queue
+        .enqueue(drafter::queue::NewJob {
+            ticket: "DEMO-1".into(),
+            project: "DEMO".into(),
+            trigger: drafter::queue::Trigger {
+                delivery: "test:race".into(),
+                source: "webhook:jira:issue_updated".into(),
+                triggered_by: Some("712020:developer-ada".into()),
+                text: None,
+                at: chrono::Utc::now(),
+            },
+            max_attempts: 1,
+        })
+        .await
+        .expect("enqueue")
+        .job_id()
+        .to_string();
+    let serve = ServeProcess::start(&stack, Path::new(BIN)).await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while stack.model.requests().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the worker never reached its model loop"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The worker has cloned and chosen its branch; now the branch appears, holding a commit of this job.
+    let branch = "drafter/DEMO-1-greeting-should-end-with-an-exclamation";
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let work = scratch.path().join("w");
+    let out = std::process::Command::new("git")
+        .arg("clone")
+        .arg("-q")
+        .arg(&stack.bare_repo)
+        .arg(&work)
+        .output()
+        .expect("git clone");
+    assert!(out.status.success());
+    git_in(&work, &["checkout", "-q", "-b", branch]);
+    std::fs::write(
+        work.join("greet.py"),
+        std::fs::read_to_string(work.join("greet.py"))
+            .expect("greet.py")
+            .replace("Hello, {name}.", "Hello, {name}!"),
+    )
+    .expect("write");
+    git_in(
+        &work,
+        &[
+            "-c",
+            "user.name=drafter[bot]",
+            "-c",
+            "user.email=drafter-bot@example.com",
+            "commit",
+            "-q",
+            "-am",
+            &format!("[DEMO-1] the other attempt\n\nDrafter-Ticket: DEMO-1\nDrafter-Job: {job_id}"),
+        ],
+    );
+    let theirs = git_in(&work, &["rev-parse", "HEAD"]);
+    git_in(&work, &["push", "-q", "origin", branch]);
+
+    let jobs = wait_all_finished(queue.as_ref(), 1, Duration::from_secs(120)).await;
+    let (status, log) = serve.sigterm(Duration::from_secs(60)).await;
+    assert!(status.success(), "{log}");
+    assert_eq!(jobs[0].state, JobState::Succeeded, "{:?}\n{log}", jobs[0]);
+    assert!(log.contains("already holds this job's commit"), "{log}");
+    let pulls = stack.github.pulls(DEMO_REPO);
+    assert_eq!(pulls.len(), 1, "{pulls:?}");
+    let tip = std::process::Command::new("git")
+        .arg("--git-dir")
+        .arg(&stack.bare_repo)
+        .args(["rev-parse", &format!("refs/heads/{branch}")])
+        .output()
+        .expect("git");
+    assert_eq!(
+        String::from_utf8_lossy(&tip.stdout).trim(),
+        theirs,
+        "the branch was never overwritten"
+    );
+    assert_eq!(pr_opened_comments(&stack, "DEMO-1"), 1);
+}
