@@ -343,6 +343,10 @@ pub struct SandboxConfig {
     pub workspace_max_mb: u64,
     /// Pre-started containers kept per container shape for warm starts (0: none; `sandboxd` transport only).
     pub pool_size: usize,
+    /// Addresses (CIDRs) the egress proxy may connect to although they are in a special range: the site's own
+    /// egress gateway or an internal mirror. Loopback, link-local, unspecified and multicast addresses can never be
+    /// allowed (checked at load).
+    pub egress_allow_addresses: Vec<String>,
 }
 
 impl Default for SandboxConfig {
@@ -363,6 +367,7 @@ impl Default for SandboxConfig {
             max_output_mb: r.max_output_mb,
             workspace_max_mb: r.workspace_max_mb,
             pool_size: r.pool_size,
+            egress_allow_addresses: r.egress_allow_addresses,
         }
     }
 }
@@ -612,6 +617,7 @@ struct RawSandbox {
     max_output_mb: u64,
     workspace_max_mb: u64,
     pool_size: usize,
+    egress_allow_addresses: Vec<String>,
 }
 
 impl Default for RawSandbox {
@@ -630,6 +636,7 @@ impl Default for RawSandbox {
             max_output_mb: 16,
             workspace_max_mb: 4096,
             pool_size: 0,
+            egress_allow_addresses: Vec::new(),
         }
     }
 }
@@ -790,6 +797,11 @@ impl Config {
         if raw.sandbox.workspace_max_mb == 0 {
             return Err(ctx.invalid("sandbox.workspace_max_mb", None, "must be at least 1"));
         }
+        for cidr in &raw.sandbox.egress_allow_addresses {
+            if let Err(why) = crate::sandbox::egress::allowance(cidr) {
+                return Err(ctx.invalid("sandbox.egress_allow_addresses", None, &why));
+            }
+        }
         if raw.policy.file.is_some() && !raw.projects.is_empty() {
             return Err(ctx.invalid(
                 "projects",
@@ -899,6 +911,7 @@ impl Config {
                 max_output_mb: raw.sandbox.max_output_mb,
                 workspace_max_mb: raw.sandbox.workspace_max_mb,
                 pool_size: raw.sandbox.pool_size,
+                egress_allow_addresses: raw.sandbox.egress_allow_addresses,
             },
             commit: CommitIdentity {
                 name: raw.commit.name,
@@ -1146,6 +1159,28 @@ repos = [{ name = "acme/widgets", test_command = "make test" }]
         assert!(matches!(c.jira.auth, JiraAuth::Basic { .. }));
         assert!(c.model.api_key.is_none());
         assert_eq!(c.github.token.expose(), "ghp_secretvalue");
+    }
+
+    #[test]
+    fn egress_allowances_never_open_the_host_or_cloud_metadata() {
+        let with = |list: &str| {
+            Config::from_toml(
+                &format!("{GOOD}\n[sandbox]\negress_allow_addresses = {list}\n"),
+                Path::new("d.toml"),
+                &env,
+            )
+        };
+        let ok = with(r#"["203.0.113.80", "10.20.0.0/16"]"#).unwrap();
+        assert_eq!(ok.sandbox.egress_allow_addresses.len(), 2);
+        for bad in [
+            r#"["169.254.169.254"]"#,
+            r#"["127.0.0.1/8"]"#,
+            r#"["0.0.0.0/0"]"#,
+            r#"["x"]"#,
+        ] {
+            let e = with(bad).unwrap_err().to_string();
+            assert!(e.contains("sandbox.egress_allow_addresses"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -960,7 +960,7 @@ async fn pipeline(
     );
     // The sandbox starts while the repository clones: the two are independent, and each is a good part of a job's
     // start-up. If the clone fails, or an earlier attempt already pushed (no agent run), the container goes again.
-    let egress = egress_rules(spec, &grant);
+    let egress = egress_rules(config, spec, &grant);
     let cloning = {
         let (url, ws, base, token, job) = (
             url.clone(),
@@ -1502,12 +1502,13 @@ async fn decide(
 
 /// The egress allowlist the policy grants the job's sandbox, if any (`decide` has already refused a name the policy
 /// does not define).
-fn egress_rules(spec: &JobSpec, grant: &Grant) -> Option<EgressRules> {
+fn egress_rules(config: &Config, spec: &JobSpec, grant: &Grant) -> Option<EgressRules> {
     match &grant.rules.network {
         Network::Allowlist(name) => spec.policy.egress.get(name).map(|e| EgressRules {
             name: name.clone(),
             hosts: e.hosts.clone(),
             methods: e.methods.clone(),
+            allow_addresses: config.sandbox.egress_allow_addresses.clone(),
         }),
         Network::None => None,
     }

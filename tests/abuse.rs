@@ -163,6 +163,7 @@ async fn allowlist_goes_through_the_proxy_and_only_to_allowed_public_hosts() {
             "localhost".into(),
             "*.crates.io".into(),
         ],
+        allow_addresses: support::sandbox::gateway_allowance(&["index.crates.io"]),
         methods: vec!["GET".into(), "HEAD".into()],
     };
     let c = sb
@@ -704,6 +705,7 @@ async fn allowlist_jobs_have_no_ipv6_way_out() {
     let rules = EgressRules {
         name: "registries".into(),
         hosts: vec!["index.crates.io".into(), "*.crates.io".into()],
+        allow_addresses: support::sandbox::gateway_allowance(&["index.crates.io"]),
         methods: Vec::new(),
     };
     let c = sb
@@ -766,6 +768,7 @@ async fn pipelined_and_smuggled_requests_are_refused_by_the_job_proxy() {
     let rules = EgressRules {
         name: "registries".into(),
         hosts: vec!["index.crates.io".into()],
+        allow_addresses: support::sandbox::gateway_allowance(&["index.crates.io"]),
         methods: Vec::new(),
     };
     let c = sb

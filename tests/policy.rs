@@ -809,6 +809,11 @@ async fn policy_limits_tighten_the_runners_and_an_egress_allowlist_is_enforced_b
             "[egress.registries]\nhosts = [\"index.crates.io\", \"*.pythonhosted.org\"]\nmethods = [\"GET\"]\n",
         )),
         script,
+        // The site's egress gateway, if names resolve to one (see `gateway_allowance`).
+        sandbox_toml: format!(
+            "egress_allow_addresses = {:?}",
+            support::sandbox::gateway_allowance(&["index.crates.io"])
+        ),
         ..Options::default()
     })
     .await;

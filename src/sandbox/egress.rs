@@ -60,6 +60,10 @@ pub struct EgressRules {
     pub hosts: Vec<String>,
     /// Plain-HTTP methods allowed; empty means any.
     pub methods: Vec<String>,
+    /// CIDRs the runner's operator lets the proxy connect to although they are in a refused special range (the
+    /// site's egress gateway, an internal mirror): `sandbox.egress_allow_addresses`, checked by [`allowance`].
+    #[serde(default)]
+    pub allow_addresses: Vec<String>,
 }
 
 /// One request through the proxy.
@@ -107,8 +111,6 @@ pub struct SpecialRange {
     pub name: &'static str,
     /// The range.
     pub net: IpNet,
-    /// Whether the proxy refuses to connect there.
-    pub refused: bool,
     /// Where an IPv4 address is embedded in the IPv6 one (0 = none), for naming it in the refusal.
     embeds_v4: u8,
 }
@@ -120,7 +122,6 @@ const fn v4(name: &'static str, a: [u8; 4], len: u8) -> SpecialRange {
             Ipv4Addr::new(a[0], a[1], a[2], a[3]),
             len,
         )),
-        refused: true,
         embeds_v4: 0,
     }
 }
@@ -132,7 +133,6 @@ const fn v6(name: &'static str, s: [u16; 8], len: u8) -> SpecialRange {
             Ipv6Addr::new(s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7]),
             len,
         )),
-        refused: true,
         embeds_v4: 0,
     }
 }
@@ -144,11 +144,6 @@ const SIXTOFOUR: u8 = 2;
 
 const fn embedding(mut r: SpecialRange, at: u8) -> SpecialRange {
     r.embeds_v4 = at;
-    r
-}
-
-const fn not_refused(mut r: SpecialRange) -> SpecialRange {
-    r.refused = false;
     r
 }
 
@@ -167,11 +162,11 @@ pub const SPECIAL_RANGES: &[SpecialRange] = &[
     v4("6to4 relay anycast", [192, 88, 99, 0], 24),
     v4("private", [192, 168, 0, 0], 16),
     v4("benchmarking", [198, 18, 0, 0], 15),
-    // Not routed on the internet, so nothing public lives there, but egress gateways do: this project's own test
-    // machines resolve every allowed registry to 203.0.113.80. Named (the allowed record says so), not refused.
-    not_refused(v4("documentation (TEST-NET-1)", [192, 0, 2, 0], 24)),
-    not_refused(v4("documentation (TEST-NET-2)", [198, 51, 100, 0], 24)),
-    not_refused(v4("documentation (TEST-NET-3)", [203, 0, 113, 0], 24)),
+    // Not routed on the internet, so nothing public lives there; a site whose egress gateway answers from one
+    // allows that address with `sandbox.egress_allow_addresses`.
+    v4("documentation (TEST-NET-1)", [192, 0, 2, 0], 24),
+    v4("documentation (TEST-NET-2)", [198, 51, 100, 0], 24),
+    v4("documentation (TEST-NET-3)", [203, 0, 113, 0], 24),
     v4("multicast", [224, 0, 0, 0], 4),
     v4("reserved", [240, 0, 0, 0], 4),
     v6("unspecified", [0, 0, 0, 0, 0, 0, 0, 0], 128),
@@ -258,7 +253,7 @@ impl std::fmt::Display for Refusal {
 /// Why a destination address is refused, if it is: anything in a refused [`SPECIAL_RANGES`] entry. Rendered as
 /// `resolves to IP (NAME) in CIDR`.
 pub fn refused_ip(ip: IpAddr) -> Option<Refusal> {
-    let range = special_range(ip).filter(|r| r.refused)?;
+    let range = special_range(ip)?;
     let embedded = match (ip, range.embeds_v4) {
         (IpAddr::V6(v6), LOW32) => Some(Ipv4Addr::from(v6.to_bits() as u32)),
         (IpAddr::V6(v6), SIXTOFOUR) => Some(Ipv4Addr::from((v6.to_bits() >> 80) as u32)),
@@ -269,6 +264,49 @@ pub fn refused_ip(ip: IpAddr) -> Option<Refusal> {
         net: range.net,
         embedded: embedded.map(|a| (a, special_range(IpAddr::V4(a)).map(|r| r.name))),
     })
+}
+
+/// Ranges no operator allowance can open: the proxy's own machine, cloud metadata, nothing, everyone.
+const NEVER_ALLOWED: &[&str] = &[
+    "127.0.0.0/8",
+    "169.254.0.0/16",
+    "0.0.0.0/8",
+    "224.0.0.0/4",
+    "::1/128",
+    "::/128",
+    "fe80::/10",
+    "ff00::/8",
+    "::ffff:0:0/96",
+];
+
+/// Parses one `sandbox.egress_allow_addresses` entry (a CIDR, or a bare address for just that one), refusing any
+/// that would open loopback, link-local (cloud metadata), unspecified, multicast or IPv4-mapped addresses.
+pub fn allowance(entry: &str) -> Result<IpNet, String> {
+    let entry = entry.trim();
+    let net = entry
+        .parse::<IpNet>()
+        .or_else(|_| entry.parse::<IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("`{entry}` is not an address or CIDR range"))?;
+    for never in NEVER_ALLOWED {
+        let never: IpNet = never
+            .parse()
+            .map_err(|_| format!("internal: `{never}` is not a CIDR"))?;
+        if net.contains(&never.network()) || never.contains(&net.network()) {
+            return Err(format!(
+                "`{entry}` overlaps {never}, which the egress proxy never connects to"
+            ));
+        }
+    }
+    Ok(net)
+}
+
+/// [`refused_ip`], except for addresses inside one of the operator's `allow` ranges.
+pub fn refused_ip_allowing(ip: IpAddr, allow: &[IpNet]) -> Option<Refusal> {
+    let refusal = refused_ip(ip)?;
+    if allow.iter().any(|n| n.contains(&ip)) {
+        return None;
+    }
+    Some(refusal)
 }
 
 /// The parsed first line (and host) of a request.
@@ -447,18 +485,21 @@ fn decide(rules: &EgressRules, t: &Target) -> Result<String, String> {
 }
 
 /// Resolves `host` and picks the first address that is not refused; the error names what it resolved to.
-async fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
+async fn resolve(host: &str, port: u16, allow: &[IpNet]) -> Result<SocketAddr, String> {
     let addrs: Vec<SocketAddr> =
         tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::lookup_host((host, port)))
             .await
             .map_err(|_| "DNS lookup timed out".to_string())?
             .map_err(|e| format!("DNS lookup failed: {e}"))?
             .collect();
-    if let Some(ok) = addrs.iter().find(|a| refused_ip(a.ip()).is_none()) {
+    if let Some(ok) = addrs
+        .iter()
+        .find(|a| refused_ip_allowing(a.ip(), allow).is_none())
+    {
         return Ok(*ok);
     }
     match addrs.first() {
-        Some(a) => Err(match refused_ip(a.ip()) {
+        Some(a) => Err(match refused_ip_allowing(a.ip(), allow) {
             Some(why) => why.resolved(a.ip()),
             None => format!("resolves to {} (refused)", a.ip()),
         }),
@@ -498,13 +539,16 @@ pub trait Resolve: Send + Sync {
     async fn resolve(&self, host: &str, port: u16) -> Result<SocketAddr, String>;
 }
 
-/// The system resolver, with [`refused_ip`] applied.
-pub struct SystemResolver;
+/// The system resolver, with [`refused_ip_allowing`] applied for the operator's allowances.
+pub struct SystemResolver {
+    /// The ranges allowed although special (see [`allowance`]).
+    pub allow: Vec<IpNet>,
+}
 
 #[async_trait::async_trait]
 impl Resolve for SystemResolver {
     async fn resolve(&self, host: &str, port: u16) -> Result<SocketAddr, String> {
-        resolve(host, port).await
+        resolve(host, port, &self.allow).await
     }
 }
 
@@ -786,12 +830,18 @@ pub fn main_with_args(args: impl IntoIterator<Item = String>) -> Result<(), Stri
             "--name" => rules.name = value("--name")?,
             "--hosts" => rules.hosts = split_list(&value("--hosts")?),
             "--methods" => rules.methods = split_list(&value("--methods")?),
+            "--allow-addresses" => rules.allow_addresses = split_list(&value("--allow-addresses")?),
             other => return Err(format!("unknown argument `{other}`")),
         }
     }
     if rules.hosts.is_empty() {
         return Err("--hosts lists no host".into());
     }
+    let allow = rules
+        .allow_addresses
+        .iter()
+        .map(|a| allowance(a))
+        .collect::<Result<Vec<_>, _>>()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -810,7 +860,13 @@ pub fn main_with_args(args: impl IntoIterator<Item = String>) -> Result<(), Stri
                 let _ = out.flush();
             }
         });
-        serve(listener, Arc::new(rules), emit, Arc::new(SystemResolver)).await;
+        serve(
+            listener,
+            Arc::new(rules),
+            emit,
+            Arc::new(SystemResolver { allow }),
+        )
+        .await;
         Ok(())
     })
 }
@@ -830,6 +886,7 @@ mod tests {
         EgressRules {
             name: "registries".into(),
             hosts: vec!["crates.io".into(), "*.crates.io".into()],
+            allow_addresses: Vec::new(),
             methods: vec!["GET".into(), "HEAD".into()],
         }
     }
@@ -863,15 +920,11 @@ mod tests {
             "fe80::1",
             "::ffff:127.0.0.1",
             "::ffff:169.254.169.254",
+            "203.0.113.80",
         ] {
             assert!(refused_ip(ip.parse().unwrap()).is_some(), "{ip}");
         }
-        for ip in [
-            "1.1.1.1",
-            "151.101.2.137",
-            "203.0.113.80",
-            "2606:4700::1111",
-        ] {
+        for ip in ["1.1.1.1", "151.101.2.137", "2606:4700::1111"] {
             assert!(refused_ip(ip.parse().unwrap()).is_none(), "{ip}");
         }
     }
@@ -1039,11 +1092,10 @@ mod tests {
         // Every entry of the table, at both ends of its range.
         for r in SPECIAL_RANGES {
             for ip in [r.net.network(), r.net.broadcast()] {
-                assert_eq!(refused_ip(ip).is_some(), r.refused, "{ip} ({})", r.name);
+                assert!(refused_ip(ip).is_some(), "{ip} ({})", r.name);
             }
         }
-        // Public neighbours of the ranges, and the documentation ranges this project's test machines route
-        // through (named, not refused).
+        // Public neighbours of the ranges.
         for ip in [
             "1.1.1.1",
             "100.63.255.255",
@@ -1055,17 +1107,45 @@ mod tests {
             "2001:200::1",
             "2003::1",
             "3000::1",
-            "203.0.113.80",
         ] {
             assert!(refused_ip(ip.parse().unwrap()).is_none(), "{ip}");
         }
-        let doc = special_range("203.0.113.80".parse().unwrap()).unwrap();
+        let doc = refused_ip("203.0.113.80".parse().unwrap()).unwrap();
         assert_eq!(doc.name, "documentation (TEST-NET-3)");
         let why = refused_ip("2002:a00:1::1".parse().unwrap()).unwrap();
         assert_eq!(
             why.resolved("2002:a00:1::1".parse().unwrap()),
             "resolves to 2002:a00:1::1 (6to4) in 2002::/16, embedding 10.0.0.1 (private)"
         );
+    }
+
+    #[test]
+    fn an_operator_allowance_opens_only_what_it_names_and_never_the_host_or_metadata() {
+        let allow = vec![
+            allowance("203.0.113.80").unwrap(),
+            allowance("10.8.0.0/16").unwrap(),
+        ];
+        assert!(refused_ip_allowing("203.0.113.80".parse().unwrap(), &allow).is_none());
+        assert!(refused_ip_allowing("203.0.113.81".parse().unwrap(), &allow).is_some());
+        assert!(refused_ip_allowing("10.8.3.4".parse().unwrap(), &allow).is_none());
+        assert!(refused_ip_allowing("10.9.0.1".parse().unwrap(), &allow).is_some());
+        // A mapped or 6to4 spelling of an allowed address is not the address: still refused.
+        assert!(refused_ip_allowing("::ffff:203.0.113.80".parse().unwrap(), &allow).is_some());
+        for bad in [
+            "127.0.0.1",
+            "169.254.169.254",
+            "169.254.0.0/15",
+            "0.0.0.0/0",
+            "::/0",
+            "::1",
+            "fe80::1",
+            "ff02::1",
+            "224.0.0.1",
+            "::ffff:10.0.0.1",
+            "not an address",
+        ] {
+            assert!(allowance(bad).is_err(), "{bad} must not be allowable");
+        }
     }
 
     #[test]
@@ -1172,6 +1252,7 @@ mod tests {
         let emit: Arc<dyn Fn(&ConnRecord) + Send + Sync> =
             Arc::new(move |r: &ConnRecord| sink.lock().unwrap().push(r.clone()));
         let any_method = EgressRules {
+            allow_addresses: Vec::new(),
             methods: Vec::new(),
             ..rules()
         };

@@ -112,6 +112,10 @@ async fn setup_inner(
         cmd.push("--methods".into());
         cmd.push(rules.methods.join(","));
     }
+    if !rules.allow_addresses.is_empty() {
+        cmd.push("--allow-addresses".into());
+        cmd.push(rules.allow_addresses.join(","));
+    }
     let body = ContainerCreateBody {
         image: Some(image.to_string()),
         entrypoint: Some(Vec::new()),

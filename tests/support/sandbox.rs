@@ -46,3 +46,26 @@ pub async fn fails(c: &Container, cmd: &str) -> String {
     assert_ne!(out.exit_code, Some(0), "`{cmd}` succeeded: {}", out.output);
     out.output
 }
+
+/// What this machine's network answers for `hosts` from inside a refused special range, as an operator of such a
+/// site would list it in `sandbox.egress_allow_addresses`: this project's test machines reach the internet through
+/// an intercepting gateway that resolves every registry to 203.0.113.80 (TEST-NET-3). Empty where names resolve to
+/// public addresses.
+pub fn gateway_allowance(hosts: &[&str]) -> Vec<String> {
+    use std::net::ToSocketAddrs;
+    let mut out = Vec::new();
+    for host in hosts {
+        let Ok(addrs) = (*host, 443).to_socket_addrs() else {
+            continue;
+        };
+        for a in addrs {
+            let ip = a.ip();
+            let special = drafter::sandbox::egress::refused_ip(ip).is_some();
+            let allowable = drafter::sandbox::egress::allowance(&ip.to_string()).is_ok();
+            if special && allowable && !out.contains(&ip.to_string()) {
+                out.push(ip.to_string());
+            }
+        }
+    }
+    out
+}
