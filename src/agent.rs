@@ -8,7 +8,14 @@
 //!
 //! The ticket reaches the model as quoted, untrusted data inside `<ticket>` markers, never as instructions.
 //! The loop never touches Docker: it works through [`crate::sandbox::Container`]'s file and exec calls.
+//!
+//! `finish` ends the loop the way a careful developer ends a change: the write rules are run on what would be
+//! committed ([`FinishCheck`], the worker's, since only it knows git), and a violation goes back to the model as the
+//! tool's result, once. A second `finish` that still breaks the rules, or running out of turns after being told,
+//! ends the job with [`AgentError::Unfixed`]. The paths the write and edit tools wrote are kept
+//! ([`AgentOutcome::written`]): those are never left out of the commit as build products.
 
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -19,7 +26,7 @@ use crate::model::{
     Block, Message, ModelClient, ModelError, ModelRequest, ModelResponse, Role, StopReason,
     ToolSpec, Usage,
 };
-use crate::policy::diff::{self, WriteRules};
+use crate::policy::diff::{self, Violation, WriteRules};
 use crate::proof::{ProofError, ToolCallInput};
 use crate::sandbox::{Container, Limit, SandboxError};
 
@@ -61,6 +68,32 @@ pub enum AgentError {
     /// A tool call could not be recorded in the proof bundle: the job stops, since its record would be incomplete.
     #[error("cannot record a tool call in the proof bundle: {0}")]
     Proof(#[from] ProofError),
+    /// The workspace could not be checked when the model called `finish` (git failed on the host).
+    #[error("checking the workspace at finish failed: {0}")]
+    Workspace(String),
+    /// The model was told at `finish` that its change breaks these write rules, and finished again (or ran out of
+    /// turns) without fixing them. Not empty.
+    #[error("the change breaks the write rules after the model was told: {}", .0.first().map(|v| v.detail.as_str()).unwrap_or(""))]
+    Unfixed(Vec<Violation>),
+}
+
+/// Asked when the model calls `finish`: the write rules' verdict on the workspace as it would be committed (build
+/// products left out the same way). The worker implements it; the agent stays away from git and the host.
+#[async_trait::async_trait]
+pub trait FinishCheck: Send + Sync {
+    /// `written`: the paths the write and edit tools wrote, which are never left out as build products.
+    async fn check(&self, written: &BTreeSet<String>) -> Result<FinishReport, AgentError>;
+}
+
+/// What [`FinishCheck::check`] found.
+#[derive(Debug, Clone, Default)]
+pub struct FinishReport {
+    /// Every write rule the change breaks; empty when it may be delivered.
+    pub violations: Vec<Violation>,
+    /// What the rules allow, in words (see [`WriteRules::describe`]).
+    pub allowed: String,
+    /// The build products that will be left out of the commit, one line each (a directory or a file).
+    pub left_out: Vec<String>,
 }
 
 /// Asked before and told after every model call: the policy's budgets live behind this, outside the model.
@@ -82,6 +115,9 @@ pub struct Permissions<'a> {
     pub write: &'a WriteRules,
     /// The budget gate, if the policy sets budgets.
     pub gate: Option<&'a dyn CallGate>,
+    /// The write rules' check on the whole change when the model calls `finish`; `None` skips it (the diff is
+    /// still checked before push).
+    pub finish_check: Option<&'a dyn FinishCheck>,
 }
 
 impl AgentError {
@@ -130,6 +166,10 @@ pub struct AgentOutcome {
     pub tool_calls: Vec<ToolCallRecord>,
     /// Tokens used (input + output, summed).
     pub tokens: u64,
+    /// Workspace-relative paths the write and edit tools wrote (normalised: no `./`, no empty components).
+    pub written: BTreeSet<String>,
+    /// How many `finish` calls the write rules turned back.
+    pub finish_refusals: u32,
 }
 
 /// A tool call that did not succeed.
@@ -217,10 +257,21 @@ async fn run_inner(
         turns: 0,
         tool_calls: Vec::new(),
         tokens: 0,
+        written: BTreeSet::new(),
+        finish_refusals: 0,
     };
+    // What the last turned-back `finish` was told: a model that runs out of turns after it is refused under it.
+    let mut told: Vec<Violation> = Vec::new();
 
     loop {
         if outcome.turns >= task.limits.max_turns {
+            // Told at `finish` and out of turns: refused under the rules it still breaks, if it still does.
+            if let (false, Some(check)) = (told.is_empty(), task.permissions.finish_check) {
+                let report = check.check(&outcome.written).await?;
+                if !report.violations.is_empty() {
+                    return Err(AgentError::Unfixed(report.violations));
+                }
+            }
             return Err(AgentError::MaxTurns(task.limits.max_turns));
         }
         outcome.turns += 1;
@@ -303,31 +354,71 @@ async fn run_inner(
             let t0 = Instant::now();
             let arguments = serde_json::to_vec(&input).unwrap_or_default();
             if name == "finish" {
-                let (content, ok) = match input.get("summary").and_then(Value::as_str) {
+                let (content, ok, refused_by) = match input.get("summary").and_then(Value::as_str) {
                     Some(s) if !s.trim().is_empty() => {
-                        finished = Some(cap_chars(s.trim(), 4000));
-                        ("ok".to_string(), true)
+                        let report = match task.permissions.finish_check {
+                            Some(check) => check.check(&outcome.written).await?,
+                            None => FinishReport::default(),
+                        };
+                        let summary = cap_chars(s.trim(), 4000);
+                        match report.violations.first().map(|v| v.rule.clone()) {
+                            None => {
+                                finished = Some(summary);
+                                (finish_ok_text(&report), true, None)
+                            }
+                            Some(rule) if told.is_empty() => {
+                                outcome.finish_refusals += 1;
+                                let text = violation_text(&report);
+                                told = report.violations;
+                                (text, false, Some(rule))
+                            }
+                            Some(rule) => {
+                                // Told once already: the job ends here, refused under the rule.
+                                outcome.finish_refusals += 1;
+                                let text = format!(
+                                    "refused: the change still breaks the write rules, so the job ends without \
+                                     delivering it.\n{}",
+                                    violation_lines(&report.violations)
+                                );
+                                told = report.violations;
+                                (text, false, Some(rule))
+                            }
+                        }
                     }
                     _ => (
                         "`finish` needs a non-empty string `summary`".to_string(),
                         false,
+                        None,
                     ),
                 };
+                let shown = cap_chars(&content, MAX_RESULT_CHARS);
                 model.bundle_mut().tool_call(ToolCallInput {
                     turn: outcome.turns,
                     name: &name,
                     arguments: &arguments,
                     output: content.as_bytes(),
-                    shown: content.as_bytes(),
+                    shown: shown.as_bytes(),
                     ok,
                     exit_code: None,
-                    refused_by: None,
-                    duration_ms: 0,
+                    refused_by: refused_by.clone(),
+                    duration_ms: u64::try_from(t0.elapsed().as_millis()).unwrap_or(u64::MAX),
                     started_at,
                 })?;
+                if let Some(rule) = &refused_by {
+                    let record = ToolCallRecord {
+                        name: name.clone(),
+                        detail: format!("refused: {rule}"),
+                        ok: false,
+                    };
+                    outcome.tool_calls.push(record.clone());
+                    on_event(AgentEvent::ToolCall(record));
+                    if finished.is_none() && outcome.finish_refusals > 1 {
+                        return Err(AgentError::Unfixed(told));
+                    }
+                }
                 results.push(Block::ToolResult {
                     id,
-                    content,
+                    content: shown,
                     is_error: !ok,
                 });
                 continue;
@@ -340,7 +431,14 @@ async fn run_inner(
             };
             let mut refused_by = None;
             let (result, fatal) = match executed {
-                Ok(x) => (x, None),
+                Ok(x) => {
+                    if matches!(name.as_str(), "write_file" | "edit_file") {
+                        if let Some(p) = input.get("path").and_then(Value::as_str) {
+                            outcome.written.insert(repo_path(p));
+                        }
+                    }
+                    (x, None)
+                }
                 Err(ToolFailure::Respond(msg)) => {
                     (Executed::new((format!("error: {msg}"), false)), None)
                 }
@@ -392,6 +490,66 @@ async fn run_inner(
             return Ok(outcome);
         }
     }
+}
+
+/// The `finish` result when the rules pass: the build products that stay out of the commit are named.
+fn finish_ok_text(report: &FinishReport) -> String {
+    if report.left_out.is_empty() {
+        return "ok".into();
+    }
+    format!(
+        "ok. Left out of the commit as build products your commands created:\n{}",
+        bullet(&report.left_out)
+    )
+}
+
+/// The `finish` result the first time the rules fail: the rule, the files, what is allowed, how to go on.
+fn violation_text(report: &FinishReport) -> String {
+    let mut t = format!(
+        "not finished: the change breaks the policy's write rules, so it cannot be delivered as it is.\n{}\n{}\n\
+         Fix the workspace: remove or restore the files named above (for build output, a `.gitignore` entry works \
+         where the repository has a `.gitignore`), then call `finish` again. If the change still breaks a rule \
+         then, the job is refused under that rule.",
+        violation_lines(&report.violations),
+        report.allowed.trim(),
+    );
+    if !report.left_out.is_empty() {
+        t.push_str(&format!(
+            "\nThese build products are left out of the commit anyway (no need to remove them):\n{}",
+            bullet(&report.left_out)
+        ));
+    }
+    t
+}
+
+fn violation_lines(violations: &[Violation]) -> String {
+    violations
+        .iter()
+        .take(20)
+        .map(|v| format!("- rule `{}`: {}", v.rule, v.detail))
+        .chain((violations.len() > 20).then(|| format!("- ... and {} more", violations.len() - 20)))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn bullet(lines: &[String]) -> String {
+    lines
+        .iter()
+        .take(50)
+        .map(|l| format!("- {l}"))
+        .chain((lines.len() > 50).then(|| format!("- ... and {} more", lines.len() - 50)))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A path as git names it: `./a//b/` is `a/b`. Used to match the write tools' paths against the work tree.
+fn repo_path(p: &str) -> String {
+    let p = p.trim();
+    let p = p.strip_prefix("/workspace/").unwrap_or(p);
+    p.split('/')
+        .filter(|c| !c.is_empty() && *c != ".")
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 /// The policy's word on one tool call, before anything runs: a tool the team does not have, or a write to a

@@ -20,6 +20,7 @@
 //! another try; a refused credential, a missing branch or a rejected push is not.
 
 use std::cell::{Cell, RefCell};
+use std::collections::HashSet;
 use std::path::Path;
 
 use git2::{
@@ -513,26 +514,135 @@ pub fn checkout_remote_branch(repo: &Repository, branch: &str) -> Result<(), Rep
     Ok(())
 }
 
-/// Stages every change in the work tree (new, modified and deleted files; ignored files stay out) and commits it
-/// on the current branch as `identity`. Returns `None`, and commits nothing, when the result equals HEAD's tree.
+/// Commits everything in the work tree (new, modified and deleted files, honouring `.gitignore`) as one commit on
+/// HEAD. Returns `None` when there is nothing to commit.
 pub fn commit_all(
     repo: &Repository,
     identity: &CommitIdentity,
     message: &str,
 ) -> Result<Option<Oid>, RepoError> {
+    let staged = stage_all(repo, &mut |_, _| false, true)?;
+    commit_tree(repo, identity, message, staged.tree)
+}
+
+/// Like [`commit_all`], but untracked files for which `leave_out` is true are not committed (build products the
+/// agent's commands left behind). Returns the commit, if anything changed, and the paths left out.
+pub fn commit_all_except(
+    repo: &Repository,
+    identity: &CommitIdentity,
+    message: &str,
+    leave_out: &mut dyn FnMut(&str, &Tracked) -> bool,
+) -> Result<(Option<Oid>, Vec<String>), RepoError> {
+    let staged = stage_all(repo, leave_out, true)?;
+    Ok((
+        commit_tree(repo, identity, message, staged.tree)?,
+        staged.left_out,
+    ))
+}
+
+/// What the index tracks before staging (the base, in a fresh clone): answers "is this directory part of the
+/// repository" for the build-product rules.
+pub struct Tracked {
+    files: HashSet<Vec<u8>>,
+    dirs: HashSet<Vec<u8>>,
+}
+
+impl Tracked {
+    fn of(index: &git2::Index) -> Tracked {
+        let mut files = HashSet::new();
+        let mut dirs = HashSet::new();
+        for e in index.iter() {
+            let mut at = 0;
+            while let Some(i) = e.path[at..].iter().position(|&b| b == b'/') {
+                at += i;
+                dirs.insert(e.path[..at].to_vec());
+                at += 1;
+            }
+            files.insert(e.path);
+        }
+        Tracked { files, dirs }
+    }
+
+    /// Whether any tracked file lies under `dir` (repository-relative, no trailing `/`).
+    pub fn has_dir(&self, dir: &str) -> bool {
+        self.dirs.contains(dir.as_bytes())
+    }
+}
+
+/// A staged work tree: its tree (written to the object database, not committed) and the paths left out.
+#[derive(Debug)]
+pub struct Staged {
+    /// The tree the commit would have.
+    pub tree: Oid,
+    /// Untracked files not staged because `leave_out` said so, sorted.
+    pub left_out: Vec<String>,
+}
+
+/// Stages the work tree as `git add -A` does (`.gitignore` honoured, deletions recorded), except untracked files
+/// for which `leave_out(path, tracked)` is true. With `persist` the index is written to disk (for a commit);
+/// without, the repository's index file is left as it was and only the tree objects are written, so the check at
+/// `finish` can see what would be committed without changing what the commit later starts from.
+pub fn stage_all(
+    repo: &Repository,
+    leave_out: &mut dyn FnMut(&str, &Tracked) -> bool,
+    persist: bool,
+) -> Result<Staged, RepoError> {
     let mut index = repo.index().map_err(|e| local("opening the index", e))?;
-    // add_all honours .gitignore (no FORCE flag); update_all records deletions of tracked files.
+    // Another handle may have written the index since this one read it.
     index
-        .add_all(["*"], IndexAddOption::DEFAULT, None)
-        .map_err(|e| local("staging changes", e))?;
+        .read(false)
+        .map_err(|e| local("reading the index", e))?;
+    let tracked = Tracked::of(&index);
+    let mut left_out = Vec::new();
+    {
+        // Called for every file add_all would stage: 0 stages it, a positive value skips it.
+        let mut decide = |path: &Path, _spec: &[u8]| -> i32 {
+            let bytes = path.as_os_str().as_encoded_bytes();
+            if tracked.files.contains(bytes) {
+                return 0;
+            }
+            let p = String::from_utf8_lossy(bytes);
+            if leave_out(&p, &tracked) {
+                left_out.push(p.into_owned());
+                1
+            } else {
+                0
+            }
+        };
+        // add_all honours .gitignore (no FORCE flag); update_all records deletions of tracked files.
+        index
+            .add_all(["*"], IndexAddOption::DEFAULT, Some(&mut decide))
+            .map_err(|e| local("staging changes", e))?;
+    }
     index
         .update_all(["*"], None)
         .map_err(|e| local("staging deletions", e))?;
-    index.write().map_err(|e| local("writing the index", e))?;
-    let tree_id = index
+    let tree = index
         .write_tree()
         .map_err(|e| local("writing the tree", e))?;
+    if persist {
+        index.write().map_err(|e| local("writing the index", e))?;
+    } else {
+        // Drop the in-memory staging: the next reader starts from the file again.
+        index
+            .read(true)
+            .map_err(|e| local("resetting the index", e))?;
+    }
+    left_out.sort();
+    left_out.dedup();
+    Ok(Staged { tree, left_out })
+}
 
+/// Commits `tree_id` on HEAD, unless it is HEAD's tree (`None`).
+fn commit_tree(
+    repo: &Repository,
+    identity: &CommitIdentity,
+    message: &str,
+    tree_id: Oid,
+) -> Result<Option<Oid>, RepoError> {
+    let tree = repo
+        .find_tree(tree_id)
+        .map_err(|e| local("reading the new tree", e))?;
     let parent = match repo.head() {
         Ok(head) => Some(
             head.peel_to_commit()
@@ -543,14 +653,11 @@ pub fn commit_all(
     };
     let unchanged = match &parent {
         Some(p) => p.tree_id() == tree_id,
-        None => index.is_empty(),
+        None => tree.is_empty(),
     };
     if unchanged {
         return Ok(None);
     }
-    let tree = repo
-        .find_tree(tree_id)
-        .map_err(|e| local("reading the new tree", e))?;
     let sig = Signature::now(&identity.name, &identity.email).map_err(|e| {
         local(
             "making the commit signature (check [commit] name and email)",
@@ -563,6 +670,11 @@ pub fn commit_all(
         .map_err(|e| local("committing", e))?;
     tracing::debug!(commit = %oid, "committed");
     Ok(Some(oid))
+}
+
+/// Opens the clone at `path` (a second handle, e.g. for the check at `finish` while the pipeline holds its own).
+pub fn open(path: &Path) -> Result<Repository, RepoError> {
+    Repository::open(path).map_err(|e| local("opening the workspace repository", e))
 }
 
 /// Paths changed between the base and HEAD, sorted, for the pull request body.
@@ -931,6 +1043,57 @@ mod tests {
         // Nothing changed since: no commit.
         assert_eq!(commit_all(&work, &identity(), "again").unwrap(), None);
         assert_eq!(work.head().unwrap().target(), Some(oid));
+    }
+
+    #[test]
+    fn untracked_files_can_be_left_out_and_a_dry_staging_changes_no_index() {
+        let (_tmp, _bare, work, _url) = setup(&[("app.py", "x = 1\n"), ("dist/keep.js", "1\n")]);
+        let wd = work.workdir().unwrap().to_path_buf();
+        create_branch(&work, "drafter/T-1-x").unwrap();
+        let head_tree = work.head().unwrap().peel_to_tree().unwrap().id();
+        fs::create_dir_all(wd.join("__pycache__")).unwrap();
+        fs::write(wd.join("__pycache__/app.cpython-311.pyc"), b"\0\x01").unwrap();
+        fs::write(wd.join("dist/new.js"), "2\n").unwrap();
+        let mut asked = Vec::new();
+        let mut leave = |p: &str, t: &Tracked| {
+            asked.push((p.to_string(), t.has_dir("dist"), t.has_dir("__pycache__")));
+            p.starts_with("__pycache__/")
+        };
+        // Only build products: the dry staging's tree is HEAD's plus dist/new.js, and the index file is untouched.
+        let staged = stage_all(&work, &mut leave, false).unwrap();
+        assert_eq!(staged.left_out, ["__pycache__/app.cpython-311.pyc"]);
+        assert_ne!(staged.tree, head_tree);
+        assert_eq!(
+            asked,
+            [
+                ("__pycache__/app.cpython-311.pyc".to_string(), true, false),
+                ("dist/new.js".to_string(), true, false)
+            ]
+        );
+        assert!(work
+            .index()
+            .unwrap()
+            .get_path(Path::new("dist/new.js"), 0)
+            .is_none());
+        fs::remove_file(wd.join("dist/new.js")).unwrap();
+        let staged = stage_all(&work, &mut |p, _| p.starts_with("__pycache__/"), false).unwrap();
+        assert_eq!(staged.tree, head_tree, "only build products: HEAD's tree");
+        let (commit, left) = commit_all_except(&work, &identity(), "m", &mut |p, _| {
+            p.starts_with("__pycache__/")
+        })
+        .unwrap();
+        assert_eq!(commit, None);
+        assert_eq!(left, ["__pycache__/app.cpython-311.pyc"]);
+        // A modified tracked file is never asked about.
+        fs::write(wd.join("app.py"), "x = 2\n").unwrap();
+        let (commit, _) = commit_all_except(&work, &identity(), "m", &mut |p, _| {
+            assert_ne!(p, "app.py", "a tracked file was asked about");
+            true
+        })
+        .unwrap();
+        let tree = work.find_commit(commit.unwrap()).unwrap().tree().unwrap();
+        assert!(tree.get_path(Path::new("__pycache__")).is_err());
+        assert!(tree.get_path(Path::new("app.py")).is_ok());
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! model call and tool call, and a run statement at the end of every attempt, see [`crate::proof`]), `bodies/` when
 //! the policy retains them, and `job.json` (what happened, for people and the CLI).
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,7 +19,10 @@ use serde::Serialize;
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::Instrument;
 
-use crate::agent::{self, AgentError, AgentEvent, AgentOutcome, Permissions, Task, ToolCallRecord};
+use crate::agent::{
+    self, AgentError, AgentEvent, AgentOutcome, FinishCheck, FinishReport, Permissions, Task,
+    ToolCallRecord,
+};
 use crate::config::{AgentLimits, Config, JiraAuth, RepoConfig, SandboxConfig};
 use crate::forge::{ForgeError, GitHub, PullRequest};
 use crate::jira::{self, JiraClient, JiraError, Notice, Ticket};
@@ -1003,7 +1007,7 @@ async fn pipeline(
     };
     progress.branch = Some(branch.clone());
 
-    let (outcome, digest, changed) = if reused {
+    let (outcome, digest, changed, left_out) = if reused {
         // An earlier attempt of this job already pushed its work: deliver that instead of running the model again.
         stage(
             events,
@@ -1062,8 +1066,10 @@ async fn pipeline(
             turns: 0,
             tool_calls: Vec::new(),
             tokens: 0,
+            written: BTreeSet::new(),
+            finish_refusals: 0,
         };
-        (outcome, digest, changed)
+        (outcome, digest, changed, Vec::new())
     } else {
         let run = AgentRun {
             grant: &grant,
@@ -1099,9 +1105,20 @@ async fn pipeline(
         let write = grant.rules.write.clone();
         let write2 = write.clone();
         let base3 = base2.clone();
+        let mut leave = LeaveOut::new(&write, &outcome.written).map_err(|e| *e)?;
         let committed = blocking(move || {
             let r = git_repo;
-            let Some(head) = repo::commit_all(&r, &identity, &message)? else {
+            // Build products the agent's commands left behind stay out (and are listed in the PR body).
+            let (head, left_out) =
+                repo::commit_all_except(&r, &identity, &message, &mut |p, t| leave.decide(p, t))?;
+            if !left_out.is_empty() {
+                tracing::info!(
+                    files = left_out.len(),
+                    "build products left out of the commit"
+                );
+            }
+            let left_out = leave.lines();
+            let Some(head) = head else {
                 return Ok(Committed::Nothing);
             };
             // The write rules see exactly what would be pushed: base tree against the new commit.
@@ -1114,11 +1131,11 @@ async fn pipeline(
             }
             let changed = repo::changed_files(&r, &base2)?;
             let change = change_of(&r, &base2, head, changed.len())?;
-            Ok(Committed::Ready(r, changed, change))
+            Ok(Committed::Ready(r, changed, change, left_out))
         })
         .await?;
         let changed = match committed {
-            Committed::Ready(r, changed, change) => {
+            Committed::Ready(r, changed, change, left_out) => {
                 fence(spec, "pushing the branch").await?;
                 let job = job_id.to_string();
                 let (changed, change) = blocking(move || {
@@ -1158,7 +1175,7 @@ async fn pipeline(
                 })
                 .await?;
                 progress.change = Some(change);
-                Some(changed)
+                Some((changed, left_out))
             }
             Committed::Nothing => None,
             Committed::Refused(violations) => {
@@ -1171,7 +1188,7 @@ async fn pipeline(
                 ));
             }
         };
-        let Some(changed) = changed else {
+        let Some((changed, left_out)) = changed else {
             // The ticket hears about it once the run statement is written (see `deliver`).
             return Ok(JobOutcome::NoChanges {
                 summary: outcome.summary,
@@ -1179,7 +1196,7 @@ async fn pipeline(
                 bundle_digest: String::new(),
             });
         };
-        (outcome, digest, changed)
+        (outcome, digest, changed, left_out)
     };
 
     // Draft pull request: one per branch. A retried job finds the one it opened and refreshes it.
@@ -1194,6 +1211,7 @@ async fn pipeline(
         job_id,
         &outcome,
         &changed,
+        &left_out,
         &digest,
         &spec.policy.hash,
     );
@@ -1298,8 +1316,117 @@ enum Committed {
     Nothing,
     /// The change broke write rules and was not pushed.
     Refused(Vec<diff::Violation>),
-    /// Committed and checked, ready to push: the repository, the changed paths and the change.
-    Ready(git2::Repository, Vec<String>, Change),
+    /// Committed and checked, ready to push: the repository, the changed paths, the change and the build products
+    /// left out (as listed in the PR body).
+    Ready(git2::Repository, Vec<String>, Change, Vec<String>),
+}
+
+/// Which untracked files are build products left out of the commit (and of the check at `finish`): those matching
+/// the policy's exclusions, unless the agent's write or edit tools wrote them. Counts what it left out per listed
+/// entry (a directory such as `__pycache__/`, or a file).
+struct LeaveOut {
+    exclusions: diff::Exclusions,
+    written: BTreeSet<String>,
+    listed: BTreeMap<String, usize>,
+}
+
+impl LeaveOut {
+    /// A policy whose exclusions do not compile (checked when it is parsed, so only a hand-made grant) is refused.
+    fn new(
+        write: &diff::WriteRules,
+        written: &BTreeSet<String>,
+    ) -> Result<LeaveOut, Box<JobError>> {
+        let exclusions = write.exclusions().map_err(|e| {
+            Box::new(refused(
+                "write.exclude",
+                format!("`{}` is not a valid glob: {}", e.glob, e.reason),
+            ))
+        })?;
+        Ok(LeaveOut {
+            exclusions,
+            written: written.clone(),
+            listed: BTreeMap::new(),
+        })
+    }
+
+    /// `true` to leave the untracked `path` out.
+    fn decide(&mut self, path: &str, tracked: &repo::Tracked) -> bool {
+        if self.written.contains(path) {
+            return false;
+        }
+        match self.exclusions.matches(path, &|d| tracked.has_dir(d)) {
+            Some(entry) => {
+                *self.listed.entry(entry).or_default() += 1;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// One line per listed entry, safe inside Markdown code spans: "`__pycache__/` (2 files)", "`.coverage`".
+    fn lines(&self) -> Vec<String> {
+        self.listed
+            .iter()
+            .map(|(entry, n)| {
+                let shown: String = entry
+                    .chars()
+                    .map(|c| if c == '`' || c.is_control() { '?' } else { c })
+                    .collect();
+                if entry.ends_with('/') {
+                    let files = if *n == 1 { "file" } else { "files" };
+                    format!("`{shown}` ({n} {files})")
+                } else {
+                    format!("`{shown}`")
+                }
+            })
+            .collect()
+    }
+}
+
+/// The write rules on the workspace as the model leaves it at `finish`: the workspace comes out of the container
+/// into the job's clone (as it does after the loop), is staged there without touching the index file, and the
+/// staged tree is checked against the base like the commit will be.
+struct WorkspaceCheck<'a> {
+    container: &'a Container,
+    ws: &'a Path,
+    base: String,
+    write: diff::WriteRules,
+    exclusions: diff::Exclusions,
+}
+
+#[async_trait::async_trait]
+impl FinishCheck for WorkspaceCheck<'_> {
+    async fn check(&self, written: &BTreeSet<String>) -> Result<FinishReport, AgentError> {
+        self.container
+            .download_workspace(self.ws)
+            .await
+            .map_err(AgentError::Sandbox)?;
+        let (ws, base, write) = (self.ws.to_path_buf(), self.base.clone(), self.write.clone());
+        let mut leave = LeaveOut {
+            exclusions: self.exclusions.clone(),
+            written: written.clone(),
+            listed: BTreeMap::new(),
+        };
+        let checked = tokio::task::spawn_blocking(move || -> Result<_, RepoError> {
+            let r = repo::open(&ws)?;
+            let staged = repo::stage_all(&r, &mut |p, t| leave.decide(p, t), false)?;
+            let base = repo::remote_base(&r, &base)?;
+            let summary = diff::summarize(&r, base, staged.tree)
+                .map_err(|e| repo::git_error("diffing the workspace", e))?;
+            Ok((diff::check(&summary, &write), leave.lines()))
+        })
+        .await;
+        let (violations, left_out) = match checked {
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) => return Err(AgentError::Workspace(e.to_string())),
+            Err(e) => return Err(AgentError::Workspace(format!("git task: {e}"))),
+        };
+        Ok(FinishReport {
+            violations,
+            allowed: self.write.describe(),
+            left_out,
+        })
+    }
 }
 
 /// The requests whose authors pass the policy's `triggers` rule, as `who: text` for the model. The first trigger's
@@ -1643,6 +1770,15 @@ async fn run_agent(
         // With full retention the ticket as the model got it is kept too (its digest is in the run statement).
         bundle.ticket_body(&ticket_canonical(ticket))?;
         let mut model = ModelClient::new(&config.model, bundle)?;
+        let finish_check = WorkspaceCheck {
+            container: &container,
+            ws,
+            base: repo_cfg.base.clone(),
+            write: run.grant.rules.write.clone(),
+            exclusions: LeaveOut::new(&run.grant.rules.write, &BTreeSet::new())
+                .map_err(|e| *e)?
+                .exclusions,
+        };
         let task = Task {
             ticket,
             repo: repo_cfg,
@@ -1654,6 +1790,7 @@ async fn run_agent(
                 tools: &run.grant.rules.tools,
                 write: &run.grant.rules.write,
                 gate: Some(run.meter),
+                finish_check: Some(&finish_check),
             },
         };
         let mut calls = Vec::new();
@@ -1681,6 +1818,14 @@ async fn run_agent(
                     .await
                     .map(|_| (o, digest))
                     .map_err(JobError::from),
+                // Told at `finish`, and finished again (or ran out of turns) without fixing it.
+                Err(AgentError::Unfixed(violations)) => Err(refuse_violations(
+                    spec,
+                    &ticket.key,
+                    progress,
+                    &violations,
+                    "the change was not pushed (the model was told when it called finish, and did not fix it)",
+                )),
                 Err(e) => Err(JobError::from(e)),
             }
         }
@@ -1726,6 +1871,7 @@ pub fn pr_body(
     job_id: &str,
     outcome: &AgentOutcome,
     changed: &[String],
+    left_out: &[String],
     digest: &str,
     policy_hash: &str,
 ) -> String {
@@ -1748,6 +1894,18 @@ pub fn pr_body(
     );
     for f in changed.iter().take(100) {
         b.push_str(&format!("- `{f}`\n"));
+    }
+    if !left_out.is_empty() {
+        b.push_str(
+            "\n### Left out\n\nBuild products the agent's commands created, not committed (the policy's \
+             `write.exclude` and the built-in list):\n\n",
+        );
+        for l in left_out.iter().take(100) {
+            b.push_str(&format!("- {}\n", no_mentions(l)));
+        }
+        if left_out.len() > 100 {
+            b.push_str(&format!("- ... and {} more\n", left_out.len() - 100));
+        }
     }
     b.push_str("\n<details><summary>Tool calls</summary>\n\n");
     for c in outcome.tool_calls.iter().take(200) {
@@ -1797,8 +1955,35 @@ mod tests {
                 ok: false,
             }],
             tokens: 120,
+            written: BTreeSet::new(),
+            finish_refusals: 0,
         };
-        let body = pr_body(&t, "j1", &outcome, &["a.py".into()], "ab12", "sha256:p0");
+        let body = pr_body(
+            &t,
+            "j1",
+            &outcome,
+            &["a.py".into()],
+            &[],
+            "ab12",
+            "sha256:p0",
+        );
+        assert!(!body.contains("Left out"), "{body}");
+        let mut leave = LeaveOut::new(&diff::WriteRules::default(), &BTreeSet::new()).unwrap();
+        leave.listed.insert("__pycache__/".into(), 2);
+        leave.listed.insert("@team`x`.pyc".into(), 1);
+        let left = leave.lines();
+        assert_eq!(left, ["`@team?x?.pyc`", "`__pycache__/` (2 files)"]);
+        let body = pr_body(
+            &t,
+            "j1",
+            &outcome,
+            &["a.py".into()],
+            &left,
+            "ab12",
+            "sha256:p0",
+        );
+        assert!(body.contains("### Left out"), "{body}");
+        assert!(body.contains("- `__pycache__/` (2 files)\n"), "{body}");
         assert!(body.contains("[DEMO-1](u)"), "{body}");
         assert!(!body.contains('@'), "{body}");
         assert!(body.contains("- `a.py`"));

@@ -86,6 +86,27 @@ pub const LOCKFILES: &[&str] = &[
     "conan.lock",
 ];
 
+/// Build products left out of the commit when only commands created them (see [`Exclusions`]): untracked files at
+/// or under a path matching one of these globs. A policy's `write.exclude` adds to the list.
+pub const DEFAULT_EXCLUDE: &[&str] = &[
+    "__pycache__",
+    "*.py[co]",
+    ".pytest_cache",
+    ".mypy_cache",
+    ".ruff_cache",
+    "node_modules",
+    "target",
+    ".gradle",
+    ".coverage",
+    "coverage",
+    "*.class",
+    "*.o",
+];
+
+/// Build output directories that some repositories commit (a bundled `dist/`): left out only where the base
+/// tracks nothing under them.
+pub const DEFAULT_EXCLUDE_UNTRACKED_DIRS: &[&str] = &["build", "dist"];
+
 /// The value that turns a `max_files` / `max_lines` limit off in the policy file (TOML has no null).
 pub const UNLIMITED: &str = "unlimited";
 
@@ -129,6 +150,8 @@ pub struct WriteRules {
     pub max_lines: Option<usize>,
     /// Whether binary files may be added or changed.
     pub allow_binary: bool,
+    /// Globs of build products left out of the commit, in addition to [`DEFAULT_EXCLUDE`] (see [`Exclusions`]).
+    pub exclude: Vec<String>,
 }
 
 impl Default for WriteRules {
@@ -139,6 +162,7 @@ impl Default for WriteRules {
             max_files: Some(100),
             max_lines: Some(5000),
             allow_binary: false,
+            exclude: Vec::new(),
         }
     }
 }
@@ -441,6 +465,50 @@ fn bad_policy(e: InvalidGlob) -> Violation {
 }
 
 impl WriteRules {
+    /// What the rules allow, in one paragraph for the model (told when its change breaks them).
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        match (self.max_files, self.max_lines) {
+            (Some(f), Some(l)) => parts.push(format!(
+                "at most {f} changed files and {l} changed lines (added + removed)"
+            )),
+            (Some(f), None) => parts.push(format!("at most {f} changed files")),
+            (None, Some(l)) => parts.push(format!("at most {l} changed lines (added + removed)")),
+            (None, None) => {}
+        }
+        parts.push(if self.allow_binary {
+            "binary files allowed".to_string()
+        } else {
+            "no binary files".to_string()
+        });
+        if self.forbid_lockfiles {
+            parts.push("no dependency lockfiles".into());
+        }
+        if !self.forbidden_paths.is_empty() {
+            parts.push(format!(
+                "nothing matching {}",
+                self.forbidden_paths
+                    .iter()
+                    .map(|g| format!("`{g}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        parts.push(
+            "no submodule changes, no symlinks out of the repository, nothing under `.git`".into(),
+        );
+        format!("The change may contain {}.", parts.join("; "))
+    }
+
+    /// The build-product exclusions: [`DEFAULT_EXCLUDE`], [`DEFAULT_EXCLUDE_UNTRACKED_DIRS`] and `exclude`.
+    pub fn exclusions(&self) -> Result<Exclusions, InvalidGlob> {
+        let mut globs: Vec<String> = DEFAULT_EXCLUDE.iter().map(|s| s.to_string()).collect();
+        globs.extend(self.exclude.iter().cloned());
+        Ok(Exclusions {
+            always: Matcher::new(&globs)?,
+        })
+    }
+
     /// Validates and compiles the globs: the policy parser calls this so a bad glob is a configuration error
     /// naming the glob.
     pub fn compile(&self) -> Result<CompiledRules, InvalidGlob> {
@@ -456,6 +524,44 @@ impl WriteRules {
             forbidden,
             lockfiles,
         })
+    }
+}
+
+/// Which untracked files are build products, left out of the commit. The caller decides which files are
+/// candidates at all (untracked at the base, and not written by the agent's write or edit tools); this says whether
+/// such a file is a build product, and under what name to list it.
+#[derive(Debug, Clone)]
+pub struct Exclusions {
+    always: Matcher,
+}
+
+impl Exclusions {
+    /// `Some(listed)` when `path` (repository-relative) is a build product: `listed` is the outermost matching
+    /// directory with a trailing `/` (`pkg/__pycache__/`), or the path itself. `tracks_dir(dir)` says whether the
+    /// base tracks any file under `dir`; a `build/` or `dist/` directory it does is not build output.
+    pub fn matches(&self, path: &str, tracks_dir: &dyn Fn(&str) -> bool) -> Option<String> {
+        let comps = normalize(path)?;
+        let listed = |end: usize| {
+            if end == comps.len() {
+                comps.join("/")
+            } else {
+                format!("{}/", comps[..end].join("/"))
+            }
+        };
+        let always = self.always.first_end(&comps);
+        // Only directories (not the file itself) for build/ and dist/: a file named `build` is a source file.
+        let dirs = (1..comps.len()).find(|&end| {
+            let name = comps[end - 1];
+            DEFAULT_EXCLUDE_UNTRACKED_DIRS
+                .iter()
+                .any(|d| d.eq_ignore_ascii_case(name))
+                && !tracks_dir(&comps[..end].join("/"))
+        });
+        match (always, dirs) {
+            (Some(a), Some(d)) => Some(listed(a.min(d))),
+            (Some(e), None) | (None, Some(e)) => Some(listed(e)),
+            (None, None) => None,
+        }
     }
 }
 
@@ -743,6 +849,11 @@ impl Matcher {
             }
         }
         best.map(|i| self.globs[i].as_str())
+    }
+
+    /// The shortest prefix of the path (as a component count) that some glob matches.
+    fn first_end(&self, comps: &[&str]) -> Option<usize> {
+        (1..=comps.len()).find(|&end| self.set.is_match(comps[..end].join("/")))
     }
 
     /// The first anchored glob whose literal directory part passes through `comps` (so a symlink at `comps`
@@ -1477,5 +1588,77 @@ mod tests {
         let err = toml::from_str::<WriteRules>("\n\nmax_lines = \"lots\"").unwrap_err();
         assert!(err.to_string().contains("unlimited"), "{err}");
         assert!(err.to_string().contains("line 3"), "{err}");
+    }
+
+    #[test]
+    fn build_products_are_recognised_and_listed_by_their_outermost_directory() {
+        let ex = WriteRules::default().exclusions().unwrap();
+        let none = |_: &str| false;
+        for (path, listed) in [
+            ("__pycache__/calc.cpython-311.pyc", "__pycache__/"),
+            (
+                "pkg/sub/__pycache__/m.cpython-312.pyc",
+                "pkg/sub/__pycache__/",
+            ),
+            ("legacy/m.pyc", "legacy/m.pyc"),
+            (".pytest_cache/v/cache/nodeids", ".pytest_cache/"),
+            ("web/node_modules/left-pad/index.js", "web/node_modules/"),
+            ("target/debug/app", "target/"),
+            (".coverage", ".coverage"),
+            ("coverage/lcov.info", "coverage/"),
+            ("src/Main.class", "src/Main.class"),
+            ("build/lib/x.py", "build/"),
+            ("DIST/x.whl", "DIST/"),
+            ("./.MYPY_CACHE/x", ".MYPY_CACHE/"),
+        ] {
+            assert_eq!(ex.matches(path, &none).as_deref(), Some(listed), "{path}");
+        }
+        for path in [
+            "src/app.py",
+            "build",
+            "src/build.rs",
+            "docs/dist.md",
+            "src/targets.rs",
+        ] {
+            assert_eq!(ex.matches(path, &none), None, "{path}");
+        }
+        // A `dist/` the base tracks is part of the repository, not build output; `node_modules/` always is.
+        let tracks_dist = |d: &str| d == "dist";
+        assert_eq!(ex.matches("dist/bundle.js", &tracks_dist), None);
+        assert_eq!(
+            ex.matches("web/dist/bundle.js", &tracks_dist).as_deref(),
+            Some("web/dist/")
+        );
+        // The policy's globs add to the defaults.
+        let more = WriteRules {
+            exclude: vec!["*.log".into(), "/out/".into()],
+            ..WriteRules::default()
+        }
+        .exclusions()
+        .unwrap();
+        assert_eq!(
+            more.matches("logs/test.log", &none).as_deref(),
+            Some("logs/test.log")
+        );
+        assert_eq!(more.matches("out/a/b", &none).as_deref(), Some("out/"));
+        assert_eq!(more.matches("src/out/a", &none), None);
+        assert!(more.matches("__pycache__/x.pyc", &none).is_some());
+        assert!(WriteRules {
+            exclude: vec!["a/../b".into()],
+            ..WriteRules::default()
+        }
+        .exclusions()
+        .is_err());
+    }
+
+    #[test]
+    fn describe_names_what_is_allowed() {
+        let d = WriteRules::default().describe();
+        assert!(
+            d.contains("at most 100 changed files and 5000 changed lines"),
+            "{d}"
+        );
+        assert!(d.contains("no binary files"), "{d}");
+        assert!(d.contains("`.github/workflows/**`"), "{d}");
     }
 }

@@ -83,6 +83,7 @@ struct RawWrite {
     max_files: Option<usize>,
     max_lines: Option<usize>,
     allow_binary: Option<bool>,
+    exclude: Option<Vec<String>>,
 }
 
 #[derive(Deserialize, Default, Clone)]
@@ -429,7 +430,8 @@ pub fn parse(text: &str, path: &Path) -> Result<Policy, PolicyError> {
                 forbid_lockfiles,
                 max_files,
                 max_lines,
-                allow_binary
+                allow_binary,
+                exclude
             }
         );
         let builtin = WriteRules::default();
@@ -439,9 +441,17 @@ pub fn parse(text: &str, path: &Path) -> Result<Policy, PolicyError> {
             max_files: w.max_files.or(builtin.max_files),
             max_lines: w.max_lines.or(builtin.max_lines),
             allow_binary: w.allow_binary.unwrap_or(builtin.allow_binary),
+            exclude: w.exclude.unwrap_or(builtin.exclude),
         };
         if let Err(e) = write.compile() {
             return Err(cx.invalid(key("write.forbidden_paths"), at, e.to_string()));
+        }
+        if let Err(e) = write.exclusions() {
+            return Err(cx.invalid(
+                key("write.exclude"),
+                at,
+                format!("`{}` is not a valid glob: {}", e.glob, e.reason),
+            ));
         }
         let b = merge_fields!(
             t.budget.clone().unwrap_or_default(),

@@ -265,6 +265,7 @@ fn teams_merge_defaults_key_by_key() {
         }
     );
     assert_eq!(web.rules.write.max_files, Some(50));
+    assert_eq!(web.rules.write.exclude, ["*.log", "/tmp/"]);
     assert_eq!(p.projects(), vec!["PAY".to_string(), "WEB".to_string()]);
     assert_eq!(
         p.prices["claude-sonnet-4-5"].cost_micros(1_000_000, 100_000),
@@ -314,6 +315,10 @@ fn errors_name_the_line_and_key() {
     assert!(e.contains("price table"), "{e}");
     let e = err(&format!("version = 1\n{TEAM}repos_x = 1"));
     assert!(e.contains("repos_x"), "{e}");
+    let e = err(&format!(
+        "version = 1\n{TEAM}[teams.t.write]\nexclude = [\"../out\"]\n"
+    ));
+    assert!(e.contains("write.exclude") && e.contains("`../out`"), "{e}");
     let e = err("version = 1\n[defaults]\nprojects = [\"PAY\"]\n");
     assert!(e.contains("defaults.projects"), "{e}");
 }

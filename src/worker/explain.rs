@@ -182,6 +182,17 @@ impl Explanation {
                 "always".into(),
                 "no submodule changes, no symlinks out of the repository, no .git paths".into(),
             ),
+            (
+                "left out".into(),
+                format!(
+                    "build products commands created: the built-in list{}",
+                    if w.exclude.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", {}", w.exclude.join(", "))
+                    }
+                ),
+            ),
         ];
         let b = &grant.rules.budget;
         let price = policy.prices.get(&config.model.model);
