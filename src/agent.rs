@@ -692,7 +692,10 @@ pub fn tool_specs() -> Vec<ToolSpec> {
         ),
         spec(
             "finish",
-            "End the task with a summary of what was changed and how it was checked.",
+            "End the task with a summary of what was changed and how it was checked. The runner then checks the \
+             change against the repository's write rules: if it breaks one, the result says which rule and files, \
+             and you can fix the workspace and call `finish` again. Build products your commands created \
+             (__pycache__, node_modules, target/, ...) are left out of the commit.",
             json!({"type": "object", "properties": {"summary": {"type": "string"}}, "required": ["summary"]}),
         ),
     ]

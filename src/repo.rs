@@ -1,8 +1,9 @@
 //! Git through libgit2: clone, branch, commit, push.
 //!
 //! The model: one job gets one fresh clone of one allowlisted repository, checked out on its base branch; the job
-//! works on a new `drafter/<ticket>-<slug>` branch, commits everything the agent changed as one commit, and pushes
-//! that branch (never force, never any other ref) so [`crate::forge`] can open a draft pull request from it.
+//! works on a new `drafter/<ticket>-<slug>` branch, commits everything the agent changed as one commit (less the
+//! build products the caller leaves out, [`commit_all_except`]), and pushes that branch (never force, never any
+//! other ref) so [`crate::forge`] can open a draft pull request from it.
 //!
 //! Why it is shaped this way:
 //! - **The token is only ever handed to libgit2's credential callback** (`x-access-token` + token, what GitHub
