@@ -361,6 +361,15 @@ async fn run_inner(
                             None => FinishReport::default(),
                         };
                         let summary = cap_chars(s.trim(), 4000);
+                        for v in &report.violations {
+                            crate::policy::log_decision(
+                                task.permissions.policy_hash,
+                                &task.ticket.key,
+                                &v.rule,
+                                false,
+                                format!("at finish: {}", v.detail),
+                            );
+                        }
                         match report.violations.first().map(|v| v.rule.clone()) {
                             None => {
                                 finished = Some(summary);
