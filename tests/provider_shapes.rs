@@ -720,3 +720,171 @@ async fn openai_refusal_fails_the_job_naming_it() {
         "{comments:?}"
     );
 }
+
+// ---- prompt caching and the context budget, through the agent loop -----------------------------------------------
+
+/// The only job directory of a stack's data dir.
+fn only_job_dir(stack: &Stack) -> std::path::PathBuf {
+    let dirs: Vec<_> = std::fs::read_dir(stack.data_dir().join("jobs"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(dirs.len(), 1, "{dirs:?}");
+    dirs[0].clone()
+}
+
+/// Twenty tool calls of a typical mix (reads, listings, searches, commands with a page of output), then `finish`.
+fn twenty_calls() -> Vec<Step> {
+    let mut steps: Vec<Step> = (0..20)
+        .map(|i| {
+            let (name, input) = match i % 5 {
+                0 => ("read_file", json!({"path": "greet.py"})),
+                1 => (
+                    "run",
+                    json!({"command": format!("seq {} {}", i * 100, i * 100 + 150)}),
+                ),
+                2 => ("search", json!({"pattern": "def "})),
+                3 => ("read_file", json!({"path": "test_greet.py"})),
+                _ => ("list_files", json!({})),
+            };
+            Step::Tools(vec![(name.into(), input)])
+        })
+        .collect();
+    steps.push(finish("Looked around; nothing to change."));
+    steps
+}
+
+/// Anthropic pricing of the prompt in input-token equivalents: uncached input, cache writes at 1.25x and cache
+/// reads at 0.1x (<https://docs.anthropic.com/en/docs/about-claude/pricing>, prompt caching multipliers).
+fn billed_equivalent(calls: &[drafter::proof::bundle::ModelCall]) -> f64 {
+    calls
+        .iter()
+        .map(|m| {
+            m.usage.input_tokens as f64
+                + 1.25 * m.usage.cache_write_tokens as f64
+                + 0.1 * m.usage.cache_read_tokens as f64
+        })
+        .sum()
+}
+
+async fn twenty_call_job(caching: bool) -> (Vec<drafter::proof::bundle::ModelCall>, String) {
+    let stack = Stack::start(Options {
+        script: twenty_calls(),
+        max_turns: 30,
+        model_toml: format!("prompt_caching = {caching}"),
+        ..Options::default()
+    })
+    .await;
+    stack.model.simulate_cache();
+    let (out, log) = run(&stack).await;
+    assert!(out.status.success(), "{log}");
+    let dir = only_job_dir(&stack);
+    let verify = std::process::Command::new(BIN)
+        .args(["verify", dir.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(verify.status.success());
+    (
+        model_calls(&dir),
+        String::from_utf8_lossy(&verify.stdout).into_owned(),
+    )
+}
+
+/// The figure in BENCHMARKS.md: billed-equivalent input tokens of a 20-tool-call job with prompt caching, against
+/// resending everything uncached. The stand-in models Anthropic's cache (see `ModelStandIn::simulate_cache`).
+#[tokio::test(flavor = "multi_thread")]
+async fn prompt_caching_cuts_billed_input_of_a_twenty_call_job() {
+    let (plain, _) = twenty_call_job(false).await;
+    let (cached, verify) = twenty_call_job(true).await;
+    assert_eq!(plain.len(), 21);
+    assert_eq!(cached.len(), 21);
+    // Without breakpoints nothing is cached: every prompt token is billed in full.
+    assert!(plain
+        .iter()
+        .all(|m| m.usage.cache_read_tokens + m.usage.cache_write_tokens == 0));
+    let prompt = |m: &drafter::proof::bundle::ModelCall| {
+        m.usage.input_tokens + m.usage.cache_read_tokens + m.usage.cache_write_tokens
+    };
+    // Same conversation either way (the breakpoints add a few bytes each).
+    let resent: u64 = plain.iter().map(prompt).sum();
+    let with_cache = billed_equivalent(&cached);
+    let ratio = with_cache / resent as f64;
+    println!(
+        "20-tool-call job, 21 model calls: prompt tokens resent without caching {resent}; billed-equivalent with \
+         caching {with_cache:.0} (uncached {} + 1.25 x {} written + 0.1 x {} read); ratio {ratio:.3}",
+        cached.iter().map(|m| m.usage.input_tokens).sum::<u64>(),
+        cached.iter().map(|m| m.usage.cache_write_tokens).sum::<u64>(),
+        cached.iter().map(|m| m.usage.cache_read_tokens).sum::<u64>(),
+    );
+    assert!(ratio <= 0.35, "ratio {ratio:.3}");
+    // From the second call on, the conversation so far is read from the cache.
+    assert!(cached[1..].iter().all(|m| m.usage.cache_read_tokens > 0));
+    assert!(verify.contains("prompt cache:"), "{verify}");
+}
+
+/// A conversation past `agent.context_budget_tokens` loses its old tool outputs, not the job: they are replaced by
+/// a summary and the digest of the output the tool-call statement holds.
+#[tokio::test(flavor = "multi_thread")]
+async fn old_tool_outputs_are_elided_past_the_context_budget() {
+    let mut script: Vec<Step> = (0..4)
+        .map(|i| {
+            Step::Tools(vec![(
+                "run".into(),
+                json!({"command": format!("seq {} {}", i * 10_000, i * 10_000 + 1000)}),
+            )])
+        })
+        .collect();
+    script.push(finish("Nothing to change."));
+    let stack = Stack::start(Options {
+        script,
+        agent_toml: "context_budget_tokens = 4000".into(),
+        ..Options::default()
+    })
+    .await;
+    let (out, log) = run(&stack).await;
+    assert!(out.status.success(), "{log}");
+    let reqs: Vec<Value> = stack
+        .model
+        .requests()
+        .iter()
+        .map(|r| r.json().unwrap())
+        .collect();
+    assert_eq!(reqs.len(), 5);
+    let results = |req: &Value| -> Vec<String> {
+        req["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|m| m["content"].as_array().cloned().unwrap_or_default())
+            .filter(|b| b["type"] == "tool_result")
+            .map(|b| b["content"].as_str().unwrap().to_string())
+            .collect()
+    };
+    // Each output is ~5 KB (~1300 tokens): by the last request the oldest ones are elided, the newest is whole.
+    let last = results(&reqs[4]);
+    assert_eq!(last.len(), 4);
+    assert!(last[0].starts_with("[output elided"), "{}", last[0]);
+    assert!(last[0].contains("run seq 0 1000 (ok)"), "{}", last[0]);
+    assert!(last[3].contains("31000"), "{}", last[3]);
+    // The digest is the one the tool-call statement recorded for the full output.
+    let bytes = std::fs::read(only_job_dir(&stack).join(drafter::proof::BUNDLE_FILE)).unwrap();
+    let first_output = drafter::proof::bundle::read_statements(&bytes)
+        .unwrap()
+        .into_iter()
+        .find(|(_, p)| matches!(p, drafter::proof::bundle::Predicate::ToolCall(_)))
+        .map(|(st, _)| {
+            st.subject
+                .iter()
+                .find(|s| s.name == "output")
+                .unwrap()
+                .digest["sha256"]
+                .clone()
+        })
+        .unwrap();
+    assert!(
+        last[0].contains(&format!("sha256:{first_output}")),
+        "{}",
+        last[0]
+    );
+}
