@@ -6,6 +6,16 @@
 //! path stays under the workspace. Tool failures come in two kinds (after codex-rs): [`ToolFailure::Respond`] is
 //! told to the model so it can correct itself; [`ToolFailure::Fatal`] ends the job.
 //!
+//! How a turn ends depends on the provider's stop reason: tool calls are run and answered; `pause_turn` is
+//! continued by resending the conversation with the paused turn last; `max_tokens` without tool calls asks the model
+//! to go on, and with tool calls answers each call with an error instead of running arguments that may be cut off;
+//! a refusal ends the job with the provider's words. Retryable provider errors (429, 529, 5xx) are retried, waiting
+//! as long as `Retry-After` says (at most a minute).
+//!
+//! The conversation is resent every turn; when its estimate (4 bytes a token) passes `agent.context_budget_tokens`,
+//! the oldest tool outputs are replaced by a one-line summary with the output's SHA-256 (the digest its tool-call
+//! statement holds), down to two thirds of the budget, so the cached prefix then stays stable for several turns.
+//!
 //! The ticket reaches the model as quoted, untrusted data inside `<ticket>` markers, never as instructions.
 //! The loop never touches Docker: it works through [`crate::sandbox::Container`]'s file and exec calls.
 //!
@@ -15,7 +25,7 @@
 //! ends the job with [`AgentError::Unfixed`]. The paths the write and edit tools wrote are kept
 //! ([`AgentOutcome::written`]): those are never left out of the commit as build products.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -38,6 +48,10 @@ const MAX_WRITE_BYTES: usize = 1024 * 1024;
 const MAX_RESULT_CHARS: usize = 48 * 1024;
 /// Attempts per model call when the provider answers with a retryable error (5xx, 429, transport).
 const MODEL_ATTEMPTS: u32 = 3;
+/// The longest wait between attempts, whatever `Retry-After` says.
+const MAX_RETRY_WAIT: Duration = Duration::from_secs(60);
+/// Tool outputs shorter than this are never elided: the summary would not be much shorter.
+const MIN_ELIDED_CHARS: usize = 512;
 
 /// Why the loop ended without a `finish` call.
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +89,9 @@ pub enum AgentError {
     /// turns) without fixing them. Not empty.
     #[error("the change breaks the write rules after the model was told: {}", .0.first().map(|v| v.detail.as_str()).unwrap_or(""))]
     Unfixed(Vec<Violation>),
+    /// The model declined the task; holds the provider's answer.
+    #[error("the model refused the task ({0})")]
+    Refused(String),
 }
 
 /// Asked when the model calls `finish`: the write rules' verdict on the workspace as it would be committed (build
@@ -262,6 +279,13 @@ async fn run_inner(
     };
     // What the last turned-back `finish` was told: a model that runs out of turns after it is refused under it.
     let mut told: Vec<Violation> = Vec::new();
+    // What each tool call's output can shrink to when the context budget needs room: summary line and digest.
+    let mut elidable: HashMap<String, Elidable> = HashMap::new();
+    let fixed_tokens = estimate_tokens(SYSTEM_PROMPT.len())
+        + tools
+            .iter()
+            .map(|t| estimate_tokens(t.description.len() + t.input_schema.to_string().len()))
+            .sum::<u64>();
 
     loop {
         if outcome.turns >= task.limits.max_turns {
@@ -279,6 +303,19 @@ async fn run_inner(
             turn: outcome.turns,
             max: task.limits.max_turns,
         });
+        let elided = fit_context(
+            &mut messages,
+            fixed_tokens,
+            task.limits.context_budget_tokens,
+            &elidable,
+        );
+        if elided > 0 {
+            tracing::info!(
+                elided,
+                budget = task.limits.context_budget_tokens,
+                "old tool outputs elided to stay within the context budget"
+            );
+        }
         let request = ModelRequest {
             system: SYSTEM_PROMPT.to_string(),
             messages: messages.clone(),
@@ -287,11 +324,11 @@ async fn run_inner(
         if let Some(gate) = task.permissions.gate {
             gate.before_call().await.map_err(AgentError::Budget)?;
         }
-        let response = call_with_retries(model, &request).await?;
+        let response = call_model(model, &request).await?;
         if let Some(gate) = task.permissions.gate {
             gate.after_call(&response.usage).await;
         }
-        outcome.tokens += response.usage.input_tokens + response.usage.output_tokens;
+        outcome.tokens += response.usage.total();
         if outcome.tokens > task.limits.max_total_tokens {
             return Err(AgentError::TokenBudget {
                 used: outcome.tokens,
@@ -318,10 +355,40 @@ async fn run_inner(
             })
             .collect::<Vec<_>>()
             .join("\n");
+        if let StopReason::Refusal(said) = &response.stop {
+            if calls.is_empty() {
+                return Err(AgentError::Refused(cap_chars(said, 1000)));
+            }
+        }
         messages.push(Message {
             role: Role::Assistant,
             content: response.content.clone(),
         });
+
+        if calls.is_empty() && response.stop == StopReason::PauseTurn {
+            // The API continues a paused turn when it gets the conversation back with that turn last.
+            continue;
+        }
+        if !calls.is_empty() && response.stop == StopReason::MaxTokens {
+            // A call cut off by the token limit may be missing arguments: run none of them, say why.
+            let results = calls
+                .into_iter()
+                .map(|(id, name, _)| Block::ToolResult {
+                    id,
+                    content: format!(
+                        "not run: your reply hit the output token limit (max_tokens) while writing this `{name}` \
+                         call, so its arguments may be incomplete. Call it again with shorter arguments (for a large \
+                         file, write it in parts or use edit_file)."
+                    ),
+                    is_error: true,
+                })
+                .collect();
+            messages.push(Message {
+                role: Role::User,
+                content: results,
+            });
+            continue;
+        }
 
         if calls.is_empty() {
             // A model that ends its turn with prose has finished; one cut off by max_tokens is asked to go on.
@@ -461,6 +528,19 @@ async fn run_inner(
                 ),
             };
             let shown = cap_chars(&result.text, MAX_RESULT_CHARS);
+            elidable.insert(
+                id.clone(),
+                Elidable {
+                    summary: format!(
+                        "{name}{}{} ({})",
+                        if detail.is_empty() { "" } else { " " },
+                        detail,
+                        if result.ok { "ok" } else { "failed" }
+                    ),
+                    sha256: crate::proof::sha256_hex(result.text.as_bytes()),
+                    bytes: result.text.len(),
+                },
+            );
             // Recorded before the model sees the result, so the chain orders this call before the next model call.
             model.bundle_mut().tool_call(ToolCallInput {
                 turn: outcome.turns,
@@ -593,7 +673,83 @@ fn permit(p: &Permissions<'_>, ticket: &str, name: &str, input: &Value) -> Resul
     Ok(())
 }
 
-async fn call_with_retries(
+/// What an old tool output shrinks to when the context budget needs room.
+#[derive(Debug, Clone)]
+struct Elidable {
+    /// Tool, what it was called on, and whether it succeeded.
+    summary: String,
+    /// SHA-256 of the full output (the tool-call statement's `output` subject).
+    sha256: String,
+    /// Its size.
+    bytes: usize,
+}
+
+/// Tokens for `bytes` bytes of prompt, estimated at 4 bytes a token.
+fn estimate_tokens(bytes: usize) -> u64 {
+    (bytes as u64).div_ceil(4)
+}
+
+fn message_bytes(m: &Message) -> usize {
+    m.content
+        .iter()
+        .map(|b| match b {
+            Block::Text(t) => t.len(),
+            Block::ToolUse { input, .. } => input.to_string().len() + 64,
+            Block::ToolResult { content, .. } => content.len() + 64,
+            Block::Opaque(v) => v.to_string().len(),
+        })
+        .sum()
+}
+
+/// Keeps the conversation's estimate within `budget` tokens: once it is over, the oldest tool outputs (never those
+/// of the newest turn) are replaced by their summary and digest until it is under two thirds of the budget. Returns
+/// how many were elided. Nothing else changes, so the model keeps every call it made and can run one again.
+fn fit_context(
+    messages: &mut [Message],
+    fixed_tokens: u64,
+    budget: u64,
+    elidable: &HashMap<String, Elidable>,
+) -> usize {
+    let mut estimate =
+        fixed_tokens + estimate_tokens(messages.iter().map(message_bytes).sum::<usize>());
+    if estimate <= budget {
+        return 0;
+    }
+    let target = budget / 3 * 2;
+    let keep_from = messages.len().saturating_sub(2);
+    let mut elided = 0;
+    'outer: for m in messages[..keep_from].iter_mut() {
+        for b in m.content.iter_mut() {
+            if estimate <= target {
+                break 'outer;
+            }
+            let Block::ToolResult { id, content, .. } = b else {
+                continue;
+            };
+            let Some(e) = elidable.get(id.as_str()) else {
+                continue;
+            };
+            if content.len() < MIN_ELIDED_CHARS {
+                continue;
+            }
+            let short = format!(
+                "[output elided to stay within the context budget: {}; {} bytes, sha256:{}. Run the tool again if \
+                 you need it.]",
+                e.summary, e.bytes, e.sha256
+            );
+            estimate = estimate.saturating_sub(estimate_tokens(content.len()))
+                + estimate_tokens(short.len());
+            *content = short;
+            elided += 1;
+        }
+    }
+    elided
+}
+
+/// One model call with retries: transport failures, 429, 529 and 5xx are tried again (at most
+/// [`MODEL_ATTEMPTS`] times), after the provider's `Retry-After` when it sent one (capped at a minute), else after
+/// 2 s, then 4 s. Every attempt is its own receipt.
+pub async fn call_model(
     model: &mut ModelClient,
     request: &ModelRequest,
 ) -> Result<ModelResponse, ModelError> {
@@ -605,7 +761,7 @@ async fn call_with_retries(
                 let wait = e
                     .retry_after()
                     .unwrap_or(Duration::from_secs(1 << attempt))
-                    .min(Duration::from_secs(60));
+                    .min(MAX_RETRY_WAIT);
                 tracing::warn!(attempt, error = %e, wait_ms = wait.as_millis() as u64, "model call failed, retrying");
                 tokio::time::sleep(wait).await;
                 attempt += 1;
@@ -751,6 +907,16 @@ async fn execute(
     container: &Container,
     command_timeout: Duration,
 ) -> Result<Executed, ToolFailure> {
+    if let Value::String(raw) = input {
+        // The provider handed over arguments that do not parse (see `model::parse_tool_arguments`).
+        let why = match serde_json::from_str::<Value>(raw) {
+            Err(e) => format!("are not valid JSON ({e})"),
+            Ok(_) => "are JSON but not an object".to_string(),
+        };
+        return Err(ToolFailure::Respond(format!(
+            "the arguments for `{name}` {why}; send a JSON object matching the tool's schema"
+        )));
+    }
     if !input.is_object() {
         return Err(ToolFailure::Respond(format!(
             "the arguments for `{name}` must be a JSON object matching the tool's schema"
@@ -1049,6 +1215,78 @@ mod tests {
         let c = cap_chars(&s, 5);
         assert!(c.starts_with("éé"));
         assert!(c.contains("more bytes cut"));
+    }
+
+    #[test]
+    fn old_tool_outputs_are_elided_first_and_only_over_budget() {
+        let big = "x".repeat(4000); // ~1000 tokens
+        let mut elidable = HashMap::new();
+        let mut messages = vec![Message::user_text("ticket")];
+        for i in 0..6 {
+            let id = format!("c{i}");
+            messages.push(Message::assistant(vec![Block::ToolUse {
+                id: id.clone(),
+                name: "read_file".into(),
+                input: json!({"path": format!("f{i}")}),
+            }]));
+            messages.push(Message {
+                role: Role::User,
+                content: vec![Block::ToolResult {
+                    id: id.clone(),
+                    content: big.clone(),
+                    is_error: false,
+                }],
+            });
+            elidable.insert(
+                id,
+                Elidable {
+                    summary: format!("read_file f{i} (ok)"),
+                    sha256: crate::proof::sha256_hex(big.as_bytes()),
+                    bytes: big.len(),
+                },
+            );
+        }
+        // Under the budget: nothing changes.
+        let before = messages.clone();
+        assert_eq!(fit_context(&mut messages, 100, 100_000, &elidable), 0);
+        assert_eq!(messages, before);
+
+        // Over it: the oldest outputs go, down to two thirds of the budget; the newest turn is kept.
+        let n = fit_context(&mut messages, 100, 4000, &elidable);
+        assert!(n >= 3, "{n}");
+        let result = |m: &Message| match &m.content[0] {
+            Block::ToolResult { content, .. } => content.clone(),
+            _ => unreachable!(),
+        };
+        let first = result(&messages[2]);
+        assert!(first.starts_with("[output elided"), "{first}");
+        assert!(first.contains("read_file f0 (ok)"), "{first}");
+        assert!(
+            first.contains(&crate::proof::sha256_hex(big.as_bytes())),
+            "{first}"
+        );
+        assert_eq!(result(messages.last().unwrap()), big);
+        let total: usize = messages.iter().map(message_bytes).sum();
+        assert!(estimate_tokens(total) + 100 <= 4000 / 3 * 2, "{total}");
+        // The calls themselves stay: the model still sees what it did.
+        assert_eq!(messages.len(), 13);
+
+        // Unknown ids (finish, refusals) and short outputs are never touched; a budget that cannot be met ends the
+        // elision without harm.
+        let mut tiny = vec![
+            Message::user_text("t"),
+            Message {
+                role: Role::User,
+                content: vec![Block::ToolResult {
+                    id: "zz".into(),
+                    content: big.clone(),
+                    is_error: false,
+                }],
+            },
+            Message::user_text("u"),
+            Message::user_text("v"),
+        ];
+        assert_eq!(fit_context(&mut tiny, 100, 1, &elidable), 0);
     }
 
     #[test]

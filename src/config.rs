@@ -301,6 +301,8 @@ pub struct ModelConfig {
     pub max_tokens_per_call: u32,
     /// HTTP timeout for one model call, in seconds.
     pub request_timeout_secs: u64,
+    /// Anthropic prompt-cache breakpoints (`model.prompt_caching`, default on; OpenAI caches on its own).
+    pub prompt_caching: bool,
 }
 
 /// Limits on one agent run, enforced by the loop, not by asking the model.
@@ -312,6 +314,8 @@ pub struct AgentLimits {
     pub max_total_tokens: u64,
     /// Wall-clock seconds for the whole agent loop.
     pub wall_time_secs: u64,
+    /// Estimated tokens (4 bytes a token) the conversation may reach before old tool outputs are elided.
+    pub context_budget_tokens: u64,
 }
 
 /// The sandbox container.
@@ -574,6 +578,12 @@ struct RawModel {
     max_tokens_per_call: u32,
     #[serde(default = "default_request_timeout")]
     request_timeout_secs: u64,
+    #[serde(default = "default_true")]
+    prompt_caching: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_max_tokens_per_call() -> u32 {
@@ -589,6 +599,7 @@ struct RawAgent {
     max_turns: u32,
     max_total_tokens: u64,
     wall_time_secs: u64,
+    context_budget_tokens: u64,
 }
 
 impl Default for RawAgent {
@@ -597,6 +608,9 @@ impl Default for RawAgent {
             max_turns: 40,
             max_total_tokens: 1_000_000,
             wall_time_secs: 1800,
+            // Below the smallest context window of the models drafter is used with (Claude: 200k), with room for
+            // the reply.
+            context_budget_tokens: 120_000,
         }
     }
 }
@@ -788,6 +802,9 @@ impl Config {
         if raw.agent.max_turns == 0 {
             return Err(ctx.invalid("agent.max_turns", None, "must be at least 1"));
         }
+        if raw.agent.context_budget_tokens == 0 {
+            return Err(ctx.invalid("agent.context_budget_tokens", None, "must be at least 1"));
+        }
         if raw.sandbox.cpus.is_nan() || raw.sandbox.cpus <= 0.0 {
             return Err(ctx.invalid("sandbox.cpus", None, "must be greater than 0"));
         }
@@ -887,11 +904,13 @@ impl Config {
                 api_key,
                 max_tokens_per_call: raw.model.max_tokens_per_call,
                 request_timeout_secs: raw.model.request_timeout_secs,
+                prompt_caching: raw.model.prompt_caching,
             },
             agent: AgentLimits {
                 max_turns: raw.agent.max_turns,
                 max_total_tokens: raw.agent.max_total_tokens,
                 wall_time_secs: raw.agent.wall_time_secs,
+                context_budget_tokens: raw.agent.context_budget_tokens,
             },
             sandbox: SandboxConfig {
                 image: raw.sandbox.image,

@@ -9,7 +9,8 @@
 //!
 //! Model output is treated as hostile: bodies are size-capped, every field is checked, and errors carry a short
 //! excerpt of the body (never headers, never the API key). The client does not retry; [`ModelError::is_retryable`]
-//! tells the caller whether trying again could help.
+//! tells the caller whether trying again could help, [`ModelError::retry_after`] how long the provider asked to
+//! wait. `tests/provider_shapes.rs` feeds it response bodies written from the providers' API references.
 
 use std::fmt;
 use std::time::{Duration, Instant};
@@ -53,6 +54,12 @@ pub enum Block {
         /// Tool arguments.
         input: Value,
     },
+    /// A provider block drafter does not interpret but must keep: Anthropic `thinking` and `redacted_thinking`
+    /// (which must go back unchanged, signature and data included, in the assistant turn when continuing tool use:
+    /// <https://docs.anthropic.com/en/docs/build-with-claude/extended-thinking#preserving-thinking-blocks>) and
+    /// server-tool blocks of a paused turn. Sent back verbatim to the provider that produced it; other providers
+    /// drop it.
+    Opaque(Value),
     /// The result of a tool call, sent back on the user side.
     ToolResult {
         /// The id of the [`Block::ToolUse`] this answers.
@@ -120,25 +127,52 @@ pub enum StopReason {
     EndTurn,
     /// Wants tool results.
     ToolUse,
-    /// Hit `max_tokens`.
+    /// Hit `max_tokens` (OpenAI: `finish_reason: "length"`); a tool call in the response may be incomplete.
     MaxTokens,
+    /// Anthropic `pause_turn`: the turn was paused; sending the conversation back, paused turn last, continues it.
+    PauseTurn,
+    /// The model declined: OpenAI `message.refusal` or `finish_reason: "content_filter"`, Anthropic
+    /// `stop_reason: "refusal"`. Holds the provider's words.
+    Refusal(String),
     /// Anything else the provider said (e.g. `stop_sequence`, `content_filter`), or `missing`.
     Other(String),
 }
 
-/// Token counts the provider reported (0 when it reported none).
+/// Token counts the provider reported, normalised across families: `input_tokens` are the prompt tokens billed at
+/// the full input price (OpenAI's `prompt_tokens` minus `cached_tokens`; Anthropic's `input_tokens`, which already
+/// exclude the cache), so the prompt's size is [`Usage::prompt_tokens`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Usage {
-    /// Prompt tokens.
+    /// Prompt tokens not read from or written to a cache.
     pub input_tokens: u64,
     /// Completion tokens.
     pub output_tokens: u64,
+    /// Prompt tokens read from the provider's cache (Anthropic `cache_read_input_tokens`, OpenAI
+    /// `prompt_tokens_details.cached_tokens`).
+    pub cache_read_tokens: u64,
+    /// Prompt tokens written to the cache (Anthropic `cache_creation_input_tokens`; OpenAI has none).
+    pub cache_write_tokens: u64,
+    /// The provider reported no usage; the counts are estimated from the bytes exchanged (4 bytes a token), so
+    /// budgets still count the call.
+    pub estimated: bool,
+}
+
+impl Usage {
+    /// The whole prompt: uncached, cache read and cache written.
+    pub fn prompt_tokens(&self) -> u64 {
+        self.input_tokens + self.cache_read_tokens + self.cache_write_tokens
+    }
+
+    /// Every token the call processed: the whole prompt and the output. Token budgets count this.
+    pub fn total(&self) -> u64 {
+        self.prompt_tokens() + self.output_tokens
+    }
 }
 
 /// One model call's output.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelResponse {
-    /// [`Block::Text`] and [`Block::ToolUse`] blocks only.
+    /// [`Block::Text`], [`Block::ToolUse`] and [`Block::Opaque`] blocks, in the provider's order.
     pub content: Vec<Block>,
     /// Why generation stopped.
     pub stop: StopReason,
@@ -314,10 +348,11 @@ pub trait Provider: Send + Sync {
     fn decode(&self, body: &[u8]) -> Result<ModelResponse, ModelError>;
 }
 
-/// The provider for a configured API family.
-pub fn provider_for(kind: ProviderKind) -> Box<dyn Provider> {
+/// The provider for a configured API family; `prompt_caching` asks Anthropic for cache breakpoints (OpenAI caches
+/// prompt prefixes on its own).
+pub fn provider_for(kind: ProviderKind, prompt_caching: bool) -> Box<dyn Provider> {
     match kind {
-        ProviderKind::Anthropic => Box::new(AnthropicProvider),
+        ProviderKind::Anthropic => Box::new(AnthropicProvider { prompt_caching }),
         ProviderKind::Openai => Box::new(OpenAiProvider),
     }
 }
@@ -341,7 +376,9 @@ fn token_count(obj: Option<&Value>, field: &str, body: &[u8]) -> Result<u64, Mod
     }
 }
 
-/// A provider-shaped `{"error": {"message": ...}}` message, if the body has one (both families use this shape).
+/// A provider-shaped `{"error": {"type": ..., "message": ...}}` message, if the body has one (both families use
+/// this shape), as `type: message` so the provider's own name for the failure (`overloaded_error`,
+/// `rate_limit_error`, `insufficient_quota`) reaches the job's error.
 fn error_message(body: &[u8]) -> Option<String> {
     let v: Value = serde_json::from_slice(body).ok()?;
     let e = v.get("error")?;
@@ -349,12 +386,102 @@ fn error_message(body: &[u8]) -> Option<String> {
         .get("message")
         .and_then(Value::as_str)
         .or_else(|| e.as_str())?;
-    Some(m.chars().take(EXCERPT_CHARS * 2).collect())
+    let kind = e
+        .get("type")
+        .and_then(Value::as_str)
+        .or_else(|| e.get("code").and_then(Value::as_str))
+        .filter(|k| !k.is_empty() && !m.starts_with(k));
+    let text = match kind {
+        Some(k) => format!("{k}: {m}"),
+        None => m.to_string(),
+    };
+    Some(text.chars().take(EXCERPT_CHARS * 2).collect())
+}
+
+/// Whether a body is a server-sent event stream rather than one JSON document.
+fn looks_like_event_stream(content_type: Option<&str>, body: &[u8]) -> bool {
+    if content_type.is_some_and(|c| {
+        c.trim()
+            .to_ascii_lowercase()
+            .starts_with("text/event-stream")
+    }) {
+        return true;
+    }
+    let start = body
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .map_or(&body[..0], |i| &body[i..]);
+    start.starts_with(b"data:") || start.starts_with(b"event:")
+}
+
+/// `Retry-After` (RFC 9110 section 10.2.3): delay-seconds or an HTTP-date; OpenAI-compatible servers may send
+/// `retry-after-ms` instead.
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let get = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
+    if let Some(v) = get("retry-after") {
+        if let Ok(secs) = v.parse::<u64>() {
+            return Some(Duration::from_secs(secs));
+        }
+        if let Ok(at) = chrono::DateTime::parse_from_rfc2822(v) {
+            let wait = at.with_timezone(&Utc) - Utc::now();
+            return Some(wait.to_std().unwrap_or(Duration::ZERO));
+        }
+    }
+    get("retry-after-ms")
+        .and_then(|v| v.parse::<f64>().ok())
+        .filter(|ms| ms.is_finite() && *ms >= 0.0)
+        .map(|ms| Duration::from_millis(ms as u64))
 }
 
 /// Anthropic Messages API, `POST /v1/messages` (<https://docs.anthropic.com/en/api/messages>).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct AnthropicProvider;
+///
+/// Prompt caching (<https://docs.anthropic.com/en/docs/build-with-claude/prompt-caching>): with `prompt_caching`,
+/// four `cache_control: {"type": "ephemeral"}` breakpoints (the API's maximum) mark the end of the system prompt,
+/// of the tools, of the conversation as the previous request sent it (its last user message: read from the cache
+/// this time) and of this request's last message (written for the next one). A job resends its conversation every
+/// turn, so all but the newest turn is billed at the cache-read rate.
+#[derive(Debug, Clone, Copy)]
+pub struct AnthropicProvider {
+    /// Send cache breakpoints.
+    pub prompt_caching: bool,
+}
+
+impl Default for AnthropicProvider {
+    fn default() -> Self {
+        AnthropicProvider {
+            prompt_caching: true,
+        }
+    }
+}
+
+fn ephemeral() -> Value {
+    json!({"type": "ephemeral"})
+}
+
+/// Puts a cache breakpoint on the last block of a message that may carry one (not thinking or other opaque
+/// blocks); `false` if there is none.
+fn mark_last_block(message: &mut Value) -> bool {
+    let Some(blocks) = message.get_mut("content").and_then(Value::as_array_mut) else {
+        return false;
+    };
+    for b in blocks.iter_mut().rev() {
+        if matches!(
+            b.get("type").and_then(Value::as_str),
+            Some("text" | "tool_use" | "tool_result")
+        ) {
+            if let Some(o) = b.as_object_mut() {
+                o.insert("cache_control".into(), ephemeral());
+                return true;
+            }
+        }
+    }
+    false
+}
 
 /// The `anthropic-version` header value this encoding follows.
 pub const ANTHROPIC_VERSION: &str = "2023-06-01";
@@ -392,6 +519,7 @@ impl Provider for AnthropicProvider {
                     Block::ToolUse { id, name, input } => {
                         Some(json!({"type": "tool_use", "id": id, "name": name, "input": input}))
                     }
+                    Block::Opaque(v) => Some(v.clone()),
                     Block::ToolResult {
                         id,
                         content,
@@ -414,21 +542,46 @@ impl Provider for AnthropicProvider {
             };
             messages.push(json!({"role": role, "content": blocks}));
         }
+        if self.prompt_caching {
+            // This request's last message, and the last user message before the newest assistant turn: where the
+            // previous request ended, so its cache entry is read back exactly.
+            if let Some(last) = messages.last_mut() {
+                mark_last_block(last);
+            }
+            let n = messages.len();
+            if let Some(prev) = (0..n.saturating_sub(1))
+                .rev()
+                .find(|&i| messages[i]["role"] == "user" && messages[i + 1]["role"] == "assistant")
+            {
+                mark_last_block(&mut messages[prev]);
+            }
+        }
         let mut body = Map::new();
         body.insert("model".into(), json!(model));
         body.insert("max_tokens".into(), json!(max_tokens));
+        body.insert("stream".into(), json!(false));
         if !req.system.is_empty() {
-            body.insert("system".into(), json!(req.system));
+            let system = if self.prompt_caching {
+                json!([{"type": "text", "text": req.system, "cache_control": ephemeral()}])
+            } else {
+                json!(req.system)
+            };
+            body.insert("system".into(), system);
         }
         body.insert("messages".into(), Value::Array(messages));
         if !req.tools.is_empty() {
-            let tools: Vec<Value> = req
+            let mut tools: Vec<Value> = req
                 .tools
                 .iter()
                 .map(|t| {
                     json!({"name": t.name, "description": t.description, "input_schema": t.input_schema})
                 })
                 .collect();
+            if self.prompt_caching {
+                if let Some(last) = tools.last_mut().and_then(Value::as_object_mut) {
+                    last.insert("cache_control".into(), ephemeral());
+                }
+            }
             body.insert("tools".into(), Value::Array(tools));
         }
         Value::Object(body)
@@ -463,8 +616,8 @@ impl Provider for AnthropicProvider {
                     name: field("name")?,
                     input: b.get("input").cloned().unwrap_or_else(|| json!({})),
                 }),
-                // Thinking and server-tool blocks are not used by drafter: skip rather than fail.
-                Some(other) => tracing::debug!(block_type = other, "skipping model content block"),
+                // Thinking, redacted thinking and server-tool blocks: kept as they came, to go back unchanged.
+                Some(_) => content.push(Block::Opaque(b.clone())),
                 None => return Err(bad(format!("content[{i}] has no string `type`"), body)),
             }
         }
@@ -472,19 +625,37 @@ impl Provider for AnthropicProvider {
             Some(Value::String(s)) => match s.as_str() {
                 "end_turn" => StopReason::EndTurn,
                 "tool_use" => StopReason::ToolUse,
-                "max_tokens" => StopReason::MaxTokens,
+                "max_tokens" | "model_context_window_exceeded" => StopReason::MaxTokens,
+                "pause_turn" => StopReason::PauseTurn,
+                "refusal" => {
+                    let said: Vec<&str> = content
+                        .iter()
+                        .filter_map(|b| match b {
+                            Block::Text(t) => Some(t.as_str()),
+                            _ => None,
+                        })
+                        .collect();
+                    StopReason::Refusal(if said.is_empty() {
+                        "stop_reason \"refusal\"".into()
+                    } else {
+                        format!("stop_reason \"refusal\": {}", said.join(" "))
+                    })
+                }
                 other => StopReason::Other(other.to_string()),
             },
             None | Some(Value::Null) => StopReason::Other("missing".into()),
             Some(_) => return Err(bad("stop_reason is not a string", body)),
         };
-        let usage = obj.get("usage");
+        let usage = obj.get("usage").filter(|u| !u.is_null());
         Ok(ModelResponse {
             content,
             stop,
             usage: Usage {
                 input_tokens: token_count(usage, "input_tokens", body)?,
                 output_tokens: token_count(usage, "output_tokens", body)?,
+                cache_read_tokens: token_count(usage, "cache_read_input_tokens", body)?,
+                cache_write_tokens: token_count(usage, "cache_creation_input_tokens", body)?,
+                estimated: usage.is_none(),
             },
         })
     }
@@ -609,6 +780,7 @@ impl Provider for OpenAiProvider {
         let mut body = Map::new();
         body.insert("model".into(), json!(model));
         body.insert("max_tokens".into(), json!(max_tokens));
+        body.insert("stream".into(), json!(false));
         body.insert("messages".into(), Value::Array(messages));
         if !req.tools.is_empty() {
             let tools: Vec<Value> = req
@@ -702,7 +874,18 @@ impl Provider for OpenAiProvider {
             Some(_) => return Err(bad("choices[0].message.tool_calls is not an array", body)),
         }
         let has_calls = content.iter().any(|b| matches!(b, Block::ToolUse { .. }));
+        // A refusal comes as `message.refusal`, with no content (structured outputs) or next to it.
+        let refusal = match message.get("refusal") {
+            Some(Value::String(r)) if !r.trim().is_empty() => Some(r.trim().to_string()),
+            _ => None,
+        };
         let stop = match choice.get("finish_reason") {
+            _ if refusal.is_some() && !has_calls => {
+                StopReason::Refusal(format!("message.refusal: {}", refusal.unwrap_or_default()))
+            }
+            Some(Value::String(s)) if s == "content_filter" && !has_calls => {
+                StopReason::Refusal("finish_reason \"content_filter\"".into())
+            }
             // Some servers say "stop" even when they return tool calls: the calls are what matters.
             Some(Value::String(s)) => match s.as_str() {
                 "tool_calls" | "function_call" => StopReason::ToolUse,
@@ -715,13 +898,24 @@ impl Provider for OpenAiProvider {
             None | Some(Value::Null) => StopReason::Other("missing".into()),
             Some(_) => return Err(bad("choices[0].finish_reason is not a string", body)),
         };
-        let usage = obj.get("usage");
+        let usage = obj.get("usage").filter(|u| !u.is_null());
+        let prompt = token_count(usage, "prompt_tokens", body)?;
+        // `prompt_tokens` includes the cached ones (https://platform.openai.com/docs/guides/prompt-caching).
+        let cached = token_count(
+            usage.and_then(|u| u.get("prompt_tokens_details")),
+            "cached_tokens",
+            body,
+        )?
+        .min(prompt);
         Ok(ModelResponse {
             content,
             stop,
             usage: Usage {
-                input_tokens: token_count(usage, "prompt_tokens", body)?,
+                input_tokens: prompt - cached,
                 output_tokens: token_count(usage, "completion_tokens", body)?,
+                cache_read_tokens: cached,
+                cache_write_tokens: 0,
+                estimated: usage.is_none(),
             },
         })
     }
@@ -756,6 +950,7 @@ struct Exchange {
     status: u16,
     body: Vec<u8>,
     retry_after: Option<Duration>,
+    content_type: Option<String>,
     /// Set when the exchange itself failed (no response, broken or oversized body).
     failure: Option<ModelError>,
 }
@@ -777,7 +972,7 @@ fn transport_error(e: reqwest::Error) -> ModelError {
 impl ModelClient {
     /// A client for `cfg`, recording into `bundle`.
     pub fn new(cfg: &ModelConfig, bundle: BundleWriter) -> Result<ModelClient, ModelError> {
-        let provider = provider_for(cfg.provider);
+        let provider = provider_for(cfg.provider, cfg.prompt_caching);
         let base = cfg.base_url.trim_end_matches('/');
         let url = format!("{base}{}", provider.path());
         let parsed = url::Url::parse(&url)
@@ -834,6 +1029,19 @@ impl ModelClient {
 
         let result = match exchange.failure {
             Some(e) => Err(e),
+            // Some servers and proxies stream by default; drafter asks for one JSON document (`"stream": false`).
+            None if (200..300).contains(&exchange.status)
+                && looks_like_event_stream(exchange.content_type.as_deref(), &exchange.body) =>
+            {
+                Err(bad(
+                    format!(
+                        "the endpoint answered with a server-sent event stream (content-type {}) although the request \
+                         asked for none (\"stream\": false); turn streaming off on the server or proxy",
+                        exchange.content_type.as_deref().unwrap_or("text/event-stream")
+                    ),
+                    &exchange.body,
+                ))
+            }
             None if (200..300).contains(&exchange.status) => self.provider.decode(&exchange.body),
             None => Err(ModelError::Status {
                 status: exchange.status,
@@ -842,7 +1050,19 @@ impl ModelClient {
             }),
         };
         // Redact before anything (logs included) sees the error text.
-        let result = result.map_err(|e| e.redacted(self.api_key.as_ref()));
+        let mut result = result.map_err(|e| e.redacted(self.api_key.as_ref()));
+        if let Ok(r) = &mut result {
+            if r.usage.estimated {
+                // No usage reported: estimate from the bytes, so token budgets still count the call.
+                r.usage.input_tokens = (body.len() as u64).div_ceil(4);
+                r.usage.output_tokens = (exchange.body.len() as u64).div_ceil(4);
+                tracing::warn!(
+                    input_tokens = r.usage.input_tokens,
+                    output_tokens = r.usage.output_tokens,
+                    "the model endpoint reported no usage; tokens estimated from the bytes exchanged"
+                );
+            }
+        }
         let usage = result.as_ref().map(|r| r.usage).unwrap_or_default();
         let receipt = self.bundle.model_call(ModelCallInput {
             provider: self.provider.kind().as_str(),
@@ -854,7 +1074,10 @@ impl ModelClient {
             usage: ReceiptUsage {
                 input_tokens: usage.input_tokens,
                 output_tokens: usage.output_tokens,
+                cache_read_tokens: usage.cache_read_tokens,
+                cache_write_tokens: usage.cache_write_tokens,
             },
+            usage_estimated: usage.estimated,
             latency_ms,
             started_at,
         })?;
@@ -865,6 +1088,8 @@ impl ModelClient {
                 latency_ms,
                 input_tokens = r.usage.input_tokens,
                 output_tokens = r.usage.output_tokens,
+                cache_read_tokens = r.usage.cache_read_tokens,
+                cache_write_tokens = r.usage.cache_write_tokens,
                 "model call"
             ),
             Err(e) => {
@@ -889,17 +1114,18 @@ impl ModelClient {
                     status: 0,
                     body: Vec::new(),
                     retry_after: None,
+                    content_type: None,
                     failure: Some(transport_error(e)),
                 }
             }
         };
         let status = resp.status().as_u16();
-        let retry_after = resp
+        let retry_after = retry_after(resp.headers());
+        let content_type = resp
             .headers()
-            .get(reqwest::header::RETRY_AFTER)
+            .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+            .map(|v| v.chars().take(100).collect::<String>());
         let mut body = Vec::new();
         let mut failure = None;
         loop {
@@ -924,6 +1150,7 @@ impl ModelClient {
             status,
             body,
             retry_after,
+            content_type,
             failure,
         }
     }
@@ -1002,10 +1229,15 @@ mod tests {
 
     #[test]
     fn anthropic_encode_shape() {
-        let v = AnthropicProvider.encode("m", 100, &conversation());
+        let plain = AnthropicProvider {
+            prompt_caching: false,
+        };
+        let v = plain.encode("m", 100, &conversation());
         assert_eq!(v["model"], "m");
         assert_eq!(v["max_tokens"], 100);
+        assert_eq!(v["stream"], false);
         assert_eq!(v["system"], "be brief");
+        assert!(!v.to_string().contains("cache_control"));
         assert_eq!(v["tools"][0]["input_schema"]["type"], "object");
         let msgs = v["messages"].as_array().unwrap();
         assert_eq!(msgs.len(), 3);
@@ -1024,9 +1256,49 @@ mod tests {
             messages: vec![Message::user_text("")],
             tools: vec![],
         };
-        let v = AnthropicProvider.encode("m", 1, &empty);
+        let v = AnthropicProvider::default().encode("m", 1, &empty);
         assert!(v.get("system").is_none() && v.get("tools").is_none());
         assert_eq!(v["messages"], json!([]));
+    }
+
+    #[test]
+    fn anthropic_cache_breakpoints() {
+        let mut req = conversation();
+        req.messages.push(Message::assistant(vec![
+            Block::Opaque(json!({"type": "thinking", "thinking": "t", "signature": "s"})),
+            Block::ToolUse {
+                id: "call_3".into(),
+                name: "read_file".into(),
+                input: json!({"path": "b.rs"}),
+            },
+        ]));
+        req.messages.push(Message {
+            role: Role::User,
+            content: vec![Block::ToolResult {
+                id: "call_3".into(),
+                content: "b".into(),
+                is_error: false,
+            }],
+        });
+        let v = AnthropicProvider::default().encode("m", 100, &req);
+        let eph = json!({"type": "ephemeral"});
+        assert_eq!(
+            v["system"],
+            json!([{"type": "text", "text": "be brief", "cache_control": eph}])
+        );
+        assert_eq!(v["tools"][0]["cache_control"], eph);
+        let msgs = v["messages"].as_array().unwrap();
+        // The previous request's end (last block of its last message) and this request's end.
+        assert_eq!(msgs[2]["content"][1]["cache_control"], eph);
+        assert!(msgs[2]["content"][0].get("cache_control").is_none());
+        assert_eq!(msgs[4]["content"][0]["cache_control"], eph);
+        // The thinking block goes back untouched.
+        assert_eq!(
+            msgs[3]["content"][0],
+            json!({"type": "thinking", "thinking": "t", "signature": "s"})
+        );
+        // Never more than the API's 4 breakpoints.
+        assert_eq!(v.to_string().matches("cache_control").count(), 4);
     }
 
     #[test]
@@ -1060,13 +1332,14 @@ mod tests {
             {"type":"text","text":"ok"},
             {"type":"tool_use","id":"toolu_1","name":"run","input":{"cmd":"ls"}}],
             "stop_reason":"tool_use","usage":{"input_tokens":12,"output_tokens":3}}"#;
-        let r = AnthropicProvider.decode(body).unwrap();
+        let r = AnthropicProvider::default().decode(body).unwrap();
         assert_eq!(r.stop, StopReason::ToolUse);
         assert_eq!(
             r.usage,
             Usage {
                 input_tokens: 12,
-                output_tokens: 3
+                output_tokens: 3,
+                ..Usage::default()
             }
         );
         assert_eq!(r.text(), "ok");
@@ -1093,7 +1366,7 @@ mod tests {
                 "Overloaded",
             ),
         ] {
-            let e = AnthropicProvider.decode(body).unwrap_err();
+            let e = AnthropicProvider::default().decode(body).unwrap_err();
             assert!(!e.is_retryable());
             assert!(e.to_string().contains(want), "{e} / {want}");
         }
@@ -1114,7 +1387,8 @@ mod tests {
             r.usage,
             Usage {
                 input_tokens: 7,
-                output_tokens: 2
+                output_tokens: 2,
+                ..Usage::default()
             }
         );
         let calls = r.tool_uses();
@@ -1128,7 +1402,13 @@ mod tests {
             .unwrap();
         assert_eq!(r.stop, StopReason::MaxTokens);
         assert_eq!(r.text(), "done");
-        assert_eq!(r.usage, Usage::default());
+        assert_eq!(
+            r.usage,
+            Usage {
+                estimated: true,
+                ..Usage::default()
+            }
+        );
 
         for (body, want) in [
             (&b"not json at all"[..], "not JSON"),
@@ -1159,7 +1439,7 @@ mod tests {
     #[test]
     fn headers_and_retryability() {
         let key = Secret::new("sk-test-123");
-        let h = AnthropicProvider.headers(Some(&key));
+        let h = AnthropicProvider::default().headers(Some(&key));
         assert!(h.contains(&("x-api-key".into(), "sk-test-123".into())));
         assert!(h.contains(&("anthropic-version".into(), "2023-06-01".into())));
         assert_eq!(

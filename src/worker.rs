@@ -1653,6 +1653,7 @@ fn effective_limits(config: &Config, grant: &Grant) -> (AgentLimits, SandboxConf
             .map_or(config.agent.max_turns, |t| config.agent.max_turns.min(t)),
         max_total_tokens: tokens,
         wall_time_secs: min(config.agent.wall_time_secs, l.wall_time_secs),
+        context_budget_tokens: config.agent.context_budget_tokens,
     };
     let mut sandbox = config.sandbox.clone();
     sandbox.memory_mb = min(sandbox.memory_mb, l.memory_mb);

@@ -33,6 +33,7 @@ fn config(kind: ProviderKind, base_url: String, api_key: Option<&str>) -> ModelC
         api_key: api_key.map(Secret::new),
         max_tokens_per_call: 512,
         request_timeout_secs: 10,
+        prompt_caching: false,
     }
 }
 

@@ -30,7 +30,9 @@ fn model_call(w: &mut BundleWriter, i: u8) {
         usage: Usage {
             input_tokens: 10,
             output_tokens: 2,
+            ..Usage::default()
         },
+        usage_estimated: false,
         latency_ms: 5,
         started_at: Utc::now(),
     })

@@ -171,6 +171,14 @@ pub fn parse(text: &str, path: &Path) -> Result<Policy, PolicyError> {
         for (what, v) in [
             ("input_usd_per_mtok", price.input_usd_per_mtok),
             ("output_usd_per_mtok", price.output_usd_per_mtok),
+            (
+                "cache_read_usd_per_mtok",
+                price.cache_read_usd_per_mtok.unwrap_or(0.0),
+            ),
+            (
+                "cache_write_usd_per_mtok",
+                price.cache_write_usd_per_mtok.unwrap_or(0.0),
+            ),
         ] {
             if !v.is_finite() || v < 0.0 {
                 return Err(cx.invalid(

@@ -355,3 +355,36 @@ fn named_fields_come_from_labels_or_description_lines() {
         None
     );
 }
+
+#[test]
+fn cache_prices_are_optional_and_default_to_anthropics_multipliers() {
+    let p = parse(
+        &format!(
+            "version = 1\n{TEAM}\n[prices.a]\ninput_usd_per_mtok = 3.0\noutput_usd_per_mtok = 15.0\n\
+             [prices.b]\ninput_usd_per_mtok = 2.0\noutput_usd_per_mtok = 8.0\ncache_read_usd_per_mtok = 0.5\n\
+             cache_write_usd_per_mtok = 2.0\n"
+        ),
+        Path::new("p.toml"),
+    )
+    .unwrap();
+    let mtok = |input, read, write| crate::proof::bundle::Usage {
+        input_tokens: input,
+        output_tokens: 0,
+        cache_read_tokens: read,
+        cache_write_tokens: write,
+    };
+    // Defaults: reads at 0.1x and writes at 1.25x the input price.
+    assert_eq!(
+        p.prices["a"].cost_micros_of(&mtok(1_000_000, 1_000_000, 1_000_000)),
+        3_000_000 + 300_000 + 3_750_000
+    );
+    // Given prices win.
+    assert_eq!(
+        p.prices["b"].cost_micros_of(&mtok(0, 1_000_000, 1_000_000)),
+        500_000 + 2_000_000
+    );
+    let e = err(&format!(
+        "version = 1\n{TEAM}\n[prices.a]\ninput_usd_per_mtok = 3.0\noutput_usd_per_mtok = 15.0\ncache_read_usd_per_mtok = -1.0\n"
+    ));
+    assert!(e.contains("prices.a.cache_read_usd_per_mtok"), "{e}");
+}

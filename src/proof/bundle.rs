@@ -175,14 +175,38 @@ pub struct Chain {
     pub signer: String,
 }
 
-/// Token counts.
+/// Token counts. The cache fields are left out when 0, so bundles written before prompt caching read and
+/// re-encode unchanged.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Usage {
-    /// Input (prompt) tokens the provider reported.
+    /// Input (prompt) tokens the provider reported, not counting the cache fields below.
     pub input_tokens: u64,
     /// Output tokens the provider reported.
     pub output_tokens: u64,
+    /// Prompt tokens read from the provider's prompt cache.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cache_read_tokens: u64,
+    /// Prompt tokens written to the provider's prompt cache.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cache_write_tokens: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+impl Usage {
+    fn add(&mut self, o: &Usage) {
+        self.input_tokens += o.input_tokens;
+        self.output_tokens += o.output_tokens;
+        self.cache_read_tokens += o.cache_read_tokens;
+        self.cache_write_tokens += o.cache_write_tokens;
+    }
 }
 
 /// The predicate of a [`MODEL_CALL`] statement.
@@ -203,6 +227,9 @@ pub struct ModelCall {
     pub http_status: u16,
     /// Tokens reported.
     pub usage: Usage,
+    /// The provider reported no usage: `usage` is estimated from the bytes exchanged (absent when false).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub usage_estimated: bool,
     /// Cost in millionths of a US dollar, when the policy has a price for the model.
     pub cost_micros: Option<u64>,
     /// Wall time of the exchange.
@@ -423,6 +450,8 @@ pub struct ModelCallInput<'a> {
     pub response: &'a [u8],
     /// Reported usage.
     pub usage: Usage,
+    /// Whether `usage` is an estimate (the provider reported none).
+    pub usage_estimated: bool,
     /// Wall time.
     pub latency_ms: u64,
     /// When it started.
@@ -504,6 +533,8 @@ pub struct Totals {
     pub usage: Usage,
     /// Cost of the priced calls.
     pub cost_micros: u64,
+    /// Model calls whose usage was estimated (the provider reported none).
+    pub estimated_calls: u64,
 }
 
 impl Totals {
@@ -518,8 +549,8 @@ impl Totals {
 
     fn add_model_call(&mut self, m: &ModelCall) {
         self.model_calls += 1;
-        self.usage.input_tokens += m.usage.input_tokens;
-        self.usage.output_tokens += m.usage.output_tokens;
+        self.usage.add(&m.usage);
+        self.estimated_calls += u64::from(m.usage_estimated);
         self.cost_micros += m.cost_micros.unwrap_or(0);
     }
 }
@@ -659,9 +690,8 @@ impl BundleWriter {
             endpoint: call.endpoint.to_string(),
             http_status: call.http_status,
             usage: call.usage,
-            cost_micros: self
-                .price
-                .map(|p| p.cost_micros(call.usage.input_tokens, call.usage.output_tokens)),
+            usage_estimated: call.usage_estimated,
+            cost_micros: self.price.map(|p| p.cost_micros_of(&call.usage)),
             latency_ms: call.latency_ms,
             started_at: time(call.started_at),
         };

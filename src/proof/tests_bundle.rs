@@ -33,7 +33,9 @@ fn model(w: &mut BundleWriter, i: u8) {
         usage: Usage {
             input_tokens: 100,
             output_tokens: 20,
+            ..Usage::default()
         },
+        usage_estimated: false,
         latency_ms: 5,
         started_at: Utc::now(),
     })

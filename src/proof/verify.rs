@@ -463,6 +463,16 @@ fn check(path: &Path, bytes: &[u8], pins: &Pins) -> Result<Summary, VerifyError>
                     run.usage.output_tokens,
                     t.usage.output_tokens,
                 ),
+                (
+                    "cache read tokens",
+                    run.usage.cache_read_tokens,
+                    t.usage.cache_read_tokens,
+                ),
+                (
+                    "cache write tokens",
+                    run.usage.cache_write_tokens,
+                    t.usage.cache_write_tokens,
+                ),
                 ("cost_micros", run.cost_micros, t.cost_micros),
             ];
             for (what, said, counted) in checks {
@@ -759,11 +769,32 @@ pub fn render(s: &Summary, policy_file: Option<&Path>, repo: Option<(&Path, Stri
         "  calls:         {} model calls, {} tool calls, {} attempt(s)",
         s.totals.model_calls, s.totals.tool_calls, run_count
     );
+    let u = &s.totals.usage;
     let _ = writeln!(
         o,
-        "  tokens:        {} in, {} out",
-        s.totals.usage.input_tokens, s.totals.usage.output_tokens
+        "  tokens:        {} in, {} out{}",
+        u.input_tokens,
+        u.output_tokens,
+        if s.totals.estimated_calls > 0 {
+            format!(
+                " ({} call(s) without reported usage, estimated from bytes)",
+                s.totals.estimated_calls
+            )
+        } else {
+            String::new()
+        }
     );
+    if u.cache_read_tokens + u.cache_write_tokens > 0 {
+        let prompt = u.input_tokens + u.cache_read_tokens + u.cache_write_tokens;
+        let _ = writeln!(
+            o,
+            "  prompt cache:  {} read, {} written ({:.0}% of {} prompt tokens read from the cache)",
+            u.cache_read_tokens,
+            u.cache_write_tokens,
+            u.cache_read_tokens as f64 * 100.0 / prompt.max(1) as f64,
+            prompt
+        );
+    }
     let _ = writeln!(
         o,
         "  cost:          {}",

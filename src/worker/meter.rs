@@ -299,13 +299,21 @@ impl CallGate for Meter {
     }
 
     async fn after_call(&self, usage: &Usage) {
+        // Cache reads and writes are priced at the cache prices; token caps count every prompt token.
         let cost = self
             .price
-            .map(|p| p.cost_micros(usage.input_tokens, usage.output_tokens))
+            .map(|p| {
+                p.cost_micros_of(&crate::proof::bundle::Usage {
+                    input_tokens: usage.input_tokens,
+                    output_tokens: usage.output_tokens,
+                    cache_read_tokens: usage.cache_read_tokens,
+                    cache_write_tokens: usage.cache_write_tokens,
+                })
+            })
             .unwrap_or(0);
         {
             let mut job = self.job.lock().unwrap_or_else(|p| p.into_inner());
-            job.tokens += usage.input_tokens + usage.output_tokens;
+            job.tokens += usage.total();
             job.cost_micros += cost;
             job.calls += 1;
         }
@@ -314,7 +322,7 @@ impl CallGate for Meter {
                 job_id: self.job_id.clone(),
                 team: self.team.clone(),
                 model: self.model.clone(),
-                input_tokens: usage.input_tokens,
+                input_tokens: usage.prompt_tokens(),
                 output_tokens: usage.output_tokens,
                 cost_micros: cost,
                 at: Utc::now(),
@@ -353,15 +361,13 @@ mod tests {
         }
     }
 
-    const PRICE: Price = Price {
-        input_usd_per_mtok: 3.0,
-        output_usd_per_mtok: 15.0,
-    };
+    const PRICE: Price = Price::new(3.0, 15.0);
 
     fn usage(i: u64, o: u64) -> Usage {
         Usage {
             input_tokens: i,
             output_tokens: o,
+            ..Usage::default()
         }
     }
 

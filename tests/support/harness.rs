@@ -53,6 +53,10 @@ pub struct Options {
     pub per_conversation: bool,
     /// A policy file's text: written to `policy.toml` and named in `[policy]`, replacing the `[projects]` tables.
     pub policy: Option<String>,
+    /// Lines added to the `[model]` table.
+    pub model_toml: String,
+    /// Lines added to the `[agent]` table.
+    pub agent_toml: String,
 }
 
 impl Default for Options {
@@ -68,6 +72,8 @@ impl Default for Options {
             sandbox_toml: String::new(),
             per_conversation: false,
             policy: None,
+            model_toml: String::new(),
+            agent_toml: String::new(),
         }
     }
 }
@@ -203,11 +209,13 @@ base_url = "{model}"
 model = "scripted-model"
 api_key_env = "DRAFTER_TEST_MODEL_KEY"
 request_timeout_secs = 30
+{model_extra}
 
 [agent]
 max_turns = {max_turns}
 max_total_tokens = {max_tokens}
 wall_time_secs = {wall}
+{agent_extra}
 
 [sandbox]
 image = "{image}"
@@ -239,6 +247,8 @@ email = "drafter-bot@example.com"
             timeout = opts.command_timeout_secs,
             extra = opts.extra_toml,
             sandbox_extra = opts.sandbox_toml,
+            model_extra = opts.model_toml,
+            agent_extra = opts.agent_toml,
             projects = match &opts.policy {
                 None => format!(
                     "[projects.DEMO]\nrepos = [{{ name = \"{DEMO_REPO}\", base = \"main\", test_command = \"python3 -m unittest -v\" }}]\n\n\

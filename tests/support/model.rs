@@ -40,6 +40,9 @@ pub enum Step {
     RawArguments(String, String),
     /// Reply with this status and this body verbatim (for hostile-response tests).
     Body(u16, String),
+    /// Reply with this status, these headers (e.g. `content-type`, `retry-after`) and this body verbatim: the
+    /// provider-shaped answers of the conformance tests.
+    Raw(u16, Vec<(&'static str, String)>, String),
 }
 
 pub use super::RecordedRequest;
@@ -53,6 +56,8 @@ struct Inner {
     replies: u64,
     per_conversation: bool,
     delay: std::time::Duration,
+    /// `Some` when simulating Anthropic prompt caching (see [`ModelStandIn::simulate_cache`]): the prefixes cached.
+    cache: Option<std::collections::HashSet<String>>,
 }
 
 type Shared = Arc<Mutex<Inner>>;
@@ -150,6 +155,17 @@ impl ModelStandIn {
     /// not consume a step. `None` accepts any request.
     pub fn set_expected_key(&self, key: Option<&str>) {
         lock(&self.inner).expected_key = key.map(str::to_string);
+    }
+
+    /// Simulates Anthropic prompt caching as documented
+    /// (<https://docs.anthropic.com/en/docs/build-with-claude/prompt-caching>): the prompt is the sequence tools,
+    /// system, messages; every block carrying `cache_control` ends a prefix that is written to the cache; a request
+    /// reads the longest of its marked prefixes already cached. Usage then reports `cache_read_input_tokens`,
+    /// `cache_creation_input_tokens` and the rest as `input_tokens`, counting a token per 4 bytes of the blocks'
+    /// JSON. Only exact hits at breakpoints count (the API also looks back up to 20 blocks), so this errs against
+    /// caching.
+    pub fn simulate_cache(&self) {
+        lock(&self.inner).cache = Some(Default::default());
     }
 
     /// Appends steps to the script.
@@ -270,6 +286,16 @@ fn handle(
             let code = StatusCode::from_u16(code).unwrap_or(StatusCode::OK);
             return (code, [("content-type", "application/json")], raw).into_response();
         }
+        Step::Raw(code, headers, raw) => {
+            let code = StatusCode::from_u16(code).unwrap_or(StatusCode::OK);
+            let mut resp = (code, raw).into_response();
+            for (name, value) in headers {
+                if let Ok(v) = axum::http::HeaderValue::from_str(&value) {
+                    resp.headers_mut().insert(name, v);
+                }
+            }
+            return resp;
+        }
         Step::Text(t) => (Some(t), vec![]),
         Step::Tools(tools) => (
             None,
@@ -287,6 +313,10 @@ fn handle(
         ),
     };
     let tool_stop = !calls.is_empty();
+    let (input_tokens, cache_read, cache_write) = match (&mut inner.cache, family) {
+        (Some(cache), Family::Anthropic) => simulate_cache(cache, &req),
+        _ => (INPUT_TOKENS, 0, 0),
+    };
     let body = match family {
         // https://docs.anthropic.com/en/api/messages (response): content blocks, stop_reason, usage.
         Family::Anthropic => {
@@ -305,7 +335,12 @@ fn handle(
                 "content": content,
                 "stop_reason": if tool_stop { "tool_use" } else { "end_turn" },
                 "stop_sequence": null,
-                "usage": {"input_tokens": INPUT_TOKENS, "output_tokens": OUTPUT_TOKENS},
+                "usage": {
+                    "input_tokens": input_tokens,
+                    "output_tokens": OUTPUT_TOKENS,
+                    "cache_creation_input_tokens": cache_write,
+                    "cache_read_input_tokens": cache_read,
+                },
             })
         }
         // https://platform.openai.com/docs/api-reference/chat/object: choices[0].message with content and
@@ -341,4 +376,56 @@ fn handle(
         }
     };
     (StatusCode::OK, axum::Json(body)).into_response()
+}
+
+/// Tokens of a JSON value, at 4 bytes a token.
+fn tokens(v: &Value) -> u64 {
+    (v.to_string().len() as u64).div_ceil(4)
+}
+
+/// `(input_tokens, cache_read, cache_write)` for one request under the cache model of
+/// [`ModelStandIn::simulate_cache`].
+fn simulate_cache(cache: &mut std::collections::HashSet<String>, req: &Value) -> (u64, u64, u64) {
+    use sha2::Digest as _;
+    // The prompt as one sequence of blocks, each without its cache_control (a marker is not content).
+    let mut blocks: Vec<(Value, bool)> = Vec::new();
+    let mut push = |b: &Value, prefix: Value| {
+        let marked = b.get("cache_control").is_some();
+        let mut b = b.clone();
+        if let Some(o) = b.as_object_mut() {
+            o.remove("cache_control");
+        }
+        blocks.push((json!([prefix, b]), marked));
+    };
+    for t in req["tools"].as_array().into_iter().flatten() {
+        push(t, json!("tool"));
+    }
+    match &req["system"] {
+        Value::String(s) => push(&json!({"type": "text", "text": s}), json!("system")),
+        Value::Array(parts) => parts.iter().for_each(|p| push(p, json!("system"))),
+        _ => {}
+    }
+    for (i, m) in req["messages"].as_array().into_iter().flatten().enumerate() {
+        match &m["content"] {
+            Value::String(s) => push(&json!({"type": "text", "text": s}), json!([i, m["role"]])),
+            Value::Array(parts) => parts.iter().for_each(|p| push(p, json!([i, m["role"]]))),
+            _ => {}
+        }
+    }
+    let total: u64 = blocks.iter().map(|(b, _)| tokens(b)).sum();
+    let mut hasher = sha2::Sha256::new();
+    let (mut so_far, mut read, mut last_mark) = (0u64, 0u64, 0u64);
+    for (b, marked) in &blocks {
+        hasher.update(b.to_string().as_bytes());
+        so_far += tokens(b);
+        if *marked {
+            let key = hex::encode(hasher.clone().finalize());
+            if !cache.insert(key) {
+                read = so_far;
+            }
+            last_mark = so_far;
+        }
+    }
+    let write = last_mark.saturating_sub(read);
+    (total - read - write, read, write)
 }
