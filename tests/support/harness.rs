@@ -53,6 +53,8 @@ pub struct Options {
     pub per_conversation: bool,
     /// A policy file's text: written to `policy.toml` and named in `[policy]`, replacing the `[projects]` tables.
     pub policy: Option<String>,
+    /// Lines added to the `[jira]` table.
+    pub jira_toml: String,
 }
 
 impl Default for Options {
@@ -68,6 +70,7 @@ impl Default for Options {
             sandbox_toml: String::new(),
             per_conversation: false,
             policy: None,
+            jira_toml: String::new(),
         }
     }
 }
@@ -191,6 +194,7 @@ base_url = "{jira}"
 bot_account_id = "{bot}"
 email = "{email}"
 token_env = "DRAFTER_TEST_JIRA_TOKEN"
+{jira_extra}
 
 [github]
 api_url = "{api}"
@@ -239,6 +243,7 @@ email = "drafter-bot@example.com"
             timeout = opts.command_timeout_secs,
             extra = opts.extra_toml,
             sandbox_extra = opts.sandbox_toml,
+            jira_extra = opts.jira_toml,
             projects = match &opts.policy {
                 None => format!(
                     "[projects.DEMO]\nrepos = [{{ name = \"{DEMO_REPO}\", base = \"main\", test_command = \"python3 -m unittest -v\" }}]\n\n\
