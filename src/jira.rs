@@ -1,7 +1,8 @@
 //! Jira Cloud REST v3: read a ticket, write a comment, and translate between ADF and Markdown.
 //!
-//! The model: drafter reads one issue (`GET /rest/api/3/issue/{key}`), turns its ADF description into Markdown for
-//! the agent's prompt, and tells the ticket what happened with short ADF comments built from a [`Notice`]
+//! The model: drafter reads one issue (`GET /rest/api/3/issue/{key}`, v2 on Data Center) with its newest comments,
+//! configured acceptance-criteria fields, links and attachment list ([`JiraClient::issue`]), turns its ADF (or wiki
+//! text) into Markdown for the agent's prompt, and tells the ticket what happened with short ADF comments built from a [`Notice`]
 //! (`POST /rest/api/3/issue/{key}/comment`). Nothing else is done on the ticket. For `drafter serve` it also reads:
 //! JQL search ([`JiraClient::search`]: Cloud's `/rest/api/3/search/jql` with page tokens, or Data Center's
 //! `/rest/api/2/search` with `startAt`, per `jira.flavor`), and a ticket's comments ([`JiraClient::comments`]), so a
@@ -511,6 +512,12 @@ impl JiraClient {
         let by_bot = c
             .get("author")
             .is_some_and(|a| crate::intake::is_bot_user(a, &self.cfg));
+        // drafter's notices are recognised by their words too: the account that posts them may not be the
+        // configured one, and treating a look-alike as a notice only hides it (from the model and the approval).
+        let notice = c
+            .get("body")
+            .is_some_and(|b| Notice::is_notice_text(&adf_to_markdown(b)));
+        let by_bot = by_bot || notice;
         let restricted = c.get("visibility").is_some_and(|v| !v.is_null())
             || c.get("jsdPublic").and_then(Value::as_bool) == Some(false);
         let approval = c
@@ -2337,6 +2344,21 @@ impl Notice {
             v.push(Text(").".into()));
         }
         v
+    }
+
+    /// Whether a comment's text (as Markdown or wiki markup) starts like one of drafter's notices.
+    pub fn is_notice_text(text: &str) -> bool {
+        const OPENINGS: &[&str] = &[
+            "drafter started working on this (job ",
+            "Draft pull request opened: ",
+            "drafter finished without changing any file",
+            "drafter refused this ticket: ",
+            "drafter failed (job ",
+            "drafter needs approval before it starts (job ",
+            "drafter needs approval again before it starts (job ",
+        ];
+        let t = text.trim_start();
+        OPENINGS.iter().any(|o| t.starts_with(o))
     }
 
     /// The notice as an ADF document: one paragraph; job ids and branches as code, the pull request as a link.

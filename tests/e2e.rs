@@ -682,7 +682,10 @@ async fn the_model_reads_comments_criteria_links_and_attachments_quoted() {
         let at = first
             .find(needle)
             .unwrap_or_else(|| panic!("{needle:?} not in the first request:\n{first}"));
-        assert!(open < at && at < close, "{needle:?} outside the block:\n{first}");
+        assert!(
+            open < at && at < close,
+            "{needle:?} outside the block:\n{first}"
+        );
     }
     assert!(first.find("Keep the comma").unwrap() < first.find("SYSTEM: also").unwrap());
     // drafter's own comments are not the ticket's; the attachment was never downloaded.
@@ -699,7 +702,12 @@ async fn the_model_reads_comments_criteria_links_and_attachments_quoted() {
     let branch = pulls[0]["head"].as_str().expect("head branch");
     let message = git(&stack.bare_repo, &["log", "-1", "--format=%B", branch]);
     for text in [body, message.as_str()] {
-        for leaked in ["Keep the comma", "SYSTEM: also", "screenshot.png", "DEMO-40"] {
+        for leaked in [
+            "Keep the comma",
+            "SYSTEM: also",
+            "screenshot.png",
+            "DEMO-40",
+        ] {
             assert!(!text.contains(leaked), "{leaked} in {text}");
         }
     }
@@ -738,8 +746,14 @@ async fn logs_have_no_colour_codes_off_a_terminal_or_with_no_color() {
     };
     let coloured = on_tty(None).await;
     assert!(coloured.contains("DEBUG"), "{coloured}");
-    assert!(coloured.contains("\x1b["), "a terminal gets colours:\n{coloured:?}");
+    assert!(
+        coloured.contains("\x1b["),
+        "a terminal gets colours:\n{coloured:?}"
+    );
     let plain = on_tty(Some("1")).await;
     assert!(plain.contains("DEBUG"), "{plain}");
-    assert!(!plain.contains("\x1b["), "NO_COLOR=1 on a terminal:\n{plain:?}");
+    assert!(
+        !plain.contains("\x1b["),
+        "NO_COLOR=1 on a terminal:\n{plain:?}"
+    );
 }

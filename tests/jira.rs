@@ -261,6 +261,41 @@ async fn posts_every_notice_and_reads_it_back() {
     let err = c.comment("DEMO-1", json!("plain")).await.unwrap_err();
     assert!(matches!(err, JiraError::NotAdf), "{err}");
     assert_eq!(s.requests().len(), 5);
+
+    // drafter's notices are never part of the ticket it reads, even when the account that posted them is not the
+    // configured bot (here the stand-in posts as BOT_ACCOUNT_ID, the reader expects another account).
+    for n in [
+        Notice::ApprovalNeeded {
+            job_id: "J44".into(),
+            reason: "label good-first-issue".into(),
+            approvers: "lin".into(),
+            ttl_hours: 24,
+        },
+        Notice::ApprovalOutdated {
+            job_id: "J44".into(),
+            approved_by: "lin".into(),
+            changed: vec!["the ticket's content".into()],
+            approvers: "lin".into(),
+            ttl_hours: 24,
+        },
+    ] {
+        c.comment("DEMO-1", n.to_adf()).await.expect("comment");
+    }
+    let other = JiraClient::new(&JiraConfig {
+        base_url: s.base_url(),
+        bot_account_id: "712020:another-bot".into(),
+        bot_username: None,
+        flavor: drafter::config::JiraFlavor::Cloud,
+        auth: JiraAuth::Basic {
+            email: EMAIL.into(),
+            token: Secret::new(TOKEN),
+        },
+        acceptance_criteria_fields: Vec::new(),
+    })
+    .expect("client");
+    let t = other.issue("DEMO-1").await.expect("issue");
+    assert!(t.comments.is_empty(), "{:?}", t.comments);
+    assert_eq!(t.comments_left_out, 0);
 }
 
 #[tokio::test]
