@@ -218,6 +218,8 @@ pub struct JiraConfig {
     pub flavor: JiraFlavor,
     /// How requests authenticate.
     pub auth: JiraAuth,
+    /// Issue fields holding acceptance criteria (`customfield_10042`), given to the model with the ticket when set.
+    pub acceptance_criteria_fields: Vec<String>,
 }
 
 /// Which Jira.
@@ -526,6 +528,28 @@ fn default_data_dir() -> PathBuf {
     PathBuf::from(".drafter")
 }
 
+/// Most acceptance-criteria fields a configuration may name.
+pub const MAX_CRITERIA_FIELDS: usize = 10;
+
+/// Jira field ids go into the issue request's `fields=` list: only plain ids (`customfield_10042`), a few of them.
+fn check_field_ids(ids: &[String]) -> Result<(), String> {
+    if ids.len() > MAX_CRITERIA_FIELDS {
+        return Err(format!("at most {MAX_CRITERIA_FIELDS} fields"));
+    }
+    for id in ids {
+        let plain = !id.is_empty()
+            && id.len() <= 64
+            && id.starts_with(|c: char| c.is_ascii_alphabetic())
+            && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !plain {
+            return Err(format!(
+                "{id:?} is not a Jira field id (expected e.g. \"customfield_10042\")"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Where a secret lives: exactly one of `*_env` or `*_file`.
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -542,6 +566,8 @@ struct RawJira {
     token_env: Option<Spanned<String>>,
     #[serde(default)]
     token_file: Option<Spanned<PathBuf>>,
+    #[serde(default)]
+    acceptance_criteria_fields: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -799,6 +825,9 @@ impl Config {
         if raw.jira.bot_account_id.trim().is_empty() {
             return Err(ctx.invalid("jira.bot_account_id", None, "must not be empty"));
         }
+        if let Err(message) = check_field_ids(&raw.jira.acceptance_criteria_fields) {
+            return Err(ctx.invalid("jira.acceptance_criteria_fields", None, &message));
+        }
         if raw.agent.max_turns == 0 {
             return Err(ctx.invalid("agent.max_turns", None, "must be at least 1"));
         }
@@ -891,6 +920,7 @@ impl Config {
                 bot_username: raw.jira.bot_username.filter(|u| !u.is_empty()),
                 flavor: raw.jira.flavor,
                 auth,
+                acceptance_criteria_fields: raw.jira.acceptance_criteria_fields,
             },
             github: GithubConfig {
                 api_url: raw.github.api_url.trim_end_matches('/').to_string(),
@@ -1199,6 +1229,35 @@ repos = [{ name = "acme/widgets", test_command = "make test" }]
         ] {
             let e = with(bad).unwrap_err().to_string();
             assert!(e.contains("sandbox.egress_allow_addresses"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn acceptance_criteria_fields_are_plain_field_ids() {
+        let with = |list: &str| {
+            Config::from_toml(
+                &GOOD.replace(
+                    "token_env = \"JIRA_TOKEN\"\n",
+                    &format!("token_env = \"JIRA_TOKEN\"\nacceptance_criteria_fields = {list}\n"),
+                ),
+                Path::new("d.toml"),
+                &env,
+            )
+        };
+        let ok = with(r#"["customfield_10042", "environment"]"#).unwrap();
+        assert_eq!(
+            ok.jira.acceptance_criteria_fields,
+            ["customfield_10042", "environment"]
+        );
+        assert!(Config::from_toml(GOOD, Path::new("d.toml"), &env)
+            .unwrap()
+            .jira
+            .acceptance_criteria_fields
+            .is_empty());
+        // They go into the request's `fields=` list: nothing that could add a parameter or change the path.
+        for bad in [r#"["a&expand=x"]"#, r#"["../x"]"#, r#"[""]"#, r#"["*all"]"#] {
+            let e = with(bad).unwrap_err().to_string();
+            assert!(e.contains("jira.acceptance_criteria_fields"), "{bad}: {e}");
         }
     }
 

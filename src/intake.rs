@@ -984,7 +984,7 @@ fn assigns_bot(item: &Value, jira: &JiraConfig) -> bool {
 }
 
 /// Whether a user object (`assignee`, `author`, `user`) is the bot: Cloud `accountId`; Data Center `key` or `name`.
-fn is_bot_user(user: &Value, jira: &JiraConfig) -> bool {
+pub(crate) fn is_bot_user(user: &Value, jira: &JiraConfig) -> bool {
     let s = |k: &str| {
         user.get(k)
             .and_then(Value::as_str)
@@ -1153,6 +1153,7 @@ mod tests {
                 email: "bot@example.com".into(),
                 token: Secret::new("t"),
             },
+            acceptance_criteria_fields: Vec::new(),
         }
     }
 

@@ -1,7 +1,8 @@
 //! Jira Cloud REST v3: read a ticket, write a comment, and translate between ADF and Markdown.
 //!
-//! The model: drafter reads one issue (`GET /rest/api/3/issue/{key}`), turns its ADF description into Markdown for
-//! the agent's prompt, and tells the ticket what happened with short ADF comments built from a [`Notice`]
+//! The model: drafter reads one issue (`GET /rest/api/3/issue/{key}`, v2 on Data Center) with its newest comments,
+//! configured acceptance-criteria fields, links and attachment list ([`JiraClient::issue`]), turns its ADF (or wiki
+//! text) into Markdown for the agent's prompt, and tells the ticket what happened with short ADF comments built from a [`Notice`]
 //! (`POST /rest/api/3/issue/{key}/comment`). Nothing else is done on the ticket. For `drafter serve` it also reads:
 //! JQL search ([`JiraClient::search`]: Cloud's `/rest/api/3/search/jql` with page tokens, or Data Center's
 //! `/rest/api/2/search` with `startAt`, per `jira.flavor`), and a ticket's comments ([`JiraClient::comments`]), so a
@@ -55,8 +56,22 @@ const MAX_NOTICE_TEXT_CHARS: usize = 1000;
 /// Cap on short notice fields: job ids, repository names, branch names (characters).
 const MAX_NOTICE_FIELD_CHARS: usize = 200;
 const USER_AGENT: &str = concat!("drafter/", env!("CARGO_PKG_VERSION"));
-/// Fields asked for when reading an issue: exactly what [`Ticket`] uses.
-const ISSUE_FIELDS: &str = "summary,description,reporter,labels,project,issuetype";
+/// Fields asked for when reading an issue: exactly what [`Ticket`] uses (plus the configured acceptance-criteria
+/// fields).
+const ISSUE_FIELDS: &str =
+    "summary,description,reporter,labels,project,issuetype,comment,issuelinks,attachment";
+/// Comments given to the model at most: the newest ones.
+pub const MAX_TICKET_COMMENTS: usize = 20;
+/// One comment's Markdown past this (bytes) is cut, and the cut is said in the text.
+pub const MAX_COMMENT_BYTES: usize = 4 * 1024;
+/// All comments' Markdown together: older comments past this are left out (and counted).
+pub const MAX_COMMENTS_TOTAL_BYTES: usize = 32 * 1024;
+/// One acceptance-criteria field's Markdown past this (bytes) is cut, and the cut is said in the text.
+pub const MAX_CRITERIA_BYTES: usize = 16 * 1024;
+/// Linked issues and attachments listed at most (each).
+pub const MAX_TICKET_LIST: usize = 50;
+/// Pages of newest comments read when the issue did not carry them all.
+const MAX_TICKET_COMMENT_PAGES: usize = 5;
 /// Page size asked for by [`JiraClient::search`] and [`JiraClient::comments`] (Jira's usual maximum).
 const PAGE_SIZE: usize = 100;
 /// Pages [`JiraClient::comments`] reads before giving up: 100 x 100 comments is far beyond a real ticket, and a
@@ -209,7 +224,7 @@ pub fn project_of(key: &str) -> Option<&str> {
 
 /// A Jira issue as drafter uses it. All text is untrusted ticket content. Serialised (canonically) for the digest
 /// of what the job was given, which the run statement records.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct Ticket {
     /// The issue key as Jira answered it (it differs from the one asked for if the issue was moved).
     pub key: String,
@@ -227,6 +242,62 @@ pub struct Ticket {
     pub issue_type: Option<String>,
     /// `<base>/browse/<KEY>`.
     pub url: String,
+    /// The newest comments people wrote, oldest first (newest last), at most [`MAX_TICKET_COMMENTS`] and
+    /// [`MAX_COMMENTS_TOTAL_BYTES`]. Left out: drafter's own comments (by the bot account), `drafter approve`
+    /// commands, and comments restricted to a group or role (or internal on a service desk).
+    pub comments: Vec<TicketComment>,
+    /// Comments not shown because of the caps: older ones. When the issue has more comments than Jira sent and
+    /// drafter read, the unread ones count too, whoever wrote them.
+    pub comments_left_out: u64,
+    /// The configured acceptance-criteria fields that have a value, in configuration order.
+    pub acceptance_criteria: Vec<FieldText>,
+    /// Linked issues, at most [`MAX_TICKET_LIST`].
+    pub links: Vec<IssueLink>,
+    /// Attachments by name and size, at most [`MAX_TICKET_LIST`]. Never downloaded.
+    pub attachments: Vec<Attachment>,
+}
+
+/// One comment of a [`Ticket`]. Untrusted ticket content.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TicketComment {
+    /// The author's display name (their user name when Jira shows no display name).
+    pub author: String,
+    /// When it was written, as Jira says it (`2025-03-02T10:35:00.000+0000`).
+    pub created: Option<String>,
+    /// The body as Markdown (ADF on Cloud, wiki markup as it is on Data Center), cut at [`MAX_COMMENT_BYTES`].
+    pub body: String,
+}
+
+/// The text of one issue field (acceptance criteria). Untrusted ticket content.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct FieldText {
+    /// The field id, as configured (`customfield_10042`).
+    pub field: String,
+    /// Its value as Markdown (ADF) or text (wiki markup, plain text, a selected option), cut at
+    /// [`MAX_CRITERIA_BYTES`].
+    pub text: String,
+}
+
+/// A link from the ticket to another issue, read from this side. Untrusted ticket content.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct IssueLink {
+    /// How this ticket relates to the other: the link type's outward (`blocks`) or inward (`is blocked by`) text.
+    pub relation: String,
+    /// The other issue's key.
+    pub key: String,
+    /// The other issue's summary, when Jira sent it.
+    pub summary: Option<String>,
+}
+
+/// An attachment of the ticket, listed only. Untrusted ticket content.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Attachment {
+    /// The file name.
+    pub filename: String,
+    /// Its size in bytes, when Jira said.
+    pub size: Option<u64>,
+    /// Its MIME type, when Jira said.
+    pub mime_type: Option<String>,
 }
 
 /// One page of [`JiraClient::search`].
@@ -248,6 +319,9 @@ pub struct JiraClient {
     auth: JiraAuth,
     /// Cloud or Data Center: decides the REST version of [`JiraClient::search`] and [`JiraClient::comments`].
     flavor: JiraFlavor,
+    /// The settings this client was built from: the bot's identity (whose comments are not the ticket's) and the
+    /// acceptance-criteria fields.
+    cfg: Arc<JiraConfig>,
     /// Group memberships already asked for; shared by clones of this client.
     groups: Arc<GroupCache>,
 }
@@ -290,6 +364,7 @@ impl JiraClient {
             base: cfg.base_url.trim().trim_end_matches('/').to_string(),
             auth: cfg.auth.clone(),
             flavor: cfg.flavor,
+            cfg: Arc::new(cfg.clone()),
             groups: Arc::new(GroupCache::new(DEFAULT_GROUP_CACHE_TTL)),
         };
         client.auth_header()?;
@@ -324,14 +399,29 @@ impl JiraClient {
         format!("{}/browse/{}", self.base, key)
     }
 
-    /// Reads an issue: `GET /rest/api/3/issue/{key}?fields=summary,description,reporter,labels,project,issuetype`.
+    /// Reads an issue as a developer would: `GET /rest/api/{3|2}/issue/{key}?fields=summary,description,reporter,
+    /// labels,project,issuetype,comment,issuelinks,attachment[,<acceptance-criteria fields>]` (v2 on Data Center,
+    /// where text is wiki markup). `fields.comment` carries a page of comments; when the issue has more, the newest
+    /// are read from `GET /rest/api/{3|2}/issue/{key}/comment?orderBy=-created`
+    /// (<https://developer.atlassian.com/cloud/jira/platform/rest/v3/api-group-issue-comments/#api-rest-api-3-issue-issueidorkey-comment-get>).
+    /// Attachments are listed from `fields.attachment`; their content is never requested.
+    /// References: <https://developer.atlassian.com/cloud/jira/platform/rest/v3/api-group-issues/#api-rest-api-3-issue-issueidorkey-get>,
+    /// <https://docs.atlassian.com/software/jira/docs/api/REST/9.12.0/#api/2/issue-getIssue>.
     pub async fn issue(&self, key: &str) -> Result<Ticket, JiraError> {
         check_key(key)?;
         let action = format!("reading issue {key}");
-        // The key is validated and the field list is a constant: nothing here needs escaping.
+        let mut fields = ISSUE_FIELDS.to_string();
+        for f in &self.cfg.acceptance_criteria_fields {
+            fields.push(',');
+            fields.push_str(f);
+        }
+        // The key is validated and the field ids are checked by the configuration: nothing here needs escaping.
         let url = format!(
-            "{}/rest/api/3/issue/{}?fields={}",
-            self.base, key, ISSUE_FIELDS
+            "{}/rest/api/{}/issue/{}?fields={}",
+            self.base,
+            self.rest_version(),
+            key,
+            fields
         );
         tracing::debug!(issue = key, "jira: GET issue");
         let req = self.http.get(url);
@@ -341,7 +431,145 @@ impl JiraClient {
             action: action.clone(),
             message: format!("issue is not valid JSON: {e}"),
         })?;
-        self.ticket_from_json(key, &v, &action)
+        let mut ticket = self.ticket_from_json(key, &v, &action)?;
+        let page = &v["fields"]["comment"];
+        let embedded = page
+            .get("comments")
+            .and_then(Value::as_array)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let total = page
+            .get("total")
+            .and_then(Value::as_u64)
+            .unwrap_or(embedded.len() as u64);
+        let (comments, left_out) = if total > embedded.len() as u64 {
+            // Jira sent only the oldest page: read the newest ones instead.
+            let newest = self.newest_comments(key).await?;
+            self.pick_comments(newest.iter(), total)
+        } else {
+            self.pick_comments(embedded.iter().rev(), total)
+        };
+        ticket.comments = comments;
+        ticket.comments_left_out = left_out;
+        Ok(ticket)
+    }
+
+    /// 3 on Cloud, 2 on Data Center.
+    fn rest_version(&self) -> u8 {
+        match self.flavor {
+            JiraFlavor::Cloud => 3,
+            JiraFlavor::Datacenter => 2,
+        }
+    }
+
+    /// The newest comments, newest first, until enough for the model were read (or a few pages).
+    async fn newest_comments(&self, key: &str) -> Result<Vec<Value>, JiraError> {
+        let action = format!("reading the newest comments of issue {key}");
+        let mut all: Vec<Value> = Vec::new();
+        let mut start: u64 = 0;
+        for _ in 0..MAX_TICKET_COMMENT_PAGES {
+            // The key is validated; the numbers are ours.
+            let url = format!(
+                "{}/rest/api/{}/issue/{}/comment?orderBy=-created&startAt={}&maxResults={}",
+                self.base,
+                self.rest_version(),
+                key,
+                start,
+                PAGE_SIZE
+            );
+            tracing::debug!(issue = key, start, "jira: GET newest comments");
+            let resp = self.send(self.http.get(url), &action, Some(key)).await?;
+            let body = self.read_success(resp, &action).await?;
+            let v: Value =
+                serde_json::from_slice(&body).map_err(|e| JiraError::InvalidResponse {
+                    action: action.clone(),
+                    message: format!("comment list is not valid JSON: {e}"),
+                })?;
+            let page = v
+                .get("comments")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            let total = v.get("total").and_then(Value::as_u64).unwrap_or(0);
+            let got = page.len() as u64;
+            all.extend(page);
+            start = start.saturating_add(got);
+            let usable = all
+                .iter()
+                .filter(|c| self.comment_is_ticket_text(c))
+                .count();
+            if got == 0 || start >= total || usable >= MAX_TICKET_COMMENTS {
+                break;
+            }
+        }
+        Ok(all)
+    }
+
+    /// Whether a comment belongs in the ticket given to the model: not the bot's own, not a `drafter approve`
+    /// command (addressed to drafter, and posted after the approval request it answers, so it must not change what
+    /// was approved), not restricted to a group or role, not internal on a service desk.
+    fn comment_is_ticket_text(&self, c: &Value) -> bool {
+        let by_bot = c
+            .get("author")
+            .is_some_and(|a| crate::intake::is_bot_user(a, &self.cfg));
+        // drafter's notices are recognised by their words too: the account that posts them may not be the
+        // configured one, and treating a look-alike as a notice only hides it (from the model and the approval).
+        let notice = c
+            .get("body")
+            .is_some_and(|b| Notice::is_notice_text(&adf_to_markdown(b)));
+        let by_bot = by_bot || notice;
+        let restricted = c.get("visibility").is_some_and(|v| !v.is_null())
+            || c.get("jsdPublic").and_then(Value::as_bool) == Some(false);
+        let approval = c
+            .get("body")
+            .is_some_and(|b| crate::intake::approval_in_body(b, &self.cfg));
+        !(by_bot || restricted || approval)
+    }
+
+    /// From comments newest first (`total` of them on the issue, some perhaps not read): the newest that fit the
+    /// caps, oldest first, and how many were left out.
+    fn pick_comments<'a>(
+        &self,
+        newest_first: impl Iterator<Item = &'a Value>,
+        total: u64,
+    ) -> (Vec<TicketComment>, u64) {
+        let (mut shown, mut bytes, mut read, mut dropped) = (Vec::new(), 0usize, 0u64, 0u64);
+        for c in newest_first {
+            read += 1;
+            if !self.comment_is_ticket_text(c) {
+                continue;
+            }
+            if shown.len() >= MAX_TICKET_COMMENTS || bytes >= MAX_COMMENTS_TOTAL_BYTES {
+                dropped += 1;
+                continue;
+            }
+            let body = match c.get("body") {
+                None | Some(Value::Null) => String::new(),
+                Some(b) => cap_text(adf_to_markdown(b), MAX_COMMENT_BYTES, "comment"),
+            };
+            let author = c
+                .get("author")
+                .and_then(|a| {
+                    ["displayName", "name"]
+                        .iter()
+                        .find_map(|k| a.get(*k).and_then(Value::as_str))
+                })
+                .map(|s| clean_text(&cap_chars(s, MAX_NOTICE_FIELD_CHARS)))
+                .filter(|s| !s.trim().is_empty())
+                .unwrap_or_else(|| "(unknown)".to_string());
+            let created = c
+                .get("created")
+                .and_then(Value::as_str)
+                .map(|s| clean_text(&cap_chars(s, 40)));
+            bytes += body.len();
+            shown.push(TicketComment {
+                author,
+                created,
+                body,
+            });
+        }
+        shown.reverse();
+        (shown, dropped + total.saturating_sub(read))
     }
 
     /// The id of the issue `key` names (for checking an unsigned `?issue=KEY` against a payload that names the issue
@@ -892,6 +1120,67 @@ impl JiraClient {
             .and_then(Value::as_str)
             .map(|s| clean_text(&cap_chars(s, MAX_NOTICE_FIELD_CHARS)))
             .filter(|s| !s.is_empty());
+        let acceptance_criteria = self
+            .cfg
+            .acceptance_criteria_fields
+            .iter()
+            .filter_map(|f| {
+                let text = cap_text(field_text(fields.get(f)?), MAX_CRITERIA_BYTES, "field");
+                (!text.trim().is_empty()).then(|| FieldText {
+                    field: f.clone(),
+                    text,
+                })
+            })
+            .collect();
+        let short = |v: Option<&Value>, max: usize| {
+            v.and_then(Value::as_str)
+                .map(|s| clean_text(&cap_chars(s, max)))
+                .filter(|s| !s.trim().is_empty())
+        };
+        let links = fields
+            .get("issuelinks")
+            .and_then(Value::as_array)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|l| {
+                // The other issue is the link's outward one (this ticket `blocks` it) or its inward one.
+                let (other, side) = match (l.get("outwardIssue"), l.get("inwardIssue")) {
+                    (Some(o), _) if o.is_object() => (o, "outward"),
+                    (_, Some(i)) if i.is_object() => (i, "inward"),
+                    _ => return None,
+                };
+                let key = other
+                    .get("key")
+                    .and_then(Value::as_str)
+                    .filter(|k| valid_issue_key(k))?;
+                let ty = l.get("type");
+                let relation = short(ty.and_then(|t| t.get(side)), 100)
+                    .or_else(|| short(ty.and_then(|t| t.get("name")), 100))
+                    .unwrap_or_else(|| "relates to".to_string());
+                Some(IssueLink {
+                    relation,
+                    key: key.to_string(),
+                    summary: short(other.get("fields").and_then(|f| f.get("summary")), 200),
+                })
+            })
+            .take(MAX_TICKET_LIST)
+            .collect();
+        let attachments = fields
+            .get("attachment")
+            .and_then(Value::as_array)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|a| {
+                Some(Attachment {
+                    filename: short(a.get("filename"), MAX_NOTICE_FIELD_CHARS)?,
+                    size: a.get("size").and_then(Value::as_u64),
+                    mime_type: short(a.get("mimeType"), 100),
+                })
+            })
+            .take(MAX_TICKET_LIST)
+            .collect();
         Ok(Ticket {
             url: self.browse_url(&key),
             key,
@@ -901,6 +1190,11 @@ impl JiraClient {
             reporter,
             labels,
             issue_type,
+            comments: Vec::new(),
+            comments_left_out: 0,
+            acceptance_criteria,
+            links,
+            attachments,
         })
     }
 }
@@ -1219,6 +1513,44 @@ fn cap_markdown(md: String) -> String {
         md.len(),
         cut
     )
+}
+
+/// Cuts `text` at `max` bytes (on a character boundary) and says so, naming `what` was cut.
+fn cap_text(text: String, max: usize, what: &str) -> String {
+    if text.len() <= max {
+        return text;
+    }
+    let mut cut = max;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!(
+        "{}\n\n[{what} cut by drafter: it was {} bytes, only the first {} are shown]",
+        &text[..cut],
+        text.len(),
+        cut
+    )
+}
+
+/// An issue field's value as text: ADF (Cloud rich text) as Markdown, strings (wiki markup, plain text) as they
+/// are, a selected option by its value, a list one item per line.
+fn field_text(v: &Value) -> String {
+    match v {
+        Value::Null => String::new(),
+        Value::String(s) => clean_text(s).trim().to_string(),
+        Value::Bool(_) | Value::Number(_) => v.to_string(),
+        Value::Array(items) => items
+            .iter()
+            .map(field_text)
+            .filter(|t| !t.is_empty())
+            .collect::<Vec<_>>()
+            .join("\n"),
+        Value::Object(o) => match (o.get("type"), o.get("value").or_else(|| o.get("name"))) {
+            (Some(_), _) => adf_to_markdown(v),
+            (None, Some(x)) if !x.is_object() => field_text(x),
+            _ => adf_to_markdown(v),
+        },
+    }
 }
 
 /// Removes control characters except newline and tab (terminal escapes, NULs, carriage returns).
@@ -2014,6 +2346,21 @@ impl Notice {
         v
     }
 
+    /// Whether a comment's text (as Markdown or wiki markup) starts like one of drafter's notices.
+    pub fn is_notice_text(text: &str) -> bool {
+        const OPENINGS: &[&str] = &[
+            "drafter started working on this (job ",
+            "Draft pull request opened: ",
+            "drafter finished without changing any file",
+            "drafter refused this ticket: ",
+            "drafter failed (job ",
+            "drafter needs approval before it starts (job ",
+            "drafter needs approval again before it starts (job ",
+        ];
+        let t = text.trim_start();
+        OPENINGS.iter().any(|o| t.starts_with(o))
+    }
+
     /// The notice as an ADF document: one paragraph; job ids and branches as code, the pull request as a link.
     pub fn to_adf(&self) -> Value {
         let mut content: Vec<Value> = Vec::new();
@@ -2629,6 +2976,7 @@ mod tests {
                 email: "bot@example.com".into(),
                 token: Secret::new("tok-123456"),
             },
+            acceptance_criteria_fields: Vec::new(),
         })
         .unwrap();
         let b64 = base64::engine::general_purpose::STANDARD.encode("bot@example.com:tok-123456");
@@ -2648,6 +2996,7 @@ mod tests {
                 email: "bot@example.com".into(),
                 token: Secret::new(token),
             },
+            acceptance_criteria_fields: Vec::new(),
         };
         assert!(JiraClient::new(&cfg("https://x.atlassian.net/", "t")).is_ok());
         assert_eq!(

@@ -1940,6 +1940,7 @@ mod tests {
             labels: labels.iter().map(|s| s.to_string()).collect(),
             issue_type: None,
             url: "u".into(),
+            ..Ticket::default()
         }
     }
 

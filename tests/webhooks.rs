@@ -250,6 +250,7 @@ fn cloud_cfg(base_url: &str) -> JiraConfig {
             email: EMAIL.into(),
             token: Secret::new(TOKEN),
         },
+        acceptance_criteria_fields: Vec::new(),
     }
 }
 
@@ -262,6 +263,7 @@ fn dc_cfg(base_url: &str) -> JiraConfig {
         auth: JiraAuth::Bearer {
             token: Secret::new(PAT),
         },
+        acceptance_criteria_fields: Vec::new(),
     }
 }
 

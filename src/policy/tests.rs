@@ -41,6 +41,7 @@ fn ticket(key: &str, ty: &str, labels: &[&str], description: &str) -> Ticket {
         labels: labels.iter().map(|s| s.to_string()).collect(),
         issue_type: Some(ty.into()),
         url: String::new(),
+        ..Ticket::default()
     }
 }
 

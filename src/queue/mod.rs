@@ -285,7 +285,11 @@ impl ApprovalSubject {
     pub fn changes(&self, now: &ApprovalSubject) -> Vec<String> {
         let mut changed = Vec::new();
         if self.ticket_sha256 != now.ticket_sha256 {
-            changed.push("the ticket's content (summary, description or labels)".to_string());
+            changed.push(
+                "the ticket's content (summary, description, labels, comments, acceptance criteria, links \
+                 or attachments)"
+                    .to_string(),
+            );
         }
         if self.repo != now.repo {
             changed.push(format!("the repository ({} -> {})", self.repo, now.repo));

@@ -57,6 +57,8 @@ pub struct Options {
     pub model_toml: String,
     /// Lines added to the `[agent]` table.
     pub agent_toml: String,
+    /// Lines added to the `[jira]` table.
+    pub jira_toml: String,
 }
 
 impl Default for Options {
@@ -74,6 +76,7 @@ impl Default for Options {
             policy: None,
             model_toml: String::new(),
             agent_toml: String::new(),
+            jira_toml: String::new(),
         }
     }
 }
@@ -197,6 +200,7 @@ base_url = "{jira}"
 bot_account_id = "{bot}"
 email = "{email}"
 token_env = "DRAFTER_TEST_JIRA_TOKEN"
+{jira_extra}
 
 [github]
 api_url = "{api}"
@@ -249,6 +253,7 @@ email = "drafter-bot@example.com"
             sandbox_extra = opts.sandbox_toml,
             model_extra = opts.model_toml,
             agent_extra = opts.agent_toml,
+            jira_extra = opts.jira_toml,
             projects = match &opts.policy {
                 None => format!(
                     "[projects.DEMO]\nrepos = [{{ name = \"{DEMO_REPO}\", base = \"main\", test_command = \"python3 -m unittest -v\" }}]\n\n\
