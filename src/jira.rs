@@ -1500,19 +1500,7 @@ fn cap_chars(s: &str, max: usize) -> String {
 
 /// Cuts a description at [`MAX_DESCRIPTION_BYTES`] (on a character boundary) and says so.
 fn cap_markdown(md: String) -> String {
-    if md.len() <= MAX_DESCRIPTION_BYTES {
-        return md;
-    }
-    let mut cut = MAX_DESCRIPTION_BYTES;
-    while !md.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    format!(
-        "{}\n\n[description cut by drafter: it was {} bytes, only the first {} are shown]",
-        &md[..cut],
-        md.len(),
-        cut
-    )
+    cap_text(md, MAX_DESCRIPTION_BYTES, "description")
 }
 
 /// Cuts `text` at `max` bytes (on a character boundary) and says so, naming `what` was cut.

@@ -3,6 +3,8 @@
 
 mod support;
 
+use support::git::{branches, git};
+
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::{Duration, Instant};
@@ -28,31 +30,6 @@ fn job_dir(stack: &Stack) -> PathBuf {
         .collect();
     assert_eq!(dirs.len(), 1, "exactly one job directory: {dirs:?}");
     dirs[0].clone()
-}
-
-fn git(bare: &Path, args: &[&str]) -> String {
-    let out = std::process::Command::new("git")
-        .arg("--git-dir")
-        .arg(bare)
-        .args(args)
-        .output()
-        .expect("git runs");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn branches(bare: &Path) -> Vec<String> {
-    git(
-        bare,
-        &["for-each-ref", "--format=%(refname:short)", "refs/heads/"],
-    )
-    .lines()
-    .map(str::to_string)
-    .collect()
 }
 
 fn assert_no_secret(what: &str, text: &str) {

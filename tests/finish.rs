@@ -4,6 +4,8 @@
 
 mod support;
 
+use support::git::{branches, git};
+
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
@@ -84,31 +86,6 @@ async fn run(stack: &Stack, ticket: &str) -> (Output, String) {
     stack
         .output(Path::new(BIN), &["run", "--ticket", ticket])
         .await
-}
-
-fn git(bare: &Path, args: &[&str]) -> String {
-    let out = std::process::Command::new("git")
-        .arg("--git-dir")
-        .arg(bare)
-        .args(args)
-        .output()
-        .expect("git runs");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn branches(bare: &Path) -> Vec<String> {
-    git(
-        bare,
-        &["for-each-ref", "--format=%(refname:short)", "refs/heads/"],
-    )
-    .lines()
-    .map(str::to_string)
-    .collect()
 }
 
 /// The paths the only drafter branch changes against `main`.

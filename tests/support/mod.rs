@@ -2,6 +2,7 @@
 //! follow the public API shapes. Shared by the integration tests and by `examples/demo.rs`.
 #![allow(dead_code)]
 
+pub mod git;
 pub mod github;
 pub mod harness;
 pub mod jira;

@@ -1,0 +1,30 @@
+//! Reading the stand-in forge's bare repositories, for tests that assert what was pushed.
+
+use std::path::Path;
+
+/// `git --git-dir <bare> <args>`: its stdout, failing the test when git fails.
+pub fn git(bare: &Path, args: &[&str]) -> String {
+    let out = std::process::Command::new("git")
+        .arg("--git-dir")
+        .arg(bare)
+        .args(args)
+        .output()
+        .expect("git runs");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Every branch of the bare repository, short names.
+pub fn branches(bare: &Path) -> Vec<String> {
+    git(
+        bare,
+        &["for-each-ref", "--format=%(refname:short)", "refs/heads/"],
+    )
+    .lines()
+    .map(str::to_string)
+    .collect()
+}
