@@ -153,6 +153,27 @@ async fn waiting_for_approval(concurrency: usize, changelog: u64) -> Waiting {
     }
 }
 
+/// Lin (an approver) approves DEMO-1's waiting job by comment `comment_id`; waits until the job is done (`what`,
+/// for the timeout message) and stops the worker cleanly. Returns the job list.
+async fn approve_and_finish(
+    serve: ServeProcess,
+    client: &reqwest::Client,
+    q: &dyn Queue,
+    comment_id: &str,
+    what: &str,
+) -> Vec<Job> {
+    assert_eq!(
+        serve
+            .webhook(client, &approve_comment("DEMO-1", comment_id, LIN))
+            .await,
+        202
+    );
+    let done = wait_for(q, what, Duration::from_secs(120), all_done(1)).await;
+    let (status, log) = serve.sigterm(Duration::from_secs(60)).await;
+    assert!(status.success(), "{log}");
+    done
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_assignment_by_someone_outside_the_trigger_list_is_refused_on_the_ticket() {
     let _serial = SERIAL.lock().await;
@@ -245,21 +266,7 @@ async fn a_job_needing_approval_waits_for_an_approvers_comment() {
     assert!(stack.model.requests().is_empty());
 
     // The approver: the job runs to a draft PR.
-    assert_eq!(
-        serve
-            .webhook(&client, &approve_comment("DEMO-1", "20003", LIN))
-            .await,
-        202
-    );
-    let done = wait_for(
-        q.as_ref(),
-        "the approved job",
-        Duration::from_secs(120),
-        all_done(1),
-    )
-    .await;
-    let (status, log) = serve.sigterm(Duration::from_secs(60)).await;
-    assert!(status.success(), "{log}");
+    let done = approve_and_finish(serve, &client, q.as_ref(), "20003", "the approved job").await;
     assert_eq!(done.len(), 1, "the approval made no second job: {done:?}");
     assert_eq!(done[0].state, JobState::Succeeded, "{:?}", done[0]);
     let approval = done[0].approval.as_ref().expect("approval recorded");
@@ -699,21 +706,7 @@ async fn a_later_mention_by_someone_outside_the_trigger_list_never_reaches_the_m
     }
     let absorbed = q.get(&job_id).await.expect("get").expect("job");
     assert_eq!(absorbed.triggers.len(), 3, "{absorbed:?}");
-    assert_eq!(
-        serve
-            .webhook(&client, &approve_comment("DEMO-1", "30003", LIN))
-            .await,
-        202
-    );
-    let done = wait_for(
-        q.as_ref(),
-        "the approved job",
-        Duration::from_secs(120),
-        all_done(1),
-    )
-    .await;
-    let (status, log) = serve.sigterm(Duration::from_secs(60)).await;
-    assert!(status.success(), "{log}");
+    let done = approve_and_finish(serve, &client, q.as_ref(), "30003", "the approved job").await;
     assert_eq!(done[0].state, JobState::Succeeded, "{:?}", done[0]);
     let traffic: String = stack
         .model
@@ -825,21 +818,7 @@ async fn an_approved_job_whose_ticket_changed_asks_again_and_runs_nothing() {
     );
 
     // An approver looks at the ticket as it is now and approves: the job runs, recording who approved.
-    assert_eq!(
-        serve
-            .webhook(&client, &approve_comment("DEMO-1", "20010", LIN))
-            .await,
-        202
-    );
-    let done = wait_for(
-        q.as_ref(),
-        "the re-approved job",
-        Duration::from_secs(120),
-        all_done(1),
-    )
-    .await;
-    let (status, log) = serve.sigterm(Duration::from_secs(60)).await;
-    assert!(status.success(), "{log}");
+    let done = approve_and_finish(serve, &client, q.as_ref(), "20010", "the re-approved job").await;
     assert_eq!(done[0].state, JobState::Succeeded, "{:?}", done[0]);
     let approval = done[0].approval.clone().expect("approval");
     assert_eq!(approval.approved_by.as_deref(), Some(LIN));
