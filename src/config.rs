@@ -844,7 +844,7 @@ impl Config {
             return Err(ctx.invalid("sandbox.workspace_max_mb", None, "must be at least 1"));
         }
         for cidr in &raw.sandbox.egress_allow_addresses {
-            if let Err(why) = crate::sandbox::egress::allowance(cidr) {
+            if let Err(why) = crate::sandboxd::egress::allowance(cidr) {
                 return Err(ctx.invalid("sandbox.egress_allow_addresses", None, &why));
             }
         }

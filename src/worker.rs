@@ -32,8 +32,8 @@ use crate::proof::bundle::{Change, NetworkRecord, Outcome, TriggerInfo};
 use crate::proof::{self, BundleWriter, ProofError, Retention, RunInput, RunnerKey};
 use crate::queue::ApprovalSubject;
 use crate::repo::{self, RepoError};
-use crate::sandbox::egress::EgressRules;
 use crate::sandbox::{Container, Sandbox, SandboxError};
+use crate::sandboxd::egress::EgressRules;
 
 pub mod explain;
 pub mod meter;

@@ -908,7 +908,7 @@ async fn the_returning_workspace_is_budgeted_on_the_host() {
 /// bounding-set drop fail) must refuse to run anything rather than carry on with whatever it still has.
 #[test]
 fn the_executor_refuses_to_serve_when_its_lockdown_fails() {
-    use drafter::sandbox::proto::{encode, read_frame, Op, Reply, Request, Response};
+    use drafter::sandboxd::proto::{encode, read_frame, Op, Reply, Request, Response};
     use std::io::Write;
     use std::os::unix::fs::PermissionsExt;
     use std::os::unix::process::CommandExt;

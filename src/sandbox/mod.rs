@@ -7,9 +7,9 @@
 //! never passed through. Every command runs as uid 1000 with no capabilities.
 //!
 //! # Transports
-//! Tool calls go through an [`Executor`]. The default, [`sandboxd::Sandboxd`], talks to `drafter-sandboxd` (the
-//! second binary of this crate, see [`daemon`]) running inside the container as its main process, over the attach
-//! stream ([`proto`] documents the frames). The binary reaches the container through a read-only named volume keyed
+//! Tool calls go through an [`Executor`]. The default, [`executor_client::DaemonClient`], talks to `drafter-sandboxd` (the
+//! second binary of this crate, see [`crate::sandboxd::daemon`]) running inside the container as its main process, over the attach
+//! stream ([`crate::sandboxd::proto`] documents the frames). The binary reaches the container through a read-only named volume keyed
 //! by its SHA-256, filled once per binary ([`Sandbox::executor_volume`]). The fallback, [`docker_exec::DockerExec`]
 //! (`sandbox.transport = "docker-exec"`), runs each call as a `docker exec` into a container that only sleeps.
 //!
@@ -52,22 +52,20 @@ use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
 
 use crate::config::{SandboxConfig, Transport};
+use crate::sandboxd::egress;
 
 mod archive;
-pub mod daemon;
 pub mod docker_exec;
 mod doctor;
-pub mod egress;
+pub mod executor_client;
 mod network;
-pub mod pool;
-pub mod proto;
-pub mod sandboxd;
+pub mod warm;
 
+pub use crate::sandboxd::proto::Limit;
 use archive::{
     clear_except_git, unpack_workspace, write_dir_tar, ChannelReader, ChannelWriter, CHUNK,
 };
 pub use doctor::{doctor, runtimes, Check, CheckStatus};
-pub use proto::Limit;
 
 /// Label set to `"true"` on every container drafter creates.
 pub const LABEL_MANAGED: &str = "drafter.managed";
@@ -144,7 +142,7 @@ const LABEL_EXECUTOR: &str = "drafter.sandboxd.sha256";
 pub const LIST_MAX_ENTRIES: u32 = 2000;
 /// Matches a search shows at most.
 pub const SEARCH_MAX_MATCHES: u32 = 300;
-/// How long after a take the pool starts its replacement (see [`pool::refill`]).
+/// How long after a take the pool starts its replacement (see [`warm::refill`]).
 const REFILL_DELAY: Duration = Duration::from_millis(500);
 /// How long a started container may take for its executor to answer the first ping.
 pub(crate) const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -653,9 +651,9 @@ impl Sandbox {
         // Attach before starting, so the stream is there when the executor first speaks.
         let t = Instant::now();
         let executor = match self.cfg.transport {
-            Transport::Sandboxd => {
-                Some(sandboxd::Sandboxd::attach(&self.docker, &container.id, limits).await?)
-            }
+            Transport::Sandboxd => Some(
+                executor_client::DaemonClient::attach(&self.docker, &container.id, limits).await?,
+            ),
             Transport::DockerExec => None,
         };
         container.timings.attach = t.elapsed();
@@ -687,9 +685,9 @@ impl Sandbox {
         if self.cfg.pool_size == 0 || self.cfg.transport != Transport::Sandboxd {
             return Ok(None);
         }
-        let shape = pool::shape_of(body);
-        let warm = pool::take(&shape);
-        pool::refill(
+        let shape = warm::shape_of(body);
+        let warm = warm::take(&shape);
+        warm::refill(
             &self.docker,
             &shape,
             body,
@@ -719,7 +717,7 @@ impl Sandbox {
             tracing::warn!(error = %e, "a pooled container stopped answering; starting a fresh one");
             return Ok(None);
         }
-        pool::claim(&self.docker, &container.id, name).await?;
+        warm::claim(&self.docker, &container.id, name).await?;
         container.timings.ready = t.elapsed();
         Ok(Some(container))
     }
@@ -730,7 +728,7 @@ impl Sandbox {
         let Some((shape, body)) = self.pool_shape().await? else {
             return Ok(());
         };
-        pool::refill(
+        warm::refill(
             &self.docker,
             &shape,
             &body,
@@ -745,7 +743,7 @@ impl Sandbox {
     pub async fn wait_pool_full(&self, within: Duration) {
         if let Ok(Some((shape, _))) = self.pool_shape().await {
             if self.prewarm().await.is_ok() {
-                pool::wait_full(&shape, self.cfg.pool_size, within).await;
+                warm::wait_full(&shape, self.cfg.pool_size, within).await;
             }
         }
     }
@@ -757,12 +755,12 @@ impl Sandbox {
         }
         let volume = self.executor_volume().await?.to_string();
         let body = self.container_body("pool", "", Some(&volume));
-        Ok(Some((pool::shape_of(&body), body)))
+        Ok(Some((warm::shape_of(&body), body)))
     }
 
     /// Removes this process's pooled containers (every shape). Returns how many.
     pub async fn drain_pool(&self) -> usize {
-        pool::drain(&self.docker).await
+        warm::drain(&self.docker).await
     }
 
     /// The named volume holding this worker's `drafter-sandboxd`, read-only in every job container: created and
