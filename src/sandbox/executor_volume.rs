@@ -29,6 +29,17 @@ impl Sandbox {
                         return Ok(name);
                     }
                 }
+                // Sandboxes of this process fill one at a time; the one that waited finds the volume filled.
+                let _filling = FILL_LOCK.lock().await;
+                let known = EXECUTOR_VOLUME
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .as_ref()
+                    .filter(|(s, _)| *s == stamp)
+                    .map(|(_, name)| name.clone());
+                if let Some(name) = known {
+                    return Ok(name);
+                }
                 let binary = tokio::fs::read(&path)
                     .await
                     .map_err(io_err(format!("reading {}", path.display())))?;
@@ -139,7 +150,11 @@ pub(super) async fn fill_executor_volume(
             }
         })?;
     let result = async {
-        for attempt in 0..2 {
+        // Another runner on this engine may be writing the same bytes into the same volume right now, and a write
+        // replaces the file in place: a read-back can see its half-written copy. So a mismatch right after a write
+        // is first re-read after a pause (the other write ends), and written again only if it persists.
+        let mut wrote_last = false;
+        for attempt in 0..FILL_ATTEMPTS {
             let held = read_container_file(
                 docker,
                 &created.id,
@@ -154,8 +169,16 @@ pub(super) async fn fill_executor_volume(
             {
                 return Ok(());
             }
-            if attempt == 1 {
+            if attempt + 1 == FILL_ATTEMPTS {
                 break;
+            }
+            if wrote_last {
+                wrote_last = false;
+                let mut jitter = [0u8; 1];
+                let _ = getrandom::fill(&mut jitter);
+                let pause = 100 * (attempt as u64 + 1) + u64::from(jitter[0]);
+                tokio::time::sleep(Duration::from_millis(pause)).await;
+                continue;
             }
             let mut tar = tar::Builder::new(Vec::new());
             let mut header = tar::Header::new_gnu();
@@ -174,6 +197,7 @@ pub(super) async fn fill_executor_volume(
                 .upload_to_container(&created.id, Some(opts), bollard::body_full(archive.into()))
                 .await
                 .map_err(docker_err("upload executor"))?;
+            wrote_last = true;
         }
         Err(SandboxError::Exec(format!(
             "volume {name} does not hold the executor binary after writing it"
@@ -221,3 +245,10 @@ pub(super) async fn read_container_file(
 pub(super) type ExecutorStamp = (PathBuf, u64, Option<std::time::SystemTime>);
 pub(super) static EXECUTOR_VOLUME: std::sync::Mutex<Option<(ExecutorStamp, String)>> =
     std::sync::Mutex::new(None);
+
+/// Held while this process fills an executor volume.
+static FILL_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Reads of the executor volume before a fill gives up: writes alternate with pauses, so several runners filling
+/// the same volume at once settle (see [`fill_executor_volume`]).
+const FILL_ATTEMPTS: usize = 7;
