@@ -36,7 +36,7 @@ use crate::model::{
     Block, Message, ModelClient, ModelError, ModelRequest, ModelResponse, Role, StopReason,
     ToolSpec, Usage,
 };
-use crate::policy::diff::{self, Violation, WriteRules};
+use crate::policy::write::{self, Violation, WriteRules};
 use crate::proof::{ProofError, ToolCallInput};
 use crate::sandbox::{Container, Limit, SandboxError};
 
@@ -655,7 +655,7 @@ fn permit(p: &Permissions<'_>, ticket: &str, name: &str, input: &Value) -> Resul
     }
     if matches!(name, "write_file" | "edit_file") {
         if let Some(path) = input.get("path").and_then(Value::as_str) {
-            if let Err(v) = diff::check_path(p.write, path) {
+            if let Err(v) = write::check_path(p.write, path) {
                 crate::policy::log_decision(
                     p.policy_hash,
                     ticket,

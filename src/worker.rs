@@ -27,7 +27,7 @@ use crate::config::{AgentLimits, Config, JiraAuth, RepoConfig, SandboxConfig};
 use crate::forge::{ForgeError, GitHub, PullRequest};
 use crate::jira::{self, JiraClient, JiraError, Notice, Ticket};
 use crate::model::{ModelClient, ModelError};
-use crate::policy::{self, diff, Approval, Decision, Grant, Network, Policy, Request, Who};
+use crate::policy::{self, write, Approval, Decision, Grant, Network, Policy, Request, Who};
 use crate::proof::bundle::{Change, NetworkRecord, Outcome, TriggerInfo};
 use crate::proof::{self, BundleWriter, ProofError, Retention, RunInput, RunnerKey};
 use crate::queue::ApprovalSubject;
@@ -1026,9 +1026,9 @@ async fn pipeline(
             // The pushed tip is checked like a fresh change, under this attempt's policy: it may have been
             // checked under an older policy, or pushed by someone who forged the job's trailer.
             let base = repo::remote_base(&git_repo, &base2)?;
-            let summary = diff::summarize(&git_repo, base, remote.tip)
+            let summary = repo::diff::summarize(&git_repo, base, remote.tip)
                 .map_err(|e| repo::git_error("diffing the pushed change", e))?;
-            let violations = diff::check(&summary, &write);
+            let violations = write::check(&summary, &write);
             let changed = repo::changed_files(&git_repo, &base2)?;
             let change = change_of(&git_repo, &base2, remote.tip, changed.len())?;
             Ok((remote.message, changed, change, violations))
@@ -1123,9 +1123,9 @@ async fn pipeline(
             };
             // The write rules see exactly what would be pushed: base tree against the new commit.
             let base = repo::remote_base(&r, &base2)?;
-            let summary = diff::summarize(&r, base, head)
+            let summary = repo::diff::summarize(&r, base, head)
                 .map_err(|e| repo::git_error("diffing the change", e))?;
-            let violations = diff::check(&summary, &write);
+            let violations = write::check(&summary, &write);
             if !violations.is_empty() {
                 return Ok(Committed::Refused(violations));
             }
@@ -1152,9 +1152,9 @@ async fn pipeline(
                                         "the branch already holds this job's commit (pushed by another worker)");
                                     // Like any path to a PR, the commit that will be delivered passes the rules.
                                     let base = repo::remote_base(&r, &base3)?;
-                                    let summary = diff::summarize(&r, base, b.tip)
+                                    let summary = repo::diff::summarize(&r, base, b.tip)
                                         .map_err(|e| repo::git_error("diffing the pushed change", e))?;
-                                    if let Some(v) = diff::check(&summary, &write2).first() {
+                                    if let Some(v) = write::check(&summary, &write2).first() {
                                         return Err(RepoError::PushRejected {
                                             branch: branch2.clone(),
                                             message: format!(
@@ -1315,7 +1315,7 @@ enum Committed {
     /// Nothing changed.
     Nothing,
     /// The change broke write rules and was not pushed.
-    Refused(Vec<diff::Violation>),
+    Refused(Vec<write::Violation>),
     /// Committed and checked, ready to push: the repository, the changed paths, the change and the build products
     /// left out (as listed in the PR body).
     Ready(git2::Repository, Vec<String>, Change, Vec<String>),
@@ -1325,7 +1325,7 @@ enum Committed {
 /// the policy's exclusions, unless the agent's write or edit tools wrote them. Counts what it left out per listed
 /// entry (a directory such as `__pycache__/`, or a file).
 struct LeaveOut {
-    exclusions: diff::Exclusions,
+    exclusions: write::Exclusions,
     written: BTreeSet<String>,
     listed: BTreeMap<String, usize>,
 }
@@ -1333,7 +1333,7 @@ struct LeaveOut {
 impl LeaveOut {
     /// A policy whose exclusions do not compile (checked when it is parsed, so only a hand-made grant) is refused.
     fn new(
-        write: &diff::WriteRules,
+        write: &write::WriteRules,
         written: &BTreeSet<String>,
     ) -> Result<LeaveOut, Box<JobError>> {
         let exclusions = write.exclusions().map_err(|e| {
@@ -1390,8 +1390,8 @@ struct WorkspaceCheck<'a> {
     container: &'a Container,
     ws: &'a Path,
     base: String,
-    write: diff::WriteRules,
-    exclusions: diff::Exclusions,
+    write: write::WriteRules,
+    exclusions: write::Exclusions,
 }
 
 #[async_trait::async_trait]
@@ -1411,9 +1411,9 @@ impl FinishCheck for WorkspaceCheck<'_> {
             let r = repo::open(&ws)?;
             let staged = repo::stage_all(&r, &mut |p, t| leave.decide(p, t), false)?;
             let base = repo::remote_base(&r, &base)?;
-            let summary = diff::summarize(&r, base, staged.tree)
+            let summary = repo::diff::summarize(&r, base, staged.tree)
                 .map_err(|e| repo::git_error("diffing the workspace", e))?;
-            Ok((diff::check(&summary, &write), leave.lines()))
+            Ok((write::check(&summary, &write), leave.lines()))
         })
         .await;
         let (violations, left_out) = match checked {
@@ -1492,7 +1492,7 @@ fn refuse_violations(
     spec: &JobSpec,
     ticket: &str,
     progress: &mut Progress,
-    violations: &[diff::Violation],
+    violations: &[write::Violation],
     consequence: &str,
 ) -> JobError {
     for v in violations {
@@ -1970,7 +1970,7 @@ mod tests {
             "sha256:p0",
         );
         assert!(!body.contains("Left out"), "{body}");
-        let mut leave = LeaveOut::new(&diff::WriteRules::default(), &BTreeSet::new()).unwrap();
+        let mut leave = LeaveOut::new(&write::WriteRules::default(), &BTreeSet::new()).unwrap();
         leave.listed.insert("__pycache__/".into(), 2);
         leave.listed.insert("@team`x`.pyc".into(), 1);
         let left = leave.lines();
@@ -2111,7 +2111,7 @@ repos = [{ name = "acme/web" }, { name = "acme/api", base = "develop" }]
         assert_eq!(decide(other).await.unwrap_err().rule, "project");
         // The derived policy still keeps CI definitions out of reach.
         let g = decide(ticket("", &[])).await.unwrap();
-        assert!(diff::check_path(&g.rules.write, ".github/workflows/ci.yml").is_err());
+        assert!(write::check_path(&g.rules.write, ".github/workflows/ci.yml").is_err());
     }
 
     #[test]

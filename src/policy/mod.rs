@@ -13,9 +13,9 @@
 //! A runner without a policy file gets a permissive policy derived from its `[projects]` table ([`Policy::derived`]):
 //! anyone may trigger, every tool, the built-in write rules, no budgets. It has a hash like any other.
 
-pub mod diff;
 mod file;
 pub mod identity;
+pub mod write;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -314,7 +314,7 @@ pub struct Rules {
     /// Limits tightening the runner's.
     pub limits: Limits,
     /// What a change may touch.
-    pub write: diff::WriteRules,
+    pub write: write::WriteRules,
     /// Spending caps.
     pub budget: Budget,
     /// Concurrency caps.
