@@ -555,7 +555,7 @@ async fn run(
                 proof: None,
             };
             if let Ok(jira) = JiraClient::new(&config.jira) {
-                if let Err(e) = jira.comment(ticket, notice.to_adf()).await {
+                if let Err(e) = jira.notify(ticket, &notice).await {
                     tracing::warn!(error = %worker::scrub(&config, &e.to_string()), "could not report the interruption");
                 }
             }
