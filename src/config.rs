@@ -1366,6 +1366,69 @@ repos = [{ name = "acme/widgets", test_command = "make test" }]
     }
 
     #[test]
+    fn data_center_credentials_and_bot_identity() {
+        let jira = |table: &str| {
+            let text = GOOD.replace(
+                "[jira]\nbase_url = \"https://example.atlassian.net/\"\nbot_account_id = \"712020:bot\"\nemail = \"bot@example.com\"\ntoken_env = \"JIRA_TOKEN\"\n",
+                &format!("[jira]\nbase_url = \"https://jira.example.com\"\n{table}"),
+            );
+            assert!(text.contains("jira.example.com"));
+            Config::from_toml(&text, Path::new("d.toml"), &|n: &str| match n {
+                "JIRA_PW" => Some("hunter2-password".into()),
+                other => env(other),
+            })
+        };
+        // A personal access token: Bearer, no email; the user name alone names the bot (its key is learned later).
+        let c = jira("flavor = \"datacenter\"\nbot_username = \"drafter-bot\"\ntoken_env = \"JIRA_TOKEN\"\n")
+            .unwrap();
+        assert_eq!(c.jira.flavor, JiraFlavor::Datacenter);
+        assert!(matches!(c.jira.auth, JiraAuth::Bearer { .. }));
+        assert_eq!(c.jira.bot_username.as_deref(), Some("drafter-bot"));
+        assert_eq!(c.jira.bot_account_id, "drafter-bot");
+        // User name and password: Basic for older sites.
+        let c = jira(
+            "flavor = \"datacenter\"\nbot_username = \"drafter-bot\"\nbot_account_id = \"JIRAUSER10100\"\n\
+             username = \"drafter-bot\"\npassword_env = \"JIRA_PW\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.jira.bot_account_id, "JIRAUSER10100");
+        match &c.jira.auth {
+            JiraAuth::Password { username, password } => {
+                assert_eq!(username, "drafter-bot");
+                assert_eq!(password.expose(), "hunter2-password");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(!format!("{c:?}").contains("hunter2"));
+        // Mistakes are named.
+        for (table, key) in [
+            ("flavor = \"datacenter\"\ntoken_env = \"JIRA_TOKEN\"\n", "jira.bot_username"),
+            ("bot_username = \"x\"\ntoken_env = \"JIRA_TOKEN\"\n", "jira.bot_account_id"),
+            ("flavor = \"datacenter\"\nbot_username = \"x\"\ntoken_env = \"JIRA_TOKEN\"\npassword_env = \"JIRA_PW\"\nusername = \"x\"\n", "jira.password_env"),
+            ("flavor = \"datacenter\"\nbot_username = \"x\"\npassword_env = \"JIRA_PW\"\n", "jira.username"),
+            ("flavor = \"datacenter\"\nbot_username = \"x\"\ntoken_env = \"JIRA_TOKEN\"\nusername = \"x\"\n", "jira.username"),
+            ("flavor = \"datacenter\"\nbot_username = \"x\"\nemail = \"a@b\"\npassword_env = \"JIRA_PW\"\nusername = \"x\"\n", "jira.email"),
+            ("flavor = \"datacenter\"\nbot_username = \"x\"\n", "jira.token_env"),
+        ] {
+            let e = jira(table).unwrap_err().to_string();
+            assert!(e.contains(key), "{table}: {e}");
+        }
+        // The flavor and names can come from the environment too.
+        let c = Config::from_toml(
+            &GOOD.replace("email = \"bot@example.com\"\n", ""),
+            Path::new("d.toml"),
+            &|n: &str| match n {
+                "DRAFTER_JIRA_FLAVOR" => Some("datacenter".into()),
+                "DRAFTER_JIRA_BOT_USERNAME" => Some("drafter-bot".into()),
+                other => env(other),
+            },
+        )
+        .unwrap();
+        assert_eq!(c.jira.flavor, JiraFlavor::Datacenter);
+        assert_eq!(c.jira.bot_username.as_deref(), Some("drafter-bot"));
+    }
+
+    #[test]
     fn debug_never_shows_secrets() {
         let c = Config::from_toml(GOOD, Path::new("d.toml"), &env).unwrap();
         let dbg = format!("{c:?}");

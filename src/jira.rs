@@ -210,6 +210,44 @@ impl JiraError {
     }
 }
 
+/// Completes a Data Center bot identity from what `GET /rest/api/2/myself` says about the credential (`me`): a missing
+/// `bot_username` becomes its name, and a `bot_account_id` that is only the name (the default when just
+/// `bot_username` is configured) becomes its user key, which is what change history and assignment webhooks carry
+/// (`JIRAUSER10100` for users made since Jira 8.4). Returns warnings for a configuration that names someone else;
+/// it is then left as configured. Cloud configurations are not touched.
+pub fn adopt_bot_identity(cfg: &mut JiraConfig, me: &JiraUser) -> Vec<String> {
+    let mut warnings = Vec::new();
+    if cfg.flavor != crate::config::JiraFlavor::Datacenter {
+        return warnings;
+    }
+    let Some(name) = me.name.clone() else {
+        warnings.push("Jira's /myself answer has no user name; keeping the configured bot identity".into());
+        return warnings;
+    };
+    match &cfg.bot_username {
+        None => cfg.bot_username = Some(name.clone()),
+        Some(u) if !u.eq_ignore_ascii_case(&name) => {
+            warnings.push(format!(
+                "jira.bot_username is {u:?}, but the credential belongs to {name:?}: drafter's comments are posted \
+                 as {name:?} and tickets must be assigned to {u:?}"
+            ));
+            return warnings;
+        }
+        Some(_) => {}
+    }
+    if let Some(key) = &me.key {
+        if cfg.bot_account_id.eq_ignore_ascii_case(&name) {
+            cfg.bot_account_id = key.clone();
+        } else if !cfg.bot_account_id.eq_ignore_ascii_case(key) {
+            warnings.push(format!(
+                "jira.bot_account_id is {:?}, but the bot's user key is {key:?}",
+                cfg.bot_account_id
+            ));
+        }
+    }
+    warnings
+}
+
 /// Whether `key` is a Jira issue key: `^[A-Z][A-Z0-9_]+-[1-9][0-9]*$`. Everything else is refused before any URL is
 /// built from it.
 pub fn valid_issue_key(key: &str) -> bool {
@@ -3062,6 +3100,48 @@ mod tests {
         ] {
             check(&n.to_adf());
         }
+    }
+
+    #[test]
+    fn data_center_bot_identity_is_learned_from_myself() {
+        use crate::config::{JiraFlavor, Secret};
+        let dc = |account: &str, username: Option<&str>| JiraConfig {
+            base_url: "https://jira.example.com".into(),
+            bot_account_id: account.into(),
+            bot_username: username.map(str::to_string),
+            flavor: JiraFlavor::Datacenter,
+            auth: JiraAuth::Bearer {
+                token: Secret::new("pat"),
+            },
+            acceptance_criteria_fields: Vec::new(),
+        };
+        let me = JiraUser {
+            name: Some("drafter-bot".into()),
+            key: Some("JIRAUSER10100".into()),
+            ..JiraUser::default()
+        };
+        // Only the name configured (the key defaulted to it): the key is learned.
+        let mut c = dc("drafter-bot", Some("drafter-bot"));
+        assert!(adopt_bot_identity(&mut c, &me).is_empty());
+        assert_eq!(c.bot_account_id, "JIRAUSER10100");
+        // Only the key configured: the name is learned.
+        let mut c = dc("JIRAUSER10100", None);
+        assert!(adopt_bot_identity(&mut c, &me).is_empty());
+        assert_eq!(c.bot_username.as_deref(), Some("drafter-bot"));
+        // A credential of someone else: warned, nothing changed.
+        let mut c = dc("other", Some("other"));
+        let w = adopt_bot_identity(&mut c, &me);
+        assert!(w[0].contains("belongs to \"drafter-bot\""), "{w:?}");
+        assert_eq!(c.bot_account_id, "other");
+        // A configured key that is not the bot's: warned, kept.
+        let mut c = dc("JIRAUSER1", Some("drafter-bot"));
+        assert_eq!(adopt_bot_identity(&mut c, &me).len(), 1);
+        assert_eq!(c.bot_account_id, "JIRAUSER1");
+        // Cloud is left alone.
+        let mut c = dc("712020:x", None);
+        c.flavor = JiraFlavor::Cloud;
+        assert!(adopt_bot_identity(&mut c, &me).is_empty());
+        assert_eq!(c.bot_username, None);
     }
 
     #[test]

@@ -1297,11 +1297,21 @@ fn strip_proof_footer(body: &str) -> &str {
     }
 }
 
-/// Group membership for the policy's trigger and approver rules, from Jira (cached by the client).
+/// Identities and group membership for the policy's trigger and approver rules, from Jira (cached by the client).
 #[async_trait::async_trait]
 impl policy::Directory for JiraClient {
     async fn groups(&self, account: &str) -> Result<Vec<String>, String> {
         self.user_groups(account).await.map_err(|e| e.to_string())
+    }
+
+    async fn identities(&self, account: &str) -> Result<Vec<String>, String> {
+        JiraClient::identities(self, account)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    fn same_identity(&self, listed: &str, account: &str) -> bool {
+        self.dialect().same_user(listed, account)
     }
 }
 
