@@ -47,6 +47,23 @@ pub enum Flavor {
 impl Flavor {
     /// Both flavors, for scenarios run on each.
     pub const BOTH: [Flavor; 2] = [Flavor::Cloud, Flavor::DataCenter];
+
+    /// How this flavor names `p` (account id on Cloud, user name on Data Center): what a trigger records.
+    pub fn id(self, p: Person) -> &'static str {
+        match self {
+            Flavor::Cloud => p.account_id,
+            Flavor::DataCenter => p.name,
+        }
+    }
+
+    /// How a policy may list `p`: the account id on Cloud, the user key on Data Center (so the runner must learn
+    /// the key of whoever a webhook names by user name).
+    pub fn listed(self, p: Person) -> &'static str {
+        match self {
+            Flavor::Cloud => p.account_id,
+            Flavor::DataCenter => p.key,
+        }
+    }
 }
 
 /// A person of the stand-in world, named as each flavor names people.
@@ -349,26 +366,22 @@ email = "drafter-bot@example.com"
         self.dir.path().join("data")
     }
 
-    /// How this flavor names `p` (account id on Cloud, user name on Data Center): what a trigger records.
+    /// How this flavor names `p` (see [`Flavor::id`]).
     pub fn id(&self, p: Person) -> &'static str {
-        match self.flavor {
-            Flavor::Cloud => p.account_id,
-            Flavor::DataCenter => p.name,
-        }
-    }
-
-    /// How a policy may list `p`: the account id on Cloud, the user key on Data Center (so the runner must know the
-    /// key of whoever is named by name in a webhook).
-    pub fn listed(&self, p: Person) -> &'static str {
-        match self.flavor {
-            Flavor::Cloud => p.account_id,
-            Flavor::DataCenter => p.key,
-        }
+        self.flavor.id(p)
     }
 
     /// `p` as a user object of this flavor.
     pub fn user(&self, p: Person) -> Value {
         self.jira.user(self.id(p))
+    }
+
+    /// The bot as the runner is configured to know it, as a user object of this flavor.
+    pub fn bot_user(&self) -> Value {
+        match self.flavor {
+            Flavor::Cloud => serde_json::json!({"accountId": BOT_ACCOUNT, "displayName": "drafter bot"}),
+            Flavor::DataCenter => self.jira.bot_user(),
+        }
     }
 
     /// A one-paragraph description in this flavor's format: ADF on Cloud, wiki markup on Data Center.
@@ -412,10 +425,11 @@ email = "drafter-bot@example.com"
         }
     }
 
-    /// A `comment_created` webhook body: `by` wrote `body` (wiki markup, as both flavors' webhooks carry it) as
-    /// comment `id` on `key`, just now. Cloud names the issue in the payload; Data Center does not (the webhook URL
-    /// carries `?issue=${issue.key}`, see [`ServeProcess::webhook_for`]) and names its id only in `comment.self`.
-    pub fn comment_webhook(&self, key: &str, id: &str, by: Person, body: &str) -> Value {
+    /// A `comment_created` webhook body: `author` (a user object, e.g. [`Stack::user`]) wrote `body` (wiki markup,
+    /// as both flavors' webhooks carry it) as comment `id` on `key`, just now. Cloud names the issue in the payload;
+    /// Data Center does not (the webhook URL carries `?issue=${issue.key}`, see [`ServeProcess::webhook_for`]) and
+    /// names its id only in `comment.self`.
+    pub fn comment_webhook(&self, key: &str, id: &str, author: Value, body: &str) -> Value {
         let api = match self.flavor {
             Flavor::Cloud => "3",
             Flavor::DataCenter => "2",
@@ -426,7 +440,7 @@ email = "drafter-bot@example.com"
             "webhookEvent": "comment_created",
             "comment": {"id": id,
                         "self": format!("{}/rest/api/{api}/issue/{issue_id}/comment/{id}", self.jira.base_url()),
-                        "author": self.user(by), "updateAuthor": self.user(by),
+                        "author": author.clone(), "updateAuthor": author,
                         "body": body,
                         "created": chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.3f+0000").to_string()},
         });
