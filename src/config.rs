@@ -1379,8 +1379,10 @@ repos = [{ name = "acme/widgets", test_command = "make test" }]
             })
         };
         // A personal access token: Bearer, no email; the user name alone names the bot (its key is learned later).
-        let c = jira("flavor = \"datacenter\"\nbot_username = \"drafter-bot\"\ntoken_env = \"JIRA_TOKEN\"\n")
-            .unwrap();
+        let c = jira(
+            "flavor = \"datacenter\"\nbot_username = \"drafter-bot\"\ntoken_env = \"JIRA_TOKEN\"\n",
+        )
+        .unwrap();
         assert_eq!(c.jira.flavor, JiraFlavor::Datacenter);
         assert!(matches!(c.jira.auth, JiraAuth::Bearer { .. }));
         assert_eq!(c.jira.bot_username.as_deref(), Some("drafter-bot"));

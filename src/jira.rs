@@ -221,7 +221,9 @@ pub fn adopt_bot_identity(cfg: &mut JiraConfig, me: &JiraUser) -> Vec<String> {
         return warnings;
     }
     let Some(name) = me.name.clone() else {
-        warnings.push("Jira's /myself answer has no user name; keeping the configured bot identity".into());
+        warnings.push(
+            "Jira's /myself answer has no user name; keeping the configured bot identity".into(),
+        );
         return warnings;
     };
     match &cfg.bot_username {

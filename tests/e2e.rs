@@ -163,12 +163,18 @@ async fn ticket_to_draft_pr(provider: &'static str, flavor: Flavor) {
         assert!(bodies.iter().all(Value::is_string), "{bodies:?}");
         let pr_comment = bodies[1].as_str().expect("wiki");
         assert!(
-            pr_comment.starts_with(&format!("Draft pull request opened: [{DEMO_REPO}#1|{url}] (branch {{{{{branch}}}}})")),
+            pr_comment.starts_with(&format!(
+                "Draft pull request opened: [{DEMO_REPO}#1|{url}] (branch {{{{{branch}}}}})"
+            )),
             "{pr_comment}"
         );
         assert!(
-            stack.jira.requests().iter().all(|r| r.header("authorization")
-                == Some(&format!("Bearer {}", support::harness::JIRA_TOKEN))),
+            stack
+                .jira
+                .requests()
+                .iter()
+                .all(|r| r.header("authorization")
+                    == Some(&format!("Bearer {}", support::harness::JIRA_TOKEN))),
             "a personal access token, as Bearer"
         );
     }

@@ -339,7 +339,8 @@ async fn a_job_needing_approval_waits_for_an_approvers_comment_on_data_center() 
         asked[0].contains("needs approval") && asked[0].contains(LIN_.key),
         "{asked:?}"
     );
-    let approve = |id: &str, author: Value| stack.comment_webhook("DEMO-1", id, author, "drafter approve");
+    let approve =
+        |id: &str, author: Value| stack.comment_webhook("DEMO-1", id, author, "drafter approve");
     // Not an approver, and the bot itself: ignored.
     for (id, author) in [
         ("20001", stack.user(MALLORY)),
@@ -360,11 +361,22 @@ async fn a_job_needing_approval_waits_for_an_approvers_comment_on_data_center() 
     // Lin, by user name: the job runs to a draft PR.
     assert_eq!(
         serve
-            .webhook_for(&stack, &client, "DEMO-1", &approve("20003", stack.user(LIN_)))
+            .webhook_for(
+                &stack,
+                &client,
+                "DEMO-1",
+                &approve("20003", stack.user(LIN_))
+            )
             .await,
         202
     );
-    let done = wait_for(q.as_ref(), "the approved job", Duration::from_secs(120), all_done(1)).await;
+    let done = wait_for(
+        q.as_ref(),
+        "the approved job",
+        Duration::from_secs(120),
+        all_done(1),
+    )
+    .await;
     let (status, log) = serve.sigterm(Duration::from_secs(60)).await;
     assert!(status.success(), "{log}");
     assert_eq!(done[0].state, JobState::Succeeded, "{:?}", done[0]);
@@ -384,7 +396,10 @@ async fn a_job_needing_approval_waits_for_an_approvers_comment_on_data_center() 
     );
     assert!(stack.jira.comments("DEMO-1").iter().all(Value::is_string));
     let paths = stack.jira_paths();
-    assert!(paths.iter().all(|p| p.starts_with("/rest/api/2/")), "{paths:?}");
+    assert!(
+        paths.iter().all(|p| p.starts_with("/rest/api/2/")),
+        "{paths:?}"
+    );
     assert!(paths.iter().any(|p| p == "/rest/api/2/user"), "{paths:?}");
 }
 

@@ -778,7 +778,10 @@ async fn mention_starts_a_job(flavor: Flavor) {
                 "DEMO-1",
                 "10501",
                 stack.user(ADA),
-                &format!("{} please keep the docstring unchanged", stack.bot_mention()),
+                &format!(
+                    "{} please keep the docstring unchanged",
+                    stack.bot_mention()
+                ),
             ),
             ADA.name,
         ),
@@ -810,16 +813,23 @@ fn assert_reported_in_the_sites_format(stack: &Stack) {
         .expect("html_url")
         .to_string();
     assert!(
-        texts.iter().any(|t| t.starts_with("drafter started working on this")),
+        texts
+            .iter()
+            .any(|t| t.starts_with("drafter started working on this")),
         "{texts:?}"
     );
     assert!(
-        texts.iter().any(|t| t.starts_with("Draft pull request opened: ")),
+        texts
+            .iter()
+            .any(|t| t.starts_with("Draft pull request opened: ")),
         "{texts:?}"
     );
     let bodies = stack.jira.comments("DEMO-1");
     if stack.flavor == Flavor::DataCenter {
-        assert!(bodies.iter().all(serde_json::Value::is_string), "{bodies:?}");
+        assert!(
+            bodies.iter().all(serde_json::Value::is_string),
+            "{bodies:?}"
+        );
         assert!(
             bodies
                 .iter()

@@ -390,7 +390,12 @@ fn cache_prices_are_optional_and_default_to_anthropics_multipliers() {
     assert!(e.contains("prices.a.cache_read_usd_per_mtok"), "{e}");
 }
 
-async fn decide_in(p: &Policy, t: &Ticket, who: &str, dir: &dyn Directory) -> Result<Grant, Denial> {
+async fn decide_in(
+    p: &Policy,
+    t: &Ticket,
+    who: &str,
+    dir: &dyn Directory,
+) -> Result<Grant, Denial> {
     p.decide(
         &Request {
             ticket: t,
@@ -436,18 +441,16 @@ async fn data_center_people_match_by_name_or_key() {
     let t = ticket("OPS-1", "Task", &[], "");
     // Listed by key, triggering by name (as a webhook names her), in any letter case.
     for who in ["ann", "ANN", "JIRAUSER10001", "jirauser10001"] {
-        assert!(
-            decide_in(&p, &t, who, &DataCenter).await.is_ok(),
-            "{who}"
-        );
+        assert!(decide_in(&p, &t, who, &DataCenter).await.is_ok(), "{who}");
     }
-    let d = decide_in(&p, &t, "mallory", &DataCenter)
-        .await
-        .unwrap_err();
+    let d = decide_in(&p, &t, "mallory", &DataCenter).await.unwrap_err();
     assert_eq!(d.rule, "trigger");
     // Approvers listed by name match the key and other cases.
     for who in ["lin", "JIRAUSER10002"] {
-        assert!(p.is_approver("OPS", who, &DataCenter).await.unwrap(), "{who}");
+        assert!(
+            p.is_approver("OPS", who, &DataCenter).await.unwrap(),
+            "{who}"
+        );
     }
     assert!(!p.is_approver("OPS", "ann", &DataCenter).await.unwrap());
     // Cloud account ids are exact: another case is another id.

@@ -379,7 +379,9 @@ email = "drafter-bot@example.com"
     /// The bot as the runner is configured to know it, as a user object of this flavor.
     pub fn bot_user(&self) -> Value {
         match self.flavor {
-            Flavor::Cloud => serde_json::json!({"accountId": BOT_ACCOUNT, "displayName": "drafter bot"}),
+            Flavor::Cloud => {
+                serde_json::json!({"accountId": BOT_ACCOUNT, "displayName": "drafter bot"})
+            }
             Flavor::DataCenter => self.jira.bot_user(),
         }
     }
