@@ -31,8 +31,8 @@ pub const SECRETS: &[&str] = &[JIRA_TOKEN, GITHUB_TOKEN, MODEL_KEY, WEBHOOK_SECR
 /// The example's repository name.
 pub const DEMO_REPO: &str = "acme/widgets";
 
-/// Which Jira the stack stands in for. Scenarios that must hold on both run once per flavor (see
-/// [`Flavor::BOTH`]); the rest run on Cloud.
+/// Which Jira the stack stands in for. Scenarios that must hold on both are written once, taking a flavor, and run
+/// as one test per flavor; the rest run on Cloud.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Flavor {
     /// Jira Cloud: REST v3, ADF, account ids, email + API token.
@@ -45,9 +45,6 @@ pub enum Flavor {
 }
 
 impl Flavor {
-    /// Both flavors, for scenarios run on each.
-    pub const BOTH: [Flavor; 2] = [Flavor::Cloud, Flavor::DataCenter];
-
     /// How this flavor names `p` (account id on Cloud, user name on Data Center): what a trigger records.
     pub fn id(self, p: Person) -> &'static str {
         match self {
