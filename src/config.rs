@@ -210,11 +210,13 @@ pub struct PollConfig {
 pub struct JiraConfig {
     /// Site root, e.g. `https://example.atlassian.net` (no trailing `/rest`).
     pub base_url: String,
-    /// The bot account tickets are assigned to (Cloud `accountId`; on Data Center its user key or name).
+    /// The bot account tickets are assigned to (Cloud `accountId`; on Data Center its user key, or its name when
+    /// only `bot_username` is configured, until `drafter serve` learns the key from `GET /rest/api/2/myself`).
     pub bot_account_id: String,
     /// Data Center only: the bot's user name, as it appears in `[~username]` mentions.
     pub bot_username: Option<String>,
-    /// Cloud or Data Center: decides the REST version for search and how mentions look.
+    /// Cloud or Data Center: decides the REST version, the text format (ADF or wiki markup) and how people are named
+    /// (see [`crate::jira::Dialect`]).
     pub flavor: JiraFlavor,
     /// How requests authenticate.
     pub auth: JiraAuth,
@@ -233,7 +235,8 @@ pub enum JiraFlavor {
     Datacenter,
 }
 
-/// Jira authentication: Cloud uses email + API token (Basic); Data Center and OAuth use a bearer token.
+/// Jira authentication: Cloud uses email + API token (Basic); Data Center a personal access token (Bearer), or on
+/// older sites the bot's user name and password (Basic).
 #[derive(Debug, Clone)]
 pub enum JiraAuth {
     /// `Authorization: Basic base64(email:token)`.
@@ -245,9 +248,27 @@ pub enum JiraAuth {
     },
     /// `Authorization: Bearer <token>`.
     Bearer {
-        /// A personal access token or OAuth access token.
+        /// A personal access token (Data Center 8.14+) or OAuth access token.
         token: Secret,
     },
+    /// `Authorization: Basic base64(username:password)`: Data Center and Server sites without personal access
+    /// tokens (Jira 11 turns Basic auth off by default).
+    Password {
+        /// The bot's user name.
+        username: String,
+        /// Its password.
+        password: Secret,
+    },
+}
+
+impl JiraAuth {
+    /// The secret this credential carries (for scrubbing it from text).
+    pub fn secret(&self) -> &Secret {
+        match self {
+            JiraAuth::Basic { token, .. } | JiraAuth::Bearer { token } => token,
+            JiraAuth::Password { password, .. } => password,
+        }
+    }
 }
 
 /// GitHub (or GitHub Enterprise Server) settings.
@@ -555,6 +576,7 @@ fn check_field_ids(ids: &[String]) -> Result<(), String> {
 #[serde(deny_unknown_fields)]
 struct RawJira {
     base_url: String,
+    #[serde(default)]
     bot_account_id: String,
     #[serde(default)]
     bot_username: Option<String>,
@@ -566,6 +588,12 @@ struct RawJira {
     token_env: Option<Spanned<String>>,
     #[serde(default)]
     token_file: Option<Spanned<PathBuf>>,
+    #[serde(default)]
+    username: Option<String>,
+    #[serde(default)]
+    password_env: Option<Spanned<String>>,
+    #[serde(default)]
+    password_file: Option<Spanned<PathBuf>>,
     #[serde(default)]
     acceptance_criteria_fields: Vec<String>,
 }
@@ -710,6 +738,9 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("DRAFTER_JIRA_BASE_URL", "jira.base_url"),
     ("DRAFTER_JIRA_BOT_ACCOUNT_ID", "jira.bot_account_id"),
     ("DRAFTER_JIRA_EMAIL", "jira.email"),
+    ("DRAFTER_JIRA_FLAVOR", "jira.flavor"),
+    ("DRAFTER_JIRA_BOT_USERNAME", "jira.bot_username"),
+    ("DRAFTER_JIRA_USERNAME", "jira.username"),
     ("DRAFTER_GITHUB_API_URL", "github.api_url"),
     ("DRAFTER_GITHUB_GIT_URL", "github.git_url"),
     ("DRAFTER_MODEL_PROVIDER", "model.provider"),
@@ -760,19 +791,7 @@ impl Config {
         let ctx = Ctx { path, text, env };
         ctx.apply_overrides(&mut raw)?;
 
-        let jira_token = ctx.secret("jira.token", &raw.jira.token_env, &raw.jira.token_file)?;
-        let jira_token = jira_token.ok_or_else(|| ctx.invalid(
-            "jira.token_env",
-            None,
-            "no Jira credential: set `token_env` (name of an environment variable) or `token_file` in [jira]",
-        ))?;
-        let auth = match raw.jira.email.clone() {
-            Some(email) if !email.is_empty() => JiraAuth::Basic {
-                email,
-                token: jira_token,
-            },
-            _ => JiraAuth::Bearer { token: jira_token },
-        };
+        let auth = ctx.jira_auth(&raw.jira)?;
         let github_token = ctx
             .secret("github.token", &raw.github.token_env, &raw.github.token_file)?
             .ok_or_else(|| ctx.invalid(
@@ -822,8 +841,28 @@ impl Config {
         ] {
             ctx.check_url(key, value)?;
         }
+        let bot_username = raw
+            .jira
+            .bot_username
+            .clone()
+            .map(|u| u.trim().to_string())
+            .filter(|u| !u.is_empty());
         if raw.jira.bot_account_id.trim().is_empty() {
-            return Err(ctx.invalid("jira.bot_account_id", None, "must not be empty"));
+            match (raw.jira.flavor, &bot_username) {
+                // Data Center: the user name is enough; until `drafter serve` learns the user key from
+                // `/rest/api/2/myself`, the name stands for it (users made before Jira 8.4 have key = name).
+                (JiraFlavor::Datacenter, Some(name)) => raw.jira.bot_account_id = name.clone(),
+                (JiraFlavor::Datacenter, None) => {
+                    return Err(ctx.invalid(
+                        "jira.bot_username",
+                        None,
+                        "Data Center needs the bot's user name (`bot_username`, as in `[~username]` mentions)",
+                    ))
+                }
+                (JiraFlavor::Cloud, _) => {
+                    return Err(ctx.invalid("jira.bot_account_id", None, "must not be empty"))
+                }
+            }
         }
         if let Err(message) = check_field_ids(&raw.jira.acceptance_criteria_fields) {
             return Err(ctx.invalid("jira.acceptance_criteria_fields", None, &message));
@@ -917,7 +956,7 @@ impl Config {
             jira: JiraConfig {
                 base_url: raw.jira.base_url.trim_end_matches('/').to_string(),
                 bot_account_id: raw.jira.bot_account_id,
-                bot_username: raw.jira.bot_username.filter(|u| !u.is_empty()),
+                bot_username,
                 flavor: raw.jira.flavor,
                 auth,
                 acceptance_criteria_fields: raw.jira.acceptance_criteria_fields,
@@ -1073,6 +1112,21 @@ impl Ctx<'_> {
                 "jira.base_url" => raw.jira.base_url = value,
                 "jira.bot_account_id" => raw.jira.bot_account_id = value,
                 "jira.email" => raw.jira.email = Some(value),
+                "jira.flavor" => {
+                    raw.jira.flavor = match value.as_str() {
+                        "cloud" => JiraFlavor::Cloud,
+                        "datacenter" => JiraFlavor::Datacenter,
+                        other => {
+                            return Err(self.invalid(
+                                key,
+                                None,
+                                &format!("{var}=`{other}`: expected `cloud` or `datacenter`"),
+                            ))
+                        }
+                    }
+                }
+                "jira.bot_username" => raw.jira.bot_username = Some(value),
+                "jira.username" => raw.jira.username = Some(value),
                 "github.api_url" => raw.github.api_url = value,
                 "github.git_url" => raw.github.git_url = value,
                 "model.provider" => {
@@ -1113,6 +1167,56 @@ impl Ctx<'_> {
     }
 
     /// Resolves `<name>_env` / `<name>_file`; `Ok(None)` when neither is set.
+    /// The Jira credential: exactly one of a token (`token_env`/`token_file`: with `email` Basic, as Cloud's API
+    /// tokens are used; alone a Bearer token, as Data Center's personal access tokens are) or a password
+    /// (`password_env`/`password_file` with `username`: Basic, for Data Center and Server sites without tokens).
+    fn jira_auth(&self, j: &RawJira) -> Result<JiraAuth, ConfigError> {
+        let token = self.secret("jira.token", &j.token_env, &j.token_file)?;
+        let password = self.secret("jira.password", &j.password_env, &j.password_file)?;
+        let email = j.email.clone().filter(|e| !e.trim().is_empty());
+        let username = j.username.clone().filter(|u| !u.trim().is_empty());
+        match (token, password) {
+            (Some(_), Some(_)) => Err(self.invalid(
+                "jira.password_env",
+                None,
+                "set either a token (`token_env`/`token_file`) or a password (`password_env`/`password_file`), not both",
+            )),
+            (Some(token), None) => match (email, username) {
+                (Some(_), Some(_)) => Err(self.invalid(
+                    "jira.username",
+                    None,
+                    "set `email` (Cloud API token) or `username` (Data Center password), not both",
+                )),
+                (None, Some(_)) => Err(self.invalid(
+                    "jira.username",
+                    None,
+                    "`username` goes with `password_env`/`password_file`; a personal access token is sent alone (leave `username` out)",
+                )),
+                (Some(email), None) => Ok(JiraAuth::Basic { email, token }),
+                (None, None) => Ok(JiraAuth::Bearer { token }),
+            },
+            (None, Some(password)) => match (username, email) {
+                (_, Some(_)) => Err(self.invalid(
+                    "jira.email",
+                    None,
+                    "a password goes with `username`; Cloud uses `email` with an API token (`token_env`)",
+                )),
+                (Some(username), None) => Ok(JiraAuth::Password { username, password }),
+                (None, None) => Err(self.invalid(
+                    "jira.username",
+                    None,
+                    "a password needs the user name it belongs to (`username`)",
+                )),
+            },
+            (None, None) => Err(self.invalid(
+                "jira.token_env",
+                None,
+                "no Jira credential: set `token_env` (name of an environment variable) or `token_file` in [jira] \
+                 (or, on Data Center without personal access tokens, `username` with `password_env`/`password_file`)",
+            )),
+        }
+    }
+
     fn secret(
         &self,
         name: &str,
@@ -1259,6 +1363,71 @@ repos = [{ name = "acme/widgets", test_command = "make test" }]
             let e = with(bad).unwrap_err().to_string();
             assert!(e.contains("jira.acceptance_criteria_fields"), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn data_center_credentials_and_bot_identity() {
+        let jira = |table: &str| {
+            let text = GOOD.replace(
+                "[jira]\nbase_url = \"https://example.atlassian.net/\"\nbot_account_id = \"712020:bot\"\nemail = \"bot@example.com\"\ntoken_env = \"JIRA_TOKEN\"\n",
+                &format!("[jira]\nbase_url = \"https://jira.example.com\"\n{table}"),
+            );
+            assert!(text.contains("jira.example.com"));
+            Config::from_toml(&text, Path::new("d.toml"), &|n: &str| match n {
+                "JIRA_PW" => Some("hunter2-password".into()),
+                other => env(other),
+            })
+        };
+        // A personal access token: Bearer, no email; the user name alone names the bot (its key is learned later).
+        let c = jira(
+            "flavor = \"datacenter\"\nbot_username = \"drafter-bot\"\ntoken_env = \"JIRA_TOKEN\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.jira.flavor, JiraFlavor::Datacenter);
+        assert!(matches!(c.jira.auth, JiraAuth::Bearer { .. }));
+        assert_eq!(c.jira.bot_username.as_deref(), Some("drafter-bot"));
+        assert_eq!(c.jira.bot_account_id, "drafter-bot");
+        // User name and password: Basic for older sites.
+        let c = jira(
+            "flavor = \"datacenter\"\nbot_username = \"drafter-bot\"\nbot_account_id = \"JIRAUSER10100\"\n\
+             username = \"drafter-bot\"\npassword_env = \"JIRA_PW\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.jira.bot_account_id, "JIRAUSER10100");
+        match &c.jira.auth {
+            JiraAuth::Password { username, password } => {
+                assert_eq!(username, "drafter-bot");
+                assert_eq!(password.expose(), "hunter2-password");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(!format!("{c:?}").contains("hunter2"));
+        // Mistakes are named.
+        for (table, key) in [
+            ("flavor = \"datacenter\"\ntoken_env = \"JIRA_TOKEN\"\n", "jira.bot_username"),
+            ("bot_username = \"x\"\ntoken_env = \"JIRA_TOKEN\"\n", "jira.bot_account_id"),
+            ("flavor = \"datacenter\"\nbot_username = \"x\"\ntoken_env = \"JIRA_TOKEN\"\npassword_env = \"JIRA_PW\"\nusername = \"x\"\n", "jira.password_env"),
+            ("flavor = \"datacenter\"\nbot_username = \"x\"\npassword_env = \"JIRA_PW\"\n", "jira.username"),
+            ("flavor = \"datacenter\"\nbot_username = \"x\"\ntoken_env = \"JIRA_TOKEN\"\nusername = \"x\"\n", "jira.username"),
+            ("flavor = \"datacenter\"\nbot_username = \"x\"\nemail = \"a@b\"\npassword_env = \"JIRA_PW\"\nusername = \"x\"\n", "jira.email"),
+            ("flavor = \"datacenter\"\nbot_username = \"x\"\n", "jira.token_env"),
+        ] {
+            let e = jira(table).unwrap_err().to_string();
+            assert!(e.contains(key), "{table}: {e}");
+        }
+        // The flavor and names can come from the environment too.
+        let c = Config::from_toml(
+            &GOOD.replace("email = \"bot@example.com\"\n", ""),
+            Path::new("d.toml"),
+            &|n: &str| match n {
+                "DRAFTER_JIRA_FLAVOR" => Some("datacenter".into()),
+                "DRAFTER_JIRA_BOT_USERNAME" => Some("drafter-bot".into()),
+                other => env(other),
+            },
+        )
+        .unwrap();
+        assert_eq!(c.jira.flavor, JiraFlavor::Datacenter);
+        assert_eq!(c.jira.bot_username.as_deref(), Some("drafter-bot"));
     }
 
     #[test]

@@ -23,7 +23,7 @@ use crate::agent::{
     self, AgentError, AgentEvent, AgentOutcome, FinishCheck, FinishReport, Permissions, Task,
     ToolCallRecord,
 };
-use crate::config::{AgentLimits, Config, JiraAuth, RepoConfig, SandboxConfig};
+use crate::config::{AgentLimits, Config, RepoConfig, SandboxConfig};
 use crate::forge::{ForgeError, GitHub, PullRequest};
 use crate::jira::{self, JiraClient, JiraError, Notice, Ticket};
 use crate::model::{ModelClient, ModelError};
@@ -241,9 +241,7 @@ fn cap(s: &str, n: usize) -> String {
 /// the second line of defence before anything leaves the process (a ticket comment, a log line, `job.json`).
 pub fn scrub(config: &Config, text: &str) -> String {
     let mut secrets: Vec<&str> = vec![config.github.token.expose()];
-    match &config.jira.auth {
-        JiraAuth::Basic { token, .. } | JiraAuth::Bearer { token } => secrets.push(token.expose()),
-    }
+    secrets.push(config.jira.auth.secret().expose());
     if let Some(k) = &config.model.api_key {
         secrets.push(k.expose());
     }
@@ -557,7 +555,7 @@ pub async fn run_job(
                     approvers: approvers.clone(),
                     ttl_hours: *ttl_hours,
                 };
-                if let Err(ce) = jira.comment(ticket_key, notice.to_adf()).await {
+                if let Err(ce) = jira.notify(ticket_key, &notice).await {
                     tracing::warn!(error = %scrub(&config, &ce.to_string()), "could not ask for approval again on the ticket");
                 }
             }
@@ -574,7 +572,7 @@ pub async fn run_job(
                     approvers: approvers.clone(),
                     ttl_hours: *ttl_hours,
                 };
-                if let Err(ce) = jira.comment(ticket_key, notice.to_adf()).await {
+                if let Err(ce) = jira.notify(ticket_key, &notice).await {
                     tracing::warn!(error = %scrub(&config, &ce.to_string()), "could not ask for approval on the ticket");
                 }
             }
@@ -601,7 +599,7 @@ pub async fn run_job(
                     },
                 };
                 if fence(spec, "reporting the failure").await.is_ok() {
-                    if let Err(ce) = jira.comment(ticket_key, notice.to_adf()).await {
+                    if let Err(ce) = jira.notify(ticket_key, &notice).await {
                         tracing::warn!(error = %scrub(&config, &ce.to_string()), "could not report the failure on the ticket");
                     }
                 }
@@ -817,16 +815,15 @@ async fn deliver(
             stage(events, Stage::Report, ticket_key);
             if !ticket_mentions(jira, ticket_key, url).await? {
                 fence(spec, "commenting on the ticket").await?;
-                jira.comment(
+                jira.notify(
                     ticket_key,
-                    Notice::PrOpened {
+                    &Notice::PrOpened {
                         url: url.clone(),
                         repo: repo.clone(),
                         number: *number,
                         branch: branch.clone(),
                         proof,
-                    }
-                    .to_adf(),
+                    },
                 )
                 .await?;
             }
@@ -834,13 +831,12 @@ async fn deliver(
         JobOutcome::NoChanges { summary, .. } => {
             stage(events, Stage::Report, "no changes");
             fence(spec, "commenting on the ticket").await?;
-            jira.comment(
+            jira.notify(
                 ticket_key,
-                Notice::NoChanges {
+                &Notice::NoChanges {
                     summary: summary.clone(),
                     proof,
-                }
-                .to_adf(),
+                },
             )
             .await?;
         }
@@ -938,13 +934,12 @@ async fn pipeline(
     // One "started" comment per job, not per attempt: a retried job finds its own id already on the ticket.
     if !ticket_mentions_all(jira, ticket_key, &[job_id, "started working on this"]).await? {
         fence(spec, "commenting on the ticket").await?;
-        jira.comment(
+        jira.notify(
             ticket_key,
-            Notice::Started {
+            &Notice::Started {
                 job_id: job_id.to_string(),
                 repo: repo_cfg.name.clone(),
-            }
-            .to_adf(),
+            },
         )
         .await?;
     }
@@ -1302,11 +1297,21 @@ fn strip_proof_footer(body: &str) -> &str {
     }
 }
 
-/// Group membership for the policy's trigger and approver rules, from Jira (cached by the client).
+/// Identities and group membership for the policy's trigger and approver rules, from Jira (cached by the client).
 #[async_trait::async_trait]
 impl policy::Directory for JiraClient {
     async fn groups(&self, account: &str) -> Result<Vec<String>, String> {
         self.user_groups(account).await.map_err(|e| e.to_string())
+    }
+
+    async fn identities(&self, account: &str) -> Result<Vec<String>, String> {
+        JiraClient::identities(self, account)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    fn same_identity(&self, listed: &str, account: &str) -> bool {
+        self.dialect().same_user(listed, account)
     }
 }
 
