@@ -55,15 +55,7 @@ const MAX_LOGGED_HEADER: usize = 100;
 /// A readiness check: `Ok(())` when the runner can take work, else why not.
 pub type Readiness = Arc<dyn Fn() -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
 
-/// What the server needs to honour `drafter approve` comments: the policy in force (who may approve) and Jira
-/// (group membership).
-#[derive(Clone)]
-pub struct Approvals {
-    /// The policy new decisions use.
-    pub policy: Arc<crate::policy::Current>,
-    /// Group lookups.
-    pub directory: Arc<dyn crate::policy::Directory>,
-}
+pub use crate::intake::Approvals;
 
 /// What the handlers share.
 #[derive(Clone)]
