@@ -982,15 +982,21 @@ impl JiraClient {
     }
 
     fn auth_header(&self) -> Result<HeaderValue, JiraError> {
+        let secret = |token: &crate::config::Credential| {
+            token
+                .value()
+                .map(|s| s.expose().to_string())
+                .map_err(|e| JiraError::Config(e.to_string()))
+        };
         let value = match &self.auth {
             JiraAuth::Basic { email, token } => {
-                let raw = format!("{}:{}", email, token.expose());
+                let raw = format!("{}:{}", email, secret(token)?);
                 format!(
                     "Basic {}",
                     base64::engine::general_purpose::STANDARD.encode(raw)
                 )
             }
-            JiraAuth::Bearer { token } => format!("Bearer {}", token.expose()),
+            JiraAuth::Bearer { token } => format!("Bearer {}", secret(token)?),
         };
         let mut h = HeaderValue::from_str(&value).map_err(|_| {
             JiraError::Config(
@@ -1054,9 +1060,7 @@ impl JiraClient {
     /// Removes the credential from text that came from the server, in case it was echoed back.
     fn scrub(&self, text: &str) -> String {
         let mut out = text.to_string();
-        let token = match &self.auth {
-            JiraAuth::Basic { token, .. } | JiraAuth::Bearer { token } => token.expose(),
-        };
+        let token = self.auth.token().value().map(|s| s.expose()).unwrap_or("");
         if !token.is_empty() {
             out = out.replace(token, "[redacted]");
         }
@@ -2962,7 +2966,7 @@ mod tests {
             flavor: crate::config::JiraFlavor::Cloud,
             auth: JiraAuth::Basic {
                 email: "bot@example.com".into(),
-                token: Secret::new("tok-123456"),
+                token: Secret::new("tok-123456").into(),
             },
             acceptance_criteria_fields: Vec::new(),
         })
@@ -2982,7 +2986,7 @@ mod tests {
             flavor: crate::config::JiraFlavor::Cloud,
             auth: JiraAuth::Basic {
                 email: "bot@example.com".into(),
-                token: Secret::new(token),
+                token: Secret::new(token).into(),
             },
             acceptance_criteria_fields: Vec::new(),
         };
@@ -3006,7 +3010,7 @@ mod tests {
         }
         let err = JiraClient::new(&JiraConfig {
             auth: JiraAuth::Bearer {
-                token: Secret::new("sec\nret"),
+                token: Secret::new("sec\nret").into(),
             },
             ..cfg("https://x", "t")
         })

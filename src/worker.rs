@@ -23,7 +23,7 @@ use crate::agent::{
     self, AgentError, AgentEvent, AgentOutcome, FinishCheck, FinishReport, Permissions, Task,
     ToolCallRecord,
 };
-use crate::config::{AgentLimits, Config, JiraAuth, RepoConfig, SandboxConfig};
+use crate::config::{AgentLimits, Config, RepoConfig, SandboxConfig};
 use crate::forge::{ForgeError, GitHub, PullRequest};
 use crate::jira::{self, JiraClient, JiraError, Notice, Ticket};
 use crate::model::{ModelClient, ModelError};
@@ -240,13 +240,17 @@ fn cap(s: &str, n: usize) -> String {
 /// Replaces every configured secret value in `text` with `[redacted]`. Errors should never carry secrets; this is
 /// the second line of defence before anything leaves the process (a ticket comment, a log line, `job.json`).
 pub fn scrub(config: &Config, text: &str) -> String {
-    let mut secrets: Vec<&str> = vec![config.github.token.expose()];
-    match &config.jira.auth {
-        JiraAuth::Basic { token, .. } | JiraAuth::Bearer { token } => secrets.push(token.expose()),
-    }
-    if let Some(k) = &config.model.api_key {
-        secrets.push(k.expose());
-    }
+    // Only what this command read: a secret never read cannot be in any text.
+    let secrets: Vec<&str> = [
+        Some(&config.github.token),
+        Some(config.jira.auth.token()),
+        config.model.api_key.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
+    .filter_map(|c| c.value().ok())
+    .map(|s| s.expose())
+    .collect();
     let mut out = text.to_string();
     for s in secrets {
         if s.len() >= 4 {
@@ -970,7 +974,7 @@ async fn pipeline(
             url.clone(),
             ws.clone(),
             repo_cfg.base.clone(),
-            config.github.token.clone(),
+            github.token().clone(),
             job_id.to_string(),
         );
         blocking(move || {
@@ -1100,7 +1104,7 @@ async fn pipeline(
                 ("Drafter-Policy", &spec.policy.hash),
             ],
         );
-        let (identity, token) = (config.commit.clone(), config.github.token.clone());
+        let (identity, token) = (config.commit.clone(), github.token().clone());
         let (url2, branch2, base2) = (url.clone(), branch.clone(), repo_cfg.base.clone());
         let write = grant.rules.write.clone();
         let write2 = write.clone();

@@ -21,7 +21,7 @@ fn client_for(stand_in: &JiraStandIn, token: &str) -> JiraClient {
         flavor: drafter::config::JiraFlavor::Cloud,
         auth: JiraAuth::Basic {
             email: EMAIL.into(),
-            token: Secret::new(token),
+            token: Secret::new(token).into(),
         },
         acceptance_criteria_fields: Vec::new(),
     })
@@ -288,7 +288,7 @@ async fn posts_every_notice_and_reads_it_back() {
         flavor: drafter::config::JiraFlavor::Cloud,
         auth: JiraAuth::Basic {
             email: EMAIL.into(),
-            token: Secret::new(TOKEN),
+            token: Secret::new(TOKEN).into(),
         },
         acceptance_criteria_fields: Vec::new(),
     })
@@ -463,7 +463,7 @@ async fn unreachable_jira_is_a_retryable_network_error() {
         flavor: drafter::config::JiraFlavor::Cloud,
         auth: JiraAuth::Basic {
             email: EMAIL.into(),
-            token: Secret::new(TOKEN),
+            token: Secret::new(TOKEN).into(),
         },
         acceptance_criteria_fields: Vec::new(),
     })
@@ -516,7 +516,7 @@ fn dc_client(stand_in: &JiraStandIn) -> JiraClient {
         bot_username: Some(DC_BOT_NAME.into()),
         flavor: drafter::config::JiraFlavor::Datacenter,
         auth: JiraAuth::Bearer {
-            token: Secret::new(PAT),
+            token: Secret::new(PAT).into(),
         },
         acceptance_criteria_fields: Vec::new(),
     })
@@ -786,7 +786,7 @@ fn client_with_criteria(s: &JiraStandIn, fields: &[&str]) -> JiraClient {
         flavor: drafter::config::JiraFlavor::Cloud,
         auth: JiraAuth::Basic {
             email: EMAIL.into(),
-            token: Secret::new(TOKEN),
+            token: Secret::new(TOKEN).into(),
         },
         acceptance_criteria_fields: fields.iter().map(|f| f.to_string()).collect(),
     })
@@ -1032,7 +1032,7 @@ async fn data_center_ticket_has_wiki_comments_and_criteria() {
         bot_username: Some(DC_BOT_NAME.into()),
         flavor: drafter::config::JiraFlavor::Datacenter,
         auth: JiraAuth::Bearer {
-            token: Secret::new(PAT),
+            token: Secret::new(PAT).into(),
         },
         acceptance_criteria_fields: vec!["customfield_10100".into()],
     })
