@@ -511,7 +511,17 @@ fn check_config(path: &std::path::Path, purpose: Option<Purpose>) -> anyhow::Res
         Some(p) => {
             let stopping = checked.blocking(p).count();
             if stopping == 0 {
-                println!("{name}: {} can start ({problems})", p.label());
+                match n {
+                    0 => println!("{name}: {} can start (no problems)", p.label()),
+                    1 => println!(
+                        "{name}: {} can start; the problem above stops other commands",
+                        p.label()
+                    ),
+                    n => println!(
+                        "{name}: {} can start; the {n} problems above stop other commands",
+                        p.label()
+                    ),
+                }
                 true
             } else {
                 println!(
