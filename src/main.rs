@@ -254,14 +254,17 @@ impl DataDirArgs {
 
 #[derive(Subcommand)]
 enum KeyCommand {
-    /// Print the runner's public key and key id (creating the key if there is none yet), and the retired keys
-    /// that old bundles may be signed with.
+    /// Print the runner's public key and key id, and the retired keys
+    ///
+    /// Creates the key if there is none yet. Old bundles may be signed with a retired key.
     Show {
         #[command(flatten)]
         dir: DataDirArgs,
     },
-    /// Retire the current key and make a new one. The old public key stays in `<data_dir>/keys/`, so bundles it
-    /// signed still verify (`drafter verify --key <data_dir>`); the old private key is deleted.
+    /// Retire the current key and make a new one
+    ///
+    /// The old public key stays in `<data_dir>/keys/`, so bundles it signed still verify (`drafter verify --key
+    /// <data_dir>`); the old private key is deleted.
     Rotate {
         #[command(flatten)]
         dir: DataDirArgs,
@@ -275,19 +278,24 @@ enum PolicyCommand {
         /// The policy file.
         file: PathBuf,
     },
-    /// Print the policy's hash (`sha256:` of its canonical form; comments, whitespace and key order do not count).
+    /// Print the policy's hash (`sha256:` of its canonical form)
+    ///
+    /// Comments, whitespace and key order do not count; any value does.
     Hash {
         /// The policy file.
         file: PathBuf,
     },
-    /// Create a new Ed25519 policy key (mode 0600) and `<key>.pub`. Keep it away from the runners: they only need
-    /// the public key (`[policy] trusted_keys`).
+    /// Create a new Ed25519 policy key (mode 0600) and `<key>.pub`
+    ///
+    /// Keep it away from the runners: they only need the public key (`[policy] trusted_keys`).
     Keygen {
         /// Where to write the private key.
         #[arg(long)]
         out: PathBuf,
     },
-    /// Sign a policy: writes `<file>.sig` (the hash, the key id, the public key and the signature).
+    /// Sign a policy: writes `<file>.sig`
+    ///
+    /// The signature file holds the hash, the key id, the public key and the signature.
     Sign {
         /// The policy file.
         file: PathBuf,
@@ -295,7 +303,9 @@ enum PolicyCommand {
         #[arg(long)]
         key: PathBuf,
     },
-    /// Check `<file>.sig` against the file; with --key (hex or a file holding it), also that this key signed it.
+    /// Check `<file>.sig` against the file (and, with --key, its signer)
+    ///
+    /// With --key (hex or a file holding it), also checks that this key signed it.
     Verify {
         /// The policy file.
         file: PathBuf,
@@ -303,8 +313,10 @@ enum PolicyCommand {
         #[arg(long)]
         key: Option<String>,
     },
-    /// Show, before anything runs, what a job for a ticket would be allowed to do and why: team, trigger, repository
-    /// and base, tools, limits, network, write rules, budget left, approval, caps.
+    /// Show what a job for a ticket would be allowed to do, and why
+    ///
+    /// Before anything runs: team, trigger, repository and base, tools, limits, network, write rules, budget left,
+    /// approval, caps.
     Explain {
         /// The Jira issue key.
         #[arg(long)]
@@ -348,7 +360,9 @@ enum JobsCommand {
         #[arg(long)]
         by: Option<String>,
     },
-    /// Cancel a queued, running or awaiting job (a running job's worker stops it at its next heartbeat).
+    /// Cancel a queued, running or awaiting job
+    ///
+    /// A running job's worker stops it at its next heartbeat.
     Cancel {
         /// The job id.
         id: String,
@@ -358,8 +372,9 @@ enum JobsCommand {
         /// The job id.
         id: String,
     },
-    /// Write a job's proof bundle to stdout (or --out), and its SHA-256 to stderr. Reads this host's data
-    /// directory: run it where the job ran.
+    /// Write a job's proof bundle to stdout (or --out), and its SHA-256 to stderr
+    ///
+    /// Reads this host's data directory: run it where the job ran.
     Bundle {
         /// The job id.
         id: String,
@@ -370,8 +385,10 @@ enum JobsCommand {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
-    /// Remove retained request/response bodies older than their policy's `retention.max_age_days` (digests and
-    /// bundles stay). `drafter serve` does this hourly on its own.
+    /// Remove retained request/response bodies past their policy's age
+    ///
+    /// Removes bodies older than their policy's `retention.max_age_days` (digests and bundles stay). `drafter serve`
+    /// does this hourly on its own.
     Purge {
         /// Only list what would be removed.
         #[arg(long)]
