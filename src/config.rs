@@ -24,7 +24,7 @@ pub use load::{Problem, Purpose};
 pub struct Secret(SecretString);
 
 impl Secret {
-    /// Wraps a value (tests and stand-ins; the product reads secrets through [`Config::load`]).
+    /// Wraps a value (tests and stand-ins; the product reads secrets through [`Config::load_for`]).
     pub fn new(value: impl Into<String>) -> Self {
         Secret(SecretString::from(value.into()))
     }
@@ -142,6 +142,14 @@ impl Credential {
     /// Where it comes from, for a secret read from the configuration.
     pub fn origin(&self) -> Option<&SecretRef> {
         self.origin.as_ref()
+    }
+
+    /// No secret: a credential whose configuration has a problem (which stops every command that would use it).
+    fn missing() -> Credential {
+        Credential {
+            origin: None,
+            value: None,
+        }
     }
 
     fn unread(origin: SecretRef) -> Credential {
@@ -423,11 +431,13 @@ pub struct PollConfig {
 pub struct JiraConfig {
     /// Site root, e.g. `https://example.atlassian.net` (no trailing `/rest`).
     pub base_url: String,
-    /// The bot account tickets are assigned to (Cloud `accountId`; on Data Center its user key or name).
+    /// The bot account tickets are assigned to (Cloud `accountId`; on Data Center its user key, or its name when
+    /// only `bot_username` is configured, until `drafter serve` learns the key from `GET /rest/api/2/myself`).
     pub bot_account_id: String,
     /// Data Center only: the bot's user name, as it appears in `[~username]` mentions.
     pub bot_username: Option<String>,
-    /// Cloud or Data Center: decides the REST version for search and how mentions look.
+    /// Cloud or Data Center: decides the REST version, the text format (ADF or wiki markup) and how people are named
+    /// (see [`crate::jira::Dialect`]).
     pub flavor: JiraFlavor,
     /// How requests authenticate.
     pub auth: JiraAuth,
@@ -446,7 +456,8 @@ pub enum JiraFlavor {
     Datacenter,
 }
 
-/// Jira authentication: Cloud uses email + API token (Basic); Data Center and OAuth use a bearer token.
+/// Jira authentication: Cloud uses email + API token (Basic); Data Center a personal access token (Bearer), or on
+/// older sites the bot's user name and password (Basic).
 #[derive(Debug, Clone)]
 pub enum JiraAuth {
     /// `Authorization: Basic base64(email:token)`.
@@ -458,9 +469,35 @@ pub enum JiraAuth {
     },
     /// `Authorization: Bearer <token>`.
     Bearer {
-        /// A personal access token or OAuth access token.
+        /// A personal access token (Data Center 8.14+) or OAuth access token.
         token: Credential,
     },
+    /// `Authorization: Basic base64(username:password)`: Data Center and Server sites without personal access
+    /// tokens (Jira 11 turns Basic auth off by default).
+    Password {
+        /// The bot's user name.
+        username: String,
+        /// Its password.
+        password: Credential,
+    },
+}
+
+impl JiraAuth {
+    /// The secret this credential carries, whichever the scheme: the token or the password (to send it, and to
+    /// scrub it from text).
+    pub fn secret(&self) -> &Credential {
+        match self {
+            JiraAuth::Basic { token, .. } | JiraAuth::Bearer { token } => token,
+            JiraAuth::Password { password, .. } => password,
+        }
+    }
+
+    fn secret_mut(&mut self) -> &mut Credential {
+        match self {
+            JiraAuth::Basic { token, .. } | JiraAuth::Bearer { token } => token,
+            JiraAuth::Password { password, .. } => password,
+        }
+    }
 }
 
 /// GitHub (or GitHub Enterprise Server) settings.
@@ -771,6 +808,7 @@ fn check_field_ids(ids: &[String]) -> Result<(), String> {
 #[serde(deny_unknown_fields)]
 struct RawJira {
     base_url: String,
+    #[serde(default)]
     bot_account_id: String,
     #[serde(default)]
     bot_username: Option<String>,
@@ -782,6 +820,12 @@ struct RawJira {
     token_env: Option<Spanned<String>>,
     #[serde(default)]
     token_file: Option<Spanned<PathBuf>>,
+    #[serde(default)]
+    username: Option<String>,
+    #[serde(default)]
+    password_env: Option<Spanned<String>>,
+    #[serde(default)]
+    password_file: Option<Spanned<PathBuf>>,
     #[serde(default)]
     acceptance_criteria_fields: Vec<String>,
 }
@@ -954,6 +998,9 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("DRAFTER_JIRA_BASE_URL", "jira.base_url"),
     ("DRAFTER_JIRA_BOT_ACCOUNT_ID", "jira.bot_account_id"),
     ("DRAFTER_JIRA_EMAIL", "jira.email"),
+    ("DRAFTER_JIRA_FLAVOR", "jira.flavor"),
+    ("DRAFTER_JIRA_BOT_USERNAME", "jira.bot_username"),
+    ("DRAFTER_JIRA_USERNAME", "jira.username"),
     ("DRAFTER_GITHUB_API_URL", "github.api_url"),
     ("DRAFTER_GITHUB_GIT_URL", "github.git_url"),
     ("DRAFTER_MODEL_PROVIDER", "model.provider"),
@@ -1098,7 +1145,7 @@ impl Config {
     /// Every secret of the configuration with the parts it belongs to.
     fn credentials(&self) -> Vec<(load::Parts, &Credential)> {
         let mut out = vec![
-            (load::Parts::JIRA, self.jira.auth.token()),
+            (load::Parts::JIRA, self.jira.auth.secret()),
             (load::Parts::GITHUB_TOKEN, &self.github.token),
         ];
         if let Some(k) = &self.model.api_key {
@@ -1111,11 +1158,8 @@ impl Config {
     }
 
     fn credentials_mut(&mut self) -> Vec<(load::Parts, &mut Credential)> {
-        let jira = match &mut self.jira.auth {
-            JiraAuth::Basic { token, .. } | JiraAuth::Bearer { token } => token,
-        };
         let mut out = vec![
-            (load::Parts::JIRA, jira),
+            (load::Parts::JIRA, self.jira.auth.secret_mut()),
             (load::Parts::GITHUB_TOKEN, &mut self.github.token),
         ];
         if let Some(k) = &mut self.model.api_key {
@@ -1125,15 +1169,6 @@ impl Config {
             out.push((load::Parts::WEBHOOKS, s));
         }
         out
-    }
-}
-
-impl JiraAuth {
-    /// The token, whichever the scheme.
-    pub fn token(&self) -> &Credential {
-        match self {
-            JiraAuth::Basic { token, .. } | JiraAuth::Bearer { token } => token,
-        }
     }
 }
 
@@ -1247,12 +1282,34 @@ impl Ctx<'_> {
             self.overridden.push((key, var));
             match *key {
                 "data_dir" => raw.data_dir = PathBuf::from(value),
-                "jira.base_url" | "jira.bot_account_id" | "jira.email" => {
+                "jira.flavor" => {
+                    let flavor = match value.as_str() {
+                        "cloud" => JiraFlavor::Cloud,
+                        "datacenter" => JiraFlavor::Datacenter,
+                        other => {
+                            self.invalid(
+                                key,
+                                &format!("`{other}`: expected `cloud` or `datacenter`"),
+                            );
+                            continue;
+                        }
+                    };
+                    if let Some(j) = raw.jira.as_mut() {
+                        j.flavor = flavor;
+                    }
+                }
+                "jira.base_url"
+                | "jira.bot_account_id"
+                | "jira.email"
+                | "jira.bot_username"
+                | "jira.username" => {
                     if let Some(j) = raw.jira.as_mut() {
                         match *key {
                             "jira.base_url" => j.base_url = value,
                             "jira.bot_account_id" => j.bot_account_id = value,
-                            _ => j.email = Some(value),
+                            "jira.email" => j.email = Some(value),
+                            "jira.bot_username" => j.bot_username = Some(value),
+                            _ => j.username = Some(value),
                         }
                     }
                 }
@@ -1348,6 +1405,89 @@ impl Ctx<'_> {
         }
     }
 
+    /// The Jira credential, named but not read: exactly one of a token (`token_env`/`token_file`: with `email`
+    /// Basic, as Cloud's API tokens are used; alone a Bearer token, as Data Center's personal access tokens are) or
+    /// a password (`password_env`/`password_file` with `username`: Basic, for Data Center and Server sites without
+    /// tokens). A mix is a problem naming the key to remove; the credential then holds nothing (the problem stops
+    /// every command that talks to Jira).
+    fn jira_auth(&mut self, j: &RawJira, given: bool) -> JiraAuth {
+        let broken = || JiraAuth::Bearer {
+            token: Credential::missing(),
+        };
+        let token = self.secret_ref("jira.token", &j.token_env, &j.token_file);
+        let password = self.secret_ref("jira.password", &j.password_env, &j.password_file);
+        let (token, password) = match (token, password) {
+            (Ok(t), Ok(p)) => (t, p),
+            // Both `_env` and `_file` of one secret: already reported.
+            _ => return broken(),
+        };
+        let email = j.email.clone().filter(|e| !e.trim().is_empty());
+        let username = j.username.clone().filter(|u| !u.trim().is_empty());
+        match (token, password) {
+            (Some(_), Some(password)) => {
+                self.invalid(
+                    password.key(),
+                    "set either a token (`token_env`/`token_file`) or a password (`password_env`/`password_file`), not both",
+                );
+                broken()
+            }
+            (Some(token), None) => match (email, username) {
+                (Some(_), Some(_)) => {
+                    self.invalid(
+                        "jira.username",
+                        "set `email` (Cloud API token) or `username` (Data Center password), not both",
+                    );
+                    broken()
+                }
+                (None, Some(_)) => {
+                    self.invalid(
+                        "jira.username",
+                        "`username` goes with `password_env`/`password_file`; a personal access token is sent alone (leave `username` out)",
+                    );
+                    broken()
+                }
+                (Some(email), None) => JiraAuth::Basic {
+                    email,
+                    token: Credential::unread(token),
+                },
+                (None, None) => JiraAuth::Bearer {
+                    token: Credential::unread(token),
+                },
+            },
+            (None, Some(password)) => match (username, email) {
+                (_, Some(_)) => {
+                    self.invalid(
+                        "jira.email",
+                        "a password goes with `username`; Cloud uses `email` with an API token (`token_env`)",
+                    );
+                    broken()
+                }
+                (Some(username), None) => JiraAuth::Password {
+                    username,
+                    password: Credential::unread(password),
+                },
+                (None, None) => {
+                    self.invalid(
+                        "jira.username",
+                        "a password needs the user name it belongs to (`username`)",
+                    );
+                    broken()
+                }
+            },
+            (None, None) => {
+                if given {
+                    self.invalid(
+                        "jira.token_env",
+                        "no Jira credential: set `token_env` (name of an environment variable) or `token_file` in \
+                         [jira] (or, on Data Center without personal access tokens, `username` with \
+                         `password_env`/`password_file`)",
+                    );
+                }
+                broken()
+            }
+        }
+    }
+
     /// Validates what was read and builds the configuration; every problem is recorded, and a part with one holds
     /// defaults (the commands that read that part are stopped by the problem).
     fn build(&mut self, mut raw: RawConfig) -> Config {
@@ -1379,32 +1519,7 @@ impl Ctx<'_> {
 
         let jira_given = raw.jira.is_some();
         let rj = raw.jira.take().unwrap_or_default();
-        let jira_token = match self.secret_ref("jira.token", &rj.token_env, &rj.token_file) {
-            Ok(Some(r)) => Credential::unread(r),
-            Ok(None) => {
-                if jira_given {
-                    self.invalid(
-                        "jira.token_env",
-                        "no Jira credential: set `token_env` (name of an environment variable) or `token_file` in [jira]",
-                    );
-                }
-                Credential {
-                    origin: None,
-                    value: None,
-                }
-            }
-            Err(()) => Credential {
-                origin: None,
-                value: None,
-            },
-        };
-        let auth = match rj.email.clone() {
-            Some(email) if !email.is_empty() => JiraAuth::Basic {
-                email,
-                token: jira_token,
-            },
-            _ => JiraAuth::Bearer { token: jira_token },
-        };
+        let auth = self.jira_auth(&rj, jira_given);
         let github_given = raw.github.is_some();
         let rg = raw.github.take().unwrap_or_default();
         let github_token = match self.secret_ref("github.token", &rg.token_env, &rg.token_file) {
@@ -1416,15 +1531,9 @@ impl Ctx<'_> {
                         "no GitHub credential: set `token_env` (name of an environment variable) or `token_file` in [github]",
                     );
                 }
-                Credential {
-                    origin: None,
-                    value: None,
-                }
+                Credential::missing()
             }
-            Err(()) => Credential {
-                origin: None,
-                value: None,
-            },
+            Err(()) => Credential::missing(),
         };
         let model_given = raw.model.is_some();
         let rm = raw.model.take().unwrap_or_default();
@@ -1465,10 +1574,28 @@ impl Ctx<'_> {
                 "must be shorter than serve.lease_secs, or leases expire between heartbeats",
             );
         }
+        let bot_username = rj
+            .bot_username
+            .as_deref()
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(str::to_string);
+        let mut bot_account_id = rj.bot_account_id.clone();
         if jira_given {
             self.check_url("jira.base_url", &rj.base_url);
-            if rj.bot_account_id.trim().is_empty() {
-                self.invalid("jira.bot_account_id", "must not be empty");
+            if bot_account_id.trim().is_empty() {
+                match (rj.flavor, &bot_username) {
+                    // Data Center: the user name is enough; until `drafter serve` learns the user key from
+                    // `/rest/api/2/myself`, the name stands for it (users made before Jira 8.4 have key = name).
+                    (JiraFlavor::Datacenter, Some(name)) => bot_account_id = name.clone(),
+                    (JiraFlavor::Datacenter, None) => self.invalid(
+                        "jira.bot_username",
+                        "Data Center needs the bot's user name (`bot_username`, as in `[~username]` mentions)",
+                    ),
+                    (JiraFlavor::Cloud, _) => {
+                        self.invalid("jira.bot_account_id", "must not be empty")
+                    }
+                }
             }
             if let Err(message) = check_field_ids(&rj.acceptance_criteria_fields) {
                 self.invalid("jira.acceptance_criteria_fields", &message);
@@ -1497,7 +1624,7 @@ impl Ctx<'_> {
             self.invalid("sandbox.workspace_max_mb", "must be at least 1");
         }
         for cidr in &raw.sandbox.egress_allow_addresses {
-            if let Err(why) = crate::sandbox::egress::allowance(cidr) {
+            if let Err(why) = crate::sandboxd::egress::allowance(cidr) {
                 self.invalid("sandbox.egress_allow_addresses", &why);
             }
         }
@@ -1561,8 +1688,8 @@ impl Ctx<'_> {
         Config {
             jira: JiraConfig {
                 base_url: rj.base_url.trim_end_matches('/').to_string(),
-                bot_account_id: rj.bot_account_id,
-                bot_username: rj.bot_username.filter(|u| !u.is_empty()),
+                bot_account_id,
+                bot_username,
                 flavor: rj.flavor,
                 auth,
                 acceptance_criteria_fields: rj.acceptance_criteria_fields,
@@ -1755,6 +1882,71 @@ repos = [{ name = "acme/widgets", test_command = "make test" }]
     }
 
     #[test]
+    fn data_center_credentials_and_bot_identity() {
+        let jira = |table: &str| {
+            let text = GOOD.replace(
+                "[jira]\nbase_url = \"https://example.atlassian.net/\"\nbot_account_id = \"712020:bot\"\nemail = \"bot@example.com\"\ntoken_env = \"JIRA_TOKEN\"\n",
+                &format!("[jira]\nbase_url = \"https://jira.example.com\"\n{table}"),
+            );
+            assert!(text.contains("jira.example.com"));
+            Config::from_toml(&text, Path::new("d.toml"), &|n: &str| match n {
+                "JIRA_PW" => Some("hunter2-password".into()),
+                other => env(other),
+            })
+        };
+        // A personal access token: Bearer, no email; the user name alone names the bot (its key is learned later).
+        let c = jira(
+            "flavor = \"datacenter\"\nbot_username = \"drafter-bot\"\ntoken_env = \"JIRA_TOKEN\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.jira.flavor, JiraFlavor::Datacenter);
+        assert!(matches!(c.jira.auth, JiraAuth::Bearer { .. }));
+        assert_eq!(c.jira.bot_username.as_deref(), Some("drafter-bot"));
+        assert_eq!(c.jira.bot_account_id, "drafter-bot");
+        // User name and password: Basic for older sites.
+        let c = jira(
+            "flavor = \"datacenter\"\nbot_username = \"drafter-bot\"\nbot_account_id = \"JIRAUSER10100\"\n\
+             username = \"drafter-bot\"\npassword_env = \"JIRA_PW\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.jira.bot_account_id, "JIRAUSER10100");
+        match &c.jira.auth {
+            JiraAuth::Password { username, password } => {
+                assert_eq!(username, "drafter-bot");
+                assert_eq!(password.value().unwrap().expose(), "hunter2-password");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(!format!("{c:?}").contains("hunter2"));
+        // Mistakes are named.
+        for (table, key) in [
+            ("flavor = \"datacenter\"\ntoken_env = \"JIRA_TOKEN\"\n", "jira.bot_username"),
+            ("bot_username = \"x\"\ntoken_env = \"JIRA_TOKEN\"\n", "jira.bot_account_id"),
+            ("flavor = \"datacenter\"\nbot_username = \"x\"\ntoken_env = \"JIRA_TOKEN\"\npassword_env = \"JIRA_PW\"\nusername = \"x\"\n", "jira.password_env"),
+            ("flavor = \"datacenter\"\nbot_username = \"x\"\npassword_env = \"JIRA_PW\"\n", "jira.username"),
+            ("flavor = \"datacenter\"\nbot_username = \"x\"\ntoken_env = \"JIRA_TOKEN\"\nusername = \"x\"\n", "jira.username"),
+            ("flavor = \"datacenter\"\nbot_username = \"x\"\nemail = \"a@b\"\npassword_env = \"JIRA_PW\"\nusername = \"x\"\n", "jira.email"),
+            ("flavor = \"datacenter\"\nbot_username = \"x\"\n", "jira.token_env"),
+        ] {
+            let e = jira(table).unwrap_err().to_string();
+            assert!(e.contains(key), "{table}: {e}");
+        }
+        // The flavor and names can come from the environment too.
+        let c = Config::from_toml(
+            &GOOD.replace("email = \"bot@example.com\"\n", ""),
+            Path::new("d.toml"),
+            &|n: &str| match n {
+                "DRAFTER_JIRA_FLAVOR" => Some("datacenter".into()),
+                "DRAFTER_JIRA_BOT_USERNAME" => Some("drafter-bot".into()),
+                other => env(other),
+            },
+        )
+        .unwrap();
+        assert_eq!(c.jira.flavor, JiraFlavor::Datacenter);
+        assert_eq!(c.jira.bot_username.as_deref(), Some("drafter-bot"));
+    }
+
+    #[test]
     fn debug_never_shows_secrets() {
         let c = Config::from_toml(GOOD, Path::new("d.toml"), &env).unwrap();
         let dbg = format!("{c:?}");
@@ -1936,7 +2128,7 @@ mod per_command {
             .expect("a one-off run needs no webhook secret");
         assert_eq!(c.github.token.value().unwrap().expose(), "ghp_VALUE-2");
         assert_eq!(
-            c.jira.auth.token().value().unwrap().expose(),
+            c.jira.auth.secret().value().unwrap().expose(),
             "jira-VALUE-1"
         );
         let key = c.model.api_key.as_ref().expect("configured");
@@ -2159,5 +2351,217 @@ mod per_command {
             err.contains("`model.api_key_file`") && err.contains("is empty"),
             "{err}"
         );
+    }
+}
+
+/// Issue 17's Jira Data Center settings under the per-command loader: the password is a secret like the token, read
+/// only by the commands that talk to Jira, and every mistake is a problem with its key, line and what it stops.
+#[cfg(test)]
+mod data_center {
+    use super::*;
+    use std::cell::RefCell;
+
+    const EXAMPLE: &str = include_str!("../examples/drafter.toml");
+
+    fn line_of(text: &str, needle: &str) -> usize {
+        text.lines()
+            .position(|l| l.trim_start().starts_with(needle))
+            .expect("needle in text")
+            + 1
+    }
+
+    /// The example switched to Data Center with the bot's user name and password, as the README describes.
+    fn with_password() -> String {
+        EXAMPLE
+            .replace("flavor = \"cloud\"", "flavor = \"datacenter\"")
+            .replace(
+                "bot_account_id = \"712020:00000000-0000-0000-0000-000000000000\"\n",
+                "",
+            )
+            .replace("# bot_username = ", "bot_username = ")
+            .replace("email = \"drafter-bot@example.com\"\n", "")
+            .replace("token_env = \"JIRA_API_TOKEN\"\n", "")
+            .replace("# username = ", "username = ")
+            .replace("# password_env = ", "password_env = ")
+    }
+
+    fn env(n: &str) -> Option<String> {
+        match n {
+            "JIRA_PASSWORD" => Some("hunter2-VALUE".into()),
+            "GITHUB_TOKEN" => Some("ghp_VALUE".into()),
+            "ANTHROPIC_API_KEY" => Some("sk-VALUE".into()),
+            "JIRA_WEBHOOK_SECRET" => Some("whsec-VALUE".into()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn the_password_is_read_by_the_commands_that_use_jira_only() {
+        let text = with_password();
+        assert!(
+            text.contains("\npassword_env = \"JIRA_PASSWORD\""),
+            "{text}"
+        );
+        let c = Config::from_toml_for(&text, Path::new("d.toml"), &env, Purpose::Run).unwrap();
+        assert_eq!(c.jira.flavor, JiraFlavor::Datacenter);
+        assert_eq!(
+            c.jira.bot_account_id, "drafter-bot",
+            "the name stands for the key"
+        );
+        match &c.jira.auth {
+            JiraAuth::Password { username, password } => {
+                assert_eq!(username, "drafter-bot");
+                assert_eq!(password.value().unwrap().expose(), "hunter2-VALUE");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(!format!("{c:?}").contains("hunter2"));
+
+        let lookups = RefCell::new(Vec::<String>::new());
+        let logged = |n: &str| {
+            lookups.borrow_mut().push(n.to_string());
+            None
+        };
+        for purpose in [Purpose::Queue, Purpose::DataDir, Purpose::Sandbox] {
+            let c = Config::from_toml_for(&text, Path::new("d.toml"), &logged, purpose)
+                .unwrap_or_else(|e| panic!("{purpose:?}: {e}"));
+            let err = c.jira.auth.secret().value().unwrap_err().to_string();
+            assert!(err.contains("`jira.password_env`"), "{err}");
+        }
+        assert!(
+            !lookups.borrow().iter().any(|n| n == "JIRA_PASSWORD"),
+            "{:?}",
+            lookups.borrow()
+        );
+        // `policy explain` reads Jira: a missing password stops it, with key and line.
+        let err = Config::from_toml_for(&text, Path::new("d.toml"), &logged, Purpose::Explain)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`jira.password_env`"), "{err}");
+        assert!(err.contains("JIRA_PASSWORD"), "{err}");
+        assert!(
+            err.contains(&format!("line {}", line_of(&text, "password_env ="))),
+            "{err}"
+        );
+        // check-config names it with what it stops.
+        let checked = Config::check(&text, Path::new("d.toml"), &|n: &str| match n {
+            "JIRA_PASSWORD" => None,
+            other => env(other),
+        });
+        let p = checked
+            .problems
+            .iter()
+            .find(|p| p.key.as_deref() == Some("jira.password_env"))
+            .unwrap_or_else(|| panic!("{:#?}", checked.problems));
+        assert_eq!(p.line, Some(line_of(&text, "password_env =")));
+        assert_eq!(p.blocked(), ["run", "serve", "policy explain"]);
+        let shown = format!("{:?}", checked.display().expect("readable"));
+        assert!(
+            shown.contains(
+                "not read: environment variable JIRA_PASSWORD (`jira.password_env`, line"
+            ),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn mixed_credentials_are_problems_with_key_line_and_blocks() {
+        let base = with_password();
+        let password_line = line_of(&base, "password_env =");
+        // A token as well as a password.
+        let text = base.replace(
+            "password_env = ",
+            "token_env = \"JIRA_API_TOKEN\"\npassword_env = ",
+        );
+        let both = |text: &str| {
+            Config::check(text, Path::new("d.toml"), &|n: &str| match n {
+                "JIRA_API_TOKEN" => Some("jira-VALUE".into()),
+                other => env(other),
+            })
+        };
+        let checked = both(&text);
+        assert_eq!(checked.problems.len(), 1, "{:#?}", checked.problems);
+        let p = &checked.problems[0];
+        assert_eq!(p.key.as_deref(), Some("jira.password_env"));
+        assert_eq!(p.line, Some(password_line + 1));
+        assert!(p.message.contains("not both"), "{p}");
+        assert_eq!(p.blocked(), ["run", "serve", "policy explain"]);
+        // A Jira mistake does not stop the commands that never read Jira.
+        assert!(checked.blocking(Purpose::Queue).next().is_none());
+        // A password with an email (Cloud's key), and a password without a user name.
+        for (text, key, line_needle) in [
+            (
+                base.replace(
+                    "\nusername = ",
+                    "\nemail = \"bot@example.com\"\nusername = ",
+                ),
+                "jira.email",
+                "email =",
+            ),
+            (
+                base.replace("\nusername = \"drafter-bot\"\n", "\n"),
+                "jira.username",
+                "[jira]",
+            ),
+            (
+                base.replace("password_env = ", "token_env = \"JIRA_API_TOKEN\"\n# was "),
+                "jira.username",
+                "username =",
+            ),
+        ] {
+            let checked = both(&text);
+            assert_eq!(checked.problems.len(), 1, "{key}: {:#?}", checked.problems);
+            let p = &checked.problems[0];
+            assert_eq!(p.key.as_deref(), Some(key), "{p}");
+            assert_eq!(p.line, Some(line_of(&text, line_needle)), "{p}");
+            assert_eq!(p.blocked(), ["run", "serve", "policy explain"], "{p}");
+        }
+    }
+
+    #[test]
+    fn data_center_needs_the_bot_user_name_and_overrides_set_it() {
+        let base = with_password();
+        let text = base.replace("bot_username = \"drafter-bot\"\n", "");
+        let checked = Config::check(&text, Path::new("d.toml"), &env);
+        assert_eq!(checked.problems.len(), 1, "{:#?}", checked.problems);
+        let p = &checked.problems[0];
+        assert_eq!(p.key.as_deref(), Some("jira.bot_username"));
+        assert_eq!(p.line, Some(line_of(&text, "[jira]")));
+        assert_eq!(p.blocked(), ["run", "serve", "policy explain"]);
+        // The environment may give the name, the flavor and the user name.
+        let from_env = |n: &str| match n {
+            "DRAFTER_JIRA_BOT_USERNAME" => Some("bot-from-env".into()),
+            "DRAFTER_JIRA_USERNAME" => Some("login-from-env".into()),
+            other => env(other),
+        };
+        let c = Config::from_toml_for(&text, Path::new("d.toml"), &from_env, Purpose::Run).unwrap();
+        assert_eq!(c.jira.bot_username.as_deref(), Some("bot-from-env"));
+        assert_eq!(c.jira.bot_account_id, "bot-from-env");
+        assert!(
+            matches!(&c.jira.auth, JiraAuth::Password { username, .. } if username == "login-from-env")
+        );
+        let cloud = |n: &str| match n {
+            "DRAFTER_JIRA_FLAVOR" => Some("cloud".into()),
+            other => env(other),
+        };
+        let err = Config::from_toml_for(&text, Path::new("d.toml"), &cloud, Purpose::Run)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`jira.bot_account_id`: must not be empty"),
+            "{err}"
+        );
+        // A flavor drafter does not know names the variable that set it.
+        let bad = |n: &str| match n {
+            "DRAFTER_JIRA_FLAVOR" => Some("server".into()),
+            other => env(other),
+        };
+        let checked = Config::check(&base, Path::new("d.toml"), &bad);
+        assert_eq!(checked.problems.len(), 1, "{:#?}", checked.problems);
+        let p = &checked.problems[0];
+        assert_eq!(p.key.as_deref(), Some("jira.flavor"));
+        assert!(p.message.contains("`server`"), "{p}");
+        assert!(p.message.contains("DRAFTER_JIRA_FLAVOR"), "{p}");
+        assert_eq!(p.blocked(), ["run", "serve", "policy explain"]);
     }
 }

@@ -1047,6 +1047,9 @@ fn wiki_mentions_bot(text: &str, jira: &JiraConfig) -> bool {
 /// (case-insensitive) or key (Data Center).
 fn wiki_target_is_bot(target: &str, jira: &JiraConfig) -> bool {
     let target = target.trim();
+    if target.is_empty() {
+        return false;
+    }
     let by_id = target
         .strip_prefix("accountid:")
         .or_else(|| target.strip_prefix("accountId:"))

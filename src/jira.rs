@@ -1,12 +1,15 @@
-//! Jira Cloud REST v3: read a ticket, write a comment, and translate between ADF and Markdown.
+//! Jira REST, Cloud (v3, ADF) and Data Center (v2, wiki markup): read a ticket, write a comment, and translate
+//! ticket text to Markdown.
 //!
-//! The model: drafter reads one issue (`GET /rest/api/3/issue/{key}`, v2 on Data Center) with its newest comments,
-//! configured acceptance-criteria fields, links and attachment list ([`JiraClient::issue`]), turns its ADF (or wiki
-//! text) into Markdown for the agent's prompt, and tells the ticket what happened with short ADF comments built from a [`Notice`]
-//! (`POST /rest/api/3/issue/{key}/comment`). Nothing else is done on the ticket. For `drafter serve` it also reads:
-//! JQL search ([`JiraClient::search`]: Cloud's `/rest/api/3/search/jql` with page tokens, or Data Center's
-//! `/rest/api/2/search` with `startAt`, per `jira.flavor`), and a ticket's comments ([`JiraClient::comments`]), so a
-//! retried job can see what it already said. For the policy: the groups of a user ([`JiraClient::user_groups`],
+//! The model: drafter reads one issue (`GET <api>/issue/{key}`) with its newest comments, configured
+//! acceptance-criteria fields, links and attachment list ([`JiraClient::issue`]), turns its ADF (Cloud) or wiki
+//! markup (Data Center, [`wiki`]) into Markdown for the agent's prompt, and tells the ticket what happened with
+//! short comments built from a [`Notice`] (`POST <api>/issue/{key}/comment`, [`JiraClient::notify`]): ADF on Cloud,
+//! wiki markup on Data Center. Nothing else is done on the ticket. `<api>` is `/rest/api/3` on Cloud and
+//! `/rest/api/2` on Data Center: the [`Dialect`] of `jira.flavor` decides it, and the text format, for every call.
+//! For `drafter serve` it also reads: JQL search ([`JiraClient::search`]: Cloud's `search/jql` with page tokens, or
+//! Data Center's `search` with `startAt`), and a ticket's comments ([`JiraClient::comments`]), so a retried job can
+//! see what it already said. For the policy: the groups of a user ([`JiraClient::user_groups`],
 //! cached for a few minutes in a [`GroupCache`] so a burst of jobs asks Jira once), and who assigned a ticket to the
 //! bot ([`JiraClient::assigned_by`], from the issue's change history), so a job found by the JQL poll knows who
 //! triggered it.
@@ -34,7 +37,13 @@ use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, RETRY_AFTER
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::config::{JiraAuth, JiraConfig, JiraFlavor};
+use crate::config::{JiraAuth, JiraConfig};
+
+mod dialect;
+pub mod wiki;
+
+pub use dialect::{Dialect, TextFormat};
+pub use wiki::{escape_wiki, wiki_to_markdown};
 
 /// Markdown descriptions longer than this (bytes) are cut, and the cut is said in the text.
 pub const MAX_DESCRIPTION_BYTES: usize = 64 * 1024;
@@ -101,9 +110,12 @@ pub enum JiraError {
     /// The Jira settings cannot be used (bad base URL, a credential that cannot go in a header).
     #[error("Jira client configuration: {0}")]
     Config(String),
-    /// The comment body given to [`JiraClient::comment`] is not an ADF document.
+    /// The comment body given to [`JiraClient::comment`] on Cloud is not an ADF document.
     #[error("comment body must be an ADF document (an object with \"type\": \"doc\")")]
     NotAdf,
+    /// The comment body given to [`JiraClient::comment`] on Data Center is not a wiki-markup string.
+    #[error("comment body must be a wiki-markup string on Jira Data Center")]
+    NotWiki,
     /// Jira could not be reached, or the connection failed or timed out mid-request.
     #[error("cannot reach Jira while {action}: {message}")]
     Network {
@@ -198,6 +210,46 @@ impl JiraError {
     }
 }
 
+/// Completes a Data Center bot identity from what `GET /rest/api/2/myself` says about the credential (`me`): a missing
+/// `bot_username` becomes its name, and a `bot_account_id` that is only the name (the default when just
+/// `bot_username` is configured) becomes its user key, which is what change history and assignment webhooks carry
+/// (`JIRAUSER10100` for users made since Jira 8.4). Returns warnings for a configuration that names someone else;
+/// it is then left as configured. Cloud configurations are not touched.
+pub fn adopt_bot_identity(cfg: &mut JiraConfig, me: &JiraUser) -> Vec<String> {
+    let mut warnings = Vec::new();
+    if cfg.flavor != crate::config::JiraFlavor::Datacenter {
+        return warnings;
+    }
+    let Some(name) = me.name.clone() else {
+        warnings.push(
+            "Jira's /myself answer has no user name; keeping the configured bot identity".into(),
+        );
+        return warnings;
+    };
+    match &cfg.bot_username {
+        None => cfg.bot_username = Some(name.clone()),
+        Some(u) if !u.eq_ignore_ascii_case(&name) => {
+            warnings.push(format!(
+                "jira.bot_username is {u:?}, but the credential belongs to {name:?}: drafter's comments are posted \
+                 as {name:?} and tickets must be assigned to {u:?}"
+            ));
+            return warnings;
+        }
+        Some(_) => {}
+    }
+    if let Some(key) = &me.key {
+        if cfg.bot_account_id.eq_ignore_ascii_case(&name) {
+            cfg.bot_account_id = key.clone();
+        } else if !cfg.bot_account_id.eq_ignore_ascii_case(key) {
+            warnings.push(format!(
+                "jira.bot_account_id is {:?}, but the bot's user key is {key:?}",
+                cfg.bot_account_id
+            ));
+        }
+    }
+    warnings
+}
+
 /// Whether `key` is a Jira issue key: `^[A-Z][A-Z0-9_]+-[1-9][0-9]*$`. Everything else is refused before any URL is
 /// built from it.
 pub fn valid_issue_key(key: &str) -> bool {
@@ -264,7 +316,7 @@ pub struct TicketComment {
     pub author: String,
     /// When it was written, as Jira says it (`2025-03-02T10:35:00.000+0000`).
     pub created: Option<String>,
-    /// The body as Markdown (ADF on Cloud, wiki markup as it is on Data Center), cut at [`MAX_COMMENT_BYTES`].
+    /// The body as Markdown (from ADF on Cloud, from wiki markup on Data Center), cut at [`MAX_COMMENT_BYTES`].
     pub body: String,
 }
 
@@ -273,8 +325,8 @@ pub struct TicketComment {
 pub struct FieldText {
     /// The field id, as configured (`customfield_10042`).
     pub field: String,
-    /// Its value as Markdown (ADF) or text (wiki markup, plain text, a selected option), cut at
-    /// [`MAX_CRITERIA_BYTES`].
+    /// Its value as Markdown (from ADF, or from wiki markup on Data Center) or text (plain text, a selected option),
+    /// cut at [`MAX_CRITERIA_BYTES`].
     pub text: String,
 }
 
@@ -309,16 +361,15 @@ pub struct SearchPage {
     pub next: Option<String>,
 }
 
-/// A Jira REST client for one site and one bot account (Cloud REST v3; search and comment listing also speak Data
-/// Center's v2).
+/// A Jira REST client for one site and one bot account: Cloud REST v3, or Data Center REST v2, per its [`Dialect`].
 #[derive(Debug, Clone)]
 pub struct JiraClient {
     http: reqwest::Client,
     /// Site root without a trailing slash.
     base: String,
     auth: JiraAuth,
-    /// Cloud or Data Center: decides the REST version of [`JiraClient::search`] and [`JiraClient::comments`].
-    flavor: JiraFlavor,
+    /// Cloud or Data Center: the REST version, text format and user naming of every call.
+    dialect: Dialect,
     /// The settings this client was built from: the bot's identity (whose comments are not the ticket's) and the
     /// acceptance-criteria fields.
     cfg: Arc<JiraConfig>,
@@ -363,7 +414,7 @@ impl JiraClient {
             http,
             base: cfg.base_url.trim().trim_end_matches('/').to_string(),
             auth: cfg.auth.clone(),
-            flavor: cfg.flavor,
+            dialect: Dialect::new(cfg.flavor),
             cfg: Arc::new(cfg.clone()),
             groups: Arc::new(GroupCache::new(DEFAULT_GROUP_CACHE_TTL)),
         };
@@ -394,15 +445,25 @@ impl JiraClient {
         &self.base
     }
 
+    /// Cloud or Data Center: how this client speaks to its site.
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    /// `<base><api>/<rest>`: a URL of this site's REST API (see [`Dialect::path`]).
+    fn api_url(&self, rest: &str) -> String {
+        format!("{}{}", self.base, self.dialect.path(rest))
+    }
+
     /// `<base>/browse/<KEY>`: the issue's page for humans.
     pub fn browse_url(&self, key: &str) -> String {
         format!("{}/browse/{}", self.base, key)
     }
 
-    /// Reads an issue as a developer would: `GET /rest/api/{3|2}/issue/{key}?fields=summary,description,reporter,
+    /// Reads an issue as a developer would: `GET <api>/issue/{key}?fields=summary,description,reporter,
     /// labels,project,issuetype,comment,issuelinks,attachment[,<acceptance-criteria fields>]` (v2 on Data Center,
     /// where text is wiki markup). `fields.comment` carries a page of comments; when the issue has more, the newest
-    /// are read from `GET /rest/api/{3|2}/issue/{key}/comment?orderBy=-created`
+    /// are read from `GET <api>/issue/{key}/comment?orderBy=-created`
     /// (<https://developer.atlassian.com/cloud/jira/platform/rest/v3/api-group-issue-comments/#api-rest-api-3-issue-issueidorkey-comment-get>).
     /// Attachments are listed from `fields.attachment`; their content is never requested.
     /// References: <https://developer.atlassian.com/cloud/jira/platform/rest/v3/api-group-issues/#api-rest-api-3-issue-issueidorkey-get>,
@@ -416,13 +477,7 @@ impl JiraClient {
             fields.push_str(f);
         }
         // The key is validated and the field ids are checked by the configuration: nothing here needs escaping.
-        let url = format!(
-            "{}/rest/api/{}/issue/{}?fields={}",
-            self.base,
-            self.rest_version(),
-            key,
-            fields
-        );
+        let url = self.api_url(&format!("issue/{key}?fields={fields}"));
         tracing::debug!(issue = key, "jira: GET issue");
         let req = self.http.get(url);
         let resp = self.send(req, &action, Some(key)).await?;
@@ -454,14 +509,6 @@ impl JiraClient {
         Ok(ticket)
     }
 
-    /// 3 on Cloud, 2 on Data Center.
-    fn rest_version(&self) -> u8 {
-        match self.flavor {
-            JiraFlavor::Cloud => 3,
-            JiraFlavor::Datacenter => 2,
-        }
-    }
-
     /// The newest comments, newest first, until enough for the model were read (or a few pages).
     async fn newest_comments(&self, key: &str) -> Result<Vec<Value>, JiraError> {
         let action = format!("reading the newest comments of issue {key}");
@@ -469,14 +516,9 @@ impl JiraClient {
         let mut start: u64 = 0;
         for _ in 0..MAX_TICKET_COMMENT_PAGES {
             // The key is validated; the numbers are ours.
-            let url = format!(
-                "{}/rest/api/{}/issue/{}/comment?orderBy=-created&startAt={}&maxResults={}",
-                self.base,
-                self.rest_version(),
-                key,
-                start,
-                PAGE_SIZE
-            );
+            let url = self.api_url(&format!(
+                "issue/{key}/comment?orderBy=-created&startAt={start}&maxResults={PAGE_SIZE}"
+            ));
             tracing::debug!(issue = key, start, "jira: GET newest comments");
             let resp = self.send(self.http.get(url), &action, Some(key)).await?;
             let body = self.read_success(resp, &action).await?;
@@ -516,7 +558,7 @@ impl JiraClient {
         // configured one, and treating a look-alike as a notice only hides it (from the model and the approval).
         let notice = c
             .get("body")
-            .is_some_and(|b| Notice::is_notice_text(&adf_to_markdown(b)));
+            .is_some_and(|b| Notice::is_notice_text(&self.dialect.markdown(b)));
         let by_bot = by_bot || notice;
         let restricted = c.get("visibility").is_some_and(|v| !v.is_null())
             || c.get("jsdPublic").and_then(Value::as_bool) == Some(false);
@@ -545,7 +587,7 @@ impl JiraClient {
             }
             let body = match c.get("body") {
                 None | Some(Value::Null) => String::new(),
-                Some(b) => cap_text(adf_to_markdown(b), MAX_COMMENT_BYTES, "comment"),
+                Some(b) => cap_text(self.dialect.markdown(b), MAX_COMMENT_BYTES, "comment"),
             };
             let author = c
                 .get("author")
@@ -573,20 +615,12 @@ impl JiraClient {
     }
 
     /// The id of the issue `key` names (for checking an unsigned `?issue=KEY` against a payload that names the issue
-    /// by id): `GET /rest/api/{3|2}/issue/{key}?fields=project` (v2 on Data Center). A moved issue answers under its
-    /// old key with its own id.
+    /// by id): `GET <api>/issue/{key}?fields=project`. A moved issue answers under its old key with its own id.
     pub async fn issue_id(&self, key: &str) -> Result<String, JiraError> {
         check_key(key)?;
         let action = format!("looking up the id of issue {key}");
-        let version = match self.flavor {
-            JiraFlavor::Cloud => 3,
-            JiraFlavor::Datacenter => 2,
-        };
         // The key is validated; nothing else comes from outside.
-        let url = format!(
-            "{}/rest/api/{}/issue/{}?fields=project",
-            self.base, version, key
-        );
+        let url = self.api_url(&format!("issue/{key}?fields=project"));
         let resp = self.send(self.http.get(url), &action, Some(key)).await?;
         let body = self.read_success(resp, &action).await?;
         let v: Value = serde_json::from_slice(&body).map_err(|e| JiraError::InvalidResponse {
@@ -603,15 +637,22 @@ impl JiraClient {
         }
     }
 
-    /// Posts a comment: `POST /rest/api/3/issue/{key}/comment` with `{"body": doc}`; Jira answers 201.
-    /// `body` must be an ADF document, e.g. from [`Notice::to_adf`].
+    /// Tells the ticket what happened: [`JiraClient::comment`] with the notice in the site's format (ADF on Cloud,
+    /// wiki markup on Data Center, see [`Dialect::notice_body`]).
+    pub async fn notify(&self, key: &str, notice: &Notice) -> Result<(), JiraError> {
+        self.comment(key, self.dialect.notice_body(notice)).await
+    }
+
+    /// Posts a comment: `POST <api>/issue/{key}/comment` with `{"body": body}`; Jira answers 201. `body` must be
+    /// in the site's format ([`Dialect::check_body`]): an ADF document on Cloud
+    /// (<https://developer.atlassian.com/cloud/jira/platform/rest/v3/api-group-issue-comments/#api-rest-api-3-issue-issueidorkey-comment-post>),
+    /// a wiki-markup string on Data Center
+    /// (<https://docs.atlassian.com/software/jira/docs/api/REST/9.12.0/#api/2/issue/{issueIdOrKey}/comment-addComment>).
     pub async fn comment(&self, key: &str, body: Value) -> Result<(), JiraError> {
         check_key(key)?;
-        if body.get("type").and_then(Value::as_str) != Some("doc") {
-            return Err(JiraError::NotAdf);
-        }
+        self.dialect.check_body(&body)?;
         let action = format!("commenting on issue {key}");
-        let url = format!("{}/rest/api/3/issue/{}/comment", self.base, key);
+        let url = self.api_url(&format!("issue/{key}/comment"));
         tracing::debug!(issue = key, "jira: POST comment");
         let req = self.http.post(url).json(&json!({ "body": body }));
         let resp = self.send(req, &action, Some(key)).await?;
@@ -620,25 +661,50 @@ impl JiraClient {
         Ok(())
     }
 
-    /// The authenticated account's `accountId` (`GET /rest/api/3/myself`): lets a caller check that the configured
-    /// bot account id matches the credential.
+    /// The authenticated account's id (`GET <api>/myself`): its `accountId` on Cloud, its user key on Data Center.
+    /// Lets a caller check that the configured bot account matches the credential.
     pub async fn myself(&self) -> Result<String, JiraError> {
+        let me = self.whoami().await?;
+        let id = if self.dialect.is_datacenter() {
+            me.key.or(me.name)
+        } else {
+            me.account_id
+        };
+        id.ok_or_else(|| JiraError::InvalidResponse {
+            action: "reading the bot account (myself)".into(),
+            message: if self.dialect.is_datacenter() {
+                "no key or name in the answer".into()
+            } else {
+                "no accountId in the answer".into()
+            },
+        })
+    }
+
+    /// Who the credential belongs to: `GET <api>/myself` (Cloud
+    /// <https://developer.atlassian.com/cloud/jira/platform/rest/v3/api-group-myself/#api-rest-api-3-myself-get>:
+    /// `accountId`; Data Center
+    /// <https://docs.atlassian.com/software/jira/docs/api/REST/9.12.0/#api/2/myself-getUser>: `name` and `key`).
+    pub async fn whoami(&self) -> Result<JiraUser, JiraError> {
         let action = "reading the bot account (myself)".to_string();
-        let url = format!("{}/rest/api/3/myself", self.base);
+        let url = self.api_url("myself");
         let resp = self.send(self.http.get(url), &action, None).await?;
         let body = self.read_success(resp, &action).await?;
         let v: Value = serde_json::from_slice(&body).map_err(|e| JiraError::InvalidResponse {
             action: action.clone(),
             message: format!("not valid JSON: {e}"),
         })?;
-        v.get("accountId")
-            .and_then(Value::as_str)
-            .filter(|s| !s.is_empty())
-            .map(|s| clean_text(&cap_chars(s, MAX_NOTICE_FIELD_CHARS)))
-            .ok_or_else(|| JiraError::InvalidResponse {
-                action,
-                message: "no accountId in the answer".into(),
-            })
+        let field = |k: &str| {
+            v.get(k)
+                .and_then(Value::as_str)
+                .filter(|s| !s.is_empty())
+                .map(|s| clean_text(&cap_chars(s, MAX_NOTICE_FIELD_CHARS)))
+        };
+        Ok(JiraUser {
+            account_id: field("accountId"),
+            name: field("name"),
+            key: field("key"),
+            display_name: field("displayName"),
+        })
     }
 
     /// One page of a JQL search. Cloud: `GET /rest/api/3/search/jql?jql=..&fields=..&maxResults=100[&nextPageToken=..]`
@@ -664,12 +730,8 @@ impl JiraClient {
         page_token: Option<&str>,
     ) -> Result<SearchPage, JiraError> {
         let action = "searching issues (JQL)".to_string();
-        let cloud = self.flavor == JiraFlavor::Cloud;
-        let path = if cloud {
-            "/rest/api/3/search/jql"
-        } else {
-            "/rest/api/2/search"
-        };
+        let cloud = !self.dialect.is_datacenter();
+        let path = self.dialect.search_path();
         let start_at = match (cloud, page_token) {
             (false, Some(t)) => t.parse::<u64>().map_err(|_| {
                 JiraError::Config(format!(
@@ -700,7 +762,7 @@ impl JiraClient {
                 q.append_pair("startAt", &start_at.to_string());
             }
         }
-        tracing::debug!(flavor = ?self.flavor, "jira: search");
+        tracing::debug!(flavor = ?self.dialect.flavor(), "jira: search");
         let resp = self.send(self.http.get(url), &action, None).await?;
         let body = self.read_success(resp, &action).await?;
         let v: Value = serde_json::from_slice(&body).map_err(|e| JiraError::InvalidResponse {
@@ -733,23 +795,18 @@ impl JiraClient {
     }
 
     /// Every comment on an issue, oldest first, as Jira sent them (`id`, `author`, `body`, `created` ...):
-    /// `GET /rest/api/{3|2}/issue/{key}/comment?startAt=N&maxResults=100`, paging until `total` is reached
+    /// `GET <api>/issue/{key}/comment?startAt=N&maxResults=100`, paging until `total` is reached
     /// (v2 on Data Center, where bodies are wiki-markup strings; ADF documents on Cloud). Raw and untrusted.
     pub async fn comments(&self, key: &str) -> Result<Vec<Value>, JiraError> {
         check_key(key)?;
         let action = format!("listing comments of issue {key}");
-        let version = match self.flavor {
-            JiraFlavor::Cloud => 3,
-            JiraFlavor::Datacenter => 2,
-        };
         let mut all: Vec<Value> = Vec::new();
         let mut start: u64 = 0;
         for _ in 0..MAX_COMMENT_PAGES {
             // The key is validated; the numbers are ours.
-            let url = format!(
-                "{}/rest/api/{}/issue/{}/comment?startAt={}&maxResults={}",
-                self.base, version, key, start, PAGE_SIZE
-            );
+            let url = self.api_url(&format!(
+                "issue/{key}/comment?startAt={start}&maxResults={PAGE_SIZE}"
+            ));
             tracing::debug!(issue = key, start, "jira: GET comments");
             let resp = self.send(self.http.get(url), &action, Some(key)).await?;
             let body = self.read_success(resp, &action).await?;
@@ -783,86 +840,120 @@ impl JiraClient {
 
     /// The names of the groups `account` belongs to (nested groups included, as Jira reports them), at most
     /// 1000. Cloud: `GET /rest/api/3/user/groups?accountId=..` (an array of `{name, groupId, self}`). Data Center,
-    /// where users are names: `GET /rest/api/2/user?username=..&expand=groups` (`groups.items[].name`).
+    /// where users are names: `GET /rest/api/2/user?username=..&expand=groups` (`groups.items[].name`); an account
+    /// that is no user name but looks like a user key (`JIRAUSER10100`) is then looked up by `key=`.
     ///
     /// Answers come from the client's [`GroupCache`] while fresh (see [`JiraClient::with_group_ttl`]); concurrent
     /// calls for the same account wait for one request instead of each sending their own. A user Jira does not
     /// know (404) has no groups: `Ok(vec![])`, cached like any answer. Errors are not cached.
     pub async fn user_groups(&self, account: &str) -> Result<Vec<String>, JiraError> {
-        if account.is_empty()
-            || account.chars().count() > MAX_ACCOUNT_CHARS
-            || account.chars().any(char::is_control)
-        {
-            return Err(JiraError::InvalidAccount(cap_chars(
-                &clean_text(account),
-                64,
-            )));
+        Ok(self.user_info(account).await?.groups)
+    }
+
+    /// Every identifier `account` goes by, `account` first. On Data Center a person has a user name and a user key
+    /// (`JIRAUSER10100` for users made since Jira 8.4, else the original name), and a policy may list either: both
+    /// come from the same cached `GET /rest/api/2/user` answer as [`JiraClient::user_groups`]. On Cloud the account
+    /// id is the only one, and no request is made.
+    pub async fn identities(&self, account: &str) -> Result<Vec<String>, JiraError> {
+        check_account(account)?;
+        let mut ids = vec![account.to_string()];
+        if self.dialect.is_datacenter() {
+            for id in self.user_info(account).await?.ids {
+                if !ids.iter().any(|known| self.dialect.same_user(known, &id)) {
+                    ids.push(id);
+                }
+            }
         }
+        Ok(ids)
+    }
+
+    /// What Jira says about `account`, from the cache while fresh.
+    async fn user_info(&self, account: &str) -> Result<UserInfo, JiraError> {
+        check_account(account)?;
         let slot = self.groups.slot(account);
         // Held across the request: a burst of jobs by one user makes one request, the others wait for its answer.
         let mut entry = slot.lock().await;
-        if let Some((at, groups)) = entry.as_ref() {
+        if let Some((at, info)) = entry.as_ref() {
             if at.elapsed() < self.groups.ttl {
-                return Ok(groups.clone());
+                return Ok(info.clone());
             }
         }
-        let groups = self.fetch_user_groups(account).await?;
-        *entry = Some((Instant::now(), groups.clone()));
-        Ok(groups)
+        let info = self.fetch_user(account).await?;
+        *entry = Some((Instant::now(), info.clone()));
+        Ok(info)
     }
 
-    async fn fetch_user_groups(&self, account: &str) -> Result<Vec<String>, JiraError> {
-        let action = "reading a user's groups".to_string();
-        let cloud = self.flavor == JiraFlavor::Cloud;
-        let path = if cloud {
-            "/rest/api/3/user/groups"
-        } else {
-            "/rest/api/2/user"
-        };
-        let mut url = url::Url::parse(&format!("{}{}", self.base, path))
-            .map_err(|e| JiraError::Config(format!("jira.base_url: {e}")))?;
-        {
-            // The account comes from a webhook or the policy: only ever a query value, encoded.
-            let mut q = url.query_pairs_mut();
-            if cloud {
-                q.append_pair("accountId", account);
-            } else {
-                q.append_pair("username", account);
-                q.append_pair("expand", "groups");
-            }
+    async fn fetch_user(&self, account: &str) -> Result<UserInfo, JiraError> {
+        if !self.dialect.is_datacenter() {
+            let list = self
+                .get_user_resource("user/groups", &[("accountId", account)])
+                .await?;
+            let Some(v) = list else {
+                // An unknown (or deleted) user is a member of nothing.
+                return Ok(UserInfo::default());
+            };
+            let groups = v.as_array().ok_or_else(|| JiraError::InvalidResponse {
+                action: "reading a user's groups".into(),
+                message: "expected an array of groups".into(),
+            })?;
+            return Ok(UserInfo {
+                ids: Vec::new(),
+                groups: group_names(groups),
+            });
         }
-        tracing::debug!(flavor = ?self.flavor, "jira: GET user groups");
+        let mut user = self
+            .get_user_resource("user", &[("username", account), ("expand", "groups")])
+            .await?;
+        if user.is_none() && looks_like_user_key(account) {
+            user = self
+                .get_user_resource("user", &[("key", account), ("expand", "groups")])
+                .await?;
+        }
+        let Some(v) = user else {
+            return Ok(UserInfo::default());
+        };
+        let groups = v
+            .pointer("/groups/items")
+            .and_then(Value::as_array)
+            .ok_or_else(|| JiraError::InvalidResponse {
+                action: "reading a user's groups".into(),
+                message: "the user has no `groups.items` list".into(),
+            })?;
+        Ok(UserInfo {
+            ids: self
+                .dialect
+                .user_ids(&v)
+                .into_iter()
+                .map(|s| clean_text(&cap_chars(s, MAX_ACCOUNT_CHARS)))
+                .collect(),
+            groups: group_names(groups),
+        })
+    }
+
+    /// `GET <api>/<path>?<query>` for a user resource; `None` when Jira does not know the user (404).
+    async fn get_user_resource(
+        &self,
+        path: &str,
+        query: &[(&str, &str)],
+    ) -> Result<Option<Value>, JiraError> {
+        let action = "reading a user's groups".to_string();
+        let mut url = url::Url::parse(&self.api_url(path))
+            .map_err(|e| JiraError::Config(format!("jira.base_url: {e}")))?;
+        // The account comes from a webhook or the policy: only ever a query value, encoded.
+        url.query_pairs_mut().extend_pairs(query);
+        tracing::debug!(flavor = ?self.dialect.flavor(), path, "jira: GET user");
         let resp = match self.send(self.http.get(url), &action, None).await {
             Ok(r) => r,
-            // An unknown (or deleted) user is a member of nothing.
-            Err(JiraError::Rejected { status: 404, .. }) => return Ok(Vec::new()),
+            Err(JiraError::Rejected { status: 404, .. }) => return Ok(None),
             Err(e) => return Err(e),
         };
         let body = self.read_success(resp, &action).await?;
-        let v: Value = serde_json::from_slice(&body).map_err(|e| JiraError::InvalidResponse {
-            action: action.clone(),
-            message: format!("not valid JSON: {e}"),
-        })?;
-        let list = if cloud {
-            v.as_array()
-        } else {
-            v.pointer("/groups/items").and_then(Value::as_array)
-        };
-        let list = list.ok_or_else(|| JiraError::InvalidResponse {
-            action: action.clone(),
-            message: if cloud {
-                "expected an array of groups".into()
-            } else {
-                "the user has no `groups.items` list".into()
-            },
-        })?;
-        Ok(list
-            .iter()
-            .filter_map(|g| g.get("name").and_then(Value::as_str))
-            .map(|n| clean_text(&cap_chars(n, MAX_NOTICE_FIELD_CHARS)))
-            .filter(|n| !n.is_empty())
-            .take(MAX_GROUPS_PER_USER)
-            .collect())
+        serde_json::from_slice(&body)
+            .map(Some)
+            .map_err(|e| JiraError::InvalidResponse {
+                action,
+                message: format!("not valid JSON: {e}"),
+            })
     }
 
     /// Who most recently assigned issue `key` to `assignee` (the bot), from the issue's change history: the
@@ -897,15 +988,13 @@ impl JiraClient {
             .copied()
             .filter(|a| !a.is_empty())
             .collect();
-        let histories = match self.flavor {
-            JiraFlavor::Cloud => self.changelog_cloud(key).await?,
-            JiraFlavor::Datacenter => self.changelog_dc(key).await?,
+        let dc = self.dialect.is_datacenter();
+        let histories = if dc {
+            self.changelog_dc(key).await?
+        } else {
+            self.changelog_cloud(key).await?
         };
-        Ok(last_assignment_author(
-            &histories,
-            &assignees,
-            self.flavor == JiraFlavor::Datacenter,
-        ))
+        Ok(last_assignment_author(&histories, &assignees, dc))
     }
 
     /// Every change history entry of an issue on Cloud, in the order Jira lists them (oldest first).
@@ -915,10 +1004,9 @@ impl JiraClient {
         let mut start: u64 = 0;
         for _ in 0..MAX_CHANGELOG_PAGES {
             // The key is validated; the numbers are ours.
-            let url = format!(
-                "{}/rest/api/3/issue/{}/changelog?startAt={}&maxResults={}",
-                self.base, key, start, PAGE_SIZE
-            );
+            let url = self.api_url(&format!(
+                "issue/{key}/changelog?startAt={start}&maxResults={PAGE_SIZE}"
+            ));
             tracing::debug!(issue = key, start, "jira: GET changelog");
             let resp = self.send(self.http.get(url), &action, Some(key)).await?;
             let body = self.read_success(resp, &action).await?;
@@ -961,10 +1049,7 @@ impl JiraClient {
     /// Every change history entry of an issue on Data Center (`expand=changelog` on the issue).
     async fn changelog_dc(&self, key: &str) -> Result<Vec<Value>, JiraError> {
         let action = format!("reading the change history of issue {key}");
-        let url = format!(
-            "{}/rest/api/2/issue/{}?fields=assignee&expand=changelog",
-            self.base, key
-        );
+        let url = self.api_url(&format!("issue/{key}?fields=assignee&expand=changelog"));
         tracing::debug!(issue = key, "jira: GET issue with changelog");
         let resp = self.send(self.http.get(url), &action, Some(key)).await?;
         let body = self.read_success(resp, &action).await?;
@@ -997,6 +1082,13 @@ impl JiraClient {
                 )
             }
             JiraAuth::Bearer { token } => format!("Bearer {}", secret(token)?),
+            JiraAuth::Password { username, password } => {
+                let raw = format!("{}:{}", username, secret(password)?);
+                format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode(raw)
+                )
+            }
         };
         let mut h = HeaderValue::from_str(&value).map_err(|_| {
             JiraError::Config(
@@ -1060,7 +1152,7 @@ impl JiraClient {
     /// Removes the credential from text that came from the server, in case it was echoed back.
     fn scrub(&self, text: &str) -> String {
         let mut out = text.to_string();
-        let token = self.auth.token().value().map(|s| s.expose()).unwrap_or("");
+        let token = self.auth.secret().value().map(|s| s.expose()).unwrap_or("");
         if !token.is_empty() {
             out = out.replace(token, "[redacted]");
         }
@@ -1098,7 +1190,7 @@ impl JiraClient {
             .unwrap_or_default();
         let description = match fields.get("description") {
             None | Some(Value::Null) => String::new(),
-            Some(d) => cap_markdown(adf_to_markdown(d)),
+            Some(d) => cap_markdown(self.dialect.markdown(d)),
         };
         let reporter = fields
             .get("reporter")
@@ -1129,7 +1221,11 @@ impl JiraClient {
             .acceptance_criteria_fields
             .iter()
             .filter_map(|f| {
-                let text = cap_text(field_text(fields.get(f)?), MAX_CRITERIA_BYTES, "field");
+                let text = cap_text(
+                    field_text(fields.get(f)?, self.dialect),
+                    MAX_CRITERIA_BYTES,
+                    "field",
+                );
                 (!text.trim().is_empty()).then(|| FieldText {
                     field: f.clone(),
                     text,
@@ -1283,7 +1379,7 @@ pub struct GroupCache {
     entries: Mutex<HashMap<String, Arc<GroupSlot>>>,
 }
 
-type GroupSlot = tokio::sync::Mutex<Option<(Instant, Vec<String>)>>;
+type GroupSlot = tokio::sync::Mutex<Option<(Instant, UserInfo)>>;
 
 impl std::fmt::Debug for GroupCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -1349,6 +1445,64 @@ impl GroupCache {
         }
         map.entry(account.to_string()).or_default().clone()
     }
+}
+
+/// What Jira says about one user (see [`JiraClient::identities`], [`JiraClient::user_groups`]).
+#[derive(Debug, Clone, Default)]
+struct UserInfo {
+    /// The identifiers the user goes by besides the one asked for: Data Center's name and key.
+    ids: Vec<String>,
+    /// The user's group names.
+    groups: Vec<String>,
+}
+
+/// Who a credential belongs to ([`JiraClient::whoami`]). Each field is what the site sent, when it sent it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JiraUser {
+    /// Cloud's `accountId`.
+    pub account_id: Option<String>,
+    /// Data Center's user name (what `[~name]` mentions and JQL use).
+    pub name: Option<String>,
+    /// Data Center's user key (what change history `to` values hold).
+    pub key: Option<String>,
+    /// The name shown to people.
+    pub display_name: Option<String>,
+}
+
+/// Group names from a list of `{name, ...}` objects: cleaned, capped, at most [`MAX_GROUPS_PER_USER`].
+fn group_names(list: &[Value]) -> Vec<String> {
+    list.iter()
+        .filter_map(|g| g.get("name").and_then(Value::as_str))
+        .map(|n| clean_text(&cap_chars(n, MAX_NOTICE_FIELD_CHARS)))
+        .filter(|n| !n.is_empty())
+        .take(MAX_GROUPS_PER_USER)
+        .collect()
+}
+
+/// Whether a Data Center identifier looks like a generated user key (`JIRAUSER10100`, since Jira 8.4), which no
+/// user-name lookup finds.
+fn looks_like_user_key(account: &str) -> bool {
+    match (account.get(..8), account.get(8..)) {
+        (Some(prefix), Some(number)) => {
+            prefix.eq_ignore_ascii_case("JIRAUSER")
+                && !number.is_empty()
+                && number.bytes().all(|b| b.is_ascii_digit())
+        }
+        _ => false,
+    }
+}
+
+fn check_account(account: &str) -> Result<(), JiraError> {
+    if account.is_empty()
+        || account.chars().count() > MAX_ACCOUNT_CHARS
+        || account.chars().any(char::is_control)
+    {
+        return Err(JiraError::InvalidAccount(cap_chars(
+            &clean_text(account),
+            64,
+        )));
+    }
+    Ok(())
 }
 
 fn check_key(key: &str) -> Result<(), JiraError> {
@@ -1524,22 +1678,22 @@ fn cap_text(text: String, max: usize, what: &str) -> String {
     )
 }
 
-/// An issue field's value as text: ADF (Cloud rich text) as Markdown, strings (wiki markup, plain text) as they
-/// are, a selected option by its value, a list one item per line.
-fn field_text(v: &Value) -> String {
+/// An issue field's value as text: rich text as Markdown (ADF on Cloud, wiki markup on Data Center, per the
+/// [`Dialect`]), plain strings as they are, a selected option by its value, a list one item per line.
+fn field_text(v: &Value, dialect: Dialect) -> String {
     match v {
         Value::Null => String::new(),
-        Value::String(s) => clean_text(s).trim().to_string(),
+        Value::String(_) => dialect.markdown(v),
         Value::Bool(_) | Value::Number(_) => v.to_string(),
         Value::Array(items) => items
             .iter()
-            .map(field_text)
+            .map(|i| field_text(i, dialect))
             .filter(|t| !t.is_empty())
             .collect::<Vec<_>>()
             .join("\n"),
         Value::Object(o) => match (o.get("type"), o.get("value").or_else(|| o.get("name"))) {
             (Some(_), _) => adf_to_markdown(v),
-            (None, Some(x)) if !x.is_object() => field_text(x),
+            (None, Some(x)) if !x.is_object() => field_text(x, dialect),
             _ => adf_to_markdown(v),
         },
     }
@@ -2954,6 +3108,48 @@ mod tests {
         ] {
             check(&n.to_adf());
         }
+    }
+
+    #[test]
+    fn data_center_bot_identity_is_learned_from_myself() {
+        use crate::config::{JiraFlavor, Secret};
+        let dc = |account: &str, username: Option<&str>| JiraConfig {
+            base_url: "https://jira.example.com".into(),
+            bot_account_id: account.into(),
+            bot_username: username.map(str::to_string),
+            flavor: JiraFlavor::Datacenter,
+            auth: JiraAuth::Bearer {
+                token: Secret::new("pat").into(),
+            },
+            acceptance_criteria_fields: Vec::new(),
+        };
+        let me = JiraUser {
+            name: Some("drafter-bot".into()),
+            key: Some("JIRAUSER10100".into()),
+            ..JiraUser::default()
+        };
+        // Only the name configured (the key defaulted to it): the key is learned.
+        let mut c = dc("drafter-bot", Some("drafter-bot"));
+        assert!(adopt_bot_identity(&mut c, &me).is_empty());
+        assert_eq!(c.bot_account_id, "JIRAUSER10100");
+        // Only the key configured: the name is learned.
+        let mut c = dc("JIRAUSER10100", None);
+        assert!(adopt_bot_identity(&mut c, &me).is_empty());
+        assert_eq!(c.bot_username.as_deref(), Some("drafter-bot"));
+        // A credential of someone else: warned, nothing changed.
+        let mut c = dc("other", Some("other"));
+        let w = adopt_bot_identity(&mut c, &me);
+        assert!(w[0].contains("belongs to \"drafter-bot\""), "{w:?}");
+        assert_eq!(c.bot_account_id, "other");
+        // A configured key that is not the bot's: warned, kept.
+        let mut c = dc("JIRAUSER1", Some("drafter-bot"));
+        assert_eq!(adopt_bot_identity(&mut c, &me).len(), 1);
+        assert_eq!(c.bot_account_id, "JIRAUSER1");
+        // Cloud is left alone.
+        let mut c = dc("712020:x", None);
+        c.flavor = JiraFlavor::Cloud;
+        assert!(adopt_bot_identity(&mut c, &me).is_empty());
+        assert_eq!(c.bot_username, None);
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! - [`repo`]: git through libgit2: clone, branch, commit, push, with the token only in the credential callback.
 //! - [`sandbox`]: one hardened Docker container per job, workspace in and out as tar streams; tool calls through
 //!   `drafter-sandboxd` inside it (or `docker exec`); a warm pool.
+//! - [`sandboxd`]: the container side: the executor daemon, its wire protocol, the egress proxy.
 //! - [`bench`]: `drafter bench`, the sandbox against the Docker CLI.
 //! - [`model`]: provider encodings (Anthropic, OpenAI-compatible) behind one receipt-emitting client.
 //! - [`proof`]: the runner key, the receipt chain and its verification.
@@ -34,5 +35,6 @@ pub mod proof;
 pub mod queue;
 pub mod repo;
 pub mod sandbox;
+pub mod sandboxd;
 pub mod server;
 pub mod worker;

@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use drafter::agent::AgentEvent;
 use drafter::config::{Config, Purpose};
-use drafter::jira::{JiraClient, Notice};
+use drafter::jira::{self, JiraClient, Notice};
 use drafter::policy::{self, Policy};
 use drafter::proof;
 use drafter::queue::{JobFilter, JobState, Pause, Queue};
@@ -709,7 +709,7 @@ async fn run(
                 proof: None,
             };
             if let Ok(jira) = JiraClient::new(&config.jira) {
-                if let Err(e) = jira.comment(ticket, notice.to_adf()).await {
+                if let Err(e) = jira.notify(ticket, &notice).await {
                     tracing::warn!(error = %worker::scrub(&config, &e.to_string()), "could not report the interruption");
                 }
             }
@@ -764,10 +764,43 @@ async fn run(
     }
 }
 
+/// On Data Center, completes the bot's identity from `GET /rest/api/2/myself` (see [`jira::adopt_bot_identity`]):
+/// assignment webhooks and change history name the assignee by user key, which only Jira knows when the
+/// configuration gives the bot's user name alone. Jira being unreachable now is not fatal: the name then stands for
+/// the key, which holds for users made before Jira 8.4.
+async fn learn_datacenter_bot(config: &mut Config) {
+    if config.jira.flavor != drafter::config::JiraFlavor::Datacenter {
+        return;
+    }
+    let me = match JiraClient::new(&config.jira) {
+        Ok(client) => client.whoami().await,
+        Err(e) => Err(e),
+    };
+    match me {
+        Ok(me) => {
+            for w in jira::adopt_bot_identity(&mut config.jira, &me) {
+                tracing::warn!("{w}");
+                eprintln!("drafter serve: warning: {w}");
+            }
+            tracing::info!(
+                bot_username = ?config.jira.bot_username,
+                bot_key = %config.jira.bot_account_id,
+                "jira: Data Center bot identity"
+            );
+        }
+        Err(e) => tracing::warn!(
+            error = %worker::scrub(config, &e.to_string()),
+            "cannot read the bot's user key from Jira (GET /rest/api/2/myself); using jira.bot_account_id as configured"
+        ),
+    }
+}
+
 async fn serve(config_path: &std::path::Path) -> anyhow::Result<ExitCode> {
     // Everything, and the webhook secret when webhooks are on (its key is set): a worker that would refuse every
     // delivery must not look healthy.
-    let config = Arc::new(Config::load_for(config_path, Purpose::Serve)?);
+    let mut config = Config::load_for(config_path, Purpose::Serve)?;
+    learn_datacenter_bot(&mut config).await;
+    let config = Arc::new(config);
     let webhook_secret = match &config.serve.webhook_secret {
         Some(c) => Some(c.value()?.clone()),
         None => None,

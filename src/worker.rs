@@ -27,13 +27,13 @@ use crate::config::{AgentLimits, Config, RepoConfig, SandboxConfig};
 use crate::forge::{ForgeError, GitHub, PullRequest};
 use crate::jira::{self, JiraClient, JiraError, Notice, Ticket};
 use crate::model::{ModelClient, ModelError};
-use crate::policy::{self, diff, Approval, Decision, Grant, Network, Policy, Request, Who};
+use crate::policy::{self, write, Approval, Decision, Grant, Network, Policy, Request, Who};
 use crate::proof::bundle::{Change, NetworkRecord, Outcome, TriggerInfo};
 use crate::proof::{self, BundleWriter, ProofError, Retention, RunInput, RunnerKey};
 use crate::queue::ApprovalSubject;
 use crate::repo::{self, RepoError};
-use crate::sandbox::egress::EgressRules;
 use crate::sandbox::{Container, Sandbox, SandboxError};
+use crate::sandboxd::egress::EgressRules;
 
 pub mod explain;
 pub mod meter;
@@ -240,10 +240,11 @@ fn cap(s: &str, n: usize) -> String {
 /// Replaces every configured secret value in `text` with `[redacted]`. Errors should never carry secrets; this is
 /// the second line of defence before anything leaves the process (a ticket comment, a log line, `job.json`).
 pub fn scrub(config: &Config, text: &str) -> String {
-    // Only what this command read: a secret never read cannot be in any text.
+    // Only what this command read: a secret never read cannot be in any text. The Jira one is a token or a
+    // password, whichever [jira] configures.
     let secrets: Vec<&str> = [
         Some(&config.github.token),
-        Some(config.jira.auth.token()),
+        Some(config.jira.auth.secret()),
         config.model.api_key.as_ref(),
     ]
     .into_iter()
@@ -561,7 +562,7 @@ pub async fn run_job(
                     approvers: approvers.clone(),
                     ttl_hours: *ttl_hours,
                 };
-                if let Err(ce) = jira.comment(ticket_key, notice.to_adf()).await {
+                if let Err(ce) = jira.notify(ticket_key, &notice).await {
                     tracing::warn!(error = %scrub(&config, &ce.to_string()), "could not ask for approval again on the ticket");
                 }
             }
@@ -578,7 +579,7 @@ pub async fn run_job(
                     approvers: approvers.clone(),
                     ttl_hours: *ttl_hours,
                 };
-                if let Err(ce) = jira.comment(ticket_key, notice.to_adf()).await {
+                if let Err(ce) = jira.notify(ticket_key, &notice).await {
                     tracing::warn!(error = %scrub(&config, &ce.to_string()), "could not ask for approval on the ticket");
                 }
             }
@@ -605,7 +606,7 @@ pub async fn run_job(
                     },
                 };
                 if fence(spec, "reporting the failure").await.is_ok() {
-                    if let Err(ce) = jira.comment(ticket_key, notice.to_adf()).await {
+                    if let Err(ce) = jira.notify(ticket_key, &notice).await {
                         tracing::warn!(error = %scrub(&config, &ce.to_string()), "could not report the failure on the ticket");
                     }
                 }
@@ -821,16 +822,15 @@ async fn deliver(
             stage(events, Stage::Report, ticket_key);
             if !ticket_mentions(jira, ticket_key, url).await? {
                 fence(spec, "commenting on the ticket").await?;
-                jira.comment(
+                jira.notify(
                     ticket_key,
-                    Notice::PrOpened {
+                    &Notice::PrOpened {
                         url: url.clone(),
                         repo: repo.clone(),
                         number: *number,
                         branch: branch.clone(),
                         proof,
-                    }
-                    .to_adf(),
+                    },
                 )
                 .await?;
             }
@@ -838,13 +838,12 @@ async fn deliver(
         JobOutcome::NoChanges { summary, .. } => {
             stage(events, Stage::Report, "no changes");
             fence(spec, "commenting on the ticket").await?;
-            jira.comment(
+            jira.notify(
                 ticket_key,
-                Notice::NoChanges {
+                &Notice::NoChanges {
                     summary: summary.clone(),
                     proof,
-                }
-                .to_adf(),
+                },
             )
             .await?;
         }
@@ -942,13 +941,12 @@ async fn pipeline(
     // One "started" comment per job, not per attempt: a retried job finds its own id already on the ticket.
     if !ticket_mentions_all(jira, ticket_key, &[job_id, "started working on this"]).await? {
         fence(spec, "commenting on the ticket").await?;
-        jira.comment(
+        jira.notify(
             ticket_key,
-            Notice::Started {
+            &Notice::Started {
                 job_id: job_id.to_string(),
                 repo: repo_cfg.name.clone(),
-            }
-            .to_adf(),
+            },
         )
         .await?;
     }
@@ -1030,9 +1028,9 @@ async fn pipeline(
             // The pushed tip is checked like a fresh change, under this attempt's policy: it may have been
             // checked under an older policy, or pushed by someone who forged the job's trailer.
             let base = repo::remote_base(&git_repo, &base2)?;
-            let summary = diff::summarize(&git_repo, base, remote.tip)
+            let summary = repo::diff::summarize(&git_repo, base, remote.tip)
                 .map_err(|e| repo::git_error("diffing the pushed change", e))?;
-            let violations = diff::check(&summary, &write);
+            let violations = write::check(&summary, &write);
             let changed = repo::changed_files(&git_repo, &base2)?;
             let change = change_of(&git_repo, &base2, remote.tip, changed.len())?;
             Ok((remote.message, changed, change, violations))
@@ -1127,9 +1125,9 @@ async fn pipeline(
             };
             // The write rules see exactly what would be pushed: base tree against the new commit.
             let base = repo::remote_base(&r, &base2)?;
-            let summary = diff::summarize(&r, base, head)
+            let summary = repo::diff::summarize(&r, base, head)
                 .map_err(|e| repo::git_error("diffing the change", e))?;
-            let violations = diff::check(&summary, &write);
+            let violations = write::check(&summary, &write);
             if !violations.is_empty() {
                 return Ok(Committed::Refused(violations));
             }
@@ -1156,9 +1154,9 @@ async fn pipeline(
                                         "the branch already holds this job's commit (pushed by another worker)");
                                     // Like any path to a PR, the commit that will be delivered passes the rules.
                                     let base = repo::remote_base(&r, &base3)?;
-                                    let summary = diff::summarize(&r, base, b.tip)
+                                    let summary = repo::diff::summarize(&r, base, b.tip)
                                         .map_err(|e| repo::git_error("diffing the pushed change", e))?;
-                                    if let Some(v) = diff::check(&summary, &write2).first() {
+                                    if let Some(v) = write::check(&summary, &write2).first() {
                                         return Err(RepoError::PushRejected {
                                             branch: branch2.clone(),
                                             message: format!(
@@ -1306,11 +1304,21 @@ fn strip_proof_footer(body: &str) -> &str {
     }
 }
 
-/// Group membership for the policy's trigger and approver rules, from Jira (cached by the client).
+/// Identities and group membership for the policy's trigger and approver rules, from Jira (cached by the client).
 #[async_trait::async_trait]
 impl policy::Directory for JiraClient {
     async fn groups(&self, account: &str) -> Result<Vec<String>, String> {
         self.user_groups(account).await.map_err(|e| e.to_string())
+    }
+
+    async fn identities(&self, account: &str) -> Result<Vec<String>, String> {
+        JiraClient::identities(self, account)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    fn same_identity(&self, listed: &str, account: &str) -> bool {
+        self.dialect().same_user(listed, account)
     }
 }
 
@@ -1319,7 +1327,7 @@ enum Committed {
     /// Nothing changed.
     Nothing,
     /// The change broke write rules and was not pushed.
-    Refused(Vec<diff::Violation>),
+    Refused(Vec<write::Violation>),
     /// Committed and checked, ready to push: the repository, the changed paths, the change and the build products
     /// left out (as listed in the PR body).
     Ready(git2::Repository, Vec<String>, Change, Vec<String>),
@@ -1329,7 +1337,7 @@ enum Committed {
 /// the policy's exclusions, unless the agent's write or edit tools wrote them. Counts what it left out per listed
 /// entry (a directory such as `__pycache__/`, or a file).
 struct LeaveOut {
-    exclusions: diff::Exclusions,
+    exclusions: write::Exclusions,
     written: BTreeSet<String>,
     listed: BTreeMap<String, usize>,
 }
@@ -1337,7 +1345,7 @@ struct LeaveOut {
 impl LeaveOut {
     /// A policy whose exclusions do not compile (checked when it is parsed, so only a hand-made grant) is refused.
     fn new(
-        write: &diff::WriteRules,
+        write: &write::WriteRules,
         written: &BTreeSet<String>,
     ) -> Result<LeaveOut, Box<JobError>> {
         let exclusions = write.exclusions().map_err(|e| {
@@ -1394,8 +1402,8 @@ struct WorkspaceCheck<'a> {
     container: &'a Container,
     ws: &'a Path,
     base: String,
-    write: diff::WriteRules,
-    exclusions: diff::Exclusions,
+    write: write::WriteRules,
+    exclusions: write::Exclusions,
 }
 
 #[async_trait::async_trait]
@@ -1415,9 +1423,9 @@ impl FinishCheck for WorkspaceCheck<'_> {
             let r = repo::open(&ws)?;
             let staged = repo::stage_all(&r, &mut |p, t| leave.decide(p, t), false)?;
             let base = repo::remote_base(&r, &base)?;
-            let summary = diff::summarize(&r, base, staged.tree)
+            let summary = repo::diff::summarize(&r, base, staged.tree)
                 .map_err(|e| repo::git_error("diffing the workspace", e))?;
-            Ok((diff::check(&summary, &write), leave.lines()))
+            Ok((write::check(&summary, &write), leave.lines()))
         })
         .await;
         let (violations, left_out) = match checked {
@@ -1496,7 +1504,7 @@ fn refuse_violations(
     spec: &JobSpec,
     ticket: &str,
     progress: &mut Progress,
-    violations: &[diff::Violation],
+    violations: &[write::Violation],
     consequence: &str,
 ) -> JobError {
     for v in violations {
@@ -1974,7 +1982,7 @@ mod tests {
             "sha256:p0",
         );
         assert!(!body.contains("Left out"), "{body}");
-        let mut leave = LeaveOut::new(&diff::WriteRules::default(), &BTreeSet::new()).unwrap();
+        let mut leave = LeaveOut::new(&write::WriteRules::default(), &BTreeSet::new()).unwrap();
         leave.listed.insert("__pycache__/".into(), 2);
         leave.listed.insert("@team`x`.pyc".into(), 1);
         let left = leave.lines();
@@ -2115,7 +2123,7 @@ repos = [{ name = "acme/web" }, { name = "acme/api", base = "develop" }]
         assert_eq!(decide(other).await.unwrap_err().rule, "project");
         // The derived policy still keeps CI definitions out of reach.
         let g = decide(ticket("", &[])).await.unwrap();
-        assert!(diff::check_path(&g.rules.write, ".github/workflows/ci.yml").is_err());
+        assert!(write::check_path(&g.rules.write, ".github/workflows/ci.yml").is_err());
     }
 
     #[test]
@@ -2123,6 +2131,35 @@ repos = [{ name = "acme/web" }, { name = "acme/api", base = "develop" }]
         let c = config();
         let s = scrub(&c, "auth failed for ghp_secret_456 and jira-secret-123");
         assert_eq!(s, "auth failed for [redacted] and [redacted]");
+    }
+
+    #[test]
+    fn scrub_removes_a_data_center_password() {
+        let text = r#"
+[jira]
+base_url = "https://jira.example.com"
+flavor = "datacenter"
+bot_username = "drafter-bot"
+username = "drafter-bot"
+password_env = "P"
+[github]
+token_env = "G"
+[model]
+provider = "openai"
+base_url = "http://m.example"
+model = "m"
+[projects.DEMO]
+repos = [{ name = "acme/web" }]
+"#;
+        let env = |n: &str| match n {
+            "P" => Some("hunter2-password".to_string()),
+            "G" => Some("ghp_secret_456".to_string()),
+            _ => None,
+        };
+        let run = crate::config::Purpose::Run;
+        let c = Config::from_toml_for(text, Path::new("t.toml"), &env, run).unwrap();
+        let s = scrub(&c, "401 for drafter-bot:hunter2-password");
+        assert_eq!(s, "401 for drafter-bot:[redacted]");
     }
 
     #[test]

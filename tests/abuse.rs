@@ -12,8 +12,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use drafter::config::{SandboxConfig, Transport};
-use drafter::sandbox::egress::EgressRules;
 use drafter::sandbox::{Limit, Sandbox, SandboxError};
+use drafter::sandboxd::egress::EgressRules;
 use serde_json::{json, Value};
 use support::harness::{Options, Stack, DEMO_REPO};
 use support::model::Step;
@@ -221,7 +221,7 @@ async fn allowlist_goes_through_the_proxy_and_only_to_allowed_public_hosts() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (records, dropped) = c.egress_records();
     assert_eq!(dropped, 0);
-    let line = |r: &drafter::sandbox::egress::ConnRecord| {
+    let line = |r: &drafter::sandboxd::egress::ConnRecord| {
         format!(
             "{} {} {}:{} {}",
             r.allowed, r.method, r.host, r.port, r.rule

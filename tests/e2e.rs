@@ -10,7 +10,7 @@ use std::process::Output;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use support::harness::{Options, Stack, DEMO_REPO, SECRETS};
+use support::harness::{Flavor, Options, Stack, DEMO_REPO, SECRETS};
 use support::model::Step;
 
 const BIN: &str = env!("CARGO_BIN_EXE_drafter");
@@ -78,9 +78,10 @@ fn model_traffic(stack: &Stack) -> String {
         .join("\n")
 }
 
-async fn ticket_to_draft_pr(provider: &'static str) {
+async fn ticket_to_draft_pr(provider: &'static str, flavor: Flavor) {
     let stack = Stack::start(Options {
         provider,
+        flavor,
         ..Options::default()
     })
     .await;
@@ -151,13 +152,47 @@ async fn ticket_to_draft_pr(provider: &'static str) {
     let url = pr["html_url"].as_str().expect("html_url");
     let adf = serde_json::to_string(&stack.jira.comments("DEMO-1")[1]).expect("json");
     assert!(adf.contains(url), "PR link missing from {adf}");
+    if flavor == Flavor::DataCenter {
+        // Data Center: every call on REST v2, comments written in wiki markup, the PR as a wiki link.
+        let paths = stack.jira_paths();
+        assert!(
+            paths.iter().all(|p| p.starts_with("/rest/api/2/")),
+            "{paths:?}"
+        );
+        let bodies = stack.jira.comments("DEMO-1");
+        assert!(bodies.iter().all(Value::is_string), "{bodies:?}");
+        let pr_comment = bodies[1].as_str().expect("wiki");
+        assert!(
+            pr_comment.starts_with(&format!(
+                "Draft pull request opened: [{DEMO_REPO}#1|{url}] (branch {{{{{branch}}}}})"
+            )),
+            "{pr_comment}"
+        );
+        assert!(
+            stack
+                .jira
+                .requests()
+                .iter()
+                .all(|r| r.header("authorization")
+                    == Some(&format!("Bearer {}", support::harness::JIRA_TOKEN))),
+            "a personal access token, as Bearer"
+        );
+    }
 
-    // The model saw the ticket as quoted data and the tool results came back to it.
+    // The model saw the ticket as quoted data, its description as Markdown whatever Jira stored (ADF or wiki
+    // markup), and the tool results came back to it.
     let traffic = model_traffic(&stack);
     assert!(
         traffic.contains("<ticket key=\\\"DEMO-1\\\">"),
         "ticket not quoted"
     );
+    for line in [
+        "### Acceptance",
+        "- `greet(\\\"Ada\\\")` returns `Hello, Ada!`",
+        "sound _friendlier_.",
+    ] {
+        assert!(traffic.contains(line), "{line} not in the prompt");
+    }
     assert!(
         traffic.contains("Ran 1 test"),
         "the test run's output should reach the model"
@@ -268,22 +303,30 @@ async fn ticket_to_draft_pr(provider: &'static str) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn ticket_becomes_draft_pr_anthropic() {
-    ticket_to_draft_pr("anthropic").await;
+    ticket_to_draft_pr("anthropic", Flavor::Cloud).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn ticket_becomes_draft_pr_openai_compatible() {
-    ticket_to_draft_pr("openai").await;
+    ticket_to_draft_pr("openai", Flavor::Cloud).await;
 }
 
+/// The same run against a Jira that serves REST v2 only (v3 answers 404) and stores wiki markup.
 #[tokio::test(flavor = "multi_thread")]
-async fn repository_not_allowlisted_is_refused_before_cloning() {
-    let stack = Stack::start(Options::default()).await;
+async fn ticket_becomes_draft_pr_on_data_center() {
+    ticket_to_draft_pr("anthropic", Flavor::DataCenter).await;
+}
+
+async fn repository_not_allowlisted(flavor: Flavor) {
+    let stack = Stack::start(Options {
+        flavor,
+        ..Options::default()
+    })
+    .await;
     stack.jira.add_issue(
         "DEMO-2",
         "Change the other service",
-        json!({"type": "doc", "version": 1, "content": [
-            {"type": "paragraph", "content": [{"type": "text", "text": "repo: acme/secret-service"}]}]}),
+        stack.text("repo: acme/secret-service"),
         &[],
     );
     let (out, log) = run(&stack, "DEMO-2").await;
@@ -305,6 +348,28 @@ async fn repository_not_allowlisted_is_refused_before_cloning() {
     assert!(stack.model.requests().is_empty());
     assert!(stack.github.pulls(DEMO_REPO).is_empty());
     assert_no_secret("the logs", &log);
+    if flavor == Flavor::DataCenter {
+        let body = &stack.jira.comments("DEMO-2")[0];
+        assert!(
+            body.as_str()
+                .is_some_and(|w| w.starts_with("drafter refused this ticket: ")),
+            "the refusal in wiki markup: {body}"
+        );
+        assert!(stack
+            .jira_paths()
+            .iter()
+            .all(|p| p.starts_with("/rest/api/2/")));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn repository_not_allowlisted_is_refused_before_cloning() {
+    repository_not_allowlisted(Flavor::Cloud).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn repository_not_allowlisted_is_refused_on_data_center() {
+    repository_not_allowlisted(Flavor::DataCenter).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

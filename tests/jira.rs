@@ -8,7 +8,7 @@ use base64::Engine as _;
 use drafter::config::{JiraAuth, JiraConfig, Secret};
 use drafter::jira::{JiraClient, JiraError, Notice, MAX_DESCRIPTION_BYTES};
 use serde_json::{json, Value};
-use support::jira::{JiraStandIn, BOT_ACCOUNT_ID};
+use support::jira::{JiraStandIn, BOT_ACCOUNT_ID, DC_BOT_KEY as STAND_IN_DC_KEY};
 
 const EMAIL: &str = "drafter-bot@example.com";
 const TOKEN: &str = "ATATT3xFfGF0-very-secret-token";
@@ -472,6 +472,181 @@ async fn unreachable_jira_is_a_retryable_network_error() {
     assert!(matches!(err, JiraError::Network { .. }), "{err:?}");
     assert!(err.is_retryable());
     assert!(!format!("{err:?}").contains(TOKEN));
+}
+
+/// Data Center: every call on REST v2 (the stand-in answers v3 with 404, as Data Center does), notices written in
+/// wiki markup, the bot read back by user name and key.
+#[tokio::test]
+async fn data_center_posts_wiki_notices_and_reads_itself_on_v2() {
+    let s = JiraStandIn::start_datacenter(PAT).await;
+    let c = dc_client(&s);
+    s.add_issue("OPS-1", "fix x", Value::Null, &[]);
+    assert_eq!(c.myself().await.expect("myself"), STAND_IN_DC_KEY);
+    let me = c.whoami().await.expect("whoami");
+    assert_eq!(
+        (me.name.as_deref(), me.key.as_deref()),
+        (Some("drafter-bot"), Some(STAND_IN_DC_KEY))
+    );
+    let n = Notice::PrOpened {
+        url: "https://github.com/acme/widgets/pull/3".into(),
+        repo: "acme/widgets".into(),
+        number: 3,
+        branch: "drafter/OPS-1-fix-x".into(),
+        proof: Some(drafter::jira::ProofRef {
+            job_id: "J42".into(),
+            digest: "0123abcd".into(),
+        }),
+    };
+    c.notify("OPS-1", &n).await.expect("notify");
+    c.notify(
+        "OPS-1",
+        &Notice::Failed {
+            job_id: "J43".into(),
+            reason: "[~admin] said {html}x{html}\nh1. not a heading".into(),
+            proof: None,
+        },
+    )
+    .await
+    .expect("notify");
+    let bodies = s.comments("OPS-1");
+    assert_eq!(
+        bodies[0],
+        json!("Draft pull request opened: [acme/widgets#3|https://github.com/acme/widgets/pull/3] (branch {{drafter/OPS-1-fix-x}}). A human must review and merge it. \\\\ Proof bundle {{sha256:0123abcd}} ({{drafter jobs bundle J42}}, then {{drafter verify}}).")
+    );
+    // Hostile text stays text: no mention, no macro, no heading.
+    let failed = bodies[1].as_str().expect("wiki");
+    assert!(
+        !failed.contains("[~admin]") && !failed.contains("{html}") && !failed.contains('\n'),
+        "{failed}"
+    );
+    assert_eq!(
+        s.comment_texts("OPS-1")[1],
+        "drafter failed (job J43): [~admin] said {html}x{html}\nh1. not a heading"
+    );
+    // ADF is refused locally on Data Center, as a string is on Cloud.
+    let adf = Notice::Started {
+        job_id: "J1".into(),
+        repo: "a/b".into(),
+    }
+    .to_adf();
+    assert!(matches!(
+        c.comment("OPS-1", adf).await,
+        Err(JiraError::NotWiki)
+    ));
+    // drafter's own wiki notices are not ticket text.
+    let t = c.issue("OPS-1").await.expect("issue");
+    assert!(t.comments.is_empty(), "{:?}", t.comments);
+    assert_eq!(c.comments("OPS-1").await.expect("comments").len(), 2);
+    let paths: Vec<String> = s.requests().into_iter().map(|r| r.path).collect();
+    assert!(
+        paths.iter().all(|p| p.starts_with("/rest/api/2/")),
+        "{paths:?}"
+    );
+    assert!(paths.contains(&"/rest/api/2/issue/OPS-1/comment".to_string()));
+}
+
+#[tokio::test]
+async fn data_center_refuses_v3_and_takes_basic_username_and_password() {
+    let s = JiraStandIn::start_datacenter_basic("drafter-bot", "s3cret-password");
+    let s = s.await;
+    s.add_issue("OPS-2", "fix y", json!("*wiki*"), &[]);
+    // A v3 call on Data Center is a 404, as on a real Data Center (this is the failure issue 17 reported).
+    let resp = reqwest::Client::new()
+        .get(format!("{}/rest/api/3/issue/OPS-2", s.base_url()))
+        .basic_auth("drafter-bot", Some("s3cret-password"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), 404);
+    let c = JiraClient::new(&JiraConfig {
+        base_url: s.base_url(),
+        bot_account_id: "drafter-bot".into(),
+        bot_username: Some("drafter-bot".into()),
+        flavor: drafter::config::JiraFlavor::Datacenter,
+        auth: JiraAuth::Password {
+            username: "drafter-bot".into(),
+            password: Secret::new("s3cret-password").into(),
+        },
+        acceptance_criteria_fields: Vec::new(),
+    })
+    .expect("client");
+    let t = c.issue("OPS-2").await.expect("issue");
+    assert_eq!(t.description, "**wiki**");
+    let last = s.requests().pop().expect("request");
+    assert_eq!(last.path, "/rest/api/2/issue/OPS-2");
+    let expected = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode("drafter-bot:s3cret-password")
+    );
+    assert_eq!(last.header("authorization"), Some(expected.as_str()));
+    // `latest` is v2 on Data Center.
+    let resp = reqwest::Client::new()
+        .get(format!("{}/rest/api/latest/issue/OPS-2", s.base_url()))
+        .basic_auth("drafter-bot", Some("s3cret-password"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), 200);
+    // A wrong password is refused, and the password never shows.
+    let bad = JiraClient::new(&JiraConfig {
+        auth: JiraAuth::Password {
+            username: "drafter-bot".into(),
+            password: Secret::new("wrong-password").into(),
+        },
+        base_url: s.base_url(),
+        bot_account_id: "drafter-bot".into(),
+        bot_username: None,
+        flavor: drafter::config::JiraFlavor::Datacenter,
+        acceptance_criteria_fields: Vec::new(),
+    })
+    .expect("client");
+    let err = bad.issue("OPS-2").await.unwrap_err();
+    assert!(matches!(err, JiraError::Unauthorized { .. }), "{err:?}");
+    assert!(!format!("{err:?}{err}").contains("wrong-password"));
+}
+
+/// A Data Center person goes by a user name and a user key; either finds the other, from the same cached request
+/// as their groups.
+#[tokio::test]
+async fn data_center_identities_come_from_the_user_resource() {
+    let s = JiraStandIn::start_datacenter(PAT).await;
+    s.add_user("lin", "JIRAUSER10300");
+    s.set_groups("lin", &["ops-leads"]);
+    let c = dc_client(&s);
+    assert_eq!(
+        c.identities("Lin").await.unwrap(),
+        ["Lin", "JIRAUSER10300"],
+        "the name in another case is the same name"
+    );
+    assert_eq!(
+        c.identities("JIRAUSER10300").await.unwrap(),
+        ["JIRAUSER10300", "lin"]
+    );
+    assert_eq!(c.user_groups("JIRAUSER10300").await.unwrap(), ["ops-leads"]);
+    let reqs = requests_to(&s, "/rest/api/2/user");
+    // "Lin" by username; the key first by username (404), then by key; then cached.
+    let asked: Vec<(Option<String>, Option<String>)> = reqs
+        .iter()
+        .map(|r| {
+            let q = query_of(r);
+            (q.get("username").cloned(), q.get("key").cloned())
+        })
+        .collect();
+    assert_eq!(
+        asked,
+        [
+            (Some("Lin".to_string()), None),
+            (Some("JIRAUSER10300".to_string()), None),
+            (None, Some("JIRAUSER10300".to_string())),
+        ]
+    );
+    // Unknown people are only themselves; a name that is no key is not looked up by key.
+    assert_eq!(c.identities("mallory").await.unwrap(), ["mallory"]);
+    assert_eq!(requests_to(&s, "/rest/api/2/user").len(), 4);
+    // Cloud: the account id alone, no request.
+    let (cloud_s, cloud) = setup().await;
+    assert_eq!(cloud.identities(ANN).await.unwrap(), [ANN]);
+    assert!(cloud_s.requests().is_empty());
 }
 
 #[tokio::test]
@@ -1037,7 +1212,12 @@ async fn data_center_ticket_has_wiki_comments_and_criteria() {
         acceptance_criteria_fields: vec!["customfield_10100".into()],
     })
     .expect("client");
-    s.add_issue("OPS-3", "Rotate logs", json!("Rotate *daily*."), &[]);
+    s.add_issue(
+        "OPS-3",
+        "Rotate logs",
+        json!("h3. Why\nRotate *daily*, see [the runbook|https://wiki.example.com/logs].\n{code:bash}\nlogrotate -f /etc/x\n{code}"),
+        &[],
+    );
     s.set_field(
         "OPS-3",
         "customfield_10100",
@@ -1066,13 +1246,17 @@ async fn data_center_ticket_has_wiki_comments_and_criteria() {
         reqs[0].path, "/rest/api/2/issue/OPS-3",
         "Data Center speaks REST v2"
     );
-    assert_eq!(t.description, "Rotate *daily*.");
+    // Wiki markup reaches the model as Markdown: description, comments and rich-text fields alike.
+    assert_eq!(
+        t.description,
+        "### Why\n\nRotate **daily**, see [the runbook](https://wiki.example.com/logs).\n\n```bash\nlogrotate -f /etc/x\n```"
+    );
     let who: Vec<&str> = t.comments.iter().map(|c| c.author.as_str()).collect();
     assert_eq!(who, ["ADA", "MALLORY"], "{:?}", t.comments);
-    assert_eq!(t.comments[0].body, "Use {{logrotate}}, not cron.");
+    assert_eq!(t.comments[0].body, "Use `logrotate`, not cron.");
     assert_eq!(
         t.acceptance_criteria[0].text,
-        "* logs older than 7 days are gone"
+        "- logs older than 7 days are gone"
     );
     assert_eq!(t.attachments[0].filename, "rotate.conf");
     assert!(!reqs.iter().any(|r| r.path.contains("attachment")));

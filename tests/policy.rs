@@ -711,6 +711,68 @@ async fn explain_shows_what_a_job_would_get_before_anything_runs() {
     assert!(stack.jira.comment_texts("DEMO-1").is_empty());
 }
 
+/// On Data Center a person has a user name and a user key: `--user` takes either, in any letter case, against a
+/// policy that lists the other; groups come from `GET /rest/api/2/user`.
+#[tokio::test]
+async fn explain_names_data_center_users_by_name_or_key() {
+    use support::harness::{Flavor, ADA, MALLORY};
+    let stack = Stack::start(Options {
+        policy: Some(
+            policy("", "")
+                .replace("712020:developer-ada", ADA.key)
+                .replace("712020:lead-lin", "lin"),
+        ),
+        flavor: Flavor::DataCenter,
+        ..Options::default()
+    })
+    .await;
+    for user in [ADA.name, "Ada", ADA.key] {
+        let (out, text) = drafter(
+            &stack,
+            &["policy", "explain", "--ticket", "DEMO-1", "--user", user],
+        )
+        .await;
+        assert!(out.status.success(), "{user}: {text}");
+        assert!(text.contains(&format!("{user} may trigger")), "{text}");
+    }
+    let (out, text) = drafter(
+        &stack,
+        &[
+            "policy",
+            "explain",
+            "--ticket",
+            "DEMO-1",
+            "--user",
+            MALLORY.name,
+        ],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(text.contains("REFUSED by rule `trigger`"), "{text}");
+    // Groups by user name, for someone named by key.
+    stack.jira.add_user("grace", "JIRAUSER10400");
+    stack.jira.set_groups("grace", &["widget-devs"]);
+    let (out, text) = drafter(
+        &stack,
+        &[
+            "policy",
+            "explain",
+            "--ticket",
+            "DEMO-1",
+            "--user",
+            "JIRAUSER10400",
+        ],
+    )
+    .await;
+    assert!(out.status.success(), "{text}");
+    let paths = stack.jira_paths();
+    assert!(
+        paths.iter().all(|p| p.starts_with("/rest/api/2/")),
+        "{paths:?}"
+    );
+    assert!(stack.jira.comment_texts("DEMO-1").is_empty());
+}
+
 #[tokio::test]
 async fn team_budgets_are_counted_in_the_shared_ledger_and_refuse_when_spent() {
     // Prices make costs countable; the scripted model reports 100 input and 20 output tokens per call.

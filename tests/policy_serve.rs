@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use drafter::queue::{Job, JobFilter, JobState, Queue};
 use serde_json::{json, Value};
-use support::harness::{assignment_webhook, Options, ServeProcess, Stack, BOT_ACCOUNT, DEMO_REPO};
+use support::harness::{
+    assignment_webhook, Flavor, Options, ServeProcess, Stack, BOT_ACCOUNT, DEMO_REPO,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_drafter");
 
@@ -36,14 +38,20 @@ idle_poll_ms = 100
 }
 
 fn policy(team_extra: &str) -> String {
+    policy_naming(ADA, LIN, team_extra)
+}
+
+/// The policy with Ada as the only trigger and Lin as the only approver, named `ada` and `lin` as the site names
+/// them (on Data Center by user key, while webhooks name them by user name).
+fn policy_naming(ada: &str, lin: &str, team_extra: &str) -> String {
     format!(
         r#"version = 1
 
 [teams.demo]
 projects = ["DEMO"]
 repos = [{{ name = "{DEMO_REPO}", bases = ["main"] }}]
-triggers = {{ accounts = ["{ADA}"] }}
-approvers = {{ accounts = ["{LIN}"] }}
+triggers = {{ accounts = ["{ada}"] }}
+approvers = {{ accounts = ["{lin}"] }}
 {team_extra}
 "#
     )
@@ -121,19 +129,33 @@ struct Waiting {
 }
 
 async fn waiting_for_approval(concurrency: usize, changelog: u64) -> Waiting {
+    waiting_for_approval_on(Flavor::Cloud, concurrency, changelog).await
+}
+
+/// [`waiting_for_approval`] on a given Jira: the policy names Ada and Lin as that site lists people, and Ada's
+/// assignment arrives as that site's webhook.
+async fn waiting_for_approval_on(flavor: Flavor, concurrency: usize, changelog: u64) -> Waiting {
+    use support::harness::{ADA as ADA_, LIN as LIN_};
     let stack = Stack::start(Options {
-        policy: Some(policy("approval_labels = [\"good-first-issue\"]")),
+        policy: Some(policy_naming(
+            flavor.listed(ADA_),
+            flavor.listed(LIN_),
+            "approval_labels = [\"good-first-issue\"]",
+        )),
         per_conversation: true,
         extra_toml: serve_toml(concurrency),
+        flavor,
         ..Options::default()
     })
     .await;
     let serve = ServeProcess::start(&stack, Path::new(BIN)).await;
     let client = reqwest::Client::new();
+    let hook = match flavor {
+        Flavor::Cloud => assignment_webhook("DEMO-1", changelog),
+        Flavor::DataCenter => stack.assignment_webhook("DEMO-1", changelog, ADA_),
+    };
     assert_eq!(
-        serve
-            .webhook(&client, &assignment_webhook("DEMO-1", changelog))
-            .await,
+        serve.webhook_for(&stack, &client, "DEMO-1", &hook).await,
         202
     );
     let q = queue(&stack).await;
@@ -288,6 +310,97 @@ async fn a_job_needing_approval_waits_for_an_approvers_comment() {
         (1, 1, 1),
         "{comments:?}"
     );
+}
+
+/// Approval by comment on Data Center: the policy lists Ada and Lin by user key, the webhooks name them by user name
+/// (without the issue, which the URL names), the comments are wiki markup, and the runner finds each person's key
+/// through `GET /rest/api/2/user`. Everything on REST v2, every notice in wiki markup.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_needing_approval_waits_for_an_approvers_comment_on_data_center() {
+    use support::harness::{ADA as ADA_, LIN as LIN_, MALLORY};
+    let _serial = SERIAL.lock().await;
+    let flavor = Flavor::DataCenter;
+    let Waiting {
+        stack,
+        serve,
+        client,
+        q,
+        waiting,
+    } = waiting_for_approval_on(flavor, 2, 72).await;
+    let job_id = waiting[0].id.clone();
+    assert_eq!(
+        waiting[0].triggers[0].triggered_by.as_deref(),
+        Some(ADA_.name),
+        "the trigger passed a policy that lists Ada by key"
+    );
+    let asked = stack.jira.comment_texts("DEMO-1");
+    assert_eq!(asked.len(), 1, "{asked:?}");
+    assert!(
+        asked[0].contains("needs approval") && asked[0].contains(LIN_.key),
+        "{asked:?}"
+    );
+    let approve =
+        |id: &str, author: Value| stack.comment_webhook("DEMO-1", id, author, "drafter approve");
+    // Not an approver, and the bot itself: ignored.
+    for (id, author) in [
+        ("20001", stack.user(MALLORY)),
+        ("20002", stack.jira.bot_user()),
+    ] {
+        assert_eq!(
+            serve
+                .webhook_for(&stack, &client, "DEMO-1", &approve(id, author))
+                .await,
+            202
+        );
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let still = q.get(&job_id).await.expect("get").expect("job");
+    assert_eq!(still.state, JobState::AwaitingApproval, "{still:?}");
+    assert!(stack.model.requests().is_empty());
+
+    // Lin, by user name: the job runs to a draft PR.
+    assert_eq!(
+        serve
+            .webhook_for(
+                &stack,
+                &client,
+                "DEMO-1",
+                &approve("20003", stack.user(LIN_))
+            )
+            .await,
+        202
+    );
+    let done = wait_for(
+        q.as_ref(),
+        "the approved job",
+        Duration::from_secs(120),
+        all_done(1),
+    )
+    .await;
+    let (status, log) = serve.sigterm(Duration::from_secs(60)).await;
+    assert!(status.success(), "{log}");
+    assert_eq!(done[0].state, JobState::Succeeded, "{:?}", done[0]);
+    let approval = done[0].approval.as_ref().expect("approval recorded");
+    assert_eq!(approval.approved_by.as_deref(), Some(LIN_.name));
+    assert_eq!(stack.github.pulls(DEMO_REPO).len(), 1);
+    let comments = stack.jira.comment_texts("DEMO-1");
+    let count = |what: &str| comments.iter().filter(|c| c.contains(what)).count();
+    assert_eq!(
+        (
+            count("needs approval"),
+            count("started working"),
+            count("Draft pull request opened")
+        ),
+        (1, 1, 1),
+        "{comments:?}"
+    );
+    assert!(stack.jira.comments("DEMO-1").iter().all(Value::is_string));
+    let paths = stack.jira_paths();
+    assert!(
+        paths.iter().all(|p| p.starts_with("/rest/api/2/")),
+        "{paths:?}"
+    );
+    assert!(paths.iter().any(|p| p == "/rest/api/2/user"), "{paths:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

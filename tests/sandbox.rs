@@ -908,7 +908,7 @@ async fn the_returning_workspace_is_budgeted_on_the_host() {
 /// bounding-set drop fail) must refuse to run anything rather than carry on with whatever it still has.
 #[test]
 fn the_executor_refuses_to_serve_when_its_lockdown_fails() {
-    use drafter::sandbox::proto::{encode, read_frame, Op, Reply, Request, Response};
+    use drafter::sandboxd::proto::{encode, read_frame, Op, Reply, Request, Response};
     use std::io::Write;
     use std::os::unix::fs::PermissionsExt;
     use std::os::unix::process::CommandExt;
@@ -962,4 +962,47 @@ fn the_executor_refuses_to_serve_when_its_lockdown_fails() {
     let _ = child.wait();
     assert!(!dir.path().join("ran").exists(), "the command ran");
     assert!(!dir.path().join("written").exists(), "the file was written");
+}
+
+/// Several runners (here: sandboxes with no shared state) fill the executor volume of a binary nobody has filled yet,
+/// all at once. Each writes the binary in place while the others read it back, so a reader can see another's
+/// half-written copy; every one of them must still end with the volume holding exactly the binary, and a job
+/// container started on it must run it.
+#[tokio::test]
+async fn concurrent_runners_fill_one_executor_volume() {
+    let _shared = ORPHAN_LOCK.read().await;
+    // A binary of its own (the executor plus trailing bytes, still a valid ELF): a fresh volume name.
+    let dir = tempfile::tempdir().unwrap();
+    let own = dir.path().join("drafter-sandboxd");
+    let mut bytes = std::fs::read(drafter::sandbox::find_executor(&config(4096)).unwrap()).unwrap();
+    bytes.extend_from_slice(job_id("fill").as_bytes());
+    std::fs::write(&own, &bytes).unwrap();
+    let mut cfg = config(4096);
+    cfg.executor = Some(own.clone());
+    let fills = (0..8).map(|_| {
+        let cfg = cfg.clone();
+        tokio::spawn(async move {
+            let sb = connect(&cfg).await;
+            sb.executor_volume().await.map(str::to_string)
+        })
+    });
+    let names: Vec<String> = futures_util::future::join_all(fills)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap().expect("every concurrent fill succeeds"))
+        .collect();
+    assert!(names.windows(2).all(|w| w[0] == w[1]), "{names:?}");
+    let sb = connect(&cfg).await;
+    let job = job_id("fill-run");
+    let c = sb.start(&job, "FILL-1").await.unwrap();
+    assert_eq!(ok(&c, "echo ran").await.trim(), "ran");
+    c.remove().await.unwrap();
+    assert_no_containers(&sb, &job).await;
+    let _ = sb
+        .docker()
+        .remove_volume(
+            &names[0],
+            None::<bollard::query_parameters::RemoveVolumeOptions>,
+        )
+        .await;
 }

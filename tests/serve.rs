@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use drafter::queue::{JobFilter, JobState, Queue};
 use serde_json::json;
-use support::harness::{assignment_webhook, Options, ServeProcess, Stack, DEMO_REPO, SECRETS};
+use support::harness::{
+    assignment_webhook, Flavor, Options, ServeProcess, Stack, ADA, DEMO_REPO, SECRETS,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_drafter");
 
@@ -737,40 +739,168 @@ async fn three_workers_share_one_postgres_queue() {
 /// A comment that @mentions the bot starts a job, and what it said reaches the model as quoted ticket data.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_mention_in_a_comment_starts_a_job_with_the_request() {
+    mention_starts_a_job(Flavor::Cloud).await;
+}
+
+/// The same on Data Center: a `[~drafter-bot]` mention, the author by user name, no `issue` in the payload (the
+/// webhook URL names it), and the whole job on REST v2 reported in wiki markup.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_mention_in_a_comment_starts_a_job_on_data_center() {
+    mention_starts_a_job(Flavor::DataCenter).await;
+}
+
+async fn mention_starts_a_job(flavor: Flavor) {
     let _serial = SERIAL.lock().await;
     let stack = Stack::start(Options {
         per_conversation: true,
         extra_toml: serve_toml(1, 1, 30, 30),
+        flavor,
         ..Options::default()
     })
     .await;
     let serve = ServeProcess::start(&stack, Path::new(BIN)).await;
     let client = reqwest::Client::new();
-    // The Cloud webhook body carries wiki markup with `[~accountid:...]` mentions (see the reference notes).
-    let body = json!({
-        "webhookEvent": "comment_created",
-        "comment": {"id": "10501",
-                    "self": "https://x.atlassian.net/rest/api/2/issue/10042/comment/10501",
-                    "author": {"accountId": "712020:developer-ben", "displayName": "Ben"},
-                    "body": format!("[~accountid:{}] please keep the docstring unchanged", support::harness::BOT_ACCOUNT)},
-        "issue": {"id": "10042", "key": "DEMO-1", "fields": {"summary": "x", "project": {"key": "DEMO"}}}
-    });
-    assert_eq!(serve.webhook(&client, &body).await, 202);
+    let (body, who) = match flavor {
+        // The Cloud webhook body carries wiki markup with `[~accountid:...]` mentions (see the reference notes).
+        Flavor::Cloud => (
+            json!({
+                "webhookEvent": "comment_created",
+                "comment": {"id": "10501",
+                            "self": "https://x.atlassian.net/rest/api/2/issue/10042/comment/10501",
+                            "author": {"accountId": "712020:developer-ben", "displayName": "Ben"},
+                            "body": format!("[~accountid:{}] please keep the docstring unchanged", support::harness::BOT_ACCOUNT)},
+                "issue": {"id": "10042", "key": "DEMO-1", "fields": {"summary": "x", "project": {"key": "DEMO"}}}
+            }),
+            "712020:developer-ben",
+        ),
+        Flavor::DataCenter => (
+            stack.comment_webhook(
+                "DEMO-1",
+                "10501",
+                stack.user(ADA),
+                &format!(
+                    "{} please keep the docstring unchanged",
+                    stack.bot_mention()
+                ),
+            ),
+            ADA.name,
+        ),
+    };
+    assert_eq!(
+        serve.webhook_for(&stack, &client, "DEMO-1", &body).await,
+        202
+    );
     let queue = open_queue(&stack).await;
     let jobs = wait_all_finished(queue.as_ref(), 1, Duration::from_secs(120)).await;
     let (status, log) = serve.sigterm(Duration::from_secs(60)).await;
     assert!(status.success(), "{log}");
     assert_eq!(jobs[0].state, JobState::Succeeded, "{:?}", jobs[0]);
-    assert_eq!(
-        jobs[0].triggers[0].triggered_by.as_deref(),
-        Some("712020:developer-ben")
-    );
+    assert_eq!(jobs[0].triggers[0].triggered_by.as_deref(), Some(who));
     let first = String::from_utf8_lossy(&stack.model.requests()[0].body).into_owned();
     assert!(
-        first.contains("<request>712020:developer-ben:")
+        first.contains(&format!("<request>{who}:"))
             && first.contains("please keep the docstring unchanged"),
         "{first}"
     );
+    assert_reported_in_the_sites_format(&stack);
+}
+
+/// The ticket heard "started" and "PR opened", in the site's format; on Data Center every call was REST v2.
+fn assert_reported_in_the_sites_format(stack: &Stack) {
+    let texts = stack.jira.comment_texts("DEMO-1");
+    let url = stack.github.pulls(DEMO_REPO)[0]["html_url"]
+        .as_str()
+        .expect("html_url")
+        .to_string();
+    assert!(
+        texts
+            .iter()
+            .any(|t| t.starts_with("drafter started working on this")),
+        "{texts:?}"
+    );
+    assert!(
+        texts
+            .iter()
+            .any(|t| t.starts_with("Draft pull request opened: ")),
+        "{texts:?}"
+    );
+    let bodies = stack.jira.comments("DEMO-1");
+    if stack.flavor == Flavor::DataCenter {
+        assert!(
+            bodies.iter().all(serde_json::Value::is_string),
+            "{bodies:?}"
+        );
+        assert!(
+            bodies
+                .iter()
+                .any(|b| b.as_str().is_some_and(|w| w.contains(&format!("|{url}]")))),
+            "the PR as a wiki link: {bodies:?}"
+        );
+        let paths = stack.jira_paths();
+        assert!(
+            paths.iter().all(|p| p.starts_with("/rest/api/2/")),
+            "{paths:?}"
+        );
+    } else {
+        assert!(bodies.iter().all(|b| b["type"] == "doc"), "{bodies:?}");
+    }
+}
+
+/// Without webhooks: the poll finds a ticket assigned to the bot, runs it to a draft PR and reports on the ticket.
+/// The trigger is the assignment in the ticket's change history, by whoever made it.
+async fn poll_takes_a_ticket_to_a_draft_pr(flavor: Flavor) {
+    let _serial = SERIAL.lock().await;
+    let stack = Stack::start(Options {
+        per_conversation: true,
+        extra_toml: format!(
+            "{}\n[poll]\nenabled = true\ninterval_secs = 1\n",
+            serve_toml(1, 1, 30, 30)
+        ),
+        flavor,
+        ..Options::default()
+    })
+    .await;
+    let change = stack
+        .jira
+        .assign("DEMO-1", stack.bot_user(), stack.user(ADA));
+    let serve = ServeProcess::start(&stack, Path::new(BIN)).await;
+    let queue = open_queue(&stack).await;
+    let jobs = wait_all_finished(queue.as_ref(), 1, Duration::from_secs(120)).await;
+    // A few more polls find the same assignment: no second job.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (status, log) = serve.sigterm(Duration::from_secs(60)).await;
+    assert!(status.success(), "{log}");
+    let all = queue
+        .list(&JobFilter {
+            limit: 100,
+            ..JobFilter::default()
+        })
+        .await
+        .expect("list");
+    assert_eq!(all.len(), 1, "{all:?}");
+    assert_eq!(jobs[0].state, JobState::Succeeded, "{:?}", jobs[0]);
+    let t = &jobs[0].triggers[0];
+    assert_eq!(t.source, "poll");
+    // On Data Center the history names the bot by user key, which the runner learned from /myself at start.
+    assert_eq!(t.delivery, format!("changelog:{change}"), "{log}");
+    assert_eq!(t.triggered_by.as_deref(), Some(stack.id(ADA)));
+    assert_eq!(stack.github.pulls(DEMO_REPO).len(), 1);
+    assert_reported_in_the_sites_format(&stack);
+    if flavor == Flavor::DataCenter {
+        let paths = stack.jira_paths();
+        assert!(paths.iter().any(|p| p == "/rest/api/2/myself"), "{paths:?}");
+        assert!(paths.iter().any(|p| p == "/rest/api/2/search"), "{paths:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_poll_takes_an_assigned_ticket_to_a_draft_pr() {
+    poll_takes_a_ticket_to_a_draft_pr(Flavor::Cloud).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_poll_takes_an_assigned_ticket_to_a_draft_pr_on_data_center() {
+    poll_takes_a_ticket_to_a_draft_pr(Flavor::DataCenter).await;
 }
 
 fn signal(serve: &ServeProcess, sig: &str) {

@@ -10,7 +10,7 @@ use std::path::Path;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::diff::WriteRules;
+use super::write::WriteRules;
 use super::{
     identity, Budget, Concurrency, Egress, Limits, Network, Policy, PolicyError, Price, Principals,
     RepoGrant, Rules, Team, TOOLS,

@@ -13,9 +13,9 @@
 //! A runner without a policy file gets a permissive policy derived from its `[projects]` table ([`Policy::derived`]):
 //! anyone may trigger, every tool, the built-in write rules, no budgets. It has a hash like any other.
 
-pub mod diff;
 mod file;
 pub mod identity;
+pub mod write;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -314,7 +314,7 @@ pub struct Rules {
     /// Limits tightening the runner's.
     pub limits: Limits,
     /// What a change may touch.
-    pub write: diff::WriteRules,
+    pub write: write::WriteRules,
     /// Spending caps.
     pub budget: Budget,
     /// Concurrency caps.
@@ -409,11 +409,23 @@ pub enum Who<'a> {
     Jira(Option<&'a str>),
 }
 
-/// Resolves Jira group membership for trigger and approver rules.
+/// Resolves Jira identities and group membership for trigger and approver rules.
 #[async_trait::async_trait]
 pub trait Directory: Send + Sync {
     /// The names of the groups `account` belongs to.
     async fn groups(&self, account: &str) -> Result<Vec<String>, String>;
+
+    /// Every identifier `account` goes by, itself included. On Jira Data Center a person has a user name and a user
+    /// key (`JIRAUSER10100`), and a policy may list either; Cloud has only the account id. Default: `account`.
+    async fn identities(&self, account: &str) -> Result<Vec<String>, String> {
+        Ok(vec![account.to_string()])
+    }
+
+    /// Whether two identifiers are the same without asking anyone: exact by default; Data Center user names and
+    /// keys regardless of letter case.
+    fn same_identity(&self, listed: &str, account: &str) -> bool {
+        listed == account
+    }
 }
 
 /// A directory that knows no groups (for policies that name none, and for tests).
@@ -871,9 +883,14 @@ async fn trigger_rule(
     }
 }
 
-/// Whether `account` is among `who`: listed, in a listed group, or `anyone`.
+/// Whether `account` is among `who`: listed (by any identifier it goes by: a Data Center user may be listed by
+/// name or by key), in a listed group, or `anyone`.
 async fn matches(who: &Principals, account: &str, dir: &dyn Directory) -> Result<bool, String> {
-    if who.anyone || who.accounts.iter().any(|a| a == account) {
+    let listed = |id: &str| who.accounts.iter().any(|a| dir.same_identity(a, id));
+    if who.anyone || listed(account) {
+        return Ok(true);
+    }
+    if !who.accounts.is_empty() && dir.identities(account).await?.iter().any(|id| listed(id)) {
         return Ok(true);
     }
     if who.groups.is_empty() {

@@ -389,3 +389,78 @@ fn cache_prices_are_optional_and_default_to_anthropics_multipliers() {
     ));
     assert!(e.contains("prices.a.cache_read_usd_per_mtok"), "{e}");
 }
+
+async fn decide_in(
+    p: &Policy,
+    t: &Ticket,
+    who: &str,
+    dir: &dyn Directory,
+) -> Result<Grant, Denial> {
+    p.decide(
+        &Request {
+            ticket: t,
+            who: Who::Jira(Some(who)),
+            approved_by: None,
+        },
+        dir,
+    )
+    .await
+}
+
+/// A Data Center directory: people have a user name and a key, and names ignore letter case.
+struct DataCenter;
+
+#[async_trait::async_trait]
+impl Directory for DataCenter {
+    async fn groups(&self, _account: &str) -> Result<Vec<String>, String> {
+        Ok(Vec::new())
+    }
+    async fn identities(&self, account: &str) -> Result<Vec<String>, String> {
+        let known = [("ann", "JIRAUSER10001"), ("lin", "JIRAUSER10002")];
+        let mut ids = vec![account.to_string()];
+        for (name, key) in known {
+            if account.eq_ignore_ascii_case(name) || account.eq_ignore_ascii_case(key) {
+                ids.extend([name.to_string(), key.to_string()]);
+            }
+        }
+        Ok(ids)
+    }
+    fn same_identity(&self, listed: &str, account: &str) -> bool {
+        listed.eq_ignore_ascii_case(account)
+    }
+}
+
+#[tokio::test]
+async fn data_center_people_match_by_name_or_key() {
+    let p = parse(
+        "version = 1\n[teams.ops]\nprojects = [\"OPS\"]\nrepos = [{ name = \"a/b\" }]\n\
+         triggers = { accounts = [\"JIRAUSER10001\"] }\napprovers = { accounts = [\"Lin\"] }\n",
+        Path::new("p.toml"),
+    )
+    .unwrap();
+    let t = ticket("OPS-1", "Task", &[], "");
+    // Listed by key, triggering by name (as a webhook names her), in any letter case.
+    for who in ["ann", "ANN", "JIRAUSER10001", "jirauser10001"] {
+        assert!(decide_in(&p, &t, who, &DataCenter).await.is_ok(), "{who}");
+    }
+    let d = decide_in(&p, &t, "mallory", &DataCenter).await.unwrap_err();
+    assert_eq!(d.rule, "trigger");
+    // Approvers listed by name match the key and other cases.
+    for who in ["lin", "JIRAUSER10002"] {
+        assert!(
+            p.is_approver("OPS", who, &DataCenter).await.unwrap(),
+            "{who}"
+        );
+    }
+    assert!(!p.is_approver("OPS", "ann", &DataCenter).await.unwrap());
+    // Cloud account ids are exact: another case is another id.
+    let cloud = parse(
+        &format!("version = 1\n[teams.ops]\nprojects = [\"OPS\"]\nrepos = [{{ name = \"a/b\" }}]\ntriggers = {{ accounts = [\"{ALICE}\"] }}\n"),
+        Path::new("p.toml"),
+    )
+    .unwrap();
+    assert!(decide_in(&cloud, &t, ALICE, &NoGroups).await.is_ok());
+    assert!(decide_in(&cloud, &t, &ALICE.to_uppercase(), &NoGroups)
+        .await
+        .is_err());
+}

@@ -386,7 +386,7 @@ pub struct NetworkRecord {
     /// As the policy wrote it (`allowlist:NAME`).
     pub mode: String,
     /// Every request the egress proxy saw, allowed or denied (host, port, method, bytes, rule; never paths).
-    pub connections: Vec<crate::sandbox::egress::ConnRecord>,
+    pub connections: Vec<crate::sandboxd::egress::ConnRecord>,
     /// Requests over the per-job record cap, counted but not listed.
     pub dropped: u64,
 }

@@ -19,11 +19,11 @@ use bollard::Docker;
 use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
 
-use super::proto::{Limit, OutputCap};
 use super::{
     docker_err, io_err, shell_quote, status_code, workspace_path, ExecLimits, ExecOutput, Executor,
     SandboxError, AGENT_UID, WORKSPACE,
 };
+use crate::sandboxd::proto::{Limit, OutputCap};
 
 /// Slack over `max_bytes` that [`DockerExec::read_file`] accepts for tar headers and padding.
 const TAR_OVERHEAD: usize = 64 * 1024;

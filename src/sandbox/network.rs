@@ -1,5 +1,5 @@
 //! The per-job network for `allowlist:` jobs: an internal network with no host address, and the egress proxy
-//! container on it (see [`super::egress`] for the proxy and why the network is built this way).
+//! container on it (see [`crate::sandboxd::egress`] for the proxy and why the network is built this way).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -12,11 +12,11 @@ use bollard::query_parameters::{AttachContainerOptionsBuilder, CreateContainerOp
 use bollard::Docker;
 use futures_util::StreamExt;
 
-use super::egress::{ConnRecord, EgressRules, PROXY_PORT};
 use super::{
     docker_err, executor_mount, force_remove, owned_labels, status_code, SandboxError,
     CONTAINER_ENV, EXECUTOR_BIN, EXECUTOR_DIR, LABEL_JOB,
 };
+use crate::sandboxd::egress::{ConnRecord, EgressRules, PROXY_PORT};
 
 /// Records kept per job at most (a runaway loop of requests must not grow the worker without bound).
 const MAX_RECORDS: usize = 10_000;

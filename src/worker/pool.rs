@@ -361,7 +361,7 @@ async fn expire_approvals(queue: &dyn Queue, config: &Config) {
             reason,
             proof,
         };
-        if let Err(e) = jira.comment(&job.ticket, notice.to_adf()).await {
+        if let Err(e) = jira.notify(&job.ticket, &notice).await {
             tracing::warn!(job = %id, error = %e, "could not report the expired approval on the ticket");
         }
     }

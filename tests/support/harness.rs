@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use super::github::GithubStandIn;
-use super::jira::JiraStandIn;
+use super::jira::{JiraStandIn, DC_BOT_KEY, DC_BOT_NAME};
 use super::model::{ModelStandIn, Step};
 
 /// Secret values used by the stand-ins. Tests assert that none of them leaks anywhere.
@@ -30,6 +30,68 @@ pub const SECRETS: &[&str] = &[JIRA_TOKEN, GITHUB_TOKEN, MODEL_KEY, WEBHOOK_SECR
 
 /// The example's repository name.
 pub const DEMO_REPO: &str = "acme/widgets";
+
+/// Which Jira the stack stands in for. Scenarios that must hold on both are written once, taking a flavor, and run
+/// as one test per flavor; the rest run on Cloud.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Flavor {
+    /// Jira Cloud: REST v3, ADF, account ids, email + API token.
+    #[default]
+    Cloud,
+    /// Jira Data Center: REST v2 only, wiki markup, user names and keys, a personal access token. The runner is
+    /// configured the way the README's Data Center section says: `flavor`, `bot_username`, `token_env`, nothing
+    /// else about the bot (its key is learned from `/myself`).
+    DataCenter,
+}
+
+impl Flavor {
+    /// How this flavor names `p` (account id on Cloud, user name on Data Center): what a trigger records.
+    pub fn id(self, p: Person) -> &'static str {
+        match self {
+            Flavor::Cloud => p.account_id,
+            Flavor::DataCenter => p.name,
+        }
+    }
+
+    /// How a policy may list `p`: the account id on Cloud, the user key on Data Center (so the runner must learn
+    /// the key of whoever a webhook names by user name).
+    pub fn listed(self, p: Person) -> &'static str {
+        match self {
+            Flavor::Cloud => p.account_id,
+            Flavor::DataCenter => p.key,
+        }
+    }
+}
+
+/// A person of the stand-in world, named as each flavor names people.
+#[derive(Debug, Clone, Copy)]
+pub struct Person {
+    /// Cloud account id.
+    pub account_id: &'static str,
+    /// Data Center user name.
+    pub name: &'static str,
+    /// Data Center user key (not the name: users made since Jira 8.4).
+    pub key: &'static str,
+}
+
+/// The developer who assigns tickets in the scenarios (the user in [`assignment_webhook`]).
+pub const ADA: Person = Person {
+    account_id: "712020:developer-ada",
+    name: "ada",
+    key: "JIRAUSER10200",
+};
+/// A lead who may approve.
+pub const LIN: Person = Person {
+    account_id: "712020:lead-lin",
+    name: "lin",
+    key: "JIRAUSER10300",
+};
+/// Someone who may do nothing.
+pub const MALLORY: Person = Person {
+    account_id: "712020:mallory",
+    name: "mallory",
+    key: "JIRAUSER10666",
+};
 
 /// How to set up the world.
 pub struct Options {
@@ -59,6 +121,8 @@ pub struct Options {
     pub agent_toml: String,
     /// Lines added to the `[jira]` table.
     pub jira_toml: String,
+    /// Which Jira to stand in for.
+    pub flavor: Flavor,
 }
 
 impl Default for Options {
@@ -77,14 +141,17 @@ impl Default for Options {
             model_toml: String::new(),
             agent_toml: String::new(),
             jira_toml: String::new(),
+            flavor: Flavor::Cloud,
         }
     }
 }
 
 /// A running stand-in world.
 pub struct Stack {
-    /// Jira Cloud stand-in.
+    /// Jira stand-in (Cloud or Data Center, per [`Stack::flavor`]).
     pub jira: JiraStandIn,
+    /// Which Jira it is.
+    pub flavor: Flavor,
     /// GitHub stand-in.
     pub github: GithubStandIn,
     /// Scripted model.
@@ -121,7 +188,8 @@ pub fn demo_files() -> Vec<(String, String)> {
     files
 }
 
-/// The example ticket: key, summary, labels and ADF description.
+/// The example ticket: key, summary, labels, ADF description and the same description in wiki markup
+/// (`description_wiki`, for Data Center).
 pub fn demo_ticket() -> Value {
     let text =
         std::fs::read_to_string(root().join("examples/demo/ticket.json")).expect("ticket.json");
@@ -157,7 +225,13 @@ pub fn demo_script() -> Vec<Step> {
 impl Stack {
     /// Starts the stand-ins, seeds the example repository and ticket, and writes the configuration.
     pub async fn start(opts: Options) -> Stack {
-        let jira = JiraStandIn::start(JIRA_EMAIL, JIRA_TOKEN).await;
+        let jira = match opts.flavor {
+            Flavor::Cloud => JiraStandIn::start(JIRA_EMAIL, JIRA_TOKEN).await,
+            Flavor::DataCenter => JiraStandIn::start_datacenter(JIRA_TOKEN).await,
+        };
+        for p in [ADA, LIN, MALLORY] {
+            jira.add_user(p.name, p.key);
+        }
         let github = GithubStandIn::start(GITHUB_TOKEN).await;
         let model = if opts.per_conversation {
             ModelStandIn::start_per_conversation(opts.script).await
@@ -178,10 +252,14 @@ impl Stack {
             .as_array()
             .map(|a| a.iter().filter_map(Value::as_str).collect())
             .unwrap_or_default();
+        let description = match opts.flavor {
+            Flavor::Cloud => t["description"].clone(),
+            Flavor::DataCenter => t["description_wiki"].clone(),
+        };
         jira.add_issue(
             t["key"].as_str().expect("key"),
             t["summary"].as_str().expect("summary"),
-            t["description"].clone(),
+            description,
             &labels,
         );
 
@@ -197,8 +275,7 @@ data_dir = "{data}"
 
 [jira]
 base_url = "{jira}"
-bot_account_id = "{bot}"
-email = "{email}"
+{jira_identity}
 token_env = "DRAFTER_TEST_JIRA_TOKEN"
 {jira_extra}
 
@@ -239,8 +316,11 @@ email = "drafter-bot@example.com"
 "#,
             data = dir.path().join("data").display(),
             jira = jira.base_url(),
-            bot = BOT_ACCOUNT,
-            email = JIRA_EMAIL,
+            jira_identity = match opts.flavor {
+                Flavor::Cloud => format!("bot_account_id = \"{BOT_ACCOUNT}\"\nemail = \"{JIRA_EMAIL}\""),
+                // A personal access token (Bearer) and the bot's user name: nothing else is needed.
+                Flavor::DataCenter => format!("flavor = \"datacenter\"\nbot_username = \"{DC_BOT_NAME}\""),
+            },
             api = github.api_url(),
             git = github.git_url(),
             provider = opts.provider,
@@ -269,6 +349,7 @@ email = "drafter-bot@example.com"
         std::fs::write(&config_path, config).expect("write config");
         Stack {
             jira,
+            flavor: opts.flavor,
             github,
             model,
             dir,
@@ -280,6 +361,98 @@ email = "drafter-bot@example.com"
     /// The data directory named in the configuration.
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
+    }
+
+    /// How this flavor names `p` (see [`Flavor::id`]).
+    pub fn id(&self, p: Person) -> &'static str {
+        self.flavor.id(p)
+    }
+
+    /// `p` as a user object of this flavor.
+    pub fn user(&self, p: Person) -> Value {
+        self.jira.user(self.id(p))
+    }
+
+    /// The bot as the runner is configured to know it, as a user object of this flavor.
+    pub fn bot_user(&self) -> Value {
+        match self.flavor {
+            Flavor::Cloud => {
+                serde_json::json!({"accountId": BOT_ACCOUNT, "displayName": "drafter bot"})
+            }
+            Flavor::DataCenter => self.jira.bot_user(),
+        }
+    }
+
+    /// A one-paragraph description in this flavor's format: ADF on Cloud, wiki markup on Data Center.
+    pub fn text(&self, text: &str) -> Value {
+        match self.flavor {
+            Flavor::Cloud => serde_json::json!({"type": "doc", "version": 1, "content": [
+                {"type": "paragraph", "content": [{"type": "text", "text": text}]}]}),
+            Flavor::DataCenter => Value::String(text.to_string()),
+        }
+    }
+
+    /// How a comment's text mentions the bot: `[~accountid:<id>]` (Cloud webhooks), `[~name]` (Data Center).
+    pub fn bot_mention(&self) -> String {
+        match self.flavor {
+            Flavor::Cloud => format!("[~accountid:{BOT_ACCOUNT}]"),
+            Flavor::DataCenter => format!("[~{DC_BOT_NAME}]"),
+        }
+    }
+
+    /// A `jira:issue_updated` webhook body in which `by` assigns `key` to the bot (change `changelog_id`): the Cloud
+    /// shape of [`assignment_webhook`], or Data Center's (users by `name`/`key`, the bot's key as `to`, no
+    /// `fieldId`/`tmp*` fields).
+    pub fn assignment_webhook(&self, key: &str, changelog_id: u64, by: Person) -> Value {
+        match self.flavor {
+            Flavor::Cloud => {
+                let mut hook = assignment_webhook(key, changelog_id);
+                hook["user"] = self.user(by);
+                hook
+            }
+            Flavor::DataCenter => serde_json::json!({
+                "timestamp": 1_740_947_640_940u64,
+                "webhookEvent": "jira:issue_updated",
+                "user": self.user(by),
+                "issue": {"id": self.jira.issue_id(key).to_string(), "key": key, "fields": {
+                    "summary": "ticket", "project": {"key": key.split('-').next().unwrap_or("")},
+                    "assignee": {"name": DC_BOT_NAME, "key": DC_BOT_KEY}}},
+                "changelog": {"id": changelog_id.to_string(), "items": [{
+                    "field": "assignee", "fieldtype": "jira",
+                    "from": null, "fromString": null, "to": DC_BOT_KEY, "toString": "drafter bot"}]}
+            }),
+        }
+    }
+
+    /// A `comment_created` webhook body: `author` (a user object, e.g. [`Stack::user`]) wrote `body` (wiki markup,
+    /// as both flavors' webhooks carry it) as comment `id` on `key`, just now. Cloud names the issue in the payload;
+    /// Data Center does not (the webhook URL carries `?issue=${issue.key}`, see [`ServeProcess::webhook_for`]) and
+    /// names its id only in `comment.self`.
+    pub fn comment_webhook(&self, key: &str, id: &str, author: Value, body: &str) -> Value {
+        let api = match self.flavor {
+            Flavor::Cloud => "3",
+            Flavor::DataCenter => "2",
+        };
+        let issue_id = self.jira.issue_id(key);
+        let mut hook = serde_json::json!({
+            "timestamp": 1_740_947_700_000u64,
+            "webhookEvent": "comment_created",
+            "comment": {"id": id,
+                        "self": format!("{}/rest/api/{api}/issue/{issue_id}/comment/{id}", self.jira.base_url()),
+                        "author": author.clone(), "updateAuthor": author,
+                        "body": body,
+                        "created": chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.3f+0000").to_string()},
+        });
+        if self.flavor == Flavor::Cloud {
+            hook["issue"] = serde_json::json!({"id": issue_id.to_string(), "key": key,
+                "fields": {"summary": "x", "project": {"key": key.split('-').next().unwrap_or("")}}});
+        }
+        hook
+    }
+
+    /// The paths of every request the Jira stand-in received.
+    pub fn jira_paths(&self) -> Vec<String> {
+        self.jira.requests().into_iter().map(|r| r.path).collect()
     }
 
     /// Runs `drafter <args>` against this stack to the end: its exit status, and stdout and stderr as one text.
@@ -446,9 +619,35 @@ impl ServeProcess {
 
     /// POSTs a signed webhook body; returns the status code.
     pub async fn webhook(&self, client: &reqwest::Client, body: &serde_json::Value) -> u16 {
+        self.webhook_at(client, body, "").await
+    }
+
+    /// POSTs a signed webhook body about issue `key` as the stack's Jira sends it: Data Center's webhook URL carries
+    /// `?issue=${issue.key}` (its comment payloads do not name the issue), Cloud's does not.
+    pub async fn webhook_for(
+        &self,
+        stack: &Stack,
+        client: &reqwest::Client,
+        key: &str,
+        body: &serde_json::Value,
+    ) -> u16 {
+        let query = match stack.flavor {
+            Flavor::Cloud => String::new(),
+            Flavor::DataCenter => format!("?issue={key}"),
+        };
+        self.webhook_at(client, body, &query).await
+    }
+
+    /// POSTs a signed webhook body to `/webhooks/jira<query>`; returns the status code.
+    pub async fn webhook_at(
+        &self,
+        client: &reqwest::Client,
+        body: &serde_json::Value,
+        query: &str,
+    ) -> u16 {
         let bytes = serde_json::to_vec(body).expect("json");
         let resp = client
-            .post(format!("http://{}/webhooks/jira", self.addr))
+            .post(format!("http://{}/webhooks/jira{query}", self.addr))
             .header("content-type", "application/json")
             .header("x-hub-signature", sign(&bytes))
             .body(bytes)

@@ -1,5 +1,14 @@
-//! A Jira Cloud stand-in: the few REST v3 endpoints drafter uses, with Jira's shapes, on 127.0.0.1 and a random
-//! port. State (issues, posted comments, every request) is kept for tests to inspect.
+//! A Jira stand-in: the few REST endpoints drafter uses, with Jira's shapes, on 127.0.0.1 and a random port. State
+//! (issues, posted comments, every request) is kept for tests to inspect.
+//!
+//! Two modes, like the two products:
+//! - Cloud ([`JiraStandIn::start`]): REST v3, ADF bodies, people by `accountId`, Basic `email:api_token`.
+//! - Data Center ([`JiraStandIn::start_datacenter`], [`JiraStandIn::start_datacenter_basic`]): REST v2 only, as a
+//!   real Data Center serves it (`/rest/api/2`, `/rest/api/latest`; any `/rest/api/3` path answers 404), with
+//!   wiki-markup strings for descriptions and comments (`POST .../comment` takes `{"body": "<wiki>"}` and refuses an
+//!   object), people by `name` and `key`, and a personal access token as Bearer (or Basic `username:password`).
+//!   References: <https://docs.atlassian.com/software/jira/docs/api/REST/9.12.0/> (issue, comment, myself, user,
+//!   search), <https://confluence.atlassian.com/enterprise/using-personal-access-tokens-1026032365.html>.
 //!
 //! Shapes follow Atlassian's public reference:
 //! - Get issue: <https://developer.atlassian.com/cloud/jira/platform/rest/v3/api-group-issues/#api-rest-api-3-issue-issueidorkey-get>
@@ -53,6 +62,10 @@ pub use super::RecordedRequest;
 
 /// The stand-in bot's `accountId` (what `GET /rest/api/3/myself` answers).
 pub const BOT_ACCOUNT_ID: &str = "557058:0f3c-drafter-bot";
+/// The Data Center stand-in bot's user name (what `[~drafter-bot]` mentions and `GET /rest/api/2/myself` carry).
+pub const DC_BOT_NAME: &str = "drafter-bot";
+/// The Data Center stand-in bot's user key: not its name, as for every user made since Jira 8.4.
+pub const DC_BOT_KEY: &str = "JIRAUSER10100";
 
 struct Issue {
     id: u64,
@@ -88,6 +101,9 @@ struct Inner {
     comment_delay: std::time::Duration,
     /// Group names per account id (Cloud) or user name (Data Center); others are unknown users.
     groups: BTreeMap<String, Vec<String>>,
+    /// Data Center user keys by user name (users added with [`JiraStandIn::add_user`]); a user without one has
+    /// their name as key, as users made before Jira 8.4 do.
+    keys: BTreeMap<String, String>,
     /// At most this many (newest) histories per issue in a search's `expand=changelog`, like Jira's cap.
     search_changelog_cap: Option<usize>,
 }
@@ -122,6 +138,49 @@ impl JiraStandIn {
         Self::start_inner("", format!("Bearer {pat}"), true).await
     }
 
+    /// Starts a Data Center stand-in for a site without personal access tokens: requests must carry
+    /// `Authorization: Basic base64(username:password)`.
+    pub async fn start_datacenter_basic(username: &str, password: &str) -> JiraStandIn {
+        let expected_auth = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"))
+        );
+        Self::start_inner("", expected_auth, true).await
+    }
+
+    /// Whether this is the Data Center stand-in.
+    pub fn is_datacenter(&self) -> bool {
+        lock(&self.state).datacenter
+    }
+
+    /// A Data Center user `name` whose key is `key` (`JIRAUSER10200`); the user becomes known (no groups).
+    pub fn add_user(&self, name: &str, key: &str) {
+        let mut st = lock(&self.state);
+        st.keys.insert(name.to_string(), key.to_string());
+        st.groups.entry(name.to_string()).or_default();
+    }
+
+    /// A user object as this flavor's REST and webhooks carry it: `{"accountId"}` on Cloud, `{"name", "key"}` on
+    /// Data Center (the key from [`JiraStandIn::add_user`], else the name).
+    pub fn user(&self, id: &str) -> Value {
+        let st = lock(&self.state);
+        if st.datacenter {
+            let key = st.keys.get(id).cloned().unwrap_or_else(|| id.to_string());
+            json!({"name": id, "key": key, "displayName": id.to_uppercase(), "active": true})
+        } else {
+            json!({"accountId": id, "displayName": id.to_uppercase(), "active": true})
+        }
+    }
+
+    /// The bot as a user object of this flavor.
+    pub fn bot_user(&self) -> Value {
+        if self.is_datacenter() {
+            json!({"name": DC_BOT_NAME, "key": DC_BOT_KEY, "displayName": "drafter bot", "active": true})
+        } else {
+            json!({"accountId": BOT_ACCOUNT_ID, "displayName": "drafter bot", "active": true})
+        }
+    }
+
     async fn start_inner(email: &str, expected_auth: String, datacenter: bool) -> JiraStandIn {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -140,6 +199,7 @@ impl JiraStandIn {
             page_size: 50,
             comment_delay: std::time::Duration::ZERO,
             groups: BTreeMap::new(),
+            keys: BTreeMap::new(),
             search_changelog_cap: None,
         }));
         let app = Router::new().fallback(handle).with_state(state.clone());
@@ -168,19 +228,25 @@ impl JiraStandIn {
         BOT_ACCOUNT_ID.to_string()
     }
 
-    /// Adds (or replaces) an issue. `description_adf` may be `Value::Null` (no description). The reporter is a fixed
-    /// user, the project is the key's prefix.
+    /// Adds (or replaces) an issue. `description_adf` may be `Value::Null` (no description); on Data Center it is a
+    /// wiki-markup string. The reporter is a fixed user, the project is the key's prefix, the assignee the bot.
     pub fn add_issue(&self, key: &str, summary: &str, description_adf: Value, labels: &[&str]) {
         let project = key.split('-').next().unwrap_or(key);
-        let fields = json!({
-            "summary": summary,
-            "description": description_adf,
-            "reporter": {
+        let datacenter = self.is_datacenter();
+        let reporter = if datacenter {
+            json!({"name": "rita", "key": "JIRAUSER10050", "displayName": "Rita Reporter", "active": true})
+        } else {
+            json!({
                 "accountId": "712020:5b1c-reporter",
                 "displayName": "Rita Reporter",
                 "active": true,
                 "accountType": "atlassian",
-            },
+            })
+        };
+        let fields = json!({
+            "summary": summary,
+            "description": description_adf,
+            "reporter": reporter,
             "labels": labels,
             "project": {
                 "id": "10001",
@@ -189,7 +255,7 @@ impl JiraStandIn {
                 "projectTypeKey": "software",
             },
             "status": {"name": "To Do", "statusCategory": {"key": "new"}},
-            "assignee": {"accountId": BOT_ACCOUNT_ID, "displayName": "drafter bot"},
+            "assignee": self.bot_user(),
             // GET /rest/api/3/issue/{key}: `fields.issuetype` is an IssueTypeDetails object ({id, name, subtask, ...}).
             "issuetype": {"id": "10002", "name": "Task", "subtask": false},
         });
@@ -317,10 +383,11 @@ impl JiraStandIn {
         st.next_id += 1;
         let id = st.next_id;
         let base = st.base_url.clone();
+        let api = api_of(&st);
         let Some(issue) = st.issues.get_mut(key) else {
             panic!("stand-in: no issue {key}");
         };
-        let c = comment_object(&base, issue.id, id, &author, body);
+        let c = comment_object(&base, api, issue.id, id, &author, body);
         issue.comments.push(c);
         issue.fields["updated"] = json!(jira_now());
         id.to_string()
@@ -420,7 +487,7 @@ impl JiraStandIn {
         lock(&self.state).page_size = n.max(1);
     }
 
-    /// The ADF bodies posted as comments on `key`, in order.
+    /// The bodies of the comments on `key`, in order: ADF documents on Cloud, wiki-markup strings on Data Center.
     pub fn comments(&self, key: &str) -> Vec<Value> {
         lock(&self.state)
             .issues
@@ -434,14 +501,18 @@ impl JiraStandIn {
             .unwrap_or_default()
     }
 
-    /// Per comment on `key`, all its text nodes concatenated (hard breaks as `\n`).
+    /// Per comment on `key`, its text as a reader sees it: ADF text nodes concatenated (hard breaks as `\n`), or
+    /// wiki markup read as plain text ([`wiki_text`]).
     pub fn comment_texts(&self, key: &str) -> Vec<String> {
         self.comments(key)
             .iter()
-            .map(|c| {
-                let mut s = String::new();
-                adf_text(c, &mut s);
-                s
+            .map(|c| match c {
+                Value::String(w) => wiki_text(w),
+                _ => {
+                    let mut s = String::new();
+                    adf_text(c, &mut s);
+                    s
+                }
             })
             .collect()
     }
@@ -492,6 +563,56 @@ impl Drop for JiraStandIn {
             let _ = tx.send(());
         }
     }
+}
+
+/// The plain text of the wiki markup drafter writes in its notices, the way Jira shows it: `\\` is a line break, `\X`
+/// is `X`, `{{code}}` is `code`, `[text|url]` is `text`. Written independently of drafter's own reader, so a test
+/// reads comments the way a person would, not the way drafter thinks they read.
+pub fn wiki_text(w: &str) -> String {
+    let c: Vec<char> = w.chars().collect();
+    let mut out = String::new();
+    let mut i = 0;
+    while i < c.len() {
+        match c[i] {
+            '\\' if c.get(i + 1) == Some(&'\\') => {
+                while out.ends_with(' ') {
+                    out.pop();
+                }
+                out.push('\n');
+                i += 2;
+                while c.get(i) == Some(&' ') {
+                    i += 1;
+                }
+            }
+            '\\' if i + 1 < c.len() => {
+                out.push(c[i + 1]);
+                i += 2;
+            }
+            '{' if c.get(i + 1) == Some(&'{') => i += 2,
+            '}' if c.get(i + 1) == Some(&'}') => i += 2,
+            '[' => {
+                // `[text|url]`: the text; an unescaped `]` ends it.
+                let end = (i + 1..c.len()).find(|&j| c[j] == ']' && c[j - 1] != '\\');
+                match end {
+                    Some(end) => {
+                        let inner: String = c[i + 1..end].iter().collect();
+                        let text = inner.split('|').next().unwrap_or("").to_string();
+                        out.push_str(&wiki_text(&text));
+                        i = end + 1;
+                    }
+                    None => {
+                        out.push('[');
+                        i += 1;
+                    }
+                }
+            }
+            ch => {
+                out.push(ch);
+                i += 1;
+            }
+        }
+    }
+    out
 }
 
 fn adf_text(v: &Value, out: &mut String) {
@@ -587,8 +708,40 @@ fn handle_now(
         );
     }
 
-    let segments: Vec<&str> = uri.path().trim_start_matches('/').split('/').collect();
+    let mut segments: Vec<&str> = uri.path().trim_start_matches('/').split('/').collect();
+    if st.datacenter && segments.len() > 2 && segments[..2] == ["rest", "api"] {
+        match segments[2] {
+            // Data Center serves REST v2 under its number and as `latest`; there is no v3.
+            "2" | "latest" => segments[2] = "2",
+            _ => {
+                return error(
+                    StatusCode::NOT_FOUND,
+                    &["stand-in (Data Center): no such REST resource; Jira Data Center serves /rest/api/2 only"],
+                    json!({}),
+                )
+            }
+        }
+    }
+    let cur = api_of(&st);
     match (method.as_str(), segments.as_slice()) {
+        ("GET", ["rest", "api", "2", "myself"]) if st.datacenter => {
+            let base = st.base_url.clone();
+            axum::Json(json!({
+                "self": format!("{base}/rest/api/2/user?username={DC_BOT_NAME}"),
+                "key": DC_BOT_KEY,
+                "name": DC_BOT_NAME,
+                "emailAddress": "drafter-bot@example.com",
+                "displayName": "drafter bot",
+                "active": true,
+                "deleted": false,
+                "timeZone": "UTC",
+                "locale": "en_US",
+                "groups": {"size": 1, "items": []},
+                "applicationRoles": {"size": 1, "items": []},
+                "expand": "groups,applicationRoles",
+            }))
+            .into_response()
+        }
         ("GET", ["rest", "api", "3", "myself"]) => {
             let base = st.base_url.clone();
             axum::Json(json!({
@@ -602,9 +755,7 @@ fn handle_now(
             }))
             .into_response()
         }
-        ("GET", ["rest", "api", version, "issue", key])
-            if *version == "3" || (*version == "2" && st.datacenter) =>
-        {
+        ("GET", ["rest", "api", version, "issue", key]) if *version == cur => {
             let version = version.to_string();
             let wanted: Option<Vec<String>> = uri.query().and_then(|q| {
                 q.split('&')
@@ -721,29 +872,35 @@ fn handle_now(
         }
         ("GET", ["rest", "api", "2", "user"]) if st.datacenter => {
             let q = query_map(&uri);
-            let Some(name) = q.get("username") else {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    &["The username query parameter was not provided"],
-                    json!({}),
-                );
+            // `username=` or `key=`; user names and keys are case-insensitive on Data Center.
+            let key_of = |n: &str| st.keys.get(n).cloned().unwrap_or_else(|| n.to_string());
+            let found = match (q.get("username"), q.get("key")) {
+                (Some(name), _) => st.groups.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)),
+                (None, Some(key)) => st
+                    .groups
+                    .iter()
+                    .find(|(n, _)| key_of(n).eq_ignore_ascii_case(key)),
+                (None, None) => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        &["The username query parameter was not provided"],
+                        json!({}),
+                    )
+                }
             };
             let base = st.base_url.clone();
             let expand_groups = q
                 .get("expand")
                 .is_some_and(|e| e.split(',').any(|x| x == "groups"));
-            // User names are case-insensitive on Data Center.
-            let Some((name, groups)) = st
-                .groups
-                .iter()
-                .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            else {
+            let Some((name, groups)) = found else {
+                let who = q.get("username").or(q.get("key")).cloned().unwrap_or_default();
                 return error(
                     StatusCode::NOT_FOUND,
-                    &[&format!("The user named '{name}' does not exist")],
+                    &[&format!("The user named '{who}' does not exist")],
                     json!({}),
                 );
             };
+            let key = key_of(name);
             let items: Vec<Value> = if expand_groups {
                 groups
                     .iter()
@@ -754,7 +911,7 @@ fn handle_now(
             };
             axum::Json(json!({
                 "self": format!("{base}/rest/api/2/user?username={name}"),
-                "key": name,
+                "key": key,
                 "name": name,
                 "emailAddress": format!("{name}@example.com"),
                 "displayName": name,
@@ -768,7 +925,7 @@ fn handle_now(
             }))
             .into_response()
         }
-        ("POST", ["rest", "api", "3", "issue", key, "comment"]) => {
+        ("POST", ["rest", "api", version, "issue", key, "comment"]) if *version == cur => {
             let json_ct = headers
                 .get("content-type")
                 .and_then(|v| v.to_str().ok())
@@ -787,10 +944,15 @@ fn handle_now(
             let parsed: Option<Value> = serde_json::from_slice(&body).ok();
             let doc = parsed.as_ref().and_then(|v| v.get("body")).cloned();
             let valid = doc.as_ref().is_some_and(|d| {
-                d.get("type").and_then(Value::as_str) == Some("doc")
-                    && d.get("version").and_then(Value::as_u64) == Some(1)
-                    && d.get("content").is_some_and(Value::is_array)
-                    && adf_ok(d)
+                if st.datacenter {
+                    // v2 stores a string as wiki markup; anything else is refused.
+                    d.as_str().is_some_and(|w| !w.trim().is_empty())
+                } else {
+                    d.get("type").and_then(Value::as_str) == Some("doc")
+                        && d.get("version").and_then(Value::as_u64) == Some(1)
+                        && d.get("content").is_some_and(Value::is_array)
+                        && adf_ok(d)
+                }
             });
             let Some(doc) = doc.filter(|_| valid) else {
                 return error(
@@ -802,21 +964,19 @@ fn handle_now(
             st.next_id += 1;
             let id = st.next_id;
             let base = st.base_url.clone();
+            let author = if st.datacenter {
+                json!({"name": DC_BOT_NAME, "key": DC_BOT_KEY, "displayName": "drafter bot", "active": true})
+            } else {
+                json!({"accountId": BOT_ACCOUNT_ID, "displayName": "drafter bot", "active": true})
+            };
             let Some(issue) = st.issues.get_mut(&key) else {
                 return not_found();
             };
-            let author = json!({
-                "accountId": BOT_ACCOUNT_ID,
-                "displayName": "drafter bot",
-                "active": true,
-            });
-            let c = comment_object(&base, issue.id, id, &author, doc);
+            let c = comment_object(&base, cur, issue.id, id, &author, doc);
             issue.comments.push(c.clone());
             (StatusCode::CREATED, axum::Json(c)).into_response()
         }
-        ("GET", ["rest", "api", version, "issue", key, "comment"])
-            if *version == if st.datacenter { "2" } else { "3" } =>
-        {
+        ("GET", ["rest", "api", version, "issue", key, "comment"]) if *version == cur => {
             let q = query_map(&uri);
             let Some(issue) = st.issues.get(*key) else {
                 return not_found();
@@ -890,10 +1050,26 @@ fn jira_now() -> String {
         .to_string()
 }
 
-fn comment_object(base: &str, issue_id: u64, id: u64, author: &Value, body: Value) -> Value {
+/// `"2"` on Data Center, `"3"` on Cloud: the only REST version the stand-in serves.
+fn api_of(st: &Inner) -> &'static str {
+    if st.datacenter {
+        "2"
+    } else {
+        "3"
+    }
+}
+
+fn comment_object(
+    base: &str,
+    api: &str,
+    issue_id: u64,
+    id: u64,
+    author: &Value,
+    body: Value,
+) -> Value {
     let now = jira_now();
     json!({
-        "self": format!("{base}/rest/api/3/issue/{issue_id}/comment/{id}"),
+        "self": format!("{base}/rest/api/{api}/issue/{issue_id}/comment/{id}"),
         "id": id.to_string(),
         "author": author,
         "updateAuthor": author,

@@ -60,8 +60,8 @@ pub fn gateway_allowance(hosts: &[&str]) -> Vec<String> {
         };
         for a in addrs {
             let ip = a.ip();
-            let special = drafter::sandbox::egress::refused_ip(ip).is_some();
-            let allowable = drafter::sandbox::egress::allowance(&ip.to_string()).is_ok();
+            let special = drafter::sandboxd::egress::refused_ip(ip).is_some();
+            let allowable = drafter::sandboxd::egress::allowance(&ip.to_string()).is_ok();
             if special && allowable && !out.contains(&ip.to_string()) {
                 out.push(ip.to_string());
             }

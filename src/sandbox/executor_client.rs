@@ -1,4 +1,4 @@
-//! The default transport: the worker's side of the conversation with `drafter-sandboxd` (see [`super::proto`]).
+//! The default transport: the worker's side of the conversation with `drafter-sandboxd` (see [`crate::sandboxd::proto`]).
 //!
 //! The container is created with stdin open and the worker attaches to it before starting it; from then on a tool
 //! call is one frame written to that stream and one read back. Any protocol fault (a reply out of step, a frame
@@ -15,11 +15,11 @@ use bollard::Docker;
 use futures_util::{Stream, StreamExt};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
-use super::proto::{self, ErrorKind, FrameDecoder, Limit, Op, Reply, Request, Response};
 use super::{
     docker_err, ExecLimits, ExecOutput, Executor, SandboxError, LIST_MAX_ENTRIES,
     SEARCH_MAX_MATCHES,
 };
+use crate::sandboxd::proto::{self, ErrorKind, FrameDecoder, Limit, Op, Reply, Request, Response};
 
 /// Extra time a call may take beyond the work it asks for (frame transfer, the executor's own bookkeeping).
 const CALL_SLACK: Duration = Duration::from_secs(15);
@@ -40,7 +40,7 @@ struct Conn {
 }
 
 /// A connection to one container's executor.
-pub struct Sandboxd {
+pub struct DaemonClient {
     conn: tokio::sync::Mutex<Conn>,
     next_id: AtomicU64,
     broken: AtomicBool,
@@ -48,13 +48,13 @@ pub struct Sandboxd {
     limits: ExecLimits,
 }
 
-impl Sandboxd {
+impl DaemonClient {
     /// Attaches to the container's stdin and stdout (before it starts, so nothing is missed).
     pub async fn attach(
         docker: &Docker,
         container: &str,
         limits: ExecLimits,
-    ) -> Result<Sandboxd, SandboxError> {
+    ) -> Result<DaemonClient, SandboxError> {
         let opts = AttachContainerOptionsBuilder::new()
             .stdin(true)
             .stdout(true)
@@ -65,7 +65,7 @@ impl Sandboxd {
             .attach_container(container, Some(opts))
             .await
             .map_err(docker_err("attach"))?;
-        Ok(Sandboxd {
+        Ok(DaemonClient {
             conn: tokio::sync::Mutex::new(Conn {
                 input: attached.input,
                 output: attached.output,
@@ -196,7 +196,7 @@ async fn exchange(conn: &mut Conn, frame: &[u8]) -> Result<(Response, Vec<u8>), 
 }
 
 #[async_trait::async_trait]
-impl Executor for Sandboxd {
+impl Executor for DaemonClient {
     fn name(&self) -> &'static str {
         "sandboxd"
     }

@@ -20,7 +20,7 @@ use bollard::query_parameters::{CreateContainerOptionsBuilder, RenameContainerOp
 use bollard::Docker;
 use sha2::{Digest, Sha256};
 
-use super::sandboxd::Sandboxd;
+use super::executor_client::DaemonClient;
 use super::{
     docker_err, force_remove, status_code, ExecLimits, SandboxError, LABEL_JOB, LABEL_TICKET,
     READY_TIMEOUT,
@@ -32,7 +32,7 @@ pub const LABEL_POOL: &str = "drafter.pool";
 /// A started container waiting for a job.
 pub(super) struct Warm {
     pub(super) id: String,
-    pub(super) executor: Sandboxd,
+    pub(super) executor: DaemonClient,
 }
 
 #[derive(Default)]
@@ -150,7 +150,7 @@ async fn start_warm(
         .await
         .map_err(docker_err("create pooled container"))?;
     let ready = async {
-        let executor = Sandboxd::attach(docker, &created.id, limits).await?;
+        let executor = DaemonClient::attach(docker, &created.id, limits).await?;
         docker
             .start_container(&created.id, None)
             .await

@@ -1,0 +1,1120 @@
+//! Jira wiki markup, both ways: ticket text to Markdown for the model ([`wiki_to_markdown`]), and drafter's notices
+//! to wiki markup for Data Center ([`super::Notice::to_wiki`]).
+//!
+//! Jira Data Center stores descriptions, comments and rich-text fields as wiki markup (REST v2), and Jira Cloud's
+//! webhooks carry it too. The notation is Atlassian's "Text Formatting Notation"
+//! (<https://jira.atlassian.com/secure/WikiRendererHelpAction.jspa?section=all>): `h1.`-`h6.` headings, `bq.` and
+//! `{quote}` quotes, `*`/`#`/`-` list lines (nesting by repetition: `#*`), `||head||` and `|cell|` table rows,
+//! `{code[:lang]}` and `{noformat}` blocks, `{{monospace}}`, phrases `*strong*`, `_emphasis_`, `-deleted-`,
+//! `+inserted+`, `^sup^`, `~sub~`, `??citation??`, links `[text|url]`, mentions `[~username]` (Cloud:
+//! `[~accountid:...]`), images and attachments `!file.png!`, `\\` line breaks and `\X` escapes.
+//!
+//! Like the ADF walker, the reader treats its input as hostile: it never panics, bounds how far it looks for the
+//! end of a phrase, link or macro (so a line full of openers stays linear), bounds nesting, and keeps the text of
+//! macros it does not know (`{expand}...{expand}` becomes its content).
+//!
+//! The writer escapes every piece of text drafter did not write itself, so a reason or a branch name cannot turn
+//! into a mention (`[~admin]`), a link, an image or a macro in the ticket, and writes the whole notice as one line
+//! (breaks are `\\`), so nothing can start a heading, list or table.
+
+use std::fmt::Write as _;
+
+use super::{
+    clean_href, clean_text, inline_code, longest_backtick_run, quote, Notice, Span, HARD_BREAK,
+    MAX_ADF_DEPTH, MAX_TABLE_COLUMNS,
+};
+
+/// Phrases nested deeper than this are left as they are.
+const MAX_INLINE_DEPTH: usize = 16;
+/// How far (in characters) a phrase, link, image or monospace looks for its end.
+const MAX_SPAN_CHARS: usize = 2000;
+/// How far (in bytes) a block macro's opening tag may run before its `}`.
+const MAX_TAG_BYTES: usize = 500;
+/// List nesting kept (deeper markers count as this deep).
+const MAX_LIST_DEPTH: usize = 20;
+/// Characters a backslash escapes in Jira's renderer (`BackslashEscapeRendererComponent`).
+const ESCAPABLE: &str = "-#*_+?^~|%{}[]()!@";
+/// Block macros whose body is verbatim code.
+const CODE_MACROS: &[&str] = &["code", "noformat"];
+/// Block macros whose body is more wiki markup, shown as a quote.
+const QUOTE_MACROS: &[&str] = &["quote", "panel", "info", "note", "warning", "tip"];
+/// Inline macros that are dropped even alone (their closing tag is optional or absent).
+const DROPPED_MACROS: &[&str] = &["color", "anchor"];
+
+/// Converts Jira wiki markup to Markdown. Never panics; control characters are removed.
+pub fn wiki_to_markdown(text: &str) -> String {
+    let text = clean_text(&text.replace("\r\n", "\n").replace('\r', "\n"));
+    let paired = paired_macro_names(&text);
+    Reader { paired }.blocks(&text, 0).trim().to_string()
+}
+
+/// A piece of the text between block macros.
+enum Seg<'a> {
+    Text(&'a str),
+    Code {
+        lang: String,
+        body: &'a str,
+    },
+    Quote {
+        label: Option<String>,
+        body: &'a str,
+    },
+}
+
+/// The lower-case names of macros that appear at least twice (an opening and a closing tag), plus the ones dropped
+/// even alone. Only these tags are removed; a lone `{x}` in prose stays as typed.
+fn paired_macro_names(text: &str) -> Vec<String> {
+    let mut counts: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while let Some(off) = text[i..].find('{') {
+        let at = i + off;
+        if let Some((name, end)) = macro_tag(text, at) {
+            let monospace = (at > 0 && bytes[at - 1] == b'{') || bytes.get(end) == Some(&b'}');
+            if !monospace {
+                *counts.entry(name).or_default() += 1;
+            }
+            i = end;
+        } else {
+            i = at + 1;
+        }
+    }
+    let mut names: Vec<String> = counts
+        .into_iter()
+        .filter(|(n, c)| *c >= 2 || DROPPED_MACROS.contains(&n.as_str()))
+        .map(|(n, _)| n)
+        .collect();
+    names.extend(DROPPED_MACROS.iter().map(|s| s.to_string()));
+    names
+}
+
+/// A macro tag `{name}` or `{name:params}` starting at byte `at` (which holds `{`): its lower-case name and the
+/// byte just after its `}`. Names are ASCII letters, digits, `-` and `_`, starting with a letter.
+fn macro_tag(text: &str, at: usize) -> Option<(String, usize)> {
+    let rest = text.get(at + 1..)?;
+    let name_len = rest
+        .bytes()
+        .take_while(|b| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_')
+        .count();
+    if name_len == 0 || !rest.as_bytes()[0].is_ascii_alphabetic() {
+        return None;
+    }
+    let after = &rest[name_len..];
+    let close = match after.as_bytes().first() {
+        Some(b'}') => 0,
+        Some(b':') => after
+            .bytes()
+            .take(MAX_TAG_BYTES)
+            .position(|b| b == b'}' || b == b'{' || b == b'\n')
+            .filter(|&p| after.as_bytes()[p] == b'}')?,
+        _ => return None,
+    };
+    Some((
+        rest[..name_len].to_ascii_lowercase(),
+        at + 1 + name_len + close + 1,
+    ))
+}
+
+/// The parameters of a tag (`{code:java}` -> `java`), empty when none.
+fn tag_params(tag: &str) -> &str {
+    tag.trim_start_matches('{')
+        .trim_end_matches('}')
+        .split_once(':')
+        .map(|(_, p)| p)
+        .unwrap_or("")
+}
+
+/// Splits `text` at block macros (`{code}`, `{noformat}`, `{quote}`, `{panel}` and the panel-like ones). A macro
+/// left open runs to the end of the text.
+fn segments(text: &str) -> Vec<Seg<'_>> {
+    let lower = text.to_ascii_lowercase();
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut i = 0;
+    while let Some(off) = text[i..].find('{') {
+        let at = i + off;
+        let Some((name, tag_end)) = macro_tag(text, at) else {
+            i = at + 1;
+            continue;
+        };
+        let code = CODE_MACROS.contains(&name.as_str());
+        if !code && !QUOTE_MACROS.contains(&name.as_str()) {
+            i = tag_end;
+            continue;
+        }
+        if at > start {
+            out.push(Seg::Text(&text[start..at]));
+        }
+        let closing = format!("{{{name}}}");
+        let (body, next) = match lower[tag_end..].find(&closing) {
+            Some(p) => (&text[tag_end..tag_end + p], tag_end + p + closing.len()),
+            None => (&text[tag_end..], text.len()),
+        };
+        let params = tag_params(&text[at..tag_end]);
+        if code {
+            let lang = if name == "code" {
+                code_language(params)
+            } else {
+                String::new()
+            };
+            out.push(Seg::Code { lang, body });
+        } else {
+            out.push(Seg::Quote {
+                label: panel_label(&name, params),
+                body,
+            });
+        }
+        start = next;
+        i = next;
+    }
+    if start < text.len() {
+        out.push(Seg::Text(&text[start..]));
+    }
+    out
+}
+
+/// `{code:java}`, `{code:title=A.java|language=java}` -> `java`; only characters safe after a fence are kept.
+fn code_language(params: &str) -> String {
+    let lang = params
+        .split('|')
+        .find_map(|p| match p.split_once('=') {
+            None => Some(p),
+            Some((k, v)) if k.trim().eq_ignore_ascii_case("language") => Some(v),
+            Some(_) => None,
+        })
+        .unwrap_or("");
+    lang.trim()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || "+-_.#".contains(*c))
+        .take(32)
+        .collect()
+}
+
+/// The bold label a panel-like macro gets: its `title=`, else `Info`/`Note`/`Warning`/`Tip` (nothing for quotes and
+/// untitled panels).
+fn panel_label(name: &str, params: &str) -> Option<String> {
+    let title = params.split('|').find_map(|p| {
+        p.split_once('=')
+            .filter(|(k, _)| k.trim().eq_ignore_ascii_case("title"))
+            .map(|(_, v)| super::one_line(v.trim()))
+    });
+    match (name, title) {
+        (_, Some(t)) if !t.is_empty() => Some(t),
+        ("quote" | "panel", _) => None,
+        (other, _) => {
+            let mut l = other.to_string();
+            if let Some(f) = l.get_mut(0..1) {
+                f.make_ascii_uppercase();
+            }
+            Some(l)
+        }
+    }
+}
+
+/// What one line of running text is.
+enum Line<'a> {
+    Blank,
+    Heading(usize, &'a str),
+    Quote(&'a str),
+    Rule,
+    Item(&'a str, &'a str),
+    Row(&'a str),
+    Text(&'a str),
+}
+
+fn classify(line: &str) -> Line<'_> {
+    let t = line.trim();
+    if t.is_empty() {
+        return Line::Blank;
+    }
+    let b = t.as_bytes();
+    if b.len() >= 3 && b[0] == b'h' && (b'1'..=b'6').contains(&b[1]) && b[2] == b'.' {
+        return Line::Heading(usize::from(b[1] - b'0'), t[3..].trim());
+    }
+    if let Some(rest) = t.strip_prefix("bq.") {
+        return Line::Quote(rest.trim());
+    }
+    if t.len() >= 4 && t.bytes().all(|c| c == b'-') {
+        return Line::Rule;
+    }
+    let marker_len = t.bytes().take_while(|c| b"*#-".contains(c)).count();
+    if marker_len > 0 && t[marker_len..].starts_with([' ', '\t']) {
+        let marker = &t[..marker_len];
+        // `-` makes a bullet only alone; `*` and `#` nest by repetition.
+        if marker == "-" || !marker.contains('-') {
+            return Line::Item(marker, t[marker_len..].trim());
+        }
+    }
+    if t.starts_with('|') {
+        return Line::Row(t);
+    }
+    Line::Text(t)
+}
+
+/// One level of an open list: bullet or numbered, and the number of its last item.
+struct Level {
+    ordered: bool,
+    number: u64,
+}
+
+impl Level {
+    /// How far the items below this level's current item are indented.
+    fn width(&self) -> usize {
+        if self.ordered {
+            self.number.max(1).to_string().len() + 2
+        } else {
+            2
+        }
+    }
+}
+
+/// The block being collected from consecutive lines.
+enum Open {
+    None,
+    Para(Vec<String>),
+    List(Vec<Level>, Vec<String>),
+    Table(Vec<(bool, Vec<String>)>),
+}
+
+struct Reader {
+    /// Macro names whose tags are dropped (see [`paired_macro_names`]).
+    paired: Vec<String>,
+}
+
+impl Reader {
+    /// A wiki text as Markdown blocks separated by blank lines.
+    fn blocks(&self, text: &str, depth: usize) -> String {
+        if depth > MAX_ADF_DEPTH {
+            return super::DEPTH_MARKER.to_string();
+        }
+        let mut parts: Vec<String> = Vec::new();
+        for seg in segments(text) {
+            match seg {
+                Seg::Text(t) => self.text_blocks(t, depth, &mut parts),
+                Seg::Code { lang, body } => {
+                    let body = body.strip_prefix('\n').unwrap_or(body);
+                    let body = body.strip_suffix('\n').unwrap_or(body);
+                    if body.trim().is_empty() {
+                        continue;
+                    }
+                    let fence = "`".repeat(longest_backtick_run(body).max(2) + 1);
+                    parts.push(format!("{fence}{lang}\n{body}\n{fence}"));
+                }
+                Seg::Quote { label, body } => {
+                    let inner = self.blocks(body, depth + 1);
+                    let inner = match label {
+                        Some(l) if inner.is_empty() => format!("**{l}:**"),
+                        Some(l) => format!("**{l}:**\n{inner}"),
+                        None => inner,
+                    };
+                    if !inner.trim().is_empty() {
+                        parts.push(quote(inner.trim_end()));
+                    }
+                }
+            }
+        }
+        parts.join("\n\n")
+    }
+
+    /// Running text (no block macros) line by line: headings, quotes, rules, lists, tables and paragraphs.
+    fn text_blocks(&self, text: &str, depth: usize, parts: &mut Vec<String>) {
+        let text = self.drop_macro_tags(text);
+        let mut open = Open::None;
+        for line in text.split('\n') {
+            let kind = classify(line);
+            let same = matches!(
+                (&open, &kind),
+                (Open::Para(_), Line::Text(_))
+                    | (Open::List(..), Line::Item(..))
+                    | (Open::Table(_), Line::Row(_))
+            );
+            if !same {
+                self.flush(std::mem::replace(&mut open, Open::None), parts);
+            }
+            match kind {
+                Line::Blank => {}
+                Line::Heading(level, rest) => {
+                    let h = super::one_line(&self.inline(rest, depth));
+                    if !h.is_empty() {
+                        parts.push(format!("{} {h}", "#".repeat(level)));
+                    }
+                }
+                Line::Quote(rest) => {
+                    let q = self.inline(rest, depth);
+                    if !q.trim().is_empty() {
+                        parts.push(quote(q.trim()));
+                    }
+                }
+                Line::Rule => parts.push("---".to_string()),
+                Line::Item(marker, rest) => {
+                    if !matches!(open, Open::List(..)) {
+                        open = Open::List(Vec::new(), Vec::new());
+                    }
+                    if let Open::List(levels, lines) = &mut open {
+                        let item = self.inline(rest, depth);
+                        lines.push(list_line(levels, marker, &item));
+                    }
+                }
+                Line::Row(row) => {
+                    if !matches!(open, Open::Table(_)) {
+                        open = Open::Table(Vec::new());
+                    }
+                    if let Open::Table(rows) = &mut open {
+                        let (header, cells) = split_row(row);
+                        let cells = cells.iter().map(|c| self.cell(c, depth)).collect();
+                        rows.push((header, cells));
+                    }
+                }
+                Line::Text(t) => {
+                    if !matches!(open, Open::Para(_)) {
+                        open = Open::Para(Vec::new());
+                    }
+                    if let Open::Para(lines) = &mut open {
+                        lines.push(self.inline(t, depth));
+                    }
+                }
+            }
+        }
+        self.flush(open, parts);
+    }
+
+    fn flush(&self, open: Open, parts: &mut Vec<String>) {
+        let block = match open {
+            Open::None => return,
+            // A line break inside a paragraph is a break in Jira too.
+            Open::Para(lines) => lines.join(HARD_BREAK).trim().to_string(),
+            Open::List(_, lines) => lines.join("\n"),
+            Open::Table(rows) => table(rows),
+        };
+        if !block.trim().is_empty() {
+            parts.push(block);
+        }
+    }
+
+    /// Removes the tags of paired and dropped macros, keeping what is between them.
+    fn drop_macro_tags(&self, text: &str) -> String {
+        let bytes = text.as_bytes();
+        let mut out = String::with_capacity(text.len());
+        let mut copied = 0;
+        let mut i = 0;
+        while let Some(off) = text[i..].find('{') {
+            let at = i + off;
+            match macro_tag(text, at) {
+                Some((name, end))
+                    if self.paired.contains(&name)
+                        && !(at > 0 && bytes[at - 1] == b'{')
+                        && bytes.get(end) != Some(&b'}') =>
+                {
+                    out.push_str(&text[copied..at]);
+                    copied = end;
+                    i = end;
+                }
+                Some((_, end)) => i = end,
+                None => i = at + 1,
+            }
+        }
+        out.push_str(&text[copied..]);
+        out
+    }
+
+    /// One table cell on one line, pipes escaped.
+    fn cell(&self, c: &str, depth: usize) -> String {
+        self.inline(c.trim(), depth)
+            .replace(HARD_BREAK, "\n")
+            .split('\n')
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join("<br>")
+            .replace('|', "\\|")
+    }
+
+    /// Inline markup of one line as Markdown.
+    fn inline(&self, s: &str, depth: usize) -> String {
+        let c: Vec<char> = s.chars().collect();
+        let mut out = String::with_capacity(s.len());
+        let mut i = 0;
+        while i < c.len() {
+            let ch = c[i];
+            match ch {
+                '\\' => match c.get(i + 1) {
+                    Some('\\') => {
+                        // `a \\ b` is a break between `a` and `b`: the spaces around it are not text.
+                        while out.ends_with(' ') {
+                            out.pop();
+                        }
+                        out.push_str(HARD_BREAK);
+                        i += 2;
+                        while c.get(i) == Some(&' ') {
+                            i += 1;
+                        }
+                    }
+                    Some(&n) if ESCAPABLE.contains(n) => {
+                        out.push(n);
+                        i += 2;
+                    }
+                    _ => {
+                        out.push('\\');
+                        i += 1;
+                    }
+                },
+                '{' if c.get(i + 1) == Some(&'{') => match find_pair(&c, i + 2, '}', '}') {
+                    Some(end) => {
+                        let inner: String = c[i + 2..end].iter().collect();
+                        let inner = unescape(&inner);
+                        if !inner.trim().is_empty() {
+                            out.push_str(&inline_code(&inner));
+                        }
+                        i = end + 2;
+                    }
+                    None => {
+                        out.push_str("{{");
+                        i += 2;
+                    }
+                },
+                '[' => match find_char(&c, i + 1, ']') {
+                    Some(end) => {
+                        let inner: String = c[i + 1..end].iter().collect();
+                        out.push_str(&self.link(&inner, depth));
+                        i = end + 1;
+                    }
+                    None => {
+                        out.push('[');
+                        i += 1;
+                    }
+                },
+                '!' => match image(&c, i) {
+                    Some((text, end)) => {
+                        out.push_str(&text);
+                        i = end + 1;
+                    }
+                    None => {
+                        out.push('!');
+                        i += 1;
+                    }
+                },
+                '?' if c.get(i + 1) == Some(&'?') => match self.phrase(&c, i, 2, depth) {
+                    Some((text, end)) => {
+                        out.push_str(&text);
+                        i = end;
+                    }
+                    None => {
+                        out.push_str("??");
+                        i += 2;
+                    }
+                },
+                '*' | '_' | '-' | '+' | '^' | '~' => match self.phrase(&c, i, 1, depth) {
+                    Some((text, end)) => {
+                        out.push_str(&text);
+                        i = end;
+                    }
+                    None => {
+                        out.push(ch);
+                        i += 1;
+                    }
+                },
+                _ => {
+                    out.push(ch);
+                    i += 1;
+                }
+            }
+        }
+        out
+    }
+
+    /// A phrase (`*strong*`, `??cite??` ...) opening at `i` with a marker `len` characters long: its Markdown and the
+    /// index after its closing marker. The opening marker follows a non-word character and precedes a non-space;
+    /// the closing one follows a non-space and precedes a non-word character, within [`MAX_SPAN_CHARS`].
+    fn phrase(&self, c: &[char], i: usize, len: usize, depth: usize) -> Option<(String, usize)> {
+        let m = c[i];
+        if depth >= MAX_INLINE_DEPTH {
+            return None;
+        }
+        if i > 0 && (c[i - 1].is_alphanumeric() || c[i - 1] == m) {
+            return None;
+        }
+        let first = *c.get(i + len)?;
+        if first.is_whitespace() || first == m {
+            return None;
+        }
+        let limit = c.len().min(i + len + MAX_SPAN_CHARS);
+        let mut j = i + len + 1;
+        while j + len <= limit {
+            let closes = c[j..j + len].iter().all(|&x| x == m)
+                && !c[j - 1].is_whitespace()
+                && c.get(j + len)
+                    .is_none_or(|n| !n.is_alphanumeric() && *n != m);
+            if closes {
+                let inner: String = c[i + len..j].iter().collect();
+                let inner = self.inline(&inner, depth + 1);
+                let md = match m {
+                    '*' => format!("**{inner}**"),
+                    '_' | '?' => format!("_{inner}_"),
+                    '-' => format!("~~{inner}~~"),
+                    // Inserted, superscript and subscript have no Markdown: their text stays.
+                    _ => inner,
+                };
+                return Some((md, j + len));
+            }
+            j += 1;
+        }
+        None
+    }
+
+    /// The inside of `[...]`: a mention, a link, an attachment or anchor reference, or (anything else, such as
+    /// `arr[0]`) the brackets as typed.
+    fn link(&self, inner: &str, depth: usize) -> String {
+        let t = inner.trim();
+        if let Some(user) = t.strip_prefix('~') {
+            let user = user.trim();
+            let user = user
+                .strip_prefix("accountid:")
+                .or_else(|| user.strip_prefix("accountId:"))
+                .unwrap_or(user)
+                .trim();
+            return if user.is_empty() {
+                "@someone".to_string()
+            } else {
+                format!("@{user}")
+            };
+        }
+        let (text, target) = match t.split_once('|') {
+            Some((text, rest)) => (
+                Some(text.trim()),
+                rest.split('|').next().unwrap_or("").trim(),
+            ),
+            None => (None, t),
+        };
+        let text = text
+            .map(|x| self.inline(x, depth + 1))
+            .filter(|x| !x.trim().is_empty());
+        if is_url(target) {
+            let href = clean_href(target);
+            return match text {
+                Some(text) => format!("[{text}]({href})"),
+                None => href,
+            };
+        }
+        if let Some(file) = target.strip_prefix('^') {
+            let file = super::one_line(file.trim());
+            return match text {
+                Some(text) => format!("{text} [attachment: {file}]"),
+                None => format!("[attachment: {file}]"),
+            };
+        }
+        match (text, target.strip_prefix('#')) {
+            (Some(text), Some(_)) => text,
+            (Some(text), None) if !target.is_empty() => format!("{text} ({target})"),
+            (Some(text), None) => text,
+            (None, Some(anchor)) if !anchor.is_empty() => anchor.to_string(),
+            (None, _) => format!("[{}]", self.inline(inner, depth + 1)),
+        }
+    }
+}
+
+/// The Markdown line of one list item, keeping `levels` (the open list levels) up to date.
+fn list_line(levels: &mut Vec<Level>, marker: &str, item: &str) -> String {
+    let marks: Vec<char> = marker.chars().take(MAX_LIST_DEPTH).collect();
+    let depth = marks.len().max(1);
+    levels.truncate(depth);
+    while levels.len() < depth {
+        let m = marks.get(levels.len()).copied().unwrap_or('*');
+        levels.push(Level {
+            ordered: m == '#',
+            number: 0,
+        });
+    }
+    let ordered = marks.last() == Some(&'#');
+    let indent: usize = levels[..depth - 1].iter().map(Level::width).sum();
+    let level = &mut levels[depth - 1];
+    if level.ordered != ordered {
+        *level = Level { ordered, number: 0 };
+    }
+    level.number = level.number.saturating_add(1);
+    let bullet = if ordered {
+        format!("{}. ", level.number)
+    } else {
+        "- ".to_string()
+    };
+    format!("{}{bullet}{}", " ".repeat(indent), item.trim())
+        .trim_end()
+        .to_string()
+}
+
+/// A table row's cells and whether it is a header row (`||a||b||`). Pipes inside `[...]` and `{{...}}` do not split.
+fn split_row(row: &str) -> (bool, Vec<String>) {
+    let header = row.starts_with("||");
+    let c: Vec<char> = row.chars().collect();
+    let mut cells = Vec::new();
+    let mut cur = String::new();
+    let (mut bracket, mut mono) = (false, false);
+    let mut i = 0;
+    while i < c.len() {
+        match c[i] {
+            '\\' if i + 1 < c.len() => {
+                cur.push(c[i]);
+                cur.push(c[i + 1]);
+                i += 2;
+                continue;
+            }
+            '[' if !mono => bracket = true,
+            ']' if !mono => bracket = false,
+            '{' if c.get(i + 1) == Some(&'{') && !mono => {
+                mono = true;
+                cur.push_str("{{");
+                i += 2;
+                continue;
+            }
+            '}' if c.get(i + 1) == Some(&'}') && mono => {
+                mono = false;
+                cur.push_str("}}");
+                i += 2;
+                continue;
+            }
+            '|' if !bracket && !mono => {
+                cells.push(std::mem::take(&mut cur));
+                if c.get(i + 1) == Some(&'|') {
+                    i += 1;
+                }
+                i += 1;
+                continue;
+            }
+            _ => {}
+        }
+        cur.push(c[i]);
+        i += 1;
+    }
+    cells.push(cur);
+    // The text before the first pipe and after the last one is not a cell.
+    if !cells.is_empty() {
+        cells.remove(0);
+    }
+    if cells.last().is_some_and(|l| l.trim().is_empty()) {
+        cells.pop();
+    }
+    cells.truncate(MAX_TABLE_COLUMNS);
+    (header, cells)
+}
+
+/// Rows as a Markdown table; the first row is the header when it is a header row, else the header is empty.
+fn table(mut rows: Vec<(bool, Vec<String>)>) -> String {
+    let ncols = rows.iter().map(|(_, r)| r.len()).max().unwrap_or(0);
+    if ncols == 0 {
+        return String::new();
+    }
+    for (_, r) in &mut rows {
+        r.resize(ncols, String::new());
+    }
+    let header = if rows.first().is_some_and(|(h, _)| *h) {
+        rows.remove(0).1
+    } else {
+        vec![String::new(); ncols]
+    };
+    let line = |cells: &[String]| {
+        let mut s = String::from("|");
+        for c in cells {
+            let _ = write!(s, " {c} |");
+        }
+        s
+    };
+    let mut out = vec![line(&header), format!("|{}", " --- |".repeat(ncols))];
+    out.extend(rows.iter().map(|(_, r)| line(r)));
+    out.join("\n")
+}
+
+/// `!file.png!`, `!file.png|thumbnail!`, `!https://x/y.png!` at `i`: its placeholder and the index of the closing
+/// `!`. Prose exclamations (`Wow! Great!`) are not images: the name must start right after the `!` and look like a
+/// file (a dot) or a URL.
+fn image(c: &[char], i: usize) -> Option<(String, usize)> {
+    let end = find_char(c, i + 1, '!')?;
+    let inner: String = c[i + 1..end].iter().collect();
+    let name = inner.split('|').next().unwrap_or("");
+    if name.is_empty()
+        || name.starts_with(char::is_whitespace)
+        || name.ends_with(char::is_whitespace)
+    {
+        return None;
+    }
+    if is_url(name) {
+        return Some((format!("[image: {}]", clean_href(name)), end));
+    }
+    if !name.contains('.') {
+        return None;
+    }
+    Some((format!("[attachment: {}]", super::one_line(name)), end))
+}
+
+fn is_url(s: &str) -> bool {
+    let lower = s.trim().to_ascii_lowercase();
+    ["http://", "https://", "ftp://", "mailto:", "file:"]
+        .iter()
+        .any(|p| lower.starts_with(p))
+}
+
+/// The index of `ch` in `c` from `from`, within [`MAX_SPAN_CHARS`]; escaped characters (`\]`) do not count.
+fn find_char(c: &[char], from: usize, ch: char) -> Option<usize> {
+    let limit = c.len().min(from.saturating_add(MAX_SPAN_CHARS));
+    let mut i = from;
+    while i < limit {
+        if c[i] == '\\' {
+            i += 2;
+            continue;
+        }
+        if c[i] == ch {
+            return Some(i);
+        }
+        i += 1;
+    }
+    None
+}
+
+/// The index of the pair `a b` in `c` from `from`, within [`MAX_SPAN_CHARS`]; escaped characters do not count.
+fn find_pair(c: &[char], from: usize, a: char, b: char) -> Option<usize> {
+    let limit = c.len().min(from.saturating_add(MAX_SPAN_CHARS));
+    let mut i = from;
+    while i + 1 < limit {
+        if c[i] == '\\' {
+            i += 2;
+            continue;
+        }
+        if c[i] == a && c[i + 1] == b {
+            return Some(i);
+        }
+        i += 1;
+    }
+    None
+}
+
+/// `\X` escapes resolved (inside monospace, where the text is shown as code).
+fn unescape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut it = s.chars().peekable();
+    while let Some(ch) = it.next() {
+        if ch == '\\' {
+            if let Some(&n) = it.peek() {
+                if ESCAPABLE.contains(n) {
+                    out.push(n);
+                    it.next();
+                    continue;
+                }
+            }
+        }
+        out.push(ch);
+    }
+    out
+}
+
+// ---- writing -------------------------------------------------------------------------------------------------------
+
+/// Text as wiki markup that renders as exactly that text (inside a line: the caller starts every line itself, so a
+/// `h1.` or `|` cannot begin one): brackets, braces, pipes and `!` always escaped; phrase
+/// markers (`* _ - + ^ ~`) unless they sit inside a word (`DEMO-1-fix`, `snake_case` stay readable, and a job id
+/// stays findable in the comment's source); `(` when it could open an icon such as `(x)`; `??`. A backslash
+/// becomes `＼` (U+FF3C): in Jira's notation `\\` is a line break and `\` escapes the next character, so a literal
+/// one cannot be written safely. Line breaks become spaces: the caller writes breaks as `\\`.
+pub fn escape_wiki(s: &str) -> String {
+    let c: Vec<char> = s.chars().collect();
+    let mut out = String::with_capacity(s.len() + 8);
+    let word = |i: Option<usize>| {
+        i.and_then(|i| c.get(i))
+            .is_some_and(|x| x.is_alphanumeric())
+    };
+    for (i, &ch) in c.iter().enumerate() {
+        match ch {
+            '\\' => out.push('\u{ff3c}'),
+            '\n' | '\r' => out.push(' '),
+            '[' | ']' | '{' | '}' | '|' | '!' => {
+                out.push('\\');
+                out.push(ch);
+            }
+            '*' | '_' | '-' | '+' | '^' | '~' => {
+                if !(word(i.checked_sub(1)) && word(Some(i + 1))) {
+                    out.push('\\');
+                }
+                out.push(ch);
+            }
+            '?' => {
+                if c.get(i + 1) == Some(&'?') || (i > 0 && c[i - 1] == '?') {
+                    out.push('\\');
+                }
+                out.push(ch);
+            }
+            '(' => {
+                // Icons are short: `(x)`, `(on)`, `(off)`, `(*r)`.
+                if c.iter().skip(i + 1).take(4).any(|&x| x == ')') {
+                    out.push('\\');
+                }
+                out.push(ch);
+            }
+            _ => out.push(ch),
+        }
+    }
+    out
+}
+
+/// A URL as a wiki link target: characters that would end or split the link are percent-encoded.
+fn wiki_href(h: &str) -> String {
+    let mut out = String::with_capacity(h.len());
+    for ch in clean_href(h).chars() {
+        match ch {
+            '[' => out.push_str("%5B"),
+            ']' => out.push_str("%5D"),
+            '|' => out.push_str("%7C"),
+            '{' => out.push_str("%7B"),
+            '}' => out.push_str("%7D"),
+            '!' => out.push_str("%21"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+impl Notice {
+    /// The notice as Jira wiki markup, for Data Center's REST v2 (`{"body": "<wiki>"}`): job ids, branches and
+    /// commands as `{{monospace}}`, the pull request as `[text|url]`, line breaks as `\\`, and every other piece of
+    /// text escaped ([`escape_wiki`]). One physical line.
+    pub fn to_wiki(&self) -> String {
+        let mut out = String::new();
+        for span in self.spans() {
+            match span {
+                Span::Text(t) => out.push_str(&escape_wiki(&t)),
+                Span::Code(t) if !t.trim().is_empty() => {
+                    // `{{` right after `{{` or before `}}` would be read as part of the marker.
+                    let _ = write!(out, "{{{{{}}}}}", escape_wiki(t.trim()));
+                }
+                Span::Link { text, href } if !text.is_empty() => {
+                    let _ = write!(out, "[{}|{}]", escape_wiki(&text), wiki_href(&href));
+                }
+                Span::Break => out.push_str(" \\\\ "),
+                _ => {}
+            }
+        }
+        out.trim().to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Wiki markup in, Markdown out: one row per construct the reader knows, and the hostile cases.
+    #[test]
+    fn wiki_to_markdown_table() {
+        let cases: &[(&str, &str)] = &[
+            // Headings, quotes, rules.
+            ("h1. Title", "# Title"),
+            ("h3. Acceptance", "### Acceptance"),
+            ("h6.tight", "###### tight"),
+            ("h7. not a heading", "h7. not a heading"),
+            ("bq. quoted *line*", "> quoted **line**"),
+            ("----", "---"),
+            // Phrases.
+            ("*bold* and _it_", "**bold** and _it_"),
+            ("-gone- +ins+ ^sup^ ~sub~", "~~gone~~ ins sup sub"),
+            ("??cited??", "_cited_"),
+            ("*_both_*", "**_both_**"),
+            (
+                "snake_case_name and a-b-c and 2*3*4",
+                "snake_case_name and a-b-c and 2*3*4",
+            ),
+            ("* not closed", "- not closed"),
+            ("a * b * c", "a * b * c"),
+            ("{{x = 1}} and {{a`b}}", "`x = 1` and ``a`b``"),
+            ("{{\\{escaped\\}}}", "`{escaped}`"),
+            // Links, mentions, attachments, images.
+            ("[Docs|https://e.com/a b]", "[Docs](https://e.com/a%20b)"),
+            ("[https://e.com]", "https://e.com"),
+            (
+                "[*bold* docs|https://e.com]",
+                "[**bold** docs](https://e.com)",
+            ),
+            (
+                "[~alice] and [~accountid:712020:abc]",
+                "@alice and @712020:abc",
+            ),
+            (
+                "[log|^build.log] [^trace.txt]",
+                "log [attachment: build.log] [attachment: trace.txt]",
+            ),
+            ("[see|#anchor] [#top]", "see top"),
+            ("[the epic|DEMO-5]", "the epic (DEMO-5)"),
+            ("arr[0] and [DEMO-5]", "arr[0] and [DEMO-5]"),
+            (
+                "!screen.png! !shot.png|thumbnail! !https://e.com/x.png!",
+                "[attachment: screen.png] [attachment: shot.png] [image: https://e.com/x.png]",
+            ),
+            ("Wow! Great! Really!", "Wow! Great! Really!"),
+            // Escapes and breaks.
+            ("\\*not bold\\* \\[~x\\]", "*not bold* [~x]"),
+            ("a\\\\b", "a\\\nb"),
+            ("line one\nline two", "line one\\\nline two"),
+            ("para one\n\npara two", "para one\n\npara two"),
+            ("C:\\path", "C:\\path"),
+            // Lists.
+            ("* one\n* two", "- one\n- two"),
+            ("# a\n# b\n# c", "1. a\n2. b\n3. c"),
+            ("- dash", "- dash"),
+            (
+                "* one\n*# sub a\n*# sub b\n** deeper\n* two",
+                "- one\n  1. sub a\n  2. sub b\n  - deeper\n- two",
+            ),
+            ("# a\n#* x\n# b", "1. a\n   - x\n2. b"),
+            ("-- not a list", "-- not a list"),
+            ("*bold* start", "**bold** start"),
+            // Tables.
+            (
+                "||Name||Value||\n|a|[x|https://e.com]|\n|{{p|q}}|",
+                "| Name | Value |\n| --- | --- |\n| a | [x](https://e.com) |\n| `p\\|q` |  |",
+            ),
+            ("|1|2|", "|  |  |\n| --- | --- |\n| 1 | 2 |"),
+            // Block macros.
+            (
+                "{code:java}\nint x = 1; // *not bold*\n{code}",
+                "```java\nint x = 1; // *not bold*\n```",
+            ),
+            (
+                "{code:title=A.java|language=rust}fn f() {}{code}",
+                "```rust\nfn f() {}\n```",
+            ),
+            (
+                "{noformat}\n[~alice] _raw_\n{noformat}",
+                "```\n[~alice] _raw_\n```",
+            ),
+            ("{code}\na ```` b\n{code}", "`````\na ```` b\n`````"),
+            (
+                "{quote}\nsaid *twice*\n\nreally\n{quote}",
+                "> said **twice**\n>\n> really",
+            ),
+            (
+                "{panel:title=Steps}\n# run\n{panel}",
+                "> **Steps:**\n> 1. run",
+            ),
+            ("{warning}careful{warning}", "> **Warning:**\n> careful"),
+            (
+                "before {code}x{code} after",
+                "before\n\n```\nx\n```\n\nafter",
+            ),
+            ("{code}\nnever closed", "```\nnever closed\n```"),
+            // Unknown and inline macros keep their text; a lone `{x}` stays as typed.
+            ("{expand:More}\nhidden *text*\n{expand}", "hidden **text**"),
+            ("{color:red}red{color} text", "red text"),
+            ("use {x} here", "use {x} here"),
+            ("{\"json\": 1}", "{\"json\": 1}"),
+            // Hostile input.
+            ("a\u{1b}[31mb\u{0}c\r\nd", "a[31mbc\\\nd"),
+            ("", ""),
+        ];
+        for (wiki, md) in cases {
+            assert_eq!(wiki_to_markdown(wiki), *md, "wiki: {wiki:?}");
+        }
+    }
+
+    #[test]
+    fn hostile_wiki_stays_linear_and_never_panics() {
+        for s in [
+            "*".repeat(100_000),
+            "*a ".repeat(30_000),
+            "{{".repeat(30_000),
+            "[".repeat(30_000),
+            "!a.b ".repeat(20_000),
+            "{code:".repeat(10_000),
+            "{quote}".repeat(5_000),
+            "#* ".repeat(10_000),
+            format!("{}x{}", "*_".repeat(5000), "_*".repeat(5000)),
+            "|".repeat(50_000),
+            "h1.".to_string(),
+            "\\".to_string(),
+            "{".to_string(),
+            "é{{é".to_string(),
+        ] {
+            let started = std::time::Instant::now();
+            let _ = wiki_to_markdown(&s);
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(5),
+                "{:?}…",
+                &s[..20.min(s.len())]
+            );
+        }
+    }
+
+    #[test]
+    fn escaped_text_renders_as_itself() {
+        // Whatever untrusted text says, read back through the reader it is the same text.
+        for s in [
+            "[~admin] please {html}<b>x</b>{html} !evil.png! [x|https://e.com]",
+            "*bold* _it_ -strike- +ins+ ^sup^ ~sub~ ??cite?? (x) (!) ----",
+            "then h1. heading # list * bullet | table ||",
+            "DEMO-1-fix snake_case j20260101T000000-1a2b3c4d",
+        ] {
+            let w = escape_wiki(s);
+            assert_eq!(wiki_to_markdown(&w), s, "escaped: {w}");
+            for bad in ["[~", "{html}", "!evil", "[x|", "(x)", "*bold*"] {
+                let bare = w.match_indices(bad).any(|(i, _)| !w[..i].ends_with('\\'));
+                assert!(!bare, "{bad} survived in {w}");
+            }
+        }
+        assert_eq!(escape_wiki("DEMO-1-fix"), "DEMO-1-fix");
+        assert_eq!(escape_wiki("a\\b"), "a\u{ff3c}b");
+        assert_eq!(escape_wiki("two\nlines"), "two lines");
+    }
+
+    #[test]
+    fn notices_in_wiki_markup() {
+        let n = Notice::PrOpened {
+            url: "https://github.com/acme/widgets/pull/3".into(),
+            repo: "acme/widgets".into(),
+            number: 3,
+            branch: "drafter/DEMO-1-fix-x".into(),
+            proof: Some(super::super::ProofRef {
+                job_id: "j20260101T000000-1a2b3c4d".into(),
+                digest: "ab12".into(),
+            }),
+        };
+        let w = n.to_wiki();
+        assert_eq!(
+            w,
+            "Draft pull request opened: [acme/widgets#3|https://github.com/acme/widgets/pull/3] (branch \
+             {{drafter/DEMO-1-fix-x}}). A human must review and merge it. \\\\ Proof bundle {{sha256:ab12}} \
+             ({{drafter jobs bundle j20260101T000000-1a2b3c4d}}, then {{drafter verify}})."
+        );
+        assert!(!w.contains('\n'), "one physical line: {w}");
+        assert_eq!(
+            wiki_to_markdown(&w),
+            "Draft pull request opened: [acme/widgets#3](https://github.com/acme/widgets/pull/3) (branch \
+             `drafter/DEMO-1-fix-x`). A human must review and merge it.\\\nProof bundle `sha256:ab12` (`drafter jobs \
+             bundle j20260101T000000-1a2b3c4d`, then `drafter verify`)."
+        );
+        assert!(Notice::is_notice_text(&wiki_to_markdown(&w)));
+
+        // Hostile reasons stay text: no mention, link, macro, image, list or heading.
+        let n = Notice::Failed {
+            job_id: "J2".into(),
+            reason: "[~admin] see [here|javascript:x] {html}x{html}\nh1. big\n* item !a.png!"
+                .into(),
+            proof: None,
+        };
+        let w = n.to_wiki();
+        assert!(!w.contains('\n'), "{w}");
+        for bad in ["[~admin]", "[here|", "{html}", "!a.png!"] {
+            assert!(!w.contains(bad), "{bad} in {w}");
+        }
+        assert_eq!(
+            wiki_to_markdown(&w),
+            "drafter failed (job `J2`): [~admin] see [here|javascript:x] {html}x{html}\\\nh1. big\\\n* item !a.png!"
+        );
+        // A link whose URL carries wiki syntax cannot break out of the link.
+        let n = Notice::PrOpened {
+            url: "https://e.com/a]|[~admin".into(),
+            repo: "a/b".into(),
+            number: 1,
+            branch: "b".into(),
+            proof: None,
+        };
+        assert!(
+            n.to_wiki()
+                .contains("[a/b#1|https://e.com/a%5D%7C%5B~admin]"),
+            "{}",
+            n.to_wiki()
+        );
+    }
+}

@@ -1,0 +1,330 @@
+//! A running job container: workspace in and out, tool calls through its executor, removal (explicit or on drop).
+
+use super::*;
+
+/// Where a container's start-up time went (for `drafter bench` and the logs).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StartTimings {
+    /// Taken from the warm pool (then only `ready` is set: the take, the liveness check and the rename).
+    pub warm: bool,
+    /// The create request.
+    pub create: Duration,
+    /// Attaching to the executor's stdin/stdout.
+    pub attach: Duration,
+    /// The start request.
+    pub start: Duration,
+    /// Until the executor answered its first ping (or, warm, until the container was the job's).
+    pub ready: Duration,
+}
+
+/// A running job container. Remove it with [`Container::remove`]; dropping it also removes it, in the background.
+pub struct Container {
+    pub(super) docker: Docker,
+    pub(super) id: String,
+    pub(super) job_id: String,
+    pub(super) limits: ExecLimits,
+    pub(super) executor: Box<dyn Executor>,
+    /// The job's network and egress proxy, for `allowlist:` jobs.
+    pub(super) egress: Option<network::JobEgress>,
+    pub(super) timings: StartTimings,
+    pub(super) removed: bool,
+}
+
+impl Container {
+    /// The Docker container id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Where this container's start-up time went.
+    pub fn start_timings(&self) -> StartTimings {
+        self.timings
+    }
+
+    /// The transport tool calls go through.
+    pub fn executor(&self) -> &dyn Executor {
+        self.executor.as_ref()
+    }
+
+    /// A `docker exec` transport into this same container, whatever the configured one (for `drafter bench`).
+    pub fn docker_exec(&self) -> docker_exec::DockerExec {
+        docker_exec::DockerExec {
+            docker: self.docker.clone(),
+            id: self.id.clone(),
+            limits: self.limits,
+        }
+    }
+
+    /// Copies the host directory `src` (a git checkout, `.git` included) into `/workspace`, every entry owned by
+    /// 1000:1000. Symlinks are copied as symlinks; sockets, fifos and devices are skipped. One tar stream: through
+    /// the executor when the transport has one and the tree fits [`UNPACK_MAX`] (no daemon round trips, no helper
+    /// process), else through the Docker archive API.
+    pub async fn upload_dir(&self, src: &Path) -> Result<(), SandboxError> {
+        let meta = std::fs::metadata(src).map_err(io_err(format!("reading {}", src.display())))?;
+        if !meta.is_dir() {
+            return Err(SandboxError::Io {
+                context: format!("uploading {}", src.display()),
+                source: io::Error::other("not a directory"),
+            });
+        }
+        if self.executor.name() == "sandboxd" {
+            let root = src.to_path_buf();
+            let packed = tokio::task::spawn_blocking(move || {
+                let mut buf = archive::CappedVec::new(UNPACK_MAX);
+                write_dir_tar(&root, &mut buf).map(|()| buf.into_inner())
+            })
+            .await
+            .map_err(|e| SandboxError::Exec(format!("tar task failed: {e}")))?;
+            match packed {
+                Ok(tar) => {
+                    if self.executor.unpack(tar).await? {
+                        return Ok(());
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::FileTooLarge => {}
+                Err(e) => return Err(io_err(format!("archiving {}", src.display()))(e)),
+            }
+        }
+        self.upload_dir_streamed(src).await
+    }
+
+    /// [`Container::upload_dir`] through the Docker archive API, streamed.
+    async fn upload_dir_streamed(&self, src: &Path) -> Result<(), SandboxError> {
+        let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(8);
+        let root = src.to_path_buf();
+        let producer = tokio::task::spawn_blocking(move || {
+            let mut writer = ChannelWriter {
+                tx: tx.clone(),
+                buf: Vec::with_capacity(CHUNK),
+            };
+            let result = write_dir_tar(&root, &mut writer);
+            if let Err(e) = &result {
+                // Make the upload fail rather than succeed with a partial tree.
+                let _ = tx.blocking_send(Err(io::Error::new(e.kind(), e.to_string())));
+            }
+            result
+        });
+        let body = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        });
+        let opts = UploadToContainerOptionsBuilder::new()
+            .path(WORKSPACE)
+            .build();
+        let upload = self
+            .docker
+            .upload_to_container(&self.id, Some(opts), bollard::body_try_stream(body))
+            .await;
+        let produced = producer
+            .await
+            .map_err(|e| SandboxError::Exec(format!("tar producer task failed: {e}")))?;
+        produced.map_err(io_err(format!("archiving {}", src.display())))?;
+        upload.map_err(docker_err("upload workspace"))
+    }
+
+    /// Replaces the contents of `dest` with `/workspace`: deletes everything in `dest` except `.git`, then unpacks,
+    /// skipping every entry with a `.git` component (the container's git metadata is untrusted). Refuses entries
+    /// that are absolute, contain `..`, or would be written through a symlink; symlinks are recreated as links.
+    /// Budgeted ([`archive::ReturnBudget`]): past `sandbox.workspace_max_mb` written on the host (hard links are
+    /// copies, and count as such), past an entry count or past a time limit it stops with
+    /// [`SandboxError::WorkspaceOverBudget`], having written no more than the budget.
+    pub async fn download_workspace(&self, dest: &Path) -> Result<(), SandboxError> {
+        let meta = std::fs::symlink_metadata(dest)
+            .map_err(io_err(format!("reading {}", dest.display())))?;
+        if !meta.is_dir() {
+            return Err(SandboxError::Io {
+                context: format!("downloading into {}", dest.display()),
+                source: io::Error::other("not a directory"),
+            });
+        }
+        clear_except_git(dest)?;
+
+        let budget = archive::ReturnBudget::for_limit(self.limits.workspace_limit);
+        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(8);
+        let dest_owned = dest.to_path_buf();
+        let consumer = tokio::task::spawn_blocking(move || {
+            let reader = ChannelReader {
+                rx,
+                current: Bytes::new(),
+            };
+            unpack_workspace(reader, &dest_owned, &budget)
+        });
+        let opts = DownloadFromContainerOptionsBuilder::new()
+            .path(WORKSPACE)
+            .build();
+        let mut stream = self.docker.download_from_container(&self.id, Some(opts));
+        let fed = tokio::time::timeout_at(budget.deadline.into(), async {
+            while let Some(chunk) = stream.next().await {
+                match chunk {
+                    Ok(bytes) => {
+                        if tx.send(bytes).await.is_err() {
+                            return Ok(()); // the unpacker stopped early; its error is reported below
+                        }
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(())
+        })
+        .await;
+        // Closing the channel ends the unpacker's input; waiting for it means nothing is written after this returns.
+        drop(tx);
+        let unpacked = consumer
+            .await
+            .map_err(|e| SandboxError::Exec(format!("unpack task failed: {e}")))?;
+        match fed {
+            Err(_elapsed) => Err(budget.over_time()),
+            Ok(Err(e)) => Err(docker_err("download workspace")(e)),
+            Ok(Ok(())) => unpacked,
+        }
+    }
+
+    /// Reads `/workspace/<rel>`. Errors if it is missing, not a regular file, or larger than `max_bytes`.
+    pub async fn read_file(&self, rel: &str, max_bytes: usize) -> Result<Vec<u8>, SandboxError> {
+        workspace_path(rel)?;
+        self.executor.read_file(rel, max_bytes).await
+    }
+
+    /// Writes `/workspace/<rel>` with exactly the agent's permissions (the file is its own), creating parent
+    /// directories.
+    pub async fn write_file(&self, rel: &str, contents: &[u8]) -> Result<(), SandboxError> {
+        workspace_path(rel)?;
+        self.executor.write_file(rel, contents).await
+    }
+
+    /// Runs `bash -c command` in `/workspace` as uid 1000, stopped after `timeout` (see [`EXEC_GRACE`] for the
+    /// host-side backstop), or earlier by the output limit or the memory limit. A non-zero exit is an `Ok`
+    /// [`ExecOutput`]; `Err` means the exec itself failed.
+    pub async fn exec(&self, command: &str, timeout: Duration) -> Result<ExecOutput, SandboxError> {
+        let argv = vec!["bash".to_string(), "-c".to_string(), command.to_string()];
+        self.executor.exec(argv, Vec::new(), timeout).await
+    }
+
+    /// The tree under `rel` (`.` for the workspace), `max_depth` levels deep, as `<type> <path>` lines.
+    pub async fn list(&self, rel: &str, max_depth: u32) -> Result<String, SandboxError> {
+        if rel != "." {
+            workspace_path(rel)?;
+        }
+        self.executor.list(rel, max_depth).await
+    }
+
+    /// Lines matching a regular expression under `rel`, as `<path>:<line>:<text>`.
+    pub async fn search(&self, pattern: &str, rel: &str) -> Result<String, SandboxError> {
+        if rel != "." {
+            workspace_path(rel)?;
+        }
+        self.executor.search(pattern, rel).await
+    }
+
+    /// Fails with [`SandboxError::DiskLimit`] when the workspace uses more disk than `sandbox.workspace_max_mb`:
+    /// checked after every tool call that can write (the executor also checks while a command runs).
+    pub async fn check_disk(&self) -> Result<u64, SandboxError> {
+        let used = self.executor.disk_usage().await?;
+        if used > self.limits.workspace_limit {
+            return Err(SandboxError::DiskLimit {
+                used_mb: used / (1024 * 1024),
+                limit_mb: self.limits.workspace_limit / (1024 * 1024),
+            });
+        }
+        Ok(used)
+    }
+
+    /// Force-removes the container and its workspace volume.
+    pub async fn remove(mut self) -> Result<(), SandboxError> {
+        self.removed = true;
+        let removed = force_remove(&self.docker, &self.id).await;
+        if self.egress.is_some() {
+            network::teardown(&self.docker, &self.job_id).await;
+        }
+        removed?;
+        tracing::info!(container = %self.id, "sandbox container removed");
+        Ok(())
+    }
+
+    /// What the egress proxy recorded so far (empty without an allowlist), and how many records were dropped over
+    /// the per-job cap.
+    pub fn egress_records(&self) -> (Vec<egress::ConnRecord>, u64) {
+        match &self.egress {
+            Some(e) => {
+                let log = e.records.lock().unwrap_or_else(|p| p.into_inner());
+                (log.records.clone(), log.dropped)
+            }
+            None => (Vec::new(), 0),
+        }
+    }
+
+    /// The proxy URL the container was given (allowlist jobs).
+    pub fn proxy_url(&self) -> Option<&str> {
+        self.egress.as_ref().map(|e| e.proxy_url.as_str())
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        if self.removed {
+            return;
+        }
+        let id = std::mem::take(&mut self.id);
+        let egress_of = self.egress.is_some().then(|| self.job_id.clone());
+        match tokio::runtime::Handle::try_current() {
+            // The normal error path: remove in the background on the caller's runtime.
+            Ok(handle) if !std::thread::panicking() => {
+                let docker = self.docker.clone();
+                handle.spawn(async move {
+                    let removed = force_remove(&docker, &id).await;
+                    if let Some(job) = egress_of {
+                        network::teardown(&docker, &job).await;
+                    }
+                    match removed {
+                        Ok(()) => {
+                            tracing::info!(container = %id, "sandbox container removed on drop")
+                        }
+                        Err(e) => {
+                            tracing::warn!(container = %id, error = %e, "removal on drop failed")
+                        }
+                    }
+                });
+            }
+            // Unwinding (the runtime is likely being torn down and would cancel a spawned task) or no runtime at
+            // all: remove synchronously from a helper thread with its own runtime and client, bounded in time.
+            _ => remove_blocking(id, egress_of),
+        }
+    }
+}
+
+/// Force-removes a container from a fresh thread, runtime and Docker client, waiting at most 20 s.
+pub(super) fn remove_blocking(id: String, egress_of: Option<String>) {
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let thread_id = id.clone();
+    let spawned = std::thread::Builder::new()
+        .name("drafter-sandbox-drop".into())
+        .spawn(move || {
+            let result = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())
+                .and_then(|rt| {
+                    rt.block_on(async {
+                        let docker = Docker::connect_with_defaults()
+                            .map_err(|e| e.to_string())?
+                            .negotiate_version()
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        let removed = force_remove(&docker, &thread_id).await;
+                        if let Some(job) = egress_of {
+                            network::teardown(&docker, &job).await;
+                        }
+                        removed.map_err(|e| e.to_string())
+                    })
+                });
+            let _ = done_tx.send(result);
+        });
+    if spawned.is_err() {
+        tracing::warn!(container = %id, "could not spawn removal thread; remove_orphans will clean up");
+        return;
+    }
+    match done_rx.recv_timeout(Duration::from_secs(20)) {
+        Ok(Ok(())) => tracing::info!(container = %id, "sandbox container removed on drop"),
+        Ok(Err(e)) => tracing::warn!(container = %id, error = %e, "removal on drop failed"),
+        Err(_) => tracing::warn!(container = %id, "removal on drop timed out"),
+    }
+}
