@@ -282,10 +282,15 @@ impl GitHub {
             api_url: crate::config::redact_url(&cfg.api_url),
             message,
         };
+        let token = cfg
+            .token
+            .value()
+            .map_err(|e| client_err(e.to_string()))?
+            .clone();
         let octo = Octocrab::builder()
             .base_uri(cfg.api_url.as_str())
             .map_err(|e| client_err(format!("bad github.api_url: {e}")))?
-            .personal_token(cfg.token.expose().to_string())
+            .personal_token(token.expose().to_string())
             .add_header(
                 reqwest::header::HeaderName::from_static("x-github-api-version"),
                 API_VERSION.to_string(),
@@ -296,10 +301,12 @@ impl GitHub {
             .set_write_timeout(Some(Duration::from_secs(60)))
             .build()
             .map_err(|e| client_err(e.to_string()))?;
-        Ok(GitHub {
-            octo,
-            token: cfg.token.clone(),
-        })
+        Ok(GitHub { octo, token })
+    }
+
+    /// The token this client authenticates with, for git over HTTPS to the same forge.
+    pub fn token(&self) -> &Secret {
+        &self.token
     }
 
     fn scrub(&self, s: &str) -> String {
@@ -1066,7 +1073,7 @@ mod tests {
         let gh = GitHub::new(&GithubConfig {
             api_url: "http://127.0.0.1:9/api/v3".into(),
             git_url: "http://127.0.0.1:9".into(),
-            token: Secret::new("t0ken-value"),
+            token: Secret::new("t0ken-value").into(),
         })
         .unwrap();
         // Nothing listens on port 9: a transport error, retryable, without the token.

@@ -1067,17 +1067,23 @@ impl JiraClient {
     }
 
     fn auth_header(&self) -> Result<HeaderValue, JiraError> {
+        let secret = |token: &crate::config::Credential| {
+            token
+                .value()
+                .map(|s| s.expose().to_string())
+                .map_err(|e| JiraError::Config(e.to_string()))
+        };
         let value = match &self.auth {
             JiraAuth::Basic { email, token } => {
-                let raw = format!("{}:{}", email, token.expose());
+                let raw = format!("{}:{}", email, secret(token)?);
                 format!(
                     "Basic {}",
                     base64::engine::general_purpose::STANDARD.encode(raw)
                 )
             }
-            JiraAuth::Bearer { token } => format!("Bearer {}", token.expose()),
+            JiraAuth::Bearer { token } => format!("Bearer {}", secret(token)?),
             JiraAuth::Password { username, password } => {
-                let raw = format!("{}:{}", username, password.expose());
+                let raw = format!("{}:{}", username, secret(password)?);
                 format!(
                     "Basic {}",
                     base64::engine::general_purpose::STANDARD.encode(raw)
@@ -1146,7 +1152,7 @@ impl JiraClient {
     /// Removes the credential from text that came from the server, in case it was echoed back.
     fn scrub(&self, text: &str) -> String {
         let mut out = text.to_string();
-        let token = self.auth.secret().expose();
+        let token = self.auth.secret().value().map(|s| s.expose()).unwrap_or("");
         if !token.is_empty() {
             out = out.replace(token, "[redacted]");
         }
@@ -3113,7 +3119,7 @@ mod tests {
             bot_username: username.map(str::to_string),
             flavor: JiraFlavor::Datacenter,
             auth: JiraAuth::Bearer {
-                token: Secret::new("pat"),
+                token: Secret::new("pat").into(),
             },
             acceptance_criteria_fields: Vec::new(),
         };
@@ -3156,7 +3162,7 @@ mod tests {
             flavor: crate::config::JiraFlavor::Cloud,
             auth: JiraAuth::Basic {
                 email: "bot@example.com".into(),
-                token: Secret::new("tok-123456"),
+                token: Secret::new("tok-123456").into(),
             },
             acceptance_criteria_fields: Vec::new(),
         })
@@ -3176,7 +3182,7 @@ mod tests {
             flavor: crate::config::JiraFlavor::Cloud,
             auth: JiraAuth::Basic {
                 email: "bot@example.com".into(),
-                token: Secret::new(token),
+                token: Secret::new(token).into(),
             },
             acceptance_criteria_fields: Vec::new(),
         };
@@ -3200,7 +3206,7 @@ mod tests {
         }
         let err = JiraClient::new(&JiraConfig {
             auth: JiraAuth::Bearer {
-                token: Secret::new("sec\nret"),
+                token: Secret::new("sec\nret").into(),
             },
             ..cfg("https://x", "t")
         })

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use drafter::agent::AgentEvent;
-use drafter::config::Config;
+use drafter::config::{Config, Purpose};
 use drafter::jira::{self, JiraClient, Notice};
 use drafter::policy::{self, Policy};
 use drafter::proof;
@@ -29,9 +29,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run one ticket in the foreground: fetch it, clone the allowlisted repository, run the model loop in the
-    /// sandbox, push a branch and open a draft pull request. Exits 0 when a PR was opened or nothing needed
-    /// changing, 2 when the ticket was refused (allowlist, merge rights), 1 on any other failure.
+    /// Run one ticket in the foreground, from the ticket to a draft pull request
+    ///
+    /// Fetches the ticket, clones the allowlisted repository, runs the model loop in the sandbox, pushes a branch
+    /// and opens a draft pull request. Reads the Jira, GitHub and model secrets at start-up (not the webhook
+    /// secret). Exits 0 when a PR was opened or nothing needed changing, 2 when the ticket was refused (allowlist,
+    /// merge rights), 3 when the policy asks for approval, 1 on any other failure.
     Run {
         /// The Jira issue key, e.g. PROJ-123.
         #[arg(long)]
@@ -44,13 +47,17 @@ enum Command {
         #[arg(long)]
         approve: bool,
     },
+    /// Check, hash, sign and verify policy files; explain what a job may do
+    ///
     /// Work with policy files: check, hash, sign, verify, and explain what a job for a ticket would be allowed to do.
     Policy {
         #[command(subcommand)]
         command: PolicyCommand,
     },
-    /// Check a job's proof bundle offline: every DSSE signature, the chain order, the job, and (when given) the
-    /// signer keys, the policy file and the repository's commit and diff. Prints a summary (ticket, trigger,
+    /// Check a job's proof bundle offline
+    ///
+    /// Checks every DSSE signature, the chain order, the job, and (when given) the signer keys, the policy file and
+    /// the repository's commit and diff. Prints a summary (ticket, trigger,
     /// policy, model and tool calls, tokens, cost, outcome). Takes a bundle file or a job directory. Exits 1 and
     /// says exactly what is wrong (line and check) when anything does not hold.
     Verify {
@@ -82,21 +89,27 @@ enum Command {
         #[arg(long)]
         allow_signer_change: bool,
     },
-    /// The runner's signing key.
+    /// Show or rotate the runner's signing key
     Key {
         #[command(subcommand)]
         command: KeyCommand,
     },
-    /// Run the long-lived worker: claim jobs from the queue (SQLite file or PostgreSQL), run each like `drafter run`,
-    /// and take new jobs in from Jira webhooks (`POST /webhooks/jira`) and/or a JQL poll. Also serves `GET /healthz`
-    /// and `GET /readyz`. SIGTERM/SIGINT stop claiming, let running jobs finish within `serve.drain_timeout_secs`,
-    /// then release the rest for another worker.
+    /// Run the long-lived worker: queue, webhooks, polling, health checks
+    ///
+    /// Claims jobs from the queue (SQLite file or PostgreSQL), runs each like `drafter run`, and takes new jobs in
+    /// from Jira webhooks (`POST /webhooks/jira`) and/or a JQL poll. Also serves `GET /healthz` and `GET /readyz`.
+    /// Webhooks are on when `serve.webhook_secret_env` (or `_file`) is set: then it refuses to start without that
+    /// secret, naming the key and its line; remove the key to run without webhooks. SIGTERM/SIGINT stop claiming,
+    /// let running jobs finish within `serve.drain_timeout_secs`, then release the rest for another worker.
     Serve {
         /// The runner configuration file.
         #[arg(long, env = "DRAFTER_CONFIG", default_value = "drafter.toml")]
         config: PathBuf,
     },
-    /// Inspect and steer the job queue (the same SQLite file or PostgreSQL database `drafter serve` uses).
+    /// Inspect and steer the job queue
+    ///
+    /// The same SQLite file or PostgreSQL database `drafter serve` uses. Reads only `serve.queue` (and `data_dir`)
+    /// from the configuration: no secret is needed.
     Jobs {
         #[command(subcommand)]
         command: JobsCommand,
@@ -115,8 +128,10 @@ enum Command {
         #[arg(long, global = true)]
         json: bool,
     },
-    /// The kill switch: every worker sharing the queue stops claiming new jobs until `drafter resume`. Running jobs
-    /// go on unless --cancel-running is given. Shown by `drafter jobs list` and `GET /readyz` (503) while set.
+    /// Stop every worker on the queue from claiming jobs (the kill switch)
+    ///
+    /// Every worker sharing the queue stops claiming new jobs until `drafter resume`. Running jobs go on unless
+    /// --cancel-running is given. Shown by `drafter jobs list` and `GET /readyz` (503) while set.
     Pause {
         /// Why (shown in `jobs list`, `/readyz` and the workers' logs).
         #[arg(long, default_value = "paused by an operator")]
@@ -131,13 +146,14 @@ enum Command {
         #[command(flatten)]
         queue: QueueArgs,
     },
-    /// Lift the kill switch: workers claim jobs again.
+    /// Lift the kill switch: workers claim jobs again
     Resume {
         #[command(flatten)]
         queue: QueueArgs,
     },
-    /// Measure the sandbox against the Docker CLI on this machine: container ready (drafter cold and warm vs
-    /// `docker run` + `docker cp`) and tool-call round trips (`true`, reading 1 MB) through drafter-sandboxd, bollard
+    /// Measure the sandbox against the Docker CLI on this machine
+    ///
+    /// Container ready (drafter cold and warm vs `docker run` + `docker cp`) and tool-call round trips (`true`, reading 1 MB) through drafter-sandboxd, bollard
     /// exec and the `docker exec` CLI. Prints a Markdown table with p50/p99 and the target ratios.
     Bench {
         /// A runner configuration whose `[sandbox]` settings (image, limits, runtime) to use; defaults otherwise.
@@ -150,19 +166,54 @@ enum Command {
         #[arg(long, default_value_t = 20)]
         starts: usize,
     },
-    /// Check this host for running jobs: the Docker engine, the OCI runtimes it offers (runc, runsc for gVisor),
-    /// the configured runtime and image, the executor binary. Exits 1 if something a job needs is missing.
+    /// Check this host can run jobs: Docker, runtimes, image, executor
+    ///
+    /// Checks the Docker engine, the OCI runtimes it offers (runc, runsc for gVisor), the configured runtime and
+    /// image, the executor binary. Exits 1 if something a job needs is missing.
     Doctor {
         /// The runner configuration file (optional: defaults are checked without one).
         #[arg(long, env = "DRAFTER_CONFIG")]
         config: Option<PathBuf>,
     },
-    /// Load and validate a configuration file, printing what it resolves to (secrets shown as [redacted]).
+    /// Check a configuration file: every problem, and the commands it stops
+    ///
+    /// Prints what the file resolves to (secrets by where they come from, never their values; URLs without
+    /// credentials), then every problem at once, each with its key, its line and the commands it stops (a missing
+    /// webhook secret stops only `serve`, an unset `GITHUB_TOKEN` stops `run` and `serve`). Exits 1 if there is any
+    /// problem, or with --for, any problem that stops that command.
     CheckConfig {
         /// The runner configuration file.
         #[arg(long, env = "DRAFTER_CONFIG", default_value = "drafter.toml")]
         config: PathBuf,
+        /// Exit 0 when this command can start, whatever else is wrong: run, serve, explain (policy explain), jobs
+        /// (also pause, resume), key (also jobs bundle, jobs purge), doctor (also bench).
+        #[arg(long = "for", value_enum)]
+        for_command: Option<ForCommand>,
     },
+}
+
+/// The commands `check-config --for` can check for.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ForCommand {
+    Run,
+    Serve,
+    Explain,
+    Jobs,
+    Key,
+    Doctor,
+}
+
+impl ForCommand {
+    fn purpose(self) -> Purpose {
+        match self {
+            ForCommand::Run => Purpose::Run,
+            ForCommand::Serve => Purpose::Serve,
+            ForCommand::Explain => Purpose::Explain,
+            ForCommand::Jobs => Purpose::Queue,
+            ForCommand::Key => Purpose::DataDir,
+            ForCommand::Doctor => Purpose::Sandbox,
+        }
+    }
 }
 
 /// Where the queue is, for the commands that steer it without `jobs`.
@@ -194,7 +245,7 @@ impl DataDirArgs {
     fn resolve(&self) -> anyhow::Result<PathBuf> {
         match &self.data_dir {
             Some(d) => Ok(d.clone()),
-            None => Ok(Config::load(&self.config)
+            None => Ok(Config::load_for(&self.config, Purpose::DataDir)
                 .with_context(|| "finding the data directory (or pass --data-dir)")?
                 .data_dir),
         }
@@ -203,14 +254,17 @@ impl DataDirArgs {
 
 #[derive(Subcommand)]
 enum KeyCommand {
-    /// Print the runner's public key and key id (creating the key if there is none yet), and the retired keys
-    /// that old bundles may be signed with.
+    /// Print the runner's public key and key id, and the retired keys
+    ///
+    /// Creates the key if there is none yet. Old bundles may be signed with a retired key.
     Show {
         #[command(flatten)]
         dir: DataDirArgs,
     },
-    /// Retire the current key and make a new one. The old public key stays in `<data_dir>/keys/`, so bundles it
-    /// signed still verify (`drafter verify --key <data_dir>`); the old private key is deleted.
+    /// Retire the current key and make a new one
+    ///
+    /// The old public key stays in `<data_dir>/keys/`, so bundles it signed still verify (`drafter verify --key
+    /// <data_dir>`); the old private key is deleted.
     Rotate {
         #[command(flatten)]
         dir: DataDirArgs,
@@ -224,19 +278,24 @@ enum PolicyCommand {
         /// The policy file.
         file: PathBuf,
     },
-    /// Print the policy's hash (`sha256:` of its canonical form; comments, whitespace and key order do not count).
+    /// Print the policy's hash (`sha256:` of its canonical form)
+    ///
+    /// Comments, whitespace and key order do not count; any value does.
     Hash {
         /// The policy file.
         file: PathBuf,
     },
-    /// Create a new Ed25519 policy key (mode 0600) and `<key>.pub`. Keep it away from the runners: they only need
-    /// the public key (`[policy] trusted_keys`).
+    /// Create a new Ed25519 policy key (mode 0600) and `<key>.pub`
+    ///
+    /// Keep it away from the runners: they only need the public key (`[policy] trusted_keys`).
     Keygen {
         /// Where to write the private key.
         #[arg(long)]
         out: PathBuf,
     },
-    /// Sign a policy: writes `<file>.sig` (the hash, the key id, the public key and the signature).
+    /// Sign a policy: writes `<file>.sig`
+    ///
+    /// The signature file holds the hash, the key id, the public key and the signature.
     Sign {
         /// The policy file.
         file: PathBuf,
@@ -244,7 +303,9 @@ enum PolicyCommand {
         #[arg(long)]
         key: PathBuf,
     },
-    /// Check `<file>.sig` against the file; with --key (hex or a file holding it), also that this key signed it.
+    /// Check `<file>.sig` against the file (and, with --key, its signer)
+    ///
+    /// With --key (hex or a file holding it), also checks that this key signed it.
     Verify {
         /// The policy file.
         file: PathBuf,
@@ -252,8 +313,10 @@ enum PolicyCommand {
         #[arg(long)]
         key: Option<String>,
     },
-    /// Show, before anything runs, what a job for a ticket would be allowed to do and why: team, trigger, repository
-    /// and base, tools, limits, network, write rules, budget left, approval, caps.
+    /// Show what a job for a ticket would be allowed to do, and why
+    ///
+    /// Before anything runs: team, trigger, repository and base, tools, limits, network, write rules, budget left,
+    /// approval, caps.
     Explain {
         /// The Jira issue key.
         #[arg(long)]
@@ -297,7 +360,9 @@ enum JobsCommand {
         #[arg(long)]
         by: Option<String>,
     },
-    /// Cancel a queued, running or awaiting job (a running job's worker stops it at its next heartbeat).
+    /// Cancel a queued, running or awaiting job
+    ///
+    /// A running job's worker stops it at its next heartbeat.
     Cancel {
         /// The job id.
         id: String,
@@ -307,8 +372,9 @@ enum JobsCommand {
         /// The job id.
         id: String,
     },
-    /// Write a job's proof bundle to stdout (or --out), and its SHA-256 to stderr. Reads this host's data
-    /// directory: run it where the job ran.
+    /// Write a job's proof bundle to stdout (or --out), and its SHA-256 to stderr
+    ///
+    /// Reads this host's data directory: run it where the job ran.
     Bundle {
         /// The job id.
         id: String,
@@ -319,8 +385,10 @@ enum JobsCommand {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
-    /// Remove retained request/response bodies older than their policy's `retention.max_age_days` (digests and
-    /// bundles stay). `drafter serve` does this hourly on its own.
+    /// Remove retained request/response bodies past their policy's age
+    ///
+    /// Removes bodies older than their policy's `retention.max_age_days` (digests and bundles stay). `drafter serve`
+    /// does this hourly on its own.
     Purge {
         /// Only list what would be removed.
         #[arg(long)]
@@ -387,11 +455,10 @@ fn main() -> ExitCode {
                 starts,
             } => bench(config.as_deref(), calls, starts).await,
             Command::Doctor { config } => doctor(config.as_deref()).await,
-            Command::CheckConfig { config } => {
-                let c = Config::load(&config)?;
-                println!("{:#?}", c.for_display());
-                Ok(ExitCode::SUCCESS)
-            }
+            Command::CheckConfig {
+                config,
+                for_command,
+            } => check_config(&config, for_command.map(ForCommand::purpose)),
         }
     });
     match result {
@@ -404,11 +471,96 @@ fn main() -> ExitCode {
     }
 }
 
+/// `drafter check-config`: what the file resolves to, every problem with the commands it stops, and a verdict.
+fn check_config(path: &std::path::Path, purpose: Option<Purpose>) -> anyhow::Result<ExitCode> {
+    let checked = Config::check_file(path)?;
+    let name = path.display();
+    if let Some(c) = checked.display() {
+        println!("{c:#?}");
+    }
+    for p in &checked.problems {
+        println!("{name}, {p}");
+        println!("    blocks: {}", p.blocked().join("; "));
+    }
+    let n = checked.problems.len();
+    let problems = match n {
+        0 => "no problems".to_string(),
+        1 => "1 problem".to_string(),
+        n => format!("{n} problems"),
+    };
+    let (blocked, free): (Vec<Purpose>, Vec<Purpose>) = Purpose::ALL
+        .into_iter()
+        .partition(|p| checked.blocking(*p).next().is_some());
+    let labels = |list: &[Purpose]| {
+        list.iter()
+            .map(|p| {
+                // A worker stopped only for its webhook secret is shown as such.
+                let only_webhooks = *p == Purpose::Serve
+                    && checked
+                        .blocking(*p)
+                        .all(|x| x.blocked().contains(&"serve (webhooks)"));
+                if only_webhooks {
+                    "serve (webhooks)"
+                } else {
+                    p.label()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    let ok = match purpose {
+        None if n == 0 => {
+            println!("{name}: no problems; every command can start");
+            true
+        }
+        None => {
+            println!(
+                "{name}: {problems}; blocked: {}; can start: {}",
+                labels(&blocked),
+                if free.is_empty() {
+                    "nothing".to_string()
+                } else {
+                    labels(&free)
+                }
+            );
+            false
+        }
+        Some(p) => {
+            let stopping = checked.blocking(p).count();
+            if stopping == 0 {
+                match n {
+                    0 => println!("{name}: {} can start (no problems)", p.label()),
+                    1 => println!(
+                        "{name}: {} can start; the problem above stops other commands",
+                        p.label()
+                    ),
+                    n => println!(
+                        "{name}: {} can start; the {n} problems above stop other commands",
+                        p.label()
+                    ),
+                }
+                true
+            } else {
+                println!(
+                    "{name}: {} cannot start: {stopping} of the {problems} above stop it",
+                    p.label()
+                );
+                false
+            }
+        }
+    };
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
 fn sandbox_config(
     config: Option<&std::path::Path>,
 ) -> anyhow::Result<drafter::config::SandboxConfig> {
     Ok(match config {
-        Some(path) => Config::load(path)?.sandbox,
+        Some(path) => Config::load_for(path, Purpose::Sandbox)?.sandbox,
         None => drafter::config::SandboxConfig::default(),
     })
 }
@@ -500,7 +652,9 @@ async fn run(
     config_path: &std::path::Path,
     approve: bool,
 ) -> anyhow::Result<ExitCode> {
-    let config = Arc::new(Config::load(config_path)?);
+    // Jira, GitHub and the model's secrets are read now, so a job never finds one missing half-way; the webhook
+    // secret is `serve`'s alone.
+    let config = Arc::new(Config::load_for(config_path, Purpose::Run)?);
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
 
@@ -642,9 +796,15 @@ async fn learn_datacenter_bot(config: &mut Config) {
 }
 
 async fn serve(config_path: &std::path::Path) -> anyhow::Result<ExitCode> {
-    let mut config = Config::load(config_path)?;
+    // Everything, and the webhook secret when webhooks are on (its key is set): a worker that would refuse every
+    // delivery must not look healthy.
+    let mut config = Config::load_for(config_path, Purpose::Serve)?;
     learn_datacenter_bot(&mut config).await;
     let config = Arc::new(config);
+    let webhook_secret = match &config.serve.webhook_secret {
+        Some(c) => Some(c.value()?.clone()),
+        None => None,
+    };
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
     // A worker may start before its database (a host booting, a compose stack): keep trying for a minute.
@@ -745,18 +905,26 @@ async fn serve(config_path: &std::path::Path) -> anyhow::Result<ExitCode> {
     let state = drafter::server::AppState {
         queue: queue.clone(),
         jira: config.jira.clone(),
-        webhook_secret: config.serve.webhook_secret.clone(),
+        webhook_secret,
         max_attempts: config.serve.max_attempts,
         readiness,
         approvals: Some(approvals.clone()),
     };
     let http = tokio::spawn(drafter::server::serve(listener, state, stopped()));
     eprintln!(
-        "drafter serve: listening on http://{addr} (webhooks {}), queue {}, {} job(s) at once",
-        if config.serve.webhook_secret.is_some() {
-            "on"
-        } else {
-            "off: no secret"
+        "drafter serve: listening on http://{addr} ({}), queue {}, {} job(s) at once",
+        match config
+            .serve
+            .webhook_secret
+            .as_ref()
+            .and_then(|c| c.origin())
+        {
+            Some(r) => format!(
+                "webhooks on: secret from `{}`{}",
+                r.key(),
+                r.line().map(|l| format!(", line {l}")).unwrap_or_default()
+            ),
+            None => "webhooks off: no serve.webhook_secret_env or _file".to_string(),
         },
         queue.backend(),
         config.serve.concurrency
@@ -835,7 +1003,7 @@ async fn open_queue(
     let location = match queue {
         Some(q) => q,
         None => {
-            Config::load(config)
+            Config::load_for(config, Purpose::Queue)
                 .with_context(|| "finding the queue (or pass --queue)")?
                 .serve
                 .queue
@@ -932,7 +1100,7 @@ async fn pause(
 /// A Docker connection for removing containers. Only labels matter for removal, so when the configuration cannot
 /// be loaded (only --queue was given) placeholder sandbox settings do.
 async fn cleanup_sandbox(config: &std::path::Path) -> anyhow::Result<Sandbox> {
-    let cfg = match Config::load(config) {
+    let cfg = match Config::load_for(config, Purpose::Sandbox) {
         Ok(c) => c.sandbox,
         Err(_) => drafter::config::SandboxConfig::default(),
     };
@@ -1478,7 +1646,7 @@ async fn explain(
     config_path: &std::path::Path,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
-    let config = Config::load(config_path)?;
+    let config = Config::load_for(config_path, Purpose::Explain)?;
     let policy = Policy::load(&config)?;
     let jira = JiraClient::new(&config.jira)?;
     let t = jira.issue(ticket).await?;

@@ -240,11 +240,18 @@ fn cap(s: &str, n: usize) -> String {
 /// Replaces every configured secret value in `text` with `[redacted]`. Errors should never carry secrets; this is
 /// the second line of defence before anything leaves the process (a ticket comment, a log line, `job.json`).
 pub fn scrub(config: &Config, text: &str) -> String {
-    let mut secrets: Vec<&str> = vec![config.github.token.expose()];
-    secrets.push(config.jira.auth.secret().expose());
-    if let Some(k) = &config.model.api_key {
-        secrets.push(k.expose());
-    }
+    // Only what this command read: a secret never read cannot be in any text. The Jira one is a token or a
+    // password, whichever [jira] configures.
+    let secrets: Vec<&str> = [
+        Some(&config.github.token),
+        Some(config.jira.auth.secret()),
+        config.model.api_key.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
+    .filter_map(|c| c.value().ok())
+    .map(|s| s.expose())
+    .collect();
     let mut out = text.to_string();
     for s in secrets {
         if s.len() >= 4 {
@@ -965,7 +972,7 @@ async fn pipeline(
             url.clone(),
             ws.clone(),
             repo_cfg.base.clone(),
-            config.github.token.clone(),
+            github.token().clone(),
             job_id.to_string(),
         );
         blocking(move || {
@@ -1095,7 +1102,7 @@ async fn pipeline(
                 ("Drafter-Policy", &spec.policy.hash),
             ],
         );
-        let (identity, token) = (config.commit.clone(), config.github.token.clone());
+        let (identity, token) = (config.commit.clone(), github.token().clone());
         let (url2, branch2, base2) = (url.clone(), branch.clone(), repo_cfg.base.clone());
         let write = grant.rules.write.clone();
         let write2 = write.clone();
@@ -2124,6 +2131,35 @@ repos = [{ name = "acme/web" }, { name = "acme/api", base = "develop" }]
         let c = config();
         let s = scrub(&c, "auth failed for ghp_secret_456 and jira-secret-123");
         assert_eq!(s, "auth failed for [redacted] and [redacted]");
+    }
+
+    #[test]
+    fn scrub_removes_a_data_center_password() {
+        let text = r#"
+[jira]
+base_url = "https://jira.example.com"
+flavor = "datacenter"
+bot_username = "drafter-bot"
+username = "drafter-bot"
+password_env = "P"
+[github]
+token_env = "G"
+[model]
+provider = "openai"
+base_url = "http://m.example"
+model = "m"
+[projects.DEMO]
+repos = [{ name = "acme/web" }]
+"#;
+        let env = |n: &str| match n {
+            "P" => Some("hunter2-password".to_string()),
+            "G" => Some("ghp_secret_456".to_string()),
+            _ => None,
+        };
+        let run = crate::config::Purpose::Run;
+        let c = Config::from_toml_for(text, Path::new("t.toml"), &env, run).unwrap();
+        let s = scrub(&c, "401 for drafter-bot:hunter2-password");
+        assert_eq!(s, "401 for drafter-bot:[redacted]");
     }
 
     #[test]

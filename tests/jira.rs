@@ -21,7 +21,7 @@ fn client_for(stand_in: &JiraStandIn, token: &str) -> JiraClient {
         flavor: drafter::config::JiraFlavor::Cloud,
         auth: JiraAuth::Basic {
             email: EMAIL.into(),
-            token: Secret::new(token),
+            token: Secret::new(token).into(),
         },
         acceptance_criteria_fields: Vec::new(),
     })
@@ -288,7 +288,7 @@ async fn posts_every_notice_and_reads_it_back() {
         flavor: drafter::config::JiraFlavor::Cloud,
         auth: JiraAuth::Basic {
             email: EMAIL.into(),
-            token: Secret::new(TOKEN),
+            token: Secret::new(TOKEN).into(),
         },
         acceptance_criteria_fields: Vec::new(),
     })
@@ -463,7 +463,7 @@ async fn unreachable_jira_is_a_retryable_network_error() {
         flavor: drafter::config::JiraFlavor::Cloud,
         auth: JiraAuth::Basic {
             email: EMAIL.into(),
-            token: Secret::new(TOKEN),
+            token: Secret::new(TOKEN).into(),
         },
         acceptance_criteria_fields: Vec::new(),
     })
@@ -565,7 +565,7 @@ async fn data_center_refuses_v3_and_takes_basic_username_and_password() {
         flavor: drafter::config::JiraFlavor::Datacenter,
         auth: JiraAuth::Password {
             username: "drafter-bot".into(),
-            password: Secret::new("s3cret-password"),
+            password: Secret::new("s3cret-password").into(),
         },
         acceptance_criteria_fields: Vec::new(),
     })
@@ -591,7 +591,7 @@ async fn data_center_refuses_v3_and_takes_basic_username_and_password() {
     let bad = JiraClient::new(&JiraConfig {
         auth: JiraAuth::Password {
             username: "drafter-bot".into(),
-            password: Secret::new("wrong-password"),
+            password: Secret::new("wrong-password").into(),
         },
         base_url: s.base_url(),
         bot_account_id: "drafter-bot".into(),
@@ -691,7 +691,7 @@ fn dc_client(stand_in: &JiraStandIn) -> JiraClient {
         bot_username: Some(DC_BOT_NAME.into()),
         flavor: drafter::config::JiraFlavor::Datacenter,
         auth: JiraAuth::Bearer {
-            token: Secret::new(PAT),
+            token: Secret::new(PAT).into(),
         },
         acceptance_criteria_fields: Vec::new(),
     })
@@ -961,7 +961,7 @@ fn client_with_criteria(s: &JiraStandIn, fields: &[&str]) -> JiraClient {
         flavor: drafter::config::JiraFlavor::Cloud,
         auth: JiraAuth::Basic {
             email: EMAIL.into(),
-            token: Secret::new(TOKEN),
+            token: Secret::new(TOKEN).into(),
         },
         acceptance_criteria_fields: fields.iter().map(|f| f.to_string()).collect(),
     })
@@ -1207,7 +1207,7 @@ async fn data_center_ticket_has_wiki_comments_and_criteria() {
         bot_username: Some(DC_BOT_NAME.into()),
         flavor: drafter::config::JiraFlavor::Datacenter,
         auth: JiraAuth::Bearer {
-            token: Secret::new(PAT),
+            token: Secret::new(PAT).into(),
         },
         acceptance_criteria_fields: vec!["customfield_10100".into()],
     })

@@ -172,7 +172,7 @@ async fn provable_protection_still_passes() {
     let forge = GitHub::new(&GithubConfig {
         api_url: gh.api_url(),
         git_url: gh.git_url(),
-        token: Secret::new(GITHUB_TOKEN),
+        token: Secret::new(GITHUB_TOKEN).into(),
     })
     .expect("client");
     forge

@@ -30,7 +30,7 @@ fn config(kind: ProviderKind, base_url: String, api_key: Option<&str>) -> ModelC
         provider: kind,
         base_url,
         model: "test-model".into(),
-        api_key: api_key.map(Secret::new),
+        api_key: api_key.map(|k| Secret::new(k).into()),
         max_tokens_per_call: 512,
         request_timeout_secs: 10,
         prompt_caching: false,

@@ -23,7 +23,7 @@ fn github(gh: &GithubStandIn, token: &str) -> GitHub {
     GitHub::new(&GithubConfig {
         api_url: gh.api_url(),
         git_url: gh.git_url(),
-        token: Secret::new(token),
+        token: Secret::new(token).into(),
     })
     .unwrap()
 }

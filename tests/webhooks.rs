@@ -248,7 +248,7 @@ fn cloud_cfg(base_url: &str) -> JiraConfig {
         flavor: JiraFlavor::Cloud,
         auth: JiraAuth::Basic {
             email: EMAIL.into(),
-            token: Secret::new(TOKEN),
+            token: Secret::new(TOKEN).into(),
         },
         acceptance_criteria_fields: Vec::new(),
     }
@@ -261,7 +261,7 @@ fn dc_cfg(base_url: &str) -> JiraConfig {
         bot_username: Some(DC_BOT_NAME.into()),
         flavor: JiraFlavor::Datacenter,
         auth: JiraAuth::Bearer {
-            token: Secret::new(PAT),
+            token: Secret::new(PAT).into(),
         },
         acceptance_criteria_fields: Vec::new(),
     }

@@ -15,7 +15,7 @@ fn cloud() -> JiraConfig {
         flavor: JiraFlavor::Cloud,
         auth: JiraAuth::Basic {
             email: "bot@example.com".into(),
-            token: Secret::new("t"),
+            token: Secret::new("t").into(),
         },
         acceptance_criteria_fields: Vec::new(),
     }

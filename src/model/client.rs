@@ -65,7 +65,16 @@ impl ModelClient {
         }
         let mut headers = HeaderMap::new();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        for (name, value) in provider.headers(cfg.api_key.as_ref()) {
+        // Resolved at start-up by the command ([`crate::config::Config::load_for`]); unresolved is a bug, said so.
+        let api_key = match &cfg.api_key {
+            Some(k) => Some(
+                k.value()
+                    .map_err(|e| ModelError::Config(e.to_string()))?
+                    .clone(),
+            ),
+            None => None,
+        };
+        for (name, value) in provider.headers(api_key.as_ref()) {
             let hname = HeaderName::from_bytes(name.as_bytes())
                 .map_err(|_| ModelError::Config(format!("invalid header name `{name}`")))?;
             // The error names the header only: the value may be the key.
@@ -92,7 +101,7 @@ impl ModelClient {
             provider,
             model: cfg.model.clone(),
             max_tokens: cfg.max_tokens_per_call,
-            api_key: cfg.api_key.clone(),
+            api_key,
             headers,
             bundle,
         })
