@@ -61,6 +61,7 @@ macro_rules! job_columns {
 }
 
 pub mod postgres;
+mod schema;
 pub mod sqlite;
 
 use std::sync::Arc;

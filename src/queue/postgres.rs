@@ -36,109 +36,9 @@ pub const POOL_SIZE: u32 = 8;
 /// The advisory lock key migrations hold (arbitrary, fixed: "drafter" in ASCII).
 const MIGRATION_LOCK: i64 = 0x0064_7261_6674_6572;
 
-/// The schema, one entry per version; never edit an entry once released, append a new one. Public only so that
-/// the upgrade tests can build a database at an older version.
+/// The schema (`migrations/postgres`). Public only so that the upgrade tests can build a database at an older version.
 #[doc(hidden)]
-pub const MIGRATIONS: &[&str] = &[
-    r#"
-CREATE TABLE jobs (
-    seq           bigint      GENERATED ALWAYS AS IDENTITY,
-    id            text        PRIMARY KEY,
-    ticket        text        NOT NULL,
-    project       text        NOT NULL,
-    state         text        NOT NULL
-                  CHECK (state IN ('queued', 'running', 'succeeded', 'failed', 'cancelled')),
-    attempts      integer     NOT NULL DEFAULT 0,
-    max_attempts  integer     NOT NULL,
-    not_before    timestamptz NOT NULL,
-    lease_owner   text,
-    lease_expires timestamptz,
-    triggers      jsonb       NOT NULL DEFAULT '[]',
-    last_error    text,
-    outcome       jsonb,
-    progress      jsonb       NOT NULL DEFAULT '{}',
-    created_at    timestamptz NOT NULL,
-    updated_at    timestamptz NOT NULL
-);
-CREATE UNIQUE INDEX jobs_one_open_per_ticket ON jobs (ticket) WHERE state IN ('queued', 'running');
-CREATE INDEX jobs_state_not_before ON jobs (state, not_before);
-CREATE INDEX jobs_ticket ON jobs (ticket);
-CREATE INDEX jobs_created ON jobs (created_at, seq);
--- Claims scan open jobs oldest first; finished jobs pile up and must not slow that down.
-CREATE INDEX jobs_open_by_age ON jobs (created_at, seq) WHERE state IN ('queued', 'running');
-CREATE TABLE deliveries (
-    key        text        PRIMARY KEY,
-    job_id     text        NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
-    created_at timestamptz NOT NULL DEFAULT now()
-);
-CREATE INDEX deliveries_job ON deliveries (job_id);
-"#,
-    // Version 2: the awaiting_approval state, approvals, the policy hash, the kill switch and the usage ledger.
-    r#"
-ALTER TABLE jobs DROP CONSTRAINT jobs_state_check;
-ALTER TABLE jobs ADD CONSTRAINT jobs_state_check
-    CHECK (state IN ('queued', 'running', 'awaiting_approval', 'succeeded', 'failed', 'cancelled'));
-ALTER TABLE jobs
-    ADD COLUMN policy_hash           text,
-    ADD COLUMN approval_reason       text,
-    ADD COLUMN approval_approvers    jsonb,
-    ADD COLUMN approval_requested_at timestamptz,
-    ADD COLUMN approval_expires_at   timestamptz,
-    ADD COLUMN approved_by           text,
-    ADD COLUMN approved_at           timestamptz,
-    -- Failed by expiry and not yet handed out by expire_approvals.
-    ADD COLUMN approval_expiry_unreported boolean NOT NULL DEFAULT false;
-DROP INDEX jobs_one_open_per_ticket;
-CREATE UNIQUE INDEX jobs_one_open_per_ticket ON jobs (ticket)
-    WHERE state IN ('queued', 'running', 'awaiting_approval');
--- Every claim looks for lapsed approval requests.
-CREATE INDEX jobs_awaiting_by_expiry ON jobs (approval_expires_at) WHERE state = 'awaiting_approval';
-CREATE INDEX jobs_expiry_unreported ON jobs (seq) WHERE approval_expiry_unreported;
--- Queue-wide settings, one row each; `pause` holds the kill switch (NULL: not paused). Claims share-lock the row,
--- so setting it waits for claims in flight, and no claim that commits after a pause has missed it.
-CREATE TABLE control (
-    name       text        PRIMARY KEY,
-    value      jsonb,
-    updated_at timestamptz NOT NULL DEFAULT now()
-);
-INSERT INTO control (name) VALUES ('pause');
-CREATE TABLE usage_ledger (
-    seq           bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    job_id        text        NOT NULL,
-    team          text        NOT NULL,
-    model         text        NOT NULL,
-    input_tokens  bigint      NOT NULL CHECK (input_tokens >= 0),
-    output_tokens bigint      NOT NULL CHECK (output_tokens >= 0),
-    cost_micros   bigint      NOT NULL CHECK (cost_micros >= 0),
-    at            timestamptz NOT NULL
-);
-CREATE INDEX usage_ledger_team_at ON usage_ledger (team, at);
-CREATE INDEX usage_ledger_job ON usage_ledger (job_id);
-"#,
-    // Version 3: the lease's fencing token, bumped by every claim.
-    r#"
-ALTER TABLE jobs ADD COLUMN lease_gen bigint NOT NULL DEFAULT 0;
-"#,
-    // Version 4: delivery keys are pruned by age (`prune_deliveries`).
-    r#"
-CREATE INDEX deliveries_created ON deliveries (created_at);
-"#,
-    // Version 5: an approval is bound to what it approved (ticket content hash, repository, base) and to the comment
-    // that gave it; each comment id approves at most one job, ever (no foreign key: ids stay used whatever happens
-    // to the job).
-    r#"
-ALTER TABLE jobs
-    ADD COLUMN approval_ticket_sha256 text,
-    ADD COLUMN approval_repo          text,
-    ADD COLUMN approval_base          text,
-    ADD COLUMN approval_comment_id    text;
-CREATE TABLE approval_comments (
-    comment_id text        PRIMARY KEY,
-    job_id     text        NOT NULL,
-    used_at    timestamptz NOT NULL DEFAULT now()
-);
-"#,
-];
+pub use super::schema::POSTGRES as MIGRATOR;
 
 /// The PostgreSQL queue. Cheap to share behind an `Arc`.
 pub struct PgQueue {
@@ -178,12 +78,11 @@ impl PgQueue {
         let options = options.application_name("drafter");
         // One direct connection first: the pool would retry a refused connection until its timeout and then
         // report only "pool timed out", where the operator needs "connection refused" or "no such database".
-        let probe = PgConnection::connect_with(&options).await.map_err(|e| {
+        let mut first = PgConnection::connect_with(&options).await.map_err(|e| {
             QueueError::Database(scrub(format!(
                 "cannot connect to postgres at {location}: {e}"
             )))
         })?;
-        let _ = probe.close().await;
         let pool = PgPoolOptions::new()
             .max_connections(POOL_SIZE)
             .acquire_timeout(Duration::from_secs(15))
@@ -193,7 +92,9 @@ impl PgQueue {
             location,
             secrets,
         };
-        queue.migrate().await?;
+        let migrated = queue.migrate(&mut first).await;
+        let _ = first.close().await;
+        migrated?;
         tracing::debug!(location = %queue.location, "postgres queue open");
         Ok(queue)
     }
@@ -208,43 +109,27 @@ impl PgQueue {
         }
     }
 
-    async fn migrate(&self) -> Result<(), QueueError> {
-        let mut tx = self.begin().await?;
+    /// Brings the schema up to date on `conn` (a connection of its own: sqlx's migrator also takes a session-level
+    /// lock, which closing the connection is sure to release), under the advisory lock that drafter has always
+    /// taken for this, so workers starting at once, of this version or an older one, take turns.
+    async fn migrate(&self, conn: &mut PgConnection) -> Result<(), QueueError> {
+        let mut tx = conn
+            .begin()
+            .await
+            .map_err(self.db("starting a transaction"))?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .bind(MIGRATION_LOCK)
             .execute(&mut *tx)
             .await
             .map_err(self.db("taking the migration lock"))?;
-        sqlx::raw_sql("CREATE TABLE IF NOT EXISTS schema_version (version integer NOT NULL)")
-            .execute(&mut *tx)
+        super::schema::migrate(&mut *tx, &MIGRATOR)
             .await
-            .map_err(self.db("creating schema_version"))?;
-        let current: Option<i32> = sqlx::query_scalar("SELECT MAX(version) FROM schema_version")
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(self.db("reading the schema version"))?;
-        let current = usize::try_from(current.unwrap_or(0)).unwrap_or(usize::MAX);
-        if current > MIGRATIONS.len() {
-            return Err(QueueError::Database(format!(
-                "postgres at {}: schema version {current} is newer than this drafter understands ({}): upgrade \
-                 drafter",
-                self.location,
-                MIGRATIONS.len()
-            )));
-        }
-        for (i, migration) in MIGRATIONS.iter().enumerate().skip(current) {
-            let version = i32::try_from(i + 1).unwrap_or(i32::MAX);
-            sqlx::raw_sql(*migration)
-                .execute(&mut *tx)
-                .await
-                .map_err(self.db("migrating the schema"))?;
-            sqlx::query("INSERT INTO schema_version (version) VALUES ($1)")
-                .bind(version)
-                .execute(&mut *tx)
-                .await
-                .map_err(self.db("recording the schema version"))?;
-            tracing::info!(version, "postgres queue schema migrated");
-        }
+            .map_err(|e| {
+                QueueError::Database(scrub_with(
+                    &self.secrets,
+                    format!("postgres at {}: {e}", self.location),
+                ))
+            })?;
         tx.commit()
             .await
             .map_err(self.db("committing the migration"))

@@ -35,143 +35,9 @@ pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections per process. SQLite has one writer at a time anyway; a few connections let reads overlap a write.
 const POOL_SIZE: u32 = 4;
 
-/// The schema, one entry per version; never edit an entry once released, append a new one. Public only so that
-/// the upgrade tests can build a database at an older version.
+/// The schema (`migrations/sqlite`). Public only so that the upgrade tests can build a database at an older version.
 #[doc(hidden)]
-pub const MIGRATIONS: &[&str] = &[
-    r#"
-CREATE TABLE jobs (
-    seq           INTEGER PRIMARY KEY AUTOINCREMENT,
-    id            TEXT    NOT NULL UNIQUE,
-    ticket        TEXT    NOT NULL,
-    project       TEXT    NOT NULL,
-    state         TEXT    NOT NULL
-                  CHECK (state IN ('queued', 'running', 'succeeded', 'failed', 'cancelled')),
-    attempts      INTEGER NOT NULL DEFAULT 0,
-    max_attempts  INTEGER NOT NULL,
-    not_before    INTEGER NOT NULL,
-    lease_owner   TEXT,
-    lease_expires INTEGER,
-    triggers      TEXT    NOT NULL DEFAULT '[]',
-    last_error    TEXT,
-    outcome       TEXT,
-    progress      TEXT    NOT NULL DEFAULT '{}',
-    created_at    INTEGER NOT NULL,
-    updated_at    INTEGER NOT NULL
-);
-CREATE UNIQUE INDEX jobs_one_open_per_ticket ON jobs (ticket) WHERE state IN ('queued', 'running');
-CREATE INDEX jobs_state_not_before ON jobs (state, not_before);
-CREATE INDEX jobs_ticket ON jobs (ticket);
-CREATE INDEX jobs_created ON jobs (created_at, seq);
--- Claims scan open jobs oldest first; finished jobs pile up and must not slow that down.
-CREATE INDEX jobs_open_by_age ON jobs (created_at, seq) WHERE state IN ('queued', 'running');
-CREATE TABLE deliveries (
-    key        TEXT    PRIMARY KEY NOT NULL,
-    job_id     TEXT    NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
-    created_at INTEGER NOT NULL
-);
-CREATE INDEX deliveries_job ON deliveries (job_id);
-"#,
-    // Version 2: the awaiting_approval state, approvals, the policy hash, the kill switch and the usage ledger.
-    // SQLite cannot change a CHECK constraint in place, so `jobs` is rebuilt. `deliveries` is rebuilt with it: dropping
-    // `jobs` while a table references it would cascade-delete the deliveries (foreign keys are on, and cannot be
-    // turned off inside the migration's transaction); renaming `jobs_v2` afterwards rewrites the new reference.
-    r#"
-CREATE TABLE jobs_v2 (
-    seq           INTEGER PRIMARY KEY AUTOINCREMENT,
-    id            TEXT    NOT NULL UNIQUE,
-    ticket        TEXT    NOT NULL,
-    project       TEXT    NOT NULL,
-    state         TEXT    NOT NULL
-                  CHECK (state IN ('queued', 'running', 'awaiting_approval', 'succeeded', 'failed', 'cancelled')),
-    attempts      INTEGER NOT NULL DEFAULT 0,
-    max_attempts  INTEGER NOT NULL,
-    not_before    INTEGER NOT NULL,
-    lease_owner   TEXT,
-    lease_expires INTEGER,
-    triggers      TEXT    NOT NULL DEFAULT '[]',
-    last_error    TEXT,
-    outcome       TEXT,
-    progress      TEXT    NOT NULL DEFAULT '{}',
-    created_at    INTEGER NOT NULL,
-    updated_at    INTEGER NOT NULL,
-    policy_hash   TEXT,
-    approval_reason       TEXT,
-    approval_approvers    TEXT,
-    approval_requested_at INTEGER,
-    approval_expires_at   INTEGER,
-    approved_by           TEXT,
-    approved_at           INTEGER,
-    -- Failed by expiry and not yet handed out by expire_approvals.
-    approval_expiry_unreported INTEGER NOT NULL DEFAULT 0
-);
-INSERT INTO jobs_v2 (seq, id, ticket, project, state, attempts, max_attempts, not_before, lease_owner, lease_expires,
-                     triggers, last_error, outcome, progress, created_at, updated_at)
-    SELECT seq, id, ticket, project, state, attempts, max_attempts, not_before, lease_owner, lease_expires,
-           triggers, last_error, outcome, progress, created_at, updated_at FROM jobs;
-CREATE TABLE deliveries_v2 (
-    key        TEXT    PRIMARY KEY NOT NULL,
-    job_id     TEXT    NOT NULL REFERENCES jobs_v2 (id) ON DELETE CASCADE,
-    created_at INTEGER NOT NULL
-);
-INSERT INTO deliveries_v2 (key, job_id, created_at) SELECT key, job_id, created_at FROM deliveries;
-DROP TABLE deliveries;
-DROP TABLE jobs;
-ALTER TABLE jobs_v2 RENAME TO jobs;
-ALTER TABLE deliveries_v2 RENAME TO deliveries;
-CREATE UNIQUE INDEX jobs_one_open_per_ticket ON jobs (ticket)
-    WHERE state IN ('queued', 'running', 'awaiting_approval');
-CREATE INDEX jobs_state_not_before ON jobs (state, not_before);
-CREATE INDEX jobs_ticket ON jobs (ticket);
-CREATE INDEX jobs_created ON jobs (created_at, seq);
-CREATE INDEX jobs_open_by_age ON jobs (created_at, seq) WHERE state IN ('queued', 'running');
--- Every claim looks for lapsed approval requests.
-CREATE INDEX jobs_awaiting_by_expiry ON jobs (approval_expires_at) WHERE state = 'awaiting_approval';
-CREATE INDEX jobs_expiry_unreported ON jobs (seq) WHERE approval_expiry_unreported = 1;
-CREATE INDEX deliveries_job ON deliveries (job_id);
--- Queue-wide settings, one row each; `pause` holds the kill switch (NULL: not paused).
-CREATE TABLE control (
-    name       TEXT    PRIMARY KEY NOT NULL,
-    value      TEXT,
-    updated_at INTEGER NOT NULL
-);
-INSERT INTO control (name, value, updated_at) VALUES ('pause', NULL, 0);
-CREATE TABLE usage_ledger (
-    seq           INTEGER PRIMARY KEY AUTOINCREMENT,
-    job_id        TEXT    NOT NULL,
-    team          TEXT    NOT NULL,
-    model         TEXT    NOT NULL,
-    input_tokens  INTEGER NOT NULL CHECK (input_tokens >= 0),
-    output_tokens INTEGER NOT NULL CHECK (output_tokens >= 0),
-    cost_micros   INTEGER NOT NULL CHECK (cost_micros >= 0),
-    at            INTEGER NOT NULL
-);
-CREATE INDEX usage_ledger_team_at ON usage_ledger (team, at);
-CREATE INDEX usage_ledger_job ON usage_ledger (job_id);
-"#,
-    // Version 3: the lease's fencing token, bumped by every claim.
-    r#"
-ALTER TABLE jobs ADD COLUMN lease_gen INTEGER NOT NULL DEFAULT 0;
-"#,
-    // Version 4: delivery keys are pruned by age (`prune_deliveries`).
-    r#"
-CREATE INDEX deliveries_created ON deliveries (created_at);
-"#,
-    // Version 5: an approval is bound to what it approved (ticket content hash, repository, base) and to the comment
-    // that gave it; each comment id approves at most one job, ever (no foreign key: ids stay used whatever happens
-    // to the job).
-    r#"
-ALTER TABLE jobs ADD COLUMN approval_ticket_sha256 TEXT;
-ALTER TABLE jobs ADD COLUMN approval_repo TEXT;
-ALTER TABLE jobs ADD COLUMN approval_base TEXT;
-ALTER TABLE jobs ADD COLUMN approval_comment_id TEXT;
-CREATE TABLE approval_comments (
-    comment_id TEXT    PRIMARY KEY NOT NULL,
-    job_id     TEXT    NOT NULL,
-    used_at    INTEGER NOT NULL
-);
-"#,
-];
+pub use super::schema::SQLITE as MIGRATOR;
 
 /// The SQLite queue. Cheap to share behind an `Arc`; all state is in the file.
 pub struct SqliteQueue {
@@ -212,34 +78,9 @@ impl SqliteQueue {
     /// Brings the schema up to date under the write lock, so processes opening the file at once take turns.
     async fn migrate(&self) -> Result<(), QueueError> {
         let mut tx = self.begin().await?;
-        sqlx::raw_sql("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-            .execute(&mut *tx)
+        super::schema::migrate(&mut *tx, &MIGRATOR)
             .await
-            .map_err(db("creating schema_version"))?;
-        let current: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM schema_version")
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(db("reading the schema version"))?;
-        let current = usize::try_from(current.unwrap_or(0)).unwrap_or(usize::MAX);
-        if current > MIGRATIONS.len() {
-            return Err(QueueError::Database(format!(
-                "schema version {current} is newer than this drafter understands ({}): upgrade drafter",
-                MIGRATIONS.len()
-            )));
-        }
-        for (i, migration) in MIGRATIONS.iter().enumerate().skip(current) {
-            let version = i as i64 + 1;
-            sqlx::raw_sql(*migration)
-                .execute(&mut *tx)
-                .await
-                .map_err(db(&format!("migrating to schema version {version}")))?;
-            sqlx::query("INSERT INTO schema_version (version) VALUES (?)")
-                .bind(version)
-                .execute(&mut *tx)
-                .await
-                .map_err(db("recording the schema version"))?;
-            tracing::info!(version, "sqlite queue schema migrated");
-        }
+            .map_err(QueueError::Database)?;
         tx.commit().await.map_err(db("committing the migration"))
     }
 
@@ -1181,7 +1022,50 @@ mod tests {
             .fetch_all(&q.pool)
             .await
             .unwrap();
-        assert_eq!(versions, (1..=MIGRATIONS.len() as i64).collect::<Vec<_>>());
+        let all = (1..=MIGRATOR.iter().count() as i64).collect::<Vec<_>>();
+        assert_eq!(versions, all);
+        let applied: Vec<i64> = sqlx::query_scalar(
+            "SELECT version FROM _sqlx_migrations WHERE success ORDER BY version",
+        )
+        .fetch_all(&q.pool)
+        .await
+        .unwrap();
+        assert_eq!(applied, all);
+    }
+
+    #[tokio::test]
+    async fn an_applied_version_this_drafter_lacks_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("queue.sqlite");
+        let q = SqliteQueue::open(&path).await.unwrap();
+        // What a newer drafter would leave behind if it recorded its version only where sqlx looks.
+        sqlx::query(
+            "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+             VALUES (99, 'future', 1, x'00', 0)",
+        )
+        .execute(&q.pool)
+        .await
+        .unwrap();
+        drop(q);
+        let err = SqliteQueue::open(&path).await.err().unwrap().to_string();
+        assert!(err.contains("schema version 99 is newer"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn an_edited_released_migration_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("queue.sqlite");
+        let q = SqliteQueue::open(&path).await.unwrap();
+        sqlx::query("UPDATE _sqlx_migrations SET checksum = x'00' WHERE version = 3")
+            .execute(&q.pool)
+            .await
+            .unwrap();
+        drop(q);
+        let err = SqliteQueue::open(&path).await.err().unwrap().to_string();
+        assert!(
+            err.contains("schema version 3") && err.contains("checksum"),
+            "{err}"
+        );
     }
 
     #[tokio::test]
