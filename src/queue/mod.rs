@@ -49,17 +49,8 @@
 //! A job is *open* (it absorbs new triggers for its ticket, and there is at most one per ticket) while queued,
 //! running or awaiting approval.
 
-/// The job columns both backends read (`job_from_row` in each), as a literal so queries stay `&'static str`.
-/// Defined before the backend modules so that both see it.
-macro_rules! job_columns {
-    () => {
-        "id, ticket, project, state, attempts, max_attempts, not_before, lease_owner, lease_expires, triggers, \
-         last_error, outcome, progress, created_at, updated_at, policy_hash, approval_reason, approval_approvers, \
-         approval_requested_at, approval_expires_at, approved_by, approved_at, lease_gen, \
-         approval_ticket_sha256, approval_repo, approval_base, approval_comment_id"
-    };
-}
-
+#[macro_use]
+mod row;
 pub mod postgres;
 mod schema;
 pub mod sqlite;

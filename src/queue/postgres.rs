@@ -20,13 +20,14 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool, Postgres, Row, Transaction};
 
+use super::row::{count, JobRow};
 use super::{
-    approval_expired, backoff, gave_up, new_job_id, to_i64, to_u64, worker_lost, Approval,
-    ApprovalRequest, ApprovalSubject, Approved, ApprovingComment, Claim, Enqueued, Failure, Job,
-    JobFilter, JobState, NewJob, Pause, QueueError, Trigger, Usage, UsageTotal,
+    approval_expired, backoff, gave_up, new_job_id, to_i64, to_u64, worker_lost, ApprovalRequest,
+    Approved, ApprovingComment, Claim, Enqueued, Failure, Job, JobFilter, JobState, NewJob, Pause,
+    QueueError, Usage, UsageTotal,
 };
 use crate::config::Secret;
 
@@ -318,11 +319,6 @@ fn seconds(d: Duration) -> f64 {
     d.as_secs_f64()
 }
 
-fn to_u32(v: i32, column: &str) -> Result<u32, QueueError> {
-    u32::try_from(v)
-        .map_err(|_| QueueError::Database(format!("stored {column} {v} is out of range")))
-}
-
 /// Fails the jobs whose approval request has lapsed (marking them for [`Queue::expire_approvals`] to hand out);
 /// returns their ids. SKIP LOCKED: a concurrent sweeper handling the same rows is doing the same thing.
 ///
@@ -362,78 +358,6 @@ fn usage_total(row: (i64, i64, i64)) -> Result<UsageTotal, QueueError> {
         tokens: to_u64(row.0, "token sum")?,
         cost_micros: to_u64(row.1, "cost sum")?,
         calls: to_u64(row.2, "call count")?,
-    })
-}
-
-/// The approval's subject, when all of it was stored.
-fn subject_from(
-    ticket_sha256: Option<String>,
-    repo: Option<String>,
-    base: Option<String>,
-) -> Option<ApprovalSubject> {
-    Some(ApprovalSubject {
-        ticket_sha256: ticket_sha256?,
-        repo: repo?,
-        base: base?,
-    })
-}
-
-fn job_from_row(row: &PgRow) -> Result<Job, QueueError> {
-    let get = |e: sqlx::Error| QueueError::Database(format!("reading a job row: {e}"));
-    let state: String = row.try_get("state").map_err(get)?;
-    let state = JobState::parse(&state)
-        .ok_or_else(|| QueueError::Database(format!("stored state `{state}` is unknown")))?;
-    let triggers: Value = row.try_get("triggers").map_err(get)?;
-    let triggers: Vec<Trigger> = serde_json::from_value(triggers)
-        .map_err(|e| QueueError::Database(format!("stored triggers are malformed: {e}")))?;
-    let reason: Option<String> = row.try_get("approval_reason").map_err(get)?;
-    let requested_at: Option<DateTime<Utc>> = row.try_get("approval_requested_at").map_err(get)?;
-    let expires_at: Option<DateTime<Utc>> = row.try_get("approval_expires_at").map_err(get)?;
-    let approval = match (reason, requested_at, expires_at) {
-        (Some(reason), Some(requested_at), Some(expires_at)) => {
-            let approvers: Option<Value> = row.try_get("approval_approvers").map_err(get)?;
-            Some(Approval {
-                reason,
-                approvers: approvers
-                    .map(serde_json::from_value::<Vec<String>>)
-                    .transpose()
-                    .map_err(|e| {
-                        QueueError::Database(format!("stored approvers are malformed: {e}"))
-                    })?
-                    .unwrap_or_default(),
-                requested_at,
-                expires_at,
-                approved_by: row.try_get("approved_by").map_err(get)?,
-                approved_at: row.try_get("approved_at").map_err(get)?,
-                subject: subject_from(
-                    row.try_get("approval_ticket_sha256").map_err(get)?,
-                    row.try_get("approval_repo").map_err(get)?,
-                    row.try_get("approval_base").map_err(get)?,
-                ),
-                comment_id: row.try_get("approval_comment_id").map_err(get)?,
-            })
-        }
-        _ => None,
-    };
-    Ok(Job {
-        id: row.try_get("id").map_err(get)?,
-        ticket: row.try_get("ticket").map_err(get)?,
-        project: row.try_get("project").map_err(get)?,
-        state,
-        attempts: to_u32(row.try_get("attempts").map_err(get)?, "attempts")?,
-        max_attempts: to_u32(row.try_get("max_attempts").map_err(get)?, "max_attempts")?,
-        not_before: row.try_get::<DateTime<Utc>, _>("not_before").map_err(get)?,
-        lease_owner: row.try_get("lease_owner").map_err(get)?,
-        lease_expires: row.try_get("lease_expires").map_err(get)?,
-        triggers,
-        last_error: row.try_get("last_error").map_err(get)?,
-        outcome: row.try_get("outcome").map_err(get)?,
-        progress: row.try_get("progress").map_err(get)?,
-        created_at: row.try_get("created_at").map_err(get)?,
-        updated_at: row.try_get("updated_at").map_err(get)?,
-        policy_hash: row.try_get("policy_hash").map_err(get)?,
-        approval,
-        lease_gen: super::to_u64(row.try_get("lease_gen").map_err(get)?, "lease_gen")?,
     })
 }
 
@@ -483,8 +407,8 @@ impl super::Queue for PgQueue {
         .map_err(self.db("finding jobs whose worker was lost"))?;
         for (id, attempts, max_attempts) in dead {
             let (attempts, max_attempts) = (
-                to_u32(attempts, "attempts")?,
-                to_u32(max_attempts, "max_attempts")?,
+                count(attempts, "attempts")?,
+                count(max_attempts, "max_attempts")?,
             );
             sqlx::query(
                 "UPDATE jobs SET state = 'failed', last_error = $1, lease_owner = NULL, lease_expires = NULL, \
@@ -509,7 +433,7 @@ impl super::Queue for PgQueue {
             tx.commit().await.map_err(self.db("committing a claim"))?;
             return Ok(None);
         }
-        let row = sqlx::query(concat!(
+        let row: Option<JobRow> = sqlx::query_as(concat!(
             "UPDATE jobs SET state = 'running', lease_owner = $1, \
              lease_expires = now() + make_interval(secs => $2), attempts = attempts + 1, \
              lease_gen = lease_gen + 1, updated_at = now() \
@@ -528,7 +452,7 @@ impl super::Queue for PgQueue {
         .fetch_optional(&mut *tx)
         .await
         .map_err(self.db("claiming a job"))?;
-        let job = row.as_ref().map(job_from_row).transpose()?;
+        let job = row.map(Job::try_from).transpose()?;
         tx.commit().await.map_err(self.db("committing a claim"))?;
         Ok(job)
     }
@@ -604,8 +528,8 @@ impl super::Queue for PgQueue {
             return Err(self.not_held(job_id).await);
         };
         let (attempts, max_attempts) = (
-            to_u32(attempts, "attempts")?,
-            to_u32(max_attempts, "max_attempts")?,
+            count(attempts, "attempts")?,
+            count(max_attempts, "max_attempts")?,
         );
         let (state, error, wait) = match failure {
             Failure::Retryable { error, retry_after } if attempts < max_attempts => {
@@ -691,7 +615,7 @@ impl super::Queue for PgQueue {
     }
 
     async fn get(&self, job_id: &str) -> Result<Option<Job>, QueueError> {
-        let row = sqlx::query(concat!(
+        let row: Option<JobRow> = sqlx::query_as(concat!(
             "SELECT ",
             job_columns!(),
             " FROM jobs WHERE id = $1"
@@ -700,12 +624,12 @@ impl super::Queue for PgQueue {
         .fetch_optional(&self.pool)
         .await
         .map_err(self.db("reading a job"))?;
-        row.as_ref().map(job_from_row).transpose()
+        row.map(Job::try_from).transpose()
     }
 
     async fn list(&self, filter: &JobFilter) -> Result<Vec<Job>, QueueError> {
         let limit = if filter.limit == 0 { 100 } else { filter.limit };
-        let rows = sqlx::query(concat!(
+        let rows: Vec<JobRow> = sqlx::query_as(concat!(
             "SELECT ",
             job_columns!(),
             " FROM jobs WHERE ($1::text IS NULL OR state = $1) AND ($2::text IS NULL OR ticket = $2) \
@@ -717,7 +641,7 @@ impl super::Queue for PgQueue {
         .fetch_all(&self.pool)
         .await
         .map_err(self.db("listing jobs"))?;
-        rows.iter().map(job_from_row).collect()
+        rows.into_iter().map(Job::try_from).collect()
     }
 
     async fn set_progress(

@@ -20,13 +20,14 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Connection, Row, Sqlite, SqliteConnection, SqlitePool, Transaction};
 
+use super::row::{count, JobRow};
 use super::{
-    approval_expired, backoff, gave_up, new_job_id, to_i64, to_u64, worker_lost, Approval,
-    ApprovalRequest, ApprovalSubject, Approved, ApprovingComment, Claim, Enqueued, Failure, Job,
-    JobFilter, JobState, NewJob, Pause, QueueError, Trigger, Usage, UsageTotal,
+    approval_expired, backoff, gave_up, new_job_id, to_i64, to_u64, worker_lost, ApprovalRequest,
+    Approved, ApprovingComment, Claim, Enqueued, Failure, Job, JobFilter, JobState, NewJob, Pause,
+    QueueError, Usage, UsageTotal,
 };
 
 /// How long a writer waits for another writer (in this or another process) before giving up.
@@ -183,11 +184,6 @@ fn ms_to_time(ms: i64, column: &str) -> Result<DateTime<Utc>, QueueError> {
         .ok_or_else(|| QueueError::Database(format!("stored {column} {ms} is not a valid instant")))
 }
 
-fn to_u32(v: i64, column: &str) -> Result<u32, QueueError> {
-    u32::try_from(v)
-        .map_err(|_| QueueError::Database(format!("stored {column} {v} is out of range")))
-}
-
 fn parse_json<T: serde::de::DeserializeOwned>(text: &str, column: &str) -> Result<T, QueueError> {
     serde_json::from_str(text)
         .map_err(|e| QueueError::Database(format!("stored {column} is not valid JSON: {e}")))
@@ -255,86 +251,6 @@ fn usage_total(row: (i64, i64, i64)) -> Result<UsageTotal, QueueError> {
     })
 }
 
-/// The approval's subject, when all of it was stored.
-fn subject_from(
-    ticket_sha256: Option<String>,
-    repo: Option<String>,
-    base: Option<String>,
-) -> Option<ApprovalSubject> {
-    Some(ApprovalSubject {
-        ticket_sha256: ticket_sha256?,
-        repo: repo?,
-        base: base?,
-    })
-}
-
-fn job_from_row(row: &SqliteRow) -> Result<Job, QueueError> {
-    let get = |e: sqlx::Error| QueueError::Database(format!("reading a job row: {e}"));
-    let state: String = row.try_get("state").map_err(get)?;
-    let state = JobState::parse(&state)
-        .ok_or_else(|| QueueError::Database(format!("stored state `{state}` is unknown")))?;
-    let triggers: String = row.try_get("triggers").map_err(get)?;
-    let outcome: Option<String> = row.try_get("outcome").map_err(get)?;
-    let progress: String = row.try_get("progress").map_err(get)?;
-    let lease_expires: Option<i64> = row.try_get("lease_expires").map_err(get)?;
-    let time = |column: &str| -> Result<Option<DateTime<Utc>>, QueueError> {
-        let ms: Option<i64> = row.try_get(column).map_err(get)?;
-        ms.map(|ms| ms_to_time(ms, column)).transpose()
-    };
-    let reason: Option<String> = row.try_get("approval_reason").map_err(get)?;
-    let approval = match (
-        reason,
-        time("approval_requested_at")?,
-        time("approval_expires_at")?,
-    ) {
-        (Some(reason), Some(requested_at), Some(expires_at)) => {
-            let approvers: Option<String> = row.try_get("approval_approvers").map_err(get)?;
-            Some(Approval {
-                reason,
-                approvers: approvers
-                    .map(|a| parse_json::<Vec<String>>(&a, "approval_approvers"))
-                    .transpose()?
-                    .unwrap_or_default(),
-                requested_at,
-                expires_at,
-                approved_by: row.try_get("approved_by").map_err(get)?,
-                approved_at: time("approved_at")?,
-                subject: subject_from(
-                    row.try_get("approval_ticket_sha256").map_err(get)?,
-                    row.try_get("approval_repo").map_err(get)?,
-                    row.try_get("approval_base").map_err(get)?,
-                ),
-                comment_id: row.try_get("approval_comment_id").map_err(get)?,
-            })
-        }
-        _ => None,
-    };
-    Ok(Job {
-        id: row.try_get("id").map_err(get)?,
-        ticket: row.try_get("ticket").map_err(get)?,
-        project: row.try_get("project").map_err(get)?,
-        state,
-        attempts: to_u32(row.try_get("attempts").map_err(get)?, "attempts")?,
-        max_attempts: to_u32(row.try_get("max_attempts").map_err(get)?, "max_attempts")?,
-        not_before: ms_to_time(row.try_get("not_before").map_err(get)?, "not_before")?,
-        lease_owner: row.try_get("lease_owner").map_err(get)?,
-        lease_expires: lease_expires
-            .map(|ms| ms_to_time(ms, "lease_expires"))
-            .transpose()?,
-        triggers: parse_json::<Vec<Trigger>>(&triggers, "triggers")?,
-        last_error: row.try_get("last_error").map_err(get)?,
-        outcome: outcome
-            .map(|o| parse_json::<Value>(&o, "outcome"))
-            .transpose()?,
-        progress: parse_json::<Value>(&progress, "progress")?,
-        created_at: ms_to_time(row.try_get("created_at").map_err(get)?, "created_at")?,
-        updated_at: ms_to_time(row.try_get("updated_at").map_err(get)?, "updated_at")?,
-        policy_hash: row.try_get("policy_hash").map_err(get)?,
-        approval,
-        lease_gen: to_u64(row.try_get("lease_gen").map_err(get)?, "lease_gen")?,
-    })
-}
-
 #[async_trait::async_trait]
 impl super::Queue for SqliteQueue {
     fn backend(&self) -> &'static str {
@@ -370,7 +286,7 @@ impl super::Queue for SqliteQueue {
             .map_err(|e| QueueError::Database(format!("encoding exclude_projects: {e}")))?;
         let mut tx = self.begin().await?;
         // Jobs whose worker died on their last allowed attempt are failed, not run a further time.
-        let dead: Vec<(String, i64, i64)> = sqlx::query_as(
+        let dead: Vec<(String, i32, i32)> = sqlx::query_as(
             "SELECT id, attempts, max_attempts FROM jobs \
              WHERE state = 'running' AND lease_expires < ? AND attempts >= max_attempts",
         )
@@ -380,8 +296,8 @@ impl super::Queue for SqliteQueue {
         .map_err(db("finding jobs whose worker was lost"))?;
         for (id, attempts, max_attempts) in dead {
             let (attempts, max_attempts) = (
-                to_u32(attempts, "attempts")?,
-                to_u32(max_attempts, "max_attempts")?,
+                count(attempts, "attempts")?,
+                count(max_attempts, "max_attempts")?,
             );
             sqlx::query(
                 "UPDATE jobs SET state = 'failed', last_error = ?, lease_owner = NULL, lease_expires = NULL, \
@@ -401,7 +317,7 @@ impl super::Queue for SqliteQueue {
             tx.commit().await.map_err(db("committing a claim"))?;
             return Ok(None);
         }
-        let row = sqlx::query(concat!(
+        let row: Option<JobRow> = sqlx::query_as(concat!(
             "UPDATE jobs SET state = 'running', lease_owner = ?1, lease_expires = ?2, attempts = attempts + 1, \
              lease_gen = lease_gen + 1, updated_at = ?3 \
              WHERE id = (SELECT id FROM jobs \
@@ -419,7 +335,7 @@ impl super::Queue for SqliteQueue {
         .fetch_optional(&mut *tx)
         .await
         .map_err(db("claiming a job"))?;
-        let job = row.as_ref().map(job_from_row).transpose()?;
+        let job = row.map(Job::try_from).transpose()?;
         tx.commit().await.map_err(db("committing a claim"))?;
         Ok(job)
     }
@@ -485,7 +401,7 @@ impl super::Queue for SqliteQueue {
     ) -> Result<JobState, QueueError> {
         let now = now_ms();
         let mut tx = self.begin().await?;
-        let row: Option<(i64, i64)> = sqlx::query_as(
+        let row: Option<(i32, i32)> = sqlx::query_as(
             "SELECT attempts, max_attempts FROM jobs WHERE id = ? AND state = 'running' AND lease_owner = ? AND lease_gen = COALESCE(?, lease_gen)",
         )
         .bind(job_id)
@@ -499,8 +415,8 @@ impl super::Queue for SqliteQueue {
             return Err(self.not_held(job_id).await);
         };
         let (attempts, max_attempts) = (
-            to_u32(attempts, "attempts")?,
-            to_u32(max_attempts, "max_attempts")?,
+            count(attempts, "attempts")?,
+            count(max_attempts, "max_attempts")?,
         );
         let (state, error, not_before) = match failure {
             Failure::Retryable { error, retry_after } if attempts < max_attempts => {
@@ -592,7 +508,7 @@ impl super::Queue for SqliteQueue {
     }
 
     async fn get(&self, job_id: &str) -> Result<Option<Job>, QueueError> {
-        let row = sqlx::query(concat!(
+        let row: Option<JobRow> = sqlx::query_as(concat!(
             "SELECT ",
             job_columns!(),
             " FROM jobs WHERE id = ?"
@@ -601,12 +517,12 @@ impl super::Queue for SqliteQueue {
         .fetch_optional(&self.pool)
         .await
         .map_err(db("reading a job"))?;
-        row.as_ref().map(job_from_row).transpose()
+        row.map(Job::try_from).transpose()
     }
 
     async fn list(&self, filter: &JobFilter) -> Result<Vec<Job>, QueueError> {
         let limit = if filter.limit == 0 { 100 } else { filter.limit };
-        let rows = sqlx::query(concat!(
+        let rows: Vec<JobRow> = sqlx::query_as(concat!(
             "SELECT ",
             job_columns!(),
             " FROM jobs WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR ticket = ?2) \
@@ -618,7 +534,7 @@ impl super::Queue for SqliteQueue {
         .fetch_all(&self.pool)
         .await
         .map_err(db("listing jobs"))?;
-        rows.iter().map(job_from_row).collect()
+        rows.into_iter().map(Job::try_from).collect()
     }
 
     async fn set_progress(
