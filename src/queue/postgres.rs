@@ -4,16 +4,19 @@
 //! - **Clock**: every instant (`not_before`, leases, timestamps) comes from the database's `now()`, so workers on
 //!   hosts with skewed clocks still agree on whose lease has expired.
 //! - **Enqueue** runs in READ COMMITTED and lets unique indexes decide races: the delivery key is the primary key
-//!   of `deliveries`, and a partial unique index allows one open (`queued`/`running`) job per ticket. Inserts use
+//!   of `deliveries`, and a partial unique index allows one open job per ticket. Inserts use
 //!   `ON CONFLICT DO NOTHING`; when one finds a conflict (a concurrent enqueue committed first), the transaction is
 //!   rolled back and tried again, and the retry sees the winner's row (and so answers `Duplicate` or `Absorbed`).
 //!   Absorbing locks the open job (`FOR UPDATE`) and appends to its `triggers` in SQL, so concurrent absorbs queue
 //!   up instead of overwriting each other. Serialization failures and deadlocks are retried the same way.
 //! - **Claim** picks the oldest claimable row with `FOR UPDATE SKIP LOCKED` inside the claiming `UPDATE`, so
 //!   concurrent claimers never wait on, nor take, the same job.
-//! - **Migrations** run in one transaction under `pg_advisory_xact_lock`, so workers starting together against a
-//!   fresh database take turns instead of racing on `CREATE TABLE`.
+//! - **Migrations** run in one transaction under `pg_advisory_xact_lock` (the key every drafter version takes), so
+//!   workers starting together against a fresh or an old database take turns instead of racing on `CREATE TABLE`.
 //! - **Secrets**: the URL's password never appears in an error; messages name the user, host, port and database.
+//!
+//! What is not SQL (decisions, the job row, the schema driver) is shared with the SQLite backend; see
+//! [`crate::queue`].
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -21,20 +24,22 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{Connection, PgConnection, PgPool, Postgres, Row, Transaction};
+use sqlx::types::Json;
+use sqlx::{Connection, PgConnection, PgPool, Postgres, Transaction};
 
 use super::row::{count, JobRow};
+use super::state::{self, holder};
 use super::{
-    approval_expired, backoff, gave_up, new_job_id, to_i64, to_u64, worker_lost, ApprovalRequest,
-    Approved, ApprovingComment, Claim, Enqueued, Failure, Job, JobFilter, JobState, NewJob, Pause,
-    QueueError, Usage, UsageTotal,
+    to_i64, usage_total, ApprovalRequest, Approved, ApprovingComment, Claim, EnqueueError,
+    Enqueued, Failure, Job, JobFilter, JobId, JobState, NewJob, Pause, QueueError, Usage,
+    UsageTotal,
 };
 use crate::config::Secret;
 
 /// Connections per process.
 pub const POOL_SIZE: u32 = 8;
 
-/// The advisory lock key migrations hold (arbitrary, fixed: "drafter" in ASCII).
+/// The advisory lock key migrations hold (arbitrary, fixed: "drafter" in ASCII). Every drafter version takes it.
 const MIGRATION_LOCK: i64 = 0x0064_7261_6674_6572;
 
 /// The schema (`migrations/postgres`). Public only so that the upgrade tests can build a database at an older version.
@@ -102,12 +107,15 @@ impl PgQueue {
 
     /// Maps a database error to [`QueueError::Database`] naming the server and what was being done.
     fn db<'a>(&'a self, context: &'a str) -> impl FnOnce(sqlx::Error) -> QueueError + 'a {
-        move |e| {
-            QueueError::Database(scrub_with(
-                &self.secrets,
-                format!("postgres at {}: {context}: {e}", self.location),
-            ))
-        }
+        move |e| self.error(format!("{context}: {e}"))
+    }
+
+    /// An error naming the server, with the password scrubbed.
+    fn error(&self, message: String) -> QueueError {
+        QueueError::Database(scrub_with(
+            &self.secrets,
+            format!("postgres at {}: {message}", self.location),
+        ))
     }
 
     /// Brings the schema up to date on `conn` (a connection of its own: sqlx's migrator also takes a session-level
@@ -125,12 +133,7 @@ impl PgQueue {
             .map_err(self.db("taking the migration lock"))?;
         super::schema::migrate(&mut *tx, &MIGRATOR)
             .await
-            .map_err(|e| {
-                QueueError::Database(scrub_with(
-                    &self.secrets,
-                    format!("postgres at {}: {e}", self.location),
-                ))
-            })?;
+            .map_err(|e| self.error(e))?;
         tx.commit()
             .await
             .map_err(self.db("committing the migration"))
@@ -152,29 +155,24 @@ impl PgQueue {
         Ok(found.is_some())
     }
 
-    /// Why a lease-holder-only update touched no row: the job is missing, or this worker does not hold it.
     /// `Ok` when the lease holder's update touched its job (`affected` rows), else why not.
     async fn held(&self, affected: u64, job_id: &str) -> Result<(), QueueError> {
         if affected == 1 {
             Ok(())
         } else {
-            Err(self.not_held(job_id).await)
+            Err(state::not_held(job_id, self.exists(job_id).await?))
         }
     }
 
-    async fn not_held(&self, job_id: &str) -> QueueError {
-        match self.exists(job_id).await {
-            Ok(false) => QueueError::NotFound(job_id.to_string()),
-            Ok(true) => QueueError::LeaseLost(job_id.to_string()),
-            Err(e) => e,
-        }
-    }
-
-    async fn try_enqueue(&self, job: &NewJob, trigger: &Value) -> Result<Enqueued, EnqueueError> {
+    async fn try_enqueue(
+        &self,
+        job: &NewJob,
+        trigger: &Json<Value>,
+    ) -> Result<Enqueued, EnqueueError> {
         let step = |context: &'static str| {
             move |e: sqlx::Error| {
                 if is_race(&e) {
-                    EnqueueError::Race(e)
+                    EnqueueError::Race(scrub_with(&self.secrets, e.to_string()))
                 } else {
                     EnqueueError::Queue(self.db(context)(e))
                 }
@@ -196,10 +194,11 @@ impl PgQueue {
         }
         // Lock the open job so concurrent absorbs append one after another, and a concurrent finish either happens
         // before (then the row no longer matches and a new job is made) or after this commits.
-        let open: Option<String> = sqlx::query_scalar(
-            "SELECT id FROM jobs WHERE ticket = $1 AND state IN ('queued', 'running', 'awaiting_approval') \
-             FOR UPDATE",
-        )
+        let open: Option<String> = sqlx::query_scalar(concat!(
+            "SELECT id FROM jobs WHERE ticket = $1 AND state IN ",
+            open_states!(),
+            " FOR UPDATE"
+        ))
         .bind(&job.ticket)
         .fetch_optional(&mut *tx)
         .await
@@ -212,7 +211,7 @@ impl PgQueue {
                 )
                 .bind(trigger)
                 .bind(&id)
-                .bind(super::MAX_TRIGGERS as i32)
+                .bind(state::MAX_TRIGGERS as i32)
                 .execute(&mut *tx)
                 .await
                 .map_err(step("recording the trigger"))?
@@ -224,14 +223,16 @@ impl PgQueue {
                 }
             }
             None => {
-                let id = new_job_id();
-                let inserted: Option<String> = sqlx::query_scalar(
+                let id = String::from(JobId::mint());
+                // The conflict target is `jobs_one_open_per_ticket`: its predicate, word for word.
+                let inserted: Option<String> = sqlx::query_scalar(concat!(
                     "INSERT INTO jobs (id, ticket, project, state, attempts, max_attempts, not_before, triggers, \
                      progress, created_at, updated_at) \
                      VALUES ($1, $2, $3, 'queued', 0, $4, now(), jsonb_build_array($5::jsonb), '{}', now(), now()) \
-                     ON CONFLICT (ticket) WHERE state IN ('queued', 'running', 'awaiting_approval') DO NOTHING \
-                     RETURNING id",
-                )
+                     ON CONFLICT (ticket) WHERE state IN ",
+                    open_states!(),
+                    " DO NOTHING RETURNING id"
+                ))
                 .bind(&id)
                 .bind(&job.ticket)
                 .bind(&job.project)
@@ -241,8 +242,8 @@ impl PgQueue {
                 .await
                 .map_err(step("inserting the job"))?;
                 if inserted.is_none() {
-                    return Err(EnqueueError::Lost(
-                        "another enqueue opened a job for the ticket",
+                    return Err(EnqueueError::Race(
+                        "another enqueue opened a job for the ticket".into(),
                     ));
                 }
                 Enqueued::Created(id)
@@ -258,22 +259,13 @@ impl PgQueue {
         .map_err(step("recording the delivery"))?;
         if recorded.is_none() {
             // Rolls back the job or trigger above: the other enqueue of this delivery won.
-            return Err(EnqueueError::Lost(
-                "another enqueue recorded the same delivery",
+            return Err(EnqueueError::Race(
+                "another enqueue recorded the same delivery".into(),
             ));
         }
         tx.commit().await.map_err(step("committing the enqueue"))?;
         Ok(outcome)
     }
-}
-
-/// An enqueue attempt's failure: a lost race worth retrying, or a real error.
-enum EnqueueError {
-    /// A serialization failure, deadlock or unique violation.
-    Race(sqlx::Error),
-    /// An `ON CONFLICT DO NOTHING` that did nothing.
-    Lost(&'static str),
-    Queue(QueueError),
 }
 
 /// SQLSTATEs that mean "a concurrent transaction got there first; try again": unique_violation,
@@ -319,10 +311,9 @@ fn seconds(d: Duration) -> f64 {
     d.as_secs_f64()
 }
 
-/// Fails the jobs whose approval request has lapsed (marking them for [`Queue::expire_approvals`] to hand out);
-/// returns their ids. SKIP LOCKED: a concurrent sweeper handling the same rows is doing the same thing.
-///
-/// [`Queue::expire_approvals`]: super::Queue::expire_approvals
+/// Fails the jobs whose approval request has lapsed (marking them for
+/// [`Admin::expire_approvals`](super::Admin::expire_approvals) to hand out); returns their ids. SKIP LOCKED: a
+/// concurrent sweeper handling the same rows is doing the same thing.
 async fn expire_lapsed(
     q: &PgQueue,
     tx: &mut Transaction<'static, Postgres>,
@@ -337,7 +328,7 @@ async fn expire_lapsed(
     .map_err(q.db("finding lapsed approval requests"))?;
     let mut ids = Vec::with_capacity(lapsed.len());
     for (id, reason, expires_at) in lapsed {
-        let error = approval_expired(reason.as_deref().unwrap_or(""), expires_at);
+        let error = state::approval_expired(reason.as_deref().unwrap_or(""), expires_at);
         sqlx::query(
             "UPDATE jobs SET state = 'failed', last_error = $1, approval_expiry_unreported = true, \
              updated_at = now() WHERE id = $2",
@@ -353,46 +344,89 @@ async fn expire_lapsed(
     Ok(ids)
 }
 
-fn usage_total(row: (i64, i64, i64)) -> Result<UsageTotal, QueueError> {
-    Ok(UsageTotal {
-        tokens: to_u64(row.0, "token sum")?,
-        cost_micros: to_u64(row.1, "cost sum")?,
-        calls: to_u64(row.2, "call count")?,
-    })
+#[async_trait::async_trait]
+impl super::Intake for PgQueue {
+    async fn enqueue(&self, job: NewJob) -> Result<Enqueued, QueueError> {
+        let trigger = Json(
+            serde_json::to_value(&job.trigger)
+                .map_err(|e| QueueError::Database(format!("encoding the trigger: {e}")))?,
+        );
+        let location = format!("postgres at {}: ", self.location);
+        super::retry_races(&location, || self.try_enqueue(&job, &trigger)).await
+    }
+
+    async fn approve(
+        &self,
+        job_id: &str,
+        by: &str,
+        comment: Option<&ApprovingComment>,
+    ) -> Result<Approved, QueueError> {
+        // The job's row is locked, so the checks and the comment's use are one decision; a concurrent use of the
+        // same comment id waits on the primary key and then finds it taken.
+        let mut tx = self.begin().await?;
+        let row: Option<(String, Option<DateTime<Utc>>, bool)> = sqlx::query_as(
+            "SELECT state, approval_requested_at, COALESCE(approval_expires_at > now(), false) \
+             FROM jobs WHERE id = $1 FOR UPDATE",
+        )
+        .bind(job_id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(self.db("reading a job to approve"))?;
+        let Some((job_state, requested_at, live)) = row else {
+            tx.rollback()
+                .await
+                .map_err(self.db("ending a transaction"))?;
+            return Err(QueueError::NotFound(job_id.to_string()));
+        };
+        if let Err(refused) = state::may_approve(
+            JobState::parse(&job_state),
+            live,
+            requested_at,
+            comment.map(|c| c.created),
+        ) {
+            // Ended now, not when the pool next uses the connection: the row lock must not linger (claims skip
+            // locked rows).
+            tx.rollback()
+                .await
+                .map_err(self.db("ending a transaction"))?;
+            return Ok(refused);
+        }
+        if let Some(c) = comment {
+            let fresh = sqlx::query(
+                "INSERT INTO approval_comments (comment_id, job_id) VALUES ($1, $2) \
+                 ON CONFLICT (comment_id) DO NOTHING",
+            )
+            .bind(&c.id)
+            .bind(job_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(self.db("recording the approving comment"))?;
+            if fresh.rows_affected() != 1 {
+                tx.rollback()
+                    .await
+                    .map_err(self.db("ending a transaction"))?;
+                return Ok(Approved::CommentAlreadyUsed);
+            }
+        }
+        sqlx::query(
+            "UPDATE jobs SET state = 'queued', not_before = now(), approved_by = $1, approved_at = now(), \
+             approval_comment_id = $2, updated_at = now() WHERE id = $3",
+        )
+        .bind(by)
+        .bind(comment.map(|c| c.id.as_str()))
+        .bind(job_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(self.db("approving a job"))?;
+        tx.commit()
+            .await
+            .map_err(self.db("committing an approval"))?;
+        Ok(Approved::Yes)
+    }
 }
 
 #[async_trait::async_trait]
-impl super::Queue for PgQueue {
-    fn backend(&self) -> &'static str {
-        "postgres"
-    }
-
-    async fn enqueue(&self, job: NewJob) -> Result<Enqueued, QueueError> {
-        let trigger = serde_json::to_value(&job.trigger)
-            .map_err(|e| QueueError::Database(format!("encoding the trigger: {e}")))?;
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let why = match self.try_enqueue(&job, &trigger).await {
-                Ok(done) => return Ok(done),
-                Err(EnqueueError::Queue(e)) => return Err(e),
-                Err(EnqueueError::Race(e)) => scrub_with(&self.secrets, e.to_string()),
-                Err(EnqueueError::Lost(why)) => why.to_string(),
-            };
-            if attempt >= super::ENQUEUE_RETRIES {
-                return Err(QueueError::Database(format!(
-                    "postgres at {}: enqueue kept conflicting after {attempt} tries: {why}",
-                    self.location
-                )));
-            }
-            tracing::debug!(%why, attempt, "enqueue lost a race; retrying");
-            // A short pause only after repeated losses (deadlock victims), so the winners can finish.
-            if attempt > 2 {
-                tokio::time::sleep(Duration::from_millis(5 * u64::from(attempt))).await;
-            }
-        }
-    }
-
+impl super::Leases for PgQueue {
     async fn claim(&self, claim: &Claim) -> Result<Option<Job>, QueueError> {
         let mut tx = self.begin().await?;
         // Jobs whose worker died on their last allowed attempt are failed, not run a further time. SKIP LOCKED: a
@@ -406,15 +440,15 @@ impl super::Queue for PgQueue {
         .await
         .map_err(self.db("finding jobs whose worker was lost"))?;
         for (id, attempts, max_attempts) in dead {
-            let (attempts, max_attempts) = (
-                count(attempts, "attempts")?,
-                count(max_attempts, "max_attempts")?,
-            );
+            let attempts = count(attempts, "attempts")?;
             sqlx::query(
                 "UPDATE jobs SET state = 'failed', last_error = $1, lease_owner = NULL, lease_expires = NULL, \
                  updated_at = now() WHERE id = $2",
             )
-            .bind(worker_lost(attempts, max_attempts))
+            .bind(state::worker_lost(
+                attempts,
+                count(max_attempts, "max_attempts")?,
+            ))
             .bind(&id)
             .execute(&mut *tx)
             .await
@@ -458,13 +492,14 @@ impl super::Queue for PgQueue {
     }
 
     async fn holds(&self, job_id: &str, worker: &str) -> Result<bool, QueueError> {
+        let h = holder(worker);
         let held: Option<i32> = sqlx::query_scalar(
             "SELECT 1 FROM jobs WHERE id = $1 AND state = 'running' AND lease_expires > now() \
              AND lease_owner = $2 AND lease_gen = COALESCE($3::bigint, lease_gen)",
         )
         .bind(job_id)
-        .bind(super::holder(worker).owner)
-        .bind(super::holder(worker).gen)
+        .bind(h.owner)
+        .bind(h.gen)
         .fetch_optional(&self.pool)
         .await
         .map_err(self.db("checking a lease"))?;
@@ -477,14 +512,15 @@ impl super::Queue for PgQueue {
         worker: &str,
         lease: Duration,
     ) -> Result<bool, QueueError> {
+        let h = holder(worker);
         let done = sqlx::query(
             "UPDATE jobs SET lease_expires = now() + make_interval(secs => $1), updated_at = now() \
              WHERE id = $2 AND state = 'running' AND lease_owner = $3 AND lease_gen = COALESCE($4::bigint, lease_gen)",
         )
         .bind(seconds(lease))
         .bind(job_id)
-        .bind(super::holder(worker).owner)
-        .bind(super::holder(worker).gen)
+        .bind(h.owner)
+        .bind(h.gen)
         .execute(&self.pool)
         .await
         .map_err(self.db("renewing a lease"))?;
@@ -492,14 +528,15 @@ impl super::Queue for PgQueue {
     }
 
     async fn complete(&self, job_id: &str, worker: &str, outcome: Value) -> Result<(), QueueError> {
+        let h = holder(worker);
         let done = sqlx::query(
             "UPDATE jobs SET state = 'succeeded', outcome = $1, lease_owner = NULL, lease_expires = NULL, \
              updated_at = now() WHERE id = $2 AND state = 'running' AND lease_owner = $3 AND lease_gen = COALESCE($4::bigint, lease_gen)",
         )
         .bind(&outcome)
         .bind(job_id)
-        .bind(super::holder(worker).owner)
-        .bind(super::holder(worker).gen)
+        .bind(h.owner)
+        .bind(h.gen)
         .execute(&self.pool)
         .await
         .map_err(self.db("completing a job"))?;
@@ -512,106 +549,145 @@ impl super::Queue for PgQueue {
         worker: &str,
         failure: Failure,
     ) -> Result<JobState, QueueError> {
+        let h = holder(worker);
         let mut tx = self.begin().await?;
         let row: Option<(i32, i32)> = sqlx::query_as(
             "SELECT attempts, max_attempts FROM jobs WHERE id = $1 AND state = 'running' AND lease_owner = $2 AND lease_gen = COALESCE($3::bigint, lease_gen) \
              FOR UPDATE",
         )
         .bind(job_id)
-        .bind(super::holder(worker).owner)
-        .bind(super::holder(worker).gen)
+        .bind(h.owner)
+        .bind(h.gen)
         .fetch_optional(&mut *tx)
         .await
         .map_err(self.db("reading a job"))?;
         let Some((attempts, max_attempts)) = row else {
             drop(tx);
-            return Err(self.not_held(job_id).await);
+            return Err(state::not_held(job_id, self.exists(job_id).await?));
         };
-        let (attempts, max_attempts) = (
+        let next = state::after_failure(
             count(attempts, "attempts")?,
             count(max_attempts, "max_attempts")?,
+            failure,
         );
-        let (state, error, wait) = match failure {
-            Failure::Retryable { error, retry_after } if attempts < max_attempts => {
-                (JobState::Queued, error, backoff(attempts, retry_after))
-            }
-            Failure::Retryable { error, .. } => {
-                (JobState::Failed, gave_up(&error, attempts), Duration::ZERO)
-            }
-            Failure::Permanent { error } => (JobState::Failed, error, Duration::ZERO),
-        };
         sqlx::query(
             "UPDATE jobs SET state = $1, last_error = $2, not_before = now() + make_interval(secs => $3), \
              lease_owner = NULL, lease_expires = NULL, updated_at = now() WHERE id = $4",
         )
-        .bind(state.as_str())
-        .bind(&error)
-        .bind(seconds(wait))
+        .bind(next.state.as_str())
+        .bind(&next.error)
+        .bind(seconds(next.wait))
         .bind(job_id)
         .execute(&mut *tx)
         .await
         .map_err(self.db("recording a failure"))?;
         tx.commit().await.map_err(self.db("committing a failure"))?;
-        Ok(state)
+        Ok(next.state)
     }
 
     async fn release(&self, job_id: &str, worker: &str) -> Result<(), QueueError> {
+        let h = holder(worker);
         let done = sqlx::query(
             "UPDATE jobs SET state = 'queued', not_before = now(), lease_owner = NULL, lease_expires = NULL, \
              attempts = GREATEST(attempts - 1, 0), updated_at = now() \
              WHERE id = $1 AND state = 'running' AND lease_owner = $2 AND lease_gen = COALESCE($3::bigint, lease_gen)",
         )
         .bind(job_id)
-        .bind(super::holder(worker).owner)
-        .bind(super::holder(worker).gen)
+        .bind(h.owner)
+        .bind(h.gen)
         .execute(&self.pool)
         .await
         .map_err(self.db("releasing a job"))?;
         self.held(done.rows_affected(), job_id).await
     }
 
-    async fn cancel(&self, job_id: &str) -> Result<bool, QueueError> {
+    async fn await_approval(
+        &self,
+        job_id: &str,
+        worker: &str,
+        request: ApprovalRequest,
+    ) -> Result<(), QueueError> {
+        let h = holder(worker);
         let done = sqlx::query(
-            "UPDATE jobs SET state = 'cancelled', lease_owner = NULL, lease_expires = NULL, updated_at = now() \
-             WHERE id = $1 AND state IN ('queued', 'running', 'awaiting_approval')",
+            "UPDATE jobs SET state = 'awaiting_approval', lease_owner = NULL, lease_expires = NULL, \
+             attempts = GREATEST(attempts - 1, 0), approval_reason = $1, approval_approvers = $2, \
+             approval_requested_at = $3, approval_expires_at = $4, approved_by = NULL, approved_at = NULL, \
+             approval_ticket_sha256 = $7, approval_repo = $8, approval_base = $9, approval_comment_id = NULL, \
+             updated_at = now() WHERE id = $5 AND state = 'running' AND lease_owner = $6 AND lease_gen = COALESCE($10::bigint, lease_gen)",
         )
+        .bind(&request.reason)
+        .bind(Json(&request.approvers))
+        .bind(request.requested_at)
+        .bind(request.expires_at)
         .bind(job_id)
+        .bind(h.owner)
+        .bind(&request.subject.ticket_sha256)
+        .bind(&request.subject.repo)
+        .bind(&request.subject.base)
+        .bind(h.gen)
         .execute(&self.pool)
         .await
-        .map_err(self.db("cancelling a job"))?;
-        if done.rows_affected() == 1 {
-            Ok(true)
-        } else if self.exists(job_id).await? {
-            Ok(false)
-        } else {
-            Err(QueueError::NotFound(job_id.to_string()))
-        }
+        .map_err(self.db("parking a job for approval"))?;
+        self.held(done.rows_affected(), job_id).await
     }
 
-    async fn retry(&self, job_id: &str) -> Result<bool, QueueError> {
+    async fn set_policy_hash(
+        &self,
+        job_id: &str,
+        worker: &str,
+        hash: &str,
+    ) -> Result<(), QueueError> {
+        let h = holder(worker);
         let done = sqlx::query(
-            "UPDATE jobs SET state = 'queued', attempts = 0, not_before = now(), lease_owner = NULL, \
-             lease_expires = NULL, approval_expiry_unreported = false, updated_at = now() \
-             WHERE id = $1 AND state IN ('failed', 'cancelled') AND NOT EXISTS ( \
-                 SELECT 1 FROM jobs AS open WHERE open.ticket = jobs.ticket \
-                   AND open.state IN ('queued', 'running', 'awaiting_approval'))",
+            "UPDATE jobs SET policy_hash = $1, updated_at = now() \
+             WHERE id = $2 AND state = 'running' AND lease_owner = $3 AND lease_gen = COALESCE($4::bigint, lease_gen)",
         )
+        .bind(hash)
         .bind(job_id)
+        .bind(h.owner)
+        .bind(h.gen)
         .execute(&self.pool)
-        .await;
-        match done {
-            Ok(done) if done.rows_affected() == 1 => Ok(true),
-            // The one-open-job-per-ticket index: another job for the ticket opened concurrently.
-            Err(e) if is_unique_violation(&e) => Ok(false),
-            Err(e) => Err(self.db("retrying a job")(e)),
-            Ok(_) => {
-                if self.exists(job_id).await? {
-                    Ok(false)
-                } else {
-                    Err(QueueError::NotFound(job_id.to_string()))
-                }
-            }
-        }
+        .await
+        .map_err(self.db("recording the policy hash"))?;
+        self.held(done.rows_affected(), job_id).await
+    }
+
+    async fn set_progress(
+        &self,
+        job_id: &str,
+        worker: &str,
+        key: &str,
+        value: Value,
+    ) -> Result<(), QueueError> {
+        let h = holder(worker);
+        let done = sqlx::query(
+            "UPDATE jobs SET progress = progress || jsonb_build_object($1::text, $2::jsonb), updated_at = now() \
+             WHERE id = $3 AND state = 'running' AND lease_owner = $4 AND lease_gen = COALESCE($5::bigint, lease_gen)",
+        )
+        .bind(key)
+        .bind(&value)
+        .bind(job_id)
+        .bind(h.owner)
+        .bind(h.gen)
+        .execute(&self.pool)
+        .await
+        .map_err(self.db("recording progress"))?;
+        self.held(done.rows_affected(), job_id).await
+    }
+}
+
+#[async_trait::async_trait]
+impl super::Admin for PgQueue {
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+
+    async fn ping(&self) -> Result<(), QueueError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(self.db("ping"))?;
+        Ok(())
     }
 
     async fn get(&self, job_id: &str) -> Result<Option<Job>, QueueError> {
@@ -644,166 +720,21 @@ impl super::Queue for PgQueue {
         rows.into_iter().map(Job::try_from).collect()
     }
 
-    async fn set_progress(
-        &self,
-        job_id: &str,
-        worker: &str,
-        key: &str,
-        value: Value,
-    ) -> Result<(), QueueError> {
-        let done = sqlx::query(
-            "UPDATE jobs SET progress = progress || jsonb_build_object($1::text, $2::jsonb), updated_at = now() \
-             WHERE id = $3 AND state = 'running' AND lease_owner = $4 AND lease_gen = COALESCE($5::bigint, lease_gen)",
-        )
-        .bind(key)
-        .bind(&value)
+    async fn cancel(&self, job_id: &str) -> Result<bool, QueueError> {
+        let done = sqlx::query(concat!(
+            "UPDATE jobs SET state = 'cancelled', lease_owner = NULL, lease_expires = NULL, updated_at = now() \
+             WHERE id = $1 AND state IN ",
+            open_states!()
+        ))
         .bind(job_id)
-        .bind(super::holder(worker).owner)
-        .bind(super::holder(worker).gen)
         .execute(&self.pool)
         .await
-        .map_err(self.db("recording progress"))?;
-        self.held(done.rows_affected(), job_id).await
-    }
-
-    async fn await_approval(
-        &self,
-        job_id: &str,
-        worker: &str,
-        request: ApprovalRequest,
-    ) -> Result<(), QueueError> {
-        let approvers = serde_json::to_value(&request.approvers)
-            .map_err(|e| QueueError::Database(format!("encoding approvers: {e}")))?;
-        let done = sqlx::query(
-            "UPDATE jobs SET state = 'awaiting_approval', lease_owner = NULL, lease_expires = NULL, \
-             attempts = GREATEST(attempts - 1, 0), approval_reason = $1, approval_approvers = $2, \
-             approval_requested_at = $3, approval_expires_at = $4, approved_by = NULL, approved_at = NULL, \
-             approval_ticket_sha256 = $7, approval_repo = $8, approval_base = $9, approval_comment_id = NULL, \
-             updated_at = now() WHERE id = $5 AND state = 'running' AND lease_owner = $6 AND lease_gen = COALESCE($10::bigint, lease_gen)",
-        )
-        .bind(&request.reason)
-        .bind(&approvers)
-        .bind(request.requested_at)
-        .bind(request.expires_at)
-        .bind(job_id)
-        .bind(super::holder(worker).owner)
-        .bind(&request.subject.ticket_sha256)
-        .bind(&request.subject.repo)
-        .bind(&request.subject.base)
-        .bind(super::holder(worker).gen)
-        .execute(&self.pool)
-        .await
-        .map_err(self.db("parking a job for approval"))?;
-        self.held(done.rows_affected(), job_id).await
-    }
-
-    async fn approve(
-        &self,
-        job_id: &str,
-        by: &str,
-        comment: Option<&ApprovingComment>,
-    ) -> Result<Approved, QueueError> {
-        // The job's row is locked, so the checks and the comment's use are one decision; a concurrent use of the
-        // same comment id waits on the primary key and then finds it taken.
-        let mut tx = self.begin().await?;
-        let row: Option<(String, Option<DateTime<Utc>>, bool)> = sqlx::query_as(
-            "SELECT state, approval_requested_at, COALESCE(approval_expires_at > now(), false) \
-             FROM jobs WHERE id = $1 FOR UPDATE",
-        )
-        .bind(job_id)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(self.db("reading a job to approve"))?;
-        let Some((state, requested_at, live)) = row else {
-            tx.rollback()
-                .await
-                .map_err(self.db("ending a transaction"))?;
-            return Err(QueueError::NotFound(job_id.to_string()));
-        };
-        let refused = if state != JobState::AwaitingApproval.as_str() || !live {
-            Some(Approved::NotAwaiting)
+        .map_err(self.db("cancelling a job"))?;
+        if done.rows_affected() == 1 {
+            Ok(true)
         } else {
-            comment
-                .filter(|c| requested_at.is_none_or(|r| c.created <= r))
-                .map(|_| Approved::CommentBeforeRequest)
-        };
-        if let Some(refused) = refused {
-            // Ended now, not when the pool next uses the connection: the row lock must not linger (claims skip
-            // locked rows).
-            tx.rollback()
-                .await
-                .map_err(self.db("ending a transaction"))?;
-            return Ok(refused);
+            state::unchanged(job_id, self.exists(job_id).await?)
         }
-        if let Some(c) = comment {
-            let fresh = sqlx::query(
-                "INSERT INTO approval_comments (comment_id, job_id) VALUES ($1, $2) \
-                 ON CONFLICT (comment_id) DO NOTHING",
-            )
-            .bind(&c.id)
-            .bind(job_id)
-            .execute(&mut *tx)
-            .await
-            .map_err(self.db("recording the approving comment"))?;
-            if fresh.rows_affected() != 1 {
-                tx.rollback()
-                    .await
-                    .map_err(self.db("ending a transaction"))?;
-                return Ok(Approved::CommentAlreadyUsed);
-            }
-        }
-        sqlx::query(
-            "UPDATE jobs SET state = 'queued', not_before = now(), approved_by = $1, approved_at = now(), \
-             approval_comment_id = $2, updated_at = now() WHERE id = $3",
-        )
-        .bind(by)
-        .bind(comment.map(|c| c.id.as_str()))
-        .bind(job_id)
-        .execute(&mut *tx)
-        .await
-        .map_err(self.db("approving a job"))?;
-        tx.commit()
-            .await
-            .map_err(self.db("committing an approval"))?;
-        Ok(Approved::Yes)
-    }
-
-    async fn expire_approvals(&self) -> Result<Vec<String>, QueueError> {
-        let mut tx = self.begin().await?;
-        expire_lapsed(self, &mut tx).await?;
-        let mut ids: Vec<String> = sqlx::query_scalar(
-            "UPDATE jobs SET approval_expiry_unreported = false \
-             WHERE id IN (SELECT id FROM jobs WHERE approval_expiry_unreported FOR UPDATE SKIP LOCKED) \
-             RETURNING id",
-        )
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(self.db("handing out expired approvals"))?;
-        tx.commit()
-            .await
-            .map_err(self.db("committing expired approvals"))?;
-        ids.sort();
-        Ok(ids)
-    }
-
-    async fn set_policy_hash(
-        &self,
-        job_id: &str,
-        worker: &str,
-        hash: &str,
-    ) -> Result<(), QueueError> {
-        let done = sqlx::query(
-            "UPDATE jobs SET policy_hash = $1, updated_at = now() \
-             WHERE id = $2 AND state = 'running' AND lease_owner = $3 AND lease_gen = COALESCE($4::bigint, lease_gen)",
-        )
-        .bind(hash)
-        .bind(job_id)
-        .bind(super::holder(worker).owner)
-        .bind(super::holder(worker).gen)
-        .execute(&self.pool)
-        .await
-        .map_err(self.db("recording the policy hash"))?;
-        self.held(done.rows_affected(), job_id).await
     }
 
     async fn cancel_running(&self) -> Result<Vec<String>, QueueError> {
@@ -818,16 +749,34 @@ impl super::Queue for PgQueue {
         Ok(ids)
     }
 
+    async fn retry(&self, job_id: &str) -> Result<bool, QueueError> {
+        let done = sqlx::query(concat!(
+            "UPDATE jobs SET state = 'queued', attempts = 0, not_before = now(), lease_owner = NULL, \
+             lease_expires = NULL, approval_expiry_unreported = false, updated_at = now() \
+             WHERE id = $1 AND state IN ",
+            reopenable_states!(),
+            " AND NOT EXISTS (SELECT 1 FROM jobs AS open WHERE open.ticket = jobs.ticket AND open.state IN ",
+            open_states!(),
+            ")"
+        ))
+        .bind(job_id)
+        .execute(&self.pool)
+        .await;
+        match done {
+            Ok(done) if done.rows_affected() == 1 => Ok(true),
+            // The one-open-job-per-ticket index: another job for the ticket opened concurrently.
+            Err(e) if is_unique_violation(&e) => Ok(false),
+            Err(e) => Err(self.db("retrying a job")(e)),
+            Ok(_) => state::unchanged(job_id, self.exists(job_id).await?),
+        }
+    }
+
     async fn set_paused(&self, pause: Option<Pause>) -> Result<(), QueueError> {
-        let value = pause
-            .map(|p| serde_json::to_value(&p))
-            .transpose()
-            .map_err(|e| QueueError::Database(format!("encoding the pause: {e}")))?;
         sqlx::query(
             "INSERT INTO control (name, value, updated_at) VALUES ('pause', $1, now()) \
              ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value, updated_at = now()",
         )
-        .bind(value)
+        .bind(pause.as_ref().map(Json))
         .execute(&self.pool)
         .await
         .map_err(self.db("setting the pause switch"))?;
@@ -848,6 +797,54 @@ impl super::Queue for PgQueue {
             .map_err(|e| QueueError::Database(format!("stored pause is malformed: {e}")))
     }
 
+    async fn expire_approvals(&self) -> Result<Vec<String>, QueueError> {
+        let mut tx = self.begin().await?;
+        expire_lapsed(self, &mut tx).await?;
+        let mut ids: Vec<String> = sqlx::query_scalar(
+            "UPDATE jobs SET approval_expiry_unreported = false \
+             WHERE id IN (SELECT id FROM jobs WHERE approval_expiry_unreported FOR UPDATE SKIP LOCKED) \
+             RETURNING id",
+        )
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(self.db("handing out expired approvals"))?;
+        tx.commit()
+            .await
+            .map_err(self.db("committing expired approvals"))?;
+        ids.sort();
+        Ok(ids)
+    }
+
+    async fn prune_deliveries(&self, older_than: Duration) -> Result<u64, QueueError> {
+        let mut pruned = 0;
+        loop {
+            // The database's clock, as for every other instant it stores. The job rows are share-locked, so a
+            // concurrent `retry` reopening one either waits for this batch or is seen (the row is re-checked).
+            let n = sqlx::query(concat!(
+                "DELETE FROM deliveries WHERE key IN ( \
+                     SELECT d.key FROM deliveries d JOIN jobs j ON j.id = d.job_id \
+                     WHERE d.created_at < now() - $1::float8 * interval '1 millisecond' \
+                       AND j.updated_at < now() - $1::float8 * interval '1 millisecond' \
+                       AND j.state NOT IN ",
+                open_states!(),
+                " LIMIT $2 FOR SHARE OF j)"
+            ))
+            .bind(super::retention_ms(older_than))
+            .bind(super::PRUNE_BATCH)
+            .execute(&self.pool)
+            .await
+            .map_err(self.db("pruning old deliveries"))?
+            .rows_affected();
+            pruned += n;
+            if n < super::PRUNE_BATCH as u64 {
+                return Ok(pruned);
+            }
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl super::UsageLedger for PgQueue {
     async fn record_usage(&self, usage: &Usage) -> Result<(), QueueError> {
         sqlx::query(
             "INSERT INTO usage_ledger (job_id, team, model, input_tokens, output_tokens, cost_micros, at) \
@@ -895,40 +892,6 @@ impl super::Queue for PgQueue {
         .await
         .map_err(self.db("summing a job's usage"))?;
         usage_total(row)
-    }
-
-    async fn ping(&self) -> Result<(), QueueError> {
-        sqlx::query("SELECT 1")
-            .execute(&self.pool)
-            .await
-            .map_err(self.db("ping"))?;
-        Ok(())
-    }
-
-    async fn prune_deliveries(&self, older_than: Duration) -> Result<u64, QueueError> {
-        let mut pruned = 0;
-        loop {
-            // The database's clock, as for every other instant it stores. The job rows are share-locked, so a
-            // concurrent `retry` reopening one either waits for this batch or is seen (the row is re-checked).
-            let n = sqlx::query(
-                "DELETE FROM deliveries WHERE key IN ( \
-                     SELECT d.key FROM deliveries d JOIN jobs j ON j.id = d.job_id \
-                     WHERE d.created_at < now() - $1::float8 * interval '1 millisecond' \
-                       AND j.updated_at < now() - $1::float8 * interval '1 millisecond' \
-                       AND j.state NOT IN ('queued', 'running', 'awaiting_approval') \
-                     LIMIT $2 FOR SHARE OF j)",
-            )
-            .bind(super::retention_ms(older_than))
-            .bind(super::PRUNE_BATCH)
-            .execute(&self.pool)
-            .await
-            .map_err(self.db("pruning old deliveries"))?
-            .rows_affected();
-            pruned += n;
-            if n < super::PRUNE_BATCH as u64 {
-                return Ok(pruned);
-            }
-        }
     }
 }
 

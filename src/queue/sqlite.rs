@@ -6,14 +6,15 @@
 //!   the oldest claimable?) therefore happen under the same lock as the write, so two connections (in one process
 //!   or in two) can never both create a job for one ticket or claim the same job. A deferred transaction would
 //!   instead fail with `SQLITE_BUSY` when it upgrades to a writer, which `busy_timeout` cannot wait out in WAL mode;
-//! - a partial unique index (`jobs(ticket) WHERE state IN ('queued','running')`) is the backstop for the
-//!   one-open-job-per-ticket rule;
+//! - a partial unique index (`jobs(ticket)` over the open states) is the backstop for the one-open-job-per-ticket
+//!   rule;
 //! - WAL mode lets readers (`drafter jobs`, `/readyz`) proceed while a writer holds the lock, `busy_timeout` makes
 //!   writers wait for each other instead of failing, and `synchronous=FULL` makes a commit survive a power cut (a
 //!   webhook is answered 2xx only after the enqueue committed).
 //!
 //! Instants are stored as integer Unix milliseconds (UTC) from the process clock, so they compare as numbers; one
-//! host means one clock. JSON columns are TEXT.
+//! host means one clock. JSON columns are TEXT. What is not SQL (decisions, the job row, the schema driver) is shared
+//! with the PostgreSQL backend; see [`crate::queue`].
 
 use std::path::Path;
 use std::time::Duration;
@@ -21,13 +22,15 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Connection, Row, Sqlite, SqliteConnection, SqlitePool, Transaction};
+use sqlx::types::Json;
+use sqlx::{Connection, Sqlite, SqliteConnection, SqlitePool, Transaction};
 
-use super::row::{count, JobRow};
+use super::row::{count, JobRow, Stamp};
+use super::state::{self, holder};
 use super::{
-    approval_expired, backoff, gave_up, new_job_id, to_i64, to_u64, worker_lost, ApprovalRequest,
-    Approved, ApprovingComment, Claim, Enqueued, Failure, Job, JobFilter, JobState, NewJob, Pause,
-    QueueError, Usage, UsageTotal,
+    to_i64, usage_total, ApprovalRequest, Approved, ApprovingComment, Claim, EnqueueError,
+    Enqueued, Failure, Job, JobFilter, JobId, JobState, NewJob, Pause, QueueError, Usage,
+    UsageTotal,
 };
 
 /// How long a writer waits for another writer (in this or another process) before giving up.
@@ -93,21 +96,12 @@ impl SqliteQueue {
             .map_err(db("starting a transaction"))
     }
 
-    /// Why a lease-holder-only update touched no row: the job is missing, or this worker does not hold it.
     /// `Ok` when the lease holder's update touched its job (`affected` rows), else why not.
     async fn held(&self, affected: u64, job_id: &str) -> Result<(), QueueError> {
         if affected == 1 {
             Ok(())
         } else {
-            Err(self.not_held(job_id).await)
-        }
-    }
-
-    async fn not_held(&self, job_id: &str) -> QueueError {
-        match self.exists(job_id).await {
-            Ok(false) => QueueError::NotFound(job_id.to_string()),
-            Ok(true) => QueueError::LeaseLost(job_id.to_string()),
-            Err(e) => e,
+            Err(state::not_held(job_id, self.exists(job_id).await?))
         }
     }
 
@@ -179,25 +173,18 @@ fn duration_ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
-fn ms_to_time(ms: i64, column: &str) -> Result<DateTime<Utc>, QueueError> {
-    DateTime::from_timestamp_millis(ms)
-        .ok_or_else(|| QueueError::Database(format!("stored {column} {ms} is not a valid instant")))
+/// `t` as this backend stores it (milliseconds), for comparing with a stored instant.
+fn stored(t: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(t.timestamp_millis()).unwrap_or(t)
 }
 
-fn parse_json<T: serde::de::DeserializeOwned>(text: &str, column: &str) -> Result<T, QueueError> {
-    serde_json::from_str(text)
-        .map_err(|e| QueueError::Database(format!("stored {column} is not valid JSON: {e}")))
-}
-
-/// Fails the jobs whose approval request lapsed by `now` (marking them for [`Queue::expire_approvals`] to hand
-/// out); returns their ids.
-///
-/// [`Queue::expire_approvals`]: super::Queue::expire_approvals
+/// Fails the jobs whose approval request lapsed by `now` (marking them for
+/// [`Admin::expire_approvals`](super::Admin::expire_approvals) to hand out); returns their ids.
 async fn expire_lapsed(
     tx: &mut Transaction<'static, Sqlite>,
     now: i64,
 ) -> Result<Vec<String>, QueueError> {
-    let lapsed: Vec<(String, Option<String>, i64)> = sqlx::query_as(
+    let lapsed: Vec<(String, Option<String>, Stamp)> = sqlx::query_as(
         "SELECT id, approval_reason, approval_expires_at FROM jobs \
          WHERE state = 'awaiting_approval' AND approval_expires_at <= ?",
     )
@@ -207,10 +194,7 @@ async fn expire_lapsed(
     .map_err(db("finding lapsed approval requests"))?;
     let mut ids = Vec::with_capacity(lapsed.len());
     for (id, reason, expires_at) in lapsed {
-        let error = approval_expired(
-            reason.as_deref().unwrap_or(""),
-            ms_to_time(expires_at, "approval_expires_at")?,
-        );
+        let error = state::approval_expired(reason.as_deref().unwrap_or(""), expires_at.0);
         sqlx::query(
             "UPDATE jobs SET state = 'failed', last_error = ?, approval_expiry_unreported = 1, updated_at = ? \
              WHERE id = ?",
@@ -232,379 +216,22 @@ async fn read_pause<'c, E>(executor: E) -> Result<Option<Pause>, QueueError>
 where
     E: sqlx::Executor<'c, Database = Sqlite>,
 {
-    let value: Option<Option<String>> =
+    let value: Option<Option<Json<Pause>>> =
         sqlx::query_scalar("SELECT value FROM control WHERE name = 'pause'")
             .fetch_optional(executor)
             .await
             .map_err(db("reading the pause switch"))?;
-    value
-        .flatten()
-        .map(|v| parse_json::<Pause>(&v, "pause"))
-        .transpose()
-}
-
-fn usage_total(row: (i64, i64, i64)) -> Result<UsageTotal, QueueError> {
-    Ok(UsageTotal {
-        tokens: to_u64(row.0, "token sum")?,
-        cost_micros: to_u64(row.1, "cost sum")?,
-        calls: to_u64(row.2, "call count")?,
-    })
+    Ok(value.flatten().map(|p| p.0))
 }
 
 #[async_trait::async_trait]
-impl super::Queue for SqliteQueue {
-    fn backend(&self) -> &'static str {
-        "sqlite"
-    }
-
+impl super::Intake for SqliteQueue {
     async fn enqueue(&self, job: NewJob) -> Result<Enqueued, QueueError> {
         let trigger = serde_json::to_string(&job.trigger)
             .map_err(|e| QueueError::Database(format!("encoding the trigger: {e}")))?;
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            // The write lock serializes enqueues; the unique indexes only fire on a bug or a foreign writer, and
-            // then the retry re-reads their committed rows.
-            match self.try_enqueue(&job, &trigger).await {
-                Err(EnqueueError::Race(e)) if attempt < super::ENQUEUE_RETRIES => {
-                    tracing::debug!(error = %e, attempt, "enqueue lost a race; retrying");
-                }
-                Err(EnqueueError::Race(e)) => {
-                    return Err(QueueError::Database(format!(
-                        "enqueue kept conflicting after {attempt} tries: {e}"
-                    )))
-                }
-                Err(EnqueueError::Queue(e)) => return Err(e),
-                Ok(done) => return Ok(done),
-            }
-        }
-    }
-
-    async fn claim(&self, claim: &Claim) -> Result<Option<Job>, QueueError> {
-        let now = now_ms();
-        let exclude = serde_json::to_string(&claim.exclude_projects)
-            .map_err(|e| QueueError::Database(format!("encoding exclude_projects: {e}")))?;
-        let mut tx = self.begin().await?;
-        // Jobs whose worker died on their last allowed attempt are failed, not run a further time.
-        let dead: Vec<(String, i32, i32)> = sqlx::query_as(
-            "SELECT id, attempts, max_attempts FROM jobs \
-             WHERE state = 'running' AND lease_expires < ? AND attempts >= max_attempts",
-        )
-        .bind(now)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(db("finding jobs whose worker was lost"))?;
-        for (id, attempts, max_attempts) in dead {
-            let (attempts, max_attempts) = (
-                count(attempts, "attempts")?,
-                count(max_attempts, "max_attempts")?,
-            );
-            sqlx::query(
-                "UPDATE jobs SET state = 'failed', last_error = ?, lease_owner = NULL, lease_expires = NULL, \
-                 updated_at = ? WHERE id = ?",
-            )
-            .bind(worker_lost(attempts, max_attempts))
-            .bind(now)
-            .bind(&id)
-            .execute(&mut *tx)
-            .await
-            .map_err(db("failing a job whose worker was lost"))?;
-            tracing::warn!(job = %id, attempts, "job failed: its worker was lost on the last attempt");
-        }
-        expire_lapsed(&mut tx, now).await?;
-        // The kill switch, read under the write lock the claim holds, so a pause that committed is always seen.
-        if read_pause(&mut *tx).await?.is_some() {
-            tx.commit().await.map_err(db("committing a claim"))?;
-            return Ok(None);
-        }
-        let row: Option<JobRow> = sqlx::query_as(concat!(
-            "UPDATE jobs SET state = 'running', lease_owner = ?1, lease_expires = ?2, attempts = attempts + 1, \
-             lease_gen = lease_gen + 1, updated_at = ?3 \
-             WHERE id = (SELECT id FROM jobs \
-                 WHERE state IN ('queued', 'running') AND ((state = 'queued' AND not_before <= ?3) \
-                        OR (state = 'running' AND lease_expires < ?3 AND attempts < max_attempts)) \
-                   AND project NOT IN (SELECT value FROM json_each(?4)) \
-                 ORDER BY created_at, seq LIMIT 1) \
-             RETURNING ",
-            job_columns!()
-        ))
-        .bind(&claim.worker)
-        .bind(now.saturating_add(duration_ms(claim.lease)))
-        .bind(now)
-        .bind(&exclude)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(db("claiming a job"))?;
-        let job = row.map(Job::try_from).transpose()?;
-        tx.commit().await.map_err(db("committing a claim"))?;
-        Ok(job)
-    }
-
-    async fn holds(&self, job_id: &str, worker: &str) -> Result<bool, QueueError> {
-        let held: Option<i64> = sqlx::query_scalar(
-            "SELECT 1 FROM jobs WHERE id = ? AND state = 'running' AND lease_expires > ? \
-             AND lease_owner = ? AND lease_gen = COALESCE(?, lease_gen)",
-        )
-        .bind(job_id)
-        .bind(now_ms())
-        .bind(super::holder(worker).owner)
-        .bind(super::holder(worker).gen)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(db("checking a lease"))?;
-        Ok(held.is_some())
-    }
-
-    async fn heartbeat(
-        &self,
-        job_id: &str,
-        worker: &str,
-        lease: Duration,
-    ) -> Result<bool, QueueError> {
-        let now = now_ms();
-        let done = sqlx::query(
-            "UPDATE jobs SET lease_expires = ?, updated_at = ? \
-             WHERE id = ? AND state = 'running' AND lease_owner = ? AND lease_gen = COALESCE(?, lease_gen)",
-        )
-        .bind(now.saturating_add(duration_ms(lease)))
-        .bind(now)
-        .bind(job_id)
-        .bind(super::holder(worker).owner)
-        .bind(super::holder(worker).gen)
-        .execute(&self.pool)
-        .await
-        .map_err(db("renewing a lease"))?;
-        Ok(done.rows_affected() == 1)
-    }
-
-    async fn complete(&self, job_id: &str, worker: &str, outcome: Value) -> Result<(), QueueError> {
-        let done = sqlx::query(
-            "UPDATE jobs SET state = 'succeeded', outcome = ?, lease_owner = NULL, lease_expires = NULL, \
-             updated_at = ? WHERE id = ? AND state = 'running' AND lease_owner = ? AND lease_gen = COALESCE(?, lease_gen)",
-        )
-        .bind(outcome.to_string())
-        .bind(now_ms())
-        .bind(job_id)
-        .bind(super::holder(worker).owner)
-        .bind(super::holder(worker).gen)
-        .execute(&self.pool)
-        .await
-        .map_err(db("completing a job"))?;
-        self.held(done.rows_affected(), job_id).await
-    }
-
-    async fn fail(
-        &self,
-        job_id: &str,
-        worker: &str,
-        failure: Failure,
-    ) -> Result<JobState, QueueError> {
-        let now = now_ms();
-        let mut tx = self.begin().await?;
-        let row: Option<(i32, i32)> = sqlx::query_as(
-            "SELECT attempts, max_attempts FROM jobs WHERE id = ? AND state = 'running' AND lease_owner = ? AND lease_gen = COALESCE(?, lease_gen)",
-        )
-        .bind(job_id)
-        .bind(super::holder(worker).owner)
-        .bind(super::holder(worker).gen)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(db("reading a job"))?;
-        let Some((attempts, max_attempts)) = row else {
-            drop(tx);
-            return Err(self.not_held(job_id).await);
-        };
-        let (attempts, max_attempts) = (
-            count(attempts, "attempts")?,
-            count(max_attempts, "max_attempts")?,
-        );
-        let (state, error, not_before) = match failure {
-            Failure::Retryable { error, retry_after } if attempts < max_attempts => {
-                let wait = backoff(attempts, retry_after);
-                (
-                    JobState::Queued,
-                    error,
-                    now.saturating_add(duration_ms(wait)),
-                )
-            }
-            Failure::Retryable { error, .. } => (JobState::Failed, gave_up(&error, attempts), now),
-            Failure::Permanent { error } => (JobState::Failed, error, now),
-        };
-        sqlx::query(
-            "UPDATE jobs SET state = ?, last_error = ?, not_before = ?, lease_owner = NULL, lease_expires = NULL, \
-             updated_at = ? WHERE id = ?",
-        )
-        .bind(state.as_str())
-        .bind(&error)
-        .bind(not_before)
-        .bind(now)
-        .bind(job_id)
-        .execute(&mut *tx)
-        .await
-        .map_err(db("recording a failure"))?;
-        tx.commit().await.map_err(db("committing a failure"))?;
-        Ok(state)
-    }
-
-    async fn release(&self, job_id: &str, worker: &str) -> Result<(), QueueError> {
-        let now = now_ms();
-        let done = sqlx::query(
-            "UPDATE jobs SET state = 'queued', not_before = ?, lease_owner = NULL, lease_expires = NULL, \
-             attempts = MAX(attempts - 1, 0), updated_at = ? \
-             WHERE id = ? AND state = 'running' AND lease_owner = ? AND lease_gen = COALESCE(?, lease_gen)",
-        )
-        .bind(now)
-        .bind(now)
-        .bind(job_id)
-        .bind(super::holder(worker).owner)
-        .bind(super::holder(worker).gen)
-        .execute(&self.pool)
-        .await
-        .map_err(db("releasing a job"))?;
-        self.held(done.rows_affected(), job_id).await
-    }
-
-    async fn cancel(&self, job_id: &str) -> Result<bool, QueueError> {
-        let done = sqlx::query(
-            "UPDATE jobs SET state = 'cancelled', lease_owner = NULL, lease_expires = NULL, updated_at = ? \
-             WHERE id = ? AND state IN ('queued', 'running', 'awaiting_approval')",
-        )
-        .bind(now_ms())
-        .bind(job_id)
-        .execute(&self.pool)
-        .await
-        .map_err(db("cancelling a job"))?;
-        if done.rows_affected() == 1 {
-            Ok(true)
-        } else if self.exists(job_id).await? {
-            Ok(false)
-        } else {
-            Err(QueueError::NotFound(job_id.to_string()))
-        }
-    }
-
-    async fn retry(&self, job_id: &str) -> Result<bool, QueueError> {
-        let now = now_ms();
-        let done = sqlx::query(
-            "UPDATE jobs SET state = 'queued', attempts = 0, not_before = ?, lease_owner = NULL, \
-             lease_expires = NULL, approval_expiry_unreported = 0, updated_at = ? \
-             WHERE id = ? AND state IN ('failed', 'cancelled') AND NOT EXISTS ( \
-                 SELECT 1 FROM jobs AS open WHERE open.ticket = jobs.ticket \
-                   AND open.state IN ('queued', 'running', 'awaiting_approval'))",
-        )
-        .bind(now)
-        .bind(now)
-        .bind(job_id)
-        .execute(&self.pool)
-        .await;
-        match done {
-            Ok(done) if done.rows_affected() == 1 => Ok(true),
-            // The one-open-job-per-ticket index: another job for the ticket opened meanwhile.
-            Err(e) if is_unique_violation(&e) => Ok(false),
-            Err(e) => Err(db("retrying a job")(e)),
-            Ok(_) if self.exists(job_id).await? => Ok(false),
-            Ok(_) => Err(QueueError::NotFound(job_id.to_string())),
-        }
-    }
-
-    async fn get(&self, job_id: &str) -> Result<Option<Job>, QueueError> {
-        let row: Option<JobRow> = sqlx::query_as(concat!(
-            "SELECT ",
-            job_columns!(),
-            " FROM jobs WHERE id = ?"
-        ))
-        .bind(job_id)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(db("reading a job"))?;
-        row.map(Job::try_from).transpose()
-    }
-
-    async fn list(&self, filter: &JobFilter) -> Result<Vec<Job>, QueueError> {
-        let limit = if filter.limit == 0 { 100 } else { filter.limit };
-        let rows: Vec<JobRow> = sqlx::query_as(concat!(
-            "SELECT ",
-            job_columns!(),
-            " FROM jobs WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR ticket = ?2) \
-             ORDER BY created_at DESC, seq DESC LIMIT ?3"
-        ))
-        .bind(filter.state.map(JobState::as_str))
-        .bind(filter.ticket.as_deref())
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db("listing jobs"))?;
-        rows.into_iter().map(Job::try_from).collect()
-    }
-
-    async fn set_progress(
-        &self,
-        job_id: &str,
-        worker: &str,
-        key: &str,
-        value: Value,
-    ) -> Result<(), QueueError> {
-        let mut tx = self.begin().await?;
-        let progress: Option<String> = sqlx::query_scalar(
-            "SELECT progress FROM jobs WHERE id = ? AND state = 'running' AND lease_owner = ? AND lease_gen = COALESCE(?, lease_gen)",
-        )
-        .bind(job_id)
-        .bind(super::holder(worker).owner)
-        .bind(super::holder(worker).gen)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(db("reading progress"))?;
-        let Some(progress) = progress else {
-            drop(tx);
-            return Err(self.not_held(job_id).await);
-        };
-        // Read-modify-write under the write lock: any key is fine, with no JSON-path quoting to get wrong.
-        let mut progress = match parse_json::<Value>(&progress, "progress")? {
-            Value::Object(map) => map,
-            _ => serde_json::Map::new(),
-        };
-        progress.insert(key.to_string(), value);
-        sqlx::query("UPDATE jobs SET progress = ?, updated_at = ? WHERE id = ?")
-            .bind(Value::Object(progress).to_string())
-            .bind(now_ms())
-            .bind(job_id)
-            .execute(&mut *tx)
-            .await
-            .map_err(db("recording progress"))?;
-        tx.commit().await.map_err(db("committing progress"))
-    }
-
-    async fn await_approval(
-        &self,
-        job_id: &str,
-        worker: &str,
-        request: ApprovalRequest,
-    ) -> Result<(), QueueError> {
-        let now = now_ms();
-        let approvers = serde_json::to_string(&request.approvers)
-            .map_err(|e| QueueError::Database(format!("encoding approvers: {e}")))?;
-        let done = sqlx::query(
-            "UPDATE jobs SET state = 'awaiting_approval', lease_owner = NULL, lease_expires = NULL, \
-             attempts = MAX(attempts - 1, 0), approval_reason = ?, approval_approvers = ?, \
-             approval_requested_at = ?, approval_expires_at = ?, approved_by = NULL, approved_at = NULL, \
-             approval_ticket_sha256 = ?, approval_repo = ?, approval_base = ?, approval_comment_id = NULL, \
-             updated_at = ? WHERE id = ? AND state = 'running' AND lease_owner = ? AND lease_gen = COALESCE(?, lease_gen)",
-        )
-        .bind(&request.reason)
-        .bind(approvers)
-        .bind(request.requested_at.timestamp_millis())
-        .bind(request.expires_at.timestamp_millis())
-        .bind(&request.subject.ticket_sha256)
-        .bind(&request.subject.repo)
-        .bind(&request.subject.base)
-        .bind(now)
-        .bind(job_id)
-        .bind(super::holder(worker).owner)
-        .bind(super::holder(worker).gen)
-        .execute(&self.pool)
-        .await
-        .map_err(db("parking a job for approval"))?;
-        self.held(done.rows_affected(), job_id).await
+        // The write lock serializes enqueues; the unique indexes only fire on a bug or a foreign writer, and then the
+        // retry re-reads their committed rows.
+        super::retry_races("", || self.try_enqueue(&job, &trigger)).await
     }
 
     async fn approve(
@@ -616,27 +243,23 @@ impl super::Queue for SqliteQueue {
         let now = now_ms();
         // Under the write lock: the checks and the comment's use are one decision.
         let mut tx = self.begin().await?;
-        let row: Option<(String, Option<i64>, Option<i64>)> = sqlx::query_as(
+        let row: Option<(String, Option<Stamp>, Option<i64>)> = sqlx::query_as(
             "SELECT state, approval_requested_at, approval_expires_at FROM jobs WHERE id = ?",
         )
         .bind(job_id)
         .fetch_optional(&mut *tx)
         .await
         .map_err(db("reading a job to approve"))?;
-        let Some((state, requested_at, expires_at)) = row else {
+        let Some((job_state, requested_at, expires_at)) = row else {
             tx.rollback().await.map_err(db("ending a transaction"))?;
             return Err(QueueError::NotFound(job_id.to_string()));
         };
-        let refused = if state != JobState::AwaitingApproval.as_str()
-            || expires_at.is_none_or(|e| e <= now)
-        {
-            Some(Approved::NotAwaiting)
-        } else {
-            comment
-                .filter(|c| requested_at.is_none_or(|r| c.created.timestamp_millis() <= r))
-                .map(|_| Approved::CommentBeforeRequest)
-        };
-        if let Some(refused) = refused {
+        if let Err(refused) = state::may_approve(
+            JobState::parse(&job_state),
+            expires_at.is_some_and(|e| e > now),
+            requested_at.map(|r| r.0),
+            comment.map(|c| stored(c.created)),
+        ) {
             // Ended now, not when the pool next uses the connection: the write lock must not linger.
             tx.rollback().await.map_err(db("ending a transaction"))?;
             return Ok(refused);
@@ -671,6 +294,390 @@ impl super::Queue for SqliteQueue {
         tx.commit().await.map_err(db("committing an approval"))?;
         Ok(Approved::Yes)
     }
+}
+
+#[async_trait::async_trait]
+impl super::Leases for SqliteQueue {
+    async fn claim(&self, claim: &Claim) -> Result<Option<Job>, QueueError> {
+        let now = now_ms();
+        let mut tx = self.begin().await?;
+        // Jobs whose worker died on their last allowed attempt are failed, not run a further time.
+        let dead: Vec<(String, i32, i32)> = sqlx::query_as(
+            "SELECT id, attempts, max_attempts FROM jobs \
+             WHERE state = 'running' AND lease_expires < ? AND attempts >= max_attempts",
+        )
+        .bind(now)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db("finding jobs whose worker was lost"))?;
+        for (id, attempts, max_attempts) in dead {
+            let attempts = count(attempts, "attempts")?;
+            sqlx::query(
+                "UPDATE jobs SET state = 'failed', last_error = ?, lease_owner = NULL, lease_expires = NULL, \
+                 updated_at = ? WHERE id = ?",
+            )
+            .bind(state::worker_lost(
+                attempts,
+                count(max_attempts, "max_attempts")?,
+            ))
+            .bind(now)
+            .bind(&id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("failing a job whose worker was lost"))?;
+            tracing::warn!(job = %id, attempts, "job failed: its worker was lost on the last attempt");
+        }
+        expire_lapsed(&mut tx, now).await?;
+        // The kill switch, read under the write lock the claim holds, so a pause that committed is always seen.
+        if read_pause(&mut *tx).await?.is_some() {
+            tx.commit().await.map_err(db("committing a claim"))?;
+            return Ok(None);
+        }
+        let row: Option<JobRow> = sqlx::query_as(concat!(
+            "UPDATE jobs SET state = 'running', lease_owner = ?1, lease_expires = ?2, attempts = attempts + 1, \
+             lease_gen = lease_gen + 1, updated_at = ?3 \
+             WHERE id = (SELECT id FROM jobs \
+                 WHERE state IN ('queued', 'running') AND ((state = 'queued' AND not_before <= ?3) \
+                        OR (state = 'running' AND lease_expires < ?3 AND attempts < max_attempts)) \
+                   AND project NOT IN (SELECT value FROM json_each(?4)) \
+                 ORDER BY created_at, seq LIMIT 1) \
+             RETURNING ",
+            job_columns!()
+        ))
+        .bind(&claim.worker)
+        .bind(now.saturating_add(duration_ms(claim.lease)))
+        .bind(now)
+        .bind(Json(&claim.exclude_projects))
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db("claiming a job"))?;
+        let job = row.map(Job::try_from).transpose()?;
+        tx.commit().await.map_err(db("committing a claim"))?;
+        Ok(job)
+    }
+
+    async fn holds(&self, job_id: &str, worker: &str) -> Result<bool, QueueError> {
+        let h = holder(worker);
+        let held: Option<i64> = sqlx::query_scalar(
+            "SELECT 1 FROM jobs WHERE id = ? AND state = 'running' AND lease_expires > ? \
+             AND lease_owner = ? AND lease_gen = COALESCE(?, lease_gen)",
+        )
+        .bind(job_id)
+        .bind(now_ms())
+        .bind(h.owner)
+        .bind(h.gen)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("checking a lease"))?;
+        Ok(held.is_some())
+    }
+
+    async fn heartbeat(
+        &self,
+        job_id: &str,
+        worker: &str,
+        lease: Duration,
+    ) -> Result<bool, QueueError> {
+        let (now, h) = (now_ms(), holder(worker));
+        let done = sqlx::query(
+            "UPDATE jobs SET lease_expires = ?, updated_at = ? \
+             WHERE id = ? AND state = 'running' AND lease_owner = ? AND lease_gen = COALESCE(?, lease_gen)",
+        )
+        .bind(now.saturating_add(duration_ms(lease)))
+        .bind(now)
+        .bind(job_id)
+        .bind(h.owner)
+        .bind(h.gen)
+        .execute(&self.pool)
+        .await
+        .map_err(db("renewing a lease"))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn complete(&self, job_id: &str, worker: &str, outcome: Value) -> Result<(), QueueError> {
+        let h = holder(worker);
+        let done = sqlx::query(
+            "UPDATE jobs SET state = 'succeeded', outcome = ?, lease_owner = NULL, lease_expires = NULL, \
+             updated_at = ? WHERE id = ? AND state = 'running' AND lease_owner = ? AND lease_gen = COALESCE(?, lease_gen)",
+        )
+        .bind(Json(&outcome))
+        .bind(now_ms())
+        .bind(job_id)
+        .bind(h.owner)
+        .bind(h.gen)
+        .execute(&self.pool)
+        .await
+        .map_err(db("completing a job"))?;
+        self.held(done.rows_affected(), job_id).await
+    }
+
+    async fn fail(
+        &self,
+        job_id: &str,
+        worker: &str,
+        failure: Failure,
+    ) -> Result<JobState, QueueError> {
+        let (now, h) = (now_ms(), holder(worker));
+        let mut tx = self.begin().await?;
+        let row: Option<(i32, i32)> = sqlx::query_as(
+            "SELECT attempts, max_attempts FROM jobs WHERE id = ? AND state = 'running' AND lease_owner = ? AND lease_gen = COALESCE(?, lease_gen)",
+        )
+        .bind(job_id)
+        .bind(h.owner)
+        .bind(h.gen)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db("reading a job"))?;
+        let Some((attempts, max_attempts)) = row else {
+            drop(tx);
+            return Err(state::not_held(job_id, self.exists(job_id).await?));
+        };
+        let next = state::after_failure(
+            count(attempts, "attempts")?,
+            count(max_attempts, "max_attempts")?,
+            failure,
+        );
+        sqlx::query(
+            "UPDATE jobs SET state = ?, last_error = ?, not_before = ?, lease_owner = NULL, lease_expires = NULL, \
+             updated_at = ? WHERE id = ?",
+        )
+        .bind(next.state.as_str())
+        .bind(&next.error)
+        .bind(now.saturating_add(duration_ms(next.wait)))
+        .bind(now)
+        .bind(job_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(db("recording a failure"))?;
+        tx.commit().await.map_err(db("committing a failure"))?;
+        Ok(next.state)
+    }
+
+    async fn release(&self, job_id: &str, worker: &str) -> Result<(), QueueError> {
+        let (now, h) = (now_ms(), holder(worker));
+        let done = sqlx::query(
+            "UPDATE jobs SET state = 'queued', not_before = ?, lease_owner = NULL, lease_expires = NULL, \
+             attempts = MAX(attempts - 1, 0), updated_at = ? \
+             WHERE id = ? AND state = 'running' AND lease_owner = ? AND lease_gen = COALESCE(?, lease_gen)",
+        )
+        .bind(now)
+        .bind(now)
+        .bind(job_id)
+        .bind(h.owner)
+        .bind(h.gen)
+        .execute(&self.pool)
+        .await
+        .map_err(db("releasing a job"))?;
+        self.held(done.rows_affected(), job_id).await
+    }
+
+    async fn await_approval(
+        &self,
+        job_id: &str,
+        worker: &str,
+        request: ApprovalRequest,
+    ) -> Result<(), QueueError> {
+        let h = holder(worker);
+        let done = sqlx::query(
+            "UPDATE jobs SET state = 'awaiting_approval', lease_owner = NULL, lease_expires = NULL, \
+             attempts = MAX(attempts - 1, 0), approval_reason = ?, approval_approvers = ?, \
+             approval_requested_at = ?, approval_expires_at = ?, approved_by = NULL, approved_at = NULL, \
+             approval_ticket_sha256 = ?, approval_repo = ?, approval_base = ?, approval_comment_id = NULL, \
+             updated_at = ? WHERE id = ? AND state = 'running' AND lease_owner = ? AND lease_gen = COALESCE(?, lease_gen)",
+        )
+        .bind(&request.reason)
+        .bind(Json(&request.approvers))
+        .bind(request.requested_at.timestamp_millis())
+        .bind(request.expires_at.timestamp_millis())
+        .bind(&request.subject.ticket_sha256)
+        .bind(&request.subject.repo)
+        .bind(&request.subject.base)
+        .bind(now_ms())
+        .bind(job_id)
+        .bind(h.owner)
+        .bind(h.gen)
+        .execute(&self.pool)
+        .await
+        .map_err(db("parking a job for approval"))?;
+        self.held(done.rows_affected(), job_id).await
+    }
+
+    async fn set_policy_hash(
+        &self,
+        job_id: &str,
+        worker: &str,
+        hash: &str,
+    ) -> Result<(), QueueError> {
+        let h = holder(worker);
+        let done = sqlx::query(
+            "UPDATE jobs SET policy_hash = ?, updated_at = ? WHERE id = ? AND state = 'running' AND lease_owner = ? AND lease_gen = COALESCE(?, lease_gen)",
+        )
+        .bind(hash)
+        .bind(now_ms())
+        .bind(job_id)
+        .bind(h.owner)
+        .bind(h.gen)
+        .execute(&self.pool)
+        .await
+        .map_err(db("recording the policy hash"))?;
+        self.held(done.rows_affected(), job_id).await
+    }
+
+    async fn set_progress(
+        &self,
+        job_id: &str,
+        worker: &str,
+        key: &str,
+        value: Value,
+    ) -> Result<(), QueueError> {
+        let h = holder(worker);
+        let mut tx = self.begin().await?;
+        let progress: Option<Json<Value>> = sqlx::query_scalar(
+            "SELECT progress FROM jobs WHERE id = ? AND state = 'running' AND lease_owner = ? AND lease_gen = COALESCE(?, lease_gen)",
+        )
+        .bind(job_id)
+        .bind(h.owner)
+        .bind(h.gen)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db("reading progress"))?;
+        let Some(Json(progress)) = progress else {
+            drop(tx);
+            return Err(state::not_held(job_id, self.exists(job_id).await?));
+        };
+        // Read-modify-write under the write lock: any key is fine, with no JSON-path quoting to get wrong.
+        let mut progress = match progress {
+            Value::Object(map) => map,
+            _ => serde_json::Map::new(),
+        };
+        progress.insert(key.to_string(), value);
+        sqlx::query("UPDATE jobs SET progress = ?, updated_at = ? WHERE id = ?")
+            .bind(Json(Value::Object(progress)))
+            .bind(now_ms())
+            .bind(job_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("recording progress"))?;
+        tx.commit().await.map_err(db("committing progress"))
+    }
+}
+
+#[async_trait::async_trait]
+impl super::Admin for SqliteQueue {
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn ping(&self) -> Result<(), QueueError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(db("ping"))?;
+        Ok(())
+    }
+
+    async fn get(&self, job_id: &str) -> Result<Option<Job>, QueueError> {
+        let row: Option<JobRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            job_columns!(),
+            " FROM jobs WHERE id = ?"
+        ))
+        .bind(job_id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("reading a job"))?;
+        row.map(Job::try_from).transpose()
+    }
+
+    async fn list(&self, filter: &JobFilter) -> Result<Vec<Job>, QueueError> {
+        let limit = if filter.limit == 0 { 100 } else { filter.limit };
+        let rows: Vec<JobRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            job_columns!(),
+            " FROM jobs WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR ticket = ?2) \
+             ORDER BY created_at DESC, seq DESC LIMIT ?3"
+        ))
+        .bind(filter.state.map(JobState::as_str))
+        .bind(filter.ticket.as_deref())
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("listing jobs"))?;
+        rows.into_iter().map(Job::try_from).collect()
+    }
+
+    async fn cancel(&self, job_id: &str) -> Result<bool, QueueError> {
+        let done = sqlx::query(concat!(
+            "UPDATE jobs SET state = 'cancelled', lease_owner = NULL, lease_expires = NULL, updated_at = ? \
+             WHERE id = ? AND state IN ",
+            open_states!()
+        ))
+        .bind(now_ms())
+        .bind(job_id)
+        .execute(&self.pool)
+        .await
+        .map_err(db("cancelling a job"))?;
+        if done.rows_affected() == 1 {
+            Ok(true)
+        } else {
+            state::unchanged(job_id, self.exists(job_id).await?)
+        }
+    }
+
+    async fn cancel_running(&self) -> Result<Vec<String>, QueueError> {
+        let mut ids: Vec<String> = sqlx::query_scalar(
+            "UPDATE jobs SET state = 'cancelled', lease_owner = NULL, lease_expires = NULL, updated_at = ? \
+             WHERE state = 'running' RETURNING id",
+        )
+        .bind(now_ms())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("cancelling running jobs"))?;
+        ids.sort();
+        Ok(ids)
+    }
+
+    async fn retry(&self, job_id: &str) -> Result<bool, QueueError> {
+        let now = now_ms();
+        let done = sqlx::query(concat!(
+            "UPDATE jobs SET state = 'queued', attempts = 0, not_before = ?, lease_owner = NULL, \
+             lease_expires = NULL, approval_expiry_unreported = 0, updated_at = ? \
+             WHERE id = ? AND state IN ",
+            reopenable_states!(),
+            " AND NOT EXISTS (SELECT 1 FROM jobs AS open WHERE open.ticket = jobs.ticket AND open.state IN ",
+            open_states!(),
+            ")"
+        ))
+        .bind(now)
+        .bind(now)
+        .bind(job_id)
+        .execute(&self.pool)
+        .await;
+        match done {
+            Ok(done) if done.rows_affected() == 1 => Ok(true),
+            // The one-open-job-per-ticket index: another job for the ticket opened meanwhile.
+            Err(e) if is_unique_violation(&e) => Ok(false),
+            Err(e) => Err(db("retrying a job")(e)),
+            Ok(_) => state::unchanged(job_id, self.exists(job_id).await?),
+        }
+    }
+
+    async fn set_paused(&self, pause: Option<Pause>) -> Result<(), QueueError> {
+        sqlx::query(
+            "INSERT INTO control (name, value, updated_at) VALUES ('pause', ?1, ?2) \
+             ON CONFLICT (name) DO UPDATE SET value = ?1, updated_at = ?2",
+        )
+        .bind(pause.as_ref().map(Json))
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await
+        .map_err(db("setting the pause switch"))?;
+        Ok(())
+    }
+
+    async fn paused(&self) -> Result<Option<Pause>, QueueError> {
+        read_pause(&self.pool).await
+    }
 
     async fn expire_approvals(&self) -> Result<Vec<String>, QueueError> {
         let mut tx = self.begin().await?;
@@ -688,60 +695,37 @@ impl super::Queue for SqliteQueue {
         Ok(ids)
     }
 
-    async fn set_policy_hash(
-        &self,
-        job_id: &str,
-        worker: &str,
-        hash: &str,
-    ) -> Result<(), QueueError> {
-        let done = sqlx::query(
-            "UPDATE jobs SET policy_hash = ?, updated_at = ? WHERE id = ? AND state = 'running' AND lease_owner = ? AND lease_gen = COALESCE(?, lease_gen)",
-        )
-        .bind(hash)
-        .bind(now_ms())
-        .bind(job_id)
-        .bind(super::holder(worker).owner)
-        .bind(super::holder(worker).gen)
-        .execute(&self.pool)
-        .await
-        .map_err(db("recording the policy hash"))?;
-        self.held(done.rows_affected(), job_id).await
+    async fn prune_deliveries(&self, older_than: Duration) -> Result<u64, QueueError> {
+        let cutoff = now_ms().saturating_sub(super::retention_ms(older_than));
+        let mut pruned = 0;
+        loop {
+            let mut tx = self.begin().await?;
+            let n = sqlx::query(concat!(
+                "DELETE FROM deliveries WHERE rowid IN ( \
+                     SELECT d.rowid FROM deliveries d JOIN jobs j ON j.id = d.job_id \
+                     WHERE d.created_at < ?1 AND j.updated_at < ?1 AND j.state NOT IN ",
+                open_states!(),
+                " LIMIT ?2)"
+            ))
+            .bind(cutoff)
+            .bind(super::PRUNE_BATCH)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("pruning old deliveries"))?
+            .rows_affected();
+            tx.commit()
+                .await
+                .map_err(db("committing the delivery prune"))?;
+            pruned += n;
+            if n < super::PRUNE_BATCH as u64 {
+                return Ok(pruned);
+            }
+        }
     }
+}
 
-    async fn cancel_running(&self) -> Result<Vec<String>, QueueError> {
-        let mut ids: Vec<String> = sqlx::query_scalar(
-            "UPDATE jobs SET state = 'cancelled', lease_owner = NULL, lease_expires = NULL, updated_at = ? \
-             WHERE state = 'running' RETURNING id",
-        )
-        .bind(now_ms())
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db("cancelling running jobs"))?;
-        ids.sort();
-        Ok(ids)
-    }
-
-    async fn set_paused(&self, pause: Option<Pause>) -> Result<(), QueueError> {
-        let value = pause
-            .map(|p| serde_json::to_string(&p))
-            .transpose()
-            .map_err(|e| QueueError::Database(format!("encoding the pause: {e}")))?;
-        sqlx::query(
-            "INSERT INTO control (name, value, updated_at) VALUES ('pause', ?1, ?2) \
-             ON CONFLICT (name) DO UPDATE SET value = ?1, updated_at = ?2",
-        )
-        .bind(value)
-        .bind(now_ms())
-        .execute(&self.pool)
-        .await
-        .map_err(db("setting the pause switch"))?;
-        Ok(())
-    }
-
-    async fn paused(&self) -> Result<Option<Pause>, QueueError> {
-        read_pause(&self.pool).await
-    }
-
+#[async_trait::async_trait]
+impl super::UsageLedger for SqliteQueue {
     async fn record_usage(&self, usage: &Usage) -> Result<(), QueueError> {
         sqlx::query(
             "INSERT INTO usage_ledger (job_id, team, model, input_tokens, output_tokens, cost_micros, at) \
@@ -788,48 +772,6 @@ impl super::Queue for SqliteQueue {
         .map_err(db("summing a job's usage"))?;
         usage_total(row)
     }
-
-    async fn ping(&self) -> Result<(), QueueError> {
-        sqlx::query("SELECT 1")
-            .execute(&self.pool)
-            .await
-            .map_err(db("ping"))?;
-        Ok(())
-    }
-
-    async fn prune_deliveries(&self, older_than: Duration) -> Result<u64, QueueError> {
-        let cutoff = now_ms().saturating_sub(super::retention_ms(older_than));
-        let mut pruned = 0;
-        loop {
-            let mut tx = self.begin().await?;
-            let n = sqlx::query(
-                "DELETE FROM deliveries WHERE rowid IN ( \
-                     SELECT d.rowid FROM deliveries d JOIN jobs j ON j.id = d.job_id \
-                     WHERE d.created_at < ?1 AND j.updated_at < ?1 \
-                       AND j.state NOT IN ('queued', 'running', 'awaiting_approval') \
-                     LIMIT ?2)",
-            )
-            .bind(cutoff)
-            .bind(super::PRUNE_BATCH)
-            .execute(&mut *tx)
-            .await
-            .map_err(db("pruning old deliveries"))?
-            .rows_affected();
-            tx.commit()
-                .await
-                .map_err(db("committing the delivery prune"))?;
-            pruned += n;
-            if n < super::PRUNE_BATCH as u64 {
-                return Ok(pruned);
-            }
-        }
-    }
-}
-
-/// An enqueue attempt's failure: a lost race worth retrying, or a real error.
-enum EnqueueError {
-    Race(sqlx::Error),
-    Queue(QueueError),
 }
 
 impl SqliteQueue {
@@ -837,7 +779,7 @@ impl SqliteQueue {
         let step = |context: &'static str| {
             move |e: sqlx::Error| {
                 if is_unique_violation(&e) {
-                    EnqueueError::Race(e)
+                    EnqueueError::Race(e.to_string())
                 } else {
                     EnqueueError::Queue(db(context)(e))
                 }
@@ -854,9 +796,10 @@ impl SqliteQueue {
         if let Some(id) = seen {
             return Ok(Enqueued::Duplicate(id));
         }
-        let open: Option<String> = sqlx::query_scalar(
-            "SELECT id FROM jobs WHERE ticket = ? AND state IN ('queued', 'running', 'awaiting_approval')",
-        )
+        let open: Option<String> = sqlx::query_scalar(concat!(
+            "SELECT id FROM jobs WHERE ticket = ? AND state IN ",
+            open_states!()
+        ))
         .bind(&job.ticket)
         .fetch_optional(&mut *tx)
         .await
@@ -870,7 +813,7 @@ impl SqliteQueue {
                 .bind(trigger)
                 .bind(now)
                 .bind(&id)
-                .bind(super::MAX_TRIGGERS as i64)
+                .bind(state::MAX_TRIGGERS as i64)
                 .execute(&mut *tx)
                 .await
                 .map_err(step("recording the trigger"))?
@@ -882,7 +825,7 @@ impl SqliteQueue {
                 }
             }
             None => {
-                let id = new_job_id();
+                let id = String::from(JobId::mint());
                 sqlx::query(
                     "INSERT INTO jobs (id, ticket, project, state, attempts, max_attempts, not_before, triggers, \
                      progress, created_at, updated_at) \
@@ -918,12 +861,28 @@ impl SqliteQueue {
 mod tests {
     use super::*;
 
-    #[test]
-    fn instants_round_trip_through_milliseconds() {
-        let t = ms_to_time(1_700_000_000_123, "t").unwrap();
-        assert_eq!(t.timestamp_millis(), 1_700_000_000_123);
-        assert!(ms_to_time(i64::MAX, "t").is_err());
+    #[tokio::test]
+    async fn instants_round_trip_through_milliseconds() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = SqliteQueue::open(&dir.path().join("queue.sqlite"))
+            .await
+            .unwrap();
+        let t: Stamp = sqlx::query_scalar("SELECT 1700000000123")
+            .fetch_one(&q.pool)
+            .await
+            .unwrap();
+        assert_eq!(t.0.timestamp_millis(), 1_700_000_000_123);
+        let err = sqlx::query_scalar::<_, Stamp>("SELECT 9223372036854775807")
+            .fetch_one(&q.pool)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("not a valid instant"), "{err}");
         assert_eq!(duration_ms(Duration::from_secs(u64::MAX)), i64::MAX);
+        let sub_ms = DateTime::from_timestamp(1_700_000_000, 123_456_789).unwrap();
+        assert_eq!(
+            stored(sub_ms),
+            DateTime::from_timestamp_millis(1_700_000_000_123).unwrap()
+        );
     }
 
     #[tokio::test]

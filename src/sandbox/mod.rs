@@ -52,6 +52,7 @@ use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
 
 use crate::config::{SandboxConfig, Transport};
+use crate::queue::JobId;
 
 mod archive;
 pub mod daemon;
@@ -224,7 +225,7 @@ pub enum SandboxError {
         source: bollard::errors::Error,
     },
     /// A job id that cannot be part of a container name.
-    #[error("invalid job id `{0}`: use 1-100 characters of [A-Za-z0-9_.-], starting with a letter or digit")]
+    #[error("invalid job id `{0}`: use 1-64 characters of [A-Za-z0-9_.-], starting with a letter or digit")]
     BadJobId(String),
     /// A workspace path that is absolute, contains `..` or NUL, or is empty.
     #[error("invalid workspace path `{path}`: {reason}")]
@@ -546,7 +547,8 @@ impl Sandbox {
         ticket: &str,
         egress: Option<&egress::EgressRules>,
     ) -> Result<Container, SandboxError> {
-        if !valid_job_id(job_id) {
+        // The queue's one rule for ids: it keeps `drafter-<id>` a valid container name.
+        if !JobId::is_valid(job_id) {
             return Err(SandboxError::BadJobId(job_id.to_string()));
         }
         // The proxy runs the executor binary too, so an allowlist job needs its volume under either transport.
@@ -1074,13 +1076,6 @@ async fn read_container_file(
     Ok(Some(out))
 }
 
-fn valid_job_id(id: &str) -> bool {
-    let mut chars = id.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric())
-        && id.len() <= 100
-        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
-}
-
 async fn force_remove(docker: &Docker, id: &str) -> Result<(), SandboxError> {
     let opts = RemoveContainerOptionsBuilder::new()
         .force(true)
@@ -1465,6 +1460,7 @@ mod tests {
 
     #[test]
     fn job_ids() {
+        let valid_job_id = JobId::is_valid;
         assert!(valid_job_id("job-1_a.b"));
         assert!(!valid_job_id(""));
         assert!(!valid_job_id("-x"));
