@@ -284,3 +284,56 @@ pub(crate) fn usage_total(row: (i64, i64, i64)) -> Result<UsageTotal, QueueError
         calls: to_u64(row.2, "call count")?,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn lost_races_are_tried_again_and_then_reported() {
+        let mut tries = 0;
+        let done = retry_races("", || {
+            tries += 1;
+            let outcome = if tries < 3 {
+                Err(EnqueueError::Race("duplicate key".into()))
+            } else {
+                Ok(Enqueued::Duplicate("j1".into()))
+            };
+            async move { outcome }
+        })
+        .await;
+        assert_eq!(done.unwrap(), Enqueued::Duplicate("j1".into()));
+        assert_eq!(tries, 3);
+
+        let mut tries = 0;
+        let err = retry_races("postgres at u@h:5432/d: ", || {
+            tries += 1;
+            async { Err(EnqueueError::Race("deadlock detected".into())) }
+        })
+        .await
+        .unwrap_err()
+        .to_string();
+        assert_eq!(tries, ENQUEUE_RETRIES);
+        assert_eq!(
+            err,
+            "queue database: postgres at u@h:5432/d: enqueue kept conflicting after 10 tries: deadlock detected"
+        );
+
+        // A real error is not a race: reported at once.
+        let mut tries = 0;
+        let err = retry_races("", || {
+            tries += 1;
+            async {
+                Err(EnqueueError::Queue(QueueError::Database(
+                    "disk full".into(),
+                )))
+            }
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(
+            (tries, err.to_string()),
+            (1, "queue database: disk full".to_string())
+        );
+    }
+}
