@@ -41,7 +41,7 @@ use sha2::Sha256;
 
 use crate::config::{JiraConfig, Secret};
 use crate::intake::{self, Decision};
-use crate::queue::{Enqueued, Queue};
+use crate::queue::{Admin, Enqueued, Queue};
 
 /// Largest webhook body accepted (1 MiB); Jira's issue payloads are a few KiB to a few hundred KiB.
 pub const MAX_WEBHOOK_BODY: usize = 1 << 20;
@@ -75,7 +75,7 @@ pub struct AppState {
 }
 
 /// A readiness check that pings the queue only. `drafter serve` should combine it with a Docker ping.
-pub fn queue_readiness(queue: Arc<dyn Queue>) -> Readiness {
+pub fn queue_readiness(queue: Arc<dyn Admin>) -> Readiness {
     Arc::new(move || {
         let queue = queue.clone();
         Box::pin(async move {

@@ -21,8 +21,8 @@ use drafter::config::{JiraAuth, JiraConfig, JiraFlavor, PollConfig, Secret};
 use drafter::intake;
 use drafter::jira::JiraClient;
 use drafter::queue::{
-    ApprovalRequest, Approved, ApprovingComment, Claim, Enqueued, Failure, Job, JobFilter,
-    JobState, NewJob, Pause, Queue, QueueError, Usage, UsageTotal,
+    Admin, ApprovalRequest, Approved, ApprovingComment, Claim, Enqueued, Failure, Intake, Job,
+    JobFilter, JobState, Leases, NewJob, Pause, Queue, QueueError, Usage, UsageLedger, UsageTotal,
 };
 use drafter::server::{self, AppState, Readiness};
 use hmac::{Hmac, KeyInit, Mac};
@@ -74,11 +74,7 @@ fn unsupported() -> QueueError {
 }
 
 #[async_trait::async_trait]
-impl Queue for MemQueue {
-    fn backend(&self) -> &'static str {
-        "memory"
-    }
-
+impl Intake for MemQueue {
     async fn enqueue(&self, job: NewJob) -> Result<Enqueued, QueueError> {
         self.check()?;
         let mut st = self.state.lock().unwrap();
@@ -122,6 +118,18 @@ impl Queue for MemQueue {
         Ok(Enqueued::Created(id))
     }
 
+    async fn approve(
+        &self,
+        _: &str,
+        _: &str,
+        _: Option<&ApprovingComment>,
+    ) -> Result<Approved, QueueError> {
+        Err(unsupported())
+    }
+}
+
+#[async_trait::async_trait]
+impl Leases for MemQueue {
     async fn claim(&self, _claim: &Claim) -> Result<Option<Job>, QueueError> {
         Err(unsupported())
     }
@@ -144,6 +152,25 @@ impl Queue for MemQueue {
 
     async fn release(&self, _: &str, _: &str) -> Result<(), QueueError> {
         Err(unsupported())
+    }
+
+    async fn set_progress(&self, _: &str, _: &str, _: &str, _: Value) -> Result<(), QueueError> {
+        Err(unsupported())
+    }
+
+    async fn await_approval(&self, _: &str, _: &str, _: ApprovalRequest) -> Result<(), QueueError> {
+        Err(unsupported())
+    }
+
+    async fn set_policy_hash(&self, _: &str, _: &str, _: &str) -> Result<(), QueueError> {
+        Err(unsupported())
+    }
+}
+
+#[async_trait::async_trait]
+impl Admin for MemQueue {
+    fn backend(&self) -> &'static str {
+        "memory"
     }
 
     async fn cancel(&self, _: &str) -> Result<bool, QueueError> {
@@ -171,28 +198,7 @@ impl Queue for MemQueue {
         Ok(jobs)
     }
 
-    async fn set_progress(&self, _: &str, _: &str, _: &str, _: Value) -> Result<(), QueueError> {
-        Err(unsupported())
-    }
-
-    async fn await_approval(&self, _: &str, _: &str, _: ApprovalRequest) -> Result<(), QueueError> {
-        Err(unsupported())
-    }
-
-    async fn approve(
-        &self,
-        _: &str,
-        _: &str,
-        _: Option<&ApprovingComment>,
-    ) -> Result<Approved, QueueError> {
-        Err(unsupported())
-    }
-
     async fn expire_approvals(&self) -> Result<Vec<String>, QueueError> {
-        Err(unsupported())
-    }
-
-    async fn set_policy_hash(&self, _: &str, _: &str, _: &str) -> Result<(), QueueError> {
         Err(unsupported())
     }
 
@@ -209,6 +215,17 @@ impl Queue for MemQueue {
         self.check().map(|()| None)
     }
 
+    async fn ping(&self) -> Result<(), QueueError> {
+        self.check()
+    }
+
+    async fn prune_deliveries(&self, _older_than: Duration) -> Result<u64, QueueError> {
+        Err(unsupported())
+    }
+}
+
+#[async_trait::async_trait]
+impl UsageLedger for MemQueue {
     async fn record_usage(&self, _: &Usage) -> Result<(), QueueError> {
         Err(unsupported())
     }
@@ -222,14 +239,6 @@ impl Queue for MemQueue {
     }
 
     async fn job_usage(&self, _: &str) -> Result<UsageTotal, QueueError> {
-        Err(unsupported())
-    }
-
-    async fn ping(&self) -> Result<(), QueueError> {
-        self.check()
-    }
-
-    async fn prune_deliveries(&self, _older_than: Duration) -> Result<u64, QueueError> {
         Err(unsupported())
     }
 }

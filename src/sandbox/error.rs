@@ -27,7 +27,7 @@ pub enum SandboxError {
         source: bollard::errors::Error,
     },
     /// A job id that cannot be part of a container name.
-    #[error("invalid job id `{0}`: use 1-100 characters of [A-Za-z0-9_.-], starting with a letter or digit")]
+    #[error("invalid job id `{0}`: use 1-64 characters of [A-Za-z0-9_.-], starting with a letter or digit")]
     BadJobId(String),
     /// A workspace path that is absolute, contains `..` or NUL, or is empty.
     #[error("invalid workspace path `{path}`: {reason}")]

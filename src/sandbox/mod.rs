@@ -52,6 +52,7 @@ use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
 
 use crate::config::{SandboxConfig, Transport};
+use crate::queue::JobId;
 use crate::sandboxd::egress;
 
 mod archive;
@@ -313,7 +314,8 @@ impl Sandbox {
         ticket: &str,
         egress: Option<&egress::EgressRules>,
     ) -> Result<Container, SandboxError> {
-        if !valid_job_id(job_id) {
+        // The queue's one rule for ids: it keeps `drafter-<id>` a valid container name.
+        if !JobId::is_valid(job_id) {
             return Err(SandboxError::BadJobId(job_id.to_string()));
         }
         // The proxy runs the executor binary too, so an allowlist job needs its volume under either transport.
@@ -543,13 +545,6 @@ impl Sandbox {
     }
 }
 
-fn valid_job_id(id: &str) -> bool {
-    let mut chars = id.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric())
-        && id.len() <= 100
-        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
-}
-
 async fn force_remove(docker: &Docker, id: &str) -> Result<(), SandboxError> {
     let opts = RemoveContainerOptionsBuilder::new()
         .force(true)
@@ -607,6 +602,7 @@ mod tests {
 
     #[test]
     fn job_ids() {
+        let valid_job_id = JobId::is_valid;
         assert!(valid_job_id("job-1_a.b"));
         assert!(!valid_job_id(""));
         assert!(!valid_job_id("-x"));

@@ -28,7 +28,7 @@ pub trait Ledger: Send + Sync {
 }
 
 /// The queue database as the ledger: every worker sharing the queue shares the counts.
-pub struct QueueLedger(pub Arc<dyn crate::queue::Queue>);
+pub struct QueueLedger(pub Arc<dyn crate::queue::UsageLedger>);
 
 #[async_trait::async_trait]
 impl Ledger for QueueLedger {

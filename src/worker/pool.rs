@@ -12,7 +12,7 @@
 //! (who and why), not at every poll, and once more when the queue is resumed. Jobs already running go on unless
 //! they were cancelled (`drafter pause --cancel-running`), which their heartbeats notice.
 //!
-//! Approvals: every [`APPROVAL_SWEEP`] the pool fails lapsed approval requests ([`Queue::expire_approvals`]) and
+//! Approvals: every [`APPROVAL_SWEEP`] the pool fails lapsed approval requests ([`Admin::expire_approvals`](crate::queue::Admin::expire_approvals)) and
 //! logs the jobs failed that way (claims sweep them too; either way each id is handed out once).
 //!
 //! Shutdown (mini-redis style): the `shutdown` future resolving stops claiming; running jobs get
@@ -31,7 +31,7 @@ use tracing::Instrument;
 use crate::config::Config;
 use crate::jira::{self, JiraClient, Notice};
 use crate::policy::{self, Policy};
-use crate::queue::{ApprovalRequest, Claim, Failure, Job, JobState, Pause, Queue};
+use crate::queue::{Admin, ApprovalRequest, Claim, Failure, Job, JobState, Leases, Pause, Queue};
 use crate::sandbox::Sandbox;
 
 use super::meter::QueueLedger;
@@ -310,7 +310,7 @@ fn origin_of(job: &Job) -> Origin {
 
 /// After a claim found nothing: logs a pause the first time it is seen (and a resume once it is lifted), so an idle
 /// pool polling a paused queue does not repeat itself.
-async fn note_pause(queue: &dyn Queue, seen: &mut Option<Pause>) {
+async fn note_pause(queue: &dyn Admin, seen: &mut Option<Pause>) {
     match queue.paused().await {
         Ok(Some(p)) => {
             if seen.as_ref() != Some(&p) {
@@ -328,7 +328,7 @@ async fn note_pause(queue: &dyn Queue, seen: &mut Option<Pause>) {
 }
 
 /// Fails lapsed approval requests and logs the jobs failed that way.
-async fn expire_approvals(queue: &dyn Queue, config: &Config) {
+async fn expire_approvals(queue: &dyn Admin, config: &Config) {
     let ids = match queue.expire_approvals().await {
         Ok(ids) => ids,
         Err(e) => {
@@ -610,9 +610,9 @@ impl JobTask {
     }
 }
 
-/// The fence of a job claimed from the queue: its lease token must still hold the lease (see [`Queue::holds`]).
+/// The fence of a job claimed from the queue: its lease token must still hold the lease (see [`Leases::holds`]).
 struct QueueFence {
-    queue: Arc<dyn Queue>,
+    queue: Arc<dyn Leases>,
     job_id: String,
     token: String,
 }
@@ -630,7 +630,7 @@ impl super::Fence for QueueFence {
 /// Renews the lease until it is lost; returns only then. A failed renewal (database briefly away) is retried until
 /// the lease would have run out.
 async fn heartbeat(
-    queue: Arc<dyn Queue>,
+    queue: Arc<dyn Leases>,
     job_id: &str,
     worker: &str,
     every: Duration,
@@ -653,7 +653,7 @@ async fn heartbeat(
 }
 
 /// Forgets the delivery keys of jobs finished more than `serve.delivery_retention_days` ago.
-async fn prune_deliveries(queue: &dyn Queue, config: &Config) {
+async fn prune_deliveries(queue: &dyn Admin, config: &Config) {
     let days = config.serve.delivery_retention_days;
     let older_than = Duration::from_secs(days.saturating_mul(86_400));
     match queue.prune_deliveries(older_than).await {

@@ -1,0 +1,2 @@
+-- Version 3: the lease's fencing token, bumped by every claim.
+ALTER TABLE jobs ADD COLUMN lease_gen INTEGER NOT NULL DEFAULT 0;

@@ -1,0 +1,234 @@
+//! The PostgreSQL backend's [`Admin`](crate::queue::Admin) and [`UsageLedger`](crate::queue::UsageLedger): operators,
+//! housekeeping sweeps and the usage ledger.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::types::Json;
+
+use super::{expire_lapsed, is_unique_violation, PgQueue};
+use crate::queue::row::JobRow;
+use crate::queue::state;
+use crate::queue::{
+    to_i64, usage_total, Job, JobFilter, JobState, Pause, QueueError, Usage, UsageTotal,
+};
+
+#[async_trait::async_trait]
+impl crate::queue::Admin for PgQueue {
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+
+    async fn ping(&self) -> Result<(), QueueError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(self.db("ping"))?;
+        Ok(())
+    }
+
+    async fn get(&self, job_id: &str) -> Result<Option<Job>, QueueError> {
+        let row: Option<JobRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            job_columns!(),
+            " FROM jobs WHERE id = $1"
+        ))
+        .bind(job_id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(self.db("reading a job"))?;
+        row.map(Job::try_from).transpose()
+    }
+
+    async fn list(&self, filter: &JobFilter) -> Result<Vec<Job>, QueueError> {
+        let limit = if filter.limit == 0 { 100 } else { filter.limit };
+        let rows: Vec<JobRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            job_columns!(),
+            " FROM jobs WHERE ($1::text IS NULL OR state = $1) AND ($2::text IS NULL OR ticket = $2) \
+             ORDER BY created_at DESC, seq DESC LIMIT $3"
+        ))
+        .bind(filter.state.map(JobState::as_str))
+        .bind(filter.ticket.as_deref())
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(self.db("listing jobs"))?;
+        rows.into_iter().map(Job::try_from).collect()
+    }
+
+    async fn cancel(&self, job_id: &str) -> Result<bool, QueueError> {
+        let done = sqlx::query(concat!(
+            "UPDATE jobs SET state = 'cancelled', lease_owner = NULL, lease_expires = NULL, updated_at = now() \
+             WHERE id = $1 AND state IN ",
+            open_states!()
+        ))
+        .bind(job_id)
+        .execute(&self.pool)
+        .await
+        .map_err(self.db("cancelling a job"))?;
+        if done.rows_affected() == 1 {
+            Ok(true)
+        } else {
+            state::unchanged(job_id, self.exists(job_id).await?)
+        }
+    }
+
+    async fn cancel_running(&self) -> Result<Vec<String>, QueueError> {
+        let mut ids: Vec<String> = sqlx::query_scalar(
+            "UPDATE jobs SET state = 'cancelled', lease_owner = NULL, lease_expires = NULL, updated_at = now() \
+             WHERE state = 'running' RETURNING id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(self.db("cancelling running jobs"))?;
+        ids.sort();
+        Ok(ids)
+    }
+
+    async fn retry(&self, job_id: &str) -> Result<bool, QueueError> {
+        let done = sqlx::query(concat!(
+            "UPDATE jobs SET state = 'queued', attempts = 0, not_before = now(), lease_owner = NULL, \
+             lease_expires = NULL, approval_expiry_unreported = false, updated_at = now() \
+             WHERE id = $1 AND state IN ",
+            reopenable_states!(),
+            " AND NOT EXISTS (SELECT 1 FROM jobs AS open WHERE open.ticket = jobs.ticket AND open.state IN ",
+            open_states!(),
+            ")"
+        ))
+        .bind(job_id)
+        .execute(&self.pool)
+        .await;
+        match done {
+            Ok(done) if done.rows_affected() == 1 => Ok(true),
+            // The one-open-job-per-ticket index: another job for the ticket opened concurrently.
+            Err(e) if is_unique_violation(&e) => Ok(false),
+            Err(e) => Err(self.db("retrying a job")(e)),
+            Ok(_) => state::unchanged(job_id, self.exists(job_id).await?),
+        }
+    }
+
+    async fn set_paused(&self, pause: Option<Pause>) -> Result<(), QueueError> {
+        sqlx::query(
+            "INSERT INTO control (name, value, updated_at) VALUES ('pause', $1, now()) \
+             ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value, updated_at = now()",
+        )
+        .bind(pause.as_ref().map(Json))
+        .execute(&self.pool)
+        .await
+        .map_err(self.db("setting the pause switch"))?;
+        Ok(())
+    }
+
+    async fn paused(&self) -> Result<Option<Pause>, QueueError> {
+        let value: Option<Option<Value>> =
+            sqlx::query_scalar("SELECT value FROM control WHERE name = 'pause'")
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(self.db("reading the pause switch"))?;
+        value
+            .flatten()
+            .filter(|v| !v.is_null())
+            .map(serde_json::from_value::<Pause>)
+            .transpose()
+            .map_err(|e| QueueError::Database(format!("stored pause is malformed: {e}")))
+    }
+
+    async fn expire_approvals(&self) -> Result<Vec<String>, QueueError> {
+        let mut tx = self.begin().await?;
+        expire_lapsed(self, &mut tx).await?;
+        let mut ids: Vec<String> = sqlx::query_scalar(
+            "UPDATE jobs SET approval_expiry_unreported = false \
+             WHERE id IN (SELECT id FROM jobs WHERE approval_expiry_unreported FOR UPDATE SKIP LOCKED) \
+             RETURNING id",
+        )
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(self.db("handing out expired approvals"))?;
+        tx.commit()
+            .await
+            .map_err(self.db("committing expired approvals"))?;
+        ids.sort();
+        Ok(ids)
+    }
+
+    async fn prune_deliveries(&self, older_than: Duration) -> Result<u64, QueueError> {
+        let mut pruned = 0;
+        loop {
+            // The database's clock, as for every other instant it stores. The job rows are share-locked, so a
+            // concurrent `retry` reopening one either waits for this batch or is seen (the row is re-checked).
+            let n = sqlx::query(concat!(
+                "DELETE FROM deliveries WHERE key IN ( \
+                     SELECT d.key FROM deliveries d JOIN jobs j ON j.id = d.job_id \
+                     WHERE d.created_at < now() - $1::float8 * interval '1 millisecond' \
+                       AND j.updated_at < now() - $1::float8 * interval '1 millisecond' \
+                       AND j.state NOT IN ",
+                open_states!(),
+                " LIMIT $2 FOR SHARE OF j)"
+            ))
+            .bind(crate::queue::retention_ms(older_than))
+            .bind(crate::queue::PRUNE_BATCH)
+            .execute(&self.pool)
+            .await
+            .map_err(self.db("pruning old deliveries"))?
+            .rows_affected();
+            pruned += n;
+            if n < crate::queue::PRUNE_BATCH as u64 {
+                return Ok(pruned);
+            }
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::queue::UsageLedger for PgQueue {
+    async fn record_usage(&self, usage: &Usage) -> Result<(), QueueError> {
+        sqlx::query(
+            "INSERT INTO usage_ledger (job_id, team, model, input_tokens, output_tokens, cost_micros, at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&usage.job_id)
+        .bind(&usage.team)
+        .bind(&usage.model)
+        .bind(to_i64(usage.input_tokens, "input_tokens")?)
+        .bind(to_i64(usage.output_tokens, "output_tokens")?)
+        .bind(to_i64(usage.cost_micros, "cost_micros")?)
+        .bind(usage.at)
+        .execute(&self.pool)
+        .await
+        .map_err(self.db("recording usage"))?;
+        Ok(())
+    }
+
+    async fn usage_since(
+        &self,
+        team: &str,
+        since: DateTime<Utc>,
+    ) -> Result<UsageTotal, QueueError> {
+        let row: (i64, i64, i64) = sqlx::query_as(
+            "SELECT COALESCE(SUM(input_tokens + output_tokens), 0)::bigint, \
+             COALESCE(SUM(cost_micros), 0)::bigint, COUNT(*) \
+             FROM usage_ledger WHERE team = $1 AND at >= $2",
+        )
+        .bind(team)
+        .bind(since)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(self.db("summing a team's usage"))?;
+        usage_total(row)
+    }
+
+    async fn job_usage(&self, job_id: &str) -> Result<UsageTotal, QueueError> {
+        let row: (i64, i64, i64) = sqlx::query_as(
+            "SELECT COALESCE(SUM(input_tokens + output_tokens), 0)::bigint, \
+             COALESCE(SUM(cost_micros), 0)::bigint, COUNT(*) \
+             FROM usage_ledger WHERE job_id = $1",
+        )
+        .bind(job_id)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(self.db("summing a job's usage"))?;
+        usage_total(row)
+    }
+}
