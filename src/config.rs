@@ -1641,7 +1641,7 @@ impl Ctx<'_> {
             );
         }
         for k in &raw.policy.trusted_keys {
-            if let Err(e) = crate::proof::parse_public_key(k) {
+            if let Err(e) = crate::keys::parse_public_key(k) {
                 self.invalid("policy.trusted_keys", &format!("`{k}`: {e}"));
             }
         }

@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, RepoConfig};
 use crate::jira::Ticket;
+pub use crate::proof::format::{Decision, Price, CACHE_READ_MULTIPLIER, CACHE_WRITE_MULTIPLIER};
 
 pub use file::parse;
 use identity::IdentityError;
@@ -136,67 +137,6 @@ impl Principals {
         } else {
             parts.join("; ")
         }
-    }
-}
-
-/// A model's price, in US dollars per million tokens.
-///
-/// Prompt-cache prices are optional. Unset, they follow Anthropic's documented multipliers of the input price
-/// (<https://docs.anthropic.com/en/docs/about-claude/pricing>: a 5-minute cache write costs 1.25x, a cache read
-/// 0.1x); OpenAI discounts cached input differently per model, so set `cache_read_usd_per_mtok` for it.
-#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct Price {
-    /// Input (prompt) tokens.
-    pub input_usd_per_mtok: f64,
-    /// Output (completion) tokens.
-    pub output_usd_per_mtok: f64,
-    /// Prompt tokens read from the cache (default: 0.1x input).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cache_read_usd_per_mtok: Option<f64>,
-    /// Prompt tokens written to the cache (default: 1.25x input).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cache_write_usd_per_mtok: Option<f64>,
-}
-
-/// Anthropic's cache-read price as a multiple of the input price.
-pub const CACHE_READ_MULTIPLIER: f64 = 0.1;
-/// Anthropic's 5-minute cache-write price as a multiple of the input price.
-pub const CACHE_WRITE_MULTIPLIER: f64 = 1.25;
-
-impl Price {
-    /// Input and output at these prices, no cache prices (the defaults apply).
-    pub const fn new(input_usd_per_mtok: f64, output_usd_per_mtok: f64) -> Price {
-        Price {
-            input_usd_per_mtok,
-            output_usd_per_mtok,
-            cache_read_usd_per_mtok: None,
-            cache_write_usd_per_mtok: None,
-        }
-    }
-
-    /// Cost of one call in millionths of a dollar, rounded up (a budget should not be beaten by rounding).
-    pub fn cost_micros(&self, input_tokens: u64, output_tokens: u64) -> u64 {
-        self.cost_micros_of(&crate::proof::bundle::Usage {
-            input_tokens,
-            output_tokens,
-            ..Default::default()
-        })
-    }
-
-    /// Cost of one call's usage, cache reads and writes included, in millionths of a dollar, rounded up.
-    pub fn cost_micros_of(&self, u: &crate::proof::bundle::Usage) -> u64 {
-        let read = self
-            .cache_read_usd_per_mtok
-            .unwrap_or(self.input_usd_per_mtok * CACHE_READ_MULTIPLIER);
-        let write = self
-            .cache_write_usd_per_mtok
-            .unwrap_or(self.input_usd_per_mtok * CACHE_WRITE_MULTIPLIER);
-        let c = u.input_tokens as f64 * self.input_usd_per_mtok
-            + u.output_tokens as f64 * self.output_usd_per_mtok
-            + u.cache_read_tokens as f64 * read
-            + u.cache_write_tokens as f64 * write;
-        c.max(0.0).ceil() as u64
     }
 }
 
@@ -366,18 +306,6 @@ pub struct Policy {
     pub prices: BTreeMap<String, Price>,
     /// Named egress allowlists.
     pub egress: BTreeMap<String, Egress>,
-}
-
-/// One allow or deny, as logged and recorded on the job.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Decision {
-    /// The rule, e.g. `trigger`, `repo`, `labels.approval`, `write.forbidden_paths`, `budget.daily_tokens`.
-    pub rule: String,
-    /// Allowed or not.
-    pub allowed: bool,
-    /// Why, in one sentence without secrets or internal paths.
-    pub detail: String,
 }
 
 /// Logs a decision as a structured event (target `drafter::policy`) and returns it.

@@ -45,9 +45,9 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::format::{Decision, Price};
 use super::retention::{self, Retention, BODIES_DIR};
 use super::{sha256_hex, ProofError, RunnerKey};
-use crate::policy::{Decision, Price};
 
 /// The bundle file's name inside a job directory.
 pub const BUNDLE_FILE: &str = "bundle.jsonl";
@@ -300,7 +300,7 @@ pub struct Change {
     pub base_commit: String,
     /// The pushed commit (hex sha1).
     pub commit: String,
-    /// SHA-256 of the diff base..commit (see [`crate::repo::diff_digest`]).
+    /// SHA-256 of the diff base..commit (see [`super::format::diff_digest`]).
     pub diff_sha256: String,
     /// Files changed.
     pub files: u64,

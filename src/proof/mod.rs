@@ -27,9 +27,39 @@ use std::path::{Path, PathBuf};
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use sha2::{Digest, Sha256};
 
+pub use crate::keys::{key_id, parse_public_key};
+
 pub mod bundle;
+pub mod format;
 pub mod retention;
 pub mod verify;
+
+/// Every public key a data directory knows: `runner.pub` and the retired keys in `keys/`. Unreadable or malformed
+/// files are skipped.
+pub fn known_keys(data_dir: &Path) -> Vec<VerifyingKey> {
+    let mut files = vec![data_dir.join(PUB_FILE)];
+    if let Ok(list) = std::fs::read_dir(data_dir.join(KEYS_DIR)) {
+        let mut retired: Vec<PathBuf> = list
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "pub"))
+            .collect();
+        retired.sort();
+        files.extend(retired);
+    }
+    let mut keys: Vec<VerifyingKey> = Vec::new();
+    for f in files {
+        if let Some(k) = std::fs::read_to_string(&f)
+            .ok()
+            .and_then(|t| parse_public_key(&t).ok())
+        {
+            if !keys.contains(&k) {
+                keys.push(k);
+            }
+        }
+    }
+    keys
+}
 
 #[cfg(test)]
 mod tests_bundle;
@@ -339,45 +369,6 @@ pub(crate) fn unique_suffix() -> String {
     format!("{}-{n}-{}", std::process::id(), hex::encode(rnd))
 }
 
-/// A short, stable name for a public key: the first 16 hex characters of its SHA-256.
-pub fn key_id(key: &VerifyingKey) -> String {
-    sha256_hex(key.as_bytes())[..16].to_string()
-}
-
-/// Every public key a data directory knows: `runner.pub` and the retired keys in `keys/`. Unreadable or malformed
-/// files are skipped.
-pub fn known_keys(data_dir: &Path) -> Vec<VerifyingKey> {
-    let mut files = vec![data_dir.join(PUB_FILE)];
-    if let Ok(list) = std::fs::read_dir(data_dir.join(KEYS_DIR)) {
-        let mut retired: Vec<PathBuf> = list
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|x| x == "pub"))
-            .collect();
-        retired.sort();
-        files.extend(retired);
-    }
-    let mut keys: Vec<VerifyingKey> = Vec::new();
-    for f in files {
-        if let Some(k) = std::fs::read_to_string(&f)
-            .ok()
-            .and_then(|t| parse_public_key(&t).ok())
-        {
-            if !keys.contains(&k) {
-                keys.push(k);
-            }
-        }
-    }
-    keys
-}
-
-/// Parses a 64-character hex public key (as in `runner.pub`).
-pub fn parse_public_key(hex_str: &str) -> Result<VerifyingKey, String> {
-    let mut bytes = [0u8; 32];
-    hex::decode_to_slice(hex_str.trim(), &mut bytes)
-        .map_err(|_| "a public key is 64 hex characters".to_string())?;
-    VerifyingKey::from_bytes(&bytes).map_err(|_| "not a valid Ed25519 public key".to_string())
-}
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -709,7 +709,7 @@ pub fn check_repo(run: &Run, repo_path: &Path) -> Result<String, String> {
             ));
         }
     }
-    let digest = crate::repo::diff_digest(&repo, base, commit).map_err(|e| e.to_string())?;
+    let digest = super::format::diff_digest(&repo, base, commit).map_err(|e| e.to_string())?;
     if digest != change.diff_sha256 {
         return Err(format!(
             "the diff {base}..{commit} in {} hashes to sha256:{digest}, but the bundle records sha256:{}",

@@ -56,7 +56,6 @@
 mod row;
 #[macro_use]
 mod state;
-mod id;
 pub mod postgres;
 mod schema;
 pub mod sqlite;
@@ -68,7 +67,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-pub use id::{new_job_id, valid_job_id, JobId};
+pub use crate::ids::{new_job_id, valid_job_id, JobId};
 pub use state::{backoff, MAX_TRIGGERS};
 pub use types::{
     Approval, ApprovalRequest, ApprovalSubject, Approved, ApprovingComment, Claim, Enqueued,

@@ -260,32 +260,9 @@ pub fn changed_files_at(
     Ok(paths)
 }
 
-/// SHA-256 (hex) of the patch from `base` to `commit`: what a run statement records as the change's `diff`
-/// digest and `drafter verify --repo` recomputes. The patch is libgit2's unified format with full 40-character
-/// object ids, binary contents included, no rename detection and three lines of context, so the same two commits
-/// give the same bytes on any host.
+/// [`crate::proof::format::diff_digest`] (what a run statement records as the change's `diff` digest), with
+/// repo's errors.
 pub fn diff_digest(repo: &Repository, base: Oid, commit: Oid) -> Result<String, RepoError> {
-    use sha2::Digest as _;
-    let tree = |oid: Oid, what: &str| {
-        repo.find_commit(oid)
-            .and_then(|c| c.tree())
-            .map_err(|e| local(&format!("reading the {what} commit {oid}"), e))
-    };
-    let (old, new) = (tree(base, "base")?, tree(commit, "pushed")?);
-    let mut opts = git2::DiffOptions::new();
-    opts.show_binary(true).id_abbrev(40).context_lines(3);
-    let diff = repo
-        .diff_tree_to_tree(Some(&old), Some(&new), Some(&mut opts))
-        .map_err(|e| local("diffing the change", e))?;
-    let mut hasher = sha2::Sha256::new();
-    diff.print(git2::DiffFormat::Patch, |_, _, line| {
-        // Content lines come without their origin marker; header lines carry their own text.
-        if matches!(line.origin(), '+' | '-' | ' ') {
-            hasher.update([line.origin() as u8]);
-        }
-        hasher.update(line.content());
-        true
-    })
-    .map_err(|e| local("printing the diff", e))?;
-    Ok(hex::encode(hasher.finalize()))
+    crate::proof::format::diff_digest(repo, base, commit)
+        .map_err(|e| local("diffing the change", e))
 }

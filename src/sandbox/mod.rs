@@ -52,7 +52,7 @@ use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
 
 use crate::config::{SandboxConfig, Transport};
-use crate::queue::JobId;
+use crate::ids::JobId;
 use crate::sandboxd::egress;
 
 mod archive;
