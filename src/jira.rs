@@ -40,6 +40,7 @@ use serde_json::{json, Value};
 use crate::config::{JiraAuth, JiraConfig};
 
 mod dialect;
+pub mod mentions;
 pub mod wiki;
 
 pub use dialect::{Dialect, TextFormat};
@@ -553,7 +554,7 @@ impl JiraClient {
     fn comment_is_ticket_text(&self, c: &Value) -> bool {
         let by_bot = c
             .get("author")
-            .is_some_and(|a| crate::intake::is_bot_user(a, &self.cfg));
+            .is_some_and(|a| mentions::is_bot_user(a, &self.cfg));
         // drafter's notices are recognised by their words too: the account that posts them may not be the
         // configured one, and treating a look-alike as a notice only hides it (from the model and the approval).
         let notice = c
@@ -564,7 +565,7 @@ impl JiraClient {
             || c.get("jsdPublic").and_then(Value::as_bool) == Some(false);
         let approval = c
             .get("body")
-            .is_some_and(|b| crate::intake::approval_in_body(b, &self.cfg));
+            .is_some_and(|b| mentions::approval_in_body(b, &self.cfg));
         !(by_bot || restricted || approval)
     }
 

@@ -5,9 +5,12 @@
 //! pull request through a service account that cannot merge.
 //!
 //! # Layout
-//! Data flows one way: intake -> worker -> (repo, sandbox, agent, forge, jira) -> proof.
+//! Data flows one way: intake -> queue -> worker -> (repo, sandbox, agent, forge, jira, policy) -> proof; the
+//! allowed imports between modules are a table in ARCHITECTURE.md that a unit test (`tidy`) enforces.
 //! - [`config`]: the TOML file, environment overrides, secrets by reference.
 //! - [`jira`]: Jira Cloud REST v3: tickets in (ADF to Markdown), comments out (ADF).
+//! - [`ids`]: the job id, one validity rule for the queue, the sandbox's container names and the CLI.
+//! - [`keys`]: Ed25519 public keys in drafter's hex form, and key ids.
 //! - [`repo`]: git through libgit2: clone, branch, commit, push, with the token only in the credential callback.
 //! - [`sandbox`]: one hardened Docker container per job, workspace in and out as tar streams; tool calls through
 //!   `drafter-sandboxd` inside it (or `docker exec`); a warm pool.
@@ -27,8 +30,10 @@ pub mod agent;
 pub mod bench;
 pub mod config;
 pub mod forge;
+pub mod ids;
 pub mod intake;
 pub mod jira;
+pub mod keys;
 pub mod model;
 pub mod policy;
 pub mod proof;
@@ -38,3 +43,6 @@ pub mod sandbox;
 pub mod sandboxd;
 pub mod server;
 pub mod worker;
+
+#[cfg(test)]
+mod tidy;

@@ -40,7 +40,7 @@ use serde_json::{json, Value};
 use sha2::Sha256;
 
 use crate::config::{JiraConfig, Secret};
-use crate::intake::{self, Decision};
+use crate::intake::{self, Verdict};
 use crate::queue::{Admin, Enqueued, Queue};
 
 /// Largest webhook body accepted (1 MiB); Jira's issue payloads are a few KiB to a few hundred KiB.
@@ -253,14 +253,14 @@ async fn jira_webhook(
         st.max_attempts,
         chrono::Utc::now(),
     ) {
-        Decision::Ignore(reason) => {
+        Verdict::Ignore(reason) => {
             tracing::info!(target: "audit", remote, delivery = delivery_log, event, reason, "webhook ignored");
             return reply(
                 StatusCode::ACCEPTED,
                 json!({"status": "ignored", "reason": reason}),
             );
         }
-        Decision::Trigger(job) => job,
+        Verdict::Trigger(job) => job,
     };
     let ticket = job.ticket.clone();
     let key = job.trigger.delivery.clone();

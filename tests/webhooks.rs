@@ -583,7 +583,7 @@ async fn an_approve_comment_makes_no_job() {
         3,
         chrono::Utc::now(),
     ) {
-        intake::Decision::Ignore(reason) => {
+        intake::Verdict::Ignore(reason) => {
             assert_eq!(
                 reason,
                 "comment is the approval command (drafter approve), not a trigger"

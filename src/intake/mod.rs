@@ -58,12 +58,12 @@ use sha2::{Digest, Sha256};
 use crate::config::{JiraConfig, JiraFlavor, PollConfig};
 use crate::jira::{adf_to_markdown, project_of, valid_issue_key, JiraClient, JiraError};
 mod approval;
-mod mentions;
 mod poll;
 mod webhook;
 
+pub use crate::jira::mentions::{approval_in_body, approval_in_comment, APPROVE_COMMAND};
+use crate::jira::mentions::{is_bot_user, mentions_bot};
 pub use approval::*;
-pub use mentions::*;
 pub use poll::*;
 pub use webhook::*;
 
@@ -75,18 +75,14 @@ use crate::queue::{
 pub const MAX_TRIGGER_TEXT_BYTES: usize = 4 * 1024;
 /// Fields the poll asks for: what [`from_search_issue`] reads.
 pub const POLL_FIELDS: &[&str] = &["assignee", "creator", "project", "status", "updated"];
-/// The approval command, matched case-insensitively on a line of its own (see [`approval_in_comment`]).
-pub const APPROVE_COMMAND: &str = "drafter approve";
 /// Pages one poll reads at most (100 issues each): a server that pages forever must not hold the loop.
 const MAX_POLL_PAGES: usize = 100;
 /// Cap on identifiers copied from payloads into keys and triggers (characters).
 const MAX_ID_CHARS: usize = 200;
-/// ADF nesting walked when looking for a mention.
-const MAX_MENTION_DEPTH: usize = crate::jira::MAX_ADF_DEPTH;
 
 /// What to do with a webhook delivery.
 #[derive(Debug, Clone)]
-pub enum Decision {
+pub enum Verdict {
     /// Enqueue this job.
     Trigger(NewJob),
     /// Do nothing; the reason is for the audit line.
@@ -156,3 +152,16 @@ fn cap_text(s: &str) -> String {
 
 #[cfg(test)]
 mod tests;
+
+/// A user's id for the trigger: `accountId` (Cloud), else `name`, else `key` (Data Center).
+fn user_id(user: &Value) -> Option<String> {
+    ["accountId", "name", "key"]
+        .iter()
+        .find_map(|k| {
+            user.get(k)
+                .and_then(Value::as_str)
+                .filter(|v| !v.is_empty())
+        })
+        .map(clean_id)
+        .filter(|v| !v.is_empty())
+}

@@ -36,21 +36,21 @@ fn now() -> DateTime<Utc> {
         .with_timezone(&Utc)
 }
 
-fn decide(p: &Value, header: Option<&str>, hint: Option<&str>, j: &JiraConfig) -> Decision {
+fn decide(p: &Value, header: Option<&str>, hint: Option<&str>, j: &JiraConfig) -> Verdict {
     from_webhook(p, header, hint, j, 5, now())
 }
 
-fn job(d: Decision) -> NewJob {
+fn job(d: Verdict) -> NewJob {
     match d {
-        Decision::Trigger(j) => j,
-        Decision::Ignore(why) => panic!("ignored: {why}"),
+        Verdict::Trigger(j) => j,
+        Verdict::Ignore(why) => panic!("ignored: {why}"),
     }
 }
 
-fn ignored(d: Decision) -> String {
+fn ignored(d: Verdict) -> String {
     match d {
-        Decision::Ignore(why) => why,
-        Decision::Trigger(j) => panic!("triggered: {j:?}"),
+        Verdict::Ignore(why) => why,
+        Verdict::Trigger(j) => panic!("triggered: {j:?}"),
     }
 }
 
@@ -92,13 +92,13 @@ fn assignment_matches_on_field_or_tmp_account() {
     p["changelog"]["items"][0]["fieldId"] = Value::Null;
     assert!(matches!(
         decide(&p, None, None, &cloud()),
-        Decision::Trigger(_)
+        Verdict::Trigger(_)
     ));
     let mut p = assigned(BOT);
     p["changelog"]["items"][0]["to"] = json!("something-else");
     assert!(matches!(
         decide(&p, None, None, &cloud()),
-        Decision::Trigger(_)
+        Verdict::Trigger(_)
     ));
 }
 
@@ -162,7 +162,7 @@ fn issue_created_assigned_to_bot() {
     p2["issue"]["fields"]["assignee"] = json!({"accountId": "712020:ann"});
     assert!(matches!(
         decide(&p2, None, None, &cloud()),
-        Decision::Ignore(_)
+        Verdict::Ignore(_)
     ));
 }
 
@@ -245,7 +245,7 @@ fn comment_without_mention_or_by_bot_is_ignored() {
     );
     assert!(matches!(
         decide(&p, None, None, &cloud()),
-        Decision::Ignore(_)
+        Verdict::Ignore(_)
     ));
 }
 
@@ -295,12 +295,9 @@ fn data_center_payloads() {
     assert_eq!(j.trigger.triggered_by.as_deref(), Some("alice"));
     assert_eq!(j.trigger.delivery, "changelog:30010");
     a["changelog"]["items"][0]["to"] = json!("drafter");
-    assert!(matches!(
-        decide(&a, None, None, &dc()),
-        Decision::Trigger(_)
-    ));
+    assert!(matches!(decide(&a, None, None, &dc()), Verdict::Trigger(_)));
     a["changelog"]["items"][0]["to"] = json!("bob");
-    assert!(matches!(decide(&a, None, None, &dc()), Decision::Ignore(_)));
+    assert!(matches!(decide(&a, None, None, &dc()), Verdict::Ignore(_)));
     // The payload's key wins over the URL hint.
     a["changelog"]["items"][0]["to"] = json!("drafter");
     assert_eq!(
@@ -541,7 +538,7 @@ fn adf_approve_command_is_an_approval() {
         assert_eq!(a.author, "712020:ann");
         assert!(matches!(
             decide(&p, None, None, &cloud()),
-            Decision::Ignore(_)
+            Verdict::Ignore(_)
         ));
         // The same comment as `GET .../comment` lists it.
         assert_eq!(
@@ -589,7 +586,7 @@ fn sentences_quotes_and_code_are_not_commands() {
     assert_eq!(approval_from_webhook(&p, None, &cloud()), None);
     assert!(matches!(
         decide(&p, None, None, &cloud()),
-        Decision::Trigger(_)
+        Verdict::Trigger(_)
     ));
     // ADF: quotes, code blocks, other inline nodes on the line, someone else's mention.
     for body in [
@@ -640,7 +637,7 @@ fn the_bots_own_or_someone_elses_edit_never_approves() {
     // Still not a trigger.
     assert!(matches!(
         decide(&p, None, None, &cloud()),
-        Decision::Ignore(_)
+        Verdict::Ignore(_)
     ));
     // No author at all.
     let mut p = approve_payload(json!({"accountId": "712020:ann"}), json!("drafter approve"));
@@ -668,7 +665,7 @@ fn data_center_approvals() {
     );
     assert!(matches!(
         decide(&p, None, Some("OPS-7"), &dc()),
-        Decision::Ignore(_)
+        Verdict::Ignore(_)
     ));
     // No key anywhere: no approval (and no job).
     assert_eq!(approval_from_webhook(&p, None, &dc()), None);

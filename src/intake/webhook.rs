@@ -16,7 +16,7 @@ pub fn from_webhook(
     jira: &JiraConfig,
     max_attempts: u32,
     now: DateTime<Utc>,
-) -> Decision {
+) -> Verdict {
     let event = payload
         .get("webhookEvent")
         .and_then(Value::as_str)
@@ -30,12 +30,12 @@ pub fn from_webhook(
                 "jira:issue_updated" | "jira:issue_created" | "comment_created"
             ) =>
         {
-            return Decision::Ignore(why)
+            return Verdict::Ignore(why)
         }
         Err(_) => (String::new(), String::new()),
     };
     let job = |delivery: String, triggered_by: Option<String>, text: Option<String>| {
-        Decision::Trigger(NewJob {
+        Verdict::Trigger(NewJob {
             ticket: ticket.clone(),
             project: project.clone(),
             trigger: Trigger {
@@ -60,10 +60,10 @@ pub fn from_webhook(
             let assignee_items: Vec<&Value> =
                 items.iter().filter(|i| is_assignee_item(i)).collect();
             if assignee_items.is_empty() {
-                return Decision::Ignore("issue update does not change the assignee".into());
+                return Verdict::Ignore("issue update does not change the assignee".into());
             }
             if !assignee_items.iter().any(|i| assigns_bot(i, jira)) {
-                return Decision::Ignore("assignee changed to someone else".into());
+                return Verdict::Ignore("assignee changed to someone else".into());
             }
             let delivery = payload
                 .pointer("/changelog/id")
@@ -75,7 +75,7 @@ pub fn from_webhook(
         "jira:issue_created" => {
             let assignee = payload.pointer("/issue/fields/assignee");
             if !assignee.is_some_and(|a| is_bot_user(a, jira)) {
-                return Decision::Ignore("new issue is not assigned to the bot".into());
+                return Verdict::Ignore("new issue is not assigned to the bot".into());
             }
             let delivery = payload
                 .pointer("/issue/id")
@@ -86,20 +86,20 @@ pub fn from_webhook(
         }
         "comment_created" => {
             let Some(comment) = payload.get("comment").filter(|c| c.is_object()) else {
-                return Decision::Ignore("comment event without a comment".into());
+                return Verdict::Ignore("comment event without a comment".into());
             };
             if comment.get("author").is_some_and(|a| is_bot_user(a, jira)) {
-                return Decision::Ignore("comment written by the bot".into());
+                return Verdict::Ignore("comment written by the bot".into());
             }
             let body = comment.get("body").unwrap_or(&Value::Null);
             // Checked before the mention: `[~bot] drafter approve` mentions the bot but asks for no new job.
             if approval_in_body(body, jira) {
-                return Decision::Ignore(
+                return Verdict::Ignore(
                     "comment is the approval command (drafter approve), not a trigger".into(),
                 );
             }
             if !mentions_bot(body, jira) {
-                return Decision::Ignore("comment does not mention the bot".into());
+                return Verdict::Ignore("comment does not mention the bot".into());
             }
             let delivery = comment
                 .get("id")
@@ -113,8 +113,8 @@ pub fn from_webhook(
                 (!text.is_empty()).then_some(text),
             )
         }
-        "" => Decision::Ignore("payload has no webhookEvent".into()),
-        _ => Decision::Ignore(format!("event {event_name} is not a trigger")),
+        "" => Verdict::Ignore("payload has no webhookEvent".into()),
+        _ => Verdict::Ignore(format!("event {event_name} is not a trigger")),
     }
 }
 

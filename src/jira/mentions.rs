@@ -1,7 +1,15 @@
-//! What a comment says to the bot: whether it mentions the bot (wiki markup or ADF), whether a user object is the
+//! What a Jira comment says to the bot (for intake, and for leaving drafter's own and approval comments out of the
+//! ticket text): whether it mentions the bot (wiki markup or ADF), whether a user object is the
 //! bot, and whether a line of it is the approval command.
 
-use super::*;
+use serde_json::Value;
+
+use crate::config::JiraConfig;
+
+/// The approval command, matched case-insensitively on a line of its own (see [`approval_in_comment`]).
+pub const APPROVE_COMMAND: &str = "drafter approve";
+/// ADF nesting walked when looking for a mention.
+const MAX_MENTION_DEPTH: usize = super::MAX_ADF_DEPTH;
 
 /// Whether a comment body (a wiki-markup string, or an ADF document) contains the approval command, with only the
 /// bot accepted as the leading mention. See [`approval_from_webhook`] for the exact rule.
@@ -18,7 +26,7 @@ pub fn approval_in_body(body: &Value, jira: &JiraConfig) -> bool {
     }
 }
 
-/// Whether plain comment text (wiki markup, or Markdown as [`adf_to_markdown`] renders ADF) has a line that is the
+/// Whether plain comment text (wiki markup, or Markdown as [`super::adf_to_markdown`] renders ADF) has a line that is the
 /// approval command `drafter approve` (see [`approval_from_webhook`]). Without the Jira settings it cannot tell
 /// whose mention leads the line, so it accepts one leading mention of anyone: `[~...]`, or an `@name` word as the
 /// Markdown of an ADF mention has it (display names with spaces are not recognised: use [`approval_in_body`] on the
@@ -29,11 +37,7 @@ pub fn approval_in_comment(body_text: &str) -> bool {
 
 /// The line rule over every line outside quote and code blocks. `mention_ok` judges a leading `[~target]`;
 /// `at_mentions` also allows a leading `@word`.
-pub(super) fn text_has_approval(
-    text: &str,
-    mention_ok: &dyn Fn(&str) -> bool,
-    at_mentions: bool,
-) -> bool {
+pub fn text_has_approval(text: &str, mention_ok: &dyn Fn(&str) -> bool, at_mentions: bool) -> bool {
     // The block that is open, by its opening tag; its lines are quotations or code, not commands.
     let mut open: Option<&str> = None;
     for line in text.lines() {
@@ -66,11 +70,7 @@ pub(super) fn text_has_approval(
     false
 }
 
-pub(super) fn approval_line(
-    line: &str,
-    mention_ok: &dyn Fn(&str) -> bool,
-    at_mentions: bool,
-) -> bool {
+fn approval_line(line: &str, mention_ok: &dyn Fn(&str) -> bool, at_mentions: bool) -> bool {
     let mut rest = line.trim();
     if let Some(after) = rest.strip_prefix("[~") {
         let Some(end) = after.find(']') else {
@@ -96,7 +96,7 @@ pub(super) fn approval_line(
 /// The text of an ADF body as lines for [`text_has_approval`]: text nodes as they are, a mention as
 /// `[~accountid:<id>]`, other inline nodes as a placeholder (so a line with them is never the bare command), one
 /// line per block and per hard break; quotes and code blocks left out.
-pub(super) fn adf_command_text(node: &Value, depth: usize, out: &mut String) {
+pub fn adf_command_text(node: &Value, depth: usize, out: &mut String) {
     if depth > MAX_MENTION_DEPTH {
         return;
     }
@@ -137,7 +137,7 @@ pub(super) fn adf_command_text(node: &Value, depth: usize, out: &mut String) {
 }
 
 /// Inline ADF nodes other than text, mentions and hard breaks.
-pub(super) const INLINE_NODE_TYPES: &[&str] = &[
+const INLINE_NODE_TYPES: &[&str] = &[
     "emoji",
     "date",
     "status",
@@ -148,7 +148,7 @@ pub(super) const INLINE_NODE_TYPES: &[&str] = &[
 ];
 
 /// Whether a user object (`assignee`, `author`, `user`) is the bot: Cloud `accountId`; Data Center `key` or `name`.
-pub(crate) fn is_bot_user(user: &Value, jira: &JiraConfig) -> bool {
+pub fn is_bot_user(user: &Value, jira: &JiraConfig) -> bool {
     let s = |k: &str| {
         user.get(k)
             .and_then(Value::as_str)
@@ -169,22 +169,9 @@ pub(crate) fn is_bot_user(user: &Value, jira: &JiraConfig) -> bool {
     })
 }
 
-/// A user's id for the trigger: `accountId` (Cloud), else `name`, else `key` (Data Center).
-pub(super) fn user_id(user: &Value) -> Option<String> {
-    ["accountId", "name", "key"]
-        .iter()
-        .find_map(|k| {
-            user.get(k)
-                .and_then(Value::as_str)
-                .filter(|v| !v.is_empty())
-        })
-        .map(clean_id)
-        .filter(|v| !v.is_empty())
-}
-
 /// Whether a comment body mentions the bot: a wiki-markup string (`[~accountid:<id>]` on Cloud webhooks,
 /// `[~username]` on Data Center), or an ADF document with a `mention` node whose `attrs.id` is the bot.
-pub(super) fn mentions_bot(body: &Value, jira: &JiraConfig) -> bool {
+pub fn mentions_bot(body: &Value, jira: &JiraConfig) -> bool {
     match body {
         Value::String(s) => wiki_mentions_bot(s, jira),
         Value::Object(_) | Value::Array(_) => adf_mentions_bot(body, jira, 0),
@@ -192,7 +179,7 @@ pub(super) fn mentions_bot(body: &Value, jira: &JiraConfig) -> bool {
     }
 }
 
-pub(super) fn wiki_mentions_bot(text: &str, jira: &JiraConfig) -> bool {
+fn wiki_mentions_bot(text: &str, jira: &JiraConfig) -> bool {
     let mut rest = text;
     while let Some(start) = rest.find("[~") {
         let after = &rest[start + 2..];
@@ -209,7 +196,7 @@ pub(super) fn wiki_mentions_bot(text: &str, jira: &JiraConfig) -> bool {
 
 /// Whether the inside of a wiki mention `[~...]` names the bot: `accountid:<id>` (Cloud), or the bot's user name
 /// (case-insensitive) or key (Data Center).
-pub(super) fn wiki_target_is_bot(target: &str, jira: &JiraConfig) -> bool {
+pub fn wiki_target_is_bot(target: &str, jira: &JiraConfig) -> bool {
     let target = target.trim();
     if target.is_empty() {
         return false;
@@ -227,7 +214,7 @@ pub(super) fn wiki_target_is_bot(target: &str, jira: &JiraConfig) -> bool {
     by_id || by_name
 }
 
-pub(super) fn adf_mentions_bot(node: &Value, jira: &JiraConfig, depth: usize) -> bool {
+fn adf_mentions_bot(node: &Value, jira: &JiraConfig, depth: usize) -> bool {
     if depth > MAX_MENTION_DEPTH {
         return false;
     }

@@ -1,3 +1,6 @@
+//! Long file: the write rules' cases in one place, sharing the fixtures that build real git trees (modes, links,
+//! submodules, binary blobs) for them.
+
 use super::*;
 use crate::repo::diff::{summarize, FileChange};
 use git2::{Index, IndexEntry, IndexTime, Signature};
