@@ -103,8 +103,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "\nThe job's data directory is kept at {}",
         stack.data_dir().display()
     );
-    println!("To run against a real Jira, GitHub and model, copy examples/drafter.toml, fill it in, and run:");
-    println!("  drafter run --ticket PROJ-123 --config drafter.toml");
+    println!(
+        "To run against a real Jira, GitHub and model, follow README's \"Pointing it at a real Jira, GitHub and \
+         model\": copy examples/drafter.toml, fill it in, check it with"
+    );
+    println!("  drafter check-config --config drafter.toml --for run");
+    println!("and run a ticket of an allowlisted project, e.g.");
+    println!("  drafter run --ticket PAY-123 --config drafter.toml");
     Ok(())
 }
 
