@@ -9,7 +9,7 @@
 //! `/rest/api/2` on Data Center: the [`Dialect`] of `jira.flavor` decides it, and the text format, for every call.
 //! For `drafter serve` it also reads: JQL search ([`JiraClient::search`]: Cloud's `search/jql` with page tokens, or
 //! Data Center's `search` with `startAt`), and a ticket's comments ([`JiraClient::comments`]), so a retried job can
-//! see what it already said. For the policy: the groups of a user ([`JiraClient::user_groups`],
+//! see what it already said ([`JiraClient::has_notice`]: the bot's comment carrying a notice's [`DedupKey`]). For the policy: the groups of a user ([`JiraClient::user_groups`],
 //! cached for a few minutes in a [`GroupCache`] so a burst of jobs asks Jira once), and who assigned a ticket to the
 //! bot ([`JiraClient::assigned_by`], from the change history), so a job found by the JQL poll knows who
 //! triggered it.

@@ -30,7 +30,7 @@ pub struct Ticket {
     pub project: String,
     /// The summary (title), control characters removed.
     pub summary: String,
-    /// The description as Markdown, at most [`MAX_DESCRIPTION_BYTES`] plus a note when cut; empty when none.
+    /// The description as Markdown, at most [`super::MAX_DESCRIPTION_BYTES`] plus a note when cut; empty when none.
     pub description: String,
     /// The reporter's display name, when Jira shows it.
     pub reporter: Option<String>,
