@@ -570,7 +570,7 @@ pub async fn run_job(
             let asked = if outdated.is_some() {
                 Ok(true)
             } else {
-                ticket_mentions_all(&jira, ticket_key, &[job_id, "needs approval"]).await
+                jira.has_notice(ticket_key, &jira::DedupKey::approval(job_id)).await
             };
             if !matches!(asked, Ok(true)) && fence(spec, "asking for approval").await.is_ok() {
                 let notice = Notice::ApprovalNeeded {
@@ -820,7 +820,13 @@ async fn deliver(
             }
             // One "PR opened" comment per PR, however many attempts it took.
             stage(events, Stage::Report, ticket_key);
-            if !ticket_mentions(jira, ticket_key, url).await? {
+            if !jira
+                .has_notice(
+                    ticket_key,
+                    &jira::DedupKey::pr_opened(&spec.job_id, *number),
+                )
+                .await?
+            {
                 fence(spec, "commenting on the ticket").await?;
                 jira.notify(
                     ticket_key,
@@ -939,7 +945,10 @@ async fn pipeline(
     let image_digest = sandbox.ensure_image().await?;
     progress.image = Some((sandbox_cfg.image.clone(), image_digest));
     // One "started" comment per job, not per attempt: a retried job finds its own id already on the ticket.
-    if !ticket_mentions_all(jira, ticket_key, &[job_id, "started working on this"]).await? {
+    if !jira
+        .has_notice(ticket_key, &jira::DedupKey::started(job_id))
+        .await?
+    {
         fence(spec, "commenting on the ticket").await?;
         jira.notify(
             ticket_key,
@@ -1726,29 +1735,6 @@ fn summary_and_digest(message: &str) -> (String, String) {
         .filter(|l| !l.starts_with("Drafter-"))
         .collect();
     (body.join("\n").trim().to_string(), digest)
-}
-
-/// Whether any comment on the ticket already contains `needle` (a PR URL).
-async fn ticket_mentions(jira: &JiraClient, key: &str, needle: &str) -> Result<bool, JobError> {
-    ticket_mentions_all(jira, key, &[needle]).await
-}
-
-/// Whether one comment on the ticket contains every needle (a job id and the words of one kind of notice: a job's
-/// "started" and "needs approval" comments both carry its id).
-async fn ticket_mentions_all(
-    jira: &JiraClient,
-    key: &str,
-    needles: &[&str],
-) -> Result<bool, JobError> {
-    let comments = jira.comments(key).await?;
-    Ok(comments.iter().any(|c| {
-        let body = &c["body"];
-        let text = match body {
-            serde_json::Value::String(s) => s.clone(),
-            other => serde_json::to_string(other).unwrap_or_default(),
-        };
-        needles.iter().all(|n| text.contains(n))
-    }))
 }
 
 /// Sandbox, model loop, workspace back. The container is removed on every path out of here (its guard covers
