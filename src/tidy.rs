@@ -10,7 +10,6 @@ const MAX_LINES: usize = 750;
 /// Files that were already long when the rule came in (issue 14), with the length they may not grow past. Each is
 /// to be split along its seams; the test fails when one is split (or grows), so the list only shrinks.
 const DEBT: &[(&str, usize)] = &[
-    ("src/forge.rs", 1100),
     ("src/jira.rs", 3250),
     ("src/jira/wiki.rs", 1150),
     ("src/main.rs", 1750),
