@@ -13,9 +13,6 @@ const DEBT: &[(&str, usize)] = &[
     ("src/jira.rs", 3250),
     ("src/jira/wiki.rs", 1150),
     ("src/main.rs", 1750),
-    ("src/policy/mod.rs", 880),
-    ("src/proof/bundle.rs", 950),
-    ("src/proof/verify.rs", 970),
     ("src/worker.rs", 2200),
 ];
 
