@@ -434,3 +434,40 @@ async fn reload_on_sighup(config: Arc<Config>, current: Arc<policy::Current>, re
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    fn recorder() -> (Report, Arc<Mutex<Vec<Event>>>) {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s = seen.clone();
+        (
+            Arc::new(move |e: &Event| s.lock().unwrap().push(e.clone())),
+            seen,
+        )
+    }
+
+    #[tokio::test]
+    async fn a_wrong_queue_location_fails_at_once_without_retrying() {
+        let (report, seen) = recorder();
+        let err = open_queue("mysql://u:hunter2@db/q", &report)
+            .await
+            .err()
+            .expect("not a queue location");
+        assert!(matches!(err, QueueError::BadLocation(_)), "{err}");
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+        assert!(seen.lock().unwrap().is_empty(), "no retry announced");
+    }
+
+    #[tokio::test]
+    async fn a_queue_that_opens_is_not_announced() {
+        let dir = tempfile::tempdir().unwrap();
+        let (report, seen) = recorder();
+        let path = dir.path().join("queue.db");
+        let queue = open_queue(path.to_str().unwrap(), &report).await.unwrap();
+        assert_eq!(queue.backend(), "sqlite");
+        assert!(seen.lock().unwrap().is_empty());
+    }
+}
