@@ -7,7 +7,7 @@
 //! list below runs every one against both backends; the backend-specific checks and the upgrade tests share its
 //! fixtures.
 
-mod support;
+use crate::support;
 
 use std::any::Any;
 use std::collections::HashSet;

@@ -9,7 +9,7 @@
 //! secret send `X-Hub-Signature: sha256=<hex HMAC-SHA256(secret, body)>` and, on Cloud,
 //! `X-Atlassian-Webhook-Identifier` (the same on retries) and `X-Atlassian-Webhook-Retry`.
 
-mod support;
+use crate::support;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -10,6 +10,10 @@ pub mod model;
 pub mod postgres;
 pub mod sandbox;
 
+/// Held by every test that runs a `drafter serve` worker pool (`serve.rs`, `policy_serve.rs`): one pool saturates
+/// this machine's cores, and a test's short leases must not starve behind another pool's burst.
+pub static POOL_SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 use axum::http::{HeaderMap, Method, Uri};
 use serde_json::Value;
 

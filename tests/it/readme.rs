@@ -21,7 +21,7 @@
 //! `<name>` matches anything the first time and is remembered. `cmd &` runs in the background (its shown lines are
 //! awaited); `kill %N` sends it SIGTERM, waits for it to exit 0, and its shown lines are the job's last output.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
