@@ -6,6 +6,7 @@
 mod support;
 
 mod abuse;
+mod agent;
 mod cli;
 mod e2e;
 mod finish;

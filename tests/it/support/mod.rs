@@ -1,7 +1,9 @@
 //! Stand-ins for what cannot be reached from here (Jira, GitHub, the model providers), as small HTTP servers that
-//! follow the public API shapes. Shared by the integration tests and by `examples/demo.rs`.
+//! follow the public API shapes, and an in-memory sandbox executor (`executor.rs`). Shared by the integration tests
+//! and by `examples/demo.rs`.
 #![allow(dead_code)]
 
+pub mod executor;
 pub mod git;
 pub mod github;
 pub mod harness;
