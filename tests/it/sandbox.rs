@@ -684,6 +684,8 @@ async fn labelled_container(job: &str, host: &str, pid: u32) -> String {
 #[tokio::test]
 async fn remove_orphans_after_a_crash() {
     let _g = ORPHAN_LOCK.write().await;
+    // Nor may another test's `drafter run` or `serve` sweep up the crashed runner's container first.
+    let _alone = support::sweep_alone().await;
     let sb = sandbox(64 * 1024).await;
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .unwrap()

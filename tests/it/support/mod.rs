@@ -16,6 +16,72 @@ pub mod sandbox;
 /// this machine's cores, and a test's short leases must not starve behind another pool's burst.
 pub static POOL_SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// Who may sweep orphaned containers now: `drafter run` and `serve` do at start-up, and
+/// `sandbox::remove_orphans_after_a_crash` plants a crashed runner's container that it must sweep up itself.
+struct Sweeps {
+    /// [`Sweeping`]s held.
+    live: usize,
+    /// Whether a [`SweepAlone`] is held.
+    alone: bool,
+}
+
+static SWEEPS: std::sync::Mutex<Sweeps> = std::sync::Mutex::new(Sweeps {
+    live: 0,
+    alone: false,
+});
+
+fn sweeps() -> std::sync::MutexGuard<'static, Sweeps> {
+    // A test that panicked holding a guard still counts it down.
+    SWEEPS.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Held while `drafter run` or `serve` may start (by each [`harness::Stack`] and the README test). Waits only for a
+/// [`SweepAlone`], never for another `Sweeping`, so one test may hold several.
+pub struct Sweeping(());
+
+/// Waits until no [`SweepAlone`] is held.
+pub async fn sweeping() -> Sweeping {
+    loop {
+        {
+            let mut s = sweeps();
+            if !s.alone {
+                s.live += 1;
+                return Sweeping(());
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+impl Drop for Sweeping {
+    fn drop(&mut self) {
+        sweeps().live -= 1;
+    }
+}
+
+/// Held by the test that sweeps orphans itself: no `drafter run` or `serve` of this process starts meanwhile.
+pub struct SweepAlone(());
+
+/// Waits until no [`Sweeping`] is held, and keeps new ones waiting until this is dropped.
+pub async fn sweep_alone() -> SweepAlone {
+    loop {
+        {
+            let mut s = sweeps();
+            if s.live == 0 && !s.alone {
+                s.alone = true;
+                return SweepAlone(());
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+impl Drop for SweepAlone {
+    fn drop(&mut self) {
+        sweeps().alone = false;
+    }
+}
+
 use axum::http::{HeaderMap, Method, Uri};
 use serde_json::Value;
 
