@@ -342,6 +342,7 @@ async fn privilege_escalation_fails() {
 
 #[tokio::test]
 async fn resource_bombs_are_stopped_by_their_limits() {
+    let _bombs = support::BOMBS.lock().await;
     let sb = sandbox().await;
     let job = job_id("bombs");
     let c = sb.start(&job, "ABUSE-4").await.unwrap();
@@ -578,6 +579,7 @@ fn tool_results(stack: &Stack) -> String {
 /// A model that throws every bomb: each comes back to it as a clear tool result, and the job still ends well.
 #[tokio::test]
 async fn a_job_survives_its_bombs_and_reports_them_to_the_model() {
+    let _bombs = support::BOMBS.lock().await;
     let mut script = vec![
         run_cmd(FORK_BOMB),
         run_cmd("python3 -c \"x = []\nwhile True: x.append(bytearray(16 << 20))\""),

@@ -1554,7 +1554,8 @@ async fn sqlite_separate_processes_never_double_claim() {
             tokio::process::Command::new(&exe)
                 .args([
                     "--exact",
-                    "sqlite_child_claimer",
+                    // Its name in the one test binary: module path after the crate's.
+                    "queue::sqlite_child_claimer",
                     "--nocapture",
                     "--test-threads=1",
                 ])

@@ -860,6 +860,8 @@ fn bytes_under(dir: &Path) -> u64 {
 #[tokio::test]
 async fn the_returning_workspace_is_budgeted_on_the_host() {
     let _g = ORPHAN_LOCK.read().await;
+    // Its 100 `ln`s must finish before the executor's first disk check (2 s): no bomb may run meanwhile.
+    let _bombs = support::BOMBS.lock().await;
     let mut cfg = config(64 * 1024);
     cfg.workspace_max_mb = 16;
     let sb = connect(&cfg).await;

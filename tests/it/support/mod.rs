@@ -16,6 +16,11 @@ pub mod sandbox;
 /// this machine's cores, and a test's short leases must not starve behind another pool's burst.
 pub static POOL_SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// Held by the tests that set off fork, memory and output bombs (`abuse.rs`) and by the one whose command must beat
+/// the executor's 2 s disk check (`sandbox::the_returning_workspace_is_budgeted_on_the_host`): in separate binaries
+/// they never overlapped, and a bomb's load makes that command too slow.
+pub static BOMBS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Who may sweep orphaned containers now: `drafter run` and `serve` do at start-up, and
 /// `sandbox::remove_orphans_after_a_crash` plants a crashed runner's container that it must sweep up itself.
 struct Sweeps {
