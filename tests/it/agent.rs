@@ -15,6 +15,7 @@ use drafter::config::{AgentLimits, ModelConfig, ProviderKind, RepoConfig};
 use drafter::jira::Ticket;
 use drafter::model::ModelClient;
 use drafter::policy::write::{Violation, WriteRules};
+use drafter::policy::{self, Tool};
 use drafter::proof::bundle::{read_statements, Predicate, ToolCall};
 use drafter::proof::verify::verify_unfinished;
 use drafter::proof::{self, sha256_hex, BundleWriter, Pins, RunnerKey};
@@ -24,15 +25,6 @@ use serde_json::{json, Value};
 use crate::support::executor::{MemExecutor, Scripted};
 use crate::support::model::{ModelStandIn, Step, INPUT_TOKENS, OUTPUT_TOKENS};
 use crate::support::RecordedRequest;
-
-const ALL_TOOLS: &[&str] = &[
-    "list_files",
-    "read_file",
-    "write_file",
-    "edit_file",
-    "search",
-    "run",
-];
 
 fn tool(name: &str, input: Value) -> Step {
     Step::Tools(vec![(name.to_string(), input)])
@@ -93,7 +85,7 @@ struct AgentRun {
     model: ModelStandIn,
     client: ModelClient,
     exec: MemExecutor,
-    tools: Vec<String>,
+    tools: Vec<Tool>,
     write: WriteRules,
     limits: AgentLimits,
     disk_limit: u64,
@@ -122,7 +114,7 @@ impl AgentRun {
             client: ModelClient::new(&cfg, bundle).unwrap(),
             model,
             exec: MemExecutor::with_files(files),
-            tools: ALL_TOOLS.iter().map(|t| t.to_string()).collect(),
+            tools: policy::TOOLS.to_vec(),
             write: WriteRules::default(),
             limits: AgentLimits {
                 max_turns: 10,
@@ -436,7 +428,7 @@ async fn a_tool_the_team_does_not_have_is_refused_and_never_offered() {
         &[],
     )
     .await;
-    run.tools = vec!["read_file".into()];
+    run.tools = vec![Tool::ReadFile];
     let (result, _) = run.go(None).await;
     result.unwrap();
 
