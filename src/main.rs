@@ -659,7 +659,7 @@ async fn run(
         .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
 
     // A crashed earlier run may have left its container behind; nothing else removes it.
-    let sandbox = Sandbox::connect(&config.sandbox).await?;
+    let sandbox = Arc::new(Sandbox::connect(&config.sandbox).await?);
     match sandbox.remove_orphans().await {
         Ok(0) => {}
         Ok(n) => eprintln!("removed {n} container(s) left behind by an earlier run"),
@@ -667,12 +667,21 @@ async fn run(
     }
 
     let policy = Policy::load(&config)?;
+    let ledger = ledger_for(&config, &policy).await?;
+    let policy = Arc::new(policy::Current::new(policy));
+    // This process is the job's one worker: its own id goes into the run statement.
+    let services = worker::Services::new(
+        config.clone(),
+        sandbox.clone(),
+        policy.clone(),
+        ledger,
+        worker::pool::worker_id(),
+    )?;
     let operator = operator_name();
-    let mut spec = worker::JobSpec::new(ticket, Arc::new(policy), &operator);
+    let mut spec = worker::JobSpec::new(ticket, policy.get(), &operator);
     if approve {
         spec.approved_by = Some(format!("cli:{operator}"));
     }
-    spec.ledger = ledger_for(&config, &spec.policy).await?;
     let job_id = spec.job_id.clone();
     eprintln!("job {job_id}: ticket {ticket}");
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
@@ -689,11 +698,11 @@ async fn run(
                     c.detail,
                     if c.ok { "" } else { "  [failed]" }
                 ),
-                Event::Done(_) => {}
+                _ => {}
             }
         }
     });
-    let job = worker::run_job(config.clone(), &spec, tx);
+    let job = worker::run_job(&services, &spec, tx);
     let result = tokio::select! {
         result = job => result,
         _ = shutdown_signal() => {
@@ -971,9 +980,18 @@ async fn serve(config_path: &std::path::Path) -> anyhow::Result<ExitCode> {
         eprintln!("drafter serve: stopping (draining running jobs)");
         let _ = stop_tx.send(true);
     };
-    let worker = drafter::worker::pool::worker_id();
-    let stats =
-        drafter::worker::pool::run(config.clone(), queue, sandbox, policy, worker, signal).await;
+    // Built once for every job of the pool; the worker id is the lease owner of its claims and goes into every run
+    // statement. Team budgets are counted in this queue, shared by its workers.
+    let ledger: Arc<dyn worker::meter::Ledger> =
+        Arc::new(worker::meter::QueueLedger(queue.clone()));
+    let services = Arc::new(worker::Services::new(
+        config.clone(),
+        sandbox,
+        policy,
+        Some(ledger),
+        worker::pool::worker_id(),
+    )?);
+    let stats = drafter::worker::pool::run(services, queue, signal).await;
     reloader.abort();
     purger.abort();
     let drained = pool_owner.drain_pool().await;
@@ -1653,7 +1671,7 @@ async fn explain(
     let operator = format!("cli:{}", operator_name());
     let who = match user {
         Some(u) => policy::Who::Jira(Some(u)),
-        None => policy::Who::Operator(&operator),
+        None => policy::Who::Operator(operator.as_str()),
     };
     let req = policy::Request {
         ticket: &t,
