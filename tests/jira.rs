@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use drafter::config::{JiraAuth, JiraConfig, Secret};
-use drafter::jira::{JiraClient, JiraError, Notice, MAX_DESCRIPTION_BYTES};
+use drafter::jira::{DedupKey, JiraClient, JiraError, Notice, MAX_DESCRIPTION_BYTES};
 use serde_json::{json, Value};
 use support::jira::{JiraStandIn, BOT_ACCOUNT_ID, DC_BOT_KEY as STAND_IN_DC_KEY};
 
@@ -216,11 +216,11 @@ async fn posts_every_notice_and_reads_it_back() {
     assert_eq!(
         texts,
         vec![
-            "drafter started working on this (job J42), repository acme/widgets.",
-            "Draft pull request opened: acme/widgets#3 (branch drafter/DEMO-1-fix-x). A human must review and merge it.\nProof bundle sha256:0123abcd (drafter jobs bundle J42, then drafter verify).",
+            "drafter started working on this (job J42), repository acme/widgets. drafter:J42:started",
+            "Draft pull request opened: acme/widgets#3 (branch drafter/DEMO-1-fix-x). A human must review and merge it.\nProof bundle sha256:0123abcd (drafter jobs bundle J42, then drafter verify). drafter:J42:pr-3",
             "drafter finished without changing any file, so no pull request was opened. Summary: The code already handles empty input.",
             "drafter refused this ticket: project DEMO has no allowlisted repository",
-            "drafter failed (job J43): sandbox timed out\nafter 300 s",
+            "drafter failed (job J43): sandbox timed out\nafter 300 s drafter:J43:failed",
         ]
     );
     // Plain text matches what the ticket shows, except that it spells out the link.
@@ -296,6 +296,28 @@ async fn posts_every_notice_and_reads_it_back() {
     let t = other.issue("DEMO-1").await.expect("issue");
     assert!(t.comments.is_empty(), "{:?}", t.comments);
     assert_eq!(t.comments_left_out, 0);
+
+    // Each notice is found again by its key, read back as the ADF that was posted; by the other reader too, which
+    // learns from `myself` that the credential posted them.
+    let has = |c: &JiraClient, k: DedupKey| {
+        let c = c.clone();
+        async move { c.has_notice("DEMO-1", &k).await.expect("has_notice") }
+    };
+    for reader in [&c, &other] {
+        assert!(has(reader, DedupKey::started("J42")).await);
+        assert!(has(reader, DedupKey::pr_opened("J42", 3)).await);
+        assert!(has(reader, DedupKey::approval("J44")).await);
+        assert!(!has(reader, DedupKey::pr_opened("J42", 4)).await);
+        assert!(!has(reader, DedupKey::started("J43")).await);
+    }
+    // Someone else pasting a notice, key and all, does not make it posted.
+    let forged = Notice::Started {
+        job_id: "J45".into(),
+        repo: "acme/widgets".into(),
+    };
+    s.add_comment("DEMO-1", s.user("712020:eve"), forged.to_adf());
+    assert!(!has(&c, DedupKey::started("J45")).await);
+    assert!(!has(&other, DedupKey::started("J45")).await);
 }
 
 #[tokio::test]
@@ -511,7 +533,7 @@ async fn data_center_posts_wiki_notices_and_reads_itself_on_v2() {
     let bodies = s.comments("OPS-1");
     assert_eq!(
         bodies[0],
-        json!("Draft pull request opened: [acme/widgets#3|https://github.com/acme/widgets/pull/3] (branch {{drafter/OPS-1-fix-x}}). A human must review and merge it. \\\\ Proof bundle {{sha256:0123abcd}} ({{drafter jobs bundle J42}}, then {{drafter verify}}).")
+        json!("Draft pull request opened: [acme/widgets#3|https://github.com/acme/widgets/pull/3] (branch {{drafter/OPS-1-fix-x}}). A human must review and merge it. \\\\ Proof bundle {{sha256:0123abcd}} ({{drafter jobs bundle J42}}, then {{drafter verify}}). {{drafter:J42:pr-3}}")
     );
     // Hostile text stays text: no mention, no macro, no heading.
     let failed = bodies[1].as_str().expect("wiki");
@@ -521,7 +543,7 @@ async fn data_center_posts_wiki_notices_and_reads_itself_on_v2() {
     );
     assert_eq!(
         s.comment_texts("OPS-1")[1],
-        "drafter failed (job J43): [~admin] said {html}x{html}\nh1. not a heading"
+        "drafter failed (job J43): [~admin] said {html}x{html}\nh1. not a heading drafter:J43:failed"
     );
     // ADF is refused locally on Data Center, as a string is on Cloud.
     let adf = Notice::Started {
@@ -537,6 +559,21 @@ async fn data_center_posts_wiki_notices_and_reads_itself_on_v2() {
     let t = c.issue("OPS-1").await.expect("issue");
     assert!(t.comments.is_empty(), "{:?}", t.comments);
     assert_eq!(c.comments("OPS-1").await.expect("comments").len(), 2);
+    // Found again by their keys, read back as the wiki markup that was posted; a key only the other has, not.
+    for (k, posted) in [
+        (DedupKey::pr_opened("J42", 3), true),
+        (DedupKey::started("J42"), false),
+    ] {
+        assert_eq!(
+            c.has_notice("OPS-1", &k).await.expect("has_notice"),
+            posted,
+            "{k}"
+        );
+    }
+    assert!(c
+        .has_notice("OPS-1", &n.dedup_key().expect("key"))
+        .await
+        .expect("has_notice"));
     let paths: Vec<String> = s.requests().into_iter().map(|r| r.path).collect();
     assert!(
         paths.iter().all(|p| p.starts_with("/rest/api/2/")),

@@ -804,7 +804,7 @@ async fn team_budgets_are_counted_in_the_shared_ledger_and_refuse_when_spent() {
 
     // Another worker's jobs spent the rest of the day's tokens: the next job is refused before anything runs.
     queue
-        .record_usage(&drafter::queue::Usage {
+        .record_usage(&drafter::queue::LedgerEntry {
             job_id: "elsewhere".into(),
             team: "demo".into(),
             model: "scripted-model".into(),

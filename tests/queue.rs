@@ -19,7 +19,8 @@ use drafter::queue::postgres::PgQueue;
 use drafter::queue::sqlite::SqliteQueue;
 use drafter::queue::{
     Approval, ApprovalRequest, ApprovalSubject, Approved, ApprovingComment, Claim, Enqueued,
-    Failure, JobFilter, JobState, NewJob, Pause, Queue, QueueError, Trigger, Usage, UsageTotal,
+    Failure, JobFilter, JobState, LedgerEntry, NewJob, Pause, Queue, QueueError, Trigger,
+    UsageTotal,
 };
 use serde_json::json;
 use support::postgres::TestDatabase;
@@ -1140,7 +1141,7 @@ async fn usage_totals_per_team_and_since(q: Arc<dyn Queue>) {
     let now = now_ms();
     let day_ago = now - chrono::Duration::days(1);
     let old = now - chrono::Duration::days(40);
-    let usage = |job: &str, team: &str, input: u64, output: u64, cost: u64, at| Usage {
+    let usage = |job: &str, team: &str, input: u64, output: u64, cost: u64, at| LedgerEntry {
         job_id: job.into(),
         team: team.into(),
         model: "claude-sonnet-4-5".into(),

@@ -6,7 +6,7 @@ use std::process::Output;
 use std::sync::Arc;
 
 use chrono::Utc;
-use drafter::proof::bundle::{Change, Outcome, TriggerInfo, Usage};
+use drafter::proof::bundle::{Change, Outcome, ReceiptUsage, TriggerInfo};
 use drafter::proof::{BundleWriter, ModelCallInput, RunInput, RunnerKey, BUNDLE_FILE};
 
 const BIN: &str = env!("CARGO_BIN_EXE_drafter");
@@ -27,10 +27,10 @@ fn model_call(w: &mut BundleWriter, i: u8) {
         http_status: 200,
         request: &[b'q', i],
         response: &[b'r', i],
-        usage: Usage {
+        usage: ReceiptUsage {
             input_tokens: 10,
             output_tokens: 2,
-            ..Usage::default()
+            ..ReceiptUsage::default()
         },
         usage_estimated: false,
         latency_ms: 5,

@@ -22,7 +22,8 @@ use drafter::intake;
 use drafter::jira::JiraClient;
 use drafter::queue::{
     Admin, ApprovalRequest, Approved, ApprovingComment, Claim, Enqueued, Failure, Intake, Job,
-    JobFilter, JobState, Leases, NewJob, Pause, Queue, QueueError, Usage, UsageLedger, UsageTotal,
+    JobFilter, JobState, Leases, LedgerEntry, NewJob, Pause, Queue, QueueError, UsageLedger,
+    UsageTotal,
 };
 use drafter::server::{self, AppState, Readiness};
 use hmac::{Hmac, KeyInit, Mac};
@@ -226,7 +227,7 @@ impl Admin for MemQueue {
 
 #[async_trait::async_trait]
 impl UsageLedger for MemQueue {
-    async fn record_usage(&self, _: &Usage) -> Result<(), QueueError> {
+    async fn record_usage(&self, _: &LedgerEntry) -> Result<(), QueueError> {
         Err(unsupported())
     }
 

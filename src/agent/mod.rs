@@ -34,9 +34,10 @@ use crate::config::{AgentLimits, RepoConfig};
 use crate::jira::Ticket;
 use crate::model::{
     Block, Message, ModelClient, ModelError, ModelRequest, ModelResponse, Role, StopReason,
-    ToolSpec, Usage,
+    TokenUsage, ToolSpec,
 };
 use crate::policy::write::{self, Violation, WriteRules};
+use crate::proof::format::Tool;
 use crate::proof::{ProofError, ToolCallInput};
 use crate::sandbox::{Container, Limit, SandboxError};
 
@@ -143,15 +144,15 @@ pub trait CallGate: Send + Sync {
     /// An `Err` stops the job before the call is made.
     async fn before_call(&self) -> Result<(), GateRefusal>;
     /// Records what a call used.
-    async fn after_call(&self, usage: &Usage);
+    async fn after_call(&self, usage: &TokenUsage);
 }
 
 /// What the policy lets this job's agent do, checked by the loop on every call.
 pub struct Permissions<'a> {
     /// The policy's hash, for the decision log.
     pub policy_hash: &'a str,
-    /// Tool names the model gets (`finish` is always added). Calls to any other tool are refused.
-    pub tools: &'a [String],
+    /// The tools the model gets (`finish` is always added). Calls to any other tool are refused.
+    pub tools: &'a [Tool],
     /// Paths `write_file` and `edit_file` may not touch (the whole diff is checked again before push).
     pub write: &'a WriteRules,
     /// The budget gate, if the policy sets budgets.
@@ -291,7 +292,10 @@ async fn run_inner(
     }];
     let tools: Vec<ToolSpec> = tool_specs()
         .into_iter()
-        .filter(|t| t.name == "finish" || task.permissions.tools.contains(&t.name))
+        .filter(|t| match t.name.parse::<Tool>() {
+            Ok(tool) => tool == Tool::Finish || task.permissions.tools.contains(&tool),
+            Err(_) => false,
+        })
         .collect();
     let mut outcome = AgentOutcome {
         summary: String::new(),
@@ -444,7 +448,8 @@ async fn run_inner(
             let started_at = chrono::Utc::now();
             let t0 = Instant::now();
             let arguments = serde_json::to_vec(&input).unwrap_or_default();
-            if name == "finish" {
+            let tool = name.parse::<Tool>().ok();
+            if tool == Some(Tool::Finish) {
                 let (content, ok, refused_by) = match input.get("summary").and_then(Value::as_str) {
                     Some(s) if !s.trim().is_empty() => {
                         let report = match task.permissions.finish_check {
@@ -532,7 +537,7 @@ async fn run_inner(
             let mut refused_by = None;
             let (result, fatal) = match executed {
                 Ok(x) => {
-                    if matches!(name.as_str(), "write_file" | "edit_file") {
+                    if tool.is_some_and(Tool::writes) {
                         if let Some(p) = input.get("path").and_then(Value::as_str) {
                             outcome.written.insert(repo_path(p));
                         }

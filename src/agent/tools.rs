@@ -5,8 +5,8 @@ use super::*;
 
 /// The tools offered to the model, with JSON Schemas for their inputs.
 pub fn tool_specs() -> Vec<ToolSpec> {
-    let spec = |name: &str, description: &str, schema: Value| ToolSpec {
-        name: name.to_string(),
+    let spec = |tool: Tool, description: &str, schema: Value| ToolSpec {
+        name: tool.as_str().to_string(),
         description: description.to_string(),
         input_schema: schema,
     };
@@ -14,7 +14,7 @@ pub fn tool_specs() -> Vec<ToolSpec> {
         json!({"type": "string", "description": "Path relative to the repository root"});
     vec![
         spec(
-            "list_files",
+            Tool::ListFiles,
             "List files under a directory of the repository (recursively, up to `max_depth` levels, .git excluded).",
             json!({"type": "object", "properties": {
                 "path": {"type": "string", "description": "Directory relative to the repository root; default `.`"},
@@ -22,36 +22,36 @@ pub fn tool_specs() -> Vec<ToolSpec> {
             }}),
         ),
         spec(
-            "read_file",
+            Tool::ReadFile,
             "Read a text file of the repository.",
             json!({"type": "object", "properties": {"path": path_prop}, "required": ["path"]}),
         ),
         spec(
-            "write_file",
+            Tool::WriteFile,
             "Create or overwrite a file with the given content.",
             json!({"type": "object", "properties": {"path": path_prop, "content": {"type": "string"}},
                    "required": ["path", "content"]}),
         ),
         spec(
-            "edit_file",
+            Tool::EditFile,
             "Replace one exact occurrence of `old` with `new` in a file. `old` must occur exactly once.",
             json!({"type": "object", "properties": {"path": path_prop, "old": {"type": "string"},
                    "new": {"type": "string"}}, "required": ["path", "old", "new"]}),
         ),
         spec(
-            "search",
+            Tool::Search,
             "Search file contents with a regular expression (extended syntax, like grep -E), returning matching lines as path:line:text. Skips .git and binary files.",
             json!({"type": "object", "properties": {"pattern": {"type": "string"},
                    "path": {"type": "string", "description": "Directory or file to search; default `.`"}},
                    "required": ["pattern"]}),
         ),
         spec(
-            "run",
+            Tool::Run,
             "Run a shell command (bash) in the repository root inside the sandbox. No network. Returns the exit code and output.",
             json!({"type": "object", "properties": {"command": {"type": "string"}}, "required": ["command"]}),
         ),
         spec(
-            "finish",
+            Tool::Finish,
             "End the task with a summary of what was changed and how it was checked. The runner then checks the \
              change against the repository's write rules: if it breaks one, the result says which rule and files, \
              and you can fix the workspace and call `finish` again. Build products your commands created \
@@ -70,8 +70,8 @@ pub(super) fn describe_call(name: &str, input: &Value) -> String {
             .unwrap_or("")
             .to_string()
     };
-    let d = match name {
-        "list_files" => {
+    let d = match name.parse::<Tool>() {
+        Ok(Tool::ListFiles) => {
             let p = s("path");
             if p.is_empty() {
                 ".".into()
@@ -79,8 +79,8 @@ pub(super) fn describe_call(name: &str, input: &Value) -> String {
                 p
             }
         }
-        "read_file" | "write_file" | "edit_file" => s("path"),
-        "search" => format!(
+        Ok(Tool::ReadFile | Tool::WriteFile | Tool::EditFile) => s("path"),
+        Ok(Tool::Search) => format!(
             "{} in {}",
             s("pattern"),
             if s("path").is_empty() {
@@ -89,8 +89,8 @@ pub(super) fn describe_call(name: &str, input: &Value) -> String {
                 s("path")
             }
         ),
-        "run" => s("command"),
-        _ => String::new(),
+        Ok(Tool::Run) => s("command"),
+        Ok(Tool::Finish) | Err(_) => String::new(),
     };
     cap_chars(&d.replace('\n', " "), 200)
 }
@@ -117,8 +117,8 @@ pub(super) async fn execute(
             "the arguments for `{name}` must be a JSON object matching the tool's schema"
         )));
     }
-    match name {
-        "list_files" => {
+    match name.parse::<Tool>() {
+        Ok(Tool::ListFiles) => {
             let path = opt_path(input, "path")?;
             let depth = input
                 .get("max_depth")
@@ -131,7 +131,7 @@ pub(super) async fn execute(
             }
             Ok(Executed::new((text, true)))
         }
-        "read_file" => {
+        Ok(Tool::ReadFile) => {
             let path = req_path(input, "path")?;
             let bytes = container
                 .read_file(&path, MAX_READ_BYTES)
@@ -140,9 +140,12 @@ pub(super) async fn execute(
             if bytes.contains(&0) {
                 return Err(ToolFailure::Respond(format!("`{path}` is a binary file")));
             }
-            Ok(Executed::new((String::from_utf8_lossy(&bytes).into_owned(), true)))
+            Ok(Executed::new((
+                String::from_utf8_lossy(&bytes).into_owned(),
+                true,
+            )))
         }
-        "write_file" => {
+        Ok(Tool::WriteFile) => {
             let path = req_path(input, "path")?;
             let content = req_str(input, "content")?;
             if content.len() > MAX_WRITE_BYTES {
@@ -156,9 +159,12 @@ pub(super) async fn execute(
                 .await
                 .map_err(tool_failure)?;
             container.check_disk().await.map_err(ToolFailure::Fatal)?;
-            Ok(Executed::new((format!("wrote {} bytes to {path}", content.len()), true)))
+            Ok(Executed::new((
+                format!("wrote {} bytes to {path}", content.len()),
+                true,
+            )))
         }
-        "edit_file" => {
+        Ok(Tool::EditFile) => {
             let path = req_path(input, "path")?;
             let old = req_str(input, "old")?;
             let new = req_str(input, "new")?;
@@ -174,7 +180,9 @@ pub(super) async fn execute(
             })?;
             let updated = replace_once(&text, old, new).map_err(ToolFailure::Respond)?;
             if updated.len() > MAX_WRITE_BYTES {
-                return Err(ToolFailure::Respond("the edited file would be too large".into()));
+                return Err(ToolFailure::Respond(
+                    "the edited file would be too large".into(),
+                ));
             }
             container
                 .write_file(&path, updated.as_bytes())
@@ -182,7 +190,7 @@ pub(super) async fn execute(
                 .map_err(tool_failure)?;
             Ok(Executed::new((format!("edited {path}"), true)))
         }
-        "search" => {
+        Ok(Tool::Search) => {
             let pattern = req_str(input, "pattern")?;
             if pattern.is_empty() {
                 return Err(ToolFailure::Respond("`pattern` must not be empty".into()));
@@ -197,7 +205,7 @@ pub(super) async fn execute(
             }
             Ok(Executed::new((text, true)))
         }
-        "run" => {
+        Ok(Tool::Run) => {
             let command = req_str(input, "command")?;
             if command.trim().is_empty() {
                 return Err(ToolFailure::Respond("`command` must not be empty".into()));
@@ -211,7 +219,9 @@ pub(super) async fn execute(
             } else {
                 format!(
                     "exit code {}\n",
-                    out.exit_code.map(|c| c.to_string()).unwrap_or_else(|| "unknown".into())
+                    out.exit_code
+                        .map(|c| c.to_string())
+                        .unwrap_or_else(|| "unknown".into())
                 )
             };
             text.push_str(&out.output);
@@ -226,8 +236,10 @@ pub(super) async fn execute(
                 exit_code: out.exit_code,
             })
         }
-        other => Err(ToolFailure::Respond(format!(
-            "unknown tool `{other}`; the tools are list_files, read_file, write_file, edit_file, search, run, finish"
+        // `finish` never gets here: the loop answers it itself.
+        Ok(Tool::Finish) | Err(_) => Err(ToolFailure::Respond(format!(
+            "unknown tool `{name}`; the tools are {}",
+            Tool::ALL.map(Tool::as_str).join(", ")
         ))),
     }
 }
@@ -338,8 +350,8 @@ pub(super) fn permit(
     name: &str,
     input: &Value,
 ) -> Result<(), ToolFailure> {
-    let known = tool_specs().iter().any(|t| t.name == name);
-    if known && !p.tools.iter().any(|t| t == name) {
+    let tool = name.parse::<Tool>().ok();
+    if tool.is_some_and(|t| !p.tools.contains(&t)) {
         let detail = format!("the `{name}` tool is not allowed for this ticket's team");
         crate::policy::log_decision(p.policy_hash, ticket, "tools", false, detail.clone());
         return Err(ToolFailure::Refused(
@@ -347,7 +359,7 @@ pub(super) fn permit(
             format!("refused by policy (rule `tools`): {detail}"),
         ));
     }
-    if matches!(name, "write_file" | "edit_file") {
+    if tool.is_some_and(Tool::writes) {
         if let Some(path) = input.get("path").and_then(Value::as_str) {
             if let Err(v) = write::check_path(p.write, path) {
                 crate::policy::log_decision(

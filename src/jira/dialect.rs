@@ -161,7 +161,7 @@ mod tests {
         let wiki = dc.notice_body(&n);
         assert_eq!(
             wiki,
-            json!("drafter started working on this (job {{j1}}), repository a/b.")
+            json!("drafter started working on this (job {{j1}}), repository a/b. {{drafter:j1:started}}")
         );
         assert!(dc.check_body(&wiki).is_ok());
         assert!(matches!(cloud.check_body(&wiki), Err(JiraError::NotAdf)));

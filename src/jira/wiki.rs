@@ -17,12 +17,17 @@
 //! into a mention (`[~admin]`), a link, an image or a macro in the ticket, and writes the whole notice as one line
 //! (breaks are `\\`), so nothing can start a heading, list or table.
 
-use std::fmt::Write as _;
-
-use super::{
-    clean_href, clean_text, inline_code, longest_backtick_run, quote, Notice, Span, HARD_BREAK,
-    MAX_ADF_DEPTH, MAX_TABLE_COLUMNS,
+use super::adf::{
+    clean_href, inline_code, longest_backtick_run, one_line, quote, DEPTH_MARKER, HARD_BREAK,
+    MAX_TABLE_COLUMNS,
 };
+use super::{clean_text, MAX_ADF_DEPTH};
+
+mod table;
+mod write;
+
+use table::{split_row, table};
+pub use write::escape_wiki;
 
 /// Phrases nested deeper than this are left as they are.
 const MAX_INLINE_DEPTH: usize = 16;
@@ -196,7 +201,7 @@ fn panel_label(name: &str, params: &str) -> Option<String> {
     let title = params.split('|').find_map(|p| {
         p.split_once('=')
             .filter(|(k, _)| k.trim().eq_ignore_ascii_case("title"))
-            .map(|(_, v)| super::one_line(v.trim()))
+            .map(|(_, v)| one_line(v.trim()))
     });
     match (name, title) {
         (_, Some(t)) if !t.is_empty() => Some(t),
@@ -285,7 +290,7 @@ impl Reader {
     /// A wiki text as Markdown blocks separated by blank lines.
     fn blocks(&self, text: &str, depth: usize) -> String {
         if depth > MAX_ADF_DEPTH {
-            return super::DEPTH_MARKER.to_string();
+            return DEPTH_MARKER.to_string();
         }
         let mut parts: Vec<String> = Vec::new();
         for seg in segments(text) {
@@ -334,7 +339,7 @@ impl Reader {
             match kind {
                 Line::Blank => {}
                 Line::Heading(level, rest) => {
-                    let h = super::one_line(&self.inline(rest, depth));
+                    let h = one_line(&self.inline(rest, depth));
                     if !h.is_empty() {
                         parts.push(format!("{} {h}", "#".repeat(level)));
                     }
@@ -596,7 +601,7 @@ impl Reader {
             };
         }
         if let Some(file) = target.strip_prefix('^') {
-            let file = super::one_line(file.trim());
+            let file = one_line(file.trim());
             return match text {
                 Some(text) => format!("{text} [attachment: {file}]"),
                 None => format!("[attachment: {file}]"),
@@ -641,87 +646,6 @@ fn list_line(levels: &mut Vec<Level>, marker: &str, item: &str) -> String {
         .to_string()
 }
 
-/// A table row's cells and whether it is a header row (`||a||b||`). Pipes inside `[...]` and `{{...}}` do not split.
-fn split_row(row: &str) -> (bool, Vec<String>) {
-    let header = row.starts_with("||");
-    let c: Vec<char> = row.chars().collect();
-    let mut cells = Vec::new();
-    let mut cur = String::new();
-    let (mut bracket, mut mono) = (false, false);
-    let mut i = 0;
-    while i < c.len() {
-        match c[i] {
-            '\\' if i + 1 < c.len() => {
-                cur.push(c[i]);
-                cur.push(c[i + 1]);
-                i += 2;
-                continue;
-            }
-            '[' if !mono => bracket = true,
-            ']' if !mono => bracket = false,
-            '{' if c.get(i + 1) == Some(&'{') && !mono => {
-                mono = true;
-                cur.push_str("{{");
-                i += 2;
-                continue;
-            }
-            '}' if c.get(i + 1) == Some(&'}') && mono => {
-                mono = false;
-                cur.push_str("}}");
-                i += 2;
-                continue;
-            }
-            '|' if !bracket && !mono => {
-                cells.push(std::mem::take(&mut cur));
-                if c.get(i + 1) == Some(&'|') {
-                    i += 1;
-                }
-                i += 1;
-                continue;
-            }
-            _ => {}
-        }
-        cur.push(c[i]);
-        i += 1;
-    }
-    cells.push(cur);
-    // The text before the first pipe and after the last one is not a cell.
-    if !cells.is_empty() {
-        cells.remove(0);
-    }
-    if cells.last().is_some_and(|l| l.trim().is_empty()) {
-        cells.pop();
-    }
-    cells.truncate(MAX_TABLE_COLUMNS);
-    (header, cells)
-}
-
-/// Rows as a Markdown table; the first row is the header when it is a header row, else the header is empty.
-fn table(mut rows: Vec<(bool, Vec<String>)>) -> String {
-    let ncols = rows.iter().map(|(_, r)| r.len()).max().unwrap_or(0);
-    if ncols == 0 {
-        return String::new();
-    }
-    for (_, r) in &mut rows {
-        r.resize(ncols, String::new());
-    }
-    let header = if rows.first().is_some_and(|(h, _)| *h) {
-        rows.remove(0).1
-    } else {
-        vec![String::new(); ncols]
-    };
-    let line = |cells: &[String]| {
-        let mut s = String::from("|");
-        for c in cells {
-            let _ = write!(s, " {c} |");
-        }
-        s
-    };
-    let mut out = vec![line(&header), format!("|{}", " --- |".repeat(ncols))];
-    out.extend(rows.iter().map(|(_, r)| line(r)));
-    out.join("\n")
-}
-
 /// `!file.png!`, `!file.png|thumbnail!`, `!https://x/y.png!` at `i`: its placeholder and the index of the closing
 /// `!`. Prose exclamations (`Wow! Great!`) are not images: the name must start right after the `!` and look like a
 /// file (a dot) or a URL.
@@ -741,7 +665,7 @@ fn image(c: &[char], i: usize) -> Option<(String, usize)> {
     if !name.contains('.') {
         return None;
     }
-    Some((format!("[attachment: {}]", super::one_line(name)), end))
+    Some((format!("[attachment: {}]", one_line(name)), end))
 }
 
 fn is_url(s: &str) -> bool {
@@ -804,317 +728,5 @@ fn unescape(s: &str) -> String {
     out
 }
 
-// ---- writing -------------------------------------------------------------------------------------------------------
-
-/// Text as wiki markup that renders as exactly that text (inside a line: the caller starts every line itself, so a
-/// `h1.` or `|` cannot begin one): brackets, braces, pipes and `!` always escaped; phrase
-/// markers (`* _ - + ^ ~`) unless they sit inside a word (`DEMO-1-fix`, `snake_case` stay readable, and a job id
-/// stays findable in the comment's source); `(` when it could open an icon such as `(x)`; `??`. A backslash
-/// becomes `＼` (U+FF3C): in Jira's notation `\\` is a line break and `\` escapes the next character, so a literal
-/// one cannot be written safely. Line breaks become spaces: the caller writes breaks as `\\`.
-pub fn escape_wiki(s: &str) -> String {
-    let c: Vec<char> = s.chars().collect();
-    let mut out = String::with_capacity(s.len() + 8);
-    let word = |i: Option<usize>| {
-        i.and_then(|i| c.get(i))
-            .is_some_and(|x| x.is_alphanumeric())
-    };
-    for (i, &ch) in c.iter().enumerate() {
-        match ch {
-            '\\' => out.push('\u{ff3c}'),
-            '\n' | '\r' => out.push(' '),
-            '[' | ']' | '{' | '}' | '|' | '!' => {
-                out.push('\\');
-                out.push(ch);
-            }
-            '*' | '_' | '-' | '+' | '^' | '~' => {
-                if !(word(i.checked_sub(1)) && word(Some(i + 1))) {
-                    out.push('\\');
-                }
-                out.push(ch);
-            }
-            '?' => {
-                if c.get(i + 1) == Some(&'?') || (i > 0 && c[i - 1] == '?') {
-                    out.push('\\');
-                }
-                out.push(ch);
-            }
-            '(' => {
-                // Icons are short: `(x)`, `(on)`, `(off)`, `(*r)`.
-                if c.iter().skip(i + 1).take(4).any(|&x| x == ')') {
-                    out.push('\\');
-                }
-                out.push(ch);
-            }
-            _ => out.push(ch),
-        }
-    }
-    out
-}
-
-/// A URL as a wiki link target: characters that would end or split the link are percent-encoded.
-fn wiki_href(h: &str) -> String {
-    let mut out = String::with_capacity(h.len());
-    for ch in clean_href(h).chars() {
-        match ch {
-            '[' => out.push_str("%5B"),
-            ']' => out.push_str("%5D"),
-            '|' => out.push_str("%7C"),
-            '{' => out.push_str("%7B"),
-            '}' => out.push_str("%7D"),
-            '!' => out.push_str("%21"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-impl Notice {
-    /// The notice as Jira wiki markup, for Data Center's REST v2 (`{"body": "<wiki>"}`): job ids, branches and
-    /// commands as `{{monospace}}`, the pull request as `[text|url]`, line breaks as `\\`, and every other piece of
-    /// text escaped ([`escape_wiki`]). One physical line.
-    pub fn to_wiki(&self) -> String {
-        let mut out = String::new();
-        for span in self.spans() {
-            match span {
-                Span::Text(t) => out.push_str(&escape_wiki(&t)),
-                Span::Code(t) if !t.trim().is_empty() => {
-                    // `{{` right after `{{` or before `}}` would be read as part of the marker.
-                    let _ = write!(out, "{{{{{}}}}}", escape_wiki(t.trim()));
-                }
-                Span::Link { text, href } if !text.is_empty() => {
-                    let _ = write!(out, "[{}|{}]", escape_wiki(&text), wiki_href(&href));
-                }
-                Span::Break => out.push_str(" \\\\ "),
-                _ => {}
-            }
-        }
-        out.trim().to_string()
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Wiki markup in, Markdown out: one row per construct the reader knows, and the hostile cases.
-    #[test]
-    fn wiki_to_markdown_table() {
-        let cases: &[(&str, &str)] = &[
-            // Headings, quotes, rules.
-            ("h1. Title", "# Title"),
-            ("h3. Acceptance", "### Acceptance"),
-            ("h6.tight", "###### tight"),
-            ("h7. not a heading", "h7. not a heading"),
-            ("bq. quoted *line*", "> quoted **line**"),
-            ("----", "---"),
-            // Phrases.
-            ("*bold* and _it_", "**bold** and _it_"),
-            ("-gone- +ins+ ^sup^ ~sub~", "~~gone~~ ins sup sub"),
-            ("??cited??", "_cited_"),
-            ("*_both_*", "**_both_**"),
-            (
-                "snake_case_name and a-b-c and 2*3*4",
-                "snake_case_name and a-b-c and 2*3*4",
-            ),
-            ("* not closed", "- not closed"),
-            ("a * b * c", "a * b * c"),
-            ("{{x = 1}} and {{a`b}}", "`x = 1` and ``a`b``"),
-            ("{{\\{escaped\\}}}", "`{escaped}`"),
-            // Links, mentions, attachments, images.
-            ("[Docs|https://e.com/a b]", "[Docs](https://e.com/a%20b)"),
-            ("[https://e.com]", "https://e.com"),
-            (
-                "[*bold* docs|https://e.com]",
-                "[**bold** docs](https://e.com)",
-            ),
-            (
-                "[~alice] and [~accountid:712020:abc]",
-                "@alice and @712020:abc",
-            ),
-            (
-                "[log|^build.log] [^trace.txt]",
-                "log [attachment: build.log] [attachment: trace.txt]",
-            ),
-            ("[see|#anchor] [#top]", "see top"),
-            ("[the epic|DEMO-5]", "the epic (DEMO-5)"),
-            ("arr[0] and [DEMO-5]", "arr[0] and [DEMO-5]"),
-            (
-                "!screen.png! !shot.png|thumbnail! !https://e.com/x.png!",
-                "[attachment: screen.png] [attachment: shot.png] [image: https://e.com/x.png]",
-            ),
-            ("Wow! Great! Really!", "Wow! Great! Really!"),
-            // Escapes and breaks.
-            ("\\*not bold\\* \\[~x\\]", "*not bold* [~x]"),
-            ("a\\\\b", "a\\\nb"),
-            ("line one\nline two", "line one\\\nline two"),
-            ("para one\n\npara two", "para one\n\npara two"),
-            ("C:\\path", "C:\\path"),
-            // Lists.
-            ("* one\n* two", "- one\n- two"),
-            ("# a\n# b\n# c", "1. a\n2. b\n3. c"),
-            ("- dash", "- dash"),
-            (
-                "* one\n*# sub a\n*# sub b\n** deeper\n* two",
-                "- one\n  1. sub a\n  2. sub b\n  - deeper\n- two",
-            ),
-            ("# a\n#* x\n# b", "1. a\n   - x\n2. b"),
-            ("-- not a list", "-- not a list"),
-            ("*bold* start", "**bold** start"),
-            // Tables.
-            (
-                "||Name||Value||\n|a|[x|https://e.com]|\n|{{p|q}}|",
-                "| Name | Value |\n| --- | --- |\n| a | [x](https://e.com) |\n| `p\\|q` |  |",
-            ),
-            ("|1|2|", "|  |  |\n| --- | --- |\n| 1 | 2 |"),
-            // Block macros.
-            (
-                "{code:java}\nint x = 1; // *not bold*\n{code}",
-                "```java\nint x = 1; // *not bold*\n```",
-            ),
-            (
-                "{code:title=A.java|language=rust}fn f() {}{code}",
-                "```rust\nfn f() {}\n```",
-            ),
-            (
-                "{noformat}\n[~alice] _raw_\n{noformat}",
-                "```\n[~alice] _raw_\n```",
-            ),
-            ("{code}\na ```` b\n{code}", "`````\na ```` b\n`````"),
-            (
-                "{quote}\nsaid *twice*\n\nreally\n{quote}",
-                "> said **twice**\n>\n> really",
-            ),
-            (
-                "{panel:title=Steps}\n# run\n{panel}",
-                "> **Steps:**\n> 1. run",
-            ),
-            ("{warning}careful{warning}", "> **Warning:**\n> careful"),
-            (
-                "before {code}x{code} after",
-                "before\n\n```\nx\n```\n\nafter",
-            ),
-            ("{code}\nnever closed", "```\nnever closed\n```"),
-            // Unknown and inline macros keep their text; a lone `{x}` stays as typed.
-            ("{expand:More}\nhidden *text*\n{expand}", "hidden **text**"),
-            ("{color:red}red{color} text", "red text"),
-            ("use {x} here", "use {x} here"),
-            ("{\"json\": 1}", "{\"json\": 1}"),
-            // Hostile input.
-            ("a\u{1b}[31mb\u{0}c\r\nd", "a[31mbc\\\nd"),
-            ("", ""),
-        ];
-        for (wiki, md) in cases {
-            assert_eq!(wiki_to_markdown(wiki), *md, "wiki: {wiki:?}");
-        }
-    }
-
-    #[test]
-    fn hostile_wiki_stays_linear_and_never_panics() {
-        for s in [
-            "*".repeat(100_000),
-            "*a ".repeat(30_000),
-            "{{".repeat(30_000),
-            "[".repeat(30_000),
-            "!a.b ".repeat(20_000),
-            "{code:".repeat(10_000),
-            "{quote}".repeat(5_000),
-            "#* ".repeat(10_000),
-            format!("{}x{}", "*_".repeat(5000), "_*".repeat(5000)),
-            "|".repeat(50_000),
-            "h1.".to_string(),
-            "\\".to_string(),
-            "{".to_string(),
-            "é{{é".to_string(),
-        ] {
-            let started = std::time::Instant::now();
-            let _ = wiki_to_markdown(&s);
-            assert!(
-                started.elapsed() < std::time::Duration::from_secs(5),
-                "{:?}…",
-                &s[..20.min(s.len())]
-            );
-        }
-    }
-
-    #[test]
-    fn escaped_text_renders_as_itself() {
-        // Whatever untrusted text says, read back through the reader it is the same text.
-        for s in [
-            "[~admin] please {html}<b>x</b>{html} !evil.png! [x|https://e.com]",
-            "*bold* _it_ -strike- +ins+ ^sup^ ~sub~ ??cite?? (x) (!) ----",
-            "then h1. heading # list * bullet | table ||",
-            "DEMO-1-fix snake_case j20260101T000000-1a2b3c4d",
-        ] {
-            let w = escape_wiki(s);
-            assert_eq!(wiki_to_markdown(&w), s, "escaped: {w}");
-            for bad in ["[~", "{html}", "!evil", "[x|", "(x)", "*bold*"] {
-                let bare = w.match_indices(bad).any(|(i, _)| !w[..i].ends_with('\\'));
-                assert!(!bare, "{bad} survived in {w}");
-            }
-        }
-        assert_eq!(escape_wiki("DEMO-1-fix"), "DEMO-1-fix");
-        assert_eq!(escape_wiki("a\\b"), "a\u{ff3c}b");
-        assert_eq!(escape_wiki("two\nlines"), "two lines");
-    }
-
-    #[test]
-    fn notices_in_wiki_markup() {
-        let n = Notice::PrOpened {
-            url: "https://github.com/acme/widgets/pull/3".into(),
-            repo: "acme/widgets".into(),
-            number: 3,
-            branch: "drafter/DEMO-1-fix-x".into(),
-            proof: Some(super::super::ProofRef {
-                job_id: "j20260101T000000-1a2b3c4d".into(),
-                digest: "ab12".into(),
-            }),
-        };
-        let w = n.to_wiki();
-        assert_eq!(
-            w,
-            "Draft pull request opened: [acme/widgets#3|https://github.com/acme/widgets/pull/3] (branch \
-             {{drafter/DEMO-1-fix-x}}). A human must review and merge it. \\\\ Proof bundle {{sha256:ab12}} \
-             ({{drafter jobs bundle j20260101T000000-1a2b3c4d}}, then {{drafter verify}})."
-        );
-        assert!(!w.contains('\n'), "one physical line: {w}");
-        assert_eq!(
-            wiki_to_markdown(&w),
-            "Draft pull request opened: [acme/widgets#3](https://github.com/acme/widgets/pull/3) (branch \
-             `drafter/DEMO-1-fix-x`). A human must review and merge it.\\\nProof bundle `sha256:ab12` (`drafter jobs \
-             bundle j20260101T000000-1a2b3c4d`, then `drafter verify`)."
-        );
-        assert!(Notice::is_notice_text(&wiki_to_markdown(&w)));
-
-        // Hostile reasons stay text: no mention, link, macro, image, list or heading.
-        let n = Notice::Failed {
-            job_id: "J2".into(),
-            reason: "[~admin] see [here|javascript:x] {html}x{html}\nh1. big\n* item !a.png!"
-                .into(),
-            proof: None,
-        };
-        let w = n.to_wiki();
-        assert!(!w.contains('\n'), "{w}");
-        for bad in ["[~admin]", "[here|", "{html}", "!a.png!"] {
-            assert!(!w.contains(bad), "{bad} in {w}");
-        }
-        assert_eq!(
-            wiki_to_markdown(&w),
-            "drafter failed (job `J2`): [~admin] see [here|javascript:x] {html}x{html}\\\nh1. big\\\n* item !a.png!"
-        );
-        // A link whose URL carries wiki syntax cannot break out of the link.
-        let n = Notice::PrOpened {
-            url: "https://e.com/a]|[~admin".into(),
-            repo: "a/b".into(),
-            number: 1,
-            branch: "b".into(),
-            proof: None,
-        };
-        assert!(
-            n.to_wiki()
-                .contains("[a/b#1|https://e.com/a%5D%7C%5B~admin]"),
-            "{}",
-            n.to_wiki()
-        );
-    }
-}
+mod tests;

@@ -214,7 +214,7 @@ impl Provider for AnthropicProvider {
         Ok(ModelResponse {
             content,
             stop,
-            usage: Usage {
+            usage: TokenUsage {
                 input_tokens: token_count(usage, "input_tokens", body)?,
                 output_tokens: token_count(usage, "output_tokens", body)?,
                 cache_read_tokens: token_count(usage, "cache_read_input_tokens", body)?,

@@ -20,7 +20,7 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
 use serde_json::{json, Map, Value};
 
 use crate::config::{ModelConfig, ProviderKind, Secret};
-use crate::proof::bundle::Usage as ReceiptUsage;
+use crate::proof::bundle::ReceiptUsage;
 use crate::proof::{BundleWriter, ModelCallInput, ProofError};
 
 mod anthropic;
@@ -148,9 +148,9 @@ pub enum StopReason {
 
 /// Token counts the provider reported, normalised across families: `input_tokens` are the prompt tokens billed at
 /// the full input price (OpenAI's `prompt_tokens` minus `cached_tokens`; Anthropic's `input_tokens`, which already
-/// exclude the cache), so the prompt's size is [`Usage::prompt_tokens`].
+/// exclude the cache), so the prompt's size is [`TokenUsage::prompt_tokens`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Usage {
+pub struct TokenUsage {
     /// Prompt tokens not read from or written to a cache.
     pub input_tokens: u64,
     /// Completion tokens.
@@ -165,7 +165,7 @@ pub struct Usage {
     pub estimated: bool,
 }
 
-impl Usage {
+impl TokenUsage {
     /// The whole prompt: uncached, cache read and cache written.
     pub fn prompt_tokens(&self) -> u64 {
         self.input_tokens + self.cache_read_tokens + self.cache_write_tokens
@@ -185,7 +185,7 @@ pub struct ModelResponse {
     /// Why generation stopped.
     pub stop: StopReason,
     /// Token counts.
-    pub usage: Usage,
+    pub usage: TokenUsage,
 }
 
 impl ModelResponse {

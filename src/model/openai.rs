@@ -252,7 +252,7 @@ impl Provider for OpenAiProvider {
         Ok(ModelResponse {
             content,
             stop,
-            usage: Usage {
+            usage: TokenUsage {
                 input_tokens: prompt - cached,
                 output_tokens: token_count(usage, "completion_tokens", body)?,
                 cache_read_tokens: cached,

@@ -151,10 +151,10 @@ fn anthropic_decode() {
     assert_eq!(r.stop, StopReason::ToolUse);
     assert_eq!(
         r.usage,
-        Usage {
+        TokenUsage {
             input_tokens: 12,
             output_tokens: 3,
-            ..Usage::default()
+            ..TokenUsage::default()
         }
     );
     assert_eq!(r.text(), "ok");
@@ -200,10 +200,10 @@ fn openai_decode_lenient_where_it_helps() {
     assert_eq!(r.stop, StopReason::ToolUse);
     assert_eq!(
         r.usage,
-        Usage {
+        TokenUsage {
             input_tokens: 7,
             output_tokens: 2,
-            ..Usage::default()
+            ..TokenUsage::default()
         }
     );
     let calls = r.tool_uses();
@@ -219,9 +219,9 @@ fn openai_decode_lenient_where_it_helps() {
     assert_eq!(r.text(), "done");
     assert_eq!(
         r.usage,
-        Usage {
+        TokenUsage {
             estimated: true,
-            ..Usage::default()
+            ..TokenUsage::default()
         }
     );
 

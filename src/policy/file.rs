@@ -13,7 +13,7 @@ use toml::Spanned;
 use super::write::WriteRules;
 use super::{
     identity, Budget, Concurrency, Egress, Limits, Network, Policy, PolicyError, Price, Principals,
-    RepoGrant, Rules, Team, TOOLS,
+    RepoGrant, Rules, Team, Tool, TOOLS,
 };
 
 #[derive(Deserialize)]
@@ -359,23 +359,28 @@ pub fn parse(text: &str, path: &Path) -> Result<Policy, PolicyError> {
         };
 
         let tools = match t.tools.clone().or(defaults.tools.clone()) {
-            None => TOOLS.iter().map(|s| s.to_string()).collect(),
+            None => TOOLS.to_vec(),
             Some(list) => {
                 let at = Some(list.span().start);
-                let list = list.into_inner();
-                for tool in &list {
-                    if !TOOLS.contains(&tool.as_str()) {
-                        return Err(cx.invalid(
-                            key("tools"),
-                            at,
-                            format!(
-                                "unknown tool `{tool}` (tools: {}; `finish` is always on)",
-                                TOOLS.join(", ")
-                            ),
-                        ));
+                let mut tools = Vec::new();
+                for name in list.into_inner() {
+                    // `finish` is a tool but not the policy's to switch off: not listable.
+                    match name.parse::<Tool>() {
+                        Ok(tool) if TOOLS.contains(&tool) => tools.push(tool),
+                        _ => {
+                            let names: Vec<&str> = TOOLS.iter().map(|t| t.as_str()).collect();
+                            return Err(cx.invalid(
+                                key("tools"),
+                                at,
+                                format!(
+                                    "unknown tool `{name}` (tools: {}; `finish` is always on)",
+                                    names.join(", ")
+                                ),
+                            ));
+                        }
                     }
                 }
-                list
+                tools
             }
         };
         let network = match t.network.clone().or(defaults.network.clone()) {

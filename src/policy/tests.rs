@@ -2,6 +2,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use super::*;
+use crate::jira::Ticket;
 
 const EXAMPLE: &str = include_str!("../../examples/policy.toml");
 const ALICE: &str = "712020:aaaaaaaa-1111-2222-3333-444444444444";
@@ -257,7 +258,7 @@ fn teams_merge_defaults_key_by_key() {
         }
     );
     let web = p.team_for("web").unwrap();
-    assert!(!web.rules.tools.iter().any(|t| t == "run"));
+    assert!(!web.rules.tools.contains(&Tool::Run));
     assert_eq!(
         web.rules.concurrency,
         Concurrency {
@@ -368,7 +369,7 @@ fn cache_prices_are_optional_and_default_to_anthropics_multipliers() {
         Path::new("p.toml"),
     )
     .unwrap();
-    let mtok = |input, read, write| crate::proof::bundle::Usage {
+    let mtok = |input, read, write| crate::proof::bundle::ReceiptUsage {
         input_tokens: input,
         output_tokens: 0,
         cache_read_tokens: read,

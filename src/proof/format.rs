@@ -1,10 +1,84 @@
-//! The vocabulary statements share with the policy: a rule's decision as recorded, and a model's price (the cost
-//! a model-call statement carries). Defined here, below both, so the proof never depends on the policy: the policy
-//! re-exports them.
+//! The vocabulary statements share with the policy: a rule's decision as recorded, a model's price (the cost a
+//! model-call statement carries), and the agent's tools (which a policy switches on and a tool-call statement
+//! names). Defined here, below both, so the proof never depends on the policy: the policy re-exports them.
 
 use serde::{Deserialize, Serialize};
 
-use super::bundle::Usage;
+use super::bundle::ReceiptUsage;
+
+/// One of the agent's tools. [`Tool::as_str`] is its wire name: what the model is offered and calls, what a policy
+/// lists and what a tool-call statement records (which keeps the name as the model sent it, known or not).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Tool {
+    /// `list_files`: a directory listing.
+    ListFiles,
+    /// `read_file`: one text file.
+    ReadFile,
+    /// `write_file`: create or overwrite a file.
+    WriteFile,
+    /// `edit_file`: replace one exact occurrence in a file.
+    EditFile,
+    /// `search`: a regular expression over file contents.
+    Search,
+    /// `run`: a shell command in the sandbox.
+    Run,
+    /// `finish`: ends the task (always available: it only ends the job).
+    Finish,
+}
+
+impl Tool {
+    /// Every tool, in the order the model is offered them.
+    pub const ALL: [Tool; 7] = [
+        Tool::ListFiles,
+        Tool::ReadFile,
+        Tool::WriteFile,
+        Tool::EditFile,
+        Tool::Search,
+        Tool::Run,
+        Tool::Finish,
+    ];
+
+    /// The wire name.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Tool::ListFiles => "list_files",
+            Tool::ReadFile => "read_file",
+            Tool::WriteFile => "write_file",
+            Tool::EditFile => "edit_file",
+            Tool::Search => "search",
+            Tool::Run => "run",
+            Tool::Finish => "finish",
+        }
+    }
+
+    /// Whether the tool writes a file (its path is checked against the write rules before it runs).
+    pub const fn writes(self) -> bool {
+        matches!(self, Tool::WriteFile | Tool::EditFile)
+    }
+}
+
+impl std::fmt::Display for Tool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A tool name that is none of drafter's tools (from the model, or in a policy file).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown tool `{0}`")]
+pub struct UnknownTool(pub String);
+
+impl std::str::FromStr for Tool {
+    type Err = UnknownTool;
+
+    fn from_str(name: &str) -> Result<Tool, UnknownTool> {
+        Tool::ALL
+            .into_iter()
+            .find(|t| t.as_str() == name)
+            .ok_or_else(|| UnknownTool(name.to_string()))
+    }
+}
 
 /// A model's price, in US dollars per million tokens.
 ///
@@ -44,7 +118,7 @@ impl Price {
 
     /// Cost of one call in millionths of a dollar, rounded up (a budget should not be beaten by rounding).
     pub fn cost_micros(&self, input_tokens: u64, output_tokens: u64) -> u64 {
-        self.cost_micros_of(&Usage {
+        self.cost_micros_of(&ReceiptUsage {
             input_tokens,
             output_tokens,
             ..Default::default()
@@ -52,7 +126,7 @@ impl Price {
     }
 
     /// Cost of one call's usage, cache reads and writes included, in millionths of a dollar, rounded up.
-    pub fn cost_micros_of(&self, u: &Usage) -> u64 {
+    pub fn cost_micros_of(&self, u: &ReceiptUsage) -> u64 {
         let read = self
             .cache_read_usd_per_mtok
             .unwrap_or(self.input_usd_per_mtok * CACHE_READ_MULTIPLIER);
@@ -104,4 +178,33 @@ pub fn diff_digest(
         true
     })?;
     Ok(hex::encode(hasher.finalize()))
+}
+
+#[cfg(test)]
+mod tool_tests {
+    use super::Tool;
+
+    /// The wire names are what models, policies and bundles already use: they must not drift.
+    #[test]
+    fn wire_names_round_trip() {
+        let names: Vec<&str> = Tool::ALL.iter().map(|t| t.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "list_files",
+                "read_file",
+                "write_file",
+                "edit_file",
+                "search",
+                "run",
+                "finish"
+            ]
+        );
+        for t in Tool::ALL {
+            assert_eq!(t.as_str().parse::<Tool>(), Ok(t));
+            assert_eq!(serde_json::to_value(t).unwrap(), t.as_str());
+        }
+        let err = "curl".parse::<Tool>().unwrap_err();
+        assert_eq!(err.to_string(), "unknown tool `curl`");
+    }
 }

@@ -30,10 +30,10 @@ fn model(w: &mut BundleWriter, i: u8) {
         http_status: 200,
         request: &[b'q', i],
         response: &[b'r', i],
-        usage: Usage {
+        usage: ReceiptUsage {
             input_tokens: 100,
             output_tokens: 20,
-            ..Usage::default()
+            ..ReceiptUsage::default()
         },
         usage_estimated: false,
         latency_ms: 5,

@@ -71,7 +71,7 @@ pub use crate::ids::{new_job_id, valid_job_id, JobId};
 pub use state::{backoff, MAX_TRIGGERS};
 pub use types::{
     Approval, ApprovalRequest, ApprovalSubject, Approved, ApprovingComment, Claim, Enqueued,
-    Failure, Job, JobFilter, JobState, NewJob, Pause, QueueError, Trigger, Usage, UsageTotal,
+    Failure, Job, JobFilter, JobState, LedgerEntry, NewJob, Pause, QueueError, Trigger, UsageTotal,
 };
 
 /// Where work comes in: webhooks, the poll, the CLI and approval comments.
@@ -183,7 +183,7 @@ pub trait Admin: Send + Sync {
 #[async_trait::async_trait]
 pub trait UsageLedger: Send + Sync {
     /// Appends one model call to the usage ledger.
-    async fn record_usage(&self, usage: &Usage) -> Result<(), QueueError>;
+    async fn record_usage(&self, usage: &LedgerEntry) -> Result<(), QueueError>;
     /// A team's usage at or after `since`.
     async fn usage_since(&self, team: &str, since: DateTime<Utc>)
         -> Result<UsageTotal, QueueError>;

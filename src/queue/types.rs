@@ -300,9 +300,9 @@ pub struct Pause {
     pub at: DateTime<Utc>,
 }
 
-/// One model call's usage, for budgets.
+/// One model call's usage, for budgets: a row of the usage ledger.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Usage {
+pub struct LedgerEntry {
     /// The job that made the call.
     pub job_id: String,
     /// The team (policy) the job is charged to.
@@ -319,7 +319,7 @@ pub struct Usage {
     pub at: DateTime<Utc>,
 }
 
-/// Usage summed over calls.
+/// Usage summed over calls ([`LedgerEntry`]s).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UsageTotal {
     /// Input plus output tokens.

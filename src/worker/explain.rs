@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::jira::Ticket;
-use crate::policy::{Approval, Decision, Denial, Grant, Policy};
+use crate::policy::{Approval, Decision, Denial, Grant, Policy, Tool};
 
 use super::meter::{caps, windows, Ledger, Spent, Window};
 
@@ -55,7 +55,7 @@ pub struct Explanation {
     /// Every repository the team may use, with bases.
     pub allowed_repositories: Vec<String>,
     /// Tools given to the model.
-    pub tools: Vec<String>,
+    pub tools: Vec<Tool>,
     /// Effective limits (the runner's tightened by the policy's).
     pub limits: Vec<(String, String)>,
     /// Network.
@@ -131,7 +131,7 @@ impl Explanation {
         e.team = Some(grant.team.clone());
         e.repository = Some(format!("{} (base {})", grant.repo.name, grant.repo.base));
         e.tools = grant.rules.tools.clone();
-        e.tools.push("finish".into());
+        e.tools.push(Tool::Finish);
         let (limits, sandbox) = super::phases::decide::effective_limits(config, &grant);
         e.limits = vec![
             ("model calls".into(), limits.max_turns.to_string()),
@@ -301,7 +301,8 @@ impl Explanation {
             let _ = writeln!(s, "allowed     {}", self.allowed_repositories.join("; "));
         }
         if !self.tools.is_empty() {
-            let _ = writeln!(s, "tools       {}", self.tools.join(", "));
+            let names: Vec<&str> = self.tools.iter().map(|t| t.as_str()).collect();
+            let _ = writeln!(s, "tools       {}", names.join(", "));
         }
         if !self.limits.is_empty() {
             let l: Vec<String> = self

@@ -10,12 +10,10 @@ use std::sync::{Arc, Mutex};
 use chrono::{DateTime, Datelike, TimeZone, Utc};
 
 use crate::agent::{CallGate, GateRefusal};
-use crate::model::Usage;
+use crate::model::TokenUsage;
 use crate::policy::{self, Budget, Price};
-use crate::queue::QueueError;
+use crate::queue::{LedgerEntry, QueueError};
 
-/// One model call's usage, as recorded in the ledger.
-pub use crate::queue::Usage as UsageEntry;
 /// Spending, summed (tokens, millionths of a dollar, calls).
 pub use crate::queue::UsageTotal as Spent;
 
@@ -23,7 +21,7 @@ pub use crate::queue::UsageTotal as Spent;
 #[async_trait::async_trait]
 pub trait Ledger: Send + Sync {
     /// Adds one call's usage.
-    async fn record(&self, entry: &UsageEntry) -> Result<(), QueueError>;
+    async fn record(&self, entry: &LedgerEntry) -> Result<(), QueueError>;
     /// What `team` spent since `since`.
     async fn team_since(&self, team: &str, since: DateTime<Utc>) -> Result<Spent, QueueError>;
 }
@@ -33,7 +31,7 @@ pub struct QueueLedger(pub Arc<dyn crate::queue::UsageLedger>);
 
 #[async_trait::async_trait]
 impl Ledger for QueueLedger {
-    async fn record(&self, e: &UsageEntry) -> Result<(), QueueError> {
+    async fn record(&self, e: &LedgerEntry) -> Result<(), QueueError> {
         self.0.record_usage(e).await
     }
 
@@ -291,12 +289,12 @@ impl CallGate for Meter {
         self.check().await
     }
 
-    async fn after_call(&self, usage: &Usage) {
+    async fn after_call(&self, usage: &TokenUsage) {
         // Cache reads and writes are priced at the cache prices; token caps count every prompt token.
         let cost = self
             .price
             .map(|p| {
-                p.cost_micros_of(&crate::proof::bundle::Usage {
+                p.cost_micros_of(&crate::proof::bundle::ReceiptUsage {
                     input_tokens: usage.input_tokens,
                     output_tokens: usage.output_tokens,
                     cache_read_tokens: usage.cache_read_tokens,
@@ -311,7 +309,7 @@ impl CallGate for Meter {
             job.calls += 1;
         }
         if let Some(ledger) = &self.ledger {
-            let entry = UsageEntry {
+            let entry = LedgerEntry {
                 job_id: self.job_id.clone(),
                 team: self.team.clone(),
                 model: self.model.clone(),
@@ -333,11 +331,11 @@ mod tests {
     use super::*;
 
     #[derive(Default)]
-    struct MemLedger(Mutex<Vec<UsageEntry>>);
+    struct MemLedger(Mutex<Vec<LedgerEntry>>);
 
     #[async_trait::async_trait]
     impl Ledger for MemLedger {
-        async fn record(&self, e: &UsageEntry) -> Result<(), QueueError> {
+        async fn record(&self, e: &LedgerEntry) -> Result<(), QueueError> {
             self.0.lock().unwrap().push(e.clone());
             Ok(())
         }
@@ -356,11 +354,11 @@ mod tests {
 
     const PRICE: Price = Price::new(3.0, 15.0);
 
-    fn usage(i: u64, o: u64) -> Usage {
-        Usage {
+    fn usage(i: u64, o: u64) -> TokenUsage {
+        TokenUsage {
             input_tokens: i,
             output_tokens: o,
-            ..Usage::default()
+            ..TokenUsage::default()
         }
     }
 

@@ -11,7 +11,7 @@ use super::{expire_lapsed, is_unique_violation, PgQueue};
 use crate::queue::row::JobRow;
 use crate::queue::state;
 use crate::queue::{
-    to_i64, usage_total, Job, JobFilter, JobState, Pause, QueueError, Usage, UsageTotal,
+    to_i64, usage_total, Job, JobFilter, JobState, LedgerEntry, Pause, QueueError, UsageTotal,
 };
 
 #[async_trait::async_trait]
@@ -183,7 +183,7 @@ impl crate::queue::Admin for PgQueue {
 
 #[async_trait::async_trait]
 impl crate::queue::UsageLedger for PgQueue {
-    async fn record_usage(&self, usage: &Usage) -> Result<(), QueueError> {
+    async fn record_usage(&self, usage: &LedgerEntry) -> Result<(), QueueError> {
         sqlx::query(
             "INSERT INTO usage_ledger (job_id, team, model, input_tokens, output_tokens, cost_micros, at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7)",

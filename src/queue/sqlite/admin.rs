@@ -10,7 +10,7 @@ use super::{db, expire_lapsed, is_unique_violation, now_ms, read_pause, SqliteQu
 use crate::queue::row::JobRow;
 use crate::queue::state;
 use crate::queue::{
-    to_i64, usage_total, Job, JobFilter, JobState, Pause, QueueError, Usage, UsageTotal,
+    to_i64, usage_total, Job, JobFilter, JobState, LedgerEntry, Pause, QueueError, UsageTotal,
 };
 
 #[async_trait::async_trait]
@@ -177,7 +177,7 @@ impl crate::queue::Admin for SqliteQueue {
 
 #[async_trait::async_trait]
 impl crate::queue::UsageLedger for SqliteQueue {
-    async fn record_usage(&self, usage: &Usage) -> Result<(), QueueError> {
+    async fn record_usage(&self, usage: &LedgerEntry) -> Result<(), QueueError> {
         sqlx::query(
             "INSERT INTO usage_ledger (job_id, team, model, input_tokens, output_tokens, cost_micros, at) \
              VALUES (?, ?, ?, ?, ?, ?, ?)",

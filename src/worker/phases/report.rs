@@ -1,6 +1,6 @@
 //! Report: the ticket's comments, a listener on the job's events. One "started" comment per job and one "PR
-//! opened" comment per PR however many attempts it takes (a retry finds its own on the ticket); the fence is asked
-//! right before each comment; a failure is told only when it is final.
+//! opened" comment per PR however many attempts it takes (a retry finds its own by the notice's dedup key); the
+//! fence is asked right before each comment; a failure is told only when it is final.
 
 use crate::config::Config;
 use crate::jira::{self, JiraClient, Notice};
@@ -29,7 +29,10 @@ impl Listener for TicketReporter<'_> {
         match event {
             Event::Started { repo } => {
                 // One "started" comment per job, not per attempt: a retried job finds its own id already there.
-                if ticket_mentions_all(jira, key, &[job_id, "started working on this"]).await? {
+                if jira
+                    .has_notice(key, &jira::DedupKey::started(job_id))
+                    .await?
+                {
                     return Ok(());
                 }
                 job.fence("commenting on the ticket").await?;
@@ -47,7 +50,10 @@ impl Listener for TicketReporter<'_> {
                 digest,
             } => {
                 // One "PR opened" comment per PR, however many attempts it took.
-                if ticket_mentions(jira, key, url).await? {
+                if jira
+                    .has_notice(key, &jira::DedupKey::pr_opened(job_id, *number))
+                    .await?
+                {
                     return Ok(());
                 }
                 job.fence("commenting on the ticket").await?;
@@ -134,7 +140,8 @@ impl TicketReporter<'_> {
         let asked = if outdated.is_some() {
             Ok(true)
         } else {
-            ticket_mentions_all(jira, key, &[job_id, "needs approval"]).await
+            jira.has_notice(key, &jira::DedupKey::approval(job_id))
+                .await
         };
         if !matches!(asked, Ok(true)) && job.fence("asking for approval").await.is_ok() {
             let notice = Notice::ApprovalNeeded {
@@ -157,27 +164,4 @@ impl TicketReporter<'_> {
             }
         }
     }
-}
-
-/// Whether any comment on the ticket already contains `needle` (a PR URL).
-async fn ticket_mentions(jira: &JiraClient, key: &str, needle: &str) -> Result<bool, JobError> {
-    ticket_mentions_all(jira, key, &[needle]).await
-}
-
-/// Whether one comment on the ticket contains every needle (a job id and the words of one kind of notice: a job's
-/// "started" and "needs approval" comments both carry its id).
-async fn ticket_mentions_all(
-    jira: &JiraClient,
-    key: &str,
-    needles: &[&str],
-) -> Result<bool, JobError> {
-    let comments = jira.comments(key).await?;
-    Ok(comments.iter().any(|c| {
-        let body = &c["body"];
-        let text = match body {
-            serde_json::Value::String(s) => s.clone(),
-            other => serde_json::to_string(other).unwrap_or_default(),
-        };
-        needles.iter().all(|n| text.contains(n))
-    }))
 }
