@@ -23,6 +23,8 @@
 //! - [`intake`]: Jira webhook payloads and JQL poll hits -> queue jobs (who triggered, dedup keys), and the poll loop.
 //! - [`queue`]: the durable job queue (SQLite embedded, PostgreSQL for many hosts): dedup, leases, retries.
 //! - [`server`]: HTTP: Jira webhooks in, health and readiness out.
+//! - [`service`]: the `drafter serve` process: queue, policy reload, sandbox, server, poller and worker pool, run
+//!   on a listener until a shutdown future resolves.
 //! - [`worker`]: one job's lifecycle, emitting typed events that the CLI and the ticket listen to.
 #![deny(missing_docs)]
 
@@ -42,6 +44,7 @@ pub mod repo;
 pub mod sandbox;
 pub mod sandboxd;
 pub mod server;
+pub mod service;
 pub mod worker;
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ const MAX_LINES: usize = 750;
 
 /// Files that were already long when the rule came in (issue 14), with the length they may not grow past. Each is
 /// to be split along its seams; the test fails when one is split (or grows), so the list only shrinks.
-const DEBT: &[(&str, usize)] = &[("src/main.rs", 1750)];
+const DEBT: &[(&str, usize)] = &[];
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -63,13 +63,13 @@ fn table_lines() -> Vec<(String, BTreeSet<String>)> {
     lines
 }
 
-/// The top-level module a file belongs to; `None` for the binary edge and the crate root.
+/// The top-level module a file belongs to; `None` for the binary edge (`main.rs`, `cli/`, `bin/`) and the crate root.
 fn module_of(rel: &Path) -> Option<String> {
     let mut parts = rel.strip_prefix("src").ok()?.components();
     let first = parts.next()?.as_os_str().to_str()?.to_string();
     let name = first.strip_suffix(".rs").unwrap_or(&first).to_string();
     match name.as_str() {
-        "main" | "lib" | "bin" | "tidy" => None,
+        "main" | "cli" | "lib" | "bin" | "tidy" => None,
         _ => Some(name),
     }
 }
