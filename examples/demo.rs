@@ -8,7 +8,7 @@
 //!
 //! Run it with `examples/demo.sh` (which builds the sandbox image and the binaries first).
 
-#[path = "../tests/support/mod.rs"]
+#[path = "../tests/it/support/mod.rs"]
 mod support;
 
 use std::path::PathBuf;

@@ -17,7 +17,8 @@
 //! statement holds), down to two thirds of the budget, so the cached prefix then stays stable for several turns.
 //!
 //! The ticket reaches the model as quoted, untrusted data inside `<ticket>` markers, never as instructions.
-//! The loop never touches Docker: it works through [`crate::sandbox::Container`]'s file and exec calls.
+//! The loop never touches Docker: it works through a [`crate::sandbox::Workspace`]'s file and exec calls (a
+//! container's, or in tests one over an in-memory executor).
 //!
 //! `finish` ends the loop the way a careful developer ends a change: the write rules are run on what would be
 //! committed ([`FinishCheck`], the worker's, since only it knows git), and a violation goes back to the model as the
@@ -39,7 +40,7 @@ use crate::model::{
 use crate::policy::write::{self, Violation, WriteRules};
 use crate::proof::format::Tool;
 use crate::proof::{ProofError, ToolCallInput};
-use crate::sandbox::{Container, Limit, SandboxError};
+use crate::sandbox::{Limit, SandboxError, Workspace};
 
 mod context;
 mod prompt;
@@ -262,15 +263,17 @@ pub struct Task<'a> {
     pub permissions: Permissions<'a>,
 }
 
-/// Runs the loop to completion. `on_event` is called for each turn and tool call.
-pub async fn run(
+/// Runs the loop to completion, its tools acting on `workspace` (a [`crate::sandbox::Container`] converts). `on_event`
+/// is called for each turn and tool call.
+pub async fn run<'w>(
     task: &Task<'_>,
     model: &mut ModelClient,
-    container: &Container,
+    workspace: impl Into<Workspace<'w>>,
     on_event: &mut (dyn FnMut(AgentEvent) + Send),
 ) -> Result<AgentOutcome, AgentError> {
+    let workspace = workspace.into();
     let wall = Duration::from_secs(task.limits.wall_time_secs);
-    match tokio::time::timeout(wall, run_inner(task, model, container, on_event)).await {
+    match tokio::time::timeout(wall, run_inner(task, model, workspace, on_event)).await {
         Ok(result) => result,
         Err(_) => Err(AgentError::WallTime(task.limits.wall_time_secs)),
     }
@@ -279,7 +282,7 @@ pub async fn run(
 async fn run_inner(
     task: &Task<'_>,
     model: &mut ModelClient,
-    container: &Container,
+    workspace: Workspace<'_>,
     on_event: &mut (dyn FnMut(AgentEvent) + Send),
 ) -> Result<AgentOutcome, AgentError> {
     let mut messages = vec![Message {
@@ -531,7 +534,7 @@ async fn run_inner(
             let detail = describe_call(&name, &input);
             let allowed = permit(&task.permissions, &task.ticket.key, &name, &input);
             let executed = match allowed {
-                Ok(()) => execute(&name, &input, container, task.command_timeout).await,
+                Ok(()) => execute(&name, &input, workspace, task.command_timeout).await,
                 Err(refusal) => Err(refusal),
             };
             let mut refused_by = None;

@@ -99,7 +99,7 @@ pub(super) fn describe_call(name: &str, input: &Value) -> String {
 pub(super) async fn execute(
     name: &str,
     input: &Value,
-    container: &Container,
+    workspace: Workspace<'_>,
     command_timeout: Duration,
 ) -> Result<Executed, ToolFailure> {
     if let Value::String(raw) = input {
@@ -125,7 +125,7 @@ pub(super) async fn execute(
                 .and_then(Value::as_u64)
                 .unwrap_or(3)
                 .clamp(1, 10) as u32;
-            let text = container.list(&path, depth).await.map_err(tool_failure)?;
+            let text = workspace.list(&path, depth).await.map_err(tool_failure)?;
             if text.trim().is_empty() {
                 return Err(ToolFailure::Respond(format!("`{path}` is empty")));
             }
@@ -133,7 +133,7 @@ pub(super) async fn execute(
         }
         Ok(Tool::ReadFile) => {
             let path = req_path(input, "path")?;
-            let bytes = container
+            let bytes = workspace
                 .read_file(&path, MAX_READ_BYTES)
                 .await
                 .map_err(tool_failure)?;
@@ -154,11 +154,11 @@ pub(super) async fn execute(
                     content.len()
                 )));
             }
-            container
+            workspace
                 .write_file(&path, content.as_bytes())
                 .await
                 .map_err(tool_failure)?;
-            container.check_disk().await.map_err(ToolFailure::Fatal)?;
+            workspace.check_disk().await.map_err(ToolFailure::Fatal)?;
             Ok(Executed::new((
                 format!("wrote {} bytes to {path}", content.len()),
                 true,
@@ -171,7 +171,7 @@ pub(super) async fn execute(
             if old.is_empty() {
                 return Err(ToolFailure::Respond("`old` must not be empty".into()));
             }
-            let bytes = container
+            let bytes = workspace
                 .read_file(&path, MAX_READ_BYTES)
                 .await
                 .map_err(tool_failure)?;
@@ -184,7 +184,7 @@ pub(super) async fn execute(
                     "the edited file would be too large".into(),
                 ));
             }
-            container
+            workspace
                 .write_file(&path, updated.as_bytes())
                 .await
                 .map_err(tool_failure)?;
@@ -196,7 +196,7 @@ pub(super) async fn execute(
                 return Err(ToolFailure::Respond("`pattern` must not be empty".into()));
             }
             let path = opt_path(input, "path")?;
-            let text = container
+            let text = workspace
                 .search(pattern, &path)
                 .await
                 .map_err(tool_failure)?;
@@ -210,7 +210,7 @@ pub(super) async fn execute(
             if command.trim().is_empty() {
                 return Err(ToolFailure::Respond("`command` must not be empty".into()));
             }
-            let out = container
+            let out = workspace
                 .exec(command, command_timeout)
                 .await
                 .map_err(tool_failure)?;
@@ -229,7 +229,7 @@ pub(super) async fn execute(
                 text.push_str("\n[output was truncated]");
             }
             // A command may fill the disk even when it fails: measured after every run, the job stops over the limit.
-            container.check_disk().await.map_err(ToolFailure::Fatal)?;
+            workspace.check_disk().await.map_err(ToolFailure::Fatal)?;
             Ok(Executed {
                 text,
                 ok: out.stopped_by.is_none() && out.exit_code == Some(0),

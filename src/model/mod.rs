@@ -10,7 +10,7 @@
 //! Model output is treated as hostile: bodies are size-capped, every field is checked, and errors carry a short
 //! excerpt of the body (never headers, never the API key). The client does not retry; [`ModelError::is_retryable`]
 //! tells the caller whether trying again could help, [`ModelError::retry_after`] how long the provider asked to
-//! wait. `tests/provider_shapes.rs` feeds it response bodies written from the providers' API references.
+//! wait. `tests/it/provider_shapes.rs` feeds it response bodies written from the providers' API references.
 
 use std::fmt;
 use std::time::{Duration, Instant};

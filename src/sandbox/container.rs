@@ -178,54 +178,39 @@ impl Container {
         }
     }
 
-    /// Reads `/workspace/<rel>`. Errors if it is missing, not a regular file, or larger than `max_bytes`.
+    /// The workspace's tool-call operations, through this container's executor and under its disk limit.
+    pub fn workspace(&self) -> Workspace<'_> {
+        Workspace::new(self.executor.as_ref(), self.limits.workspace_limit)
+    }
+
+    /// [`Workspace::read_file`].
     pub async fn read_file(&self, rel: &str, max_bytes: usize) -> Result<Vec<u8>, SandboxError> {
-        workspace_path(rel)?;
-        self.executor.read_file(rel, max_bytes).await
+        self.workspace().read_file(rel, max_bytes).await
     }
 
-    /// Writes `/workspace/<rel>` with exactly the agent's permissions (the file is its own), creating parent
-    /// directories.
+    /// [`Workspace::write_file`].
     pub async fn write_file(&self, rel: &str, contents: &[u8]) -> Result<(), SandboxError> {
-        workspace_path(rel)?;
-        self.executor.write_file(rel, contents).await
+        self.workspace().write_file(rel, contents).await
     }
 
-    /// Runs `bash -c command` in `/workspace` as uid 1000, stopped after `timeout` (see [`EXEC_GRACE`] for the
-    /// host-side backstop), or earlier by the output limit or the memory limit. A non-zero exit is an `Ok`
-    /// [`ExecOutput`]; `Err` means the exec itself failed.
+    /// [`Workspace::exec`].
     pub async fn exec(&self, command: &str, timeout: Duration) -> Result<ExecOutput, SandboxError> {
-        let argv = vec!["bash".to_string(), "-c".to_string(), command.to_string()];
-        self.executor.exec(argv, Vec::new(), timeout).await
+        self.workspace().exec(command, timeout).await
     }
 
-    /// The tree under `rel` (`.` for the workspace), `max_depth` levels deep, as `<type> <path>` lines.
+    /// [`Workspace::list`].
     pub async fn list(&self, rel: &str, max_depth: u32) -> Result<String, SandboxError> {
-        if rel != "." {
-            workspace_path(rel)?;
-        }
-        self.executor.list(rel, max_depth).await
+        self.workspace().list(rel, max_depth).await
     }
 
-    /// Lines matching a regular expression under `rel`, as `<path>:<line>:<text>`.
+    /// [`Workspace::search`].
     pub async fn search(&self, pattern: &str, rel: &str) -> Result<String, SandboxError> {
-        if rel != "." {
-            workspace_path(rel)?;
-        }
-        self.executor.search(pattern, rel).await
+        self.workspace().search(pattern, rel).await
     }
 
-    /// Fails with [`SandboxError::DiskLimit`] when the workspace uses more disk than `sandbox.workspace_max_mb`:
-    /// checked after every tool call that can write (the executor also checks while a command runs).
+    /// [`Workspace::check_disk`].
     pub async fn check_disk(&self) -> Result<u64, SandboxError> {
-        let used = self.executor.disk_usage().await?;
-        if used > self.limits.workspace_limit {
-            return Err(SandboxError::DiskLimit {
-                used_mb: used / (1024 * 1024),
-                limit_mb: self.limits.workspace_limit / (1024 * 1024),
-            });
-        }
-        Ok(used)
+        self.workspace().check_disk().await
     }
 
     /// Force-removes the container and its workspace volume.

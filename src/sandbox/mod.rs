@@ -66,6 +66,7 @@ mod executor_volume;
 mod network;
 mod spec;
 pub mod warm;
+mod workspace;
 
 pub use crate::sandboxd::proto::Limit;
 use archive::{
@@ -77,6 +78,7 @@ pub use error::SandboxError;
 use error::*;
 pub use executor_volume::find_executor;
 use executor_volume::*;
+pub use workspace::Workspace;
 
 /// Label set to `"true"` on every container drafter creates.
 pub const LABEL_MANAGED: &str = "drafter.managed";

@@ -1,7 +1,7 @@
 //! End to end: the real `drafter run` binary against stand-in Jira, GitHub (with a real git remote) and a scripted
 //! model, with the model's tools running in the real hardened Docker sandbox.
 
-mod support;
+use crate::support;
 
 use support::git::{branches, git};
 

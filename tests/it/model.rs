@@ -1,7 +1,7 @@
 //! The model client against the scripted stand-in, for both API families: request shapes on the wire, decoding,
 //! one verified receipt per HTTP exchange, and errors.
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

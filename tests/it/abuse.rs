@@ -5,7 +5,7 @@
 //! Network cases need the outside world for one positive check: `index.crates.io` (a registry this machine reaches
 //! through its own network) must be fetchable through the proxy when allowlisted.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::process::Command;
@@ -17,19 +17,12 @@ use drafter::sandboxd::egress::EgressRules;
 use serde_json::{json, Value};
 use support::harness::{Options, Stack, DEMO_REPO};
 use support::model::Step;
-use support::sandbox::{fails, image, ok, sh};
+use support::sandbox::{fails, image, ok, sh, SECRETS};
 
 const BIN: &str = env!("CARGO_BIN_EXE_drafter");
 
 /// The classic bomb, with a leader that waits for it.
 const FORK_BOMB: &str = "b(){ b|b& }; b; sleep 60";
-
-/// Values in this process's environment that must never reach a sandbox.
-const SECRETS: &[(&str, &str)] = &[
-    ("GITHUB_TOKEN", "ghp_ABUSESECRETdoNotLeak0123456789"),
-    ("JIRA_API_TOKEN", "jira-ABUSESECRET-doNotLeak"),
-    ("OPENAI_API_KEY", "sk-ABUSESECRET-doNotLeak"),
-];
 
 fn config() -> SandboxConfig {
     SandboxConfig {
@@ -151,9 +144,7 @@ fn raw_proxy(request: &str) -> String {
 
 #[tokio::test]
 async fn allowlist_goes_through_the_proxy_and_only_to_allowed_public_hosts() {
-    for (k, v) in SECRETS {
-        std::env::set_var(k, v);
-    }
+    support::sandbox::assert_secrets_planted();
     let sb = sandbox().await;
     let job = job_id("net-allow");
     let rules = EgressRules {
@@ -351,6 +342,7 @@ async fn privilege_escalation_fails() {
 
 #[tokio::test]
 async fn resource_bombs_are_stopped_by_their_limits() {
+    let _bombs = support::BOMBS.lock().await;
     let sb = sandbox().await;
     let job = job_id("bombs");
     let c = sb.start(&job, "ABUSE-4").await.unwrap();
@@ -435,9 +427,7 @@ async fn resource_bombs_are_stopped_by_their_limits() {
 
 #[tokio::test]
 async fn secrets_never_reach_the_container() {
-    for (k, v) in SECRETS {
-        std::env::set_var(k, v);
-    }
+    support::sandbox::assert_secrets_planted();
     let sb = sandbox().await;
     let job = job_id("secrets");
     let c = sb.start(&job, "ABUSE-5").await.unwrap();
@@ -589,6 +579,7 @@ fn tool_results(stack: &Stack) -> String {
 /// A model that throws every bomb: each comes back to it as a clear tool result, and the job still ends well.
 #[tokio::test]
 async fn a_job_survives_its_bombs_and_reports_them_to_the_model() {
+    let _bombs = support::BOMBS.lock().await;
     let mut script = vec![
         run_cmd(FORK_BOMB),
         run_cmd("python3 -c \"x = []\nwhile True: x.append(bytearray(16 << 20))\""),

@@ -4,7 +4,7 @@
 //! so the tests can run in parallel. The `remove_orphans` test plants containers of crashed, live and remote runners,
 //! so it takes a write lock that the other tests hold for reading.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::process::Command;
@@ -12,17 +12,10 @@ use std::time::{Duration, Instant};
 
 use drafter::config::{SandboxConfig, Transport};
 use drafter::sandbox::{Limit, Sandbox, SandboxError, EXEC_GRACE};
-use support::sandbox::{connect, image, ok, sh};
+use support::sandbox::{connect, image, ok, sh, SECRETS};
 use tokio::sync::RwLock;
 
 static ORPHAN_LOCK: RwLock<()> = RwLock::const_new(());
-
-/// Values the test process has in its environment that must never reach the container.
-const SECRETS: &[(&str, &str)] = &[
-    ("GITHUB_TOKEN", "ghp_TESTSECRETdoNotLeak0123456789"),
-    ("JIRA_TOKEN", "jira-TESTSECRET-doNotLeak"),
-    ("ANTHROPIC_API_KEY", "sk-ant-TESTSECRET-doNotLeak"),
-];
 
 fn config(output_cap_bytes: usize) -> SandboxConfig {
     config_for(Transport::Sandboxd, output_cap_bytes)
@@ -75,9 +68,7 @@ async fn assert_no_containers(sb: &Sandbox, job: &str) {
 #[tokio::test]
 async fn container_is_locked_down() {
     let _g = ORPHAN_LOCK.read().await;
-    for (k, v) in SECRETS {
-        std::env::set_var(k, v);
-    }
+    support::sandbox::assert_secrets_planted();
     let sb = sandbox(64 * 1024).await;
     let job = job_id("lockdown");
     let t = Instant::now();
@@ -693,6 +684,8 @@ async fn labelled_container(job: &str, host: &str, pid: u32) -> String {
 #[tokio::test]
 async fn remove_orphans_after_a_crash() {
     let _g = ORPHAN_LOCK.write().await;
+    // Nor may another test's `drafter run` or `serve` sweep up the crashed runner's container first.
+    let _alone = support::sweep_alone().await;
     let sb = sandbox(64 * 1024).await;
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .unwrap()
@@ -867,6 +860,8 @@ fn bytes_under(dir: &Path) -> u64 {
 #[tokio::test]
 async fn the_returning_workspace_is_budgeted_on_the_host() {
     let _g = ORPHAN_LOCK.read().await;
+    // Its 100 `ln`s must finish before the executor's first disk check (2 s): no bomb may run meanwhile.
+    let _bombs = support::BOMBS.lock().await;
     let mut cfg = config(64 * 1024);
     cfg.workspace_max_mb = 16;
     let sb = connect(&cfg).await;

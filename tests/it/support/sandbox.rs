@@ -1,9 +1,27 @@
-//! Helpers for the tests that drive the sandbox directly (`tests/sandbox.rs`, `tests/abuse.rs`).
+//! Helpers for the tests that drive the sandbox directly (`tests/it/sandbox.rs`, `tests/it/abuse.rs`).
 
 use std::time::Duration;
 
 use drafter::config::SandboxConfig;
 use drafter::sandbox::{Container, ExecOutput, Sandbox};
+
+/// Values this test process holds in its environment that must never reach a container: the sandbox and abuse
+/// tests look for every one of them inside theirs. Planted before `main` (see `tests/it/main.rs`), when the process
+/// has one thread: setting them from a test would race with the other tests reading the environment.
+pub const SECRETS: &[(&str, &str)] = &[
+    ("GITHUB_TOKEN", "ghp_TESTSECRETdoNotLeak0123456789"),
+    ("JIRA_TOKEN", "jira-TESTSECRET-doNotLeak"),
+    ("ANTHROPIC_API_KEY", "sk-ant-TESTSECRET-doNotLeak"),
+    ("JIRA_API_TOKEN", "jira-ABUSESECRET-doNotLeak"),
+    ("OPENAI_API_KEY", "sk-ABUSESECRET-doNotLeak"),
+];
+
+/// Fails the test unless [`SECRETS`] are in this process's environment.
+pub fn assert_secrets_planted() {
+    for (k, v) in SECRETS {
+        assert_eq!(std::env::var(k).as_deref(), Ok(*v), "{k} was not planted");
+    }
+}
 
 /// The image the tests use: `DRAFTER_SANDBOX_IMAGE`, or the one `images/sandbox/build.sh` makes.
 pub fn image() -> String {

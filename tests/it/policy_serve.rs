@@ -1,7 +1,7 @@
 //! Policy rules that need `drafter serve`: who may trigger through Jira, approval by comment, per-team concurrency
 //! under a burst, and a policy reload while a job runs. The real binary, real Docker and git, stand-in Jira/GitHub.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -15,8 +15,8 @@ use support::harness::{
 
 const BIN: &str = env!("CARGO_BIN_EXE_drafter");
 
-/// One at a time: each test runs a worker pool.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+// One at a time: each test runs a worker pool (the lock is shared with `serve.rs`).
+use crate::support::POOL_SERIAL as SERIAL;
 
 const ADA: &str = "712020:developer-ada"; // the user in `assignment_webhook`
 const LIN: &str = "712020:lead-lin";

@@ -7,7 +7,7 @@
 //! list below runs every one against both backends; the backend-specific checks and the upgrade tests share its
 //! fixtures.
 
-mod support;
+use crate::support;
 
 use std::any::Any;
 use std::collections::HashSet;
@@ -1555,7 +1555,8 @@ async fn sqlite_separate_processes_never_double_claim() {
             tokio::process::Command::new(&exe)
                 .args([
                     "--exact",
-                    "sqlite_child_claimer",
+                    // Its name in the one test binary: module path after the crate's.
+                    "queue::sqlite_child_claimer",
                     "--nocapture",
                     "--test-threads=1",
                 ])

@@ -2,7 +2,7 @@
 //! run when the model calls `finish`, and a violation goes back to the model once before the job is refused; build
 //! products that commands left behind (`__pycache__`, ...) never reach the commit and are listed in the PR body.
 
-mod support;
+use crate::support;
 
 use support::git::{branches, git};
 

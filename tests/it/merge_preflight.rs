@@ -3,7 +3,7 @@
 //! against the GitHub stand-in and asserts the job is refused before anything is cloned or pushed, with the
 //! explanation in the log and on the ticket. The positive controls (what does prove it) call the check directly.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::process::Output;

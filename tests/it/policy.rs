@@ -2,7 +2,7 @@
 //! Docker sandbox. Every rule is checked by the runner, not the prompt: the scripted model obeys whatever the
 //! ticket says, and the tests assert that what the policy forbids did not happen and that the refusal was recorded.
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::process::Output;

@@ -162,6 +162,8 @@ pub struct Stack {
     pub config_path: PathBuf,
     /// The bare repository behind `acme/widgets`.
     pub bare_repo: PathBuf,
+    /// Held while the stack lives: its `drafter run` and `serve` processes sweep orphaned containers at start-up.
+    _sweeping: super::Sweeping,
 }
 
 /// The crate root (where Cargo.toml is).
@@ -355,6 +357,7 @@ email = "drafter-bot@example.com"
             dir,
             config_path,
             bare_repo,
+            _sweeping: super::sweeping().await,
         }
     }
 

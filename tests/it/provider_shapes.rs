@@ -4,7 +4,7 @@
 //! second half runs whole jobs (the real binary, the real sandbox) where the behaviour lives in the agent loop.
 //! Each case either works or fails the job with a message naming the provider's answer: never a panic or a hang.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::time::{Duration, Instant};

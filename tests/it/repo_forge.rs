@@ -1,6 +1,6 @@
 //! `repo` and `forge` against the GitHub stand-in: real git over smart HTTP (`git http-backend`), REST via octocrab.
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 

@@ -21,7 +21,7 @@
 //! `<name>` matches anything the first time and is remembered. `cmd &` runs in the background (its shown lines are
 //! awaited); `kill %N` sends it SIGTERM, waits for it to exit 0, and its shown lines are the job's last output.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -568,6 +568,8 @@ fn output_patterns_match_like_the_readme_says() {
 /// The whole path, against the stand-ins and the real sandbox.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_readme_real_setup_path_works_word_for_word() {
+    // The README's `drafter run` and `serve` sweep orphaned containers at start-up.
+    let _sweeping = support::sweeping().await;
     let steps = all_steps();
 
     let jira = JiraStandIn::start(JIRA_EMAIL, JIRA_TOKEN).await;

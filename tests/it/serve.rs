@@ -1,7 +1,7 @@
 //! `drafter serve` as deployed: the real binary, fed by signed Jira webhooks, running jobs through the real sandbox
 //! and git, against the stand-ins. Crashes are real (`kill -9`), shutdowns are real signals.
 
-mod support;
+use crate::support;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -17,9 +17,10 @@ use support::harness::{
 
 const BIN: &str = env!("CARGO_BIN_EXE_drafter");
 
-/// One test at a time: each drives a worker pool that saturates this machine's cores on its own, and the crash
-/// test's short leases must not starve behind another test's burst.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+// One test at a time: each drives a worker pool that saturates this machine's cores on its own, and the crash
+// test's short leases must not starve behind another test's burst. Shared with `policy_serve.rs`, whose tests run
+// pools too.
+use crate::support::POOL_SERIAL as SERIAL;
 
 fn serve_toml(concurrency: usize, per_project: usize, lease_secs: u64, drain_secs: u64) -> String {
     format!(

@@ -1,6 +1,6 @@
 //! The Jira client against the Jira stand-in: real HTTP on localhost, Jira's shapes.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -9,7 +9,7 @@
 //! secret send `X-Hub-Signature: sha256=<hex HMAC-SHA256(secret, body)>` and, on Cloud,
 //! `X-Atlassian-Webhook-Identifier` (the same on retries) and `X-Atlassian-Webhook-Retry`.
 
-mod support;
+use crate::support;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -1120,7 +1120,10 @@ async fn poll_loop_stops_promptly_on_shutdown() {
     assert_eq!(queue.jobs().len(), 1);
 }
 
-#[tokio::test]
+/// On a paused clock: the 2 s of Retry-After pass at once. The stand-in runs on this test's runtime, and the test's
+/// 20 ms poll below keeps a timer pending, so the clock only ever jumps 20 ms while a request is in flight (never to
+/// the client's request timeout).
+#[tokio::test(start_paused = true)]
 async fn poll_loop_retries_after_a_failure_honouring_retry_after() {
     let j = JiraStandIn::start(EMAIL, TOKEN).await;
     j.add_issue("PAY-1", "one", Value::Null, &[]);

@@ -2,7 +2,7 @@
 //! stops at once, naming key and line, when one is missing; `serve` needs the webhook secret exactly when webhooks
 //! are on; `check-config` lists every problem with what it stops; `drafter --help` is one short line per command.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::time::Duration;
