@@ -52,6 +52,9 @@ pub enum ServiceError {
     /// The Jira client cannot be built.
     #[error(transparent)]
     Jira(#[from] JiraError),
+    /// The clients and key every job shares cannot be built.
+    #[error(transparent)]
+    Services(#[from] worker::ServicesError),
     /// The listener handed in has no local address.
     #[error(transparent)]
     Listener(#[from] std::io::Error),
@@ -127,6 +130,8 @@ pub struct Service {
     queue: Arc<dyn Queue>,
     policy: Arc<policy::Current>,
     sandbox: Arc<Sandbox>,
+    /// What every job of the pool runs over, built once.
+    services: Arc<worker::Services>,
     report: Report,
     reloader: Background,
     purger: Background,
@@ -206,12 +211,24 @@ impl Service {
         if let Err(e) = sandbox.prewarm().await {
             tracing::warn!(error = %e, "could not start the warm pool; jobs start cold");
         }
+        // Built once for every job of the pool; the worker id is the lease owner of its claims and goes into every
+        // run statement. Team budgets are counted in this queue, shared by its workers.
+        let ledger: Arc<dyn worker::meter::Ledger> =
+            Arc::new(worker::meter::QueueLedger(queue.clone()));
+        let services = Arc::new(worker::Services::new(
+            config.clone(),
+            sandbox.clone(),
+            policy.clone(),
+            Some(ledger),
+            worker::pool::worker_id(),
+        )?);
         Ok(Service {
             config,
             webhook_secret,
             queue,
             policy,
             sandbox,
+            services,
             report,
             reloader,
             purger,
@@ -237,6 +254,7 @@ impl Service {
             queue,
             policy,
             sandbox,
+            services,
             report,
             reloader,
             purger,
@@ -336,8 +354,7 @@ impl Service {
                 let _ = stop_tx.send(true);
             }
         };
-        let worker = worker::pool::worker_id();
-        let stats = worker::pool::run(config.clone(), queue, sandbox, policy, worker, signal).await;
+        let stats = worker::pool::run(services, queue, signal).await;
         drop(reloader);
         drop(purger);
         let drained = pool_owner.drain_pool().await;

@@ -9,7 +9,7 @@ const MAX_LINES: usize = 750;
 
 /// Files that were already long when the rule came in (issue 14), with the length they may not grow past. Each is
 /// to be split along its seams; the test fails when one is split (or grows), so the list only shrinks.
-const DEBT: &[(&str, usize)] = &[("src/worker.rs", 2200)];
+const DEBT: &[(&str, usize)] = &[];
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

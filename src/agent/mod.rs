@@ -93,7 +93,7 @@ pub enum AgentError {
     Sandbox(SandboxError),
     /// The policy's budget does not allow another model call.
     #[error("{0}")]
-    Budget(String),
+    Budget(GateRefusal),
     /// A tool call could not be recorded in the proof bundle: the job stops, since its record would be incomplete.
     #[error("cannot record a tool call in the proof bundle: {0}")]
     Proof(#[from] ProofError),
@@ -128,11 +128,22 @@ pub struct FinishReport {
     pub left_out: Vec<String>,
 }
 
+/// Why a [`CallGate`] stopped a model call: the policy rule that said no (`budget.daily_tokens`, ...) and why. Not
+/// retryable: the budget is spent (or cannot be counted) for this job.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct GateRefusal {
+    /// The policy rule.
+    pub rule: String,
+    /// What the job is told.
+    pub message: String,
+}
+
 /// Asked before and told after every model call: the policy's budgets live behind this, outside the model.
 #[async_trait::async_trait]
 pub trait CallGate: Send + Sync {
-    /// `Err(reason)` stops the job before the call is made.
-    async fn before_call(&self) -> Result<(), String>;
+    /// An `Err` stops the job before the call is made.
+    async fn before_call(&self) -> Result<(), GateRefusal>;
     /// Records what a call used.
     async fn after_call(&self, usage: &TokenUsage);
 }

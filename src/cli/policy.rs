@@ -123,7 +123,7 @@ async fn explain(
     let operator = format!("cli:{}", operator_name());
     let who = match user {
         Some(u) => policy::Who::Jira(Some(u)),
-        None => policy::Who::Operator(&operator),
+        None => policy::Who::Operator(operator.as_str()),
     };
     let req = policy::Request {
         ticket: &t,

@@ -25,7 +25,7 @@ pub async fn run(
         .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
 
     // A crashed earlier run may have left its container behind; nothing else removes it.
-    let sandbox = Sandbox::connect(&config.sandbox).await?;
+    let sandbox = Arc::new(Sandbox::connect(&config.sandbox).await?);
     match sandbox.remove_orphans().await {
         Ok(0) => {}
         Ok(n) => eprintln!("removed {n} container(s) left behind by an earlier run"),
@@ -33,12 +33,21 @@ pub async fn run(
     }
 
     let policy = Policy::load(&config)?;
+    let ledger = ledger_for(&config, &policy).await?;
+    let policy = Arc::new(drafter::policy::Current::new(policy));
+    // This process is the job's one worker: its own id goes into the run statement.
+    let services = worker::Services::new(
+        config.clone(),
+        sandbox.clone(),
+        policy.clone(),
+        ledger,
+        worker::pool::worker_id(),
+    )?;
     let operator = operator_name();
-    let mut spec = worker::JobSpec::new(ticket, Arc::new(policy), &operator);
+    let mut spec = worker::JobSpec::new(ticket, policy.get(), &operator);
     if approve {
         spec.approved_by = Some(format!("cli:{operator}"));
     }
-    spec.ledger = ledger_for(&config, &spec.policy).await?;
     let job_id = spec.job_id.clone();
     eprintln!("job {job_id}: ticket {ticket}");
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
@@ -55,11 +64,11 @@ pub async fn run(
                     c.detail,
                     if c.ok { "" } else { "  [failed]" }
                 ),
-                Event::Done(_) => {}
+                _ => {}
             }
         }
     });
-    let job = worker::run_job(config.clone(), &spec, tx);
+    let job = worker::run_job(&services, &spec, tx);
     let result = tokio::select! {
         result = job => result,
         _ = shutdown_signal() => {

@@ -3,45 +3,9 @@
 
 use crate::jira::Ticket;
 
+use super::who::{Directory, DirectoryError, Who};
+
 use super::*;
-
-/// Who set a job off.
-#[derive(Debug, Clone, Copy)]
-pub enum Who<'a> {
-    /// An operator on the runner's host (`drafter run`): trusted like the config itself, recorded by name.
-    Operator(&'a str),
-    /// A Jira user (account id or Data Center name); `None` when drafter could not establish who it was.
-    Jira(Option<&'a str>),
-}
-
-/// Resolves Jira identities and group membership for trigger and approver rules.
-#[async_trait::async_trait]
-pub trait Directory: Send + Sync {
-    /// The names of the groups `account` belongs to.
-    async fn groups(&self, account: &str) -> Result<Vec<String>, String>;
-
-    /// Every identifier `account` goes by, itself included. On Jira Data Center a person has a user name and a user
-    /// key (`JIRAUSER10100`), and a policy may list either; Cloud has only the account id. Default: `account`.
-    async fn identities(&self, account: &str) -> Result<Vec<String>, String> {
-        Ok(vec![account.to_string()])
-    }
-
-    /// Whether two identifiers are the same without asking anyone: exact by default; Data Center user names and
-    /// keys regardless of letter case.
-    fn same_identity(&self, listed: &str, account: &str) -> bool {
-        listed == account
-    }
-}
-
-/// A directory that knows no groups (for policies that name none, and for tests).
-pub struct NoGroups;
-
-#[async_trait::async_trait]
-impl Directory for NoGroups {
-    async fn groups(&self, _account: &str) -> Result<Vec<String>, String> {
-        Ok(Vec::new())
-    }
-}
 
 /// What [`Policy::decide`] is asked.
 #[derive(Debug, Clone, Copy)]
@@ -49,7 +13,7 @@ pub struct Request<'a> {
     /// The ticket, as fetched.
     pub ticket: &'a Ticket,
     /// Who triggered the job.
-    pub who: Who<'a>,
+    pub who: Who<&'a str>,
     /// Who approved the job, if anybody did (checked against the approvers again here).
     pub approved_by: Option<&'a str>,
 }
@@ -112,7 +76,7 @@ impl Policy {
         project: &str,
         account: &str,
         dir: &dyn Directory,
-    ) -> Result<bool, String> {
+    ) -> Result<bool, DirectoryError> {
         match self.team_for(project) {
             Some(team) => matches(&team.approvers, account, dir).await,
             None => Ok(false),
@@ -125,7 +89,7 @@ impl Policy {
     pub async fn may_trigger(
         &self,
         project: &str,
-        who: Who<'_>,
+        who: Who<&str>,
         dir: &dyn Directory,
     ) -> Result<String, String> {
         match self.team_for(project) {
@@ -321,7 +285,7 @@ impl Policy {
 async fn trigger_rule(
     team: &Team,
     project: &str,
-    who: Who<'_>,
+    who: Who<&str>,
     dir: &dyn Directory,
 ) -> Result<String, String> {
     match who {
@@ -347,7 +311,11 @@ async fn trigger_rule(
 
 /// Whether `account` is among `who`: listed (by any identifier it goes by: a Data Center user may be listed by
 /// name or by key), in a listed group, or `anyone`.
-async fn matches(who: &Principals, account: &str, dir: &dyn Directory) -> Result<bool, String> {
+async fn matches(
+    who: &Principals,
+    account: &str,
+    dir: &dyn Directory,
+) -> Result<bool, DirectoryError> {
     let listed = |id: &str| who.accounts.iter().any(|a| dir.same_identity(a, id));
     if who.anyone || listed(account) {
         return Ok(true);

@@ -19,6 +19,7 @@ mod decide;
 mod file;
 pub mod identity;
 mod rules;
+mod who;
 pub mod write;
 
 use std::collections::BTreeMap;
@@ -31,10 +32,11 @@ pub use crate::proof::format::{
     Decision, Price, Tool, UnknownTool, CACHE_READ_MULTIPLIER, CACHE_WRITE_MULTIPLIER,
 };
 
-pub use decide::{named_field, Approval, Denial, Directory, Grant, NoGroups, Request, Who};
+pub use decide::{named_field, Approval, Denial, Grant, Request};
 pub use file::parse;
 use identity::IdentityError;
 pub use rules::{Budget, Concurrency, Egress, Limits, Network, Principals, RepoGrant, Rules, Team};
+pub use who::{Directory, DirectoryError, NoGroups, Who};
 
 /// The agent's tools a policy can switch on or off (`finish` is always available: it only ends the job).
 pub const TOOLS: &[Tool] = &[

@@ -12,7 +12,7 @@ struct Groups(HashMap<&'static str, Vec<&'static str>>);
 
 #[async_trait::async_trait]
 impl Directory for Groups {
-    async fn groups(&self, account: &str) -> Result<Vec<String>, String> {
+    async fn groups(&self, account: &str) -> Result<Vec<String>, DirectoryError> {
         if account == "broken" {
             return Err("Jira answered 503".into());
         }
@@ -53,7 +53,7 @@ fn example() -> Policy {
 async fn decide(
     p: &Policy,
     t: &Ticket,
-    who: Who<'_>,
+    who: Who<&str>,
     approved_by: Option<&str>,
 ) -> Result<Grant, Denial> {
     p.decide(
@@ -413,10 +413,10 @@ struct DataCenter;
 
 #[async_trait::async_trait]
 impl Directory for DataCenter {
-    async fn groups(&self, _account: &str) -> Result<Vec<String>, String> {
+    async fn groups(&self, _account: &str) -> Result<Vec<String>, DirectoryError> {
         Ok(Vec::new())
     }
-    async fn identities(&self, account: &str) -> Result<Vec<String>, String> {
+    async fn identities(&self, account: &str) -> Result<Vec<String>, DirectoryError> {
         let known = [("ann", "JIRAUSER10001"), ("lin", "JIRAUSER10002")];
         let mut ids = vec![account.to_string()];
         for (name, key) in known {

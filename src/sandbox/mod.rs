@@ -261,6 +261,16 @@ impl Sandbox {
         })
     }
 
+    /// The same engine with other settings (a job's limits, tightened by its policy): the Docker connection and the
+    /// executor volume are shared, so a job costs no new connection.
+    pub fn with_config(&self, cfg: &SandboxConfig) -> Sandbox {
+        Sandbox {
+            docker: self.docker.clone(),
+            cfg: cfg.clone(),
+            executor: self.executor.clone(),
+        }
+    }
+
     /// Checks the daemon answers.
     pub async fn ping(&self) -> Result<(), SandboxError> {
         self.docker

@@ -132,7 +132,7 @@ impl Explanation {
         e.repository = Some(format!("{} (base {})", grant.repo.name, grant.repo.base));
         e.tools = grant.rules.tools.clone();
         e.tools.push(Tool::Finish);
-        let (limits, sandbox) = super::effective_limits(config, &grant);
+        let (limits, sandbox) = super::phases::decide::effective_limits(config, &grant);
         e.limits = vec![
             ("model calls".into(), limits.max_turns.to_string()),
             ("tokens".into(), limits.max_total_tokens.to_string()),

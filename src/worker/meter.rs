@@ -9,10 +9,10 @@ use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Datelike, TimeZone, Utc};
 
-use crate::agent::CallGate;
+use crate::agent::{CallGate, GateRefusal};
 use crate::model::TokenUsage;
 use crate::policy::{self, Budget, Price};
-use crate::queue::LedgerEntry;
+use crate::queue::{LedgerEntry, QueueError};
 
 /// Spending, summed (tokens, millionths of a dollar, calls).
 pub use crate::queue::UsageTotal as Spent;
@@ -21,9 +21,9 @@ pub use crate::queue::UsageTotal as Spent;
 #[async_trait::async_trait]
 pub trait Ledger: Send + Sync {
     /// Adds one call's usage.
-    async fn record(&self, entry: &LedgerEntry) -> Result<(), String>;
+    async fn record(&self, entry: &LedgerEntry) -> Result<(), QueueError>;
     /// What `team` spent since `since`.
-    async fn team_since(&self, team: &str, since: DateTime<Utc>) -> Result<Spent, String>;
+    async fn team_since(&self, team: &str, since: DateTime<Utc>) -> Result<Spent, QueueError>;
 }
 
 /// The queue database as the ledger: every worker sharing the queue shares the counts.
@@ -31,15 +31,12 @@ pub struct QueueLedger(pub Arc<dyn crate::queue::UsageLedger>);
 
 #[async_trait::async_trait]
 impl Ledger for QueueLedger {
-    async fn record(&self, e: &LedgerEntry) -> Result<(), String> {
-        self.0.record_usage(e).await.map_err(|e| e.to_string())
+    async fn record(&self, e: &LedgerEntry) -> Result<(), QueueError> {
+        self.0.record_usage(e).await
     }
 
-    async fn team_since(&self, team: &str, since: DateTime<Utc>) -> Result<Spent, String> {
-        self.0
-            .usage_since(team, since)
-            .await
-            .map_err(|e| e.to_string())
+    async fn team_since(&self, team: &str, since: DateTime<Utc>) -> Result<Spent, QueueError> {
+        self.0.usage_since(team, since).await
     }
 }
 
@@ -107,20 +104,15 @@ impl Meter {
         *self.job.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// `Err(reason)` if a cap is reached; every verdict is logged as a policy decision. The team's usage is read
-    /// from the ledger only when a team cap needs it, once per window.
-    pub async fn check(&self) -> Result<(), String> {
-        self.check_rule().await.map_err(|(_, message)| message)
-    }
-
-    /// [`Meter::check`], also naming the rule that said no (for the run statement).
-    pub async fn check_rule(&self) -> Result<(), (String, String)> {
+    /// A refusal naming the rule if a cap is reached; every verdict is logged as a policy decision. The team's
+    /// usage is read from the ledger only when a team cap needs it, once per window.
+    pub async fn check(&self) -> Result<(), GateRefusal> {
         let deny = |rule: &str, detail: String| {
             policy::log_decision(&self.policy_hash, &self.ticket, rule, false, detail.clone());
-            Err((
-                rule.to_string(),
-                format!("budget exhausted (policy rule `{rule}`): {detail}"),
-            ))
+            Err(GateRefusal {
+                rule: rule.to_string(),
+                message: format!("budget exhausted (policy rule `{rule}`): {detail}"),
+            })
         };
         let job = self.job_spent();
         let (day, month) = windows(Utc::now());
@@ -293,7 +285,7 @@ pub fn caps(budget: &Budget) -> Vec<Cap> {
 
 #[async_trait::async_trait]
 impl CallGate for Meter {
-    async fn before_call(&self) -> Result<(), String> {
+    async fn before_call(&self) -> Result<(), GateRefusal> {
         self.check().await
     }
 
@@ -343,11 +335,11 @@ mod tests {
 
     #[async_trait::async_trait]
     impl Ledger for MemLedger {
-        async fn record(&self, e: &LedgerEntry) -> Result<(), String> {
+        async fn record(&self, e: &LedgerEntry) -> Result<(), QueueError> {
             self.0.lock().unwrap().push(e.clone());
             Ok(())
         }
-        async fn team_since(&self, team: &str, since: DateTime<Utc>) -> Result<Spent, String> {
+        async fn team_since(&self, team: &str, since: DateTime<Utc>) -> Result<Spent, QueueError> {
             let rows = self.0.lock().unwrap();
             Ok(rows
                 .iter()
@@ -383,7 +375,7 @@ mod tests {
         m.after_call(&usage(100, 50)).await;
         let e = m.before_call().await.unwrap_err();
         assert!(
-            e.contains("budget.job_tokens") && e.contains("1050 of its 1000"),
+            e.message.contains("budget.job_tokens") && e.message.contains("1050 of its 1000"),
             "{e}"
         );
 
@@ -397,7 +389,7 @@ mod tests {
         m.after_call(&usage(1000, 0)).await; // + $0.003
         let e = m.before_call().await.unwrap_err();
         assert!(
-            e.contains("budget.job_cost_usd") && e.contains("$0.01 of its $0.01"),
+            e.message.contains("budget.job_cost_usd") && e.message.contains("$0.01 of its $0.01"),
             "{e}"
         );
     }
@@ -445,7 +437,7 @@ mod tests {
         // Job a is under any per-job cap, but the team's day is spent by the two jobs together.
         let e = a.before_call().await.unwrap_err();
         assert!(
-            e.contains("budget.daily_tokens") && e.contains("550 of its 500"),
+            e.message.contains("budget.daily_tokens") && e.message.contains("550 of its 500"),
             "{e}"
         );
         other.before_call().await.unwrap();
@@ -463,6 +455,7 @@ mod tests {
             .before_call()
             .await
             .unwrap_err()
+            .message
             .contains("no usage ledger"));
     }
 

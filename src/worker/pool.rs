@@ -28,14 +28,13 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
-use crate::config::Config;
-use crate::jira::{self, JiraClient, Notice};
-use crate::policy::{self, Policy};
-use crate::queue::{Admin, ApprovalRequest, Claim, Failure, Job, JobState, Leases, Pause, Queue};
-use crate::sandbox::Sandbox;
+use crate::jira::{self, Notice};
+use crate::policy::{Policy, Who};
+use crate::queue::{
+    Admin, ApprovalRequest, Claim, Failure, Job, JobState, Leases, Pause, Queue, QueueError,
+};
 
-use super::meter::QueueLedger;
-use super::{run_job, scrub, Ask, Attempt, Event, JobError, JobSpec, Origin};
+use super::{run_job, scrub, Ask, Attempt, Event, JobError, JobSpec, Services};
 
 /// How often the pool looks for lapsed approval requests.
 pub const APPROVAL_SWEEP: Duration = Duration::from_secs(30);
@@ -140,17 +139,17 @@ enum Ended {
     Lost,
 }
 
-/// Runs the pool until `shutdown` resolves and the drain is over.
+/// Runs the pool until `shutdown` resolves and the drain is over. Every job runs over `services`, built once for
+/// the process: their `worker_id` is the lease owner of every claim, and their `ledger` should be this `queue`'s
+/// (so that budgets are shared by every worker of the queue).
 pub async fn run(
-    config: Arc<Config>,
+    services: Arc<Services>,
     queue: Arc<dyn Queue>,
-    sandbox: Arc<Sandbox>,
-    policy: Arc<policy::Current>,
-    worker: String,
     shutdown: impl Future<Output = ()>,
 ) -> PoolStats {
+    let config = services.config.clone();
+    let worker = services.worker_id.clone();
     let running = Arc::new(Mutex::new(Running::default()));
-    let slots = Arc::new(super::RepoSlots::default());
     let (cancel_tx, cancel_rx) = watch::channel(false);
     let mut tasks: JoinSet<()> = JoinSet::new();
     let idle = Duration::from_millis(config.serve.idle_poll_ms);
@@ -166,7 +165,7 @@ pub async fn run(
     loop {
         if tokio::time::Instant::now() >= next_sweep {
             next_sweep = tokio::time::Instant::now() + APPROVAL_SWEEP;
-            expire_approvals(queue.as_ref(), &config).await;
+            expire_approvals(queue.as_ref(), &services).await;
         }
         if tokio::time::Instant::now() >= next_prune {
             next_prune = tokio::time::Instant::now() + DELIVERY_PRUNE;
@@ -177,7 +176,7 @@ pub async fn run(
                 tracing::error!(error = %e, "a job task panicked");
             }
         }
-        let current = policy.get();
+        let current = services.policy.get();
         let (full, exclude) = {
             let r = lock(&running);
             let mut exclude: Vec<String> = r
@@ -222,11 +221,8 @@ pub async fn run(
                 let slot = Slot::take(&running, &job.project);
                 let task = JobTask {
                     policy: current.clone(),
-                    slots: slots.clone(),
-                    config: config.clone(),
+                    services: services.clone(),
                     queue: queue.clone(),
-                    sandbox: sandbox.clone(),
-                    worker: worker.clone(),
                     running: running.clone(),
                     cancel: cancel_rx.clone(),
                 };
@@ -298,13 +294,13 @@ fn teams_at_cap(policy: &Policy, per_project: &HashMap<String, usize>) -> Vec<St
 }
 
 /// Who set a job off, from its first trigger (the one that created it).
-fn origin_of(job: &Job) -> Origin {
+fn origin_of(job: &Job) -> Who {
     match job.triggers.first() {
         Some(t) if t.source == "cli" => {
-            Origin::Operator(t.triggered_by.clone().unwrap_or_else(|| "cli".into()))
+            Who::Operator(t.triggered_by.clone().unwrap_or_else(|| "cli".into()))
         }
-        Some(t) => Origin::Jira(t.triggered_by.clone()),
-        None => Origin::Jira(None),
+        Some(t) => Who::Jira(t.triggered_by.clone()),
+        None => Who::Jira(None),
     }
 }
 
@@ -328,7 +324,8 @@ async fn note_pause(queue: &dyn Admin, seen: &mut Option<Pause>) {
 }
 
 /// Fails lapsed approval requests and logs the jobs failed that way.
-async fn expire_approvals(queue: &dyn Admin, config: &Config) {
+async fn expire_approvals(queue: &dyn Admin, services: &Services) {
+    let config = &services.config;
     let ids = match queue.expire_approvals().await {
         Ok(ids) => ids,
         Err(e) => {
@@ -339,11 +336,11 @@ async fn expire_approvals(queue: &dyn Admin, config: &Config) {
     if ids.is_empty() {
         return;
     }
-    let jira = JiraClient::new(&config.jira).ok();
+    let jira = &services.jira;
     for id in ids {
         tracing::warn!(job = %id, "job failed: nobody approved it before its approval request expired");
         // The ticket hears about it once: each expired job is returned by exactly one sweep.
-        let (Some(jira), Ok(Some(job))) = (&jira, queue.get(&id).await) else {
+        let Ok(Some(job)) = queue.get(&id).await else {
             continue;
         };
         let reason = scrub(
@@ -352,7 +349,14 @@ async fn expire_approvals(queue: &dyn Admin, config: &Config) {
                 .as_deref()
                 .unwrap_or("the approval request expired"),
         );
-        let proof = super::seal_expired(config, &job, &reason).map(|digest| jira::ProofRef {
+        let sealed = super::phases::seal::seal_expired(
+            config,
+            &services.key,
+            &services.worker_id,
+            &job,
+            &reason,
+        );
+        let proof = sealed.map(|digest| jira::ProofRef {
             job_id: id.clone(),
             digest,
         });
@@ -371,12 +375,9 @@ async fn expire_approvals(queue: &dyn Admin, config: &Config) {
 struct JobTask {
     /// The policy this job runs under, fixed when it was claimed.
     policy: Arc<Policy>,
-    /// This worker's per-repository slots.
-    slots: Arc<super::RepoSlots>,
-    config: Arc<Config>,
+    /// What every job of this process runs over.
+    services: Arc<Services>,
     queue: Arc<dyn Queue>,
-    sandbox: Arc<Sandbox>,
-    worker: String,
     running: Arc<Mutex<Running>>,
     cancel: watch::Receiver<bool>,
 }
@@ -402,7 +403,9 @@ impl JobTask {
     async fn drive(&self, job: &Job) -> Ended {
         // Every lease-holder call presents this claim's fencing token, not just the worker id: a stalled attempt of
         // this same process cannot act for a later claim of the job either.
-        let worker = job.lease_token().unwrap_or_else(|| self.worker.clone());
+        let worker = job
+            .lease_token()
+            .unwrap_or_else(|| self.services.worker_id.clone());
         let queue = self.queue.clone();
         tracing::info!(
             attempt = job.attempts,
@@ -463,8 +466,6 @@ impl JobTask {
                 .filter(|a| a.approved_by.is_some())
                 .and_then(|a| a.subject.clone()),
             policy: self.policy.clone(),
-            ledger: Some(Arc::new(QueueLedger(queue.clone()))),
-            slots: Some(self.slots.clone()),
             fence: Some(Arc::new(QueueFence {
                 queue: queue.clone(),
                 job_id: job.id.clone(),
@@ -478,13 +479,14 @@ impl JobTask {
         {
             tracing::warn!(error = %e, "could not record the policy hash on the job");
         }
-        let pipeline = run_job(self.config.clone(), &spec, tx);
+        let config = &self.services.config;
+        let pipeline = run_job(&self.services, &spec, tx);
         let heartbeat = heartbeat(
             queue.clone(),
             &job.id,
             &worker,
-            Duration::from_secs(self.config.serve.heartbeat_secs),
-            Duration::from_secs(self.config.serve.lease_secs),
+            Duration::from_secs(config.serve.heartbeat_secs),
+            Duration::from_secs(config.serve.lease_secs),
         );
         let mut cancel_rx = self.cancel.clone();
         let cancel = async {
@@ -559,7 +561,7 @@ impl JobTask {
                 Ended::Lost
             }
             Err(e) => {
-                let error = scrub(&self.config, &e.to_string());
+                let error = scrub(config, &e.to_string());
                 let failure = if e.is_retryable() {
                     Failure::Retryable {
                         error,
@@ -586,13 +588,16 @@ impl JobTask {
     /// A job whose pipeline panicked: its container goes, and the attempt fails visibly (retryable: a panic is a
     /// bug of this worker, not necessarily of the job) instead of waiting for the lease to lapse in silence.
     async fn panicked(&self, job: &Job, panic: &str) -> Ended {
-        tracing::error!(panic = %scrub(&self.config, panic), "the job panicked");
+        let config = &self.services.config;
+        tracing::error!(panic = %scrub(config, panic), "the job panicked");
         self.remove_container(&job.id).await;
         let failure = Failure::Retryable {
-            error: scrub(&self.config, &format!("the worker panicked: {panic}")),
+            error: scrub(config, &format!("the worker panicked: {panic}")),
             retry_after: None,
         };
-        let token = job.lease_token().unwrap_or_else(|| self.worker.clone());
+        let token = job
+            .lease_token()
+            .unwrap_or_else(|| self.services.worker_id.clone());
         match self.queue.fail(&job.id, &token, failure).await {
             Ok(JobState::Queued) => Ended::Retried,
             Ok(_) => Ended::Failed,
@@ -604,7 +609,7 @@ impl JobTask {
     }
 
     async fn remove_container(&self, job_id: &str) {
-        if let Err(e) = self.sandbox.remove_job(job_id).await {
+        if let Err(e) = self.services.sandbox.remove_job(job_id).await {
             tracing::warn!(error = %e, "could not remove the job's container");
         }
     }
@@ -619,11 +624,8 @@ struct QueueFence {
 
 #[async_trait::async_trait]
 impl super::Fence for QueueFence {
-    async fn holds(&self) -> Result<bool, String> {
-        self.queue
-            .holds(&self.job_id, &self.token)
-            .await
-            .map_err(|e| e.to_string())
+    async fn holds(&self) -> Result<bool, QueueError> {
+        self.queue.holds(&self.job_id, &self.token).await
     }
 }
 
@@ -653,7 +655,7 @@ async fn heartbeat(
 }
 
 /// Forgets the delivery keys of jobs finished more than `serve.delivery_retention_days` ago.
-async fn prune_deliveries(queue: &dyn Admin, config: &Config) {
+async fn prune_deliveries(queue: &dyn Admin, config: &crate::config::Config) {
     let days = config.serve.delivery_retention_days;
     let older_than = Duration::from_secs(days.saturating_mul(86_400));
     match queue.prune_deliveries(older_than).await {

@@ -449,6 +449,41 @@ async fn sigterm_lets_a_running_job_finish_within_the_drain() {
     assert!(log.contains("1 succeeded"), "{log}");
 }
 
+/// The run statement names the worker that held the job's lease: the pool's id is the queue's lease owner and the
+/// `worker.id` of the attempt's run statement, so an auditor can match a bundle to the worker the queue records.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_run_statement_names_the_lease_owner() {
+    let _serial = SERIAL.lock().await;
+    let (stack, serve) = one_job_in_its_model_loop(60, Duration::from_millis(300)).await;
+    let queue = open_queue(&stack).await;
+    let running = queue
+        .list(&JobFilter::default())
+        .await
+        .expect("list")
+        .remove(0);
+    assert_eq!(running.state, JobState::Running, "{running:?}");
+    let owner = running
+        .lease_owner
+        .clone()
+        .expect("a running job has a lease owner");
+    let jobs = wait_all_finished(queue.as_ref(), 1, Duration::from_secs(120)).await;
+    let (status, log) = serve.sigterm(Duration::from_secs(60)).await;
+    assert!(status.success(), "{log}");
+    assert_eq!(jobs[0].state, JobState::Succeeded, "{log}");
+    let bundle = stack
+        .data_dir()
+        .join("jobs")
+        .join(&running.id)
+        .join(drafter::proof::BUNDLE_FILE);
+    let run = drafter::proof::bundle::last_run(&bundle)
+        .expect("read the bundle")
+        .expect("the bundle ends with a run statement");
+    assert_eq!(
+        run.worker.id, owner,
+        "the run statement names another worker"
+    );
+}
+
 /// SIGTERM with a drain too short for the job: it is released at once and another worker completes it, without
 /// the released attempt counting.
 #[tokio::test(flavor = "multi_thread")]

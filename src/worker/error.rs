@@ -1,0 +1,124 @@
+//! [`JobError`]: why a job did not end in a pull request or "no changes", and whether trying again could help.
+
+use std::time::Duration;
+
+use crate::agent::AgentError;
+use crate::forge::ForgeError;
+use crate::jira::JiraError;
+use crate::model::ModelError;
+use crate::proof::ProofError;
+use crate::queue::ApprovalSubject;
+use crate::repo::RepoError;
+use crate::sandbox::SandboxError;
+
+/// Why a job failed. `Refused` means the runner would not do it (policy); the others are faults.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    /// The ticket asked for something the configuration or the policy does not allow. Not retryable.
+    #[error("refused: {message}")]
+    Refused {
+        /// The rule that refused it (a policy rule such as `repo` or `budget.daily_tokens`, or `ticket_key`,
+        /// `forge.merge_rights`), as recorded in the run statement.
+        rule: String,
+        /// What the ticket is told.
+        message: String,
+    },
+    /// The policy wants a person to approve the job first: not a failure; the job waits (`drafter serve`) or the
+    /// operator approves it (`drafter run --approved-by`).
+    #[error("awaiting approval: {reason} (approvers: {approvers})")]
+    AwaitingApproval {
+        /// Which rule asks for approval.
+        reason: String,
+        /// Who may approve.
+        approvers: String,
+        /// How long the job may wait.
+        ttl_hours: u64,
+        /// When approval was asked for (before the ticket is told): only comments created later can approve.
+        requested_at: chrono::DateTime<chrono::Utc>,
+        /// What is to be approved: the ticket content, repository and base this attempt would have run with.
+        subject: ApprovalSubject,
+        /// Set when an earlier approval no longer holds: who gave it, and what changed since (in words).
+        outdated: Option<(String, Vec<String>)>,
+    },
+    /// Jira failed.
+    #[error("jira: {0}")]
+    Jira(#[from] JiraError),
+    /// Git failed.
+    #[error("git: {0}")]
+    Repo(#[from] RepoError),
+    /// GitHub failed.
+    #[error("github: {0}")]
+    Forge(#[from] ForgeError),
+    /// Docker failed.
+    #[error("sandbox: {0}")]
+    Sandbox(#[from] SandboxError),
+    /// The model loop failed or hit a limit.
+    #[error("agent: {0}")]
+    Agent(#[from] AgentError),
+    /// The model client could not be set up.
+    #[error("model: {0}")]
+    Model(#[from] ModelError),
+    /// Receipts or the runner key failed.
+    #[error("proof: {0}")]
+    Proof(#[from] ProofError),
+    /// This attempt no longer holds the job's lease (another worker took it over after this one stalled, or an
+    /// operator cancelled it): it stopped before `before` instead of doing it twice. Not a failure of the job.
+    #[error("lease lost before {before}: another worker holds the job now, or it was cancelled")]
+    LeaseLost {
+        /// The side effect that was not done.
+        before: String,
+    },
+    /// Local I/O (job directory, workspace).
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+impl JobError {
+    /// How long the failing service asked us to wait (`Retry-After`), when it said.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            JobError::Jira(e) => e.retry_after(),
+            JobError::Model(e) | JobError::Agent(AgentError::Model(e)) => e.retry_after(),
+            JobError::Forge(ForgeError::RateLimited {
+                retry_after_secs, ..
+            }) => retry_after_secs.map(Duration::from_secs),
+            _ => None,
+        }
+    }
+
+    /// Whether running the job again could succeed (a network fault, not a refusal or a model that would not stop).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            JobError::Refused { .. }
+            | JobError::AwaitingApproval { .. }
+            | JobError::Proof(_)
+            | JobError::LeaseLost { .. }
+            | JobError::Io { .. } => false,
+            JobError::Jira(e) => e.is_retryable(),
+            JobError::Repo(e) => e.is_retryable(),
+            JobError::Forge(e) => e.is_retryable(),
+            JobError::Sandbox(_) => false,
+            JobError::Agent(e) => e.is_retryable(),
+            JobError::Model(e) => e.is_retryable(),
+        }
+    }
+}
+
+/// Wraps an I/O error with what was being done.
+pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> JobError {
+    let context = context.into();
+    move |source| JobError::Io { context, source }
+}
+
+/// A refusal by the policy rule `rule`.
+pub(crate) fn refused(rule: &str, reason: String) -> JobError {
+    JobError::Refused {
+        rule: rule.to_string(),
+        message: format!("policy rule `{rule}`: {reason}"),
+    }
+}

@@ -1,0 +1,148 @@
+//! The phases of one attempt, in order: fetch, decide, check, sandbox and clone (side by side), agent, deliver,
+//! pull request; then, from [`super::run_job`], seal and report. Each phase takes the job's state and only the
+//! services it needs.
+
+use std::time::Duration;
+
+use crate::repo::{self, RepoError};
+use crate::sandbox::SandboxError;
+
+use super::error::JobError;
+use super::events::{Event, JobOutcome};
+use super::job::Job;
+use super::services::Services;
+
+pub(crate) mod agent;
+pub(crate) mod check;
+pub(crate) mod clone;
+pub(crate) mod decide;
+pub(crate) mod deliver;
+pub(crate) mod fetch;
+pub(crate) mod finish;
+pub(crate) mod pull_request;
+pub(crate) mod report;
+pub(crate) mod sandbox;
+pub(crate) mod seal;
+
+/// Fetch to pull request. Whatever it learns stays in `job.progress` for the run statement, also when it fails.
+pub(crate) async fn pipeline(s: &Services, job: &mut Job<'_>) -> Result<JobOutcome, JobError> {
+    let (config, spec) = (&s.config, job.spec);
+    let ticket = fetch::fetch(job, &s.jira).await?;
+
+    // The policy first (nothing is cloned for a refused ticket), then the budget and the forge's merge rules.
+    let grant = decide::decide(job, &ticket, &s.jira).await?;
+    let requests = decide::admit_requests(spec, &ticket, &s.jira, &mut job.progress).await;
+    let repo_cfg = grant.repo.clone();
+    job.progress.repo = Some(repo_cfg.name.clone());
+    job.progress.base = Some(repo_cfg.base.clone());
+    // A team already over its budget is told before anything is cloned.
+    let meter = decide::budget(job, config, &ticket, &grant, s.ledger.clone()).await?;
+    let (limits, sandbox_cfg) = decide::effective_limits(config, &grant);
+    // The repository cap: wait for a slot before cloning (the slot is held until the job ends).
+    let _slot = check::repo_slot(&s.slots, &grant).await;
+    check::merge_rights(job, &s.forge, &repo_cfg).await?;
+
+    let sandbox = sandbox::prepare(job, &s.sandbox, &sandbox_cfg).await?;
+    job.emit(Event::Started {
+        repo: repo_cfg.name.clone(),
+    })
+    .await?;
+
+    let (_scratch, ws) =
+        clone::scratch().map_err(super::error::io("creating the workspace directory"))?;
+    let url = config.github.clone_url(&repo_cfg.name);
+    job.stage(
+        super::Stage::Clone,
+        format!("{} ({})", repo_cfg.name, repo_cfg.base),
+    );
+    // The sandbox starts while the repository clones: the two are independent, and each is a good part of a job's
+    // start-up. If the clone fails, or an earlier attempt already pushed (no agent run), the container goes again.
+    let egress = decide::egress_rules(config, spec, &grant);
+    let cloning = clone::clone(
+        url.clone(),
+        ws.clone(),
+        repo_cfg.base.clone(),
+        s.forge.token().clone(),
+        repo::branch_name(&ticket.key, &ticket.summary),
+        job.id().to_string(),
+    );
+    let (cloned, started) = tokio::join!(
+        cloning,
+        sandbox::start(&sandbox, job.id(), &ticket.key, egress.as_ref())
+    );
+    let (git_repo, branch, reused) = match cloned {
+        Ok(c) => c,
+        Err(e) => {
+            if let Ok(container) = started {
+                let _ = container.remove().await;
+            }
+            return Err(e);
+        }
+    };
+    let container = match (reused, started) {
+        (false, started) => Some(started?),
+        (true, Ok(container)) => {
+            let _ = container.remove().await;
+            None
+        }
+        (true, Err(_)) => None,
+    };
+    job.progress.branch = Some(branch.clone());
+
+    let (outcome, digest, changed, left_out) = if reused {
+        deliver::reuse(job, &ticket, &grant, git_repo, &branch).await?
+    } else {
+        let run = agent::AgentRun {
+            grant: &grant,
+            requests: &requests,
+            limits: &limits,
+            command_timeout: Duration::from_secs(sandbox_cfg.command_timeout_secs),
+            meter: &meter,
+        };
+        let container = container.ok_or_else(|| {
+            JobError::Sandbox(SandboxError::Exec(
+                "the sandbox container was not started".into(),
+            ))
+        })?;
+        let (outcome, digest) =
+            agent::run(s, job, &ticket, &repo_cfg, container, &ws, &run).await?;
+        let pushed = deliver::commit_and_push(
+            config, &s.forge, job, &ticket, &grant, git_repo, &branch, &url, &outcome, &digest,
+        )
+        .await?;
+        let Some((changed, left_out)) = pushed else {
+            // The ticket hears about it once the run statement is written.
+            return Ok(JobOutcome::NoChanges {
+                summary: outcome.summary,
+                bundle: job.dir.join(crate::proof::BUNDLE_FILE),
+                bundle_digest: String::new(),
+            });
+        };
+        (outcome, digest, changed, left_out)
+    };
+
+    pull_request::open(
+        config,
+        &s.forge,
+        job,
+        &ticket,
+        &repo_cfg,
+        branch,
+        reused,
+        (&outcome, &digest, &changed, &left_out),
+    )
+    .await
+}
+
+/// Runs git work (libgit2 blocks) off the async threads.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, RepoError> + Send + 'static,
+) -> Result<T, JobError> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r.map_err(JobError::from),
+        Err(e) => Err(JobError::Io {
+            context: "git task".into(),
+            source: std::io::Error::other(e.to_string()),
+        }),
+    }
+}
