@@ -9,7 +9,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use crate::agent::{AgentOutcome, ToolCallRecord};
 use crate::policy::{self, write, Decision, Policy, Who};
 use crate::proof::bundle::{Change, NetworkRecord};
-use crate::proof::{BundleWriter, Retention};
+use crate::proof::{BundleWriter, Retention, RunnerKey};
 use crate::queue::ApprovalSubject;
 
 use super::error::{refused, JobError};
@@ -131,6 +131,8 @@ pub(crate) struct Job<'a> {
     pub(crate) dir: PathBuf,
     /// The worker running it: the queue's lease owner under `drafter serve`, the process's own id for `drafter run`.
     pub(crate) worker_id: &'a str,
+    /// The runner key this attempt signs with, read from disk when it started.
+    pub(crate) key: Arc<RunnerKey>,
     pub(crate) started: chrono::DateTime<chrono::Utc>,
     pub(crate) progress: Progress,
     /// In-process listeners, called in order and awaited: each has finished before the job goes on.
@@ -144,6 +146,7 @@ impl<'a> Job<'a> {
         spec: &'a JobSpec,
         dir: PathBuf,
         worker_id: &'a str,
+        key: Arc<RunnerKey>,
         listeners: Vec<Box<dyn Listener + 'a>>,
         events: UnboundedSender<Event>,
     ) -> Job<'a> {
@@ -151,6 +154,7 @@ impl<'a> Job<'a> {
             spec,
             dir,
             worker_id,
+            key,
             started: chrono::Utc::now(),
             progress: Progress::default(),
             listeners,

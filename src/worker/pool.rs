@@ -349,13 +349,15 @@ async fn expire_approvals(queue: &dyn Admin, services: &Services) {
                 .as_deref()
                 .unwrap_or("the approval request expired"),
         );
-        let sealed = super::phases::seal::seal_expired(
-            config,
-            &services.key,
-            &services.worker_id,
-            &job,
-            &reason,
-        );
+        let sealed = match services.current_key() {
+            Ok(key) => {
+                super::phases::seal::seal_expired(config, &key, &services.worker_id, &job, &reason)
+            }
+            Err(e) => {
+                tracing::error!(job = %id, error = %e, "cannot read the runner key: the expired job stays unsealed");
+                None
+            }
+        };
         let proof = sealed.map(|digest| jira::ProofRef {
             job_id: id.clone(),
             digest,

@@ -24,6 +24,7 @@ pub async fn run_job(
         let config = &s.config;
         let dir = job_dir(&config.data_dir, &spec.job_id);
         std::fs::create_dir_all(&dir).map_err(error::io(format!("creating {}", dir.display())))?;
+        let key = s.current_key()?;
         // In order: the ticket hears each event before `job.json` is written.
         let listeners: Vec<Box<dyn events::Listener + '_>> = vec![
             Box::new(phases::report::TicketReporter {
@@ -31,14 +32,14 @@ pub async fn run_job(
                 config,
             }),
             Box::new(record::RecordWriter {
-                signer: s.key.public_hex(),
+                signer: key.public_hex(),
             }),
         ];
-        let mut job = Job::new(spec, dir, &s.worker_id, listeners, events);
+        let mut job = Job::new(spec, dir, &s.worker_id, key, listeners, events);
         let mut result = phases::pipeline(s, &mut job).await;
 
         // The run statement ends the attempt's record; its digest goes to the PR and the ticket.
-        let digest = match phases::seal::seal(config, &s.key, &mut job, &result) {
+        let digest = match phases::seal::seal(config, &job.key.clone(), &mut job, &result) {
             Ok(d) => Some(d),
             Err(e) => {
                 tracing::error!(error = %e, "could not write the run statement");

@@ -8,7 +8,7 @@ use crate::forge::GitHub;
 use crate::jira::JiraClient;
 use crate::model::{ModelClient, ModelError};
 use crate::policy;
-use crate::proof::{BundleWriter, RunnerKey};
+use crate::proof::{BundleWriter, ProofError, RunnerKey};
 use crate::sandbox::Sandbox;
 
 use super::meter::Ledger;
@@ -47,8 +47,6 @@ pub struct Services {
     pub models: ModelFactory,
     /// The policy new jobs get (`drafter serve` reloads it on SIGHUP; a job keeps the one it started with).
     pub policy: Arc<policy::Current>,
-    /// The runner key every statement is signed with.
-    pub key: Arc<RunnerKey>,
     /// Where team budgets are counted (the queue database), if anywhere.
     pub ledger: Option<Arc<dyn Ledger>>,
     /// This process's per-repository slots (`concurrency.repo`).
@@ -69,11 +67,11 @@ pub enum ServicesError {
     Forge(#[from] crate::forge::ForgeError),
     /// The runner key.
     #[error("runner key: {0}")]
-    Key(#[from] crate::proof::ProofError),
+    Key(#[from] ProofError),
 }
 
 impl Services {
-    /// Builds the clients and loads (or makes) the runner key.
+    /// Builds the clients; loads (or makes) the runner key, so an unusable key stops the process before any job.
     pub fn new(
         config: Arc<Config>,
         sandbox: Arc<Sandbox>,
@@ -81,11 +79,11 @@ impl Services {
         ledger: Option<Arc<dyn Ledger>>,
         worker_id: String,
     ) -> Result<Services, ServicesError> {
+        RunnerKey::load_or_create(&config.data_dir)?;
         Ok(Services {
             jira: JiraClient::new(&config.jira)?,
             forge: GitHub::new(&config.github)?,
             models: ModelFactory::new(&config.model),
-            key: Arc::new(RunnerKey::load_or_create(&config.data_dir)?),
             slots: Arc::new(RepoSlots::default()),
             config,
             sandbox,
@@ -93,6 +91,14 @@ impl Services {
             ledger,
             worker_id,
         })
+    }
+}
+
+impl Services {
+    /// The runner key as it is on disk now, read once per job: `drafter key rotate` on a running `drafter serve`
+    /// takes effect from the next job (a rotated-out key may be one the operator no longer trusts).
+    pub fn current_key(&self) -> Result<Arc<RunnerKey>, ProofError> {
+        RunnerKey::load_or_create(&self.config.data_dir).map(Arc::new)
     }
 }
 

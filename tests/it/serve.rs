@@ -484,6 +484,79 @@ async fn the_run_statement_names_the_lease_owner() {
     );
 }
 
+/// `drafter key rotate` on a running `drafter serve` takes effect from the next job: each attempt reads the runner
+/// key when it starts, so a key the operator rotated out (perhaps because it is no longer trusted) signs nothing new.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rotated_key_signs_the_next_job_of_a_running_worker() {
+    let _serial = SERIAL.lock().await;
+    let stack = Stack::start(Options {
+        per_conversation: true,
+        extra_toml: serve_toml(2, 2, 30, 60),
+        ..Options::default()
+    })
+    .await;
+    let description = support::harness::demo_ticket()["description"].clone();
+    stack.jira.add_issue(
+        "DEMO-2",
+        "Greeting should end with an exclamation mark",
+        description,
+        &[],
+    );
+    let serve = ServeProcess::start(&stack, Path::new(BIN)).await;
+    let queue = open_queue(&stack).await;
+    let client = reqwest::Client::new();
+    let signer_of = |job_id: &str| {
+        let bundle = stack
+            .data_dir()
+            .join("jobs")
+            .join(job_id)
+            .join(drafter::proof::BUNDLE_FILE);
+        drafter::proof::verify(&bundle, &drafter::proof::Pins::default())
+            .expect("the bundle verifies")
+            .key_ids
+    };
+
+    let status = serve
+        .webhook(&client, &assignment_webhook("DEMO-1", 1))
+        .await;
+    assert_eq!(status, 202, "created");
+    let first = wait_all_finished(queue.as_ref(), 1, Duration::from_secs(120)).await;
+    assert_eq!(first[0].state, JobState::Succeeded);
+    let old_signers = signer_of(&first[0].id);
+    assert_eq!(old_signers.len(), 1, "{old_signers:?}");
+
+    let rotated = std::process::Command::new(BIN)
+        .args(["key", "rotate", "--data-dir"])
+        .arg(stack.data_dir())
+        .output()
+        .expect("drafter key rotate");
+    assert!(rotated.status.success(), "{rotated:?}");
+    let new_key = std::fs::read_to_string(stack.data_dir().join("runner.pub")).expect("runner.pub");
+    let new_key = drafter::proof::key_id(
+        &drafter::proof::parse_public_key(new_key.trim()).expect("runner.pub holds a key"),
+    );
+    assert!(!old_signers.contains(&new_key), "rotation made no new key");
+
+    let status = serve
+        .webhook(&client, &assignment_webhook("DEMO-2", 2))
+        .await;
+    assert_eq!(status, 202, "created");
+    let jobs = wait_all_finished(queue.as_ref(), 2, Duration::from_secs(120)).await;
+    let (status, log) = serve.sigterm(Duration::from_secs(60)).await;
+    assert!(status.success(), "{log}");
+    let second = jobs
+        .iter()
+        .find(|j| j.ticket == "DEMO-2")
+        .expect("the second ticket's job");
+    assert_eq!(second.state, JobState::Succeeded, "{log}");
+    let new_signers = signer_of(&second.id);
+    assert_eq!(
+        new_signers,
+        vec![new_key],
+        "the job after the rotation is signed with the rotated-out key"
+    );
+}
+
 /// SIGTERM with a drain too short for the job: it is released at once and another worker completes it, without
 /// the released attempt counting.
 #[tokio::test(flavor = "multi_thread")]

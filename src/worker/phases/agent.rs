@@ -53,7 +53,7 @@ pub(crate) async fn run(
         // A retried job on the same host continues its bundle; elsewhere it starts one in its own job directory.
         let bundle = BundleWriter::open(
             &job.dir,
-            s.key.clone(),
+            job.key.clone(),
             &spec.job_id,
             &spec.ticket,
             &spec.policy.hash,
