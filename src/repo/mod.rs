@@ -36,7 +36,7 @@ pub mod diff;
 mod remote;
 
 pub use diff::{changed_files, changed_files_at, diff_digest};
-pub use remote::{clone, push, refresh_remote_branch};
+pub use remote::{clone, clone_with, push, refresh_remote_branch};
 
 /// Prefix of every branch drafter creates, so humans and branch rules can recognise (and restrict) them.
 pub const BRANCH_PREFIX: &str = "drafter/";

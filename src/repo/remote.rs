@@ -150,15 +150,46 @@ pub(super) fn redact(message: &str, token: &Secret) -> String {
 ///
 /// The token goes only to the credential callback; `url` must not carry credentials itself.
 pub fn clone(url: &str, dest: &Path, base: &str, token: &Secret) -> Result<Repository, RepoError> {
+    clone_with(url, dest, base, &[], token)
+}
+
+/// [`clone`], also fetching the branches in `also` (into `refs/remotes/origin/`) where the remote has them: the
+/// branches a job may reuse or must not overwrite. No other branch is fetched.
+pub fn clone_with(
+    url: &str,
+    dest: &Path,
+    base: &str,
+    also: &[String],
+    token: &Secret,
+) -> Result<Repository, RepoError> {
     check_url(url)?;
     valid_branch(base)?;
+    for b in also {
+        valid_branch(b)?;
+    }
     let trace = AuthTrace::default();
     let mut fetch = FetchOptions::new();
     fetch
         .remote_callbacks(callbacks(url, token, &trace))
         .follow_redirects(RemoteRedirect::None);
     let mut builder = RepoBuilder::new();
-    builder.fetch_options(fetch).branch(base);
+    // Only the base branch: a repository drafter has worked on for a while holds one branch per job, and fetching
+    // them all made every clone slower than the last (a 1,000-job burst slowed from 2 to 0.5 jobs/s).
+    let specs: Vec<String> = std::iter::once(base)
+        .chain(also.iter().map(String::as_str))
+        .map(|b| format!("+refs/heads/{b}:refs/remotes/origin/{b}"))
+        .collect();
+    builder
+        .fetch_options(fetch)
+        .branch(base)
+        .remote_create(move |repo, name, url| {
+            repo.remote_with_fetch(name, url, &specs[0])?;
+            for spec in &specs[1..] {
+                repo.remote_add_fetch(name, spec)?;
+            }
+            // The remote as configured now (with every refspec), for the clone's fetch.
+            repo.find_remote(name)
+        });
     tracing::debug!(url, base, dest = %dest.display(), "cloning");
     builder.clone(url, dest).map_err(|err| {
         // Asking for a branch the remote lacks fails after the fetch, at the lookup of the remote-tracking ref.

@@ -26,8 +26,9 @@ pub(crate) async fn clone(
     job_id: String,
 ) -> Result<(git2::Repository, String, bool), JobError> {
     blocking(move || {
-        let r = repo::clone(&url, &ws, &base, &token)?;
-        let (branch, reused) = choose_branch(&r, &preferred, &job_id)?;
+        let candidates = candidates(&preferred, &job_id);
+        let r = repo::clone_with(&url, &ws, &base, &candidates, &token)?;
+        let (branch, reused) = choose_branch(&r, candidates, &job_id)?;
         if reused {
             repo::checkout_remote_branch(&r, &branch)?;
         } else {
@@ -44,11 +45,11 @@ pub(crate) async fn clone(
 /// already holds this job's pushed work (an earlier attempt got that far).
 fn choose_branch(
     r: &git2::Repository,
-    preferred: &str,
+    candidates: Vec<String>,
     job_id: &str,
 ) -> Result<(String, bool), RepoError> {
-    let suffix = job_id.rsplit('-').next().unwrap_or(job_id);
-    for candidate in [preferred.to_string(), format!("{preferred}-{suffix}")] {
+    let last = candidates.last().cloned().unwrap_or_default();
+    for candidate in candidates {
         match repo::remote_branch(r, &candidate)? {
             None => return Ok((candidate, false)),
             Some(b) if b.job.as_deref() == Some(job_id) => return Ok((candidate, true)),
@@ -56,7 +57,13 @@ fn choose_branch(
         }
     }
     Err(RepoError::PushRejected {
-        branch: format!("{preferred}-{suffix}"),
+        branch: last,
         message: "the remote already has this branch from another job".into(),
     })
+}
+
+/// The branches a job may use, in order of preference (the clone fetches just these besides the base).
+fn candidates(preferred: &str, job_id: &str) -> Vec<String> {
+    let suffix = job_id.rsplit('-').next().unwrap_or(job_id);
+    vec![preferred.to_string(), format!("{preferred}-{suffix}")]
 }
