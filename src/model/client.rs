@@ -50,9 +50,29 @@ pub(super) fn transport_error(e: reqwest::Error) -> ModelError {
     ModelError::Transport { message, timeout }
 }
 
+/// The HTTP client for `cfg`'s model endpoint: its timeout, and no redirects.
+pub fn http_client(cfg: &ModelConfig) -> Result<reqwest::Client, ModelError> {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(cfg.request_timeout_secs.max(1)))
+        // A redirect could carry the key to another host or turn the POST into a GET: never follow one.
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|e| ModelError::Config(format!("cannot build HTTP client: {e}")))
+}
+
 impl ModelClient {
     /// A client for `cfg`, recording into `bundle`.
     pub fn new(cfg: &ModelConfig, bundle: BundleWriter) -> Result<ModelClient, ModelError> {
+        ModelClient::with_http(cfg, bundle, http_client(cfg)?)
+    }
+
+    /// [`ModelClient::new`] over an HTTP client made by [`http_client`] for the same `cfg`: a runner shares one
+    /// across its jobs (its connection pool, and the root certificates it parsed once).
+    pub fn with_http(
+        cfg: &ModelConfig,
+        bundle: BundleWriter,
+        http: reqwest::Client,
+    ) -> Result<ModelClient, ModelError> {
         let provider = provider_for(cfg.provider, cfg.prompt_caching);
         let base = cfg.base_url.trim_end_matches('/');
         let url = format!("{base}{}", provider.path());
@@ -88,12 +108,6 @@ impl ModelClient {
             }
             headers.insert(hname, hvalue);
         }
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(cfg.request_timeout_secs.max(1)))
-            // A redirect could carry the key to another host or turn the POST into a GET: never follow one.
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| ModelError::Config(format!("cannot build HTTP client: {e}")))?;
         Ok(ModelClient {
             http,
             endpoint: parsed.path().to_string(),

@@ -28,7 +28,7 @@ mod client;
 mod openai;
 
 pub use anthropic::{AnthropicProvider, ANTHROPIC_VERSION};
-pub use client::ModelClient;
+pub use client::{http_client, ModelClient};
 pub use openai::{parse_tool_arguments, OpenAiProvider};
 
 /// The largest response body read; anything longer is cut off and rejected.

@@ -18,17 +18,30 @@ use super::slots::RepoSlots;
 #[derive(Debug, Clone)]
 pub struct ModelFactory {
     cfg: ModelConfig,
+    /// One HTTP client for every job (built on first use): a client per job parsed the system's root certificates
+    /// and opened new connections every time.
+    http: std::sync::OnceLock<reqwest::Client>,
 }
 
 impl ModelFactory {
     /// A factory for the configured model.
     pub fn new(cfg: &ModelConfig) -> ModelFactory {
-        ModelFactory { cfg: cfg.clone() }
+        ModelFactory {
+            cfg: cfg.clone(),
+            http: std::sync::OnceLock::new(),
+        }
     }
 
     /// A client recording into `bundle`.
     pub fn client(&self, bundle: BundleWriter) -> Result<ModelClient, ModelError> {
-        ModelClient::new(&self.cfg, bundle)
+        let http = match self.http.get() {
+            Some(h) => h.clone(),
+            None => {
+                let h = crate::model::http_client(&self.cfg)?;
+                self.http.get_or_init(|| h).clone()
+            }
+        };
+        ModelClient::with_http(&self.cfg, bundle, http)
     }
 }
 
