@@ -9,7 +9,7 @@ use drafter::config::{Config, Purpose};
 use drafter::jira::{JiraClient, Notice};
 use drafter::policy::Policy;
 use drafter::sandbox::Sandbox;
-use drafter::worker::{self, Event, JobError, JobOutcome};
+use drafter::worker::{self, Delivered, Event, JobOutcome};
 
 use super::{ledger_for, operator_name, shutdown_signal};
 
@@ -69,8 +69,8 @@ pub async fn run(
         }
     });
     let job = worker::run_job(&services, &spec, tx);
-    let result = tokio::select! {
-        result = job => result,
+    let outcome = tokio::select! {
+        outcome = job => outcome,
         _ = shutdown_signal() => {
             // The job's task is dropped here; remove its container now rather than leave it to the next start-up,
             // and tell the ticket, so the job is visibly failed rather than silently gone.
@@ -93,8 +93,12 @@ pub async fn run(
     };
     let _ = printer.await;
     let dir = worker::job_dir(&config.data_dir, &job_id);
-    match result {
-        Ok(JobOutcome::PullRequest {
+    let failed = |why: &dyn std::fmt::Display| {
+        eprintln!("error: {}", worker::scrub(&config, &why.to_string()));
+        eprintln!("job record: {}", dir.join("job.json").display());
+    };
+    match outcome {
+        JobOutcome::Delivered(Delivered::PullRequest {
             url,
             branch,
             repo,
@@ -110,7 +114,7 @@ pub async fn run(
             println!("verify with:        drafter verify {}", dir.display());
             Ok(ExitCode::SUCCESS)
         }
-        Ok(JobOutcome::NoChanges {
+        JobOutcome::Delivered(Delivered::NoChanges {
             summary,
             bundle,
             bundle_digest,
@@ -123,18 +127,18 @@ pub async fn run(
             );
             Ok(ExitCode::SUCCESS)
         }
-        Err(e) => {
-            let msg = worker::scrub(&config, &e.to_string());
-            eprintln!("error: {msg}");
-            eprintln!("job record: {}", dir.join("job.json").display());
-            Ok(match e {
-                JobError::Refused { .. } => ExitCode::from(2),
-                JobError::AwaitingApproval { .. } => {
-                    eprintln!("the policy asks for approval: run again with --approve to approve it as the operator, or let `drafter serve` wait for an approver");
-                    ExitCode::from(3)
-                }
-                _ => ExitCode::FAILURE,
-            })
+        JobOutcome::Refused(refusal) => {
+            failed(&refusal);
+            Ok(ExitCode::from(2))
+        }
+        JobOutcome::AwaitingApproval(ask) => {
+            failed(&ask);
+            eprintln!("the policy asks for approval: run again with --approve to approve it as the operator, or let `drafter serve` wait for an approver");
+            Ok(ExitCode::from(3))
+        }
+        JobOutcome::Failed(e) => {
+            failed(&e);
+            Ok(ExitCode::FAILURE)
         }
     }
 }

@@ -1,4 +1,5 @@
-//! [`JobError`]: why a job did not end in a pull request or "no changes", and whether trying again could help.
+//! [`JobError`]: why the phases of an attempt stopped short of a pull request or "no changes", and whether trying
+//! again could help. [`run_job`](super::run_job) turns it into the attempt's [`JobOutcome`](super::JobOutcome).
 
 use std::time::Duration;
 
@@ -7,39 +8,20 @@ use crate::forge::ForgeError;
 use crate::jira::JiraError;
 use crate::model::ModelError;
 use crate::proof::ProofError;
-use crate::queue::ApprovalSubject;
 use crate::repo::RepoError;
 use crate::sandbox::SandboxError;
+
+use super::outcome::{AwaitingApproval, Refusal};
 
 /// Why a job failed. `Refused` means the runner would not do it (policy); the others are faults.
 #[derive(Debug, thiserror::Error)]
 pub enum JobError {
     /// The ticket asked for something the configuration or the policy does not allow. Not retryable.
-    #[error("refused: {message}")]
-    Refused {
-        /// The rule that refused it (a policy rule such as `repo` or `budget.daily_tokens`, or `ticket_key`,
-        /// `forge.merge_rights`), as recorded in the run statement.
-        rule: String,
-        /// What the ticket is told.
-        message: String,
-    },
-    /// The policy wants a person to approve the job first: not a failure; the job waits (`drafter serve`) or the
-    /// operator approves it (`drafter run --approved-by`).
-    #[error("awaiting approval: {reason} (approvers: {approvers})")]
-    AwaitingApproval {
-        /// Which rule asks for approval.
-        reason: String,
-        /// Who may approve.
-        approvers: String,
-        /// How long the job may wait.
-        ttl_hours: u64,
-        /// When approval was asked for (before the ticket is told): only comments created later can approve.
-        requested_at: chrono::DateTime<chrono::Utc>,
-        /// What is to be approved: the ticket content, repository and base this attempt would have run with.
-        subject: ApprovalSubject,
-        /// Set when an earlier approval no longer holds: who gave it, and what changed since (in words).
-        outdated: Option<(String, Vec<String>)>,
-    },
+    #[error("{0}")]
+    Refused(Refusal),
+    /// The policy wants a person to approve the job first: not a failure of the job (see [`AwaitingApproval`]).
+    #[error("{0}")]
+    AwaitingApproval(AwaitingApproval),
     /// Jira failed.
     #[error("jira: {0}")]
     Jira(#[from] JiraError),
@@ -94,8 +76,8 @@ impl JobError {
     /// Whether running the job again could succeed (a network fault, not a refusal or a model that would not stop).
     pub fn is_retryable(&self) -> bool {
         match self {
-            JobError::Refused { .. }
-            | JobError::AwaitingApproval { .. }
+            JobError::Refused(_)
+            | JobError::AwaitingApproval(_)
             | JobError::Proof(_)
             | JobError::LeaseLost { .. }
             | JobError::Io { .. } => false,
@@ -117,8 +99,8 @@ pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> J
 
 /// A refusal by the policy rule `rule`.
 pub(crate) fn refused(rule: &str, reason: String) -> JobError {
-    JobError::Refused {
+    JobError::Refused(Refusal {
         rule: rule.to_string(),
         message: format!("policy rule `{rule}`: {reason}"),
-    }
+    })
 }

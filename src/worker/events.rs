@@ -1,12 +1,11 @@
-//! What a job tells its listeners: [`Event`]s, and how a job ended ([`JobOutcome`]).
+//! What a job tells its listeners: [`Event`]s.
 //!
-//! Two kinds of listener hear them. In-process [`Listener`]s (the ticket's comments, `job.json`) are called in order
-//! and awaited by [`Job::emit`](super::job::Job::emit), so what they do is ordered against the job's other side
-//! effects (the "started" comment before the clone, the "PR opened" comment after the run statement and the PR
-//! body's digest) and a failure of theirs can fail the job. Everyone else (the CLI's progress lines, the queue's
-//! progress marker) reads the unbounded channel, and may be gone.
-
-use std::path::PathBuf;
+//! Two kinds of listener hear them. In-process [`Listener`]s (the ticket's comments, `job.json`, and under `drafter
+//! serve` the queue's progress marker) are called in order and awaited by [`Job::emit`](super::job::Job::emit), so
+//! what they do is ordered against the job's other side effects (the "started" comment before the clone, the "PR
+//! opened" comment after the run statement and the PR body's digest, a stage's marker before the stage) and a
+//! failure of theirs can fail the job. Everyone else (the CLI's progress lines) reads the unbounded channel, and may
+//! be gone.
 
 use serde::Serialize;
 
@@ -14,6 +13,7 @@ use crate::agent::AgentEvent;
 
 use super::error::JobError;
 use super::job::Job;
+use super::outcome::{AwaitingApproval, Delivered};
 
 /// A stage of the pipeline, for progress output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -91,17 +91,8 @@ pub enum Event {
         /// The bundle digest after this attempt's run statement.
         digest: String,
     },
-    /// The policy wants a person to approve the job first (see [`JobError::AwaitingApproval`]).
-    AwaitingApproval {
-        /// Which rule asks for approval.
-        reason: String,
-        /// Who may approve.
-        approvers: String,
-        /// How long the job may wait.
-        ttl_hours: u64,
-        /// Set when an earlier approval no longer holds: who gave it, and what changed since.
-        outdated: Option<(String, Vec<String>)>,
-    },
+    /// The policy wants a person to approve the job first.
+    AwaitingApproval(AwaitingApproval),
     /// The policy refused the job (always final).
     Refused {
         /// The rule.
@@ -125,8 +116,8 @@ pub enum Event {
     },
     /// The attempt is over and every side effect done: `job.json` is written now.
     Finished {
-        /// How it ended when it did not fail.
-        outcome: Option<JobOutcome>,
+        /// What it delivered, if it did.
+        outcome: Option<Delivered>,
         /// Why it failed, scrubbed.
         error: Option<String>,
         /// Whether a retry could help.
@@ -134,38 +125,8 @@ pub enum Event {
         /// The bundle digest after the run statement, when it was written.
         digest: Option<String>,
     },
-    /// The job ended without failing (the last event).
-    Done(JobOutcome),
-}
-
-/// How a job ended when it did not fail.
-#[derive(Debug, Clone, Serialize)]
-#[serde(tag = "result", rename_all = "snake_case")]
-pub enum JobOutcome {
-    /// A draft pull request was opened.
-    PullRequest {
-        /// Its web URL.
-        url: String,
-        /// Its number.
-        number: u64,
-        /// The pushed branch.
-        branch: String,
-        /// The repository.
-        repo: String,
-        /// The proof bundle.
-        bundle: PathBuf,
-        /// SHA-256 of the bundle file after this attempt's run statement.
-        bundle_digest: String,
-    },
-    /// The model changed nothing, so no pull request was opened.
-    NoChanges {
-        /// The model's summary.
-        summary: String,
-        /// The proof bundle.
-        bundle: PathBuf,
-        /// SHA-256 of the bundle file after this attempt's run statement.
-        bundle_digest: String,
-    },
+    /// The job delivered (the last event).
+    Done(Delivered),
 }
 
 /// An in-process listener on a job's events, awaited before the job goes on.

@@ -137,7 +137,7 @@ pub(crate) struct Job<'a> {
     pub(crate) progress: Progress,
     /// In-process listeners, called in order and awaited: each has finished before the job goes on.
     listeners: Vec<Box<dyn Listener + 'a>>,
-    /// Everyone else (the CLI's progress lines, the queue's progress marker): told after the listeners.
+    /// Everyone else (the CLI's progress lines): told after the listeners.
     events: UnboundedSender<Event>,
 }
 
@@ -180,11 +180,16 @@ impl<'a> Job<'a> {
         Ok(())
     }
 
-    /// A stage began: logged and sent to the channel (no in-process listener acts on stages).
-    pub(crate) fn stage(&self, stage: Stage, detail: impl Into<String>) {
+    /// A stage begins: logged, then told like any event (under `drafter serve` the queue's progress marker is
+    /// written before the stage starts).
+    pub(crate) async fn stage(
+        &self,
+        stage: Stage,
+        detail: impl Into<String>,
+    ) -> Result<(), JobError> {
         let detail = detail.into();
         tracing::info!(stage = stage.as_str(), %detail, "stage");
-        let _ = self.events.send(Event::Stage { stage, detail });
+        self.emit(Event::Stage { stage, detail }).await
     }
 
     /// A copy of the channel, for the agent loop's events.

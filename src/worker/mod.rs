@@ -3,10 +3,11 @@
 //! A job is a straight line of phases ([`phases`]: fetch the ticket, decide under the policy, check the forge's
 //! merge rules, clone and start the sandbox, run the agent, bring the workspace back, commit and push, open the
 //! draft PR) over the process's shared [`Services`], then the run statement (seal) and the report. It tells
-//! listeners what happens through [`Event`]s: the ticket's comments and `job.json` are in-process listeners, awaited
-//! in order; the CLI's progress output and the queue's progress marker read a channel. Every phase that can fail
-//! ends in a [`JobError`] that says whether trying again could help, and every final failure is reported on the
-//! ticket with a reason that has been scrubbed of secrets.
+//! listeners what happens through [`Event`]s: the ticket's comments, `job.json` and (under `drafter serve`) the
+//! queue's progress marker are in-process listeners, awaited in order; the CLI's progress output reads a channel.
+//! Every phase that can fail stops with a [`JobError`] that says whether trying again could help; the attempt ends
+//! in one [`JobOutcome`] (delivered, awaiting approval, refused or failed), and every final failure is reported on
+//! the ticket with a reason that has been scrubbed of secrets.
 //!
 //! The job directory (`<data_dir>/jobs/<job_id>/`) holds `bundle.jsonl` (the signed proof bundle: one statement per
 //! model call and tool call, and a run statement at the end of every attempt, see [`crate::proof`]), `bodies/` when
@@ -22,6 +23,7 @@ pub mod explain;
 mod fence;
 mod job;
 pub mod meter;
+mod outcome;
 mod phases;
 pub mod pool;
 mod record;
@@ -31,9 +33,10 @@ mod slots;
 mod text;
 
 pub use error::JobError;
-pub use events::{Event, JobOutcome, Stage};
+pub use events::{Event, Stage};
 pub use fence::Fence;
 pub use job::{Ask, Attempt, JobSpec, MAX_REQUESTS, MAX_REQUEST_BYTES};
+pub use outcome::{AwaitingApproval, Delivered, JobOutcome, Refusal};
 pub use run::run_job;
 pub use services::{ModelFactory, Services, ServicesError};
 pub use slots::{RepoSlot, RepoSlots};

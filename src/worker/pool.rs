@@ -34,7 +34,9 @@ use crate::queue::{
     Admin, ApprovalRequest, Claim, Failure, Job, JobState, Leases, Pause, Queue, QueueError,
 };
 
-use super::{run_job, scrub, Ask, Attempt, Event, JobError, JobSpec, Services};
+use super::events::{Event, Listener};
+use super::run::run_with;
+use super::{scrub, Ask, Attempt, JobError, JobOutcome, JobSpec, Services};
 
 /// How often the pool looks for lapsed approval requests.
 pub const APPROVAL_SWEEP: Duration = Duration::from_secs(30);
@@ -415,20 +417,12 @@ impl JobTask {
             "job claimed"
         );
 
-        // Stage events become progress markers an operator sees in `drafter jobs show`.
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
-        let (q2, w2, id2) = (queue.clone(), worker.clone(), job.id.clone());
-        let progress = tokio::spawn(async move {
-            while let Some(event) = rx.recv().await {
-                if let Event::Stage { stage, .. } = event {
-                    let value = serde_json::json!({"stage": stage, "at": chrono::Utc::now()});
-                    if let Err(e) = q2.set_progress(&id2, &w2, "stage", value).await {
-                        tracing::debug!(error = %e, "could not record the stage");
-                    }
-                }
-            }
-        });
-
+        // The fence and the progress marker both act as this claim's lease holder.
+        let lease = ClaimLease {
+            queue: queue.clone(),
+            job_id: job.id.clone(),
+            token: worker.clone(),
+        };
         let spec = JobSpec {
             ticket: job.ticket.clone(),
             job_id: job.id.clone(),
@@ -468,11 +462,7 @@ impl JobTask {
                 .filter(|a| a.approved_by.is_some())
                 .and_then(|a| a.subject.clone()),
             policy: self.policy.clone(),
-            fence: Some(Arc::new(QueueFence {
-                queue: queue.clone(),
-                job_id: job.id.clone(),
-                token: worker.clone(),
-            })),
+            fence: Some(Arc::new(lease.clone())),
         };
         // The policy hash is on the job before anything runs: an auditor sees which policy governed it.
         if let Err(e) = queue
@@ -482,7 +472,9 @@ impl JobTask {
             tracing::warn!(error = %e, "could not record the policy hash on the job");
         }
         let config = &self.services.config;
-        let pipeline = run_job(&self.services, &spec, tx);
+        // Every reader of this job's events is a listener; the channel has no receiver here.
+        let (events, _) = tokio::sync::mpsc::unbounded_channel();
+        let pipeline = run_with(&self.services, &spec, vec![Box::new(lease)], events);
         let heartbeat = heartbeat(
             queue.clone(),
             &job.id,
@@ -496,7 +488,7 @@ impl JobTask {
             let _ = cancel_rx.wait_for(|c| *c).await.map(|_| ());
         };
         let ended = tokio::select! {
-            result = pipeline => Some(result),
+            outcome = pipeline => Some(outcome),
             () = heartbeat => None,
             () = cancel => {
                 self.remove_container(&job.id).await;
@@ -507,16 +499,15 @@ impl JobTask {
                 return Ended::Released;
             }
         };
-        progress.abort();
-        let Some(result) = ended else {
+        let Some(outcome) = ended else {
             // Cancelled by an operator, or taken over after this worker stalled: stop touching it.
             self.remove_container(&job.id).await;
             tracing::warn!("lease lost (cancelled, or reclaimed by another worker): job stopped");
             return Ended::Lost;
         };
-        match result {
-            Ok(outcome) => {
-                let value = serde_json::to_value(&outcome).unwrap_or_default();
+        match outcome {
+            JobOutcome::Delivered(delivered) => {
+                let value = serde_json::to_value(&delivered).unwrap_or_default();
                 match queue.complete(&job.id, &worker, value).await {
                     Ok(()) => {
                         tracing::info!("job succeeded");
@@ -529,21 +520,14 @@ impl JobTask {
                     }
                 }
             }
-            Err(JobError::AwaitingApproval {
-                reason,
-                approvers,
-                ttl_hours,
-                requested_at,
-                subject,
-                ..
-            }) => {
+            JobOutcome::AwaitingApproval(ask) => {
                 let request = ApprovalRequest {
-                    reason,
-                    approvers: vec![approvers],
-                    requested_at,
-                    expires_at: requested_at
-                        + chrono::Duration::hours(ttl_hours.min(24 * 365) as i64),
-                    subject,
+                    reason: ask.reason,
+                    approvers: vec![ask.approvers],
+                    requested_at: ask.requested_at,
+                    expires_at: ask.requested_at
+                        + chrono::Duration::hours(ask.ttl_hours.min(24 * 365) as i64),
+                    subject: ask.subject,
                 };
                 match queue.await_approval(&job.id, &worker, request).await {
                     Ok(()) => {
@@ -556,13 +540,18 @@ impl JobTask {
                     }
                 }
             }
-            Err(JobError::LeaseLost { before }) => {
+            JobOutcome::Failed(JobError::LeaseLost { before }) => {
                 // Whoever holds the job now finishes it; this attempt touches nothing more.
                 self.remove_container(&job.id).await;
                 tracing::warn!(%before, "lease lost (taken over, or cancelled): attempt stopped");
                 Ended::Lost
             }
-            Err(e) => {
+            JobOutcome::Refused(r) => {
+                let error = scrub(config, &r.to_string());
+                self.fail(&job.id, &worker, Failure::Permanent { error })
+                    .await
+            }
+            JobOutcome::Failed(e) => {
                 let error = scrub(config, &e.to_string());
                 let failure = if e.is_retryable() {
                     Failure::Retryable {
@@ -572,17 +561,22 @@ impl JobTask {
                 } else {
                     Failure::Permanent { error }
                 };
-                match queue.fail(&job.id, &worker, failure).await {
-                    Ok(JobState::Queued) => {
-                        tracing::info!("attempt failed; retry scheduled");
-                        Ended::Retried
-                    }
-                    Ok(_) => Ended::Failed,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "could not record the failure");
-                        Ended::Lost
-                    }
-                }
+                self.fail(&job.id, &worker, failure).await
+            }
+        }
+    }
+
+    /// Hands a failed attempt back to the queue, which retries it or fails the job.
+    async fn fail(&self, job_id: &str, token: &str, failure: Failure) -> Ended {
+        match self.queue.fail(job_id, token, failure).await {
+            Ok(JobState::Queued) => {
+                tracing::info!("attempt failed; retry scheduled");
+                Ended::Retried
+            }
+            Ok(_) => Ended::Failed,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not record the failure");
+                Ended::Lost
             }
         }
     }
@@ -617,17 +611,37 @@ impl JobTask {
     }
 }
 
-/// The fence of a job claimed from the queue: its lease token must still hold the lease (see [`Leases::holds`]).
-struct QueueFence {
+/// A job's claim on the queue, held by its lease token. It is the job's fence (the token must still hold the lease,
+/// see [`Leases::holds`]) and the listener that turns its stages into the progress marker an operator sees in
+/// `drafter jobs show`.
+#[derive(Clone)]
+struct ClaimLease {
     queue: Arc<dyn Leases>,
     job_id: String,
     token: String,
 }
 
 #[async_trait::async_trait]
-impl super::Fence for QueueFence {
+impl super::Fence for ClaimLease {
     async fn holds(&self) -> Result<bool, QueueError> {
         self.queue.holds(&self.job_id, &self.token).await
+    }
+}
+
+#[async_trait::async_trait]
+impl Listener for ClaimLease {
+    /// Records each stage as it begins; a marker that cannot be written is no reason to stop the job.
+    async fn on(&self, _: &super::job::Job<'_>, event: &Event) -> Result<(), JobError> {
+        if let Event::Stage { stage, .. } = event {
+            let value = serde_json::json!({"stage": stage, "at": chrono::Utc::now()});
+            let written = self
+                .queue
+                .set_progress(&self.job_id, &self.token, "stage", value);
+            if let Err(e) = written.await {
+                tracing::debug!(error = %e, "could not record the stage");
+            }
+        }
+        Ok(())
     }
 }
 

@@ -5,8 +5,9 @@ use serde::Serialize;
 use crate::policy::Decision;
 
 use super::error::JobError;
-use super::events::{Event, JobOutcome, Listener};
+use super::events::{Event, Listener};
 use super::job::Job;
+use super::outcome::Delivered;
 
 /// What `job.json` records.
 #[derive(Serialize)]
@@ -18,7 +19,7 @@ struct JobRecord<'a> {
     branch: Option<&'a str>,
     started_at: String,
     finished_at: String,
-    outcome: Option<&'a JobOutcome>,
+    outcome: Option<&'a Delivered>,
     error: Option<String>,
     retryable: bool,
     bundle_digest: Option<&'a str>,

@@ -6,27 +6,40 @@ use tracing::Instrument;
 use crate::config::Config;
 
 use super::error::{self, JobError};
-use super::events::{self, Event, JobOutcome, Stage};
+use super::events::{Event, Listener, Stage};
 use super::job::{Job, JobSpec};
+use super::outcome::{Delivered, JobOutcome};
 use super::services::Services;
 use super::{job_dir, phases, record, scrub};
 
 /// Runs one attempt of a job to the end. Events go to `events` (if the receiver is gone they are dropped). Every
 /// attempt ends with a run statement in the job's proof bundle, whatever the outcome; final failures are commented
 /// on the ticket (with the bundle digest) before this returns.
-pub async fn run_job(
-    s: &Services,
-    spec: &JobSpec,
+pub async fn run_job(s: &Services, spec: &JobSpec, events: UnboundedSender<Event>) -> JobOutcome {
+    run_with(s, spec, Vec::new(), events).await
+}
+
+/// [`run_job`] with `more` listeners after the ticket's and `job.json`'s (the pool's queue progress).
+pub(crate) async fn run_with<'a>(
+    s: &'a Services,
+    spec: &'a JobSpec,
+    more: Vec<Box<dyn Listener + 'a>>,
     events: UnboundedSender<Event>,
-) -> Result<JobOutcome, JobError> {
+) -> JobOutcome {
     let span = tracing::info_span!("job", job_id = %spec.job_id, ticket = %spec.ticket);
     async move {
         let config = &s.config;
         let dir = job_dir(&config.data_dir, &spec.job_id);
-        std::fs::create_dir_all(&dir).map_err(error::io(format!("creating {}", dir.display())))?;
-        let key = s.current_key()?;
+        // Nothing is told to anyone before the job directory and the runner key are there.
+        if let Err(e) = std::fs::create_dir_all(&dir) {
+            return error::io(format!("creating {}", dir.display()))(e).into();
+        }
+        let key = match s.current_key() {
+            Ok(key) => key,
+            Err(e) => return JobError::Proof(e).into(),
+        };
         // In order: the ticket hears each event before `job.json` is written.
-        let listeners: Vec<Box<dyn events::Listener + '_>> = vec![
+        let mut listeners: Vec<Box<dyn Listener + 'a>> = vec![
             Box::new(phases::report::TicketReporter {
                 jira: &s.jira,
                 config,
@@ -35,41 +48,44 @@ pub async fn run_job(
                 signer: key.public_hex(),
             }),
         ];
+        listeners.extend(more);
         let mut job = Job::new(spec, dir, &s.worker_id, key, listeners, events);
-        let mut result = phases::pipeline(s, &mut job).await;
+        let mut outcome = JobOutcome::from(phases::pipeline(s, &mut job).await);
 
         // The run statement ends the attempt's record; its digest goes to the PR and the ticket.
-        let digest = match phases::seal::seal(config, &job.key.clone(), &mut job, &result) {
+        let digest = match phases::seal::seal(config, &job.key.clone(), &mut job, &outcome) {
             Ok(d) => Some(d),
             Err(e) => {
                 tracing::error!(error = %e, "could not write the run statement");
-                if result.is_ok() {
-                    result = Err(JobError::Proof(e));
+                if let JobOutcome::Delivered(_) = outcome {
+                    outcome = JobOutcome::Failed(JobError::Proof(e));
                 }
                 None
             }
         };
-        if let (Ok(outcome), Some(d)) = (&mut result, &digest) {
-            if let Err(e) = deliver(s, &job, outcome, d).await {
-                result = Err(e);
+        if let (JobOutcome::Delivered(delivered), Some(d)) = (&mut outcome, &digest) {
+            if let Err(e) = deliver(s, &job, delivered, d).await {
+                outcome = e.into();
             }
         }
-        if let Err(e) = &result {
-            failed(config, &job, e, digest.as_deref()).await;
-        }
+        ended(config, &job, &outcome, digest.as_deref()).await;
 
+        let delivered = match &outcome {
+            JobOutcome::Delivered(d) => Some(d.clone()),
+            _ => None,
+        };
         let finished = Event::Finished {
-            outcome: result.as_ref().ok().cloned(),
-            error: result.as_ref().err().map(|e| scrub(config, &e.to_string())),
-            retryable: result.as_ref().err().is_some_and(JobError::is_retryable),
-            digest: digest.clone(),
+            outcome: delivered.clone(),
+            error: outcome.error().map(|e| scrub(config, &e)),
+            retryable: outcome.is_retryable(),
+            digest,
         };
         // Its listeners only log their failures.
         let _ = job.emit(finished).await;
-        if let Ok(outcome) = &result {
-            let _ = job.emit(Event::Done(outcome.clone())).await;
+        if let Some(d) = delivered {
+            let _ = job.emit(Event::Done(d)).await;
         }
-        result
+        outcome
     }
     .instrument(span)
     .await
@@ -79,11 +95,11 @@ pub async fn run_job(
 async fn deliver(
     s: &Services,
     job: &Job<'_>,
-    outcome: &mut JobOutcome,
+    delivered: &mut Delivered,
     digest: &str,
 ) -> Result<(), JobError> {
-    match outcome {
-        JobOutcome::PullRequest {
+    match delivered {
+        Delivered::PullRequest {
             url,
             number,
             branch,
@@ -93,7 +109,7 @@ async fn deliver(
         } => {
             *bundle_digest = digest.to_string();
             phases::pull_request::complete(&s.config, &s.forge, job, repo, *number, digest).await?;
-            job.stage(Stage::Report, job.ticket());
+            job.stage(Stage::Report, job.ticket()).await?;
             job.emit(Event::PrOpened {
                 url: url.clone(),
                 repo: repo.clone(),
@@ -103,13 +119,13 @@ async fn deliver(
             })
             .await
         }
-        JobOutcome::NoChanges {
+        Delivered::NoChanges {
             summary,
             bundle_digest,
             ..
         } => {
             *bundle_digest = digest.to_string();
-            job.stage(Stage::Report, "no changes");
+            job.stage(Stage::Report, "no changes").await?;
             job.emit(Event::NoChanges {
                 summary: summary.clone(),
                 digest: digest.to_string(),
@@ -119,22 +135,22 @@ async fn deliver(
     }
 }
 
-/// Logs the failure and tells the listeners: approval asked for, refused, failed (finally, or to be retried).
-async fn failed(config: &Config, job: &Job<'_>, e: &JobError, digest: Option<&str>) {
-    let event = match e {
-        JobError::AwaitingApproval {
-            reason,
-            approvers,
-            ttl_hours,
-            outdated,
-            ..
-        } => Event::AwaitingApproval {
-            reason: reason.clone(),
-            approvers: approvers.clone(),
-            ttl_hours: *ttl_hours,
-            outdated: outdated.clone(),
-        },
-        e => {
+/// When the attempt delivered nothing: logs why and tells the listeners (approval asked for, refused, failed finally
+/// or to be retried).
+async fn ended(config: &Config, job: &Job<'_>, outcome: &JobOutcome, digest: Option<&str>) {
+    let digest = digest.map(str::to_string);
+    let event = match outcome {
+        JobOutcome::Delivered(_) => return,
+        JobOutcome::AwaitingApproval(ask) => Event::AwaitingApproval(ask.clone()),
+        JobOutcome::Refused(r) => {
+            tracing::error!(error = %scrub(config, &r.to_string()), retryable = false, "job failed");
+            Event::Refused {
+                rule: r.rule.clone(),
+                message: scrub(config, &r.message),
+                digest,
+            }
+        }
+        JobOutcome::Failed(e) => {
             let reason = scrub(config, &e.to_string());
             let attempt = job.spec.attempt;
             let last = attempt.is_final_for(e);
@@ -144,18 +160,11 @@ async fn failed(config: &Config, job: &Job<'_>, e: &JobError, digest: Option<&st
             } else {
                 tracing::error!(error = %reason, retryable = e.is_retryable(), "job failed");
             }
-            match e {
-                JobError::Refused { rule, message } if last => Event::Refused {
-                    rule: rule.clone(),
-                    message: scrub(config, message),
-                    digest: digest.map(str::to_string),
-                },
-                _ => Event::Failed {
-                    reason,
-                    retryable: e.is_retryable(),
-                    last,
-                    digest: digest.map(str::to_string),
-                },
+            Event::Failed {
+                reason,
+                retryable: e.is_retryable(),
+                last,
+                digest,
             }
         }
     };

@@ -60,7 +60,8 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    #[tokio::test]
+    /// On a paused clock: the 100 ms wait passes once the waiter has run as far as it can, not in real time.
+    #[tokio::test(start_paused = true)]
     async fn repository_slots_hold_the_cap_and_free_on_drop() {
         let slots = Arc::new(RepoSlots::default());
         let a = slots.acquire("acme/web", 1).await;

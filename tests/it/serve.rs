@@ -462,6 +462,9 @@ async fn the_run_statement_names_the_lease_owner() {
         .expect("list")
         .remove(0);
     assert_eq!(running.state, JobState::Running, "{running:?}");
+    // The queue's progress listener is awaited as each stage begins: the model has been asked, so the marker says
+    // "agent" (and, once the job is done, "report").
+    assert_eq!(running.progress["stage"]["stage"], "agent", "{running:?}");
     let owner = running
         .lease_owner
         .clone()
@@ -470,6 +473,11 @@ async fn the_run_statement_names_the_lease_owner() {
     let (status, log) = serve.sigterm(Duration::from_secs(60)).await;
     assert!(status.success(), "{log}");
     assert_eq!(jobs[0].state, JobState::Succeeded, "{log}");
+    assert_eq!(
+        jobs[0].progress["stage"]["stage"], "report",
+        "{:?}",
+        jobs[0]
+    );
     let bundle = stack
         .data_dir()
         .join("jobs")

@@ -43,13 +43,15 @@ pub(crate) async fn run(
     run: &AgentRun<'_>,
 ) -> Result<(AgentOutcome, String), JobError> {
     let (config, spec) = (&s.config, job.spec);
-    job.stage(Stage::Sandbox, config.sandbox.image.as_str());
+    job.stage(Stage::Sandbox, config.sandbox.image.as_str())
+        .await?;
     let agent_result = async {
         container.upload_dir(ws).await?;
         job.stage(
             Stage::Agent,
             format!("{} {}", config.model.provider.as_str(), config.model.model),
-        );
+        )
+        .await?;
         // A retried job on the same host continues its bundle; elsewhere it starts one in its own job directory.
         let bundle = BundleWriter::open(
             &job.dir,

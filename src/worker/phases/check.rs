@@ -10,6 +10,7 @@ use crate::policy::Grant;
 use super::super::error::JobError;
 use super::super::events::Stage;
 use super::super::job::Job;
+use super::super::outcome::Refusal;
 use super::super::slots::{RepoSlot, RepoSlots};
 
 /// Waits for a slot on the granted repository when the policy caps it (held until the job ends).
@@ -28,15 +29,15 @@ pub(crate) async fn merge_rights(
     forge: &GitHub,
     repo: &RepoConfig,
 ) -> Result<(), JobError> {
-    job.stage(Stage::Check, repo.name.as_str());
+    job.stage(Stage::Check, repo.name.as_str()).await?;
     forge
         .check_cannot_merge(&repo.name, &repo.base)
         .await
         .map_err(|e| match e {
-            ForgeError::CanMerge { .. } => JobError::Refused {
+            ForgeError::CanMerge { .. } => JobError::Refused(Refusal {
                 rule: "forge.merge_rights".into(),
                 message: e.to_string(),
-            },
+            }),
             other => JobError::Forge(other),
         })
 }

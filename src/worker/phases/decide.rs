@@ -10,6 +10,7 @@ use crate::sandboxd::egress::EgressRules;
 use super::super::error::{refused, JobError};
 use super::super::job::{Job, JobSpec, Progress, MAX_REQUESTS, MAX_REQUEST_BYTES};
 use super::super::meter::{Ledger, Meter};
+use super::super::outcome::{AwaitingApproval, Refusal};
 
 /// Asks the policy about this ticket and trigger; records every decision on the job.
 pub(crate) async fn decide(
@@ -44,14 +45,14 @@ pub(crate) async fn decide(
         ttl_hours,
     } = &grant.approval
     {
-        return Err(JobError::AwaitingApproval {
+        return Err(JobError::AwaitingApproval(AwaitingApproval {
             reason: reason.clone(),
             approvers: approvers.clone(),
             ttl_hours: *ttl_hours,
             requested_at: chrono::Utc::now(),
             subject,
             outdated: None,
-        });
+        }));
     }
     // An approval holds for what was approved only, whether or not the policy still asks for one now (dropping the
     // label is itself a change of the ticket).
@@ -66,14 +67,14 @@ pub(crate) async fn decide(
                 format!("{reason}; asking again"),
             );
             let team = spec.policy.team_for(&ticket.project);
-            return Err(JobError::AwaitingApproval {
+            return Err(JobError::AwaitingApproval(AwaitingApproval {
                 reason,
                 approvers: team.map(|t| t.approvers.describe()).unwrap_or_default(),
                 ttl_hours: grant.rules.approval_ttl_hours,
                 requested_at: chrono::Utc::now(),
                 subject,
                 outdated: Some((by.clone(), changed)),
-            });
+            }));
         }
     }
     if let Network::Allowlist(name) = &grant.rules.network {
@@ -189,9 +190,11 @@ pub(crate) async fn budget(
             ),
         ));
     }
-    meter.check().await.map_err(|r| JobError::Refused {
-        rule: r.rule,
-        message: r.message,
+    meter.check().await.map_err(|r| {
+        JobError::Refused(Refusal {
+            rule: r.rule,
+            message: r.message,
+        })
     })?;
     Ok(meter)
 }

@@ -32,7 +32,8 @@ pub(crate) async fn reuse(
     job.stage(
         Stage::Push,
         format!("{branch} (already pushed by an earlier attempt)"),
-    );
+    )
+    .await?;
     let (branch2, base2) = (branch.to_string(), grant.repo.base.clone());
     let write = grant.rules.write.clone();
     let (message, changed, change, violations) = blocking(move || {
@@ -95,7 +96,7 @@ pub(crate) async fn commit_and_push(
     digest: &str,
 ) -> Result<Option<(Vec<String>, Vec<String>)>, JobError> {
     let job_id = job.id();
-    job.stage(Stage::Push, branch);
+    job.stage(Stage::Push, branch).await?;
     let message = repo::message_with_trailers(
         &format!("[{}] {}", ticket.key, cap(ticket.summary.trim(), 60)),
         &outcome.summary,

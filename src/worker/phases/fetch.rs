@@ -6,20 +6,21 @@ use crate::proof;
 use super::super::error::JobError;
 use super::super::events::Stage;
 use super::super::job::Job;
+use super::super::outcome::Refusal;
 use super::super::text::cap;
 
 /// Reads the ticket (after checking its key is one: no URL is built from anything else).
 pub(crate) async fn fetch(job: &mut Job<'_>, jira: &JiraClient) -> Result<Ticket, JobError> {
     let key = job.ticket();
-    job.stage(Stage::Fetch, key);
+    job.stage(Stage::Fetch, key).await?;
     if !jira::valid_issue_key(key) {
-        return Err(JobError::Refused {
+        return Err(JobError::Refused(Refusal {
             rule: "ticket_key".into(),
             message: format!(
                 "`{}` is not a Jira issue key (expected e.g. PROJ-123)",
                 cap(key, 40)
             ),
-        });
+        }));
     }
     let ticket = jira.issue(key).await?;
     job.progress.ticket_sha256 = Some(proof::sha256_hex(&ticket_canonical(&ticket)));

@@ -8,8 +8,9 @@ use crate::repo::{self, RepoError};
 use crate::sandbox::SandboxError;
 
 use super::error::JobError;
-use super::events::{Event, JobOutcome};
+use super::events::Event;
 use super::job::Job;
+use super::outcome::Delivered;
 use super::services::Services;
 
 pub(crate) mod agent;
@@ -25,7 +26,7 @@ pub(crate) mod sandbox;
 pub(crate) mod seal;
 
 /// Fetch to pull request. Whatever it learns stays in `job.progress` for the run statement, also when it fails.
-pub(crate) async fn pipeline(s: &Services, job: &mut Job<'_>) -> Result<JobOutcome, JobError> {
+pub(crate) async fn pipeline(s: &Services, job: &mut Job<'_>) -> Result<Delivered, JobError> {
     let (config, spec) = (&s.config, job.spec);
     let ticket = fetch::fetch(job, &s.jira).await?;
 
@@ -54,7 +55,8 @@ pub(crate) async fn pipeline(s: &Services, job: &mut Job<'_>) -> Result<JobOutco
     job.stage(
         super::Stage::Clone,
         format!("{} ({})", repo_cfg.name, repo_cfg.base),
-    );
+    )
+    .await?;
     // The sandbox starts while the repository clones: the two are independent, and each is a good part of a job's
     // start-up. If the clone fails, or an earlier attempt already pushed (no agent run), the container goes again.
     let egress = decide::egress_rules(config, spec, &grant);
@@ -112,7 +114,7 @@ pub(crate) async fn pipeline(s: &Services, job: &mut Job<'_>) -> Result<JobOutco
         .await?;
         let Some((changed, left_out)) = pushed else {
             // The ticket hears about it once the run statement is written.
-            return Ok(JobOutcome::NoChanges {
+            return Ok(Delivered::NoChanges {
                 summary: outcome.summary,
                 bundle: job.dir.join(crate::proof::BUNDLE_FILE),
                 bundle_digest: String::new(),

@@ -8,8 +8,9 @@ use crate::jira::Ticket;
 use crate::proof;
 
 use super::super::error::JobError;
-use super::super::events::{JobOutcome, Stage};
+use super::super::events::Stage;
 use super::super::job::Job;
+use super::super::outcome::Delivered;
 use super::super::scrub;
 use super::super::text::{cap, pr_body, proof_footer, strip_proof_footer};
 
@@ -24,9 +25,10 @@ pub(crate) async fn open(
     branch: String,
     reused: bool,
     (outcome, digest, changed, left_out): (&AgentOutcome, &str, &[String], &[String]),
-) -> Result<JobOutcome, JobError> {
+) -> Result<Delivered, JobError> {
     let job_id = job.id();
-    job.stage(Stage::PullRequest, format!("{} <- {}", repo.base, branch));
+    job.stage(Stage::PullRequest, format!("{} <- {}", repo.base, branch))
+        .await?;
     let title = format!("[{}] {}", ticket.key, cap(ticket.summary.trim(), 200));
     let body = pr_body(
         ticket,
@@ -68,7 +70,7 @@ pub(crate) async fn open(
             pr
         }
     };
-    Ok(JobOutcome::PullRequest {
+    Ok(Delivered::PullRequest {
         url: pr.html_url,
         number: pr.number,
         branch,

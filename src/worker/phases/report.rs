@@ -8,6 +8,7 @@ use crate::jira::{self, JiraClient, Notice};
 use super::super::error::JobError;
 use super::super::events::{Event, Listener};
 use super::super::job::Job;
+use super::super::outcome::AwaitingApproval;
 use super::super::scrub;
 
 /// Tells the ticket what the job does.
@@ -74,15 +75,7 @@ impl Listener for TicketReporter<'_> {
                 };
                 jira.notify(key, &notice).await?;
             }
-            Event::AwaitingApproval {
-                reason,
-                approvers,
-                ttl_hours,
-                outdated,
-            } => {
-                self.ask_approval(job, reason, approvers, *ttl_hours, outdated)
-                    .await
-            }
+            Event::AwaitingApproval(ask) => self.ask_approval(job, ask).await,
             Event::Refused {
                 message, digest, ..
             } => {
@@ -114,15 +107,15 @@ impl Listener for TicketReporter<'_> {
 impl TicketReporter<'_> {
     /// Asks the approvers (once per job), and again each time an approval stops holding. Not being able to ask is
     /// logged: the job waits either way.
-    async fn ask_approval(
-        &self,
-        job: &Job<'_>,
-        reason: &str,
-        approvers: &str,
-        ttl_hours: u64,
-        outdated: &Option<(String, Vec<String>)>,
-    ) {
+    async fn ask_approval(&self, job: &Job<'_>, ask: &AwaitingApproval) {
         let (jira, key, job_id) = (self.jira, job.ticket(), job.id());
+        let AwaitingApproval {
+            reason,
+            approvers,
+            ttl_hours,
+            outdated,
+            ..
+        } = ask;
         if let Some((approved_by, changed)) = outdated {
             // Each time an approval stops holding, the approvers must look again: say what changed.
             let notice = Notice::ApprovalOutdated {
@@ -130,7 +123,7 @@ impl TicketReporter<'_> {
                 approved_by: approved_by.clone(),
                 changed: changed.clone(),
                 approvers: approvers.to_string(),
-                ttl_hours,
+                ttl_hours: *ttl_hours,
             };
             if let Err(ce) = jira.notify(key, &notice).await {
                 tracing::warn!(error = %scrub(self.config, &ce.to_string()), "could not ask for approval again on the ticket");
@@ -148,7 +141,7 @@ impl TicketReporter<'_> {
                 job_id: job_id.to_string(),
                 reason: reason.to_string(),
                 approvers: approvers.to_string(),
-                ttl_hours,
+                ttl_hours: *ttl_hours,
             };
             if let Err(ce) = jira.notify(key, &notice).await {
                 tracing::warn!(error = %scrub(self.config, &ce.to_string()), "could not ask for approval on the ticket");

@@ -7,9 +7,8 @@ use crate::config::Config;
 use crate::proof::bundle::{Outcome, TriggerInfo};
 use crate::proof::{self, BundleWriter, ProofError, RunInput, RunnerKey};
 
-use super::super::error::JobError;
-use super::super::events::JobOutcome;
 use super::super::job::Job;
+use super::super::outcome::{Delivered, JobOutcome};
 use super::super::{job_dir, scrub};
 
 /// Writes the attempt's run statement; returns the bundle digest.
@@ -17,7 +16,7 @@ pub(crate) fn seal(
     config: &Config,
     key: &Arc<RunnerKey>,
     job: &mut Job<'_>,
-    result: &Result<JobOutcome, JobError>,
+    result: &JobOutcome,
 ) -> Result<String, ProofError> {
     let spec = job.spec;
     let progress = &mut job.progress;
@@ -34,7 +33,7 @@ pub(crate) fn seal(
         .with_retention(progress.retention),
     };
     let outcome = match result {
-        Ok(JobOutcome::PullRequest { url, number, .. }) => Outcome {
+        JobOutcome::Delivered(Delivered::PullRequest { url, number, .. }) => Outcome {
             result: "pull_request".into(),
             rule: None,
             reason: None,
@@ -42,7 +41,7 @@ pub(crate) fn seal(
             pr_url: Some(url.clone()),
             pr_number: Some(*number),
         },
-        Ok(JobOutcome::NoChanges { .. }) => Outcome {
+        JobOutcome::Delivered(Delivered::NoChanges { .. }) => Outcome {
             result: "no_changes".into(),
             rule: None,
             reason: None,
@@ -50,20 +49,20 @@ pub(crate) fn seal(
             pr_url: None,
             pr_number: None,
         },
-        Err(e) => Outcome {
-            result: match e {
-                JobError::Refused { .. } => "refused",
-                JobError::AwaitingApproval { .. } => "awaiting_approval",
+        ended => Outcome {
+            result: match ended {
+                JobOutcome::Refused(_) => "refused",
+                JobOutcome::AwaitingApproval(_) => "awaiting_approval",
                 _ => "failed",
             }
             .into(),
-            rule: match e {
-                JobError::Refused { rule, .. } => Some(rule.clone()),
-                JobError::AwaitingApproval { .. } => Some("approval".into()),
+            rule: match ended {
+                JobOutcome::Refused(r) => Some(r.rule.clone()),
+                JobOutcome::AwaitingApproval(_) => Some("approval".into()),
                 _ => None,
             },
-            reason: Some(scrub(config, &e.to_string())),
-            retryable: e.is_retryable(),
+            reason: ended.error().map(|e| scrub(config, &e)),
+            retryable: ended.is_retryable(),
             pr_url: None,
             pr_number: None,
         },
