@@ -38,6 +38,21 @@ pub(super) enum LastPage {
     Total,
 }
 
+impl LastPage {
+    /// Whether `page`, which held `got` items and brought the count read to `read`, was the last one.
+    fn reached(self, page: &Value, got: u64, read: u64) -> bool {
+        let last = page.get("isLast").and_then(Value::as_bool);
+        let total = page.get("total").and_then(Value::as_u64);
+        got == 0
+            || match (self, last, total) {
+                (LastPage::IsLastElseTotal, Some(l), _) => l,
+                (LastPage::IsLastElseTotal, None, Some(t)) => read >= t,
+                (LastPage::IsLastElseTotal, None, None) => true,
+                (LastPage::Total, _, t) => read >= t.unwrap_or(0),
+            }
+    }
+}
+
 /// How much of a list is read.
 pub(super) enum Want<'a> {
     /// All of it: a page without its array is an error, and so is a list longer than the cap
@@ -91,16 +106,8 @@ impl JiraClient {
             let got = page.len() as u64;
             all.extend(page.iter().cloned());
             start = start.saturating_add(got);
-            let last = v.get("isLast").and_then(Value::as_bool);
-            let total = v.get("total").and_then(Value::as_u64);
-            let done = got == 0
-                || match (end, last, total) {
-                    (LastPage::IsLastElseTotal, Some(l), _) => l,
-                    (LastPage::IsLastElseTotal, None, Some(t)) => start >= t,
-                    (LastPage::IsLastElseTotal, None, None) => true,
-                    (LastPage::Total, _, t) => start >= t.unwrap_or(0),
-                }
-                || matches!(&want, Want::Until(enough) if enough(&all));
+            let done =
+                end.reached(&v, got, start) || matches!(&want, Want::Until(enough) if enough(&all));
             if done {
                 return Ok(all);
             }
@@ -112,5 +119,30 @@ impl JiraClient {
             ))),
             Want::Until(_) => Ok(all),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LastPage::{IsLastElseTotal, Total};
+    use serde_json::json;
+
+    #[test]
+    fn the_last_page_is_known_by_is_last_then_total() {
+        // `isLast` decides where the page has it, whatever `total` says.
+        let more = json!({"isLast": false, "total": 3});
+        assert!(!IsLastElseTotal.reached(&more, 3, 3));
+        assert!(IsLastElseTotal.reached(&json!({"isLast": true, "total": 9}), 3, 3));
+        // Without it, `total`; without either, the page is the last.
+        assert!(!IsLastElseTotal.reached(&json!({"total": 9}), 3, 3));
+        assert!(IsLastElseTotal.reached(&json!({"total": 9}), 3, 9));
+        assert!(IsLastElseTotal.reached(&json!({}), 3, 3));
+        // The comment list goes by `total` alone, a missing one counting as 0.
+        assert!(Total.reached(&more, 3, 3));
+        assert!(!Total.reached(&json!({"isLast": true, "total": 9}), 3, 3));
+        assert!(Total.reached(&json!({}), 3, 3));
+        // An empty page ends any list: a server that keeps saying "more" cannot loop the client.
+        assert!(IsLastElseTotal.reached(&json!({"isLast": false}), 0, 3));
+        assert!(Total.reached(&json!({"total": 9}), 0, 3));
     }
 }
