@@ -11,7 +11,7 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 use super::groups::{GroupCache, JiraUser, DEFAULT_GROUP_CACHE_TTL};
-use super::paging::{LastPage, Paged, Want, PAGE_SIZE};
+use super::paging::{Paged, Want, PAGE_SIZE};
 use super::ticket::MAX_TICKET_COMMENTS;
 use super::{cap_chars, check_key, Dialect, JiraError, Notice, Ticket};
 use crate::config::{JiraAuth, JiraConfig};
@@ -201,15 +201,7 @@ impl JiraClient {
     /// The newest comments, newest first, until enough for the model were read (or a few pages).
     async fn newest_comments(&self, key: &str) -> Result<Vec<Value>, JiraError> {
         let action = format!("reading the newest comments of issue {key}");
-        let list = Paged {
-            action: &action,
-            key,
-            path: format!("issue/{key}/comment?orderBy=-created"),
-            items: "comments",
-            what: "comment list",
-            end: LastPage::Total,
-            max_pages: MAX_TICKET_COMMENT_PAGES,
-        };
+        let list = Paged::comments(&action, key, "?orderBy=-created", MAX_TICKET_COMMENT_PAGES);
         let enough = |all: &[Value]| {
             let usable = all.iter().filter(|c| self.comment_is_ticket_text(c));
             usable.count() >= MAX_TICKET_COMMENTS
@@ -357,15 +349,7 @@ impl JiraClient {
     pub async fn comments(&self, key: &str) -> Result<Vec<Value>, JiraError> {
         check_key(key)?;
         let action = format!("listing comments of issue {key}");
-        let list = Paged {
-            action: &action,
-            key,
-            path: format!("issue/{key}/comment"),
-            items: "comments",
-            what: "comment list",
-            end: LastPage::Total,
-            max_pages: MAX_COMMENT_PAGES,
-        };
+        let list = Paged::comments(&action, key, "", MAX_COMMENT_PAGES);
         self.paged(list, Want::All { noun: "comments" }).await
     }
 

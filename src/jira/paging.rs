@@ -29,6 +29,22 @@ pub(super) struct Paged<'a> {
     pub max_pages: usize,
 }
 
+impl<'a> Paged<'a> {
+    /// An issue's comment list (`GET <api>/issue/{key}/comment`, `comments[]`, ended by `total`), with `query`
+    /// (`?orderBy=-created`, or empty) and at most `max_pages` pages.
+    pub(super) fn comments(action: &'a str, key: &'a str, query: &str, max_pages: usize) -> Self {
+        Paged {
+            action,
+            key,
+            path: format!("issue/{key}/comment{query}"),
+            items: "comments",
+            what: "comment list",
+            end: LastPage::Total,
+            max_pages,
+        }
+    }
+}
+
 /// How the last page is known; an empty page always ends the list (no endless loop).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum LastPage {

@@ -2,7 +2,7 @@
 //! (`[text|url]`, `[~user]`), images and attachments (`!file.png!`), `\\` breaks and `\X` escapes, each looking no
 //! further than [`MAX_SPAN_CHARS`] for its end and nesting no deeper than [`MAX_INLINE_DEPTH`].
 
-use super::super::adf::{clean_href, inline_code, one_line, HARD_BREAK};
+use super::super::adf::{cell_line, clean_href, inline_code, one_line, HARD_BREAK};
 use super::Reader;
 
 /// Phrases nested deeper than this are left as they are.
@@ -15,14 +15,7 @@ const ESCAPABLE: &str = "-#*_+?^~|%{}[]()!@";
 impl Reader {
     /// One table cell on one line, pipes escaped.
     pub(super) fn cell(&self, c: &str, depth: usize) -> String {
-        self.inline(c.trim(), depth)
-            .replace(HARD_BREAK, "\n")
-            .split('\n')
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .collect::<Vec<_>>()
-            .join("<br>")
-            .replace('|', "\\|")
+        cell_line(&self.inline(c.trim(), depth))
     }
 
     /// Inline markup of one line as Markdown.
