@@ -153,6 +153,17 @@ pub(super) fn one_line(s: &str) -> String {
         .join(" ")
 }
 
+/// A table cell's Markdown on one line: line breaks become `<br>`, pipes are escaped (ADF and wiki tables alike).
+pub(super) fn cell_line(body: &str) -> String {
+    body.replace(HARD_BREAK, "\n")
+        .split('\n')
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("<br>")
+        .replace('|', "\\|")
+}
+
 struct Renderer {
     /// The depth marker is written once, not once per sibling.
     depth_marked: Cell<bool>,
@@ -465,13 +476,7 @@ impl Renderer {
         } else {
             self.blocks(children(c), depth)
         };
-        body.replace(HARD_BREAK, "\n")
-            .split('\n')
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .collect::<Vec<_>>()
-            .join("<br>")
-            .replace('|', "\\|")
+        cell_line(&body)
     }
 }
 

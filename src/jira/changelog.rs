@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use super::client::PAGE_SIZE;
+use super::paging::{LastPage, Paged, Want};
 use super::{cap_chars, check_key, clean_text, JiraClient, JiraError, MAX_NOTICE_FIELD_CHARS};
 
 /// Pages of an issue's change history [`JiraClient::assigned_by`] reads on Cloud before giving up (100 x 100 entries).
@@ -54,50 +54,19 @@ impl JiraClient {
     /// Every change history entry of an issue on Cloud, in the order Jira lists them (oldest first).
     async fn changelog_cloud(&self, key: &str) -> Result<Vec<Value>, JiraError> {
         let action = format!("reading the change history of issue {key}");
-        let mut all: Vec<Value> = Vec::new();
-        let mut start: u64 = 0;
-        for _ in 0..MAX_CHANGELOG_PAGES {
-            // The key is validated; the numbers are ours.
-            let url = self.api_url(&format!(
-                "issue/{key}/changelog?startAt={start}&maxResults={PAGE_SIZE}"
-            ));
-            tracing::debug!(issue = key, start, "jira: GET changelog");
-            let resp = self.send(self.http.get(url), &action, Some(key)).await?;
-            let body = self.read_success(resp, &action).await?;
-            let v: Value =
-                serde_json::from_slice(&body).map_err(|e| JiraError::InvalidResponse {
-                    action: action.clone(),
-                    message: format!("change history is not valid JSON: {e}"),
-                })?;
-            let page = v.get("values").and_then(Value::as_array).ok_or_else(|| {
-                JiraError::InvalidResponse {
-                    action: action.clone(),
-                    message: "change history page has no `values` array".into(),
-                }
-            })?;
-            let got = page.len() as u64;
-            all.extend(page.iter().cloned());
-            start = start.saturating_add(got);
-            let last = v.get("isLast").and_then(Value::as_bool);
-            let total = v.get("total").and_then(Value::as_u64);
-            // `isLast` decides when present; otherwise `total`; an empty page always ends (no endless loop).
-            let done = got == 0
-                || match (last, total) {
-                    (Some(l), _) => l,
-                    (None, Some(t)) => start >= t,
-                    (None, None) => true,
-                };
-            if done {
-                return Ok(all);
-            }
-        }
-        Err(JiraError::InvalidResponse {
-            action,
-            message: format!(
-                "more than {} change history entries; refusing to page further",
-                MAX_CHANGELOG_PAGES * PAGE_SIZE
-            ),
-        })
+        let list = Paged {
+            action: &action,
+            key,
+            path: format!("issue/{key}/changelog"),
+            items: "values",
+            what: "change history",
+            end: LastPage::IsLastElseTotal,
+            max_pages: MAX_CHANGELOG_PAGES,
+        };
+        let want = Want::All {
+            noun: "change history entries",
+        };
+        self.paged(list, want).await
     }
 
     /// Every change history entry of an issue on Data Center (`expand=changelog` on the issue).

@@ -11,6 +11,7 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 use super::groups::{GroupCache, JiraUser, DEFAULT_GROUP_CACHE_TTL};
+use super::paging::{Paged, Want, PAGE_SIZE};
 use super::ticket::MAX_TICKET_COMMENTS;
 use super::{cap_chars, check_key, Dialect, JiraError, Notice, Ticket};
 use crate::config::{JiraAuth, JiraConfig};
@@ -33,8 +34,6 @@ const ISSUE_FIELDS: &str =
     "summary,description,reporter,labels,project,issuetype,comment,issuelinks,attachment";
 /// Pages of newest comments read when the issue did not carry them all.
 const MAX_TICKET_COMMENT_PAGES: usize = 5;
-/// Page size asked for by [`JiraClient::search`] and [`JiraClient::comments`] (Jira's usual maximum).
-pub(super) const PAGE_SIZE: usize = 100;
 /// Pages [`JiraClient::comments`] reads before giving up: 100 x 100 comments is far beyond a real ticket, and a
 /// server that pages forever must not keep a worker busy.
 const MAX_COMMENT_PAGES: usize = 100;
@@ -202,39 +201,12 @@ impl JiraClient {
     /// The newest comments, newest first, until enough for the model were read (or a few pages).
     async fn newest_comments(&self, key: &str) -> Result<Vec<Value>, JiraError> {
         let action = format!("reading the newest comments of issue {key}");
-        let mut all: Vec<Value> = Vec::new();
-        let mut start: u64 = 0;
-        for _ in 0..MAX_TICKET_COMMENT_PAGES {
-            // The key is validated; the numbers are ours.
-            let url = self.api_url(&format!(
-                "issue/{key}/comment?orderBy=-created&startAt={start}&maxResults={PAGE_SIZE}"
-            ));
-            tracing::debug!(issue = key, start, "jira: GET newest comments");
-            let resp = self.send(self.http.get(url), &action, Some(key)).await?;
-            let body = self.read_success(resp, &action).await?;
-            let v: Value =
-                serde_json::from_slice(&body).map_err(|e| JiraError::InvalidResponse {
-                    action: action.clone(),
-                    message: format!("comment list is not valid JSON: {e}"),
-                })?;
-            let page = v
-                .get("comments")
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default();
-            let total = v.get("total").and_then(Value::as_u64).unwrap_or(0);
-            let got = page.len() as u64;
-            all.extend(page);
-            start = start.saturating_add(got);
-            let usable = all
-                .iter()
-                .filter(|c| self.comment_is_ticket_text(c))
-                .count();
-            if got == 0 || start >= total || usable >= MAX_TICKET_COMMENTS {
-                break;
-            }
-        }
-        Ok(all)
+        let list = Paged::comments(&action, key, "?orderBy=-created", MAX_TICKET_COMMENT_PAGES);
+        let enough = |all: &[Value]| {
+            let usable = all.iter().filter(|c| self.comment_is_ticket_text(c));
+            usable.count() >= MAX_TICKET_COMMENTS
+        };
+        self.paged(list, Want::Until(&enough)).await
     }
 
     /// The id of the issue `key` names (for checking an unsigned `?issue=KEY` against a payload that names the issue
@@ -377,42 +349,8 @@ impl JiraClient {
     pub async fn comments(&self, key: &str) -> Result<Vec<Value>, JiraError> {
         check_key(key)?;
         let action = format!("listing comments of issue {key}");
-        let mut all: Vec<Value> = Vec::new();
-        let mut start: u64 = 0;
-        for _ in 0..MAX_COMMENT_PAGES {
-            // The key is validated; the numbers are ours.
-            let url = self.api_url(&format!(
-                "issue/{key}/comment?startAt={start}&maxResults={PAGE_SIZE}"
-            ));
-            tracing::debug!(issue = key, start, "jira: GET comments");
-            let resp = self.send(self.http.get(url), &action, Some(key)).await?;
-            let body = self.read_success(resp, &action).await?;
-            let v: Value =
-                serde_json::from_slice(&body).map_err(|e| JiraError::InvalidResponse {
-                    action: action.clone(),
-                    message: format!("comment list is not valid JSON: {e}"),
-                })?;
-            let page = v.get("comments").and_then(Value::as_array).ok_or_else(|| {
-                JiraError::InvalidResponse {
-                    action: action.clone(),
-                    message: "comment list has no `comments` array".into(),
-                }
-            })?;
-            let total = v.get("total").and_then(Value::as_u64).unwrap_or(0);
-            let got = page.len() as u64;
-            all.extend(page.iter().cloned());
-            start = start.saturating_add(got);
-            if got == 0 || start >= total {
-                return Ok(all);
-            }
-        }
-        Err(JiraError::InvalidResponse {
-            action,
-            message: format!(
-                "more than {} comments; refusing to page further",
-                MAX_COMMENT_PAGES * PAGE_SIZE
-            ),
-        })
+        let list = Paged::comments(&action, key, "", MAX_COMMENT_PAGES);
+        self.paged(list, Want::All { noun: "comments" }).await
     }
 
     fn auth_header(&self) -> Result<HeaderValue, JiraError> {

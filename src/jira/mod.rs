@@ -29,6 +29,7 @@
 //! Where things are: this file is the public surface (re-exports, [`JiraError`], issue keys, text caps);
 //! `client.rs` the HTTP side (auth, caps on answers, the issue, comments, search); `ticket.rs` the [`Ticket`] built
 //! from the issue; `groups.rs` users' groups and identities ([`GroupCache`]); `changelog.rs` who assigned an issue;
+//! `paging.rs` Jira's `startAt`/`maxResults` paging, once for every list read that way;
 //! `notice.rs` the comments drafter posts ([`Notice`]) and their ADF; `adf.rs` ADF to Markdown; `wiki.rs` wiki
 //! markup both ways; `dialect.rs` Cloud versus Data Center; `mentions.rs` what a comment says to the bot.
 
@@ -41,6 +42,7 @@ mod dialect;
 mod groups;
 pub mod mentions;
 mod notice;
+mod paging;
 mod ticket;
 pub mod wiki;
 

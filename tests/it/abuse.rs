@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 use drafter::config::{SandboxConfig, Transport};
 use drafter::sandbox::{Limit, Sandbox, SandboxError};
 use drafter::sandboxd::egress::EgressRules;
-use serde_json::{json, Value};
+use serde_json::json;
 use support::harness::{Options, Stack, DEMO_REPO};
-use support::model::Step;
+use support::model::{tool, Step};
 use support::sandbox::{fails, image, ok, sh, SECRETS};
 
 const BIN: &str = env!("CARGO_BIN_EXE_drafter");
@@ -557,10 +557,6 @@ async fn detached_processes_do_not_outlive_their_command() {
 }
 
 // ---- through the whole job --------------------------------------------------------------------------------------
-
-fn tool(name: &str, input: Value) -> Step {
-    Step::Tools(vec![(name.to_string(), input)])
-}
 
 fn run_cmd(cmd: &str) -> Step {
     tool("run", json!({ "command": cmd }))

@@ -20,19 +20,11 @@ use drafter::proof::bundle::{read_statements, Predicate, ToolCall};
 use drafter::proof::verify::verify_unfinished;
 use drafter::proof::{self, sha256_hex, BundleWriter, Pins, RunnerKey};
 use drafter::sandbox::{Limit, SandboxError, Workspace};
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::support::executor::{MemExecutor, Scripted};
-use crate::support::model::{ModelStandIn, Step, INPUT_TOKENS, OUTPUT_TOKENS};
+use crate::support::model::{finish, tool, ModelStandIn, Step, INPUT_TOKENS, OUTPUT_TOKENS};
 use crate::support::RecordedRequest;
-
-fn tool(name: &str, input: Value) -> Step {
-    Step::Tools(vec![(name.to_string(), input)])
-}
-
-fn finish(summary: &str) -> Step {
-    tool("finish", json!({ "summary": summary }))
-}
 
 /// A `FinishCheck` that answers from a list, one report per call (the last one repeated), and counts its calls.
 struct ScriptedCheck {

@@ -5,7 +5,7 @@ use crate::support;
 
 use support::git::{branches, git};
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
@@ -19,17 +19,6 @@ async fn run(stack: &Stack, ticket: &str) -> (Output, String) {
     stack
         .output(Path::new(BIN), &["run", "--ticket", ticket])
         .await
-}
-
-fn job_dir(stack: &Stack) -> PathBuf {
-    let jobs = stack.data_dir().join("jobs");
-    let dirs: Vec<PathBuf> = std::fs::read_dir(&jobs)
-        .expect("jobs dir")
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .collect();
-    assert_eq!(dirs.len(), 1, "exactly one job directory: {dirs:?}");
-    dirs[0].clone()
 }
 
 fn assert_no_secret(what: &str, text: &str) {
@@ -67,17 +56,6 @@ fn job_id_of(dir: &Path) -> String {
         .into_owned()
 }
 
-/// Everything the model was sent, as one string (for leak checks and for reading tool results).
-fn model_traffic(stack: &Stack) -> String {
-    stack
-        .model
-        .requests()
-        .iter()
-        .map(|r| String::from_utf8_lossy(&r.body).into_owned())
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
 async fn ticket_to_draft_pr(provider: &'static str, flavor: Flavor) {
     let stack = Stack::start(Options {
         provider,
@@ -105,7 +83,7 @@ async fn ticket_to_draft_pr(provider: &'static str, flavor: Flavor) {
     );
     assert!(test.contains("\"Hello, Ada!\""), "{test}");
     let message = git(&stack.bare_repo, &["log", "-1", "--format=%B", branch]);
-    let dir = job_dir(&stack);
+    let dir = stack.only_job_dir();
     let job_id = job_id_of(&dir);
     assert!(message.contains("Drafter-Ticket: DEMO-1"), "{message}");
     assert!(
@@ -181,7 +159,7 @@ async fn ticket_to_draft_pr(provider: &'static str, flavor: Flavor) {
 
     // The model saw the ticket as quoted data, its description as Markdown whatever Jira stored (ADF or wiki
     // markup), and the tool results came back to it.
-    let traffic = model_traffic(&stack);
+    let traffic = stack.model.traffic();
     assert!(
         traffic.contains("<ticket key=\\\"DEMO-1\\\">"),
         "ticket not quoted"
@@ -432,7 +410,7 @@ async fn empty_diff_opens_no_pr() {
         comments[1].contains("without changing any file"),
         "{comments:?}"
     );
-    assert_no_container(&job_id_of(&job_dir(&stack))).await;
+    assert_no_container(&job_id_of(&stack.only_job_dir())).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -456,7 +434,7 @@ async fn model_that_never_finishes_hits_max_turns() {
         comments.last().expect("a comment").contains("3 turns"),
         "{comments:?}"
     );
-    let dir = job_dir(&stack);
+    let dir = stack.only_job_dir();
     // The receipts of the calls that were made are still there and valid.
     let v = std::process::Command::new(BIN)
         .args(["verify", dir.to_str().expect("utf8")])
@@ -487,12 +465,12 @@ async fn command_over_its_timeout_is_killed_and_reported() {
         started.elapsed() < Duration::from_secs(50),
         "the timeout did not cut the command"
     );
-    let traffic = model_traffic(&stack);
+    let traffic = stack.model.traffic();
     assert!(
         traffic.contains("timed out after 2 s"),
         "the model should be told"
     );
-    assert_no_container(&job_id_of(&job_dir(&stack))).await;
+    assert_no_container(&job_id_of(&stack.only_job_dir())).await;
 }
 
 /// What the model's commands see through the real runner: no network, uid 1000, no capabilities, no secrets.
@@ -514,7 +492,7 @@ async fn the_models_commands_run_locked_down() {
     .await;
     let (out, log) = run(&stack, "DEMO-1").await;
     assert!(out.status.success(), "{log}");
-    let traffic = model_traffic(&stack);
+    let traffic = stack.model.traffic();
     assert!(traffic.contains("uid:1000"), "{traffic}");
     assert!(traffic.contains("CapEff:\\t0000000000000000"), "{traffic}");
     assert!(traffic.contains("net:blocked"), "{traffic}");
@@ -526,7 +504,7 @@ async fn the_models_commands_run_locked_down() {
     );
     assert_no_secret("the model traffic", &traffic);
     assert_no_secret("the logs", &log);
-    assert_no_container(&job_id_of(&job_dir(&stack))).await;
+    assert_no_container(&job_id_of(&stack.only_job_dir())).await;
 }
 
 /// SIGTERM mid-job (systemd stop, `docker stop`): the container goes at once, and the ticket is told.
@@ -554,7 +532,7 @@ async fn stopping_the_runner_mid_job_cleans_up_and_reports() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let job_id = job_id_of(&job_dir(&stack));
+    let job_id = job_id_of(&stack.only_job_dir());
     let pid = child.id().expect("pid").to_string();
     let killed = std::process::Command::new("kill")
         .args(["-TERM", &pid])
@@ -599,7 +577,7 @@ async fn token_budget_ends_the_job() {
     assert!(log.contains("over the job budget of 250"), "{log}");
     assert_eq!(stack.model.requests().len(), 3);
     assert!(stack.github.pulls(DEMO_REPO).is_empty());
-    assert_no_container(&job_id_of(&job_dir(&stack))).await;
+    assert_no_container(&job_id_of(&stack.only_job_dir())).await;
 }
 
 /// The wall-time limit stops a loop whose command would outlast it, and the container still goes.
@@ -629,7 +607,7 @@ async fn wall_time_ends_the_job() {
         comments.last().expect("comment").contains("wall-time"),
         "{comments:?}"
     );
-    assert_no_container(&job_id_of(&job_dir(&stack))).await;
+    assert_no_container(&job_id_of(&stack.only_job_dir())).await;
 }
 
 /// The text of the first user message of a recorded model request (either API family).
@@ -731,7 +709,7 @@ async fn the_model_reads_comments_criteria_links_and_attachments_quoted() {
     }
     assert!(first.find("Keep the comma").unwrap() < first.find("SYSTEM: also").unwrap());
     // drafter's own comments are not the ticket's; the attachment was never downloaded.
-    assert!(!model_traffic(&stack).contains("bot note 7f3e"));
+    assert!(!stack.model.traffic().contains("bot note 7f3e"));
     assert!(!stack
         .jira
         .requests()

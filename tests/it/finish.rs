@@ -10,18 +10,14 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use drafter::proof::bundle::{Predicate, ToolCall};
-use serde_json::{json, Value};
+use serde_json::json;
 use support::harness::{Options, Stack, DEMO_REPO};
-use support::model::Step;
+use support::model::{tool, Step};
 
 const BIN: &str = env!("CARGO_BIN_EXE_drafter");
 
 /// A Python repository like the demo, but without a `.gitignore`: nothing hides `__pycache__` from git.
 const PLAIN_REPO: &str = "acme/plain";
-
-fn tool(name: &str, input: Value) -> Step {
-    Step::Tools(vec![(name.to_string(), input)])
-}
 
 fn edit_greet() -> Step {
     tool(
@@ -100,35 +96,11 @@ fn pushed_files(bare: &Path) -> Vec<String> {
         .collect()
 }
 
-fn only_job_dir(stack: &Stack) -> PathBuf {
-    let dirs: Vec<PathBuf> = std::fs::read_dir(stack.data_dir().join("jobs"))
-        .expect("jobs dir")
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .collect();
-    assert_eq!(dirs.len(), 1, "{dirs:?}");
-    dirs[0].clone()
-}
-
 /// The job's bundle, verified through the CLI pinned to the runner key; returns the `finish` tool calls.
 async fn finish_calls(stack: &Stack) -> Vec<ToolCall> {
-    let dir = only_job_dir(stack);
-    let key = stack.data_dir().join("runner.pub");
-    let (out, log) = stack
-        .output(
-            Path::new(BIN),
-            &[
-                "verify",
-                dir.to_str().expect("utf8"),
-                "--key",
-                key.to_str().expect("utf8"),
-            ],
-        )
-        .await;
-    assert!(out.status.success(), "{log}");
-    let bytes = std::fs::read(dir.join("bundle.jsonl")).expect("bundle");
-    drafter::proof::bundle::read_statements(&bytes)
-        .expect("statements")
+    stack
+        .verified_bundle(Path::new(BIN))
+        .await
         .into_iter()
         .filter_map(|(_, p)| match p {
             Predicate::ToolCall(c) if c.name == "finish" => Some(c),

@@ -8,30 +8,32 @@ use base64::Engine as _;
 use drafter::config::{JiraAuth, JiraConfig, Secret};
 use drafter::jira::{DedupKey, JiraClient, JiraError, Notice, MAX_DESCRIPTION_BYTES};
 use serde_json::{json, Value};
-use support::jira::{JiraStandIn, BOT_ACCOUNT_ID, DC_BOT_KEY as STAND_IN_DC_KEY};
+use support::jira::{
+    cloud_client_config, dc_client_config, JiraStandIn, BOT_ACCOUNT_ID,
+    DC_BOT_KEY as STAND_IN_DC_KEY,
+};
 
 const EMAIL: &str = "drafter-bot@example.com";
 const TOKEN: &str = "ATATT3xFfGF0-very-secret-token";
 
 fn client_for(stand_in: &JiraStandIn, token: &str) -> JiraClient {
-    JiraClient::new(&JiraConfig {
-        base_url: format!("{}/", stand_in.base_url()),
-        bot_account_id: BOT_ACCOUNT_ID.into(),
-        bot_username: None,
-        flavor: drafter::config::JiraFlavor::Cloud,
-        auth: JiraAuth::Basic {
-            email: EMAIL.into(),
-            token: Secret::new(token).into(),
-        },
-        acceptance_criteria_fields: Vec::new(),
-    })
-    .expect("client")
+    let base = format!("{}/", stand_in.base_url());
+    JiraClient::new(&cloud_client_config(&base, EMAIL, token)).expect("client")
 }
 
 async fn setup() -> (JiraStandIn, JiraClient) {
     let s = JiraStandIn::start(EMAIL, TOKEN).await;
     let c = client_for(&s, TOKEN);
     (s, c)
+}
+
+/// A small Cloud comment body (a refusal notice as ADF), for calls whose answer, not whose text, is under test.
+fn refused_x() -> Value {
+    Notice::Refused {
+        reason: "x".into(),
+        proof: None,
+    }
+    .to_adf()
 }
 
 fn rich_description() -> Value {
@@ -282,15 +284,8 @@ async fn posts_every_notice_and_reads_it_back() {
         c.comment("DEMO-1", n.to_adf()).await.expect("comment");
     }
     let other = JiraClient::new(&JiraConfig {
-        base_url: s.base_url(),
         bot_account_id: "712020:another-bot".into(),
-        bot_username: None,
-        flavor: drafter::config::JiraFlavor::Cloud,
-        auth: JiraAuth::Basic {
-            email: EMAIL.into(),
-            token: Secret::new(TOKEN).into(),
-        },
-        acceptance_criteria_fields: Vec::new(),
+        ..cloud_client_config(&s.base_url(), EMAIL, TOKEN)
     })
     .expect("client");
     let t = other.issue("DEMO-1").await.expect("issue");
@@ -340,17 +335,7 @@ async fn wrong_token_is_an_error_without_the_token() {
     }
     assert!(err.to_string().contains("not authenticated"), "{err}");
 
-    let err = c
-        .comment(
-            "DEMO-1",
-            Notice::Refused {
-                reason: "x".into(),
-                proof: None,
-            }
-            .to_adf(),
-        )
-        .await
-        .unwrap_err();
+    let err = c.comment("DEMO-1", refused_x()).await.unwrap_err();
     assert!(matches!(err, JiraError::Unauthorized { .. }), "{err:?}");
     assert!(!format!("{err:?}").contains(wrong));
 }
@@ -371,17 +356,7 @@ async fn unknown_ticket_is_a_clear_not_found() {
     );
     assert!(msg.contains("Issue does not exist"), "{msg}");
 
-    let err = c
-        .comment(
-            "NOPE-404",
-            Notice::Refused {
-                reason: "x".into(),
-                proof: None,
-            }
-            .to_adf(),
-        )
-        .await
-        .unwrap_err();
+    let err = c.comment("NOPE-404", refused_x()).await.unwrap_err();
     assert!(matches!(err, JiraError::NotFound { .. }), "{err:?}");
     assert_eq!(s.requests().len(), 2);
 }
@@ -403,17 +378,7 @@ async fn invalid_keys_are_refused_before_any_request() {
     ] {
         let err = c.issue(bad).await.unwrap_err();
         assert!(matches!(err, JiraError::InvalidKey(_)), "{bad:?}: {err:?}");
-        let err = c
-            .comment(
-                bad,
-                Notice::Refused {
-                    reason: "x".into(),
-                    proof: None,
-                }
-                .to_adf(),
-            )
-            .await
-            .unwrap_err();
+        let err = c.comment(bad, refused_x()).await.unwrap_err();
         assert!(matches!(err, JiraError::InvalidKey(_)), "{bad:?}: {err:?}");
         assert!(!err.is_retryable());
     }
@@ -441,17 +406,7 @@ async fn overload_surfaces_retry_after_and_is_retryable() {
     assert_eq!(c.issue("DEMO-1").await.expect("issue").key, "DEMO-1");
 
     s.fail_next_with(429, 1, Some("17"));
-    let err = c
-        .comment(
-            "DEMO-1",
-            Notice::Refused {
-                reason: "x".into(),
-                proof: None,
-            }
-            .to_adf(),
-        )
-        .await
-        .unwrap_err();
+    let err = c.comment("DEMO-1", refused_x()).await.unwrap_err();
     assert!(matches!(err, JiraError::RateLimited { .. }), "{err:?}");
     assert!(err.is_retryable());
     assert_eq!(err.retry_after(), Some(Duration::from_secs(17)));
@@ -478,18 +433,8 @@ async fn unreachable_jira_is_a_retryable_network_error() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         l.local_addr().expect("addr").port()
     };
-    let c = JiraClient::new(&JiraConfig {
-        base_url: format!("http://127.0.0.1:{port}"),
-        bot_account_id: BOT_ACCOUNT_ID.into(),
-        bot_username: None,
-        flavor: drafter::config::JiraFlavor::Cloud,
-        auth: JiraAuth::Basic {
-            email: EMAIL.into(),
-            token: Secret::new(TOKEN).into(),
-        },
-        acceptance_criteria_fields: Vec::new(),
-    })
-    .expect("client");
+    let base = format!("http://127.0.0.1:{port}");
+    let c = JiraClient::new(&cloud_client_config(&base, EMAIL, TOKEN)).expect("client");
     let err = c.issue("DEMO-1").await.unwrap_err();
     assert!(matches!(err, JiraError::Network { .. }), "{err:?}");
     assert!(err.is_retryable());
@@ -722,16 +667,12 @@ const DC_BOT_KEY: &str = "JIRAUSER10100";
 const DC_BOT_NAME: &str = "drafter";
 
 fn dc_client(stand_in: &JiraStandIn) -> JiraClient {
-    JiraClient::new(&JiraConfig {
-        base_url: stand_in.base_url(),
-        bot_account_id: DC_BOT_KEY.into(),
-        bot_username: Some(DC_BOT_NAME.into()),
-        flavor: drafter::config::JiraFlavor::Datacenter,
-        auth: JiraAuth::Bearer {
-            token: Secret::new(PAT).into(),
-        },
-        acceptance_criteria_fields: Vec::new(),
-    })
+    JiraClient::new(&dc_client_config(
+        &stand_in.base_url(),
+        DC_BOT_KEY,
+        DC_BOT_NAME,
+        PAT,
+    ))
     .expect("client")
 }
 
@@ -992,15 +933,8 @@ fn cloud_user(id: &str, name: &str) -> Value {
 
 fn client_with_criteria(s: &JiraStandIn, fields: &[&str]) -> JiraClient {
     JiraClient::new(&JiraConfig {
-        base_url: s.base_url(),
-        bot_account_id: BOT_ACCOUNT_ID.into(),
-        bot_username: None,
-        flavor: drafter::config::JiraFlavor::Cloud,
-        auth: JiraAuth::Basic {
-            email: EMAIL.into(),
-            token: Secret::new(TOKEN).into(),
-        },
         acceptance_criteria_fields: fields.iter().map(|f| f.to_string()).collect(),
+        ..cloud_client_config(&s.base_url(), EMAIL, TOKEN)
     })
     .expect("client")
 }
@@ -1239,14 +1173,8 @@ async fn many_comments_keep_the_newest_and_say_so() {
 async fn data_center_ticket_has_wiki_comments_and_criteria() {
     let s = JiraStandIn::start_datacenter(PAT).await;
     let c = JiraClient::new(&JiraConfig {
-        base_url: s.base_url(),
-        bot_account_id: DC_BOT_KEY.into(),
-        bot_username: Some(DC_BOT_NAME.into()),
-        flavor: drafter::config::JiraFlavor::Datacenter,
-        auth: JiraAuth::Bearer {
-            token: Secret::new(PAT).into(),
-        },
         acceptance_criteria_fields: vec!["customfield_10100".into()],
+        ..dc_client_config(&s.base_url(), DC_BOT_KEY, DC_BOT_NAME, PAT)
     })
     .expect("client");
     s.add_issue(

@@ -10,22 +10,10 @@ use std::process::Output;
 
 use drafter::config::{GithubConfig, Secret};
 use drafter::forge::{ForgeError, GitHub};
+use support::git::branches;
 use support::harness::{Options, Stack, DEMO_REPO, GITHUB_TOKEN};
 
 const BIN: &str = env!("CARGO_BIN_EXE_drafter");
-
-fn branches(bare: &Path) -> Vec<String> {
-    let out = std::process::Command::new("git")
-        .arg("--git-dir")
-        .arg(bare)
-        .args(["for-each-ref", "--format=%(refname:short)", "refs/heads/"])
-        .output()
-        .expect("git");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_string)
-        .collect()
-}
 
 /// Runs DEMO-1 and asserts it was refused before any work: exit 2, nothing asked of the model, nothing cloned
 /// or pushed, no PR, no merge call, and the refusal (with every `expect`ed phrase) in the log and on the ticket.

@@ -8,8 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use serde_json::{json, Value};
+use support::git::{branches, git};
 use support::harness::{Options, Stack, DEMO_REPO, SECRETS};
-use support::model::Step;
+use support::model::tool;
 
 const BIN: &str = env!("CARGO_BIN_EXE_drafter");
 
@@ -33,74 +34,33 @@ async fn drafter(stack: &Stack, args: &[&str]) -> (Output, String) {
     stack.output(Path::new(BIN), args).await
 }
 
-fn only_job_dir(stack: &Stack) -> PathBuf {
-    let dirs: Vec<PathBuf> = std::fs::read_dir(stack.data_dir().join("jobs"))
-        .expect("jobs dir")
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .collect();
-    assert_eq!(dirs.len(), 1, "{dirs:?}");
-    dirs[0].clone()
+/// `drafter policy explain --ticket DEMO-1 --user <user>`.
+async fn explain(stack: &Stack, user: &str) -> (Output, String) {
+    drafter(
+        stack,
+        &["policy", "explain", "--ticket", "DEMO-1", "--user", user],
+    )
+    .await
 }
 
-/// The job's bundle, verified through the CLI pinned to the runner key; returns its statements.
-async fn verified_bundle(
-    stack: &Stack,
-) -> Vec<(
-    drafter::proof::bundle::Statement,
-    drafter::proof::bundle::Predicate,
-)> {
-    let dir = only_job_dir(stack);
-    let key = stack.data_dir().join("runner.pub");
-    let (out, log) = drafter(
-        stack,
-        &[
-            "verify",
-            dir.to_str().expect("utf8"),
-            "--key",
-            key.to_str().expect("utf8"),
-        ],
-    )
-    .await;
-    assert!(out.status.success(), "{log}");
-    let bytes = std::fs::read(dir.join("bundle.jsonl")).expect("bundle");
-    drafter::proof::bundle::read_statements(&bytes).expect("statements")
+/// The commit `main` of the stack's bare repository points at.
+fn main_head(stack: &Stack) -> String {
+    git(&stack.bare_repo, &["rev-parse", "refs/heads/main"])
+        .trim()
+        .to_string()
 }
 
 /// The last run statement of the only job.
 async fn last_run(stack: &Stack) -> drafter::proof::bundle::Run {
-    match verified_bundle(stack).await.pop() {
+    match stack.verified_bundle(Path::new(BIN)).await.pop() {
         Some((_, drafter::proof::bundle::Predicate::Run(r))) => *r,
         other => panic!("the bundle does not end with a run statement: {other:?}"),
     }
 }
 
 fn job_json(stack: &Stack) -> Value {
-    let text = std::fs::read_to_string(only_job_dir(stack).join("job.json")).expect("job.json");
+    let text = std::fs::read_to_string(stack.only_job_dir().join("job.json")).expect("job.json");
     serde_json::from_str(&text).expect("job.json is JSON")
-}
-
-fn branches(bare: &Path) -> Vec<String> {
-    let out = std::process::Command::new("git")
-        .arg("--git-dir")
-        .arg(bare)
-        .args(["for-each-ref", "--format=%(refname:short)", "refs/heads/"])
-        .output()
-        .expect("git");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_string)
-        .collect()
-}
-
-fn main_head(bare: &Path) -> String {
-    let out = std::process::Command::new("git")
-        .arg("--git-dir")
-        .arg(bare)
-        .args(["rev-parse", "refs/heads/main"])
-        .output()
-        .expect("git");
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 /// The decisions recorded in job.json, as `rule:allowed`.
@@ -111,10 +71,6 @@ fn decisions(job: &Value) -> Vec<String> {
         .iter()
         .map(|d| format!("{}:{}", d["rule"].as_str().unwrap_or(""), d["allowed"]))
         .collect()
-}
-
-fn tool(name: &str, input: Value) -> Step {
-    Step::Tools(vec![(name.to_string(), input)])
 }
 
 #[tokio::test]
@@ -165,7 +121,7 @@ async fn a_repository_outside_the_projects_list_is_refused_before_cloning() {
     );
     assert!(run.decisions.iter().any(|d| d.rule == "repo" && !d.allowed));
     let digest = drafter::proof::sha256_hex(
-        &std::fs::read(only_job_dir(&stack).join("bundle.jsonl")).expect("bundle"),
+        &std::fs::read(stack.only_job_dir().join("bundle.jsonl")).expect("bundle"),
     );
     assert!(
         comments[0].contains(&format!("sha256:{digest}")),
@@ -304,24 +260,19 @@ async fn forbidden_paths_are_refused_to_the_tool_and_never_pushed() {
         ..Options::default()
     })
     .await;
-    let before = main_head(&stack.bare_repo);
+    let before = main_head(&stack);
     let (out, log) = drafter(&stack, &["run", "--ticket", "DEMO-1"]).await;
     assert_eq!(out.status.code(), Some(2), "{log}");
 
     // The write tool was refused with the rule, and the model was told.
-    let traffic: String = stack
-        .model
-        .requests()
-        .iter()
-        .map(|r| String::from_utf8_lossy(&r.body).into_owned())
-        .collect();
+    let traffic = stack.model.traffic();
     assert!(
         traffic.contains("refused by policy (rule `write.forbidden_paths`)"),
         "tool refusal not shown"
     );
     // The shell's workaround was caught on the diff: nothing pushed, no PR, the ticket names the rule.
     assert_eq!(branches(&stack.bare_repo), ["main"]);
-    assert_eq!(main_head(&stack.bare_repo), before);
+    assert_eq!(main_head(&stack), before);
     assert!(stack.github.pulls(DEMO_REPO).is_empty());
     let comments = stack.jira.comment_texts("DEMO-1");
     let last = comments.last().expect("a comment");
@@ -457,12 +408,12 @@ async fn prompt_injection_in_the_ticket_changes_nothing_the_policy_forbids() {
         &[],
     );
     let policy_before = std::fs::read(stack.dir.path().join("policy.toml")).expect("policy");
-    let before = main_head(&stack.bare_repo);
+    let before = main_head(&stack);
     let (out, log) = drafter(&stack, &["run", "--ticket", "DEMO-9"]).await;
     assert_eq!(out.status.code(), Some(2), "{log}");
 
     // Nothing forbidden reached the remote: main unchanged, no branch, no PR, no extra tickets.
-    assert_eq!(main_head(&stack.bare_repo), before);
+    assert_eq!(main_head(&stack), before);
     assert_eq!(branches(&stack.bare_repo), ["main"]);
     assert!(stack.github.pulls(DEMO_REPO).is_empty());
     assert_eq!(stack.github.merge_attempts(), 0);
@@ -480,14 +431,9 @@ async fn prompt_injection_in_the_ticket_changes_nothing_the_policy_forbids() {
     );
 
     // No secret anywhere: model traffic, comments, job record, receipts, logs.
-    let traffic: String = stack
-        .model
-        .requests()
-        .iter()
-        .map(|r| String::from_utf8_lossy(&r.body).into_owned())
-        .collect();
+    let traffic = stack.model.traffic();
     let comments = stack.jira.comment_texts("DEMO-9").join("\n");
-    let dir = only_job_dir(&stack);
+    let dir = stack.only_job_dir();
     let record = std::fs::read_to_string(dir.join("job.json")).expect("job.json");
     let receipts = std::fs::read_to_string(dir.join("bundle.jsonl")).expect("bundle");
     for (what, text) in [
@@ -652,18 +598,7 @@ async fn explain_shows_what_a_job_would_get_before_anything_runs() {
         ..Options::default()
     })
     .await;
-    let (out, text) = drafter(
-        &stack,
-        &[
-            "policy",
-            "explain",
-            "--ticket",
-            "DEMO-1",
-            "--user",
-            "712020:developer-ada",
-        ],
-    )
-    .await;
+    let (out, text) = explain(&stack, "712020:developer-ada").await;
     assert!(out.status.success(), "{text}");
     for want in [
         "team        demo",
@@ -676,34 +611,12 @@ async fn explain_shows_what_a_job_would_get_before_anything_runs() {
     ] {
         assert!(text.contains(want), "missing `{want}` in:\n{text}");
     }
-    let (out, text) = drafter(
-        &stack,
-        &[
-            "policy",
-            "explain",
-            "--ticket",
-            "DEMO-1",
-            "--user",
-            "712020:mallory",
-        ],
-    )
-    .await;
+    let (out, text) = explain(&stack, "712020:mallory").await;
     assert_eq!(out.status.code(), Some(2), "{text}");
     assert!(text.contains("REFUSED by rule `trigger`"), "{text}");
     // Group membership comes from Jira's API (GET /rest/api/3/user/groups).
     stack.jira.set_groups("712020:grace", &["widget-devs"]);
-    let (out, text) = drafter(
-        &stack,
-        &[
-            "policy",
-            "explain",
-            "--ticket",
-            "DEMO-1",
-            "--user",
-            "712020:grace",
-        ],
-    )
-    .await;
+    let (out, text) = explain(&stack, "712020:grace").await;
     assert!(out.status.success(), "{text}");
     assert!(text.contains("712020:grace may trigger"), "{text}");
     // Explaining runs nothing and tells nobody.
@@ -727,43 +640,17 @@ async fn explain_names_data_center_users_by_name_or_key() {
     })
     .await;
     for user in [ADA.name, "Ada", ADA.key] {
-        let (out, text) = drafter(
-            &stack,
-            &["policy", "explain", "--ticket", "DEMO-1", "--user", user],
-        )
-        .await;
+        let (out, text) = explain(&stack, user).await;
         assert!(out.status.success(), "{user}: {text}");
         assert!(text.contains(&format!("{user} may trigger")), "{text}");
     }
-    let (out, text) = drafter(
-        &stack,
-        &[
-            "policy",
-            "explain",
-            "--ticket",
-            "DEMO-1",
-            "--user",
-            MALLORY.name,
-        ],
-    )
-    .await;
+    let (out, text) = explain(&stack, MALLORY.name).await;
     assert_eq!(out.status.code(), Some(2), "{text}");
     assert!(text.contains("REFUSED by rule `trigger`"), "{text}");
     // Groups by user name, for someone named by key.
     stack.jira.add_user("grace", "JIRAUSER10400");
     stack.jira.set_groups("grace", &["widget-devs"]);
-    let (out, text) = drafter(
-        &stack,
-        &[
-            "policy",
-            "explain",
-            "--ticket",
-            "DEMO-1",
-            "--user",
-            "JIRAUSER10400",
-        ],
-    )
-    .await;
+    let (out, text) = explain(&stack, "JIRAUSER10400").await;
     assert!(out.status.success(), "{text}");
     let paths = stack.jira_paths();
     assert!(
@@ -788,15 +675,7 @@ async fn team_budgets_are_counted_in_the_shared_ledger_and_refuse_when_spent() {
     assert!(out.status.success(), "{log}");
 
     // Every call was metered into the queue database, where every worker of the queue counts it.
-    let queue = drafter::queue::open(
-        stack
-            .data_dir()
-            .join("queue.sqlite")
-            .to_str()
-            .expect("utf8"),
-    )
-    .await
-    .expect("queue");
+    let queue = stack.queue().await;
     let today = chrono::Utc::now() - chrono::Duration::hours(1);
     let spent = queue.usage_since("demo", today).await.expect("usage");
     assert_eq!((spent.calls, spent.tokens), (5, 600), "{spent:?}");
@@ -896,7 +775,7 @@ async fn policy_limits_tighten_the_runners_and_an_egress_allowlist_is_enforced_b
         .collect();
     assert!(seen.contains(&(true, "index.crates.io")), "{seen:?}");
     assert!(seen.contains(&(false, "pypi.org.evil.example")), "{seen:?}");
-    let dir = only_job_dir(&stack);
+    let dir = stack.only_job_dir();
     let (_, shown) = drafter(&stack, &["verify", dir.to_str().expect("utf8")]).await;
     assert!(
         shown.contains("network:       allowlist:registries (2 requests, 1 denied)"),
@@ -937,7 +816,7 @@ async fn retention_digests_keeps_no_body_anywhere_and_full_keeps_every_body() {
         .await;
         let (out, log) = drafter(&stack, &["run", "--ticket", "DEMO-1"]).await;
         assert!(out.status.success(), "{mode}: {log}");
-        let statements = verified_bundle(&stack).await;
+        let statements = stack.verified_bundle(Path::new(BIN)).await;
         let mut bodies = Vec::new();
         for (st, p) in &statements {
             if let drafter::proof::bundle::Predicate::ModelCall(_) = p {
@@ -976,10 +855,10 @@ async fn retention_digests_keeps_no_body_anywhere_and_full_keeps_every_body() {
                 for r in &requests {
                     assert!(!digests.contains(&drafter::proof::sha256_hex(&r.body)));
                 }
-                assert!(!only_job_dir(&stack).join("bodies").exists());
+                assert!(!stack.only_job_dir().join("bodies").exists());
             }
             _ => {
-                let kept = only_job_dir(&stack).join("bodies");
+                let kept = stack.only_job_dir().join("bodies");
                 for d in &bodies {
                     let b = std::fs::read(kept.join(d)).expect("body kept under its digest");
                     assert_eq!(&drafter::proof::sha256_hex(&b), d);

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use drafter::queue::{Job, JobFilter, JobState, Queue};
 use serde_json::{json, Value};
+use support::git::drafter_branches;
 use support::harness::{
     assignment_webhook, Flavor, Options, ServeProcess, Stack, BOT_ACCOUNT, DEMO_REPO,
 };
@@ -57,18 +58,6 @@ approvers = {{ accounts = ["{lin}"] }}
     )
 }
 
-async fn queue(stack: &Stack) -> Arc<dyn Queue> {
-    drafter::queue::open(
-        stack
-            .data_dir()
-            .join("queue.sqlite")
-            .to_str()
-            .expect("utf8"),
-    )
-    .await
-    .expect("queue")
-}
-
 async fn jobs(queue: &dyn Queue) -> Vec<Job> {
     queue
         .list(&JobFilter {
@@ -77,6 +66,18 @@ async fn jobs(queue: &dyn Queue) -> Vec<Job> {
         })
         .await
         .expect("list")
+}
+
+/// A stack for `drafter serve` (`concurrency` jobs at once) under [`policy`] with `team_extra`; every conversation
+/// replays the demo script.
+async fn serve_stack(team_extra: &str, concurrency: usize) -> Stack {
+    Stack::start(Options {
+        policy: Some(policy(team_extra)),
+        per_conversation: true,
+        extra_toml: serve_toml(concurrency),
+        ..Options::default()
+    })
+    .await
 }
 
 /// Waits until `pred` holds for the job list.
@@ -102,6 +103,19 @@ async fn wait_for(
 
 fn all_done(n: usize) -> impl Fn(&[Job]) -> bool {
     move |j: &[Job]| j.len() >= n && j.iter().all(|j| !j.state.is_open())
+}
+
+/// Waits until `n` jobs are done (`what`, for the timeout message), then stops the worker cleanly: the jobs, and the
+/// worker's log.
+async fn done_then_stop(
+    serve: ServeProcess,
+    q: &dyn Queue,
+    what: &str,
+    within: Duration,
+    n: usize,
+) -> (Vec<Job>, String) {
+    let done = wait_for(q, what, within, all_done(n)).await;
+    (done, serve.stop().await)
 }
 
 fn approve_comment(key: &str, id: &str, author: &str) -> Value {
@@ -158,7 +172,7 @@ async fn waiting_for_approval_on(flavor: Flavor, concurrency: usize, changelog: 
         serve.webhook_for(&stack, &client, "DEMO-1", &hook).await,
         202
     );
-    let q = queue(&stack).await;
+    let q = stack.queue().await;
     let waiting = wait_for(
         q.as_ref(),
         "awaiting_approval",
@@ -190,37 +204,22 @@ async fn approve_and_finish(
             .await,
         202
     );
-    let done = wait_for(q, what, Duration::from_secs(120), all_done(1)).await;
-    let (status, log) = serve.sigterm(Duration::from_secs(60)).await;
-    assert!(status.success(), "{log}");
+    let (done, _) = done_then_stop(serve, q, what, Duration::from_secs(120), 1).await;
     done
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_assignment_by_someone_outside_the_trigger_list_is_refused_on_the_ticket() {
     let _serial = SERIAL.lock().await;
-    let stack = Stack::start(Options {
-        policy: Some(policy("")),
-        per_conversation: true,
-        extra_toml: serve_toml(2),
-        ..Options::default()
-    })
-    .await;
+    let stack = serve_stack("", 2).await;
     let serve = ServeProcess::start(&stack, Path::new(BIN)).await;
     let client = reqwest::Client::new();
     let mut hook = assignment_webhook("DEMO-1", 71);
     hook["user"] = json!({"accountId": "712020:mallory", "displayName": "Mallory"});
     assert_eq!(serve.webhook(&client, &hook).await, 202);
-    let q = queue(&stack).await;
-    let all = wait_for(
-        q.as_ref(),
-        "the refusal",
-        Duration::from_secs(60),
-        all_done(1),
-    )
-    .await;
-    let (status, log) = serve.sigterm(Duration::from_secs(60)).await;
-    assert!(status.success(), "{log}");
+    let q = stack.queue().await;
+    let (all, log) =
+        done_then_stop(serve, q.as_ref(), "the refusal", Duration::from_secs(60), 1).await;
     assert_eq!(all[0].state, JobState::Failed, "{:?}", all[0]);
     assert!(
         all[0]
@@ -370,15 +369,14 @@ async fn a_job_needing_approval_waits_for_an_approvers_comment_on_data_center() 
             .await,
         202
     );
-    let done = wait_for(
+    let (done, _) = done_then_stop(
+        serve,
         q.as_ref(),
         "the approved job",
         Duration::from_secs(120),
-        all_done(1),
+        1,
     )
     .await;
-    let (status, log) = serve.sigterm(Duration::from_secs(60)).await;
-    assert!(status.success(), "{log}");
     assert_eq!(done[0].state, JobState::Succeeded, "{:?}", done[0]);
     let approval = done[0].approval.as_ref().expect("approval recorded");
     assert_eq!(approval.approved_by.as_deref(), Some(LIN_.name));
@@ -406,13 +404,7 @@ async fn a_job_needing_approval_waits_for_an_approvers_comment_on_data_center() 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_team_concurrency_cap_holds_under_a_burst() {
     let _serial = SERIAL.lock().await;
-    let stack = Stack::start(Options {
-        policy: Some(policy("[teams.demo.concurrency]\nteam = 1")),
-        per_conversation: true,
-        extra_toml: serve_toml(4),
-        ..Options::default()
-    })
-    .await;
+    let stack = serve_stack("[teams.demo.concurrency]\nteam = 1", 4).await;
     let n = 5;
     for i in 2..=n {
         stack.jira.add_issue(
@@ -436,7 +428,7 @@ async fn the_team_concurrency_cap_holds_under_a_burst() {
             202
         );
     }
-    let q = queue(&stack).await;
+    let q = stack.queue().await;
     let deadline = Instant::now() + Duration::from_secs(300);
     let mut max_running = 0;
     loop {
@@ -448,8 +440,7 @@ async fn the_team_concurrency_cap_holds_under_a_burst() {
         assert!(Instant::now() < deadline, "{all:#?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let (status, log) = serve.sigterm(Duration::from_secs(60)).await;
-    assert!(status.success(), "{log}");
+    serve.stop().await;
     let all = jobs(q.as_ref()).await;
     assert!(
         all.iter().all(|j| j.state == JobState::Succeeded),
@@ -462,25 +453,14 @@ async fn the_team_concurrency_cap_holds_under_a_burst() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_reload_applies_to_new_jobs_and_a_running_job_keeps_its_policy() {
     let _serial = SERIAL.lock().await;
-    let stack = Stack::start(Options {
-        policy: Some(policy("")),
-        per_conversation: true,
-        extra_toml: serve_toml(2),
-        ..Options::default()
-    })
-    .await;
+    let stack = serve_stack("", 2).await;
     stack
         .jira
         .add_issue("DEMO-2", "Second ticket", Value::Null, &[]);
     stack.model.set_delay(Duration::from_millis(700));
     let serve = ServeProcess::start(&stack, Path::new(BIN)).await;
     let client = reqwest::Client::new();
-    assert_eq!(
-        serve
-            .webhook(&client, &assignment_webhook("DEMO-1", 201))
-            .await,
-        202
-    );
+    serve.assign(&client, "DEMO-1", 201).await;
     while stack.model.requests().is_empty() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -492,32 +472,16 @@ async fn a_reload_applies_to_new_jobs_and_a_running_job_keeps_its_policy() {
         text.replace("bases = [\"main\"]", "bases = [\"main\", \"release\"]"),
     )
     .expect("write");
-    let status = std::process::Command::new("kill")
-        .args(["-HUP", &serve.pid().to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
+    serve.signal("-HUP");
     let deadline = Instant::now() + Duration::from_secs(20);
     while !serve.stderr().contains("policy reloaded") {
         assert!(Instant::now() < deadline, "no reload: {}", serve.stderr());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(
-        serve
-            .webhook(&client, &assignment_webhook("DEMO-2", 202))
-            .await,
-        202
-    );
-    let q = queue(&stack).await;
-    let all = wait_for(
-        q.as_ref(),
-        "both jobs",
-        Duration::from_secs(180),
-        all_done(2),
-    )
-    .await;
-    let (status, log) = serve.sigterm(Duration::from_secs(60)).await;
-    assert!(status.success(), "{log}");
+    serve.assign(&client, "DEMO-2", 202).await;
+    let q = stack.queue().await;
+    let (all, log) =
+        done_then_stop(serve, q.as_ref(), "both jobs", Duration::from_secs(180), 2).await;
     let hash_of = |key: &str| {
         let j = all.iter().find(|j| j.ticket == key).expect("job");
         assert_eq!(j.state, JobState::Succeeded, "{j:?}");
@@ -541,46 +505,23 @@ async fn a_reload_applies_to_new_jobs_and_a_running_job_keeps_its_policy() {
     }
 }
 
-/// `drafter jobs approve`, run by an operator against the worker's queue.
+/// `drafter <args>` run by an operator against the worker's queue (see [`Stack::operator`]).
 fn cli(stack: &Stack, args: &[&str]) -> String {
-    let out = std::process::Command::new(BIN)
-        .args(args)
-        .arg("--queue")
-        .arg(stack.data_dir().join("queue.sqlite"))
-        .env("USER", "ops-olga")
-        .output()
-        .expect("drafter");
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    stack.operator(Path::new(BIN), args)
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_operator_approves_with_the_cli_and_the_kill_switch_cancels_running_jobs() {
     let _serial = SERIAL.lock().await;
-    let stack = Stack::start(Options {
-        policy: Some(policy("approval_labels = [\"needs-approval\"]")),
-        per_conversation: true,
-        extra_toml: serve_toml(2),
-        ..Options::default()
-    })
-    .await;
+    let stack = serve_stack("approval_labels = [\"needs-approval\"]", 2).await;
     stack
         .jira
         .add_issue("DEMO-2", "Gated", Value::Null, &["needs-approval"]);
     stack.model.set_delay(Duration::from_millis(1500));
     let serve = ServeProcess::start(&stack, Path::new(BIN)).await;
     let client = reqwest::Client::new();
-    assert_eq!(
-        serve
-            .webhook(&client, &assignment_webhook("DEMO-2", 301))
-            .await,
-        202
-    );
-    let q = queue(&stack).await;
+    serve.assign(&client, "DEMO-2", 301).await;
+    let q = stack.queue().await;
     let waiting = wait_for(
         q.as_ref(),
         "awaiting_approval",
@@ -641,12 +582,7 @@ async fn an_operator_approves_with_the_cli_and_the_kill_switch_cancels_running_j
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // While paused, a new trigger is queued but not run; readiness says why.
-    assert_eq!(
-        serve
-            .webhook(&client, &assignment_webhook("DEMO-1", 302))
-            .await,
-        202
-    );
+    serve.assign(&client, "DEMO-1", 302).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let all = jobs(q.as_ref()).await;
     assert!(
@@ -677,8 +613,7 @@ async fn an_operator_approves_with_the_cli_and_the_kill_switch_cancels_running_j
         },
     )
     .await;
-    let (status, log) = serve.sigterm(Duration::from_secs(60)).await;
-    assert!(status.success(), "{log}");
+    serve.stop().await;
     assert!(all.iter().all(|j| !j.state.is_open()), "{all:#?}");
 }
 
@@ -688,47 +623,25 @@ async fn an_operator_approves_with_the_cli_and_the_kill_switch_cancels_running_j
 #[tokio::test(flavor = "multi_thread")]
 async fn a_reused_branch_is_checked_against_the_write_rules_of_the_retry() {
     let _serial = SERIAL.lock().await;
-    let stack = Stack::start(Options {
-        policy: Some(policy("")),
-        per_conversation: true,
-        extra_toml: serve_toml(1),
-        ..Options::default()
-    })
-    .await;
+    let stack = serve_stack("", 1).await;
     // Attempt 1 pushes its branch, then cannot open the PR: a permanent failure, the branch stays.
     stack.github.set_drafts_supported(DEMO_REPO, false);
     let serve = ServeProcess::start(&stack, Path::new(BIN)).await;
     let client = reqwest::Client::new();
-    assert_eq!(
-        serve
-            .webhook(&client, &assignment_webhook("DEMO-1", 301))
-            .await,
-        202
-    );
-    let q = queue(&stack).await;
-    let first = wait_for(
+    serve.assign(&client, "DEMO-1", 301).await;
+    let q = stack.queue().await;
+    let (first, _) = done_then_stop(
+        serve,
         q.as_ref(),
         "the first attempt",
         Duration::from_secs(120),
-        all_done(1),
+        1,
     )
     .await;
-    let (status, log) = serve.sigterm(Duration::from_secs(60)).await;
-    assert!(status.success(), "{log}");
     assert_eq!(first[0].state, JobState::Failed, "{:?}", first[0]);
     let job_id = first[0].id.clone();
-    let pushed = std::process::Command::new("git")
-        .arg("--git-dir")
-        .arg(&stack.bare_repo)
-        .args([
-            "for-each-ref",
-            "--format=%(refname:short)",
-            "refs/heads/drafter/",
-        ])
-        .output()
-        .expect("git");
     assert_eq!(
-        String::from_utf8_lossy(&pushed.stdout).lines().count(),
+        drafter_branches(&stack.bare_repo).len(),
         1,
         "attempt 1 pushed its branch"
     );
@@ -755,8 +668,7 @@ async fn a_reused_branch_is_checked_against_the_write_rules_of_the_retry() {
             }
     })
     .await;
-    let (status, log) = serve.sigterm(Duration::from_secs(60)).await;
-    assert!(status.success(), "{log}");
+    serve.stop().await;
     assert_eq!(done[0].state, JobState::Failed, "{:?}", done[0]);
     let error = done[0].last_error.clone().unwrap_or_default();
     assert!(
@@ -821,12 +733,7 @@ async fn a_later_mention_by_someone_outside_the_trigger_list_never_reaches_the_m
     assert_eq!(absorbed.triggers.len(), 3, "{absorbed:?}");
     let done = approve_and_finish(serve, &client, q.as_ref(), "30003", "the approved job").await;
     assert_eq!(done[0].state, JobState::Succeeded, "{:?}", done[0]);
-    let traffic: String = stack
-        .model
-        .requests()
-        .iter()
-        .map(|r| String::from_utf8_lossy(&r.body).into_owned())
-        .collect();
+    let traffic = stack.model.traffic();
     assert!(
         !traffic.contains("pwned"),
         "a refused request reached the model"
@@ -881,8 +788,7 @@ async fn an_approved_job_whose_ticket_changed_asks_again_and_runs_nothing() {
         (asked.repo.as_str(), asked.base.as_str()),
         (DEMO_REPO, "main")
     );
-    let (status, log) = serve.sigterm(Duration::from_secs(60)).await;
-    assert!(status.success(), "{log}");
+    serve.stop().await;
 
     // Approved while no worker runs, then the ticket is edited before any worker picks the job up.
     cli(&stack, &["jobs", "approve", &job_id, "--by", LIN]);

@@ -14,7 +14,7 @@ use drafter::model::{Block, Message, ModelClient, ModelRequest, Role, ToolSpec};
 use drafter::proof::{BundleWriter, RunnerKey};
 use serde_json::{json, Value};
 use support::harness::{Options, Stack, DEMO_REPO};
-use support::model::{ModelStandIn, Step};
+use support::model::{finish, ModelStandIn, Step};
 
 const BIN: &str = env!("CARGO_BIN_EXE_drafter");
 
@@ -536,10 +536,6 @@ async fn run(stack: &Stack) -> (std::process::Output, String) {
         .await
 }
 
-fn finish(summary: &str) -> Step {
-    Step::Tools(vec![("finish".into(), json!({ "summary": summary }))])
-}
-
 /// Several tool_use blocks with thinking, a paused turn, a tool call cut off by max_tokens, an overloaded endpoint
 /// and a rate limit: the job ends normally, and what went back to the model is what the API requires.
 #[tokio::test(flavor = "multi_thread")]
@@ -724,16 +720,6 @@ async fn openai_refusal_fails_the_job_naming_it() {
 // ---- prompt caching and the context budget, through the agent loop -----------------------------------------------
 
 /// The only job directory of a stack's data dir.
-fn only_job_dir(stack: &Stack) -> std::path::PathBuf {
-    let dirs: Vec<_> = std::fs::read_dir(stack.data_dir().join("jobs"))
-        .unwrap()
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .collect();
-    assert_eq!(dirs.len(), 1, "{dirs:?}");
-    dirs[0].clone()
-}
-
 /// Twenty tool calls of a typical mix (reads, listings, searches, commands with a page of output), then `finish`.
 fn twenty_calls() -> Vec<Step> {
     let mut steps: Vec<Step> = (0..20)
@@ -779,7 +765,7 @@ async fn twenty_call_job(caching: bool) -> (Vec<drafter::proof::bundle::ModelCal
     stack.model.simulate_cache();
     let (out, log) = run(&stack).await;
     assert!(out.status.success(), "{log}");
-    let dir = only_job_dir(&stack);
+    let dir = stack.only_job_dir();
     let verify = std::process::Command::new(BIN)
         .args(["verify", dir.to_str().unwrap()])
         .output()
@@ -868,7 +854,7 @@ async fn old_tool_outputs_are_elided_past_the_context_budget() {
     assert!(last[0].contains("run seq 0 1000 (ok)"), "{}", last[0]);
     assert!(last[3].contains("31000"), "{}", last[3]);
     // The digest is the one the tool-call statement recorded for the full output.
-    let bytes = std::fs::read(only_job_dir(&stack).join(drafter::proof::BUNDLE_FILE)).unwrap();
+    let bytes = std::fs::read(stack.only_job_dir().join(drafter::proof::BUNDLE_FILE)).unwrap();
     let first_output = drafter::proof::bundle::read_statements(&bytes)
         .unwrap()
         .into_iter()

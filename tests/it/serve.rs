@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use drafter::queue::{JobFilter, JobState, Queue};
 use serde_json::json;
+use support::git::drafter_branches;
 use support::harness::{
     assignment_webhook, Flavor, Options, ServeProcess, Stack, ADA, DEMO_REPO, SECRETS,
 };
@@ -38,11 +39,20 @@ idle_poll_ms = 100
     )
 }
 
-async fn open_queue(stack: &Stack) -> Arc<dyn Queue> {
-    let path = stack.data_dir().join("queue.sqlite");
-    drafter::queue::open(path.to_str().expect("utf8"))
-        .await
-        .expect("open the queue the worker uses")
+/// A stack for `drafter serve` with these `[serve]` settings (see [`serve_toml`]); every conversation replays the
+/// demo script.
+async fn serve_stack(
+    concurrency: usize,
+    per_project: usize,
+    lease_secs: u64,
+    drain_secs: u64,
+) -> Stack {
+    Stack::start(Options {
+        per_conversation: true,
+        extra_toml: serve_toml(concurrency, per_project, lease_secs, drain_secs),
+        ..Options::default()
+    })
+    .await
 }
 
 /// Waits until every job is finished (or the deadline passes); returns the jobs.
@@ -143,12 +153,7 @@ async fn webhook_burst_makes_exactly_one_job_per_ticket() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(1000);
     let (concurrency, per_project) = (6, 4);
-    let stack = Stack::start(Options {
-        per_conversation: true,
-        extra_toml: serve_toml(concurrency, per_project, 30, 60),
-        ..Options::default()
-    })
-    .await;
+    let stack = serve_stack(concurrency, per_project, 30, 60).await;
     let files = support::harness::demo_files();
     let refs: Vec<(&str, &str)> = files
         .iter()
@@ -181,7 +186,7 @@ async fn webhook_burst_makes_exactly_one_job_per_ticket() {
     }
 
     let serve = ServeProcess::start(&stack, Path::new(BIN)).await;
-    let queue = open_queue(&stack).await;
+    let queue = stack.queue().await;
 
     // Sample the worker's containers while the burst runs: the caps must hold at every sample.
     let docker = docker().await;
@@ -247,8 +252,7 @@ async fn webhook_burst_makes_exactly_one_job_per_ticket() {
     let elapsed = started.elapsed();
     sampling.store(false, Ordering::Relaxed);
     let _ = sampler.await;
-    let (status, log) = serve.sigterm(Duration::from_secs(60)).await;
-    assert!(status.success(), "{log}");
+    let log = serve.stop().await;
 
     // Exactly one job per ticket, every one succeeded on its first attempt.
     assert_eq!(jobs.len(), tickets);
@@ -309,12 +313,7 @@ async fn crash_at_any_stage_then_restart_delivers_exactly_once() {
 }
 
 async fn crash_and_recover(at: CrashAt) {
-    let stack = Stack::start(Options {
-        per_conversation: true,
-        extra_toml: serve_toml(2, 2, 3, 30),
-        ..Options::default()
-    })
-    .await;
+    let stack = serve_stack(2, 2, 3, 30).await;
     let hold = Duration::from_secs(2);
     match at {
         CrashAt::Cloning => stack.github.set_git_delay(hold),
@@ -324,12 +323,7 @@ async fn crash_and_recover(at: CrashAt) {
     }
     let first = ServeProcess::start(&stack, Path::new(BIN)).await;
     let client = reqwest::Client::new();
-    assert_eq!(
-        first
-            .webhook(&client, &assignment_webhook("DEMO-1", 1))
-            .await,
-        202
-    );
+    first.assign(&client, "DEMO-1", 1).await;
 
     // Wait until the job is inside the stage, then crash.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -371,25 +365,15 @@ async fn crash_and_recover(at: CrashAt) {
 
     // A new worker: removes the dead worker's container, and takes the job over once its lease has expired.
     let second = ServeProcess::start(&stack, Path::new(BIN)).await;
-    let queue = open_queue(&stack).await;
+    let queue = stack.queue().await;
     let jobs = wait_all_finished(queue.as_ref(), 1, Duration::from_secs(120)).await;
     let (status, log) = second.sigterm(Duration::from_secs(60)).await;
     assert!(status.success(), "{at:?}: {log}");
     assert_eq!(jobs.len(), 1, "{at:?}");
     assert_eq!(jobs[0].state, JobState::Succeeded, "{at:?}: {:?}", jobs[0]);
 
-    let branches = std::process::Command::new("git")
-        .arg("--git-dir")
-        .arg(&stack.bare_repo)
-        .args([
-            "for-each-ref",
-            "--format=%(refname:short)",
-            "refs/heads/drafter/",
-        ])
-        .output()
-        .expect("git");
-    let branches = String::from_utf8_lossy(&branches.stdout);
-    assert_eq!(branches.lines().count(), 1, "{at:?}: branches {branches}");
+    let branches = drafter_branches(&stack.bare_repo);
+    assert_eq!(branches.len(), 1, "{at:?}: branches {branches:?}");
     assert_eq!(stack.github.pulls(DEMO_REPO).len(), 1, "{at:?}");
     assert_eq!(
         pr_opened_comments(&stack, "DEMO-1"),
@@ -416,19 +400,11 @@ async fn one_job_in_its_model_loop(
     drain_secs: u64,
     model_delay: Duration,
 ) -> (Stack, ServeProcess) {
-    let stack = Stack::start(Options {
-        per_conversation: true,
-        extra_toml: serve_toml(2, 2, 30, drain_secs),
-        ..Options::default()
-    })
-    .await;
+    let stack = serve_stack(2, 2, 30, drain_secs).await;
     stack.model.set_delay(model_delay);
     let serve = ServeProcess::start(&stack, Path::new(BIN)).await;
     let client = reqwest::Client::new();
-    let status = serve
-        .webhook(&client, &assignment_webhook("DEMO-1", 1))
-        .await;
-    assert_eq!(status, 202, "created");
+    serve.assign(&client, "DEMO-1", 1).await;
     while stack.model.requests().is_empty() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -440,9 +416,8 @@ async fn one_job_in_its_model_loop(
 async fn sigterm_lets_a_running_job_finish_within_the_drain() {
     let _serial = SERIAL.lock().await;
     let (stack, serve) = one_job_in_its_model_loop(60, Duration::from_millis(500)).await;
-    let (status, log) = serve.sigterm(Duration::from_secs(60)).await;
-    assert!(status.success(), "{log}");
-    let queue = open_queue(&stack).await;
+    let log = serve.stop().await;
+    let queue = stack.queue().await;
     let jobs = wait_all_finished(queue.as_ref(), 1, Duration::from_secs(5)).await;
     assert_eq!(jobs[0].state, JobState::Succeeded, "{log}");
     assert_eq!(stack.github.pulls(DEMO_REPO).len(), 1);
@@ -455,7 +430,7 @@ async fn sigterm_lets_a_running_job_finish_within_the_drain() {
 async fn the_run_statement_names_the_lease_owner() {
     let _serial = SERIAL.lock().await;
     let (stack, serve) = one_job_in_its_model_loop(60, Duration::from_millis(300)).await;
-    let queue = open_queue(&stack).await;
+    let queue = stack.queue().await;
     let running = queue
         .list(&JobFilter::default())
         .await
@@ -470,8 +445,7 @@ async fn the_run_statement_names_the_lease_owner() {
         .clone()
         .expect("a running job has a lease owner");
     let jobs = wait_all_finished(queue.as_ref(), 1, Duration::from_secs(120)).await;
-    let (status, log) = serve.sigterm(Duration::from_secs(60)).await;
-    assert!(status.success(), "{log}");
+    let log = serve.stop().await;
     assert_eq!(jobs[0].state, JobState::Succeeded, "{log}");
     assert_eq!(
         jobs[0].progress["stage"]["stage"], "report",
@@ -497,12 +471,7 @@ async fn the_run_statement_names_the_lease_owner() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_rotated_key_signs_the_next_job_of_a_running_worker() {
     let _serial = SERIAL.lock().await;
-    let stack = Stack::start(Options {
-        per_conversation: true,
-        extra_toml: serve_toml(2, 2, 30, 60),
-        ..Options::default()
-    })
-    .await;
+    let stack = serve_stack(2, 2, 30, 60).await;
     let description = support::harness::demo_ticket()["description"].clone();
     stack.jira.add_issue(
         "DEMO-2",
@@ -511,7 +480,7 @@ async fn a_rotated_key_signs_the_next_job_of_a_running_worker() {
         &[],
     );
     let serve = ServeProcess::start(&stack, Path::new(BIN)).await;
-    let queue = open_queue(&stack).await;
+    let queue = stack.queue().await;
     let client = reqwest::Client::new();
     let signer_of = |job_id: &str| {
         let bundle = stack
@@ -524,10 +493,7 @@ async fn a_rotated_key_signs_the_next_job_of_a_running_worker() {
             .key_ids
     };
 
-    let status = serve
-        .webhook(&client, &assignment_webhook("DEMO-1", 1))
-        .await;
-    assert_eq!(status, 202, "created");
+    serve.assign(&client, "DEMO-1", 1).await;
     let first = wait_all_finished(queue.as_ref(), 1, Duration::from_secs(120)).await;
     assert_eq!(first[0].state, JobState::Succeeded);
     let old_signers = signer_of(&first[0].id);
@@ -545,13 +511,9 @@ async fn a_rotated_key_signs_the_next_job_of_a_running_worker() {
     );
     assert!(!old_signers.contains(&new_key), "rotation made no new key");
 
-    let status = serve
-        .webhook(&client, &assignment_webhook("DEMO-2", 2))
-        .await;
-    assert_eq!(status, 202, "created");
+    serve.assign(&client, "DEMO-2", 2).await;
     let jobs = wait_all_finished(queue.as_ref(), 2, Duration::from_secs(120)).await;
-    let (status, log) = serve.sigterm(Duration::from_secs(60)).await;
-    assert!(status.success(), "{log}");
+    let log = serve.stop().await;
     let second = jobs
         .iter()
         .find(|j| j.ticket == "DEMO-2")
@@ -574,7 +536,7 @@ async fn sigterm_releases_what_cannot_finish_and_another_worker_completes_it() {
     let (status, log) = first.sigterm(Duration::from_secs(30)).await;
     assert!(status.success(), "{log}");
     assert!(log.contains("1 released"), "{log}");
-    let queue = open_queue(&stack).await;
+    let queue = stack.queue().await;
     assert!(
         stack_containers(queue.as_ref()).await.is_empty(),
         "the released job's container is left"
@@ -589,8 +551,7 @@ async fn sigterm_releases_what_cannot_finish_and_another_worker_completes_it() {
     stack.model.set_delay(Duration::ZERO);
     let second = ServeProcess::start(&stack, Path::new(BIN)).await;
     let jobs = wait_all_finished(queue.as_ref(), 1, Duration::from_secs(120)).await;
-    let (status, log) = second.sigterm(Duration::from_secs(60)).await;
-    assert!(status.success(), "{log}");
+    second.stop().await;
     assert_eq!(jobs[0].state, JobState::Succeeded);
     assert_eq!(jobs[0].attempts, 1, "a released attempt must not count");
     assert_eq!(stack.github.pulls(DEMO_REPO).len(), 1);
@@ -601,21 +562,11 @@ async fn sigterm_releases_what_cannot_finish_and_another_worker_completes_it() {
 #[tokio::test(flavor = "multi_thread")]
 async fn jobs_cli_lists_shows_cancels_and_retries() {
     let _serial = SERIAL.lock().await;
-    let stack = Stack::start(Options {
-        per_conversation: true,
-        extra_toml: serve_toml(1, 1, 30, 5),
-        ..Options::default()
-    })
-    .await;
+    let stack = serve_stack(1, 1, 30, 5).await;
     stack.model.set_delay(Duration::from_secs(2));
     let serve = ServeProcess::start(&stack, Path::new(BIN)).await;
     let client = reqwest::Client::new();
-    assert_eq!(
-        serve
-            .webhook(&client, &assignment_webhook("DEMO-1", 7))
-            .await,
-        202
-    );
+    serve.assign(&client, "DEMO-1", 7).await;
     let queue_path = stack.data_dir().join("queue.sqlite");
     let cli = |args: &[&str]| {
         let out = std::process::Command::new(BIN)
@@ -648,7 +599,7 @@ async fn jobs_cli_lists_shows_cancels_and_retries() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(cli(&["cancel", &id]).0);
-    let queue = open_queue(&stack).await;
+    let queue = stack.queue().await;
     wait_all_finished(queue.as_ref(), 1, Duration::from_secs(30)).await;
     let deadline = Instant::now() + Duration::from_secs(20);
     while !stack_containers(queue.as_ref()).await.is_empty() {
@@ -667,8 +618,7 @@ async fn jobs_cli_lists_shows_cancels_and_retries() {
     let jobs = wait_all_finished(queue.as_ref(), 1, Duration::from_secs(120)).await;
     assert_eq!(jobs[0].state, JobState::Succeeded, "{:?}", jobs[0]);
     assert!(!cli(&["retry", &id]).0, "a succeeded job cannot be retried");
-    let (status, log) = serve.sigterm(Duration::from_secs(60)).await;
-    assert!(status.success(), "{log}");
+    serve.stop().await;
     assert_eq!(stack.github.pulls(DEMO_REPO).len(), 1);
 }
 
@@ -677,29 +627,9 @@ async fn jobs_cli_lists_shows_cancels_and_retries() {
 #[tokio::test(flavor = "multi_thread")]
 async fn pause_holds_new_jobs_until_resume() {
     let _serial = SERIAL.lock().await;
-    let stack = Stack::start(Options {
-        per_conversation: true,
-        extra_toml: serve_toml(1, 1, 30, 5),
-        ..Options::default()
-    })
-    .await;
+    let stack = serve_stack(1, 1, 30, 5).await;
     let serve = ServeProcess::start(&stack, Path::new(BIN)).await;
-    let queue_path = stack.data_dir().join("queue.sqlite");
-    let cli = |args: &[&str]| {
-        let out = std::process::Command::new(BIN)
-            .args(args)
-            .arg("--queue")
-            .arg(&queue_path)
-            .env("USER", "ops-olga")
-            .output()
-            .expect("drafter");
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let cli = |args: &[&str]| stack.operator(Path::new(BIN), args);
     let client = reqwest::Client::new();
     let readyz = || {
         let client = client.clone();
@@ -732,7 +662,7 @@ async fn pause_holds_new_jobs_until_resume() {
     );
     // Many idle polls (every 100 ms) go by: the job stays queued, nothing reaches the model.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let queue = open_queue(&stack).await;
+    let queue = stack.queue().await;
     let jobs = queue.list(&JobFilter::default()).await.expect("list");
     assert_eq!(jobs.len(), 1);
     assert_eq!(
@@ -785,12 +715,7 @@ async fn three_workers_share_one_postgres_queue() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(200);
     let db = support::postgres::TestDatabase::create().await;
-    let stack = Stack::start(Options {
-        per_conversation: true,
-        extra_toml: serve_toml(3, 3, 30, 60),
-        ..Options::default()
-    })
-    .await;
+    let stack = serve_stack(3, 3, 30, 60).await;
     let keys: Vec<String> = (0..jobs_wanted)
         .map(|i| format!("DEMO-{}", 2000 + i))
         .collect();
@@ -824,8 +749,7 @@ async fn three_workers_share_one_postgres_queue() {
     let elapsed = started.elapsed();
     let mut succeeded_per_worker = Vec::new();
     for w in workers {
-        let (status, log) = w.sigterm(Duration::from_secs(60)).await;
-        assert!(status.success(), "{log}");
+        let log = w.stop().await;
         let n: u64 = log
             .lines()
             .find_map(|l| l.split("stopped (").nth(1))
@@ -907,10 +831,9 @@ async fn mention_starts_a_job(flavor: Flavor) {
         serve.webhook_for(&stack, &client, "DEMO-1", &body).await,
         202
     );
-    let queue = open_queue(&stack).await;
+    let queue = stack.queue().await;
     let jobs = wait_all_finished(queue.as_ref(), 1, Duration::from_secs(120)).await;
-    let (status, log) = serve.sigterm(Duration::from_secs(60)).await;
-    assert!(status.success(), "{log}");
+    serve.stop().await;
     assert_eq!(jobs[0].state, JobState::Succeeded, "{:?}", jobs[0]);
     assert_eq!(jobs[0].triggers[0].triggered_by.as_deref(), Some(who));
     let first = String::from_utf8_lossy(&stack.model.requests()[0].body).into_owned();
@@ -981,12 +904,11 @@ async fn poll_takes_a_ticket_to_a_draft_pr(flavor: Flavor) {
         .jira
         .assign("DEMO-1", stack.bot_user(), stack.user(ADA));
     let serve = ServeProcess::start(&stack, Path::new(BIN)).await;
-    let queue = open_queue(&stack).await;
+    let queue = stack.queue().await;
     let jobs = wait_all_finished(queue.as_ref(), 1, Duration::from_secs(120)).await;
     // A few more polls find the same assignment: no second job.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let (status, log) = serve.sigterm(Duration::from_secs(60)).await;
-    assert!(status.success(), "{log}");
+    let log = serve.stop().await;
     let all = queue
         .list(&JobFilter {
             limit: 100,
@@ -1020,14 +942,6 @@ async fn the_poll_takes_an_assigned_ticket_to_a_draft_pr_on_data_center() {
     poll_takes_a_ticket_to_a_draft_pr(Flavor::DataCenter).await;
 }
 
-fn signal(serve: &ServeProcess, sig: &str) {
-    let ok = std::process::Command::new("kill")
-        .args([sig, &serve.pid().to_string()])
-        .status()
-        .expect("kill");
-    assert!(ok.success(), "kill {sig}");
-}
-
 /// Fencing (issue 12.8): a worker frozen (SIGSTOP) in the middle of its push, past its lease, while a second worker
 /// takes the job over. The frozen one wakes up while the second is in its model loop, and its push lands first.
 /// Before fencing, the second worker's push was then rejected and the job failed (with a "failed" comment) although
@@ -1036,22 +950,12 @@ fn signal(serve: &ServeProcess, sig: &str) {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stalled_worker_and_its_successor_deliver_exactly_once() {
     let _serial = SERIAL.lock().await;
-    let stack = Stack::start(Options {
-        per_conversation: true,
-        extra_toml: serve_toml(1, 1, 3, 30),
-        ..Options::default()
-    })
-    .await;
+    let stack = serve_stack(1, 1, 3, 30).await;
     stack.github.set_git_delay(Duration::from_millis(1500));
     stack.model.set_delay(Duration::from_millis(800));
     let first = ServeProcess::start(&stack, Path::new(BIN)).await;
     let client = reqwest::Client::new();
-    assert_eq!(
-        first
-            .webhook(&client, &assignment_webhook("DEMO-1", 801))
-            .await,
-        202
-    );
+    first.assign(&client, "DEMO-1", 801).await;
     // Freeze the first worker as soon as its push asks the remote for its refs.
     let deadline = Instant::now() + Duration::from_secs(120);
     while !stack.github.requests().iter().any(|r| {
@@ -1064,7 +968,7 @@ async fn a_stalled_worker_and_its_successor_deliver_exactly_once() {
         assert!(Instant::now() < deadline, "the first worker never pushed");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    signal(&first, "-STOP");
+    first.signal("-STOP");
     let model_calls = stack.model.requests().len();
 
     // The second worker takes the job over once the lease has run out, and starts its own model loop.
@@ -1078,16 +982,14 @@ async fn a_stalled_worker_and_its_successor_deliver_exactly_once() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Wake the first one: its push goes on (it was past every check), and lands before the second one's.
-    signal(&first, "-CONT");
+    first.signal("-CONT");
 
-    let queue = open_queue(&stack).await;
+    let queue = stack.queue().await;
     let jobs = wait_all_finished(queue.as_ref(), 1, Duration::from_secs(120)).await;
     // Give the first worker time to do whatever it still would.
     tokio::time::sleep(Duration::from_secs(4)).await;
-    let (status, log) = second.sigterm(Duration::from_secs(60)).await;
-    assert!(status.success(), "{log}");
-    let (status, first_log) = first.sigterm(Duration::from_secs(60)).await;
-    assert!(status.success(), "{first_log}");
+    let log = second.stop().await;
+    let first_log = first.stop().await;
 
     assert_eq!(jobs[0].state, JobState::Succeeded, "{:?}\n{log}", jobs[0]);
     assert_eq!(stack.github.pulls(DEMO_REPO).len(), 1);
@@ -1131,14 +1033,9 @@ fn git_in(dir: &Path, args: &[&str]) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_branch_that_already_holds_the_jobs_commit_is_delivered_not_failed() {
     let _serial = SERIAL.lock().await;
-    let stack = Stack::start(Options {
-        per_conversation: true,
-        extra_toml: serve_toml(1, 1, 30, 30),
-        ..Options::default()
-    })
-    .await;
+    let stack = serve_stack(1, 1, 30, 30).await;
     stack.model.set_delay(Duration::from_millis(600));
-    let queue = open_queue(&stack).await;
+    let queue = stack.queue().await;
     let job_id = queue
         .enqueue(drafter::queue::NewJob {
             ticket: "DEMO-1".into(),
@@ -1202,8 +1099,7 @@ async fn a_branch_that_already_holds_the_jobs_commit_is_delivered_not_failed() {
     git_in(&work, &["push", "-q", "origin", branch]);
 
     let jobs = wait_all_finished(queue.as_ref(), 1, Duration::from_secs(120)).await;
-    let (status, log) = serve.sigterm(Duration::from_secs(60)).await;
-    assert!(status.success(), "{log}");
+    let log = serve.stop().await;
     assert_eq!(jobs[0].state, JobState::Succeeded, "{:?}\n{log}", jobs[0]);
     assert!(log.contains("already holds this job's commit"), "{log}");
     let pulls = stack.github.pulls(DEMO_REPO);

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
-use drafter::config::{JiraAuth, JiraConfig, JiraFlavor, PollConfig, Secret};
+use drafter::config::{JiraConfig, PollConfig, Secret};
 use drafter::intake;
 use drafter::jira::JiraClient;
 use drafter::queue::{
@@ -29,7 +29,7 @@ use drafter::server::{self, AppState, Readiness};
 use hmac::{Hmac, KeyInit, Mac};
 use serde_json::{json, Value};
 use sha2::Sha256;
-use support::jira::{JiraStandIn, BOT_ACCOUNT_ID};
+use support::jira::{cloud_client_config, dc_client_config, JiraStandIn, BOT_ACCOUNT_ID};
 
 // ---- an in-memory queue with the trait's enqueue semantics --------------------------------------------------------
 
@@ -251,30 +251,11 @@ const DC_BOT_KEY: &str = "JIRAUSER10100";
 const DC_BOT_NAME: &str = "drafter";
 
 fn cloud_cfg(base_url: &str) -> JiraConfig {
-    JiraConfig {
-        base_url: base_url.into(),
-        bot_account_id: BOT_ACCOUNT_ID.into(),
-        bot_username: None,
-        flavor: JiraFlavor::Cloud,
-        auth: JiraAuth::Basic {
-            email: EMAIL.into(),
-            token: Secret::new(TOKEN).into(),
-        },
-        acceptance_criteria_fields: Vec::new(),
-    }
+    cloud_client_config(base_url, EMAIL, TOKEN)
 }
 
 fn dc_cfg(base_url: &str) -> JiraConfig {
-    JiraConfig {
-        base_url: base_url.into(),
-        bot_account_id: DC_BOT_KEY.into(),
-        bot_username: Some(DC_BOT_NAME.into()),
-        flavor: JiraFlavor::Datacenter,
-        auth: JiraAuth::Bearer {
-            token: Secret::new(PAT).into(),
-        },
-        acceptance_criteria_fields: Vec::new(),
-    }
+    dc_client_config(base_url, DC_BOT_KEY, DC_BOT_NAME, PAT)
 }
 
 struct Server {

@@ -28,3 +28,11 @@ pub fn branches(bare: &Path) -> Vec<String> {
     .map(str::to_string)
     .collect()
 }
+
+/// The branches drafter pushed (`drafter/...`), short names.
+pub fn drafter_branches(bare: &Path) -> Vec<String> {
+    branches(bare)
+        .into_iter()
+        .filter(|b| b.starts_with("drafter/"))
+        .collect()
+}

@@ -453,6 +453,52 @@ email = "drafter-bot@example.com"
         hook
     }
 
+    /// The directory of the only job in the data directory (`jobs/<id>/`), failing the test unless there is exactly
+    /// one.
+    pub fn only_job_dir(&self) -> PathBuf {
+        let dirs: Vec<PathBuf> = std::fs::read_dir(self.data_dir().join("jobs"))
+            .expect("jobs dir")
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .collect();
+        assert_eq!(dirs.len(), 1, "exactly one job directory: {dirs:?}");
+        dirs[0].clone()
+    }
+
+    /// The only job's bundle, verified through `drafter verify` pinned to the runner key; its statements.
+    pub async fn verified_bundle(
+        &self,
+        bin: &Path,
+    ) -> Vec<(
+        drafter::proof::bundle::Statement,
+        drafter::proof::bundle::Predicate,
+    )> {
+        let dir = self.only_job_dir();
+        let key = self.data_dir().join("runner.pub");
+        let (out, log) = self
+            .output(
+                bin,
+                &[
+                    "verify",
+                    dir.to_str().expect("utf8"),
+                    "--key",
+                    key.to_str().expect("utf8"),
+                ],
+            )
+            .await;
+        assert!(out.status.success(), "{log}");
+        let bytes = std::fs::read(dir.join("bundle.jsonl")).expect("bundle");
+        drafter::proof::bundle::read_statements(&bytes).expect("statements")
+    }
+
+    /// The SQLite queue in the data directory, the one `drafter serve` and `drafter run` use.
+    pub async fn queue(&self) -> std::sync::Arc<dyn drafter::queue::Queue> {
+        let path = self.data_dir().join("queue.sqlite");
+        drafter::queue::open(path.to_str().expect("utf8"))
+            .await
+            .expect("open the queue the worker uses")
+    }
+
     /// The paths of every request the Jira stand-in received.
     pub fn jira_paths(&self) -> Vec<String> {
         self.jira.requests().into_iter().map(|r| r.path).collect()
@@ -471,6 +517,25 @@ email = "drafter-bot@example.com"
             String::from_utf8_lossy(&out.stderr)
         );
         (out, text)
+    }
+
+    /// Runs `drafter <args> --queue <this stack's queue>` as the operator `ops-olga` (`USER`), with no configuration
+    /// or secret in its environment, as `drafter jobs`, `pause` and `resume` are run on a worker's host; its stdout,
+    /// failing the test when it fails.
+    pub fn operator(&self, bin: &Path, args: &[&str]) -> String {
+        let out = std::process::Command::new(bin)
+            .args(args)
+            .arg("--queue")
+            .arg(self.data_dir().join("queue.sqlite"))
+            .env("USER", "ops-olga")
+            .output()
+            .expect("drafter");
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// A command that runs `drafter <args>` against this stack, with the secrets in its environment only.
@@ -595,17 +660,21 @@ impl ServeProcess {
         let _ = self.child.wait().await;
     }
 
+    /// Sends `sig` (`-HUP`, `-STOP`, ...) with `kill`, failing the test when it cannot.
+    pub fn signal(&self, sig: &str) {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &self.pid().to_string()])
+            .status()
+            .expect("kill");
+        assert!(ok.success(), "kill {sig}");
+    }
+
     /// SIGTERM, then waits (bounded) for it to exit; returns its exit status and stderr.
     pub async fn sigterm(
         mut self,
         within: std::time::Duration,
     ) -> (std::process::ExitStatus, String) {
-        let pid = self.pid().to_string();
-        let ok = std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("kill");
-        assert!(ok.success());
+        self.signal("-TERM");
         let status = tokio::time::timeout(within, self.child.wait())
             .await
             .unwrap_or_else(|_| {
@@ -618,6 +687,21 @@ impl ServeProcess {
         // Let the reader catch the last lines.
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         (status, self.stderr())
+    }
+
+    /// SIGTERM, asserting it exits cleanly within a minute; returns its stderr.
+    pub async fn stop(self) -> String {
+        let (status, log) = self.sigterm(std::time::Duration::from_secs(60)).await;
+        assert!(status.success(), "{log}");
+        log
+    }
+
+    /// POSTs Ada's signed assignment of `key` to the bot ([`assignment_webhook`]) and asserts it was queued (202).
+    pub async fn assign(&self, client: &reqwest::Client, key: &str, changelog_id: u64) {
+        let status = self
+            .webhook(client, &assignment_webhook(key, changelog_id))
+            .await;
+        assert_eq!(status, 202, "assigning {key} (changelog {changelog_id})");
     }
 
     /// POSTs a signed webhook body; returns the status code.

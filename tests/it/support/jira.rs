@@ -67,6 +67,46 @@ pub const DC_BOT_NAME: &str = "drafter-bot";
 /// The Data Center stand-in bot's user key: not its name, as for every user made since Jira 8.4.
 pub const DC_BOT_KEY: &str = "JIRAUSER10100";
 
+/// A Cloud client's configuration for a Jira at `base_url`: the bot is [`BOT_ACCOUNT_ID`], the credential Basic
+/// `email:token`, no acceptance-criteria fields.
+pub fn cloud_client_config(
+    base_url: &str,
+    email: &str,
+    token: &str,
+) -> drafter::config::JiraConfig {
+    drafter::config::JiraConfig {
+        base_url: base_url.into(),
+        bot_account_id: BOT_ACCOUNT_ID.into(),
+        bot_username: None,
+        flavor: drafter::config::JiraFlavor::Cloud,
+        auth: drafter::config::JiraAuth::Basic {
+            email: email.into(),
+            token: drafter::config::Secret::new(token).into(),
+        },
+        acceptance_criteria_fields: Vec::new(),
+    }
+}
+
+/// A Data Center client's configuration for a Jira at `base_url`: the bot's user key and name, a personal access
+/// token as Bearer, no acceptance-criteria fields.
+pub fn dc_client_config(
+    base_url: &str,
+    bot_key: &str,
+    bot_name: &str,
+    pat: &str,
+) -> drafter::config::JiraConfig {
+    drafter::config::JiraConfig {
+        base_url: base_url.into(),
+        bot_account_id: bot_key.into(),
+        bot_username: Some(bot_name.into()),
+        flavor: drafter::config::JiraFlavor::Datacenter,
+        auth: drafter::config::JiraAuth::Bearer {
+            token: drafter::config::Secret::new(pat).into(),
+        },
+        acceptance_criteria_fields: Vec::new(),
+    }
+}
+
 struct Issue {
     id: u64,
     key: String,

@@ -26,6 +26,16 @@ pub const INPUT_TOKENS: u64 = 100;
 /// Usage numbers every successful reply reports.
 pub const OUTPUT_TOKENS: u64 = 20;
 
+/// A step asking for one tool call.
+pub fn tool(name: &str, input: Value) -> Step {
+    Step::Tools(vec![(name.to_string(), input)])
+}
+
+/// A step calling `finish` with this summary.
+pub fn finish(summary: &str) -> Step {
+    tool("finish", json!({ "summary": summary }))
+}
+
 /// One scripted reply.
 #[derive(Debug, Clone)]
 pub enum Step {
@@ -149,6 +159,16 @@ impl ModelStandIn {
     /// Every request received so far, in order.
     pub fn requests(&self) -> Vec<RecordedRequest> {
         lock(&self.inner).requests.clone()
+    }
+
+    /// Everything the model was sent, the request bodies one per line (for leak checks and for reading tool
+    /// results).
+    pub fn traffic(&self) -> String {
+        self.requests()
+            .iter()
+            .map(|r| String::from_utf8_lossy(&r.body).into_owned())
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     /// Require this API key (`x-api-key` for Anthropic, `Authorization: Bearer` for OpenAI); others get 401 and do
