@@ -51,6 +51,17 @@ macro_rules! impl_leases {
                     .bind(job_id)
                 }
 
+                /// Runs a [`held_update`](Self::held_update): `Ok` when it touched the job, else why not.
+                async fn run_held(
+                    &self,
+                    update: Query<'_, <Self as Dialect>::Db, Arguments>,
+                    job_id: &str,
+                    context: &str,
+                ) -> Result<(), QueueError> {
+                    let done = update.execute(self.pool()).await.map_err(self.db(context))?;
+                    self.held(done.rows_affected(), job_id).await
+                }
+
                 async fn exists(&self, job_id: &str) -> Result<bool, QueueError> {
                     let found = sqlx::query("SELECT 1 FROM jobs WHERE id = $1")
                         .bind(job_id)
@@ -212,12 +223,8 @@ macro_rules! impl_leases {
                     outcome: Value,
                 ) -> Result<(), QueueError> {
                     let set = "state = 'succeeded', outcome = $4, lease_owner = NULL, lease_expires = NULL";
-                    let done = Self::held_update(set, holder(worker), job_id)
-                        .bind(Json(&outcome))
-                        .execute(self.pool())
-                        .await
-                        .map_err(self.db("completing a job"))?;
-                    self.held(done.rows_affected(), job_id).await
+                    let update = Self::held_update(set, holder(worker), job_id).bind(Json(&outcome));
+                    self.run_held(update, job_id, "completing a job").await
                 }
 
                 async fn fail(
@@ -270,11 +277,8 @@ macro_rules! impl_leases {
                          attempts = {UNCOUNTED}",
                         Self::NOW
                     );
-                    let done = Self::held_update(&set, holder(worker), job_id)
-                        .execute(self.pool())
-                        .await
-                        .map_err(self.db("releasing a job"))?;
-                    self.held(done.rows_affected(), job_id).await
+                    let update = Self::held_update(&set, holder(worker), job_id);
+                    self.run_held(update, job_id, "releasing a job").await
                 }
 
                 async fn await_approval(
@@ -290,18 +294,15 @@ macro_rules! impl_leases {
                          approved_at = NULL, approval_ticket_sha256 = $8, approval_repo = $9, approval_base = $10, \
                          approval_comment_id = NULL"
                     );
-                    let done = Self::held_update(&set, holder(worker), job_id)
+                    let update = Self::held_update(&set, holder(worker), job_id)
                         .bind(&request.reason)
                         .bind(Json(&request.approvers))
                         .bind(Self::instant(request.requested_at))
                         .bind(Self::instant(request.expires_at))
                         .bind(&request.subject.ticket_sha256)
                         .bind(&request.subject.repo)
-                        .bind(&request.subject.base)
-                        .execute(self.pool())
-                        .await
-                        .map_err(self.db("parking a job for approval"))?;
-                    self.held(done.rows_affected(), job_id).await
+                        .bind(&request.subject.base);
+                    self.run_held(update, job_id, "parking a job for approval").await
                 }
 
                 async fn set_policy_hash(
@@ -310,12 +311,8 @@ macro_rules! impl_leases {
                     worker: &str,
                     hash: &str,
                 ) -> Result<(), QueueError> {
-                    let done = Self::held_update("policy_hash = $4", holder(worker), job_id)
-                        .bind(hash)
-                        .execute(self.pool())
-                        .await
-                        .map_err(self.db("recording the policy hash"))?;
-                    self.held(done.rows_affected(), job_id).await
+                    let update = Self::held_update("policy_hash = $4", holder(worker), job_id).bind(hash);
+                    self.run_held(update, job_id, "recording the policy hash").await
                 }
 
                 async fn set_progress(
