@@ -4,8 +4,9 @@
 //! (selected by a `postgres://` URL, for many workers on many hosts; claims use `FOR UPDATE SKIP LOCKED`). What they
 //! share is written once: the interface, four traits by who calls them ([`Intake`], [`Leases`], [`Admin`],
 //! [`UsageLedger`]; [`Queue`] is all four); the state machine's decisions, as pure functions (`state.rs`); the job row
-//! (`row.rs`); and the schema driver (`schema.rs`, applying `migrations/<backend>` with `sqlx::migrate!`). Each
-//! backend keeps only its SQL and its locking.
+//! (`row.rs`); the schema driver (`schema.rs`, applying `migrations/<backend>` with `sqlx::migrate!`); and the
+//! statements and the steps around them (`intake.rs`, `leases.rs`, `admin.rs`, expanded for each backend). Each
+//! backend keeps only its connection and the SQL that differs (`dialect.rs`: the clock, locks, JSON, time spans).
 //!
 //! # The model
 //! - **Enqueue** is idempotent twice over: a trigger carries a delivery key (the webhook delivery id, a changelog or
@@ -56,6 +57,13 @@
 mod row;
 #[macro_use]
 mod state;
+#[macro_use]
+mod intake;
+#[macro_use]
+mod leases;
+#[macro_use]
+mod admin;
+mod dialect;
 pub mod postgres;
 mod schema;
 pub mod sqlite;
@@ -215,11 +223,8 @@ pub(crate) fn to_u64(v: i64, what: &str) -> Result<u64, QueueError> {
 /// Rows [`Admin::prune_deliveries`] deletes per transaction.
 pub(crate) const PRUNE_BATCH: i64 = 1000;
 
-/// A retention as milliseconds for SQL, capped at a century (a larger one keeps everything just the same).
-pub(crate) fn retention_ms(older_than: Duration) -> i64 {
-    const CENTURY_MS: u128 = 100 * 366 * 86_400 * 1000;
-    i64::try_from(older_than.as_millis().min(CENTURY_MS)).unwrap_or(i64::MAX)
-}
+/// A century, the most a stored time span needs to say (a longer retention keeps everything just the same).
+pub(crate) const CENTURY: Duration = Duration::from_secs(100 * 366 * 86_400);
 
 /// Opens the queue at `location`: a `postgres://` (or `postgresql://`) URL, or a SQLite file path (created if
 /// missing). Creates or migrates the schema.

@@ -12,9 +12,9 @@
 //!   writers wait for each other instead of failing, and `synchronous=FULL` makes a commit survive a power cut (a
 //!   webhook is answered 2xx only after the enqueue committed).
 //!
-//! Instants are stored as integer Unix milliseconds (UTC) from the process clock, so they compare as numbers; one
-//! host means one clock. JSON columns are TEXT. What is not SQL (decisions, the job row, the schema driver) is shared
-//! with the PostgreSQL backend; see [`crate::queue`].
+//! Instants are stored as integer Unix milliseconds (UTC) from SQLite's clock, which is the host's, so they compare
+//! as numbers; one host means one clock. JSON columns are TEXT. Everything but this file's [`Dialect`] (the SQL that
+//! differs) and the connection is shared with the PostgreSQL backend; see [`crate::queue`].
 
 use std::path::Path;
 use std::time::Duration;
@@ -24,11 +24,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::types::Json;
 use sqlx::{Connection, Sqlite, SqliteConnection, SqlitePool, Transaction};
 
-use super::row::Stamp;
-use super::state;
-use super::{
-    Approved, ApprovingComment, EnqueueError, Enqueued, JobId, JobState, NewJob, Pause, QueueError,
-};
+use super::dialect::{is_unique_violation, Dialect, Lock};
+use super::{QueueError, CENTURY};
 
 /// How long a writer waits for another writer (in this or another process) before giving up.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -39,9 +36,6 @@ const POOL_SIZE: u32 = 4;
 /// The schema (`migrations/sqlite`). Public only so that the upgrade tests can build a database at an older version.
 #[doc(hidden)]
 pub use super::schema::SQLITE as MIGRATOR;
-
-mod admin;
-mod leases;
 
 /// The SQLite queue. Cheap to share behind an `Arc`; all state is in the file.
 pub struct SqliteQueue {
@@ -87,6 +81,71 @@ impl SqliteQueue {
             .map_err(QueueError::Database)?;
         tx.commit().await.map_err(db("committing the migration"))
     }
+}
+
+impl_intake!(SqliteQueue);
+impl_leases!(SqliteQueue);
+impl_admin!(SqliteQueue);
+
+impl Dialect for SqliteQueue {
+    type Db = Sqlite;
+
+    const NAME: &'static str = "sqlite";
+    /// Milliseconds; SQLite reads the clock once per statement.
+    const NOW: &'static str = "CAST(ROUND(unixepoch('now', 'subsec') * 1000) AS INTEGER)";
+    const TRUE: &'static str = "1";
+    const FALSE: &'static str = "0";
+
+    type Instant = i64;
+    fn instant(t: DateTime<Utc>) -> i64 {
+        t.timestamp_millis()
+    }
+    fn stored(t: DateTime<Utc>) -> DateTime<Utc> {
+        DateTime::from_timestamp_millis(t.timestamp_millis()).unwrap_or(t)
+    }
+
+    /// Milliseconds, capped at a century so that `now + span` cannot overflow.
+    type Span = i64;
+    fn span(d: Duration) -> i64 {
+        duration_ms(d.min(CENTURY))
+    }
+    fn span_sql(param: &str) -> String {
+        param.to_string()
+    }
+
+    /// A JSON array (TEXT).
+    type Projects = Json<Vec<String>>;
+    fn projects(projects: &[String]) -> Json<Vec<String>> {
+        Json(projects.to_vec())
+    }
+    fn not_in(column: &str, param: &str) -> String {
+        format!("{column} NOT IN (SELECT value FROM json_each({param}))")
+    }
+
+    fn json_append(column: &str, param: &str) -> String {
+        format!("json_insert({column}, '$[#]', json({param}))")
+    }
+    fn json_array(param: &str) -> String {
+        format!("json_array(json({param}))")
+    }
+    fn json_length(column: &str) -> String {
+        format!("json_array_length({column})")
+    }
+
+    /// None: every transaction that writes holds the write lock from its start (see [`SqliteQueue::begin`]).
+    fn lock(_: Lock) -> &'static str {
+        ""
+    }
+
+    /// The write lock serializes enqueues, so a unique index fires only on a bug or a foreign writer; the retry then
+    /// reads their committed rows.
+    fn is_race(e: &sqlx::Error) -> bool {
+        is_unique_violation(e)
+    }
+
+    fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
 
     /// A transaction holding the write lock from its first statement.
     async fn begin(&self) -> Result<Transaction<'static, Sqlite>, QueueError> {
@@ -96,22 +155,8 @@ impl SqliteQueue {
             .map_err(db("starting a transaction"))
     }
 
-    /// `Ok` when the lease holder's update touched its job (`affected` rows), else why not.
-    async fn held(&self, affected: u64, job_id: &str) -> Result<(), QueueError> {
-        if affected == 1 {
-            Ok(())
-        } else {
-            Err(state::not_held(job_id, self.exists(job_id).await?))
-        }
-    }
-
-    async fn exists(&self, job_id: &str) -> Result<bool, QueueError> {
-        let found: Option<i64> = sqlx::query_scalar("SELECT 1 FROM jobs WHERE id = ?")
-            .bind(job_id)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db("looking up a job"))?;
-        Ok(found.is_some())
+    fn location(&self) -> String {
+        String::new()
     }
 }
 
@@ -156,232 +201,20 @@ fn is_busy(e: &sqlx::Error) -> bool {
     }
 }
 
-fn is_unique_violation(e: &sqlx::Error) -> bool {
-    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
-}
-
-/// Maps a database error to [`QueueError::Database`] with what was being done.
+/// Maps a database error to [`QueueError::Database`] with what was being done (before there is a queue).
 fn db(context: &str) -> impl FnOnce(sqlx::Error) -> QueueError + '_ {
     move |e| QueueError::Database(format!("{context}: {e}"))
-}
-
-fn now_ms() -> i64 {
-    Utc::now().timestamp_millis()
 }
 
 fn duration_ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
-/// `t` as this backend stores it (milliseconds), for comparing with a stored instant.
-fn stored(t: DateTime<Utc>) -> DateTime<Utc> {
-    DateTime::from_timestamp_millis(t.timestamp_millis()).unwrap_or(t)
-}
-
-/// Fails the jobs whose approval request lapsed by `now` (marking them for
-/// [`Admin::expire_approvals`](super::Admin::expire_approvals) to hand out); returns their ids.
-async fn expire_lapsed(
-    tx: &mut Transaction<'static, Sqlite>,
-    now: i64,
-) -> Result<Vec<String>, QueueError> {
-    let lapsed: Vec<(String, Option<String>, Stamp)> = sqlx::query_as(
-        "SELECT id, approval_reason, approval_expires_at FROM jobs \
-         WHERE state = 'awaiting_approval' AND approval_expires_at <= ?",
-    )
-    .bind(now)
-    .fetch_all(&mut **tx)
-    .await
-    .map_err(db("finding lapsed approval requests"))?;
-    let mut ids = Vec::with_capacity(lapsed.len());
-    for (id, reason, expires_at) in lapsed {
-        let error = state::approval_expired(reason.as_deref().unwrap_or(""), expires_at.0);
-        sqlx::query(
-            "UPDATE jobs SET state = 'failed', last_error = ?, approval_expiry_unreported = 1, updated_at = ? \
-             WHERE id = ?",
-        )
-        .bind(&error)
-        .bind(now)
-        .bind(&id)
-        .execute(&mut **tx)
-        .await
-        .map_err(db("failing a job whose approval expired"))?;
-        tracing::warn!(job = %id, %error, "job failed: approval expired");
-        ids.push(id);
-    }
-    Ok(ids)
-}
-
-/// Reads the kill switch.
-async fn read_pause<'c, E>(executor: E) -> Result<Option<Pause>, QueueError>
-where
-    E: sqlx::Executor<'c, Database = Sqlite>,
-{
-    let value: Option<Option<Json<Pause>>> =
-        sqlx::query_scalar("SELECT value FROM control WHERE name = 'pause'")
-            .fetch_optional(executor)
-            .await
-            .map_err(db("reading the pause switch"))?;
-    Ok(value.flatten().map(|p| p.0))
-}
-
-#[async_trait::async_trait]
-impl super::Intake for SqliteQueue {
-    async fn enqueue(&self, job: NewJob) -> Result<Enqueued, QueueError> {
-        let trigger = serde_json::to_string(&job.trigger)
-            .map_err(|e| QueueError::Database(format!("encoding the trigger: {e}")))?;
-        // The write lock serializes enqueues; the unique indexes only fire on a bug or a foreign writer, and then the
-        // retry re-reads their committed rows.
-        super::retry_races("", || self.try_enqueue(&job, &trigger)).await
-    }
-
-    async fn approve(
-        &self,
-        job_id: &str,
-        by: &str,
-        comment: Option<&ApprovingComment>,
-    ) -> Result<Approved, QueueError> {
-        let now = now_ms();
-        // Under the write lock: the checks and the comment's use are one decision.
-        let mut tx = self.begin().await?;
-        let row: Option<(String, Option<Stamp>, Option<i64>)> = sqlx::query_as(
-            "SELECT state, approval_requested_at, approval_expires_at FROM jobs WHERE id = ?",
-        )
-        .bind(job_id)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(db("reading a job to approve"))?;
-        let Some((job_state, requested_at, expires_at)) = row else {
-            tx.rollback().await.map_err(db("ending a transaction"))?;
-            return Err(QueueError::NotFound(job_id.to_string()));
-        };
-        if let Err(refused) = state::may_approve(
-            JobState::parse(&job_state),
-            expires_at.is_some_and(|e| e > now),
-            requested_at.map(|r| r.0),
-            comment.map(|c| stored(c.created)),
-        ) {
-            // Ended now, not when the pool next uses the connection: the write lock must not linger.
-            tx.rollback().await.map_err(db("ending a transaction"))?;
-            return Ok(refused);
-        }
-        if let Some(c) = comment {
-            let fresh = sqlx::query(
-                "INSERT INTO approval_comments (comment_id, job_id, used_at) VALUES (?, ?, ?) \
-                 ON CONFLICT (comment_id) DO NOTHING",
-            )
-            .bind(&c.id)
-            .bind(job_id)
-            .bind(now)
-            .execute(&mut *tx)
-            .await
-            .map_err(db("recording the approving comment"))?;
-            if fresh.rows_affected() != 1 {
-                tx.rollback().await.map_err(db("ending a transaction"))?;
-                return Ok(Approved::CommentAlreadyUsed);
-            }
-        }
-        sqlx::query(
-            "UPDATE jobs SET state = 'queued', not_before = ?1, approved_by = ?2, approved_at = ?1, \
-             approval_comment_id = ?3, updated_at = ?1 WHERE id = ?4",
-        )
-        .bind(now)
-        .bind(by)
-        .bind(comment.map(|c| c.id.as_str()))
-        .bind(job_id)
-        .execute(&mut *tx)
-        .await
-        .map_err(db("approving a job"))?;
-        tx.commit().await.map_err(db("committing an approval"))?;
-        Ok(Approved::Yes)
-    }
-}
-
-impl SqliteQueue {
-    async fn try_enqueue(&self, job: &NewJob, trigger: &str) -> Result<Enqueued, EnqueueError> {
-        let step = |context: &'static str| {
-            move |e: sqlx::Error| {
-                if is_unique_violation(&e) {
-                    EnqueueError::Race(e.to_string())
-                } else {
-                    EnqueueError::Queue(db(context)(e))
-                }
-            }
-        };
-        let now = now_ms();
-        let mut tx = self.begin().await.map_err(EnqueueError::Queue)?;
-        let seen: Option<String> =
-            sqlx::query_scalar("SELECT job_id FROM deliveries WHERE key = ?")
-                .bind(&job.trigger.delivery)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(step("looking up the delivery"))?;
-        if let Some(id) = seen {
-            return Ok(Enqueued::Duplicate(id));
-        }
-        let open: Option<String> = sqlx::query_scalar(concat!(
-            "SELECT id FROM jobs WHERE ticket = ? AND state IN ",
-            open_states!()
-        ))
-        .bind(&job.ticket)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(step("looking up an open job"))?;
-        let outcome = match open {
-            Some(id) => {
-                let kept = sqlx::query(
-                    "UPDATE jobs SET triggers = json_insert(triggers, '$[#]', json(?)), updated_at = ? \
-                     WHERE id = ? AND json_array_length(triggers) < ?",
-                )
-                .bind(trigger)
-                .bind(now)
-                .bind(&id)
-                .bind(state::MAX_TRIGGERS as i64)
-                .execute(&mut *tx)
-                .await
-                .map_err(step("recording the trigger"))?
-                .rows_affected();
-                if kept == 1 {
-                    Enqueued::Absorbed(id)
-                } else {
-                    Enqueued::Overflow(id)
-                }
-            }
-            None => {
-                let id = String::from(JobId::mint());
-                sqlx::query(
-                    "INSERT INTO jobs (id, ticket, project, state, attempts, max_attempts, not_before, triggers, \
-                     progress, created_at, updated_at) \
-                     VALUES (?1, ?2, ?3, 'queued', 0, ?4, ?5, json_array(json(?6)), '{}', ?5, ?5)",
-                )
-                .bind(&id)
-                .bind(&job.ticket)
-                .bind(&job.project)
-                .bind(i64::from(job.max_attempts))
-                .bind(now)
-                .bind(trigger)
-                .execute(&mut *tx)
-                .await
-                .map_err(step("inserting the job"))?;
-                Enqueued::Created(id)
-            }
-        };
-        sqlx::query("INSERT INTO deliveries (key, job_id, created_at) VALUES (?, ?, ?)")
-            .bind(&job.trigger.delivery)
-            .bind(outcome.job_id())
-            .bind(now)
-            .execute(&mut *tx)
-            .await
-            .map_err(step("recording the delivery"))?;
-        tx.commit()
-            .await
-            .map_err(|e| EnqueueError::Queue(db("committing the enqueue")(e)))?;
-        Ok(outcome)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::queue::dialect::sql;
+    use crate::queue::row::Stamp;
 
     #[tokio::test]
     async fn instants_round_trip_through_milliseconds() {
@@ -402,8 +235,27 @@ mod tests {
         assert_eq!(duration_ms(Duration::from_secs(u64::MAX)), i64::MAX);
         let sub_ms = DateTime::from_timestamp(1_700_000_000, 123_456_789).unwrap();
         assert_eq!(
-            stored(sub_ms),
+            SqliteQueue::stored(sub_ms),
             DateTime::from_timestamp_millis(1_700_000_000_123).unwrap()
+        );
+        assert_eq!(SqliteQueue::span(Duration::MAX), duration_ms(CENTURY));
+    }
+
+    #[tokio::test]
+    async fn now_is_the_hosts_clock_in_milliseconds() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = SqliteQueue::open(&dir.path().join("queue.sqlite"))
+            .await
+            .unwrap();
+        let before = Utc::now().timestamp_millis();
+        let now: i64 = sqlx::query_scalar(sql(format!("SELECT {}", SqliteQueue::NOW)))
+            .fetch_one(&q.pool)
+            .await
+            .unwrap();
+        let after = Utc::now().timestamp_millis();
+        assert!(
+            before <= now && now <= after,
+            "{before} <= {now} <= {after}"
         );
     }
 
