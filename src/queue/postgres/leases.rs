@@ -52,6 +52,11 @@ impl crate::queue::Leases for PgQueue {
             tx.commit().await.map_err(self.db("committing a claim"))?;
             return Ok(None);
         }
+        // `project NOT IN (SELECT unnest(..))`, not `NOT (project = ANY(..))`: for the prepared statement's generic
+        // plan PostgreSQL guesses that `<> ALL` of an unknown array keeps almost no rows, and that plan reads and
+        // sorts every open job (10 ms with 10,000 queued) where walking `jobs_open_by_age` oldest first stops at
+        // the first claimable one (0.1 ms). So it planned the statement afresh at every claim (0.2 ms), and sorted
+        // the backlog under `plan_cache_mode = force_generic_plan`. This form's generic plan walks the index.
         let row: Option<JobRow> = sqlx::query_as(concat!(
             "UPDATE jobs SET state = 'running', lease_owner = $1, \
              lease_expires = now() + make_interval(secs => $2), attempts = attempts + 1, \
@@ -59,7 +64,7 @@ impl crate::queue::Leases for PgQueue {
              WHERE id = (SELECT id FROM jobs \
                  WHERE state IN ('queued', 'running') AND ((state = 'queued' AND not_before <= now()) \
                         OR (state = 'running' AND lease_expires < now() AND attempts < max_attempts)) \
-                   AND NOT (project = ANY($3)) \
+                   AND project NOT IN (SELECT unnest($3::text[])) \
                  ORDER BY created_at, seq LIMIT 1 \
                  FOR UPDATE SKIP LOCKED) \
              RETURNING ",

@@ -47,10 +47,13 @@ impl crate::queue::Leases for SqliteQueue {
             tx.commit().await.map_err(db("committing a claim"))?;
             return Ok(None);
         }
+        // INDEXED BY: walk the open jobs oldest first and stop at the first claimable one. Left to itself (no
+        // ANALYZE statistics) the planner ORs two searches of `jobs_state_not_before` and sorts every queued job,
+        // so a claim cost time in proportion to the backlog (about 1 ms per claim with 2,000 jobs queued).
         let row: Option<JobRow> = sqlx::query_as(concat!(
             "UPDATE jobs SET state = 'running', lease_owner = ?1, lease_expires = ?2, attempts = attempts + 1, \
              lease_gen = lease_gen + 1, updated_at = ?3 \
-             WHERE id = (SELECT id FROM jobs \
+             WHERE id = (SELECT id FROM jobs INDEXED BY jobs_open_by_age \
                  WHERE state IN ('queued', 'running') AND ((state = 'queued' AND not_before <= ?3) \
                         OR (state = 'running' AND lease_expires < ?3 AND attempts < max_attempts)) \
                    AND project NOT IN (SELECT value FROM json_each(?4)) \
