@@ -143,7 +143,7 @@ pub enum Command {
         #[command(flatten)]
         queue: QueueArgs,
     },
-    /// Measure this machine: the sandbox against the Docker CLI (the default), or the job queue
+    /// Measure this machine: the sandbox against the Docker CLI (the default), or the queue
     ///
     /// Without a part, as `bench sandbox`: container ready (drafter cold and warm vs `docker run` + `docker cp`) and
     /// tool-call round trips (`true`, reading 1 MB) through drafter-sandboxd, bollard exec and the `docker exec`
