@@ -205,23 +205,12 @@ pub async fn sqlite(dir: Option<&Path>, opts: &QueueOptions) -> Result<QueueRow,
             .map_err(|e| BenchError::Setup(format!("a claim loop panicked: {e}")))??;
         tallies.push(tally);
     }
-    let (created, enqueue_time) = produced?;
-    let setup = format!(
-        "SQLite, 1 process: {} claim loops, {} producers",
-        opts.workers.max(1),
-        opts.workers.max(1)
-    );
-    finish(
-        queue.as_ref(),
-        setup,
-        opts,
-        &created,
-        enqueue_time,
+    let run = Run {
         start_us,
+        produced,
         tallies,
-        SQLITE_TARGET,
-    )
-    .await
+    };
+    finish(queue.as_ref(), Backend::Sqlite, opts, run).await
 }
 
 /// The PostgreSQL row: `opts.workers` processes made by `launch` (each runs [`worker`] on its stdin and stdout),
@@ -311,23 +300,12 @@ pub async fn postgres(
         };
         tallies.push(tally);
     }
-    let (created, enqueue_time) = produced?;
-    let setup = format!(
-        "PostgreSQL: {} worker processes, {} producers",
-        opts.workers.max(1),
-        opts.workers.max(1)
-    );
-    finish(
-        queue.as_ref(),
-        setup,
-        opts,
-        &created,
-        enqueue_time,
+    let run = Run {
         start_us,
+        produced,
         tallies,
-        POSTGRES_TARGET,
-    )
-    .await
+    };
+    finish(queue.as_ref(), Backend::Postgres, opts, run).await
 }
 
 /// `drafter bench queue-worker`: one claim loop in this process, driven over `input` and reporting on `output` (see
@@ -467,18 +445,49 @@ async fn produce(
     Ok((created, t.elapsed()))
 }
 
+/// Which row.
+#[derive(Clone, Copy)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    /// The row's first cell, for `n` claim loops.
+    fn setup(self, n: usize) -> String {
+        match self {
+            Backend::Sqlite => format!("SQLite, 1 process: {n} claim loops, {n} producers"),
+            Backend::Postgres => format!("PostgreSQL: {n} worker processes, {n} producers"),
+        }
+    }
+
+    fn target(self) -> f64 {
+        match self {
+            Backend::Sqlite => SQLITE_TARGET,
+            Backend::Postgres => POSTGRES_TARGET,
+        }
+    }
+}
+
+/// What a run measured, before the count.
+struct Run {
+    /// When the producers started (Unix microseconds).
+    start_us: i64,
+    /// The producers' job ids and how long they took.
+    produced: Result<(Vec<String>, Duration), BenchError>,
+    /// What each claim loop reported.
+    tallies: Vec<Tally>,
+}
+
 /// Counts the run and makes its row.
-#[allow(clippy::too_many_arguments)]
 async fn finish(
     queue: &dyn Queue,
-    setup: String,
+    backend: Backend,
     opts: &QueueOptions,
-    created: &[String],
-    enqueue_time: Duration,
-    start_us: i64,
-    tallies: Vec<Tally>,
-    target: f64,
+    run: Run,
 ) -> Result<QueueRow, BenchError> {
+    let (created, enqueue_time) = run.produced?;
+    let (start_us, tallies) = (run.start_us, run.tallies);
     // One more than expected, so a stray job shows.
     let limit = u32::try_from(opts.jobs.saturating_add(1)).unwrap_or(u32::MAX);
     let jobs = queue
@@ -487,7 +496,7 @@ async fn finish(
             ..JobFilter::default()
         })
         .await?;
-    let count = count(created, &jobs, &tallies);
+    let count = count(&created, &jobs, &tallies);
     let end_us = tallies
         .iter()
         .map(|t| t.last_done_us)
@@ -504,14 +513,14 @@ async fn finish(
             .collect(),
     );
     Ok(QueueRow {
-        setup,
+        setup: backend.setup(opts.workers.max(1)),
         jobs: opts.jobs,
         enqueued_per_s: created.len() as f64 / secs(enqueue_time.as_secs_f64()),
         per_s: (created.len() as f64 / elapsed),
         claim,
         empty_claims: tallies.iter().map(|t| t.empty_claims).sum(),
         count,
-        target,
+        target: backend.target(),
     })
 }
 
