@@ -15,7 +15,7 @@
 //! - [`sandbox`]: one hardened Docker container per job, workspace in and out as tar streams; tool calls through
 //!   `drafter-sandboxd` inside it (or `docker exec`); a warm pool.
 //! - [`sandboxd`]: the container side: the executor daemon, its wire protocol, the egress proxy.
-//! - [`bench`]: `drafter bench`, the sandbox against the Docker CLI.
+//! - [`bench`]: `drafter bench`: the sandbox against the Docker CLI, and the queue's throughput.
 //! - [`model`]: provider encodings (Anthropic, OpenAI-compatible) behind one receipt-emitting client.
 //! - [`proof`]: the runner key, the receipt chain and its verification.
 //! - [`agent`]: the tool-use loop and its tools; talks to the sandbox, never to Docker.

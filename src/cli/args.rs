@@ -143,20 +143,17 @@ pub enum Command {
         #[command(flatten)]
         queue: QueueArgs,
     },
-    /// Measure the sandbox against the Docker CLI on this machine
+    /// Measure this machine: the sandbox against the Docker CLI (the default), or the queue
     ///
-    /// Container ready (drafter cold and warm vs `docker run` + `docker cp`) and tool-call round trips (`true`, reading 1 MB) through drafter-sandboxd, bollard
-    /// exec and the `docker exec` CLI. Prints a Markdown table with p50/p99 and the target ratios.
+    /// Without a part, as `bench sandbox`: container ready (drafter cold and warm vs `docker run` + `docker cp`) and
+    /// tool-call round trips (`true`, reading 1 MB) through drafter-sandboxd, bollard exec and the `docker exec`
+    /// CLI. `bench queue`: jobs per second through the queue. Each prints a Markdown table with its targets.
+    #[command(args_conflicts_with_subcommands = true)]
     Bench {
-        /// A runner configuration whose `[sandbox]` settings (image, limits, runtime) to use; defaults otherwise.
-        #[arg(long)]
-        config: Option<PathBuf>,
-        /// Round trips per tool-call row.
-        #[arg(long, default_value_t = 200)]
-        calls: usize,
-        /// Containers started per ready row.
-        #[arg(long, default_value_t = 20)]
-        starts: usize,
+        #[command(subcommand)]
+        part: Option<BenchPart>,
+        #[command(flatten)]
+        sandbox: SandboxBenchArgs,
     },
     /// Check this host can run jobs: Docker, runtimes, image, executor
     ///
@@ -206,6 +203,54 @@ impl ForCommand {
             ForCommand::Doctor => Purpose::Sandbox,
         }
     }
+}
+
+/// The parts of `drafter bench`.
+#[derive(Subcommand)]
+pub enum BenchPart {
+    /// The sandbox against the Docker CLI (what `drafter bench` alone runs)
+    Sandbox {
+        #[command(flatten)]
+        args: SandboxBenchArgs,
+    },
+    /// Queue throughput: enqueue -> claim -> complete of jobs that do no work
+    ///
+    /// SQLite in one process (claim loops and producers as tasks, on a fresh file), and with --postgres also
+    /// PostgreSQL with worker processes. Prints jobs per second end to end, claim latency (p50, p99) and the count
+    /// of every job afterwards: none lost, none run twice.
+    Queue {
+        /// Jobs to run through each queue.
+        #[arg(long, default_value_t = 10_000)]
+        jobs: usize,
+        /// Claim loops (SQLite: tasks; PostgreSQL: worker processes); as many producers enqueue.
+        #[arg(long, default_value_t = 4)]
+        workers: usize,
+        /// Also measure PostgreSQL, on this database: it must hold no jobs (use a scratch database; the bench
+        /// leaves its jobs there).
+        #[arg(long)]
+        postgres: Option<String>,
+        /// Where to make the SQLite file (default: the system's temporary directory). Use the disk your data
+        /// directory is on: a commit waits for it.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// One worker process of `bench queue` (started by it; reads its orders on stdin)
+    #[command(hide = true)]
+    QueueWorker,
+}
+
+/// `drafter bench sandbox`'s settings.
+#[derive(Args)]
+pub struct SandboxBenchArgs {
+    /// A runner configuration whose `[sandbox]` settings (image, limits, runtime) to use; defaults otherwise.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Round trips per tool-call row.
+    #[arg(long, default_value_t = 200)]
+    pub calls: usize,
+    /// Containers started per ready row.
+    #[arg(long, default_value_t = 20)]
+    pub starts: usize,
 }
 
 /// Where the queue is, for the commands that steer it without `jobs`.

@@ -1,35 +1,17 @@
-//! `drafter doctor` and `drafter bench`: the sandbox on this host.
+//! `drafter doctor`: the sandbox on this host.
 
 use std::process::ExitCode;
 
 use drafter::config::{Config, Purpose};
 
-fn sandbox_config(
+/// The `[sandbox]` settings of `config`, or the defaults without one (also for `drafter bench`).
+pub(super) fn sandbox_config(
     config: Option<&std::path::Path>,
 ) -> anyhow::Result<drafter::config::SandboxConfig> {
     Ok(match config {
         Some(path) => Config::load_for(path, Purpose::Sandbox)?.sandbox,
         None => drafter::config::SandboxConfig::default(),
     })
-}
-
-pub async fn bench(
-    config: Option<&std::path::Path>,
-    calls: usize,
-    starts: usize,
-) -> anyhow::Result<ExitCode> {
-    let cfg = sandbox_config(config)?;
-    let opts = drafter::bench::BenchOptions {
-        calls: calls.max(1),
-        starts: starts.max(1),
-    };
-    eprintln!(
-        "drafter bench: image {}, {} round trips per call row, {} starts per ready row (takes a minute or two)",
-        cfg.image, opts.calls, opts.starts
-    );
-    let report = drafter::bench::run(&cfg, &opts).await?;
-    print!("{}", report.render());
-    Ok(ExitCode::SUCCESS)
 }
 
 pub async fn doctor(config: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {

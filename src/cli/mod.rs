@@ -2,6 +2,7 @@
 //! here). One file per command family; [`dispatch`] runs the parsed command.
 
 pub mod args;
+mod bench;
 mod check_config;
 mod doctor;
 mod jobs;
@@ -103,11 +104,7 @@ pub async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             queue,
         } => jobs::pause(reason, by, cancel_running, queue).await,
         Command::Resume { queue } => jobs::resume(queue).await,
-        Command::Bench {
-            config,
-            calls,
-            starts,
-        } => doctor::bench(config.as_deref(), calls, starts).await,
+        Command::Bench { part, sandbox } => bench::bench(part, sandbox).await,
         Command::Doctor { config } => doctor::doctor(config.as_deref()).await,
         Command::CheckConfig {
             config,

@@ -68,6 +68,11 @@ pub(crate) trait Dialect: Sync {
     /// SQL: the length of the JSON array `column`.
     fn json_length(column: &str) -> String;
 
+    /// SQL after `FROM jobs` in the claim's search for the oldest open job: SQLite, without statistics, otherwise
+    /// sorts every queued job at every claim (about 1 ms per claim with 2,000 queued); walking
+    /// `jobs_open_by_age` oldest first stops at the first claimable one.
+    const OPEN_BY_AGE: &'static str;
+
     /// SQL for `lock` at the end of a `SELECT` (empty where the backend needs none).
     fn lock(lock: Lock) -> &'static str;
 

@@ -163,7 +163,7 @@ macro_rules! impl_leases {
                     let row: Option<JobRow> = sqlx::query_as(sql(format!(
                         "UPDATE jobs SET state = 'running', lease_owner = $1, lease_expires = {now} + {lease}, \
                          attempts = attempts + 1, lease_gen = lease_gen + 1, updated_at = {now} \
-                         WHERE id = (SELECT id FROM jobs \
+                         WHERE id = (SELECT id FROM jobs {by_age} \
                              WHERE state IN ('queued', 'running') AND ((state = 'queued' AND not_before <= {now}) \
                                     OR (state = 'running' AND lease_expires < {now} AND attempts < max_attempts)) \
                                AND {allowed} \
@@ -171,6 +171,7 @@ macro_rules! impl_leases {
                          RETURNING {columns}",
                         now = Self::NOW,
                         lease = Self::span_sql("$2"),
+                        by_age = Self::OPEN_BY_AGE,
                         allowed = Self::not_in("project", "$3"),
                         lock = Self::lock(Lock::SkipLocked),
                         columns = job_columns!(),

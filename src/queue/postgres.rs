@@ -151,8 +151,11 @@ impl Dialect for PgQueue {
     fn projects(projects: &[String]) -> Vec<String> {
         projects.to_vec()
     }
+    // `NOT IN (SELECT unnest(..))`, not `NOT (column = ANY(..))`: for a prepared statement's generic plan
+    // PostgreSQL guesses that `<> ALL` of an unknown array keeps almost no rows, and that plan reads and sorts every
+    // open job (10 ms with 10,000 queued) where walking `jobs_open_by_age` stops at the first claimable one (0.1 ms).
     fn not_in(column: &str, param: &str) -> String {
-        format!("NOT ({column} = ANY({param}))")
+        format!("{column} NOT IN (SELECT unnest({param}::text[]))")
     }
 
     fn json_append(column: &str, param: &str) -> String {
@@ -164,6 +167,8 @@ impl Dialect for PgQueue {
     fn json_length(column: &str) -> String {
         format!("jsonb_array_length({column})")
     }
+
+    const OPEN_BY_AGE: &'static str = "";
 
     fn lock(lock: Lock) -> &'static str {
         match lock {

@@ -133,6 +133,8 @@ impl Dialect for SqliteQueue {
     }
 
     /// None: every transaction that writes holds the write lock from its start (see [`SqliteQueue::begin`]).
+    const OPEN_BY_AGE: &'static str = "INDEXED BY jobs_open_by_age";
+
     fn lock(_: Lock) -> &'static str {
         ""
     }

@@ -242,7 +242,7 @@ fn help_is_one_short_line_per_command_and_the_long_text_stays_in_help_cmd() {
         );
     }
     // Subcommand lists too.
-    for group in ["jobs", "policy", "key"] {
+    for group in ["jobs", "policy", "key", "bench"] {
         let out = std::process::Command::new(BIN)
             .args([group, "--help"])
             .output()
@@ -275,4 +275,43 @@ fn help_is_one_short_line_per_command_and_the_long_text_stays_in_help_cmd() {
         long.contains("3 when the policy asks for approval"),
         "{long}"
     );
+}
+
+/// `drafter bench queue` runs jobs through SQLite and, with worker processes of the same binary, PostgreSQL, then
+/// counts every job; the database URL reaches the workers on stdin and is never printed. (No throughput is asserted:
+/// the numbers are the machine's.)
+#[tokio::test]
+async fn bench_queue_counts_every_job_through_worker_processes() {
+    let db = support::postgres::TestDatabase::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = tokio::process::Command::new(BIN);
+    cmd.args(["bench", "queue", "--jobs", "60", "--workers", "2"])
+        .args(["--postgres", &db.url, "--dir"])
+        .arg(dir.path());
+    let out = tokio::time::timeout(Duration::from_secs(120), cmd.output())
+        .await
+        .expect("finishes")
+        .expect("runs");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}{stderr}");
+    let rows: Vec<Vec<&str>> = stdout
+        .lines()
+        .filter(|l| l.starts_with("| SQLite") || l.starts_with("| PostgreSQL"))
+        .map(|l| l.split('|').map(str::trim).collect())
+        .collect();
+    assert_eq!(rows.len(), 2, "{stdout}");
+    assert!(rows[1][1].contains("2 worker processes"), "{stdout}");
+    for cells in &rows {
+        // | queue | jobs | enqueued/s | end to end | p50 | p99 | empty claims | lost | doubled | target | met |
+        assert_eq!((cells[2], cells[8], cells[9]), ("60", "0", "0"), "{stdout}");
+    }
+    if let Some(password) = url::Url::parse(&db.url).unwrap().password() {
+        assert!(
+            !stdout.contains(password) && !stderr.contains(password),
+            "{stdout}{stderr}"
+        );
+    }
 }

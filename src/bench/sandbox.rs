@@ -1,4 +1,5 @@
-//! `drafter bench`: the sandbox measured against the Docker CLI doing the same work, on this machine, in one run.
+//! `drafter bench` (also `drafter bench sandbox`): the sandbox measured against the Docker CLI doing the same work,
+//! on this machine, in one run.
 //!
 //! Two questions, each answered side by side:
 //! - **Ready**: how long until a hardened container is created, started and holds the workspace. drafter (cold: a
@@ -7,15 +8,15 @@
 //! - **Tool-call round trip**: `true`, and reading a 1 MB file, through the in-container executor, through a
 //!   `docker exec` made with bollard (drafter's fallback transport), and through the `docker exec` CLI.
 //!
-//! Not a timed test: the numbers depend on the machine, so they are printed (and recorded in BENCHMARKS.md), and
-//! the ratios are computed from the same run.
+//! The ratios are computed from the same run, so they compare like with like on whatever machine runs it.
 
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use super::{ms, BenchError, Row};
 use crate::config::{SandboxConfig, Transport};
-use crate::sandbox::{Container, Executor, Sandbox, SandboxError};
+use crate::sandbox::{Container, Executor, Sandbox};
 
 /// What to measure and how often.
 #[derive(Debug, Clone)]
@@ -24,36 +25,6 @@ pub struct BenchOptions {
     pub calls: usize,
     /// Containers started per ready row.
     pub starts: usize,
-}
-
-/// One measured row.
-#[derive(Debug, Clone)]
-pub struct Row {
-    /// What was measured.
-    pub name: String,
-    /// Samples.
-    pub n: usize,
-    /// Median.
-    pub p50: Duration,
-    /// 99th percentile (for few samples: the maximum).
-    pub p99: Duration,
-}
-
-impl Row {
-    fn new(name: impl Into<String>, mut samples: Vec<Duration>) -> Row {
-        samples.sort();
-        let n = samples.len();
-        let at = |q: f64| {
-            let i = ((q * n as f64).ceil() as usize).clamp(1, n.max(1)) - 1;
-            samples.get(i).copied().unwrap_or_default()
-        };
-        Row {
-            name: name.into(),
-            n,
-            p50: at(0.5),
-            p99: at(0.99),
-        }
-    }
 }
 
 /// A target from the issue: `row` p50 at most `max_ratio` times `baseline` p50.
@@ -79,7 +50,6 @@ pub struct Report {
 impl Report {
     /// The table as printed by `drafter bench` (Markdown, so it can go into BENCHMARKS.md as is).
     pub fn render(&self) -> String {
-        let ms = |d: Duration| format!("{:.2}", d.as_secs_f64() * 1000.0);
         let mut out = String::from("| measurement | n | p50 ms | p99 ms |\n|---|---:|---:|---:|\n");
         for r in &self.rows {
             out.push_str(&format!(
@@ -102,25 +72,6 @@ impl Report {
         }
         out
     }
-}
-
-/// Why the benchmark could not run.
-#[derive(Debug, thiserror::Error)]
-pub enum BenchError {
-    /// The sandbox failed.
-    #[error(transparent)]
-    Sandbox(#[from] SandboxError),
-    /// A CLI command failed.
-    #[error("`{command}` failed: {detail}")]
-    Cli {
-        /// The command line.
-        command: String,
-        /// What went wrong.
-        detail: String,
-    },
-    /// Preparing the sample workspace failed.
-    #[error("preparing the sample workspace: {0}")]
-    Io(#[from] std::io::Error),
 }
 
 /// The sample workspace: 200 source-sized files (2 MB) and a 1 MB file for the read rows.
@@ -203,8 +154,8 @@ fn cli_run_args<'a>(
 
 /// Runs the whole benchmark with `cfg`'s image and limits.
 pub async fn run(cfg: &SandboxConfig, opts: &BenchOptions) -> Result<Report, BenchError> {
-    let ws = tempfile::tempdir()?;
-    sample_workspace(ws.path())?;
+    let ws = tempfile::tempdir().map_err(BenchError::Workspace)?;
+    sample_workspace(ws.path()).map_err(BenchError::Workspace)?;
     let mut rows = Vec::new();
 
     let mut sandboxd_cfg = cfg.clone();
