@@ -175,13 +175,18 @@ async fn path_runs(runs: usize, pool: usize, script: Vec<Step>, max_turns: u32) 
             &[],
         );
     }
-    let serve = ServeProcess::start(&stack, Path::new(BIN)).await;
+    // `DRAFTER_BENCH_LOG=<filter>` runs the worker with that log filter and prints its log at the end, to see
+    // where a stage's time goes.
+    let log = std::env::var("DRAFTER_BENCH_LOG").ok();
+    let env: Vec<(&str, &str)> = log.iter().map(|f| ("RUST_LOG", f.as_str())).collect();
+    let serve = ServeProcess::start_with(&stack, Path::new(BIN), &env).await;
     let queue = stack.queue().await;
     let client = reqwest::Client::new();
     let mut rows = Vec::new();
     for (i, key) in keys.iter().enumerate() {
         // Let the pool refill and the previous job's container go, as between triggers spaced in time.
-        tokio::time::sleep(Duration::from_millis(1500)).await;
+        // The gap varies so that the webhook lands at any point of the worker's claim poll, not always just after it.
+        tokio::time::sleep(Duration::from_millis(1500 + (i as u64 * 211) % 500)).await;
         let t0 = SystemTime::now();
         let status = serve
             .webhook(&client, &assignment_webhook(key, 70_000 + i as u64))
@@ -200,7 +205,10 @@ async fn path_runs(runs: usize, pool: usize, script: Vec<Step>, max_turns: u32) 
         }
         rows.push(path_row(&stack, &serve, &job, t0, accepted));
     }
-    let _ = serve.stop().await;
+    let text = serve.stop().await;
+    if log.is_some() {
+        eprintln!("{text}");
+    }
     rows
 }
 
