@@ -425,8 +425,8 @@ fn print_path(title: &str, rows: &[PathRow]) {
     println!("\n(tool calls per job: p50 {:.0})", pct(&calls, 50.0));
 }
 
-/// `VmRSS` and `VmHWM` of a process, in MiB.
-fn rss(pid: u32) -> (f64, f64) {
+/// `VmRSS`, `VmHWM` and `RssAnon` (the heap and stacks, without the mapped binary) of a process, in MiB.
+fn rss(pid: u32) -> (f64, f64, f64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let field = |name: &str| {
         status
@@ -436,7 +436,7 @@ fn rss(pid: u32) -> (f64, f64) {
             .and_then(|v| v.parse::<f64>().ok())
             .map_or(f64::NAN, |kb| kb / 1024.0)
     };
-    (field("VmRSS:"), field("VmHWM:"))
+    (field("VmRSS:"), field("VmHWM:"), field("RssAnon:"))
 }
 
 /// The worker's RSS idle, then with 1, 4 and 16 jobs held in their model loop by a slow model.
@@ -501,9 +501,16 @@ async fn memory() {
     }
     let _ = serve.stop().await;
     println!("\n### worker memory (`drafter serve`, containers excluded)\n");
-    println!("| state | VmRSS MiB | VmHWM MiB | (RSS - idle) / jobs, MiB |\n|---|---:|---:|---:|");
-    for (name, (r, h), per) in out {
-        println!("| {name} | {r:.1} | {h:.1} | {per:.2} |");
+    println!(
+        "| state | VmRSS MiB | RssAnon MiB | VmHWM MiB | (RSS - idle) / jobs, MiB |\n|---|---:|---:|---:|---:|"
+    );
+    for (name, (r, h, anon), per) in out {
+        let per = if per.is_finite() {
+            format!("{per:.2}")
+        } else {
+            String::new()
+        };
+        println!("| {name} | {r:.1} | {anon:.1} | {h:.1} | {per} |");
     }
 }
 
