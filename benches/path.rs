@@ -13,7 +13,6 @@
 //! holds every tool call's start and duration.
 
 #[path = "../tests/it/support/mod.rs"]
-#[allow(dead_code, unused_imports)]
 mod support;
 
 use std::collections::BTreeMap;
@@ -247,12 +246,10 @@ fn log_lines(serve: &ServeProcess) -> Vec<LogLine> {
         .filter_map(|line| {
             let (stamp, rest) = line.split_once(char::is_whitespace)?;
             let at: SystemTime = chrono::DateTime::parse_from_rfc3339(stamp).ok()?.into();
-            let ticket = rest.split("ticket=").nth(1).map(|t| {
-                t.split(|c: char| c == '}' || c == ' ' || c == ':')
-                    .next()
-                    .unwrap_or("")
-                    .to_string()
-            });
+            let ticket = rest
+                .split("ticket=")
+                .nth(1)
+                .map(|t| t.split(['}', ' ', ':']).next().unwrap_or("").to_string());
             Some(LogLine {
                 at,
                 ticket,
