@@ -20,9 +20,11 @@ use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
 use drafter::proof::bundle::Predicate;
-use drafter::queue::{Job, JobFilter, Queue};
+use drafter::queue::{Job, Queue};
 use serde_json::json;
-use support::harness::{assignment_webhook, Options, ServeProcess, Stack};
+use support::harness::{
+    all_jobs, assignment_webhook, wait_all_finished, Options, ServeProcess, Stack,
+};
 use support::model::Step;
 
 const BIN: &str = env!("CARGO_BIN_EXE_drafter");
@@ -214,14 +216,8 @@ async fn path_runs(runs: usize, pool: usize, script: Vec<Step>, max_turns: u32) 
 async fn wait_finished(queue: &dyn Queue, key: &str, within: Duration) -> Job {
     let deadline = Instant::now() + within;
     loop {
-        let jobs = queue
-            .list(&JobFilter {
-                limit: 100_000,
-                ..JobFilter::default()
-            })
+        if let Some(j) = all_jobs(queue)
             .await
-            .expect("list");
-        if let Some(j) = jobs
             .into_iter()
             .find(|j| j.ticket == key && !j.state.is_open())
         {
@@ -515,36 +511,7 @@ async fn memory() {
 /// settings (6 jobs at once, 4 per project) and two projects; jobs/s and time per stage from the worker's log.
 async fn burst(tickets: usize) {
     let stack = stack(6, 4, 0, support::harness::demo_script(), 12).await;
-    let files = support::harness::demo_files();
-    let refs: Vec<(&str, &str)> = files
-        .iter()
-        .map(|(n, c)| (n.as_str(), c.as_str()))
-        .collect();
-    stack.github.create_repo("acme/other", &refs);
-    let description = support::harness::demo_ticket()["description"].clone();
-    let keys: Vec<String> = (0..tickets)
-        .map(|i| {
-            if i % 2 == 0 {
-                format!("DEMO-{}", 100 + i)
-            } else {
-                format!("OTHER-{}", 100 + i)
-            }
-        })
-        .collect();
-    for (i, key) in keys.iter().enumerate() {
-        let desc = if key.starts_with("OTHER") {
-            json!({"type": "doc", "version": 1, "content": [{"type": "paragraph", "content": [
-                {"type": "text", "text": "Greeting should end with an exclamation mark."}]}]})
-        } else {
-            description.clone()
-        };
-        stack.jira.add_issue(
-            key,
-            &format!("Greeting should end with an exclamation mark {i}"),
-            desc,
-            &[],
-        );
-    }
+    let keys = stack.burst_tickets(tickets);
     let serve = ServeProcess::start(&stack, Path::new(BIN)).await;
     let queue = stack.queue().await;
     let client = reqwest::Client::new();
@@ -563,21 +530,7 @@ async fn burst(tickets: usize) {
     }))
     .await;
     let accepted = started.elapsed();
-    let deadline = Instant::now() + Duration::from_secs(6 * 3600);
-    let jobs = loop {
-        let jobs = queue
-            .list(&JobFilter {
-                limit: 100_000,
-                ..JobFilter::default()
-            })
-            .await
-            .expect("list");
-        if jobs.len() >= tickets && jobs.iter().all(|j| !j.state.is_open()) {
-            break jobs;
-        }
-        assert!(Instant::now() < deadline, "burst did not finish");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    };
+    let jobs = wait_all_finished(queue.as_ref(), tickets, Duration::from_secs(6 * 3600)).await;
     let elapsed = started.elapsed();
     let lines = log_lines(&serve);
     let _ = serve.stop().await;
@@ -636,7 +589,10 @@ async fn burst(tickets: usize) {
     println!("\n| stage (from the worker's log) | n | p50 ms | p99 ms |\n|---|---:|---:|---:|");
     row("queued (job created -> claimed)", &queued);
     for (m, v) in stages {
-        let name = marks[m].trim_start_matches("stage=").trim_matches('"');
+        let name = match m {
+            0 => "claimed -> fetch",
+            _ => marks[m].trim_start_matches("stage=").trim_matches('"'),
+        };
         row(name, &v);
     }
 }
