@@ -13,7 +13,8 @@ use drafter::queue::{JobFilter, JobState, Queue};
 use serde_json::json;
 use support::git::drafter_branches;
 use support::harness::{
-    assignment_webhook, Flavor, Options, ServeProcess, Stack, ADA, DEMO_REPO, SECRETS,
+    assignment_webhook, wait_all_finished, Flavor, Options, ServeProcess, Stack, ADA, DEMO_REPO,
+    SECRETS,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_drafter");
@@ -53,34 +54,6 @@ async fn serve_stack(
         ..Options::default()
     })
     .await
-}
-
-/// Waits until every job is finished (or the deadline passes); returns the jobs.
-async fn wait_all_finished(
-    queue: &dyn Queue,
-    expected: usize,
-    within: Duration,
-) -> Vec<drafter::queue::Job> {
-    let deadline = Instant::now() + within;
-    loop {
-        let jobs = queue
-            .list(&JobFilter {
-                limit: 100_000,
-                ..JobFilter::default()
-            })
-            .await
-            .expect("list");
-        let open = jobs.iter().filter(|j| j.state.is_open()).count();
-        if jobs.len() >= expected && open == 0 {
-            return jobs;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} of {expected} jobs, {open} still open after {within:?}",
-            jobs.len()
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
 }
 
 /// The tickets of drafter containers (any state) whose labels pass `keep`. Tests run in parallel, so each one
@@ -154,36 +127,7 @@ async fn webhook_burst_makes_exactly_one_job_per_ticket() {
         .unwrap_or(1000);
     let (concurrency, per_project) = (6, 4);
     let stack = serve_stack(concurrency, per_project, 30, 60).await;
-    let files = support::harness::demo_files();
-    let refs: Vec<(&str, &str)> = files
-        .iter()
-        .map(|(n, c)| (n.as_str(), c.as_str()))
-        .collect();
-    stack.github.create_repo("acme/other", &refs);
-    let description = support::harness::demo_ticket()["description"].clone();
-    let keys: Vec<String> = (0..tickets)
-        .map(|i| {
-            if i % 2 == 0 {
-                format!("DEMO-{}", 100 + i)
-            } else {
-                format!("OTHER-{}", 100 + i)
-            }
-        })
-        .collect();
-    for (i, key) in keys.iter().enumerate() {
-        // Each ticket names the repository of its own project (the demo ticket's text names acme/widgets).
-        let mut desc = description.clone();
-        if key.starts_with("OTHER") {
-            desc = json!({"type": "doc", "version": 1, "content": [{"type": "paragraph", "content": [
-                {"type": "text", "text": "Greeting should end with an exclamation mark."}]}]});
-        }
-        stack.jira.add_issue(
-            key,
-            &format!("Greeting should end with an exclamation mark {i}"),
-            desc,
-            &[],
-        );
-    }
+    let keys = stack.burst_tickets(tickets);
 
     let serve = ServeProcess::start(&stack, Path::new(BIN)).await;
     let queue = stack.queue().await;

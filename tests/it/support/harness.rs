@@ -361,6 +361,43 @@ email = "drafter-bot@example.com"
         }
     }
 
+    /// Seeds `n` tickets for a burst across two projects, `DEMO-<100 + i>` for even `i` and `OTHER-<100 + i>` for
+    /// odd, and the `acme/other` repository; their keys. Each ticket names the repository of its own project (the
+    /// demo ticket's text names acme/widgets).
+    pub fn burst_tickets(&self, n: usize) -> Vec<String> {
+        let files = demo_files();
+        let refs: Vec<(&str, &str)> = files
+            .iter()
+            .map(|(n, c)| (n.as_str(), c.as_str()))
+            .collect();
+        self.github.create_repo("acme/other", &refs);
+        let description = demo_ticket()["description"].clone();
+        let keys: Vec<String> = (0..n)
+            .map(|i| {
+                if i % 2 == 0 {
+                    format!("DEMO-{}", 100 + i)
+                } else {
+                    format!("OTHER-{}", 100 + i)
+                }
+            })
+            .collect();
+        for (i, key) in keys.iter().enumerate() {
+            let desc = if key.starts_with("OTHER") {
+                serde_json::json!({"type": "doc", "version": 1, "content": [{"type": "paragraph", "content": [
+                    {"type": "text", "text": "Greeting should end with an exclamation mark."}]}]})
+            } else {
+                description.clone()
+            };
+            self.jira.add_issue(
+                key,
+                &format!("Greeting should end with an exclamation mark {i}"),
+                desc,
+                &[],
+            );
+        }
+        keys
+    }
+
     /// The data directory named in the configuration.
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
@@ -577,6 +614,39 @@ pub fn assignment_webhook(key: &str, changelog_id: u64) -> serde_json::Value {
             "from": null, "fromString": null, "to": BOT_ACCOUNT, "toString": "drafter",
             "tmpFromAccountId": null, "tmpToAccountId": BOT_ACCOUNT}]}
     })
+}
+
+/// Every job in `queue`.
+pub async fn all_jobs(queue: &dyn drafter::queue::Queue) -> Vec<drafter::queue::Job> {
+    queue
+        .list(&drafter::queue::JobFilter {
+            limit: 100_000,
+            ..drafter::queue::JobFilter::default()
+        })
+        .await
+        .expect("list")
+}
+
+/// Waits until every job is finished (or the deadline passes); returns the jobs.
+pub async fn wait_all_finished(
+    queue: &dyn drafter::queue::Queue,
+    expected: usize,
+    within: std::time::Duration,
+) -> Vec<drafter::queue::Job> {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let jobs = all_jobs(queue).await;
+        let open = jobs.iter().filter(|j| j.state.is_open()).count();
+        if jobs.len() >= expected && open == 0 {
+            return jobs;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} of {expected} jobs, {open} still open after {within:?}",
+            jobs.len()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
 }
 
 /// A running `drafter serve` process, with its stderr collected (it must be drained, or the child blocks).

@@ -103,6 +103,10 @@ pub struct RecordedRequest {
     pub headers: Vec<(String, String)>,
     /// The exact body bytes (git packs are binary; receipts hash these).
     pub body: Vec<u8>,
+    /// When it was recorded (arrival, after the body was read): the stage clock of `benches/path.rs`.
+    pub at: std::time::SystemTime,
+    /// When the answer left the stand-in, where a stand-in notes it (the model's: per-turn runner overhead).
+    pub answered: Option<std::time::SystemTime>,
 }
 
 impl RecordedRequest {
@@ -122,6 +126,8 @@ impl RecordedRequest {
                 })
                 .collect(),
             body: body.to_vec(),
+            at: std::time::SystemTime::now(),
+            answered: None,
         }
     }
 

@@ -235,6 +235,7 @@ fn error_reply(family: Family, status: u16, message: &str) -> Response {
     resp
 }
 
+/// Answers a request and notes when the answer left (see [`RecordedRequest::answered`]).
 fn handle(
     s: &Shared,
     family: Family,
@@ -242,8 +243,27 @@ fn handle(
     headers: &HeaderMap,
     body: &Bytes,
 ) -> Response {
+    let mut index = 0;
+    let resp = answer(s, family, path, headers, body, &mut index);
+    if let Some(r) = lock(s).requests.get_mut(index) {
+        r.answered = Some(std::time::SystemTime::now());
+    }
+    resp
+}
+
+/// Records the request (its index into `index`) and builds the answer, under one lock so that steps are taken in
+/// the order requests are recorded.
+fn answer(
+    s: &Shared,
+    family: Family,
+    path: &'static str,
+    headers: &HeaderMap,
+    body: &Bytes,
+    index: &mut usize,
+) -> Response {
     let json: Option<Value> = serde_json::from_slice(body).ok();
     let mut inner = lock(s);
+    *index = inner.requests.len();
     inner.requests.push(RecordedRequest::new(
         &Method::POST,
         &Uri::from_static(path),
