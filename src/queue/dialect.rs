@@ -80,6 +80,9 @@ pub(crate) trait Dialect: Sync {
     fn is_race(e: &sqlx::Error) -> bool;
 
     fn pool(&self) -> &Pool<Self::Db>;
+    /// Woken when this process adds claimable work (an enqueue, an approval), so its idle pool claims at once
+    /// instead of at its next poll.
+    fn wake(&self) -> &tokio::sync::Notify;
     /// A transaction for a method that reads and then writes.
     fn begin(
         &self,

@@ -27,7 +27,9 @@ macro_rules! impl_intake {
             impl $crate::queue::Intake for $queue {
                 async fn enqueue(&self, job: NewJob) -> Result<Enqueued, QueueError> {
                     let trigger = Json(&job.trigger);
-                    retry_races(&self.location(), || self.try_enqueue(&job, &trigger)).await
+                    let enqueued = retry_races(&self.location(), || self.try_enqueue(&job, &trigger)).await?;
+                    self.wake().notify_one();
+                    Ok(enqueued)
                 }
 
                 async fn approve(
@@ -93,6 +95,7 @@ macro_rules! impl_intake {
                     .await
                     .map_err(self.db("approving a job"))?;
                     tx.commit().await.map_err(self.db("committing an approval"))?;
+                    self.wake().notify_one();
                     Ok(Approved::Yes)
                 }
             }

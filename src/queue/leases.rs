@@ -127,6 +127,10 @@ macro_rules! impl_leases {
 
             #[async_trait::async_trait]
             impl $crate::queue::Leases for $queue {
+                async fn wait_for_work(&self, idle: std::time::Duration) {
+                    let _ = tokio::time::timeout(idle, self.wake().notified()).await;
+                }
+
                 async fn claim(&self, claim: &Claim) -> Result<Option<Job>, QueueError> {
                     let mut tx = self.begin().await?;
                     // Jobs whose worker died on their last allowed attempt are failed, not run a further time.

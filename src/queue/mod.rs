@@ -108,6 +108,11 @@ pub trait Leases: Send + Sync {
     /// while the queue is paused. Sweeps first: jobs whose worker died on their last attempt, and jobs whose
     /// approval request expired, are failed.
     async fn claim(&self, claim: &Claim) -> Result<Option<Job>, QueueError>;
+    /// Waits up to `idle` for claimable work: returns early when this process enqueued or approved a job since the
+    /// last wait (other processes' jobs are found at the next claim after `idle`).
+    async fn wait_for_work(&self, idle: std::time::Duration) {
+        tokio::time::sleep(idle).await
+    }
     /// Whether `worker` holds the job's lease right now: running, its claim, and not expired. Asked immediately
     /// before every side effect outside the queue (a push, a pull request, a ticket comment), so a worker that
     /// stalled past its lease does not deliver twice.

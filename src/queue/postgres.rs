@@ -38,6 +38,8 @@ pub use super::schema::POSTGRES as MIGRATOR;
 /// The PostgreSQL queue. Cheap to share behind an `Arc`.
 pub struct PgQueue {
     pool: PgPool,
+    /// See [`Dialect::wake`].
+    wake: tokio::sync::Notify,
     /// `user@host:port/database`, for error messages.
     location: String,
     /// The URL's password (raw and percent-decoded), only to scrub it from error messages.
@@ -83,6 +85,7 @@ impl PgQueue {
             .acquire_timeout(Duration::from_secs(15))
             .connect_lazy_with(options);
         let queue = PgQueue {
+            wake: tokio::sync::Notify::new(),
             pool,
             location,
             secrets,
@@ -185,6 +188,10 @@ impl Dialect for PgQueue {
 
     fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    fn wake(&self) -> &tokio::sync::Notify {
+        &self.wake
     }
 
     async fn begin(&self) -> Result<Transaction<'static, Postgres>, QueueError> {

@@ -40,6 +40,8 @@ pub use super::schema::SQLITE as MIGRATOR;
 /// The SQLite queue. Cheap to share behind an `Arc`; all state is in the file.
 pub struct SqliteQueue {
     pool: SqlitePool,
+    /// See [`Dialect::wake`].
+    wake: tokio::sync::Notify,
 }
 
 impl SqliteQueue {
@@ -64,7 +66,10 @@ impl SqliteQueue {
             .connect_with(options)
             .await
             .map_err(db(&format!("opening {shown}")))?;
-        let queue = SqliteQueue { pool };
+        let queue = SqliteQueue {
+            pool,
+            wake: tokio::sync::Notify::new(),
+        };
         queue.migrate().await.map_err(|e| match e {
             QueueError::Database(m) => QueueError::Database(format!("{shown}: {m}")),
             other => other,
@@ -147,6 +152,10 @@ impl Dialect for SqliteQueue {
 
     fn pool(&self) -> &SqlitePool {
         &self.pool
+    }
+
+    fn wake(&self) -> &tokio::sync::Notify {
+        &self.wake
     }
 
     /// A transaction holding the write lock from its first statement.

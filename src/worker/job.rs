@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use tracing::Instrument;
 
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -139,6 +140,9 @@ pub(crate) struct Job<'a> {
     listeners: Vec<Box<dyn Listener + 'a>>,
     /// Everyone else (the CLI's progress lines): told after the listeners.
     events: UnboundedSender<Event>,
+    /// Container removals under way beside delivery: awaited before the attempt reports its end, so a finished job
+    /// has no container left (and a slot is not given back while its container still exists).
+    removals: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl<'a> Job<'a> {
@@ -159,6 +163,29 @@ impl<'a> Job<'a> {
             progress: Progress::default(),
             listeners,
             events,
+            removals: Vec::new(),
+        }
+    }
+
+    /// Removes `container` in the background, so that the push and the PR need not wait for Docker (a removal
+    /// takes hundreds of milliseconds); [`Job::removed`] waits for it. A task dropped mid-way still finishes it.
+    pub(crate) fn remove_later(&mut self, container: crate::sandbox::Container) {
+        self.removals.push(tokio::spawn(
+            async move {
+                if let Err(e) = container.remove().await {
+                    tracing::warn!(error = %e, "could not remove the sandbox container");
+                }
+            }
+            .in_current_span(),
+        ));
+    }
+
+    /// Waits for every removal [`Job::remove_later`] started.
+    pub(crate) async fn removed(&mut self) {
+        for removal in std::mem::take(&mut self.removals) {
+            if let Err(e) = removal.await {
+                tracing::warn!(error = %e, "a container removal task failed");
+            }
         }
     }
 

@@ -69,6 +69,7 @@ pub(crate) async fn run_with<'a>(
             }
         }
         ended(config, &job, &outcome, digest.as_deref()).await;
+        job.removed().await;
 
         let delivered = match &outcome {
             JobOutcome::Delivered(d) => Some(d.clone()),

@@ -640,6 +640,31 @@ async fn list_filters_and_orders_newest_first(q: Arc<dyn Queue>) {
     assert_eq!(ids(q.list(&limited).await.unwrap()), vec![three, two]);
 }
 
+/// An idle worker waiting for work wakes as soon as this process enqueues a job, not at the end of its poll
+/// interval; and with nothing added it waits the whole interval.
+async fn an_enqueue_wakes_an_idle_worker(q: Arc<dyn Queue>) {
+    let idle = Duration::from_secs(30);
+    let waiter = {
+        let q = q.clone();
+        tokio::spawn(async move {
+            let t = std::time::Instant::now();
+            q.wait_for_work(idle).await;
+            t.elapsed()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    created(&q, "WAKE-1", "wake-d1").await;
+    let waited = tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .expect("the enqueue woke the waiting worker")
+        .unwrap();
+    assert!(waited < idle, "{waited:?}");
+    // Nothing new: a short wait runs its full length.
+    let t = std::time::Instant::now();
+    q.wait_for_work(Duration::from_millis(200)).await;
+    assert!(t.elapsed() >= Duration::from_millis(200));
+}
+
 async fn unknown_jobs_and_ping(q: Arc<dyn Queue>) {
     q.ping().await.unwrap();
     assert!(["sqlite", "postgres"].contains(&q.backend()));
@@ -1420,6 +1445,7 @@ conformance!(
     progress_is_recorded_for_the_lease_holder,
     list_filters_and_orders_newest_first,
     unknown_jobs_and_ping,
+    an_enqueue_wakes_an_idle_worker,
     await_approval_only_by_the_lease_holder,
     approve_queues_the_job_and_the_approval_is_kept,
     an_approving_comment_counts_once_and_only_after_the_request,

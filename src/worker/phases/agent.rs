@@ -1,6 +1,6 @@
 //! Agent: the workspace into the container, the model loop (every exchange and tool call into the job's bundle),
-//! the workspace back out. The container is removed on every path out of here (its guard covers panics and
-//! cancellation).
+//! the workspace back out. The container is removed on every path out of here: beside delivery on the normal
+//! path (`Job::remove_later`), by its guard on panics and cancellation.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -132,9 +132,8 @@ pub(crate) async fn run(
             dropped,
         });
     }
-    if let Err(e) = container.remove().await {
-        tracing::warn!(error = %e, "could not remove the sandbox container");
-    }
+    // The workspace is out (or the run failed): the container goes while the job delivers.
+    job.remove_later(container);
     let (outcome, digest) = result?;
     job.progress.agent = Some(outcome.clone());
     Ok((outcome, digest))

@@ -210,7 +210,7 @@ pub async fn run(
                 // Nothing to do (or no room): wait for a slot, a tick, or the end.
                 tokio::select! {
                     _ = &mut shutdown => break,
-                    _ = tokio::time::sleep(idle) => {}
+                    _ = queue.wait_for_work(idle) => {}
                     Some(done) = tasks.join_next(), if full => {
                         if let Err(e) = done {
                             tracing::error!(error = %e, "a job task panicked");
