@@ -29,7 +29,11 @@ fn run_credential(stack: &Stack) -> (Value, String) {
     let text = std::fs::read_to_string(stack.only_job_dir().join("bundle.jsonl")).expect("bundle");
     let statements = drafter::proof::bundle::read_statements(text.as_bytes()).expect("statements");
     let (last, _) = statements.last().expect("a statement");
-    assert!(last.predicate_type.contains("/run/"), "{}", last.predicate_type);
+    assert!(
+        last.predicate_type.contains("/run/"),
+        "{}",
+        last.predicate_type
+    );
     (last.predicate["credential"].clone(), text)
 }
 
@@ -73,7 +77,9 @@ fn clone_with(url: &str, token: &str) -> Result<(), git2::Error> {
 #[tokio::test(flavor = "multi_thread")]
 async fn app_job_delivers_a_draft_pr_with_one_scoped_token_revoked_at_the_end() {
     let stack = Stack::start(app_stack()).await;
-    let (out, log) = stack.output(Path::new(BIN), &["run", "--ticket", "DEMO-1"]).await;
+    let (out, log) = stack
+        .output(Path::new(BIN), &["run", "--ticket", "DEMO-1"])
+        .await;
     assert!(out.status.success(), "drafter run failed:\n{log}");
     let pulls = stack.github.pulls(DEMO_REPO);
     assert_eq!(pulls.len(), 1, "{pulls:?}");
@@ -112,6 +118,32 @@ async fn app_job_delivers_a_draft_pr_with_one_scoped_token_revoked_at_the_end() 
     assert!(!log.contains(&tokens[0]));
 }
 
+/// Tokens that live only four minutes are re-minted before each use (the margin is five): the job still delivers,
+/// each replaced token is revoked at once, and the last one at the end.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_re_mints_a_token_close_to_expiry_and_revokes_every_one() {
+    let stack = Stack::start(app_stack()).await;
+    stack
+        .github
+        .set_app_token_lifetime(chrono::Duration::minutes(4));
+    let (out, log) = stack
+        .output(Path::new(BIN), &["run", "--ticket", "DEMO-1"])
+        .await;
+    assert!(out.status.success(), "drafter run failed:\n{log}");
+    assert_eq!(stack.github.pulls(DEMO_REPO).len(), 1);
+    let tokens = stack.github.app_tokens();
+    assert!(tokens.len() > 1, "{tokens:?}");
+    assert_eq!(stack.github.app_revocations(), tokens.len());
+    for t in &tokens {
+        assert!(
+            stack.github.app_token(t).expect("issued").2,
+            "{t} not revoked"
+        );
+    }
+    let (cred, _) = run_credential(&stack);
+    assert!(cred["expires_at"].is_string(), "{cred}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failed_job_revokes_its_token() {
     let stack = Stack::start(Options {
@@ -119,7 +151,9 @@ async fn a_failed_job_revokes_its_token() {
         ..app_stack()
     })
     .await;
-    let (out, log) = stack.output(Path::new(BIN), &["run", "--ticket", "DEMO-1"]).await;
+    let (out, log) = stack
+        .output(Path::new(BIN), &["run", "--ticket", "DEMO-1"])
+        .await;
     assert!(!out.status.success(), "{log}");
     assert_eq!(stack.github.app_tokens().len(), 1);
     assert_eq!(stack.github.app_revocations(), 1);
@@ -171,7 +205,9 @@ async fn a_cancelled_job_revokes_its_token() {
 async fn an_app_that_may_bypass_the_ruleset_is_refused() {
     let stack = Stack::start(app_stack()).await;
     stack.github.set_app_bypass_actor(true);
-    let (out, log) = stack.output(Path::new(BIN), &["run", "--ticket", "DEMO-1"]).await;
+    let (out, log) = stack
+        .output(Path::new(BIN), &["run", "--ticket", "DEMO-1"])
+        .await;
     assert_eq!(out.status.code(), Some(2), "{log}");
     assert!(log.contains(&format!("GitHub App {APP_ID}")), "{log}");
     assert_eq!(branches(&stack.bare_repo), ["main"]);

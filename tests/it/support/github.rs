@@ -264,6 +264,11 @@ impl GithubStandIn {
         })
     }
 
+    /// How long installation tokens live from now on (GitHub: one hour).
+    pub fn set_app_token_lifetime(&self, lifetime: chrono::Duration) {
+        self.with_app(|a| a.lifetime = lifetime);
+    }
+
     /// Lists (or not) the App as a bypass actor of ruleset 1.
     pub fn set_app_bypass_actor(&self, listed: bool) {
         self.with_app(|a| a.bypass_actor = listed);

@@ -72,7 +72,8 @@ impl AppState {
     }
 
     fn verify_jwt(&self, jwt: &str) -> Result<(), String> {
-        let key = jsonwebtoken::DecodingKey::from_rsa_pem(&self.public_pem).map_err(|e| e.to_string())?;
+        let key =
+            jsonwebtoken::DecodingKey::from_rsa_pem(&self.public_pem).map_err(|e| e.to_string())?;
         let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
         v.leeway = 0;
         v.set_required_spec_claims(&["exp", "iat", "iss"]);
@@ -80,7 +81,9 @@ impl AppState {
         let data = jsonwebtoken::decode::<Value>(jwt, &key, &v).map_err(|e| e.to_string())?;
         let (iat, exp) = (data.claims["iat"].as_i64(), data.claims["exp"].as_i64());
         match (iat, exp) {
-            (Some(iat), Some(exp)) if exp - iat <= 600 && iat <= Utc::now().timestamp() + 60 => Ok(()),
+            (Some(iat), Some(exp)) if exp - iat <= 600 && iat <= Utc::now().timestamp() + 60 => {
+                Ok(())
+            }
             _ => Err("'Expiration time' claim ('exp') is too far in the future".into()),
         }
     }
@@ -115,7 +118,9 @@ pub fn route(
         (Method::GET, ["repos", o, r, "installation"]) => {
             if let Err(e) = app.verify_jwt(presented) {
                 app.refused_jwts += 1;
-                return Some(bad_credentials(&format!("A JSON web token could not be decoded: {e}")));
+                return Some(bad_credentials(&format!(
+                    "A JSON web token could not be decoded: {e}"
+                )));
             }
             let full = format!("{o}/{r}");
             if !st.repos.contains_key(&full) {
@@ -131,24 +136,31 @@ pub fn route(
         (Method::POST, ["app", "installations", id, "access_tokens"]) => {
             if let Err(e) = app.verify_jwt(presented) {
                 app.refused_jwts += 1;
-                return Some(bad_credentials(&format!("A JSON web token could not be decoded: {e}")));
+                return Some(bad_credentials(&format!(
+                    "A JSON web token could not be decoded: {e}"
+                )));
             }
             if *id != app.installation_id.to_string() {
                 return Some(json_response(404, json!({"message": "Not Found"})));
             }
             let req: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
             // Exactly one repository, by name or by id: the stand-in refuses a token for the whole installation.
-            let by_name = req["repositories"].as_array().and_then(|a| match a.as_slice() {
-                [one] => one.as_str().map(str::to_string),
-                _ => None,
-            });
-            let by_id = req["repository_ids"].as_array().and_then(|a| match a.as_slice() {
-                [one] => one.as_u64(),
-                _ => None,
-            });
+            let by_name = req["repositories"]
+                .as_array()
+                .and_then(|a| match a.as_slice() {
+                    [one] => one.as_str().map(str::to_string),
+                    _ => None,
+                });
+            let by_id = req["repository_ids"]
+                .as_array()
+                .and_then(|a| match a.as_slice() {
+                    [one] => one.as_u64(),
+                    _ => None,
+                });
             let full = st.repos.iter().find_map(|(full, r)| {
                 let name = full.split('/').nth(1).unwrap_or("");
-                (by_name.as_deref() == Some(name) || by_id == Some(r.id)).then(|| (full.clone(), r.id))
+                (by_name.as_deref() == Some(name) || by_id == Some(r.id))
+                    .then(|| (full.clone(), r.id))
             });
             let Some((full, repo_id)) = full else {
                 return Some(json_response(
@@ -157,7 +169,11 @@ pub fn route(
                 ));
             };
             let app = st.app.as_mut()?;
-            let token = format!("ghs_stand_in_{}_{}", app.issued.len() + 1, full.replace('/', "_"));
+            let token = format!(
+                "ghs_stand_in_{}_{}",
+                app.issued.len() + 1,
+                full.replace('/', "_")
+            );
             let expires_at = Utc::now() + app.lifetime;
             let permissions = req["permissions"].clone();
             app.tokens.insert(
