@@ -224,7 +224,7 @@ impl GitHub {
 /// How the runner authenticates: one personal token for everything, or a GitHub App minting a token per job.
 pub enum Forge {
     /// The personal token (or any long-lived token).
-    Token(GitHub),
+    Token(Box<GitHub>),
     /// A GitHub App.
     App(Arc<GitHubApp>),
 }
@@ -249,7 +249,7 @@ impl Forge {
                 })?;
                 Ok(Forge::App(Arc::new(GitHubApp::new(cfg, app.app_id, pem)?)))
             }
-            None => Ok(Forge::Token(GitHub::new(cfg)?)),
+            None => Ok(Forge::Token(Box::new(GitHub::new(cfg)?))),
         }
     }
 
@@ -257,7 +257,7 @@ impl Forge {
     pub async fn for_job(&self, repo: &str) -> Result<JobForge, ForgeError> {
         match self {
             Forge::Token(gh) => Ok(JobForge {
-                mode: Mode::Token(gh.clone()),
+                mode: Mode::Token(gh.as_ref().clone()),
             }),
             Forge::App(app) => {
                 let (client, grant) = app.mint(repo).await?;

@@ -550,7 +550,7 @@ fn api(
     }
     if presented != Some(st.token.as_str()) {
         let app_answer = match (&st.app, presented) {
-            (Some(app), Some(p)) => super::github_app::check_rest(app, p, &app_segs).err(),
+            (Some(app), Some(p)) => super::github_app::refusal(app, p, &app_segs),
             _ => Some(json_response(
                 401,
                 json!({"message": "Bad credentials", "documentation_url": "https://docs.github.com/rest", "status": "401"}),

@@ -197,15 +197,15 @@ pub fn route(
     }
 }
 
-/// Whether `presented` may act on the REST path `segs` (`Ok`), or the answer if not.
-pub fn check_rest(app: &AppState, presented: &str, segs: &[&str]) -> Result<(), Response> {
+/// The answer refusing `presented` on the REST path `segs`, or `None` when it may act there.
+pub fn refusal(app: &AppState, presented: &str, segs: &[&str]) -> Option<Response> {
     let Some(t) = app.live(presented) else {
-        return Err(bad_credentials("Bad credentials"));
+        return Some(bad_credentials("Bad credentials"));
     };
     match segs {
-        ["repos", o, r, ..] if t.repo == format!("{o}/{r}") => Ok(()),
-        ["repos", ..] => Err(json_response(404, json!({"message": "Not Found"}))),
-        _ => Err(json_response(
+        ["repos", o, r, ..] if t.repo == format!("{o}/{r}") => None,
+        ["repos", ..] => Some(json_response(404, json!({"message": "Not Found"}))),
+        _ => Some(json_response(
             403,
             json!({"message": "Resource not accessible by integration"}),
         )),
