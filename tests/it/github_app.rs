@@ -4,7 +4,6 @@
 use crate::support;
 
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 use drafter::config::{GithubAppConfig, GithubConfig, Secret};
 use drafter::forge::{Forge, ForgeError};
@@ -173,29 +172,7 @@ async fn a_cancelled_job_revokes_its_token() {
         ..app_stack()
     })
     .await;
-    let child = stack
-        .drafter(Path::new(BIN), &["run", "--ticket", "DEMO-1"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn drafter");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while stack.model.requests().is_empty() {
-        assert!(Instant::now() < deadline, "the job never reached the model");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(stack.github.app_revocations(), 0);
-    let pid = child.id().expect("pid").to_string();
-    let killed = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("kill");
-    assert!(killed.success());
-    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
-        .await
-        .expect("drafter stops promptly")
-        .expect("wait");
+    let out = stack.run_then_stop(Path::new(BIN), "DEMO-1").await;
     assert_eq!(out.status.code(), Some(130));
     assert_eq!(stack.github.app_tokens().len(), 1);
     assert_eq!(stack.github.app_revocations(), 1);

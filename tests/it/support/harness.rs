@@ -513,6 +513,34 @@ email = "drafter-bot@example.com"
             .expect("open the queue the worker uses")
     }
 
+    /// `drafter run --ticket <ticket>`, stopped with SIGTERM once the model has been asked (and its first command
+    /// has had a moment to start); its output, once it exited (within 30 s).
+    pub async fn run_then_stop(&self, bin: &Path, ticket: &str) -> std::process::Output {
+        use std::time::{Duration, Instant};
+        let child = self
+            .drafter(bin, &["run", "--ticket", ticket])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn drafter");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.model.requests().is_empty() {
+            assert!(Instant::now() < deadline, "the job never reached the model");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let pid = child.id().expect("pid").to_string();
+        let killed = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill");
+        assert!(killed.success());
+        tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+            .await
+            .expect("drafter stops promptly")
+            .expect("wait")
+    }
+
     /// The paths of every request the Jira stand-in received.
     pub fn jira_paths(&self) -> Vec<String> {
         self.jira.requests().into_iter().map(|r| r.path).collect()
