@@ -251,6 +251,9 @@ impl Config {
             (load::Parts::JIRA, self.jira.auth.secret()),
             (load::Parts::GITHUB_TOKEN, &self.github.token),
         ];
+        if let Some(app) = &self.github.app {
+            out.push((load::Parts::GITHUB_TOKEN, &app.private_key));
+        }
         if let Some(k) = &self.model.api_key {
             out.push((load::Parts::MODEL_KEY, k));
         }
@@ -265,6 +268,9 @@ impl Config {
             (load::Parts::JIRA, self.jira.auth.secret_mut()),
             (load::Parts::GITHUB_TOKEN, &mut self.github.token),
         ];
+        if let Some(app) = &mut self.github.app {
+            out.push((load::Parts::GITHUB_TOKEN, &mut app.private_key));
+        }
         if let Some(k) = &mut self.model.api_key {
             out.push((load::Parts::MODEL_KEY, k));
         }

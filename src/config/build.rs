@@ -339,13 +339,50 @@ impl Ctx<'_> {
         let auth = self.jira_auth(&rj, jira_given);
         let github_given = raw.github.is_some();
         let rg = raw.github.take().unwrap_or_default();
+        let app_key = self
+            .secret_ref(
+                "github.app_private_key",
+                &rg.app_private_key_env,
+                &rg.app_private_key_file,
+            )
+            .ok()
+            .flatten();
+        let github_app = match (rg.app_id, app_key) {
+            (Some(app_id), Some(r)) => Some(GithubAppConfig {
+                app_id,
+                private_key: Credential::unread(r),
+            }),
+            (Some(_), None) => {
+                self.invalid(
+                    "github.app_id",
+                    "a GitHub App needs its private key: set `app_private_key_env` or `app_private_key_file` in [github]",
+                );
+                None
+            }
+            (None, Some(_)) => {
+                self.invalid(
+                    "github.app_private_key_env",
+                    "an App private key without `app_id`: set `app_id` in [github]",
+                );
+                None
+            }
+            (None, None) => None,
+        };
+        let app_given = rg.app_id.is_some();
         let github_token = match self.secret_ref("github.token", &rg.token_env, &rg.token_file) {
+            Ok(Some(_)) if app_given => {
+                self.invalid(
+                    "github.token_env",
+                    "set either a token (`token_env`/`token_file`) or a GitHub App (`app_id`), not both",
+                );
+                Credential::missing()
+            }
             Ok(Some(r)) => Credential::unread(r),
             Ok(None) => {
-                if github_given {
+                if github_given && !app_given {
                     self.invalid(
                         "github.token_env",
-                        "no GitHub credential: set `token_env` (name of an environment variable) or `token_file` in [github]",
+                        "no GitHub credential: set `token_env` (name of an environment variable) or `token_file` in [github], or a GitHub App (`app_id` and `app_private_key_env`/`_file`)",
                     );
                 }
                 Credential::missing()
@@ -515,6 +552,7 @@ impl Ctx<'_> {
                 api_url: rg.api_url.trim_end_matches('/').to_string(),
                 git_url: rg.git_url.trim_end_matches('/').to_string(),
                 token: github_token,
+                app: github_app,
             },
             model: ModelConfig {
                 provider: rm.provider,

@@ -57,7 +57,10 @@ impl Parts {
         match (top, second) {
             ("data_dir", None) => Parts::DATA_DIR,
             ("jira", _) => Parts::JIRA,
-            ("github", Some("token_env" | "token_file")) => Parts::GITHUB_TOKEN,
+            (
+                "github",
+                Some("token_env" | "token_file" | "app_private_key_env" | "app_private_key_file"),
+            ) => Parts::GITHUB_TOKEN,
             ("github", Some(_)) => Parts::GITHUB,
             ("github", None) => Parts::GITHUB.or(Parts::GITHUB_TOKEN),
             ("model", Some("api_key_env" | "api_key_file")) => Parts::MODEL_KEY,

@@ -165,6 +165,13 @@ pub(super) struct RawGithub {
     pub(super) token_env: Option<Spanned<String>>,
     #[serde(default)]
     pub(super) token_file: Option<Spanned<PathBuf>>,
+    /// A GitHub App instead of the token: its id, and its private key (PEM) by reference.
+    #[serde(default)]
+    pub(super) app_id: Option<u64>,
+    #[serde(default)]
+    pub(super) app_private_key_env: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) app_private_key_file: Option<Spanned<PathBuf>>,
 }
 
 impl Default for RawGithub {
@@ -174,6 +181,9 @@ impl Default for RawGithub {
             git_url: default_github_git(),
             token_env: None,
             token_file: None,
+            app_id: None,
+            app_private_key_env: None,
+            app_private_key_file: None,
         }
     }
 }

@@ -175,8 +175,20 @@ pub struct GithubConfig {
     pub api_url: String,
     /// Git base for clone and push: `https://github.com`, or `https://HOST` for Enterprise Server.
     pub git_url: String,
-    /// The service account's token: needs contents and pull requests write, must not be able to merge.
+    /// The service account's token: needs contents and pull requests write, must not be able to merge. Unset
+    /// (never read) when a GitHub App is configured.
     pub token: Credential,
+    /// A GitHub App instead of the token: each job gets its own installation token.
+    pub app: Option<GithubAppConfig>,
+}
+
+/// A GitHub App drafter authenticates as (`[github] app_id`, `app_private_key_env`/`_file`).
+#[derive(Debug, Clone)]
+pub struct GithubAppConfig {
+    /// The App's id (the JWT's `iss`).
+    pub app_id: u64,
+    /// Its private key, PEM (RSA), to sign the JWTs.
+    pub private_key: Credential,
 }
 
 impl GithubConfig {

@@ -308,3 +308,52 @@ mod example_file {
         assert_eq!(c.model.provider, ProviderKind::Anthropic);
     }
 }
+
+#[test]
+fn a_github_app_replaces_the_token() {
+    let app = GOOD.replace(
+        "token_env = \"GH_TOKEN\"",
+        "app_id = 31337\napp_private_key_env = \"GH_APP_KEY\"",
+    );
+    let key_env = |n: &str| match n {
+        "GH_APP_KEY" => {
+            Some("-----BEGIN PRIVATE KEY-----\nabc\n-----END PRIVATE KEY-----\n".into())
+        }
+        n => env(n),
+    };
+    let c = Config::from_toml(&app, Path::new("d.toml"), &key_env).unwrap();
+    let a = c.github.app.as_ref().expect("app");
+    assert_eq!(a.app_id, 31337);
+    assert!(a
+        .private_key
+        .value()
+        .unwrap()
+        .expose()
+        .starts_with("-----BEGIN"));
+    assert!(c.github.token.value().is_err(), "no token is read");
+    assert!(!format!("{c:?}").contains("abc"));
+
+    // The key is a secret like the others: unset, the error names the key and the variable.
+    let err = Config::from_toml(&app, Path::new("d.toml"), &env)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("github.app_private_key_env") && err.contains("GH_APP_KEY"),
+        "{err}"
+    );
+
+    // Both a token and an App, or an App without its key: refused.
+    let both = GOOD.replace(
+        "token_env = \"GH_TOKEN\"",
+        "token_env = \"GH_TOKEN\"\napp_id = 31337\napp_private_key_env = \"GH_APP_KEY\"",
+    );
+    let err = Config::from_toml(&both, Path::new("d.toml"), &key_env)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("not both"), "{err}");
+    let keyless = GOOD.replace("token_env = \"GH_TOKEN\"", "app_id = 31337");
+    let err = Config::from_toml(&keyless, Path::new("d.toml"), &key_env)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("app_private_key_env"), "{err}");
+}

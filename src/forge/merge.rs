@@ -220,6 +220,22 @@ impl GitHub {
                 });
             }
         };
+        // An App may be a bypass actor of its own (actor_type "Integration", actor_id the App id):
+        // https://docs.github.com/en/rest/repos/rules#get-a-repository-ruleset
+        if let Some(app_id) = self.app_id {
+            let listed = ruleset["bypass_actors"].as_array().is_some_and(|actors| {
+                actors.iter().any(|a| {
+                    a["actor_type"].as_str() == Some("Integration")
+                        && a["actor_id"].as_u64() == Some(app_id)
+                })
+            });
+            if listed {
+                return Ok(Bypass::May {
+                    note: format!("ruleset {id} {rule}, but the GitHub App {app_id} is one of its bypass actors"),
+                    fix: format!("remove the GitHub App {app_id} from the bypass list of ruleset {id}"),
+                });
+            }
+        }
         Ok(match ruleset["current_user_can_bypass"].as_str() {
             Some("never") => Bypass::Never,
             Some(mode) => Bypass::May {
@@ -278,7 +294,8 @@ impl GitHub {
             names("apps", "slug"),
         );
         let mut found = Vec::new();
-        if !users.is_empty() {
+        // An App's installation token is no user (and cannot read `/user`): only its own apps entry could match.
+        if !users.is_empty() && self.app_id.is_none() {
             let login = match self
                 .get_json("/user", "reading the service account's login")
                 .await

@@ -41,10 +41,12 @@ const API_VERSION: &str = "2022-11-28";
 /// How long a GitHub error message may be before it is cut (responses are external input).
 const MAX_MESSAGE: usize = 400;
 
+mod app;
 mod error;
 mod merge;
 mod pr;
 
+pub use app::{Forge, GitHubApp, JobForge, TokenGrant, JOB_PERMISSIONS};
 pub use error::ForgeError;
 
 /// A pull request drafter opened.
@@ -60,12 +62,15 @@ pub struct PullRequest {
     pub body: Option<String>,
 }
 
-/// A GitHub REST client acting as the service account.
+/// A GitHub REST client acting as the service account (a personal token, or one job's App installation token).
+#[derive(Clone)]
 pub struct GitHub {
     /// The octocrab client, with the token as a bearer header and retries off.
     octo: Octocrab,
     /// Kept only to scrub it out of any message that could echo it.
     token: Secret,
+    /// The App whose installation token this is: the merge check refuses rulesets it may bypass.
+    app_id: Option<u64>,
 }
 
 impl std::fmt::Debug for GitHub {
@@ -131,15 +136,19 @@ impl GitHub {
     /// A client for `cfg.api_url` (`https://api.github.com`, or `https://HOST/api/v3`; plain `http://` works too)
     /// authenticating as `cfg.token`.
     pub fn new(cfg: &GithubConfig) -> Result<GitHub, ForgeError> {
+        let token = cfg.token.value().map_err(|e| ForgeError::Client {
+            api_url: crate::config::redact_url(&cfg.api_url),
+            message: e.to_string(),
+        })?;
+        GitHub::with_token(cfg, token.clone())
+    }
+
+    /// A client for `cfg.api_url` authenticating with `token` (a JWT, an installation token).
+    pub(crate) fn with_token(cfg: &GithubConfig, token: Secret) -> Result<GitHub, ForgeError> {
         let client_err = |message: String| ForgeError::Client {
             api_url: crate::config::redact_url(&cfg.api_url),
             message,
         };
-        let token = cfg
-            .token
-            .value()
-            .map_err(|e| client_err(e.to_string()))?
-            .clone();
         let octo = Octocrab::builder()
             .base_uri(cfg.api_url.as_str())
             .map_err(|e| client_err(format!("bad github.api_url: {e}")))?
@@ -154,7 +163,11 @@ impl GitHub {
             .set_write_timeout(Some(Duration::from_secs(60)))
             .build()
             .map_err(|e| client_err(e.to_string()))?;
-        Ok(GitHub { octo, token })
+        Ok(GitHub {
+            octo,
+            token,
+            app_id: None,
+        })
     }
 
     /// The token this client authenticates with, for git over HTTPS to the same forge.

@@ -85,6 +85,7 @@ fn run_input(result: &str, rule: Option<&str>) -> RunInput {
         finished_at: Utc::now(),
         decisions: vec![],
         network: None,
+        credential: None,
         outcome: Outcome {
             result: result.into(),
             rule: rule.map(str::to_string),

@@ -9,7 +9,7 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use crate::agent::{AgentOutcome, ToolCallRecord};
 use crate::policy::{self, write, Decision, Policy, Who};
-use crate::proof::bundle::{Change, NetworkRecord};
+use crate::proof::bundle::{Change, CredentialRecord, NetworkRecord};
 use crate::proof::{BundleWriter, Retention, RunnerKey};
 use crate::queue::ApprovalSubject;
 
@@ -123,6 +123,8 @@ pub(crate) struct Progress {
     pub(crate) bundle: Option<BundleWriter>,
     /// The sandbox's network and what the egress proxy recorded (`allowlist:` jobs).
     pub(crate) network: Option<NetworkRecord>,
+    /// The forge credential, once the job has one (kind, scope, expiry; never the token).
+    pub(crate) credential: Option<CredentialRecord>,
 }
 
 /// One attempt of a job as its phases see it.

@@ -4,6 +4,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use tracing::Instrument;
 
 use crate::config::Config;
+use crate::forge::{ForgeError, JobForge};
 
 use super::error::{self, JobError};
 use super::events::{Event, Listener, Stage};
@@ -50,7 +51,9 @@ pub(crate) async fn run_with<'a>(
         ];
         listeners.extend(more);
         let mut job = Job::new(spec, dir, &s.worker_id, key, listeners, events);
-        let mut outcome = JobOutcome::from(phases::pipeline(s, &mut job).await);
+        // The job's forge credential lives until the PR body has its digest; then an App token is revoked.
+        let mut forge = None;
+        let mut outcome = JobOutcome::from(phases::pipeline(s, &mut job, &mut forge).await);
 
         // The run statement ends the attempt's record; its digest goes to the PR and the ticket.
         let digest = match phases::seal::seal(config, &job.key.clone(), &mut job, &outcome) {
@@ -64,8 +67,14 @@ pub(crate) async fn run_with<'a>(
             }
         };
         if let (JobOutcome::Delivered(delivered), Some(d)) = (&mut outcome, &digest) {
-            if let Err(e) = deliver(s, &job, delivered, d).await {
+            if let Err(e) = deliver(s, forge.as_ref(), &job, delivered, d).await {
                 outcome = e.into();
+            }
+        }
+        if let Some(forge) = &forge {
+            // Whatever the outcome: a revocation that fails only costs the token's remaining hour.
+            if let Err(e) = forge.revoke().await {
+                tracing::warn!(error = %e, "could not revoke the job's GitHub token");
             }
         }
         ended(config, &job, &outcome, digest.as_deref()).await;
@@ -95,6 +104,7 @@ pub(crate) async fn run_with<'a>(
 /// After the run statement: the PR body gets the bundle digest, then the ticket hears the result with it.
 async fn deliver(
     s: &Services,
+    forge: Option<&JobForge>,
     job: &Job<'_>,
     delivered: &mut Delivered,
     digest: &str,
@@ -109,7 +119,15 @@ async fn deliver(
             ..
         } => {
             *bundle_digest = digest.to_string();
-            phases::pull_request::complete(&s.config, &s.forge, job, repo, *number, digest).await?;
+            // A pull request is only opened with the job's credential.
+            let forge = forge.ok_or_else(|| {
+                JobError::Forge(ForgeError::Unexpected {
+                    what: "completing the pull request".into(),
+                    message: "the job has no forge credential".into(),
+                })
+            })?;
+            let github = forge.client().await?;
+            phases::pull_request::complete(&s.config, &github, job, repo, *number, digest).await?;
             job.stage(Stage::Report, job.ticket()).await?;
             job.emit(Event::PrOpened {
                 url: url.clone(),

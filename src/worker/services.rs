@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use crate::config::{Config, ModelConfig};
-use crate::forge::GitHub;
+use crate::forge::Forge;
 use crate::jira::JiraClient;
 use crate::model::{ModelClient, ModelError};
 use crate::policy;
@@ -52,8 +52,8 @@ pub struct Services {
     pub config: Arc<Config>,
     /// Jira, as the bot (its group cache is shared by every job).
     pub jira: JiraClient,
-    /// The forge, as the service account.
-    pub forge: GitHub,
+    /// The forge: the service account's token, or the GitHub App that mints a token per job.
+    pub forge: Forge,
     /// The Docker engine with the runner's sandbox settings; each job narrows them to its policy's limits.
     pub sandbox: Arc<Sandbox>,
     /// Each job's model client.
@@ -95,7 +95,7 @@ impl Services {
         RunnerKey::load_or_create(&config.data_dir)?;
         Ok(Services {
             jira: JiraClient::new(&config.jira)?,
-            forge: GitHub::new(&config.github)?,
+            forge: Forge::new(&config.github)?,
             models: ModelFactory::new(&config.model),
             slots: Arc::new(RepoSlots::default()),
             config,

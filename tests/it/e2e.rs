@@ -519,30 +519,8 @@ async fn stopping_the_runner_mid_job_cleans_up_and_reports() {
         ..Options::default()
     })
     .await;
-    let child = stack
-        .drafter(Path::new(BIN), &["run", "--ticket", "DEMO-1"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn drafter");
-    // Wait until the model asked for the long command, then give the exec a moment to start.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while stack.model.requests().is_empty() {
-        assert!(Instant::now() < deadline, "the job never reached the model");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let out = stack.run_then_stop(Path::new(BIN), "DEMO-1").await;
     let job_id = job_id_of(&stack.only_job_dir());
-    let pid = child.id().expect("pid").to_string();
-    let killed = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("kill");
-    assert!(killed.success());
-    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
-        .await
-        .expect("drafter stops promptly")
-        .expect("wait");
     assert_eq!(
         out.status.code(),
         Some(130),

@@ -161,6 +161,7 @@ async fn provable_protection_still_passes() {
         api_url: gh.api_url(),
         git_url: gh.git_url(),
         token: Secret::new(GITHUB_TOKEN).into(),
+        app: None,
     })
     .expect("client");
     forge

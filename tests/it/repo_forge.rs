@@ -24,6 +24,7 @@ fn github(gh: &GithubStandIn, token: &str) -> GitHub {
         api_url: gh.api_url(),
         git_url: gh.git_url(),
         token: Secret::new(token).into(),
+        app: None,
     })
     .unwrap()
 }

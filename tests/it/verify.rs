@@ -67,6 +67,7 @@ fn run_input(attempt: u32, result: &str) -> RunInput {
         finished_at: Utc::now(),
         decisions: vec![],
         network: None,
+        credential: None,
         outcome: Outcome {
             result: result.into(),
             rule: None,

@@ -258,8 +258,34 @@ pub struct Run {
     /// The sandbox's network, when it had one (`allowlist:` jobs): every request through the egress proxy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<NetworkRecord>,
+    /// The forge credential the attempt used, when it got that far (never the token itself).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<CredentialRecord>,
     /// How it ended.
     pub outcome: Outcome,
+}
+
+/// What kind of forge credential an attempt used, and for a GitHub App token its scope and expiry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialRecord {
+    /// `github-app` (a per-job installation token) or `personal-token`.
+    pub kind: String,
+    /// The App's installation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub installation_id: Option<u64>,
+    /// The one repository the token was for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository: Option<String>,
+    /// Its numeric id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository_id: Option<u64>,
+    /// The permissions GitHub granted the token.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub permissions: std::collections::BTreeMap<String, String>,
+    /// When the token expires (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
 }
 
 /// The sandbox's network in one attempt and what went through it.

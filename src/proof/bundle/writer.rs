@@ -96,6 +96,8 @@ pub struct RunInput {
     pub decisions: Vec<Decision>,
     /// The sandbox's network and its connections, for `allowlist:` jobs.
     pub network: Option<NetworkRecord>,
+    /// The forge credential used (kind, scope, expiry; never the token).
+    pub credential: Option<CredentialRecord>,
     /// The outcome.
     pub outcome: Outcome,
 }
@@ -332,6 +334,7 @@ impl BundleWriter {
             decisions: run.decisions,
             retention: self.retention,
             network: run.network,
+            credential: run.credential,
             outcome: run.outcome,
         };
         self.append(subject, RUN, &predicate)?;

@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use crate::forge::{JobForge, TokenGrant};
+use crate::proof::bundle::CredentialRecord;
 use crate::repo::{self, RepoError};
 use crate::sandbox::SandboxError;
 
@@ -26,7 +28,13 @@ pub(crate) mod sandbox;
 pub(crate) mod seal;
 
 /// Fetch to pull request. Whatever it learns stays in `job.progress` for the run statement, also when it fails.
-pub(crate) async fn pipeline(s: &Services, job: &mut Job<'_>) -> Result<Delivered, JobError> {
+/// The job's forge credential goes into `forge` as soon as it exists, so that the caller revokes it at the end
+/// whatever happened.
+pub(crate) async fn pipeline(
+    s: &Services,
+    job: &mut Job<'_>,
+    forge_slot: &mut Option<JobForge>,
+) -> Result<Delivered, JobError> {
     let (config, spec) = (&s.config, job.spec);
     let ticket = fetch::fetch(job, &s.jira).await?;
 
@@ -41,7 +49,11 @@ pub(crate) async fn pipeline(s: &Services, job: &mut Job<'_>) -> Result<Delivere
     let (limits, sandbox_cfg) = decide::effective_limits(config, &grant);
     // The repository cap: wait for a slot before cloning (the slot is held until the job ends).
     let _slot = check::repo_slot(&s.slots, &grant).await;
-    check::merge_rights(job, &s.forge, &repo_cfg).await?;
+    // The job's own credential (a GitHub App mints a token for this repository alone).
+    let forge = forge_slot.insert(s.forge.for_job(&repo_cfg.name).await?);
+    job.progress.credential = Some(credential_record(forge.grant().await));
+    let github = forge.client().await?;
+    check::merge_rights(job, &github, &repo_cfg).await?;
 
     let sandbox = sandbox::prepare(job, &s.sandbox, &sandbox_cfg).await?;
     job.emit(Event::Started {
@@ -64,7 +76,7 @@ pub(crate) async fn pipeline(s: &Services, job: &mut Job<'_>) -> Result<Delivere
         url.clone(),
         ws.clone(),
         repo_cfg.base.clone(),
-        s.forge.token().clone(),
+        github.token().clone(),
         repo::branch_name(&ticket.key, &ticket.summary),
         job.id().to_string(),
     );
@@ -108,8 +120,11 @@ pub(crate) async fn pipeline(s: &Services, job: &mut Job<'_>) -> Result<Delivere
         })?;
         let (outcome, digest) =
             agent::run(s, job, &ticket, &repo_cfg, container, &ws, &run).await?;
+        // A long agent run may have outlived the token: a fresh one (re-minted if close to expiry) for the push.
+        let github = forge.client().await?;
+        job.progress.credential = Some(credential_record(forge.grant().await));
         let pushed = deliver::commit_and_push(
-            config, &s.forge, job, &ticket, &grant, git_repo, &branch, &url, &outcome, &digest,
+            config, &github, job, &ticket, &grant, git_repo, &branch, &url, &outcome, &digest,
         )
         .await?;
         let Some((changed, left_out)) = pushed else {
@@ -123,9 +138,11 @@ pub(crate) async fn pipeline(s: &Services, job: &mut Job<'_>) -> Result<Delivere
         (outcome, digest, changed, left_out)
     };
 
+    let github = forge.client().await?;
+    job.progress.credential = Some(credential_record(forge.grant().await));
     pull_request::open(
         config,
-        &s.forge,
+        &github,
         job,
         &ticket,
         &repo_cfg,
@@ -134,6 +151,18 @@ pub(crate) async fn pipeline(s: &Services, job: &mut Job<'_>) -> Result<Delivere
         (&outcome, &digest, &changed, &left_out),
     )
     .await
+}
+
+/// The run statement's view of a credential: kind, scope and expiry, never the token.
+pub(crate) fn credential_record(g: TokenGrant) -> CredentialRecord {
+    CredentialRecord {
+        kind: g.kind.to_string(),
+        installation_id: g.installation_id,
+        repository: g.repository,
+        repository_id: g.repository_id,
+        permissions: g.permissions,
+        expires_at: g.expires_at.map(crate::proof::bundle::time),
+    }
 }
 
 /// Runs git work (libgit2 blocks) off the async threads.

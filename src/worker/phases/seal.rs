@@ -88,6 +88,7 @@ pub(crate) fn seal(
         finished_at: chrono::Utc::now(),
         decisions: progress.decisions.clone(),
         network: progress.network.clone(),
+        credential: progress.credential.clone(),
         outcome,
     })
 }
@@ -126,6 +127,7 @@ pub(crate) fn seal_expired(
         finished_at: now,
         decisions: last.decisions,
         network: None,
+        credential: None,
         outcome: Outcome {
             result: "failed".into(),
             rule: Some("approval".into()),

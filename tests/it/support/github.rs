@@ -50,9 +50,9 @@ enum Review {
     Classic(u32),
 }
 
-struct RepoState {
+pub(super) struct RepoState {
     bare: PathBuf,
-    id: u64,
+    pub(super) id: u64,
     admin: bool,
     maintain: bool,
     push: bool,
@@ -73,14 +73,16 @@ struct RepoState {
     drafts_supported: bool,
 }
 
-struct Inner {
+pub struct Inner {
     token: String,
+    /// The GitHub App, when enabled (`enable_app`): its tokens work next to the personal token.
+    pub(super) app: Option<super::github_app::AppState>,
     root: PathBuf,
     base_url: String,
     bot_login: String,
     /// The service account's teams as `GET /user/teams` lists them, (id, slug, parent id); `None` answers 403.
     bot_teams: Option<Vec<(u64, String, Option<u64>)>>,
-    repos: HashMap<String, RepoState>,
+    pub(super) repos: HashMap<String, RepoState>,
     pulls: HashMap<String, Vec<Value>>,
     next_pr: u64,
     merge_attempts: usize,
@@ -124,6 +126,7 @@ impl GithubStandIn {
         let addr = listener.local_addr().expect("addr");
         let state = Arc::new(Mutex::new(Inner {
             token: token.to_string(),
+            app: None,
             root,
             base_url: format!("http://{addr}"),
             bot_login: "drafter-bot".into(),
@@ -226,6 +229,49 @@ impl GithubStandIn {
             },
         );
         bare
+    }
+
+    /// Turns the GitHub App on: JWTs must verify with `public_pem` (SPKI PEM) and name `app_id`.
+    pub fn enable_app(&self, app_id: u64, public_pem: &[u8]) {
+        lock(&self.state).app = Some(super::github_app::AppState::new(app_id, public_pem));
+    }
+
+    fn with_app<T>(&self, f: impl FnOnce(&mut super::github_app::AppState) -> T) -> T {
+        f(lock(&self.state).app.as_mut().expect("enable_app first"))
+    }
+
+    /// Installation tokens issued so far, in order.
+    pub fn app_tokens(&self) -> Vec<String> {
+        self.with_app(|a| a.issued.clone())
+    }
+
+    /// Installation tokens revoked so far.
+    pub fn app_revocations(&self) -> usize {
+        self.with_app(|a| a.revocations)
+    }
+
+    /// JWTs refused so far.
+    pub fn app_refused_jwts(&self) -> usize {
+        self.with_app(|a| a.refused_jwts)
+    }
+
+    /// The repository and permissions an issued token is for, and whether it was revoked.
+    pub fn app_token(&self, token: &str) -> Option<(String, Value, bool)> {
+        self.with_app(|a| {
+            a.tokens
+                .get(token)
+                .map(|t| (t.repo.clone(), t.permissions.clone(), t.revoked))
+        })
+    }
+
+    /// How long installation tokens live from now on (GitHub: one hour).
+    pub fn set_app_token_lifetime(&self, lifetime: chrono::Duration) {
+        self.with_app(|a| a.lifetime = lifetime);
+    }
+
+    /// Lists (or not) the App as a bypass actor of ruleset 1.
+    pub fn set_app_bypass_actor(&self, listed: bool) {
+        self.with_app(|a| a.bypass_actor = listed);
     }
 
     /// What `permissions` says for the token (`triage` and `pull` are always true).
@@ -356,7 +402,7 @@ impl GithubStandIn {
 
 // ---- HTTP -----------------------------------------------------------------------------------------------------------
 
-fn json_response(status: u16, body: Value) -> Response {
+pub(super) fn json_response(status: u16, body: Value) -> Response {
     Response::builder()
         .status(status)
         .header("content-type", "application/json; charset=utf-8")
@@ -497,11 +543,22 @@ fn api(
                 .or_else(|| v.strip_prefix("token "))
         })
         .map(str::trim);
+    let app_segs: Vec<String> = path.split('/').map(percent_decode).collect();
+    let app_segs: Vec<&str> = app_segs.iter().map(String::as_str).collect();
+    if let Some(answer) = super::github_app::route(&mut st, method, &app_segs, presented, body) {
+        return answer;
+    }
     if presented != Some(st.token.as_str()) {
-        return json_response(
-            401,
-            json!({"message": "Bad credentials", "documentation_url": "https://docs.github.com/rest", "status": "401"}),
-        );
+        let app_answer = match (&st.app, presented) {
+            (Some(app), Some(p)) => super::github_app::refusal(app, p, &app_segs),
+            _ => Some(json_response(
+                401,
+                json!({"message": "Bad credentials", "documentation_url": "https://docs.github.com/rest", "status": "401"}),
+            )),
+        };
+        if let Some(answer) = app_answer {
+            return answer;
+        }
     }
     if let Some(status) = st.api_failure {
         return json_response(status, json!({"message": "Server Error"}));
@@ -615,6 +672,10 @@ fn api(
                     "conditions": {"ref_name": {"include": [format!("refs/heads/{protected}")], "exclude": []}},
                     "rules": [{"type": "pull_request", "parameters": {"required_approving_review_count": n}}]
                 });
+                if let Some(app) = st.app.as_ref().filter(|a| a.bypass_actor) {
+                    // https://docs.github.com/en/rest/repos/rules#get-a-repository-ruleset: `bypass_actors`.
+                    ruleset["bypass_actors"] = json!([{"actor_id": app.app_id, "actor_type": "Integration", "bypass_mode": "always"}]);
+                }
                 if let Some(mode) = &bypass_field {
                     ruleset["current_user_can_bypass"] = json!(mode);
                 }
@@ -814,6 +875,12 @@ async fn git(
         let st = lock(state);
         (st.token.clone(), st.root.clone())
     };
+    let app_ok = |p: &str| {
+        lock(state)
+            .app
+            .as_ref()
+            .is_some_and(|a| super::github_app::allows_git(a, p, path))
+    };
     // HTTP Basic, any username, the token as password (what GitHub accepts for HTTPS git with a token).
     let user = headers
         .get("authorization")
@@ -827,7 +894,7 @@ async fn git(
         .and_then(|b| String::from_utf8(b).ok())
         .and_then(|up| {
             let (u, p) = up.split_once(':')?;
-            (p == token).then(|| u.to_string())
+            (p == token || app_ok(p)).then(|| u.to_string())
         });
     let Some(user) = user else {
         return unauthorized_git();

@@ -123,6 +123,8 @@ pub struct Options {
     pub jira_toml: String,
     /// Which Jira to stand in for.
     pub flavor: Flavor,
+    /// Authenticate to GitHub as a GitHub App (a key pair made for the test) instead of the personal token.
+    pub github_app: bool,
 }
 
 impl Default for Options {
@@ -142,6 +144,7 @@ impl Default for Options {
             agent_toml: String::new(),
             jira_toml: String::new(),
             flavor: Flavor::Cloud,
+            github_app: false,
         }
     }
 }
@@ -284,7 +287,7 @@ token_env = "DRAFTER_TEST_JIRA_TOKEN"
 [github]
 api_url = "{api}"
 git_url = "{git}"
-token_env = "DRAFTER_TEST_GITHUB_TOKEN"
+{github_auth}
 
 [model]
 provider = "{provider}"
@@ -322,6 +325,17 @@ email = "drafter-bot@example.com"
                 Flavor::Cloud => format!("bot_account_id = \"{BOT_ACCOUNT}\"\nemail = \"{JIRA_EMAIL}\""),
                 // A personal access token (Bearer) and the bot's user name: nothing else is needed.
                 Flavor::DataCenter => format!("flavor = \"datacenter\"\nbot_username = \"{DC_BOT_NAME}\""),
+            },
+            github_auth = if opts.github_app {
+                let (private, public) = super::github_app::key_pair(dir.path(), "app-key");
+                github.enable_app(super::github_app::APP_ID, &public);
+                format!(
+                    "app_id = {}\napp_private_key_file = \"{}\"",
+                    super::github_app::APP_ID,
+                    private.display()
+                )
+            } else {
+                "token_env = \"DRAFTER_TEST_GITHUB_TOKEN\"".to_string()
             },
             api = github.api_url(),
             git = github.git_url(),
@@ -534,6 +548,34 @@ email = "drafter-bot@example.com"
         drafter::queue::open(path.to_str().expect("utf8"))
             .await
             .expect("open the queue the worker uses")
+    }
+
+    /// `drafter run --ticket <ticket>`, stopped with SIGTERM once the model has been asked (and its first command
+    /// has had a moment to start); its output, once it exited (within 30 s).
+    pub async fn run_then_stop(&self, bin: &Path, ticket: &str) -> std::process::Output {
+        use std::time::{Duration, Instant};
+        let child = self
+            .drafter(bin, &["run", "--ticket", ticket])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn drafter");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.model.requests().is_empty() {
+            assert!(Instant::now() < deadline, "the job never reached the model");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let pid = child.id().expect("pid").to_string();
+        let killed = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill");
+        assert!(killed.success());
+        tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+            .await
+            .expect("drafter stops promptly")
+            .expect("wait")
     }
 
     /// The paths of every request the Jira stand-in received.

@@ -6,6 +6,7 @@
 pub mod executor;
 pub mod git;
 pub mod github;
+pub mod github_app;
 pub mod harness;
 pub mod jira;
 pub mod model;
