@@ -43,6 +43,7 @@ mod groups;
 pub mod mentions;
 mod notice;
 mod paging;
+mod panel;
 mod ticket;
 pub mod wiki;
 
@@ -51,6 +52,7 @@ pub use client::{JiraClient, SearchPage};
 pub use dialect::{Dialect, TextFormat};
 pub use groups::{adopt_bot_identity, GroupCache, JiraUser, DEFAULT_GROUP_CACHE_TTL};
 pub use notice::{DedupKey, Notice, ProofRef};
+pub use panel::{pick_transition, Moved, PrLink, PrState, Transition};
 pub use ticket::{
     Attachment, FieldText, IssueLink, Ticket, TicketComment, MAX_COMMENTS_TOTAL_BYTES,
     MAX_COMMENT_BYTES, MAX_CRITERIA_BYTES, MAX_TICKET_COMMENTS, MAX_TICKET_LIST,
