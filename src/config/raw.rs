@@ -142,7 +142,9 @@ pub(super) fn check_transitions(project: &str, t: &Transitions) -> Result<(), St
     }
     for target in [&t.on_start, &t.on_pr].into_iter().flatten() {
         if target.trim().is_empty() || target.len() > 255 {
-            return Err("a transition target is a status name or category, 1 to 255 characters".into());
+            return Err(
+                "a transition target is a status name or category, 1 to 255 characters".into(),
+            );
         }
     }
     Ok(())

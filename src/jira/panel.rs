@@ -220,14 +220,26 @@ mod tests {
             t("21", "Doing", "indeterminate", "In Progress"),
             t("31", "In Review", "indeterminate", "In Progress"),
         ];
-        assert_eq!(pick_transition(&offered, "in review").map(|t| &*t.id), Some("31"));
-        assert_eq!(pick_transition(&offered, "indeterminate").map(|t| &*t.id), Some("21"));
-        assert_eq!(pick_transition(&offered, " In Progress ").map(|t| &*t.id), Some("21"));
+        assert_eq!(
+            pick_transition(&offered, "in review").map(|t| &*t.id),
+            Some("31")
+        );
+        assert_eq!(
+            pick_transition(&offered, "indeterminate").map(|t| &*t.id),
+            Some("21")
+        );
+        assert_eq!(
+            pick_transition(&offered, " In Progress ").map(|t| &*t.id),
+            Some("21")
+        );
         assert_eq!(pick_transition(&offered, "Done"), None);
         assert_eq!(pick_transition(&[], "Done"), None);
         let v = json!({"id": "5", "name": "Start", "to": {"name": "Doing",
             "statusCategory": {"key": "indeterminate", "name": "In Progress"}}});
-        assert_eq!(Transition::from_json(&v).map(|t| t.to_name), Some("Doing".into()));
+        assert_eq!(
+            Transition::from_json(&v).map(|t| t.to_name),
+            Some("Doing".into())
+        );
         assert_eq!(Transition::from_json(&json!({"id": 5})), None);
     }
 

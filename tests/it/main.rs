@@ -13,6 +13,7 @@ mod finish;
 mod jira;
 mod merge_preflight;
 mod model;
+mod panel;
 mod policy;
 mod policy_serve;
 mod provider_shapes;

@@ -23,8 +23,8 @@ pub(crate) struct TicketPanel<'a> {
 #[async_trait::async_trait]
 impl Listener for TicketPanel<'_> {
     async fn on(&self, job: &Job<'_>, event: &Event) -> Result<(), JobError> {
-        let targets = jira::project_of(job.ticket())
-            .and_then(|p| self.config.panel.transitions_for(p));
+        let targets =
+            jira::project_of(job.ticket()).and_then(|p| self.config.panel.transitions_for(p));
         match event {
             Event::Started { .. } => {
                 if let Some(target) = targets.and_then(|t| t.on_start.as_deref()) {
@@ -87,13 +87,15 @@ impl TicketPanel<'_> {
                 tracing::info!(transition = which, %status, "ticket moved");
             }
             Ok(Moved::NoSuchTransition { offered }) => {
-                tracing::info!(transition = which, target, offered = %offered.join(", "),
+                tracing::warn!(transition = which, target, offered = %offered.join(", "),
                     "no transition to that status from the ticket's current one: skipped");
             }
             Err(e) => {
                 let error = scrub(self.config, &e.to_string());
                 tracing::warn!(transition = which, target, %error, "could not move the ticket");
-                job.note(format!("{which} transition to {target:?} not applied: {error}"));
+                job.note(format!(
+                    "{which} transition to {target:?} not applied: {error}"
+                ));
             }
         }
     }

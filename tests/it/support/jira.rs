@@ -60,6 +60,9 @@ use serde_json::{json, Value};
 
 pub use super::RecordedRequest;
 
+#[path = "jira_panel.rs"]
+mod panel;
+
 /// The stand-in bot's `accountId` (what `GET /rest/api/3/myself` answers).
 pub const BOT_ACCOUNT_ID: &str = "557058:0f3c-drafter-bot";
 /// The Data Center stand-in bot's user name (what `[~drafter-bot]` mentions and `GET /rest/api/2/myself` carry).
@@ -146,6 +149,10 @@ struct Inner {
     keys: BTreeMap<String, String>,
     /// At most this many (newest) histories per issue in a search's `expand=changelog`, like Jira's cap.
     search_changelog_cap: Option<usize>,
+    /// Remote links per issue key, oldest first.
+    remote_links: BTreeMap<String, Vec<Value>>,
+    /// The workflow every issue follows (see `jira_panel.rs`).
+    workflow: Vec<(String, String, String, String, String)>,
 }
 
 /// A running stand-in. The server stops when this is dropped.
@@ -241,6 +248,8 @@ impl JiraStandIn {
             groups: BTreeMap::new(),
             keys: BTreeMap::new(),
             search_changelog_cap: None,
+            remote_links: BTreeMap::new(),
+            workflow: panel::default_workflow(),
         }));
         let app = Router::new().fallback(handle).with_state(state.clone());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -964,6 +973,18 @@ fn handle_now(
                 "expand": "groups,applicationRoles",
             }))
             .into_response()
+        }
+        (m @ ("GET" | "POST"), ["rest", "api", version, "issue", key, "remotelink"])
+            if *version == cur =>
+        {
+            let key = key.to_string();
+            panel::remote_link(&mut st, m, &key, &body)
+        }
+        (m @ ("GET" | "POST"), ["rest", "api", version, "issue", key, "transitions"])
+            if *version == cur =>
+        {
+            let key = key.to_string();
+            panel::transitions(&mut st, m, &key, &body)
         }
         ("POST", ["rest", "api", version, "issue", key, "comment"]) if *version == cur => {
             let json_ct = headers
