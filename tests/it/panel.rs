@@ -78,19 +78,37 @@ async fn linked_and_moved(flavor: Flavor) {
         );
     }
 
-    // Delivered again (a second run finds the pushed branch and the open PR): the one link is updated, not doubled.
-    run(&stack).await;
-    assert_eq!(stack.github.pulls(DEMO_REPO).len(), 1);
+    // The same link posted again (what a retried attempt of the job does: same PR, same `globalId`) updates it.
+    let jira = drafter::jira::JiraClient::new(&stack_client_config(&stack)).expect("client");
+    let again = drafter::jira::PrLink {
+        repo: DEMO_REPO.into(),
+        number: 1,
+        url: url.into(),
+        title: "[DEMO-1] retitled".into(),
+        state: drafter::jira::PrState::Open,
+    };
+    jira.upsert_remote_link("DEMO-1", &again)
+        .await
+        .expect("upsert");
     let links = stack.jira.remote_links("DEMO-1");
     assert_eq!(links.len(), 1, "{links:?}");
-    let link_posts = stack
-        .jira
-        .requests()
-        .into_iter()
-        .filter(|r| r.method == "POST" && r.path.ends_with("/remotelink"))
-        .count();
-    assert_eq!(link_posts, 2);
-    assert_eq!(stack.jira.status("DEMO-1"), "In Review");
+    assert_eq!(links[0]["object"]["summary"], "[DEMO-1] retitled");
+
+    // A second job for the ticket opens its own PR (a new branch): a second link beside the first, not over it.
+    run(&stack).await;
+    assert_eq!(stack.github.pulls(DEMO_REPO).len(), 2);
+    let links = stack.jira.remote_links("DEMO-1");
+    let ids: Vec<&str> = links
+        .iter()
+        .filter_map(|l| l["globalId"].as_str())
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            format!("drafter:{DEMO_REPO}#1"),
+            format!("drafter:{DEMO_REPO}#2")
+        ]
+    );
     assert!(job_records(&stack).iter().all(|r| r.get("notes").is_none()));
 }
 
