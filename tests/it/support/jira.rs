@@ -142,6 +142,8 @@ struct Inner {
     page_size: usize,
     /// Delay before a comment is stored and answered (to hold a job just before it reports).
     comment_delay: std::time::Duration,
+    /// The same for a remote link (to hold a job just before it links its PR).
+    link_delay: std::time::Duration,
     /// Group names per account id (Cloud) or user name (Data Center); others are unknown users.
     groups: BTreeMap<String, Vec<String>>,
     /// Data Center user keys by user name (users added with [`JiraStandIn::add_user`]); a user without one has
@@ -245,6 +247,7 @@ impl JiraStandIn {
             datacenter,
             page_size: 50,
             comment_delay: std::time::Duration::ZERO,
+            link_delay: std::time::Duration::ZERO,
             groups: BTreeMap::new(),
             keys: BTreeMap::new(),
             search_changelog_cap: None,
@@ -604,6 +607,11 @@ impl JiraStandIn {
     pub fn set_comment_delay(&self, delay: std::time::Duration) {
         lock(&self.state).comment_delay = delay;
     }
+
+    /// Delays every remote link post by this long, stored after the delay like a comment (see above).
+    pub fn set_link_delay(&self, delay: std::time::Duration) {
+        lock(&self.state).link_delay = delay;
+    }
 }
 
 impl Drop for JiraStandIn {
@@ -700,8 +708,15 @@ async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let delay = lock(&state).comment_delay;
-    if method == Method::POST && uri.path().ends_with("/comment") && !delay.is_zero() {
+    let delay = {
+        let st = lock(&state);
+        match uri.path() {
+            p if p.ends_with("/comment") => st.comment_delay,
+            p if p.ends_with("/remotelink") => st.link_delay,
+            _ => std::time::Duration::ZERO,
+        }
+    };
+    if method == Method::POST && !delay.is_zero() {
         // A task, not the handler: hyper drops the handler when the client disconnects.
         return tokio::spawn(async move {
             tokio::time::sleep(delay).await;
