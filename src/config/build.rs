@@ -454,6 +454,11 @@ impl Ctx<'_> {
             if let Err(message) = check_field_ids(&rj.acceptance_criteria_fields) {
                 self.invalid("jira.acceptance_criteria_fields", &message);
             }
+            for (project, t) in &rj.transitions {
+                if let Err(message) = check_transitions(project, t) {
+                    self.invalid(&format!("jira.transitions.{project}"), &message);
+                }
+            }
         }
         if github_given {
             self.check_url("github.api_url", &rg.api_url);
@@ -540,6 +545,10 @@ impl Ctx<'_> {
         }
 
         Config {
+            panel: PanelConfig {
+                remote_links: rj.remote_links,
+                transitions: rj.transitions.clone(),
+            },
             jira: JiraConfig {
                 base_url: rj.base_url.trim_end_matches('/').to_string(),
                 bot_account_id,

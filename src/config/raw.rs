@@ -127,6 +127,29 @@ pub(super) fn check_field_ids(ids: &[String]) -> Result<(), String> {
     Ok(())
 }
 
+/// A `[jira.transitions.KEY]` table: `KEY` is a project key or `*`, each target a non-empty status or category.
+pub(super) fn check_transitions(project: &str, t: &Transitions) -> Result<(), String> {
+    let key_ok = project == "*"
+        || (project.len() >= 2
+            && project.starts_with(|c: char| c.is_ascii_uppercase())
+            && project
+                .chars()
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_'));
+    if !key_ok {
+        return Err(format!(
+            "{project:?} is not a Jira project key (expected e.g. DEMO, or \"*\" for every project)"
+        ));
+    }
+    for target in [&t.on_start, &t.on_pr].into_iter().flatten() {
+        if target.trim().is_empty() || target.len() > 255 {
+            return Err(
+                "a transition target is a status name or category, 1 to 255 characters".into(),
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Where a secret lives: exactly one of `*_env` or `*_file`.
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -152,6 +175,10 @@ pub(super) struct RawJira {
     pub(super) password_file: Option<Spanned<PathBuf>>,
     #[serde(default)]
     pub(super) acceptance_criteria_fields: Vec<String>,
+    #[serde(default = "default_true")]
+    pub(super) remote_links: bool,
+    #[serde(default)]
+    pub(super) transitions: BTreeMap<String, Transitions>,
 }
 
 #[derive(Deserialize)]

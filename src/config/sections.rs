@@ -17,6 +17,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// The Jira site the tickets come from.
     pub jira: JiraConfig,
+    /// What drafter shows on the ticket besides comments: the PR as a remote link, and status transitions.
+    pub panel: PanelConfig,
     /// The forge that receives branches and draft pull requests.
     pub github: GithubConfig,
     /// The model endpoint.
@@ -111,6 +113,38 @@ pub struct JiraConfig {
     pub auth: JiraAuth,
     /// Issue fields holding acceptance criteria (`customfield_10042`), given to the model with the ticket when set.
     pub acceptance_criteria_fields: Vec<String>,
+}
+
+/// The ticket's development panel (`[jira] remote_links`, `[jira.transitions.PROJ]`).
+#[derive(Debug, Clone, Default)]
+pub struct PanelConfig {
+    /// Whether the draft PR is linked to the ticket as a remote link (on by default).
+    pub remote_links: bool,
+    /// Status transitions per Jira project key; `"*"` applies to projects without their own table.
+    pub transitions: BTreeMap<String, Transitions>,
+}
+
+impl PanelConfig {
+    /// The transitions for tickets of `project`: its own table, else `"*"`'s.
+    pub fn transitions_for(&self, project: &str) -> Option<&Transitions> {
+        self.transitions
+            .get(project)
+            .or_else(|| self.transitions.get("*"))
+    }
+}
+
+/// Where a ticket moves when drafter starts and when its PR opens. Each target is matched against the statuses the
+/// workflow offers from where the ticket is: by status name (case-insensitive), else by status category key or name
+/// (`indeterminate`, `In Progress`). Left out: no transition.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Transitions {
+    /// When a job starts work (after the policy and the merge check), e.g. `"In Progress"`.
+    #[serde(default)]
+    pub on_start: Option<String>,
+    /// When its draft PR is open, e.g. `"In Review"`.
+    #[serde(default)]
+    pub on_pr: Option<String>,
 }
 
 /// Which Jira.

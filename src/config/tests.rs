@@ -96,6 +96,41 @@ fn acceptance_criteria_fields_are_plain_field_ids() {
 }
 
 #[test]
+fn ticket_panel_transitions_per_project() {
+    let with = |tables: &str| {
+        Config::from_toml(
+            &GOOD.replace("\n[github]", &format!("{tables}\n[github]")),
+            Path::new("d.toml"),
+            &env,
+        )
+    };
+    let plain = Config::from_toml(GOOD, Path::new("d.toml"), &env).unwrap();
+    assert!(plain.panel.remote_links);
+    assert!(plain.panel.transitions_for("DEMO").is_none());
+    let c = with(
+        "remote_links = false\n[jira.transitions.DEMO]\non_start = \"In Progress\"\n\
+         [jira.transitions.\"*\"]\non_pr = \"done\"\n",
+    )
+    .unwrap();
+    assert!(!c.panel.remote_links);
+    let demo = c.panel.transitions_for("DEMO").unwrap();
+    assert_eq!(demo.on_start.as_deref(), Some("In Progress"));
+    assert_eq!(demo.on_pr, None);
+    assert_eq!(
+        c.panel.transitions_for("OPS").unwrap().on_pr.as_deref(),
+        Some("done")
+    );
+    for bad in [
+        "[jira.transitions.demo]\non_pr = \"x\"\n",
+        "[jira.transitions.DEMO]\non_pr = \" \"\n",
+    ] {
+        let e = with(bad).unwrap_err().to_string();
+        assert!(e.contains("jira.transitions"), "{bad}: {e}");
+    }
+    assert!(with("[jira.transitions.DEMO]\non_merge = \"x\"\n").is_err());
+}
+
+#[test]
 fn data_center_credentials_and_bot_identity() {
     let jira = |table: &str| {
         let text = GOOD.replace(

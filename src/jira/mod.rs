@@ -5,8 +5,9 @@
 //! acceptance-criteria fields, links and attachment list ([`JiraClient::issue`]), turns its ADF (Cloud) or wiki
 //! markup (Data Center, [`wiki`]) into Markdown for the agent's prompt, and tells the ticket what happened with
 //! short comments built from a [`Notice`] (`POST <api>/issue/{key}/comment`, [`JiraClient::notify`]): ADF on Cloud,
-//! wiki markup on Data Center. Nothing else is done on the ticket. `<api>` is `/rest/api/3` on Cloud and
-//! `/rest/api/2` on Data Center: the [`Dialect`] of `jira.flavor` decides it, and the text format, for every call.
+//! wiki markup on Data Center. Besides, the PR is linked on the ticket and the ticket moved along its workflow
+//! (`panel.rs`: remote links, transitions); nothing else is done on the ticket. `<api>` is `/rest/api/3` on Cloud
+//! and `/rest/api/2` on Data Center: the [`Dialect`] of `jira.flavor` decides it, and the text format, for every call.
 //! For `drafter serve` it also reads: JQL search ([`JiraClient::search`]: Cloud's `search/jql` with page tokens, or
 //! Data Center's `search` with `startAt`), and a ticket's comments ([`JiraClient::comments`]), so a retried job can
 //! see what it already said ([`JiraClient::has_notice`]: the bot's comment carrying a notice's [`DedupKey`]). For the policy: the groups of a user ([`JiraClient::user_groups`],
@@ -29,8 +30,8 @@
 //! Where things are: this file is the public surface (re-exports, [`JiraError`], issue keys, text caps);
 //! `client.rs` the HTTP side (auth, caps on answers, the issue, comments, search); `ticket.rs` the [`Ticket`] built
 //! from the issue; `groups.rs` users' groups and identities ([`GroupCache`]); `changelog.rs` who assigned an issue;
-//! `paging.rs` Jira's `startAt`/`maxResults` paging, once for every list read that way;
-//! `notice.rs` the comments drafter posts ([`Notice`]) and their ADF; `adf.rs` ADF to Markdown; `wiki.rs` wiki
+//! `paging.rs` Jira's `startAt`/`maxResults` paging, once for every list read that way; `panel.rs` remote links and
+//! transitions; `notice.rs` the comments drafter posts ([`Notice`]) and their ADF; `adf.rs` ADF to Markdown; `wiki.rs` wiki
 //! markup both ways; `dialect.rs` Cloud versus Data Center; `mentions.rs` what a comment says to the bot.
 
 use std::time::Duration;
@@ -43,6 +44,7 @@ mod groups;
 pub mod mentions;
 mod notice;
 mod paging;
+mod panel;
 mod ticket;
 pub mod wiki;
 
@@ -51,6 +53,7 @@ pub use client::{JiraClient, SearchPage};
 pub use dialect::{Dialect, TextFormat};
 pub use groups::{adopt_bot_identity, GroupCache, JiraUser, DEFAULT_GROUP_CACHE_TTL};
 pub use notice::{DedupKey, Notice, ProofRef};
+pub use panel::{pick_transition, Moved, PrLink, PrState, Transition};
 pub use ticket::{
     Attachment, FieldText, IssueLink, Ticket, TicketComment, MAX_COMMENTS_TOTAL_BYTES,
     MAX_COMMENT_BYTES, MAX_CRITERIA_BYTES, MAX_TICKET_COMMENTS, MAX_TICKET_LIST,

@@ -138,6 +138,8 @@ pub(crate) struct Job<'a> {
     pub(crate) key: Arc<RunnerKey>,
     pub(crate) started: chrono::DateTime<chrono::Utc>,
     pub(crate) progress: Progress,
+    /// What went wrong on the side without failing the job (a ticket link Jira refused), for `job.json`.
+    pub(crate) notes: std::sync::Mutex<Vec<String>>,
     /// In-process listeners, called in order and awaited: each has finished before the job goes on.
     listeners: Vec<Box<dyn Listener + 'a>>,
     /// Everyone else (the CLI's progress lines): told after the listeners.
@@ -163,6 +165,7 @@ impl<'a> Job<'a> {
             key,
             started: chrono::Utc::now(),
             progress: Progress::default(),
+            notes: std::sync::Mutex::default(),
             listeners,
             events,
             removals: Vec::new(),
@@ -219,6 +222,13 @@ impl<'a> Job<'a> {
         let detail = detail.into();
         tracing::info!(stage = stage.as_str(), %detail, "stage");
         self.emit(Event::Stage { stage, detail }).await
+    }
+
+    /// Notes a side effect that failed without failing the job (logged by the caller); `job.json` lists them.
+    pub(crate) fn note(&self, text: String) {
+        if let Ok(mut notes) = self.notes.lock() {
+            notes.push(text);
+        }
     }
 
     /// A copy of the channel, for the agent loop's events.

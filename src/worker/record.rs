@@ -32,6 +32,9 @@ struct JobRecord<'a> {
     turns: Option<u32>,
     tokens: Option<u64>,
     tool_calls: Vec<String>,
+    /// Side effects that failed without failing the job (e.g. Jira refused the PR's link).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    notes: Vec<String>,
 }
 
 /// Writes `job.json` into the job directory when the attempt is over. It never fails the job: the record is for
@@ -86,6 +89,7 @@ impl Listener for RecordWriter {
                     )
                 })
                 .collect(),
+            notes: job.notes.lock().map(|n| n.clone()).unwrap_or_default(),
         };
         match serde_json::to_vec_pretty(&record) {
             Ok(bytes) => {

@@ -39,9 +39,13 @@ pub(crate) async fn run_with<'a>(
             Ok(key) => key,
             Err(e) => return JobError::Proof(e).into(),
         };
-        // In order: the ticket hears each event before `job.json` is written.
+        // In order: the ticket hears each event (comments, then its link and status) before `job.json` is written.
         let mut listeners: Vec<Box<dyn Listener + 'a>> = vec![
             Box::new(phases::report::TicketReporter {
+                jira: &s.jira,
+                config,
+            }),
+            Box::new(phases::panel::TicketPanel {
                 jira: &s.jira,
                 config,
             }),

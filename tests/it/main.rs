@@ -14,6 +14,7 @@ mod github_app;
 mod jira;
 mod merge_preflight;
 mod model;
+mod panel;
 mod policy;
 mod policy_serve;
 mod provider_shapes;

@@ -239,10 +239,11 @@ enum CrashAt {
     ModelLoop,
     AfterPushBeforePr,
     AfterPrBeforeComment,
+    AfterCommentBeforeLink,
 }
 
 /// `kill -9` the worker in the middle of each stage, start it again: the job ends with exactly one branch, one draft
-/// PR and one "PR opened" comment, and no container is left.
+/// PR, one "PR opened" comment and one link of it on the ticket, and no container is left.
 #[tokio::test(flavor = "multi_thread")]
 async fn crash_at_any_stage_then_restart_delivers_exactly_once() {
     let _serial = SERIAL.lock().await;
@@ -251,6 +252,7 @@ async fn crash_at_any_stage_then_restart_delivers_exactly_once() {
         CrashAt::ModelLoop,
         CrashAt::AfterPushBeforePr,
         CrashAt::AfterPrBeforeComment,
+        CrashAt::AfterCommentBeforeLink,
     ] {
         crash_and_recover(at).await;
     }
@@ -264,6 +266,7 @@ async fn crash_and_recover(at: CrashAt) {
         CrashAt::ModelLoop => stack.model.set_delay(hold),
         CrashAt::AfterPushBeforePr => stack.github.set_pr_delay(hold),
         CrashAt::AfterPrBeforeComment => stack.jira.set_comment_delay(hold),
+        CrashAt::AfterCommentBeforeLink => stack.jira.set_link_delay(hold),
     }
     let first = ServeProcess::start(&stack, Path::new(BIN)).await;
     let client = reqwest::Client::new();
@@ -294,6 +297,9 @@ async fn crash_and_recover(at: CrashAt) {
                         .count()
                         >= 2
             }
+            // The link is posted right after the "PR opened" comment (and the stand-in records it only once its
+            // delay is over).
+            CrashAt::AfterCommentBeforeLink => pr_opened_comments(&stack, "DEMO-1") >= 1,
         };
         if reached {
             break;
@@ -332,6 +338,18 @@ async fn crash_and_recover(at: CrashAt) {
         .filter(|c| c.contains("started working"))
         .count();
     assert_eq!(started, 1, "{at:?}");
+    // The PR's link on the ticket: one, however many attempts posted it (the same `globalId` updates it).
+    let links = stack.jira.remote_links("DEMO-1");
+    assert_eq!(links.len(), 1, "{at:?}: {links:?}");
+    if let CrashAt::AfterCommentBeforeLink = at {
+        let posts = stack
+            .jira
+            .requests()
+            .iter()
+            .filter(|r| r.method == "POST" && r.path.ends_with("/remotelink"))
+            .count();
+        assert!(posts >= 2, "{at:?}: the link was posted {posts} time(s)");
+    }
     assert!(
         stack_containers(queue.as_ref()).await.is_empty(),
         "{at:?}: a container is left"

@@ -22,6 +22,7 @@ pub(crate) mod decide;
 pub(crate) mod deliver;
 pub(crate) mod fetch;
 pub(crate) mod finish;
+pub(crate) mod panel;
 pub(crate) mod pull_request;
 pub(crate) mod report;
 pub(crate) mod sandbox;

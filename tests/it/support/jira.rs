@@ -60,6 +60,9 @@ use serde_json::{json, Value};
 
 pub use super::RecordedRequest;
 
+#[path = "jira_panel.rs"]
+mod panel;
+
 /// The stand-in bot's `accountId` (what `GET /rest/api/3/myself` answers).
 pub const BOT_ACCOUNT_ID: &str = "557058:0f3c-drafter-bot";
 /// The Data Center stand-in bot's user name (what `[~drafter-bot]` mentions and `GET /rest/api/2/myself` carry).
@@ -139,6 +142,8 @@ struct Inner {
     page_size: usize,
     /// Delay before a comment is stored and answered (to hold a job just before it reports).
     comment_delay: std::time::Duration,
+    /// The same for a remote link (to hold a job just before it links its PR).
+    link_delay: std::time::Duration,
     /// Group names per account id (Cloud) or user name (Data Center); others are unknown users.
     groups: BTreeMap<String, Vec<String>>,
     /// Data Center user keys by user name (users added with [`JiraStandIn::add_user`]); a user without one has
@@ -146,6 +151,10 @@ struct Inner {
     keys: BTreeMap<String, String>,
     /// At most this many (newest) histories per issue in a search's `expand=changelog`, like Jira's cap.
     search_changelog_cap: Option<usize>,
+    /// Remote links per issue key, oldest first.
+    remote_links: BTreeMap<String, Vec<Value>>,
+    /// The workflow every issue follows (see `jira_panel.rs`).
+    workflow: Vec<(String, String, String, String, String)>,
 }
 
 /// A running stand-in. The server stops when this is dropped.
@@ -238,9 +247,12 @@ impl JiraStandIn {
             datacenter,
             page_size: 50,
             comment_delay: std::time::Duration::ZERO,
+            link_delay: std::time::Duration::ZERO,
             groups: BTreeMap::new(),
             keys: BTreeMap::new(),
             search_changelog_cap: None,
+            remote_links: BTreeMap::new(),
+            workflow: panel::default_workflow(),
         }));
         let app = Router::new().fallback(handle).with_state(state.clone());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -595,6 +607,11 @@ impl JiraStandIn {
     pub fn set_comment_delay(&self, delay: std::time::Duration) {
         lock(&self.state).comment_delay = delay;
     }
+
+    /// Delays every remote link post by this long, stored after the delay like a comment (see above).
+    pub fn set_link_delay(&self, delay: std::time::Duration) {
+        lock(&self.state).link_delay = delay;
+    }
 }
 
 impl Drop for JiraStandIn {
@@ -691,8 +708,15 @@ async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let delay = lock(&state).comment_delay;
-    if method == Method::POST && uri.path().ends_with("/comment") && !delay.is_zero() {
+    let delay = {
+        let st = lock(&state);
+        match uri.path() {
+            p if p.ends_with("/comment") => st.comment_delay,
+            p if p.ends_with("/remotelink") => st.link_delay,
+            _ => std::time::Duration::ZERO,
+        }
+    };
+    if method == Method::POST && !delay.is_zero() {
         // A task, not the handler: hyper drops the handler when the client disconnects.
         return tokio::spawn(async move {
             tokio::time::sleep(delay).await;
@@ -964,6 +988,18 @@ fn handle_now(
                 "expand": "groups,applicationRoles",
             }))
             .into_response()
+        }
+        (m @ ("GET" | "POST"), ["rest", "api", version, "issue", key, "remotelink"])
+            if *version == cur =>
+        {
+            let key = key.to_string();
+            panel::remote_link(&mut st, m, &key, &body)
+        }
+        (m @ ("GET" | "POST"), ["rest", "api", version, "issue", key, "transitions"])
+            if *version == cur =>
+        {
+            let key = key.to_string();
+            panel::transitions(&mut st, m, &key, &body)
         }
         ("POST", ["rest", "api", version, "issue", key, "comment"]) if *version == cur => {
             let json_ct = headers
