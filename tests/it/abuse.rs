@@ -4,6 +4,8 @@
 //!
 //! Network cases need the outside world for one positive check: `index.crates.io` (a registry this machine reaches
 //! through its own network) must be fetchable through the proxy when allowlisted.
+//!
+//! Long on purpose (over 700 lines): one attack per test; they share nothing but the stack.
 
 use crate::support;
 

@@ -2,6 +2,9 @@
 //! ([`support::executor::MemExecutor`]) and the scripted model stand-in, so each rule is checked on what the model
 //! was told, what the workspace holds afterwards and what the proof bundle recorded. The same rules through the
 //! real binary and sandbox are in `policy.rs`, `finish.rs` and `e2e.rs`.
+//!
+//! Long on purpose (over 700 lines): one rule of the agent loop per test, each a short script for the model and
+//! executor stand-ins.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;

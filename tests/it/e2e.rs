@@ -1,5 +1,8 @@
 //! End to end: the real `drafter run` binary against stand-in Jira, GitHub (with a real git remote) and a scripted
 //! model, with the model's tools running in the real hardened Docker sandbox.
+//!
+//! Long on purpose (over 700 lines): one `drafter run` scenario per test, from ticket to draft PR or refusal, over the
+//! shared stack.
 
 use crate::support;
 

@@ -1,4 +1,6 @@
 //! The Jira client against the Jira stand-in: real HTTP on localhost, Jira's shapes.
+//!
+//! Long on purpose (over 700 lines): the client's request and response shapes, each for Cloud and for Data Center.
 
 use crate::support;
 

@@ -1,6 +1,8 @@
 //! Policy as code, end to end: the real `drafter` binary under a policy file, against the stand-ins and the real
 //! Docker sandbox. Every rule is checked by the runner, not the prompt: the scripted model obeys whatever the
 //! ticket says, and the tests assert that what the policy forbids did not happen and that the refusal was recorded.
+//!
+//! Long on purpose (over 700 lines): one policy rule per test.
 
 use crate::support;
 

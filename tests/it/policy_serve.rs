@@ -1,5 +1,7 @@
 //! Policy rules that need `drafter serve`: who may trigger through Jira, approval by comment, per-team concurrency
 //! under a burst, and a policy reload while a job runs. The real binary, real Docker and git, stand-in Jira/GitHub.
+//!
+//! Long on purpose (over 700 lines): one policy rule per test as `drafter serve` enforces it.
 
 use crate::support;
 

@@ -3,6 +3,9 @@
 //! (status, headers, bytes) by the stand-in's [`Step::Raw`]. The first half drives [`ModelClient`] directly; the
 //! second half runs whole jobs (the real binary, the real sandbox) where the behaviour lives in the agent loop.
 //! Each case either works or fails the job with a message naming the provider's answer: never a panic or a hang.
+//!
+//! Long on purpose (over 700 lines): the providers' documented payloads, quoted in full so a test fails when a shape
+//! drifts.
 
 use crate::support;
 

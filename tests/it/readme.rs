@@ -20,6 +20,9 @@
 //! are collapsed; `...` inside a line matches anything, a line `...` alone stands for lines not shown, and
 //! `<name>` matches anything the first time and is remembered. `cmd &` runs in the background (its shown lines are
 //! awaited); `kill %N` sends it SIGTERM, waits for it to exit 0, and its shown lines are the job's last output.
+//!
+//! Long on purpose (over 700 lines): the README's sections in order, one console block after another, as a user would
+//! run them.
 
 use crate::support;
 

@@ -3,6 +3,8 @@
 //! Every test uses its own job id (random suffix) and checks at the end that no container with that label is left,
 //! so the tests can run in parallel. The `remove_orphans` test plants containers of crashed, live and remote runners,
 //! so it takes a write lock that the other tests hold for reading.
+//!
+//! Long on purpose (over 700 lines): one hardening promise per test, against real Docker.
 
 use crate::support;
 

@@ -1,5 +1,7 @@
 //! `drafter serve` as deployed: the real binary, fed by signed Jira webhooks, running jobs through the real sandbox
 //! and git, against the stand-ins. Crashes are real (`kill -9`), shutdowns are real signals.
+//!
+//! Long on purpose (over 700 lines): one `drafter serve` lifecycle scenario per test (bursts, crashes, drains, leases).
 
 use crate::support;
 

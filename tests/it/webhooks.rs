@@ -8,6 +8,8 @@
 //! `[~accountid:<id>]` mentions, Data Center ones `[~username]` and users by `name`/`key`; admin webhooks with a
 //! secret send `X-Hub-Signature: sha256=<hex HMAC-SHA256(secret, body)>` and, on Cloud,
 //! `X-Atlassian-Webhook-Identifier` (the same on retries) and `X-Atlassian-Webhook-Retry`.
+//!
+//! Long on purpose (over 700 lines): one webhook attack or delivery rule per test.
 
 use crate::support;
 

@@ -23,6 +23,9 @@
 //! Git goes to `git http-backend` as a CGI (https://git-scm.com/docs/git-http-backend) over bare repositories in a
 //! temporary directory, behind HTTP Basic auth with the token as password, as GitHub does for HTTPS with a token.
 //! Every request (API and git) must carry the token; all requests are recorded for assertions.
+//!
+//! Long on purpose (over 700 lines): one stand-in for one public API (REST and git smart HTTP); its routes belong
+//! together.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

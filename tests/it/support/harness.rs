@@ -3,6 +3,9 @@
 //!
 //! The runner under test is the real `drafter` binary; it reaches the stand-ins only through the base URLs in the
 //! configuration, exactly as it would reach the real services.
+//!
+//! Long on purpose (over 700 lines): the one `Stack` every integration test starts (stand-ins, config, processes), kept
+//! together so tests share one way to build it.
 
 use std::path::{Path, PathBuf};
 

@@ -46,6 +46,9 @@
 //!   assignee's `to` is the account id on Cloud and the user key on Data Center.
 //! - Errors: `{"errorMessages":[...],"errors":{...}}`; authentication is Basic `base64(email:api_token)`
 //!   (<https://developer.atlassian.com/cloud/jira/platform/basic-auth-for-rest-apis/>).
+//!
+//! Long on purpose (over 700 lines): one stand-in for one public API (Cloud v3 and Data Center v2); its routes belong
+//! together.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
