@@ -3,9 +3,9 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use tracing::Instrument;
 
 use tokio::sync::mpsc::UnboundedSender;
+use tracing::Instrument;
 
 use crate::agent::{AgentOutcome, ToolCallRecord};
 use crate::policy::{self, write, Decision, Policy, Who};
