@@ -913,7 +913,14 @@ fn the_executor_refuses_to_serve_when_its_lockdown_fails() {
 
     let dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_drafter-sandboxd"))
+    // A copy the unprivileged uid can reach: the checkout may sit under a directory only root may enter (a clone
+    // into `mktemp -d`, mode 0700), and then spawning the build's own binary as uid 65534 fails with EACCES.
+    let bin_dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(bin_dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let bin = bin_dir.path().join("drafter-sandboxd");
+    std::fs::copy(env!("CARGO_BIN_EXE_drafter-sandboxd"), &bin).unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut child = Command::new(&bin)
         .arg("--workspace")
         .arg(dir.path())
         .args(["--uid", "65534", "--gid", "65534"])
