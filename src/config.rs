@@ -260,6 +260,9 @@ impl Config {
         if let Some(s) = &self.serve.webhook_secret {
             out.push((load::Parts::WEBHOOKS, s));
         }
+        if let Some(s) = &self.serve.github_webhook_secret {
+            out.push((load::Parts::WEBHOOKS, s));
+        }
         out
     }
 
@@ -275,6 +278,9 @@ impl Config {
             out.push((load::Parts::MODEL_KEY, k));
         }
         if let Some(s) = &mut self.serve.webhook_secret {
+            out.push((load::Parts::WEBHOOKS, s));
+        }
+        if let Some(s) = &mut self.serve.github_webhook_secret {
             out.push((load::Parts::WEBHOOKS, s));
         }
         out

@@ -13,6 +13,8 @@
 //!   with the signed payload: a payload with `issue.key` must name the same key, and one that names its issue only
 //!   by id (`issue.id`, or the id in `comment.self`) must name the id Jira gives for the hinted key; otherwise the
 //!   delivery is refused (400; 503 when Jira cannot be asked, so that Jira retries).
+//! - `POST /webhooks/github`: review comments on drafter's pull requests (`X-Hub-Signature-256`), see
+//!   [`github`].
 //! - `GET /healthz`: 200 while the process serves HTTP.
 //! - `GET /readyz`: 200 when the queue is not paused and the caller's readiness check (queue and Docker) passes,
 //!   else 503 with the reason (`not ready: paused by <who> since <when>: <reason>` while paused).
@@ -40,8 +42,11 @@ use serde_json::{json, Value};
 use sha2::Sha256;
 
 use crate::config::{JiraConfig, Secret};
+
+mod github;
 use crate::intake::{self, Verdict};
 use crate::queue::{Admin, Enqueued, Queue};
+pub use github::GithubHooks;
 
 /// Largest webhook body accepted (1 MiB); Jira's issue payloads are a few KiB to a few hundred KiB.
 pub const MAX_WEBHOOK_BODY: usize = 1 << 20;
@@ -70,8 +75,11 @@ pub struct AppState {
     pub max_attempts: u32,
     /// `/readyz`'s check (see [`queue_readiness`]; the caller adds Docker).
     pub readiness: Readiness,
-    /// Approval comments are honoured only with this (who may approve); without it they are ignored.
+    /// Approval comments are honoured only with this (who may approve); without it they are ignored. The GitHub
+    /// endpoint reads the policy's `reviewers` through it too.
     pub approvals: Option<Approvals>,
+    /// `POST /webhooks/github`; without it every GitHub delivery is refused.
+    pub github: Option<GithubHooks>,
 }
 
 /// A readiness check that pings the queue only. `drafter serve` should combine it with a Docker ping.
@@ -91,6 +99,7 @@ pub fn queue_readiness(queue: Arc<dyn Admin>) -> Readiness {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/webhooks/jira", post(jira_webhook))
+        .route("/webhooks/github", post(github::github_webhook))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .layer(DefaultBodyLimit::max(MAX_WEBHOOK_BODY))

@@ -127,6 +127,7 @@ impl Drop for Background {
 pub struct Service {
     config: Arc<Config>,
     webhook_secret: Option<Secret>,
+    github_webhook_secret: Option<Secret>,
     queue: Arc<dyn Queue>,
     policy: Arc<policy::Current>,
     sandbox: Arc<Sandbox>,
@@ -158,6 +159,10 @@ impl Service {
         learn_datacenter_bot(&mut config, &report).await;
         let config = Arc::new(config);
         let webhook_secret = match &config.serve.webhook_secret {
+            Some(c) => Some(c.value()?.clone()),
+            None => None,
+        };
+        let github_webhook_secret = match &config.serve.github_webhook_secret {
             Some(c) => Some(c.value()?.clone()),
             None => None,
         };
@@ -225,6 +230,7 @@ impl Service {
         Ok(Service {
             config,
             webhook_secret,
+            github_webhook_secret,
             queue,
             policy,
             sandbox,
@@ -251,6 +257,7 @@ impl Service {
         let Service {
             config,
             webhook_secret,
+            github_webhook_secret,
             queue,
             policy,
             sandbox,
@@ -297,6 +304,12 @@ impl Service {
             max_attempts: config.serve.max_attempts,
             readiness,
             approvals: Some(approvals.clone()),
+            github: Some(server::GithubHooks {
+                secret: github_webhook_secret,
+                bot_login: config.github.bot_login.clone(),
+                forge: services.forge.clone(),
+                remote_links: config.panel.remote_links,
+            }),
         };
         let http = tokio::spawn(server::serve(listener, state, stopped()));
         report(&Event::Listening {

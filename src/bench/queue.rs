@@ -418,6 +418,7 @@ async fn produce(
                             triggered_by: None,
                             text: None,
                             at: Utc::now(),
+                            review: None,
                         },
                         max_attempts: 3,
                     };
@@ -541,6 +542,7 @@ mod tests {
             lease_owner: None,
             lease_expires: None,
             lease_gen: u64::from(attempts),
+            iterations: 0,
             triggers: Vec::new(),
             last_error: None,
             outcome: None,

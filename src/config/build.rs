@@ -405,6 +405,15 @@ impl Ctx<'_> {
             .ok()
             .flatten()
             .map(Credential::unread);
+        let github_webhook_secret = self
+            .secret_ref(
+                "serve.github_webhook_secret",
+                &raw.serve.github_webhook_secret_env,
+                &raw.serve.github_webhook_secret_file,
+            )
+            .ok()
+            .flatten()
+            .map(Credential::unread);
 
         for (key, value) in [
             ("serve.concurrency", raw.serve.concurrency as u64),
@@ -562,6 +571,7 @@ impl Ctx<'_> {
                 git_url: rg.git_url.trim_end_matches('/').to_string(),
                 token: github_token,
                 app: github_app,
+                bot_login: rg.bot_login.clone().filter(|l| !l.trim().is_empty()),
             },
             model: ModelConfig {
                 provider: rm.provider,
@@ -611,6 +621,7 @@ impl Ctx<'_> {
                 }),
                 listen: raw.serve.listen,
                 webhook_secret,
+                github_webhook_secret,
                 concurrency: raw.serve.concurrency,
                 per_project: raw.serve.per_project,
                 lease_secs: raw.serve.lease_secs,

@@ -71,7 +71,15 @@ impl Parts {
             ("commit", _) => Parts::COMMIT,
             ("projects" | "policy", _) => Parts::PROJECTS,
             ("serve", Some("queue")) => Parts::QUEUE,
-            ("serve", Some("webhook_secret_env" | "webhook_secret_file")) => Parts::WEBHOOKS,
+            (
+                "serve",
+                Some(
+                    "webhook_secret_env"
+                    | "webhook_secret_file"
+                    | "github_webhook_secret_env"
+                    | "github_webhook_secret_file",
+                ),
+            ) => Parts::WEBHOOKS,
             ("serve", Some(_)) => Parts::SERVE,
             ("serve", None) => Parts::QUEUE.or(Parts::SERVE).or(Parts::WEBHOOKS),
             ("poll", _) => Parts::POLL,

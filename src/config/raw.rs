@@ -52,6 +52,8 @@ pub(super) struct RawServe {
     pub(super) listen: String,
     pub(super) webhook_secret_env: Option<Spanned<String>>,
     pub(super) webhook_secret_file: Option<Spanned<PathBuf>>,
+    pub(super) github_webhook_secret_env: Option<Spanned<String>>,
+    pub(super) github_webhook_secret_file: Option<Spanned<PathBuf>>,
     pub(super) concurrency: usize,
     pub(super) per_project: usize,
     pub(super) lease_secs: u64,
@@ -69,6 +71,8 @@ impl Default for RawServe {
             listen: "127.0.0.1:8787".into(),
             webhook_secret_env: None,
             webhook_secret_file: None,
+            github_webhook_secret_env: None,
+            github_webhook_secret_file: None,
             concurrency: 4,
             per_project: 2,
             lease_secs: 60,
@@ -199,6 +203,10 @@ pub(super) struct RawGithub {
     pub(super) app_private_key_env: Option<Spanned<String>>,
     #[serde(default)]
     pub(super) app_private_key_file: Option<Spanned<PathBuf>>,
+    /// The login the bot comments as on GitHub (`drafter-bot`, or `<app-slug>[bot]`): mentions of it in review
+    /// comments start follow-up iterations, and its own comments are ignored.
+    #[serde(default)]
+    pub(super) bot_login: Option<String>,
 }
 
 impl Default for RawGithub {
@@ -209,6 +217,7 @@ impl Default for RawGithub {
             token_env: None,
             token_file: None,
             app_id: None,
+            bot_login: None,
             app_private_key_env: None,
             app_private_key_file: None,
         }

@@ -64,6 +64,10 @@ pub struct ServeConfig {
     /// means webhooks are on (and `drafter serve` refuses to start without the value); without one, the webhook
     /// endpoint refuses everything (use polling).
     pub webhook_secret: Option<Credential>,
+    /// The GitHub webhook's secret (`POST /webhooks/github`, `X-Hub-Signature-256`): review comments on drafter's
+    /// pull requests start follow-up iterations. Configured means GitHub webhooks are on; without one the endpoint
+    /// refuses everything.
+    pub github_webhook_secret: Option<Credential>,
     /// Jobs run at the same time by this worker.
     pub concurrency: usize,
     /// Jobs of one Jira project run at the same time by this worker.
@@ -214,6 +218,9 @@ pub struct GithubConfig {
     pub token: Credential,
     /// A GitHub App instead of the token: each job gets its own installation token.
     pub app: Option<GithubAppConfig>,
+    /// The login drafter comments as (`github.bot_login`): review comments must mention `@<login>`, and its own
+    /// comments never trigger. Without it, review comments are ignored.
+    pub bot_login: Option<String>,
 }
 
 /// A GitHub App drafter authenticates as (`[github] app_id`, `app_private_key_env`/`_file`).

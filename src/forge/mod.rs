@@ -24,7 +24,7 @@
 //! or marks a pull request ready. Errors never carry the token. octocrab's own retries are off: the worker decides
 //! about retries from [`ForgeError::is_retryable`].
 //!
-//! Here: the client and its plumbing. `merge.rs` is the can't-merge check, `pr.rs` the draft pull request,
+//! Here: the client and its plumbing. `merge.rs` is the can't-merge check, `pr.rs` the draft pull request, `review.rs` review follow-ups (permissions, replies),
 //! `error.rs` the errors.
 
 use std::time::Duration;
@@ -45,9 +45,11 @@ mod app;
 mod error;
 mod merge;
 mod pr;
+mod review;
 
 pub use app::{Forge, GitHubApp, JobForge, TokenGrant, JOB_PERMISSIONS};
 pub use error::ForgeError;
+pub use review::Permission;
 
 /// A pull request drafter opened.
 #[derive(Debug, Clone)]

@@ -97,6 +97,7 @@ async fn builds_for_plain_http_enterprise_base() {
         git_url: "http://127.0.0.1:9".into(),
         token: Secret::new("t0ken-value").into(),
         app: None,
+        bot_login: None,
     })
     .unwrap();
     // Nothing listens on port 9: a transport error, retryable, without the token.

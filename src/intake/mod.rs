@@ -59,12 +59,14 @@ use crate::config::{JiraConfig, JiraFlavor, PollConfig};
 use crate::jira::{adf_to_markdown, project_of, valid_issue_key, JiraClient, JiraError};
 mod approval;
 mod poll;
+mod review;
 mod webhook;
 
 pub use crate::jira::mentions::{approval_in_body, approval_in_comment, APPROVE_COMMAND};
 use crate::jira::mentions::{is_bot_user, mentions_bot};
 pub use approval::*;
 pub use poll::*;
+pub use review::*;
 pub use webhook::*;
 
 use crate::queue::{

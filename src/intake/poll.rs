@@ -62,6 +62,7 @@ pub fn from_search_issue(
             triggered_by,
             text: None,
             at: now,
+            review: None,
         },
         max_attempts,
     })

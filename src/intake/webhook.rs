@@ -44,6 +44,7 @@ pub fn from_webhook(
                 triggered_by,
                 text,
                 at: now,
+                review: None,
             },
             max_attempts,
         })

@@ -16,6 +16,9 @@ use super::{
     RepoGrant, Rules, Team, Tool, TOOLS,
 };
 
+/// Follow-up iterations on review comments per pull request when the policy does not say (`review_iterations`).
+pub const DEFAULT_REVIEW_ITERATIONS: u32 = 5;
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawPolicy {
@@ -38,6 +41,8 @@ struct RawSection {
     repos: Option<Vec<Spanned<RawRepo>>>,
     triggers: Option<Principals>,
     approvers: Option<Principals>,
+    reviewers: Option<Vec<String>>,
+    review_iterations: Option<u32>,
     issue_types: Option<Vec<String>>,
     labels_required: Option<Vec<String>>,
     labels_excluded: Option<Vec<String>>,
@@ -532,6 +537,11 @@ pub fn parse(text: &str, path: &Path) -> Result<Policy, PolicyError> {
             repos,
             triggers,
             approvers,
+            reviewers: t.reviewers.clone().or(defaults.reviewers.clone()),
+            review_iterations: t
+                .review_iterations
+                .or(defaults.review_iterations)
+                .unwrap_or(DEFAULT_REVIEW_ITERATIONS),
             rules: Rules {
                 issue_types: t
                     .issue_types

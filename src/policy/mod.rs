@@ -259,6 +259,18 @@ impl Policy {
             .find(|t| t.projects.iter().any(|p| p.eq_ignore_ascii_case(project)))
     }
 
+    /// Who may steer a follow-up iteration of `project`'s pull requests by review comment: `Ok(Some(logins))` when
+    /// the team lists `reviewers`, `Ok(None)` when GitHub's write access decides, with the team's iteration cap.
+    /// `Err` when no team covers the project.
+    pub fn review_rule(&self, project: &str) -> Result<(Option<&[String]>, u32), String> {
+        match self.team_for(project) {
+            Some(t) => Ok((t.reviewers.as_deref(), t.review_iterations)),
+            None => Err(format!(
+                "project {project} is not covered by drafter's policy; an admin must add it to a team"
+            )),
+        }
+    }
+
     /// Every project any team covers (the poll's default).
     pub fn projects(&self) -> Vec<String> {
         let mut v: Vec<String> = self.teams.iter().flat_map(|t| t.projects.clone()).collect();

@@ -189,6 +189,11 @@ pub struct Team {
     pub triggers: Principals,
     /// Who may approve jobs that need approval.
     pub approvers: Principals,
+    /// GitHub logins whose review comments on the team's pull requests start a follow-up iteration; `None`: any
+    /// GitHub user with write access to the repository.
+    pub reviewers: Option<Vec<String>>,
+    /// Follow-up iterations on review comments per pull request (0: none).
+    pub review_iterations: u32,
     /// The rest.
     pub rules: Rules,
 }

@@ -20,7 +20,7 @@ macro_rules! impl_intake {
             use $crate::queue::state::{self, MAX_TRIGGERS};
             use $crate::queue::{
                 retry_races, Approved, ApprovingComment, EnqueueError, Enqueued, JobId, JobState, NewJob,
-                QueueError, Trigger,
+                QueueError, Reopened, ReviewTrigger, Trigger, MAX_REVIEW_TRIGGERS,
             };
 
             #[async_trait::async_trait]
@@ -98,9 +98,144 @@ macro_rules! impl_intake {
                     self.wake().notify_one();
                     Ok(Approved::Yes)
                 }
+
+                async fn reopen_for_review(&self, review: ReviewTrigger) -> Result<Reopened, QueueError> {
+                    let done = retry_races(&self.location(), || self.try_reopen(&review)).await?;
+                    if matches!(done, Reopened::Iteration(_)) {
+                        self.wake().notify_one();
+                    }
+                    Ok(done)
+                }
             }
 
             impl $queue {
+                /// One transaction of [`Intake::reopen_for_review`]: the job's row is locked, so the iteration count,
+                /// the state and the triggers are read and changed as one decision.
+                async fn try_reopen(&self, review: &ReviewTrigger) -> Result<Reopened, EnqueueError> {
+                    let step = |context: &'static str| {
+                        move |e: sqlx::Error| {
+                            if Self::is_race(&e) {
+                                EnqueueError::Race(self.scrub(e.to_string()))
+                            } else {
+                                EnqueueError::Queue(self.db(context)(e))
+                            }
+                        }
+                    };
+                    let delivery = &review.trigger.delivery;
+                    let mut tx = self.begin().await.map_err(EnqueueError::Queue)?;
+                    let seen: Option<String> =
+                        sqlx::query_scalar("SELECT job_id FROM deliveries WHERE key = $1")
+                            .bind(delivery)
+                            .fetch_optional(&mut *tx)
+                            .await
+                            .map_err(step("looking up the delivery"))?;
+                    if seen.is_some() {
+                        return Ok(Reopened::Duplicate);
+                    }
+                    let row: Option<(String, String, i32, i32)> = sqlx::query_as(sql(format!(
+                        "SELECT state, ticket, iterations, CAST({length} AS integer) FROM jobs WHERE id = $1 {lock}",
+                        length = Self::json_length("triggers"),
+                        lock = Self::lock(Lock::Update),
+                    )))
+                    .bind(&review.job_id)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(step("reading the job to reopen"))?;
+                    let Some((job_state, ticket, iterations, kept)) = row else {
+                        return Err(EnqueueError::Queue(QueueError::NotFound(review.job_id.clone())));
+                    };
+                    let job_state = JobState::parse(&job_state).unwrap_or(JobState::Cancelled);
+                    let iterations = u32::try_from(iterations).unwrap_or(0);
+                    let full = usize::try_from(kept).unwrap_or(usize::MAX) >= MAX_REVIEW_TRIGGERS;
+                    let tagged = |n: u32| {
+                        let mut t = review.trigger.clone();
+                        if let Some(r) = t.review.as_mut() {
+                            r.iteration = n;
+                        }
+                        t
+                    };
+                    let outcome = match job_state {
+                        // Queued for an iteration that has not started: the comment joins it.
+                        JobState::Queued if iterations > 0 => {
+                            if full {
+                                Reopened::Overflow
+                            } else {
+                                sqlx::query(sql(format!(
+                                    "UPDATE jobs SET triggers = {appended}, updated_at = {now} WHERE id = $2",
+                                    appended = Self::json_append("triggers", "$1"),
+                                    now = Self::NOW,
+                                )))
+                                .bind(Json(&tagged(iterations)))
+                                .bind(&review.job_id)
+                                .execute(&mut *tx)
+                                .await
+                                .map_err(step("recording the review trigger"))?;
+                                Reopened::Joined(iterations)
+                            }
+                        }
+                        JobState::Succeeded | JobState::Failed => {
+                            if iterations >= review.max_iterations {
+                                Reopened::CapReached(iterations)
+                            } else if full {
+                                Reopened::Overflow
+                            } else {
+                                let other: Option<String> = sqlx::query_scalar(sql(format!(
+                                    "SELECT state FROM jobs WHERE ticket = $1 AND state IN {open}",
+                                    open = open_states!(),
+                                )))
+                                .bind(&ticket)
+                                .fetch_optional(&mut *tx)
+                                .await
+                                .map_err(step("looking up an open job"))?;
+                                if let Some(other) = other {
+                                    tx.rollback().await.map_err(|e| EnqueueError::Queue(self.db("ending a transaction")(e)))?;
+                                    return Ok(Reopened::Busy(JobState::parse(&other).unwrap_or(JobState::Running)));
+                                }
+                                let next = iterations + 1;
+                                // The one-open-job-per-ticket index decides a race with a concurrent enqueue.
+                                sqlx::query(sql(format!(
+                                    "UPDATE jobs SET state = 'queued', attempts = 0, max_attempts = $1, \
+                                     not_before = {now}, lease_owner = NULL, lease_expires = NULL, last_error = NULL, \
+                                     approval_expiry_unreported = {f}, iterations = $2, \
+                                     triggers = {appended}, updated_at = {now} WHERE id = $4",
+                                    now = Self::NOW,
+                                    f = Self::FALSE,
+                                    appended = Self::json_append("triggers", "$3"),
+                                )))
+                                .bind(i32::try_from(review.max_attempts).unwrap_or(i32::MAX))
+                                .bind(i32::try_from(next).unwrap_or(i32::MAX))
+                                .bind(Json(&tagged(next)))
+                                .bind(&review.job_id)
+                                .execute(&mut *tx)
+                                .await
+                                .map_err(step("reopening the job"))?;
+                                Reopened::Iteration(next)
+                            }
+                        }
+                        other => {
+                            tx.rollback().await.map_err(|e| EnqueueError::Queue(self.db("ending a transaction")(e)))?;
+                            return Ok(Reopened::Busy(other));
+                        }
+                    };
+                    let recorded: Option<String> = sqlx::query_scalar(sql(format!(
+                        "INSERT INTO deliveries (key, job_id, created_at) VALUES ($1, $2, {now}) \
+                         ON CONFLICT (key) DO NOTHING RETURNING key",
+                        now = Self::NOW,
+                    )))
+                    .bind(delivery)
+                    .bind(&review.job_id)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(step("recording the delivery"))?;
+                    if recorded.is_none() {
+                        return Err(EnqueueError::Race(
+                            "another reopen recorded the same delivery".into(),
+                        ));
+                    }
+                    tx.commit().await.map_err(step("committing the reopen"))?;
+                    Ok(outcome)
+                }
+
                 async fn try_enqueue(
                     &self,
                     job: &NewJob,

@@ -76,10 +76,11 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 pub use crate::ids::{new_job_id, valid_job_id, JobId};
-pub use state::{backoff, MAX_TRIGGERS};
+pub use state::{backoff, MAX_REVIEW_TRIGGERS, MAX_TRIGGERS};
 pub use types::{
     Approval, ApprovalRequest, ApprovalSubject, Approved, ApprovingComment, Claim, Enqueued,
-    Failure, Job, JobFilter, JobState, LedgerEntry, NewJob, Pause, QueueError, Trigger, UsageTotal,
+    Failure, Job, JobFilter, JobState, LedgerEntry, NewJob, Pause, QueueError, Reopened, ReviewRef,
+    ReviewTrigger, Trigger, UsageTotal,
 };
 
 /// Where work comes in: webhooks, the poll, the CLI and approval comments.
@@ -97,6 +98,11 @@ pub trait Intake: Send + Sync {
         by: &str,
         comment: Option<&ApprovingComment>,
     ) -> Result<Approved, QueueError>;
+    /// A review comment on the pull request a job opened: a finished job (succeeded or failed) is queued again for
+    /// its next iteration, with its attempts reset and the comment as a trigger tagged with that iteration; a job
+    /// already queued for an iteration takes the comment into it. A delivery key seen before changes nothing; past
+    /// `max_iterations` the delivery is recorded and nothing is queued. Durable when it returns.
+    async fn reopen_for_review(&self, review: ReviewTrigger) -> Result<Reopened, QueueError>;
 }
 
 /// The worker's side: claiming a job and everything only its lease holder may do. `worker` is a lease token (see
@@ -256,13 +262,10 @@ pub(crate) enum EnqueueError {
 
 /// Runs an enqueue `attempt` until it finishes or has lost [`ENQUEUE_RETRIES`] races. `location` prefixes the error
 /// then (`postgres at ...: `, or empty).
-pub(crate) async fn retry_races<F, Fut>(
-    location: &str,
-    mut attempt: F,
-) -> Result<Enqueued, QueueError>
+pub(crate) async fn retry_races<T, F, Fut>(location: &str, mut attempt: F) -> Result<T, QueueError>
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<Enqueued, EnqueueError>>,
+    Fut: std::future::Future<Output = Result<T, EnqueueError>>,
 {
     let mut tries = 0;
     loop {
@@ -317,7 +320,7 @@ mod tests {
         let mut tries = 0;
         let err = retry_races("postgres at u@h:5432/d: ", || {
             tries += 1;
-            async { Err(EnqueueError::Race("deadlock detected".into())) }
+            async { Err::<Enqueued, _>(EnqueueError::Race("deadlock detected".into())) }
         })
         .await
         .unwrap_err()
@@ -333,7 +336,7 @@ mod tests {
         let err = retry_races("", || {
             tries += 1;
             async {
-                Err(EnqueueError::Queue(QueueError::Database(
+                Err::<Enqueued, _>(EnqueueError::Queue(QueueError::Database(
                     "disk full".into(),
                 )))
             }

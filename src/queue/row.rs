@@ -21,7 +21,7 @@ macro_rules! job_columns {
         "id, ticket, project, state, attempts, max_attempts, not_before, lease_owner, lease_expires, triggers, \
          last_error, outcome, progress, created_at, updated_at, policy_hash, approval_reason, approval_approvers, \
          approval_requested_at, approval_expires_at, approved_by, approved_at, lease_gen, \
-         approval_ticket_sha256, approval_repo, approval_base, approval_comment_id"
+         approval_ticket_sha256, approval_repo, approval_base, approval_comment_id, iterations"
     };
 }
 
@@ -94,6 +94,7 @@ pub(crate) struct JobRow {
     approval_repo: Option<String>,
     approval_base: Option<String>,
     approval_comment_id: Option<String>,
+    iterations: i32,
 }
 
 impl TryFrom<JobRow> for Job {
@@ -136,6 +137,7 @@ impl TryFrom<JobRow> for Job {
             lease_owner: row.lease_owner,
             lease_expires: row.lease_expires.map(|t| t.0),
             lease_gen: super::to_u64(row.lease_gen, "lease_gen")?,
+            iterations: count(row.iterations, "iterations")?,
             triggers: row.triggers.0,
             last_error: row.last_error,
             outcome: row.outcome.map(|o| o.0),

@@ -31,6 +31,10 @@ macro_rules! reopenable_states {
 /// on a ticket can add one, so an open job must not grow without bound.
 pub const MAX_TRIGGERS: usize = 20;
 
+/// The most triggers a job keeps once review comments reopen it (every iteration adds at least one): the iteration
+/// cap bounds how often it reopens, this bounds the comments one iteration may gather.
+pub const MAX_REVIEW_TRIGGERS: usize = 100;
+
 /// Backoff after the `attempt`-th failed attempt (1-based): 30 s, 60 s, 120 s, ... capped at 30 minutes. A
 /// `Retry-After` longer than that wins.
 pub fn backoff(attempt: u32, retry_after: Option<Duration>) -> Duration {

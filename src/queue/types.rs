@@ -85,6 +85,34 @@ pub struct Trigger {
     pub text: Option<String>,
     /// When the trigger was received.
     pub at: DateTime<Utc>,
+    /// A review comment on the job's pull request (a follow-up iteration's trigger), when it is one. Absent on
+    /// Jira triggers, and on triggers stored before reviews existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub review: Option<Box<ReviewRef>>,
+}
+
+/// Where a review trigger's comment sits on the forge, so the iteration can answer it in place.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReviewRef {
+    /// The iteration this comment is for (1 is the first follow-up after the job's first PR).
+    pub iteration: u32,
+    /// `owner/name` of the pull request's repository.
+    pub repo: String,
+    /// The pull request's number.
+    pub pr: u64,
+    /// `line` (a review comment on a line of the diff), `review` (a review's body) or `conversation` (a comment
+    /// on the PR's conversation).
+    pub kind: String,
+    /// The comment's (or review's) id on the forge: a line comment's thread is answered by replying to it.
+    pub comment_id: u64,
+    /// The forge login of its author.
+    pub author: String,
+    /// The file a line comment is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// The line a line comment is on (in the file as the PR's head has it), when the forge says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub line: Option<u64>,
 }
 
 /// A job to enqueue.
@@ -126,6 +154,36 @@ impl Enqueued {
     }
 }
 
+/// A review comment for a finished job's pull request ([`Intake::reopen_for_review`](super::Intake::reopen_for_review)).
+#[derive(Debug, Clone)]
+pub struct ReviewTrigger {
+    /// The job that opened the pull request.
+    pub job_id: String,
+    /// The comment, as a trigger (its `review` set; its `delivery` the forge's delivery or comment key).
+    pub trigger: Trigger,
+    /// Iterations allowed per pull request (the policy's cap).
+    pub max_iterations: u32,
+    /// Attempts the iteration gets for retryable failures.
+    pub max_attempts: u32,
+}
+
+/// What [`Intake::reopen_for_review`](super::Intake::reopen_for_review) did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reopened {
+    /// The finished job is queued again for iteration `n`, with the comment as its trigger.
+    Iteration(u32),
+    /// The job is already queued for an iteration: the comment joins it.
+    Joined(u32),
+    /// This delivery was seen before: nothing changed.
+    Duplicate,
+    /// The job already ran its `max_iterations`: the delivery is recorded, nothing is queued.
+    CapReached(u32),
+    /// The job is running, waiting for approval, cancelled, or its ticket has another open job: nothing changed.
+    Busy(JobState),
+    /// The job keeps [`MAX_REVIEW_TRIGGERS`](super::MAX_REVIEW_TRIGGERS) triggers already: recorded, not kept.
+    Overflow,
+}
+
 /// A job as stored.
 #[derive(Debug, Clone, Serialize)]
 pub struct Job {
@@ -150,6 +208,8 @@ pub struct Job {
     /// The fencing token: how many times the job has been claimed. Each claim gets the next number, so a worker
     /// that stalled past its lease holds an older one than whoever took the job over, even in the same process.
     pub lease_gen: u64,
+    /// Follow-up iterations on review comments started so far (0: only the first run).
+    pub iterations: u32,
     /// Every trigger, the first one first.
     pub triggers: Vec<Trigger>,
     /// The last failure's reason.

@@ -53,7 +53,7 @@ pub struct Services {
     /// Jira, as the bot (its group cache is shared by every job).
     pub jira: JiraClient,
     /// The forge: the service account's token, or the GitHub App that mints a token per job.
-    pub forge: Forge,
+    pub forge: Arc<Forge>,
     /// The Docker engine with the runner's sandbox settings; each job narrows them to its policy's limits.
     pub sandbox: Arc<Sandbox>,
     /// Each job's model client.
@@ -95,7 +95,7 @@ impl Services {
         RunnerKey::load_or_create(&config.data_dir)?;
         Ok(Services {
             jira: JiraClient::new(&config.jira)?,
-            forge: Forge::new(&config.github)?,
+            forge: Arc::new(Forge::new(&config.github)?),
             models: ModelFactory::new(&config.model),
             slots: Arc::new(RepoSlots::default()),
             config,

@@ -45,6 +45,7 @@ fn forge_for(gh: &GithubStandIn, pem: &str) -> Forge {
             app_id: APP_ID,
             private_key: Secret::new(pem).into(),
         }),
+        bot_login: None,
     })
     .expect("forge")
 }

@@ -162,6 +162,7 @@ async fn provable_protection_still_passes() {
         git_url: gh.git_url(),
         token: Secret::new(GITHUB_TOKEN).into(),
         app: None,
+        bot_login: None,
     })
     .expect("client");
     forge

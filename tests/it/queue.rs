@@ -19,8 +19,8 @@ use drafter::queue::postgres::PgQueue;
 use drafter::queue::sqlite::SqliteQueue;
 use drafter::queue::{
     Approval, ApprovalRequest, ApprovalSubject, Approved, ApprovingComment, Claim, Enqueued,
-    Failure, JobFilter, JobState, LedgerEntry, NewJob, Pause, Queue, QueueError, Trigger,
-    UsageTotal,
+    Failure, JobFilter, JobState, LedgerEntry, NewJob, Pause, Queue, QueueError, Reopened,
+    ReviewRef, ReviewTrigger, Trigger, UsageTotal,
 };
 use serde_json::json;
 use support::postgres::TestDatabase;
@@ -59,6 +59,7 @@ fn trigger(delivery: &str) -> Trigger {
         text: Some(format!("please look ({delivery})")),
         // Millisecond precision: what both backends keep of an instant inside JSON, exactly.
         at: DateTime::from_timestamp_millis(Utc::now().timestamp_millis()).unwrap(),
+        review: None,
     }
 }
 
@@ -1404,6 +1405,142 @@ async fn every_claim_gets_a_new_fencing_token(q: Arc<dyn Queue>) {
     );
 }
 
+fn review(job: &str, delivery: &str, cap: u32) -> ReviewTrigger {
+    ReviewTrigger {
+        job_id: job.to_string(),
+        trigger: Trigger {
+            source: "webhook:github:pull_request_review_comment".into(),
+            triggered_by: Some("github:alice".into()),
+            text: Some(format!("@drafter-bot please ({delivery})")),
+            review: Some(Box::new(ReviewRef {
+                iteration: 0,
+                repo: "acme/pay".into(),
+                pr: 3,
+                kind: "line".into(),
+                comment_id: 11,
+                author: "alice".into(),
+                path: Some("src/lib.rs".into()),
+                line: Some(7),
+            })),
+            ..trigger(delivery)
+        },
+        max_iterations: cap,
+        max_attempts: 2,
+    }
+}
+
+/// Claims the job (it must be the only claimable one) and completes it.
+async fn run_to_success(q: &Arc<dyn Queue>, id: &str) {
+    let job = q.claim(&worker("w1")).await.unwrap().expect("claimable");
+    assert_eq!(job.id, id);
+    let token = job.lease_token().unwrap();
+    q.complete(
+        id,
+        &token,
+        json!({"result": "pull_request", "repo": "acme/pay", "number": 3}),
+    )
+    .await
+    .unwrap();
+}
+
+async fn review_comments_reopen_a_finished_job_up_to_the_cap(q: Arc<dyn Queue>) {
+    let id = created(&q, "REV-1", "assign-1").await;
+    // Only a finished job reopens: while it first runs, a review comment changes nothing (and is not recorded).
+    let job = q.claim(&worker("w1")).await.unwrap().unwrap();
+    assert_eq!(
+        q.reopen_for_review(review(&id, "c1", 2)).await.unwrap(),
+        Reopened::Busy(JobState::Running)
+    );
+    q.complete(
+        &id,
+        &job.lease_token().unwrap(),
+        json!({"result": "pull_request"}),
+    )
+    .await
+    .unwrap();
+
+    assert_eq!(
+        q.reopen_for_review(review(&id, "c1", 2)).await.unwrap(),
+        Reopened::Iteration(1)
+    );
+    assert_eq!(
+        q.reopen_for_review(review(&id, "c1", 2)).await.unwrap(),
+        Reopened::Duplicate
+    );
+    // A second comment before the iteration starts joins it.
+    assert_eq!(
+        q.reopen_for_review(review(&id, "c2", 2)).await.unwrap(),
+        Reopened::Joined(1)
+    );
+    let job = q.get(&id).await.unwrap().unwrap();
+    assert_eq!(
+        (job.state, job.iterations, job.attempts, job.max_attempts),
+        (JobState::Queued, 1, 0, 2)
+    );
+    let tagged: Vec<(String, u32)> = job
+        .triggers
+        .iter()
+        .filter_map(|t| Some((t.delivery.clone(), t.review.as_ref()?.iteration)))
+        .collect();
+    assert_eq!(tagged, vec![("c1".to_string(), 1), ("c2".to_string(), 1)]);
+    assert_eq!(
+        job.triggers[1].review,
+        review(&id, "c1", 2).trigger.review.map(|mut r| {
+            r.iteration = 1;
+            r
+        }),
+        "the review reference round-trips"
+    );
+
+    // The iteration runs like any attempt; a failed one can be followed by another iteration too.
+    let claimed = q.claim(&worker("w1")).await.unwrap().unwrap();
+    assert_eq!(
+        (claimed.id.as_str(), claimed.iterations, claimed.attempts),
+        (id.as_str(), 1, 1)
+    );
+    q.fail(
+        &id,
+        &claimed.lease_token().unwrap(),
+        Failure::Permanent {
+            error: "boom".into(),
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        q.reopen_for_review(review(&id, "c3", 2)).await.unwrap(),
+        Reopened::Iteration(2)
+    );
+    run_to_success(&q, &id).await;
+
+    // Past the cap: recorded (so a redelivery is a duplicate), nothing queued.
+    assert_eq!(
+        q.reopen_for_review(review(&id, "c4", 2)).await.unwrap(),
+        Reopened::CapReached(2)
+    );
+    assert_eq!(
+        q.reopen_for_review(review(&id, "c4", 2)).await.unwrap(),
+        Reopened::Duplicate
+    );
+    assert_eq!(
+        q.get(&id).await.unwrap().unwrap().state,
+        JobState::Succeeded
+    );
+    assert!(q.claim(&worker("w1")).await.unwrap().is_none());
+
+    // A ticket with another open job: the old job is not reopened beside it.
+    let newer = created(&q, "REV-1", "assign-2").await;
+    assert_ne!(newer, id);
+    assert_eq!(
+        q.reopen_for_review(review(&id, "c5", 9)).await.unwrap(),
+        Reopened::Busy(JobState::Queued)
+    );
+    assert!(matches!(
+        q.reopen_for_review(review("no-such-job", "c6", 9)).await,
+        Err(QueueError::NotFound(_))
+    ));
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod sqlite_backend {
@@ -1458,6 +1595,7 @@ conformance!(
     an_open_job_keeps_a_bounded_number_of_triggers,
     every_claim_gets_a_new_fencing_token,
     deliveries_of_finished_jobs_are_pruned_by_age,
+    review_comments_reopen_a_finished_job_up_to_the_cap,
 );
 
 // ---------------------------------------------------------------- SQLite only

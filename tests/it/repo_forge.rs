@@ -25,6 +25,7 @@ fn github(gh: &GithubStandIn, token: &str) -> GitHub {
         git_url: gh.git_url(),
         token: Secret::new(token).into(),
         app: None,
+        bot_login: None,
     })
     .unwrap()
 }

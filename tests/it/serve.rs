@@ -1010,6 +1010,7 @@ async fn a_branch_that_already_holds_the_jobs_commit_is_delivered_not_failed() {
                 triggered_by: Some("712020:developer-ada".into()),
                 text: None,
                 at: chrono::Utc::now(),
+                review: None,
             },
             max_attempts: 1,
         })

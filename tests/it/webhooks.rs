@@ -116,6 +116,7 @@ impl Intake for MemQueue {
             policy_hash: None,
             approval: None,
             lease_gen: 0,
+            iterations: 0,
         });
         st.deliveries.insert(delivery, id.clone());
         Ok(Enqueued::Created(id))
@@ -127,6 +128,13 @@ impl Intake for MemQueue {
         _: &str,
         _: Option<&ApprovingComment>,
     ) -> Result<Approved, QueueError> {
+        Err(unsupported())
+    }
+
+    async fn reopen_for_review(
+        &self,
+        _: drafter::queue::ReviewTrigger,
+    ) -> Result<drafter::queue::Reopened, QueueError> {
         Err(unsupported())
     }
 }
@@ -294,6 +302,7 @@ async fn start(secret: Option<&str>, jira: JiraConfig) -> Server {
         max_attempts: 4,
         readiness,
         approvals: None,
+        github: None,
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -1267,6 +1276,7 @@ async fn serve_returns_after_shutdown() {
         webhook_secret: None,
         max_attempts: 3,
         approvals: None,
+        github: None,
     };
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let handle = tokio::spawn(server::serve(listener, state, async {
@@ -1332,6 +1342,7 @@ approval_labels = ["needs-approval"]
         webhook_secret: Some(Secret::new(SECRET)),
         max_attempts: 3,
         approvals: Some(approvals.clone()),
+        github: None,
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -1382,6 +1393,7 @@ impl ApprovalServer {
                     triggered_by: Some("712020:ann".into()),
                     text: None,
                     at: Utc::now(),
+                    review: None,
                 },
                 max_attempts: 3,
             })

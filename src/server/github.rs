@@ -1,0 +1,306 @@
+//! `POST /webhooks/github`: review comments on drafter's pull requests start follow-up iterations, and a closed
+//! pull request updates its link on the ticket.
+//!
+//! In order: the raw body (capped like Jira's) must carry `X-Hub-Signature-256: sha256=<hex HMAC-SHA256(secret,
+//! body)>` (https://docs.github.com/en/webhooks/using-webhooks/validating-webhook-deliveries), checked in constant
+//! time before anything is parsed (no secret configured, a missing or wrong signature: 401); then
+//! [`intake::from_github`] reads the `X-GitHub-Event`; the pull request must be one a job recorded as its own
+//! ([`intake::job_for_pr`]); the author must pass the policy's `reviewers` rule ([`intake::check_reviewer`]: the
+//! team's list, else write access as GitHub reports it); then the queue reopens the job for its next iteration
+//! ([`crate::queue::Intake::reopen_for_review`]). The comment id is the dedup key, so the same delivery twice (a
+//! GitHub redelivery keeps its `X-GitHub-Delivery`) makes one iteration. Past the policy's iteration cap the pull
+//! request gets one comment saying so instead of a job. Every decision is one `audit` line with the delivery id.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{Extensions, HeaderMap, StatusCode};
+use axum::response::Response;
+use serde_json::{json, Value};
+
+use crate::config::Secret;
+use crate::forge::Forge;
+use crate::intake::{self, GithubVerdict, ReviewerCheck, WriteAccess};
+use crate::jira::{JiraClient, PrLink, PrState};
+use crate::queue::{Reopened, ReviewTrigger};
+
+use super::{clean_header, reply, AppState, MAX_LOGGED_HEADER};
+
+/// What the GitHub endpoint needs besides the queue.
+#[derive(Clone)]
+pub struct GithubHooks {
+    /// The webhook's secret; without one every delivery is refused.
+    pub secret: Option<Secret>,
+    /// The login drafter comments as; without one review comments are ignored.
+    pub bot_login: Option<String>,
+    /// The forge, for permissions and the cap's comment (a GitHub App mints a token for the repository).
+    pub forge: Arc<Forge>,
+    /// Whether closed pull requests update their remote link on the ticket (`[panel] remote_links`).
+    pub remote_links: bool,
+}
+
+/// Write access as the forge reports it, with a short-lived token for the repository.
+struct ForgeAccess<'a>(&'a Forge);
+
+#[async_trait::async_trait]
+impl WriteAccess for ForgeAccess<'_> {
+    async fn can_write(&self, repo: &str, user: &str) -> Result<bool, String> {
+        let job = self.0.for_job(repo).await.map_err(|e| e.to_string())?;
+        let asked = async {
+            let gh = job.client().await.map_err(|e| e.to_string())?;
+            gh.permission(repo, user)
+                .await
+                .map(|p| p.can_write())
+                .map_err(|e| e.to_string())
+        }
+        .await;
+        let _ = job.revoke().await;
+        asked
+    }
+}
+
+pub(super) async fn github_webhook(
+    State(st): State<Arc<AppState>>,
+    ext: Extensions,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let remote = ext
+        .get::<ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.to_string())
+        .unwrap_or_else(|| "unknown".into());
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+    };
+    let delivery = header("x-github-delivery")
+        .map(|d| clean_header(d, MAX_LOGGED_HEADER))
+        .unwrap_or_default();
+    let event = header("x-github-event")
+        .map(|d| clean_header(d, MAX_LOGGED_HEADER))
+        .unwrap_or_default();
+    let refuse = |status: StatusCode, reason: &str| {
+        tracing::warn!(target: "audit", remote, delivery, event, status = status.as_u16(), reason, "github webhook refused");
+        reply(status, json!({"status": "refused", "reason": reason}))
+    };
+    let body = match body {
+        Ok(b) => b,
+        Err(rejection) => {
+            let status = rejection.status();
+            return refuse(status, "body could not be read (or is larger than 1 MiB)");
+        }
+    };
+    let Some(hooks) = &st.github else {
+        return refuse(
+            StatusCode::UNAUTHORIZED,
+            "GitHub webhooks are not configured",
+        );
+    };
+    let Some(secret) = &hooks.secret else {
+        return refuse(
+            StatusCode::UNAUTHORIZED,
+            "no GitHub webhook secret configured: GitHub webhooks are disabled",
+        );
+    };
+    let Some(signature) = header("x-hub-signature-256") else {
+        return refuse(StatusCode::UNAUTHORIZED, "missing X-Hub-Signature-256");
+    };
+    if !super::signature_valid(secret, signature, &body) {
+        return refuse(StatusCode::UNAUTHORIZED, "bad X-Hub-Signature-256");
+    }
+    let payload: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(_) => return refuse(StatusCode::BAD_REQUEST, "body is not valid JSON"),
+    };
+    let ignored = |reason: &str| {
+        tracing::info!(target: "audit", remote, delivery, event, reason, "github webhook ignored");
+        reply(
+            StatusCode::ACCEPTED,
+            json!({"status": "ignored", "reason": reason}),
+        )
+    };
+    let bot = hooks.bot_login.as_deref().unwrap_or("");
+    let comment = match intake::from_github(&event, &payload, bot) {
+        GithubVerdict::Ignore(reason) => return ignored(&reason),
+        GithubVerdict::Closed {
+            repo,
+            pr,
+            merged,
+            ticket_hint,
+        } => {
+            let pr = ClosedPr {
+                repo: &repo,
+                pr,
+                merged,
+                ticket_hint: ticket_hint.as_deref(),
+                payload: &payload,
+            };
+            return closed(&st, hooks, pr, &delivery).await;
+        }
+        GithubVerdict::Review(c) => c,
+    };
+    if bot.is_empty() {
+        return ignored("github.bot_login is not configured");
+    }
+    let unavailable = |what: &str, e: &dyn std::fmt::Display| {
+        tracing::error!(target: "audit", remote, delivery, event, error = %e, what, "github webhook not handled");
+        reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"status": "error", "reason": format!("{what}; retry later")}),
+        )
+    };
+    let job = match intake::job_for_pr(
+        st.queue.as_ref(),
+        &comment.repo,
+        comment.pr,
+        comment.ticket_hint.as_deref(),
+    )
+    .await
+    {
+        Ok(Some(job)) => job,
+        Ok(None) => return ignored("not a pull request drafter opened"),
+        Err(e) => return unavailable("the job queue is unavailable", &e),
+    };
+    let Some(approvals) = &st.approvals else {
+        return ignored("the policy is not available to check reviewers");
+    };
+    let policy = approvals.policy.get();
+    let access = ForgeAccess(&hooks.forge);
+    let cap = match intake::check_reviewer(&policy, &job, &comment, &access).await {
+        ReviewerCheck::Allowed { cap } => cap,
+        ReviewerCheck::Refused(why) => {
+            tracing::warn!(target: "audit", remote, delivery, event, job = job.id, author = comment.author,
+                reason = why, "review comment refused");
+            return reply(
+                StatusCode::ACCEPTED,
+                json!({"status": "refused", "reason": why}),
+            );
+        }
+        ReviewerCheck::Unknown(why) => return unavailable("could not check the reviewer", &why),
+    };
+    let review = ReviewTrigger {
+        job_id: job.id.clone(),
+        trigger: comment.trigger(chrono::Utc::now()),
+        max_iterations: cap,
+        max_attempts: st.max_attempts,
+    };
+    let done = match st.queue.reopen_for_review(review).await {
+        Ok(done) => done,
+        Err(e) => return unavailable("the job queue is unavailable", &e),
+    };
+    let (code, status) = match &done {
+        Reopened::Iteration(_) => (StatusCode::ACCEPTED, "created"),
+        Reopened::Joined(_) => (StatusCode::ACCEPTED, "absorbed"),
+        Reopened::Duplicate => (StatusCode::OK, "duplicate"),
+        Reopened::Overflow => (StatusCode::OK, "overflow"),
+        Reopened::Busy(_) => (StatusCode::ACCEPTED, "busy"),
+        Reopened::CapReached(_) => (StatusCode::OK, "cap_reached"),
+    };
+    tracing::info!(target: "audit", remote, delivery, event, job = job.id, author = comment.author,
+        comment = comment.own_id, outcome = status, detail = ?done, "review comment");
+    if let Reopened::CapReached(n) = done {
+        let text = format!(
+            "@{} drafter has already made {n} follow-up iteration(s) on this pull request, the most its policy \
+             allows (`review_iterations`): it will not change it again. A human can take it from here. \
+             `drafter:{}:cap:{}`",
+            comment.author, job.id, comment.own_id
+        );
+        if let Err(e) = cap_comment(&hooks.forge, &comment.repo, comment.pr, &text).await {
+            tracing::warn!(target: "audit", delivery, job = job.id, error = %e,
+                "could not comment on the pull request");
+        }
+    }
+    let mut body = json!({"status": status, "job": job.id});
+    if let Reopened::Iteration(n) | Reopened::Joined(n) = done {
+        body["iteration"] = json!(n);
+    }
+    reply(code, body)
+}
+
+/// The cap's one comment on the pull request, with a token for its repository.
+async fn cap_comment(
+    forge: &Forge,
+    repo: &str,
+    pr: u64,
+    text: &str,
+) -> Result<(), crate::forge::ForgeError> {
+    let job = forge.for_job(repo).await?;
+    let posted = async { job.client().await?.comment_on_pr(repo, pr, text).await }.await;
+    let _ = job.revoke().await;
+    posted
+}
+
+/// A closed pull request, as the delivery says.
+struct ClosedPr<'a> {
+    repo: &'a str,
+    pr: u64,
+    merged: bool,
+    ticket_hint: Option<&'a str>,
+    payload: &'a Value,
+}
+
+/// A drafter pull request was closed: its remote link on the ticket shows it merged or closed.
+async fn closed(st: &AppState, hooks: &GithubHooks, c: ClosedPr<'_>, delivery: &str) -> Response {
+    let ignored = |reason: &str| {
+        reply(
+            StatusCode::ACCEPTED,
+            json!({"status": "ignored", "reason": reason}),
+        )
+    };
+    if !hooks.remote_links {
+        return ignored("remote links are off");
+    }
+    let job = match intake::job_for_pr(st.queue.as_ref(), c.repo, c.pr, c.ticket_hint).await {
+        Ok(Some(job)) => job,
+        Ok(None) => return ignored("not a pull request drafter opened"),
+        Err(_) => {
+            return reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({"status": "error", "reason": "the job queue is unavailable; retry later"}),
+            )
+        }
+    };
+    let pull = &c.payload["pull_request"];
+    let link = PrLink {
+        repo: c.repo.to_string(),
+        number: c.pr,
+        url: pull["html_url"]
+            .as_str()
+            .or(job.outcome.as_ref().and_then(|o| o["url"].as_str()))
+            .unwrap_or_default()
+            .to_string(),
+        title: pull["title"].as_str().unwrap_or_default().to_string(),
+        state: if c.merged {
+            PrState::Merged
+        } else {
+            PrState::Closed
+        },
+    };
+    let linked = match JiraClient::new(&st.jira) {
+        Ok(jira) => jira.upsert_remote_link(&job.ticket, &link).await,
+        Err(e) => Err(e),
+    };
+    match linked {
+        Ok(()) => {
+            tracing::info!(target: "audit", delivery, job = job.id, merged = c.merged,
+                "pull request closed: link updated");
+            reply(
+                StatusCode::ACCEPTED,
+                json!({"status": "linked", "job": job.id}),
+            )
+        }
+        Err(e) => {
+            tracing::warn!(target: "audit", delivery, job = job.id, error = %e,
+                "could not update the ticket's link");
+            reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({"status": "error", "reason": "Jira could not be told; retry later"}),
+            )
+        }
+    }
+}
