@@ -50,8 +50,8 @@ mod tools;
 use context::*;
 use finish::*;
 pub use finish::{FinishCheck, FinishReport};
-pub use prompt::ticket_prompt;
 use prompt::*;
+pub use prompt::{ticket_prompt, MAX_REVIEW_BYTES, MAX_REVIEW_COMMENTS};
 use tools::*;
 pub use tools::{check_path, replace_once, tool_specs};
 
@@ -245,6 +245,37 @@ pub struct Task<'a> {
     pub requests: &'a [String],
     /// The policy's tool list, write rules and budget gate.
     pub permissions: Permissions<'a>,
+    /// A follow-up iteration's review: the pull request's diff so far and the comments to address.
+    pub review: Option<&'a ReviewContext>,
+}
+
+/// What a follow-up iteration adds to the prompt: the pull request's diff so far and the review comments, quoted as
+/// untrusted data like the ticket.
+#[derive(Debug, Clone, Default)]
+pub struct ReviewContext {
+    /// Which follow-up this is (1 for the first).
+    pub iteration: u32,
+    /// The pull request's diff against its base (unified, possibly cut: see `diff_cut`).
+    pub diff: String,
+    /// Whether `diff` was cut to fit.
+    pub diff_cut: bool,
+    /// The comments, oldest first.
+    pub comments: Vec<ReviewNote>,
+}
+
+/// One review comment for the model.
+#[derive(Debug, Clone)]
+pub struct ReviewNote {
+    /// Its author's forge login.
+    pub author: String,
+    /// `line`, `review` or `conversation`.
+    pub kind: String,
+    /// A line comment's file.
+    pub path: Option<String>,
+    /// A line comment's line.
+    pub line: Option<u64>,
+    /// What it says.
+    pub text: String,
 }
 
 /// Runs the loop to completion, its tools acting on `workspace` (a [`crate::sandbox::Container`] converts). `on_event`
@@ -275,6 +306,7 @@ async fn run_inner(
             task.ticket,
             task.repo,
             task.requests,
+            task.review,
         ))],
     }];
     let tools: Vec<ToolSpec> = tool_specs()

@@ -44,9 +44,10 @@ impl DedupKey {
         DedupKey::new(job_id, "approval")
     }
 
-    /// The key of a job's "draft pull request opened" notice for pull request `number`.
-    pub fn pr_opened(job_id: &str, number: u64) -> DedupKey {
-        DedupKey::new(job_id, &format!("pr-{number}"))
+    /// The key of a job's "draft pull request opened" notice for pull request `number` (`iteration` 0), or of its
+    /// "updated after review" notice for a follow-up iteration.
+    pub fn pr_opened(job_id: &str, number: u64, iteration: u32) -> DedupKey {
+        DedupKey::new(job_id, &pr_kind(number, iteration))
     }
 
     /// The key as written in the comment.
@@ -90,6 +91,8 @@ pub enum Notice {
         number: u64,
         /// The branch pushed.
         branch: String,
+        /// The follow-up iteration on review comments that updated it (0: opened).
+        iteration: u32,
         /// The proof bundle.
         proof: Option<ProofRef>,
     },
@@ -185,9 +188,14 @@ impl Notice {
                 repo,
                 number,
                 branch,
+                iteration,
                 ..
             } => {
-                v.push(Text("Draft pull request opened: ".into()));
+                v.push(Text(if *iteration > 0 {
+                    format!("Pull request updated after review (iteration {iteration}): ")
+                } else {
+                    "Draft pull request opened: ".to_string()
+                }));
                 let text = format!("{}#{}", notice_field(repo), number);
                 let url = url.trim();
                 if is_web_url(url) && url.len() <= 2048 {
@@ -297,7 +305,12 @@ impl Notice {
         let proof_job = |p: &Option<ProofRef>| p.as_ref().map(|p| p.job_id.clone());
         let (job, kind) = match self {
             Notice::Started { job_id, .. } => (Some(job_id.clone()), "started".to_string()),
-            Notice::PrOpened { number, proof, .. } => (proof_job(proof), format!("pr-{number}")),
+            Notice::PrOpened {
+                number,
+                iteration,
+                proof,
+                ..
+            } => (proof_job(proof), pr_kind(*number, *iteration)),
             Notice::NoChanges { proof, .. } => (proof_job(proof), "no-changes".into()),
             Notice::Refused { proof, .. } => (proof_job(proof), "refused".into()),
             Notice::Failed { job_id, .. } => (Some(job_id.clone()), "failed".into()),
@@ -316,6 +329,7 @@ impl Notice {
         const OPENINGS: &[&str] = &[
             "drafter started working on this (job ",
             "Draft pull request opened: ",
+            "Pull request updated after review (iteration ",
             "drafter finished without changing any file",
             "drafter refused this ticket: ",
             "drafter failed (job ",
@@ -420,3 +434,12 @@ impl JiraClient {
 
 #[cfg(test)]
 mod tests;
+
+/// The dedup kind of a pull request notice: `pr-<n>` when opened, `pr-<n>-iteration-<i>` for a follow-up.
+fn pr_kind(number: u64, iteration: u32) -> String {
+    if iteration == 0 {
+        format!("pr-{number}")
+    } else {
+        format!("pr-{number}-iteration-{iteration}")
+    }
+}

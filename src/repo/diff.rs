@@ -94,6 +94,38 @@ impl DiffSummary {
     }
 }
 
+/// The unified diff of `head` against `base` as text (what a reviewer sees), cut at `cap` bytes on a line
+/// boundary; `true` when it was cut. Binary files show as one line naming them.
+pub fn patch_text(
+    repo: &Repository,
+    base: Oid,
+    head: Oid,
+    cap: usize,
+) -> Result<(String, bool), git2::Error> {
+    let base_tree = repo.find_commit(base)?.tree()?;
+    let head_tree = repo.find_commit(head)?.tree()?;
+    let mut opts = DiffOptions::new();
+    opts.context_lines(3).ignore_submodules(true);
+    let diff = repo.diff_tree_to_tree(Some(&base_tree), Some(&head_tree), Some(&mut opts))?;
+    let mut out = String::new();
+    let mut cut = false;
+    diff.print(git2::DiffFormat::Patch, |_, _, line| {
+        let prefix = match line.origin() {
+            c @ ('+' | '-' | ' ') => c.to_string(),
+            _ => String::new(),
+        };
+        let text = format!("{prefix}{}", String::from_utf8_lossy(line.content()));
+        if out.len() + text.len() > cap {
+            cut = true;
+            return false;
+        }
+        out.push_str(&text);
+        true
+    })
+    .or_else(|e| if cut { Ok(()) } else { Err(e) })?;
+    Ok((out, cut))
+}
+
 /// What `head` changes relative to `base` (two commits, or trees, in `repo`): a tree-to-tree diff with rename
 /// detection off, so a rename is a deletion plus an addition and both paths are checked.
 pub fn summarize(repo: &Repository, base: Oid, head: Oid) -> Result<DiffSummary, git2::Error> {

@@ -81,6 +81,8 @@ pub enum Event {
         number: u64,
         /// The pushed branch.
         branch: String,
+        /// The follow-up iteration that updated it (0: the job's first run opened it).
+        iteration: u32,
         /// The bundle digest after this attempt's run statement.
         digest: String,
     },

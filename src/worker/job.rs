@@ -82,6 +82,27 @@ pub struct JobSpec {
     /// The lease check asked immediately before each side effect outside the runner (push, pull request, ticket
     /// comment), when the job came from a shared queue.
     pub fence: Option<Arc<dyn Fence>>,
+    /// A follow-up iteration on review comments of the pull request the job opened (`drafter serve`), else `None`.
+    pub review: Option<ReviewIteration>,
+}
+
+/// A follow-up iteration: the review comments it answers (their authors passed the policy's `reviewers` rule when
+/// they came in).
+#[derive(Debug, Clone)]
+pub struct ReviewIteration {
+    /// Which follow-up (1 for the first).
+    pub iteration: u32,
+    /// The comments, in the order they came.
+    pub comments: Vec<ReviewAsk>,
+}
+
+/// One review comment of an iteration.
+#[derive(Debug, Clone)]
+pub struct ReviewAsk {
+    /// Where it sits on the forge (repository, pull request, thread, file and line) and who wrote it.
+    pub at: crate::queue::ReviewRef,
+    /// What it says (capped when it came in).
+    pub text: String,
 }
 
 impl JobSpec {
@@ -98,6 +119,7 @@ impl JobSpec {
             approved: None,
             policy,
             fence: None,
+            review: None,
         }
     }
 }

@@ -35,7 +35,7 @@ mod text;
 pub use error::JobError;
 pub use events::{Event, Stage};
 pub use fence::Fence;
-pub use job::{Ask, Attempt, JobSpec, MAX_REQUESTS, MAX_REQUEST_BYTES};
+pub use job::{Ask, Attempt, JobSpec, ReviewAsk, ReviewIteration, MAX_REQUESTS, MAX_REQUEST_BYTES};
 pub use outcome::{AwaitingApproval, Delivered, JobOutcome, Refusal};
 pub use run::run_job;
 pub use services::{ModelFactory, Services, ServicesError};

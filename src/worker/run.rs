@@ -132,6 +132,8 @@ async fn deliver(
             })?;
             let github = forge.client().await?;
             phases::pull_request::complete(&s.config, &github, job, repo, *number, digest).await?;
+            // A follow-up answers its reviewers where they asked, with the sealed bundle's digest.
+            phases::review::answer(&s.config, &github, job, repo, *number, digest).await?;
             job.stage(Stage::Report, job.ticket()).await?;
             job.emit(Event::PrOpened {
                 url: url.clone(),
@@ -139,6 +141,7 @@ async fn deliver(
                 number: *number,
                 branch: branch.clone(),
                 digest: digest.to_string(),
+                iteration: job.spec.review.as_ref().map_or(0, |r| r.iteration),
             })
             .await
         }

@@ -150,6 +150,7 @@ impl AgentRun {
                 gate: None,
                 finish_check,
             },
+            review: None,
         };
         let mut events = Vec::new();
         let workspace = Workspace::new(&self.exec, self.disk_limit);

@@ -194,6 +194,7 @@ async fn posts_every_notice_and_reads_it_back() {
             repo: "acme/widgets".into(),
             number: 3,
             branch: "drafter/DEMO-1-fix-x".into(),
+            iteration: 0,
             proof: Some(drafter::jira::ProofRef {
                 job_id: "J42".into(),
                 digest: "0123abcd".into(),
@@ -302,9 +303,9 @@ async fn posts_every_notice_and_reads_it_back() {
     };
     for reader in [&c, &other] {
         assert!(has(reader, DedupKey::started("J42")).await);
-        assert!(has(reader, DedupKey::pr_opened("J42", 3)).await);
+        assert!(has(reader, DedupKey::pr_opened("J42", 3, 0)).await);
         assert!(has(reader, DedupKey::approval("J44")).await);
-        assert!(!has(reader, DedupKey::pr_opened("J42", 4)).await);
+        assert!(!has(reader, DedupKey::pr_opened("J42", 4, 0)).await);
         assert!(!has(reader, DedupKey::started("J43")).await);
     }
     // Someone else pasting a notice, key and all, does not make it posted.
@@ -461,6 +462,7 @@ async fn data_center_posts_wiki_notices_and_reads_itself_on_v2() {
         repo: "acme/widgets".into(),
         number: 3,
         branch: "drafter/OPS-1-fix-x".into(),
+        iteration: 0,
         proof: Some(drafter::jira::ProofRef {
             job_id: "J42".into(),
             digest: "0123abcd".into(),
@@ -508,7 +510,7 @@ async fn data_center_posts_wiki_notices_and_reads_itself_on_v2() {
     assert_eq!(c.comments("OPS-1").await.expect("comments").len(), 2);
     // Found again by their keys, read back as the wiki markup that was posted; a key only the other has, not.
     for (k, posted) in [
-        (DedupKey::pr_opened("J42", 3), true),
+        (DedupKey::pr_opened("J42", 3, 0), true),
         (DedupKey::started("J42"), false),
     ] {
         assert_eq!(
@@ -1076,7 +1078,7 @@ async fn ticket_brings_comments_criteria_links_and_attachments_cloud() {
         base: "main".into(),
         test_command: None,
     };
-    let p = drafter::agent::ticket_prompt(&t, &repo, &[]);
+    let p = drafter::agent::ticket_prompt(&t, &repo, &[], None);
     let open = p.find("<ticket ").expect("open");
     let close = p.rfind("</ticket>").expect("close");
     // After the opening marker, the only closing one is the runner's.
@@ -1161,6 +1163,7 @@ async fn many_comments_keep_the_newest_and_say_so() {
             test_command: None,
         },
         &[],
+        None,
     );
     assert!(
         p.contains(&format!(
@@ -1235,6 +1238,7 @@ async fn data_center_ticket_has_wiki_comments_and_criteria() {
             test_command: None,
         },
         &[],
+        None,
     );
     // Any spelling of the closing marker is defused, not only the lower-case one.
     let open = p.find("<ticket ").expect("open");

@@ -29,6 +29,7 @@ fn notices_render() {
         repo: "acme/widgets".into(),
         number: 3,
         branch: "drafter/DEMO-1-fix-x".into(),
+        iteration: 0,
         proof: None,
     };
     assert_eq!(
@@ -46,6 +47,7 @@ fn notices_render() {
         repo: "a/b".into(),
         number: 1,
         branch: "b".into(),
+        iteration: 0,
         proof: None,
     };
     assert!(!n.to_adf().to_string().contains("javascript"));
@@ -153,9 +155,10 @@ fn dedup_keys_are_rendered_and_found_in_adf_and_wiki() {
                 repo: "a/b".into(),
                 number: 7,
                 branch: "drafter/DEMO-1-x".into(),
+                iteration: 0,
                 proof: proof(job),
             },
-            DedupKey::pr_opened(job, 7),
+            DedupKey::pr_opened(job, 7, 0),
         ),
         (
             Notice::ApprovalNeeded {
@@ -192,7 +195,7 @@ fn dedup_keys_are_rendered_and_found_in_adf_and_wiki() {
     let started = adf_to_markdown(&cases[0].0.to_adf());
     assert!(!DedupKey::approval(job).is_in(&started));
     assert!(!DedupKey::started("j2").is_in(&started));
-    assert!(!DedupKey::pr_opened(job, 7).is_in("`drafter:j1:pr-70`"));
+    assert!(!DedupKey::pr_opened(job, 7, 0).is_in("`drafter:j1:pr-70`"));
     assert!(!DedupKey::started(job).is_in(&format!("drafter:{job}:started")));
     // The other notices: a key when they name their job (through the proof bundle), none otherwise.
     let failed = Notice::Failed {

@@ -171,6 +171,7 @@ fn notices_in_wiki_markup() {
         repo: "acme/widgets".into(),
         number: 3,
         branch: "drafter/DEMO-1-fix-x".into(),
+        iteration: 0,
         proof: Some(crate::jira::ProofRef {
             job_id: "j20260101T000000-1a2b3c4d".into(),
             digest: "ab12".into(),
@@ -215,6 +216,7 @@ fn notices_in_wiki_markup() {
         repo: "a/b".into(),
         number: 1,
         branch: "b".into(),
+        iteration: 0,
         proof: None,
     };
     assert!(

@@ -27,6 +27,8 @@ pub(crate) struct AgentRun<'a> {
     pub(crate) grant: &'a Grant,
     /// The requests the policy let through, as `who: text`.
     pub(crate) requests: &'a [String],
+    /// A follow-up iteration's diff and review comments.
+    pub(crate) review: Option<&'a agent::ReviewContext>,
     pub(crate) limits: &'a AgentLimits,
     pub(crate) command_timeout: Duration,
     pub(crate) meter: &'a Meter,
@@ -87,6 +89,7 @@ pub(crate) async fn run(
                 gate: Some(run.meter),
                 finish_check: Some(&finish_check),
             },
+            review: run.review,
         };
         let mut calls = Vec::new();
         let ev = job.channel();

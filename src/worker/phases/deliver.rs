@@ -97,15 +97,22 @@ pub(crate) async fn commit_and_push(
 ) -> Result<Option<(Vec<String>, Vec<String>)>, JobError> {
     let job_id = job.id();
     job.stage(Stage::Push, branch).await?;
+    let receipts = format!("sha256:{digest}");
+    let mut trailers = vec![
+        ("Drafter-Ticket", ticket.key.clone()),
+        ("Drafter-Job", job_id.to_string()),
+        ("Drafter-Receipts", receipts),
+        ("Drafter-Policy", job.spec.policy.hash.clone()),
+    ];
+    // A follow-up's commit names its iteration: a retried attempt of it finds its own push by this.
+    if let Some(it) = &job.spec.review {
+        trailers.push(("Drafter-Iteration", it.iteration.to_string()));
+    }
+    let trailers: Vec<(&str, &str)> = trailers.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let message = repo::message_with_trailers(
         &format!("[{}] {}", ticket.key, cap(ticket.summary.trim(), 60)),
         &outcome.summary,
-        &[
-            ("Drafter-Ticket", ticket.key.as_str()),
-            ("Drafter-Job", job_id),
-            ("Drafter-Receipts", &format!("sha256:{digest}")),
-            ("Drafter-Policy", &job.spec.policy.hash),
-        ],
+        &trailers,
     );
     let (identity, token) = (config.commit.clone(), forge.token().clone());
     let (url2, branch2, base2) = (url.to_string(), branch.to_string(), grant.repo.base.clone());

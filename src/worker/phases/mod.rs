@@ -25,6 +25,7 @@ pub(crate) mod finish;
 pub(crate) mod panel;
 pub(crate) mod pull_request;
 pub(crate) mod report;
+pub(crate) mod review;
 pub(crate) mod sandbox;
 pub(crate) mod seal;
 
@@ -94,7 +95,14 @@ pub(crate) async fn pipeline(
             return Err(e);
         }
     };
-    let container = match (reused, started) {
+    // A follow-up iteration works on top of the job's own pushed branch; only if an earlier attempt of this same
+    // iteration already pushed (the tip carries its `Drafter-Iteration` trailer) is that push delivered as is.
+    let iteration = spec.review.as_ref();
+    let pushed_before = match iteration {
+        Some(it) if reused => tip_iteration(&git_repo, &branch)? == Some(it.iteration),
+        _ => reused,
+    };
+    let container = match (pushed_before, started) {
         (false, started) => Some(started?),
         (true, Ok(container)) => {
             let _ = container.remove().await;
@@ -104,12 +112,17 @@ pub(crate) async fn pipeline(
     };
     job.progress.branch = Some(branch.clone());
 
-    let (outcome, digest, changed, left_out) = if reused {
+    let (outcome, digest, changed, left_out) = if pushed_before {
         deliver::reuse(job, &ticket, &grant, git_repo, &branch).await?
     } else {
+        let review = match iteration {
+            Some(it) => Some(review::context(it, &git_repo, &repo_cfg.base, &branch)?),
+            None => None,
+        };
         let run = agent::AgentRun {
             grant: &grant,
             requests: &requests,
+            review: review.as_ref(),
             limits: &limits,
             command_timeout: Duration::from_secs(sandbox_cfg.command_timeout_secs),
             meter: &meter,
@@ -128,6 +141,11 @@ pub(crate) async fn pipeline(
             config, &github, job, &ticket, &grant, git_repo, &branch, &url, &outcome, &digest,
         )
         .await?;
+        let pushed = match (pushed, iteration) {
+            // An iteration that changed nothing still answers the reviewers on the pull request it has.
+            (None, Some(_)) => Some((Vec::new(), Vec::new())),
+            (pushed, _) => pushed,
+        };
         let Some((changed, left_out)) = pushed else {
             // The ticket hears about it once the run statement is written.
             return Ok(Delivered::NoChanges {
@@ -148,10 +166,21 @@ pub(crate) async fn pipeline(
         &ticket,
         &repo_cfg,
         branch,
-        reused,
+        // An iteration keeps the pull request's description; only its proof footer is refreshed.
+        reused || iteration.is_some(),
         (&outcome, &digest, &changed, &left_out),
     )
     .await
+}
+
+/// The follow-up iteration the remote branch's tip commit was made for (its `Drafter-Iteration` trailer).
+fn tip_iteration(r: &git2::Repository, branch: &str) -> Result<Option<u32>, JobError> {
+    Ok(repo::remote_branch(r, branch)?.and_then(|b| {
+        b.message
+            .lines()
+            .find_map(|l| l.strip_prefix("Drafter-Iteration:"))
+            .and_then(|n| n.trim().parse().ok())
+    }))
 }
 
 /// The run statement's view of a credential: kind, scope and expiry, never the token.

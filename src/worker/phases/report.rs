@@ -49,10 +49,11 @@ impl Listener for TicketReporter<'_> {
                 number,
                 branch,
                 digest,
+                iteration,
             } => {
-                // One "PR opened" comment per PR, however many attempts it took.
+                // One "PR opened" comment per PR (and one per follow-up iteration), however many attempts it took.
                 if jira
-                    .has_notice(key, &jira::DedupKey::pr_opened(job_id, *number))
+                    .has_notice(key, &jira::DedupKey::pr_opened(job_id, *number, *iteration))
                     .await?
                 {
                     return Ok(());
@@ -63,6 +64,7 @@ impl Listener for TicketReporter<'_> {
                     repo: repo.clone(),
                     number: *number,
                     branch: branch.clone(),
+                    iteration: *iteration,
                     proof: proof(digest),
                 };
                 jira.notify(key, &notice).await?;

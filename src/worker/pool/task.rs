@@ -12,7 +12,9 @@ use crate::queue::{ApprovalRequest, Failure, Job, JobState, Leases, Queue, Queue
 
 use super::super::events::{Event, Listener};
 use super::super::run::run_with;
-use super::super::{scrub, Ask, Attempt, JobError, JobOutcome, JobSpec, Services};
+use super::super::{
+    scrub, Ask, Attempt, JobError, JobOutcome, JobSpec, ReviewAsk, ReviewIteration, Services,
+};
 use super::{lock, Running, Slot};
 
 /// Runs a job task's future, turning a panic into its message: the pool must survive a job that panics and
@@ -49,6 +51,28 @@ pub(super) fn origin_of(job: &Job) -> Who {
         Some(t) => Who::Jira(t.triggered_by.clone()),
         None => Who::Jira(None),
     }
+}
+
+/// The follow-up iteration a reopened job runs: the review comments tagged with its current iteration.
+pub(super) fn review_of(job: &Job) -> Option<ReviewIteration> {
+    if job.iterations == 0 {
+        return None;
+    }
+    let comments: Vec<ReviewAsk> = job
+        .triggers
+        .iter()
+        .filter_map(|t| {
+            let at = t.review.as_ref()?;
+            (at.iteration == job.iterations).then(|| ReviewAsk {
+                at: (**at).clone(),
+                text: t.text.clone().unwrap_or_default(),
+            })
+        })
+        .collect();
+    Some(ReviewIteration {
+        iteration: job.iterations,
+        comments,
+    })
 }
 
 /// Everything one job task needs.
@@ -106,10 +130,12 @@ impl JobTask {
                 number: job.attempts,
                 max: job.max_attempts,
             },
+            // Review comments are not Jira requests: they reach the model in the iteration's review block.
             requests: job
                 .triggers
                 .iter()
                 .enumerate()
+                .filter(|(_, t)| t.review.is_none())
                 .filter_map(|(i, t)| {
                     Some(Ask {
                         by: t.triggered_by.clone(),
@@ -120,11 +146,18 @@ impl JobTask {
                 })
                 .collect(),
             origin: origin_of(job),
-            event: job
-                .triggers
-                .first()
-                .map(|t| format!("{} {}", t.source, t.delivery))
-                .unwrap_or_else(|| "unknown".into()),
+            event: match job.triggers.iter().rev().find(|t| t.review.is_some()) {
+                // The run statement says which iteration this attempt is, and the comment that opened it.
+                Some(t) if job.iterations > 0 => format!(
+                    "review:iteration-{} {} {}",
+                    job.iterations, t.source, t.delivery
+                ),
+                _ => job
+                    .triggers
+                    .first()
+                    .map(|t| format!("{} {}", t.source, t.delivery))
+                    .unwrap_or_else(|| "unknown".into()),
+            },
             // An approval counts with what it approved; one stored without that (before approvals were bound to
             // their subject) is asked for again.
             approved_by: job
@@ -139,6 +172,7 @@ impl JobTask {
                 .and_then(|a| a.subject.clone()),
             policy: self.policy.clone(),
             fence: Some(Arc::new(lease.clone())),
+            review: review_of(job),
         };
         // The policy hash is on the job before anything runs: an auditor sees which policy governed it.
         if let Err(e) = queue
