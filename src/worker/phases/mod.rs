@@ -174,7 +174,7 @@ pub(crate) async fn pipeline(
 }
 
 /// The follow-up iteration the remote branch's tip commit was made for (its `Drafter-Iteration` trailer).
-fn tip_iteration(r: &git2::Repository, branch: &str) -> Result<Option<u32>, JobError> {
+fn tip_iteration(r: &git2::Repository, branch: &str) -> Result<Option<u32>, RepoError> {
     Ok(repo::remote_branch(r, branch)?.and_then(|b| {
         b.message
             .lines()

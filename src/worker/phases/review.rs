@@ -22,7 +22,7 @@ pub(crate) fn context(
     r: &git2::Repository,
     base: &str,
     branch: &str,
-) -> Result<ReviewContext, JobError> {
+) -> Result<ReviewContext, RepoError> {
     let tip = repo::remote_branch(r, branch)?
         .ok_or_else(|| RepoError::BranchNotFound {
             branch: branch.to_string(),
