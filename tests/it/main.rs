@@ -21,6 +21,7 @@ mod provider_shapes;
 mod queue;
 mod readme;
 mod repo_forge;
+mod review;
 mod sandbox;
 mod serve;
 mod verify;

@@ -77,12 +77,12 @@ pub(super) struct RepoState {
 }
 
 pub struct Inner {
-    token: String,
+    pub(super) token: String,
     /// The GitHub App, when enabled (`enable_app`): its tokens work next to the personal token.
     pub(super) app: Option<super::github_app::AppState>,
     root: PathBuf,
     base_url: String,
-    bot_login: String,
+    pub(super) bot_login: String,
     /// The service account's teams as `GET /user/teams` lists them, (id, slug, parent id); `None` answers 403.
     bot_teams: Option<Vec<(u64, String, Option<u64>)>>,
     pub(super) repos: HashMap<String, RepoState>,
@@ -95,6 +95,8 @@ pub struct Inner {
     git_delay: std::time::Duration,
     /// Delay before answering `POST .../pulls` (to hold a job between its push and its PR).
     pr_delay: std::time::Duration,
+    /// Review comments, conversation comments and collaborators' permissions (`github_review.rs`).
+    pub(super) review: super::github_review::ReviewState,
 }
 
 type Shared = Arc<Mutex<Inner>>;
@@ -138,6 +140,7 @@ impl GithubStandIn {
             pulls: HashMap::new(),
             next_pr: 1,
             merge_attempts: 0,
+            review: Default::default(),
             requests: Vec::new(),
             api_failure: None,
             git_delay: std::time::Duration::ZERO,
@@ -393,6 +396,11 @@ impl GithubStandIn {
         lock(&self.state).requests.clone()
     }
 
+    /// Runs `f` on the review state (comments, permissions).
+    pub fn with_review<T>(&self, f: impl FnOnce(&mut super::github_review::ReviewState) -> T) -> T {
+        f(&mut lock(&self.state).review)
+    }
+
     fn with_repo(&self, full_name: &str, f: impl FnOnce(&mut RepoState)) {
         let mut st = lock(&self.state);
         let repo = st
@@ -613,6 +621,11 @@ fn api(
         );
     }
 
+    if st.repos.contains_key(&full) {
+        if let Some(answer) = super::github_review::route(&mut st, method, &full, rest, body) {
+            return answer;
+        }
+    }
     let Some(repo) = st.repos.get(&full) else {
         return not_found();
     };

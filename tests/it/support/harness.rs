@@ -124,6 +124,8 @@ pub struct Options {
     pub agent_toml: String,
     /// Lines added to the `[jira]` table.
     pub jira_toml: String,
+    /// Lines added to the `[github]` table.
+    pub github_toml: String,
     /// Which Jira to stand in for.
     pub flavor: Flavor,
     /// Authenticate to GitHub as a GitHub App (a key pair made for the test) instead of the personal token.
@@ -146,6 +148,7 @@ impl Default for Options {
             model_toml: String::new(),
             agent_toml: String::new(),
             jira_toml: String::new(),
+            github_toml: String::new(),
             flavor: Flavor::Cloud,
             github_app: false,
         }
@@ -291,6 +294,7 @@ token_env = "DRAFTER_TEST_JIRA_TOKEN"
 api_url = "{api}"
 git_url = "{git}"
 {github_auth}
+{github_extra}
 
 [model]
 provider = "{provider}"
@@ -353,6 +357,7 @@ email = "drafter-bot@example.com"
             model_extra = opts.model_toml,
             agent_extra = opts.agent_toml,
             jira_extra = opts.jira_toml,
+            github_extra = opts.github_toml,
             projects = match &opts.policy {
                 None => format!(
                     "[projects.DEMO]\nrepos = [{{ name = \"{DEMO_REPO}\", base = \"main\", test_command = \"python3 -m unittest -v\" }}]\n\n\
