@@ -2,7 +2,7 @@
 //! pull request drafter opened, delivered as a signed GitHub webhook, makes the same job run again on the same
 //! branch (a fast-forward, never a force push), answer in the comment's thread, tell the ticket, and append its run
 //! statement to the job's bundle; and the ways a delivery must not get that far (signature, dedup, rights, mention,
-//! author, foreign pull request, iteration cap).
+//! author, foreign pull request, iteration cap). A merged pull request resolves its link on the ticket.
 
 use crate::support;
 
@@ -353,7 +353,7 @@ async fn a_writers_line_comment_iterates_on_the_same_branch_and_nothing_else_doe
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn past_the_iteration_cap_the_pull_request_is_told_instead() {
+async fn past_the_iteration_cap_the_pull_request_is_told_instead_and_a_merge_resolves_the_link() {
     let _serial = SERIAL.lock().await;
     let stack = stack("review_iterations = 0\nreviewers = [\"bob\"]").await;
     let client = reqwest::Client::new();
@@ -412,5 +412,24 @@ async fn past_the_iteration_cap_the_pull_request_is_told_instead() {
     );
     let job = support::harness::all_jobs(queue.as_ref()).await.remove(0);
     assert_eq!((job.state, job.iterations), (JobState::Succeeded, 0));
+
+    // Merged: the ticket's link to the pull request shows it resolved.
+    let mut closed = json!({"action": "closed", "number": 1, "pull_request": support::github_review::pull_request(&pr),
+                            "repository": {"full_name": DEMO_REPO}});
+    closed["pull_request"]["merged"] = json!(true);
+    closed["pull_request"]["state"] = json!("closed");
+    let (status, body) = deliver(
+        &client,
+        &url,
+        "pull_request",
+        "c-3",
+        &closed,
+        Some(WEBHOOK_SECRET),
+    )
+    .await;
+    assert_eq!((status, &body["status"]), (202, &json!("linked")), "{body}");
+    let links = stack.jira.remote_links("DEMO-1");
+    assert_eq!(links.len(), 1, "{links:#?}");
+    assert_eq!(links[0]["object"]["status"]["resolved"], true, "{links:#?}");
     serve.stop().await;
 }
