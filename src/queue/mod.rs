@@ -28,6 +28,10 @@
 //!   after the request, and each comment id approves at most one job, ever ([`Approved`]). A request whose `expires_at` passes unapproved fails the job ("approval expired: ...");
 //!   every claim sweeps for those, so no extra daemon is needed, and [`Admin::expire_approvals`] sweeps too and
 //!   hands out (once, to one caller) the ids of jobs failed that way, for a ticket comment.
+//! - **Review iterations**: [`Intake::reopen_for_review`] queues a finished (succeeded or failed) job again for its
+//!   next follow-up iteration on a reviewer's comment, with its attempts reset and the comment as a trigger tagged
+//!   with the iteration; the delivery key dedups as for enqueues, and the policy's cap is checked in the same
+//!   transaction ([`Reopened`]).
 //! - **Operators** [`Admin::cancel`] (a running job's next heartbeat reports the lease lost, and its worker stops)
 //!   and [`Admin::retry`] (a failed or cancelled job is queued again).
 //! - **Kill switch**: [`Admin::set_paused`] stores a [`Pause`] in the database, and while it is there every claim, by
@@ -49,6 +53,7 @@
 //!                |                 '--await_approval--> awaiting_approval --expired--> failed
 //!                '--approve------------------------------------'
 //!   queued|running|awaiting_approval --cancel--> cancelled --retry--> queued
+//!   succeeded|failed --reopen_for_review (below the cap)--> queued (next iteration)
 //! ```
 //! A job is *open* (it absorbs new triggers for its ticket, and there is at most one per ticket) while queued,
 //! running or awaiting approval.
