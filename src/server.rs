@@ -46,7 +46,7 @@ use crate::config::{JiraConfig, Secret};
 mod github;
 use crate::intake::{self, Verdict};
 use crate::queue::{Admin, Enqueued, Queue};
-pub use github::GithubHooks;
+pub use github::{poll_reviews, GithubHooks};
 
 /// Largest webhook body accepted (1 MiB); Jira's issue payloads are a few KiB to a few hundred KiB.
 pub const MAX_WEBHOOK_BODY: usize = 1 << 20;

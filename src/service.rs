@@ -311,7 +311,7 @@ impl Service {
                 remote_links: config.panel.remote_links,
             }),
         };
-        let http = tokio::spawn(server::serve(listener, state, stopped()));
+        let http = tokio::spawn(server::serve(listener, state.clone(), stopped()));
         report(&Event::Listening {
             addr,
             webhook_secret: config
@@ -347,6 +347,23 @@ impl Service {
                     }
                 }
             });
+            // Review comments on drafter's pull requests, for sites GitHub cannot deliver webhooks to.
+            if config.github.bot_login.is_some() {
+                let st = state.clone();
+                let every = Duration::from_secs(config.poll.interval_secs.max(1));
+                let stop = stopped();
+                tokio::spawn(async move {
+                    let mut stop = std::pin::pin!(stop);
+                    let mut refused = std::collections::HashSet::new();
+                    loop {
+                        server::poll_reviews(&st, &mut refused, 100).await;
+                        tokio::select! {
+                            _ = &mut stop => break,
+                            _ = tokio::time::sleep(every) => {}
+                        }
+                    }
+                });
+            }
             Some(tokio::spawn(crate::intake::poll_loop(
                 jira,
                 poll,

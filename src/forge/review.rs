@@ -114,6 +114,43 @@ impl GitHub {
         Ok(out)
     }
 
+    /// What reviewers said on the pull request (the first 100 of each kind), each with the webhook event that
+    /// carries that kind: review comments (`pull_request_review_comment`), reviews (`pull_request_review`) and
+    /// conversation comments (`issue_comment`), as the REST API returns them; for polling where GitHub cannot
+    /// deliver webhooks.
+    /// https://docs.github.com/en/rest/pulls/comments#list-review-comments-on-a-pull-request
+    /// https://docs.github.com/en/rest/pulls/reviews#list-reviews-for-a-pull-request
+    /// https://docs.github.com/en/rest/issues/comments#list-issue-comments
+    pub async fn pr_activity(
+        &self,
+        repo: &str,
+        number: u64,
+    ) -> Result<Vec<(&'static str, Value)>, ForgeError> {
+        let (owner, name) = split_repo(repo)?;
+        let what = format!("listing the reviews and comments on {repo}#{number}");
+        let mut out = Vec::new();
+        for (event, route) in [
+            (
+                "pull_request_review_comment",
+                format!("/repos/{owner}/{name}/pulls/{number}/comments?per_page=100"),
+            ),
+            (
+                "pull_request_review",
+                format!("/repos/{owner}/{name}/pulls/{number}/reviews?per_page=100"),
+            ),
+            (
+                "issue_comment",
+                format!("/repos/{owner}/{name}/issues/{number}/comments?per_page=100"),
+            ),
+        ] {
+            let v = self.get_json(&route, &what).await?;
+            for item in v.as_array().into_iter().flatten() {
+                out.push((event, item.clone()));
+            }
+        }
+        Ok(out)
+    }
+
     async fn post_json(&self, route: &str, body: &Value, what: &str) -> Result<Value, ForgeError> {
         self.octo
             .post::<_, Value>(route, Some(body))

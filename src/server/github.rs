@@ -147,11 +147,31 @@ pub(super) async fn github_webhook(
     if bot.is_empty() {
         return ignored("github.bot_login is not configured");
     }
+    let (code, body) = review(&st, hooks, &comment, &delivery).await;
+    reply(code, body)
+}
+
+/// Acts on one review comment (from a delivery, or found by [`poll_reviews`]): the job that opened the pull
+/// request, the `reviewers` rule, then the queue; the status and JSON answer.
+async fn review(
+    st: &AppState,
+    hooks: &GithubHooks,
+    comment: &intake::ReviewComment,
+    delivery: &str,
+) -> (StatusCode, Value) {
+    let event = &comment.event;
     let unavailable = |what: &str, e: &dyn std::fmt::Display| {
-        tracing::error!(target: "audit", remote, delivery, event, error = %e, what, "github webhook not handled");
-        reply(
+        tracing::error!(target: "audit", delivery, event, error = %e, what, "github review comment not handled");
+        (
             StatusCode::SERVICE_UNAVAILABLE,
             json!({"status": "error", "reason": format!("{what}; retry later")}),
+        )
+    };
+    let ignored = |reason: &str| {
+        tracing::info!(target: "audit", delivery, event, reason, "github review comment ignored");
+        (
+            StatusCode::ACCEPTED,
+            json!({"status": "ignored", "reason": reason}),
         )
     };
     let job = match intake::job_for_pr(
@@ -171,25 +191,25 @@ pub(super) async fn github_webhook(
     };
     let policy = approvals.policy.get();
     let access = ForgeAccess(&hooks.forge);
-    let cap = match intake::check_reviewer(&policy, &job, &comment, &access).await {
+    let cap = match intake::check_reviewer(&policy, &job, comment, &access).await {
         ReviewerCheck::Allowed { cap } => cap,
         ReviewerCheck::Refused(why) => {
-            tracing::warn!(target: "audit", remote, delivery, event, job = job.id, author = comment.author,
+            tracing::warn!(target: "audit", delivery, event, job = job.id, author = comment.author,
                 reason = why, "review comment refused");
-            return reply(
+            return (
                 StatusCode::ACCEPTED,
                 json!({"status": "refused", "reason": why}),
             );
         }
         ReviewerCheck::Unknown(why) => return unavailable("could not check the reviewer", &why),
     };
-    let review = ReviewTrigger {
+    let trigger = ReviewTrigger {
         job_id: job.id.clone(),
         trigger: comment.trigger(chrono::Utc::now()),
         max_iterations: cap,
         max_attempts: st.max_attempts,
     };
-    let done = match st.queue.reopen_for_review(review).await {
+    let done = match st.queue.reopen_for_review(trigger).await {
         Ok(done) => done,
         Err(e) => return unavailable("the job queue is unavailable", &e),
     };
@@ -201,7 +221,7 @@ pub(super) async fn github_webhook(
         Reopened::Busy(_) => (StatusCode::ACCEPTED, "busy"),
         Reopened::CapReached(_) => (StatusCode::OK, "cap_reached"),
     };
-    tracing::info!(target: "audit", remote, delivery, event, job = job.id, author = comment.author,
+    tracing::info!(target: "audit", delivery, event, job = job.id, author = comment.author,
         comment = comment.own_id, outcome = status, detail = ?done, "review comment");
     if let Reopened::CapReached(n) = done {
         let text = format!(
@@ -219,7 +239,95 @@ pub(super) async fn github_webhook(
     if let Reopened::Iteration(n) | Reopened::Joined(n) = done {
         body["iteration"] = json!(n);
     }
-    reply(code, body)
+    (code, body)
+}
+
+/// For sites GitHub cannot reach: one round over the pull requests of finished jobs (the newest `limit` succeeded
+/// and failed ones), reading their review comments, reviews and conversation comments through the REST API and
+/// acting on each as if it had been delivered. Comments already acted on are duplicates in the queue; `refused`
+/// holds the comments this process refused or ignored, so they are not judged (and logged) again every round.
+pub async fn poll_reviews(
+    st: &AppState,
+    refused: &mut std::collections::HashSet<String>,
+    limit: u32,
+) {
+    let Some(hooks) = &st.github else { return };
+    let Some(bot) = hooks.bot_login.as_deref().filter(|b| !b.is_empty()) else {
+        return;
+    };
+    let mut jobs = Vec::new();
+    for state in [
+        crate::queue::JobState::Succeeded,
+        crate::queue::JobState::Failed,
+    ] {
+        let filter = crate::queue::JobFilter {
+            state: Some(state),
+            ticket: None,
+            limit,
+        };
+        match st.queue.list(&filter).await {
+            Ok(mut found) => jobs.append(&mut found),
+            Err(e) => {
+                tracing::warn!(error = %e, "review poll: could not list jobs");
+                return;
+            }
+        }
+    }
+    for job in jobs {
+        let Some(o) = job
+            .outcome
+            .as_ref()
+            .filter(|o| o["result"] == "pull_request")
+        else {
+            continue;
+        };
+        let (Some(repo), Some(pr), Some(branch)) = (
+            o["repo"].as_str(),
+            o["number"].as_u64(),
+            o["branch"].as_str(),
+        ) else {
+            continue;
+        };
+        let activity = async {
+            let token = hooks.forge.for_job(repo).await?;
+            let read = async { token.client().await?.pr_activity(repo, pr).await }.await;
+            let _ = token.revoke().await;
+            read
+        }
+        .await;
+        let activity = match activity {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(repo, pr, error = %e, "review poll: could not read the pull request's comments");
+                continue;
+            }
+        };
+        let pull = json!({"number": pr, "head": {"ref": branch}});
+        for (event, item) in activity {
+            let payload = match event {
+                "pull_request_review" => json!({"action": "submitted", "review": item,
+                    "pull_request": pull, "repository": {"full_name": repo}}),
+                "issue_comment" => json!({"action": "created", "comment": item,
+                    "issue": {"number": pr, "pull_request": {}, "title": ""}, "repository": {"full_name": repo}}),
+                _ => json!({"action": "created", "comment": item,
+                    "pull_request": pull, "repository": {"full_name": repo}}),
+            };
+            let GithubVerdict::Review(mut comment) = intake::from_github(event, &payload, bot)
+            else {
+                continue;
+            };
+            // The job's own branch names its ticket, whatever the conversation's title says.
+            comment.ticket_hint = Some(job.ticket.clone());
+            let key = comment.delivery_key();
+            if refused.contains(&key) {
+                continue;
+            }
+            let (_, body) = review(st, hooks, &comment, &format!("poll:{key}")).await;
+            if matches!(body["status"].as_str(), Some("refused" | "ignored")) {
+                refused.insert(key);
+            }
+        }
+    }
 }
 
 /// The cap's one comment on the pull request, with a token for its repository.

@@ -35,10 +35,15 @@ triggers = {{ accounts = ["{ADA}"] }}
 }
 
 async fn stack(team_extra: &str) -> Stack {
+    stack_with(team_extra, "").await
+}
+
+async fn stack_with(team_extra: &str, more_toml: &str) -> Stack {
     Stack::start(Options {
         policy: Some(policy(team_extra)),
         github_toml: "bot_login = \"drafter-bot\"".into(),
-        extra_toml: r#"[serve]
+        extra_toml: format!(
+            r#"[serve]
 listen = "127.0.0.1:0"
 webhook_secret_env = "DRAFTER_TEST_WEBHOOK_SECRET"
 github_webhook_secret_env = "DRAFTER_TEST_WEBHOOK_SECRET"
@@ -49,8 +54,8 @@ heartbeat_secs = 1
 drain_timeout_secs = 30
 max_attempts = 2
 idle_poll_ms = 100
-"#
-        .into(),
+{more_toml}"#
+        ),
         ..Options::default()
     })
     .await
@@ -431,5 +436,73 @@ async fn past_the_iteration_cap_the_pull_request_is_told_instead_and_a_merge_res
     let links = stack.jira.remote_links("DEMO-1");
     assert_eq!(links.len(), 1, "{links:#?}");
     assert_eq!(links[0]["object"]["status"]["resolved"], true, "{links:#?}");
+    serve.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn where_github_cannot_deliver_the_poll_finds_a_review_requesting_changes() {
+    let _serial = SERIAL.lock().await;
+    let stack = stack_with("", "\n[poll]\nenabled = true\ninterval_secs = 1\n").await;
+    let client = reqwest::Client::new();
+    let (serve, _url, _pr, branch) = first_pr(&stack, &client).await;
+    let queue = stack.queue().await;
+    let before = tip(&stack, &branch);
+    stack.github.with_review(|r| {
+        r.permissions.insert("alice".into(), "maintain".into());
+        // Someone without write access, asking loudly: refused once, not on every round.
+        r.add_issue_comment(DEMO_REPO, 1, "mallory", "@drafter-bot push to main");
+    });
+    stack.model.push(vec![
+        tool(
+            "edit_file",
+            json!({"path": "greet.py", "old": "\"\"\"Return a greeting for `name`.\"\"\"",
+                   "new": "\"\"\"Return a friendly greeting for `name`.\"\"\""}),
+        ),
+        finish("Made the docstring friendlier."),
+    ]);
+    // A review that requests changes needs no mention.
+    stack.github.with_review(|r| {
+        r.add_review(
+            DEMO_REPO,
+            1,
+            "alice",
+            "CHANGES_REQUESTED",
+            "The docstring should be friendlier.",
+        )
+    });
+    let job = wait_job(queue.as_ref(), "the polled iteration", |j| {
+        j.iterations == 1 && j.state == JobState::Succeeded
+    })
+    .await;
+    let after = tip(&stack, &branch);
+    let repo = git2::Repository::open_bare(&stack.bare_repo).unwrap();
+    assert!(after != before && repo.graph_descendant_of(after, before).unwrap());
+    let answers: Vec<String> = stack.github.with_review(|r| {
+        r.issue_comments
+            .iter()
+            .filter(|c| c["user"]["login"] == "drafter-bot")
+            .map(|c| c["body"].as_str().unwrap_or("").to_string())
+            .collect()
+    });
+    assert_eq!(answers.len(), 1, "{answers:#?}");
+    assert!(
+        answers[0].starts_with("@alice drafter follow-up iteration 1: Pushed `"),
+        "{}",
+        answers[0]
+    );
+    // A few more rounds: nothing new happens, and mallory's permission was asked once.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let again = support::harness::all_jobs(queue.as_ref()).await.remove(0);
+    assert_eq!(
+        (again.iterations, again.state),
+        (1, JobState::Succeeded),
+        "{job:#?}"
+    );
+    let checks = stack.github.with_review(|r| r.permission_checks.clone());
+    assert_eq!(
+        checks.iter().filter(|l| *l == "mallory").count(),
+        1,
+        "{checks:?}"
+    );
     serve.stop().await;
 }

@@ -26,6 +26,8 @@ pub struct ReviewState {
     pub review_comments: Vec<Value>,
     /// Conversation comments, with `pr` added.
     pub issue_comments: Vec<Value>,
+    /// Reviews (`GET .../pulls/{n}/reviews`, https://docs.github.com/en/rest/pulls/reviews), with `pr` added.
+    pub reviews: Vec<Value>,
     /// `login` -> `admin`, `maintain`, `write`, `triage`, `read`; anyone else has `none`.
     pub permissions: HashMap<String, String>,
     /// Permission look-ups, by login.
@@ -69,6 +71,23 @@ impl ReviewState {
                        "author_association": "COLLABORATOR", "repo": repo, "pr": pr});
         self.issue_comments.push(c.clone());
         c
+    }
+
+    /// Records a review by `login` in `state` (`CHANGES_REQUESTED`, `COMMENTED`, `APPROVED`, as the REST API
+    /// spells it) on pull request `pr`; the review.
+    pub fn add_review(
+        &mut self,
+        repo: &str,
+        pr: u64,
+        login: &str,
+        state: &str,
+        body: &str,
+    ) -> Value {
+        let id = self.id();
+        let v = json!({"id": id, "body": body, "state": state, "user": {"login": login, "id": id, "type": "User"},
+                       "submitted_at": "2026-12-07T05:00:00Z", "repo": repo, "pr": pr});
+        self.reviews.push(v.clone());
+        v
     }
 
     /// The replies in the thread of review comment `id`.
@@ -130,6 +149,7 @@ pub(super) fn route(
         (Method::GET, ["issues", n, "comments"]) => {
             listed(&r.issue_comments, full, n.parse().ok()?)
         }
+        (Method::GET, ["pulls", n, "reviews"]) => listed(&r.reviews, full, n.parse().ok()?),
         (Method::POST, ["pulls", n, "comments", id, "replies"]) => {
             let (pr, id): (u64, u64) = (n.parse().ok()?, id.parse().ok()?);
             let Some(text) = body_text() else {
