@@ -99,6 +99,59 @@ macro_rules! impl_intake {
                     Ok(Approved::Yes)
                 }
 
+                async fn reopen_pending(&self, job_id: &str, max_iterations: u32) -> Result<Option<u32>, QueueError> {
+                    let mut tx = self.begin().await?;
+                    let row: Option<(String, i32, Json<Vec<Trigger>>)> = sqlx::query_as(sql(format!(
+                        "SELECT state, iterations, triggers FROM jobs WHERE id = $1 {lock}",
+                        lock = Self::lock(Lock::Update),
+                    )))
+                    .bind(job_id)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(self.db("reading a job for pending review comments"))?;
+                    let Some((job_state, iterations, triggers)) = row else {
+                        tx.rollback().await.map_err(self.db("ending a transaction"))?;
+                        return Err(QueueError::NotFound(job_id.to_string()));
+                    };
+                    let iterations = u32::try_from(iterations).unwrap_or(0);
+                    let finished = matches!(JobState::parse(&job_state), Some(JobState::Succeeded | JobState::Failed));
+                    let pending = triggers
+                        .0
+                        .iter()
+                        .any(|t| t.review.as_ref().is_some_and(|r| r.iteration > iterations));
+                    if !finished || !pending || iterations >= max_iterations {
+                        tx.rollback().await.map_err(self.db("ending a transaction"))?;
+                        return Ok(None);
+                    }
+                    let next = iterations + 1;
+                    let done = sqlx::query(sql(format!(
+                        "UPDATE jobs SET state = 'queued', attempts = 0, not_before = {now}, lease_owner = NULL, \
+                         lease_expires = NULL, last_error = NULL, approval_expiry_unreported = {f}, \
+                         iterations = $1, updated_at = {now} WHERE id = $2 AND NOT EXISTS \
+                         (SELECT 1 FROM jobs AS open WHERE open.ticket = jobs.ticket AND open.state IN {open})",
+                        now = Self::NOW,
+                        f = Self::FALSE,
+                        open = open_states!(),
+                    )))
+                    .bind(i32::try_from(next).unwrap_or(i32::MAX))
+                    .bind(job_id)
+                    .execute(&mut *tx)
+                    .await;
+                    let queued = match done {
+                        Ok(d) => d.rows_affected() == 1,
+                        // The one-open-job-per-ticket index: another job for the ticket opened meanwhile.
+                        Err(e) if $crate::queue::dialect::is_unique_violation(&e) => false,
+                        Err(e) => return Err(self.db("reopening a job for pending review comments")(e)),
+                    };
+                    if !queued {
+                        tx.rollback().await.map_err(self.db("ending a transaction"))?;
+                        return Ok(None);
+                    }
+                    tx.commit().await.map_err(self.db("committing a reopen"))?;
+                    self.wake().notify_one();
+                    Ok(Some(next))
+                }
+
                 async fn reopen_for_review(&self, review: ReviewTrigger) -> Result<Reopened, QueueError> {
                     let done = retry_races(&self.location(), || self.try_reopen(&review)).await?;
                     if matches!(done, Reopened::Iteration(_)) {
@@ -171,6 +224,26 @@ macro_rules! impl_intake {
                                 .await
                                 .map_err(step("recording the review trigger"))?;
                                 Reopened::Joined(iterations)
+                            }
+                        }
+                        // Running an iteration: the comment waits for the next one (started by `reopen_pending`).
+                        JobState::Running if iterations > 0 => {
+                            if iterations >= review.max_iterations {
+                                Reopened::CapReached(iterations)
+                            } else if full {
+                                Reopened::Overflow
+                            } else {
+                                sqlx::query(sql(format!(
+                                    "UPDATE jobs SET triggers = {appended}, updated_at = {now} WHERE id = $2",
+                                    appended = Self::json_append("triggers", "$1"),
+                                    now = Self::NOW,
+                                )))
+                                .bind(Json(&tagged(iterations + 1)))
+                                .bind(&review.job_id)
+                                .execute(&mut *tx)
+                                .await
+                                .map_err(step("recording the review trigger"))?;
+                                Reopened::Pending(iterations + 1)
                             }
                         }
                         JobState::Succeeded | JobState::Failed => {

@@ -108,6 +108,14 @@ pub trait Intake: Send + Sync {
     /// already queued for an iteration takes the comment into it. A delivery key seen before changes nothing; past
     /// `max_iterations` the delivery is recorded and nothing is queued. Durable when it returns.
     async fn reopen_for_review(&self, review: ReviewTrigger) -> Result<Reopened, QueueError>;
+    /// After an iteration finished: if review comments came in while it ran ([`Reopened::Pending`]), the job is
+    /// queued again for the next iteration (unless `max_iterations` were run, or its ticket has another open job).
+    /// The iteration queued, if any.
+    async fn reopen_pending(
+        &self,
+        job_id: &str,
+        max_iterations: u32,
+    ) -> Result<Option<u32>, QueueError>;
 }
 
 /// The worker's side: claiming a job and everything only its lease holder may do. `worker` is a lease token (see

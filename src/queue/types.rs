@@ -174,11 +174,15 @@ pub enum Reopened {
     Iteration(u32),
     /// The job is already queued for an iteration: the comment joins it.
     Joined(u32),
+    /// The job is running an iteration: the comment waits for the next one, which
+    /// [`Intake::reopen_pending`](super::Intake::reopen_pending) starts once this one has finished.
+    Pending(u32),
     /// This delivery was seen before: nothing changed.
     Duplicate,
     /// The job already ran its `max_iterations`: the delivery is recorded, nothing is queued.
     CapReached(u32),
-    /// The job is running, waiting for approval, cancelled, or its ticket has another open job: nothing changed.
+    /// The job is running its first run, waiting for approval, cancelled, or its ticket has another open job: nothing
+    /// changed.
     Busy(JobState),
     /// The job keeps [`MAX_REVIEW_TRIGGERS`](super::MAX_REVIEW_TRIGGERS) triggers already: recorded, not kept.
     Overflow,

@@ -216,6 +216,7 @@ async fn review(
     let (code, status) = match &done {
         Reopened::Iteration(_) => (StatusCode::ACCEPTED, "created"),
         Reopened::Joined(_) => (StatusCode::ACCEPTED, "absorbed"),
+        Reopened::Pending(_) => (StatusCode::ACCEPTED, "pending"),
         Reopened::Duplicate => (StatusCode::OK, "duplicate"),
         Reopened::Overflow => (StatusCode::OK, "overflow"),
         Reopened::Busy(_) => (StatusCode::ACCEPTED, "busy"),
@@ -236,7 +237,7 @@ async fn review(
         }
     }
     let mut body = json!({"status": status, "job": job.id});
-    if let Reopened::Iteration(n) | Reopened::Joined(n) = done {
+    if let Reopened::Iteration(n) | Reopened::Joined(n) | Reopened::Pending(n) = done {
         body["iteration"] = json!(n);
     }
     (code, body)

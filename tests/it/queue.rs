@@ -1492,11 +1492,21 @@ async fn review_comments_reopen_a_finished_job_up_to_the_cap(q: Arc<dyn Queue>) 
         "the review reference round-trips"
     );
 
-    // The iteration runs like any attempt; a failed one can be followed by another iteration too.
+    // The iteration runs like any attempt. A comment while it runs waits for the next iteration, which starts once
+    // this one has finished (even failed), and not before.
     let claimed = q.claim(&worker("w1")).await.unwrap().unwrap();
     assert_eq!(
         (claimed.id.as_str(), claimed.iterations, claimed.attempts),
         (id.as_str(), 1, 1)
+    );
+    assert_eq!(
+        q.reopen_for_review(review(&id, "c3", 2)).await.unwrap(),
+        Reopened::Pending(2)
+    );
+    assert_eq!(
+        q.reopen_pending(&id, 2).await.unwrap(),
+        None,
+        "still running"
     );
     q.fail(
         &id,
@@ -1508,10 +1518,32 @@ async fn review_comments_reopen_a_finished_job_up_to_the_cap(q: Arc<dyn Queue>) 
     .await
     .unwrap();
     assert_eq!(
-        q.reopen_for_review(review(&id, "c3", 2)).await.unwrap(),
-        Reopened::Iteration(2)
+        q.reopen_pending(&id, 1).await.unwrap(),
+        None,
+        "past the cap"
+    );
+    assert_eq!(q.reopen_pending(&id, 2).await.unwrap(), Some(2));
+    let job = q.get(&id).await.unwrap().unwrap();
+    assert_eq!(
+        (job.state, job.iterations, job.attempts),
+        (JobState::Queued, 2, 0)
+    );
+    assert_eq!(
+        job.triggers
+            .last()
+            .unwrap()
+            .review
+            .as_ref()
+            .unwrap()
+            .iteration,
+        2
     );
     run_to_success(&q, &id).await;
+    assert_eq!(
+        q.reopen_pending(&id, 9).await.unwrap(),
+        None,
+        "nothing pending"
+    );
 
     // Past the cap: recorded (so a redelivery is a duplicate), nothing queued.
     assert_eq!(

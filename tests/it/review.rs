@@ -506,3 +506,123 @@ async fn where_github_cannot_deliver_the_poll_finds_a_review_requesting_changes(
     );
     serve.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_comment_during_an_iteration_starts_the_next_one_after_it() {
+    let _serial = SERIAL.lock().await;
+    let stack = stack("").await;
+    let client = reqwest::Client::new();
+    let (serve, url, pr, branch) = first_pr(&stack, &client).await;
+    let queue = stack.queue().await;
+    stack.github.with_review(|r| {
+        r.permissions.insert("alice".into(), "write".into());
+    });
+    stack.model.push(vec![
+        tool(
+            "edit_file",
+            json!({"path": "greet.py", "old": "\"\"\"Return a greeting for `name`.\"\"\"",
+                   "new": "\"\"\"Return a friendly greeting for `name`.\"\"\""}),
+        ),
+        finish("Friendlier docstring."),
+        tool(
+            "edit_file",
+            json!({"path": "greet.py", "old": "\"\"\"Greetings for the widgets service.\"\"\"",
+                   "new": "\"\"\"Greetings for the widgets service (friendly).\"\"\""}),
+        ),
+        finish("Module docstring too."),
+    ]);
+    let first = stack.github.with_review(|r| {
+        r.add_line_comment(
+            DEMO_REPO,
+            1,
+            "alice",
+            "@drafter-bot friendlier docstring",
+            "greet.py",
+            5,
+        )
+    });
+    // Slow model calls hold the first iteration running while the second comment comes in.
+    stack.model.set_delay(Duration::from_secs(2));
+    let (_, body) = deliver(
+        &client,
+        &url,
+        "pull_request_review_comment",
+        "p-1",
+        &review_comment_event(DEMO_REPO, &pr, &first),
+        Some(WEBHOOK_SECRET),
+    )
+    .await;
+    assert_eq!(body["status"], "created", "{body}");
+    wait_job(queue.as_ref(), "the first iteration to run", |j| {
+        j.state == JobState::Running
+    })
+    .await;
+    let second = stack.github.with_review(|r| {
+        r.add_issue_comment(
+            DEMO_REPO,
+            1,
+            "alice",
+            "@drafter-bot and the module docstring",
+        )
+    });
+    let (status, body) = deliver(
+        &client,
+        &url,
+        "issue_comment",
+        "p-2",
+        &issue_comment_event(DEMO_REPO, &pr, &second),
+        Some(WEBHOOK_SECRET),
+    )
+    .await;
+    assert_eq!(
+        (status, &body["status"], &body["iteration"]),
+        (202, &json!("pending"), &json!(2)),
+        "{body}"
+    );
+    stack.model.set_delay(Duration::ZERO);
+
+    let job = wait_job(queue.as_ref(), "the second iteration", |j| {
+        j.iterations == 2 && j.state == JobState::Succeeded
+    })
+    .await;
+    assert_eq!(job.outcome.as_ref().unwrap()["number"], 1);
+    let repo = git2::Repository::open_bare(&stack.bare_repo).unwrap();
+    let head = repo.find_commit(tip(&stack, &branch)).unwrap();
+    assert!(
+        head.message().unwrap().contains("Drafter-Iteration: 2"),
+        "{:?}",
+        head.message()
+    );
+    assert!(head
+        .parent(0)
+        .unwrap()
+        .message()
+        .unwrap()
+        .contains("Drafter-Iteration: 1"));
+    let thread = stack
+        .github
+        .with_review(|r| r.replies_to(first["id"].as_u64().unwrap()));
+    assert_eq!(thread.len(), 1, "{thread:#?}");
+    assert!(thread[0]["body"].as_str().unwrap().contains("iteration 1"));
+    let convo: Vec<String> = stack.github.with_review(|r| {
+        r.issue_comments
+            .iter()
+            .filter(|c| c["user"]["login"] == "drafter-bot")
+            .map(|c| c["body"].as_str().unwrap_or("").to_string())
+            .collect()
+    });
+    assert_eq!(convo.len(), 1, "{convo:#?}");
+    assert!(
+        convo[0].starts_with("@alice drafter follow-up iteration 2: Pushed `"),
+        "{}",
+        convo[0]
+    );
+    serve.stop().await;
+    let runs = stack
+        .verified_bundle(Path::new(BIN))
+        .await
+        .into_iter()
+        .filter(|(_, p)| matches!(p, drafter::proof::bundle::Predicate::Run(_)))
+        .count();
+    assert_eq!(runs, 3, "the first run and two iterations");
+}

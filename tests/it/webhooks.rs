@@ -131,6 +131,10 @@ impl Intake for MemQueue {
         Err(unsupported())
     }
 
+    async fn reopen_pending(&self, _: &str, _: u32) -> Result<Option<u32>, QueueError> {
+        Err(unsupported())
+    }
+
     async fn reopen_for_review(
         &self,
         _: drafter::queue::ReviewTrigger,

@@ -215,6 +215,29 @@ impl JobTask {
             tracing::warn!("lease lost (cancelled, or reclaimed by another worker): job stopped");
             return Ended::Lost;
         };
+        let ended = self.finish(job, &worker, outcome).await;
+        // Review comments that came in while this iteration ran start the next one.
+        if job.iterations > 0 && matches!(ended, Ended::Succeeded | Ended::Failed) {
+            let cap = self
+                .policy
+                .review_rule(&job.project)
+                .map_or(0, |(_, cap)| cap);
+            match queue.reopen_pending(&job.id, cap).await {
+                Ok(Some(n)) => tracing::info!(
+                    iteration = n,
+                    "queued again for review comments that came in meanwhile"
+                ),
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "could not look for pending review comments"),
+            }
+        }
+        ended
+    }
+
+    /// Records the attempt's outcome in the queue.
+    async fn finish(&self, job: &Job, worker: &str, outcome: JobOutcome) -> Ended {
+        let (queue, worker) = (&self.queue, worker.to_string());
+        let config = &self.services.config;
         match outcome {
             JobOutcome::Delivered(delivered) => {
                 let value = serde_json::to_value(&delivered).unwrap_or_default();
