@@ -309,6 +309,7 @@ impl Service {
                 bot_login: config.github.bot_login.clone(),
                 forge: services.forge.clone(),
                 remote_links: config.panel.remote_links,
+                identities: config.github.identities.clone(),
             }),
         };
         let http = tokio::spawn(server::serve(listener, state.clone(), stopped()));

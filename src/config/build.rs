@@ -572,6 +572,11 @@ impl Ctx<'_> {
                 token: github_token,
                 app: github_app,
                 bot_login: rg.bot_login.clone().filter(|l| !l.trim().is_empty()),
+                identities: rg
+                    .identities
+                    .iter()
+                    .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+                    .collect(),
             },
             model: ModelConfig {
                 provider: rm.provider,

@@ -207,6 +207,10 @@ pub(super) struct RawGithub {
     /// comments start follow-up iterations, and its own comments are ignored.
     #[serde(default)]
     pub(super) bot_login: Option<String>,
+    /// GitHub login -> Jira account id (Cloud) or user name (Data Center): a reviewer whose Jira identity passes the
+    /// policy's `triggers` may steer review follow-ups when the team lists no `reviewers`.
+    #[serde(default)]
+    pub(super) identities: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for RawGithub {
@@ -218,6 +222,7 @@ impl Default for RawGithub {
             token_file: None,
             app_id: None,
             bot_login: None,
+            identities: Default::default(),
             app_private_key_env: None,
             app_private_key_file: None,
         }

@@ -221,6 +221,10 @@ pub struct GithubConfig {
     /// The login drafter comments as (`github.bot_login`): review comments must mention `@<login>`, and its own
     /// comments never trigger. Without it, review comments are ignored.
     pub bot_login: Option<String>,
+    /// `[github.identities]`: GitHub login (lower case) -> Jira account id or user name. When a team lists no
+    /// `reviewers`, a reviewer whose mapped Jira identity passes its `triggers` may steer follow-ups, like anyone
+    /// with write access.
+    pub identities: std::collections::BTreeMap<String, String>,
 }
 
 /// A GitHub App drafter authenticates as (`[github] app_id`, `app_private_key_env`/`_file`).

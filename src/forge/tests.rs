@@ -98,6 +98,7 @@ async fn builds_for_plain_http_enterprise_base() {
         token: Secret::new("t0ken-value").into(),
         app: None,
         bot_login: None,
+        identities: Default::default(),
     })
     .unwrap();
     // Nothing listens on port 9: a transport error, retryable, without the token.

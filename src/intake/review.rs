@@ -318,13 +318,15 @@ pub enum ReviewerCheck {
     Unknown(String),
 }
 
-/// The policy's `reviewers` rule for the job's team: the team's list of GitHub logins when it has one, else write
-/// access to the repository. Every decision is logged (`drafter::policy`, rule `reviewers`).
+/// The policy's `reviewers` rule for the job's team: the team's list of GitHub logins when it has one; else the
+/// author's Jira identity (`identity`: from `[github.identities]`, with the directory for groups) passing the team's
+/// `triggers`, or write access to the repository. Every decision is logged (`drafter::policy`, rule `reviewers`).
 pub async fn check_reviewer(
     policy: &crate::policy::Policy,
     job: &Job,
     c: &ReviewComment,
     access: &dyn WriteAccess,
+    identity: Option<(&str, &dyn crate::policy::Directory)>,
 ) -> ReviewerCheck {
     let log = |allowed: bool, detail: String| {
         crate::policy::log_decision(&policy.hash, &job.ticket, "reviewers", allowed, detail);
@@ -348,7 +350,33 @@ pub async fn check_reviewer(
                 ReviewerCheck::Refused(why)
             }
         }
-        None => match access.can_write(&c.repo, who).await {
+        None => {
+            // Mapped to a Jira identity that may trigger the team's jobs: the same people steer the follow-ups.
+            if let Some((jira, dir)) = identity {
+                let asked = crate::policy::Who::Jira(Some(jira));
+                if let Ok(why) = policy.may_trigger(&job.project, asked, dir).await {
+                    log(
+                        true,
+                        format!("GitHub user {who} is Jira user {jira}: {why}"),
+                    );
+                    return ReviewerCheck::Allowed { cap };
+                }
+            }
+            write_access(access, c, cap, log).await
+        }
+    }
+}
+
+/// The fallback of the `reviewers` rule: write access to the repository, as the forge reports it.
+async fn write_access(
+    access: &dyn WriteAccess,
+    c: &ReviewComment,
+    cap: u32,
+    log: impl Fn(bool, String),
+) -> ReviewerCheck {
+    let who = &c.author;
+    {
+        match access.can_write(&c.repo, who).await {
             Ok(true) => {
                 log(
                     true,
@@ -362,7 +390,7 @@ pub async fn check_reviewer(
                 ReviewerCheck::Refused(why)
             }
             Err(e) => ReviewerCheck::Unknown(format!("could not read {who}'s permission: {e}")),
-        },
+        }
     }
 }
 

@@ -39,6 +39,8 @@ pub struct GithubHooks {
     pub forge: Arc<Forge>,
     /// Whether closed pull requests update their remote link on the ticket (`[panel] remote_links`).
     pub remote_links: bool,
+    /// `[github.identities]`: GitHub login (lower case) -> Jira identity.
+    pub identities: std::collections::BTreeMap<String, String>,
 }
 
 /// Write access as the forge reports it, with a short-lived token for the repository.
@@ -191,7 +193,11 @@ async fn review(
     };
     let policy = approvals.policy.get();
     let access = ForgeAccess(&hooks.forge);
-    let cap = match intake::check_reviewer(&policy, &job, comment, &access).await {
+    let identity = hooks
+        .identities
+        .get(&comment.author.to_ascii_lowercase())
+        .map(|jira| (jira.as_str(), approvals.directory.as_ref()));
+    let cap = match intake::check_reviewer(&policy, &job, comment, &access, identity).await {
         ReviewerCheck::Allowed { cap } => cap,
         ReviewerCheck::Refused(why) => {
             tracing::warn!(target: "audit", delivery, event, job = job.id, author = comment.author,

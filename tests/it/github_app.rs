@@ -46,6 +46,7 @@ fn forge_for(gh: &GithubStandIn, pem: &str) -> Forge {
             private_key: Secret::new(pem).into(),
         }),
         bot_login: None,
+        identities: Default::default(),
     })
     .expect("forge")
 }

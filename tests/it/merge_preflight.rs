@@ -163,6 +163,7 @@ async fn provable_protection_still_passes() {
         token: Secret::new(GITHUB_TOKEN).into(),
         app: None,
         bot_login: None,
+        identities: Default::default(),
     })
     .expect("client");
     forge

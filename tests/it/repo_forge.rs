@@ -26,6 +26,7 @@ fn github(gh: &GithubStandIn, token: &str) -> GitHub {
         token: Secret::new(token).into(),
         app: None,
         bot_login: None,
+        identities: Default::default(),
     })
     .unwrap()
 }

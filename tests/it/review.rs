@@ -41,7 +41,9 @@ async fn stack(team_extra: &str) -> Stack {
 async fn stack_with(team_extra: &str, more_toml: &str) -> Stack {
     Stack::start(Options {
         policy: Some(policy(team_extra)),
-        github_toml: "bot_login = \"drafter-bot\"".into(),
+        github_toml: format!(
+            "bot_login = \"drafter-bot\"\nidentities = {{ \"Ada-GH\" = \"{ADA}\" }}"
+        ),
         extra_toml: format!(
             r#"[serve]
 listen = "127.0.0.1:0"
@@ -625,4 +627,38 @@ async fn a_comment_during_an_iteration_starts_the_next_one_after_it() {
         .filter(|(_, p)| matches!(p, drafter::proof::bundle::Predicate::Run(_)))
         .count();
     assert_eq!(runs, 3, "the first run and two iterations");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_github_login_mapped_to_a_jira_trigger_steers_without_write_access() {
+    let _serial = SERIAL.lock().await;
+    // No `reviewers` list: Ada's GitHub login maps to her Jira account, which the team's `triggers` name.
+    let stack = stack("review_iterations = 0").await;
+    let client = reqwest::Client::new();
+    let (serve, url, pr, _) = first_pr(&stack, &client).await;
+    for (who, expected) in [("ada-gh", "cap_reached"), ("eve", "refused")] {
+        let c = stack
+            .github
+            .with_review(|r| r.add_issue_comment(DEMO_REPO, 1, who, "@drafter-bot rename it"));
+        let (_, body) = deliver(
+            &client,
+            &url,
+            "issue_comment",
+            who,
+            &issue_comment_event(DEMO_REPO, &pr, &c),
+            Some(WEBHOOK_SECRET),
+        )
+        .await;
+        assert_eq!(body["status"], expected, "{who}: {body}");
+    }
+    // Ada passed on her Jira identity, before GitHub was asked; eve had only GitHub to ask.
+    assert_eq!(
+        stack.github.with_review(|r| r.permission_checks.clone()),
+        vec!["eve".to_string()]
+    );
+    let log = serve.stop().await;
+    assert!(
+        log.contains("GitHub user ada-gh is Jira user 712020:developer-ada"),
+        "{log}"
+    );
 }
