@@ -25,7 +25,7 @@
 //! about retries from [`ForgeError::is_retryable`].
 //!
 //! Here: the client and its plumbing. `merge.rs` is the can't-merge check, `pr.rs` the draft pull request,
-//! `error.rs` the errors.
+//! `error.rs` the errors, `fork.rs` fork mode's check and the fork's sync.
 
 use std::time::Duration;
 
@@ -43,6 +43,7 @@ const MAX_MESSAGE: usize = 400;
 
 mod app;
 mod error;
+mod fork;
 mod merge;
 mod pr;
 
