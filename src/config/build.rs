@@ -549,6 +549,13 @@ impl Ctx<'_> {
                         &format!("`{}` is not of the form owner/name", repo.name),
                     );
                 }
+                if let Some(problem) = repo
+                    .fork
+                    .as_deref()
+                    .and_then(|f| super::sections::fork_problem(&repo.name, f))
+                {
+                    self.invalid(&name, &problem);
+                }
             }
             projects.insert(key, ProjectConfig { repos });
         }

@@ -402,6 +402,33 @@ pub struct RepoConfig {
     /// The repository's own test command, given to the model as a hint (it runs in the sandbox).
     #[serde(default)]
     pub test_command: Option<String>,
+    /// Fork mode: the service account's fork of `name` (`owner/name`). The branch is pushed there and the draft PR
+    /// goes from it into `name`; the account must have no write access to `name` at all, so the code the model
+    /// wrote runs in CI under GitHub's rules for forks (no upstream secrets on `pull_request`).
+    #[serde(default)]
+    pub fork: Option<String>,
+}
+
+impl RepoConfig {
+    /// The repository branches are pushed to: the fork in fork mode, else the repository itself.
+    pub fn push_repo(&self) -> &str {
+        self.fork.as_deref().unwrap_or(&self.name)
+    }
+}
+
+/// Why a fork cannot serve `name`, if it cannot (a malformed name, or the repository itself).
+pub fn fork_problem(name: &str, fork: &str) -> Option<String> {
+    if !crate::config::valid_repo_name(fork) {
+        return Some(format!(
+            "{name}: fork `{fork}` is not of the form owner/name"
+        ));
+    }
+    if fork.eq_ignore_ascii_case(name) {
+        return Some(format!(
+            "{name}: `fork` names the repository itself; name the service account's fork"
+        ));
+    }
+    None
 }
 
 pub(super) fn default_base() -> String {

@@ -48,6 +48,18 @@ pub enum ForgeError {
         /// What an administrator should change.
         fix: String,
     },
+    /// Fork mode does not hold for the repository: the account may write to it, or the fork is not its fork.
+    #[error("refusing {repo} in fork mode (fork {fork}): {reason}. Fix: {fix}")]
+    ForkMode {
+        /// `owner/name` upstream.
+        repo: String,
+        /// The configured fork.
+        fork: String,
+        /// What was found.
+        reason: String,
+        /// What an administrator should change.
+        fix: String,
+    },
     /// The token cannot push to the repository, so no branch could be published.
     #[error(
         "the service account cannot push to {repo}. Fix: give it write (push) permission on {repo}"

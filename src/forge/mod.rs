@@ -24,8 +24,9 @@
 //! or marks a pull request ready. Errors never carry the token. octocrab's own retries are off: the worker decides
 //! about retries from [`ForgeError::is_retryable`].
 //!
-//! Here: the client and its plumbing. `merge.rs` is the can't-merge check, `pr.rs` the draft pull request, `review.rs` review follow-ups (permissions, replies),
-//! `error.rs` the errors.
+//! Here: the client and its plumbing. `merge.rs` is the can't-merge check, `pr.rs` the draft pull request,
+//! `error.rs` the errors, `fork.rs` fork mode's check and the fork's sync, `review.rs` review follow-ups (a user's
+//! permission, replies in review threads, conversation comments, the PR's comments and reviews).
 
 use std::time::Duration;
 
@@ -43,6 +44,7 @@ const MAX_MESSAGE: usize = 400;
 
 mod app;
 mod error;
+mod fork;
 mod merge;
 mod pr;
 mod review;

@@ -273,6 +273,7 @@ impl Policy {
                 name: repo.name.clone(),
                 base,
                 test_command: repo.test_command.clone(),
+                fork: repo.fork.clone(),
             },
             rules: rules.clone(),
             approval,

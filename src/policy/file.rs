@@ -66,6 +66,8 @@ struct RawRepo {
     bases: Option<Vec<String>>,
     #[serde(default)]
     test_command: Option<String>,
+    #[serde(default)]
+    fork: Option<String>,
 }
 
 #[derive(Deserialize, Default, Clone)]
@@ -307,10 +309,18 @@ pub fn parse(text: &str, path: &Path) -> Result<Policy, PolicyError> {
                     ),
                 ));
             }
+            if let Some(problem) = r
+                .fork
+                .as_deref()
+                .and_then(|f| crate::config::fork_problem(&r.name, f))
+            {
+                return Err(cx.invalid(key("repos"), line, problem));
+            }
             repos.push(RepoGrant {
                 name: r.name,
                 bases,
                 test_command: r.test_command,
+                fork: r.fork,
             });
         }
 

@@ -221,6 +221,9 @@ impl Policy {
                     if let Some(c) = &r.test_command {
                         t.insert("test_command".into(), c.clone().into());
                     }
+                    if let Some(f) = &r.fork {
+                        t.insert("fork".into(), f.clone().into());
+                    }
                     toml::Value::Table(t)
                 })
                 .collect();

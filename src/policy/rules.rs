@@ -174,6 +174,8 @@ pub struct RepoGrant {
     pub bases: Vec<String>,
     /// The repository's test command, a hint for the model.
     pub test_command: Option<String>,
+    /// Fork mode: the service account's fork the branch goes to (see `config::RepoConfig::fork`).
+    pub fork: Option<String>,
 }
 
 /// A team: a set of Jira projects and what their tickets may do.

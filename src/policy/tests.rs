@@ -326,6 +326,22 @@ fn errors_name_the_line_and_key() {
 }
 
 #[test]
+fn a_fork_must_be_another_repository() {
+    let team = |fork: &str| {
+        format!("version = 1\n[teams.t]\nprojects = [\"PAY\"]\nrepos = [{{ name = \"a/b\", fork = \"{fork}\" }}]\ntriggers = {{ anyone = true }}\n")
+    };
+    let p = parse(&team("bot/b"), Path::new("p.toml")).unwrap();
+    assert_eq!(p.teams[0].repos[0].fork.as_deref(), Some("bot/b"));
+    let e = err(&team("A/B"));
+    assert!(
+        e.contains("line 4") && e.contains("names the repository itself"),
+        "{e}"
+    );
+    let e = err(&team("bot/b/../c"));
+    assert!(e.contains("not of the form owner/name"), "{e}");
+}
+
+#[test]
 fn the_hash_is_the_canonical_documents() {
     let a = parse(EXAMPLE, Path::new("a")).unwrap();
     let reformatted: toml::Table = EXAMPLE.parse().unwrap();

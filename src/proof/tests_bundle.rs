@@ -86,6 +86,7 @@ fn run_input(result: &str, rule: Option<&str>) -> RunInput {
         decisions: vec![],
         network: None,
         credential: None,
+        fork: None,
         outcome: Outcome {
             result: result.into(),
             rule: rule.map(str::to_string),

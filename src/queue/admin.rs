@@ -106,7 +106,10 @@ macro_rules! impl_admin {
                     .execute(self.pool())
                     .await;
                     match done {
-                        Ok(done) if done.rows_affected() == 1 => Ok(true),
+                        Ok(done) if done.rows_affected() == 1 => {
+                            self.announce().await;
+                            Ok(true)
+                        }
                         // The one-open-job-per-ticket index: another job for the ticket opened meanwhile.
                         Err(e) if is_unique_violation(&e) => Ok(false),
                         Err(e) => Err(self.db("retrying a job")(e)),
@@ -124,6 +127,9 @@ macro_rules! impl_admin {
                     .execute(self.pool())
                     .await
                     .map_err(self.db("setting the pause switch"))?;
+                    if pause.is_none() {
+                        self.announce().await;
+                    }
                     Ok(())
                 }
 

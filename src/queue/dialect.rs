@@ -83,6 +83,18 @@ pub(crate) trait Dialect: Sync {
     /// Woken when this process adds claimable work (an enqueue, an approval), so its idle pool claims at once
     /// instead of at its next poll.
     fn wake(&self) -> &tokio::sync::Notify;
+    /// Tells the idle workers that claimable work was added (an enqueue, an approval, a retry, a resume): this
+    /// process's through [`Dialect::wake`], and on a backend several processes share, theirs too (PostgreSQL:
+    /// `NOTIFY`). Best effort: a worker that misses it claims at its next poll.
+    fn announce(&self) -> impl Future<Output = ()> + Send {
+        self.wake().notify_one();
+        std::future::ready(())
+    }
+    /// Makes sure other processes' announcements reach [`Dialect::wake`] (PostgreSQL: a `LISTEN` connection,
+    /// opened by this process's first wait for work). Nothing for a backend one process owns.
+    fn listen(&self) -> impl Future<Output = ()> + Send {
+        std::future::ready(())
+    }
     /// A transaction for a method that reads and then writes.
     fn begin(
         &self,

@@ -28,7 +28,7 @@ macro_rules! impl_intake {
                 async fn enqueue(&self, job: NewJob) -> Result<Enqueued, QueueError> {
                     let trigger = Json(&job.trigger);
                     let enqueued = retry_races(&self.location(), || self.try_enqueue(&job, &trigger)).await?;
-                    self.wake().notify_one();
+                    self.announce().await;
                     Ok(enqueued)
                 }
 
@@ -95,7 +95,7 @@ macro_rules! impl_intake {
                     .await
                     .map_err(self.db("approving a job"))?;
                     tx.commit().await.map_err(self.db("committing an approval"))?;
-                    self.wake().notify_one();
+                    self.announce().await;
                     Ok(Approved::Yes)
                 }
 
@@ -148,14 +148,14 @@ macro_rules! impl_intake {
                         return Ok(None);
                     }
                     tx.commit().await.map_err(self.db("committing a reopen"))?;
-                    self.wake().notify_one();
+                    self.announce().await;
                     Ok(Some(next))
                 }
 
                 async fn reopen_for_review(&self, review: ReviewTrigger) -> Result<Reopened, QueueError> {
                     let done = retry_races(&self.location(), || self.try_reopen(&review)).await?;
                     if matches!(done, Reopened::Iteration(_)) {
-                        self.wake().notify_one();
+                        self.announce().await;
                     }
                     Ok(done)
                 }

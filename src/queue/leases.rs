@@ -128,6 +128,7 @@ macro_rules! impl_leases {
             #[async_trait::async_trait]
             impl $crate::queue::Leases for $queue {
                 async fn wait_for_work(&self, idle: std::time::Duration) {
+                    self.listen().await;
                     let _ = tokio::time::timeout(idle, self.wake().notified()).await;
                 }
 
@@ -283,7 +284,10 @@ macro_rules! impl_leases {
                         Self::NOW
                     );
                     let update = Self::held_update(&set, holder(worker), job_id);
-                    self.run_held(update, job_id, "releasing a job").await
+                    self.run_held(update, job_id, "releasing a job").await?;
+                    // A worker draining for shutdown gives the job back: another one may take it now.
+                    self.announce().await;
+                    Ok(())
                 }
 
                 async fn await_approval(

@@ -10,15 +10,20 @@
 //! - **Migrations** run in one transaction under `pg_advisory_xact_lock` (the key every drafter version takes), so
 //!   workers starting together against a fresh or an old database take turns instead of racing on `CREATE TABLE`.
 //! - **Secrets**: the URL's password never appears in an error; messages name the user, host, port and database.
+//! - **Wake-ups**: an enqueue, an approval, a retry or a resume sends `NOTIFY drafter_work`; every process whose
+//!   workers have waited for work holds one `LISTEN` connection (outside the pool) and wakes its idle workers, so a
+//!   job on a shared queue is claimed at once, not at the next `serve.idle_poll_ms`. A lost notification (the
+//!   listener reconnecting) costs one poll interval, never a job.
 //!
 //! Everything but this file's [`Dialect`] (the SQL that differs) and the connection is shared with the SQLite
 //! backend; see [`crate::queue`].
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool, Postgres, Transaction};
 
 use super::dialect::{Dialect, Lock};
@@ -35,11 +40,29 @@ const MIGRATION_LOCK: i64 = 0x0064_7261_6674_6572;
 #[doc(hidden)]
 pub use super::schema::POSTGRES as MIGRATOR;
 
+/// The channel announcements of new work go on (`NOTIFY`/`LISTEN`), per database.
+const CHANNEL: &str = "drafter_work";
+
+/// The task relaying `drafter_work` notifications into the queue's wake-up; stopped with the queue.
+struct Listening(tokio::task::JoinHandle<()>);
+
+impl Drop for Listening {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// The PostgreSQL queue. Cheap to share behind an `Arc`.
 pub struct PgQueue {
     pool: PgPool,
-    /// See [`Dialect::wake`].
-    wake: tokio::sync::Notify,
+    /// See [`Dialect::wake`]; shared with the listening task.
+    wake: Arc<tokio::sync::Notify>,
+    /// Where the `LISTEN` connection goes (the pool's own options).
+    options: PgConnectOptions,
+    /// Started by the first wait for work (a CLI command that never waits opens no listening connection).
+    listening: tokio::sync::OnceCell<Listening>,
+    /// The payload of this queue handle's announcements: its own come back to its listener, and are not news.
+    me: String,
     /// `user@host:port/database`, for error messages.
     location: String,
     /// The URL's password (raw and percent-decoded), only to scrub it from error messages.
@@ -83,9 +106,17 @@ impl PgQueue {
         let pool = PgPoolOptions::new()
             .max_connections(POOL_SIZE)
             .acquire_timeout(Duration::from_secs(15))
-            .connect_lazy_with(options);
+            .connect_lazy_with(options.clone());
         let queue = PgQueue {
-            wake: tokio::sync::Notify::new(),
+            wake: Arc::new(tokio::sync::Notify::new()),
+            options,
+            listening: tokio::sync::OnceCell::new(),
+            me: {
+                let mut id = [0u8; 8];
+                // Only told apart from other handles' ids; a failed draw (all zeros) just wakes this one too.
+                let _ = getrandom::fill(&mut id);
+                hex::encode(id)
+            },
             pool,
             location,
             secrets,
@@ -192,6 +223,58 @@ impl Dialect for PgQueue {
 
     fn wake(&self) -> &tokio::sync::Notify {
         &self.wake
+    }
+
+    async fn announce(&self) {
+        self.wake.notify_one();
+        // After the change committed: a worker woken by it must find the job.
+        if let Err(e) = sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(CHANNEL)
+            .bind(&self.me)
+            .execute(&self.pool)
+            .await
+        {
+            tracing::debug!(error = %self.scrub(e.to_string()),
+                "could not announce new work; other processes' workers see it at their next poll");
+        }
+    }
+
+    async fn listen(&self) {
+        let started = self
+            .listening
+            .get_or_try_init(|| async {
+                // A pool of one of its own: `PgListener` keeps its connection, and reconnects (and listens
+                // again) through this pool when it is lost.
+                let pool = PgPoolOptions::new()
+                    .max_connections(1)
+                    .acquire_timeout(Duration::from_secs(15))
+                    .connect_lazy_with(self.options.clone());
+                let mut listener = PgListener::connect_with(&pool).await?;
+                // Listening before the first wait begins: an announcement right after it is not missed.
+                listener.listen(CHANNEL).await?;
+                let wake = self.wake.clone();
+                let (location, secrets) = (self.location.clone(), self.secrets.clone());
+                let me = self.me.clone();
+                Ok::<_, sqlx::Error>(Listening(tokio::spawn(async move {
+                    loop {
+                        match listener.recv().await {
+                            Ok(n) if n.payload() == me => {}
+                            Ok(_) => wake.notify_one(),
+                            Err(e) => {
+                                // The poll still runs; try the connection again in a while.
+                                let error = scrub_with(&secrets, e.to_string());
+                                tracing::debug!(%location, %error, "listening for new work failed");
+                                tokio::time::sleep(Duration::from_secs(5)).await;
+                            }
+                        }
+                    }
+                })))
+            })
+            .await;
+        if let Err(e) = started {
+            tracing::debug!(error = %self.scrub(e.to_string()),
+                "cannot listen for new work; polling instead");
+        }
     }
 
     async fn begin(&self) -> Result<Transaction<'static, Postgres>, QueueError> {

@@ -147,6 +147,8 @@ pub(crate) struct Progress {
     pub(crate) network: Option<NetworkRecord>,
     /// The forge credential, once the job has one (kind, scope, expiry; never the token).
     pub(crate) credential: Option<CredentialRecord>,
+    /// Fork mode: the fork the branch goes to.
+    pub(crate) fork: Option<String>,
 }
 
 /// One attempt of a job as its phases see it.

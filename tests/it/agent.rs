@@ -136,6 +136,7 @@ impl AgentRun {
             name: "acme/demo".into(),
             base: "main".into(),
             test_command: Some("make test".into()),
+            fork: None,
         };
         let task = Task {
             ticket: &ticket,

@@ -258,3 +258,85 @@ async fn tokens_are_checked_signed_scoped_and_revocable() {
     job.revoke().await.expect("no-op");
     assert_eq!(gh.app_revocations(), 2);
 }
+
+/// A job whose lease is lost under `drafter serve` (an operator cancels it while it waits for the model) is dropped
+/// at the worker's next heartbeat, before `run_job` reaches its revoke: the token is revoked in the background on
+/// drop, while the worker goes on serving.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_whose_lease_is_lost_under_serve_revokes_its_token() {
+    use std::time::{Duration, Instant};
+    use support::harness::{wait_all_finished, ServeProcess};
+
+    let _serial = support::POOL_SERIAL.lock().await;
+    let stack = Stack::start(Options {
+        per_conversation: true,
+        extra_toml: r#"[serve]
+listen = "127.0.0.1:0"
+webhook_secret_env = "DRAFTER_TEST_WEBHOOK_SECRET"
+concurrency = 1
+per_project = 1
+lease_secs = 30
+heartbeat_secs = 1
+drain_timeout_secs = 5
+max_attempts = 5
+idle_poll_ms = 100
+"#
+        .into(),
+        ..app_stack()
+    })
+    .await;
+    // The stand-in records a request once it has answered it: the job is then waiting for its next answer.
+    stack.model.set_delay(Duration::from_secs(3));
+    let serve = ServeProcess::start(&stack, Path::new(BIN)).await;
+    let client = reqwest::Client::new();
+    serve.assign(&client, "DEMO-1", 11).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while stack.model.requests().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the job never reached its model loop:\n{}",
+            serve.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(stack.github.app_tokens().len(), 1);
+    assert_eq!(stack.github.app_revocations(), 0);
+
+    let queue_path = stack.data_dir().join("queue.sqlite");
+    let queue = stack.queue().await;
+    let id = support::harness::all_jobs(queue.as_ref()).await[0]
+        .id
+        .clone();
+    let out = std::process::Command::new(BIN)
+        .args(["jobs", "cancel", id.as_str(), "--queue"])
+        .arg(&queue_path)
+        .output()
+        .expect("drafter jobs cancel");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_all_finished(queue.as_ref(), 1, Duration::from_secs(30)).await;
+
+    // The worker is still running (it was not shut down): the revocation comes from dropping the job.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while stack.github.app_revocations() < 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the lost job's token was never revoked:\n{}",
+            serve.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = serve.stop().await;
+    assert!(log.contains("lease lost"), "{log}");
+    let tokens = stack.github.app_tokens();
+    assert_eq!(tokens.len(), 1, "{tokens:?}");
+    assert!(
+        stack.github.app_token(&tokens[0]).expect("issued").2,
+        "revoked"
+    );
+    assert_eq!(stack.github.app_revocations(), 1);
+    assert!(stack.github.pulls(DEMO_REPO).is_empty());
+}

@@ -1077,6 +1077,7 @@ async fn ticket_brings_comments_criteria_links_and_attachments_cloud() {
         name: "acme/widgets".into(),
         base: "main".into(),
         test_command: None,
+        fork: None,
     };
     let p = drafter::agent::ticket_prompt(&t, &repo, &[], None);
     let open = p.find("<ticket ").expect("open");
@@ -1161,6 +1162,7 @@ async fn many_comments_keep_the_newest_and_say_so() {
             name: "a/b".into(),
             base: "main".into(),
             test_command: None,
+            fork: None,
         },
         &[],
         None,
@@ -1236,6 +1238,7 @@ async fn data_center_ticket_has_wiki_comments_and_criteria() {
             name: "a/b".into(),
             base: "main".into(),
             test_command: None,
+            fork: None,
         },
         &[],
         None,

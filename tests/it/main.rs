@@ -10,6 +10,7 @@ mod agent;
 mod cli;
 mod e2e;
 mod finish;
+mod fork;
 mod github_app;
 mod jira;
 mod merge_preflight;

@@ -1846,6 +1846,60 @@ fn known_versions() -> usize {
     drafter::queue::sqlite::MIGRATOR.iter().count()
 }
 
+/// Workers in other processes sharing one PostgreSQL queue wake on an enqueue or an approval (`LISTEN/NOTIFY`), not
+/// at the end of their poll interval. Two `PgQueue`s are two processes' connections: `a` enqueues, `b` waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_an_enqueue_elsewhere_wakes_an_idle_worker() {
+    let db = TestDatabase::create().await;
+    let a: Arc<dyn Queue> = Arc::new(PgQueue::connect(&db.url).await.unwrap());
+    let b: Arc<dyn Queue> = Arc::new(PgQueue::connect(&db.url).await.unwrap());
+    let idle = Duration::from_secs(30);
+    let wait = |q: Arc<dyn Queue>| {
+        tokio::spawn(async move {
+            let t = std::time::Instant::now();
+            q.wait_for_work(idle).await;
+            t.elapsed()
+        })
+    };
+    // The first wait starts `b` listening; give it the moment a LISTEN takes.
+    let waiter = wait(b.clone());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    created(&a, "WAKE-1", "wake-d1").await;
+    let waited = tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .expect("the enqueue in the other process woke the waiting worker")
+        .unwrap();
+    assert!(waited < Duration::from_secs(10), "{waited:?}");
+
+    // An approval in the other process wakes it too.
+    let done = b.claim(&worker("w")).await.unwrap().expect("claimed");
+    b.complete(&done.id, "w", json!({})).await.unwrap();
+    let id = awaiting(
+        &b,
+        "WAKE-2",
+        approval_request("needs a lead", chrono::Duration::hours(1)),
+    )
+    .await;
+    // `b`'s own enqueue above left it a wake-up; spend it, then wait for the approval alone.
+    b.wait_for_work(Duration::from_millis(100)).await;
+    let waiter = wait(b.clone());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    a.approve(&id, "lead", None).await.unwrap();
+    let waited = tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .expect("the approval in the other process woke the waiting worker")
+        .unwrap();
+    assert!(
+        waited >= Duration::from_millis(300),
+        "woken before the approval: {waited:?}"
+    );
+
+    // Nothing new: a short wait runs its full length.
+    let t = std::time::Instant::now();
+    b.wait_for_work(Duration::from_millis(300)).await;
+    assert!(t.elapsed() >= Duration::from_millis(300));
+}
+
 /// What an older drafter that knew versions 1..=`version` ran, on a SQLite connection.
 async fn legacy_sqlite_schema(conn: &mut sqlx::SqliteConnection, version: usize) {
     for m in drafter::queue::sqlite::MIGRATOR.iter().take(version) {

@@ -329,7 +329,7 @@ async fn open_draft_pr_after_push() {
 
     // Nothing pushed yet: GitHub's 422 for an unknown head is passed on as such.
     let err = forge
-        .open_draft_pr(REPO, &branch, "main", "t", "b")
+        .open_draft_pr(REPO, REPO, &branch, "main", "t", "b")
         .await
         .unwrap_err();
     assert!(matches!(err, ForgeError::Unprocessable { .. }), "{err:?}");
@@ -339,7 +339,7 @@ async fn open_draft_pr_after_push() {
     // Drafts not supported: a clear refusal, not a silent ready-for-review PR.
     gh.set_drafts_supported(REPO, false);
     let err = forge
-        .open_draft_pr(REPO, &branch, "main", "t", "b")
+        .open_draft_pr(REPO, REPO, &branch, "main", "t", "b")
         .await
         .unwrap_err();
     assert!(
@@ -350,6 +350,7 @@ async fn open_draft_pr_after_push() {
 
     let pr = forge
         .open_draft_pr(
+            REPO,
             REPO,
             &branch,
             "main",
@@ -373,7 +374,7 @@ async fn open_draft_pr_after_push() {
 
     // A second time: already exists.
     let err = forge
-        .open_draft_pr(REPO, &branch, "main", "again", "b")
+        .open_draft_pr(REPO, REPO, &branch, "main", "again", "b")
         .await
         .unwrap_err();
     assert!(
@@ -395,7 +396,7 @@ async fn open_draft_pr_after_push() {
     .await
     .unwrap();
     let err = forge
-        .open_draft_pr(REPO, "drafter/DEMO-3-noop", "main", "t", "b")
+        .open_draft_pr(REPO, REPO, "drafter/DEMO-3-noop", "main", "t", "b")
         .await
         .unwrap_err();
     assert!(matches!(err, ForgeError::NoCommits { .. }), "{err:?}");

@@ -68,6 +68,7 @@ fn run_input(attempt: u32, result: &str) -> RunInput {
         decisions: vec![],
         network: None,
         credential: None,
+        fork: None,
         outcome: Outcome {
             result: result.into(),
             rule: None,

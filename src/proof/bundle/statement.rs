@@ -261,6 +261,9 @@ pub struct Run {
     /// The forge credential the attempt used, when it got that far (never the token itself).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credential: Option<CredentialRecord>,
+    /// Fork mode: the fork (`owner/name`) the branch was pushed to; the pull request goes from it into `repo`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fork: Option<String>,
     /// How it ended.
     pub outcome: Outcome,
 }

@@ -98,6 +98,8 @@ pub struct RunInput {
     pub network: Option<NetworkRecord>,
     /// The forge credential used (kind, scope, expiry; never the token).
     pub credential: Option<CredentialRecord>,
+    /// Fork mode: the fork the branch was pushed to.
+    pub fork: Option<String>,
     /// The outcome.
     pub outcome: Outcome,
 }
@@ -335,6 +337,7 @@ impl BundleWriter {
             retention: self.retention,
             network: run.network,
             credential: run.credential,
+            fork: run.fork,
             outcome: run.outcome,
         };
         self.append(subject, RUN, &predicate)?;

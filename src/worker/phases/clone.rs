@@ -16,9 +16,11 @@ pub(crate) fn scratch() -> std::io::Result<(tempfile::TempDir, PathBuf)> {
 }
 
 /// Clones `url` at `base` into `ws` and checks out the job's branch: the repository, the branch, and whether it
-/// already holds this job's pushed work (then it is checked out as pushed, not created).
+/// already holds this job's pushed work (then it is checked out as pushed, not created). In fork mode `fork_url`
+/// is where the job's branches live: the candidates are looked up there, not upstream.
 pub(crate) async fn clone(
     url: String,
+    fork_url: Option<String>,
     ws: PathBuf,
     base: String,
     token: Secret,
@@ -27,7 +29,17 @@ pub(crate) async fn clone(
 ) -> Result<(git2::Repository, String, bool), JobError> {
     blocking(move || {
         let candidates = candidates(&preferred, &job_id);
-        let r = repo::clone_with(&url, &ws, &base, &candidates, &token)?;
+        let r = match &fork_url {
+            None => repo::clone_with(&url, &ws, &base, &candidates, &token)?,
+            Some(fork_url) => {
+                let r = repo::clone_with(&url, &ws, &base, &[], &token)?;
+                // Into `refs/remotes/origin/`, where `choose_branch` and a reused attempt read them.
+                for c in &candidates {
+                    repo::refresh_remote_branch(&r, fork_url, c, &token)?;
+                }
+                r
+            }
+        };
         let (branch, reused) = choose_branch(&r, candidates, &job_id)?;
         if reused {
             repo::checkout_remote_branch(&r, &branch)?;

@@ -46,6 +46,7 @@ pub(crate) async fn pipeline(
     let repo_cfg = grant.repo.clone();
     job.progress.repo = Some(repo_cfg.name.clone());
     job.progress.base = Some(repo_cfg.base.clone());
+    job.progress.fork = repo_cfg.fork.clone();
     // A team already over its budget is told before anything is cloned.
     let meter = decide::budget(job, config, &ticket, &grant, s.ledger.clone()).await?;
     let (limits, sandbox_cfg) = decide::effective_limits(config, &grant);
@@ -66,6 +67,8 @@ pub(crate) async fn pipeline(
     let (_scratch, ws) =
         clone::scratch().map_err(super::error::io("creating the workspace directory"))?;
     let url = config.github.clone_url(&repo_cfg.name);
+    // Where the job's branch lives: the repository, or in fork mode the fork (the clone is still of upstream).
+    let push_url = config.github.clone_url(repo_cfg.push_repo());
     job.stage(
         super::Stage::Clone,
         format!("{} ({})", repo_cfg.name, repo_cfg.base),
@@ -76,6 +79,7 @@ pub(crate) async fn pipeline(
     let egress = decide::egress_rules(config, spec, &grant);
     let cloning = clone::clone(
         url.clone(),
+        (push_url != url).then(|| push_url.clone()),
         ws.clone(),
         repo_cfg.base.clone(),
         github.token().clone(),
@@ -138,7 +142,7 @@ pub(crate) async fn pipeline(
         let github = forge.client().await?;
         job.progress.credential = Some(credential_record(forge.grant().await));
         let pushed = deliver::commit_and_push(
-            config, &github, job, &ticket, &grant, git_repo, &branch, &url, &outcome, &digest,
+            config, &github, job, &ticket, &grant, git_repo, &branch, &push_url, &outcome, &digest,
         )
         .await?;
         let pushed = match (pushed, iteration) {

@@ -41,7 +41,10 @@ pub(crate) async fn open(
     );
     // The PR opens with a placeholder footer; `complete` puts the sealed bundle's digest there.
     let opening = format!("{body}{}", proof_footer(job_id, None));
-    let pr: PullRequest = match forge.find_open_pr(&repo.name, &branch).await? {
+    let pr: PullRequest = match forge
+        .find_open_pr(&repo.name, repo.push_repo(), &branch)
+        .await?
+    {
         Some(existing) => {
             // An earlier attempt opened it. If the model ran again, its new description replaces the old one;
             // if not, the old description stays and only the proof footer is refreshed.
@@ -60,6 +63,7 @@ pub(crate) async fn open(
             let pr = forge
                 .open_draft_pr(
                     &repo.name,
+                    repo.push_repo(),
                     &branch,
                     &repo.base,
                     &title,

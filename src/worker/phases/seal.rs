@@ -89,6 +89,7 @@ pub(crate) fn seal(
         decisions: progress.decisions.clone(),
         network: progress.network.clone(),
         credential: progress.credential.clone(),
+        fork: progress.fork.clone(),
         outcome,
     })
 }
@@ -128,6 +129,7 @@ pub(crate) fn seal_expired(
         decisions: last.decisions,
         network: None,
         credential: None,
+        fork: None,
         outcome: Outcome {
             result: "failed".into(),
             rule: Some("approval".into()),

@@ -54,7 +54,9 @@ enum Review {
 }
 
 pub(super) struct RepoState {
-    bare: PathBuf,
+    pub(super) bare: PathBuf,
+    /// The upstream repository, when this one is a fork (`create_fork`).
+    pub(super) fork_of: Option<String>,
     pub(super) id: u64,
     admin: bool,
     maintain: bool,
@@ -80,7 +82,11 @@ pub struct Inner {
     pub(super) token: String,
     /// The GitHub App, when enabled (`enable_app`): its tokens work next to the personal token.
     pub(super) app: Option<super::github_app::AppState>,
-    root: PathBuf,
+    pub(super) root: PathBuf,
+    /// Pushes refused for want of write access, by repository.
+    pub(super) refused_pushes: Vec<String>,
+    /// `POST .../merge-upstream` calls: (fork, branch).
+    pub(super) fork_syncs: Vec<(String, String)>,
     base_url: String,
     pub(super) bot_login: String,
     /// The service account's teams as `GET /user/teams` lists them, (id, slug, parent id); `None` answers 403.
@@ -133,6 +139,8 @@ impl GithubStandIn {
             token: token.to_string(),
             app: None,
             root,
+            fork_syncs: Vec::new(),
+            refused_pushes: Vec::new(),
             base_url: format!("http://{addr}"),
             bot_login: "drafter-bot".into(),
             bot_teams: Some(Vec::new()),
@@ -220,6 +228,7 @@ impl GithubStandIn {
             full_name.to_string(),
             RepoState {
                 bare: bare.clone(),
+                fork_of: None,
                 id,
                 admin: false,
                 maintain: false,
@@ -235,6 +244,44 @@ impl GithubStandIn {
             },
         );
         bare
+    }
+
+    /// Forks `upstream` as `fork_full` (the service account's fork): every branch copied, `fork: true` with its
+    /// `parent`, push allowed and no review rule (rules on a fork do not guard upstream).
+    pub fn create_fork(&self, upstream: &str, fork_full: &str) -> PathBuf {
+        let mut st = lock(&self.state);
+        let bare = super::github_fork::create(&mut st, upstream, fork_full);
+        let id = st.repos.len() as u64 + 1000;
+        st.repos.insert(
+            fork_full.to_string(),
+            RepoState {
+                bare: bare.clone(),
+                fork_of: Some(upstream.to_string()),
+                id,
+                admin: false,
+                maintain: false,
+                push: true,
+                review: Review::None,
+                protected_branch: "main".into(),
+                can_bypass: false,
+                ruleset_forbidden: false,
+                ruleset_bypass_field: None,
+                bypass_teams: Vec::new(),
+                bypass_apps: Vec::new(),
+                drafts_supported: true,
+            },
+        );
+        bare
+    }
+
+    /// The pushes refused because the account has no write access, by repository.
+    pub fn refused_pushes(&self) -> Vec<String> {
+        lock(&self.state).refused_pushes.clone()
+    }
+
+    /// The "Sync fork" calls received: (fork, branch).
+    pub fn fork_syncs(&self) -> Vec<(String, String)> {
+        lock(&self.state).fork_syncs.clone()
     }
 
     /// Turns the GitHub App on: JWTs must verify with `public_pem` (SPKI PEM) and name `app_id`.
@@ -653,17 +700,23 @@ fn api(
         .collect();
 
     match (method.clone(), rest) {
-        (Method::GET, []) => json_response(
-            200,
-            json!({
+        (Method::GET, []) => {
+            let mut answer = json!({
                 "id": repo.id, "node_id": format!("R_{}", repo.id), "name": segs[2], "full_name": full,
                 "private": true, "fork": false,
                 "url": format!("{api}/repos/{full}"), "html_url": format!("{base}/{full}"),
                 "clone_url": format!("{base}/{full}.git"), "default_branch": "main",
                 "permissions": {"admin": repo.admin, "maintain": repo.maintain, "push": repo.push,
                                 "triage": true, "pull": true}
-            }),
-        ),
+            });
+            if let Value::Object(fields) = super::github_fork::fork_fields(&st, repo, &api) {
+                for (k, v) in fields {
+                    answer[k] = v;
+                }
+            }
+            json_response(200, answer)
+        }
+        (Method::POST, ["merge-upstream"]) => super::github_fork::sync(&mut st, &full, body),
         (Method::GET, ["rules", "branches", branch @ ..]) => {
             let branch = branch.join("/");
             let rules = match review {
@@ -767,11 +820,11 @@ fn api(
                 .unwrap_or_default()
                 .into_iter()
                 .filter(|p| {
-                    params.get("head").is_none_or(|h| {
-                        let owner = segs[1];
-                        let head = p["head"].as_str().unwrap_or("");
-                        *h == format!("{owner}:{}", head.rsplit(':').next().unwrap_or(head))
-                    })
+                    // `head=owner:branch` (https://docs.github.com/en/rest/pulls/pulls#list-pull-requests):
+                    // the head's owner, which is the fork's for a pull request from a fork.
+                    params
+                        .get("head")
+                        .is_none_or(|h| p["response"]["head"]["label"].as_str() == Some(h.as_str()))
                 })
                 .filter(|_| {
                     params
@@ -810,13 +863,21 @@ fn create_pull(st: &mut Inner, full: &str, body: &[u8]) -> Response {
     };
     let owner = full.split('/').next().unwrap_or("");
     let head_branch = head.rsplit(':').next().unwrap_or(head).to_string();
+    let head_owner = head.split_once(':').map_or(owner, |(o, _)| o).to_string();
+    let head_repo = super::github_fork::head_repo(st, full, &req);
     let repo_state = &st.repos[full];
     let Ok(repo) = git2::Repository::open_bare(&repo_state.bare) else {
         return json_response(500, json!({"message": "stand-in cannot open repo"}));
     };
-    let head_oid = repo
-        .refname_to_id(&format!("refs/heads/{head_branch}"))
-        .ok();
+    let head_oid = match &head_repo {
+        Some(h) if h.full_name != full => {
+            super::github_fork::copy_head(&repo_state.bare, h, &head_branch, st.next_pr)
+        }
+        Some(_) => repo
+            .refname_to_id(&format!("refs/heads/{head_branch}"))
+            .ok(),
+        None => None,
+    };
     let base_oid = repo.refname_to_id(&format!("refs/heads/{base}")).ok();
     let (Some(head_oid), Some(base_oid)) = (head_oid, base_oid) else {
         let field = if head_oid.is_none() { "head" } else { "base" };
@@ -826,17 +887,14 @@ fn create_pull(st: &mut Inner, full: &str, body: &[u8]) -> Response {
         return validation(json!([{"resource": "PullRequest", "code": "custom",
                                   "message": "Draft pull requests are not supported in this repository."}]));
     }
+    let head_label = format!("{head_owner}:{head_branch}");
     let exists = st.pulls.get(full).is_some_and(|ps| {
-        ps.iter().any(|p| {
-            p["head"]
-                .as_str()
-                .map(|h| h.rsplit(':').next().unwrap_or(h))
-                == Some(head_branch.as_str())
-        })
+        ps.iter()
+            .any(|p| p["response"]["head"]["label"].as_str() == Some(head_label.as_str()))
     });
     if exists {
         return validation(json!([{"resource": "PullRequest", "code": "custom",
-                                  "message": format!("A pull request already exists for {owner}:{head_branch}.")}]));
+                                  "message": format!("A pull request already exists for {head_label}.")}]));
     }
     let ahead = head_oid != base_oid
         && !repo
@@ -849,6 +907,13 @@ fn create_pull(st: &mut Inner, full: &str, body: &[u8]) -> Response {
     let number = st.next_pr;
     st.next_pr += 1;
     let base_url = st.base_url.clone();
+    // A repository object as GitHub nests it in `head.repo` (id, name, full_name, url are what clients read).
+    let head_full = head_repo.as_ref().map_or(full, |h| h.full_name.as_str());
+    let head_repo_json = json!({
+        "id": st.repos.get(head_full).map_or(0, |r| r.id), "name": head_full.split('/').nth(1),
+        "full_name": head_full, "url": format!("{base_url}/api/v3/repos/{head_full}"),
+        "fork": head_full != full,
+    });
     let html_url = format!("{base_url}/{full}/pull/{number}");
     let draft = req["draft"].as_bool().unwrap_or(false);
     let response = json!({
@@ -856,7 +921,7 @@ fn create_pull(st: &mut Inner, full: &str, body: &[u8]) -> Response {
         "title": title, "body": req["body"], "draft": draft,
         "url": format!("{base_url}/api/v3/repos/{full}/pulls/{number}"), "html_url": html_url,
         "maintainer_can_modify": req["maintainer_can_modify"].as_bool().unwrap_or(true),
-        "head": {"label": format!("{owner}:{head_branch}"), "ref": head_branch, "sha": head_oid.to_string()},
+        "head": {"label": head_label, "ref": head_branch, "sha": head_oid.to_string(), "repo": head_repo_json},
         "base": {"label": format!("{owner}:{base}"), "ref": base, "sha": base_oid.to_string()},
         "merged": false, "mergeable": null
     });
@@ -924,6 +989,26 @@ async fn git(
         return Response::builder()
             .status(404)
             .body(Body::from("Repository not found.\n"))
+            .unwrap_or_default();
+    }
+    // A push needs write access: GitHub answers 403 "Permission to o/r denied to user." to an account without it.
+    let pushing = path.ends_with("/git-receive-pack") || query == Some("service=git-receive-pack");
+    let full = repo_dir
+        .as_deref()
+        .map(|d| {
+            d.trim_start_matches('/')
+                .trim_end_matches(".git")
+                .to_string()
+        })
+        .unwrap_or_default();
+    let may_push = lock(state).repos.get(&full).is_none_or(|r| r.push);
+    if pushing && !may_push {
+        lock(state).refused_pushes.push(full.clone());
+        return Response::builder()
+            .status(403)
+            .body(Body::from(format!(
+                "Permission to {full}.git denied to {user}.\n"
+            )))
             .unwrap_or_default();
     }
     run_cgi(&root, method, path, query, headers, &user, body).await

@@ -157,9 +157,10 @@ pub fn route(
                     [one] => one.as_u64(),
                     _ => None,
                 });
+            // The App is installed on the organization: the service account's forks are not in the installation.
             let full = st.repos.iter().find_map(|(full, r)| {
                 let name = full.split('/').nth(1).unwrap_or("");
-                (by_name.as_deref() == Some(name) || by_id == Some(r.id))
+                (r.fork_of.is_none() && (by_name.as_deref() == Some(name) || by_id == Some(r.id)))
                     .then(|| (full.clone(), r.id))
             });
             let Some((full, repo_id)) = full else {

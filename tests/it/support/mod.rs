@@ -7,6 +7,7 @@ pub mod executor;
 pub mod git;
 pub mod github;
 pub mod github_app;
+pub mod github_fork;
 pub mod github_review;
 pub mod harness;
 pub mod jira;
