@@ -6,6 +6,10 @@
 //! cargo bench --bench path -- [--runs 20] [--jobs 1000] [--only path,tools20,memory,burst]
 //! ```
 //!
+//! `cargo bench` builds with the `bench` profile (release): this bench, `drafter` and `drafter-sandboxd` all land in
+//! `target/release`, and the worker takes the executor next to its own binary. `--profile dev` measures the debug
+//! build the tests use.
+//!
 //! `cargo test --all-targets` builds and runs bench targets without `--bench`: then `main` returns at once.
 //!
 //! Stage clocks, all on this host's wall clock: the stand-ins note when each request arrived and when the model's
@@ -67,8 +71,22 @@ fn main() {
 
 async fn run(args: Args) {
     let want = |s: &str| args.only.iter().any(|o| o == s);
+    // The worker finds its executor next to itself (`sandbox::find_executor`): both come from this build's profile,
+    // `target/release` under `cargo bench`, `target/debug` under `--profile dev`.
+    let executor = Path::new(BIN).with_file_name(drafter::sandbox::EXECUTOR_BIN);
+    assert!(
+        executor.is_file(),
+        "{} is missing: build it with the same profile",
+        executor.display()
+    );
     println!(
-        "drafter `benches/path.rs`, binary {BIN}, {} cores",
+        "drafter `benches/path.rs`, {} build, binary {BIN}, executor {}, {} cores",
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        },
+        executor.display(),
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     if want("path") {

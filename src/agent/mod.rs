@@ -288,9 +288,23 @@ pub async fn run<'w>(
 ) -> Result<AgentOutcome, AgentError> {
     let workspace = workspace.into();
     let wall = Duration::from_secs(task.limits.wall_time_secs);
-    match tokio::time::timeout(wall, run_inner(task, model, workspace, on_event)).await {
+    let result = match tokio::time::timeout(wall, run_inner(task, model, workspace, on_event)).await
+    {
         Ok(result) => result,
         Err(_) => Err(AgentError::WallTime(task.limits.wall_time_secs)),
+    };
+    // The last turn's statements (`finish` and the calls beside it) are durable before the worker acts on the
+    // outcome: a push, a PR, a comment.
+    let synced = model.bundle_mut().sync().await;
+    match (result, synced) {
+        (Ok(outcome), Ok(())) => Ok(outcome),
+        (Ok(_), Err(e)) => Err(AgentError::Proof(e)),
+        (Err(e), Ok(())) => Err(e),
+        (Err(e), Err(sync)) => {
+            // The run's own error says more; the run statement will fail on the poisoned bundle anyway.
+            tracing::warn!(error = %sync, "could not sync the proof bundle");
+            Err(e)
+        }
     }
 }
 
@@ -300,7 +314,9 @@ async fn run_inner(
     workspace: Workspace<'_>,
     on_event: &mut (dyn FnMut(AgentEvent) + Send),
 ) -> Result<AgentOutcome, AgentError> {
-    let mut messages = vec![Message {
+    // One request for the whole loop: each turn appends to its conversation in place rather than copying the
+    // conversation and the tool schemas into a new request.
+    let messages = vec![Message {
         role: Role::User,
         content: vec![Block::Text(ticket_prompt(
             task.ticket,
@@ -334,6 +350,11 @@ async fn run_inner(
             .map(|t| estimate_tokens(t.description.len() + t.input_schema.to_string().len()))
             .sum::<u64>();
 
+    let mut request = ModelRequest {
+        system: SYSTEM_PROMPT.to_string(),
+        messages,
+        tools,
+    };
     loop {
         if outcome.turns >= task.limits.max_turns {
             // Told at `finish` and out of turns: refused under the rules it still breaks, if it still does.
@@ -351,7 +372,7 @@ async fn run_inner(
             max: task.limits.max_turns,
         });
         let elided = fit_context(
-            &mut messages,
+            &mut request.messages,
             fixed_tokens,
             task.limits.context_budget_tokens,
             &elidable,
@@ -363,11 +384,6 @@ async fn run_inner(
                 "old tool outputs elided to stay within the context budget"
             );
         }
-        let request = ModelRequest {
-            system: SYSTEM_PROMPT.to_string(),
-            messages: messages.clone(),
-            tools: tools.clone(),
-        };
         if let Some(gate) = task.permissions.gate {
             gate.before_call().await.map_err(AgentError::Budget)?;
         }
@@ -407,9 +423,9 @@ async fn run_inner(
                 return Err(AgentError::Refused(cap_chars(said, 1000)));
             }
         }
-        messages.push(Message {
+        request.messages.push(Message {
             role: Role::Assistant,
-            content: response.content.clone(),
+            content: response.content,
         });
 
         if calls.is_empty() && response.stop == StopReason::PauseTurn {
@@ -430,7 +446,7 @@ async fn run_inner(
                     is_error: true,
                 })
                 .collect();
-            messages.push(Message {
+            request.messages.push(Message {
                 role: Role::User,
                 content: results,
             });
@@ -440,7 +456,7 @@ async fn run_inner(
         if calls.is_empty() {
             // A model that ends its turn with prose has finished; one cut off by max_tokens is asked to go on.
             if matches!(response.stop, StopReason::MaxTokens) {
-                messages.push(Message {
+                request.messages.push(Message {
                     role: Role::User,
                     content: vec![Block::Text(
                         "Your reply was cut off by the token limit. Continue, using the tools; call `finish` when done."
@@ -618,7 +634,7 @@ async fn run_inner(
                 is_error: !result.ok,
             });
         }
-        messages.push(Message {
+        request.messages.push(Message {
             role: Role::User,
             content: results,
         });

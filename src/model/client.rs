@@ -125,10 +125,15 @@ impl ModelClient {
     /// receipt for the exchange (also on HTTP errors and transport failures), then decodes. Never retries.
     pub async fn call(&mut self, req: &ModelRequest) -> Result<ModelResponse, ModelError> {
         let body = serde_json::to_vec(&self.provider.encode(&self.model, self.max_tokens, req))
+            .map(bytes::Bytes::from)
             .map_err(|e| ModelError::Encode(e.to_string()))?;
+        // The statements of the turn before (this client's last receipt, the tool calls it led to) are made durable
+        // before the provider acts on their results: one sync per turn, not one per statement.
+        self.bundle.sync().await?;
         let started_at = Utc::now();
         let t0 = Instant::now();
-        let exchange = self.exchange(&body).await;
+        // `Bytes`: the request body and the receipt share one buffer.
+        let exchange = self.exchange(body.clone()).await;
         let latency_ms = u64::try_from(t0.elapsed().as_millis()).unwrap_or(u64::MAX);
 
         let result = match exchange.failure {
@@ -203,12 +208,12 @@ impl ModelClient {
         result
     }
 
-    async fn exchange(&self, body: &[u8]) -> Exchange {
+    async fn exchange(&self, body: bytes::Bytes) -> Exchange {
         let sent = self
             .http
             .post(&self.url)
             .headers(self.headers.clone())
-            .body(body.to_vec())
+            .body(body)
             .send()
             .await;
         let mut resp = match sent {

@@ -40,12 +40,15 @@ impl Sandbox {
                 if let Some(name) = known {
                     return Ok(name);
                 }
-                let binary = tokio::fs::read(&path)
+                // Hashed and later uploaded from the file in chunks: the binary is tens of MB, never held whole.
+                let hashed = path.clone();
+                let (digest, len) = tokio::task::spawn_blocking(move || file_sha256(&hashed))
                     .await
+                    .map_err(|e| SandboxError::Exec(format!("hashing task failed: {e}")))?
                     .map_err(io_err(format!("reading {}", path.display())))?;
-                let digest = hex::encode(Sha256::digest(&binary));
                 let name = format!("drafter-sandboxd-{}", &digest[..16]);
-                fill_executor_volume(&self.docker, &self.cfg.image, &name, &digest, &binary).await?;
+                let binary = Binary { path: &path, len };
+                fill_executor_volume(&self.docker, &self.cfg.image, &name, &digest, binary).await?;
                 tracing::info!(volume = %name, binary = %path.display(), "sandbox executor volume ready");
                 *EXECUTOR_VOLUME.lock().unwrap_or_else(|p| p.into_inner()) = Some((stamp, name.clone()));
                 Ok(name)
@@ -99,13 +102,39 @@ pub fn find_executor(cfg: &SandboxConfig) -> Result<PathBuf, SandboxError> {
         })
 }
 
+/// Read size of the executor binary's chunks, for hashing and for the upload.
+const READ_CHUNK: usize = 256 * 1024;
+
+/// Hex SHA-256 and length of the file at `path`, read a chunk at a time.
+pub(super) fn file_sha256(path: &Path) -> io::Result<(String, u64)> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; READ_CHUNK];
+    let mut len = 0u64;
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            return Ok((hex::encode(hasher.finalize()), len));
+        }
+        hasher.update(&buf[..n]);
+        len += n as u64;
+    }
+}
+
+/// The executor binary on disk, and its length when it was hashed.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Binary<'a> {
+    pub(super) path: &'a Path,
+    pub(super) len: u64,
+}
+
 /// Makes sure volume `name` holds exactly `binary` (see [`Sandbox::executor_volume`]).
 pub(super) async fn fill_executor_volume(
     docker: &Docker,
     image: &str,
     name: &str,
     digest: &str,
-    binary: &[u8],
+    binary: Binary<'_>,
 ) -> Result<(), SandboxError> {
     let labels = HashMap::from([
         (LABEL_MANAGED.to_string(), "true".to_string()),
@@ -155,18 +184,13 @@ pub(super) async fn fill_executor_volume(
         // is first re-read after a pause (the other write ends), and written again only if it persists.
         let mut wrote_last = false;
         for attempt in 0..FILL_ATTEMPTS {
-            let held = read_container_file(
+            let held = container_file_sha256(
                 docker,
                 &created.id,
                 &format!("{EXECUTOR_DIR}/{EXECUTOR_BIN}"),
             )
             .await?;
-            if held
-                .as_deref()
-                .map(|b| hex::encode(Sha256::digest(b)))
-                .as_deref()
-                == Some(digest)
-            {
+            if held.as_deref() == Some(digest) {
                 return Ok(());
             }
             if attempt + 1 == FILL_ATTEMPTS {
@@ -180,23 +204,7 @@ pub(super) async fn fill_executor_volume(
                 tokio::time::sleep(Duration::from_millis(pause)).await;
                 continue;
             }
-            let mut tar = tar::Builder::new(Vec::new());
-            let mut header = tar::Header::new_gnu();
-            header.set_entry_type(tar::EntryType::Regular);
-            header.set_size(binary.len() as u64);
-            header.set_mode(0o555);
-            header.set_uid(0);
-            header.set_gid(0);
-            tar.append_data(&mut header, EXECUTOR_BIN, binary)
-                .map_err(io_err("packing the executor"))?;
-            let archive = tar.into_inner().map_err(io_err("packing the executor"))?;
-            let opts = UploadToContainerOptionsBuilder::new()
-                .path(EXECUTOR_DIR)
-                .build();
-            docker
-                .upload_to_container(&created.id, Some(opts), bollard::body_full(archive.into()))
-                .await
-                .map_err(docker_err("upload executor"))?;
+            upload_binary(docker, &created.id, binary).await?;
             wrote_last = true;
         }
         Err(SandboxError::Exec(format!(
@@ -208,37 +216,168 @@ pub(super) async fn fill_executor_volume(
     result
 }
 
-/// A regular file out of a (possibly stopped) container through the archive API; `None` if it is not there.
-pub(super) async fn read_container_file(
+/// Uploads `binary` into the container's [`EXECUTOR_DIR`] as a one-entry tar, streamed from the file: at most a
+/// few chunks are in memory at once.
+async fn upload_binary(
+    docker: &Docker,
+    container: &str,
+    binary: Binary<'_>,
+) -> Result<(), SandboxError> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(4);
+    let (path, len) = (binary.path.to_path_buf(), binary.len);
+    let producer = tokio::task::spawn_blocking(move || {
+        let result = write_binary_tar(&path, len, tx.clone());
+        if let Err(e) = &result {
+            // Make the upload fail rather than succeed with a partial file.
+            let _ = tx.blocking_send(Err(io::Error::new(e.kind(), e.to_string())));
+        }
+        result
+    });
+    let body = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    let opts = UploadToContainerOptionsBuilder::new()
+        .path(EXECUTOR_DIR)
+        .build();
+    let uploaded = docker
+        .upload_to_container(container, Some(opts), bollard::body_try_stream(body))
+        .await;
+    let produced = producer
+        .await
+        .map_err(|e| SandboxError::Exec(format!("executor tar task failed: {e}")))?;
+    produced.map_err(io_err(format!("packing {}", binary.path.display())))?;
+    uploaded.map_err(docker_err("upload executor"))
+}
+
+/// Writes the tar of the executor binary (`len` bytes at `path`, as hashed) into `tx`, a chunk at a time; a file
+/// that is no longer `len` bytes long is an error, never a tar whose header lies about its size.
+fn write_binary_tar(
+    path: &Path,
+    len: u64,
+    tx: tokio::sync::mpsc::Sender<io::Result<Bytes>>,
+) -> io::Result<()> {
+    let send = |chunk: Vec<u8>| {
+        tx.blocking_send(Ok(Bytes::from(chunk)))
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "upload stopped"))
+    };
+    let mut header = tar::Header::new_gnu();
+    header.set_path(EXECUTOR_BIN)?;
+    header.set_entry_type(tar::EntryType::Regular);
+    header.set_size(len);
+    header.set_mode(0o555);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_cksum();
+    send(header.as_bytes().to_vec())?;
+    let mut file = std::fs::File::open(path)?.take(len);
+    let mut sent = 0u64;
+    loop {
+        let mut buf = vec![0u8; READ_CHUNK];
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        buf.truncate(n);
+        sent += n as u64;
+        send(buf)?;
+    }
+    if sent != len {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("the file changed while it was uploaded ({sent} of {len} bytes)"),
+        ));
+    }
+    // The entry padded to a whole block, then the archive's two zero blocks.
+    let pad = (512 - (len % 512) as usize) % 512;
+    send(vec![0u8; pad + 1024])
+}
+
+/// Hex SHA-256 of a regular file in a (possibly stopped) container, read through the archive API as a stream;
+/// `None` if it is not there.
+pub(super) async fn container_file_sha256(
     docker: &Docker,
     container: &str,
     path: &str,
-) -> Result<Option<Vec<u8>>, SandboxError> {
+) -> Result<Option<String>, SandboxError> {
     let opts = DownloadFromContainerOptionsBuilder::new()
         .path(path)
         .build();
     let mut stream = docker.download_from_container(container, Some(opts));
-    let mut buf = Vec::new();
-    while let Some(chunk) = stream.next().await {
-        match chunk {
-            Ok(c) => buf.extend_from_slice(&c),
-            Err(e) if status_code(&e) == Some(404) => return Ok(None),
-            Err(e) => return Err(docker_err("download")(e)),
+    // The first chunk tells a missing file (404) from one that is there.
+    let first = match stream.next().await {
+        None => return Ok(None),
+        Some(Ok(c)) => c,
+        Some(Err(e)) if status_code(&e) == Some(404) => return Ok(None),
+        Some(Err(e)) => return Err(docker_err("download")(e)),
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+    let hasher = tokio::task::spawn_blocking(move || -> io::Result<Option<String>> {
+        let mut archive = tar::Archive::new(ChannelReader {
+            rx,
+            chunk: Bytes::new(),
+        });
+        let mut entries = archive.entries()?;
+        let Some(entry) = entries.next() else {
+            return Ok(None);
+        };
+        let mut entry = entry?;
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; READ_CHUNK];
+        loop {
+            let n = entry.read(&mut buf)?;
+            if n == 0 {
+                return Ok(Some(hex::encode(hasher.finalize())));
+            }
+            hasher.update(&buf[..n]);
+        }
+    });
+    let mut failed = None;
+    if tx.send(first).await.is_ok() {
+        while let Some(chunk) = stream.next().await {
+            match chunk {
+                // A closed channel: the reader has what it needs (or failed, which it reports).
+                Ok(c) => {
+                    if tx.send(c).await.is_err() {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
         }
     }
-    let mut archive = tar::Archive::new(io::Cursor::new(buf));
-    let mut entries = archive
-        .entries()
-        .map_err(io_err(format!("reading {path}")))?;
-    let Some(entry) = entries.next() else {
-        return Ok(None);
-    };
-    let mut entry = entry.map_err(io_err(format!("reading {path}")))?;
-    let mut out = Vec::new();
-    entry
-        .read_to_end(&mut out)
-        .map_err(io_err(format!("reading {path}")))?;
-    Ok(Some(out))
+    drop(tx);
+    let hashed = hasher
+        .await
+        .map_err(|e| SandboxError::Exec(format!("hashing task failed: {e}")))?;
+    // A download cut short would look like a shorter file: its error wins.
+    if let Some(e) = failed {
+        return Err(docker_err("download")(e));
+    }
+    hashed.map_err(io_err(format!("reading {path}")))
+}
+
+/// A blocking reader over chunks sent from async code.
+struct ChannelReader {
+    rx: tokio::sync::mpsc::Receiver<Bytes>,
+    chunk: Bytes,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.chunk.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(c) => self.chunk = c,
+                None => return Ok(0),
+            }
+        }
+        let n = out.len().min(self.chunk.len());
+        out[..n].copy_from_slice(&self.chunk[..n]);
+        self.chunk = self.chunk.slice(n..);
+        Ok(n)
+    }
 }
 
 /// The executor binary (path, size, mtime) last put into a volume by this process, and that volume's name.

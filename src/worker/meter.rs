@@ -8,6 +8,7 @@
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Datelike, TimeZone, Utc};
+use tracing::Instrument;
 
 use crate::agent::{CallGate, GateRefusal};
 use crate::model::TokenUsage;
@@ -72,6 +73,8 @@ pub struct Meter {
     budget: Budget,
     ledger: Option<Arc<dyn Ledger>>,
     job: Mutex<Spent>,
+    /// The last call's ledger row, being written while the job goes on (see [`Meter::settle`]).
+    pending: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Meter {
@@ -97,6 +100,18 @@ impl Meter {
             budget,
             ledger,
             job: Mutex::new(Spent::default()),
+            pending: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// Waits until every call's usage is in the ledger. The rows are written beside the job's next steps (its tool
+    /// calls), off the path between a model answer and the next request; a team check waits for them, and the
+    /// agent stage ends with this, so a job's usage is all in the ledger before it delivers.
+    pub async fn settle(&self) {
+        if let Some(task) = self.pending.lock().await.take() {
+            if let Err(e) = task.await {
+                tracing::warn!(error = %e, "recording model usage in the ledger failed");
+            }
         }
     }
 
@@ -121,6 +136,8 @@ impl Meter {
             let spent = match cap.window {
                 Window::Job => job,
                 team_window => {
+                    // This job's last call counts too: its row may still be on its way.
+                    self.settle().await;
                     let Some(ledger) = &self.ledger else {
                         return deny(
                             "budget",
@@ -318,10 +335,20 @@ impl CallGate for Meter {
                 cost_micros: cost,
                 at: Utc::now(),
             };
-            if let Err(e) = ledger.record(&entry).await {
-                // The next check reads the ledger again; a lost row undercounts one call, it does not stop the job.
-                tracing::warn!(error = %e, "could not record model usage in the ledger");
-            }
+            // One row at a time, in order; the write (a committed, synced transaction) goes on beside the job.
+            self.settle().await;
+            let ledger = ledger.clone();
+            let record = tokio::spawn(
+                async move {
+                    if let Err(e) = ledger.record(&entry).await {
+                        // The next check reads the ledger again; a lost row undercounts one call, it does not stop
+                        // the job.
+                        tracing::warn!(error = %e, "could not record model usage in the ledger");
+                    }
+                }
+                .in_current_span(),
+            );
+            *self.pending.lock().await = Some(record);
         }
     }
 }
@@ -432,8 +459,11 @@ mod tests {
             Some(ledger.clone()),
         );
         a.after_call(&usage(300, 0)).await;
+        // Another job's rows count once they are written; the agent stage of each job ends settled.
+        a.settle().await;
         b.before_call().await.unwrap();
         b.after_call(&usage(250, 0)).await;
+        b.settle().await;
         // Job a is under any per-job cap, but the team's day is spent by the two jobs together.
         let e = a.before_call().await.unwrap_err();
         assert!(
@@ -457,6 +487,68 @@ mod tests {
             .unwrap_err()
             .message
             .contains("no usage ledger"));
+    }
+
+    /// A ledger whose writes wait until the test lets them through.
+    struct HeldLedger {
+        rows: MemLedger,
+        open: tokio::sync::Semaphore,
+    }
+
+    #[async_trait::async_trait]
+    impl Ledger for HeldLedger {
+        async fn record(&self, e: &LedgerEntry) -> Result<(), QueueError> {
+            let _permit = self.open.acquire().await;
+            self.rows.record(e).await
+        }
+        async fn team_since(&self, team: &str, since: DateTime<Utc>) -> Result<Spent, QueueError> {
+            self.rows.team_since(team, since).await
+        }
+    }
+
+    /// The ledger row is written beside the job, not between the model's answer and the next request; a team check
+    /// and `settle` wait for it, so the job's own usage always counts.
+    #[tokio::test]
+    async fn the_ledger_row_is_written_off_the_path_and_counted_before_the_next_team_check() {
+        let ledger = Arc::new(HeldLedger {
+            rows: MemLedger::default(),
+            open: tokio::sync::Semaphore::new(0),
+        });
+        let budget = Budget {
+            daily_tokens: Some(500),
+            ..Budget::default()
+        };
+        let m = Meter::new(
+            "h",
+            "PAY-1",
+            "j1",
+            "pay",
+            "m",
+            None,
+            budget,
+            Some(ledger.clone()),
+        );
+        // Returns while the write is held.
+        tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            m.after_call(&usage(600, 0)),
+        )
+        .await
+        .expect("after_call waits for the ledger");
+        assert!(ledger.rows.0.lock().unwrap().is_empty());
+        // The check waits for the row, then counts it.
+        let check = tokio::spawn(async move {
+            let verdict = m.before_call().await;
+            (m, verdict)
+        });
+        tokio::task::yield_now().await;
+        assert!(!check.is_finished());
+        ledger.open.add_permits(1);
+        let (m, verdict) = check.await.unwrap();
+        let e = verdict.unwrap_err();
+        assert!(e.message.contains("600 of its 500"), "{e}");
+        m.settle().await;
+        assert_eq!(ledger.rows.0.lock().unwrap().len(), 1);
     }
 
     #[test]

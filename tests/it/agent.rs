@@ -210,6 +210,47 @@ fn only_result(request: &RecordedRequest) -> (String, bool) {
     results.remove(0)
 }
 
+/// The loop syncs the bundle at each request and when it ends, however it ends: the worker pushes, opens the PR
+/// and comments only after `agent::run` returns, so by then every statement (`finish` included) is on disk.
+#[tokio::test]
+async fn every_statement_is_durable_at_each_request_and_when_the_loop_ends() {
+    for (script, max_turns) in [
+        (
+            vec![
+                tool("read_file", json!({"path": "greet.py"})),
+                tool("run", json!({"command": "make test"})),
+                finish("Done."),
+            ],
+            10,
+        ),
+        // Out of turns: the loop ends in an error, after a tool call nothing synced yet.
+        (vec![tool("read_file", json!({"path": "greet.py"})); 3], 2),
+    ] {
+        let mut run = AgentRun::new(script, &[("greet.py", "print(1)\n")]).await;
+        run.limits.max_turns = max_turns;
+        run.exec.script(Scripted::exit(0, "ok\n"));
+        let synced = run.client.bundle().synced();
+        let written_at = {
+            let path = run.job_dir.join(proof::BUNDLE_FILE);
+            move || std::fs::metadata(&path).map_or(0, |m| m.len())
+        };
+        let probe_synced = synced.clone();
+        let probe_written = written_at.clone();
+        // At each request: (bytes durable) - (bytes written), which must be zero.
+        run.model
+            .set_probe(move || probe_written() - probe_synced.get());
+        let check = ScriptedCheck::new(vec![FinishReport::default()]);
+        let (result, _) = run.go(Some(&check)).await;
+        assert_eq!(result.is_ok(), max_turns == 10, "{result:?}");
+        let probed = run.model.probed();
+        assert_eq!(probed.len(), run.requests().len());
+        assert!(probed.iter().all(|&d| d == 0), "{probed:?}");
+        let written = written_at();
+        assert!(written > 0);
+        assert_eq!(synced.get(), written, "the bundle's tail is not durable");
+    }
+}
+
 #[tokio::test]
 async fn tools_act_on_the_workspace_and_finish_ends_the_loop() {
     let mut run = AgentRun::new(

@@ -343,6 +343,67 @@ async fn openai_three_call_conversation() {
     three_call_conversation(ProviderKind::Openai).await;
 }
 
+/// The bundle is synced once per turn, not per statement, and never later than the next request: when a request
+/// reaches the provider, every statement written before it (the previous exchange's receipt, the tool calls it led
+/// to) is on disk; the receipt of the last exchange is not yet, until someone syncs.
+#[tokio::test]
+async fn a_turns_statements_are_durable_before_the_next_request_leaves() {
+    let stand_in = ModelStandIn::start(vec![
+        Step::Tools(vec![("read_file".into(), json!({"path": "a"}))]),
+        Step::Tools(vec![("read_file".into(), json!({"path": "b"}))]),
+        Step::Text("done".into()),
+    ])
+    .await;
+    let mut s = setup(&config(ProviderKind::Anthropic, stand_in.base_url(), None));
+    let synced = s.client.bundle().synced();
+    stand_in.set_probe(move || synced.get());
+    let bundle_len = |job_dir: &Path| {
+        std::fs::metadata(job_dir.join("bundle.jsonl"))
+            .unwrap()
+            .len()
+    };
+
+    let mut req = simple();
+    let mut before = Vec::new();
+    for turn in 0..3u8 {
+        before.push(bundle_len(&s.job_dir));
+        let r = s.client.call(&req).await.unwrap();
+        req.messages.push(Message::assistant(r.content.clone()));
+        if r.tool_uses().is_empty() {
+            break;
+        }
+        // The tool call the answer asked for, recorded the way the agent loop records it.
+        s.client
+            .bundle_mut()
+            .tool_call(proof::ToolCallInput {
+                turn: u32::from(turn) + 1,
+                name: "read_file",
+                arguments: b"{}",
+                output: b"x",
+                shown: b"x",
+                ok: true,
+                exit_code: None,
+                refused_by: None,
+                duration_ms: 1,
+                started_at: chrono::Utc::now(),
+            })
+            .unwrap();
+        req.messages.push(results_for(&r.content));
+    }
+    assert_eq!(before.len(), 3);
+    assert_eq!(before[0], 0);
+    assert!(before[1] < before[2], "{before:?}");
+    // At each request, exactly what was written before it was durable.
+    assert_eq!(stand_in.probed(), before);
+    // The last receipt waits for the next sync (the agent loop's at its end, or the run statement's).
+    let written = bundle_len(&s.job_dir);
+    assert_eq!(s.client.bundle().written(), written);
+    assert_eq!(s.client.bundle().synced().get(), before[2]);
+    assert!(before[2] < written);
+    s.client.bundle_mut().sync().await.unwrap();
+    assert_eq!(s.client.bundle().synced().get(), written);
+}
+
 fn simple() -> ModelRequest {
     ModelRequest {
         system: String::new(),

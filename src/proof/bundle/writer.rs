@@ -5,6 +5,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -109,11 +110,38 @@ pub fn time(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
+/// How many bytes of a bundle are known to be on disk (made durable by the writer's last sync), readable from
+/// another task or thread.
+#[derive(Debug, Clone, Default)]
+pub struct SyncedLen(Arc<AtomicU64>);
+
+impl SyncedLen {
+    /// Bytes of the file, from its start, that the last successful sync covered.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Acquire)
+    }
+
+    fn set(&self, len: u64) {
+        self.0.store(len, Ordering::Release);
+    }
+}
+
 /// An append-only, signed, chained bundle for one job.
+///
+/// # Durability
+/// Appending writes the line (one `write` call) but does not sync it: a model turn's statements (its model call and
+/// its tool calls) are made durable together by one [`BundleWriter::sync`], which the model client calls before the
+/// next request leaves, the agent loop when it ends (so before any push, PR or comment), and the run statement
+/// itself before the bundle digest is taken. So nothing outside the runner (the model provider, the forge, the
+/// ticket) ever acts on a statement that a power cut could still take back. A crash loses at most the current
+/// turn's statements, as a cut or torn tail that the verifier names.
 #[derive(Debug)]
 pub struct BundleWriter {
     path: PathBuf,
-    file: File,
+    file: Arc<File>,
+    /// The file's length as written through this writer.
+    written: u64,
+    synced: SyncedLen,
     key: Arc<RunnerKey>,
     signer: String,
     key_id: String,
@@ -174,7 +202,10 @@ impl BundleWriter {
         };
         Ok(BundleWriter {
             path,
-            file,
+            file: Arc::new(file),
+            written: len,
+            // What an earlier writer left is synced again before anything new counts as durable.
+            synced: SyncedLen::default(),
             signer: key.public_hex(),
             key_id: key.key_id(),
             key,
@@ -341,6 +372,8 @@ impl BundleWriter {
             outcome: run.outcome,
         };
         self.append(subject, RUN, &predicate)?;
+        // The digest goes into the PR body and the ticket comment: the statements it covers are on disk first.
+        self.sync_blocking()?;
         let bytes = std::fs::read(&self.path).map_err(|source| ProofError::Io {
             path: self.path.clone(),
             source,
@@ -364,12 +397,10 @@ impl BundleWriter {
         let mut out = line;
         out.push(b'\n');
         // One write call for the whole line keeps concurrent readers from seeing a torn line in practice; the
-        // verifier reports a torn final line anyway.
-        let written = self
-            .file
+        // verifier reports a torn final line anyway. Not synced here: see "Durability" above.
+        let written = (&*self.file)
             .write_all(&out)
-            .and_then(|()| self.file.flush())
-            .and_then(|()| self.file.sync_data());
+            .and_then(|()| (&*self.file).flush());
         if let Err(source) = written {
             self.poisoned = true;
             return Err(ProofError::Io {
@@ -377,9 +408,69 @@ impl BundleWriter {
                 source,
             });
         }
+        self.written += out.len() as u64;
         self.count += 1;
         self.head = hash;
         Ok(())
+    }
+
+    /// Makes every statement appended so far durable: one `fdatasync` for all of them, on a blocking thread (the
+    /// runtime's threads go on serving other jobs meanwhile). Nothing to do when nothing was appended since the
+    /// last sync. A failed sync poisons the writer: after a failed `fdatasync` nobody knows what reached the disk.
+    pub async fn sync(&mut self) -> Result<(), ProofError> {
+        let Some(upto) = self.needs_sync()? else {
+            return Ok(());
+        };
+        let file = self.file.clone();
+        let synced = tokio::task::spawn_blocking(move || file.sync_data())
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(format!("sync task failed: {e}"))));
+        self.synced_to(upto, synced)
+    }
+
+    /// [`BundleWriter::sync`] on the calling thread.
+    pub fn sync_blocking(&mut self) -> Result<(), ProofError> {
+        let Some(upto) = self.needs_sync()? else {
+            return Ok(());
+        };
+        let synced = self.file.sync_data();
+        self.synced_to(upto, synced)
+    }
+
+    /// The length a sync would make durable, or `None` when it already is.
+    fn needs_sync(&self) -> Result<Option<u64>, ProofError> {
+        if self.poisoned {
+            return Err(ProofError::Poisoned {
+                path: self.path.clone(),
+            });
+        }
+        Ok((self.synced.get() < self.written).then_some(self.written))
+    }
+
+    fn synced_to(&mut self, upto: u64, result: std::io::Result<()>) -> Result<(), ProofError> {
+        match result {
+            Ok(()) => {
+                self.synced.set(upto);
+                Ok(())
+            }
+            Err(source) => {
+                self.poisoned = true;
+                Err(ProofError::Io {
+                    path: self.path.clone(),
+                    source,
+                })
+            }
+        }
+    }
+
+    /// How much of the file is known to be durable, as a handle that follows later syncs.
+    pub fn synced(&self) -> SyncedLen {
+        self.synced.clone()
+    }
+
+    /// Bytes appended through this writer and before it, synced or not.
+    pub fn written(&self) -> u64 {
+        self.written
     }
 
     /// Hex SHA-256 of the last line, which commits to the whole bundle; [`ZERO_HASH`] when empty.

@@ -136,8 +136,10 @@ pub(crate) async fn pipeline(
                 "the sandbox container was not started".into(),
             ))
         })?;
-        let (outcome, digest) =
-            agent::run(s, job, &ticket, &repo_cfg, container, &ws, &run).await?;
+        let ran = agent::run(s, job, &ticket, &repo_cfg, container, &ws, &run).await;
+        // The last calls' usage is in the ledger before the job delivers (or fails).
+        meter.settle().await;
+        let (outcome, digest) = ran?;
         // A long agent run may have outlived the token: a fresh one (re-minted if close to expiry) for the push.
         let github = forge.client().await?;
         job.progress.credential = Some(credential_record(forge.grant().await));

@@ -68,7 +68,13 @@ struct Inner {
     delay: std::time::Duration,
     /// `Some` when simulating Anthropic prompt caching (see [`ModelStandIn::simulate_cache`]): the prefixes cached.
     cache: Option<std::collections::HashSet<String>>,
+    /// Read as each request arrives (see [`ModelStandIn::set_probe`]), and what it read.
+    probe: Option<Probe>,
+    probed: Vec<u64>,
 }
+
+/// What a test reads from the client's side as each request arrives.
+type Probe = Box<dyn Fn() -> u64 + Send>;
 
 type Shared = Arc<Mutex<Inner>>;
 
@@ -188,6 +194,17 @@ impl ModelStandIn {
         lock(&self.inner).cache = Some(Default::default());
     }
 
+    /// Calls `probe` as each request arrives, before it is answered, and keeps what it returned (see
+    /// [`ModelStandIn::probed`]): a test reads the client's state at the moment its request was on the wire.
+    pub fn set_probe(&self, probe: impl Fn() -> u64 + Send + 'static) {
+        lock(&self.inner).probe = Some(Box::new(probe));
+    }
+
+    /// What the probe returned, one value per request, in order.
+    pub fn probed(&self) -> Vec<u64> {
+        lock(&self.inner).probed.clone()
+    }
+
     /// Appends steps to the script.
     pub fn push(&self, steps: Vec<Step>) {
         lock(&self.inner).script.extend(steps);
@@ -243,6 +260,12 @@ fn handle(
     headers: &HeaderMap,
     body: &Bytes,
 ) -> Response {
+    {
+        let mut inner = lock(s);
+        if let Some(value) = inner.probe.as_ref().map(|p| p()) {
+            inner.probed.push(value);
+        }
+    }
     let mut index = 0;
     let resp = answer(s, family, path, headers, body, &mut index);
     if let Some(r) = lock(s).requests.get_mut(index) {
