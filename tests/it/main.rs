@@ -13,6 +13,7 @@ mod finish;
 mod github_app;
 mod jira;
 mod merge_preflight;
+mod mirror;
 mod model;
 mod panel;
 mod policy;

@@ -2,8 +2,8 @@
 
 use std::path::PathBuf;
 
-use crate::config::Secret;
-use crate::repo::{self, RepoError};
+use crate::config::{CloneConfig, Secret};
+use crate::repo::{self, MirrorCache, RepoError};
 
 use super::super::error::JobError;
 use super::blocking;
@@ -15,8 +15,15 @@ pub(crate) fn scratch() -> std::io::Result<(tempfile::TempDir, PathBuf)> {
     Ok((scratch, ws))
 }
 
-/// Clones `url` at `base` into `ws` and checks out the job's branch: the repository, the branch, and whether it
-/// already holds this job's pushed work (then it is checked out as pushed, not created).
+/// The mirror cache `[repo]` configures, if mirrors are on.
+pub(crate) fn mirrors(cfg: &CloneConfig) -> Option<MirrorCache> {
+    cfg.mirror
+        .then(|| MirrorCache::new(&cfg.mirror_dir, cfg.mirror_max_bytes))
+}
+
+/// Clones `url` at `base` into `ws` (from the repository's mirror when `mirrors` is on) and checks out the job's
+/// branch: the repository, the branch, and whether it already holds this job's pushed work (then it is checked out
+/// as pushed, not created).
 pub(crate) async fn clone(
     url: String,
     ws: PathBuf,
@@ -24,10 +31,27 @@ pub(crate) async fn clone(
     token: Secret,
     preferred: String,
     job_id: String,
+    mirrors: Option<MirrorCache>,
 ) -> Result<(git2::Repository, String, bool), JobError> {
+    // spawn_blocking does not carry the span: the mirror's log lines keep the job id this way.
+    let span = tracing::Span::current();
     blocking(move || {
+        let _entered = span.enter();
         let candidates = candidates(&preferred, &job_id);
-        let r = repo::clone_with(&url, &ws, &base, &candidates, &token)?;
+        let r = match &mirrors {
+            Some(cache) => {
+                let (r, used) = cache.clone_with(&url, &ws, &base, &candidates, &token)?;
+                tracing::info!(
+                    cloned = used.cloned,
+                    fetched = used.fetched,
+                    coalesced = used.coalesced,
+                    repaired = used.repaired,
+                    "workspace made from the mirror"
+                );
+                r
+            }
+            None => repo::clone_with(&url, &ws, &base, &candidates, &token)?,
+        };
         let (branch, reused) = choose_branch(&r, candidates, &job_id)?;
         if reused {
             repo::checkout_remote_branch(&r, &branch)?;

@@ -80,6 +80,7 @@ pub(crate) async fn pipeline(
         github.token().clone(),
         repo::branch_name(&ticket.key, &ticket.summary),
         job.id().to_string(),
+        clone::mirrors(&config.repo),
     );
     let (cloned, started) = tokio::join!(
         cloning,

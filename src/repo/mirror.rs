@@ -1,0 +1,616 @@
+//! Fast clones: one bare mirror per remote under a cache directory (`<data_dir>/mirrors`), fetched before each job,
+//! and the job's workspace made from it locally.
+//!
+//! Why it is shaped this way:
+//! - **One fetch serves concurrent jobs.** The fetch runs under an exclusive file lock on `<name>.lock`; a job
+//!   that was waiting for the lock while another's fetch ran skips its own (that fetch finished after the job
+//!   asked, so it is as fresh as one the job would have made). Workspaces are made under a shared lock, so they
+//!   run side by side and never see a fetch or an eviction half done.
+//! - **Nothing of the mirror reaches the workspace.** Its pack files are copied (not hard-linked, not borrowed
+//!   through `objects/info/alternates`), so the workspace is self-contained and works after the mirror is gone;
+//!   its `origin` is the forge URL, as a plain clone's would be. Only the base and the job's branches become refs.
+//! - **The token stays in the credential callback** (see [`super::remote`]): the mirror's config holds the URL,
+//!   which [`super::remote::check_url`] has checked carries no credential.
+//! - **A corrupt mirror is re-cloned.** A fetch that fails for a local reason (not the network, not the
+//!   credential), or a workspace that cannot be built from the mirror's objects, removes the mirror and clones it
+//!   again once, logged.
+//! - **Bounded.** After each use the cache is trimmed to `max_bytes`, least recently used mirror first; a mirror
+//!   another job holds is skipped, and the one just used is never evicted.
+
+use std::fs::{self, OpenOptions};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use git2::{AutotagOption, FetchPrune};
+use sha2::{Digest, Sha256};
+
+use super::remote::{callbacks, check_url, remote_error, AuthTrace};
+use super::*;
+
+/// The mirror's refspec: every branch, as branches (a bare mirror), forced, so force-pushes and deletions (with
+/// pruning) are reflected.
+const MIRROR_SPEC: &str = "+refs/heads/*:refs/heads/*";
+
+/// File in the mirror directory: when its last fetch finished (milliseconds since the epoch).
+const FETCHED_FILE: &str = "drafter-fetched";
+
+/// File in the mirror directory: when a workspace was last made from it (milliseconds since the epoch), for
+/// least-recently-used eviction.
+const USED_FILE: &str = "drafter-used";
+
+/// A cache of bare mirrors, one per remote URL. Cheap to clone; every method is blocking.
+#[derive(Debug, Clone)]
+pub struct MirrorCache {
+    root: PathBuf,
+    max_bytes: u64,
+}
+
+/// What [`MirrorCache::clone_with`] did besides making the workspace.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MirrorUse {
+    /// The mirror was cloned from scratch (it was missing, or corrupt).
+    pub cloned: bool,
+    /// The mirror was fetched (an existing mirror brought up to date).
+    pub fetched: bool,
+    /// Another job's fetch, finished while this one waited for the lock, served this job.
+    pub coalesced: bool,
+    /// The mirror was found corrupt and re-cloned.
+    pub repaired: bool,
+}
+
+impl MirrorCache {
+    /// A cache under `root` (created on first use), trimmed to `max_bytes` after each use.
+    pub fn new(root: impl Into<PathBuf>, max_bytes: u64) -> MirrorCache {
+        MirrorCache {
+            root: root.into(),
+            max_bytes,
+        }
+    }
+
+    /// The directory holding the mirrors.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Where the mirror of `url` lives: a readable name from the URL's host and path plus a digest of the whole
+    /// URL, so two URLs never share a mirror.
+    pub fn mirror_path(&self, url: &str) -> PathBuf {
+        self.root.join(format!("{}.git", mirror_name(url)))
+    }
+
+    /// [`super::clone_with`] through the mirror: brings the mirror of `url` up to date (or clones it), then makes
+    /// the workspace at `dest` from it, with `origin` at `url`, `refs/remotes/origin/<b>` for the base and each
+    /// branch of `also` the remote has, and the base checked out.
+    pub fn clone_with(
+        &self,
+        url: &str,
+        dest: &Path,
+        base: &str,
+        also: &[String],
+        token: &Secret,
+    ) -> Result<(Repository, MirrorUse), RepoError> {
+        check_url(url)?;
+        valid_branch(base)?;
+        for b in also {
+            valid_branch(b)?;
+        }
+        fs::create_dir_all(&self.root).map_err(io("creating the mirror directory", &self.root))?;
+        let name = mirror_name(url);
+        let dir = self.root.join(format!("{name}.git"));
+        let lock_path = self.root.join(format!("{name}.lock"));
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io("opening the mirror lock", &lock_path))?;
+        let asked = now_ms();
+        let mut used = MirrorUse::default();
+        // The mirror can be evicted between the fetch (exclusive lock) and the workspace (shared lock): then again.
+        for _ in 0..3 {
+            lock.lock().map_err(io("locking the mirror", &lock_path))?;
+            let refreshed = self.refresh(url, &dir, asked, token, &mut used);
+            let _ = lock.unlock();
+            refreshed?;
+            lock.lock_shared()
+                .map_err(io("locking the mirror", &lock_path))?;
+            if !dir.is_dir() {
+                let _ = lock.unlock();
+                continue;
+            }
+            let built = workspace_from(&dir, url, dest, base, also);
+            let built = match built {
+                Err(Built::Corrupt(err)) => {
+                    let _ = lock.unlock();
+                    tracing::warn!(mirror = %dir.display(), error = %err, "the mirror cannot make a workspace; re-cloning it");
+                    lock.lock().map_err(io("locking the mirror", &lock_path))?;
+                    let recloned = self.reclone(url, &dir, token);
+                    let _ = lock.unlock();
+                    recloned?;
+                    used.repaired = true;
+                    used.cloned = true;
+                    lock.lock_shared()
+                        .map_err(io("locking the mirror", &lock_path))?;
+                    clear_dir(dest)?;
+                    workspace_from(&dir, url, dest, base, also).map_err(Built::into_error)
+                }
+                other => other.map_err(Built::into_error),
+            };
+            if built.is_ok() {
+                write_stamp(&dir.join(USED_FILE), now_ms());
+            }
+            let _ = lock.unlock();
+            let repo = built?;
+            if let Err(e) = self.evict(&dir) {
+                tracing::warn!(error = %e, "trimming the mirror cache failed");
+            }
+            return Ok((repo, used));
+        }
+        Err(RepoError::Io {
+            context: format!("mirror {} kept disappearing", dir.display()),
+            source: std::io::Error::other("evicted while in use"),
+        })
+    }
+
+    /// Under the exclusive lock: clone the mirror if missing, else fetch it unless a fetch finished after `asked`.
+    fn refresh(
+        &self,
+        url: &str,
+        dir: &Path,
+        asked: u64,
+        token: &Secret,
+        used: &mut MirrorUse,
+    ) -> Result<(), RepoError> {
+        let existing = if dir.is_dir() {
+            match Repository::open_bare(dir) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    tracing::warn!(mirror = %dir.display(), error = %e.message(), "the mirror does not open; re-cloning it");
+                    used.repaired = true;
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let Some(mirror) = existing else {
+            self.reclone(url, dir, token)?;
+            used.cloned = true;
+            return Ok(());
+        };
+        if read_stamp(&dir.join(FETCHED_FILE)) >= asked {
+            used.coalesced = true;
+            return Ok(());
+        }
+        match fetch_mirror(&mirror, url, token) {
+            Ok(()) => {
+                write_stamp(&dir.join(FETCHED_FILE), now_ms());
+                used.fetched = true;
+                Ok(())
+            }
+            // The forge's answer: the mirror is not at fault.
+            Err(e @ (RepoError::Auth { .. } | RepoError::RemoteNotFound { .. })) => Err(e),
+            Err(e @ RepoError::Network { .. }) => Err(e),
+            Err(e) => {
+                tracing::warn!(mirror = %dir.display(), error = %e, "fetching into the mirror failed; re-cloning it");
+                drop(mirror);
+                self.reclone(url, dir, token)?;
+                used.repaired = true;
+                used.cloned = true;
+                Ok(())
+            }
+        }
+    }
+
+    /// Replaces the mirror at `dir` with a fresh clone (made beside it, then renamed into place).
+    fn reclone(&self, url: &str, dir: &Path, token: &Secret) -> Result<(), RepoError> {
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+        let tmp = dir.with_extension(format!(
+            "tmp-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = fs::remove_dir_all(&tmp);
+        let made = (|| {
+            let mirror =
+                Repository::init_bare(&tmp).map_err(|e| local("creating the mirror", e))?;
+            mirror
+                .remote_with_fetch("origin", url, MIRROR_SPEC)
+                .map_err(|e| local("configuring the mirror", e))?;
+            fetch_mirror(&mirror, url, token)?;
+            write_stamp(&tmp.join(FETCHED_FILE), now_ms());
+            Ok::<(), RepoError>(())
+        })();
+        if let Err(e) = made {
+            let _ = fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+        if dir.exists() {
+            fs::remove_dir_all(dir).map_err(io("removing the old mirror", dir))?;
+        }
+        fs::rename(&tmp, dir).map_err(io("moving the new mirror into place", dir))?;
+        tracing::info!(mirror = %dir.display(), "mirror cloned");
+        Ok(())
+    }
+
+    /// Removes least recently used mirrors (never `keep`, never one another job holds) until the cache is within
+    /// its bound. Returns the mirrors removed.
+    pub fn evict(&self, keep: &Path) -> Result<Vec<PathBuf>, RepoError> {
+        let mut mirrors = Vec::new();
+        let entries = fs::read_dir(&self.root).map_err(io("listing the mirrors", &self.root))?;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "git") && path.is_dir() {
+                let size = dir_size(&path);
+                let used = read_stamp(&path.join(USED_FILE));
+                mirrors.push((used, size, path));
+            }
+        }
+        let mut total: u64 = mirrors.iter().map(|m| m.1).sum();
+        mirrors.sort();
+        let mut removed = Vec::new();
+        for (_, size, path) in mirrors {
+            if total <= self.max_bytes {
+                break;
+            }
+            if path == keep {
+                continue;
+            }
+            let lock_path = path.with_extension("lock");
+            let Ok(lock) = OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&lock_path)
+            else {
+                continue;
+            };
+            // A mirror in use is skipped, not waited for.
+            if lock.try_lock().is_err() {
+                continue;
+            }
+            let gone = fs::remove_dir_all(&path);
+            let _ = lock.unlock();
+            match gone {
+                Ok(()) => {
+                    tracing::info!(mirror = %path.display(), bytes = size, "mirror evicted (least recently used)");
+                    total = total.saturating_sub(size);
+                    removed.push(path);
+                }
+                Err(e) => {
+                    tracing::warn!(mirror = %path.display(), error = %e, "evicting a mirror failed")
+                }
+            }
+        }
+        if total > self.max_bytes {
+            tracing::warn!(
+                bytes = total,
+                max = self.max_bytes,
+                "the mirror cache is over its bound (the mirror in use is never evicted)"
+            );
+        }
+        Ok(removed)
+    }
+
+    /// Bytes the cache's mirrors take on disk (file sizes).
+    pub fn size(&self) -> u64 {
+        dir_size(&self.root)
+    }
+}
+
+/// `<host>_<path>-<12 hex of sha256(url)>`, the readable part cut to 80 characters.
+fn mirror_name(url: &str) -> String {
+    let readable = url
+        .split_once("://")
+        .map(|(_, rest)| rest)
+        .unwrap_or(url)
+        .trim_end_matches('/')
+        .trim_end_matches(".git");
+    let mut name: String = readable
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    name.truncate(80);
+    let digest = Sha256::digest(url.as_bytes());
+    format!("{name}-{}", &hex::encode(digest)[..12])
+}
+
+/// Fetches every branch of `url` into the mirror, pruning branches the remote no longer has.
+fn fetch_mirror(mirror: &Repository, url: &str, token: &Secret) -> Result<(), RepoError> {
+    let trace = AuthTrace::default();
+    let mut opts = FetchOptions::new();
+    opts.remote_callbacks(callbacks(url, token, &trace))
+        .follow_redirects(RemoteRedirect::None)
+        .prune(FetchPrune::On)
+        .download_tags(AutotagOption::None);
+    // Anonymous: the URL checked here is the one fetched, whatever the mirror's config says.
+    let mut remote = mirror
+        .remote_anonymous(url)
+        .map_err(|e| remote_error(e, url, token, &trace))?;
+    tracing::debug!(url, "fetching into the mirror");
+    remote
+        .fetch(
+            &[MIRROR_SPEC],
+            Some(&mut opts),
+            Some("drafter: mirror fetch"),
+        )
+        .map_err(|e| remote_error(e, url, token, &trace))
+}
+
+/// Why a workspace could not be made from the mirror.
+enum Built {
+    /// The mirror's objects or refs are unreadable: worth re-cloning it.
+    Corrupt(RepoError),
+    /// Anything else (a branch the remote lacks, the workspace directory).
+    Other(RepoError),
+}
+
+impl Built {
+    fn into_error(self) -> RepoError {
+        match self {
+            Built::Corrupt(e) | Built::Other(e) => e,
+        }
+    }
+}
+
+/// Makes the workspace at `dest` from the mirror at `dir`: its objects copied in, `origin` at `url`, the refs a
+/// clone of `base` and `also` would have, the base checked out. Every object the workspace needs is read once
+/// (the checkout reads the base's tree; the other branches' commits and trees are looked up), so a mirror that
+/// lost or damaged one fails here rather than later.
+fn workspace_from(
+    dir: &Path,
+    url: &str,
+    dest: &Path,
+    base: &str,
+    also: &[String],
+) -> Result<Repository, Built> {
+    let corrupt = |context: &'static str| move |e: git2::Error| Built::Corrupt(local(context, e));
+    let mirror = Repository::open_bare(dir).map_err(corrupt("opening the mirror"))?;
+    let mut tips = Vec::new();
+    for b in std::iter::once(base).chain(also.iter().map(String::as_str)) {
+        match mirror.refname_to_id(&format!("refs/heads/{b}")) {
+            Ok(oid) => tips.push((b, oid)),
+            Err(e) if e.code() == ErrorCode::NotFound && b == base => {
+                return Err(Built::Other(RepoError::BranchNotFound {
+                    branch: base.to_string(),
+                    remote: true,
+                }))
+            }
+            Err(e) if e.code() == ErrorCode::NotFound => {}
+            Err(e) => return Err(corrupt("reading the mirror's branches")(e)),
+        }
+    }
+    drop(mirror);
+
+    let repo =
+        Repository::init(dest).map_err(|e| Built::Other(local("creating the workspace", e)))?;
+    copy_objects(&dir.join("objects"), &repo.path().join("objects")).map_err(Built::Corrupt)?;
+    drop(repo);
+    // Reopened so the object database sees the packs copied in.
+    let repo =
+        Repository::open(dest).map_err(|e| Built::Other(local("opening the workspace", e)))?;
+    let specs: Vec<String> = tips
+        .iter()
+        .map(|(b, _)| format!("+refs/heads/{b}:refs/remotes/origin/{b}"))
+        .collect();
+    let other = |context: &'static str| move |e: git2::Error| Built::Other(local(context, e));
+    repo.remote_with_fetch("origin", url, &specs[0])
+        .map_err(other("configuring origin"))?;
+    for spec in &specs[1..] {
+        repo.remote_add_fetch("origin", spec)
+            .map_err(other("configuring origin"))?;
+    }
+    for (b, oid) in &tips {
+        let commit = repo
+            .find_commit(*oid)
+            .map_err(corrupt("reading a branch's commit"))?;
+        commit.tree().map_err(corrupt("reading a branch's tree"))?;
+        repo.reference(
+            &format!("refs/remotes/origin/{b}"),
+            *oid,
+            true,
+            "clone: from mirror",
+        )
+        .map_err(other("writing a remote-tracking branch"))?;
+    }
+    let base_commit = repo
+        .find_commit(tips[0].1)
+        .map_err(corrupt("reading the base commit"))?;
+    let mut branch = repo
+        .branch(base, &base_commit, true)
+        .map_err(other("creating the base branch"))?;
+    branch
+        .set_upstream(Some(&format!("origin/{base}")))
+        .map_err(other("setting the base branch's upstream"))?;
+    drop(branch);
+    drop(base_commit);
+    repo.set_head(&format!("refs/heads/{base}"))
+        .map_err(other("pointing HEAD at the base branch"))?;
+    repo.checkout_head(Some(CheckoutBuilder::new().force()))
+        .map_err(corrupt("checking out the base branch"))?;
+    Ok(repo)
+}
+
+/// Copies the mirror's object store (packs and loose objects; never `info/`, so no alternates) into `to`.
+fn copy_objects(from: &Path, to: &Path) -> Result<(), RepoError> {
+    let entries = fs::read_dir(from).map_err(io("listing the mirror's objects", from))?;
+    for entry in entries {
+        let entry = entry.map_err(io("listing the mirror's objects", from))?;
+        let name = entry.file_name();
+        let is_loose_dir = name.len() == 2
+            && name
+                .to_str()
+                .is_some_and(|n| n.chars().all(|c| c.is_ascii_hexdigit()));
+        if name != "pack" && !is_loose_dir {
+            continue;
+        }
+        let sub = entry.path();
+        let target = to.join(&name);
+        fs::create_dir_all(&target).map_err(io("creating the workspace's objects", &target))?;
+        for file in fs::read_dir(&sub).map_err(io("listing the mirror's objects", &sub))? {
+            let file = file.map_err(io("listing the mirror's objects", &sub))?;
+            let fname = file.file_name();
+            let keep = name != "pack" || {
+                let f = fname.to_string_lossy();
+                f.ends_with(".pack") || f.ends_with(".idx")
+            };
+            if keep && file.file_type().is_ok_and(|t| t.is_file()) {
+                let dst = target.join(&fname);
+                fs::copy(file.path(), &dst).map_err(io("copying the mirror's objects", &dst))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Empties `dest` (for a second try at the workspace), leaving the directory.
+fn clear_dir(dest: &Path) -> Result<(), RepoError> {
+    if dest.exists() {
+        fs::remove_dir_all(dest).map_err(io("clearing the workspace", dest))?;
+    }
+    Ok(())
+}
+
+/// Sum of file sizes under `path` (symlinks not followed).
+fn dir_size(path: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![path.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let Ok(entries) = fs::read_dir(&p) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            match e.file_type() {
+                Ok(t) if t.is_dir() => stack.push(e.path()),
+                Ok(t) if t.is_file() => total += e.metadata().map(|m| m.len()).unwrap_or(0),
+                _ => {}
+            }
+        }
+    }
+    total
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A timestamp file's value; 0 when missing or unreadable.
+fn read_stamp(path: &Path) -> u64 {
+    fs::read_to_string(path)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Writes a timestamp file atomically (a unique temporary name, then a rename): jobs holding the shared lock write
+/// it side by side. Best effort: a lost stamp only makes eviction or coalescing less exact.
+pub(super) fn write_stamp(path: &Path, ms: u64) {
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let tmp = path.with_extension(format!(
+        "{}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    ));
+    let written = fs::write(&tmp, ms.to_string()).and_then(|()| fs::rename(&tmp, path));
+    if let Err(e) = written {
+        let _ = fs::remove_file(&tmp);
+        tracing::debug!(file = %path.display(), error = %e, "writing a mirror stamp failed");
+    }
+}
+
+fn io<'a>(context: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> RepoError + 'a {
+    move |source| RepoError::Io {
+        context: format!("{context} ({})", path.display()),
+        source,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fake mirror: `bytes` of data, last used at `used`.
+    fn fake(root: &Path, name: &str, bytes: usize, used: u64) -> PathBuf {
+        let dir = root.join(format!("{name}.git"));
+        fs::create_dir_all(dir.join("objects/pack")).unwrap();
+        fs::write(dir.join("objects/pack/p.pack"), vec![0u8; bytes]).unwrap();
+        write_stamp(&dir.join(USED_FILE), used);
+        dir
+    }
+
+    #[test]
+    fn mirror_names_are_readable_distinct_and_path_safe() {
+        let a = mirror_name("https://github.com/acme/widgets.git");
+        assert!(a.starts_with("github_com_acme_widgets-"), "{a}");
+        assert_ne!(a, mirror_name("https://github.com/acme/widgets"));
+        assert_ne!(a, mirror_name("https://ghe.example/acme/widgets.git"));
+        let odd = mirror_name("http://h/../../etc/x y.git");
+        assert!(!odd.contains('/') && !odd.contains(".."), "{odd}");
+        assert!(mirror_name(&format!("http://h/{}", "a".repeat(500))).len() < 100);
+    }
+
+    #[test]
+    fn eviction_removes_least_recently_used_until_under_the_bound() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        let old = fake(root, "old", 1000, 1);
+        let mid = fake(root, "mid", 1000, 2);
+        let new = fake(root, "new", 1000, 3);
+        let cache = MirrorCache::new(root, 2100);
+        let removed = cache.evict(&new).unwrap();
+        assert_eq!(removed, vec![old.clone()]);
+        assert!(!old.exists() && mid.exists() && new.exists());
+        assert!(cache.size() <= 2100);
+
+        // The mirror in use is never evicted, even when it is the oldest.
+        let cache = MirrorCache::new(root, 500);
+        let removed = cache.evict(&mid).unwrap();
+        assert_eq!(removed, vec![new.clone()]);
+        assert!(mid.exists());
+    }
+
+    #[test]
+    fn eviction_skips_a_mirror_another_job_holds() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        let held = fake(root, "held", 1000, 1);
+        let free = fake(root, "free", 1000, 2);
+        let keep = fake(root, "keep", 1000, 3);
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(held.with_extension("lock"))
+            .unwrap();
+        lock.lock_shared().unwrap();
+        let removed = MirrorCache::new(root, 1500).evict(&keep).unwrap();
+        assert_eq!(removed, vec![free.clone()]);
+        assert!(held.exists() && keep.exists());
+        lock.unlock().unwrap();
+        let removed = MirrorCache::new(root, 1500).evict(&keep).unwrap();
+        assert_eq!(removed, vec![held]);
+    }
+
+    #[test]
+    fn stamps_read_back_and_default_to_zero() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = tmp.path().join("s");
+        assert_eq!(read_stamp(&p), 0);
+        write_stamp(&p, 42);
+        assert_eq!(read_stamp(&p), 42);
+        fs::write(&p, "garbage").unwrap();
+        assert_eq!(read_stamp(&p), 0);
+        // No temporary files left behind.
+        assert_eq!(fs::read_dir(tmp.path()).unwrap().count(), 1);
+    }
+}

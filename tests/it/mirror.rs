@@ -1,0 +1,425 @@
+//! The mirror cache (`repo::MirrorCache`) against the GitHub stand-in: real git over smart HTTP (`git http-backend`).
+
+use crate::support;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use drafter::config::Secret;
+use drafter::repo::{MirrorCache, MirrorUse};
+use support::github::GithubStandIn;
+
+const TOKEN: &str = "ghp_mirror_secret_token_456";
+const REPO: &str = "acme/widgets";
+
+fn url(gh: &GithubStandIn, repo: &str) -> String {
+    format!("{}/{repo}.git", gh.git_url())
+}
+
+/// A workspace from the cache, off the async threads.
+async fn ws(
+    cache: &MirrorCache,
+    url: &str,
+    dest: &Path,
+    also: &[&str],
+) -> (git2::Repository, MirrorUse) {
+    let (cache, url, dest) = (cache.clone(), url.to_string(), dest.to_path_buf());
+    let also: Vec<String> = also.iter().map(|s| s.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        cache
+            .clone_with(&url, &dest, "main", &also, &Secret::new(TOKEN))
+            .expect("workspace from the mirror")
+    })
+    .await
+    .expect("task")
+}
+
+/// Commits `path` = `content` on top of `branch` (or as a root commit when it does not exist) in a bare repository.
+fn commit_upstream(bare: &Path, branch: &str, path: &str, content: &str) -> git2::Oid {
+    let r = git2::Repository::open_bare(bare).expect("open upstream");
+    let refname = format!("refs/heads/{branch}");
+    let parent = r
+        .refname_to_id(&refname)
+        .ok()
+        .map(|o| r.find_commit(o).expect("parent"));
+    let mut tb = r
+        .treebuilder(parent.as_ref().map(|p| p.tree().expect("tree")).as_ref())
+        .expect("treebuilder");
+    let blob = r.blob(content.as_bytes()).expect("blob");
+    tb.insert(path, blob, 0o100644).expect("insert");
+    let tree = r.find_tree(tb.write().expect("write tree")).expect("tree");
+    let sig = git2::Signature::now("Up", "up@example.com").expect("sig");
+    let parents: Vec<&git2::Commit> = parent.iter().collect();
+    r.commit(
+        Some(&refname),
+        &sig,
+        &sig,
+        &format!("set {path}"),
+        &tree,
+        &parents,
+    )
+    .expect("commit")
+}
+
+/// Authenticated ref advertisements the stand-in served for `repo`: one per fetch or clone (libgit2 asks once
+/// without credentials, gets 401, then again with them).
+fn fetches(gh: &GithubStandIn, repo: &str) -> usize {
+    gh.requests()
+        .iter()
+        .filter(|r| {
+            r.method == "GET"
+                && r.path == format!("/{repo}.git/info/refs")
+                && r.header("authorization").is_some()
+        })
+        .count()
+}
+
+fn head_of(r: &git2::Repository) -> git2::Oid {
+    r.head().expect("head").target().expect("direct")
+}
+
+/// Every file under `dir`, recursively.
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+fn git_ok(dir: &Path, args: &[&str]) -> String {
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .output()
+        .expect("git runs");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_jobs_of_one_repository_share_one_fetch() {
+    let gh = GithubStandIn::start(TOKEN).await;
+    let bare = gh.create_repo(REPO, &[("README.md", "hello\n")]);
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = MirrorCache::new(tmp.path().join("mirrors"), u64::MAX);
+    let u = url(&gh, REPO);
+    let (_, first) = ws(&cache, &u, &tmp.path().join("w0"), &[]).await;
+    assert!(first.cloned);
+    assert_eq!(fetches(&gh, REPO), 1);
+
+    // Upstream moves; two jobs start while the first one's fetch is still on the wire.
+    let new_head = commit_upstream(&bare, "main", "NEW.md", "new\n");
+    gh.set_git_delay(Duration::from_millis(400));
+    let a = {
+        let (cache, u, d) = (cache.clone(), u.clone(), tmp.path().join("wa"));
+        tokio::spawn(async move { ws(&cache, &u, &d, &[]).await })
+    };
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let b = {
+        let (cache, u, d) = (cache.clone(), u.clone(), tmp.path().join("wb"));
+        tokio::spawn(async move { ws(&cache, &u, &d, &[]).await })
+    };
+    let (ra, ua) = a.await.unwrap();
+    let (rb, ub) = b.await.unwrap();
+    assert_eq!(fetches(&gh, REPO), 2, "one fetch for both jobs");
+    assert!(ua.fetched && !ua.coalesced, "{ua:?}");
+    assert!(ub.coalesced && !ub.fetched, "{ub:?}");
+    assert_eq!(head_of(&ra), new_head);
+    assert_eq!(head_of(&rb), new_head);
+    assert!(tmp.path().join("wb/NEW.md").exists());
+
+    // A job that starts after that fetch finished fetches again.
+    gh.set_git_delay(Duration::ZERO);
+    let (_, later) = ws(&cache, &u, &tmp.path().join("wc"), &[]).await;
+    assert!(later.fetched, "{later:?}");
+    assert_eq!(fetches(&gh, REPO), 3);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn workspace_is_self_contained_and_points_at_the_forge() {
+    let gh = GithubStandIn::start(TOKEN).await;
+    let bare = gh.create_repo(REPO, &[("src/lib.rs", "pub fn a() {}\n")]);
+    let second = commit_upstream(&bare, "main", "b.rs", "pub fn b() {}\n");
+    let job_branch = commit_upstream(&bare, "drafter/DEMO-1-x", "job.txt", "mine\n");
+    commit_upstream(&bare, "someone-else", "other.txt", "theirs\n");
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("mirrors");
+    let cache = MirrorCache::new(&root, u64::MAX);
+    let u = url(&gh, REPO);
+    let dest = tmp.path().join("ws");
+    let (r, _) = ws(
+        &cache,
+        &u,
+        &dest,
+        &["drafter/DEMO-1-x", "drafter/DEMO-1-x-abc"],
+    )
+    .await;
+    drop(r);
+
+    let git_dir = dest.join(".git");
+    assert!(!git_dir.join("objects/info/alternates").exists());
+    let root_text = root.to_string_lossy().into_owned();
+    for f in files_under(&git_dir) {
+        let bytes = std::fs::read(&f).unwrap();
+        assert!(
+            !String::from_utf8_lossy(&bytes).contains(&root_text),
+            "{} names the mirror",
+            f.display()
+        );
+    }
+    let config = std::fs::read_to_string(git_dir.join("config")).unwrap();
+    assert!(config.contains(&format!("url = {u}")), "{config}");
+
+    // The mirror goes; the workspace still has every object it needs.
+    std::fs::remove_dir_all(&root).unwrap();
+    git_ok(&dest, &["fsck", "--full", "--strict"]);
+    assert_eq!(
+        git_ok(&dest, &["rev-parse", "HEAD"]).trim(),
+        second.to_string()
+    );
+    assert_eq!(
+        git_ok(&dest, &["rev-parse", "origin/drafter/DEMO-1-x"]).trim(),
+        job_branch.to_string()
+    );
+    assert_eq!(
+        git_ok(&dest, &["rev-parse", "--abbrev-ref", "HEAD"]).trim(),
+        "main"
+    );
+    assert_eq!(
+        git_ok(&dest, &["rev-parse", "--abbrev-ref", "main@{upstream}"]).trim(),
+        "origin/main"
+    );
+    // Only the base and the job's branches are refs, as with a plain clone.
+    let refs = git_ok(&dest, &["for-each-ref", "--format=%(refname)"]);
+    let mut refs: Vec<&str> = refs.lines().collect();
+    refs.sort();
+    assert_eq!(
+        refs,
+        [
+            "refs/heads/main",
+            "refs/remotes/origin/drafter/DEMO-1-x",
+            "refs/remotes/origin/main"
+        ]
+    );
+    assert_eq!(git_ok(&dest, &["status", "--porcelain"]), "");
+    assert_eq!(
+        std::fs::read_to_string(dest.join("b.rs")).unwrap(),
+        "pub fn b() {}\n"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_token_never_lands_in_the_mirror() {
+    let gh = GithubStandIn::start(TOKEN).await;
+    let bare = gh.create_repo(REPO, &[("a.txt", "a\n")]);
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("mirrors");
+    let cache = MirrorCache::new(&root, u64::MAX);
+    let u = url(&gh, REPO);
+    ws(&cache, &u, &tmp.path().join("w1"), &[]).await;
+    commit_upstream(&bare, "main", "b.txt", "b\n");
+    let (_, used) = ws(&cache, &u, &tmp.path().join("w2"), &[]).await;
+    assert!(used.fetched);
+    let files = files_under(tmp.path());
+    assert!(files.len() > 10, "{files:?}");
+    for f in files {
+        let bytes = std::fs::read(&f).unwrap();
+        assert!(
+            !bytes.windows(TOKEN.len()).any(|w| w == TOKEN.as_bytes()),
+            "{} holds the token",
+            f.display()
+        );
+    }
+    let config = std::fs::read_to_string(cache.mirror_path(&u).join("config")).unwrap();
+    assert!(config.contains(&format!("url = {u}")), "{config}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_corrupt_mirror_is_recloned_and_the_job_goes_on() {
+    let gh = GithubStandIn::start(TOKEN).await;
+    let bare = gh.create_repo(REPO, &[("a.txt", "a\n")]);
+    for i in 0..20 {
+        commit_upstream(
+            &bare,
+            "main",
+            &format!("f{i}.txt"),
+            &format!("{i}\n").repeat(200),
+        );
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = MirrorCache::new(tmp.path().join("mirrors"), u64::MAX);
+    let u = url(&gh, REPO);
+    let mirror = cache.mirror_path(&u);
+    ws(&cache, &u, &tmp.path().join("w0"), &[]).await;
+
+    // Truncated packs.
+    let packs: Vec<PathBuf> = files_under(&mirror.join("objects/pack"))
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "pack"))
+        .collect();
+    assert!(!packs.is_empty());
+    for p in &packs {
+        let len = std::fs::metadata(p).unwrap().len();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(p)
+            .unwrap()
+            .set_len(len / 2)
+            .unwrap();
+    }
+    let head = commit_upstream(&bare, "main", "after.txt", "after\n");
+    let (r, used) = ws(&cache, &u, &tmp.path().join("w1"), &[]).await;
+    assert!(used.repaired, "{used:?}");
+    assert_eq!(head_of(&r), head);
+    git_ok(&tmp.path().join("w1"), &["fsck", "--full"]);
+
+    // Objects deleted (refs intact): the fetch finds nothing new, the workspace cannot be made, the mirror is
+    // re-cloned.
+    for p in files_under(&mirror.join("objects")) {
+        std::fs::remove_file(p).unwrap();
+    }
+    let (r, used) = ws(&cache, &u, &tmp.path().join("w2"), &[]).await;
+    assert!(used.repaired, "{used:?}");
+    assert_eq!(head_of(&r), head);
+    git_ok(&tmp.path().join("w2"), &["fsck", "--full"]);
+    assert_eq!(
+        std::fs::read_to_string(tmp.path().join("w2/f7.txt")).unwrap(),
+        "7\n".repeat(200)
+    );
+
+    // A mirror that is not a repository any more.
+    std::fs::remove_file(mirror.join("HEAD")).unwrap();
+    let (r, used) = ws(&cache, &u, &tmp.path().join("w3"), &[]).await;
+    assert!(used.repaired && used.cloned, "{used:?}");
+    assert_eq!(head_of(&r), head);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn force_pushed_and_deleted_branches_are_reflected() {
+    let gh = GithubStandIn::start(TOKEN).await;
+    let bare = gh.create_repo(REPO, &[("a.txt", "a\n")]);
+    let moved = "drafter/DEMO-2-moved";
+    let gone = "drafter/DEMO-2-gone";
+    let before = commit_upstream(&bare, moved, "x.txt", "first\n");
+    commit_upstream(&bare, gone, "y.txt", "y\n");
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = MirrorCache::new(tmp.path().join("mirrors"), u64::MAX);
+    let u = url(&gh, REPO);
+    let (r, _) = ws(&cache, &u, &tmp.path().join("w0"), &[moved, gone]).await;
+    assert_eq!(
+        r.refname_to_id(&format!("refs/remotes/origin/{moved}"))
+            .unwrap(),
+        before
+    );
+    assert!(r
+        .refname_to_id(&format!("refs/remotes/origin/{gone}"))
+        .is_ok());
+
+    // Force-push `moved` to an unrelated history; delete `gone`.
+    let up = git2::Repository::open_bare(&bare).unwrap();
+    up.find_reference(&format!("refs/heads/{moved}"))
+        .unwrap()
+        .delete()
+        .unwrap();
+    up.find_reference(&format!("refs/heads/{gone}"))
+        .unwrap()
+        .delete()
+        .unwrap();
+    let after = commit_upstream(&bare, moved, "z.txt", "rewritten\n");
+    assert_ne!(after, before);
+
+    let (r, used) = ws(&cache, &u, &tmp.path().join("w1"), &[moved, gone]).await;
+    assert!(used.fetched);
+    assert_eq!(
+        r.refname_to_id(&format!("refs/remotes/origin/{moved}"))
+            .unwrap(),
+        after
+    );
+    assert!(r
+        .refname_to_id(&format!("refs/remotes/origin/{gone}"))
+        .is_err());
+    let mirror = git2::Repository::open_bare(cache.mirror_path(&u)).unwrap();
+    assert!(
+        mirror.refname_to_id(&format!("refs/heads/{gone}")).is_err(),
+        "pruned"
+    );
+    assert_eq!(
+        mirror
+            .refname_to_id(&format!("refs/heads/{moved}"))
+            .unwrap(),
+        after
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn eviction_keeps_the_cache_under_its_bound_least_recently_used_first() {
+    let gh = GithubStandIn::start(TOKEN).await;
+    let names = ["acme/one", "acme/two", "acme/three"];
+    for (i, n) in names.iter().enumerate() {
+        // Incompressible-ish content, so each mirror's size is its own.
+        let body: String = (0..4000u64)
+            .map(|k| {
+                format!(
+                    "{:016x}\n",
+                    (k + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ i as u64
+                )
+            })
+            .collect();
+        gh.create_repo(n, &[("data.txt", body.as_str())]);
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    // Sizes, from an unbounded cache.
+    let probe = MirrorCache::new(tmp.path().join("probe"), u64::MAX);
+    let mut sizes = Vec::new();
+    for n in names {
+        let u = url(&gh, n);
+        ws(
+            &probe,
+            &u,
+            &tmp.path().join(format!("p-{}", n.replace('/', "-"))),
+            &[],
+        )
+        .await;
+        let one = MirrorCache::new(probe.mirror_path(&u), u64::MAX).size();
+        sizes.push(one);
+    }
+    let [s1, s2, s3] = [sizes[0], sizes[1], sizes[2]];
+    let bound = (s1 + s2).max(s1 + s3) + s2 / 2;
+    assert!(bound < s1 + s2 + s3);
+
+    let root = tmp.path().join("mirrors");
+    let cache = MirrorCache::new(&root, bound);
+    let [u1, u2, u3] = names.map(|n| url(&gh, n));
+    ws(&cache, &u1, &tmp.path().join("a"), &[]).await;
+    ws(&cache, &u2, &tmp.path().join("b"), &[]).await;
+    // `one` used again: `two` is now the least recently used.
+    ws(&cache, &u1, &tmp.path().join("c"), &[]).await;
+    assert!(cache.mirror_path(&u2).exists());
+    ws(&cache, &u3, &tmp.path().join("d"), &[]).await;
+    assert!(cache.mirror_path(&u1).exists());
+    assert!(
+        !cache.mirror_path(&u2).exists(),
+        "least recently used evicted"
+    );
+    assert!(cache.mirror_path(&u3).exists());
+    assert!(cache.size() <= bound, "{} > {bound}", cache.size());
+
+    // An evicted mirror comes back on its next use.
+    let (_, used) = ws(&cache, &u2, &tmp.path().join("e"), &[]).await;
+    assert!(used.cloned);
+    assert!(cache.size() <= bound, "{} > {bound}", cache.size());
+}
