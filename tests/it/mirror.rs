@@ -6,8 +6,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use drafter::config::Secret;
+use drafter::queue::JobState;
 use drafter::repo::{MirrorCache, MirrorUse};
 use support::github::GithubStandIn;
+use support::harness::{wait_all_finished, Options, ServeProcess, Stack, DEMO_REPO, SECRETS};
+
+const BIN: &str = env!("CARGO_BIN_EXE_drafter");
 
 const TOKEN: &str = "ghp_mirror_secret_token_456";
 const REPO: &str = "acme/widgets";
@@ -69,6 +73,7 @@ fn fetches(gh: &GithubStandIn, repo: &str) -> usize {
         .filter(|r| {
             r.method == "GET"
                 && r.path == format!("/{repo}.git/info/refs")
+                && r.query.as_deref() == Some("service=git-upload-pack")
                 && r.header("authorization").is_some()
         })
         .count()
@@ -422,4 +427,57 @@ async fn eviction_keeps_the_cache_under_its_bound_least_recently_used_first() {
     let (_, used) = ws(&cache, &u2, &tmp.path().join("e"), &[]).await;
     assert!(used.cloned);
     assert!(cache.size() <= bound, "{} > {bound}", cache.size());
+}
+
+/// `drafter serve` with two jobs of one repository at once: both delivered, on one fetch from the forge, each
+/// workspace made from the mirror in the data directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn serve_runs_two_jobs_of_one_repository_on_one_fetch() {
+    let _serial = support::POOL_SERIAL.lock().await;
+    let stack = Stack::start(Options {
+        per_conversation: true,
+        extra_toml: r#"[serve]
+listen = "127.0.0.1:0"
+webhook_secret_env = "DRAFTER_TEST_WEBHOOK_SECRET"
+concurrency = 2
+per_project = 2
+lease_secs = 30
+heartbeat_secs = 1
+drain_timeout_secs = 60
+idle_poll_ms = 100
+"#
+        .into(),
+        ..Options::default()
+    })
+    .await;
+    // DEMO-100 and DEMO-102 are acme/widgets tickets (OTHER-101 is not assigned).
+    let keys = stack.burst_tickets(3);
+    // Slow git answers keep the first job's mirror clone on the wire while the second job reaches its clone.
+    stack.github.set_git_delay(Duration::from_millis(1500));
+    let serve = ServeProcess::start(&stack, Path::new(BIN)).await;
+    let client = reqwest::Client::new();
+    serve.assign(&client, &keys[0], 70_001).await;
+    serve.assign(&client, &keys[2], 70_002).await;
+    let queue = stack.queue().await;
+    let jobs = wait_all_finished(queue.as_ref(), 2, Duration::from_secs(240)).await;
+    let log = serve.stop().await;
+    assert!(
+        jobs.iter().all(|j| j.state == JobState::Succeeded),
+        "{jobs:?}\n{log}"
+    );
+    assert_eq!(stack.github.pulls(DEMO_REPO).len(), 2);
+    assert_eq!(fetches(&stack.github, DEMO_REPO), 1, "{log}");
+    assert_eq!(
+        log.matches("workspace made from the mirror").count(),
+        2,
+        "{log}"
+    );
+    assert!(log.contains("coalesced=true"), "{log}");
+    let root = stack.data_dir().join("mirrors");
+    for f in files_under(&root) {
+        let text = String::from_utf8_lossy(&std::fs::read(&f).unwrap()).into_owned();
+        for secret in SECRETS {
+            assert!(!text.contains(secret), "a secret in {}", f.display());
+        }
+    }
 }
