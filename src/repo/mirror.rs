@@ -32,6 +32,10 @@ use super::*;
 /// pruning) are reflected.
 const MIRROR_SPEC: &str = "+refs/heads/*:refs/heads/*";
 
+/// Packs a mirror may hold before they are rewritten as one: each fetch that brings anything adds a pack (and every
+/// job's pushed branch comes back in the next fetch), and every workspace copies them all.
+const MAX_PACKS: usize = 16;
+
 /// File in the mirror directory: when its last fetch finished (milliseconds since the epoch).
 const FETCHED_FILE: &str = "drafter-fetched";
 
@@ -187,6 +191,17 @@ impl MirrorCache {
             Ok(()) => {
                 write_stamp(&dir.join(FETCHED_FILE), now_ms());
                 used.fetched = true;
+                if pack_files(dir).len() > MAX_PACKS {
+                    // Best effort: the old packs stay until the new one is whole.
+                    match compact(&mirror, dir) {
+                        Ok(n) => {
+                            tracing::info!(mirror = %dir.display(), packs = n, "mirror packs rewritten as one")
+                        }
+                        Err(e) => {
+                            tracing::warn!(mirror = %dir.display(), error = %e, "rewriting the mirror's packs failed")
+                        }
+                    }
+                }
                 Ok(())
             }
             // The forge's answer: the mirror is not at fault.
@@ -297,6 +312,60 @@ impl MirrorCache {
     pub fn size(&self) -> u64 {
         dir_size(&self.root)
     }
+}
+
+/// The mirror's pack files (`.pack`), by path.
+fn pack_files(dir: &Path) -> Vec<PathBuf> {
+    fs::read_dir(dir.join("objects").join("pack"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|e| e == "pack"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Rewrites every object reachable from the mirror's branches as one pack, then removes the packs it replaces (what
+/// `git repack -a -d` does; objects of pruned branches go with them). Returns how many packs were replaced.
+fn compact(mirror: &Repository, dir: &Path) -> Result<usize, RepoError> {
+    let old = pack_files(dir);
+    let pack_dir = dir.join("objects").join("pack");
+    let mut walk = mirror
+        .revwalk()
+        .map_err(|e| local("listing the mirror's history", e))?;
+    walk.push_glob("refs/heads/*")
+        .map_err(|e| local("listing the mirror's history", e))?;
+    let mut pb = mirror
+        .packbuilder()
+        .map_err(|e| local("repacking the mirror", e))?;
+    pb.set_threads(0);
+    pb.insert_walk(&mut walk)
+        .map_err(|e| local("repacking the mirror", e))?;
+    pb.write(&pack_dir, 0)
+        .map_err(|e| local("repacking the mirror", e))?;
+    let new = pb
+        .name()
+        .ok()
+        .flatten()
+        .map(|n| format!("pack-{n}"))
+        .ok_or_else(|| RepoError::Git {
+            context: "repacking the mirror".into(),
+            message: "the new pack has no name".into(),
+            class: ErrorClass::Odb,
+        })?;
+    let mut replaced = 0;
+    for pack in old {
+        if pack.file_stem().is_some_and(|s| s == new.as_str()) {
+            continue;
+        }
+        // The index first: a pack without its index is ignored, an index without its pack is an error.
+        let _ = fs::remove_file(pack.with_extension("idx"));
+        let _ = fs::remove_file(pack.with_extension("rev"));
+        let _ = fs::remove_file(&pack);
+        replaced += 1;
+    }
+    Ok(replaced)
 }
 
 /// `<host>_<path>-<12 hex of sha256(url)>`, the readable part cut to 80 characters.

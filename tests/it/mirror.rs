@@ -429,6 +429,52 @@ async fn eviction_keeps_the_cache_under_its_bound_least_recently_used_first() {
     assert!(cache.size() <= bound, "{} > {bound}", cache.size());
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn many_fetches_leave_few_packs() {
+    let gh = GithubStandIn::start(TOKEN).await;
+    let bare = gh.create_repo(REPO, &[("a.txt", "a\n")]);
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = MirrorCache::new(tmp.path().join("mirrors"), u64::MAX);
+    let u = url(&gh, REPO);
+    let packs = |c: &MirrorCache| {
+        files_under(&c.mirror_path(&u).join("objects/pack"))
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "pack"))
+            .count()
+    };
+    let mut most = 0;
+    let mut head = None;
+    for i in 0..24 {
+        // One job's pushed branch each time, as in a busy repository.
+        commit_upstream(
+            &bare,
+            &format!("drafter/DEMO-{i}-x"),
+            "x.txt",
+            &format!("{i}\n"),
+        );
+        head = Some(commit_upstream(
+            &bare,
+            "main",
+            &format!("f{i}.txt"),
+            &format!("{i}\n"),
+        ));
+        let dest = tmp.path().join(format!("w{i}"));
+        let (r, used) = ws(&cache, &u, &dest, &[]).await;
+        assert!(i == 0 || used.fetched, "{used:?}");
+        assert_eq!(Some(head_of(&r)), head);
+        most = most.max(packs(&cache));
+        drop(r);
+        std::fs::remove_dir_all(&dest).unwrap();
+    }
+    assert!(most <= 17, "{most} packs");
+    // Everything is still there: a workspace has the whole history, and git agrees the mirror is sound.
+    let dest = tmp.path().join("last");
+    ws(&cache, &u, &dest, &["drafter/DEMO-3-x"]).await;
+    git_ok(&dest, &["fsck", "--full", "--strict"]);
+    assert_eq!(git_ok(&dest, &["rev-list", "--count", "HEAD"]).trim(), "25");
+    git_ok(&cache.mirror_path(&u), &["fsck", "--full"]);
+}
+
 /// `drafter serve` with two jobs of one repository at once: both delivered, on one fetch from the forge, each
 /// workspace made from the mirror in the data directory.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
