@@ -36,6 +36,14 @@ const MIRROR_SPEC: &str = "+refs/heads/*:refs/heads/*";
 /// job's pushed branch comes back in the next fetch), and every workspace copies them all.
 const MAX_PACKS: usize = 16;
 
+/// Directory in the mirror holding one *seed* per base branch: packs of exactly the objects reachable from the
+/// branch's tip, which workspaces copy (the mirror's own packs also hold every other branch's objects, which must
+/// not reach a job's workspace, and with it the sandbox).
+const SEEDS_DIR: &str = "drafter-seeds";
+
+/// Packs a seed may grow to (one per move of its branch) before it is rebuilt as one.
+const MAX_SEED_PACKS: usize = 32;
+
 /// File in the mirror directory: when its last fetch finished (milliseconds since the epoch).
 const FETCHED_FILE: &str = "drafter-fetched";
 
@@ -114,7 +122,7 @@ impl MirrorCache {
         // The mirror can be evicted between the fetch (exclusive lock) and the workspace (shared lock): then again.
         for _ in 0..3 {
             lock.lock().map_err(io("locking the mirror", &lock_path))?;
-            let refreshed = self.refresh(url, &dir, asked, token, &mut used);
+            let refreshed = self.refresh(url, &dir, base, asked, token, &mut used);
             let _ = lock.unlock();
             refreshed?;
             lock.lock_shared()
@@ -124,12 +132,18 @@ impl MirrorCache {
                 continue;
             }
             let built = workspace_from(&dir, url, dest, base, also);
+            if let Err(Built::Stale) = built {
+                // The base moved (another job's fetch) between our refresh and now: refresh again.
+                let _ = lock.unlock();
+                clear_dir(dest)?;
+                continue;
+            }
             let built = match built {
                 Err(Built::Corrupt(err)) => {
                     let _ = lock.unlock();
                     tracing::warn!(mirror = %dir.display(), error = %err, "the mirror cannot make a workspace; re-cloning it");
                     lock.lock().map_err(io("locking the mirror", &lock_path))?;
-                    let recloned = self.reclone(url, &dir, token);
+                    let recloned = self.reclone_seeded(url, &dir, base, token);
                     let _ = lock.unlock();
                     recloned?;
                     used.repaired = true;
@@ -157,15 +171,53 @@ impl MirrorCache {
         })
     }
 
-    /// Under the exclusive lock: clone the mirror if missing, else fetch it unless a fetch finished after `asked`.
+    /// Under the exclusive lock: [`Self::sync`], then the seeds brought to their branches' tips (every seed after a
+    /// fetch, else the job's base's). A mirror whose seeds cannot be built is re-cloned, once.
     fn refresh(
+        &self,
+        url: &str,
+        dir: &Path,
+        base: &str,
+        asked: u64,
+        token: &Secret,
+        used: &mut MirrorUse,
+    ) -> Result<(), RepoError> {
+        let moved = self.sync(url, dir, asked, token, used)?;
+        let seeded = Repository::open_bare(dir)
+            .map_err(|e| local("opening the mirror", e))
+            .and_then(|m| update_seeds(&m, dir, base, moved));
+        if let Err(e) = seeded {
+            tracing::warn!(mirror = %dir.display(), error = %e, "the mirror cannot seed workspaces; re-cloning it");
+            self.reclone_seeded(url, dir, base, token)?;
+            used.repaired = true;
+            used.cloned = true;
+        }
+        Ok(())
+    }
+
+    /// [`Self::reclone`], then the seed of `base`.
+    fn reclone_seeded(
+        &self,
+        url: &str,
+        dir: &Path,
+        base: &str,
+        token: &Secret,
+    ) -> Result<(), RepoError> {
+        self.reclone(url, dir, token)?;
+        let m = Repository::open_bare(dir).map_err(|e| local("opening the mirror", e))?;
+        update_seeds(&m, dir, base, true)
+    }
+
+    /// Clones the mirror if missing, else fetches it unless a fetch finished after `asked`. `true` when its
+    /// branches may have moved.
+    fn sync(
         &self,
         url: &str,
         dir: &Path,
         asked: u64,
         token: &Secret,
         used: &mut MirrorUse,
-    ) -> Result<(), RepoError> {
+    ) -> Result<bool, RepoError> {
         let existing = if dir.is_dir() {
             match Repository::open_bare(dir) {
                 Ok(r) => Some(r),
@@ -181,11 +233,11 @@ impl MirrorCache {
         let Some(mirror) = existing else {
             self.reclone(url, dir, token)?;
             used.cloned = true;
-            return Ok(());
+            return Ok(true);
         };
         if read_stamp(&dir.join(FETCHED_FILE)) >= asked {
             used.coalesced = true;
-            return Ok(());
+            return Ok(false);
         }
         match fetch_mirror(&mirror, url, token) {
             Ok(()) => {
@@ -202,7 +254,7 @@ impl MirrorCache {
                         }
                     }
                 }
-                Ok(())
+                Ok(true)
             }
             // The forge's answer: the mirror is not at fault.
             Err(e @ (RepoError::Auth { .. } | RepoError::RemoteNotFound { .. })) => Err(e),
@@ -213,7 +265,7 @@ impl MirrorCache {
                 self.reclone(url, dir, token)?;
                 used.repaired = true;
                 used.cloned = true;
-                Ok(())
+                Ok(true)
             }
         }
     }
@@ -417,6 +469,8 @@ fn fetch_mirror(mirror: &Repository, url: &str, token: &Secret) -> Result<(), Re
 enum Built {
     /// The mirror's objects or refs are unreadable: worth re-cloning it.
     Corrupt(RepoError),
+    /// The base's seed is not at the base's tip (another job's fetch moved the branch since this job's refresh).
+    Stale,
     /// Anything else (a branch the remote lacks, the workspace directory).
     Other(RepoError),
 }
@@ -425,14 +479,20 @@ impl Built {
     fn into_error(self) -> RepoError {
         match self {
             Built::Corrupt(e) | Built::Other(e) => e,
+            Built::Stale => RepoError::Git {
+                context: "making the workspace from the mirror".into(),
+                message: "the base branch kept moving".into(),
+                class: ErrorClass::Odb,
+            },
         }
     }
 }
 
-/// Makes the workspace at `dest` from the mirror at `dir`: its objects copied in, `origin` at `url`, the refs a
-/// clone of `base` and `also` would have, the base checked out. Every object the workspace needs is read once
-/// (the checkout reads the base's tree; the other branches' commits and trees are looked up), so a mirror that
-/// lost or damaged one fails here rather than later.
+/// Makes the workspace at `dest` from the mirror at `dir`: the base's seed copied in, a pack of what the branches
+/// of `also` add to it, `origin` at `url`, the refs a clone of `base` and `also` would have, the base checked out.
+/// No object reachable only from another branch enters the workspace. Every object the workspace needs is read
+/// once (the checkout reads the base's tree; the other branches' commits and trees are looked up), so a mirror
+/// that lost or damaged one fails here rather than later.
 fn workspace_from(
     dir: &Path,
     url: &str,
@@ -456,11 +516,37 @@ fn workspace_from(
             Err(e) => return Err(corrupt("reading the mirror's branches")(e)),
         }
     }
-    drop(mirror);
+    let seed = seed_dir(dir, base);
+    if read_text(&seed.join("tip")).as_deref() != Some(tips[0].1.to_string().as_str()) {
+        return Err(Built::Stale);
+    }
 
     let repo =
         Repository::init(dest).map_err(|e| Built::Other(local("creating the workspace", e)))?;
-    copy_objects(&dir.join("objects"), &repo.path().join("objects")).map_err(Built::Corrupt)?;
+    let pack_dir = repo.path().join("objects").join("pack");
+    copy_packs(&seed, &pack_dir).map_err(Built::Corrupt)?;
+    if tips.len() > 1 {
+        // What the job's branches add to the base, straight from the mirror (usually nothing: they rarely exist).
+        let mut walk = mirror
+            .revwalk()
+            .map_err(corrupt("listing the job's branches"))?;
+        for (_, oid) in &tips[1..] {
+            walk.push(*oid)
+                .map_err(corrupt("listing the job's branches"))?;
+        }
+        walk.hide(tips[0].1)
+            .map_err(corrupt("listing the job's branches"))?;
+        let mut pb = mirror
+            .packbuilder()
+            .map_err(corrupt("packing the job's branches"))?;
+        pb.insert_walk(&mut walk)
+            .map_err(corrupt("packing the job's branches"))?;
+        if pb.object_count() > 0 {
+            pb.write(&pack_dir, 0)
+                .map_err(corrupt("packing the job's branches"))?;
+        }
+    }
+    drop(mirror);
     drop(repo);
     // Reopened so the object database sees the packs copied in.
     let repo =
@@ -507,35 +593,108 @@ fn workspace_from(
     Ok(repo)
 }
 
-/// Copies the mirror's object store (packs and loose objects; never `info/`, so no alternates) into `to`.
-fn copy_objects(from: &Path, to: &Path) -> Result<(), RepoError> {
-    let entries = fs::read_dir(from).map_err(io("listing the mirror's objects", from))?;
+/// Copies the pack files (`.pack`, `.idx`) of `from` into `to`.
+fn copy_packs(from: &Path, to: &Path) -> Result<(), RepoError> {
+    fs::create_dir_all(to).map_err(io("creating the workspace's packs", to))?;
+    let entries = fs::read_dir(from).map_err(io("listing the seed", from))?;
     for entry in entries {
-        let entry = entry.map_err(io("listing the mirror's objects", from))?;
+        let entry = entry.map_err(io("listing the seed", from))?;
         let name = entry.file_name();
-        let is_loose_dir = name.len() == 2
-            && name
-                .to_str()
-                .is_some_and(|n| n.chars().all(|c| c.is_ascii_hexdigit()));
-        if name != "pack" && !is_loose_dir {
-            continue;
+        let keep = {
+            let n = name.to_string_lossy();
+            n.ends_with(".pack") || n.ends_with(".idx")
+        };
+        if keep {
+            let dst = to.join(&name);
+            fs::copy(entry.path(), &dst).map_err(io("copying the seed", &dst))?;
         }
-        let sub = entry.path();
-        let target = to.join(&name);
-        fs::create_dir_all(&target).map_err(io("creating the workspace's objects", &target))?;
-        for file in fs::read_dir(&sub).map_err(io("listing the mirror's objects", &sub))? {
-            let file = file.map_err(io("listing the mirror's objects", &sub))?;
-            let fname = file.file_name();
-            let keep = name != "pack" || {
-                let f = fname.to_string_lossy();
-                f.ends_with(".pack") || f.ends_with(".idx")
-            };
-            if keep && file.file_type().is_ok_and(|t| t.is_file()) {
-                let dst = target.join(&fname);
-                fs::copy(file.path(), &dst).map_err(io("copying the mirror's objects", &dst))?;
+    }
+    Ok(())
+}
+
+/// Where the seed of `base` lives: named by a digest, the branch name is in its `base` file.
+fn seed_dir(dir: &Path, base: &str) -> PathBuf {
+    let digest = Sha256::digest(base.as_bytes());
+    dir.join(SEEDS_DIR).join(hex::encode(&digest[..8]))
+}
+
+/// Brings the seed of `base`, and with `all` every other seed, to its branch's tip in the mirror; a seed whose branch
+/// is gone is removed.
+fn update_seeds(mirror: &Repository, dir: &Path, base: &str, all: bool) -> Result<(), RepoError> {
+    let mut bases = vec![base.to_string()];
+    if all {
+        if let Ok(entries) = fs::read_dir(dir.join(SEEDS_DIR)) {
+            for e in entries.flatten() {
+                match read_text(&e.path().join("base")) {
+                    Some(b) if b != base => bases.push(b),
+                    Some(_) => {}
+                    // Half made (no `base` yet): of no use.
+                    None => {
+                        let _ = fs::remove_dir_all(e.path());
+                    }
+                }
             }
         }
     }
+    for b in bases {
+        update_seed(mirror, dir, &b)?;
+    }
+    Ok(())
+}
+
+/// One seed: nothing when it is at the tip; a pack of the new objects when the branch moved forward; rebuilt
+/// (made beside it, then renamed into place) when it is new, was force-pushed, or has too many packs.
+fn update_seed(mirror: &Repository, dir: &Path, base: &str) -> Result<(), RepoError> {
+    let seed = seed_dir(dir, base);
+    let tip = match mirror.refname_to_id(&format!("refs/heads/{base}")) {
+        Ok(tip) => tip,
+        Err(e) if e.code() == ErrorCode::NotFound => {
+            let _ = fs::remove_dir_all(&seed);
+            return Ok(());
+        }
+        Err(e) => return Err(local("reading the mirror's branches", e)),
+    };
+    let had = read_text(&seed.join("tip")).and_then(|t| Oid::from_str(&t).ok());
+    if had == Some(tip) {
+        return Ok(());
+    }
+    let packs = fs::read_dir(&seed)
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".pack"))
+                .count()
+        })
+        .unwrap_or(0);
+    let forward = had
+        .filter(|h| packs < MAX_SEED_PACKS && mirror.graph_descendant_of(tip, *h).unwrap_or(false));
+    let target = match forward {
+        Some(_) => seed.clone(),
+        None => seed.with_extension(format!("tmp-{}", std::process::id())),
+    };
+    if forward.is_none() {
+        let _ = fs::remove_dir_all(&target);
+    }
+    fs::create_dir_all(&target).map_err(io("creating a seed", &target))?;
+    let ctx = "packing a base branch for workspaces";
+    let mut walk = mirror.revwalk().map_err(|e| local(ctx, e))?;
+    walk.push(tip).map_err(|e| local(ctx, e))?;
+    if let Some(h) = forward {
+        walk.hide(h).map_err(|e| local(ctx, e))?;
+    }
+    let mut pb = mirror.packbuilder().map_err(|e| local(ctx, e))?;
+    pb.set_threads(0);
+    pb.insert_walk(&mut walk).map_err(|e| local(ctx, e))?;
+    pb.write(&target, 0).map_err(|e| local(ctx, e))?;
+    write_text(&target.join("base"), base);
+    if forward.is_none() {
+        if seed.exists() {
+            fs::remove_dir_all(&seed).map_err(io("replacing a seed", &seed))?;
+        }
+        fs::rename(&target, &seed).map_err(io("replacing a seed", &seed))?;
+    }
+    // Last: a seed is used only once its packs are complete.
+    write_text(&seed.join("tip"), &tip.to_string());
+    tracing::debug!(base, %tip, rebuilt = forward.is_none(), "workspace seed updated");
     Ok(())
 }
 
@@ -575,25 +734,33 @@ fn now_ms() -> u64 {
 
 /// A timestamp file's value; 0 when missing or unreadable.
 fn read_stamp(path: &Path) -> u64 {
-    fs::read_to_string(path)
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(0)
+    read_text(path).and_then(|s| s.parse().ok()).unwrap_or(0)
 }
 
-/// Writes a timestamp file atomically (a unique temporary name, then a rename): jobs holding the shared lock write
-/// it side by side. Best effort: a lost stamp only makes eviction or coalescing less exact.
-pub(super) fn write_stamp(path: &Path, ms: u64) {
+/// Writes a timestamp file (see [`write_text`]). Best effort: a lost stamp only makes eviction or coalescing less
+/// exact.
+fn write_stamp(path: &Path, ms: u64) {
+    write_text(path, &ms.to_string());
+}
+
+/// A small file's text, trimmed; `None` when missing or unreadable.
+fn read_text(path: &Path) -> Option<String> {
+    fs::read_to_string(path).ok().map(|s| s.trim().to_string())
+}
+
+/// Writes a small file atomically (a unique temporary name, then a rename): jobs holding the shared lock write
+/// stamps side by side, and a reader never sees half a file.
+fn write_text(path: &Path, text: &str) {
     static SEQ: AtomicU64 = AtomicU64::new(0);
     let tmp = path.with_extension(format!(
         "{}-{}",
         std::process::id(),
         SEQ.fetch_add(1, Ordering::Relaxed)
     ));
-    let written = fs::write(&tmp, ms.to_string()).and_then(|()| fs::rename(&tmp, path));
+    let written = fs::write(&tmp, text).and_then(|()| fs::rename(&tmp, path));
     if let Err(e) = written {
         let _ = fs::remove_file(&tmp);
-        tracing::debug!(file = %path.display(), error = %e, "writing a mirror stamp failed");
+        tracing::debug!(file = %path.display(), error = %e, "writing a mirror file failed");
     }
 }
 

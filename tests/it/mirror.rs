@@ -160,7 +160,7 @@ async fn workspace_is_self_contained_and_points_at_the_forge() {
     let bare = gh.create_repo(REPO, &[("src/lib.rs", "pub fn a() {}\n")]);
     let second = commit_upstream(&bare, "main", "b.rs", "pub fn b() {}\n");
     let job_branch = commit_upstream(&bare, "drafter/DEMO-1-x", "job.txt", "mine\n");
-    commit_upstream(&bare, "someone-else", "other.txt", "theirs\n");
+    let theirs = commit_upstream(&bare, "someone-else", "other.txt", "theirs\n");
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("mirrors");
     let cache = MirrorCache::new(&root, u64::MAX);
@@ -188,6 +188,14 @@ async fn workspace_is_self_contained_and_points_at_the_forge() {
     }
     let config = std::fs::read_to_string(git_dir.join("config")).unwrap();
     assert!(config.contains(&format!("url = {u}")), "{config}");
+    // Nothing of another branch: the mirror has it, the workspace (which the sandbox gets, .git included) does not.
+    let theirs_blob = git2::Oid::hash_object(git2::ObjectType::Blob, b"theirs\n").unwrap();
+    let mirror = git2::Repository::open_bare(cache.mirror_path(&u)).unwrap();
+    assert!(mirror.find_commit(theirs).is_ok() && mirror.find_blob(theirs_blob).is_ok());
+    let r = git2::Repository::open(&dest).unwrap();
+    assert!(r.find_commit(theirs).is_err(), "another branch's commit");
+    assert!(r.find_blob(theirs_blob).is_err(), "another branch's file");
+    drop((r, mirror));
 
     // The mirror goes; the workspace still has every object it needs.
     std::fs::remove_dir_all(&root).unwrap();
@@ -306,6 +314,26 @@ async fn a_corrupt_mirror_is_recloned_and_the_job_goes_on() {
         "7\n".repeat(200)
     );
 
+    // A damaged workspace seed (the packs workspaces copy).
+    let seeds: Vec<PathBuf> = files_under(&mirror.join("drafter-seeds"))
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "pack"))
+        .collect();
+    assert!(!seeds.is_empty());
+    for p in &seeds {
+        let len = std::fs::metadata(p).unwrap().len();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(p)
+            .unwrap()
+            .set_len(len / 3)
+            .unwrap();
+    }
+    let (r, used) = ws(&cache, &u, &tmp.path().join("w2b"), &[]).await;
+    assert!(used.repaired, "{used:?}");
+    assert_eq!(head_of(&r), head);
+    git_ok(&tmp.path().join("w2b"), &["fsck", "--full"]);
+
     // A mirror that is not a repository any more.
     std::fs::remove_file(mirror.join("HEAD")).unwrap();
     let (r, used) = ws(&cache, &u, &tmp.path().join("w3"), &[]).await;
@@ -368,6 +396,27 @@ async fn force_pushed_and_deleted_branches_are_reflected() {
             .unwrap(),
         after
     );
+    drop((r, mirror));
+
+    // The base itself force-pushed to a new history: the workspace has that history and nothing of the old one.
+    let old_main = up.refname_to_id("refs/heads/main").unwrap();
+    up.find_reference("refs/heads/main")
+        .unwrap()
+        .delete()
+        .unwrap();
+    let new_main = commit_upstream(&bare, "main", "fresh.txt", "fresh\n");
+    let dest = tmp.path().join("w2");
+    let (r, used) = ws(&cache, &u, &dest, &[moved]).await;
+    assert!(used.fetched && !used.repaired, "{used:?}");
+    assert_eq!(head_of(&r), new_main);
+    assert!(r.find_commit(old_main).is_err(), "the old base's history");
+    assert_eq!(
+        r.refname_to_id(&format!("refs/remotes/origin/{moved}"))
+            .unwrap(),
+        after
+    );
+    git_ok(&dest, &["fsck", "--full", "--strict"]);
+    assert!(dest.join("fresh.txt").exists() && !dest.join("a.txt").exists());
 }
 
 #[tokio::test(flavor = "multi_thread")]
