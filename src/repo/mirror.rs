@@ -6,9 +6,13 @@
 //!   that was waiting for the lock while another's fetch ran skips its own (that fetch finished after the job
 //!   asked, so it is as fresh as one the job would have made). Workspaces are made under a shared lock, so they
 //!   run side by side and never see a fetch or an eviction half done.
-//! - **Nothing of the mirror reaches the workspace.** Its pack files are copied (not hard-linked, not borrowed
-//!   through `objects/info/alternates`), so the workspace is self-contained and works after the mirror is gone;
-//!   its `origin` is the forge URL, as a plain clone's would be. Only the base and the job's branches become refs.
+//! - **Nothing of the mirror reaches the workspace**, whose `.git` goes into the sandbox. The mirror holds every
+//!   branch; the workspace only what the base and the job's branches reach, as a plain clone would. So the mirror
+//!   keeps, per base branch, a *seed*: packs of exactly the objects the branch reaches (built once, then a small
+//!   pack per move of the branch, rebuilt on a force-push), whose copies (not hard links, not
+//!   `objects/info/alternates`) make the workspace self-contained: it works after the mirror is gone. Copying a
+//!   pack and its index is what makes this fast: a clone's cost is mostly indexing the pack it receives. Its
+//!   `origin` is the forge URL; only the base and the job's branches become refs.
 //! - **The token stays in the credential callback** (see [`super::remote`]): the mirror's config holds the URL,
 //!   which [`super::remote::check_url`] has checked carries no credential.
 //! - **A corrupt mirror is re-cloned.** A fetch that fails for a local reason (not the network, not the
