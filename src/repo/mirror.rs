@@ -21,7 +21,7 @@
 //! - **Bounded.** After each use the cache is trimmed to `max_bytes`, least recently used mirror first; a mirror
 //!   another job holds is skipped, and the one just used is never evicted.
 
-use std::fs::{self, OpenOptions};
+use std::fs::{self, File, OpenOptions};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -31,6 +31,9 @@ use sha2::{Digest, Sha256};
 
 use super::remote::{callbacks, check_url, remote_error, AuthTrace};
 use super::*;
+use workspace::{update_seeds, workspace_from, Built};
+
+mod workspace;
 
 /// The mirror's refspec: every branch, as branches (a bare mirror), forced, so force-pushes and deletions (with
 /// pruning) are reflected.
@@ -125,35 +128,33 @@ impl MirrorCache {
         let mut used = MirrorUse::default();
         // The mirror can be evicted between the fetch (exclusive lock) and the workspace (shared lock): then again.
         for _ in 0..3 {
-            lock.lock().map_err(io("locking the mirror", &lock_path))?;
+            flock(&lock, libc::LOCK_EX).map_err(io("locking the mirror", &lock_path))?;
             let refreshed = self.refresh(url, &dir, base, asked, token, &mut used);
-            let _ = lock.unlock();
+            let _ = flock(&lock, libc::LOCK_UN);
             refreshed?;
-            lock.lock_shared()
-                .map_err(io("locking the mirror", &lock_path))?;
+            flock(&lock, libc::LOCK_SH).map_err(io("locking the mirror", &lock_path))?;
             if !dir.is_dir() {
-                let _ = lock.unlock();
+                let _ = flock(&lock, libc::LOCK_UN);
                 continue;
             }
             let built = workspace_from(&dir, url, dest, base, also);
             if let Err(Built::Stale) = built {
                 // The base moved (another job's fetch) between our refresh and now: refresh again.
-                let _ = lock.unlock();
+                let _ = flock(&lock, libc::LOCK_UN);
                 clear_dir(dest)?;
                 continue;
             }
             let built = match built {
                 Err(Built::Corrupt(err)) => {
-                    let _ = lock.unlock();
+                    let _ = flock(&lock, libc::LOCK_UN);
                     tracing::warn!(mirror = %dir.display(), error = %err, "the mirror cannot make a workspace; re-cloning it");
-                    lock.lock().map_err(io("locking the mirror", &lock_path))?;
+                    flock(&lock, libc::LOCK_EX).map_err(io("locking the mirror", &lock_path))?;
                     let recloned = self.reclone_seeded(url, &dir, base, token);
-                    let _ = lock.unlock();
+                    let _ = flock(&lock, libc::LOCK_UN);
                     recloned?;
                     used.repaired = true;
                     used.cloned = true;
-                    lock.lock_shared()
-                        .map_err(io("locking the mirror", &lock_path))?;
+                    flock(&lock, libc::LOCK_SH).map_err(io("locking the mirror", &lock_path))?;
                     clear_dir(dest)?;
                     workspace_from(&dir, url, dest, base, also).map_err(Built::into_error)
                 }
@@ -162,7 +163,7 @@ impl MirrorCache {
             if built.is_ok() {
                 write_stamp(&dir.join(USED_FILE), now_ms());
             }
-            let _ = lock.unlock();
+            let _ = flock(&lock, libc::LOCK_UN);
             let repo = built?;
             if let Err(e) = self.evict(&dir) {
                 tracing::warn!(error = %e, "trimming the mirror cache failed");
@@ -338,11 +339,11 @@ impl MirrorCache {
                 continue;
             };
             // A mirror in use is skipped, not waited for.
-            if lock.try_lock().is_err() {
+            if flock(&lock, libc::LOCK_EX | libc::LOCK_NB).is_err() {
                 continue;
             }
             let gone = fs::remove_dir_all(&path);
-            let _ = lock.unlock();
+            let _ = flock(&lock, libc::LOCK_UN);
             match gone {
                 Ok(()) => {
                     tracing::info!(mirror = %path.display(), bytes = size, "mirror evicted (least recently used)");
@@ -424,6 +425,23 @@ fn compact(mirror: &Repository, dir: &Path) -> Result<usize, RepoError> {
     Ok(replaced)
 }
 
+/// flock(2) on a lock file: `LOCK_EX`, `LOCK_SH`, `LOCK_UN`, with `LOCK_NB` to not wait (std's `File::lock` is
+/// newer than the crate's minimum Rust). Held per open file, so two handles in one process exclude each other too.
+fn flock(file: &File, op: libc::c_int) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    loop {
+        // SAFETY: the descriptor is borrowed from `file`, open for the whole call; flock reads no memory.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), op) };
+        if rc == 0 {
+            return Ok(());
+        }
+        let err = std::io::Error::last_os_error();
+        if err.kind() != std::io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}
+
 /// `<host>_<path>-<12 hex of sha256(url)>`, the readable part cut to 80 characters.
 fn mirror_name(url: &str) -> String {
     let readable = url
@@ -467,239 +485,6 @@ fn fetch_mirror(mirror: &Repository, url: &str, token: &Secret) -> Result<(), Re
             Some("drafter: mirror fetch"),
         )
         .map_err(|e| remote_error(e, url, token, &trace))
-}
-
-/// Why a workspace could not be made from the mirror.
-enum Built {
-    /// The mirror's objects or refs are unreadable: worth re-cloning it.
-    Corrupt(RepoError),
-    /// The base's seed is not at the base's tip (another job's fetch moved the branch since this job's refresh).
-    Stale,
-    /// Anything else (a branch the remote lacks, the workspace directory).
-    Other(RepoError),
-}
-
-impl Built {
-    fn into_error(self) -> RepoError {
-        match self {
-            Built::Corrupt(e) | Built::Other(e) => e,
-            Built::Stale => RepoError::Git {
-                context: "making the workspace from the mirror".into(),
-                message: "the base branch kept moving".into(),
-                class: ErrorClass::Odb,
-            },
-        }
-    }
-}
-
-/// Makes the workspace at `dest` from the mirror at `dir`: the base's seed copied in, a pack of what the branches
-/// of `also` add to it, `origin` at `url`, the refs a clone of `base` and `also` would have, the base checked out.
-/// No object reachable only from another branch enters the workspace. Every object the workspace needs is read
-/// once (the checkout reads the base's tree; the other branches' commits and trees are looked up), so a mirror
-/// that lost or damaged one fails here rather than later.
-fn workspace_from(
-    dir: &Path,
-    url: &str,
-    dest: &Path,
-    base: &str,
-    also: &[String],
-) -> Result<Repository, Built> {
-    let corrupt = |context: &'static str| move |e: git2::Error| Built::Corrupt(local(context, e));
-    let mirror = Repository::open_bare(dir).map_err(corrupt("opening the mirror"))?;
-    let mut tips = Vec::new();
-    for b in std::iter::once(base).chain(also.iter().map(String::as_str)) {
-        match mirror.refname_to_id(&format!("refs/heads/{b}")) {
-            Ok(oid) => tips.push((b, oid)),
-            Err(e) if e.code() == ErrorCode::NotFound && b == base => {
-                return Err(Built::Other(RepoError::BranchNotFound {
-                    branch: base.to_string(),
-                    remote: true,
-                }))
-            }
-            Err(e) if e.code() == ErrorCode::NotFound => {}
-            Err(e) => return Err(corrupt("reading the mirror's branches")(e)),
-        }
-    }
-    let seed = seed_dir(dir, base);
-    if read_text(&seed.join("tip")).as_deref() != Some(tips[0].1.to_string().as_str()) {
-        return Err(Built::Stale);
-    }
-
-    let repo =
-        Repository::init(dest).map_err(|e| Built::Other(local("creating the workspace", e)))?;
-    let pack_dir = repo.path().join("objects").join("pack");
-    copy_packs(&seed, &pack_dir).map_err(Built::Corrupt)?;
-    if tips.len() > 1 {
-        // What the job's branches add to the base, straight from the mirror (usually nothing: they rarely exist).
-        let mut walk = mirror
-            .revwalk()
-            .map_err(corrupt("listing the job's branches"))?;
-        for (_, oid) in &tips[1..] {
-            walk.push(*oid)
-                .map_err(corrupt("listing the job's branches"))?;
-        }
-        walk.hide(tips[0].1)
-            .map_err(corrupt("listing the job's branches"))?;
-        let mut pb = mirror
-            .packbuilder()
-            .map_err(corrupt("packing the job's branches"))?;
-        pb.insert_walk(&mut walk)
-            .map_err(corrupt("packing the job's branches"))?;
-        if pb.object_count() > 0 {
-            pb.write(&pack_dir, 0)
-                .map_err(corrupt("packing the job's branches"))?;
-        }
-    }
-    drop(mirror);
-    drop(repo);
-    // Reopened so the object database sees the packs copied in.
-    let repo =
-        Repository::open(dest).map_err(|e| Built::Other(local("opening the workspace", e)))?;
-    let specs: Vec<String> = tips
-        .iter()
-        .map(|(b, _)| format!("+refs/heads/{b}:refs/remotes/origin/{b}"))
-        .collect();
-    let other = |context: &'static str| move |e: git2::Error| Built::Other(local(context, e));
-    repo.remote_with_fetch("origin", url, &specs[0])
-        .map_err(other("configuring origin"))?;
-    for spec in &specs[1..] {
-        repo.remote_add_fetch("origin", spec)
-            .map_err(other("configuring origin"))?;
-    }
-    for (b, oid) in &tips {
-        let commit = repo
-            .find_commit(*oid)
-            .map_err(corrupt("reading a branch's commit"))?;
-        commit.tree().map_err(corrupt("reading a branch's tree"))?;
-        repo.reference(
-            &format!("refs/remotes/origin/{b}"),
-            *oid,
-            true,
-            "clone: from mirror",
-        )
-        .map_err(other("writing a remote-tracking branch"))?;
-    }
-    let base_commit = repo
-        .find_commit(tips[0].1)
-        .map_err(corrupt("reading the base commit"))?;
-    let mut branch = repo
-        .branch(base, &base_commit, true)
-        .map_err(other("creating the base branch"))?;
-    branch
-        .set_upstream(Some(&format!("origin/{base}")))
-        .map_err(other("setting the base branch's upstream"))?;
-    drop(branch);
-    drop(base_commit);
-    repo.set_head(&format!("refs/heads/{base}"))
-        .map_err(other("pointing HEAD at the base branch"))?;
-    repo.checkout_head(Some(CheckoutBuilder::new().force()))
-        .map_err(corrupt("checking out the base branch"))?;
-    Ok(repo)
-}
-
-/// Copies the pack files (`.pack`, `.idx`) of `from` into `to`.
-fn copy_packs(from: &Path, to: &Path) -> Result<(), RepoError> {
-    fs::create_dir_all(to).map_err(io("creating the workspace's packs", to))?;
-    let entries = fs::read_dir(from).map_err(io("listing the seed", from))?;
-    for entry in entries {
-        let entry = entry.map_err(io("listing the seed", from))?;
-        let name = entry.file_name();
-        let keep = {
-            let n = name.to_string_lossy();
-            n.ends_with(".pack") || n.ends_with(".idx")
-        };
-        if keep {
-            let dst = to.join(&name);
-            fs::copy(entry.path(), &dst).map_err(io("copying the seed", &dst))?;
-        }
-    }
-    Ok(())
-}
-
-/// Where the seed of `base` lives: named by a digest, the branch name is in its `base` file.
-fn seed_dir(dir: &Path, base: &str) -> PathBuf {
-    let digest = Sha256::digest(base.as_bytes());
-    dir.join(SEEDS_DIR).join(hex::encode(&digest[..8]))
-}
-
-/// Brings the seed of `base`, and with `all` every other seed, to its branch's tip in the mirror; a seed whose branch
-/// is gone is removed.
-fn update_seeds(mirror: &Repository, dir: &Path, base: &str, all: bool) -> Result<(), RepoError> {
-    let mut bases = vec![base.to_string()];
-    if all {
-        if let Ok(entries) = fs::read_dir(dir.join(SEEDS_DIR)) {
-            for e in entries.flatten() {
-                match read_text(&e.path().join("base")) {
-                    Some(b) if b != base => bases.push(b),
-                    Some(_) => {}
-                    // Half made (no `base` yet): of no use.
-                    None => {
-                        let _ = fs::remove_dir_all(e.path());
-                    }
-                }
-            }
-        }
-    }
-    for b in bases {
-        update_seed(mirror, dir, &b)?;
-    }
-    Ok(())
-}
-
-/// One seed: nothing when it is at the tip; a pack of the new objects when the branch moved forward; rebuilt
-/// (made beside it, then renamed into place) when it is new, was force-pushed, or has too many packs.
-fn update_seed(mirror: &Repository, dir: &Path, base: &str) -> Result<(), RepoError> {
-    let seed = seed_dir(dir, base);
-    let tip = match mirror.refname_to_id(&format!("refs/heads/{base}")) {
-        Ok(tip) => tip,
-        Err(e) if e.code() == ErrorCode::NotFound => {
-            let _ = fs::remove_dir_all(&seed);
-            return Ok(());
-        }
-        Err(e) => return Err(local("reading the mirror's branches", e)),
-    };
-    let had = read_text(&seed.join("tip")).and_then(|t| Oid::from_str(&t).ok());
-    if had == Some(tip) {
-        return Ok(());
-    }
-    let packs = fs::read_dir(&seed)
-        .map(|d| {
-            d.flatten()
-                .filter(|e| e.file_name().to_string_lossy().ends_with(".pack"))
-                .count()
-        })
-        .unwrap_or(0);
-    let forward = had
-        .filter(|h| packs < MAX_SEED_PACKS && mirror.graph_descendant_of(tip, *h).unwrap_or(false));
-    let target = match forward {
-        Some(_) => seed.clone(),
-        None => seed.with_extension(format!("tmp-{}", std::process::id())),
-    };
-    if forward.is_none() {
-        let _ = fs::remove_dir_all(&target);
-    }
-    fs::create_dir_all(&target).map_err(io("creating a seed", &target))?;
-    let ctx = "packing a base branch for workspaces";
-    let mut walk = mirror.revwalk().map_err(|e| local(ctx, e))?;
-    walk.push(tip).map_err(|e| local(ctx, e))?;
-    if let Some(h) = forward {
-        walk.hide(h).map_err(|e| local(ctx, e))?;
-    }
-    let mut pb = mirror.packbuilder().map_err(|e| local(ctx, e))?;
-    pb.set_threads(0);
-    pb.insert_walk(&mut walk).map_err(|e| local(ctx, e))?;
-    pb.write(&target, 0).map_err(|e| local(ctx, e))?;
-    write_text(&target.join("base"), base);
-    if forward.is_none() {
-        if seed.exists() {
-            fs::remove_dir_all(&seed).map_err(io("replacing a seed", &seed))?;
-        }
-        fs::rename(&target, &seed).map_err(io("replacing a seed", &seed))?;
-    }
-    // Last: a seed is used only once its packs are complete.
-    write_text(&seed.join("tip"), &tip.to_string());
-    tracing::debug!(base, %tip, rebuilt = forward.is_none(), "workspace seed updated");
-    Ok(())
 }
 
 /// Empties `dest` (for a second try at the workspace), leaving the directory.
@@ -776,81 +561,4 @@ fn io<'a>(context: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) 
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A fake mirror: `bytes` of data, last used at `used`.
-    fn fake(root: &Path, name: &str, bytes: usize, used: u64) -> PathBuf {
-        let dir = root.join(format!("{name}.git"));
-        fs::create_dir_all(dir.join("objects/pack")).unwrap();
-        fs::write(dir.join("objects/pack/p.pack"), vec![0u8; bytes]).unwrap();
-        write_stamp(&dir.join(USED_FILE), used);
-        dir
-    }
-
-    #[test]
-    fn mirror_names_are_readable_distinct_and_path_safe() {
-        let a = mirror_name("https://github.com/acme/widgets.git");
-        assert!(a.starts_with("github_com_acme_widgets-"), "{a}");
-        assert_ne!(a, mirror_name("https://github.com/acme/widgets"));
-        assert_ne!(a, mirror_name("https://ghe.example/acme/widgets.git"));
-        let odd = mirror_name("http://h/../../etc/x y.git");
-        assert!(!odd.contains('/') && !odd.contains(".."), "{odd}");
-        assert!(mirror_name(&format!("http://h/{}", "a".repeat(500))).len() < 100);
-    }
-
-    #[test]
-    fn eviction_removes_least_recently_used_until_under_the_bound() {
-        let tmp = tempfile::tempdir().unwrap();
-        let root = tmp.path();
-        let old = fake(root, "old", 1000, 1);
-        let mid = fake(root, "mid", 1000, 2);
-        let new = fake(root, "new", 1000, 3);
-        let cache = MirrorCache::new(root, 2100);
-        let removed = cache.evict(&new).unwrap();
-        assert_eq!(removed, vec![old.clone()]);
-        assert!(!old.exists() && mid.exists() && new.exists());
-        assert!(cache.size() <= 2100);
-
-        // The mirror in use is never evicted, even when it is the oldest.
-        let cache = MirrorCache::new(root, 500);
-        let removed = cache.evict(&mid).unwrap();
-        assert_eq!(removed, vec![new.clone()]);
-        assert!(mid.exists());
-    }
-
-    #[test]
-    fn eviction_skips_a_mirror_another_job_holds() {
-        let tmp = tempfile::tempdir().unwrap();
-        let root = tmp.path();
-        let held = fake(root, "held", 1000, 1);
-        let free = fake(root, "free", 1000, 2);
-        let keep = fake(root, "keep", 1000, 3);
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(held.with_extension("lock"))
-            .unwrap();
-        lock.lock_shared().unwrap();
-        let removed = MirrorCache::new(root, 1500).evict(&keep).unwrap();
-        assert_eq!(removed, vec![free.clone()]);
-        assert!(held.exists() && keep.exists());
-        lock.unlock().unwrap();
-        let removed = MirrorCache::new(root, 1500).evict(&keep).unwrap();
-        assert_eq!(removed, vec![held]);
-    }
-
-    #[test]
-    fn stamps_read_back_and_default_to_zero() {
-        let tmp = tempfile::tempdir().unwrap();
-        let p = tmp.path().join("s");
-        assert_eq!(read_stamp(&p), 0);
-        write_stamp(&p, 42);
-        assert_eq!(read_stamp(&p), 42);
-        fs::write(&p, "garbage").unwrap();
-        assert_eq!(read_stamp(&p), 0);
-        // No temporary files left behind.
-        assert_eq!(fs::read_dir(tmp.path()).unwrap().count(), 1);
-    }
-}
+mod tests;
