@@ -277,12 +277,8 @@ impl MirrorCache {
 
     /// Replaces the mirror at `dir` with a fresh clone (made beside it, then renamed into place).
     fn reclone(&self, url: &str, dir: &Path, token: &Secret) -> Result<(), RepoError> {
-        static SEQ: AtomicU64 = AtomicU64::new(0);
-        let tmp = dir.with_extension(format!(
-            "tmp-{}-{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        ));
+        // One name: the exclusive lock is held, and what a killed process left there is cleared.
+        let tmp = dir.with_extension("tmp");
         let _ = fs::remove_dir_all(&tmp);
         let made = (|| {
             let mirror =

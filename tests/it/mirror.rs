@@ -570,3 +570,31 @@ idle_poll_ms = 100
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn what_a_killed_process_left_half_made_is_cleared() {
+    let gh = GithubStandIn::start(TOKEN).await;
+    let bare = gh.create_repo(REPO, &[("a.txt", "a\n")]);
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("mirrors");
+    let cache = MirrorCache::new(&root, u64::MAX);
+    let u = url(&gh, REPO);
+    let mirror = cache.mirror_path(&u);
+    // A mirror clone killed half way, before the first use.
+    let half = mirror.with_extension("tmp");
+    std::fs::create_dir_all(half.join("objects")).unwrap();
+    std::fs::write(half.join("objects/junk"), "x").unwrap();
+    ws(&cache, &u, &tmp.path().join("w0"), &[]).await;
+    assert!(!half.exists());
+    // A seed rebuild killed half way.
+    let seeds = mirror.join("drafter-seeds");
+    let half_seed = seeds.join("0123456789abcdef.tmp");
+    std::fs::create_dir_all(&half_seed).unwrap();
+    std::fs::write(half_seed.join("base"), "main").unwrap();
+    let head = commit_upstream(&bare, "main", "b.txt", "b\n");
+    let (r, used) = ws(&cache, &u, &tmp.path().join("w1"), &[]).await;
+    assert!(used.fetched && !used.repaired, "{used:?}");
+    assert_eq!(head_of(&r), head);
+    assert!(!half_seed.exists());
+    assert_eq!(std::fs::read_dir(&seeds).unwrap().count(), 1);
+}

@@ -168,6 +168,11 @@ pub(super) fn update_seeds(
     if all {
         if let Ok(entries) = fs::read_dir(dir.join(SEEDS_DIR)) {
             for e in entries.flatten() {
+                if e.path().extension().is_some_and(|x| x == "tmp") {
+                    // Left by a process killed while rebuilding a seed (the exclusive lock is held).
+                    let _ = fs::remove_dir_all(e.path());
+                    continue;
+                }
                 match read_text(&e.path().join("base")) {
                     Some(b) if b != base => bases.push(b),
                     Some(_) => {}
@@ -212,7 +217,7 @@ fn update_seed(mirror: &Repository, dir: &Path, base: &str) -> Result<(), RepoEr
         .filter(|h| packs < MAX_SEED_PACKS && mirror.graph_descendant_of(tip, *h).unwrap_or(false));
     let target = match forward {
         Some(_) => seed.clone(),
-        None => seed.with_extension(format!("tmp-{}", std::process::id())),
+        None => seed.with_extension("tmp"),
     };
     if forward.is_none() {
         let _ = fs::remove_dir_all(&target);
