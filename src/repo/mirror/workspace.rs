@@ -190,6 +190,33 @@ pub(super) fn update_seeds(
     Ok(())
 }
 
+/// Makes the mirror's one pack (a first fetch of `base` alone) the seed of `base`: it holds exactly what the branch
+/// reaches. Nothing when the mirror holds another number of packs.
+pub(super) fn adopt_first_pack(
+    mirror: &Repository,
+    dir: &Path,
+    base: &str,
+) -> Result<(), RepoError> {
+    let tip = match mirror.refname_to_id(&format!("refs/heads/{base}")) {
+        Ok(tip) => tip,
+        Err(_) => return Ok(()),
+    };
+    let packs = pack_files(dir);
+    let [pack] = packs.as_slice() else {
+        return Ok(());
+    };
+    let seed = seed_dir(dir, base);
+    fs::create_dir_all(&seed).map_err(io("creating a seed", &seed))?;
+    for file in [pack.clone(), pack.with_extension("idx")] {
+        let name = file.file_name().unwrap_or_default();
+        let dst = seed.join(name);
+        fs::copy(&file, &dst).map_err(io("creating a seed", &dst))?;
+    }
+    write_text(&seed.join("base"), base);
+    write_text(&seed.join("tip"), &tip.to_string());
+    Ok(())
+}
+
 /// One seed: nothing when it is at the tip; a pack of the new objects when the branch moved forward; rebuilt
 /// (made beside it, then renamed into place) when it is new, was force-pushed, or has too many packs.
 fn update_seed(mirror: &Repository, dir: &Path, base: &str) -> Result<(), RepoError> {
