@@ -4,10 +4,12 @@
 //! targets they are held to, and a person reads them. One file per part, each a subcommand of `drafter bench`:
 //! - [`sandbox`] (the default): container start-up and tool-call round trips against the Docker CLI;
 //! - [`queue`]: enqueue -> claim -> complete throughput of the job queue, SQLite and PostgreSQL, with every job
-//!   counted afterwards (none lost, none run twice).
+//!   counted afterwards (none lost, none run twice);
+//! - [`clone`]: workspace-ready time of a plain clone over HTTP against one made from a warm mirror.
 //!
 //! Shared here: a row of latency samples ([`Row`]) and the error type.
 
+pub mod clone;
 pub mod queue;
 pub mod sandbox;
 

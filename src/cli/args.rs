@@ -234,6 +234,25 @@ pub enum BenchPart {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Workspace-ready time: a plain clone over HTTP against one made from a warm mirror
+    ///
+    /// Generates a repository (`git fast-import`), serves it over smart HTTP (`git http-backend` on 127.0.0.1,
+    /// token by HTTP Basic) and times, from nothing to a checked-out workspace, a plain clone and a workspace made
+    /// from the mirror cache (`[repo] mirror = true`: fetch of the warm mirror, then a local copy and checkout).
+    Clone {
+        /// Files at the tip of the generated repository.
+        #[arg(long, default_value_t = 20_000)]
+        files: usize,
+        /// Commits in its history.
+        #[arg(long, default_value_t = 2_000)]
+        commits: usize,
+        /// Timed workspaces per path.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Where to work (default: the system's temporary directory).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// One worker process of `bench queue` (started by it; reads its orders on stdin)
     #[command(hide = true)]
     QueueWorker,

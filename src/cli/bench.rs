@@ -18,6 +18,12 @@ pub async fn bench(part: Option<BenchPart>, sandbox: SandboxBenchArgs) -> anyhow
             postgres,
             dir,
         }) => queue_bench(jobs, workers, postgres.as_deref(), dir.as_deref()).await,
+        Some(BenchPart::Clone {
+            files,
+            commits,
+            runs,
+            dir,
+        }) => clone_bench(files, commits, runs, dir).await,
         Some(BenchPart::QueueWorker) => {
             let stdin = tokio::io::BufReader::new(tokio::io::stdin());
             drafter::bench::queue::worker(stdin, tokio::io::stdout()).await?;
@@ -79,6 +85,30 @@ async fn queue_bench(
     }
     print!("{}", report.render());
     Ok(if report.rows.iter().all(|r| r.count.exact()) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+async fn clone_bench(
+    files: usize,
+    commits: usize,
+    runs: usize,
+    dir: Option<std::path::PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    let opts = drafter::bench::clone::CloneOptions {
+        files,
+        commits,
+        runs,
+        dir,
+    };
+    eprintln!(
+        "drafter bench clone: {files} files, {commits} commits, {runs} runs per path (generating takes a while)"
+    );
+    let report = drafter::bench::clone::run(&opts).await?;
+    print!("{}", report.render());
+    Ok(if report.met() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

@@ -426,6 +426,7 @@ impl Ctx<'_> {
                 raw.serve.delivery_retention_days,
             ),
             ("poll.interval_secs", raw.poll.interval_secs),
+            ("repo.mirror_max_bytes", raw.repo.mirror_max_bytes),
         ] {
             if value == 0 {
                 self.invalid(key, "must be at least 1");
@@ -662,6 +663,15 @@ impl Ctx<'_> {
                 require_signature: raw.policy.require_signature,
                 trusted_keys: raw.policy.trusted_keys,
                 pin_hash: raw.policy.pin_hash,
+            },
+            repo: CloneConfig {
+                mirror: raw.repo.mirror,
+                // Relative paths are taken as written, like data_dir; the default follows data_dir.
+                mirror_dir: raw
+                    .repo
+                    .mirror_dir
+                    .unwrap_or_else(|| raw.data_dir.join("mirrors")),
+                mirror_max_bytes: raw.repo.mirror_max_bytes,
             },
             data_dir: raw.data_dir,
             projects,

@@ -83,6 +83,8 @@ impl Parts {
             ("serve", Some(_)) => Parts::SERVE,
             ("serve", None) => Parts::QUEUE.or(Parts::SERVE).or(Parts::WEBHOOKS),
             ("poll", _) => Parts::POLL,
+            // Only the commands that clone (run, serve) read it.
+            ("repo", _) => Parts::GITHUB,
             _ => Parts::ALL,
         }
     }

@@ -34,6 +34,29 @@ pub(super) struct RawConfig {
     pub(super) poll: RawPoll,
     #[serde(default)]
     pub(super) policy: RawPolicyConfig,
+    #[serde(default)]
+    pub(super) repo: RawRepo,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawRepo {
+    pub(super) mirror: bool,
+    pub(super) mirror_dir: Option<PathBuf>,
+    pub(super) mirror_max_bytes: u64,
+}
+
+/// Default bound on the mirror cache: 10 GiB.
+pub(super) const DEFAULT_MIRROR_MAX_BYTES: u64 = 10 << 30;
+
+impl Default for RawRepo {
+    fn default() -> Self {
+        RawRepo {
+            mirror: true,
+            mirror_dir: None,
+            mirror_max_bytes: DEFAULT_MIRROR_MAX_BYTES,
+        }
+    }
 }
 
 #[derive(Deserialize, Default)]

@@ -37,6 +37,20 @@ pub struct Config {
     pub poll: PollConfig,
     /// Where the policy lives and what the runner demands of it (signature, pinned hash).
     pub policy: PolicyConfig,
+    /// How jobs get their clone: through a local mirror of each repository (`[repo]`).
+    pub repo: CloneConfig,
+}
+
+/// `[repo]`: how a job's workspace is cloned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloneConfig {
+    /// Keep a bare mirror per repository and make workspaces from it (`mirror`, default on); off, every job
+    /// clones from the forge.
+    pub mirror: bool,
+    /// Where the mirrors live (`mirror_dir`, default `<data_dir>/mirrors`).
+    pub mirror_dir: PathBuf,
+    /// Bound on the mirrors' total size (`mirror_max_bytes`, default 10 GiB): least recently used ones go first.
+    pub mirror_max_bytes: u64,
 }
 
 /// The runner's demands on its policy (see [`crate::policy`]).

@@ -323,6 +323,34 @@ fn delivery_retention_is_configurable_and_at_least_a_day() {
     assert!(err.contains("serve.delivery_retention_days"), "{err}");
 }
 
+#[test]
+fn mirror_cache_defaults_on_under_the_data_dir_and_is_bounded() {
+    let c = Config::from_toml(GOOD, Path::new("d.toml"), &env).unwrap();
+    assert_eq!(
+        c.repo,
+        CloneConfig {
+            mirror: true,
+            mirror_dir: PathBuf::from("/var/lib/drafter/mirrors"),
+            mirror_max_bytes: 10 << 30,
+        }
+    );
+    let text = format!(
+        "{GOOD}\n[repo]\nmirror = false\nmirror_dir = \"/srv/m\"\nmirror_max_bytes = 1000\n"
+    );
+    let c = Config::from_toml(&text, Path::new("d.toml"), &env).unwrap();
+    assert_eq!(
+        (c.repo.mirror, c.repo.mirror_dir, c.repo.mirror_max_bytes),
+        (false, PathBuf::from("/srv/m"), 1000)
+    );
+    for bad in ["mirror_max_bytes = 0", "mirrors = true"] {
+        let text = format!("{GOOD}\n[repo]\n{bad}\n");
+        let err = Config::from_toml(&text, Path::new("d.toml"), &env)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("repo.mirror"), "{bad}: {err}");
+    }
+}
+
 #[cfg(test)]
 mod example_file {
     use super::*;

@@ -33,9 +33,11 @@ use git2::{
 use crate::config::{CommitIdentity, Secret};
 
 pub mod diff;
+mod mirror;
 mod remote;
 
 pub use diff::{changed_files, changed_files_at, diff_digest};
+pub use mirror::{MirrorCache, MirrorUse};
 pub use remote::{clone, clone_with, push, refresh_remote_branch};
 
 /// Prefix of every branch drafter creates, so humans and branch rules can recognise (and restrict) them.
@@ -105,6 +107,14 @@ pub enum RepoError {
         branch: String,
         /// The server's reason, as it sent it.
         message: String,
+    },
+    /// A local file operation failed (the mirror cache: its directory, locks, copying its objects).
+    #[error("{context}: {source}")]
+    Io {
+        /// What drafter was doing.
+        context: String,
+        /// The error.
+        source: std::io::Error,
     },
     /// Any other libgit2 failure, with what was being done.
     #[error("git: {context}: {message}")]

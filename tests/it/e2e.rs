@@ -280,6 +280,28 @@ async fn ticket_to_draft_pr(provider: &'static str, flavor: Flavor) {
         &std::fs::read_to_string(dir.join("job.json")).expect("job.json"),
     );
     assert_no_container(&job_id).await;
+
+    // The workspace came from the repository's mirror ([repo] mirror is on by default), which holds no secret.
+    assert!(log.contains("workspace made from the mirror"), "{log}");
+    let mirrors: Vec<_> = std::fs::read_dir(stack.data_dir().join("mirrors"))
+        .expect("mirror directory")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "git"))
+        .collect();
+    assert_eq!(mirrors.len(), 1, "{mirrors:?}");
+    let mut stack_of_dirs = mirrors.clone();
+    while let Some(d) = stack_of_dirs.pop() {
+        for e in std::fs::read_dir(&d).expect("read").filter_map(Result::ok) {
+            let p = e.path();
+            if p.is_dir() {
+                stack_of_dirs.push(p);
+            } else {
+                let bytes = std::fs::read(&p).expect("read");
+                assert_no_secret(&p.display().to_string(), &String::from_utf8_lossy(&bytes));
+            }
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -14,6 +14,7 @@ mod fork;
 mod github_app;
 mod jira;
 mod merge_preflight;
+mod mirror;
 mod model;
 mod panel;
 mod policy;

@@ -2,8 +2,8 @@
 
 use std::path::PathBuf;
 
-use crate::config::Secret;
-use crate::repo::{self, RepoError};
+use crate::config::{CloneConfig, Secret};
+use crate::repo::{self, MirrorCache, RepoError};
 
 use super::super::error::JobError;
 use super::blocking;
@@ -15,31 +15,64 @@ pub(crate) fn scratch() -> std::io::Result<(tempfile::TempDir, PathBuf)> {
     Ok((scratch, ws))
 }
 
-/// Clones `url` at `base` into `ws` and checks out the job's branch: the repository, the branch, and whether it
-/// already holds this job's pushed work (then it is checked out as pushed, not created). In fork mode `fork_url`
-/// is where the job's branches live: the candidates are looked up there, not upstream.
+/// The mirror cache `[repo]` configures, if mirrors are on.
+pub(crate) fn mirrors(cfg: &CloneConfig) -> Option<MirrorCache> {
+    cfg.mirror
+        .then(|| MirrorCache::new(&cfg.mirror_dir, cfg.mirror_max_bytes))
+}
+
+/// Where a job's repository comes from.
+pub(crate) struct Source {
+    /// The repository's clone URL.
+    pub(crate) url: String,
+    /// Fork mode: the fork's clone URL, where the job's branches live.
+    pub(crate) fork_url: Option<String>,
+    /// The base branch.
+    pub(crate) base: String,
+}
+
+/// Clones the source's `url` at its `base` into `ws` (from the repository's mirror when `mirrors` is on) and checks
+/// out the job's branch: the repository, the branch, and whether it already holds this job's pushed work (then it is
+/// checked out as pushed, not created). In fork mode the candidates are looked up in the fork, not upstream.
 pub(crate) async fn clone(
-    url: String,
-    fork_url: Option<String>,
+    Source {
+        url,
+        fork_url,
+        base,
+    }: Source,
     ws: PathBuf,
-    base: String,
     token: Secret,
     preferred: String,
     job_id: String,
+    mirrors: Option<MirrorCache>,
 ) -> Result<(git2::Repository, String, bool), JobError> {
+    // spawn_blocking does not carry the span: the mirror's log lines keep the job id this way.
+    let span = tracing::Span::current();
     blocking(move || {
+        let _entered = span.enter();
         let candidates = candidates(&preferred, &job_id);
-        let r = match &fork_url {
-            None => repo::clone_with(&url, &ws, &base, &candidates, &token)?,
-            Some(fork_url) => {
-                let r = repo::clone_with(&url, &ws, &base, &[], &token)?;
-                // Into `refs/remotes/origin/`, where `choose_branch` and a reused attempt read them.
-                for c in &candidates {
-                    repo::refresh_remote_branch(&r, fork_url, c, &token)?;
-                }
+        // In fork mode upstream has none of the job's branches: the clone takes the base, the fork the candidates.
+        let from_origin: &[String] = if fork_url.is_some() { &[] } else { &candidates };
+        let r = match &mirrors {
+            Some(cache) => {
+                let (r, used) = cache.clone_with(&url, &ws, &base, from_origin, &token)?;
+                tracing::info!(
+                    cloned = used.cloned,
+                    fetched = used.fetched,
+                    coalesced = used.coalesced,
+                    repaired = used.repaired,
+                    "workspace made from the mirror"
+                );
                 r
             }
+            None => repo::clone_with(&url, &ws, &base, from_origin, &token)?,
         };
+        if let Some(fork_url) = &fork_url {
+            // Into `refs/remotes/origin/`, where `choose_branch` and a reused attempt read them.
+            for c in &candidates {
+                repo::refresh_remote_branch(&r, fork_url, c, &token)?;
+            }
+        }
         let (branch, reused) = choose_branch(&r, candidates, &job_id)?;
         if reused {
             repo::checkout_remote_branch(&r, &branch)?;

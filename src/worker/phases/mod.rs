@@ -78,13 +78,16 @@ pub(crate) async fn pipeline(
     // start-up. If the clone fails, or an earlier attempt already pushed (no agent run), the container goes again.
     let egress = decide::egress_rules(config, spec, &grant);
     let cloning = clone::clone(
-        url.clone(),
-        (push_url != url).then(|| push_url.clone()),
+        clone::Source {
+            url: url.clone(),
+            fork_url: (push_url != url).then(|| push_url.clone()),
+            base: repo_cfg.base.clone(),
+        },
         ws.clone(),
-        repo_cfg.base.clone(),
         github.token().clone(),
         repo::branch_name(&ticket.key, &ticket.summary),
         job.id().to_string(),
+        clone::mirrors(&config.repo),
     );
     let (cloned, started) = tokio::join!(
         cloning,
