@@ -208,6 +208,37 @@ pub trait Executor: Send + Sync {
     async fn unpack(&self, _tar: Vec<u8>) -> Result<bool, SandboxError> {
         Ok(false)
     }
+    /// Sends the workspace as one tar stream (`.git` left out, see [`crate::sandboxd::proto::Op::Pack`]) in pieces
+    /// into `sink`, asking the other side to stop past `max_bytes` of file content (hard links counted as copies)
+    /// or `max_entries` names, and giving up after `within`. [`Packed::Unsupported`] when this transport cannot
+    /// (the caller then downloads through the Docker archive API). The pieces are untrusted: the receiver checks
+    /// every entry and every budget again.
+    async fn pack(
+        &self,
+        _max_bytes: u64,
+        _max_entries: u64,
+        _within: Duration,
+        _sink: tokio::sync::mpsc::Sender<Bytes>,
+    ) -> Result<Packed, SandboxError> {
+        Ok(Packed::Unsupported)
+    }
+}
+
+/// How [`Executor::pack`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Packed {
+    /// The whole tar was sent.
+    Done,
+    /// The transport has no such operation.
+    Unsupported,
+    /// The other side stopped: more file bytes than allowed.
+    OverBytes,
+    /// The other side stopped: more entries than allowed.
+    OverEntries,
+    /// Not done in time (the connection is given up).
+    OverTime,
+    /// The receiver stopped reading (it refused an entry; its own error says why).
+    Abandoned,
 }
 
 /// `s` as one single-quoted shell word.

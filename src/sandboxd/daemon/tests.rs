@@ -408,3 +408,174 @@ fn serve_answers_in_order_and_stops_on_a_bad_frame() {
     let mut output = Vec::new();
     assert!(serve(&cfg, io::Cursor::new(input), &mut output).is_err());
 }
+
+/// Serves one `pack` request; returns the tar the chunks carried and the closing reply.
+fn pack_over_serve(cfg: &DaemonConfig, max_bytes: u64, max_entries: u64) -> (Vec<u8>, Reply) {
+    let input = encode(
+        &Request {
+            id: 9,
+            op: Op::Pack {
+                max_bytes,
+                max_entries,
+            },
+        },
+        b"",
+    )
+    .unwrap();
+    let mut output = Vec::new();
+    serve(cfg, io::Cursor::new(input), &mut output).unwrap();
+    let mut cur = io::Cursor::new(output);
+    let mut tar = Vec::new();
+    loop {
+        let (resp, body) = read_frame::<Response>(&mut cur).unwrap().unwrap();
+        assert_eq!(resp.id, 9);
+        match resp.reply {
+            Reply::Chunk => {
+                assert!(body.len() <= crate::sandboxd::proto::PACK_CHUNK);
+                tar.extend(body);
+            }
+            other => {
+                assert!(read_frame::<Response>(&mut cur).unwrap().is_none());
+                return (tar, other);
+            }
+        }
+    }
+}
+
+/// `(type, path, link target or size)` per entry.
+fn tar_entries(tar: &[u8]) -> Vec<(char, String, String)> {
+    let mut archive = tar::Archive::new(tar);
+    archive
+        .entries()
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let path = e.path().unwrap().display().to_string();
+            let kind = e.header().entry_type();
+            let link = e.link_name().unwrap().map(|l| l.display().to_string());
+            match kind {
+                tar::EntryType::Directory => ('d', path, String::new()),
+                tar::EntryType::Regular => ('f', path, e.size().to_string()),
+                tar::EntryType::Symlink => ('l', path, link.unwrap()),
+                tar::EntryType::Link => ('h', path, link.unwrap()),
+                other => panic!("unexpected entry type {other:?}"),
+            }
+        })
+        .collect()
+}
+
+/// A hostile workspace going out: links to the executor's own secrets are sent as links, never followed (neither as
+/// a file nor as a directory); a fifo is skipped without blocking; `.git` stays in; a second name of a file is a
+/// hard-link entry (the host copies it, counted); a huge sparse file and an entry flood are refused before they are
+/// read.
+#[test]
+fn pack_sends_links_as_links_and_stops_at_its_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let ws = dir.path();
+    let cfg = cfg(ws);
+    std::fs::create_dir_all(ws.join("src/deep")).unwrap();
+    std::fs::write(ws.join("src/deep/a.rs"), b"fn a() {}").unwrap();
+    std::fs::write(ws.join("README"), b"hello").unwrap();
+    std::fs::hard_link(ws.join("README"), ws.join("README.copy")).unwrap();
+    std::os::unix::fs::symlink("/etc/shadow", ws.join("shadow")).unwrap();
+    std::os::unix::fs::symlink("/", ws.join("root")).unwrap();
+    std::fs::create_dir_all(ws.join(".git/hooks")).unwrap();
+    std::fs::write(ws.join(".git/hooks/pre-commit"), b"evil").unwrap();
+    std::fs::create_dir_all(ws.join("sub/.GIT")).unwrap();
+    let fifo = CString::new(ws.join("fifo").as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+
+    let (tar, end) = pack_over_serve(&cfg, 1 << 20, 1000);
+    assert!(
+        matches!(
+            end,
+            Reply::Packed {
+                entries: 9,
+                bytes: 19
+            }
+        ),
+        "{end:?}"
+    );
+    assert_eq!(
+        tar_entries(&tar),
+        [
+            ('f', "workspace/README", "5"),
+            ('h', "workspace/README.copy", "workspace/README"),
+            ('l', "workspace/root", "/"),
+            ('l', "workspace/shadow", "/etc/shadow"),
+            ('d', "workspace/src", ""),
+            ('d', "workspace/src/deep", ""),
+            ('f', "workspace/src/deep/a.rs", "9"),
+            ('d', "workspace/sub", ""),
+        ]
+        .map(|(k, p, l)| (k, p.to_string(), l.to_string()))
+    );
+
+    // A terabyte of holes: refused on its length, before a byte is read.
+    std::fs::File::create(ws.join("huge"))
+        .unwrap()
+        .set_len(1 << 40)
+        .unwrap();
+    let t = Instant::now();
+    let (_, end) = pack_over_serve(&cfg, 1 << 30, 1000);
+    assert!(
+        matches!(
+            end,
+            Reply::Error {
+                kind: ErrorKind::TooLarge,
+                ..
+            }
+        ),
+        "{end:?}"
+    );
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    std::fs::remove_file(ws.join("huge")).unwrap();
+    // Each hard link costs its copy: the file is 5 bytes, its second name 5 more.
+    let (_, end) = pack_over_serve(&cfg, 17, 1000);
+    assert!(
+        matches!(
+            end,
+            Reply::Error {
+                kind: ErrorKind::TooLarge,
+                ..
+            }
+        ),
+        "{end:?}"
+    );
+
+    // An entry flood stops at the limit, without listing the whole directory.
+    std::fs::create_dir(ws.join("flood")).unwrap();
+    for i in 0..500 {
+        std::fs::write(ws.join(format!("flood/{i}")), b"").unwrap();
+    }
+    let (_, end) = pack_over_serve(&cfg, 1 << 20, 100);
+    assert!(
+        matches!(
+            end,
+            Reply::Error {
+                kind: ErrorKind::TooMany,
+                ..
+            }
+        ),
+        "{end:?}"
+    );
+    // Many chunks for a big file, reassembled exactly.
+    std::fs::remove_dir_all(ws.join("flood")).unwrap();
+    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(ws.join("big"), &big).unwrap();
+    let (tar, end) = pack_over_serve(&cfg, 1 << 30, 1000);
+    assert!(matches!(end, Reply::Packed { .. }), "{end:?}");
+    let mut archive = tar::Archive::new(&tar[..]);
+    let mut found = false;
+    for e in archive.entries().unwrap() {
+        let mut e = e.unwrap();
+        if e.path().unwrap() == Path::new("workspace/big") {
+            let mut got = Vec::new();
+            e.read_to_end(&mut got).unwrap();
+            assert!(got == big);
+            found = true;
+        }
+    }
+    assert!(found);
+}
