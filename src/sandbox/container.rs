@@ -5,7 +5,8 @@ use super::*;
 /// Where a container's start-up time went (for `drafter bench` and the logs).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct StartTimings {
-    /// Taken from the warm pool (then only `ready` is set: the take, the liveness check and the rename).
+    /// Taken from the warm pool (then only `ready` (the take, the liveness check and the rename), `check` and
+    /// `rename` are set).
     pub warm: bool,
     /// The create request.
     pub create: Duration,
@@ -15,6 +16,10 @@ pub struct StartTimings {
     pub start: Duration,
     /// Until the executor answered its first ping (or, warm, until the container was the job's).
     pub ready: Duration,
+    /// Warm: the liveness check of the taken container.
+    pub check: Duration,
+    /// Warm: renaming it for the job.
+    pub rename: Duration,
 }
 
 /// A running job container. Remove it with [`Container::remove`]; dropping it also removes it, in the background.

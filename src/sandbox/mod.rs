@@ -18,7 +18,10 @@
 //! [`Container::download_workspace`]) so a remote `DOCKER_HOST` works and nothing on the host is shared with the
 //! container. The daemon refuses archive uploads into a read-only root filesystem unless the target is a volume,
 //! and archive uploads into a tmpfs do not work at all; so `/workspace` is an anonymous volume created with the
-//! container and removed with it (`v=true`).
+//! container and removed with it (`v=true`). A tmpfs would also hold the workspace in the container's memory (its
+//! limit is the disk limit's concern, measured by the executor, not the memory's). With the executor, the volume is
+//! mounted `nocopy`: Docker would otherwise copy the image's empty `/workspace` into it with a helper process per
+//! container; the executor hands the fresh (root's) directory to the agent at start instead.
 //!
 //! # Why the downloaded `.git` is ignored
 //! Everything the container wrote is untrusted. A `.git/` written inside it could plant hooks or config that run on
@@ -531,8 +534,10 @@ impl Sandbox {
             tracing::warn!(error = %e, "a pooled container stopped answering; starting a fresh one");
             return Ok(None);
         }
+        container.timings.check = t.elapsed();
         warm::claim(&self.docker, &container.id, name).await?;
         container.timings.ready = t.elapsed();
+        container.timings.rename = container.timings.ready - container.timings.check;
         Ok(Some(container))
     }
 

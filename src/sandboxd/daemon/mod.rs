@@ -32,7 +32,7 @@
 
 use std::fs::OpenOptions;
 use std::io::{self, Read, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Component, Path, PathBuf};
@@ -556,7 +556,13 @@ pub fn main_with_args(args: impl IntoIterator<Item = String>) -> Result<(), Stri
         workspace_limit,
     };
     let stdin = io::stdin().lock();
-    let stdout = io::stdout().lock();
+    // The raw descriptor, not `io::stdout()`: that one is line-buffered and would split a frame at its last newline
+    // into two writes (two chunks for Docker to relay); a frame is written whole and needs no buffer.
+    let stdout = io::stdout()
+        .as_fd()
+        .try_clone_to_owned()
+        .map(std::fs::File::from)
+        .map_err(|e| format!("stdout: {e}"))?;
     serve(&cfg, io::BufReader::new(stdin), stdout).map_err(|e| e.to_string())
 }
 
