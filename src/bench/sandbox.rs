@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use super::{ms, BenchError, Row};
 use crate::config::{SandboxConfig, Transport};
-use crate::sandbox::{Container, Executor, Sandbox};
+use crate::sandbox::{self, Container, Executor, Sandbox, LABEL_OWNER_HOST, LABEL_OWNER_PID};
 
 /// What to measure and how often.
 #[derive(Debug, Clone)]
@@ -110,12 +110,14 @@ fn bench_job(tag: &str, i: usize) -> String {
     format!("bench-{}-{tag}-{i}", std::process::id())
 }
 
-/// The same hardening drafter applies, as `docker run` flags (the docker-exec layout: a sleeping keeper).
+/// The same hardening drafter applies, as `docker run` flags (the docker-exec layout: a sleeping keeper). `owner` are
+/// the owner labels, so another runner's orphan sweep on the same daemon leaves the container alone.
 fn cli_run_args<'a>(
     cfg: &'a SandboxConfig,
     name: &'a str,
     mem: &'a str,
     pids: &'a str,
+    owner: &'a [String; 2],
 ) -> Vec<&'a str> {
     vec![
         "run",
@@ -124,6 +126,10 @@ fn cli_run_args<'a>(
         name,
         "--label",
         "drafter.managed=true",
+        "--label",
+        &owner[0],
+        "--label",
+        &owner[1],
         "--network",
         "none",
         "--read-only",
@@ -239,11 +245,15 @@ pub async fn run(cfg: &SandboxConfig, opts: &BenchOptions) -> Result<Report, Ben
     let mem = format!("{}m", cfg.memory_mb);
     let pids = cfg.pids_limit.to_string();
     let src = format!("{}/.", ws.path().display());
+    let owner = [
+        format!("{LABEL_OWNER_HOST}={}", sandbox::host_name()),
+        format!("{LABEL_OWNER_PID}={}", std::process::id()),
+    ];
     let mut samples = Vec::new();
     for i in 0..opts.starts {
         let name = format!("drafter-{}", bench_job("cli", i));
         let t = Instant::now();
-        cli(&cli_run_args(cfg, &name, &mem, &pids))?;
+        cli(&cli_run_args(cfg, &name, &mem, &pids, &owner))?;
         cli(&["cp", &src, &format!("{name}:/workspace")])?;
         samples.push(t.elapsed());
         cli(&["rm", "-f", "-v", &name])?;

@@ -74,6 +74,7 @@ impl Container {
         }
         if self.executor.name() == "sandboxd" {
             let root = src.to_path_buf();
+            let t = Instant::now();
             let packed = tokio::task::spawn_blocking(move || {
                 let mut buf = archive::CappedVec::new(UNPACK_MAX);
                 write_dir_tar(&root, &mut buf).map(|()| buf.into_inner())
@@ -82,7 +83,9 @@ impl Container {
             .map_err(|e| SandboxError::Exec(format!("tar task failed: {e}")))?;
             match packed {
                 Ok(tar) => {
+                    let (size, packed_in) = (tar.len(), t.elapsed());
                     if self.executor.unpack(tar).await? {
+                        tracing::debug!(size, ?packed_in, unpacked_in = ?(t.elapsed() - packed_in), "workspace in");
                         return Ok(());
                     }
                 }

@@ -95,7 +95,7 @@ pub const LABEL_OWNER_HOST: &str = "drafter.owner.host";
 pub const LABEL_OWNER_PID: &str = "drafter.owner.pid";
 
 /// This machine's host name, as recorded in [`LABEL_OWNER_HOST`].
-fn host_name() -> String {
+pub fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_default()

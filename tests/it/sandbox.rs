@@ -269,6 +269,11 @@ async fn workspace_round_trip() {
     std::fs::create_dir_all(d.join("sub/deeper")).unwrap();
     std::fs::write(d.join("sub/deeper/keep.txt"), "keep\n").unwrap();
     std::fs::write(d.join("run.sh"), "#!/bin/sh\necho ran\n").unwrap();
+    // Enough files for the executor to write them from several threads: each must still be the agent's.
+    std::fs::create_dir_all(d.join("many")).unwrap();
+    for i in 0..40 {
+        std::fs::write(d.join(format!("many/f{i}")), format!("{i}\n")).unwrap();
+    }
     {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(d.join("run.sh"), std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -295,6 +300,7 @@ async fn workspace_round_trip() {
         "0"
     );
     assert_eq!(ok(&c, "./run.sh").await, "ran\n");
+    assert_eq!(ok(&c, "cat many/f39").await, "39\n");
     assert_eq!(ok(&c, "git status --porcelain").await, "");
     assert_eq!(ok(&c, "git rev-parse HEAD").await, head_before);
 

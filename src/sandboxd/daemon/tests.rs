@@ -579,3 +579,59 @@ fn pack_sends_links_as_links_and_stops_at_its_limits() {
     }
     assert!(found);
 }
+
+/// Many files are written by several threads; every byte lands, and an archive naming a path twice is refused.
+#[test]
+fn unpack_writes_many_files_and_refuses_a_path_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = cfg(dir.path());
+    let mut b = tar::Builder::new(Vec::new());
+    for d in 0..7 {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_mode(0o755);
+        h.set_size(0);
+        b.append_data(&mut h, format!("d{d}"), io::empty()).unwrap();
+    }
+    for i in 0..100 {
+        let data = format!("file {i}\n").repeat(i);
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mode(0o644);
+        h.set_size(data.len() as u64);
+        b.append_data(&mut h, format!("d{}/f{i}", i % 7), data.as_bytes())
+            .unwrap();
+    }
+    let tar = b.into_inner().unwrap();
+    let (reply, _) = handle(&cfg, Op::Unpack, tar.clone());
+    assert_eq!(reply, Reply::Unpacked { entries: 107 });
+    for i in 0..100 {
+        let got = std::fs::read_to_string(dir.path().join(format!("d{}/f{i}", i % 7))).unwrap();
+        assert_eq!(got, format!("file {i}\n").repeat(i));
+    }
+
+    let mut b = tar::Builder::new(Vec::new());
+    for target in ["/etc", ""] {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(0);
+        h.set_mode(0o644);
+        if target.is_empty() {
+            h.set_entry_type(tar::EntryType::Regular);
+            b.append_data(&mut h, "twice", io::empty()).unwrap();
+        } else {
+            h.set_entry_type(tar::EntryType::Symlink);
+            b.append_link(&mut h, "twice", target).unwrap();
+        }
+    }
+    let (reply, _) = handle(&cfg, Op::Unpack, b.into_inner().unwrap());
+    assert!(
+        matches!(
+            reply,
+            Reply::Error {
+                kind: ErrorKind::BadRequest,
+                ..
+            }
+        ),
+        "{reply:?}"
+    );
+}
