@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use super::{ms, BenchError, Row};
 use crate::config::{SandboxConfig, Transport};
-use crate::sandbox::{Container, Executor, Sandbox};
+use crate::sandbox::{self, Container, Executor, Sandbox, LABEL_OWNER_HOST, LABEL_OWNER_PID};
 
 /// What to measure and how often.
 #[derive(Debug, Clone)]
@@ -110,12 +110,14 @@ fn bench_job(tag: &str, i: usize) -> String {
     format!("bench-{}-{tag}-{i}", std::process::id())
 }
 
-/// The same hardening drafter applies, as `docker run` flags (the docker-exec layout: a sleeping keeper).
+/// The same hardening drafter applies, as `docker run` flags (the docker-exec layout: a sleeping keeper). `owner` are
+/// the owner labels, so another runner's orphan sweep on the same daemon leaves the container alone.
 fn cli_run_args<'a>(
     cfg: &'a SandboxConfig,
     name: &'a str,
     mem: &'a str,
     pids: &'a str,
+    owner: &'a [String; 2],
 ) -> Vec<&'a str> {
     vec![
         "run",
@@ -124,6 +126,10 @@ fn cli_run_args<'a>(
         name,
         "--label",
         "drafter.managed=true",
+        "--label",
+        &owner[0],
+        "--label",
+        &owner[1],
         "--network",
         "none",
         "--read-only",
@@ -205,13 +211,19 @@ pub async fn run(cfg: &SandboxConfig, opts: &BenchOptions) -> Result<Report, Ben
     warm_cfg.pool_size = 1;
     let warm = Sandbox::connect(&warm_cfg).await?;
     let mut samples = Vec::new();
+    let mut warm_phases: [Vec<Duration>; 3] = Default::default();
     for i in 0..opts.starts {
         // Let the pool refill between starts, as it would between jobs.
         warm.wait_pool_full(Duration::from_secs(60)).await;
         let t = Instant::now();
         let c = warm.start(&bench_job("warm", i), "BENCH-1").await?;
+        let u = Instant::now();
         c.upload_dir(ws.path()).await?;
         samples.push(t.elapsed());
+        let st = c.start_timings();
+        for (k, d) in [st.check, st.rename, u.elapsed()].into_iter().enumerate() {
+            warm_phases[k].push(d);
+        }
         c.remove().await?;
     }
     warm.drain_pool().await;
@@ -219,15 +231,29 @@ pub async fn run(cfg: &SandboxConfig, opts: &BenchOptions) -> Result<Report, Ben
         "ready: drafter, warm pool (take, workspace in)",
         samples,
     ));
+    for (name, p) in [
+        "warm phase: take and liveness check (disk usage through the executor)",
+        "warm phase: rename for the job",
+        "warm phase: workspace in",
+    ]
+    .into_iter()
+    .zip(warm_phases)
+    {
+        rows.push(Row::new(name, p));
+    }
 
     let mem = format!("{}m", cfg.memory_mb);
     let pids = cfg.pids_limit.to_string();
     let src = format!("{}/.", ws.path().display());
+    let owner = [
+        format!("{LABEL_OWNER_HOST}={}", sandbox::host_name()),
+        format!("{LABEL_OWNER_PID}={}", std::process::id()),
+    ];
     let mut samples = Vec::new();
     for i in 0..opts.starts {
         let name = format!("drafter-{}", bench_job("cli", i));
         let t = Instant::now();
-        cli(&cli_run_args(cfg, &name, &mem, &pids))?;
+        cli(&cli_run_args(cfg, &name, &mem, &pids, &owner))?;
         cli(&["cp", &src, &format!("{name}:/workspace")])?;
         samples.push(t.elapsed());
         cli(&["rm", "-f", "-v", &name])?;
@@ -240,6 +266,26 @@ pub async fn run(cfg: &SandboxConfig, opts: &BenchOptions) -> Result<Report, Ben
     let result = round_trips(&c, opts.calls, &mut rows).await;
     c.remove().await?;
     result?;
+
+    // ---- workspace out -------------------------------------------------------------------------------------------
+    let mut exec_cfg = sandboxd_cfg.clone();
+    exec_cfg.transport = Transport::DockerExec;
+    let exec_sb = Sandbox::connect(&exec_cfg).await?;
+    for (name, sb) in [
+        (
+            "workspace out: drafter-sandboxd (pack, one tar through the executor)",
+            &cold,
+        ),
+        (
+            "workspace out: Docker archive API (the docker-exec fallback)",
+            &exec_sb,
+        ),
+    ] {
+        let c = sb.start(&bench_job("out", 0), "BENCH-1").await?;
+        let result = workspace_out(&c, ws.path(), opts.starts).await;
+        c.remove().await?;
+        rows.push(Row::new(name, result?));
+    }
 
     let p50 = |prefix: &str| {
         rows.iter()
@@ -257,19 +303,19 @@ pub async fn run(cfg: &SandboxConfig, opts: &BenchOptions) -> Result<Report, Ben
             "ready, warm pool / docker run CLI",
             "ready: drafter, warm",
             "ready: docker run",
-            0.5,
+            0.15,
         ),
         ratio(
             "ready, cold / docker run CLI",
             "ready: drafter, cold",
             "ready: docker run",
-            0.5,
+            0.3,
         ),
         ratio(
             "`true`, executor / docker exec CLI",
             "`true`: drafter-sandboxd",
             "`true`: docker exec CLI",
-            0.1,
+            0.02,
         ),
         ratio(
             "read 1 MB, executor / docker exec CLI",
@@ -279,6 +325,19 @@ pub async fn run(cfg: &SandboxConfig, opts: &BenchOptions) -> Result<Report, Ben
         ),
     ];
     Ok(Report { rows, ratios })
+}
+
+/// `n` times: the workspace out of `c` (which holds `ws`) into a fresh directory.
+async fn workspace_out(c: &Container, ws: &Path, n: usize) -> Result<Vec<Duration>, BenchError> {
+    c.upload_dir(ws).await?;
+    let mut samples = Vec::with_capacity(n);
+    for _ in 0..n {
+        let dest = tempfile::tempdir().map_err(BenchError::Workspace)?;
+        let t = Instant::now();
+        c.download_workspace(dest.path()).await?;
+        samples.push(t.elapsed());
+    }
+    Ok(samples)
 }
 
 async fn round_trips(c: &Container, n: usize, rows: &mut Vec<Row>) -> Result<(), BenchError> {

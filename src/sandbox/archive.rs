@@ -293,7 +293,7 @@ impl ReturnBudget {
         SandboxError::WorkspaceOverBudget { limit }
     }
 
-    fn over_bytes(&self) -> SandboxError {
+    pub(super) fn over_bytes(&self) -> SandboxError {
         let shown = if self.bytes.is_multiple_of(1 << 20) {
             format!("{} MiB", self.bytes >> 20)
         } else {
@@ -304,7 +304,7 @@ impl ReturnBudget {
         ))
     }
 
-    fn over_entries(&self) -> SandboxError {
+    pub(super) fn over_entries(&self) -> SandboxError {
         Self::over(format!("{} archive entries", self.entries))
     }
 

@@ -5,7 +5,8 @@ use super::*;
 /// Where a container's start-up time went (for `drafter bench` and the logs).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct StartTimings {
-    /// Taken from the warm pool (then only `ready` is set: the take, the liveness check and the rename).
+    /// Taken from the warm pool (then only `ready` (the take, the liveness check and the rename), `check` and
+    /// `rename` are set).
     pub warm: bool,
     /// The create request.
     pub create: Duration,
@@ -15,6 +16,10 @@ pub struct StartTimings {
     pub start: Duration,
     /// Until the executor answered its first ping (or, warm, until the container was the job's).
     pub ready: Duration,
+    /// Warm: the liveness check of the taken container.
+    pub check: Duration,
+    /// Warm: renaming it for the job.
+    pub rename: Duration,
 }
 
 /// A running job container. Remove it with [`Container::remove`]; dropping it also removes it, in the background.
@@ -69,6 +74,7 @@ impl Container {
         }
         if self.executor.name() == "sandboxd" {
             let root = src.to_path_buf();
+            let t = Instant::now();
             let packed = tokio::task::spawn_blocking(move || {
                 let mut buf = archive::CappedVec::new(UNPACK_MAX);
                 write_dir_tar(&root, &mut buf).map(|()| buf.into_inner())
@@ -77,7 +83,9 @@ impl Container {
             .map_err(|e| SandboxError::Exec(format!("tar task failed: {e}")))?;
             match packed {
                 Ok(tar) => {
+                    let (size, packed_in) = (tar.len(), t.elapsed());
                     if self.executor.unpack(tar).await? {
+                        tracing::debug!(size, ?packed_in, unpacked_in = ?(t.elapsed() - packed_in), "workspace in");
                         return Ok(());
                     }
                 }
@@ -126,7 +134,9 @@ impl Container {
     /// that are absolute, contain `..`, or would be written through a symlink; symlinks are recreated as links.
     /// Budgeted ([`archive::ReturnBudget`]): past `sandbox.workspace_max_mb` written on the host (hard links are
     /// copies, and count as such), past an entry count or past a time limit it stops with
-    /// [`SandboxError::WorkspaceOverBudget`], having written no more than the budget.
+    /// [`SandboxError::WorkspaceOverBudget`], having written no more than the budget. One tar stream through the
+    /// executor when the transport has one ([`Executor::pack`]), else through the Docker archive API; either way
+    /// the host checks every entry itself.
     pub async fn download_workspace(&self, dest: &Path) -> Result<(), SandboxError> {
         let meta = std::fs::symlink_metadata(dest)
             .map_err(io_err(format!("reading {}", dest.display())))?;
@@ -139,15 +149,44 @@ impl Container {
         clear_except_git(dest)?;
 
         let budget = archive::ReturnBudget::for_limit(self.limits.workspace_limit);
-        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(8);
-        let dest_owned = dest.to_path_buf();
-        let consumer = tokio::task::spawn_blocking(move || {
-            let reader = ChannelReader {
-                rx,
-                current: Bytes::new(),
-            };
-            unpack_workspace(reader, &dest_owned, &budget)
-        });
+        let (tx, consumer) = spawn_unpacker(dest, budget);
+        let within = budget.deadline.saturating_duration_since(Instant::now());
+        let packed = self
+            .executor
+            .pack(budget.bytes, budget.entries, within, tx)
+            .await;
+        // Waiting for the unpacker means nothing is written after this returns; its refusal is the precise one.
+        let unpacked = consumer
+            .await
+            .map_err(|e| SandboxError::Exec(format!("unpack task failed: {e}")))?;
+        let stopped = match packed {
+            Ok(Packed::Unsupported) => return self.download_archive(dest, budget).await,
+            Ok(Packed::Done) => return unpacked,
+            Ok(Packed::OverBytes) => budget.over_bytes(),
+            Ok(Packed::OverEntries) => budget.over_entries(),
+            Ok(Packed::OverTime) => budget.over_time(),
+            Ok(Packed::Abandoned) => {
+                SandboxError::Exec("the workspace unpacker stopped early".into())
+            }
+            Err(e) => e,
+        };
+        match unpacked {
+            // The host's own refusal is the precise one.
+            Err(
+                e @ (SandboxError::WorkspaceOverBudget { .. } | SandboxError::UnsafeArchive { .. }),
+            ) => Err(e),
+            // Else the tar ended early because the executor stopped: its reason is the one.
+            _ => Err(stopped),
+        }
+    }
+
+    /// [`Container::download_workspace`] through the Docker archive API (the `docker-exec` transport).
+    async fn download_archive(
+        &self,
+        dest: &Path,
+        budget: archive::ReturnBudget,
+    ) -> Result<(), SandboxError> {
+        let (tx, consumer) = spawn_unpacker(dest, budget);
         let opts = DownloadFromContainerOptionsBuilder::new()
             .path(WORKSPACE)
             .build();
@@ -276,6 +315,26 @@ impl Drop for Container {
     }
 }
 
+/// A blocking task unpacking the tar that arrives on the returned channel into `dest`, within `budget`.
+fn spawn_unpacker(
+    dest: &Path,
+    budget: archive::ReturnBudget,
+) -> (
+    tokio::sync::mpsc::Sender<Bytes>,
+    tokio::task::JoinHandle<Result<(), SandboxError>>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(8);
+    let dest = dest.to_path_buf();
+    let consumer = tokio::task::spawn_blocking(move || {
+        let reader = ChannelReader {
+            rx,
+            current: Bytes::new(),
+        };
+        unpack_workspace(reader, &dest, &budget)
+    });
+    (tx, consumer)
+}
+
 /// Force-removes a container from a fresh thread, runtime and Docker client, waiting at most 20 s.
 pub(super) fn remove_blocking(id: String, egress_of: Option<String>) {
     let (done_tx, done_rx) = std::sync::mpsc::channel();
@@ -311,5 +370,209 @@ pub(super) fn remove_blocking(id: String, egress_of: Option<String>) {
         Ok(Ok(())) => tracing::info!(container = %id, "sandbox container removed on drop"),
         Ok(Err(e)) => tracing::warn!(container = %id, error = %e, "removal on drop failed"),
         Err(_) => tracing::warn!(container = %id, "removal on drop timed out"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An executor that answers `pack` with whatever tar it was given, ignoring every limit asked of it: what a
+    /// compromised `drafter-sandboxd` could send.
+    struct Hostile(Vec<u8>);
+
+    #[async_trait::async_trait]
+    impl Executor for Hostile {
+        fn name(&self) -> &'static str {
+            "hostile"
+        }
+        async fn exec(
+            &self,
+            _: Vec<String>,
+            _: Vec<u8>,
+            _: Duration,
+        ) -> Result<ExecOutput, SandboxError> {
+            unreachable!()
+        }
+        async fn read_file(&self, _: &str, _: usize) -> Result<Vec<u8>, SandboxError> {
+            unreachable!()
+        }
+        async fn write_file(&self, _: &str, _: &[u8]) -> Result<(), SandboxError> {
+            unreachable!()
+        }
+        async fn list(&self, _: &str, _: u32) -> Result<String, SandboxError> {
+            unreachable!()
+        }
+        async fn search(&self, _: &str, _: &str) -> Result<String, SandboxError> {
+            unreachable!()
+        }
+        async fn disk_usage(&self) -> Result<u64, SandboxError> {
+            unreachable!()
+        }
+        async fn pack(
+            &self,
+            _: u64,
+            _: u64,
+            _: Duration,
+            sink: tokio::sync::mpsc::Sender<Bytes>,
+        ) -> Result<Packed, SandboxError> {
+            for piece in self.0.chunks(700) {
+                if sink.send(Bytes::copy_from_slice(piece)).await.is_err() {
+                    return Ok(Packed::Abandoned);
+                }
+            }
+            Ok(Packed::Done)
+        }
+    }
+
+    fn container(tar: Vec<u8>, workspace_limit: u64) -> Container {
+        Container {
+            // Never used: the lazy client connects on a first request.
+            docker: Docker::connect_with_local_defaults().unwrap(),
+            id: "hostile".into(),
+            job_id: "hostile".into(),
+            limits: ExecLimits {
+                output_cap: 1000,
+                output_limit: 1000,
+                workspace_limit,
+            },
+            executor: Box::new(Hostile(tar)),
+            egress: None,
+            timings: StartTimings::default(),
+            removed: true,
+        }
+    }
+
+    fn entry(
+        b: &mut tar::Builder<Vec<u8>>,
+        kind: tar::EntryType,
+        path: &str,
+        link: &str,
+        data: &[u8],
+    ) {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_mode(0o644);
+        h.set_size(data.len() as u64);
+        if link.is_empty() {
+            b.append_data(&mut h, path, data).unwrap();
+        } else {
+            b.append_link(&mut h, path, link).unwrap();
+        }
+    }
+
+    /// What comes through the executor gets every check the archive API's stream gets: no writing through a
+    /// symlink, no `.git`, no escaping paths, and the byte budget with hard links counted as copies.
+    #[tokio::test]
+    async fn the_host_checks_what_a_hostile_executor_packs() {
+        let outside = tempfile::tempdir().unwrap();
+        let dest = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dest.path().join(".git")).unwrap();
+        std::fs::write(dest.path().join(".git/HEAD"), b"ref: refs/heads/main\n").unwrap();
+
+        // .git is ignored and left as it was; a plain file lands.
+        let mut b = tar::Builder::new(Vec::new());
+        entry(
+            &mut b,
+            tar::EntryType::Regular,
+            "workspace/.git/hooks/pre-commit",
+            "",
+            b"evil",
+        );
+        entry(
+            &mut b,
+            tar::EntryType::Regular,
+            "workspace/sub/.Git/config",
+            "",
+            b"evil",
+        );
+        entry(&mut b, tar::EntryType::Regular, "workspace/ok", "", b"fine");
+        let c = container(b.into_inner().unwrap(), 1 << 20);
+        c.download_workspace(dest.path()).await.unwrap();
+        assert_eq!(std::fs::read(dest.path().join("ok")).unwrap(), b"fine");
+        assert!(!dest.path().join(".git/hooks").exists());
+        assert!(!dest.path().join("sub/.Git").exists());
+        assert_eq!(
+            std::fs::read(dest.path().join(".git/HEAD")).unwrap(),
+            b"ref: refs/heads/main\n"
+        );
+
+        // A symlink out, then a file through it.
+        let mut b = tar::Builder::new(Vec::new());
+        entry(
+            &mut b,
+            tar::EntryType::Symlink,
+            "workspace/out",
+            outside.path().to_str().unwrap(),
+            b"",
+        );
+        entry(
+            &mut b,
+            tar::EntryType::Regular,
+            "workspace/out/pwned",
+            "",
+            b"hi",
+        );
+        let c = container(b.into_inner().unwrap(), 1 << 20);
+        let err = c.download_workspace(dest.path()).await.unwrap_err();
+        assert!(matches!(err, SandboxError::UnsafeArchive { .. }), "{err}");
+        assert!(!outside.path().join("pwned").exists());
+
+        // A hard link to a file outside (by path), and an escaping path.
+        for (kind, path, link) in [
+            (tar::EntryType::Link, "workspace/passwd", "../../etc/passwd"),
+            (tar::EntryType::Regular, "workspace/../../escape", ""),
+        ] {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(kind);
+            h.set_size(0);
+            h.set_mode(0o644);
+            // Raw names: the tar crate's builder refuses `..` itself.
+            let old = h.as_old_mut();
+            old.name[..path.len()].copy_from_slice(path.as_bytes());
+            old.linkname[..link.len()].copy_from_slice(link.as_bytes());
+            h.set_cksum();
+            let mut tar = h.as_bytes().to_vec();
+            tar.extend([0u8; 1024]);
+            let c = container(tar, 1 << 20);
+            let err = c.download_workspace(dest.path()).await.unwrap_err();
+            assert!(
+                matches!(err, SandboxError::UnsafeArchive { .. }),
+                "{path}: {err}"
+            );
+        }
+
+        // An executor ignoring the budget: 50 hard links to a 1000-byte file, for a 10,500-byte workspace. The host
+        // stops at its own budget, having written no more than it.
+        let mut b = tar::Builder::new(Vec::new());
+        entry(
+            &mut b,
+            tar::EntryType::Regular,
+            "workspace/big",
+            "",
+            &[7u8; 1000],
+        );
+        for i in 0..50 {
+            entry(
+                &mut b,
+                tar::EntryType::Link,
+                &format!("workspace/l{i}"),
+                "workspace/big",
+                b"",
+            );
+        }
+        let c = container(b.into_inner().unwrap(), 10_500);
+        let err = c.download_workspace(dest.path()).await.unwrap_err();
+        assert!(
+            matches!(err, SandboxError::WorkspaceOverBudget { .. }),
+            "{err}"
+        );
+        let written: u64 = std::fs::read_dir(dest.path())
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_type().unwrap().is_file())
+            .map(|e| e.metadata().unwrap().len())
+            .sum();
+        assert!(written <= 10_500, "{written}");
     }
 }

@@ -15,8 +15,10 @@ use bollard::Docker;
 use futures_util::{Stream, StreamExt};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
+use bytes::Bytes;
+
 use super::{
-    docker_err, ExecLimits, ExecOutput, Executor, SandboxError, LIST_MAX_ENTRIES,
+    docker_err, ExecLimits, ExecOutput, Executor, Packed, SandboxError, LIST_MAX_ENTRIES,
     SEARCH_MAX_MATCHES,
 };
 use crate::sandboxd::proto::{self, ErrorKind, FrameDecoder, Limit, Op, Reply, Request, Response};
@@ -122,21 +124,23 @@ impl DaemonClient {
         let exchanged = tokio::time::timeout(deadline, exchange(&mut conn, &frame)).await;
         let failure = match exchanged {
             Ok(Ok((resp, body))) if resp.id == id => return Ok((resp.reply, body)),
-            Ok(Ok((resp, _))) => format!(
-                "reply {} to request {id}: the stream is out of step",
-                resp.id
-            ),
+            Ok(Ok((resp, _))) => out_of_step(resp.id, id),
             Ok(Err(e)) => e,
             Err(_) => format!("no answer within {} s", deadline.as_secs()),
         };
+        Err(self.give_up(&conn, failure))
+    }
+
+    /// Marks the connection broken and says why, with the executor's last words.
+    fn give_up(&self, conn: &Conn, failure: String) -> SandboxError {
         self.broken.store(true, Ordering::SeqCst);
         let stderr = String::from_utf8_lossy(&conn.stderr).trim().to_string();
         tracing::warn!(container = %self.container, %failure, executor_stderr = %stderr, "sandbox executor failed");
-        Err(SandboxError::Exec(if stderr.is_empty() {
+        SandboxError::Exec(if stderr.is_empty() {
             format!("sandbox executor: {failure}")
         } else {
             format!("sandbox executor: {failure} (its last words: {stderr})")
-        }))
+        })
     }
 
     /// The executor's refusal as the error the agent maps: model-fixable unless it is an I/O failure. `file` is
@@ -163,8 +167,17 @@ impl DaemonClient {
     }
 }
 
+fn out_of_step(got: u64, sent: u64) -> String {
+    format!("reply {got} to request {sent}: the stream is out of step")
+}
+
 /// Writes the request and reads frames until the reply is complete. Errors are plain text for the caller's log.
 async fn exchange(conn: &mut Conn, frame: &[u8]) -> Result<(Response, Vec<u8>), String> {
+    send(conn, frame).await?;
+    next_reply(conn).await
+}
+
+async fn send(conn: &mut Conn, frame: &[u8]) -> Result<(), String> {
     conn.input
         .write_all(frame)
         .await
@@ -172,7 +185,37 @@ async fn exchange(conn: &mut Conn, frame: &[u8]) -> Result<(Response, Vec<u8>), 
     conn.input
         .flush()
         .await
-        .map_err(|e| format!("writing to its stdin: {e}"))?;
+        .map_err(|e| format!("writing to its stdin: {e}"))
+}
+
+/// `pack`'s conversation: the request, then its chunks into `sink` until the closing reply.
+async fn stream_pack(
+    conn: &mut Conn,
+    frame: &[u8],
+    id: u64,
+    sink: &tokio::sync::mpsc::Sender<Bytes>,
+) -> Result<Result<Packed, (ErrorKind, String)>, String> {
+    send(conn, frame).await?;
+    loop {
+        let (resp, body) = next_reply(conn).await?;
+        if resp.id != id {
+            return Err(out_of_step(resp.id, id));
+        }
+        match resp.reply {
+            Reply::Chunk => {
+                if sink.send(Bytes::from(body)).await.is_err() {
+                    return Ok(Ok(Packed::Abandoned));
+                }
+            }
+            Reply::Packed { .. } => return Ok(Ok(Packed::Done)),
+            Reply::Error { kind, message } => return Ok(Err((kind, message))),
+            other => return Err(format!("an unexpected reply to pack: {other:?}")),
+        }
+    }
+}
+
+/// Reads frames until one reply is complete.
+async fn next_reply(conn: &mut Conn) -> Result<(Response, Vec<u8>), String> {
     loop {
         if let Some(frame) = conn
             .decoder
@@ -295,6 +338,48 @@ impl Executor for DaemonClient {
                 "unpacking the workspace: {message}"
             ))),
             (other, _) => Err(self.unexpected(&other)),
+        }
+    }
+
+    async fn pack(
+        &self,
+        max_bytes: u64,
+        max_entries: u64,
+        within: Duration,
+        sink: tokio::sync::mpsc::Sender<Bytes>,
+    ) -> Result<Packed, SandboxError> {
+        if self.broken.load(Ordering::SeqCst) {
+            return Err(SandboxError::Exec(
+                "the sandbox executor stopped answering earlier in this job".into(),
+            ));
+        }
+        let id = self.next_id.fetch_add(1, Ordering::SeqCst);
+        let op = Op::Pack {
+            max_bytes,
+            max_entries,
+        };
+        let frame = proto::encode(&Request { id, op }, &[])
+            .map_err(|e| SandboxError::Exec(format!("encoding a request: {e}")))?;
+        let mut conn = self.conn.lock().await;
+        let streamed =
+            tokio::time::timeout(within, stream_pack(&mut conn, &frame, id, &sink)).await;
+        match streamed {
+            Ok(Ok(Ok(Packed::Abandoned))) => {
+                // The rest of the tar is still on its way: the stream cannot be used again.
+                let _ = self.give_up(&conn, "the workspace was refused while it came out".into());
+                Ok(Packed::Abandoned)
+            }
+            Ok(Ok(Ok(done))) => Ok(done),
+            Ok(Ok(Err((ErrorKind::TooLarge, _)))) => Ok(Packed::OverBytes),
+            Ok(Ok(Err((ErrorKind::TooMany, _)))) => Ok(Packed::OverEntries),
+            Ok(Ok(Err((_, message)))) => Err(SandboxError::Exec(format!(
+                "bringing the workspace out: {message}"
+            ))),
+            Ok(Err(failure)) => Err(self.give_up(&conn, failure)),
+            Err(_) => {
+                let _ = self.give_up(&conn, format!("pack took over {} s", within.as_secs()));
+                Ok(Packed::OverTime)
+            }
         }
     }
 

@@ -18,7 +18,10 @@
 //! [`Container::download_workspace`]) so a remote `DOCKER_HOST` works and nothing on the host is shared with the
 //! container. The daemon refuses archive uploads into a read-only root filesystem unless the target is a volume,
 //! and archive uploads into a tmpfs do not work at all; so `/workspace` is an anonymous volume created with the
-//! container and removed with it (`v=true`).
+//! container and removed with it (`v=true`). A tmpfs would also hold the workspace in the container's memory (its
+//! limit is the disk limit's concern, measured by the executor, not the memory's). With the executor, the volume is
+//! mounted `nocopy`: Docker would otherwise copy the image's empty `/workspace` into it with a helper process per
+//! container; the executor hands the fresh (root's) directory to the agent at start instead.
 //!
 //! # Why the downloaded `.git` is ignored
 //! Everything the container wrote is untrusted. A `.git/` written inside it could plant hooks or config that run on
@@ -92,7 +95,7 @@ pub const LABEL_OWNER_HOST: &str = "drafter.owner.host";
 pub const LABEL_OWNER_PID: &str = "drafter.owner.pid";
 
 /// This machine's host name, as recorded in [`LABEL_OWNER_HOST`].
-fn host_name() -> String {
+pub fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_default()
@@ -208,6 +211,37 @@ pub trait Executor: Send + Sync {
     async fn unpack(&self, _tar: Vec<u8>) -> Result<bool, SandboxError> {
         Ok(false)
     }
+    /// Sends the workspace as one tar stream (`.git` left out, see [`crate::sandboxd::proto::Op::Pack`]) in pieces
+    /// into `sink`, asking the other side to stop past `max_bytes` of file content (hard links counted as copies)
+    /// or `max_entries` names, and giving up after `within`. [`Packed::Unsupported`] when this transport cannot
+    /// (the caller then downloads through the Docker archive API). The pieces are untrusted: the receiver checks
+    /// every entry and every budget again.
+    async fn pack(
+        &self,
+        _max_bytes: u64,
+        _max_entries: u64,
+        _within: Duration,
+        _sink: tokio::sync::mpsc::Sender<Bytes>,
+    ) -> Result<Packed, SandboxError> {
+        Ok(Packed::Unsupported)
+    }
+}
+
+/// How [`Executor::pack`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Packed {
+    /// The whole tar was sent.
+    Done,
+    /// The transport has no such operation.
+    Unsupported,
+    /// The other side stopped: more file bytes than allowed.
+    OverBytes,
+    /// The other side stopped: more entries than allowed.
+    OverEntries,
+    /// Not done in time (the connection is given up).
+    OverTime,
+    /// The receiver stopped reading (it refused an entry; its own error says why).
+    Abandoned,
 }
 
 /// `s` as one single-quoted shell word.
@@ -500,8 +534,10 @@ impl Sandbox {
             tracing::warn!(error = %e, "a pooled container stopped answering; starting a fresh one");
             return Ok(None);
         }
+        container.timings.check = t.elapsed();
         warm::claim(&self.docker, &container.id, name).await?;
         container.timings.ready = t.elapsed();
+        container.timings.rename = container.timings.ready - container.timings.check;
         Ok(Some(container))
     }
 

@@ -38,7 +38,9 @@ impl Sandbox {
             env: Some(CONTAINER_ENV.iter().map(|s| s.to_string()).collect()),
             user: Some(KEEPER_USER.into()),
             working_dir: Some(WORKSPACE.into()),
-            // An anonymous volume: writable through the archive API despite the read-only rootfs.
+            // An anonymous volume: writable through the archive API despite the read-only rootfs. Docker copies
+            // the image's (empty) `/workspace` into it at create, with a helper process; with an executor the
+            // volume is mounted without that copy instead (below).
             volumes: Some(vec![WORKSPACE.into()]),
             labels: Some(owned_labels([
                 (LABEL_JOB, job_id.to_string()),
@@ -71,15 +73,31 @@ impl Sandbox {
             body.attach_stdout = Some(true);
             body.attach_stderr = Some(true);
             body.tty = Some(false);
-            // SETPCAP only to empty the bounding set at start, after which the executor drops it.
+            // SETPCAP only to empty the bounding set at start, CHOWN only to hand the fresh workspace volume to the
+            // agent; the executor drops both before it serves anything.
             host_config.cap_add = Some(vec![
+                "CHOWN".into(),
                 "SETPCAP".into(),
                 "SETUID".into(),
                 "SETGID".into(),
                 "KILL".into(),
                 "DAC_READ_SEARCH".into(),
             ]);
-            host_config.mounts = Some(vec![executor_mount(volume, true)]);
+            // The workspace as an anonymous volume without the copy-up (`nocopy`): Docker starts no `docker-tar`
+            // process per container for it, and removes it with the container all the same (`v=true`).
+            body.volumes = None;
+            host_config.mounts = Some(vec![
+                Mount {
+                    target: Some(WORKSPACE.into()),
+                    typ: Some(MountType::VOLUME),
+                    volume_options: Some(MountVolumeOptions {
+                        no_copy: Some(true),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+                executor_mount(volume, true),
+            ]);
         }
         body.host_config = Some(host_config);
         body

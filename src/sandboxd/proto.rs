@@ -21,8 +21,11 @@
 //! # Conversation
 //! Strictly one request at a time: the worker sends a request with a fresh `id`, the executor answers with the same
 //! `id`. A reply with another id means the stream is out of step, and the worker gives up on the container.
-//! Requests (`op`): `ping`, `exec`, `read`, `write`, `list`, `search`, `disk_usage`, `unpack`. Replies (`reply`):
-//! `pong`, `exec`, `data`, `written`, `listing`, `usage`, `unpacked`, `error`. See [`Op`] and [`Reply`] for the fields.
+//! Requests (`op`): `ping`, `exec`, `read`, `write`, `list`, `search`, `disk_usage`, `unpack`, `pack`. Replies
+//! (`reply`): `pong`, `exec`, `data`, `written`, `listing`, `usage`, `unpacked`, `chunk`, `packed`, `error`. See
+//! [`Op`] and [`Reply`] for the fields. One exception to one-reply-per-request: `pack` streams the workspace as
+//! any number of `chunk` replies (each a piece of one tar, at most [`PACK_CHUNK`] bytes) closed by one `packed` or
+//! `error` reply, all with the request's id.
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
@@ -30,11 +33,13 @@ use std::io::{self, Read, Write};
 use serde::{Deserialize, Serialize};
 
 /// The protocol version `ping` reports; bumped on any incompatible change.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 /// Largest header accepted (a JSON object; exec argv and env are the big ones).
 pub const MAX_HEADER: u32 = 1 << 20;
 /// Largest body accepted: above every file and output size drafter asks for.
 pub const MAX_BODY: u32 = 64 << 20;
+/// Largest body of a `chunk` reply to `pack`.
+pub const PACK_CHUNK: usize = 1 << 20;
 
 /// A request from the worker.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -109,6 +114,18 @@ pub enum Op {
     /// Unpacks the body, a tar archive, into the workspace as the agent (owner the agent, modes and mtimes kept,
     /// nothing outside the workspace). How the workspace goes in. Answered with [`Reply::Unpacked`].
     Unpack,
+    /// The workspace as one tar stream, how it comes out: paths `workspace/<path>`, any `.git` component left out,
+    /// symlinks as links (never followed), regular files with their bytes, a second name of a file as a hard-link
+    /// entry, directories; fifos, sockets and devices skipped. Answered with [`Reply::Chunk`]s, then
+    /// [`Reply::Packed`], or an error: [`ErrorKind::TooLarge`] when the files (each hard link counted as a copy)
+    /// would pass `max_bytes`, [`ErrorKind::TooMany`] past `max_entries` names. The worker checks every entry
+    /// again: these limits only spare it reading what it would refuse.
+    Pack {
+        /// Bytes of file content, each hard link counted as its own copy.
+        max_bytes: u64,
+        /// Names walked, of every kind.
+        max_entries: u64,
+    },
 }
 
 /// A reply from the executor.
@@ -150,6 +167,15 @@ pub enum Reply {
     Unpacked {
         /// Entries unpacked.
         entries: u64,
+    },
+    /// To [`Op::Pack`]: the body is the next piece of the tar.
+    Chunk,
+    /// To [`Op::Pack`], after its last chunk.
+    Packed {
+        /// Names walked (skipped fifos and the like included).
+        entries: u64,
+        /// File bytes sent (hard links counted as copies).
+        bytes: u64,
     },
     /// To [`Op::DiskUsage`].
     Usage {
@@ -222,6 +248,8 @@ pub enum ErrorKind {
     NotRegularFile,
     /// Larger than the request allows.
     TooLarge,
+    /// More entries than the request allows.
+    TooMany,
     /// The request itself is malformed (an empty argv, a pattern that does not compile).
     BadRequest,
     /// The command could not be started (the pids limit, a missing program).

@@ -162,7 +162,7 @@ EOF"#;
     let text = String::from_utf8_lossy(&inspect.stdout).to_string();
     let expected = format!(
         "none true [ALL] [no-new-privileges] 256 536870912 536870912 1000000000 0:0 /drafter-{job} true DEMO-1 \
-         [SETPCAP SETUID SETGID KILL DAC_READ_SEARCH]"
+         [CHOWN SETPCAP SETUID SETGID KILL DAC_READ_SEARCH]"
     );
     assert_eq!(text.trim(), expected);
 
@@ -269,6 +269,11 @@ async fn workspace_round_trip() {
     std::fs::create_dir_all(d.join("sub/deeper")).unwrap();
     std::fs::write(d.join("sub/deeper/keep.txt"), "keep\n").unwrap();
     std::fs::write(d.join("run.sh"), "#!/bin/sh\necho ran\n").unwrap();
+    // Enough files for the executor to write them from several threads: each must still be the agent's.
+    std::fs::create_dir_all(d.join("many")).unwrap();
+    for i in 0..40 {
+        std::fs::write(d.join(format!("many/f{i}")), format!("{i}\n")).unwrap();
+    }
     {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(d.join("run.sh"), std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -295,6 +300,7 @@ async fn workspace_round_trip() {
         "0"
     );
     assert_eq!(ok(&c, "./run.sh").await, "ran\n");
+    assert_eq!(ok(&c, "cat many/f39").await, "39\n");
     assert_eq!(ok(&c, "git status --porcelain").await, "");
     assert_eq!(ok(&c, "git rev-parse HEAD").await, head_before);
 
@@ -897,6 +903,81 @@ async fn the_returning_workspace_is_budgeted_on_the_host() {
         Err(SandboxError::DiskLimit { limit_mb: 16, .. }) => {}
         other => panic!("expected the disk limit: {other:?}"),
     }
+    c.remove().await.unwrap();
+    assert_no_containers(&sb, &job).await;
+}
+
+/// Issue 15: the workspace comes out through the executor's `pack`, from a hostile workspace. Links to the
+/// executor's secrets and to `/` come back as links (nothing read through them), a fifo neither hangs the executor nor
+/// comes back, a file the agent made unreadable still comes out, and a few huge sparse files and an entry flood stop
+/// with `WorkspaceOverBudget` at once, the host having written no more than its budget.
+#[tokio::test]
+async fn a_hostile_workspace_comes_out_through_the_executor_checked() {
+    let _g = ORPHAN_LOCK.read().await;
+    let mut cfg = config(64 * 1024);
+    cfg.workspace_max_mb = 256;
+    let sb = connect(&cfg).await;
+    let job = job_id("pack");
+    let c = sb.start(&job, "DEMO-15").await.unwrap();
+    ok(
+        &c,
+        "ln -s /etc/shadow shadow && ln -s / rootlink && ln -s /proc/1/environ environ && mkfifo fifo \
+         && mkdir -p d/e && echo deep > d/e/f && echo s > secret && chmod 000 secret \
+         && mkdir .git && echo evil > .git/config",
+    )
+    .await;
+    let dest = tempfile::tempdir().unwrap();
+    let t = Instant::now();
+    c.download_workspace(dest.path()).await.unwrap();
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    let d = dest.path();
+    for (name, target) in [
+        ("shadow", "/etc/shadow"),
+        ("rootlink", "/"),
+        ("environ", "/proc/1/environ"),
+    ] {
+        assert!(std::fs::symlink_metadata(d.join(name))
+            .unwrap()
+            .is_symlink());
+        assert_eq!(std::fs::read_link(d.join(name)).unwrap(), Path::new(target));
+    }
+    assert!(!d.join("fifo").exists());
+    assert!(!d.join(".git").exists());
+    assert_eq!(std::fs::read(d.join("d/e/f")).unwrap(), b"deep\n");
+    assert_eq!(std::fs::read(d.join("secret")).unwrap(), b"s\n");
+    // Only what the workspace holds: nothing of /etc or / came through the links.
+    assert!(bytes_under(d) < 64, "{}", bytes_under(d));
+    // The connection is still in step after a complete pack.
+    assert_eq!(ok(&c, "echo still-here").await, "still-here\n");
+
+    // Three sparse files of 200 MiB: a few blocks in the container, 600 MiB on the host. Refused on their lengths.
+    ok(&c, "for i in 1 2 3; do truncate -s 200M huge$i; done").await;
+    let t = Instant::now();
+    let err = c.download_workspace(dest.path()).await.unwrap_err();
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    assert!(
+        err.to_string().contains("over its limit of 256 MiB"),
+        "{err}"
+    );
+    assert!(bytes_under(dest.path()) <= 256 << 20);
+    c.remove().await.unwrap();
+
+    // An entry flood: 8 MiB allow 10,000 entries.
+    cfg.workspace_max_mb = 8;
+    let sb = connect(&cfg).await;
+    let c = sb.start(&job, "DEMO-15").await.unwrap();
+    ok(&c, "mkdir flood && cd flood && seq 1 10050 | xargs touch").await;
+    let dest = tempfile::tempdir().unwrap();
+    let err = c.download_workspace(dest.path()).await.unwrap_err();
+    assert!(
+        matches!(err, SandboxError::WorkspaceOverBudget { .. }),
+        "{err}"
+    );
+    assert!(
+        err.to_string()
+            .ends_with("over its limit of 10000 archive entries"),
+        "{err}"
+    );
     c.remove().await.unwrap();
     assert_no_containers(&sb, &job).await;
 }

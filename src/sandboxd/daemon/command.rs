@@ -193,14 +193,27 @@ impl Supervisor<'_> {
         let mut exited_at: Option<Instant> = None;
         let mut swept_after_exit = false;
         let mut buf = vec![0u8; 64 * 1024];
+        // Readable once the leader has exited: the poll wakes at the exit itself rather than at the next tick (the
+        // pipe's end-of-file comes first, while the exiting process is not yet reapable). Without pidfds (older
+        // kernels, some sandboxes) the tick notices it.
+        let exit_fd = pidfd(child.id());
         loop {
             // Wait for output or stdin room; a short tick otherwise, to notice the exit and the clock.
-            let tick = if exited_at.is_some() || started.elapsed() < Duration::from_millis(50) {
+            let tick = if exit_fd.is_some() && status.is_none() {
+                20
+            } else if exited_at.is_some() || started.elapsed() < Duration::from_millis(50) {
                 1
             } else {
                 20
             };
-            let mut fds = Vec::with_capacity(2);
+            let mut fds = Vec::with_capacity(3);
+            if let (Some(fd), None) = (&exit_fd, &status) {
+                fds.push(libc::pollfd {
+                    fd: fd.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                });
+            }
             if let Some(r) = &reader {
                 fds.push(libc::pollfd {
                     fd: r.as_raw_fd(),
@@ -301,6 +314,16 @@ impl Supervisor<'_> {
         }
         status
     }
+}
+
+/// A pidfd for `pid` (Linux 5.3+), `None` where the kernel has none.
+fn pidfd(pid: u32) -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: a plain syscall; on success the descriptor is ours alone.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    let fd = i32::try_from(fd).ok().filter(|&fd| fd >= 0)?;
+    // SAFETY: just opened, owned by nothing else.
+    Some(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
 }
 
 pub(super) fn set_nonblocking(fd: i32) {

@@ -32,7 +32,7 @@
 
 use std::fs::OpenOptions;
 use std::io::{self, Read, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Component, Path, PathBuf};
@@ -41,6 +41,7 @@ use std::time::{Duration, Instant};
 
 mod command;
 mod files;
+mod pack;
 
 use super::proto::{
     read_frame, write_frame, ErrorKind, ExecReply, FrameError, Limit, Op, OutputCap, Reply,
@@ -48,6 +49,7 @@ use super::proto::{
 };
 use command::*;
 use files::*;
+use pack::{pack, ChunkWriter};
 
 /// How the executor runs.
 #[derive(Debug, Clone)]
@@ -82,7 +84,7 @@ fn io_failure(what: &str, e: io::Error) -> Failure {
 /// Serves requests until the input ends. Frame errors end the loop (the worker gives up on the container then).
 pub fn serve(cfg: &DaemonConfig, input: impl Read, output: impl Write) -> Result<(), FrameError> {
     let lockdown = match cfg.agent {
-        Some(ids) => lockdown(ids),
+        Some(ids) => lockdown(&cfg.workspace, ids),
         None => Ok(None),
     };
     if let Err(why) = &lockdown {
@@ -104,6 +106,31 @@ fn serve_locked_down(
     mut output: impl Write,
 ) -> Result<(), FrameError> {
     while let Some((req, body)) = read_frame::<Request>(&mut input)? {
+        if let (
+            Ok(_),
+            Op::Pack {
+                max_bytes,
+                max_entries,
+            },
+        ) = (&lockdown, &req.op)
+        {
+            // Streamed: chunks as the tar grows, then the closing reply (never delegated: it reads as the
+            // executor, see `pack`).
+            let mut chunks = ChunkWriter::new(req.id, &mut output);
+            let packed = pack(cfg, *max_bytes, *max_entries, &mut chunks);
+            if let Some(broken) = chunks.broken.take() {
+                return Err(broken);
+            }
+            let reply = match packed {
+                Ok(p) => Reply::Packed {
+                    entries: p.entries,
+                    bytes: p.bytes,
+                },
+                Err((kind, message)) => Reply::Error { kind, message },
+            };
+            write_frame(&mut output, &Response { id: req.id, reply }, &[])?;
+            continue;
+        }
         let is_file_op = matches!(
             req.op,
             Op::Read { .. } | Op::Write { .. } | Op::List { .. } | Op::Search { .. } | Op::Unpack
@@ -126,10 +153,13 @@ fn serve_locked_down(
 
 /// Gives up what the executor must not keep before it serves anything, checking every step (a failure would
 /// otherwise leave privileges in place silently): root's supplementary groups (they would leak into file operations
-/// done as the agent), the capability bounding set (every command inherits it) and `CAP_SETPCAP`. Then probes how
-/// file operations can take the agent's ids.
-fn lockdown((uid, gid): (u32, u32)) -> Lockdown {
+/// done as the agent), the capability bounding set (every command inherits it), `CAP_SETPCAP` and `CAP_CHOWN`. Before
+/// that it hands the workspace to the agent: Docker creates the volume without copying the image's directory into
+/// it (no copy-up process per container), so it starts as root's. Then probes how file operations can take the
+/// agent's ids.
+fn lockdown(workspace: &Path, (uid, gid): (u32, u32)) -> Lockdown {
     drop_supplementary_groups()?;
+    give_workspace(workspace, uid, gid)?;
     empty_bounding_set()?;
     if fsuid_switch_works(uid, gid) {
         Ok(None)
@@ -165,6 +195,20 @@ fn drop_supplementary_groups() -> Result<(), String> {
         return Err(format!(
             "setgroups left {left} supplementary groups in place"
         ));
+    }
+    Ok(())
+}
+
+/// Makes the (empty, root's) workspace directory the agent's, unless it already is.
+fn give_workspace(workspace: &Path, uid: u32, gid: u32) -> Result<(), String> {
+    let meta = std::fs::symlink_metadata(workspace)
+        .map_err(|e| format!("reading {}: {e}", workspace.display()))?;
+    if !meta.is_dir() {
+        return Err(format!("{} is not a directory", workspace.display()));
+    }
+    if (meta.uid(), meta.gid()) != (uid, gid) {
+        std::os::unix::fs::lchown(workspace, Some(uid), Some(gid))
+            .map_err(|e| format!("handing {} to the agent: {e}", workspace.display()))?;
     }
     Ok(())
 }
@@ -310,6 +354,11 @@ pub fn handle(cfg: &DaemonConfig, op: Op, body: Vec<u8>) -> (Reply, Vec<u8>) {
             let (bytes, entries) = disk_usage(&cfg.workspace);
             Ok((Reply::Usage { bytes, entries }, Vec::new()))
         }
+        // Streamed by the serve loop, never as one reply.
+        Op::Pack { .. } => Err((
+            ErrorKind::BadRequest,
+            "pack is only served on the executor's own stream".into(),
+        )),
     };
     match result {
         Ok(r) => r,
@@ -318,11 +367,13 @@ pub fn handle(cfg: &DaemonConfig, op: Op, body: Vec<u8>) -> (Reply, Vec<u8>) {
 }
 
 /// Linux capability numbers used here (linux/capability.h).
+const CAP_CHOWN: u32 = 0;
 const CAP_SETPCAP: u32 = 8;
 const CAP_LAST: u32 = 63;
 
 /// Empties the capability bounding set, which every command inherits (so the agent's `CapBnd` is 0 as well as its
-/// `CapEff`), then gives up `CAP_SETPCAP`, which only this needed. The executor keeps its other capabilities: the
+/// `CapEff`), then gives up `CAP_SETPCAP`, which only this needed, and `CAP_CHOWN`, which only [`give_workspace`]
+/// needed. The executor keeps its other capabilities: the
 /// bounding set only limits what an `execve` can gain. Each step is read back, not only its result checked.
 fn empty_bounding_set() -> Result<(), String> {
     #[repr(C)]
@@ -338,7 +389,7 @@ fn empty_bounding_set() -> Result<(), String> {
         inheritable: u32,
     }
     const VERSION_3: u32 = 0x2008_0522;
-    let setpcap = 1u32 << CAP_SETPCAP;
+    let dropped = (1u32 << CAP_SETPCAP) | (1u32 << CAP_CHOWN);
     // SAFETY: prctl/capget/capset with correctly laid out arguments for this thread.
     unsafe {
         for cap in 0..=CAP_LAST {
@@ -365,8 +416,8 @@ fn empty_bounding_set() -> Result<(), String> {
             "capget",
             libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()),
         )?;
-        data[0].effective &= !setpcap;
-        data[0].permitted &= !setpcap;
+        data[0].effective &= !dropped;
+        data[0].permitted &= !dropped;
         checked(
             "capset",
             libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()),
@@ -376,8 +427,8 @@ fn empty_bounding_set() -> Result<(), String> {
             "capget",
             libc::syscall(libc::SYS_capget, &mut header, now.as_mut_ptr()),
         )?;
-        if (now[0].effective | now[0].permitted) & setpcap != 0 {
-            return Err("capset left CAP_SETPCAP in place".into());
+        if (now[0].effective | now[0].permitted) & dropped != 0 {
+            return Err("capset left CAP_SETPCAP or CAP_CHOWN in place".into());
         }
     }
     Ok(())
@@ -505,7 +556,13 @@ pub fn main_with_args(args: impl IntoIterator<Item = String>) -> Result<(), Stri
         workspace_limit,
     };
     let stdin = io::stdin().lock();
-    let stdout = io::stdout().lock();
+    // The raw descriptor, not `io::stdout()`: that one is line-buffered and would split a frame at its last newline
+    // into two writes (two chunks for Docker to relay); a frame is written whole and needs no buffer.
+    let stdout = io::stdout()
+        .as_fd()
+        .try_clone_to_owned()
+        .map(std::fs::File::from)
+        .map_err(|e| format!("stdout: {e}"))?;
     serve(&cfg, io::BufReader::new(stdin), stdout).map_err(|e| e.to_string())
 }
 

@@ -408,3 +408,230 @@ fn serve_answers_in_order_and_stops_on_a_bad_frame() {
     let mut output = Vec::new();
     assert!(serve(&cfg, io::Cursor::new(input), &mut output).is_err());
 }
+
+/// Serves one `pack` request; returns the tar the chunks carried and the closing reply.
+fn pack_over_serve(cfg: &DaemonConfig, max_bytes: u64, max_entries: u64) -> (Vec<u8>, Reply) {
+    let input = encode(
+        &Request {
+            id: 9,
+            op: Op::Pack {
+                max_bytes,
+                max_entries,
+            },
+        },
+        b"",
+    )
+    .unwrap();
+    let mut output = Vec::new();
+    serve(cfg, io::Cursor::new(input), &mut output).unwrap();
+    let mut cur = io::Cursor::new(output);
+    let mut tar = Vec::new();
+    loop {
+        let (resp, body) = read_frame::<Response>(&mut cur).unwrap().unwrap();
+        assert_eq!(resp.id, 9);
+        match resp.reply {
+            Reply::Chunk => {
+                assert!(body.len() <= crate::sandboxd::proto::PACK_CHUNK);
+                tar.extend(body);
+            }
+            other => {
+                assert!(read_frame::<Response>(&mut cur).unwrap().is_none());
+                return (tar, other);
+            }
+        }
+    }
+}
+
+/// `(type, path, link target or size)` per entry.
+fn tar_entries(tar: &[u8]) -> Vec<(char, String, String)> {
+    let mut archive = tar::Archive::new(tar);
+    archive
+        .entries()
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let path = e.path().unwrap().display().to_string();
+            let kind = e.header().entry_type();
+            let link = e.link_name().unwrap().map(|l| l.display().to_string());
+            match kind {
+                tar::EntryType::Directory => ('d', path, String::new()),
+                tar::EntryType::Regular => ('f', path, e.size().to_string()),
+                tar::EntryType::Symlink => ('l', path, link.unwrap()),
+                tar::EntryType::Link => ('h', path, link.unwrap()),
+                other => panic!("unexpected entry type {other:?}"),
+            }
+        })
+        .collect()
+}
+
+/// A hostile workspace going out: links to the executor's own secrets are sent as links, never followed (neither as
+/// a file nor as a directory); a fifo is skipped without blocking; `.git` stays in; a second name of a file is a
+/// hard-link entry (the host copies it, counted); a huge sparse file and an entry flood are refused before they are
+/// read.
+#[test]
+fn pack_sends_links_as_links_and_stops_at_its_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let ws = dir.path();
+    let cfg = cfg(ws);
+    std::fs::create_dir_all(ws.join("src/deep")).unwrap();
+    std::fs::write(ws.join("src/deep/a.rs"), b"fn a() {}").unwrap();
+    std::fs::write(ws.join("README"), b"hello").unwrap();
+    std::fs::hard_link(ws.join("README"), ws.join("README.copy")).unwrap();
+    std::os::unix::fs::symlink("/etc/shadow", ws.join("shadow")).unwrap();
+    std::os::unix::fs::symlink("/", ws.join("root")).unwrap();
+    std::fs::create_dir_all(ws.join(".git/hooks")).unwrap();
+    std::fs::write(ws.join(".git/hooks/pre-commit"), b"evil").unwrap();
+    std::fs::create_dir_all(ws.join("sub/.GIT")).unwrap();
+    let fifo = CString::new(ws.join("fifo").as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+
+    let (tar, end) = pack_over_serve(&cfg, 1 << 20, 1000);
+    assert!(
+        matches!(
+            end,
+            Reply::Packed {
+                entries: 9,
+                bytes: 19
+            }
+        ),
+        "{end:?}"
+    );
+    assert_eq!(
+        tar_entries(&tar),
+        [
+            ('f', "workspace/README", "5"),
+            ('h', "workspace/README.copy", "workspace/README"),
+            ('l', "workspace/root", "/"),
+            ('l', "workspace/shadow", "/etc/shadow"),
+            ('d', "workspace/src", ""),
+            ('d', "workspace/src/deep", ""),
+            ('f', "workspace/src/deep/a.rs", "9"),
+            ('d', "workspace/sub", ""),
+        ]
+        .map(|(k, p, l)| (k, p.to_string(), l.to_string()))
+    );
+
+    // A terabyte of holes: refused on its length, before a byte is read.
+    std::fs::File::create(ws.join("huge"))
+        .unwrap()
+        .set_len(1 << 40)
+        .unwrap();
+    let t = Instant::now();
+    let (_, end) = pack_over_serve(&cfg, 1 << 30, 1000);
+    assert!(
+        matches!(
+            end,
+            Reply::Error {
+                kind: ErrorKind::TooLarge,
+                ..
+            }
+        ),
+        "{end:?}"
+    );
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    std::fs::remove_file(ws.join("huge")).unwrap();
+    // Each hard link costs its copy: the file is 5 bytes, its second name 5 more.
+    let (_, end) = pack_over_serve(&cfg, 17, 1000);
+    assert!(
+        matches!(
+            end,
+            Reply::Error {
+                kind: ErrorKind::TooLarge,
+                ..
+            }
+        ),
+        "{end:?}"
+    );
+
+    // An entry flood stops at the limit, without listing the whole directory.
+    std::fs::create_dir(ws.join("flood")).unwrap();
+    for i in 0..500 {
+        std::fs::write(ws.join(format!("flood/{i}")), b"").unwrap();
+    }
+    let (_, end) = pack_over_serve(&cfg, 1 << 20, 100);
+    assert!(
+        matches!(
+            end,
+            Reply::Error {
+                kind: ErrorKind::TooMany,
+                ..
+            }
+        ),
+        "{end:?}"
+    );
+    // Many chunks for a big file, reassembled exactly.
+    std::fs::remove_dir_all(ws.join("flood")).unwrap();
+    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(ws.join("big"), &big).unwrap();
+    let (tar, end) = pack_over_serve(&cfg, 1 << 30, 1000);
+    assert!(matches!(end, Reply::Packed { .. }), "{end:?}");
+    let mut archive = tar::Archive::new(&tar[..]);
+    let mut found = false;
+    for e in archive.entries().unwrap() {
+        let mut e = e.unwrap();
+        if e.path().unwrap() == Path::new("workspace/big") {
+            let mut got = Vec::new();
+            e.read_to_end(&mut got).unwrap();
+            assert!(got == big);
+            found = true;
+        }
+    }
+    assert!(found);
+}
+
+/// Many files are written by several threads; every byte lands, and an archive naming a path twice is refused.
+#[test]
+fn unpack_writes_many_files_and_refuses_a_path_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = cfg(dir.path());
+    let mut b = tar::Builder::new(Vec::new());
+    for d in 0..7 {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_mode(0o755);
+        h.set_size(0);
+        b.append_data(&mut h, format!("d{d}"), io::empty()).unwrap();
+    }
+    for i in 0..100 {
+        let data = format!("file {i}\n").repeat(i);
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mode(0o644);
+        h.set_size(data.len() as u64);
+        b.append_data(&mut h, format!("d{}/f{i}", i % 7), data.as_bytes())
+            .unwrap();
+    }
+    let tar = b.into_inner().unwrap();
+    let (reply, _) = handle(&cfg, Op::Unpack, tar.clone());
+    assert_eq!(reply, Reply::Unpacked { entries: 107 });
+    for i in 0..100 {
+        let got = std::fs::read_to_string(dir.path().join(format!("d{}/f{i}", i % 7))).unwrap();
+        assert_eq!(got, format!("file {i}\n").repeat(i));
+    }
+
+    let mut b = tar::Builder::new(Vec::new());
+    for target in ["/etc", ""] {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(0);
+        h.set_mode(0o644);
+        if target.is_empty() {
+            h.set_entry_type(tar::EntryType::Regular);
+            b.append_data(&mut h, "twice", io::empty()).unwrap();
+        } else {
+            h.set_entry_type(tar::EntryType::Symlink);
+            b.append_link(&mut h, "twice", target).unwrap();
+        }
+    }
+    let (reply, _) = handle(&cfg, Op::Unpack, b.into_inner().unwrap());
+    assert!(
+        matches!(
+            reply,
+            Reply::Error {
+                kind: ErrorKind::BadRequest,
+                ..
+            }
+        ),
+        "{reply:?}"
+    );
+}
