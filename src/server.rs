@@ -163,6 +163,22 @@ fn reply(status: StatusCode, body: Value) -> Response {
     (status, Json(body)).into_response()
 }
 
+/// The peer's address, for the audit lines of a webhook.
+fn remote_of(ext: &Extensions) -> String {
+    ext.get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.to_string())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// A header's value, trimmed; `None` when absent, empty or not text.
+fn header_of<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+}
+
 async fn jira_webhook(
     State(st): State<Arc<AppState>>,
     ext: Extensions,
@@ -170,17 +186,8 @@ async fn jira_webhook(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let remote = ext
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.to_string())
-        .unwrap_or_else(|| "unknown".into());
-    let header = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::trim)
-            .filter(|v| !v.is_empty())
-    };
+    let remote = remote_of(&ext);
+    let header = |name: &str| header_of(&headers, name);
     let delivery_header = header("x-atlassian-webhook-identifier");
     let delivery_log = delivery_header
         .map(|d| clean_header(d, MAX_LOGGED_HEADER))

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{ConnectInfo, State};
+use axum::extract::State;
 use axum::http::{Extensions, HeaderMap, StatusCode};
 use axum::response::Response;
 use serde_json::{json, Value};
@@ -69,17 +69,8 @@ pub(super) async fn github_webhook(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let remote = ext
-        .get::<ConnectInfo<std::net::SocketAddr>>()
-        .map(|c| c.0.to_string())
-        .unwrap_or_else(|| "unknown".into());
-    let header = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::trim)
-            .filter(|v| !v.is_empty())
-    };
+    let remote = super::remote_of(&ext);
+    let header = |name: &str| super::header_of(&headers, name);
     let delivery = header("x-github-delivery")
         .map(|d| clean_header(d, MAX_LOGGED_HEADER))
         .unwrap_or_default();
