@@ -7,19 +7,8 @@
 
 use serde_json::{json, Value};
 
+use super::merge::rule_changing_role;
 use super::{split_repo, ForgeError, GitHub};
-
-/// The token's role flags on a repository, as `GET /repos/{o}/{r}` reports them for user tokens
-/// (<https://docs.github.com/en/rest/repos/repos#get-a-repository>, `permissions`).
-fn role(info: &Value) -> Option<(bool, bool, bool)> {
-    let p = info.get("permissions")?;
-    let flag = |k: &str| p.get(k).and_then(Value::as_bool);
-    Some((
-        flag("admin")?,
-        flag("maintain").unwrap_or(false),
-        flag("push")?,
-    ))
-}
 
 impl GitHub {
     /// Proves fork mode holds for `upstream`, or refuses with [`ForgeError::ForkMode`]: the token has no write
@@ -45,54 +34,33 @@ impl GitHub {
                 "use github.token (the machine user's personal token) for repositories in fork mode",
             ));
         }
-        let up = self
-            .get_json(
-                &format!("/repos/{upstream}"),
-                &format!("reading repository {upstream}"),
-            )
-            .await?;
-        match role(&up) {
-            None => {
-                return Err(refuse(
-                    format!("GitHub did not report the token's permissions on {upstream}, so it may have write access"),
-                    "use a personal access token of a machine user (GitHub reports `permissions` for user tokens)",
-                ))
-            }
-            Some((admin, maintain, push)) if admin || maintain || push => {
-                let r = if admin {
-                    "admin"
-                } else if maintain {
-                    "maintain"
-                } else {
-                    "write"
-                };
-                return Err(refuse(
-                    format!("the service account has the `{r}` role on {upstream}; fork mode promises it has no write access there"),
-                    "remove the service account's write access to the repository (read is enough), or drop `fork` to use branch mode",
-                ));
-            }
-            Some(_) => {}
+        // `permissions` as `GET /repos/{o}/{r}` reports it for user tokens
+        // (<https://docs.github.com/en/rest/repos/repos#get-a-repository>); a fork has `fork`, `parent`, `source`.
+        let up = self.repository(upstream).await?;
+        let Some(perms) = up.permissions else {
+            return Err(refuse(
+                format!("GitHub did not report the token's permissions on {upstream}, so it may have write access"),
+                "use a personal access token of a machine user (GitHub reports `permissions` for user tokens)",
+            ));
+        };
+        if let Some(r) = rule_changing_role(&perms).or(perms.push.then_some("write")) {
+            return Err(refuse(
+                format!("the service account has the `{r}` role on {upstream}; fork mode promises it has no write access there"),
+                "remove the service account's write access to the repository (read is enough), or drop `fork` to use branch mode",
+            ));
         }
-        let f = self
-            .get_json(
-                &format!("/repos/{fork}"),
-                &format!("reading the fork {fork}"),
-            )
-            .await?;
-        let full_name = |v: Option<&Value>| {
-            v.and_then(|p| p.get("full_name"))
-                .and_then(Value::as_str)
+        let f = self.repository(fork).await?;
+        let full_name = |r: &Option<Box<octocrab::models::Repository>>| {
+            r.as_ref()
+                .and_then(|r| r.full_name.as_deref())
                 .map(str::to_ascii_lowercase)
         };
         let want = upstream.to_ascii_lowercase();
-        let of_upstream = f.get("fork").and_then(Value::as_bool) == Some(true)
-            && (full_name(f.get("parent")).as_deref() == Some(want.as_str())
-                || full_name(f.get("source")).as_deref() == Some(want.as_str()));
+        let of_upstream = f.fork == Some(true)
+            && (full_name(&f.parent).as_deref() == Some(want.as_str())
+                || full_name(&f.source).as_deref() == Some(want.as_str()));
         if !of_upstream {
-            let what = match (
-                f.get("fork").and_then(Value::as_bool),
-                full_name(f.get("parent")),
-            ) {
+            let what = match (f.fork, full_name(&f.parent)) {
                 (Some(true), Some(parent)) => format!("{fork} is a fork of {parent}"),
                 _ => format!("{fork} is not a fork"),
             };
@@ -101,8 +69,8 @@ impl GitHub {
                 "fork the repository with the service account and name that fork in `fork`",
             ));
         }
-        match role(&f) {
-            Some((_, _, true)) => Ok(()),
+        match f.permissions {
+            Some(p) if p.push => Ok(()),
             _ => Err(ForgeError::CannotPush {
                 repo: fork.to_string(),
             }),

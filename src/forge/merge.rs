@@ -5,6 +5,18 @@ use serde_json::Value;
 
 use super::{encode_branch, split_repo, ForgeError, GitHub};
 
+/// The token's role on a repository when it can change or bypass branch rules (`admin`, `maintain`), as
+/// `GET /repos/{o}/{r}` reports it in `permissions`.
+pub(super) fn rule_changing_role(perms: &octocrab::models::Permissions) -> Option<&'static str> {
+    if perms.admin {
+        Some("admin")
+    } else if perms.maintain {
+        Some("maintain")
+    } else {
+        None
+    }
+}
+
 impl GitHub {
     /// Proves that the service account cannot merge into `base` of `repo` (`owner/name`) on its own, or refuses
     /// with [`ForgeError::CanMerge`]. See the module docs for what counts as proof. Never modifies anything.
@@ -16,12 +28,7 @@ impl GitHub {
         );
 
         // 1. The token's role: admin and maintain can change or bypass rules, so no rule can prove anything.
-        let info = self
-            .octo
-            .repos(owner, name)
-            .get()
-            .await
-            .map_err(|e| self.api_error(e, &format!("reading repository {repo}")))?;
+        let info = self.repository(repo).await?;
         let Some(perms) = info.permissions else {
             return Err(ForgeError::CanMerge {
                 repo: repo.to_string(),
@@ -32,14 +39,7 @@ impl GitHub {
                     .into(),
             });
         };
-        let role = if perms.admin {
-            Some("admin")
-        } else if perms.maintain {
-            Some("maintain")
-        } else {
-            None
-        };
-        if let Some(role) = role {
+        if let Some(role) = rule_changing_role(&perms) {
             return Err(ForgeError::CanMerge {
                 repo: repo.to_string(),
                 reason: format!(

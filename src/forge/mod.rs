@@ -250,6 +250,16 @@ impl GitHub {
         }
     }
 
+    /// `GET /repos/{o}/{r}`: with a user token, its `permissions`; for a fork, `fork`, `parent` and `source`.
+    async fn repository(&self, repo: &str) -> Result<octocrab::models::Repository, ForgeError> {
+        let (owner, name) = split_repo(repo)?;
+        self.octo
+            .repos(owner, name)
+            .get()
+            .await
+            .map_err(|e| self.api_error(e, &format!("reading repository {repo}")))
+    }
+
     async fn get_json(&self, route: &str, what: &str) -> Result<Value, ForgeError> {
         self.octo
             .get::<Value, _, ()>(route, None::<&()>)
