@@ -302,21 +302,11 @@ idle_poll_ms = 100
     assert_eq!(stack.github.app_tokens().len(), 1);
     assert_eq!(stack.github.app_revocations(), 0);
 
-    let queue_path = stack.data_dir().join("queue.sqlite");
     let queue = stack.queue().await;
     let id = support::harness::all_jobs(queue.as_ref()).await[0]
         .id
         .clone();
-    let out = std::process::Command::new(BIN)
-        .args(["jobs", "cancel", id.as_str(), "--queue"])
-        .arg(&queue_path)
-        .output()
-        .expect("drafter jobs cancel");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    stack.operator(Path::new(BIN), &["jobs", "cancel", &id]);
     wait_all_finished(queue.as_ref(), 1, Duration::from_secs(30)).await;
 
     // The worker is still running (it was not shut down): the revocation comes from dropping the job.

@@ -8,6 +8,7 @@ use std::time::Duration;
 use drafter::config::Secret;
 use drafter::queue::JobState;
 use drafter::repo::{MirrorCache, MirrorUse};
+use support::git::git_in;
 use support::github::GithubStandIn;
 use support::harness::{wait_all_finished, Options, ServeProcess, Stack, DEMO_REPO, SECRETS};
 
@@ -103,21 +104,6 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-fn git_ok(dir: &Path, args: &[&str]) -> String {
-    let out = std::process::Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(args)
-        .output()
-        .expect("git runs");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn concurrent_jobs_of_one_repository_share_one_fetch() {
     let gh = GithubStandIn::start(TOKEN).await;
@@ -206,25 +192,25 @@ async fn workspace_is_self_contained_and_points_at_the_forge() {
 
     // The mirror goes; the workspace still has every object it needs.
     std::fs::remove_dir_all(&root).unwrap();
-    git_ok(&dest, &["fsck", "--full", "--strict"]);
+    git_in(&dest, &["fsck", "--full", "--strict"]);
     assert_eq!(
-        git_ok(&dest, &["rev-parse", "HEAD"]).trim(),
+        git_in(&dest, &["rev-parse", "HEAD"]).trim(),
         second.to_string()
     );
     assert_eq!(
-        git_ok(&dest, &["rev-parse", "origin/drafter/DEMO-1-x"]).trim(),
+        git_in(&dest, &["rev-parse", "origin/drafter/DEMO-1-x"]).trim(),
         job_branch.to_string()
     );
     assert_eq!(
-        git_ok(&dest, &["rev-parse", "--abbrev-ref", "HEAD"]).trim(),
+        git_in(&dest, &["rev-parse", "--abbrev-ref", "HEAD"]).trim(),
         "main"
     );
     assert_eq!(
-        git_ok(&dest, &["rev-parse", "--abbrev-ref", "main@{upstream}"]).trim(),
+        git_in(&dest, &["rev-parse", "--abbrev-ref", "main@{upstream}"]).trim(),
         "origin/main"
     );
     // Only the base and the job's branches are refs, as with a plain clone.
-    let refs = git_ok(&dest, &["for-each-ref", "--format=%(refname)"]);
+    let refs = git_in(&dest, &["for-each-ref", "--format=%(refname)"]);
     let mut refs: Vec<&str> = refs.lines().collect();
     refs.sort();
     assert_eq!(
@@ -235,7 +221,7 @@ async fn workspace_is_self_contained_and_points_at_the_forge() {
             "refs/remotes/origin/main"
         ]
     );
-    assert_eq!(git_ok(&dest, &["status", "--porcelain"]), "");
+    assert_eq!(git_in(&dest, &["status", "--porcelain"]), "");
     assert_eq!(
         std::fs::read_to_string(dest.join("b.rs")).unwrap(),
         "pub fn b() {}\n"
@@ -305,7 +291,7 @@ async fn a_corrupt_mirror_is_recloned_and_the_job_goes_on() {
     let (r, used) = ws(&cache, &u, &tmp.path().join("w1"), &[]).await;
     assert!(used.repaired, "{used:?}");
     assert_eq!(head_of(&r), head);
-    git_ok(&tmp.path().join("w1"), &["fsck", "--full"]);
+    git_in(&tmp.path().join("w1"), &["fsck", "--full"]);
 
     // Objects deleted (refs intact): the fetch finds nothing new, the workspace cannot be made, the mirror is
     // re-cloned.
@@ -315,7 +301,7 @@ async fn a_corrupt_mirror_is_recloned_and_the_job_goes_on() {
     let (r, used) = ws(&cache, &u, &tmp.path().join("w2"), &[]).await;
     assert!(used.repaired, "{used:?}");
     assert_eq!(head_of(&r), head);
-    git_ok(&tmp.path().join("w2"), &["fsck", "--full"]);
+    git_in(&tmp.path().join("w2"), &["fsck", "--full"]);
     assert_eq!(
         std::fs::read_to_string(tmp.path().join("w2/f7.txt")).unwrap(),
         "7\n".repeat(200)
@@ -339,7 +325,7 @@ async fn a_corrupt_mirror_is_recloned_and_the_job_goes_on() {
     let (r, used) = ws(&cache, &u, &tmp.path().join("w2b"), &[]).await;
     assert!(used.repaired, "{used:?}");
     assert_eq!(head_of(&r), head);
-    git_ok(&tmp.path().join("w2b"), &["fsck", "--full"]);
+    git_in(&tmp.path().join("w2b"), &["fsck", "--full"]);
 
     // A mirror that is not a repository any more.
     std::fs::remove_file(mirror.join("HEAD")).unwrap();
@@ -422,7 +408,7 @@ async fn force_pushed_and_deleted_branches_are_reflected() {
             .unwrap(),
         after
     );
-    git_ok(&dest, &["fsck", "--full", "--strict"]);
+    git_in(&dest, &["fsck", "--full", "--strict"]);
     assert!(dest.join("fresh.txt").exists() && !dest.join("a.txt").exists());
 }
 
@@ -520,9 +506,9 @@ async fn many_fetches_leave_few_packs() {
     // Everything is still there: a workspace has the whole history, and git agrees the mirror is sound.
     let dest = tmp.path().join("last");
     ws(&cache, &u, &dest, &["drafter/DEMO-3-x"]).await;
-    git_ok(&dest, &["fsck", "--full", "--strict"]);
-    assert_eq!(git_ok(&dest, &["rev-list", "--count", "HEAD"]).trim(), "25");
-    git_ok(&cache.mirror_path(&u), &["fsck", "--full"]);
+    git_in(&dest, &["fsck", "--full", "--strict"]);
+    assert_eq!(git_in(&dest, &["rev-list", "--count", "HEAD"]).trim(), "25");
+    git_in(&cache.mirror_path(&u), &["fsck", "--full"]);
 }
 
 /// `drafter serve` with two jobs of one repository at once: both delivered, on one fetch from the forge, each

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use drafter::queue::{JobFilter, JobState, Queue};
 use serde_json::json;
-use support::git::drafter_branches;
+use support::git::{drafter_branches, git_in};
 use support::harness::{
     assignment_webhook, wait_all_finished, Flavor, Options, ServeProcess, Stack, ADA, DEMO_REPO,
     SECRETS,
@@ -975,21 +975,6 @@ async fn a_stalled_worker_and_its_successor_deliver_exactly_once() {
     );
 }
 
-fn git_in(dir: &Path, args: &[&str]) -> String {
-    let out = std::process::Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(args)
-        .output()
-        .expect("git");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 /// Issue 12.8, the push race made deterministic: while the worker is in its model loop, "another worker of the same
 /// job" (this test) pushes the job's branch with a commit naming the job. The worker's own push is then refused as
 /// non-fast-forward; the branch holds this job's work, so the job is delivered (one PR, from that commit), not
@@ -1060,7 +1045,7 @@ async fn a_branch_that_already_holds_the_jobs_commit_is_delivered_not_failed() {
             &format!("[DEMO-1] the other attempt\n\nDrafter-Ticket: DEMO-1\nDrafter-Job: {job_id}"),
         ],
     );
-    let theirs = git_in(&work, &["rev-parse", "HEAD"]);
+    let theirs = git_in(&work, &["rev-parse", "HEAD"]).trim().to_string();
     git_in(&work, &["push", "-q", "origin", branch]);
 
     let jobs = wait_all_finished(queue.as_ref(), 1, Duration::from_secs(120)).await;

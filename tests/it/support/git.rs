@@ -4,9 +4,18 @@ use std::path::Path;
 
 /// `git --git-dir <bare> <args>`: its stdout, failing the test when git fails.
 pub fn git(bare: &Path, args: &[&str]) -> String {
+    run("--git-dir", bare, args)
+}
+
+/// `git -C <dir> <args>` (a work tree, or a bare repository): its stdout, failing the test when git fails.
+pub fn git_in(dir: &Path, args: &[&str]) -> String {
+    run("-C", dir, args)
+}
+
+fn run(flag: &str, path: &Path, args: &[&str]) -> String {
     let out = std::process::Command::new("git")
-        .arg("--git-dir")
-        .arg(bare)
+        .arg(flag)
+        .arg(path)
         .args(args)
         .output()
         .expect("git runs");
