@@ -672,6 +672,7 @@ impl Ctx<'_> {
                     .mirror_dir
                     .unwrap_or_else(|| raw.data_dir.join("mirrors")),
                 mirror_max_bytes: raw.repo.mirror_max_bytes,
+                spare_workspaces: raw.repo.spare_workspaces,
             },
             data_dir: raw.data_dir,
             projects,

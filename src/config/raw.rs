@@ -44,6 +44,7 @@ pub(super) struct RawRepo {
     pub(super) mirror: bool,
     pub(super) mirror_dir: Option<PathBuf>,
     pub(super) mirror_max_bytes: u64,
+    pub(super) spare_workspaces: bool,
 }
 
 /// Default bound on the mirror cache: 10 GiB.
@@ -55,6 +56,7 @@ impl Default for RawRepo {
             mirror: true,
             mirror_dir: None,
             mirror_max_bytes: DEFAULT_MIRROR_MAX_BYTES,
+            spare_workspaces: true,
         }
     }
 }

@@ -51,6 +51,9 @@ pub struct CloneConfig {
     pub mirror_dir: PathBuf,
     /// Bound on the mirrors' total size (`mirror_max_bytes`, default 10 GiB): least recently used ones go first.
     pub mirror_max_bytes: u64,
+    /// Keep one workspace per repository and base branch made ahead of time, beside the jobs' workspaces
+    /// (`spare_workspaces`, default on; only with `mirror`): the next job takes it instead of writing every file.
+    pub spare_workspaces: bool,
 }
 
 /// The runner's demands on its policy (see [`crate::policy`]).

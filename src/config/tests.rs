@@ -332,15 +332,21 @@ fn mirror_cache_defaults_on_under_the_data_dir_and_is_bounded() {
             mirror: true,
             mirror_dir: PathBuf::from("/var/lib/drafter/mirrors"),
             mirror_max_bytes: 10 << 30,
+            spare_workspaces: true,
         }
     );
     let text = format!(
-        "{GOOD}\n[repo]\nmirror = false\nmirror_dir = \"/srv/m\"\nmirror_max_bytes = 1000\n"
+        "{GOOD}\n[repo]\nmirror = false\nmirror_dir = \"/srv/m\"\nmirror_max_bytes = 1000\nspare_workspaces = false\n"
     );
     let c = Config::from_toml(&text, Path::new("d.toml"), &env).unwrap();
     assert_eq!(
-        (c.repo.mirror, c.repo.mirror_dir, c.repo.mirror_max_bytes),
-        (false, PathBuf::from("/srv/m"), 1000)
+        (
+            c.repo.mirror,
+            c.repo.mirror_dir,
+            c.repo.mirror_max_bytes,
+            c.repo.spare_workspaces
+        ),
+        (false, PathBuf::from("/srv/m"), 1000, false)
     );
     for bad in ["mirror_max_bytes = 0", "mirrors = true"] {
         let text = format!("{GOOD}\n[repo]\n{bad}\n");

@@ -31,8 +31,10 @@ use sha2::{Digest, Sha256};
 
 use super::remote::{callbacks, check_url, remote_error, AuthTrace};
 use super::*;
+use spare::Spares;
 use workspace::{adopt_first_pack, update_seeds, workspace_from, Built};
 
+mod spare;
 mod workspace;
 
 /// The mirror's refspec: every branch, as branches (a bare mirror), forced, so force-pushes and deletions (with
@@ -63,6 +65,7 @@ const USED_FILE: &str = "drafter-used";
 pub struct MirrorCache {
     root: PathBuf,
     max_bytes: u64,
+    spares: Option<Spares>,
 }
 
 /// What [`MirrorCache::clone_with`] did besides making the workspace.
@@ -76,6 +79,8 @@ pub struct MirrorUse {
     pub coalesced: bool,
     /// The mirror was found corrupt and re-cloned.
     pub repaired: bool,
+    /// The workspace was a spare made ahead of time (see [`MirrorCache::with_spares`]).
+    pub spare: bool,
 }
 
 impl MirrorCache {
@@ -84,6 +89,24 @@ impl MirrorCache {
         MirrorCache {
             root: root.into(),
             max_bytes,
+            spares: None,
+        }
+    }
+
+    /// Keeps a spare workspace per mirror and base branch in `dir`, made in the background after each use, so the
+    /// next job of the repository takes its workspace with one `rename` instead of writing every file (see
+    /// `spare.rs`). `dir` must be on the file system where workspaces are made, and private to this user (it is
+    /// created with mode 0700; if it is not private, spares stay off, with a warning).
+    pub fn with_spares(mut self, dir: impl Into<PathBuf>) -> MirrorCache {
+        self.spares = Spares::open(dir.into());
+        self
+    }
+
+    /// Waits for the spare workspaces being made in the background (for benchmarks and tests, which measure or
+    /// look with nothing running).
+    pub fn settle(&self) {
+        if let Some(s) = &self.spares {
+            s.settle();
         }
     }
 
@@ -137,7 +160,17 @@ impl MirrorCache {
                 let _ = flock(&lock, libc::LOCK_UN);
                 continue;
             }
-            let built = workspace_from(&dir, url, dest, base, also);
+            let built = match &self.spares {
+                Some(spares) => match spares.take(&dir, url, dest, base, also) {
+                    Ok(Some(repo)) => {
+                        used.spare = true;
+                        Ok(repo)
+                    }
+                    Ok(None) => workspace_from(&dir, url, dest, base, also, true),
+                    Err(e) => Err(e),
+                },
+                None => workspace_from(&dir, url, dest, base, also, true),
+            };
             if let Err(Built::Stale) = built {
                 // The base moved (another job's fetch) between our refresh and now: refresh again.
                 let _ = flock(&lock, libc::LOCK_UN);
@@ -156,7 +189,7 @@ impl MirrorCache {
                     used.cloned = true;
                     flock(&lock, libc::LOCK_SH).map_err(io("locking the mirror", &lock_path))?;
                     clear_dir(dest)?;
-                    workspace_from(&dir, url, dest, base, also).map_err(Built::into_error)
+                    workspace_from(&dir, url, dest, base, also, true).map_err(Built::into_error)
                 }
                 other => other.map_err(Built::into_error),
             };
@@ -167,6 +200,9 @@ impl MirrorCache {
             let repo = built?;
             if let Err(e) = self.evict(&dir) {
                 tracing::warn!(error = %e, "trimming the mirror cache failed");
+            }
+            if let Some(spares) = &self.spares {
+                spares.refill(&dir, &lock_path, url, base);
             }
             return Ok((repo, used));
         }
@@ -322,7 +358,8 @@ impl MirrorCache {
         for entry in entries.flatten() {
             let path = entry.path();
             if path.extension().is_some_and(|e| e == "git") && path.is_dir() {
-                let size = dir_size(&path);
+                let spares = self.spares.as_ref().map_or(0, |s| s.bytes_of(&path));
+                let size = dir_size(&path) + spares;
                 let used = read_stamp(&path.join(USED_FILE));
                 mirrors.push((used, size, path));
             }
@@ -351,6 +388,9 @@ impl MirrorCache {
                 continue;
             }
             let gone = fs::remove_dir_all(&path);
+            if let Some(spares) = &self.spares {
+                spares.remove_of(&path);
+            }
             let _ = flock(&lock, libc::LOCK_UN);
             match gone {
                 Ok(()) => {

@@ -592,3 +592,281 @@ async fn what_a_killed_process_left_half_made_is_cleared() {
     assert!(!half_seed.exists());
     assert_eq!(std::fs::read_dir(&seeds).unwrap().count(), 1);
 }
+
+/// Replaces `branch` upstream with a commit whose tree is exactly `files` (deleting the rest), parented on the
+/// branch's tip unless `orphan` (a force-push).
+fn set_tree_upstream(bare: &Path, branch: &str, files: &[(&str, &str)], orphan: bool) -> git2::Oid {
+    let r = git2::Repository::open_bare(bare).expect("open upstream");
+    let refname = format!("refs/heads/{branch}");
+    let parent = match orphan {
+        true => None,
+        false => Some(r.find_commit(r.refname_to_id(&refname).unwrap()).unwrap()),
+    };
+    let mut index = git2::Index::new().unwrap();
+    for (path, content) in files {
+        let blob = r.blob(content.as_bytes()).unwrap();
+        let mut entry = git2::IndexEntry {
+            ctime: git2::IndexTime::new(0, 0),
+            mtime: git2::IndexTime::new(0, 0),
+            dev: 0,
+            ino: 0,
+            mode: 0o100644,
+            uid: 0,
+            gid: 0,
+            file_size: content.len() as u32,
+            id: blob,
+            flags: 0,
+            flags_extended: 0,
+            path: path.as_bytes().to_vec(),
+        };
+        entry.flags = path.len().min(0xfff) as u16;
+        index.add(&entry).unwrap();
+    }
+    let tree = r.find_tree(index.write_tree_to(&r).unwrap()).unwrap();
+    let sig = git2::Signature::now("Up", "up@example.com").unwrap();
+    let parents: Vec<&git2::Commit> = parent.iter().collect();
+    let oid = r
+        .commit(None, &sig, &sig, "set tree", &tree, &parents)
+        .unwrap();
+    r.reference(&refname, oid, true, "set tree").unwrap();
+    oid
+}
+
+/// Entries of the spares directory (settled first), by name.
+fn spares_in(cache: &MirrorCache, dir: &Path) -> Vec<String> {
+    cache.settle();
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// What a job must find whichever way its workspace was made: the files of `expect` and no others, HEAD on `main`
+/// at `tip` tracking `origin/main`, a clean status, and every object present without the mirror's help.
+fn assert_workspace(dest: &Path, tip: git2::Oid, expect: &[(&str, &str)]) {
+    assert_eq!(git_in(dest, &["rev-parse", "HEAD"]).trim(), tip.to_string());
+    assert_eq!(
+        git_in(dest, &["rev-parse", "--abbrev-ref", "HEAD"]).trim(),
+        "main"
+    );
+    assert_eq!(
+        git_in(dest, &["rev-parse", "--abbrev-ref", "main@{upstream}"]).trim(),
+        "origin/main"
+    );
+    assert_eq!(git_in(dest, &["status", "--porcelain", "--ignored"]), "");
+    let mut files: Vec<String> = files_under(dest)
+        .into_iter()
+        .filter(|p| !p.starts_with(dest.join(".git")))
+        .map(|p| p.strip_prefix(dest).unwrap().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    let mut want: Vec<String> = expect.iter().map(|(p, _)| p.to_string()).collect();
+    want.sort();
+    assert_eq!(files, want);
+    for (p, content) in expect {
+        assert_eq!(
+            std::fs::read_to_string(dest.join(p)).unwrap(),
+            *content,
+            "{p}"
+        );
+    }
+    assert!(
+        !dest.join(".git/drafter-spare").exists(),
+        "the spare's marker reached the job"
+    );
+    assert!(!dest.join(".git/objects/info/alternates").exists());
+    git_in(dest, &["fsck", "--full", "--strict"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_spare_workspace_serves_the_next_job_and_follows_the_base() {
+    let gh = GithubStandIn::start(TOKEN).await;
+    let v1 = [
+        ("a.rs", "a1\n"),
+        ("gone.rs", "soon gone\n"),
+        ("d/k.rs", "k\n"),
+    ];
+    let bare = gh.create_repo(REPO, &v1);
+    let t1 = git2::Repository::open_bare(&bare)
+        .unwrap()
+        .refname_to_id("refs/heads/main")
+        .unwrap();
+    let theirs = commit_upstream(&bare, "someone-else", "other.txt", "theirs\n");
+    let tmp = tempfile::tempdir().unwrap();
+    let spares = tmp.path().join("spares");
+    let cache = MirrorCache::new(tmp.path().join("mirrors"), u64::MAX).with_spares(&spares);
+    let u = url(&gh, REPO);
+
+    // First use: no spare yet; one is made in the background afterwards.
+    let (_, used) = ws(&cache, &u, &tmp.path().join("w0"), &[]).await;
+    assert!(used.cloned && !used.spare, "{used:?}");
+    assert_eq!(spares_in(&cache, &spares).len(), 1);
+
+    // The next job takes it, and it is what a workspace made on the path would be.
+    let (r, used) = ws(&cache, &u, &tmp.path().join("w1"), &[]).await;
+    assert!(used.spare, "{used:?}");
+    assert!(r.find_commit(theirs).is_err(), "another branch's commit");
+    drop(r);
+    assert_workspace(&tmp.path().join("w1"), t1, &v1);
+
+    // The base moves forward, changing, adding and deleting files: the spare (made at the old tip) follows it.
+    assert_eq!(spares_in(&cache, &spares).len(), 1, "a spare again");
+    let v2 = [("a.rs", "a2\n"), ("d/k.rs", "k\n"), ("d/new.rs", "new\n")];
+    let t2 = set_tree_upstream(&bare, "main", &v2, false);
+    let (_, used) = ws(&cache, &u, &tmp.path().join("w2"), &[]).await;
+    assert!(used.spare && used.fetched, "{used:?}");
+    assert_workspace(&tmp.path().join("w2"), t2, &v2);
+
+    // With the job's branch: it is added to the spare, as to any workspace.
+    spares_in(&cache, &spares);
+    let job = commit_upstream(&bare, "drafter/DEMO-1-x", "job.txt", "mine\n");
+    let (_, used) = ws(&cache, &u, &tmp.path().join("w3"), &["drafter/DEMO-1-x"]).await;
+    assert!(used.spare, "{used:?}");
+    let w3 = tmp.path().join("w3");
+    assert_eq!(
+        git_in(&w3, &["rev-parse", "origin/drafter/DEMO-1-x"]).trim(),
+        job.to_string()
+    );
+    git_in(&w3, &["cat-file", "-e", &format!("{job}:job.txt")]);
+    // The workspace is the job's alone: writing in it changes no spare.
+    std::fs::write(w3.join("a.rs"), "the job's edit\n").unwrap();
+    let (_, used) = ws(&cache, &u, &tmp.path().join("w4"), &[]).await;
+    assert!(used.spare, "{used:?}");
+    assert_workspace(&tmp.path().join("w4"), t2, &v2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_force_pushed_base_is_not_served_from_the_old_spare() {
+    let gh = GithubStandIn::start(TOKEN).await;
+    let bare = gh.create_repo(REPO, &[("a.rs", "old\n"), ("b.rs", "b\n")]);
+    let tmp = tempfile::tempdir().unwrap();
+    let spares = tmp.path().join("spares");
+    let cache = MirrorCache::new(tmp.path().join("mirrors"), u64::MAX).with_spares(&spares);
+    let u = url(&gh, REPO);
+    ws(&cache, &u, &tmp.path().join("w0"), &[]).await;
+    assert_eq!(spares_in(&cache, &spares).len(), 1);
+
+    let rewritten = [("a.rs", "rewritten\n")];
+    let tip = set_tree_upstream(&bare, "main", &rewritten, true);
+    let (_, used) = ws(&cache, &u, &tmp.path().join("w1"), &[]).await;
+    assert!(!used.spare, "the old spare is of another history: {used:?}");
+    assert_workspace(&tmp.path().join("w1"), tip, &rewritten);
+    // Thrown away, and a new one made at the new tip.
+    let names = spares_in(&cache, &spares);
+    assert_eq!(names.len(), 1, "{names:?}");
+    let (_, used) = ws(&cache, &u, &tmp.path().join("w2"), &[]).await;
+    assert!(used.spare, "{used:?}");
+    assert_workspace(&tmp.path().join("w2"), tip, &rewritten);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_jobs_racing_for_one_spare_both_get_a_whole_workspace() {
+    let gh = GithubStandIn::start(TOKEN).await;
+    let files = [("a.rs", "a\n"), ("d/b.rs", "b\n")];
+    let bare = gh.create_repo(REPO, &files);
+    let tip = git2::Repository::open_bare(&bare)
+        .unwrap()
+        .refname_to_id("refs/heads/main")
+        .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let spares = tmp.path().join("spares");
+    let cache = MirrorCache::new(tmp.path().join("mirrors"), u64::MAX).with_spares(&spares);
+    let u = url(&gh, REPO);
+    ws(&cache, &u, &tmp.path().join("w0"), &[]).await;
+    for round in 0..3 {
+        spares_in(&cache, &spares);
+        let jobs: Vec<_> = (0..3)
+            .map(|i| {
+                let (cache, u, d) = (
+                    cache.clone(),
+                    u.clone(),
+                    tmp.path().join(format!("r{round}-{i}")),
+                );
+                tokio::spawn(async move { ws(&cache, &u, &d, &[]).await.1 })
+            })
+            .collect();
+        let mut took = 0;
+        for j in jobs {
+            took += usize::from(j.await.unwrap().spare);
+        }
+        // One spare is there at the start; a job may find the next one already made (small repository).
+        assert!(took >= 1, "the spare was taken");
+        for i in 0..3 {
+            assert_workspace(&tmp.path().join(format!("r{round}-{i}")), tip, &files);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn spares_stay_off_in_a_directory_others_can_use() {
+    use std::os::unix::fs::PermissionsExt;
+    let gh = GithubStandIn::start(TOKEN).await;
+    gh.create_repo(REPO, &[("a.rs", "a\n")]);
+    let tmp = tempfile::tempdir().unwrap();
+    let u = url(&gh, REPO);
+    let open = tmp.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let target = tmp.path().join("elsewhere");
+    std::fs::create_dir(&target).unwrap();
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let link = tmp.path().join("link");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    for (n, dir) in [("open", &open), ("link", &link)] {
+        let cache = MirrorCache::new(tmp.path().join(format!("m-{n}")), u64::MAX).with_spares(dir);
+        for i in 0..2 {
+            let (_, used) = ws(&cache, &u, &tmp.path().join(format!("{n}-{i}")), &[]).await;
+            assert!(!used.spare, "{n}: {used:?}");
+        }
+        assert!(spares_in(&cache, dir).is_empty(), "{n}: nothing made there");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn spares_go_with_their_mirror() {
+    let gh = GithubStandIn::start(TOKEN).await;
+    for n in ["acme/one", "acme/two"] {
+        let body: String = (0..4000u64)
+            .map(|k| {
+                format!(
+                    "{:016x}\n",
+                    k.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ n.len() as u64
+                )
+            })
+            .collect();
+        gh.create_repo(n, &[("data.txt", body.as_str()), ("n.txt", n)]);
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let spares = tmp.path().join("spares");
+    let [u1, u2] = ["acme/one", "acme/two"].map(|n| url(&gh, n));
+    // Room for one mirror and its spare only.
+    let probe = MirrorCache::new(tmp.path().join("probe"), u64::MAX);
+    ws(&probe, &u1, &tmp.path().join("p"), &[]).await;
+    let one = probe.size();
+    let cache = MirrorCache::new(tmp.path().join("mirrors"), one * 3 / 2).with_spares(&spares);
+    ws(&cache, &u1, &tmp.path().join("a"), &[]).await;
+    assert_eq!(spares_in(&cache, &spares).len(), 1);
+    ws(&cache, &u2, &tmp.path().join("b"), &[]).await;
+    assert!(!cache.mirror_path(&u1).exists(), "evicted");
+    let names = spares_in(&cache, &spares);
+    assert_eq!(
+        names.len(),
+        1,
+        "the evicted mirror's spare went with it: {names:?}"
+    );
+    let (_, used) = ws(&cache, &u2, &tmp.path().join("c"), &[]).await;
+    assert!(used.spare, "{used:?}");
+
+    // A spare whose mirror is gone some other way (its cache deleted) is swept by the next build.
+    spares_in(&cache, &spares);
+    std::fs::remove_dir_all(tmp.path().join("mirrors")).unwrap();
+    let other = MirrorCache::new(tmp.path().join("mirrors2"), u64::MAX).with_spares(&spares);
+    ws(&other, &u1, &tmp.path().join("d"), &[]).await;
+    let names = spares_in(&other, &spares);
+    assert_eq!(names.len(), 1, "only the new mirror's spare: {names:?}");
+}

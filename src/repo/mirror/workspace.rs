@@ -26,24 +26,16 @@ impl Built {
     }
 }
 
-/// Makes the workspace at `dest` from the mirror at `dir`: the base's seed copied in, a pack of what the branches
-/// of `also` add to it, `origin` at `url`, the refs a clone of `base` and `also` would have, the base checked out.
-/// No object reachable only from another branch enters the workspace. Every object the workspace needs is read
-/// once (the checkout reads the base's tree; the other branches' commits and trees are looked up), so a mirror
-/// that lost or damaged one fails here rather than later.
-pub(super) fn workspace_from(
-    dir: &Path,
-    url: &str,
-    dest: &Path,
+/// The tips of `base` and of each branch of `also` the mirror has, the base first.
+pub(super) fn tips(
+    mirror: &Repository,
     base: &str,
     also: &[String],
-) -> Result<Repository, Built> {
-    let corrupt = |context: &'static str| move |e: git2::Error| Built::Corrupt(local(context, e));
-    let mirror = Repository::open_bare(dir).map_err(corrupt("opening the mirror"))?;
+) -> Result<Vec<(String, Oid)>, Built> {
     let mut tips = Vec::new();
     for b in std::iter::once(base).chain(also.iter().map(String::as_str)) {
         match mirror.refname_to_id(&format!("refs/heads/{b}")) {
-            Ok(oid) => tips.push((b, oid)),
+            Ok(oid) => tips.push((b.to_string(), oid)),
             Err(e) if e.code() == ErrorCode::NotFound && b == base => {
                 return Err(Built::Other(RepoError::BranchNotFound {
                     branch: base.to_string(),
@@ -54,6 +46,33 @@ pub(super) fn workspace_from(
             Err(e) => return Err(corrupt("reading the mirror's branches")(e)),
         }
     }
+    Ok(tips)
+}
+
+fn corrupt(context: &'static str) -> impl Fn(git2::Error) -> Built {
+    move |e| Built::Corrupt(local(context, e))
+}
+
+fn other(context: &'static str) -> impl Fn(git2::Error) -> Built {
+    move |e| Built::Other(local(context, e))
+}
+
+/// Makes the workspace at `dest` from the mirror at `dir`: the base's seed copied in, a pack of what the branches
+/// of `also` add to it, `origin` at `url`, the refs a clone of `base` and `also` would have, and (with `checkout`)
+/// the base checked out. No object reachable only from another branch enters the workspace. Every object the
+/// workspace needs is read once (the checkout reads the base's tree; the other branches' commits and trees are
+/// looked up), so a mirror that lost or damaged one fails here rather than later. Without `checkout` the workspace
+/// is self-contained but its files are not written: [`super::spare`] does that without the mirror's lock.
+pub(super) fn workspace_from(
+    dir: &Path,
+    url: &str,
+    dest: &Path,
+    base: &str,
+    also: &[String],
+    checkout: bool,
+) -> Result<Repository, Built> {
+    let mirror = Repository::open_bare(dir).map_err(corrupt("opening the mirror"))?;
+    let tips = tips(&mirror, base, also)?;
     let seed = seed_dir(dir, base);
     if read_text(&seed.join("tip")).as_deref() != Some(tips[0].1.to_string().as_str()) {
         return Err(Built::Stale);
@@ -62,45 +81,84 @@ pub(super) fn workspace_from(
     let repo =
         Repository::init(dest).map_err(|e| Built::Other(local("creating the workspace", e)))?;
     let pack_dir = repo.path().join("objects").join("pack");
-    copy_packs(&seed, &pack_dir).map_err(Built::Corrupt)?;
-    if tips.len() > 1 {
-        // What the job's branches add to the base, straight from the mirror (usually nothing: they rarely exist).
-        let mut walk = mirror
-            .revwalk()
-            .map_err(corrupt("listing the job's branches"))?;
-        for (_, oid) in &tips[1..] {
-            walk.push(*oid)
-                .map_err(corrupt("listing the job's branches"))?;
-        }
-        walk.hide(tips[0].1)
-            .map_err(corrupt("listing the job's branches"))?;
-        let mut pb = mirror
-            .packbuilder()
-            .map_err(corrupt("packing the job's branches"))?;
-        pb.insert_walk(&mut walk)
-            .map_err(corrupt("packing the job's branches"))?;
-        if pb.object_count() > 0 {
-            pb.write(&pack_dir, 0)
-                .map_err(corrupt("packing the job's branches"))?;
-        }
-    }
+    copy_packs(&seed, &pack_dir, |_| true).map_err(Built::Corrupt)?;
+    pack_branches(&mirror, &tips, &pack_dir)?;
     drop(mirror);
     drop(repo);
     // Reopened so the object database sees the packs copied in.
     let repo =
         Repository::open(dest).map_err(|e| Built::Other(local("opening the workspace", e)))?;
+    point_refs(&repo, url, &tips)?;
+    if checkout {
+        repo.checkout_head(Some(CheckoutBuilder::new().force()))
+            .map_err(corrupt("checking out the base branch"))?;
+    }
+    Ok(repo)
+}
+
+/// Writes into `pack_dir` a pack of what the job's branches (`tips` after the base) add to the base, straight from
+/// the mirror (usually nothing: they rarely exist).
+pub(super) fn pack_branches(
+    mirror: &Repository,
+    tips: &[(String, Oid)],
+    pack_dir: &Path,
+) -> Result<(), Built> {
+    if tips.len() < 2 {
+        return Ok(());
+    }
+    let mut walk = mirror
+        .revwalk()
+        .map_err(corrupt("listing the job's branches"))?;
+    for (_, oid) in &tips[1..] {
+        walk.push(*oid)
+            .map_err(corrupt("listing the job's branches"))?;
+    }
+    walk.hide(tips[0].1)
+        .map_err(corrupt("listing the job's branches"))?;
+    let mut pb = mirror
+        .packbuilder()
+        .map_err(corrupt("packing the job's branches"))?;
+    pb.insert_walk(&mut walk)
+        .map_err(corrupt("packing the job's branches"))?;
+    if pb.object_count() > 0 {
+        pb.write(pack_dir, 0)
+            .map_err(corrupt("packing the job's branches"))?;
+    }
+    Ok(())
+}
+
+/// Points the workspace's refs where a clone of `tips` would: `origin` at `url` fetching each branch,
+/// `refs/remotes/origin/<b>` at each tip (whose commit and tree are looked up, so a missing object shows here),
+/// the base as a local branch tracking its remote one, and HEAD on it. The files are not touched. A workspace that
+/// has an `origin` already (a spare) keeps it and gains the branches it lacks.
+pub(super) fn point_refs(
+    repo: &Repository,
+    url: &str,
+    tips: &[(String, Oid)],
+) -> Result<(), Built> {
     let specs: Vec<String> = tips
         .iter()
         .map(|(b, _)| format!("+refs/heads/{b}:refs/remotes/origin/{b}"))
         .collect();
-    let other = |context: &'static str| move |e: git2::Error| Built::Other(local(context, e));
-    repo.remote_with_fetch("origin", url, &specs[0])
-        .map_err(other("configuring origin"))?;
-    for spec in &specs[1..] {
+    let have: Vec<String> = match repo.find_remote("origin") {
+        Ok(r) => {
+            let specs = r.fetch_refspecs().map_err(other("reading origin"))?;
+            (0..specs.len())
+                .filter_map(|i| specs.get(i).ok().flatten().map(String::from))
+                .collect()
+        }
+        Err(e) if e.code() == ErrorCode::NotFound => {
+            repo.remote_with_fetch("origin", url, &specs[0])
+                .map_err(other("configuring origin"))?;
+            vec![specs[0].clone()]
+        }
+        Err(e) => return Err(other("reading origin")(e)),
+    };
+    for spec in specs.iter().filter(|s| !have.contains(s)) {
         repo.remote_add_fetch("origin", spec)
             .map_err(other("configuring origin"))?;
     }
-    for (b, oid) in &tips {
+    for (b, oid) in tips {
         let commit = repo
             .find_commit(*oid)
             .map_err(corrupt("reading a branch's commit"))?;
@@ -113,26 +171,32 @@ pub(super) fn workspace_from(
         )
         .map_err(other("writing a remote-tracking branch"))?;
     }
-    let base_commit = repo
-        .find_commit(tips[0].1)
-        .map_err(corrupt("reading the base commit"))?;
+    let (base, tip) = &tips[0];
+    // A reference, not `Repository::branch`: libgit2 will not force-move the branch HEAD is on, as a spare's is.
+    repo.reference(
+        &format!("refs/heads/{base}"),
+        *tip,
+        true,
+        "clone: from mirror",
+    )
+    .map_err(other("creating the base branch"))?;
     let mut branch = repo
-        .branch(base, &base_commit, true)
+        .find_branch(base, git2::BranchType::Local)
         .map_err(other("creating the base branch"))?;
     branch
         .set_upstream(Some(&format!("origin/{base}")))
         .map_err(other("setting the base branch's upstream"))?;
-    drop(branch);
-    drop(base_commit);
     repo.set_head(&format!("refs/heads/{base}"))
         .map_err(other("pointing HEAD at the base branch"))?;
-    repo.checkout_head(Some(CheckoutBuilder::new().force()))
-        .map_err(corrupt("checking out the base branch"))?;
-    Ok(repo)
+    Ok(())
 }
 
-/// Copies the pack files (`.pack`, `.idx`) of `from` into `to`.
-fn copy_packs(from: &Path, to: &Path) -> Result<(), RepoError> {
+/// Copies the pack files (`.pack`, `.idx`) of `from` whose names `want` accepts into `to`.
+pub(super) fn copy_packs(
+    from: &Path,
+    to: &Path,
+    want: impl Fn(&std::ffi::OsStr) -> bool,
+) -> Result<(), RepoError> {
     fs::create_dir_all(to).map_err(io("creating the workspace's packs", to))?;
     let entries = fs::read_dir(from).map_err(io("listing the seed", from))?;
     for entry in entries {
@@ -142,7 +206,7 @@ fn copy_packs(from: &Path, to: &Path) -> Result<(), RepoError> {
             let n = name.to_string_lossy();
             n.ends_with(".pack") || n.ends_with(".idx")
         };
-        if keep {
+        if keep && want(&name) {
             let dst = to.join(&name);
             fs::copy(entry.path(), &dst).map_err(io("copying the seed", &dst))?;
         }
@@ -151,7 +215,7 @@ fn copy_packs(from: &Path, to: &Path) -> Result<(), RepoError> {
 }
 
 /// Where the seed of `base` lives: named by a digest, the branch name is in its `base` file.
-fn seed_dir(dir: &Path, base: &str) -> PathBuf {
+pub(super) fn seed_dir(dir: &Path, base: &str) -> PathBuf {
     let digest = Sha256::digest(base.as_bytes());
     dir.join(SEEDS_DIR).join(hex::encode(&digest[..8]))
 }

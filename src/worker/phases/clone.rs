@@ -15,10 +15,19 @@ pub(crate) fn scratch() -> std::io::Result<(tempfile::TempDir, PathBuf)> {
     Ok((scratch, ws))
 }
 
-/// The mirror cache `[repo]` configures, if mirrors are on.
+/// The mirror cache `[repo]` configures, if mirrors are on, with its spare workspaces beside the jobs' (see
+/// [`scratch`]: a spare is taken by a `rename`, which cannot cross file systems), in a directory of this user's.
 pub(crate) fn mirrors(cfg: &CloneConfig) -> Option<MirrorCache> {
-    cfg.mirror
-        .then(|| MirrorCache::new(&cfg.mirror_dir, cfg.mirror_max_bytes))
+    cfg.mirror.then(|| {
+        let cache = MirrorCache::new(&cfg.mirror_dir, cfg.mirror_max_bytes);
+        if cfg.spare_workspaces {
+            // SAFETY: geteuid has no arguments and cannot fail.
+            let uid = unsafe { libc::geteuid() };
+            cache.with_spares(std::env::temp_dir().join(format!("drafter-spares-{uid}")))
+        } else {
+            cache
+        }
+    })
 }
 
 /// Where a job's repository comes from.
@@ -61,6 +70,7 @@ pub(crate) async fn clone(
                     fetched = used.fetched,
                     coalesced = used.coalesced,
                     repaired = used.repaired,
+                    spare = used.spare,
                     "workspace made from the mirror"
                 );
                 r
