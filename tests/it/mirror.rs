@@ -602,27 +602,7 @@ fn set_tree_upstream(bare: &Path, branch: &str, files: &[(&str, &str)], orphan: 
         true => None,
         false => Some(r.find_commit(r.refname_to_id(&refname).unwrap()).unwrap()),
     };
-    let mut index = git2::Index::new().unwrap();
-    for (path, content) in files {
-        let blob = r.blob(content.as_bytes()).unwrap();
-        let mut entry = git2::IndexEntry {
-            ctime: git2::IndexTime::new(0, 0),
-            mtime: git2::IndexTime::new(0, 0),
-            dev: 0,
-            ino: 0,
-            mode: 0o100644,
-            uid: 0,
-            gid: 0,
-            file_size: content.len() as u32,
-            id: blob,
-            flags: 0,
-            flags_extended: 0,
-            path: path.as_bytes().to_vec(),
-        };
-        entry.flags = path.len().min(0xfff) as u16;
-        index.add(&entry).unwrap();
-    }
-    let tree = r.find_tree(index.write_tree_to(&r).unwrap()).unwrap();
+    let tree = r.find_tree(support::git::tree_of(&r, files)).unwrap();
     let sig = git2::Signature::now("Up", "up@example.com").unwrap();
     let parents: Vec<&git2::Commit> = parent.iter().collect();
     let oid = r
@@ -735,6 +715,7 @@ async fn a_spare_workspace_serves_the_next_job_and_follows_the_base() {
     git_in(&w3, &["cat-file", "-e", &format!("{job}:job.txt")]);
     // The workspace is the job's alone: writing in it changes no spare.
     std::fs::write(w3.join("a.rs"), "the job's edit\n").unwrap();
+    spares_in(&cache, &spares);
     let (_, used) = ws(&cache, &u, &tmp.path().join("w4"), &[]).await;
     assert!(used.spare, "{used:?}");
     assert_workspace(&tmp.path().join("w4"), t2, &v2);

@@ -45,3 +45,28 @@ pub fn drafter_branches(bare: &Path) -> Vec<String> {
         .filter(|b| b.starts_with("drafter/"))
         .collect()
 }
+
+/// Writes into `repo` a tree holding exactly `files` (path, content; regular files, parent directories implied).
+pub fn tree_of(repo: &git2::Repository, files: &[(&str, &str)]) -> git2::Oid {
+    let mut index = git2::Index::new().expect("index");
+    for (path, content) in files {
+        let blob = repo.blob(content.as_bytes()).expect("blob");
+        index
+            .add(&git2::IndexEntry {
+                ctime: git2::IndexTime::new(0, 0),
+                mtime: git2::IndexTime::new(0, 0),
+                dev: 0,
+                ino: 0,
+                mode: 0o100644,
+                uid: 0,
+                gid: 0,
+                file_size: content.len() as u32,
+                id: blob,
+                flags: 0,
+                flags_extended: 0,
+                path: path.as_bytes().to_vec(),
+            })
+            .expect("index add");
+    }
+    index.write_tree_to(repo).expect("tree")
+}

@@ -187,27 +187,7 @@ impl GithubStandIn {
         let mut st = lock(&self.state);
         let bare = st.root.join(format!("{full_name}.git"));
         let repo = git2::Repository::init_bare(&bare).expect("init bare");
-        let mut index = git2::Index::new().expect("index");
-        for (path, content) in files {
-            let blob = repo.blob(content.as_bytes()).expect("blob");
-            index
-                .add(&git2::IndexEntry {
-                    ctime: git2::IndexTime::new(0, 0),
-                    mtime: git2::IndexTime::new(0, 0),
-                    dev: 0,
-                    ino: 0,
-                    mode: 0o100644,
-                    uid: 0,
-                    gid: 0,
-                    file_size: content.len() as u32,
-                    id: blob,
-                    flags: 0,
-                    flags_extended: 0,
-                    path: path.as_bytes().to_vec(),
-                })
-                .expect("index add");
-        }
-        let tree_id = index.write_tree_to(&repo).expect("tree");
+        let tree_id = super::git::tree_of(&repo, files);
         let tree = repo.find_tree(tree_id).expect("find tree");
         let sig = git2::Signature::now("Seed", "seed@example.com").expect("sig");
         repo.commit(
