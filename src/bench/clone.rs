@@ -65,7 +65,9 @@ pub struct CloneReport {
     pub cold: Duration,
     /// Workspaces from the warm mirror, a spare ready (what a job of a repository seen before waits for).
     pub spare: Row,
-    /// Workspaces from the warm mirror, made on the job's path (no spare, or spares off).
+    /// The same, the base one commit (five files changed) ahead of the spare: it is brought forward.
+    pub moved: Row,
+    /// Workspaces from the warm mirror, made on the path (no spare, or spares off).
     pub warm: Row,
     /// The part both paths pay alike: checking the base out into an empty working tree.
     pub checkout: Row,
@@ -103,7 +105,13 @@ impl CloneReport {
             self.pack_bytes as f64 / 1e6
         );
         out.push_str("| workspace ready | runs | p50 ms | p99 ms |\n|---|---:|---:|---:|\n");
-        for r in [&self.plain, &self.spare, &self.warm, &self.checkout] {
+        for r in [
+            &self.plain,
+            &self.spare,
+            &self.moved,
+            &self.warm,
+            &self.checkout,
+        ] {
             out.push_str(&format!(
                 "| {} | {} | {} | {} |\n",
                 r.name,
@@ -159,12 +167,14 @@ pub async fn run(opts: &CloneOptions) -> Result<CloneReport, BenchError> {
     let url = format!("http://{addr}/bench/big.git");
     let work = scratch.path().join("work");
     let runs = opts.runs.max(1);
-    let timed = blocking(move || time_paths(&url, &work, runs)).await;
+    let served = bare.clone();
+    let timed = blocking(move || time_paths(&url, &served, &work, runs)).await;
     server.abort();
     let Timings {
         plain,
         cold,
         spare,
+        moved,
         warm,
         checkout,
     } = timed?;
@@ -175,6 +185,10 @@ pub async fn run(opts: &CloneOptions) -> Result<CloneReport, BenchError> {
         plain: Row::new("plain clone over HTTP", plain),
         cold,
         spare: Row::new("from the warm mirror, a spare ready (fetch + take)", spare),
+        moved: Row::new(
+            "the same, the base a commit ahead of the spare (fetch + take + bring forward)",
+            moved,
+        ),
         warm: Row::new(
             "from the warm mirror, no spare (fetch + local workspace)",
             warm,
@@ -191,6 +205,8 @@ struct Timings {
     cold: Duration,
     /// Warm-mirror workspaces taken from a spare.
     spare: Vec<Duration>,
+    /// The same, after the base moved a commit ahead of the spare.
+    moved: Vec<Duration>,
     /// Warm-mirror workspaces made on the path.
     warm: Vec<Duration>,
     /// Checkouts alone.
@@ -200,7 +216,7 @@ struct Timings {
 /// Plain clones and mirror workspaces (a spare ready, and none), in turn so all see the same machine, each started
 /// with no spare being made in the background; then the checkout alone, in the last no-spare workspace emptied of
 /// everything but `.git`.
-fn time_paths(url: &str, work: &Path, runs: usize) -> Result<Timings, BenchError> {
+fn time_paths(url: &str, bare: &Path, work: &Path, runs: usize) -> Result<Timings, BenchError> {
     let token = Secret::new(BENCH_TOKEN.to_string());
     let cache = MirrorCache::new(work.join("mirrors"), u64::MAX);
     // The same mirrors; spares beside the workspaces, as the worker keeps them.
@@ -216,6 +232,7 @@ fn time_paths(url: &str, work: &Path, runs: usize) -> Result<Timings, BenchError
         plain: Vec::new(),
         cold,
         spare: Vec::new(),
+        moved: Vec::new(),
         warm: Vec::new(),
         checkout: Vec::new(),
     };
@@ -243,6 +260,22 @@ fn time_paths(url: &str, work: &Path, runs: usize) -> Result<Timings, BenchError
         spared.settle();
         std::fs::remove_dir_all(&dest)?;
 
+        advance(bare, i)?;
+        let dest = work.join(format!("moved-{i}"));
+        let t = Instant::now();
+        let (r, used) = spared
+            .clone_with(url, &dest, "main", &[], &token)
+            .map_err(git)?;
+        out.moved.push(t.elapsed());
+        if !used.spare || !used.fetched {
+            return Err(BenchError::Setup(format!(
+                "the moved base was not served from the spare: {used:?}"
+            )));
+        }
+        drop(r);
+        spared.settle();
+        std::fs::remove_dir_all(&dest)?;
+
         let dest = work.join(format!("warm-{i}"));
         let t = Instant::now();
         let (r, used) = cache
@@ -262,6 +295,39 @@ fn time_paths(url: &str, work: &Path, runs: usize) -> Result<Timings, BenchError
     }
     spared.settle();
     Ok(out)
+}
+
+/// One more commit on the served `main`, rewriting five files as the generated history's commits do.
+fn advance(bare: &Path, round: usize) -> Result<(), BenchError> {
+    let e = |e: git2::Error| BenchError::Setup(format!("advancing the served repository: {e}"));
+    let r = git2::Repository::open_bare(bare).map_err(e)?;
+    let head = r
+        .find_commit(r.refname_to_id("refs/heads/main").map_err(e)?)
+        .map_err(e)?;
+    let tree = head.tree().map_err(e)?;
+    let mut update = git2::build::TreeUpdateBuilder::new();
+    for k in 0..5 {
+        let n = (round * 7 + k * 3001) % 20_000;
+        let path = format!("src/m{:03}/f{n:05}.rs", n / 100);
+        let blob = r
+            .blob(file_text(n, 100_000 + round).as_bytes())
+            .map_err(e)?;
+        update.upsert(path, blob, git2::FileMode::Blob);
+    }
+    let new_tree = r
+        .find_tree(update.create_updated(&r, &tree).map_err(e)?)
+        .map_err(e)?;
+    let sig = git2::Signature::now("Bench", "bench@drafter.invalid").map_err(e)?;
+    r.commit(
+        Some("refs/heads/main"),
+        &sig,
+        &sig,
+        &format!("bench move {round}"),
+        &new_tree,
+        &[&head],
+    )
+    .map_err(e)?;
+    Ok(())
 }
 
 /// Removes everything in `dir` but `.git`, and the index, so a checkout writes every file again.
