@@ -532,8 +532,8 @@ idle_poll_ms = 100
         ..Options::default()
     })
     .await;
-    // DEMO-100 and DEMO-102 are acme/widgets tickets (OTHER-101 is not assigned).
-    let keys = stack.burst_tickets(3);
+    // DEMO-100, DEMO-102 and DEMO-104 are acme/widgets tickets (the OTHER ones are not assigned).
+    let keys = stack.burst_tickets(5);
     // Slow git answers keep the first job's mirror clone on the wire while the second job reaches its clone.
     stack.github.set_git_delay(Duration::from_millis(1500));
     let serve = ServeProcess::start(&stack, Path::new(BIN)).await;
@@ -541,21 +541,30 @@ idle_poll_ms = 100
     serve.assign(&client, &keys[0], 70_001).await;
     serve.assign(&client, &keys[2], 70_002).await;
     let queue = stack.queue().await;
-    let jobs = wait_all_finished(queue.as_ref(), 2, Duration::from_secs(240)).await;
+    wait_all_finished(queue.as_ref(), 2, Duration::from_secs(240)).await;
+    // A later job of the repository: one fetch of its own, and the workspace a spare made after the first two.
+    stack.github.set_git_delay(Duration::ZERO);
+    serve.assign(&client, &keys[4], 70_003).await;
+    let jobs = wait_all_finished(queue.as_ref(), 3, Duration::from_secs(240)).await;
     let log = serve.stop().await;
     assert!(
         jobs.iter().all(|j| j.state == JobState::Succeeded),
         "{jobs:?}\n{log}"
     );
-    assert_eq!(stack.github.pulls(DEMO_REPO).len(), 2);
-    // The mirror's clone, for both jobs.
-    assert_eq!(fetches(&stack.github, DEMO_REPO), CLONE_FETCHES, "{log}");
+    assert_eq!(stack.github.pulls(DEMO_REPO).len(), 3);
+    // The mirror's clone, for both first jobs; one fetch for the third.
+    assert_eq!(
+        fetches(&stack.github, DEMO_REPO),
+        CLONE_FETCHES + 1,
+        "{log}"
+    );
     assert_eq!(
         log.matches("workspace made from the mirror").count(),
-        2,
+        3,
         "{log}"
     );
     assert!(log.contains("coalesced=true"), "{log}");
+    assert_eq!(log.matches("spare=true").count(), 1, "{log}");
     let root = stack.data_dir().join("mirrors");
     for f in files_under(&root) {
         let text = String::from_utf8_lossy(&std::fs::read(&f).unwrap()).into_owned();
