@@ -679,6 +679,7 @@ async fn a_spare_workspace_serves_the_next_job_and_follows_the_base() {
         ("a.rs", "a1\n"),
         ("gone.rs", "soon gone\n"),
         ("d/k.rs", "k\n"),
+        ("old/x.rs", "x\n"),
     ];
     let bare = gh.create_repo(REPO, &v1);
     let t1 = git2::Repository::open_bare(&bare)
@@ -710,6 +711,10 @@ async fn a_spare_workspace_serves_the_next_job_and_follows_the_base() {
     let (_, used) = ws(&cache, &u, &tmp.path().join("w2"), &[]).await;
     assert!(used.spare && used.fetched, "{used:?}");
     assert_workspace(&tmp.path().join("w2"), t2, &v2);
+    assert!(
+        !tmp.path().join("w2/old").exists(),
+        "a directory the base deleted stayed"
+    );
 
     // With the job's branch: it is added to the spare, as to any workspace.
     spares_in(&cache, &spares);

@@ -29,6 +29,10 @@ use std::thread::JoinHandle;
 use super::workspace::{copy_packs, point_refs, seed_dir, tips, workspace_from, Built};
 use super::*;
 
+/// Changed paths up to which bringing a spare forward names them to the checkout (past it, the whole tree is
+/// compared).
+const MAX_NAMED_PATHS: usize = 2000;
+
 /// The file in a spare's `.git` that says what it holds; removed when a job takes it.
 const MARKER: &str = "drafter-spare";
 
@@ -189,14 +193,32 @@ impl Spares {
         if moved {
             // Before HEAD moves: the checkout's baseline is then the spare's tree, so files the base deleted go too,
             // and only what changed is written.
-            let commit = repo
-                .find_commit(tip)
-                .map_err(|e| Built::Corrupt(local("reading the base commit", e)))?;
-            repo.checkout_tree(
-                commit.as_object(),
-                Some(git2::build::CheckoutBuilder::new().force()),
-            )
-            .map_err(|e| Built::Corrupt(local("bringing the spare workspace to the base", e)))?;
+            let corrupt = |e| Built::Corrupt(local("bringing the spare workspace to the base", e));
+            let commit = repo.find_commit(tip).map_err(corrupt)?;
+            let old = repo
+                .find_commit(marker.tip)
+                .and_then(|c| c.tree())
+                .map_err(corrupt)?;
+            let diff = repo
+                .diff_tree_to_tree(Some(&old), Some(&commit.tree().map_err(corrupt)?), None)
+                .map_err(corrupt)?;
+            let mut checkout = git2::build::CheckoutBuilder::new();
+            checkout.force();
+            if diff.deltas().len() <= MAX_NAMED_PATHS {
+                // Only the paths that changed are looked at: the spare is as it was made, so the rest of its
+                // 20,000 files need not be compared one by one.
+                checkout.disable_pathspec_match(true);
+                for d in diff.deltas() {
+                    for p in [d.old_file().path(), d.new_file().path()]
+                        .into_iter()
+                        .flatten()
+                    {
+                        checkout.path(p);
+                    }
+                }
+            }
+            repo.checkout_tree(commit.as_object(), Some(&mut checkout))
+                .map_err(corrupt)?;
         }
         point_refs(&repo, url, &tips)?;
         tracing::debug!(base, moved, "workspace taken from a spare");
