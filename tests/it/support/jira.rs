@@ -129,6 +129,8 @@ struct Failure {
     retry_after: Option<String>,
     /// Only requests whose path ends with this fail (all when `None`).
     path_suffix: Option<String>,
+    /// The error body, when not the stand-in's own `{"errorMessages":["stand-in: injected failure"],"errors":{}}`.
+    body: Option<Value>,
 }
 
 struct Inner {
@@ -157,7 +159,7 @@ struct Inner {
     /// Remote links per issue key, oldest first.
     remote_links: BTreeMap<String, Vec<Value>>,
     /// The workflow every issue follows (see `jira_panel.rs`).
-    workflow: Vec<(String, String, String, String, String)>,
+    workflow: panel::Workflow,
 }
 
 /// A running stand-in. The server stops when this is dropped.
@@ -309,7 +311,7 @@ impl JiraStandIn {
                 "name": format!("{project} project"),
                 "projectTypeKey": "software",
             },
-            "status": {"name": "To Do", "statusCategory": {"key": "new"}},
+            "status": panel::status_json(&self.base_url, if datacenter { "2" } else { "3" }, "To Do", "new"),
             "assignee": self.bot_user(),
             // GET /rest/api/3/issue/{key}: `fields.issuetype` is an IssueTypeDetails object ({id, name, subtask, ...}).
             "issuetype": {"id": "10002", "name": "Task", "subtask": false},
@@ -590,16 +592,31 @@ impl JiraStandIn {
             remaining: times,
             retry_after: retry_after.map(str::to_string),
             path_suffix: None,
+            body: None,
         });
     }
 
     /// The next `times` requests whose path ends with `path_suffix` fail with `status` (others are answered).
     pub fn fail_next_on(&self, path_suffix: &str, status: u16, times: usize) {
+        self.fail_next_on_with(path_suffix, status, times, None, None);
+    }
+
+    /// Like [`JiraStandIn::fail_next_on`], with a `Retry-After` value and an error body of the test's choosing
+    /// (Jira's documented `{"errorMessages":[...],"errors":{...}}`, or something hostile).
+    pub fn fail_next_on_with(
+        &self,
+        path_suffix: &str,
+        status: u16,
+        times: usize,
+        retry_after: Option<&str>,
+        body: Option<Value>,
+    ) {
         lock(&self.state).failure = Some(Failure {
             status,
             remaining: times,
-            retry_after: None,
+            retry_after: retry_after.map(str::to_string),
             path_suffix: Some(path_suffix.to_string()),
+            body,
         });
     }
 }
@@ -753,7 +770,10 @@ fn handle_now(
             let status =
                 StatusCode::from_u16(f.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             let retry_after = f.retry_after.clone();
-            let mut resp = error(status, &["stand-in: injected failure"], json!({}));
+            let mut resp = match &f.body {
+                Some(body) => (status, axum::Json(body.clone())).into_response(),
+                None => error(status, &["stand-in: injected failure"], json!({})),
+            };
             if let Some(ra) = retry_after {
                 if let Ok(v) = ra.parse() {
                     resp.headers_mut().insert("retry-after", v);
