@@ -204,3 +204,209 @@ async fn a_merged_pr_updates_its_link_cloud_and_data_center() {
     link_state_updates(Flavor::Cloud).await;
     link_state_updates(Flavor::DataCenter).await;
 }
+
+/// The POSTs drafter made to the ticket's transitions.
+fn transition_posts(stack: &Stack) -> Vec<String> {
+    stack
+        .jira
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "POST" && r.path.ends_with("/transitions"))
+        .map(|r| String::from_utf8_lossy(&r.body).into_owned())
+        .collect()
+}
+
+fn notes(stack: &Stack) -> Vec<String> {
+    job_records(stack)
+        .iter()
+        .flat_map(|r| r["notes"].as_array().cloned().unwrap_or_default())
+        .filter_map(|n| n.as_str().map(str::to_string))
+        .collect()
+}
+
+async fn already_there(flavor: Flavor) {
+    // A retried job, a review iteration, or a person who moved the ticket first: it is in review already. By
+    // category (`indeterminate`: In Review is one) and by name, nothing is posted, even where the workflow offers a
+    // looped transition to the status it is in (`isLooped`, Jira's "any status -> itself"), and nothing is warned.
+    let toml = "\n[jira.transitions.DEMO]\non_start = \"indeterminate\"\non_pr = \"IN REVIEW\"\n";
+    let stack = stack(flavor, toml).await;
+    stack.jira.set_status("DEMO-1", "In Review");
+    stack.jira.set_looped_transitions(true);
+    let log = run(&stack).await;
+    assert_eq!(stack.github.pulls(DEMO_REPO).len(), 1);
+    assert_eq!(stack.jira.status("DEMO-1"), "In Review");
+    assert_eq!(transition_posts(&stack), Vec::<String>::new());
+    assert!(!log.contains("no transition to that status"), "{log}");
+    assert!(log.contains("already"), "{log}");
+    assert_eq!(notes(&stack), Vec::<String>::new());
+
+    // A name still wins over a category: "In Progress" is a status of its own, so In Review moves there.
+    let stack2 = self::stack(
+        flavor,
+        "\n[jira.transitions.DEMO]\non_pr = \"In Progress\"\n",
+    )
+    .await;
+    stack2.jira.set_status("DEMO-1", "In Review");
+    run(&stack2).await;
+    assert_eq!(stack2.jira.status("DEMO-1"), "In Progress");
+    assert_eq!(transition_posts(&stack2).len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_ticket_already_in_the_target_status_is_left_alone_cloud() {
+    already_there(Flavor::Cloud).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_ticket_already_in_the_target_status_is_left_alone_data_center() {
+    already_there(Flavor::DataCenter).await;
+}
+
+async fn screen_requires_a_field(flavor: Flavor) {
+    // A transition whose screen requires a field answers 400 `{"errorMessages":[],"errors":{"<field>":"..."}}`
+    // (https://developer.atlassian.com/cloud/jira/platform/rest/v3/api-group-issues/#api-rest-api-3-issue-issueidorkey-transitions-post:
+    // "400 ... if a required field is not provided"; Data Center:
+    // https://docs.atlassian.com/software/jira/docs/api/REST/9.12.0/#api/2/issue-doTransition). drafter sends no
+    // fields: the ticket stays where on_start put it, the job delivers, and the field's error is in the notes.
+    let stack = stack(flavor, TRANSITIONS).await;
+    stack
+        .jira
+        .require_field_on("In Review", "customfield_10020");
+    let log = run(&stack).await;
+    assert_eq!(stack.github.pulls(DEMO_REPO).len(), 1);
+    assert_eq!(stack.jira.remote_links("DEMO-1").len(), 1);
+    assert_eq!(stack.jira.status("DEMO-1"), "In Progress");
+    let notes = notes(&stack);
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    assert!(
+        notes[0].contains("on_pr transition to \"in review\" not applied")
+            && notes[0].contains("HTTP 400")
+            && notes[0].contains("customfield_10020 is required"),
+        "{notes:?}"
+    );
+    assert!(log.contains("could not move the ticket"), "{log}");
+    assert_eq!(stack.jira.comment_texts("DEMO-1").len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_transition_screen_with_a_required_field_is_noted_not_fatal_cloud() {
+    screen_requires_a_field(Flavor::Cloud).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_transition_screen_with_a_required_field_is_noted_not_fatal_data_center() {
+    screen_requires_a_field(Flavor::DataCenter).await;
+}
+
+/// Jira's rate-limit answer: 429 with `Retry-After` and the usual error body
+/// (https://developer.atlassian.com/cloud/jira/platform/rate-limiting/).
+fn rate_limited() -> Value {
+    serde_json::json!({"errorMessages": ["Rate limit exceeded."], "errors": {}})
+}
+
+async fn rate_limits(flavor: Flavor) {
+    // A short `Retry-After` is waited out once: the link is saved, the ticket moved, nothing noted.
+    let stack = stack(flavor, TRANSITIONS).await;
+    stack
+        .jira
+        .fail_next_on_with("/remotelink", 429, 1, Some("1"), Some(rate_limited()));
+    run(&stack).await;
+    assert_eq!(stack.jira.remote_links("DEMO-1").len(), 1);
+    assert_eq!(stack.jira.status("DEMO-1"), "In Review");
+    assert_eq!(notes(&stack), Vec::<String>::new());
+
+    // A long one is not: the job delivers now, and says why the ticket did not move, with Jira's wait.
+    let stack = self::stack(flavor, TRANSITIONS).await;
+    stack
+        .jira
+        .fail_next_on_with("/transitions", 429, 100, Some("120"), Some(rate_limited()));
+    let started = std::time::Instant::now();
+    let log = run(&stack).await;
+    assert!(started.elapsed() < std::time::Duration::from_secs(60));
+    assert_eq!(stack.github.pulls(DEMO_REPO).len(), 1);
+    assert_eq!(stack.jira.remote_links("DEMO-1").len(), 1);
+    assert_eq!(stack.jira.status("DEMO-1"), "To Do");
+    let notes = notes(&stack);
+    assert_eq!(notes.len(), 2, "{notes:?}");
+    for n in &notes {
+        assert!(
+            n.contains("rate limit") && n.contains("retry after 120 s"),
+            "{notes:?}"
+        );
+    }
+    assert!(log.contains("could not move the ticket"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rate_limits_on_the_panel_are_waited_out_when_short_cloud() {
+    rate_limits(Flavor::Cloud).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rate_limits_on_the_panel_are_waited_out_when_short_data_center() {
+    rate_limits(Flavor::DataCenter).await;
+}
+
+async fn refusals_name_the_status_never_the_token(flavor: Flavor) {
+    use base64::Engine as _;
+    use support::harness::{JIRA_EMAIL, JIRA_TOKEN};
+    // 401 on the link, its body echoing the credential (a hostile or broken proxy); then 404 on the transitions with
+    // Jira's documented body. Both are noted with their status; the credential is in neither the notes nor the log.
+    // What drafter sends: Basic `email:api_token` on Cloud, the personal access token as Bearer on Data Center.
+    let credential = match flavor {
+        Flavor::Cloud => {
+            base64::engine::general_purpose::STANDARD.encode(format!("{JIRA_EMAIL}:{JIRA_TOKEN}"))
+        }
+        Flavor::DataCenter => JIRA_TOKEN.to_string(),
+    };
+    let echo = serde_json::json!({
+        "errorMessages": [format!("You are not authenticated. Authorization: {credential} ({JIRA_TOKEN})")],
+        "errors": {}
+    });
+    let stack = stack(flavor, TRANSITIONS).await;
+    stack
+        .jira
+        .fail_next_on_with("/remotelink", 401, 1, None, Some(echo));
+    let log = run(&stack).await;
+    let notes = notes(&stack);
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    assert!(
+        notes[0].contains("remote link not saved") && notes[0].contains("HTTP 401"),
+        "{notes:?}"
+    );
+    let record = std::fs::read_dir(stack.data_dir().join("jobs"))
+        .expect("jobs")
+        .filter_map(Result::ok)
+        .map(|e| std::fs::read_to_string(e.path().join("job.json")).expect("job.json"))
+        .collect::<String>();
+    for secret in [JIRA_TOKEN, credential.as_str()] {
+        assert!(!record.contains(secret), "{record}");
+        assert!(!log.contains(secret), "{log}");
+    }
+
+    let stack = self::stack(flavor, "\n[jira.transitions.DEMO]\non_pr = \"In Review\"\n").await;
+    let not_found = serde_json::json!({
+        "errorMessages": ["Issue does not exist or you do not have permission to see it."],
+        "errors": {}
+    });
+    stack
+        .jira
+        .fail_next_on_with("/transitions", 404, 1, None, Some(not_found));
+    run(&stack).await;
+    let notes = self::notes(&stack);
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    assert!(
+        notes[0].contains("on_pr transition") && notes[0].contains("not found"),
+        "{notes:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refusals_on_the_panel_are_noted_without_the_token_cloud() {
+    refusals_name_the_status_never_the_token(Flavor::Cloud).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refusals_on_the_panel_are_noted_without_the_token_data_center() {
+    refusals_name_the_status_never_the_token(Flavor::DataCenter).await;
+}
