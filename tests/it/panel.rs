@@ -410,3 +410,121 @@ async fn refusals_on_the_panel_are_noted_without_the_token_cloud() {
 async fn refusals_on_the_panel_are_noted_without_the_token_data_center() {
     refusals_name_the_status_never_the_token(Flavor::DataCenter).await;
 }
+
+/// A review iteration (`drafter serve`, a writer's line comment on the PR): the same job runs again on the same PR.
+/// The ticket keeps one link (the same `globalId`, updated), hears one "updated after review" comment, and is not
+/// pulled back to `on_start`'s status and forth again: an iteration is not the start of the job, and the ticket is in
+/// `on_pr`'s status already.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_review_iteration_keeps_one_link_and_does_not_move_the_ticket_back() {
+    use std::time::{Duration, Instant};
+
+    use drafter::queue::JobState;
+    use serde_json::json;
+    use support::github_review::{deliver, review_comment_event};
+    use support::harness::{ServeProcess, WEBHOOK_SECRET};
+    use support::model::{finish, tool};
+
+    let _serial = support::POOL_SERIAL.lock().await;
+    let ada = "712020:developer-ada"; // the user of `assignment_webhook`
+    let stack = Stack::start(Options {
+        policy: Some(format!(
+            "version = 1\n\n[teams.demo]\nprojects = [\"DEMO\"]\n\
+             repos = [{{ name = \"{DEMO_REPO}\", bases = [\"main\"] }}]\ntriggers = {{ accounts = [\"{ada}\"] }}\n"
+        )),
+        github_toml: "bot_login = \"drafter-bot\"".into(),
+        jira_toml: TRANSITIONS.into(),
+        extra_toml: "[serve]\nlisten = \"127.0.0.1:0\"\nwebhook_secret_env = \"DRAFTER_TEST_WEBHOOK_SECRET\"\n\
+             github_webhook_secret_env = \"DRAFTER_TEST_WEBHOOK_SECRET\"\nconcurrency = 1\nper_project = 1\n\
+             lease_secs = 30\nheartbeat_secs = 1\ndrain_timeout_secs = 30\nmax_attempts = 2\nidle_poll_ms = 100\n"
+            .into(),
+        ..Options::default()
+    })
+    .await;
+    let serve = ServeProcess::start(&stack, Path::new(BIN)).await;
+    let client = reqwest::Client::new();
+    let queue = stack.queue().await;
+    let wait = |what: &'static str, iterations: u32| {
+        let queue = queue.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(180);
+            loop {
+                let jobs = support::harness::all_jobs(queue.as_ref()).await;
+                if let [job] = jobs.as_slice() {
+                    if job.state == JobState::Succeeded && job.iterations == iterations {
+                        return;
+                    }
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "timed out waiting for {what}: {jobs:#?}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    serve.assign(&client, "DEMO-1", 10_001).await;
+    wait("the first run", 0).await;
+    assert_eq!(stack.jira.status("DEMO-1"), "In Review");
+    assert_eq!(transition_posts(&stack).len(), 2);
+    let first_link = stack.jira.remote_links("DEMO-1");
+    assert_eq!(first_link.len(), 1, "{first_link:#?}");
+
+    let pr = stack.github.pulls(DEMO_REPO)[0].clone();
+    stack.github.with_review(|r| {
+        r.permissions.insert("alice".into(), "write".into());
+    });
+    let comment = stack.github.with_review(|r| {
+        r.add_line_comment(
+            DEMO_REPO,
+            1,
+            "alice",
+            "@drafter-bot friendlier docstring, please",
+            "greet.py",
+            5,
+        )
+    });
+    stack.model.push(vec![
+        tool(
+            "edit_file",
+            json!({"path": "greet.py", "old": "\"\"\"Return a greeting for `name`.\"\"\"",
+                   "new": "\"\"\"Return a friendly greeting for `name`.\"\"\""}),
+        ),
+        finish("Made the docstring friendlier."),
+    ]);
+    let url = format!("http://{}/webhooks/github", serve.addr);
+    let event = review_comment_event(DEMO_REPO, &pr, &comment);
+    let (status, body) = deliver(
+        &client,
+        &url,
+        "pull_request_review_comment",
+        "it-1",
+        &event,
+        Some(WEBHOOK_SECRET),
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    wait("the iteration", 1).await;
+    serve.stop().await;
+
+    // One link, the first one's, still open.
+    let links = stack.jira.remote_links("DEMO-1");
+    assert_eq!(links.len(), 1, "{links:#?}");
+    assert_eq!(links[0]["id"], first_link[0]["id"]);
+    assert_eq!(links[0]["globalId"], format!("drafter:{DEMO_REPO}#1"));
+    assert_eq!(links[0]["object"]["status"]["resolved"], false);
+    // Not moved back to In Progress and forth again.
+    assert_eq!(stack.jira.status("DEMO-1"), "In Review");
+    assert_eq!(
+        transition_posts(&stack).len(),
+        2,
+        "{:?}",
+        transition_posts(&stack)
+    );
+    // One comment of each kind.
+    let texts = stack.jira.comment_texts("DEMO-1");
+    let count = |needle: &str| texts.iter().filter(|t| t.contains(needle)).count();
+    assert_eq!(count("started working"), 1, "{texts:#?}");
+    assert_eq!(count("updated after review (iteration 1)"), 1, "{texts:#?}");
+    assert_eq!(texts.len(), 3, "{texts:#?}");
+}

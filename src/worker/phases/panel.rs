@@ -1,7 +1,7 @@
 //! The ticket's development panel, a listener after the comments: the draft PR as a remote link (upserted by its
 //! `globalId`, so a retried job or a review iteration updates the one link), and the project's optional status
-//! transitions (`on_start` when work starts, `on_pr` once the PR is open; a ticket already in the target status, or
-//! its category, is left alone). None of it can fail a job: the PR is the delivery, and a Jira that refuses the link
+//! transitions (`on_start` when the job starts work, not again for a review iteration; `on_pr` once the PR is open
+//! or updated; a ticket already in the target status, or its category, is left alone). None of it can fail a job: the PR is the delivery, and a Jira that refuses the link
 //! or has no such transition is logged and noted in `job.json`. A rate limit or an overloaded Jira with a short
 //! `Retry-After` (at most [`MAX_PANEL_WAIT`]) is waited out once, since otherwise the link would be missing for
 //! good; a longer one is noted with its wait. The fence is asked before each call, like before a comment. When a PR
@@ -37,8 +37,15 @@ impl Listener for TicketPanel<'_> {
             jira::project_of(job.ticket()).and_then(|p| self.config.panel.transitions_for(p));
         match event {
             Event::Started { .. } => {
+                // A review iteration is not the job's start: its ticket is in on_pr's status, and moving it back to
+                // on_start's and forth again would only add two changes to its history per review comment.
+                let iteration = job.spec.review.is_some();
                 if let Some(target) = targets.and_then(|t| t.on_start.as_deref()) {
-                    self.transition(job, "on_start", target).await;
+                    if iteration {
+                        tracing::debug!(target, "review iteration: on_start not applied");
+                    } else {
+                        self.transition(job, "on_start", target).await;
+                    }
                 }
             }
             Event::PrOpened {
