@@ -10,7 +10,10 @@
 //! - Transitions, Cloud: <https://developer.atlassian.com/cloud/jira/platform/rest/v3/api-group-issues/#api-rest-api-3-issue-issueidorkey-transitions-get>
 //!   (and `-post`); Data Center: <https://docs.atlassian.com/software/jira/docs/api/REST/9.12.0/#api/2/issue-getTransitions>
 //!   (and `-doTransition`). `GET` lists the transitions open from the issue's status, each with its `to` status
-//!   (`name`, `statusCategory{key,name}`); `POST {"transition":{"id":..}}` applies one (204).
+//!   (`name`, `statusCategory{key,name}`; Cloud adds flags such as `isAvailable` and `isLooped`, Data Center has
+//!   none of them); `POST {"transition":{"id":..}}` applies one (204), or answers 400 with
+//!   `{"errorMessages":[],"errors":{"<field>":".."}}` when the transition's screen requires a field. Where the issue
+//!   is comes from `GET <api>/issue/{key}?fields=status` (`fields.status`, the same status object).
 
 use serde_json::{json, Value};
 
