@@ -411,57 +411,66 @@ async fn refusals_on_the_panel_are_noted_without_the_token_data_center() {
     refusals_name_the_status_never_the_token(Flavor::DataCenter).await;
 }
 
+/// `drafter serve` with Ada as the only trigger (`assignment_webhook`'s user), GitHub webhooks, two attempts a job.
+fn serve_options(jira_toml: &str) -> Options {
+    let ada = "712020:developer-ada";
+    Options {
+        policy: Some(format!(
+            "version = 1\n\n[teams.demo]\nprojects = [\"DEMO\"]\n\
+             repos = [{{ name = \"{DEMO_REPO}\", bases = [\"main\"] }}]\ntriggers = {{ accounts = [\"{ada}\"] }}\n"
+        )),
+        github_toml: "bot_login = \"drafter-bot\"".into(),
+        jira_toml: jira_toml.into(),
+        extra_toml: "[serve]\nlisten = \"127.0.0.1:0\"\nwebhook_secret_env = \"DRAFTER_TEST_WEBHOOK_SECRET\"\n\
+             github_webhook_secret_env = \"DRAFTER_TEST_WEBHOOK_SECRET\"\nconcurrency = 1\nper_project = 1\n\
+             lease_secs = 30\nheartbeat_secs = 1\ndrain_timeout_secs = 30\nmax_attempts = 2\nidle_poll_ms = 100\n"
+            .into(),
+        ..Options::default()
+    }
+}
+
+/// Waits until the queue's only job has succeeded with `iterations` follow-ups; returns it.
+async fn wait_succeeded(
+    queue: &dyn drafter::queue::Queue,
+    what: &str,
+    iterations: u32,
+) -> drafter::queue::Job {
+    use std::time::{Duration, Instant};
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let jobs = support::harness::all_jobs(queue).await;
+        if let [job] = jobs.as_slice() {
+            if job.state == drafter::queue::JobState::Succeeded && job.iterations == iterations {
+                return job.clone();
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {jobs:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// A review iteration (`drafter serve`, a writer's line comment on the PR): the same job runs again on the same PR.
 /// The ticket keeps one link (the same `globalId`, updated), hears one "updated after review" comment, and is not
 /// pulled back to `on_start`'s status and forth again: an iteration is not the start of the job, and the ticket is in
 /// `on_pr`'s status already.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_review_iteration_keeps_one_link_and_does_not_move_the_ticket_back() {
-    use std::time::{Duration, Instant};
-
-    use drafter::queue::JobState;
     use serde_json::json;
     use support::github_review::{deliver, review_comment_event};
     use support::harness::{ServeProcess, WEBHOOK_SECRET};
     use support::model::{finish, tool};
 
     let _serial = support::POOL_SERIAL.lock().await;
-    let ada = "712020:developer-ada"; // the user of `assignment_webhook`
-    let stack = Stack::start(Options {
-        policy: Some(format!(
-            "version = 1\n\n[teams.demo]\nprojects = [\"DEMO\"]\n\
-             repos = [{{ name = \"{DEMO_REPO}\", bases = [\"main\"] }}]\ntriggers = {{ accounts = [\"{ada}\"] }}\n"
-        )),
-        github_toml: "bot_login = \"drafter-bot\"".into(),
-        jira_toml: TRANSITIONS.into(),
-        extra_toml: "[serve]\nlisten = \"127.0.0.1:0\"\nwebhook_secret_env = \"DRAFTER_TEST_WEBHOOK_SECRET\"\n\
-             github_webhook_secret_env = \"DRAFTER_TEST_WEBHOOK_SECRET\"\nconcurrency = 1\nper_project = 1\n\
-             lease_secs = 30\nheartbeat_secs = 1\ndrain_timeout_secs = 30\nmax_attempts = 2\nidle_poll_ms = 100\n"
-            .into(),
-        ..Options::default()
-    })
-    .await;
+    let stack = Stack::start(serve_options(TRANSITIONS)).await;
     let serve = ServeProcess::start(&stack, Path::new(BIN)).await;
     let client = reqwest::Client::new();
     let queue = stack.queue().await;
     let wait = |what: &'static str, iterations: u32| {
         let queue = queue.clone();
-        async move {
-            let deadline = Instant::now() + Duration::from_secs(180);
-            loop {
-                let jobs = support::harness::all_jobs(queue.as_ref()).await;
-                if let [job] = jobs.as_slice() {
-                    if job.state == JobState::Succeeded && job.iterations == iterations {
-                        return;
-                    }
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "timed out waiting for {what}: {jobs:#?}"
-                );
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
+        async move { wait_succeeded(queue.as_ref(), what, iterations).await }
     };
     serve.assign(&client, "DEMO-1", 10_001).await;
     wait("the first run", 0).await;
@@ -527,4 +536,39 @@ async fn a_review_iteration_keeps_one_link_and_does_not_move_the_ticket_back() {
     assert_eq!(count("started working"), 1, "{texts:#?}");
     assert_eq!(count("updated after review (iteration 1)"), 1, "{texts:#?}");
     assert_eq!(texts.len(), 3, "{texts:#?}");
+}
+
+/// A "finished without changes" comment that Jira stored but whose answer was lost (a gateway's 504): the attempt
+/// fails and is retried, the retry ends the same way, and finds its comment already there instead of posting a
+/// second one (the notice's key, `drafter:<job>:no-changes`, as for "started" and "PR opened"). A job's first run is
+/// its only one that can end so: a review iteration that changes nothing still answers on its pull request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_retried_job_tells_the_ticket_once_that_nothing_changed() {
+    use support::harness::ServeProcess;
+    use support::model::finish;
+
+    let _serial = support::POOL_SERIAL.lock().await;
+    let stack = Stack::start(Options {
+        per_conversation: true,
+        script: vec![finish("Nothing to change: the greeting is right as it is.")],
+        ..serve_options("")
+    })
+    .await;
+    stack
+        .jira
+        .lose_answers("/comment", "without changing any file", 1);
+    let serve = ServeProcess::start(&stack, Path::new(BIN)).await;
+    serve
+        .assign(&reqwest::Client::new(), "DEMO-1", 10_001)
+        .await;
+    let queue = stack.queue().await;
+    let job = wait_succeeded(queue.as_ref(), "the job", 0).await;
+    serve.stop().await;
+    assert_eq!(job.attempts, 2, "{job:#?}");
+    assert!(stack.github.pulls(DEMO_REPO).is_empty());
+    let texts = stack.jira.comment_texts("DEMO-1");
+    let count = |needle: &str| texts.iter().filter(|t| t.contains(needle)).count();
+    assert_eq!(count("without changing any file"), 1, "{texts:#?}");
+    assert_eq!(count("started working"), 1, "{texts:#?}");
+    assert_eq!(texts.len(), 2, "{texts:#?}");
 }

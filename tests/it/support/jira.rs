@@ -160,6 +160,18 @@ struct Inner {
     remote_links: BTreeMap<String, Vec<Value>>,
     /// The workflow every issue follows (see `jira_panel.rs`).
     workflow: panel::Workflow,
+    /// Requests carried out whose answer is then lost (see [`JiraStandIn::lose_answers`]).
+    lost_answers: Option<LostAnswers>,
+}
+
+/// Requests Jira carries out but whose answer never reaches the client: a gateway in front of it gives up (504)
+/// after the request was stored.
+struct LostAnswers {
+    /// Only POSTs whose path ends with this,
+    path_suffix: String,
+    /// and whose body contains this.
+    body_contains: String,
+    remaining: usize,
 }
 
 /// A running stand-in. The server stops when this is dropped.
@@ -258,6 +270,7 @@ impl JiraStandIn {
             search_changelog_cap: None,
             remote_links: BTreeMap::new(),
             workflow: panel::default_workflow(),
+            lost_answers: None,
         }));
         let app = Router::new().fallback(handle).with_state(state.clone());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -628,6 +641,17 @@ impl JiraStandIn {
         lock(&self.state).comment_delay = delay;
     }
 
+    /// The next `times` POSTs whose path ends with `path_suffix` and whose body contains `body_contains` are
+    /// carried out (a comment is stored), but answered 504 Gateway Timeout, as a proxy in front of Jira that gave up
+    /// waiting would answer.
+    pub fn lose_answers(&self, path_suffix: &str, body_contains: &str, times: usize) {
+        lock(&self.state).lost_answers = Some(LostAnswers {
+            path_suffix: path_suffix.to_string(),
+            body_contains: body_contains.to_string(),
+            remaining: times,
+        });
+    }
+
     /// Delays every remote link post by this long, stored after the delay like a comment (see above).
     pub fn set_link_delay(&self, delay: std::time::Duration) {
         lock(&self.state).link_delay = delay;
@@ -736,16 +760,34 @@ async fn handle(
             _ => std::time::Duration::ZERO,
         }
     };
-    if method == Method::POST && !delay.is_zero() {
+    let post = method == Method::POST;
+    let (path, sent) = (uri.path().to_string(), body.clone());
+    let resp = if post && !delay.is_zero() {
         // A task, not the handler: hyper drops the handler when the client disconnects.
-        return tokio::spawn(async move {
+        let state = state.clone();
+        tokio::spawn(async move {
             tokio::time::sleep(delay).await;
             handle_now(state, method, uri, headers, body)
         })
         .await
-        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response());
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+    } else {
+        handle_now(state.clone(), method, uri, headers, body)
+    };
+    let mut st = lock(&state);
+    match st.lost_answers.as_mut() {
+        Some(lost)
+            if post
+                && resp.status().is_success()
+                && lost.remaining > 0
+                && path.ends_with(&lost.path_suffix)
+                && String::from_utf8_lossy(&sent).contains(&lost.body_contains) =>
+        {
+            lost.remaining -= 1;
+            (StatusCode::GATEWAY_TIMEOUT, "504 Gateway Time-out").into_response()
+        }
+        _ => resp,
     }
-    handle_now(state, method, uri, headers, body)
 }
 
 fn handle_now(
