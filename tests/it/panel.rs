@@ -399,6 +399,28 @@ async fn refusals_name_the_status_never_the_token(flavor: Flavor) {
         notes[0].contains("on_pr transition") && notes[0].contains("not found"),
         "{notes:?}"
     );
+
+    // A bare 403, Jira's error shape with nothing in it (no "Link issues" permission): said as such, not as JSON.
+    stack.jira.fail_next_on_with(
+        "/remotelink",
+        403,
+        1,
+        None,
+        Some(serde_json::json!({"errorMessages": [], "errors": {}})),
+    );
+    run(&stack).await;
+    let notes = self::notes(&stack);
+    let refused: Vec<&String> = notes
+        .iter()
+        .filter(|n| n.starts_with("remote link not saved"))
+        .collect();
+    assert_eq!(refused.len(), 1, "{notes:?}");
+    assert!(
+        refused[0].contains("HTTP 403")
+            && refused[0].contains("(no details)")
+            && !refused[0].contains("errorMessages"),
+        "{notes:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
