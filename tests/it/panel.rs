@@ -54,6 +54,17 @@ async fn linked_and_moved(flavor: Flavor) {
     assert_eq!(links[0]["object"]["url"], url);
     assert_eq!(links[0]["object"]["title"], format!("{DEMO_REPO}#1"));
     assert_eq!(links[0]["object"]["status"]["resolved"], false);
+    // The rest of the documented request (https://developer.atlassian.com/cloud/jira/platform/rest/v3/api-group-issue-remote-links/#api-rest-api-3-issue-issueidorkey-remotelink-post):
+    // the application, the relationship, the icon, and the status's icon linking to the PR.
+    assert_eq!(
+        links[0]["application"],
+        serde_json::json!({"type": "com.github", "name": "GitHub"})
+    );
+    assert_eq!(links[0]["relationship"], "Pull request");
+    assert_eq!(links[0]["object"]["icon"]["title"], "GitHub");
+    assert!(links[0]["object"]["icon"]["url16x16"].is_string());
+    assert_eq!(links[0]["object"]["status"]["icon"]["link"], url);
+    assert_eq!(links[0]["object"]["status"]["icon"]["title"], "Open");
     assert!(
         links[0]["object"]["summary"]
             .as_str()

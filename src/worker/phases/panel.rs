@@ -1,12 +1,12 @@
 //! The ticket's development panel, a listener after the comments: the draft PR as a remote link (upserted by its
 //! `globalId`, so a retried job or a review iteration updates the one link), and the project's optional status
 //! transitions (`on_start` when the job starts work, not again for a review iteration; `on_pr` once the PR is open
-//! or updated; a ticket already in the target status, or its category, is left alone). None of it can fail a job: the PR is the delivery, and a Jira that refuses the link
-//! or has no such transition is logged and noted in `job.json`. A rate limit or an overloaded Jira with a short
-//! `Retry-After` (at most [`MAX_PANEL_WAIT`]) is waited out once, since otherwise the link would be missing for
-//! good; a longer one is noted with its wait. The fence is asked before each call, like before a comment. When a PR
-//! closes or merges, `drafter serve`'s GitHub webhook posts the same link with
-//! [`PrState::Merged`]/[`PrState::Closed`] (`server/github.rs`).
+//! or updated; a ticket already in the target status, or its category, is left alone). None of it can fail a job:
+//! the PR is the delivery, and a Jira that refuses the link or has no such transition is logged and noted in
+//! `job.json`. A rate limit or an overloaded Jira with a short `Retry-After` (at most [`MAX_PANEL_WAIT`]) is waited
+//! out once, since otherwise the link would be missing for good; a longer one is noted with its wait. The fence is
+//! asked before each call, like before a comment. When a PR closes or merges, `drafter serve`'s GitHub webhook posts
+//! the same link with [`PrState::Merged`]/[`PrState::Closed`] (`server/github.rs`).
 
 use std::future::Future;
 use std::time::Duration;
