@@ -59,9 +59,10 @@ pub struct PrLink {
 }
 
 impl PrLink {
-    /// The link's `globalId`: `drafter:<repo>#<number>`, so posting it again updates the one link.
+    /// The link's `globalId`: `drafter:<repo>#<number>`, so posting it again updates the one link. The repository
+    /// is in lower case: GitHub's names ignore case, and a webhook spells them as GitHub does, not as the policy.
     pub fn global_id(&self) -> String {
-        format!("drafter:{}#{}", self.repo, self.number)
+        format!("drafter:{}#{}", self.repo.to_ascii_lowercase(), self.number)
     }
 
     /// The remote link request body (the same on v2 and v3).
@@ -428,6 +429,12 @@ mod tests {
         };
         let open = link.body();
         assert_eq!(open["globalId"], "drafter:acme/widgets#7");
+        let shouted = PrLink {
+            repo: "Acme/Widgets".into(),
+            ..link.clone()
+        };
+        assert_eq!(shouted.global_id(), link.global_id());
+        assert_eq!(shouted.body()["object"]["title"], "Acme/Widgets#7");
         assert_eq!(open["object"]["url"], link.url.as_str());
         assert_eq!(open["object"]["title"], "acme/widgets#7");
         assert_eq!(open["object"]["summary"], "[DEMO-1] Greet");

@@ -605,3 +605,32 @@ async fn a_retried_job_tells_the_ticket_once_that_nothing_changed() {
     assert_eq!(count("started working"), 1, "{texts:#?}");
     assert_eq!(texts.len(), 2, "{texts:#?}");
 }
+
+/// GitHub names repositories without regard to case, and its webhooks spell them as GitHub does (`Acme/Widgets`),
+/// which need not be how the policy spells them (`acme/widgets`): the link a closed pull request updates is the one
+/// the job posted, not a second one beside it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_link_is_the_same_whatever_the_case_of_the_repository() {
+    for flavor in [Flavor::Cloud, Flavor::DataCenter] {
+        let stack = stack(flavor, "").await;
+        let jira = drafter::jira::JiraClient::new(&stack_client_config(&stack)).expect("client");
+        let mut link = drafter::jira::PrLink {
+            repo: DEMO_REPO.into(),
+            number: 4,
+            url: "https://github.example/acme/widgets/pull/4".into(),
+            title: "[DEMO-1] Greet".into(),
+            state: drafter::jira::PrState::Open,
+        };
+        jira.upsert_remote_link("DEMO-1", &link)
+            .await
+            .expect("link");
+        link.repo = DEMO_REPO.to_uppercase();
+        link.state = drafter::jira::PrState::Closed;
+        jira.upsert_remote_link("DEMO-1", &link)
+            .await
+            .expect("update");
+        let links = stack.jira.remote_links("DEMO-1");
+        assert_eq!(links.len(), 1, "{flavor:?}: {links:#?}");
+        assert_eq!(links[0]["object"]["status"]["resolved"], true);
+    }
+}
