@@ -146,7 +146,7 @@ where
     };
     tracing::info!(
         wait_secs = wait.as_secs_f32(),
-        "{what}: Jira asked to wait; trying once more"
+        "{what}: Jira is busy or out of reach; trying once more"
     );
     tokio::time::sleep(wait).await;
     job.fence(what).await.ok()?;
