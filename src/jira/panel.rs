@@ -210,7 +210,10 @@ pub enum Moved {
     },
     /// The workflow offers no transition to the target from where the issue is; nothing was done.
     NoSuchTransition {
-        /// The statuses it does offer.
+        /// The status the issue is in (empty when Jira did not say).
+        from: String,
+        /// The statuses it does offer. None at all is what Jira answers a bot without the *Transition issues*
+        /// permission, as well as for an issue in a status with no way out.
         offered: Vec<String>,
     },
 }
@@ -281,6 +284,7 @@ impl JiraClient {
             }
             Plan::NoWay => {
                 return Ok(Moved::NoSuchTransition {
+                    from: current.map(|c| c.name).unwrap_or_default(),
                     offered: offered.into_iter().map(|t| t.to.name).collect(),
                 })
             }

@@ -634,3 +634,35 @@ async fn a_link_is_the_same_whatever_the_case_of_the_repository() {
         assert_eq!(links[0]["object"]["status"]["resolved"], true);
     }
 }
+
+async fn no_transitions_at_all(flavor: Flavor) {
+    // Without the Transition issues permission Jira lists no transitions at all, rather than answering 403
+    // (https://developer.atlassian.com/cloud/jira/platform/rest/v3/api-group-issues/#api-rest-api-3-issue-issueidorkey-transitions-get,
+    // "Permissions required"). That is a setup to fix, not a workflow without the target: the log says what to check
+    // and job.json notes it; the job delivers.
+    let stack = stack(flavor, TRANSITIONS).await;
+    stack.jira.set_transition_permission(false);
+    let log = run(&stack).await;
+    assert_eq!(stack.github.pulls(DEMO_REPO).len(), 1);
+    assert_eq!(stack.jira.status("DEMO-1"), "To Do");
+    assert_eq!(transition_posts(&stack), Vec::<String>::new());
+    assert!(log.contains("Transition issues"), "{log}");
+    let notes = notes(&stack);
+    assert_eq!(notes.len(), 2, "{notes:?}");
+    assert!(
+        notes[0].contains("on_start transition to \"In Progress\" not applied")
+            && notes[0].contains("no transitions at all from To Do")
+            && notes[0].contains("Transition issues"),
+        "{notes:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_transitions_at_all_is_noted_as_a_permission_to_check_cloud() {
+    no_transitions_at_all(Flavor::Cloud).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_transitions_at_all_is_noted_as_a_permission_to_check_data_center() {
+    no_transitions_at_all(Flavor::DataCenter).await;
+}

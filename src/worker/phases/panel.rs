@@ -113,8 +113,20 @@ impl TicketPanel<'_> {
                 tracing::info!(transition = which, target, %status,
                     "ticket already in that status: left alone");
             }
-            Some(Ok(Moved::NoSuchTransition { offered })) => {
-                tracing::warn!(transition = which, target, offered = %offered.join(", "),
+            Some(Ok(Moved::NoSuchTransition { from, offered })) if offered.is_empty() => {
+                // Jira lists nothing to a bot without the permission (no 403): a setup to fix, so it is noted too.
+                let why = format!(
+                    "Jira offers no transitions at all from {}: does the bot have the Transition issues \
+                     permission in the project, or is the status final?",
+                    if from.is_empty() { "its status" } else { &from }
+                );
+                tracing::warn!(transition = which, target, "{why}");
+                job.note(format!(
+                    "{which} transition to {target:?} not applied: {why}"
+                ));
+            }
+            Some(Ok(Moved::NoSuchTransition { from, offered })) => {
+                tracing::warn!(transition = which, target, %from, offered = %offered.join(", "),
                     "no transition to that status from the ticket's current one: skipped");
             }
             Some(Err(e)) => {

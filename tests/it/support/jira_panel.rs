@@ -44,6 +44,9 @@ pub(super) struct Workflow {
     steps: Vec<Step>,
     /// Whether each status also offers a looped transition to itself (`isLooped`, "any status -> itself").
     looped: bool,
+    /// Whether the bot has the *Transition issues* permission; without it Jira lists no transitions at all (and
+    /// refuses a POST), rather than answering 403.
+    permitted: bool,
 }
 
 /// The default workflow: To Do, In Progress, In Review, Done.
@@ -66,6 +69,7 @@ pub(super) fn default_workflow() -> Workflow {
     Workflow {
         steps,
         looped: false,
+        permitted: true,
     }
 }
 
@@ -152,6 +156,13 @@ impl JiraStandIn {
         lock(&self.state).workflow.looped = on;
     }
 
+    /// Takes the bot's *Transition issues* permission away (or gives it back): the listing is then empty, as Cloud
+    /// documents ("if the user does not have the Transition issues project permission the response will not list
+    /// any transitions").
+    pub fn set_transition_permission(&self, on: bool) {
+        lock(&self.state).workflow.permitted = on;
+    }
+
     /// The transition to `status` has a screen that requires `field`: posted without it, Jira answers 400 with
     /// `{"errorMessages":[],"errors":{field: "..."}}`.
     pub fn require_field_on(&self, status: &str, field: &str) {
@@ -218,13 +229,13 @@ pub(super) fn transitions(st: &mut Inner, method: &str, key: &str, body: &[u8]) 
         .as_str()
         .unwrap_or_default()
         .to_string();
-    let looped = st.workflow.looped;
+    let (looped, permitted) = (st.workflow.looped, st.workflow.permitted);
     // (step, whether it loops back to the current status)
     let offered: Vec<(Step, bool)> = st
         .workflow
         .steps
         .iter()
-        .filter(|s| looped || s.status != current)
+        .filter(|s| permitted && (looped || s.status != current))
         .map(|s| {
             let mut s = s.clone();
             let is_loop = s.status == current;
