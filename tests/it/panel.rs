@@ -1,6 +1,8 @@
-//! The ticket's development panel, end to end through `drafter run` against the Jira stand-in (Cloud and Data
-//! Center): the draft PR as one remote link however often it is delivered, the project's transitions applied, a
-//! missing transition skipped with a log line, and a Jira that refuses the link not failing the job.
+//! The ticket's development panel, end to end through `drafter run` (and `drafter serve` for retries and review
+//! iterations) against the Jira stand-in, Cloud and Data Center, in their documented shapes: the draft PR as one
+//! remote link however often it is delivered or iterated on, the project's transitions applied by status name or
+//! category, a ticket already there left alone, a missing transition skipped with a log line, and a Jira that
+//! refuses (401/403/404, a screen's required field, a rate limit) not failing the job, noted without the token.
 
 use crate::support;
 
