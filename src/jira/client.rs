@@ -553,9 +553,17 @@ fn parse_retry_after(headers: &HeaderMap) -> Option<Duration> {
 /// characters.
 fn summarize_error_body(body: &[u8]) -> String {
     let mut parts: Vec<String> = Vec::new();
+    // Jira's own error shape, even when empty (a bare 401/403/404): then there are no details, not raw JSON.
+    let mut jira_shaped = false;
     if let Ok(v) = serde_json::from_slice::<Value>(body) {
+        jira_shaped = v.get("errorMessages").is_some() || v.get("errors").is_some();
         if let Some(msgs) = v.get("errorMessages").and_then(Value::as_array) {
-            parts.extend(msgs.iter().filter_map(Value::as_str).map(str::to_string));
+            parts.extend(
+                msgs.iter()
+                    .filter_map(Value::as_str)
+                    .filter(|m| !m.trim().is_empty())
+                    .map(str::to_string),
+            );
         }
         if let Some(errs) = v.get("errors").and_then(Value::as_object) {
             for (field, msg) in errs {
@@ -572,7 +580,9 @@ fn summarize_error_body(body: &[u8]) -> String {
             }
         }
     }
-    let text = if parts.is_empty() {
+    let text = if parts.is_empty() && jira_shaped {
+        String::new()
+    } else if parts.is_empty() {
         String::from_utf8_lossy(body).into_owned()
     } else {
         parts.join("; ")

@@ -53,7 +53,7 @@ pub use client::{JiraClient, SearchPage};
 pub use dialect::{Dialect, TextFormat};
 pub use groups::{adopt_bot_identity, GroupCache, JiraUser, DEFAULT_GROUP_CACHE_TTL};
 pub use notice::{DedupKey, Notice, ProofRef};
-pub use panel::{pick_transition, Moved, PrLink, PrState, Transition};
+pub use panel::{plan_transition, Moved, Plan, PrLink, PrState, Status, Transition};
 pub use ticket::{
     Attachment, FieldText, IssueLink, Ticket, TicketComment, MAX_COMMENTS_TOTAL_BYTES,
     MAX_COMMENT_BYTES, MAX_CRITERIA_BYTES, MAX_TICKET_COMMENTS, MAX_TICKET_LIST,

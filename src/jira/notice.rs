@@ -44,6 +44,12 @@ impl DedupKey {
         DedupKey::new(job_id, "approval")
     }
 
+    /// The key of a job's "finished without changes" notice (only a job's first run can end so: a review
+    /// iteration that changes nothing still answers on its pull request).
+    pub fn no_changes(job_id: &str) -> DedupKey {
+        DedupKey::new(job_id, "no-changes")
+    }
+
     /// The key of a job's "draft pull request opened" notice for pull request `number` (`iteration` 0), or of its
     /// "updated after review" notice for a follow-up iteration.
     pub fn pr_opened(job_id: &str, number: u64, iteration: u32) -> DedupKey {

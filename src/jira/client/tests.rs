@@ -11,6 +11,16 @@ fn error_body_summary() {
     let long = "x".repeat(5000);
     assert!(summarize_error_body(long.as_bytes()).chars().count() <= ERROR_SUMMARY_CHARS + 1);
     assert_eq!(summarize_error_body(b""), "(no details)");
+    // Jira's error shape with nothing in it (a bare 401/403/404 as documented,
+    // https://developer.atlassian.com/cloud/jira/platform/rest/v3/intro/#status-codes): no JSON in the message.
+    assert_eq!(
+        summarize_error_body(br#"{"errorMessages":[],"errors":{}}"#),
+        "(no details)"
+    );
+    assert_eq!(
+        summarize_error_body(br#"{"errorMessages":[""],"errors":{}}"#),
+        "(no details)"
+    );
     assert_eq!(
         summarize_error_body(b"<html>\n\tBad\n</html>"),
         "<html> Bad </html>"

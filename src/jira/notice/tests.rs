@@ -227,6 +227,7 @@ fn dedup_keys_are_rendered_and_found_in_adf_and_wiki() {
         empty.dedup_key().map(|k| k.to_string()).as_deref(),
         Some("drafter:J9:no-changes")
     );
+    assert_eq!(empty.dedup_key(), Some(DedupKey::no_changes("J9")));
     // A job id that is no job id (a backtick, a colon, braces) gets no key rather than a key that could break out.
     for bad in ["j`1", "j:1", "j}}1", ""] {
         let n = Notice::Started {

@@ -1,6 +1,7 @@
-//! Report: the ticket's comments, a listener on the job's events. One "started" comment per job and one "PR
-//! opened" comment per PR however many attempts it takes (a retry finds its own by the notice's dedup key); the
-//! fence is asked right before each comment; a failure is told only when it is final.
+//! Report: the ticket's comments, a listener on the job's events. One "started" comment per job, one "PR opened"
+//! comment per PR (and per review iteration) and one "no changes" comment per job, however many attempts it takes
+//! (a retry finds its own by the notice's dedup key); the fence is asked right before each comment; a failure is
+//! told only when it is final.
 
 use crate::config::Config;
 use crate::jira::{self, JiraClient, Notice};
@@ -70,6 +71,13 @@ impl Listener for TicketReporter<'_> {
                 jira.notify(key, &notice).await?;
             }
             Event::NoChanges { summary, digest } => {
+                // Once per job: a retry after Jira stored the comment but its answer was lost finds it there.
+                if jira
+                    .has_notice(key, &jira::DedupKey::no_changes(job_id))
+                    .await?
+                {
+                    return Ok(());
+                }
                 job.fence("commenting on the ticket").await?;
                 let notice = Notice::NoChanges {
                     summary: summary.clone(),

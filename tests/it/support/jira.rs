@@ -129,6 +129,8 @@ struct Failure {
     retry_after: Option<String>,
     /// Only requests whose path ends with this fail (all when `None`).
     path_suffix: Option<String>,
+    /// The error body, when not the stand-in's own `{"errorMessages":["stand-in: injected failure"],"errors":{}}`.
+    body: Option<Value>,
 }
 
 struct Inner {
@@ -157,7 +159,19 @@ struct Inner {
     /// Remote links per issue key, oldest first.
     remote_links: BTreeMap<String, Vec<Value>>,
     /// The workflow every issue follows (see `jira_panel.rs`).
-    workflow: Vec<(String, String, String, String, String)>,
+    workflow: panel::Workflow,
+    /// Requests carried out whose answer is then lost (see [`JiraStandIn::lose_answers`]).
+    lost_answers: Option<LostAnswers>,
+}
+
+/// Requests Jira carries out but whose answer never reaches the client: a gateway in front of it gives up (504)
+/// after the request was stored.
+struct LostAnswers {
+    /// Only POSTs whose path ends with this,
+    path_suffix: String,
+    /// and whose body contains this.
+    body_contains: String,
+    remaining: usize,
 }
 
 /// A running stand-in. The server stops when this is dropped.
@@ -256,6 +270,7 @@ impl JiraStandIn {
             search_changelog_cap: None,
             remote_links: BTreeMap::new(),
             workflow: panel::default_workflow(),
+            lost_answers: None,
         }));
         let app = Router::new().fallback(handle).with_state(state.clone());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -309,7 +324,7 @@ impl JiraStandIn {
                 "name": format!("{project} project"),
                 "projectTypeKey": "software",
             },
-            "status": {"name": "To Do", "statusCategory": {"key": "new"}},
+            "status": panel::status_json(&self.base_url, if datacenter { "2" } else { "3" }, "To Do", "new"),
             "assignee": self.bot_user(),
             // GET /rest/api/3/issue/{key}: `fields.issuetype` is an IssueTypeDetails object ({id, name, subtask, ...}).
             "issuetype": {"id": "10002", "name": "Task", "subtask": false},
@@ -590,16 +605,31 @@ impl JiraStandIn {
             remaining: times,
             retry_after: retry_after.map(str::to_string),
             path_suffix: None,
+            body: None,
         });
     }
 
     /// The next `times` requests whose path ends with `path_suffix` fail with `status` (others are answered).
     pub fn fail_next_on(&self, path_suffix: &str, status: u16, times: usize) {
+        self.fail_next_on_with(path_suffix, status, times, None, None);
+    }
+
+    /// Like [`JiraStandIn::fail_next_on`], with a `Retry-After` value and an error body of the test's choosing
+    /// (Jira's documented `{"errorMessages":[...],"errors":{...}}`, or something hostile).
+    pub fn fail_next_on_with(
+        &self,
+        path_suffix: &str,
+        status: u16,
+        times: usize,
+        retry_after: Option<&str>,
+        body: Option<Value>,
+    ) {
         lock(&self.state).failure = Some(Failure {
             status,
             remaining: times,
-            retry_after: None,
+            retry_after: retry_after.map(str::to_string),
             path_suffix: Some(path_suffix.to_string()),
+            body,
         });
     }
 }
@@ -609,6 +639,17 @@ impl JiraStandIn {
     /// meanwhile, like a request Jira received just before its caller crashed.
     pub fn set_comment_delay(&self, delay: std::time::Duration) {
         lock(&self.state).comment_delay = delay;
+    }
+
+    /// The next `times` POSTs whose path ends with `path_suffix` and whose body contains `body_contains` are
+    /// carried out (a comment is stored), but answered 504 Gateway Timeout, as a proxy in front of Jira that gave up
+    /// waiting would answer.
+    pub fn lose_answers(&self, path_suffix: &str, body_contains: &str, times: usize) {
+        lock(&self.state).lost_answers = Some(LostAnswers {
+            path_suffix: path_suffix.to_string(),
+            body_contains: body_contains.to_string(),
+            remaining: times,
+        });
     }
 
     /// Delays every remote link post by this long, stored after the delay like a comment (see above).
@@ -719,16 +760,34 @@ async fn handle(
             _ => std::time::Duration::ZERO,
         }
     };
-    if method == Method::POST && !delay.is_zero() {
+    let post = method == Method::POST;
+    let (path, sent) = (uri.path().to_string(), body.clone());
+    let resp = if post && !delay.is_zero() {
         // A task, not the handler: hyper drops the handler when the client disconnects.
-        return tokio::spawn(async move {
+        let state = state.clone();
+        tokio::spawn(async move {
             tokio::time::sleep(delay).await;
             handle_now(state, method, uri, headers, body)
         })
         .await
-        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response());
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+    } else {
+        handle_now(state.clone(), method, uri, headers, body)
+    };
+    let mut st = lock(&state);
+    match st.lost_answers.as_mut() {
+        Some(lost)
+            if post
+                && resp.status().is_success()
+                && lost.remaining > 0
+                && path.ends_with(&lost.path_suffix)
+                && String::from_utf8_lossy(&sent).contains(&lost.body_contains) =>
+        {
+            lost.remaining -= 1;
+            (StatusCode::GATEWAY_TIMEOUT, "504 Gateway Time-out").into_response()
+        }
+        _ => resp,
     }
-    handle_now(state, method, uri, headers, body)
 }
 
 fn handle_now(
@@ -753,7 +812,10 @@ fn handle_now(
             let status =
                 StatusCode::from_u16(f.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             let retry_after = f.retry_after.clone();
-            let mut resp = error(status, &["stand-in: injected failure"], json!({}));
+            let mut resp = match &f.body {
+                Some(body) => (status, axum::Json(body.clone())).into_response(),
+                None => error(status, &["stand-in: injected failure"], json!({})),
+            };
             if let Some(ra) = retry_after {
                 if let Ok(v) = ra.parse() {
                     resp.headers_mut().insert("retry-after", v);
