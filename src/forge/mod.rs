@@ -42,6 +42,9 @@ const API_VERSION: &str = "2022-11-28";
 /// How long a GitHub error message may be before it is cut (responses are external input).
 const MAX_MESSAGE: usize = 400;
 
+/// The most pages [`GitHub::get_all`] reads of one list (100 items a page).
+const MAX_PAGES: usize = 100;
+
 mod app;
 mod error;
 mod fork;
@@ -265,6 +268,38 @@ impl GitHub {
             .get::<Value, _, ()>(route, None::<&()>)
             .await
             .map_err(|e| self.api_error(e, what))
+    }
+
+    /// Every item of the list at `route`, page after page as the `Link` header's `rel="next"` names them
+    /// (<https://docs.github.com/en/rest/using-the-rest-api/using-pagination-in-the-rest-api>). Only the next link's
+    /// path and query are followed, on the configured API host: the token never goes where a header points. More
+    /// than [`MAX_PAGES`] pages is an error rather than a silent cut (a caller deciding from the whole list, like
+    /// the retry's search for its own answers, must not act on part of it).
+    async fn get_all(&self, route: &str, what: &str) -> Result<Vec<Value>, ForgeError> {
+        let mut items = Vec::new();
+        let mut next = Some(route.to_string());
+        let mut pages = 0;
+        while let Some(uri) = next.take() {
+            pages += 1;
+            if pages > MAX_PAGES {
+                return Err(ForgeError::Unexpected {
+                    what: what.to_string(),
+                    message: format!("more than {MAX_PAGES} pages"),
+                });
+            }
+            let page: octocrab::Page<Value> = self
+                .octo
+                .get(uri, None::<&()>)
+                .await
+                .map_err(|e| self.api_error(e, what))?;
+            items.extend(page.items);
+            next = page
+                .next
+                .as_ref()
+                .and_then(|u| u.path_and_query())
+                .map(|p| p.as_str().to_string());
+        }
+        Ok(items)
     }
 }
 

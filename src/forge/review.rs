@@ -88,8 +88,9 @@ impl GitHub {
             .map(|_| ())
     }
 
-    /// The bodies of the comments on the pull request, review threads and conversation (the first 100 of each):
-    /// how a retried iteration finds the answers it already left (by their marker) instead of answering twice.
+    /// The bodies of the comments on the pull request, review threads (where line replies are) and conversation,
+    /// every page of each: how a retried iteration finds the answers it already left (by their marker) instead of
+    /// answering twice.
     /// https://docs.github.com/en/rest/pulls/comments#list-review-comments-on-a-pull-request
     /// https://docs.github.com/en/rest/issues/comments#list-issue-comments
     pub async fn pr_comment_bodies(
@@ -104,8 +105,7 @@ impl GitHub {
             format!("/repos/{owner}/{name}/pulls/{number}/comments?per_page=100"),
             format!("/repos/{owner}/{name}/issues/{number}/comments?per_page=100"),
         ] {
-            let v = self.get_json(&route, &what).await?;
-            for c in v.as_array().into_iter().flatten() {
+            for c in self.get_all(&route, &what).await? {
                 if let Some(b) = c["body"].as_str() {
                     out.push(b.to_string());
                 }
@@ -114,7 +114,7 @@ impl GitHub {
         Ok(out)
     }
 
-    /// What reviewers said on the pull request (the first 100 of each kind), each with the webhook event that
+    /// What reviewers said on the pull request (every page of each kind), each with the webhook event that
     /// carries that kind: review comments (`pull_request_review_comment`), reviews (`pull_request_review`) and
     /// conversation comments (`issue_comment`), as the REST API returns them; for polling where GitHub cannot
     /// deliver webhooks.
@@ -143,9 +143,8 @@ impl GitHub {
                 format!("/repos/{owner}/{name}/issues/{number}/comments?per_page=100"),
             ),
         ] {
-            let v = self.get_json(&route, &what).await?;
-            for item in v.as_array().into_iter().flatten() {
-                out.push((event, item.clone()));
+            for item in self.get_all(&route, &what).await? {
+                out.push((event, item));
             }
         }
         Ok(out)

@@ -87,7 +87,7 @@ pub struct Inner {
     pub(super) refused_pushes: Vec<String>,
     /// `POST .../merge-upstream` calls: (fork, branch).
     pub(super) fork_syncs: Vec<(String, String)>,
-    base_url: String,
+    pub(super) base_url: String,
     pub(super) bot_login: String,
     /// The service account's teams as `GET /user/teams` lists them, (id, slug, parent id); `None` answers 403.
     bot_teams: Option<Vec<(u64, String, Option<u64>)>>,
@@ -493,6 +493,15 @@ fn team(api: &str, id: u64, slug: &str) -> Value {
            "repositories_url": format!("{api}/teams/{id}/repos"), "parent": null})
 }
 
+/// `repositories/{id}/<rest>` as `repos/{owner}/{name}/<rest>`, for a repository the stand-in has.
+fn by_repository_id(st: &Inner, path: &str) -> Option<String> {
+    let rest = path.strip_prefix("repositories/")?;
+    let (id, rest) = rest.split_once('/').unwrap_or((rest, ""));
+    let id: u64 = id.parse().ok()?;
+    let full = st.repos.iter().find(|(_, r)| r.id == id)?.0;
+    Some(format!("repos/{full}/{rest}"))
+}
+
 fn percent_decode(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
@@ -591,6 +600,10 @@ fn api(
     body: &[u8],
 ) -> Response {
     let mut st = lock(state);
+    // GitHub's `Link` headers name repositories by id (`/repositories/{id}/...`, e.g. the next page of a list):
+    // the same routes as `/repos/{owner}/{name}/...`.
+    let by_id = by_repository_id(&st, path);
+    let path = by_id.as_deref().unwrap_or(path);
     // https://docs.github.com/en/rest/authentication/authenticating-to-the-rest-api: `Authorization: Bearer <t>` or
     // the older `token <t>`.
     let presented = headers
@@ -669,7 +682,8 @@ fn api(
     }
 
     if st.repos.contains_key(&full) {
-        if let Some(answer) = super::github_review::route(&mut st, method, &full, rest, body) {
+        if let Some(answer) = super::github_review::route(&mut st, method, &full, rest, query, body)
+        {
             return answer;
         }
     }
