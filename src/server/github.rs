@@ -3,7 +3,8 @@
 //!
 //! In order: the raw body (capped like Jira's) must carry `X-Hub-Signature-256: sha256=<hex HMAC-SHA256(secret,
 //! body)>` (https://docs.github.com/en/webhooks/using-webhooks/validating-webhook-deliveries), checked in constant
-//! time before anything is parsed (no secret configured, a missing or wrong signature: 401); then
+//! time before anything is parsed (no secret configured, a missing or wrong signature: 401); the JSON is the body,
+//! or its form field `payload` when the webhook is set to `application/x-www-form-urlencoded`; then
 //! [`intake::from_github`] reads the `X-GitHub-Event`; the pull request must be one a job recorded as its own
 //! ([`intake::job_for_pr`]); the author must pass the policy's `reviewers` rule ([`intake::check_reviewer`]: the
 //! team's list, else write access as GitHub reports it); then the queue reopens the job for its next iteration
@@ -106,9 +107,9 @@ pub(super) async fn github_webhook(
     if !super::signature_valid(secret, signature, &body) {
         return refuse(StatusCode::UNAUTHORIZED, "bad X-Hub-Signature-256");
     }
-    let payload: Value = match serde_json::from_slice(&body) {
+    let payload = match read_payload(header("content-type"), &body) {
         Ok(v) => v,
-        Err(_) => return refuse(StatusCode::BAD_REQUEST, "body is not valid JSON"),
+        Err(reason) => return refuse(StatusCode::BAD_REQUEST, reason),
     };
     let ignored = |reason: &str| {
         tracing::info!(target: "audit", remote, delivery, event, reason, "github webhook ignored");
@@ -142,6 +143,28 @@ pub(super) async fn github_webhook(
     }
     let (code, body) = review(&st, hooks, &comment, &delivery).await;
     reply(code, body)
+}
+
+/// The delivery's JSON. A webhook can be set to either content type GitHub offers
+/// (<https://docs.github.com/en/webhooks/using-webhooks/creating-webhooks>): `application/json` is the body itself;
+/// `application/x-www-form-urlencoded` carries the same JSON in the form field `payload`. Both are signed as sent,
+/// so the signature was checked on the raw body before this.
+fn read_payload(content_type: Option<&str>, body: &[u8]) -> Result<Value, &'static str> {
+    let form = content_type
+        .and_then(|c| c.split(';').next())
+        .is_some_and(|c| {
+            c.trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        });
+    if !form {
+        return serde_json::from_slice(body).map_err(|_| "body is not valid JSON");
+    }
+    let Some((_, json)) = url::form_urlencoded::parse(body).find(|(k, _)| k == "payload") else {
+        return Err(
+            "a form-encoded delivery without a `payload` field (GitHub sends the JSON there)",
+        );
+    };
+    serde_json::from_str(&json).map_err(|_| "the form field `payload` is not valid JSON")
 }
 
 /// Acts on one review comment (from a delivery, or found by [`poll_reviews`]): the job that opened the pull
