@@ -6,7 +6,8 @@
 //! rule stops it, and refuses with [`ForgeError::CanMerge`] (naming the repository, the branch and the fix) if it
 //! cannot:
 //! 1. `GET /repos/{o}/{r}`: the token must not be `admin` or `maintain` (they can bypass or edit rules), and must
-//!    have `push` (else the job cannot work at all).
+//!    have `push` (else the job cannot work at all). A GitHub App's installation token has no such role there: its
+//!    grant decides (no `administration: write`, and `contents: write`).
 //! 2. `GET /repos/{o}/{r}/rules/branches/{base}`: an active `pull_request` rule with
 //!    `required_approving_review_count >= 1`, from a ruleset the token cannot bypass
 //!    (`GET /repos/{o}/{r}/rulesets/{id}` -> `current_user_can_bypass == "never"`), proves it. A PR author cannot
@@ -78,6 +79,9 @@ pub struct GitHub {
     token: Secret,
     /// The App whose installation token this is: the merge check refuses rulesets it may bypass.
     app_id: Option<u64>,
+    /// What GitHub granted the installation token (App tokens only): the merge check reads the token's rights
+    /// here, as a repository reports no user role (`permissions`) for a token that is no user.
+    app_permissions: Option<std::collections::BTreeMap<String, String>>,
 }
 
 impl std::fmt::Debug for GitHub {
@@ -174,6 +178,7 @@ impl GitHub {
             octo,
             token,
             app_id: None,
+            app_permissions: None,
         })
     }
 

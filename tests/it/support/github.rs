@@ -619,7 +619,8 @@ fn api(
     if let Some(answer) = super::github_app::route(&mut st, method, &app_segs, presented, body) {
         return answer;
     }
-    if presented != Some(st.token.as_str()) {
+    let by_app = presented != Some(st.token.as_str());
+    if by_app {
         let app_answer = match (&st.app, presented) {
             (Some(app), Some(p)) => super::github_app::refusal(app, p, &app_segs),
             _ => Some(json_response(
@@ -723,6 +724,14 @@ fn api(
                 "permissions": {"admin": repo.admin, "maintain": repo.maintain, "push": repo.push,
                                 "triage": true, "pull": true}
             });
+            // `permissions` is the authenticated user's role: an installation token is no user, and GitHub leaves
+            // the key out (what GitHub Actions' token, an installation token, sees:
+            // https://github.com/semantic-release/github/issues/182).
+            if by_app {
+                if let Value::Object(fields) = &mut answer {
+                    fields.remove("permissions");
+                }
+            }
             if let Value::Object(fields) = super::github_fork::fork_fields(&st, repo, &api) {
                 for (k, v) in fields {
                     answer[k] = v;
