@@ -832,3 +832,75 @@ async fn a_retried_iteration_answers_each_thread_once() {
     assert_eq!(head.parent_id(0).unwrap(), before);
     serve.stop().await;
 }
+
+/// A line comment deleted before the answer (GitHub answers a reply to it 404,
+/// https://docs.github.com/en/rest/pulls/comments#create-a-reply-for-a-review-comment): the iteration, already
+/// pushed, answers on the conversation instead of failing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_answer_to_a_deleted_thread_goes_on_the_conversation() {
+    let _serial = SERIAL.lock().await;
+    let stack = stack("").await;
+    let client = reqwest::Client::new();
+    let (serve, url, pr, _) = first_pr(&stack, &client).await;
+    let queue = stack.queue().await;
+    stack.github.with_review(|r| {
+        r.permissions.insert("alice".into(), "write".into());
+    });
+    stack.model.push(vec![
+        tool(
+            "edit_file",
+            json!({"path": "greet.py", "old": "\"\"\"Return a greeting for `name`.\"\"\"",
+                   "new": "\"\"\"Return a friendly greeting for `name`.\"\"\""}),
+        ),
+        finish("Made the docstring friendlier."),
+    ]);
+    let line = stack.github.with_review(|r| {
+        r.add_line_comment(
+            DEMO_REPO,
+            1,
+            "alice",
+            "@drafter-bot friendlier docstring",
+            "greet.py",
+            5,
+        )
+    });
+    stack.operator(
+        Path::new(BIN),
+        &["pause", "--reason", "the comment goes first"],
+    );
+    let (_, body) = deliver(
+        &client,
+        &url,
+        "pull_request_review_comment",
+        "x-1",
+        &review_comment_event(DEMO_REPO, &pr, &line),
+        Some(WEBHOOK_SECRET),
+    )
+    .await;
+    assert_eq!(body["status"], "created", "{body}");
+    let id = line["id"].as_u64().unwrap();
+    stack
+        .github
+        .with_review(|r| r.review_comments.retain(|c| c["id"].as_u64() != Some(id)));
+    stack.operator(Path::new(BIN), &["resume"]);
+    let job = wait_job(queue.as_ref(), "the iteration", |j| {
+        j.iterations == 1 && !j.state.is_open()
+    })
+    .await;
+    assert_eq!(job.state, JobState::Succeeded, "{job:#?}");
+    let answers: Vec<String> = stack.github.with_review(|r| {
+        r.issue_comments
+            .iter()
+            .filter(|c| c["user"]["login"] == "drafter-bot")
+            .map(|c| c["body"].as_str().unwrap_or("").to_string())
+            .collect()
+    });
+    assert_eq!(answers.len(), 1, "{answers:#?}");
+    assert!(
+        answers[0].starts_with("@alice drafter follow-up iteration 1: Pushed `")
+            && answers[0].contains(&format!("review-1-line-{id}`")),
+        "{}",
+        answers[0]
+    );
+    serve.stop().await;
+}
