@@ -114,6 +114,26 @@ impl GitHub {
         Ok(out)
     }
 
+    /// The line comments submitted with review `review_id` (every page), as the REST API returns them: what a
+    /// review requesting changes asks for when its own body says little or nothing.
+    /// https://docs.github.com/en/rest/pulls/reviews#list-comments-for-a-pull-request-review
+    pub async fn review_line_comments(
+        &self,
+        repo: &str,
+        number: u64,
+        review_id: u64,
+    ) -> Result<Vec<Value>, ForgeError> {
+        let (owner, name) = split_repo(repo)?;
+        let what = format!("listing the comments of review {review_id} on {repo}#{number}");
+        self.get_all(
+            &format!(
+                "/repos/{owner}/{name}/pulls/{number}/reviews/{review_id}/comments?per_page=100"
+            ),
+            &what,
+        )
+        .await
+    }
+
     /// What reviewers said on the pull request (every page of each kind), each with the webhook event that
     /// carries that kind: review comments (`pull_request_review_comment`), reviews (`pull_request_review`) and
     /// conversation comments (`issue_comment`), as the REST API returns them; for polling where GitHub cannot

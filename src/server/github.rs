@@ -223,6 +223,7 @@ async fn review(
         }
         ReviewerCheck::Unknown(why) => return unavailable("could not check the reviewer", &why),
     };
+    let comment = &with_line_comments(&hooks.forge, comment, delivery).await;
     let trigger = ReviewTrigger {
         job_id: job.id.clone(),
         trigger: comment.trigger(chrono::Utc::now()),
@@ -261,6 +262,71 @@ async fn review(
         body["iteration"] = json!(n);
     }
     (code, body)
+}
+
+/// A review's text with the line comments submitted with it: "Request changes" often says everything in its line
+/// comments and nothing in its body (`null`), and those comments need not mention the bot. Capped like any trigger
+/// text. Not being able to read them costs context only: the review still counts, with its own text.
+async fn with_line_comments(
+    forge: &Forge,
+    c: &intake::ReviewComment,
+    delivery: &str,
+) -> intake::ReviewComment {
+    if c.kind != "review" {
+        return c.clone();
+    }
+    let read = async {
+        let job = forge.for_job(&c.repo).await?;
+        let listed = async {
+            job.client()
+                .await?
+                .review_line_comments(&c.repo, c.pr, c.own_id)
+                .await
+        }
+        .await;
+        let _ = job.revoke().await;
+        listed
+    }
+    .await;
+    let comments = match read {
+        Ok(list) => list,
+        Err(e) => {
+            tracing::warn!(target: "audit", delivery, repo = c.repo, pr = c.pr, review = c.own_id, error = %e,
+                "could not read the review's line comments; the review counts with its own text");
+            return c.clone();
+        }
+    };
+    let mut text = c.body.clone();
+    for item in &comments {
+        let Some(body) = item["body"].as_str().filter(|b| !b.trim().is_empty()) else {
+            continue;
+        };
+        let path = item["path"].as_str().unwrap_or("?");
+        let line = item["line"]
+            .as_u64()
+            .or(item["original_line"].as_u64())
+            .map(|l| format!(" line {l}"))
+            .unwrap_or_default();
+        if !text.is_empty() {
+            text.push_str("\n\n");
+        }
+        text.push_str(&format!("On `{path}`{line}: {body}"));
+    }
+    let mut out = c.clone();
+    out.body = cap(&text, intake::MAX_TRIGGER_TEXT_BYTES);
+    out
+}
+
+/// `s` cut to at most `max` bytes on a character boundary, saying so.
+fn cap(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}\n[cut]", &s[..end])
 }
 
 /// For sites GitHub cannot reach: one round over the pull requests of finished jobs (the newest `limit` succeeded

@@ -904,3 +904,55 @@ async fn an_answer_to_a_deleted_thread_goes_on_the_conversation() {
     );
     serve.stop().await;
 }
+
+/// "Request changes" with the requests in line comments and nothing in the review's body (`body: null`, as GitHub
+/// sends it): the iteration is shown the review's line comments
+/// (https://docs.github.com/en/rest/pulls/reviews#list-comments-for-a-pull-request-review), not an empty review.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_review_requesting_changes_in_its_line_comments_shows_them_to_the_model() {
+    let _serial = SERIAL.lock().await;
+    let stack = stack("").await;
+    let client = reqwest::Client::new();
+    let (serve, url, pr, _) = first_pr(&stack, &client).await;
+    let queue = stack.queue().await;
+    stack.github.with_review(|r| {
+        r.permissions.insert("alice".into(), "write".into());
+    });
+    stack
+        .model
+        .push(vec![finish("Nothing to change after all.")]);
+    let (review, _) = stack.github.with_review(|r| {
+        r.add_review_with_comments(
+            DEMO_REPO,
+            1,
+            "alice",
+            "CHANGES_REQUESTED",
+            None,
+            &[
+                ("greet.py", 5, "the docstring should be friendlier"),
+                ("greet.py", 6, "and say hello in French too"),
+            ],
+        )
+    });
+    let (_, body) = deliver(
+        &client,
+        &url,
+        "pull_request_review",
+        "rv-1",
+        &support::github_review::review_event(DEMO_REPO, &pr, &review),
+        Some(WEBHOOK_SECRET),
+    )
+    .await;
+    assert_eq!(body["status"], "created", "{body}");
+    wait_job(queue.as_ref(), "the iteration", |j| {
+        j.iterations == 1 && !j.state.is_open()
+    })
+    .await;
+    let traffic = stack.model.traffic();
+    assert!(
+        traffic.contains("the docstring should be friendlier")
+            && traffic.contains("and say hello in French too"),
+        "{traffic}"
+    );
+    serve.stop().await;
+}

@@ -3,6 +3,8 @@
 //! - `GET /repos/{o}/{r}/pulls/{n}/comments`, `POST /repos/{o}/{r}/pulls/{n}/comments/{id}/replies` (201; a reply
 //!   to a reply is 404, as GitHub only threads under the first comment)
 //!   (https://docs.github.com/en/rest/pulls/comments);
+//! - `GET /repos/{o}/{r}/pulls/{n}/reviews` and `.../reviews/{id}/comments`, the line comments submitted with a
+//!   review (https://docs.github.com/en/rest/pulls/reviews);
 //! - `GET|POST /repos/{o}/{r}/issues/{n}/comments` (https://docs.github.com/en/rest/issues/comments);
 //! - the lists paged as GitHub pages them (30 a page unless `per_page` asks for up to 100, a `Link` header to the
 //!   next page under `/repositories/{id}/`)
@@ -93,6 +95,36 @@ impl ReviewState {
                        "submitted_at": "2026-12-07T05:00:00Z", "repo": repo, "pr": pr});
         self.reviews.push(v.clone());
         v
+    }
+
+    /// Records a review by `login` in `state` (as [`ReviewState::add_review`]; `body` may be `None`, as GitHub
+    /// sends a review without one) with line comments `(path, line, text)` submitted with it; the review and the
+    /// comments.
+    pub fn add_review_with_comments(
+        &mut self,
+        repo: &str,
+        pr: u64,
+        login: &str,
+        state: &str,
+        body: Option<&str>,
+        comments: &[(&str, u64, &str)],
+    ) -> (Value, Vec<Value>) {
+        let mut review = self.add_review(repo, pr, login, state, "");
+        review["body"] = body.map_or(Value::Null, |b| json!(b));
+        if let Some(v) = self.reviews.last_mut() {
+            *v = review.clone();
+        }
+        let id = review["id"].as_u64().unwrap_or(0);
+        let mut added = Vec::new();
+        for (path, line, text) in comments {
+            let mut c = self.add_line_comment(repo, pr, login, text, path, *line);
+            c["pull_request_review_id"] = json!(id);
+            if let Some(stored) = self.review_comments.last_mut() {
+                *stored = c.clone();
+            }
+            added.push(c);
+        }
+        (review, added)
     }
 
     /// The replies in the thread of review comment `id`.
@@ -221,6 +253,17 @@ pub(super) fn route(
             listed(&r.issue_comments, full, n.parse().ok()?, &page)
         }
         (Method::GET, ["pulls", n, "reviews"]) => listed(&r.reviews, full, n.parse().ok()?, &page),
+        // https://docs.github.com/en/rest/pulls/reviews#list-comments-for-a-pull-request-review
+        (Method::GET, ["pulls", n, "reviews", id, "comments"]) => {
+            let id: u64 = id.parse().ok()?;
+            let of_review: Vec<Value> = r
+                .review_comments
+                .iter()
+                .filter(|c| c["pull_request_review_id"].as_u64() == Some(id))
+                .cloned()
+                .collect();
+            listed(&of_review, full, n.parse().ok()?, &page)
+        }
         (Method::POST, ["pulls", n, "comments", id, "replies"]) => {
             let (pr, id): (u64, u64) = (n.parse().ok()?, id.parse().ok()?);
             let Some(text) = body_text() else {
@@ -337,4 +380,14 @@ pub async fn deliver_form(
         .expect("webhook request");
     let status = resp.status().as_u16();
     (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+/// A `pull_request_review` delivery (action `submitted`) for `review` (as the REST API lists it) on `pr`: the
+/// webhook spells `state` in lower case
+/// (https://docs.github.com/en/webhooks/webhook-events-and-payloads#pull_request_review).
+pub fn review_event(repo: &str, pr: &Value, review: &Value) -> Value {
+    let mut r = review.clone();
+    r["state"] = json!(review["state"].as_str().unwrap_or("").to_ascii_lowercase());
+    json!({"action": "submitted", "review": r, "pull_request": pull_request(pr),
+           "repository": {"full_name": repo}, "sender": review["user"]})
 }
