@@ -114,6 +114,17 @@ impl GitHub {
         Ok(out)
     }
 
+    /// The head branch of pull request `number` (`head.ref`), which a conversation comment's delivery does not carry.
+    /// https://docs.github.com/en/rest/pulls/pulls#get-a-pull-request
+    pub async fn pr_head_ref(&self, repo: &str, number: u64) -> Result<Option<String>, ForgeError> {
+        let (owner, name) = split_repo(repo)?;
+        let what = format!("reading {repo}#{number}");
+        let pr = self
+            .get_json(&format!("/repos/{owner}/{name}/pulls/{number}"), &what)
+            .await?;
+        Ok(pr["head"]["ref"].as_str().map(str::to_string))
+    }
+
     /// The line comments submitted with review `review_id` (every page), as the REST API returns them: what a
     /// review requesting changes asks for when its own body says little or nothing.
     /// https://docs.github.com/en/rest/pulls/reviews#list-comments-for-a-pull-request-review

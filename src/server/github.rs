@@ -199,7 +199,11 @@ async fn review(
     .await
     {
         Ok(Some(job)) => job,
-        Ok(None) => return ignored("not a pull request drafter opened"),
+        Ok(None) => match by_head_branch(st, &hooks.forge, comment).await {
+            Ok(Some(job)) => job,
+            Ok(None) => return ignored("not a pull request drafter opened"),
+            Err(e) => return unavailable("could not read the pull request from GitHub", &e),
+        },
         Err(e) => return unavailable("the job queue is unavailable", &e),
     };
     let Some(approvals) = &st.approvals else {
@@ -262,6 +266,50 @@ async fn review(
         body["iteration"] = json!(n);
     }
     (code, body)
+}
+
+/// The job of a conversation comment's pull request, found through its head branch (`drafter/<KEY>-...`): an
+/// `issue_comment` delivery names the pull request only as an issue, by a title a human may have edited. `Err` only
+/// when GitHub could not be asked now (a retryable error); a pull request GitHub will not show counts as not
+/// drafter's.
+async fn by_head_branch(
+    st: &AppState,
+    forge: &Forge,
+    c: &intake::ReviewComment,
+) -> Result<Option<crate::queue::Job>, String> {
+    if c.kind != "conversation" {
+        return Ok(None);
+    }
+    let read = async {
+        let job = forge.for_job(&c.repo).await?;
+        let head = async { job.client().await?.pr_head_ref(&c.repo, c.pr).await }.await;
+        let _ = job.revoke().await;
+        head
+    }
+    .await;
+    let head = match read {
+        Ok(head) => head,
+        Err(e) if e.is_retryable() => return Err(e.to_string()),
+        Err(e) => {
+            tracing::info!(repo = c.repo, pr = c.pr, error = %e, "could not read the pull request's head branch");
+            return Ok(None);
+        }
+    };
+    // `drafter/<PROJECT>-<number>-<slug>` (crate::repo::branch_name): the key is the first two dash-separated parts.
+    let key = head
+        .as_deref()
+        .and_then(|r| r.strip_prefix("drafter/"))
+        .and_then(|r| {
+            let mut parts = r.splitn(3, '-');
+            Some(format!("{}-{}", parts.next()?, parts.next()?))
+        })
+        .filter(|k| crate::jira::valid_issue_key(k));
+    let Some(key) = key.filter(|k| c.ticket_hint.as_deref() != Some(k.as_str())) else {
+        return Ok(None);
+    };
+    intake::job_for_pr(st.queue.as_ref(), &c.repo, c.pr, Some(&key))
+        .await
+        .map_err(|e| e.to_string())
 }
 
 /// A review's text with the line comments submitted with it: "Request changes" often says everything in its line

@@ -956,3 +956,41 @@ async fn a_review_requesting_changes_in_its_line_comments_shows_them_to_the_mode
     );
     serve.stop().await;
 }
+
+/// A conversation comment's delivery names the pull request only as an issue (`issue.title`, no head branch,
+/// https://docs.github.com/en/webhooks/webhook-events-and-payloads#issue_comment): once a human retitles drafter's
+/// pull request (no `[KEY]`, or another ticket's), the job is found through the pull request's head branch
+/// (https://docs.github.com/en/rest/pulls/pulls#get-a-pull-request).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_conversation_comment_on_a_retitled_pull_request_still_finds_its_job() {
+    let _serial = SERIAL.lock().await;
+    let stack = stack("review_iterations = 0").await;
+    let client = reqwest::Client::new();
+    let (serve, url, pr, _) = first_pr(&stack, &client).await;
+    stack.github.with_review(|r| {
+        r.permissions.insert("alice".into(), "write".into());
+    });
+    for (n, title) in [
+        (1, "WIP: friendlier greetings"),
+        (2, "[DEMO-2] Friendlier greetings"),
+    ] {
+        stack.github.set_pull_title(DEMO_REPO, 1, title);
+        let c = stack
+            .github
+            .with_review(|r| r.add_issue_comment(DEMO_REPO, 1, "alice", "@drafter-bot rename it"));
+        let mut event = issue_comment_event(DEMO_REPO, &pr, &c);
+        event["issue"]["title"] = json!(title);
+        let (_, body) = deliver(
+            &client,
+            &url,
+            "issue_comment",
+            &format!("t-{n}"),
+            &event,
+            Some(WEBHOOK_SECRET),
+        )
+        .await;
+        // The job is found: its cap (no iterations) answers, rather than "not a pull request drafter opened".
+        assert_eq!(body["status"], "cap_reached", "{title}: {body}");
+    }
+    serve.stop().await;
+}

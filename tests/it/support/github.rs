@@ -433,6 +433,18 @@ impl GithubStandIn {
             .unwrap_or_default()
     }
 
+    /// Renames pull request `number` of `full_name`, as a human editing its title on GitHub.
+    pub fn set_pull_title(&self, full_name: &str, number: u64, title: &str) {
+        if let Some(pr) = lock(&self.state)
+            .pulls
+            .get_mut(full_name)
+            .and_then(|ps| ps.iter_mut().find(|p| p["number"].as_u64() == Some(number)))
+        {
+            pr["title"] = json!(title);
+            pr["response"]["title"] = json!(title);
+        }
+    }
+
     /// How many merge calls arrived (all refused). The product must never make one.
     pub fn merge_attempts(&self) -> usize {
         lock(&self.state).merge_attempts
@@ -829,6 +841,16 @@ fn api(
             pr["updates"] = json!(pr["updates"].as_u64().unwrap_or(0) + 1);
             json_response(200, pr["response"].clone())
         }
+        // https://docs.github.com/en/rest/pulls/pulls#get-a-pull-request
+        (Method::GET, ["pulls", number]) => st
+            .pulls
+            .get(&full)
+            .and_then(|ps| {
+                ps.iter().find(|p| {
+                    p["number"].as_u64().map(|n| n.to_string()).as_deref() == Some(*number)
+                })
+            })
+            .map_or_else(not_found, |p| json_response(200, p["response"].clone())),
         (Method::GET, ["pulls"]) => {
             let params: HashMap<String, String> = query
                 .unwrap_or("")
