@@ -164,8 +164,17 @@ impl GitHubApp {
             .as_array()
             .cloned()
             .unwrap_or_default();
+        let permissions: BTreeMap<String, String> = answer["permissions"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("?").to_string()))
+                    .collect()
+            })
+            .unwrap_or_default();
         let mut client = GitHub::with_token(&self.cfg, Secret::new(token))?;
         client.app_id = Some(self.app_id);
+        client.app_permissions = Some(permissions.clone());
         let repository_id = match repos.as_slice() {
             [one]
                 if one["full_name"]
@@ -185,14 +194,6 @@ impl GitHubApp {
         if let (Some(id), Ok(mut ids)) = (repository_id, self.repo_ids.lock()) {
             ids.insert(repo.to_string(), id);
         }
-        let permissions = answer["permissions"]
-            .as_object()
-            .map(|m| {
-                m.iter()
-                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("?").to_string()))
-                    .collect()
-            })
-            .unwrap_or_default();
         let grant = TokenGrant {
             kind: "github-app",
             installation_id: Some(installation_id),

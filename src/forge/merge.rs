@@ -29,17 +29,33 @@ impl GitHub {
 
         // 1. The token's role: admin and maintain can change or bypass rules, so no rule can prove anything.
         let info = self.repository(repo).await?;
-        let Some(perms) = info.permissions else {
-            return Err(ForgeError::CanMerge {
-                repo: repo.to_string(),
-                reason: "GitHub did not report the token's permissions on the repository, so its role is unknown"
-                    .into(),
-                fix: "use a personal access token of a machine user (GitHub reports `permissions` for user tokens) \
-                      with write (push) permission only"
-                    .into(),
-            });
+        let (role, push) = match (&self.app_permissions, info.permissions) {
+            // An installation token is no user: the repository reports no role for it (no `permissions`, or one
+            // without push, https://github.com/semantic-release/github/issues/182). Its rights are its grant
+            // (https://docs.github.com/en/rest/apps/apps#create-an-installation-access-token-for-an-app):
+            // Administration: write changes rules, Contents: write pushes. A role reported anyway still counts.
+            (Some(granted), reported) => {
+                let admin = granted.get("administration").is_some_and(|v| v == "write");
+                let role = if admin {
+                    Some("admin (Administration: write)")
+                } else {
+                    reported.as_ref().and_then(rule_changing_role)
+                };
+                (role, granted.get("contents").is_some_and(|v| v == "write"))
+            }
+            (None, Some(perms)) => (rule_changing_role(&perms), perms.push),
+            (None, None) => {
+                return Err(ForgeError::CanMerge {
+                    repo: repo.to_string(),
+                    reason: "GitHub did not report the token's permissions on the repository, so its role is unknown"
+                        .into(),
+                    fix: "use a personal access token of a machine user (GitHub reports `permissions` for user tokens) \
+                          with write (push) permission only"
+                        .into(),
+                })
+            }
         };
-        if let Some(role) = rule_changing_role(&perms) {
+        if let Some(role) = role {
             return Err(ForgeError::CanMerge {
                 repo: repo.to_string(),
                 reason: format!(
@@ -48,7 +64,7 @@ impl GitHub {
                 fix: "give the service account write (push) permission only".into(),
             });
         }
-        if !perms.push {
+        if !push {
             return Err(ForgeError::CannotPush {
                 repo: repo.to_string(),
             });

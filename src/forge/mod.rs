@@ -6,7 +6,8 @@
 //! rule stops it, and refuses with [`ForgeError::CanMerge`] (naming the repository, the branch and the fix) if it
 //! cannot:
 //! 1. `GET /repos/{o}/{r}`: the token must not be `admin` or `maintain` (they can bypass or edit rules), and must
-//!    have `push` (else the job cannot work at all).
+//!    have `push` (else the job cannot work at all). A GitHub App's installation token has no such role there: its
+//!    grant decides (no `administration: write`, and `contents: write`).
 //! 2. `GET /repos/{o}/{r}/rules/branches/{base}`: an active `pull_request` rule with
 //!    `required_approving_review_count >= 1`, from a ruleset the token cannot bypass
 //!    (`GET /repos/{o}/{r}/rulesets/{id}` -> `current_user_can_bypass == "never"`), proves it. A PR author cannot
@@ -42,6 +43,9 @@ const API_VERSION: &str = "2022-11-28";
 /// How long a GitHub error message may be before it is cut (responses are external input).
 const MAX_MESSAGE: usize = 400;
 
+/// The most pages [`GitHub::get_all`] reads of one list (100 items a page).
+const MAX_PAGES: usize = 100;
+
 mod app;
 mod error;
 mod fork;
@@ -75,6 +79,9 @@ pub struct GitHub {
     token: Secret,
     /// The App whose installation token this is: the merge check refuses rulesets it may bypass.
     app_id: Option<u64>,
+    /// What GitHub granted the installation token (App tokens only): the merge check reads the token's rights
+    /// here, as a repository reports no user role (`permissions`) for a token that is no user.
+    app_permissions: Option<std::collections::BTreeMap<String, String>>,
 }
 
 impl std::fmt::Debug for GitHub {
@@ -171,6 +178,7 @@ impl GitHub {
             octo,
             token,
             app_id: None,
+            app_permissions: None,
         })
     }
 
@@ -265,6 +273,38 @@ impl GitHub {
             .get::<Value, _, ()>(route, None::<&()>)
             .await
             .map_err(|e| self.api_error(e, what))
+    }
+
+    /// Every item of the list at `route`, page after page as the `Link` header's `rel="next"` names them
+    /// (<https://docs.github.com/en/rest/using-the-rest-api/using-pagination-in-the-rest-api>). Only the next link's
+    /// path and query are followed, on the configured API host: the token never goes where a header points. More
+    /// than [`MAX_PAGES`] pages is an error rather than a silent cut (a caller deciding from the whole list, like
+    /// the retry's search for its own answers, must not act on part of it).
+    async fn get_all(&self, route: &str, what: &str) -> Result<Vec<Value>, ForgeError> {
+        let mut items = Vec::new();
+        let mut next = Some(route.to_string());
+        let mut pages = 0;
+        while let Some(uri) = next.take() {
+            pages += 1;
+            if pages > MAX_PAGES {
+                return Err(ForgeError::Unexpected {
+                    what: what.to_string(),
+                    message: format!("more than {MAX_PAGES} pages"),
+                });
+            }
+            let page: octocrab::Page<Value> = self
+                .octo
+                .get(uri, None::<&()>)
+                .await
+                .map_err(|e| self.api_error(e, what))?;
+            items.extend(page.items);
+            next = page
+                .next
+                .as_ref()
+                .and_then(|u| u.path_and_query())
+                .map(|p| p.as_str().to_string());
+        }
+        Ok(items)
     }
 }
 

@@ -88,8 +88,9 @@ impl GitHub {
             .map(|_| ())
     }
 
-    /// The bodies of the comments on the pull request, review threads and conversation (the first 100 of each):
-    /// how a retried iteration finds the answers it already left (by their marker) instead of answering twice.
+    /// The bodies of the comments on the pull request, review threads (where line replies are) and conversation,
+    /// every page of each: how a retried iteration finds the answers it already left (by their marker) instead of
+    /// answering twice.
     /// https://docs.github.com/en/rest/pulls/comments#list-review-comments-on-a-pull-request
     /// https://docs.github.com/en/rest/issues/comments#list-issue-comments
     pub async fn pr_comment_bodies(
@@ -104,8 +105,7 @@ impl GitHub {
             format!("/repos/{owner}/{name}/pulls/{number}/comments?per_page=100"),
             format!("/repos/{owner}/{name}/issues/{number}/comments?per_page=100"),
         ] {
-            let v = self.get_json(&route, &what).await?;
-            for c in v.as_array().into_iter().flatten() {
+            for c in self.get_all(&route, &what).await? {
                 if let Some(b) = c["body"].as_str() {
                     out.push(b.to_string());
                 }
@@ -114,7 +114,38 @@ impl GitHub {
         Ok(out)
     }
 
-    /// What reviewers said on the pull request (the first 100 of each kind), each with the webhook event that
+    /// The head branch of pull request `number` (`head.ref`), which a conversation comment's delivery does not carry.
+    /// https://docs.github.com/en/rest/pulls/pulls#get-a-pull-request
+    pub async fn pr_head_ref(&self, repo: &str, number: u64) -> Result<Option<String>, ForgeError> {
+        let (owner, name) = split_repo(repo)?;
+        let what = format!("reading {repo}#{number}");
+        let pr = self
+            .get_json(&format!("/repos/{owner}/{name}/pulls/{number}"), &what)
+            .await?;
+        Ok(pr["head"]["ref"].as_str().map(str::to_string))
+    }
+
+    /// The line comments submitted with review `review_id` (every page), as the REST API returns them: what a
+    /// review requesting changes asks for when its own body says little or nothing.
+    /// https://docs.github.com/en/rest/pulls/reviews#list-comments-for-a-pull-request-review
+    pub async fn review_line_comments(
+        &self,
+        repo: &str,
+        number: u64,
+        review_id: u64,
+    ) -> Result<Vec<Value>, ForgeError> {
+        let (owner, name) = split_repo(repo)?;
+        let what = format!("listing the comments of review {review_id} on {repo}#{number}");
+        self.get_all(
+            &format!(
+                "/repos/{owner}/{name}/pulls/{number}/reviews/{review_id}/comments?per_page=100"
+            ),
+            &what,
+        )
+        .await
+    }
+
+    /// What reviewers said on the pull request (every page of each kind), each with the webhook event that
     /// carries that kind: review comments (`pull_request_review_comment`), reviews (`pull_request_review`) and
     /// conversation comments (`issue_comment`), as the REST API returns them; for polling where GitHub cannot
     /// deliver webhooks.
@@ -143,9 +174,8 @@ impl GitHub {
                 format!("/repos/{owner}/{name}/issues/{number}/comments?per_page=100"),
             ),
         ] {
-            let v = self.get_json(&route, &what).await?;
-            for item in v.as_array().into_iter().flatten() {
-                out.push((event, item.clone()));
+            for item in self.get_all(&route, &what).await? {
+                out.push((event, item));
             }
         }
         Ok(out)

@@ -3,7 +3,8 @@
 //!
 //! In order: the raw body (capped like Jira's) must carry `X-Hub-Signature-256: sha256=<hex HMAC-SHA256(secret,
 //! body)>` (https://docs.github.com/en/webhooks/using-webhooks/validating-webhook-deliveries), checked in constant
-//! time before anything is parsed (no secret configured, a missing or wrong signature: 401); then
+//! time before anything is parsed (no secret configured, a missing or wrong signature: 401); the JSON is the body,
+//! or its form field `payload` when the webhook is set to `application/x-www-form-urlencoded`; then
 //! [`intake::from_github`] reads the `X-GitHub-Event`; the pull request must be one a job recorded as its own
 //! ([`intake::job_for_pr`]); the author must pass the policy's `reviewers` rule ([`intake::check_reviewer`]: the
 //! team's list, else write access as GitHub reports it); then the queue reopens the job for its next iteration
@@ -106,9 +107,9 @@ pub(super) async fn github_webhook(
     if !super::signature_valid(secret, signature, &body) {
         return refuse(StatusCode::UNAUTHORIZED, "bad X-Hub-Signature-256");
     }
-    let payload: Value = match serde_json::from_slice(&body) {
+    let payload = match read_payload(header("content-type"), &body) {
         Ok(v) => v,
-        Err(_) => return refuse(StatusCode::BAD_REQUEST, "body is not valid JSON"),
+        Err(reason) => return refuse(StatusCode::BAD_REQUEST, reason),
     };
     let ignored = |reason: &str| {
         tracing::info!(target: "audit", remote, delivery, event, reason, "github webhook ignored");
@@ -144,6 +145,28 @@ pub(super) async fn github_webhook(
     reply(code, body)
 }
 
+/// The delivery's JSON. A webhook can be set to either content type GitHub offers
+/// (<https://docs.github.com/en/webhooks/using-webhooks/creating-webhooks>): `application/json` is the body itself;
+/// `application/x-www-form-urlencoded` carries the same JSON in the form field `payload`. Both are signed as sent,
+/// so the signature was checked on the raw body before this.
+fn read_payload(content_type: Option<&str>, body: &[u8]) -> Result<Value, &'static str> {
+    let form = content_type
+        .and_then(|c| c.split(';').next())
+        .is_some_and(|c| {
+            c.trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        });
+    if !form {
+        return serde_json::from_slice(body).map_err(|_| "body is not valid JSON");
+    }
+    let Some((_, json)) = url::form_urlencoded::parse(body).find(|(k, _)| k == "payload") else {
+        return Err(
+            "a form-encoded delivery without a `payload` field (GitHub sends the JSON there)",
+        );
+    };
+    serde_json::from_str(&json).map_err(|_| "the form field `payload` is not valid JSON")
+}
+
 /// Acts on one review comment (from a delivery, or found by [`poll_reviews`]): the job that opened the pull
 /// request, the `reviewers` rule, then the queue; the status and JSON answer.
 async fn review(
@@ -176,7 +199,11 @@ async fn review(
     .await
     {
         Ok(Some(job)) => job,
-        Ok(None) => return ignored("not a pull request drafter opened"),
+        Ok(None) => match by_head_branch(st, &hooks.forge, comment).await {
+            Ok(Some(job)) => job,
+            Ok(None) => return ignored("not a pull request drafter opened"),
+            Err(e) => return unavailable("could not read the pull request from GitHub", &e),
+        },
         Err(e) => return unavailable("the job queue is unavailable", &e),
     };
     let Some(approvals) = &st.approvals else {
@@ -200,6 +227,7 @@ async fn review(
         }
         ReviewerCheck::Unknown(why) => return unavailable("could not check the reviewer", &why),
     };
+    let comment = &with_line_comments(&hooks.forge, comment, delivery).await;
     let trigger = ReviewTrigger {
         job_id: job.id.clone(),
         trigger: comment.trigger(chrono::Utc::now()),
@@ -238,6 +266,115 @@ async fn review(
         body["iteration"] = json!(n);
     }
     (code, body)
+}
+
+/// The job of a conversation comment's pull request, found through its head branch (`drafter/<KEY>-...`): an
+/// `issue_comment` delivery names the pull request only as an issue, by a title a human may have edited. `Err` only
+/// when GitHub could not be asked now (a retryable error); a pull request GitHub will not show counts as not
+/// drafter's.
+async fn by_head_branch(
+    st: &AppState,
+    forge: &Forge,
+    c: &intake::ReviewComment,
+) -> Result<Option<crate::queue::Job>, String> {
+    if c.kind != "conversation" {
+        return Ok(None);
+    }
+    let read = async {
+        let job = forge.for_job(&c.repo).await?;
+        let head = async { job.client().await?.pr_head_ref(&c.repo, c.pr).await }.await;
+        let _ = job.revoke().await;
+        head
+    }
+    .await;
+    let head = match read {
+        Ok(head) => head,
+        Err(e) if e.is_retryable() => return Err(e.to_string()),
+        Err(e) => {
+            tracing::info!(repo = c.repo, pr = c.pr, error = %e, "could not read the pull request's head branch");
+            return Ok(None);
+        }
+    };
+    // `drafter/<PROJECT>-<number>-<slug>` (crate::repo::branch_name): the key is the first two dash-separated parts.
+    let key = head
+        .as_deref()
+        .and_then(|r| r.strip_prefix("drafter/"))
+        .and_then(|r| {
+            let mut parts = r.splitn(3, '-');
+            Some(format!("{}-{}", parts.next()?, parts.next()?))
+        })
+        .filter(|k| crate::jira::valid_issue_key(k));
+    let Some(key) = key.filter(|k| c.ticket_hint.as_deref() != Some(k.as_str())) else {
+        return Ok(None);
+    };
+    intake::job_for_pr(st.queue.as_ref(), &c.repo, c.pr, Some(&key))
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// A review's text with the line comments submitted with it: "Request changes" often says everything in its line
+/// comments and nothing in its body (`null`), and those comments need not mention the bot. Capped like any trigger
+/// text. Not being able to read them costs context only: the review still counts, with its own text.
+async fn with_line_comments(
+    forge: &Forge,
+    c: &intake::ReviewComment,
+    delivery: &str,
+) -> intake::ReviewComment {
+    if c.kind != "review" {
+        return c.clone();
+    }
+    let read = async {
+        let job = forge.for_job(&c.repo).await?;
+        let listed = async {
+            job.client()
+                .await?
+                .review_line_comments(&c.repo, c.pr, c.own_id)
+                .await
+        }
+        .await;
+        let _ = job.revoke().await;
+        listed
+    }
+    .await;
+    let comments = match read {
+        Ok(list) => list,
+        Err(e) => {
+            tracing::warn!(target: "audit", delivery, repo = c.repo, pr = c.pr, review = c.own_id, error = %e,
+                "could not read the review's line comments; the review counts with its own text");
+            return c.clone();
+        }
+    };
+    let mut text = c.body.clone();
+    for item in &comments {
+        let Some(body) = item["body"].as_str().filter(|b| !b.trim().is_empty()) else {
+            continue;
+        };
+        let path = item["path"].as_str().unwrap_or("?");
+        let line = item["line"]
+            .as_u64()
+            .or(item["original_line"].as_u64())
+            .map(|l| format!(" line {l}"))
+            .unwrap_or_default();
+        if !text.is_empty() {
+            text.push_str("\n\n");
+        }
+        text.push_str(&format!("On `{path}`{line}: {body}"));
+    }
+    let mut out = c.clone();
+    out.body = cap(&text, intake::MAX_TRIGGER_TEXT_BYTES);
+    out
+}
+
+/// `s` cut to at most `max` bytes on a character boundary, saying so.
+fn cap(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}\n[cut]", &s[..end])
 }
 
 /// For sites GitHub cannot reach: one round over the pull requests of finished jobs (the newest `limit` succeeded

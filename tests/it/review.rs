@@ -662,3 +662,335 @@ async fn a_github_login_mapped_to_a_jira_trigger_steers_without_write_access() {
         "{log}"
     );
 }
+
+/// GitHub pages its lists, at most 100 items a page, with a `Link` header naming the next page by repository id
+/// (https://docs.github.com/en/rest/using-the-rest-api/using-pagination-in-the-rest-api): a pull request with more
+/// comments than a page still has all of them read, review comments (where line replies are) and conversation
+/// comments for the retry's marker search, reviews too for the poll.
+#[tokio::test]
+async fn comment_lists_are_read_across_pages() {
+    let gh = support::github::GithubStandIn::start(support::harness::GITHUB_TOKEN).await;
+    gh.create_repo(DEMO_REPO, &[("README.md", "hi\n")]);
+    gh.with_review(|r| {
+        for i in 0..250 {
+            r.add_line_comment(DEMO_REPO, 1, "carol", &format!("line {i}"), "a.py", 1);
+        }
+        for i in 0..130 {
+            r.add_issue_comment(DEMO_REPO, 1, "carol", &format!("talk {i}"));
+        }
+        for i in 0..105 {
+            r.add_review(DEMO_REPO, 1, "carol", "COMMENTED", &format!("review {i}"));
+        }
+        // Another pull request's comments stay out.
+        r.add_issue_comment(DEMO_REPO, 2, "carol", "elsewhere");
+    });
+    let github = drafter::forge::GitHub::new(&drafter::config::GithubConfig {
+        api_url: gh.api_url(),
+        git_url: gh.git_url(),
+        token: drafter::config::Secret::new(support::harness::GITHUB_TOKEN).into(),
+        app: None,
+        bot_login: Some("drafter-bot".into()),
+        identities: Default::default(),
+    })
+    .unwrap();
+    let bodies = github.pr_comment_bodies(DEMO_REPO, 1).await.unwrap();
+    assert_eq!(bodies.len(), 380);
+    assert!(bodies.iter().any(|b| b == "line 249") && bodies.iter().any(|b| b == "talk 129"));
+    assert!(!bodies.iter().any(|b| b == "elsewhere"));
+    let activity = github.pr_activity(DEMO_REPO, 1).await.unwrap();
+    let count = |event: &str| activity.iter().filter(|(e, _)| *e == event).count();
+    assert_eq!(
+        (
+            count("pull_request_review_comment"),
+            count("pull_request_review"),
+            count("issue_comment")
+        ),
+        (250, 105, 130)
+    );
+    // The next pages were asked of the stand-in as GitHub named them, under /repositories/{id}/.
+    let paged = gh
+        .requests()
+        .iter()
+        .filter(|r| r.path.contains("/repositories/"))
+        .count();
+    assert_eq!(
+        paged, 7,
+        "two more pages of line comments, one of conversation, twice; one of reviews"
+    );
+}
+
+/// A retried iteration does not answer twice: the first attempt answers in the thread and on the conversation,
+/// then its ticket comment fails (Jira answers 500 once), the queue retries the iteration, and the retry finds its
+/// answers by their markers (past the first page of a pull request with many comments) and posts none again; the
+/// ticket gets its one comment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_retried_iteration_answers_each_thread_once() {
+    let _serial = SERIAL.lock().await;
+    let stack = stack("").await;
+    let client = reqwest::Client::new();
+    let (serve, url, pr, branch) = first_pr(&stack, &client).await;
+    let queue = stack.queue().await;
+    let before = tip(&stack, &branch);
+    // A busy pull request: more than a page of each kind before the reviewer's comments.
+    stack.github.with_review(|r| {
+        r.permissions.insert("alice".into(), "write".into());
+        for i in 0..120 {
+            r.add_line_comment(DEMO_REPO, 1, "carol", &format!("nit {i}"), "greet.py", 1);
+            r.add_issue_comment(DEMO_REPO, 1, "carol", &format!("chat {i}"));
+        }
+    });
+    stack.model.push(vec![
+        tool(
+            "edit_file",
+            json!({"path": "greet.py", "old": "\"\"\"Return a greeting for `name`.\"\"\"",
+                   "new": "\"\"\"Return a friendly greeting for `name`.\"\"\""}),
+        ),
+        finish("Made the docstring friendlier."),
+    ]);
+    let line = stack.github.with_review(|r| {
+        r.add_line_comment(
+            DEMO_REPO,
+            1,
+            "alice",
+            "@drafter-bot friendlier docstring",
+            "greet.py",
+            5,
+        )
+    });
+    let convo = stack
+        .github
+        .with_review(|r| r.add_issue_comment(DEMO_REPO, 1, "alice", "@drafter-bot and thanks"));
+    // The ticket comment after the answers fails once: the attempt fails after answering.
+    stack.jira.fail_next_post_on("/comment", 500, 1);
+    // Both comments go into one iteration: the worker takes nothing until both are in.
+    stack.operator(
+        Path::new(BIN),
+        &["pause", "--reason", "two comments, one iteration"],
+    );
+    for (event, delivery, payload) in [
+        (
+            "pull_request_review_comment",
+            "r-1",
+            review_comment_event(DEMO_REPO, &pr, &line),
+        ),
+        (
+            "issue_comment",
+            "r-2",
+            issue_comment_event(DEMO_REPO, &pr, &convo),
+        ),
+    ] {
+        let (_, body) = deliver(
+            &client,
+            &url,
+            event,
+            delivery,
+            &payload,
+            Some(WEBHOOK_SECRET),
+        )
+        .await;
+        assert!(
+            matches!(body["status"].as_str(), Some("created" | "absorbed")),
+            "{body}"
+        );
+    }
+    stack.operator(Path::new(BIN), &["resume"]);
+    let job = wait_job(queue.as_ref(), "the retried iteration", |j| {
+        j.iterations == 1 && j.state == JobState::Succeeded
+    })
+    .await;
+    assert_eq!(job.attempts, 2, "the first attempt failed: {job:#?}");
+
+    let thread = stack
+        .github
+        .with_review(|r| r.replies_to(line["id"].as_u64().unwrap()));
+    assert_eq!(thread.len(), 1, "{thread:#?}");
+    let answers: Vec<String> = stack.github.with_review(|r| {
+        r.issue_comments
+            .iter()
+            .filter(|c| c["user"]["login"] == "drafter-bot")
+            .map(|c| c["body"].as_str().unwrap_or("").to_string())
+            .collect()
+    });
+    assert_eq!(answers.len(), 1, "{answers:#?}");
+    assert!(
+        answers[0].starts_with("@alice drafter follow-up iteration 1"),
+        "{}",
+        answers[0]
+    );
+    let texts = stack.jira.comment_texts("DEMO-1");
+    assert_eq!(
+        texts
+            .iter()
+            .filter(|t| t.contains("Pull request updated after review (iteration 1)"))
+            .count(),
+        1,
+        "{texts:#?}"
+    );
+    // One push for the iteration: the retry delivered what the first attempt pushed.
+    let repo = git2::Repository::open_bare(&stack.bare_repo).unwrap();
+    let head = repo.find_commit(tip(&stack, &branch)).unwrap();
+    assert_eq!(head.parent_id(0).unwrap(), before);
+    serve.stop().await;
+}
+
+/// A line comment deleted before the answer (GitHub answers a reply to it 404,
+/// https://docs.github.com/en/rest/pulls/comments#create-a-reply-for-a-review-comment): the iteration, already
+/// pushed, answers on the conversation instead of failing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_answer_to_a_deleted_thread_goes_on_the_conversation() {
+    let _serial = SERIAL.lock().await;
+    let stack = stack("").await;
+    let client = reqwest::Client::new();
+    let (serve, url, pr, _) = first_pr(&stack, &client).await;
+    let queue = stack.queue().await;
+    stack.github.with_review(|r| {
+        r.permissions.insert("alice".into(), "write".into());
+    });
+    stack.model.push(vec![
+        tool(
+            "edit_file",
+            json!({"path": "greet.py", "old": "\"\"\"Return a greeting for `name`.\"\"\"",
+                   "new": "\"\"\"Return a friendly greeting for `name`.\"\"\""}),
+        ),
+        finish("Made the docstring friendlier."),
+    ]);
+    let line = stack.github.with_review(|r| {
+        r.add_line_comment(
+            DEMO_REPO,
+            1,
+            "alice",
+            "@drafter-bot friendlier docstring",
+            "greet.py",
+            5,
+        )
+    });
+    stack.operator(
+        Path::new(BIN),
+        &["pause", "--reason", "the comment goes first"],
+    );
+    let (_, body) = deliver(
+        &client,
+        &url,
+        "pull_request_review_comment",
+        "x-1",
+        &review_comment_event(DEMO_REPO, &pr, &line),
+        Some(WEBHOOK_SECRET),
+    )
+    .await;
+    assert_eq!(body["status"], "created", "{body}");
+    let id = line["id"].as_u64().unwrap();
+    stack
+        .github
+        .with_review(|r| r.review_comments.retain(|c| c["id"].as_u64() != Some(id)));
+    stack.operator(Path::new(BIN), &["resume"]);
+    let job = wait_job(queue.as_ref(), "the iteration", |j| {
+        j.iterations == 1 && !j.state.is_open()
+    })
+    .await;
+    assert_eq!(job.state, JobState::Succeeded, "{job:#?}");
+    let answers: Vec<String> = stack.github.with_review(|r| {
+        r.issue_comments
+            .iter()
+            .filter(|c| c["user"]["login"] == "drafter-bot")
+            .map(|c| c["body"].as_str().unwrap_or("").to_string())
+            .collect()
+    });
+    assert_eq!(answers.len(), 1, "{answers:#?}");
+    assert!(
+        answers[0].starts_with("@alice drafter follow-up iteration 1: Pushed `")
+            && answers[0].contains(&format!("review-1-line-{id}`")),
+        "{}",
+        answers[0]
+    );
+    serve.stop().await;
+}
+
+/// "Request changes" with the requests in line comments and nothing in the review's body (`body: null`, as GitHub
+/// sends it): the iteration is shown the review's line comments
+/// (https://docs.github.com/en/rest/pulls/reviews#list-comments-for-a-pull-request-review), not an empty review.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_review_requesting_changes_in_its_line_comments_shows_them_to_the_model() {
+    let _serial = SERIAL.lock().await;
+    let stack = stack("").await;
+    let client = reqwest::Client::new();
+    let (serve, url, pr, _) = first_pr(&stack, &client).await;
+    let queue = stack.queue().await;
+    stack.github.with_review(|r| {
+        r.permissions.insert("alice".into(), "write".into());
+    });
+    stack
+        .model
+        .push(vec![finish("Nothing to change after all.")]);
+    let (review, _) = stack.github.with_review(|r| {
+        r.add_review_with_comments(
+            DEMO_REPO,
+            1,
+            "alice",
+            "CHANGES_REQUESTED",
+            None,
+            &[
+                ("greet.py", 5, "the docstring should be friendlier"),
+                ("greet.py", 6, "and say hello in French too"),
+            ],
+        )
+    });
+    let (_, body) = deliver(
+        &client,
+        &url,
+        "pull_request_review",
+        "rv-1",
+        &support::github_review::review_event(DEMO_REPO, &pr, &review),
+        Some(WEBHOOK_SECRET),
+    )
+    .await;
+    assert_eq!(body["status"], "created", "{body}");
+    wait_job(queue.as_ref(), "the iteration", |j| {
+        j.iterations == 1 && !j.state.is_open()
+    })
+    .await;
+    let traffic = stack.model.traffic();
+    assert!(
+        traffic.contains("the docstring should be friendlier")
+            && traffic.contains("and say hello in French too"),
+        "{traffic}"
+    );
+    serve.stop().await;
+}
+
+/// A conversation comment's delivery names the pull request only as an issue (`issue.title`, no head branch,
+/// https://docs.github.com/en/webhooks/webhook-events-and-payloads#issue_comment): once a human retitles drafter's
+/// pull request (no `[KEY]`, or another ticket's), the job is found through the pull request's head branch
+/// (https://docs.github.com/en/rest/pulls/pulls#get-a-pull-request).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_conversation_comment_on_a_retitled_pull_request_still_finds_its_job() {
+    let _serial = SERIAL.lock().await;
+    let stack = stack("review_iterations = 0").await;
+    let client = reqwest::Client::new();
+    let (serve, url, pr, _) = first_pr(&stack, &client).await;
+    stack.github.with_review(|r| {
+        r.permissions.insert("alice".into(), "write".into());
+    });
+    for (n, title) in [
+        (1, "WIP: friendlier greetings"),
+        (2, "[DEMO-2] Friendlier greetings"),
+    ] {
+        stack.github.set_pull_title(DEMO_REPO, 1, title);
+        let c = stack
+            .github
+            .with_review(|r| r.add_issue_comment(DEMO_REPO, 1, "alice", "@drafter-bot rename it"));
+        let mut event = issue_comment_event(DEMO_REPO, &pr, &c);
+        event["issue"]["title"] = json!(title);
+        let (_, body) = deliver(
+            &client,
+            &url,
+            "issue_comment",
+            &format!("t-{n}"),
+            &event,
+            Some(WEBHOOK_SECRET),
+        )
+        .await;
+        // The job is found: its cap (no iterations) answers, rather than "not a pull request drafter opened".
+        assert_eq!(body["status"], "cap_reached", "{title}: {body}");
+    }
+    serve.stop().await;
+}

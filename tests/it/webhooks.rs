@@ -1627,3 +1627,445 @@ async fn a_data_center_hint_naming_another_ticket_than_the_payload_is_refused() 
     );
     assert_eq!(s.state(&one).await, JobState::Queued);
 }
+
+// ---- GitHub: `POST /webhooks/github` with the documented payloads ------------------------------------------------
+//
+// Deliveries as GitHub documents them (https://docs.github.com/en/webhooks/webhook-events-and-payloads), trimmed of
+// fields drafter does not read; the examples are GitHub's own (octokit/webhooks `payload-examples/api.github.com`),
+// renamed to the pull request drafter opened here (acme/widgets#2, branch `drafter/DEMO-1-fix-the-greeting`).
+
+const GH_REPO: &str = "acme/widgets";
+const GH_PR: u64 = 2;
+
+/// A user object as webhook payloads carry it (`sender`, `comment.user`, ...).
+fn gh_user(login: &str, id: u64, kind: &str) -> Value {
+    json!({
+        "login": login, "id": id, "node_id": "MDQ6VXNlcjIxMDMxMDY3",
+        "avatar_url": format!("https://avatars.githubusercontent.com/u/{id}?v=4"), "gravatar_id": "",
+        "url": format!("https://api.github.com/users/{login}"), "html_url": format!("https://github.com/{login}"),
+        "type": kind, "site_admin": false
+    })
+}
+
+fn gh_repository() -> Value {
+    json!({
+        "id": 186853002, "node_id": "MDEwOlJlcG9zaXRvcnkxODY4NTMwMDI=", "name": "widgets", "full_name": GH_REPO,
+        "private": false, "owner": gh_user("acme", 77, "Organization"),
+        "html_url": "https://github.com/acme/widgets", "fork": false,
+        "url": "https://api.github.com/repos/acme/widgets", "default_branch": "main"
+    })
+}
+
+/// The pull request object of `pull_request*` events.
+fn gh_pull_request() -> Value {
+    json!({
+        "url": "https://api.github.com/repos/acme/widgets/pulls/2", "id": 279147437,
+        "node_id": "MDExOlB1bGxSZXF1ZXN0Mjc5MTQ3NDM3", "html_url": "https://github.com/acme/widgets/pull/2",
+        "issue_url": "https://api.github.com/repos/acme/widgets/issues/2", "number": GH_PR, "state": "open",
+        "locked": false, "title": "[DEMO-1] Fix the greeting", "user": gh_user("drafter-bot", 5, "User"),
+        "body": "Drafted by drafter.", "created_at": "2019-05-15T15:20:33Z", "updated_at": "2019-05-15T15:20:38Z",
+        "closed_at": null, "merged_at": null, "merge_commit_sha": null, "assignee": null, "assignees": [],
+        "requested_reviewers": [], "requested_teams": [], "labels": [], "milestone": null, "draft": true,
+        "head": {"label": "acme:drafter/DEMO-1-fix-the-greeting", "ref": "drafter/DEMO-1-fix-the-greeting",
+                 "sha": "ec26c3e57ca3a959ca5aad62de7213c562f8c821", "user": gh_user("acme", 77, "Organization"),
+                 "repo": gh_repository()},
+        "base": {"label": "acme:main", "ref": "main", "sha": "f95f852bd8fca8fcc58a9a2d6c842781e32a215e",
+                 "user": gh_user("acme", 77, "Organization"), "repo": gh_repository()},
+        "author_association": "NONE"
+    })
+}
+
+/// `pull_request_review_comment` (https://docs.github.com/en/webhooks/webhook-events-and-payloads#pull_request_review_comment),
+/// from octokit/webhooks `pull_request_review_comment/created.payload.json`.
+fn gh_review_comment(action: &str, id: u64, login: &str, body: &str) -> Value {
+    json!({
+        "action": action,
+        "comment": {
+            "url": format!("https://api.github.com/repos/acme/widgets/pulls/comments/{id}"),
+            "pull_request_review_id": 237895671, "id": id, "node_id": "MDI0OlB1bGxSZXF1ZXN0UmV2aWV3Q29tbWVudA==",
+            "diff_hunk": "@@ -1 +1 @@\n-# Hello-World", "path": "greet.py", "position": 1, "original_position": 1,
+            "commit_id": "ec26c3e57ca3a959ca5aad62de7213c562f8c821",
+            "original_commit_id": "ec26c3e57ca3a959ca5aad62de7213c562f8c821",
+            "user": gh_user(login, 21031067, "User"), "body": body,
+            "created_at": "2019-05-15T15:20:37Z", "updated_at": "2019-05-15T15:20:38Z",
+            "html_url": format!("https://github.com/acme/widgets/pull/2#discussion_r{id}"),
+            "pull_request_url": "https://api.github.com/repos/acme/widgets/pulls/2",
+            "author_association": "MEMBER",
+            "start_line": null, "original_start_line": null, "start_side": null,
+            "line": 265, "original_line": 265, "side": "RIGHT"
+        },
+        "pull_request": gh_pull_request(),
+        "repository": gh_repository(),
+        "sender": gh_user(login, 21031067, "User")
+    })
+}
+
+/// `issue_comment` (https://docs.github.com/en/webhooks/webhook-events-and-payloads#issue_comment), from octokit/webhooks
+/// `issue_comment/created.payload.json`; `issue.pull_request` is there only when the issue is a pull request.
+fn gh_issue_comment(id: u64, login: &str, body: &str, on_pr: bool) -> Value {
+    let mut issue = json!({
+        "url": "https://api.github.com/repos/acme/widgets/issues/2", "id": 444500041,
+        "node_id": "MDU6SXNzdWU0NDQ1MDAwNDE=", "number": GH_PR, "title": "[DEMO-1] Fix the greeting",
+        "user": gh_user("drafter-bot", 5, "User"), "labels": [], "state": "open", "locked": false,
+        "assignee": null, "assignees": [], "milestone": null, "comments": 1,
+        "created_at": "2019-05-15T15:20:18Z", "updated_at": "2019-05-15T15:20:21Z", "closed_at": null,
+        "author_association": "NONE", "body": "Drafted by drafter."
+    });
+    if on_pr {
+        issue["pull_request"] = json!({
+            "url": "https://api.github.com/repos/acme/widgets/pulls/2",
+            "html_url": "https://github.com/acme/widgets/pull/2",
+            "diff_url": "https://github.com/acme/widgets/pull/2.diff",
+            "patch_url": "https://github.com/acme/widgets/pull/2.patch", "merged_at": null
+        });
+    }
+    json!({
+        "action": "created",
+        "issue": issue,
+        "comment": {
+            "url": format!("https://api.github.com/repos/acme/widgets/issues/comments/{id}"),
+            "html_url": format!("https://github.com/acme/widgets/pull/2#issuecomment-{id}"),
+            "issue_url": "https://api.github.com/repos/acme/widgets/issues/2", "id": id,
+            "node_id": "MDEyOklzc3VlQ29tbWVudDQ5MjcwMDQwMA==", "user": gh_user(login, 21031067, "User"),
+            "created_at": "2019-05-15T15:20:21Z", "updated_at": "2019-05-15T15:20:21Z",
+            "author_association": "MEMBER", "body": body
+        },
+        "repository": gh_repository(),
+        "sender": gh_user(login, 21031067, "User")
+    })
+}
+
+/// `pull_request_review` (https://docs.github.com/en/webhooks/webhook-events-and-payloads#pull_request_review), from
+/// octokit/webhooks `pull_request_review/submitted.payload.json` (whose `review.body` is `null`).
+fn gh_review(id: u64, login: &str, state: &str, body: Option<&str>) -> Value {
+    json!({
+        "action": "submitted",
+        "review": {
+            "id": id, "node_id": "MDE3OlB1bGxSZXF1ZXN0UmV2aWV3MjM3ODk1Njcx", "user": gh_user(login, 21031067, "User"),
+            "body": body, "commit_id": "ec26c3e57ca3a959ca5aad62de7213c562f8c821",
+            "submitted_at": "2019-05-15T15:20:38Z", "state": state,
+            "html_url": format!("https://github.com/acme/widgets/pull/2#pullrequestreview-{id}"),
+            "pull_request_url": "https://api.github.com/repos/acme/widgets/pulls/2", "author_association": "MEMBER"
+        },
+        "pull_request": gh_pull_request(),
+        "repository": gh_repository(),
+        "sender": gh_user(login, 21031067, "User")
+    })
+}
+
+/// A `drafter serve` GitHub endpoint with a real (SQLite) queue holding one finished job that opened acme/widgets#2,
+/// and a policy whose team lists its `reviewers` (so GitHub is never asked about permissions).
+struct GithubServer {
+    url: String,
+    queue: Arc<dyn Queue>,
+    job: String,
+    http: reqwest::Client,
+    _dir: tempfile::TempDir,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+async fn start_github() -> GithubServer {
+    let dir = tempfile::tempdir().unwrap();
+    let queue: Arc<dyn Queue> = Arc::new(
+        drafter::queue::sqlite::SqliteQueue::open(&dir.path().join("queue.sqlite"))
+            .await
+            .unwrap(),
+    );
+    let created = queue
+        .enqueue(NewJob {
+            ticket: "DEMO-1".into(),
+            project: "DEMO".into(),
+            trigger: drafter::queue::Trigger {
+                delivery: "changelog:1".into(),
+                source: "webhook:jira:issue_updated".into(),
+                triggered_by: Some("712020:ann".into()),
+                text: None,
+                at: Utc::now(),
+                review: None,
+            },
+            max_attempts: 3,
+        })
+        .await
+        .unwrap();
+    let Enqueued::Created(job) = created else {
+        panic!("{created:?}")
+    };
+    let claim = Claim {
+        worker: "w".into(),
+        lease: Duration::from_secs(60),
+        exclude_projects: vec![],
+    };
+    queue.claim(&claim).await.unwrap().unwrap();
+    queue
+        .complete(
+            &job,
+            "w",
+            json!({"result": "pull_request", "repo": GH_REPO, "number": GH_PR,
+                   "branch": "drafter/DEMO-1-fix-the-greeting",
+                   "url": "https://github.com/acme/widgets/pull/2"}),
+        )
+        .await
+        .unwrap();
+    let policy = drafter::policy::parse(
+        &format!(
+            r#"version = 1
+
+[teams.demo]
+projects = ["DEMO"]
+repos = [{{ name = "{GH_REPO}", bases = ["main"] }}]
+triggers = {{ anyone = true }}
+reviewers = ["alice"]
+"#
+        ),
+        std::path::Path::new("policy.toml"),
+    )
+    .unwrap();
+    let approvals = server::Approvals {
+        policy: Arc::new(drafter::policy::Current::new(policy)),
+        directory: Arc::new(drafter::policy::NoGroups),
+    };
+    // Nothing listens there: with a `reviewers` list and no cap reached, GitHub is not called.
+    let forge = drafter::forge::Forge::new(&drafter::config::GithubConfig {
+        api_url: "http://127.0.0.1:9/api/v3".into(),
+        git_url: "http://127.0.0.1:9".into(),
+        token: Secret::new("ghp_unused").into(),
+        app: None,
+        bot_login: Some("drafter-bot".into()),
+        identities: Default::default(),
+    })
+    .unwrap();
+    let state = AppState {
+        readiness: server::queue_readiness(queue.clone()),
+        queue: queue.clone(),
+        jira: cloud_cfg("https://jira.example.com"),
+        webhook_secret: Some(Secret::new(SECRET)),
+        max_attempts: 3,
+        approvals: Some(approvals),
+        github: Some(server::GithubHooks {
+            secret: Some(Secret::new(SECRET)),
+            bot_login: Some("drafter-bot".into()),
+            forge: Arc::new(forge),
+            remote_links: false,
+            identities: Default::default(),
+        }),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/webhooks/github", listener.local_addr().unwrap());
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(server::serve(listener, state, async {
+        let _ = rx.await;
+    }));
+    GithubServer {
+        url,
+        queue,
+        job,
+        http: reqwest::Client::new(),
+        _dir: dir,
+        _stop: tx,
+    }
+}
+
+impl GithubServer {
+    async fn send(&self, event: &str, delivery: &str, payload: &Value) -> (u16, Value) {
+        support::github_review::deliver(
+            &self.http,
+            &self.url,
+            event,
+            delivery,
+            payload,
+            Some(SECRET),
+        )
+        .await
+    }
+
+    async fn job(&self) -> Job {
+        self.queue.get(&self.job).await.unwrap().unwrap()
+    }
+
+    /// The review triggers the job holds.
+    async fn review_triggers(&self) -> Vec<drafter::queue::ReviewRef> {
+        self.job()
+            .await
+            .triggers
+            .into_iter()
+            .filter_map(|t| t.review.map(|r| *r))
+            .collect()
+    }
+}
+
+/// A webhook set to `application/x-www-form-urlencoded` sends the same JSON as the form field `payload`, signed as
+/// sent (https://docs.github.com/en/webhooks/using-webhooks/creating-webhooks): drafter reads it like JSON, and the
+/// same comment delivered again as JSON is a duplicate. An outdated line comment (`line: null`) keeps its
+/// `original_line`.
+#[tokio::test]
+async fn a_form_encoded_delivery_is_read_like_json() {
+    let s = start_github().await;
+    let mut p = gh_review_comment(
+        "created",
+        284312630,
+        "alice",
+        "@drafter-bot use more emoji here",
+    );
+    p["comment"]["line"] = Value::Null;
+    let (status, body) = support::github_review::deliver_form(
+        &s.http,
+        &s.url,
+        "pull_request_review_comment",
+        "72d3162e-cc78-11e3-81ab-4c9367dc0958",
+        &p,
+        SECRET,
+    )
+    .await;
+    assert_eq!(
+        (status, &body["status"], &body["iteration"]),
+        (202, &json!("created"), &json!(1)),
+        "{body}"
+    );
+    let (status, body) = s
+        .send("pull_request_review_comment", "another-delivery", &p)
+        .await;
+    assert_eq!(
+        (status, &body["status"]),
+        (200, &json!("duplicate")),
+        "{body}"
+    );
+    let triggers = s.review_triggers().await;
+    assert_eq!(triggers.len(), 1, "{triggers:#?}");
+    let t = &triggers[0];
+    assert_eq!(
+        (
+            t.kind.as_str(),
+            t.comment_id,
+            t.author.as_str(),
+            t.path.as_deref(),
+            t.line
+        ),
+        ("line", 284312630, "alice", Some("greet.py"), Some(265))
+    );
+
+    // A form body signed with another secret is refused before it is read; one without `payload` is a clear 400.
+    let form = |payload: &str| {
+        url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("payload", payload)
+            .finish()
+    };
+    let post = |body: String, sig: String| {
+        s.http
+            .post(&s.url)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("x-github-event", "pull_request_review_comment")
+            .header("x-github-delivery", "d-form")
+            .header("x-hub-signature-256", sig)
+            .body(body)
+            .send()
+    };
+    let forged = form(&p.to_string());
+    let resp = post(
+        forged.clone(),
+        support::github_review::sign("not-the-secret", forged.as_bytes()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.status().as_u16(), 401);
+    let empty = "other=1".to_string();
+    let resp = post(
+        empty.clone(),
+        support::github_review::sign(SECRET, empty.as_bytes()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.status().as_u16(), 400);
+    let answer: Value = resp.json().await.unwrap();
+    assert!(
+        answer["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("payload")),
+        "{answer}"
+    );
+    assert_eq!(s.review_triggers().await.len(), 1);
+}
+
+/// Only new comments start work: GitHub's `edited` and `deleted` deliveries of a comment that mentions the bot
+/// (https://docs.github.com/en/webhooks/webhook-events-and-payloads#pull_request_review_comment: `changes.body.from`
+/// on `edited`), a comment on a plain issue (no `issue.pull_request`), a review that only comments without a
+/// mention (`body: null`), GitHub's `ping`, an event drafter does not read, and the bot's own comments (as a GitHub
+/// App it is `drafter-bot[bot]`, type `Bot`) are all accepted and ignored.
+#[tokio::test]
+async fn edits_deletes_plain_issues_pings_and_the_bots_own_comments_start_nothing() {
+    let s = start_github().await;
+    let mut edited = gh_review_comment("edited", 11, "alice", "@drafter-bot rename it");
+    edited["changes"] = json!({"body": {"from": "rename it"}});
+    let deleted = gh_review_comment("deleted", 12, "alice", "@drafter-bot rename it");
+    let mut issue_edited = gh_issue_comment(13, "alice", "@drafter-bot rename it", true);
+    issue_edited["action"] = json!("edited");
+    issue_edited["changes"] = json!({"body": {"from": "rename it"}});
+    let plain_issue = gh_issue_comment(14, "alice", "@drafter-bot rename it", false);
+    let quiet_review = gh_review(15, "alice", "commented", None);
+    let mut dismissed = gh_review(16, "alice", "dismissed", Some("@drafter-bot"));
+    dismissed["action"] = json!("dismissed");
+    let mut own = gh_issue_comment(17, "drafter-bot[bot]", "@drafter-bot follow-up", true);
+    own["comment"]["user"]["type"] = json!("Bot");
+    let own_line = gh_review_comment("created", 18, "drafter-bot", "@drafter-bot again");
+    let ping = json!({
+        "zen": "Design for failure.", "hook_id": 109948940,
+        "hook": {"type": "Repository", "id": 109948940, "name": "web", "active": true,
+                 "events": ["pull_request_review_comment", "pull_request_review", "issue_comment", "pull_request"],
+                 "config": {"content_type": "json", "insecure_ssl": "0", "url": "https://drafter.example/webhooks/github"},
+                 "updated_at": "2019-05-15T15:20:49Z", "created_at": "2019-05-15T15:20:49Z"},
+        "repository": gh_repository(), "sender": gh_user("alice", 21031067, "User")
+    });
+    let star = json!({"action": "created", "starred_at": "2019-05-15T15:20:40Z",
+                      "repository": gh_repository(), "sender": gh_user("alice", 21031067, "User")});
+    for (event, payload) in [
+        ("pull_request_review_comment", &edited),
+        ("pull_request_review_comment", &deleted),
+        ("issue_comment", &issue_edited),
+        ("issue_comment", &plain_issue),
+        ("pull_request_review", &quiet_review),
+        ("pull_request_review", &dismissed),
+        ("issue_comment", &own),
+        ("pull_request_review_comment", &own_line),
+        ("ping", &ping),
+        ("star", &star),
+    ] {
+        let (status, body) = s.send(event, &format!("d-{event}"), payload).await;
+        assert_eq!(
+            (status, &body["status"]),
+            (202, &json!("ignored")),
+            "{event} {}: {body}",
+            payload["action"]
+        );
+    }
+    let job = s.job().await;
+    assert_eq!((job.state, job.iterations), (JobState::Succeeded, 0));
+    assert!(s.review_triggers().await.is_empty());
+
+    // The same shapes, created: a conversation comment on the pull request and a review requesting changes with no
+    // body at all go into one iteration.
+    let (_, body) = s
+        .send(
+            "issue_comment",
+            "d-new-1",
+            &gh_issue_comment(21, "alice", "@drafter-bot rename it", true),
+        )
+        .await;
+    assert_eq!(body["status"], "created", "{body}");
+    let (_, body) = s
+        .send(
+            "pull_request_review",
+            "d-new-2",
+            &gh_review(22, "alice", "changes_requested", None),
+        )
+        .await;
+    assert_eq!(body["status"], "absorbed", "{body}");
+    let kinds: Vec<(String, u64)> = s
+        .review_triggers()
+        .await
+        .into_iter()
+        .map(|t| (t.kind, t.comment_id))
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![("conversation".to_string(), 21), ("review".to_string(), 22)]
+    );
+}

@@ -5,7 +5,7 @@
 
 use crate::agent::{ReviewContext, ReviewNote};
 use crate::config::Config;
-use crate::forge::GitHub;
+use crate::forge::{ForgeError, GitHub};
 use crate::repo::{self, RepoError};
 
 use super::super::error::JobError;
@@ -101,11 +101,19 @@ pub(crate) async fn answer(
         );
         job.fence("answering on the pull request").await?;
         match c.at.kind.as_str() {
-            "line" => {
-                forge
-                    .reply_to_review_comment(repo, number, c.at.comment_id, &body)
-                    .await?
-            }
+            "line" => match forge
+                .reply_to_review_comment(repo, number, c.at.comment_id, &body)
+                .await
+            {
+                Ok(()) => {}
+                // The thread's first comment was deleted meanwhile (GitHub answers 404,
+                // https://docs.github.com/en/rest/pulls/comments#create-a-reply-for-a-review-comment): the answer
+                // goes on the conversation rather than failing the iteration after its push.
+                Err(ForgeError::NotFound { .. }) => {
+                    forge.comment_on_pr(repo, number, &body).await?
+                }
+                Err(e) => return Err(e.into()),
+            },
             _ => forge.comment_on_pr(repo, number, &body).await?,
         }
         answered += 1;

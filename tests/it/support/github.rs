@@ -87,7 +87,7 @@ pub struct Inner {
     pub(super) refused_pushes: Vec<String>,
     /// `POST .../merge-upstream` calls: (fork, branch).
     pub(super) fork_syncs: Vec<(String, String)>,
-    base_url: String,
+    pub(super) base_url: String,
     pub(super) bot_login: String,
     /// The service account's teams as `GET /user/teams` lists them, (id, slug, parent id); `None` answers 403.
     bot_teams: Option<Vec<(u64, String, Option<u64>)>>,
@@ -413,6 +413,18 @@ impl GithubStandIn {
             .unwrap_or_default()
     }
 
+    /// Renames pull request `number` of `full_name`, as a human editing its title on GitHub.
+    pub fn set_pull_title(&self, full_name: &str, number: u64, title: &str) {
+        if let Some(pr) = lock(&self.state)
+            .pulls
+            .get_mut(full_name)
+            .and_then(|ps| ps.iter_mut().find(|p| p["number"].as_u64() == Some(number)))
+        {
+            pr["title"] = json!(title);
+            pr["response"]["title"] = json!(title);
+        }
+    }
+
     /// How many merge calls arrived (all refused). The product must never make one.
     pub fn merge_attempts(&self) -> usize {
         lock(&self.state).merge_attempts
@@ -471,6 +483,15 @@ fn team(api: &str, id: u64, slug: &str) -> Value {
            "description": null, "privacy": "closed", "notification_setting": "notifications_enabled",
            "permission": "push", "members_url": format!("{api}/teams/{id}/members{{/member}}"),
            "repositories_url": format!("{api}/teams/{id}/repos"), "parent": null})
+}
+
+/// `repositories/{id}/<rest>` as `repos/{owner}/{name}/<rest>`, for a repository the stand-in has.
+fn by_repository_id(st: &Inner, path: &str) -> Option<String> {
+    let rest = path.strip_prefix("repositories/")?;
+    let (id, rest) = rest.split_once('/').unwrap_or((rest, ""));
+    let id: u64 = id.parse().ok()?;
+    let full = st.repos.iter().find(|(_, r)| r.id == id)?.0;
+    Some(format!("repos/{full}/{rest}"))
 }
 
 fn percent_decode(s: &str) -> String {
@@ -571,6 +592,10 @@ fn api(
     body: &[u8],
 ) -> Response {
     let mut st = lock(state);
+    // GitHub's `Link` headers name repositories by id (`/repositories/{id}/...`, e.g. the next page of a list):
+    // the same routes as `/repos/{owner}/{name}/...`.
+    let by_id = by_repository_id(&st, path);
+    let path = by_id.as_deref().unwrap_or(path);
     // https://docs.github.com/en/rest/authentication/authenticating-to-the-rest-api: `Authorization: Bearer <t>` or
     // the older `token <t>`.
     let presented = headers
@@ -586,7 +611,8 @@ fn api(
     if let Some(answer) = super::github_app::route(&mut st, method, &app_segs, presented, body) {
         return answer;
     }
-    if presented != Some(st.token.as_str()) {
+    let by_app = presented != Some(st.token.as_str());
+    if by_app {
         let app_answer = match (&st.app, presented) {
             (Some(app), Some(p)) => super::github_app::refusal(app, p, &app_segs),
             _ => Some(json_response(
@@ -649,7 +675,8 @@ fn api(
     }
 
     if st.repos.contains_key(&full) {
-        if let Some(answer) = super::github_review::route(&mut st, method, &full, rest, body) {
+        if let Some(answer) = super::github_review::route(&mut st, method, &full, rest, query, body)
+        {
             return answer;
         }
     }
@@ -689,6 +716,14 @@ fn api(
                 "permissions": {"admin": repo.admin, "maintain": repo.maintain, "push": repo.push,
                                 "triage": true, "pull": true}
             });
+            // `permissions` is the authenticated user's role: an installation token is no user, and GitHub leaves
+            // the key out (what GitHub Actions' token, an installation token, sees:
+            // https://github.com/semantic-release/github/issues/182).
+            if by_app {
+                if let Value::Object(fields) = &mut answer {
+                    fields.remove("permissions");
+                }
+            }
             if let Value::Object(fields) = super::github_fork::fork_fields(&st, repo, &api) {
                 for (k, v) in fields {
                     answer[k] = v;
@@ -786,6 +821,16 @@ fn api(
             pr["updates"] = json!(pr["updates"].as_u64().unwrap_or(0) + 1);
             json_response(200, pr["response"].clone())
         }
+        // https://docs.github.com/en/rest/pulls/pulls#get-a-pull-request
+        (Method::GET, ["pulls", number]) => st
+            .pulls
+            .get(&full)
+            .and_then(|ps| {
+                ps.iter().find(|p| {
+                    p["number"].as_u64().map(|n| n.to_string()).as_deref() == Some(*number)
+                })
+            })
+            .map_or_else(not_found, |p| json_response(200, p["response"].clone())),
         (Method::GET, ["pulls"]) => {
             let params: HashMap<String, String> = query
                 .unwrap_or("")

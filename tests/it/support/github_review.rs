@@ -3,12 +3,19 @@
 //! - `GET /repos/{o}/{r}/pulls/{n}/comments`, `POST /repos/{o}/{r}/pulls/{n}/comments/{id}/replies` (201; a reply
 //!   to a reply is 404, as GitHub only threads under the first comment)
 //!   (https://docs.github.com/en/rest/pulls/comments);
+//! - `GET /repos/{o}/{r}/pulls/{n}/reviews` and `.../reviews/{id}/comments`, the line comments submitted with a
+//!   review (https://docs.github.com/en/rest/pulls/reviews);
 //! - `GET|POST /repos/{o}/{r}/issues/{n}/comments` (https://docs.github.com/en/rest/issues/comments);
+//! - the lists paged as GitHub pages them (30 a page unless `per_page` asks for up to 100, a `Link` header to the
+//!   next page under `/repositories/{id}/`)
+//!   (https://docs.github.com/en/rest/using-the-rest-api/using-pagination-in-the-rest-api);
 //! - `GET /repos/{o}/{r}/collaborators/{user}/permission` -> `{"permission", "role_name", "user"}`
 //!   (https://docs.github.com/en/rest/collaborators/collaborators#get-repository-permissions-for-a-user);
 //! - webhook deliveries `pull_request_review_comment`, `pull_request_review`, `issue_comment` and `pull_request`
-//!   with `X-GitHub-Event`, `X-GitHub-Delivery` and `X-Hub-Signature-256`
-//!   (https://docs.github.com/en/webhooks/webhook-events-and-payloads,
+//!   with `X-GitHub-Event`, `X-GitHub-Delivery` and `X-Hub-Signature-256`, as `application/json` or as
+//!   `application/x-www-form-urlencoded` (the JSON in a `payload` field), the two content types a webhook can be set
+//!   to (https://docs.github.com/en/webhooks/using-webhooks/creating-webhooks,
+//!   https://docs.github.com/en/webhooks/webhook-events-and-payloads,
 //!   https://docs.github.com/en/webhooks/using-webhooks/validating-webhook-deliveries).
 
 use std::collections::HashMap;
@@ -90,6 +97,36 @@ impl ReviewState {
         v
     }
 
+    /// Records a review by `login` in `state` (as [`ReviewState::add_review`]; `body` may be `None`, as GitHub
+    /// sends a review without one) with line comments `(path, line, text)` submitted with it; the review and the
+    /// comments.
+    pub fn add_review_with_comments(
+        &mut self,
+        repo: &str,
+        pr: u64,
+        login: &str,
+        state: &str,
+        body: Option<&str>,
+        comments: &[(&str, u64, &str)],
+    ) -> (Value, Vec<Value>) {
+        let mut review = self.add_review(repo, pr, login, state, "");
+        review["body"] = body.map_or(Value::Null, |b| json!(b));
+        if let Some(v) = self.reviews.last_mut() {
+            *v = review.clone();
+        }
+        let id = review["id"].as_u64().unwrap_or(0);
+        let mut added = Vec::new();
+        for (path, line, text) in comments {
+            let mut c = self.add_line_comment(repo, pr, login, text, path, *line);
+            c["pull_request_review_id"] = json!(id);
+            if let Some(stored) = self.review_comments.last_mut() {
+                *stored = c.clone();
+            }
+            added.push(c);
+        }
+        (review, added)
+    }
+
     /// The replies in the thread of review comment `id`.
     pub fn replies_to(&self, id: u64) -> Vec<Value> {
         self.review_comments
@@ -100,13 +137,71 @@ impl ReviewState {
     }
 }
 
-fn listed(all: &[Value], full: &str, pr: u64) -> Response {
+/// One page of the items of pull request `pr` in `full`, as GitHub pages its lists: `per_page` (default 30, at most
+/// 100) and `page` (from 1) in the query, and a `Link` header naming the `next` and `last` pages (and `first`,
+/// `prev` past the first) by repository id, `<{api}/repositories/{id}/...?per_page=N&page=M>; rel="next"`
+/// (https://docs.github.com/en/rest/using-the-rest-api/using-pagination-in-the-rest-api).
+fn listed(all: &[Value], full: &str, pr: u64, page: &Page<'_>) -> Response {
     let list: Vec<Value> = all
         .iter()
         .filter(|c| c["repo"] == full && c["pr"].as_u64() == Some(pr))
         .cloned()
         .collect();
-    json_response(200, Value::Array(list))
+    let params: HashMap<&str, &str> = page
+        .query
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .collect();
+    let per_page = params
+        .get("per_page")
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(30)
+        .clamp(1, 100);
+    let n = params
+        .get("page")
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(1)
+        .max(1);
+    let last = list.len().div_ceil(per_page).max(1);
+    let items: Vec<Value> = list
+        .into_iter()
+        .skip((n - 1) * per_page)
+        .take(per_page)
+        .collect();
+    let mut resp = json_response(200, Value::Array(items));
+    let link = |p: usize, rel: &str| {
+        format!(
+            "<{}/api/v3/repositories/{}/{}?per_page={per_page}&page={p}>; rel=\"{rel}\"",
+            page.base_url, page.repo_id, page.path
+        )
+    };
+    let mut links = Vec::new();
+    if n > 1 {
+        links.push(link(n - 1, "prev"));
+    }
+    if n < last {
+        links.push(link(n + 1, "next"));
+        links.push(link(last, "last"));
+    }
+    if n > 1 {
+        links.push(link(1, "first"));
+    }
+    if !links.is_empty() {
+        if let Ok(v) = links.join(", ").parse() {
+            resp.headers_mut().insert("link", v);
+        }
+    }
+    resp
+}
+
+/// Where a list is, for its `Link` header.
+struct Page<'a> {
+    query: Option<&'a str>,
+    base_url: &'a str,
+    repo_id: u64,
+    /// The path after `/repositories/{id}/`.
+    path: String,
 }
 
 /// The review routes of repository `full` (`rest` is the path after `/repos/{o}/{r}`); `None` for other routes.
@@ -115,9 +210,17 @@ pub(super) fn route(
     method: &Method,
     full: &str,
     rest: &[&str],
+    query: Option<&str>,
     body: &[u8],
 ) -> Option<Response> {
     let bot = st.bot_login.clone();
+    let base_url = st.base_url.clone();
+    let page = Page {
+        query,
+        base_url: &base_url,
+        repo_id: st.repos.get(full).map_or(0, |r| r.id),
+        path: rest.join("/"),
+    };
     let body_text = || {
         serde_json::from_slice::<Value>(body)
             .ok()
@@ -144,12 +247,23 @@ pub(super) fn route(
             )
         }
         (Method::GET, ["pulls", n, "comments"]) => {
-            listed(&r.review_comments, full, n.parse().ok()?)
+            listed(&r.review_comments, full, n.parse().ok()?, &page)
         }
         (Method::GET, ["issues", n, "comments"]) => {
-            listed(&r.issue_comments, full, n.parse().ok()?)
+            listed(&r.issue_comments, full, n.parse().ok()?, &page)
         }
-        (Method::GET, ["pulls", n, "reviews"]) => listed(&r.reviews, full, n.parse().ok()?),
+        (Method::GET, ["pulls", n, "reviews"]) => listed(&r.reviews, full, n.parse().ok()?, &page),
+        // https://docs.github.com/en/rest/pulls/reviews#list-comments-for-a-pull-request-review
+        (Method::GET, ["pulls", n, "reviews", id, "comments"]) => {
+            let id: u64 = id.parse().ok()?;
+            let of_review: Vec<Value> = r
+                .review_comments
+                .iter()
+                .filter(|c| c["pull_request_review_id"].as_u64() == Some(id))
+                .cloned()
+                .collect();
+            listed(&of_review, full, n.parse().ok()?, &page)
+        }
         (Method::POST, ["pulls", n, "comments", id, "replies"]) => {
             let (pr, id): (u64, u64) = (n.parse().ok()?, id.parse().ok()?);
             let Some(text) = body_text() else {
@@ -236,4 +350,44 @@ pub async fn deliver(
     let resp = req.body(bytes).send().await.expect("webhook request");
     let status = resp.status().as_u16();
     (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+/// Like [`deliver`], with the webhook's content type set to `application/x-www-form-urlencoded`: GitHub then sends
+/// the JSON as the form field `payload` and signs the form body as sent
+/// (https://docs.github.com/en/webhooks/using-webhooks/creating-webhooks).
+pub async fn deliver_form(
+    client: &reqwest::Client,
+    url: &str,
+    event: &str,
+    delivery: &str,
+    body: &Value,
+    secret: &str,
+) -> (u16, Value) {
+    let json = serde_json::to_string(body).expect("json");
+    let bytes = url::form_urlencoded::Serializer::new(String::new())
+        .append_pair("payload", &json)
+        .finish()
+        .into_bytes();
+    let resp = client
+        .post(url)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("x-github-event", event)
+        .header("x-github-delivery", delivery)
+        .header("x-hub-signature-256", sign(secret, &bytes))
+        .body(bytes)
+        .send()
+        .await
+        .expect("webhook request");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+/// A `pull_request_review` delivery (action `submitted`) for `review` (as the REST API lists it) on `pr`: the
+/// webhook spells `state` in lower case
+/// (https://docs.github.com/en/webhooks/webhook-events-and-payloads#pull_request_review).
+pub fn review_event(repo: &str, pr: &Value, review: &Value) -> Value {
+    let mut r = review.clone();
+    r["state"] = json!(review["state"].as_str().unwrap_or("").to_ascii_lowercase());
+    json!({"action": "submitted", "review": r, "pull_request": pull_request(pr),
+           "repository": {"full_name": repo}, "sender": review["user"]})
 }

@@ -131,6 +131,8 @@ struct Failure {
     path_suffix: Option<String>,
     /// The error body, when not the stand-in's own `{"errorMessages":["stand-in: injected failure"],"errors":{}}`.
     body: Option<Value>,
+    /// Only requests with this method fail (all when `None`).
+    method: Option<Method>,
 }
 
 struct Inner {
@@ -606,6 +608,7 @@ impl JiraStandIn {
             retry_after: retry_after.map(str::to_string),
             path_suffix: None,
             body: None,
+            method: None,
         });
     }
 
@@ -630,6 +633,20 @@ impl JiraStandIn {
             retry_after: retry_after.map(str::to_string),
             path_suffix: Some(path_suffix.to_string()),
             body,
+            method: None,
+        });
+    }
+
+    /// The next `times` POST requests whose path ends with `path_suffix` fail with `status` (reads and others are
+    /// answered): a comment that cannot be written while the ticket can still be read.
+    pub fn fail_next_post_on(&self, path_suffix: &str, status: u16, times: usize) {
+        lock(&self.state).failure = Some(Failure {
+            status,
+            remaining: times,
+            retry_after: None,
+            path_suffix: Some(path_suffix.to_string()),
+            body: None,
+            method: Some(Method::POST),
         });
     }
 }
@@ -806,7 +823,8 @@ fn handle_now(
         let applies = f
             .path_suffix
             .as_deref()
-            .is_none_or(|sfx| uri.path().ends_with(sfx));
+            .is_none_or(|sfx| uri.path().ends_with(sfx))
+            && f.method.as_ref().is_none_or(|m| *m == method);
         if f.remaining > 0 && applies {
             f.remaining -= 1;
             let status =
