@@ -48,8 +48,13 @@ use crate::intake::{self, Verdict};
 use crate::queue::{Admin, Enqueued, Queue};
 pub use github::{poll_reviews, GithubHooks};
 
-/// Largest webhook body accepted (1 MiB); Jira's issue payloads are a few KiB to a few hundred KiB.
+/// Largest Jira webhook body accepted (1 MiB); Jira's issue payloads are a few KiB to a few hundred KiB.
 pub const MAX_WEBHOOK_BODY: usize = 1 << 20;
+/// Largest GitHub webhook body accepted: GitHub's own cap, 25 MB
+/// (https://docs.github.com/en/webhooks/webhook-events-and-payloads#payload-cap). A pull request's description and a
+/// comment may each be 65,536 characters, escaped in JSON and, in a form-encoded delivery, again per byte: a
+/// legitimate delivery can pass 1 MiB, and one GitHub sends is never refused for its size.
+pub const MAX_GITHUB_WEBHOOK_BODY: usize = 25 * 1000 * 1000;
 /// Time limit for one request, body included.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Time limit for the readiness check.
@@ -99,7 +104,10 @@ pub fn queue_readiness(queue: Arc<dyn Admin>) -> Readiness {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/webhooks/jira", post(jira_webhook))
-        .route("/webhooks/github", post(github::github_webhook))
+        .route(
+            "/webhooks/github",
+            post(github::github_webhook).layer(DefaultBodyLimit::max(MAX_GITHUB_WEBHOOK_BODY)),
+        )
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .layer(DefaultBodyLimit::max(MAX_WEBHOOK_BODY))

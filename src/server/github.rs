@@ -86,7 +86,12 @@ pub(super) async fn github_webhook(
         Ok(b) => b,
         Err(rejection) => {
             let status = rejection.status();
-            return refuse(status, "body could not be read (or is larger than 1 MiB)");
+            let reason = if status == StatusCode::PAYLOAD_TOO_LARGE {
+                "body larger than GitHub's 25 MB payload cap"
+            } else {
+                "body could not be read"
+            };
+            return refuse(status, reason);
         }
     };
     let Some(hooks) = &st.github else {

@@ -2069,3 +2069,36 @@ async fn edits_deletes_plain_issues_pings_and_the_bots_own_comments_start_nothin
         vec![("conversation".to_string(), 21), ("review".to_string(), 22)]
     );
 }
+
+/// GitHub caps a webhook payload at 25 MB (https://docs.github.com/en/webhooks/webhook-events-and-payloads#payload-cap),
+/// and a pull request's description and a comment may each be 65,536 characters. Non-ASCII text is escaped in JSON
+/// and again, per byte, in a form-encoded delivery: such a delivery is several MiB, and is read. Past GitHub's cap
+/// is 413, as for Jira past its own.
+#[tokio::test]
+async fn a_github_delivery_as_large_as_github_sends_is_read() {
+    let s = start_github().await;
+    let mut p = gh_review_comment("created", 284312631, "alice", "@drafter-bot tidy this");
+    let wide = "\u{1F600}\u{0007}".repeat(32_768);
+    p["pull_request"]["body"] = json!(wide);
+    p["comment"]["body"] = json!(format!("@drafter-bot tidy this {wide}"));
+    let (status, body) = support::github_review::deliver_form(
+        &s.http,
+        &s.url,
+        "pull_request_review_comment",
+        "big-delivery",
+        &p,
+        SECRET,
+    )
+    .await;
+    assert_eq!(
+        (status, &body["status"]),
+        (202, &json!("created")),
+        "{body}"
+    );
+
+    p["pull_request"]["body"] = json!("x".repeat(26 << 20));
+    let (status, _) = s
+        .send("pull_request_review_comment", "huge-delivery", &p)
+        .await;
+    assert_eq!(status, 413);
+}
