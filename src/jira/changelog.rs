@@ -72,14 +72,10 @@ impl JiraClient {
     /// Every change history entry of an issue on Data Center (`expand=changelog` on the issue).
     async fn changelog_dc(&self, key: &str) -> Result<Vec<Value>, JiraError> {
         let action = format!("reading the change history of issue {key}");
-        let url = self.api_url(&format!("issue/{key}?fields=assignee&expand=changelog"));
         tracing::debug!(issue = key, "jira: GET issue with changelog");
-        let resp = self.send(self.http.get(url), &action, Some(key)).await?;
-        let body = self.read_success(resp, &action).await?;
-        let v: Value = serde_json::from_slice(&body).map_err(|e| JiraError::InvalidResponse {
-            action: action.clone(),
-            message: format!("issue is not valid JSON: {e}"),
-        })?;
+        let v = self
+            .issue_json(key, "fields=assignee&expand=changelog", &action)
+            .await?;
         v.pointer("/changelog/histories")
             .and_then(Value::as_array)
             .cloned()

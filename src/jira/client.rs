@@ -215,13 +215,7 @@ impl JiraClient {
         check_key(key)?;
         let action = format!("looking up the id of issue {key}");
         // The key is validated; nothing else comes from outside.
-        let url = self.api_url(&format!("issue/{key}?fields=project"));
-        let resp = self.send(self.http.get(url), &action, Some(key)).await?;
-        let body = self.read_success(resp, &action).await?;
-        let v: Value = serde_json::from_slice(&body).map_err(|e| JiraError::InvalidResponse {
-            action: action.clone(),
-            message: format!("issue is not valid JSON: {e}"),
-        })?;
+        let v = self.issue_json(key, "fields=project", &action).await?;
         match v.get("id") {
             Some(Value::String(id)) => Ok(id.clone()),
             Some(Value::Number(n)) => Ok(n.to_string()),
@@ -413,6 +407,22 @@ impl JiraClient {
         let message = self.scrub(&summarize_error_body(&body));
         tracing::debug!(status = status.as_u16(), action, "jira: request failed");
         Err(status_error(status, retry_after, action, key, message))
+    }
+
+    /// `GET <api>/issue/{key}?{query}`, as JSON. The caller has checked `key`; `query` is its own.
+    pub(super) async fn issue_json(
+        &self,
+        key: &str,
+        query: &str,
+        action: &str,
+    ) -> Result<Value, JiraError> {
+        let url = self.api_url(&format!("issue/{key}?{query}"));
+        let resp = self.send(self.http.get(url), action, Some(key)).await?;
+        let body = self.read_success(resp, action).await?;
+        serde_json::from_slice(&body).map_err(|e| JiraError::InvalidResponse {
+            action: action.to_string(),
+            message: format!("issue is not valid JSON: {e}"),
+        })
     }
 
     pub(super) async fn read_success(

@@ -237,13 +237,7 @@ impl JiraClient {
     pub async fn status(&self, key: &str) -> Result<Option<Status>, JiraError> {
         check_key(key)?;
         let action = format!("reading the status of issue {key}");
-        let url = self.api_url(&format!("issue/{key}?fields=status"));
-        let resp = self.send(self.http.get(url), &action, Some(key)).await?;
-        let body = self.read_success(resp, &action).await?;
-        let v: Value = serde_json::from_slice(&body).map_err(|e| JiraError::InvalidResponse {
-            action: action.clone(),
-            message: format!("issue is not valid JSON: {e}"),
-        })?;
+        let v = self.issue_json(key, "fields=status", &action).await?;
         Ok(v["fields"]
             .get("status")
             .filter(|s| s.is_object())
