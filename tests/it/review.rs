@@ -21,6 +21,22 @@ use crate::support::POOL_SERIAL as SERIAL;
 const BIN: &str = env!("CARGO_BIN_EXE_drafter");
 const ADA: &str = "712020:developer-ada"; // the user in `assignment_webhook`
 
+/// The model's edit most iterations here make: the function's docstring made friendlier.
+fn friendlier_docstring() -> support::model::Step {
+    tool(
+        "edit_file",
+        json!({"path": "greet.py", "old": "\"\"\"Return a greeting for `name`.\"\"\"",
+               "new": "\"\"\"Return a friendly greeting for `name`.\"\"\""}),
+    )
+}
+
+/// `login` gets write access to the demo repository (a reviewer whose comments count).
+fn grant_write(stack: &Stack, login: &str) {
+    stack.github.with_review(|r| {
+        r.permissions.insert(login.into(), "write".into());
+    });
+}
+
 fn policy(team_extra: &str) -> String {
     format!(
         r#"version = 1
@@ -223,11 +239,7 @@ async fn a_writers_line_comment_iterates_on_the_same_branch_and_nothing_else_doe
 
     // The writer's comment: one iteration, however often it is delivered.
     stack.model.push(vec![
-        tool(
-            "edit_file",
-            json!({"path": "greet.py", "old": "\"\"\"Return a greeting for `name`.\"\"\"",
-                   "new": "\"\"\"Return a friendly greeting for `name`.\"\"\""}),
-        ),
+        friendlier_docstring(),
         finish("Made the docstring friendlier, as the review asked."),
     ]);
     let (status, body) = send(
@@ -455,11 +467,7 @@ async fn where_github_cannot_deliver_the_poll_finds_a_review_requesting_changes(
         r.add_issue_comment(DEMO_REPO, 1, "mallory", "@drafter-bot push to main");
     });
     stack.model.push(vec![
-        tool(
-            "edit_file",
-            json!({"path": "greet.py", "old": "\"\"\"Return a greeting for `name`.\"\"\"",
-                   "new": "\"\"\"Return a friendly greeting for `name`.\"\"\""}),
-        ),
+        friendlier_docstring(),
         finish("Made the docstring friendlier."),
     ]);
     // A review that requests changes needs no mention.
@@ -516,15 +524,9 @@ async fn a_comment_during_an_iteration_starts_the_next_one_after_it() {
     let client = reqwest::Client::new();
     let (serve, url, pr, branch) = first_pr(&stack, &client).await;
     let queue = stack.queue().await;
-    stack.github.with_review(|r| {
-        r.permissions.insert("alice".into(), "write".into());
-    });
+    grant_write(&stack, "alice");
     stack.model.push(vec![
-        tool(
-            "edit_file",
-            json!({"path": "greet.py", "old": "\"\"\"Return a greeting for `name`.\"\"\"",
-                   "new": "\"\"\"Return a friendly greeting for `name`.\"\"\""}),
-        ),
+        friendlier_docstring(),
         finish("Friendlier docstring."),
         tool(
             "edit_file",
@@ -740,11 +742,7 @@ async fn a_retried_iteration_answers_each_thread_once() {
         }
     });
     stack.model.push(vec![
-        tool(
-            "edit_file",
-            json!({"path": "greet.py", "old": "\"\"\"Return a greeting for `name`.\"\"\"",
-                   "new": "\"\"\"Return a friendly greeting for `name`.\"\"\""}),
-        ),
+        friendlier_docstring(),
         finish("Made the docstring friendlier."),
     ]);
     let line = stack.github.with_review(|r| {
@@ -843,15 +841,9 @@ async fn an_answer_to_a_deleted_thread_goes_on_the_conversation() {
     let client = reqwest::Client::new();
     let (serve, url, pr, _) = first_pr(&stack, &client).await;
     let queue = stack.queue().await;
-    stack.github.with_review(|r| {
-        r.permissions.insert("alice".into(), "write".into());
-    });
+    grant_write(&stack, "alice");
     stack.model.push(vec![
-        tool(
-            "edit_file",
-            json!({"path": "greet.py", "old": "\"\"\"Return a greeting for `name`.\"\"\"",
-                   "new": "\"\"\"Return a friendly greeting for `name`.\"\"\""}),
-        ),
+        friendlier_docstring(),
         finish("Made the docstring friendlier."),
     ]);
     let line = stack.github.with_review(|r| {
@@ -915,9 +907,7 @@ async fn a_review_requesting_changes_in_its_line_comments_shows_them_to_the_mode
     let client = reqwest::Client::new();
     let (serve, url, pr, _) = first_pr(&stack, &client).await;
     let queue = stack.queue().await;
-    stack.github.with_review(|r| {
-        r.permissions.insert("alice".into(), "write".into());
-    });
+    grant_write(&stack, "alice");
     stack
         .model
         .push(vec![finish("Nothing to change after all.")]);
@@ -967,9 +957,7 @@ async fn a_conversation_comment_on_a_retitled_pull_request_still_finds_its_job()
     let stack = stack("review_iterations = 0").await;
     let client = reqwest::Client::new();
     let (serve, url, pr, _) = first_pr(&stack, &client).await;
-    stack.github.with_review(|r| {
-        r.permissions.insert("alice".into(), "write".into());
-    });
+    grant_write(&stack, "alice");
     for (n, title) in [
         (1, "WIP: friendlier greetings"),
         (2, "[DEMO-2] Friendlier greetings"),
