@@ -258,6 +258,39 @@ impl UsageLedger for MemQueue {
     }
 }
 
+#[async_trait::async_trait]
+impl drafter::queue::LinkUpdates for MemQueue {
+    async fn record_link(
+        &self,
+        _: &drafter::queue::LinkUpdate,
+        _: std::time::Duration,
+    ) -> Result<drafter::queue::LinkRecorded, QueueError> {
+        Err(unsupported())
+    }
+
+    async fn claim_links(
+        &self,
+        _: u32,
+        _: std::time::Duration,
+    ) -> Result<Vec<drafter::queue::PendingLink>, QueueError> {
+        Err(unsupported())
+    }
+
+    async fn link_told(&self, _: &str, _: i64) -> Result<(), QueueError> {
+        Err(unsupported())
+    }
+
+    async fn link_failed(
+        &self,
+        _: &str,
+        _: i64,
+        _: &str,
+        _: std::time::Duration,
+    ) -> Result<(), QueueError> {
+        Err(unsupported())
+    }
+}
+
 // ---- the server under test -----------------------------------------------------------------------------------------
 
 const SECRET: &str = "whsec-TESTSECRET-4f1a";
