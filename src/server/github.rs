@@ -11,6 +11,11 @@
 //! ([`crate::queue::Intake::reopen_for_review`]). The comment id is the dedup key, so the same delivery twice (a
 //! GitHub redelivery keeps its `X-GitHub-Delivery`) makes one iteration. Past the policy's iteration cap the pull
 //! request gets one comment saying so instead of a job. Every decision is one `audit` line with the delivery id.
+//!
+//! A pull request closed (merged or not) or reopened is recorded in the queue ([`crate::queue::LinkUpdates`]) and
+//! answered 202 once recorded: GitHub does not redeliver a failed delivery by itself
+//! (https://docs.github.com/en/webhooks/using-webhooks/handling-failed-webhook-deliveries), so the record, not Jira,
+//! is the durable part. Jira is told at once if it can be, else by [`retry_links`] with backoff.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -513,6 +518,9 @@ async fn cap_comment(
 /// long [`retry_links`] holds what it took (a process that dies holding one leaves it to the next round after this).
 const TRY_HOLD: Duration = Duration::from_secs(60);
 
+/// How long a delivery waits for its first try to tell Jira before it is answered (pending) anyway.
+const FIRST_TRY: Duration = Duration::from_secs(5);
+
 /// Pending states [`retry_links`] takes per round.
 const RETRY_BATCH: u32 = 20;
 
@@ -588,11 +596,13 @@ async fn record_and_tell(
         generation,
         attempts: 0,
     };
-    Ok(if tell(st, &pending, origin).await {
-        Told::Linked
-    } else {
-        Told::Pending
-    })
+    // Bounded: GitHub gives a delivery 10 s. A try cut short stays held until `TRY_HOLD` passes, then is retried.
+    Ok(
+        match tokio::time::timeout(FIRST_TRY, tell(st, &pending, origin)).await {
+            Ok(true) => Told::Linked,
+            Ok(false) | Err(_) => Told::Pending,
+        },
+    )
 }
 
 /// Tells Jira one recorded state and records how that went; whether Jira took it. Failures are logged with Jira's
