@@ -46,7 +46,7 @@ use crate::config::{JiraConfig, Secret};
 mod github;
 use crate::intake::{self, Verdict};
 use crate::queue::{Admin, Enqueued, Queue};
-pub use github::{poll_reviews, GithubHooks};
+pub use github::{link_backoff, poll_reviews, retry_links, GithubHooks};
 
 /// Largest Jira webhook body accepted (1 MiB); Jira's issue payloads are a few KiB to a few hundred KiB.
 pub const MAX_WEBHOOK_BODY: usize = 1 << 20;

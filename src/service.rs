@@ -324,6 +324,22 @@ impl Service {
             queue: queue.backend(),
             concurrency: config.serve.concurrency,
         });
+        // Pull request states (merged, closed, reopened) Jira has not taken yet: told again with backoff, whoever
+        // recorded them (a delivery, the poll, another process on the same queue).
+        let link_retries = config.panel.remote_links.then(|| {
+            let st = state.clone();
+            let stop = stopped();
+            tokio::spawn(async move {
+                let mut stop = std::pin::pin!(stop);
+                loop {
+                    server::retry_links(&st).await;
+                    tokio::select! {
+                        _ = &mut stop => break,
+                        _ = tokio::time::sleep(LINK_RETRY_TICK) => {}
+                    }
+                }
+            })
+        });
         let poller = if let Some(jira) = poll_jira {
             let mut poll = config.poll.clone();
             if poll.projects.is_empty() {
@@ -348,8 +364,9 @@ impl Service {
                     }
                 }
             });
-            // Review comments on drafter's pull requests, for sites GitHub cannot deliver webhooks to.
-            if config.github.bot_login.is_some() {
+            // Review comments on drafter's pull requests, and whether they were merged or closed, for sites GitHub
+            // cannot deliver webhooks to.
+            if config.github.bot_login.is_some() || config.panel.remote_links {
                 let st = state.clone();
                 let every = Duration::from_secs(config.poll.interval_secs.max(1));
                 let stop = stopped();
@@ -395,6 +412,9 @@ impl Service {
         if let Some(p) = poller {
             let _ = p.await;
         }
+        if let Some(r) = link_retries {
+            let _ = r.await;
+        }
         match http.await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, "the HTTP server stopped with an error"),
@@ -403,6 +423,9 @@ impl Service {
         Ok(stats)
     }
 }
+
+/// How often `drafter serve` looks for pull request states to tell Jira again (each has its own backoff).
+const LINK_RETRY_TICK: Duration = Duration::from_secs(2);
 
 /// Opens the queue. A worker may start before its database (a host booting, a compose stack): keep trying for a
 /// minute, unless the location itself is wrong.

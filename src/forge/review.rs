@@ -117,12 +117,17 @@ impl GitHub {
     /// The head branch of pull request `number` (`head.ref`), which a conversation comment's delivery does not carry.
     /// https://docs.github.com/en/rest/pulls/pulls#get-a-pull-request
     pub async fn pr_head_ref(&self, repo: &str, number: u64) -> Result<Option<String>, ForgeError> {
+        let pr = self.pull(repo, number).await?;
+        Ok(pr["head"]["ref"].as_str().map(str::to_string))
+    }
+
+    /// Pull request `number` as the REST API shows it (`state`, `merged`, `merged_at`, `html_url`, `title`, `head`).
+    /// https://docs.github.com/en/rest/pulls/pulls#get-a-pull-request
+    pub async fn pull(&self, repo: &str, number: u64) -> Result<Value, ForgeError> {
         let (owner, name) = split_repo(repo)?;
         let what = format!("reading {repo}#{number}");
-        let pr = self
-            .get_json(&format!("/repos/{owner}/{name}/pulls/{number}"), &what)
-            .await?;
-        Ok(pr["head"]["ref"].as_str().map(str::to_string))
+        self.get_json(&format!("/repos/{owner}/{name}/pulls/{number}"), &what)
+            .await
     }
 
     /// The line comments submitted with review `review_id` (every page), as the REST API returns them: what a

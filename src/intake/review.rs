@@ -8,7 +8,8 @@
 //!   `commented`, `approved`), `user.login`}, `pull_request`, `repository`;
 //! - `issue_comment` (action `created`): `comment` {`id`, `body`, `user.login`}, `issue` {`number`, `title`,
 //!   `pull_request` (present only when the issue is a pull request)}, `repository`;
-//! - `pull_request` (action `closed`): `pull_request.merged` says merged or closed unmerged.
+//! - `pull_request` (action `closed`): `pull_request.merged` says merged or closed unmerged; (action `reopened`):
+//!   open again.
 //!
 //! What asks for an iteration: a line comment or a conversation comment that mentions `@<bot login>`, and a review
 //! that requests changes or mentions the bot; never anything the bot wrote. The dedup key names the comment, not
@@ -101,6 +102,15 @@ pub enum GithubVerdict {
         /// As [`ReviewComment::ticket_hint`].
         ticket_hint: Option<String>,
     },
+    /// A closed pull request was reopened.
+    Reopened {
+        /// `owner/name`.
+        repo: String,
+        /// Its number.
+        pr: u64,
+        /// As [`ReviewComment::ticket_hint`].
+        ticket_hint: Option<String>,
+    },
     /// Nothing to do; the reason is for the audit line.
     Ignore(String),
 }
@@ -141,12 +151,19 @@ pub fn from_github(event: &str, payload: &Value, bot_login: &str) -> GithubVerdi
             )
         }
         "pull_request" => {
-            if action != "closed" {
+            if action != "closed" && action != "reopened" {
                 return ignore(&format!("pull_request action `{}`", clean_id(action)));
             }
             let Some(pr) = payload["pull_request"]["number"].as_u64() else {
                 return ignore("no pull request number");
             };
+            if action == "reopened" {
+                return GithubVerdict::Reopened {
+                    repo,
+                    pr,
+                    ticket_hint: ticket_hint(&payload["pull_request"]),
+                };
+            }
             return GithubVerdict::Closed {
                 repo,
                 pr,
@@ -524,5 +541,20 @@ mod tests {
                 ticket_hint: Some("PAY-1".into())
             }
         );
+        let mut p = p;
+        p["action"] = json!("reopened");
+        assert_eq!(
+            from_github("pull_request", &p, "drafter-bot"),
+            GithubVerdict::Reopened {
+                repo: "acme/pay".into(),
+                pr: 3,
+                ticket_hint: Some("PAY-1".into())
+            }
+        );
+        p["action"] = json!("edited");
+        assert!(matches!(
+            from_github("pull_request", &p, "drafter-bot"),
+            GithubVerdict::Ignore(_)
+        ));
     }
 }

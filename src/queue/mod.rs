@@ -68,6 +68,8 @@ mod intake;
 mod leases;
 #[macro_use]
 mod admin;
+#[macro_use]
+mod links;
 mod dialect;
 pub mod postgres;
 mod schema;
@@ -84,8 +86,8 @@ pub use crate::ids::{new_job_id, valid_job_id, JobId};
 pub use state::{backoff, MAX_REVIEW_TRIGGERS, MAX_TRIGGERS};
 pub use types::{
     Approval, ApprovalRequest, ApprovalSubject, Approved, ApprovingComment, Claim, Enqueued,
-    Failure, Job, JobFilter, JobState, LedgerEntry, NewJob, Pause, QueueError, Reopened, ReviewRef,
-    ReviewTrigger, Trigger, UsageTotal,
+    Failure, Job, JobFilter, JobState, LedgerEntry, LinkRecorded, LinkState, LinkUpdate, NewJob,
+    Pause, PendingLink, QueueError, Reopened, ReviewRef, ReviewTrigger, Trigger, UsageTotal,
 };
 
 /// Where work comes in: webhooks, the poll, the CLI and approval comments.
@@ -223,11 +225,41 @@ pub trait UsageLedger: Send + Sync {
     async fn job_usage(&self, job_id: &str) -> Result<UsageTotal, QueueError>;
 }
 
+/// Pull request states for their remote links on the tickets, kept until Jira has been told: the webhook that says a
+/// pull request was merged is not delivered again when Jira was down at the time, so the state is recorded first and
+/// told with retries ([`LinkUpdates::claim_links`], [`LinkUpdates::link_told`], [`LinkUpdates::link_failed`]).
+#[async_trait::async_trait]
+pub trait LinkUpdates: Send + Sync {
+    /// Records the job's pull request's new state as pending, its not-before `hold` from now (the caller's own first
+    /// try). The same state again, anything after `merged`, or (with `only_if_changed`) a first record changes
+    /// nothing ([`LinkRecorded`]). Durable when it returns.
+    async fn record_link(
+        &self,
+        update: &LinkUpdate,
+        hold: Duration,
+    ) -> Result<LinkRecorded, QueueError>;
+    /// Takes up to `limit` pending states whose not-before has passed, oldest first, and holds them for `hold` (so
+    /// another caller, in this process or another, does not try the same at once).
+    async fn claim_links(&self, limit: u32, hold: Duration)
+        -> Result<Vec<PendingLink>, QueueError>;
+    /// Jira shows `generation`'s state now. If a newer state was recorded meanwhile, that one is (again) pending, now:
+    /// this write may have landed after it.
+    async fn link_told(&self, job_id: &str, generation: i64) -> Result<(), QueueError>;
+    /// Telling Jira `generation`'s state failed with `error` (scrubbed by the caller): another try after `retry_in`.
+    async fn link_failed(
+        &self,
+        job_id: &str,
+        generation: i64,
+        error: &str,
+        retry_in: Duration,
+    ) -> Result<(), QueueError>;
+}
+
 /// The whole queue, what [`open`] returns. Every method is one transaction; see the module docs for the semantics
 /// both backends share. Code that needs only one part takes that part (`&dyn Leases`, `Arc<dyn UsageLedger>`, ...).
-pub trait Queue: Intake + Leases + Admin + UsageLedger {}
+pub trait Queue: Intake + Leases + Admin + UsageLedger + LinkUpdates {}
 
-impl<T: Intake + Leases + Admin + UsageLedger + ?Sized> Queue for T {}
+impl<T: Intake + Leases + Admin + UsageLedger + LinkUpdates + ?Sized> Queue for T {}
 
 /// How often an enqueue that lost a race (a concurrent insert of the same delivery key or of an open job for the same
 /// ticket, a serialization failure or a deadlock) is retried before giving up with [`QueueError::Database`]. Each

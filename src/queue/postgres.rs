@@ -153,6 +153,7 @@ impl PgQueue {
 impl_intake!(PgQueue);
 impl_leases!(PgQueue);
 impl_admin!(PgQueue);
+impl_links!(PgQueue);
 
 impl Dialect for PgQueue {
     type Db = Postgres;

@@ -91,6 +91,7 @@ impl SqliteQueue {
 impl_intake!(SqliteQueue);
 impl_leases!(SqliteQueue);
 impl_admin!(SqliteQueue);
+impl_links!(SqliteQueue);
 
 impl Dialect for SqliteQueue {
     type Db = Sqlite;

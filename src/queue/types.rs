@@ -467,3 +467,81 @@ mod tests {
         assert!(!JobState::Failed.is_open());
     }
 }
+
+/// Where a job's pull request stands, as its remote link on the ticket shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkState {
+    /// Open (or reopened).
+    Open,
+    /// Merged: final, nothing changes it back.
+    Merged,
+    /// Closed without merging (it may be reopened).
+    Closed,
+}
+
+impl LinkState {
+    /// As stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LinkState::Open => "open",
+            LinkState::Merged => "merged",
+            LinkState::Closed => "closed",
+        }
+    }
+
+    /// From [`LinkState::as_str`].
+    pub fn parse(s: &str) -> Option<LinkState> {
+        match s {
+            "open" => Some(LinkState::Open),
+            "merged" => Some(LinkState::Merged),
+            "closed" => Some(LinkState::Closed),
+            _ => None,
+        }
+    }
+}
+
+/// A pull request's new state, for [`LinkUpdates::record_link`](super::LinkUpdates::record_link).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LinkUpdate {
+    /// The job that opened the pull request (one pull request per job).
+    pub job_id: String,
+    /// Its ticket.
+    pub ticket: String,
+    /// The new state.
+    pub state: LinkState,
+    /// What the link shows besides the state (repository, number, URL, title), as the caller reads it back.
+    pub link: Value,
+    /// Record only if another state is recorded already: an open pull request the poll sees is news only after it
+    /// was recorded closed; the link was posted open when the pull request was opened.
+    pub only_if_changed: bool,
+}
+
+/// What [`LinkUpdates::record_link`](super::LinkUpdates::record_link) did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkRecorded {
+    /// Recorded as generation `n`, pending, held by the caller for its own first try (until the `hold` passed).
+    New(i64),
+    /// That state is recorded already (told to Jira or pending): nothing changed.
+    Duplicate,
+    /// The pull request is recorded merged, which nothing undoes: nothing changed.
+    Final,
+    /// `only_if_changed`, and nothing is recorded for the job: nothing changed.
+    Unrecorded,
+}
+
+/// A recorded state not yet told to Jira.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PendingLink {
+    /// The job.
+    pub job_id: String,
+    /// Its ticket.
+    pub ticket: String,
+    /// The state to show.
+    pub state: LinkState,
+    /// As recorded ([`LinkUpdate::link`]).
+    pub link: Value,
+    /// Which recording this is: telling Jira counts only for the generation told.
+    pub generation: i64,
+    /// Failed tries so far.
+    pub attempts: u32,
+}

@@ -19,6 +19,7 @@ mod model;
 mod panel;
 mod policy;
 mod policy_serve;
+mod pr_state;
 mod provider_shapes;
 mod queue;
 mod readme;

@@ -19,8 +19,8 @@ use drafter::queue::postgres::PgQueue;
 use drafter::queue::sqlite::SqliteQueue;
 use drafter::queue::{
     Approval, ApprovalRequest, ApprovalSubject, Approved, ApprovingComment, Claim, Enqueued,
-    Failure, JobFilter, JobState, LedgerEntry, NewJob, Pause, Queue, QueueError, Reopened,
-    ReviewRef, ReviewTrigger, Trigger, UsageTotal,
+    Failure, JobFilter, JobState, LedgerEntry, LinkRecorded, LinkState, LinkUpdate, NewJob, Pause,
+    Queue, QueueError, Reopened, ReviewRef, ReviewTrigger, Trigger, UsageTotal,
 };
 use serde_json::json;
 use support::postgres::TestDatabase;
@@ -1573,6 +1573,142 @@ async fn review_comments_reopen_a_finished_job_up_to_the_cap(q: Arc<dyn Queue>) 
     ));
 }
 
+fn link_update(job: &str, state: LinkState) -> LinkUpdate {
+    LinkUpdate {
+        job_id: job.to_string(),
+        ticket: "PR-1".into(),
+        state,
+        link: json!({"repo": "acme/w", "number": 7, "url": "https://github.example/acme/w/pull/7", "title": "t"}),
+        only_if_changed: false,
+    }
+}
+
+async fn pr_link_states_are_recorded_once_and_told_with_retries(q: Arc<dyn Queue>) {
+    let none = Duration::ZERO;
+    // The poll's open pull request is news only after a recorded close.
+    let mut open = link_update("j1", LinkState::Open);
+    open.only_if_changed = true;
+    assert_eq!(
+        q.record_link(&open, none).await.unwrap(),
+        LinkRecorded::Unrecorded
+    );
+    assert!(q
+        .claim_links(10, Duration::from_secs(60))
+        .await
+        .unwrap()
+        .is_empty());
+
+    // Closed: pending, held by its recorder for the hold.
+    let closed = link_update("j1", LinkState::Closed);
+    assert_eq!(
+        q.record_link(&closed, Duration::from_secs(60))
+            .await
+            .unwrap(),
+        LinkRecorded::New(1)
+    );
+    assert_eq!(
+        q.record_link(&closed, none).await.unwrap(),
+        LinkRecorded::Duplicate
+    );
+    assert!(q
+        .claim_links(10, Duration::from_secs(60))
+        .await
+        .unwrap()
+        .is_empty());
+
+    // Merged (another job), not held: the retry loop takes it once, with its link as recorded.
+    let merged = link_update("j2", LinkState::Merged);
+    assert_eq!(
+        q.record_link(&merged, none).await.unwrap(),
+        LinkRecorded::New(1)
+    );
+    let due = q.claim_links(10, Duration::from_secs(60)).await.unwrap();
+    assert_eq!(due.len(), 1, "{due:?}");
+    assert_eq!(
+        (
+            due[0].job_id.as_str(),
+            due[0].ticket.as_str(),
+            due[0].state,
+            due[0].generation,
+            due[0].attempts
+        ),
+        ("j2", "PR-1", LinkState::Merged, 1, 0)
+    );
+    assert_eq!(due[0].link, merged.link);
+    assert!(q
+        .claim_links(10, Duration::from_secs(60))
+        .await
+        .unwrap()
+        .is_empty());
+    // Jira refused: due again after the backoff, with the attempt counted.
+    q.link_failed("j2", 1, "HTTP 503", Duration::ZERO)
+        .await
+        .unwrap();
+    let due = q.claim_links(10, Duration::ZERO).await.unwrap();
+    assert_eq!((due.len(), due[0].attempts), (1, 1), "{due:?}");
+    q.link_failed("j2", 1, "HTTP 503", Duration::from_secs(3600))
+        .await
+        .unwrap();
+    assert!(q.claim_links(10, Duration::ZERO).await.unwrap().is_empty());
+    // Told: never due again; the same state again, or anything after merged, changes nothing.
+    q.link_told("j2", 1).await.unwrap();
+    assert_eq!(
+        q.record_link(&merged, none).await.unwrap(),
+        LinkRecorded::Duplicate
+    );
+    assert_eq!(
+        q.record_link(&link_update("j2", LinkState::Closed), none)
+            .await
+            .unwrap(),
+        LinkRecorded::Final
+    );
+    assert_eq!(
+        q.record_link(&link_update("j2", LinkState::Open), none)
+            .await
+            .unwrap(),
+        LinkRecorded::Final
+    );
+
+    // j1 reopened while its close was being told: a new generation; the close's late "told" does not count for
+    // it, and the open state is due (again).
+    assert_eq!(
+        q.record_link(&link_update("j1", LinkState::Open), Duration::from_secs(60))
+            .await
+            .unwrap(),
+        LinkRecorded::New(2)
+    );
+    q.link_told("j1", 2).await.unwrap();
+    q.link_told("j1", 1).await.unwrap();
+    let due = q.claim_links(10, Duration::from_secs(60)).await.unwrap();
+    assert_eq!(due.len(), 1, "{due:?}");
+    assert_eq!((due[0].state, due[0].generation), (LinkState::Open, 2));
+    q.link_told("j1", 2).await.unwrap();
+    assert!(q.claim_links(10, Duration::ZERO).await.unwrap().is_empty());
+    // A failure reported for an old generation changes nothing either.
+    q.link_failed("j1", 1, "late", Duration::ZERO)
+        .await
+        .unwrap();
+    assert!(q.claim_links(10, Duration::ZERO).await.unwrap().is_empty());
+
+    // Concurrent first records of one state: one is new, the others duplicates.
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let q = q.clone();
+        tasks.push(tokio::spawn(async move {
+            q.record_link(&link_update("j3", LinkState::Merged), Duration::ZERO)
+                .await
+                .unwrap()
+        }));
+    }
+    let mut new = 0;
+    for t in tasks {
+        if let LinkRecorded::New(_) = t.await.unwrap() {
+            new += 1;
+        }
+    }
+    assert_eq!(new, 1);
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod sqlite_backend {
@@ -1628,6 +1764,7 @@ conformance!(
     every_claim_gets_a_new_fencing_token,
     deliveries_of_finished_jobs_are_pruned_by_age,
     review_comments_reopen_a_finished_job_up_to_the_cap,
+    pr_link_states_are_recorded_once_and_told_with_retries,
 );
 
 // ---------------------------------------------------------------- SQLite only

@@ -258,6 +258,39 @@ impl UsageLedger for MemQueue {
     }
 }
 
+#[async_trait::async_trait]
+impl drafter::queue::LinkUpdates for MemQueue {
+    async fn record_link(
+        &self,
+        _: &drafter::queue::LinkUpdate,
+        _: std::time::Duration,
+    ) -> Result<drafter::queue::LinkRecorded, QueueError> {
+        Err(unsupported())
+    }
+
+    async fn claim_links(
+        &self,
+        _: u32,
+        _: std::time::Duration,
+    ) -> Result<Vec<drafter::queue::PendingLink>, QueueError> {
+        Err(unsupported())
+    }
+
+    async fn link_told(&self, _: &str, _: i64) -> Result<(), QueueError> {
+        Err(unsupported())
+    }
+
+    async fn link_failed(
+        &self,
+        _: &str,
+        _: i64,
+        _: &str,
+        _: std::time::Duration,
+    ) -> Result<(), QueueError> {
+        Err(unsupported())
+    }
+}
+
 // ---- the server under test -----------------------------------------------------------------------------------------
 
 const SECRET: &str = "whsec-TESTSECRET-4f1a";
@@ -2101,4 +2134,86 @@ async fn a_github_delivery_as_large_as_github_sends_is_read() {
         .send("pull_request_review_comment", "huge-delivery", &p)
         .await;
     assert_eq!(status, 413);
+}
+
+/// A closed pull request is recorded before it is answered (GitHub does not redeliver a failed delivery by itself:
+/// https://docs.github.com/en/webhooks/using-webhooks/handling-failed-webhook-deliveries): when the queue cannot
+/// record it the answer is 503, so the failure shows in GitHub's delivery log for an operator to redeliver, and Jira
+/// is not called at all (nothing listens at its address here).
+#[tokio::test]
+async fn a_closed_pull_request_the_queue_cannot_record_is_answered_503() {
+    let queue = Arc::new(MemQueue::default());
+    let now = Utc::now();
+    queue.state.lock().unwrap().jobs.push(Job {
+        id: "job-1".into(),
+        ticket: "DEMO-1".into(),
+        project: "DEMO".into(),
+        state: JobState::Succeeded,
+        attempts: 1,
+        max_attempts: 3,
+        not_before: now,
+        lease_owner: None,
+        lease_expires: None,
+        triggers: vec![],
+        last_error: None,
+        outcome: Some(
+            json!({"result": "pull_request", "repo": "acme/widgets", "number": 4,
+            "url": "https://github.example/acme/widgets/pull/4", "branch": "drafter/DEMO-1-x"}),
+        ),
+        progress: json!({}),
+        created_at: now,
+        updated_at: now,
+        policy_hash: None,
+        approval: None,
+        lease_gen: 0,
+        iterations: 0,
+    });
+    let forge = drafter::forge::Forge::new(&drafter::config::GithubConfig {
+        api_url: "http://127.0.0.1:9/api/v3".into(),
+        git_url: "http://127.0.0.1:9".into(),
+        token: Secret::new("ghp_unused").into(),
+        app: None,
+        bot_login: Some("drafter-bot".into()),
+        identities: Default::default(),
+    })
+    .unwrap();
+    let state = AppState {
+        readiness: server::queue_readiness(queue.clone()),
+        queue: queue.clone(),
+        jira: cloud_cfg("http://127.0.0.1:9"),
+        webhook_secret: Some(Secret::new(SECRET)),
+        max_attempts: 3,
+        approvals: None,
+        github: Some(server::GithubHooks {
+            secret: Some(Secret::new(SECRET)),
+            bot_login: Some("drafter-bot".into()),
+            forge: Arc::new(forge),
+            remote_links: true,
+            identities: Default::default(),
+        }),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/webhooks/github", listener.local_addr().unwrap());
+    let (_stop, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(server::serve(listener, state, async {
+        let _ = rx.await;
+    }));
+    let closed = json!({"action": "closed", "number": 4,
+        "pull_request": {"number": 4, "merged": true, "state": "closed", "title": "[DEMO-1] x",
+            "html_url": "https://github.example/acme/widgets/pull/4", "head": {"ref": "drafter/DEMO-1-x"}},
+        "repository": {"full_name": "acme/widgets"}});
+    let (status, body) = support::github_review::deliver(
+        &reqwest::Client::new(),
+        &url,
+        "pull_request",
+        "d-1",
+        &closed,
+        Some(SECRET),
+    )
+    .await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(
+        body["reason"], "the job queue is unavailable; retry later",
+        "{body}"
+    );
 }

@@ -413,6 +413,31 @@ impl GithubStandIn {
             .unwrap_or_default()
     }
 
+    /// Closes pull request `number` of `full_name` as a human would on GitHub, merged or not, or reopens it
+    /// (`state` `open`): what `GET /repos/{o}/{r}/pulls/{n}` then shows in `state`, `merged` and `merged_at`
+    /// (https://docs.github.com/en/rest/pulls/pulls#get-a-pull-request).
+    pub fn set_pull_state(&self, full_name: &str, number: u64, state: &str, merged: bool) {
+        if let Some(pr) = lock(&self.state)
+            .pulls
+            .get_mut(full_name)
+            .and_then(|ps| ps.iter_mut().find(|p| p["number"].as_u64() == Some(number)))
+        {
+            let r = &mut pr["response"];
+            r["state"] = json!(state);
+            r["merged"] = json!(merged);
+            r["merged_at"] = if merged {
+                json!("2026-01-02T03:04:05Z")
+            } else {
+                Value::Null
+            };
+            r["closed_at"] = if state == "closed" {
+                json!("2026-01-02T03:04:05Z")
+            } else {
+                Value::Null
+            };
+        }
+    }
+
     /// Renames pull request `number` of `full_name`, as a human editing its title on GitHub.
     pub fn set_pull_title(&self, full_name: &str, number: u64, title: &str) {
         if let Some(pr) = lock(&self.state)
