@@ -18,6 +18,8 @@
 //! - **A corrupt mirror is re-cloned.** A fetch that fails for a local reason (not the network, not the
 //!   credential), or a workspace that cannot be built from the mirror's objects, removes the mirror and clones it
 //!   again once, logged.
+//! - **The files are written ahead of time.** With spares on ([`MirrorCache::with_spares`], `spare.rs`), the
+//!   workspace the next job of a repository needs is made in the background, and taken with a `rename`.
 //! - **Bounded.** After each use the cache is trimmed to `max_bytes`, least recently used mirror first; a mirror
 //!   another job holds is skipped, and the one just used is never evicted.
 

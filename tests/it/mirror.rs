@@ -865,3 +865,80 @@ async fn spares_go_with_their_mirror() {
     let names = spares_in(&other, &spares);
     assert_eq!(names.len(), 1, "only the new mirror's spare: {names:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_damaged_or_old_spare_is_thrown_away_and_costs_the_mirror_nothing() {
+    let gh = GithubStandIn::start(TOKEN).await;
+    let files: Vec<(String, String)> = (0..40)
+        .map(|i| {
+            (
+                format!("src/f{i}.rs"),
+                format!("pub fn f{i}() -> u32 {{ {i} }}\n").repeat(20),
+            )
+        })
+        .collect();
+    let refs: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(p, c)| (p.as_str(), c.as_str()))
+        .collect();
+    let bare = gh.create_repo(REPO, &refs);
+    let tip = git2::Repository::open_bare(&bare)
+        .unwrap()
+        .refname_to_id("refs/heads/main")
+        .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let spares = tmp.path().join("spares");
+    let cache = MirrorCache::new(tmp.path().join("mirrors"), u64::MAX).with_spares(&spares);
+    let u = url(&gh, REPO);
+    ws(&cache, &u, &tmp.path().join("w0"), &[]).await;
+    let spare_of = |cache: &MirrorCache| {
+        let names = spares_in(cache, &spares);
+        assert_eq!(names.len(), 1, "{names:?}");
+        spares.join(&names[0])
+    };
+
+    // A pack cut short (its blobs come last: the commit and tree still read).
+    let spare = spare_of(&cache);
+    let pack = std::fs::read_dir(spare.join(".git/objects/pack"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "pack"))
+        .unwrap();
+    let len = std::fs::metadata(&pack).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&pack)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+    let (_, used) = ws(&cache, &u, &tmp.path().join("w1"), &[]).await;
+    assert!(!used.spare && !used.repaired && !used.cloned, "{used:?}");
+    assert_workspace(&tmp.path().join("w1"), tip, &refs);
+
+    // A spare made more than a day ago.
+    let spare = spare_of(&cache);
+    let marker = spare.join(".git/drafter-spare");
+    let text = std::fs::read_to_string(&marker).unwrap();
+    let old: String = text
+        .lines()
+        .map(|l| {
+            if l.starts_with("made=") {
+                "made=1000".to_string()
+            } else {
+                l.to_string()
+            }
+        })
+        .map(|l| l + "\n")
+        .collect();
+    std::fs::write(&marker, old).unwrap();
+    let (_, used) = ws(&cache, &u, &tmp.path().join("w2"), &[]).await;
+    assert!(!used.spare && !used.repaired, "{used:?}");
+    assert_workspace(&tmp.path().join("w2"), tip, &refs);
+
+    // A fresh, whole one is used.
+    spare_of(&cache);
+    let (_, used) = ws(&cache, &u, &tmp.path().join("w3"), &[]).await;
+    assert!(used.spare, "{used:?}");
+    assert_workspace(&tmp.path().join("w3"), tip, &refs);
+}

@@ -14,6 +14,10 @@
 //!   that with the mirror's base: the same, it is used as is; an ancestor (the base moved forward), the seed's newer
 //!   packs are copied in and only the files that changed are rewritten; anything else (a force-push, another URL),
 //!   it is thrown away and the workspace made as usual.
+//! - **Fresh and whole, or not used.** A spare made more than a day ago is not used (temporary-directory cleaners
+//!   remove old files), nor one whose pack files are not the ones it was made with (names and sizes). Any error
+//!   while adopting a spare throws it away and makes the workspace as usual; a damaged spare never costs the
+//!   mirror a re-clone.
 //! - **Taken once.** Taking is a `rename` of the spare onto the job's workspace path: of two jobs, one wins; the
 //!   other finds nothing and makes its own. A spare is only put in place, by `rename`, once whole.
 //! - **Private.** Spares live beside the jobs' workspaces (a `rename` cannot cross file systems), in a directory
@@ -33,6 +37,10 @@ use super::*;
 /// compared).
 const MAX_NAMED_PATHS: usize = 2000;
 
+/// Age past which a spare is not used: systemd-tmpfiles and tmpreaper remove files from temporary directories by
+/// age (10 days by default), which would leave a spare short of files without a trace a quick check could see.
+const MAX_AGE_MS: u64 = 24 * 3600 * 1000;
+
 /// The file in a spare's `.git` that says what it holds; removed when a job takes it.
 const MARKER: &str = "drafter-spare";
 
@@ -49,6 +57,10 @@ struct Marker {
     tip: Oid,
     mirror: PathBuf,
     bytes: u64,
+    /// When it was made (milliseconds since the epoch).
+    made: u64,
+    /// Its pack files as made: `name:size` each.
+    packs: String,
 }
 
 impl Marker {
@@ -64,18 +76,47 @@ impl Marker {
             tip: Oid::from_str(&field("tip")?).ok()?,
             mirror: PathBuf::from(field("mirror")?),
             bytes: field("bytes")?.parse().ok()?,
+            made: field("made")?.parse().ok()?,
+            packs: field("packs")?,
         })
+    }
+
+    /// `name:size` of each pack file under `git_dir`, sorted, comma-separated.
+    fn packs_of(git_dir: &Path) -> String {
+        let mut packs: Vec<String> = fs::read_dir(git_dir.join("objects").join("pack"))
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| {
+                        let size = e.metadata().ok()?.len();
+                        Some(format!("{}:{size}", e.file_name().to_string_lossy()))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        packs.sort();
+        packs.join(",")
+    }
+
+    /// Why the spare at `git_dir` must not be used, if it must not: made too long ago (a temporary directory's
+    /// cleaner may have taken files from it by now), or its packs are not as made (lost, truncated, added).
+    fn spoiled(&self, git_dir: &Path) -> Option<&'static str> {
+        if now_ms().saturating_sub(self.made) > MAX_AGE_MS {
+            return Some("made more than a day ago");
+        }
+        (Marker::packs_of(git_dir) != self.packs).then_some("its packs are not as they were made")
     }
 
     fn write(&self, git_dir: &Path) -> std::io::Result<()> {
         fs::write(
             git_dir.join(MARKER),
             format!(
-                "url={}\ntip={}\nmirror={}\nbytes={}\n",
+                "url={}\ntip={}\nmirror={}\nbytes={}\nmade={}\npacks={}\n",
                 self.url,
                 self.tip,
                 self.mirror.display(),
-                self.bytes
+                self.bytes,
+                self.made,
+                self.packs
             ),
         )
     }
@@ -137,9 +178,15 @@ impl Spares {
                 self.discard(dest);
                 Ok(None)
             }
-            Err(e) => {
+            Err(Built::Stale) => {
                 self.discard(dest);
-                Err(e)
+                Err(Built::Stale)
+            }
+            // A damaged spare is only a spare: the usual path follows, and judges the mirror itself.
+            Err(Built::Corrupt(e) | Built::Other(e)) => {
+                tracing::warn!(base, error = %e, "a spare workspace could not be used; making the workspace as usual");
+                self.discard(dest);
+                Ok(None)
             }
         }
     }
@@ -160,6 +207,10 @@ impl Spares {
             return Ok(None);
         };
         if fs::remove_file(git_dir.join(MARKER)).is_err() || marker.url != url {
+            return Ok(None);
+        }
+        if let Some(why) = marker.spoiled(&git_dir) {
+            tracing::warn!(base, why, "a spare workspace was thrown away");
             return Ok(None);
         }
         let mirror = Repository::open_bare(dir)
@@ -371,6 +422,8 @@ fn build(
             tip,
             mirror: dir.to_path_buf(),
             bytes: dir_size(&tmp),
+            made: now_ms(),
+            packs: Marker::packs_of(repo.path()),
         };
         marker
             .write(repo.path())
