@@ -1398,6 +1398,37 @@ approval_labels = ["needs-approval"]
     }
 }
 
+/// A new job for `ticket` (an assignment delivered as `delivery`), claimed by worker `w` as a worker would; its id.
+async fn enqueue_and_claim(queue: &dyn Queue, ticket: &str, delivery: &str) -> String {
+    let created = queue
+        .enqueue(NewJob {
+            ticket: ticket.into(),
+            project: "DEMO".into(),
+            trigger: drafter::queue::Trigger {
+                delivery: delivery.into(),
+                source: "webhook:jira:issue_updated".into(),
+                triggered_by: Some("712020:ann".into()),
+                text: None,
+                at: Utc::now(),
+                review: None,
+            },
+            max_attempts: 3,
+        })
+        .await
+        .unwrap();
+    let Enqueued::Created(id) = created else {
+        panic!("{created:?}")
+    };
+    let claim = Claim {
+        worker: "w".into(),
+        lease: Duration::from_secs(60),
+        exclude_projects: vec![],
+    };
+    let job = queue.claim(&claim).await.unwrap().unwrap();
+    assert_eq!(job.id, id);
+    id
+}
+
 impl ApprovalServer {
     /// Posts `payload` signed with the webhook secret, with `query` (`?issue=...` or empty).
     async fn post(&self, query: &str, payload: &Value) -> (u16, Value) {
@@ -1419,33 +1450,7 @@ impl ApprovalServer {
     /// A new job for `ticket`, claimed and parked for approval as a worker does; returns its id and when approval
     /// was requested.
     async fn park(&self, ticket: &str, delivery: &str) -> (String, chrono::DateTime<Utc>) {
-        let created = self
-            .queue
-            .enqueue(NewJob {
-                ticket: ticket.into(),
-                project: "DEMO".into(),
-                trigger: drafter::queue::Trigger {
-                    delivery: delivery.into(),
-                    source: "webhook:jira:issue_updated".into(),
-                    triggered_by: Some("712020:ann".into()),
-                    text: None,
-                    at: Utc::now(),
-                    review: None,
-                },
-                max_attempts: 3,
-            })
-            .await
-            .unwrap();
-        let Enqueued::Created(id) = created else {
-            panic!("{created:?}")
-        };
-        let claim = Claim {
-            worker: "w".into(),
-            lease: Duration::from_secs(60),
-            exclude_projects: vec![],
-        };
-        let job = self.queue.claim(&claim).await.unwrap().unwrap();
-        assert_eq!(job.id, id);
+        let id = enqueue_and_claim(self.queue.as_ref(), ticket, delivery).await;
         let now = Utc::now();
         self.queue
             .await_approval(
@@ -1804,31 +1809,7 @@ async fn start_github() -> GithubServer {
             .await
             .unwrap(),
     );
-    let created = queue
-        .enqueue(NewJob {
-            ticket: "DEMO-1".into(),
-            project: "DEMO".into(),
-            trigger: drafter::queue::Trigger {
-                delivery: "changelog:1".into(),
-                source: "webhook:jira:issue_updated".into(),
-                triggered_by: Some("712020:ann".into()),
-                text: None,
-                at: Utc::now(),
-                review: None,
-            },
-            max_attempts: 3,
-        })
-        .await
-        .unwrap();
-    let Enqueued::Created(job) = created else {
-        panic!("{created:?}")
-    };
-    let claim = Claim {
-        worker: "w".into(),
-        lease: Duration::from_secs(60),
-        exclude_projects: vec![],
-    };
-    queue.claim(&claim).await.unwrap().unwrap();
+    let job = enqueue_and_claim(queue.as_ref(), "DEMO-1", "changelog:1").await;
     queue
         .complete(
             &job,
