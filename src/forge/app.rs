@@ -274,6 +274,22 @@ impl Forge {
             }
         }
     }
+
+    /// `call` with a credential of its own for `repo` ([`Forge::for_job`]), revoked afterwards whatever `call`
+    /// returned: for the reads and comments of the webhook and poll handlers, which belong to no running job.
+    pub async fn once<T, F, Fut>(&self, repo: &str, call: F) -> Result<T, ForgeError>
+    where
+        F: FnOnce(GitHub) -> Fut,
+        Fut: std::future::Future<Output = Result<T, ForgeError>>,
+    {
+        let job = self.for_job(repo).await?;
+        let out = match job.client().await {
+            Ok(client) => call(client).await,
+            Err(e) => Err(e),
+        };
+        let _ = job.revoke().await;
+        out
+    }
 }
 
 enum Mode {

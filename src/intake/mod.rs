@@ -141,7 +141,7 @@ fn cap_chars(s: &str, max: usize) -> String {
 }
 
 /// Cuts trigger text at [`MAX_TRIGGER_TEXT_BYTES`] on a character boundary and says so.
-fn cap_text(s: &str) -> String {
+pub(crate) fn cap_text(s: &str) -> String {
     if s.len() <= MAX_TRIGGER_TEXT_BYTES {
         return s.to_string();
     }

@@ -55,17 +55,11 @@ struct ForgeAccess<'a>(&'a Forge);
 #[async_trait::async_trait]
 impl WriteAccess for ForgeAccess<'_> {
     async fn can_write(&self, repo: &str, user: &str) -> Result<bool, String> {
-        let job = self.0.for_job(repo).await.map_err(|e| e.to_string())?;
-        let asked = async {
-            let gh = job.client().await.map_err(|e| e.to_string())?;
-            gh.permission(repo, user)
-                .await
-                .map(|p| p.can_write())
-                .map_err(|e| e.to_string())
-        }
-        .await;
-        let _ = job.revoke().await;
-        asked
+        self.0
+            .once(repo, |gh| async move { gh.permission(repo, user).await })
+            .await
+            .map(|p| p.can_write())
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -284,7 +278,13 @@ async fn review(
              `drafter:{}:cap:{}`",
             comment.author, job.id, comment.own_id
         );
-        if let Err(e) = cap_comment(&hooks.forge, &comment.repo, comment.pr, &text).await {
+        let posted = hooks
+            .forge
+            .once(&comment.repo, |gh| async move {
+                gh.comment_on_pr(&comment.repo, comment.pr, &text).await
+            })
+            .await;
+        if let Err(e) = posted {
             tracing::warn!(target: "audit", delivery, job = job.id, error = %e,
                 "could not comment on the pull request");
         }
@@ -308,13 +308,12 @@ async fn by_head_branch(
     if c.kind != "conversation" {
         return Ok(None);
     }
-    let read = async {
-        let job = forge.for_job(&c.repo).await?;
-        let head = async { job.client().await?.pr_head_ref(&c.repo, c.pr).await }.await;
-        let _ = job.revoke().await;
-        head
-    }
-    .await;
+    let read = forge
+        .once(
+            &c.repo,
+            |gh| async move { gh.pr_head_ref(&c.repo, c.pr).await },
+        )
+        .await;
     let head = match read {
         Ok(head) => head,
         Err(e) if e.is_retryable() => return Err(e.to_string()),
@@ -351,19 +350,11 @@ async fn with_line_comments(
     if c.kind != "review" {
         return c.clone();
     }
-    let read = async {
-        let job = forge.for_job(&c.repo).await?;
-        let listed = async {
-            job.client()
-                .await?
-                .review_line_comments(&c.repo, c.pr, c.own_id)
-                .await
-        }
+    let read = forge
+        .once(&c.repo, |gh| async move {
+            gh.review_line_comments(&c.repo, c.pr, c.own_id).await
+        })
         .await;
-        let _ = job.revoke().await;
-        listed
-    }
-    .await;
     let comments = match read {
         Ok(list) => list,
         Err(e) => {
@@ -389,20 +380,8 @@ async fn with_line_comments(
         text.push_str(&format!("On `{path}`{line}: {body}"));
     }
     let mut out = c.clone();
-    out.body = cap(&text, intake::MAX_TRIGGER_TEXT_BYTES);
+    out.body = intake::cap_text(&text);
     out
-}
-
-/// `s` cut to at most `max` bytes on a character boundary, saying so.
-fn cap(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_string();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}\n[cut]", &s[..end])
 }
 
 /// For sites GitHub cannot reach: one round over the pull requests of finished jobs (the newest `limit` succeeded
@@ -454,17 +433,34 @@ pub async fn poll_reviews(
         ) else {
             continue;
         };
-        if hooks.remote_links {
-            poll_pr_state(st, &hooks.forge, &job, repo, pr).await;
+        // One credential for both reads: an App mints (and revokes) one token per pull request per round.
+        let reads = hooks
+            .forge
+            .once(repo, |gh| async move {
+                let pull = match hooks.remote_links {
+                    true => Some(gh.pull(repo, pr).await),
+                    false => None,
+                };
+                let activity = match bot {
+                    Some(_) => Some(gh.pr_activity(repo, pr).await),
+                    None => None,
+                };
+                Ok((pull, activity))
+            })
+            .await;
+        let (pull, activity) = match reads {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(repo, pr, error = %e, "review poll: no credential for the repository");
+                continue;
+            }
+        };
+        if let Some(pull) = pull {
+            poll_pr_state(st, &job, repo, pr, pull).await;
         }
-        let Some(bot) = bot else { continue };
-        let activity = async {
-            let token = hooks.forge.for_job(repo).await?;
-            let read = async { token.client().await?.pr_activity(repo, pr).await }.await;
-            let _ = token.revoke().await;
-            read
-        }
-        .await;
+        let (Some(bot), Some(activity)) = (bot, activity) else {
+            continue;
+        };
         let activity = match activity {
             Ok(a) => a,
             Err(e) => {
@@ -498,17 +494,4 @@ pub async fn poll_reviews(
             }
         }
     }
-}
-
-/// The cap's one comment on the pull request, with a token for its repository.
-async fn cap_comment(
-    forge: &Forge,
-    repo: &str,
-    pr: u64,
-    text: &str,
-) -> Result<(), crate::forge::ForgeError> {
-    let job = forge.for_job(repo).await?;
-    let posted = async { job.client().await?.comment_on_pr(repo, pr, text).await }.await;
-    let _ = job.revoke().await;
-    posted
 }

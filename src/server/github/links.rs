@@ -10,7 +10,7 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use serde_json::{json, Value};
 
-use crate::forge::Forge;
+use crate::forge::ForgeError;
 use crate::intake;
 use crate::jira::{JiraClient, PrLink, PrState};
 use crate::queue::{LinkRecorded, LinkState, LinkUpdate, PendingLink};
@@ -48,9 +48,29 @@ pub(super) struct PrChange<'a> {
     pub(super) payload: &'a Value,
 }
 
-/// What the link shows besides its state, as recorded with it (read back by [`pr_link`]).
-fn link_json(repo: &str, number: u64, url: &str, title: &str) -> Value {
-    json!({"repo": repo, "number": number, "url": url, "title": title})
+/// The update of `job`'s link to `state`, from the pull request as GitHub shows it (`pull`: a delivery's
+/// `pull_request`, or the REST API's): its URL (else the one the job recorded) and title, as recorded with the state
+/// and read back by [`pr_link`].
+fn link_update(
+    job: &crate::queue::Job,
+    repo: &str,
+    number: u64,
+    pull: &Value,
+    state: LinkState,
+    only_if_changed: bool,
+) -> LinkUpdate {
+    let url = pull["html_url"]
+        .as_str()
+        .or(job.outcome.as_ref().and_then(|o| o["url"].as_str()))
+        .unwrap_or_default();
+    LinkUpdate {
+        job_id: job.id.clone(),
+        ticket: job.ticket.clone(),
+        state,
+        link: json!({"repo": repo, "number": number, "url": url,
+            "title": pull["title"].as_str().unwrap_or_default()}),
+        only_if_changed,
+    }
 }
 
 /// The remote link for a recorded state.
@@ -200,23 +220,14 @@ pub(super) async fn pr_state_changed(
         Ok(None) => return ignored("not a pull request drafter opened"),
         Err(_) => return unavailable(),
     };
-    let pull = &c.payload["pull_request"];
-    let url = pull["html_url"]
-        .as_str()
-        .or(job.outcome.as_ref().and_then(|o| o["url"].as_str()))
-        .unwrap_or_default();
-    let update = LinkUpdate {
-        job_id: job.id.clone(),
-        ticket: job.ticket.clone(),
-        state: c.state,
-        link: link_json(
-            c.repo,
-            c.pr,
-            url,
-            pull["title"].as_str().unwrap_or_default(),
-        ),
-        only_if_changed: false,
-    };
+    let update = link_update(
+        &job,
+        c.repo,
+        c.pr,
+        &c.payload["pull_request"],
+        c.state,
+        false,
+    );
     let status = match record_and_tell(st, &update, delivery).await {
         Ok(Told::Linked) => "linked",
         Ok(Told::Pending) => "pending",
@@ -240,18 +251,11 @@ pub(super) async fn pr_state_changed(
 /// when it was merged or closed (or reopened after a recorded close). A state recorded before changes nothing.
 pub(super) async fn poll_pr_state(
     st: &AppState,
-    forge: &Forge,
     job: &crate::queue::Job,
     repo: &str,
     pr: u64,
+    read: Result<Value, ForgeError>,
 ) {
-    let read = async {
-        let token = forge.for_job(repo).await?;
-        let pull = async { token.client().await?.pull(repo, pr).await }.await;
-        let _ = token.revoke().await;
-        pull
-    }
-    .await;
     let pull = match read {
         Ok(p) => p,
         Err(e) => {
@@ -266,17 +270,7 @@ pub(super) async fn poll_pr_state(
         (Some("open"), false) => LinkState::Open,
         _ => return,
     };
-    let url = pull["html_url"]
-        .as_str()
-        .or(job.outcome.as_ref().and_then(|o| o["url"].as_str()))
-        .unwrap_or_default();
-    let update = LinkUpdate {
-        job_id: job.id.clone(),
-        ticket: job.ticket.clone(),
-        state,
-        link: link_json(repo, pr, url, pull["title"].as_str().unwrap_or_default()),
-        only_if_changed: state == LinkState::Open,
-    };
+    let update = link_update(job, repo, pr, &pull, state, state == LinkState::Open);
     if let Err(e) = record_and_tell(st, &update, &format!("poll:{repo}#{pr}")).await {
         tracing::warn!(job = job.id, error = %e, "pull request poll: could not record the state");
     }
