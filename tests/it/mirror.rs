@@ -621,6 +621,21 @@ fn set_tree_upstream(bare: &Path, branch: &str, files: &[(&str, &str)], orphan: 
     oid
 }
 
+/// The tip of `main` in the bare repository at `bare`.
+fn main_tip(bare: &Path) -> git2::Oid {
+    git2::Repository::open_bare(bare)
+        .unwrap()
+        .refname_to_id("refs/heads/main")
+        .unwrap()
+}
+
+/// An unbounded cache under `dir` (`dir/mirrors`) keeping spares in `dir/spares`, and that directory.
+fn spared_cache(dir: &Path) -> (MirrorCache, PathBuf) {
+    let spares = dir.join("spares");
+    let cache = MirrorCache::new(dir.join("mirrors"), u64::MAX).with_spares(&spares);
+    (cache, spares)
+}
+
 /// Entries of the spares directory (settled first), by name.
 fn spares_in(cache: &MirrorCache, dir: &Path) -> Vec<String> {
     cache.settle();
@@ -682,14 +697,10 @@ async fn a_spare_workspace_serves_the_next_job_and_follows_the_base() {
         ("old/x.rs", "x\n"),
     ];
     let bare = gh.create_repo(REPO, &v1);
-    let t1 = git2::Repository::open_bare(&bare)
-        .unwrap()
-        .refname_to_id("refs/heads/main")
-        .unwrap();
+    let t1 = main_tip(&bare);
     let theirs = commit_upstream(&bare, "someone-else", "other.txt", "theirs\n");
     let tmp = tempfile::tempdir().unwrap();
-    let spares = tmp.path().join("spares");
-    let cache = MirrorCache::new(tmp.path().join("mirrors"), u64::MAX).with_spares(&spares);
+    let (cache, spares) = spared_cache(tmp.path());
     let u = url(&gh, REPO);
 
     // First use: no spare yet; one is made in the background afterwards.
@@ -740,8 +751,7 @@ async fn a_force_pushed_base_is_not_served_from_the_old_spare() {
     let gh = GithubStandIn::start(TOKEN).await;
     let bare = gh.create_repo(REPO, &[("a.rs", "old\n"), ("b.rs", "b\n")]);
     let tmp = tempfile::tempdir().unwrap();
-    let spares = tmp.path().join("spares");
-    let cache = MirrorCache::new(tmp.path().join("mirrors"), u64::MAX).with_spares(&spares);
+    let (cache, spares) = spared_cache(tmp.path());
     let u = url(&gh, REPO);
     ws(&cache, &u, &tmp.path().join("w0"), &[]).await;
     assert_eq!(spares_in(&cache, &spares).len(), 1);
@@ -764,13 +774,9 @@ async fn two_jobs_racing_for_one_spare_both_get_a_whole_workspace() {
     let gh = GithubStandIn::start(TOKEN).await;
     let files = [("a.rs", "a\n"), ("d/b.rs", "b\n")];
     let bare = gh.create_repo(REPO, &files);
-    let tip = git2::Repository::open_bare(&bare)
-        .unwrap()
-        .refname_to_id("refs/heads/main")
-        .unwrap();
+    let tip = main_tip(&bare);
     let tmp = tempfile::tempdir().unwrap();
-    let spares = tmp.path().join("spares");
-    let cache = MirrorCache::new(tmp.path().join("mirrors"), u64::MAX).with_spares(&spares);
+    let (cache, spares) = spared_cache(tmp.path());
     let u = url(&gh, REPO);
     ws(&cache, &u, &tmp.path().join("w0"), &[]).await;
     for round in 0..3 {
@@ -882,13 +888,9 @@ async fn a_damaged_or_old_spare_is_thrown_away_and_costs_the_mirror_nothing() {
         .map(|(p, c)| (p.as_str(), c.as_str()))
         .collect();
     let bare = gh.create_repo(REPO, &refs);
-    let tip = git2::Repository::open_bare(&bare)
-        .unwrap()
-        .refname_to_id("refs/heads/main")
-        .unwrap();
+    let tip = main_tip(&bare);
     let tmp = tempfile::tempdir().unwrap();
-    let spares = tmp.path().join("spares");
-    let cache = MirrorCache::new(tmp.path().join("mirrors"), u64::MAX).with_spares(&spares);
+    let (cache, spares) = spared_cache(tmp.path());
     let u = url(&gh, REPO);
     ws(&cache, &u, &tmp.path().join("w0"), &[]).await;
     let spare_of = |cache: &MirrorCache| {
