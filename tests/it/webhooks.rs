@@ -1802,6 +1802,19 @@ struct GithubServer {
     _stop: tokio::sync::oneshot::Sender<()>,
 }
 
+/// A forge at an address nothing listens on: the tests that use it expect GitHub not to be called.
+fn unreachable_forge() -> drafter::forge::Forge {
+    drafter::forge::Forge::new(&drafter::config::GithubConfig {
+        api_url: "http://127.0.0.1:9/api/v3".into(),
+        git_url: "http://127.0.0.1:9".into(),
+        token: Secret::new("ghp_unused").into(),
+        app: None,
+        bot_login: Some("drafter-bot".into()),
+        identities: Default::default(),
+    })
+    .unwrap()
+}
+
 async fn start_github() -> GithubServer {
     let dir = tempfile::tempdir().unwrap();
     let queue: Arc<dyn Queue> = Arc::new(
@@ -1839,15 +1852,7 @@ reviewers = ["alice"]
         directory: Arc::new(drafter::policy::NoGroups),
     };
     // Nothing listens there: with a `reviewers` list and no cap reached, GitHub is not called.
-    let forge = drafter::forge::Forge::new(&drafter::config::GithubConfig {
-        api_url: "http://127.0.0.1:9/api/v3".into(),
-        git_url: "http://127.0.0.1:9".into(),
-        token: Secret::new("ghp_unused").into(),
-        app: None,
-        bot_login: Some("drafter-bot".into()),
-        identities: Default::default(),
-    })
-    .unwrap();
+    let forge = unreachable_forge();
     let state = AppState {
         readiness: server::queue_readiness(queue.clone()),
         queue: queue.clone(),
@@ -2149,15 +2154,7 @@ async fn a_closed_pull_request_the_queue_cannot_record_is_answered_503() {
         lease_gen: 0,
         iterations: 0,
     });
-    let forge = drafter::forge::Forge::new(&drafter::config::GithubConfig {
-        api_url: "http://127.0.0.1:9/api/v3".into(),
-        git_url: "http://127.0.0.1:9".into(),
-        token: Secret::new("ghp_unused").into(),
-        app: None,
-        bot_login: Some("drafter-bot".into()),
-        identities: Default::default(),
-    })
-    .unwrap();
+    let forge = unreachable_forge();
     let state = AppState {
         readiness: server::queue_readiness(queue.clone()),
         queue: queue.clone(),
